@@ -1,0 +1,3 @@
+from geoflow.cli import main
+
+main()

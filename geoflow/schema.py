@@ -1,0 +1,217 @@
+"""Canonical trace-record columns, header aliases (English ATF-style and Spanish) and dtypes.
+
+Headers are matched after :func:`normalise_header`: accents removed, case folded and every run
+of punctuation or spaces turned into one underscore, so ``"Fecha de Aseguramiento"``,
+``"FECHA_DE_ASEGURAMIENTO"`` and ``"fecha de aseguramiento"`` all map to ``recovery_date``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+__all__ = [
+    "CANONICAL_COLUMNS",
+    "DATE_COLUMNS",
+    "COORDINATE_COLUMNS",
+    "TEXT_COLUMNS",
+    "ALIASES",
+    "FLAG_COLUMNS",
+    "DERIVED_COLUMNS",
+    "normalise_header",
+    "map_headers",
+]
+
+#: The canonical record (DESIGN.md, contract), in output order.
+CANONICAL_COLUMNS: tuple[str, ...] = (
+    "trace_id",
+    "serial_number",
+    "manufacturer",
+    "model",
+    "caliber",
+    "weapon_type",
+    "purchaser_name",
+    "purchase_date",
+    "dealer_name",
+    "dealer_ffl",
+    "dealer_address",
+    "dealer_city",
+    "dealer_state",
+    "dealer_zip",
+    "recovery_date",
+    "recovery_city",
+    "recovery_state",
+    "recovery_country",
+    "possessor_name",
+    "crossing",
+    "dealer_lat",
+    "dealer_lon",
+    "recovery_lat",
+    "recovery_lon",
+)
+
+DATE_COLUMNS: tuple[str, ...] = ("purchase_date", "recovery_date")
+COORDINATE_COLUMNS: tuple[str, ...] = ("dealer_lat", "dealer_lon", "recovery_lat", "recovery_lon")
+TEXT_COLUMNS: tuple[str, ...] = tuple(
+    c for c in CANONICAL_COLUMNS if c not in DATE_COLUMNS + COORDINATE_COLUMNS
+)
+
+#: Boolean quality flags the reader adds (rows are flagged, never dropped, for these).
+FLAG_COLUMNS: tuple[str, ...] = (
+    "flag_recovery_before_purchase",
+    "flag_future_date",
+    "flag_duplicate",
+)
+
+#: Columns later stages derive (DESIGN.md); listed so exports can order them.
+DERIVED_COLUMNS: tuple[str, ...] = (
+    "source_line",
+    "time_to_crime_days",
+    *FLAG_COLUMNS,
+    "dealer_geocode_level",
+    "dealer_geocode_score",
+    "dealer_admin1",
+    "recovery_geocode_level",
+    "recovery_geocode_score",
+    "recovery_admin1",
+    "purchaser_id",
+    "possessor_id",
+    "crossing_code",
+    "route_kind",
+)
+
+
+def normalise_header(text: str) -> str:
+    """Return ``text`` without accents, case-folded, with punctuation and spaces as ``_``.
+
+    >>> normalise_header("  Fecha de Aseguramiento ")
+    'fecha_de_aseguramiento'
+    >>> normalise_header("FFL Zip/Postal")
+    'ffl_zip_postal'
+    """
+    decomposed = unicodedata.normalize("NFKD", str(text))
+    ascii_text = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return re.sub(r"[^0-9a-z]+", "_", ascii_text.casefold()).strip("_")
+
+
+_RAW_ALIASES: dict[str, tuple[str, ...]] = {
+    "trace_id": (
+        "trace number", "trace no", "trace #", "trace id", "trace", "ntc trace number",
+        "numero de rastreo", "no de rastreo", "folio", "folio de rastreo", "id rastreo",
+    ),
+    "serial_number": (
+        "serial number", "serial", "serial no", "serial #", "firearm serial",
+        "numero de serie", "no de serie", "serie", "matricula",
+    ),
+    "manufacturer": (
+        "manufacturer", "make", "mfr", "firearm manufacturer", "brand",
+        "fabricante", "marca",
+    ),
+    "model": ("model", "firearm model", "modelo"),
+    "caliber": ("caliber", "calibre", "cal", "gauge", "caliber gauge"),
+    "weapon_type": (
+        "weapon type", "firearm type", "type", "gun type", "type of weapon",
+        "tipo", "tipo de arma", "tipo arma", "clase de arma",
+    ),
+    "purchaser_name": (
+        "purchaser name", "purchaser", "buyer", "buyer name", "first purchaser",
+        "retail purchaser", "purchaser full name",
+        "comprador", "nombre del comprador", "nombre comprador", "adquirente",
+    ),
+    "purchase_date": (
+        "purchase date", "date of purchase", "sale date", "date purchased", "purchased",
+        "fecha de compra", "fecha compra", "fecha de venta",
+    ),
+    "dealer_name": (
+        "ffl name", "dealer", "dealer name", "ffl", "licensee", "licensee name",
+        "store", "gun store", "retailer", "seller",
+        "armeria", "nombre de la armeria", "tienda", "vendedor", "distribuidor",
+    ),
+    "dealer_ffl": (
+        "ffl number", "ffl no", "ffl #", "ffl license", "license number", "ffl license number",
+        "dealer ffl", "licencia ffl", "numero ffl", "licencia",
+    ),
+    "dealer_address": (
+        "ffl address", "ffl street", "dealer address", "store address",
+        "direccion armeria", "domicilio armeria", "direccion de la armeria",
+    ),
+    "dealer_city": (
+        "ffl city", "dealer city", "store city", "purchase city", "city of purchase",
+        "ciudad armeria", "ciudad de la armeria", "ciudad de compra",
+    ),
+    "dealer_state": (
+        "ffl state", "dealer state", "store state", "purchase state", "state of purchase",
+        "estado armeria", "estado de la armeria", "estado de compra",
+    ),
+    "dealer_zip": (
+        "ffl zip", "ffl zip code", "ffl zipcode", "dealer zip", "zip", "zip code", "zipcode",
+        "ffl postal code", "codigo postal armeria", "cp armeria",
+    ),
+    "recovery_date": (
+        "recovery date", "date recovered", "date of recovery", "recovered", "recovered date",
+        "fecha de aseguramiento", "fecha aseguramiento", "fecha de recuperacion",
+        "fecha de decomiso",
+    ),
+    "recovery_city": (
+        "recovery city", "city recovered", "recovery location", "recovery municipality",
+        "municipio", "municipio de aseguramiento", "ciudad", "ciudad de aseguramiento",
+        "localidad", "lugar de aseguramiento",
+    ),
+    "recovery_state": (
+        "recovery state", "state recovered", "recovery province",
+        "estado", "entidad", "entidad federativa", "estado de aseguramiento",
+    ),
+    "recovery_country": (
+        "recovery country", "country recovered", "country", "pais", "pais de aseguramiento",
+    ),
+    "possessor_name": (
+        "possessor name", "possessor", "possessor full name",
+        "poseedor", "nombre del poseedor", "portador", "detenido",
+    ),
+    "crossing": (
+        "crossing", "port of entry", "border crossing", "poe", "crossing point", "port",
+        "cruce", "cruce fronterizo", "puerto de entrada", "garita",
+    ),
+    "dealer_lat": ("dealer lat", "dealer latitude", "ffl lat", "ffl latitude"),
+    "dealer_lon": (
+        "dealer lon", "dealer lng", "dealer long", "dealer longitude", "ffl lon", "ffl longitude",
+    ),
+    "recovery_lat": (
+        "recovery lat", "recovery latitude", "latitud", "latitud aseguramiento",
+    ),
+    "recovery_lon": (
+        "recovery lon", "recovery lng", "recovery long", "recovery longitude",
+        "longitud", "longitud aseguramiento",
+    ),
+}
+
+#: normalised header → canonical column. Canonical names map to themselves.
+ALIASES: dict[str, str] = {
+    normalise_header(alias): canonical
+    for canonical, aliases in _RAW_ALIASES.items()
+    for alias in (canonical, *aliases)
+}
+
+
+def map_headers(
+    headers: list[str], user_mapping: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Map raw headers to canonical names; unknown headers keep their own (normalised) name.
+
+    ``user_mapping`` (raw or normalised header → canonical column) wins over the alias table.
+    The first header that claims a canonical column gets it; a later duplicate keeps its own
+    normalised name so nothing is lost.
+    """
+    user = {normalise_header(k): v for k, v in (user_mapping or {}).items()}
+    result: dict[str, str] = {}
+    taken: set[str] = set()
+    for raw in headers:
+        key = normalise_header(raw)
+        target = user.get(key) or ALIASES.get(key)
+        if target is None or target in taken:
+            target = key or "column"
+        while target in taken:  # two headers with the same normalised name
+            target = f"{target}_dup"
+        taken.add(target)
+        result[raw] = target
+    return result

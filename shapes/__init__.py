@@ -1,0 +1,1 @@
+"""Shipped geodata (built by scripts/build_*.py); see shapes/README.md."""
