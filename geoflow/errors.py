@@ -9,6 +9,7 @@ __all__ = [
     "GeocodeError",
     "FilterError",
     "OutputError",
+    "ConfigError",
 ]
 
 
@@ -50,3 +51,9 @@ class OutputError(GeoflowError):
     """Outputs cannot be written (folder not ours without --force, unsafe path, disk error)."""
 
     exit_code = 7
+
+
+class ConfigError(GeoflowError):
+    """A config file (geoflow.toml / --config) is missing, not TOML, or has an unknown key."""
+
+    exit_code = 8
