@@ -1,0 +1,473 @@
+"""Filters between ``prepare_records`` and ``analyse``, and the entity lists batches run over.
+
+Prepared records (docs/internals.md, "Pipeline API") are read and geocoded once; these pure
+functions pick the rows a user asked for (``--state``, ``--mx-state``, ``--trafficker``,
+``--dealer``, ``--from``/``--to``) and describe the choice in one line for the map title and
+the manifest. Work is done over *distinct* values (states, names, dealers), never per record.
+
+Rules (documented in the README "Command tour"):
+
+- US states match the dealer's state, Mexican states the recovery state, both as ISO 3166-2
+  codes from the geocoder (``dealer_admin1``/``recovery_admin1``; when the geocoder could not
+  place a record its raw state text is resolved instead). A state is given as a postal or ISO
+  code (``TX``, ``US-TX``, ``TAM``, ``MX-TAM``), a name (``Texas``, ``Nuevo León``) or an
+  abbreviation (``Tamps.``, ``N.L.``, ``Edo. Mex.``), accent-, case- and punctuation-blind.
+- Traffickers (first retail purchasers) match the real name accent- and case-insensitively,
+  or the pseudonym (``P-3f9a1c``); a part of a name (``barajas``) works when it names exactly
+  one purchaser. Dealers match the FFL number, the name, or a part of the name naming one
+  dealer.
+- ``--from``/``--to`` bound the *recovery* date, inclusive; ``2008`` and ``2008-09`` mean the
+  whole year or month. Records without a recovery date are left out when a bound is given.
+- Something the data cannot contain (a state that does not exist, a purchaser or dealer not in
+  the data) raises :class:`~geoflow.errors.FilterError`; so does a filter that leaves no
+  records (a real state with no guns in the data), with "no records match" in the message.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from functools import lru_cache
+from importlib import resources
+
+import pandas as pd
+
+from geoflow.errors import FilterError
+
+__all__ = [
+    "ENTITY_KINDS",
+    "filter_records",
+    "list_entities",
+    "entity_keys",
+    "resolve_states",
+    "parse_date_bound",
+    "match_key",
+]
+
+#: Batch kinds (``--per``) → the record column that names the entity.
+ENTITY_KINDS: dict[str, str] = {
+    "state": "dealer_admin1",
+    "mx-state": "recovery_admin1",
+    "trafficker": "purchaser_id",
+    "dealer": "dealer_id",
+}
+
+_COUNTRY_NAMES = {"US": "US state", "MX": "Mexican state"}
+
+
+def match_key(text: object) -> str:
+    """Return ``text`` accent-stripped, case-folded, with punctuation runs as single spaces.
+
+    >>> match_key("  Rogélio   BARAJAS ")
+    'rogelio barajas'
+    >>> match_key("Tamps.")
+    'tamps'
+    """
+    decomposed = unicodedata.normalize("NFKD", str(text))
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", plain.casefold()).split())
+
+
+def _compact(text: object) -> str:
+    """``match_key`` without spaces: ``"N. L."`` and ``"NL"`` become the same key."""
+    return match_key(text).replace(" ", "")
+
+
+# --------------------------------------------------------------------------- states
+
+
+@lru_cache(maxsize=1)
+def _shipped_state_aliases() -> tuple[dict[str, str], dict[str, str]]:
+    """(compact alias → ISO code, ISO code → display name) from the shipped state tables."""
+    aliases: dict[str, str] = {}
+    names: dict[str, str] = {}
+    try:
+        from geoflow.shapes import load_states
+
+        states = load_states()
+    except ImportError:  # shapes not installed in this checkout: data-derived aliases only
+        states = pd.DataFrame(columns=["code", "name"])
+    for code, name in zip(states["code"], states["name"], strict=True):
+        code = str(code)
+        names[code] = str(name)
+        for alias in (code, code.split("-", 1)[-1], name):
+            aliases.setdefault(_compact(alias), code)
+    table = resources.files("geoflow.shapes_data").joinpath("state_names.csv")
+    if table.is_file():
+        with table.open("rb") as handle:
+            frame = pd.read_csv(handle, dtype=str, keep_default_na=False)
+        code_col = "code" if "code" in frame.columns else frame.columns[0]
+        for row in frame.itertuples(index=False):  # ~83 rows: one per state, not per record
+            row_dict = row._asdict()
+            code = row_dict[code_col]
+            for value in row_dict.values():
+                for alias in re.split(r"[|;]", value):
+                    if alias.strip() and not alias.strip().isdigit():
+                        aliases.setdefault(_compact(alias), code)
+    return aliases, names
+
+
+def _data_state_aliases(records: pd.DataFrame, raw_col: str, code_col: str) -> dict[str, str]:
+    """Aliases learnt from the data: raw state text → the ISO code the geocoder gave it."""
+    if raw_col not in records or code_col not in records:
+        return {}
+    pairs = records[[raw_col, code_col]].dropna().drop_duplicates()
+    if pairs.empty:
+        return {}
+    pairs = pairs.assign(alias=pairs[raw_col].map(_compact))
+    best = pairs.groupby(["alias", code_col]).size().reset_index(name="n")
+    best = best.sort_values("n", ascending=False).drop_duplicates("alias")
+    return dict(zip(best["alias"], best[code_col], strict=True))
+
+
+def resolve_states(
+    values: Iterable[str], *, country: str, records: pd.DataFrame | None = None
+) -> dict[str, str]:
+    """Map each user-given state to its ISO 3166-2 code in ``country`` (``US`` or ``MX``).
+
+    Raises :class:`FilterError` naming the first value that is not a state of that country.
+
+    >>> resolve_states(["tx", "US-AZ"], country="US")
+    {'tx': 'US-TX', 'US-AZ': 'US-AZ'}
+    """
+    shipped, _ = _shipped_state_aliases()
+    raw_col, code_col = (
+        ("dealer_state", "dealer_admin1") if country == "US" else
+        ("recovery_state", "recovery_admin1")
+    )
+    learnt = _data_state_aliases(records, raw_col, code_col) if records is not None else {}
+    prefix = f"{country}-"
+    codes = set(shipped.values())
+    if records is not None and code_col in records:
+        codes.update(records[code_col].dropna().astype(str).unique())
+    result: dict[str, str] = {}
+    for value in values:  # a handful of command-line values
+        key = _compact(value)
+        upper = str(value).strip().upper()
+        candidates = [
+            upper if upper in codes else None,
+            prefix + upper if prefix + upper in codes else None,
+            shipped.get(key),
+            learnt.get(key),
+        ]
+        code = next((c for c in candidates if c and c.startswith(prefix)), None)
+        if code is None:
+            kind = _COUNTRY_NAMES[country]
+            hint = "TX, US-TX or Texas" if country == "US" else "TAM, MX-TAM, Tamaulipas or Tamps."
+            raise FilterError(f"unknown {kind} {value!r} (give a code or name such as {hint})")
+        result[value] = code
+    return result
+
+
+def _state_codes(records: pd.DataFrame, country: str) -> pd.Series:
+    """Per-record ISO code of the dealer (US) or recovery (MX) state; raw text as fallback."""
+    raw_col, code_col = (
+        ("dealer_state", "dealer_admin1") if country == "US" else
+        ("recovery_state", "recovery_admin1")
+    )
+    codes = (
+        records[code_col].astype("string") if code_col in records
+        else pd.Series(pd.NA, index=records.index, dtype="string")
+    )
+    if raw_col in records and codes.isna().any():
+        raw = records.loc[codes.isna(), raw_col].dropna().astype("string")
+        if not raw.empty:
+            shipped, _ = _shipped_state_aliases()
+            learnt = _data_state_aliases(records, raw_col, code_col)
+            distinct = pd.Series(raw.unique())
+            lookup = {
+                value: learnt.get(_compact(value)) or shipped.get(_compact(value))
+                for value in distinct  # distinct raw state strings only
+            }
+            resolved = raw.map(lookup).astype("string")
+            resolved = resolved.where(resolved.str.startswith(f"{country}-").fillna(False))
+            codes = codes.fillna(resolved)
+    return codes
+
+
+def _state_name(code: str) -> str:
+    return _shipped_state_aliases()[1].get(code, code)
+
+
+# --------------------------------------------------------------------------- people, dealers
+
+
+def _match_names(
+    wanted: Sequence[str], names: pd.Series, ids: pd.Series, *, what: str
+) -> dict[str, set[str]]:
+    """Map each wanted name or id to the set of ids it selects (over distinct names only)."""
+    table = pd.DataFrame({"name": names, "id": ids}).dropna(subset=["id"]).drop_duplicates()
+    table = table.assign(
+        key=table["name"].fillna("").map(match_key),
+        id_key=table["id"].astype(str).str.casefold(),
+    )
+    result: dict[str, set[str]] = {}
+    for value in wanted:  # a handful of command-line values
+        key = match_key(value)
+        id_key = str(value).strip().casefold()
+        exact = table.loc[(table["id_key"] == id_key) | (table["key"] == key)]
+        hits = set(exact["id"])
+        if not hits and key:
+            words = set(key.split())
+            partial = table.loc[table["key"].map(lambda k, w=words: w <= set(k.split()))]
+            hits = set(partial["id"])
+            if len(hits) > 1:
+                raise FilterError(
+                    f"{what} {value!r} is ambiguous: it matches {len(hits)} {what}s; "
+                    "give the full name or the id"
+                )
+        if not hits:
+            raise FilterError(f"no {what} {value!r} in the data ({_hint(what)})")
+        result[value] = hits
+    return result
+
+
+def _hint(what: str) -> str:
+    if what == "purchaser":
+        return (
+            "names match accent- and case-insensitively, pseudonyms look like P-3f9a1c; "
+            "`geoflow summary INPUT --by trafficker` lists them"
+        )
+    return "give the FFL number or the name; `geoflow summary INPUT --by dealer` lists them"
+
+
+def _ffl_key(values: pd.Series) -> pd.Series:
+    return values.astype("string").str.replace(r"[^0-9A-Za-z]", "", regex=True).str.upper()
+
+
+# --------------------------------------------------------------------------- dates
+
+
+def parse_date_bound(value: str | date | None, *, end: bool = False) -> pd.Timestamp | None:
+    """Parse ``2008``, ``2008-09`` or ``2008-09-14`` (or a date) into an inclusive bound.
+
+    With ``end=True`` a year or month means its last day.
+
+    >>> parse_date_bound("2008", end=True)
+    Timestamp('2008-12-31 00:00:00')
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime | date):
+        return pd.Timestamp(value).normalize()
+    text = str(value).strip()
+    patterns = {r"\d{4}": ("%Y", "YE"), r"\d{4}-\d{1,2}": ("%Y-%m", "ME"),
+                r"\d{4}-\d{1,2}-\d{1,2}": ("%Y-%m-%d", None)}
+    for pattern, (fmt, period_end) in patterns.items():
+        if re.fullmatch(pattern, text):
+            try:
+                stamp = pd.Timestamp(datetime.strptime(text, fmt))
+            except ValueError:
+                break
+            if end and period_end:
+                stamp = stamp + pd.tseries.frequencies.to_offset(period_end)
+            return stamp
+    raise FilterError(f"cannot read date {text!r}: use YYYY, YYYY-MM or YYYY-MM-DD")
+
+
+# --------------------------------------------------------------------------- the filter
+
+
+def _as_tuple(values: str | Iterable[str] | None) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        return (values,)
+    return tuple(v for v in values if str(v).strip())
+
+
+def _join(label: str, items: list[str]) -> str:
+    plural = label if len(items) == 1 else f"{label}s"
+    return f"{plural}: {', '.join(items)}"
+
+
+def filter_records(
+    records: pd.DataFrame,
+    *,
+    us_states: Iterable[str] = (),
+    mx_states: Iterable[str] = (),
+    traffickers: Iterable[str] = (),
+    dealers: Iterable[str] = (),
+    date_from: str | date | None = None,
+    date_to: str | date | None = None,
+    show_names: bool = False,
+) -> tuple[pd.DataFrame, str]:
+    """Return the records matching every given filter, and a one-line description.
+
+    Values within one filter are alternatives (``--state TX --state AZ``: either state);
+    different filters must all hold. With no filter the records come back unchanged with an
+    empty description. Trafficker names appear in the description only with ``show_names``;
+    otherwise their pseudonyms do.
+
+    Raises :class:`FilterError` for a value the data cannot match and when nothing is left.
+    """
+    us_states, mx_states = _as_tuple(us_states), _as_tuple(mx_states)
+    traffickers, dealers = _as_tuple(traffickers), _as_tuple(dealers)
+    start, end = parse_date_bound(date_from), parse_date_bound(date_to, end=True)
+    if start is not None and end is not None and start > end:
+        raise FilterError(f"--from {date_from} is after --to {date_to}")
+
+    mask = pd.Series(True, index=records.index)
+    parts: list[str] = []
+    checks: list[tuple[str, pd.Series]] = []  # (description, mask) of each filter alone
+
+    for country, values in (("US", us_states), ("MX", mx_states)):
+        if values:
+            codes = sorted(set(resolve_states(values, country=country, records=records).values()))
+            hit = _state_codes(records, country).isin(codes).fillna(False).astype(bool)
+            part = _join(_COUNTRY_NAMES[country], [f"{_state_name(c)} ({c})" for c in codes])
+            parts.append(part)
+            checks.append((part, hit))
+
+    if traffickers:
+        _require(records, "purchaser_id", "--trafficker")
+        names = records["purchaser_name"] if "purchaser_name" in records else records[
+            "purchaser_id"]
+        found = _match_names(traffickers, names, records["purchaser_id"], what="purchaser")
+        ids = sorted(set().union(*found.values()))
+        hit = records["purchaser_id"].isin(ids).fillna(False).astype(bool)
+        if show_names:
+            spelled = records.loc[hit, "purchaser_name"].dropna().drop_duplicates()
+            spelled = spelled[~spelled.map(match_key).duplicated()]
+            shown = sorted(spelled.map(_title_name)) or ids
+        else:
+            shown = ids
+        part = _join("purchaser", shown)
+        parts.append(part)
+        checks.append((part, hit))
+
+    if dealers:
+        _require(records, "dealer_id", "--dealer")
+        hit = pd.Series(False, index=records.index)
+        ffl = _ffl_key(records["dealer_ffl"]) if "dealer_ffl" in records else None
+        by_name: list[str] = []
+        for value in dealers:  # a handful of command-line values
+            key = _ffl_key(pd.Series([value])).iloc[0]
+            by_ffl = (ffl == key).fillna(False) if ffl is not None and key else None
+            if by_ffl is not None and bool(by_ffl.any()):
+                hit |= by_ffl.astype(bool)
+            else:
+                by_name.append(value)
+        if by_name:
+            found = _match_names(by_name, records["dealer_name"], records["dealer_id"],
+                                 what="dealer")
+            hit |= records["dealer_id"].isin(set().union(*found.values())).fillna(False)
+        hit = hit.astype(bool)
+        shown = _dealer_labels(records.loc[hit])
+        part = _join("dealer", shown)
+        parts.append(part)
+        checks.append((part, hit))
+
+    if start is not None or end is not None:
+        when = records["recovery_date"]
+        hit = when.notna()
+        if start is not None:
+            hit &= when >= start
+        if end is not None:
+            hit &= when < end + pd.Timedelta(days=1)
+        hit = hit.fillna(False).astype(bool)
+        part = "recovered " + _date_range(start, end)
+        parts.append(part)
+        checks.append((part, hit))
+
+    if not checks:
+        return records, ""
+    for part, hit in checks:
+        mask &= hit
+        if not bool(hit.any()):
+            raise FilterError(f"no records match {part}")
+    description = "; ".join(parts)
+    if not bool(mask.any()):
+        raise FilterError(f"no records match all filters together ({description})")
+    return records.loc[mask], description
+
+
+def _require(records: pd.DataFrame, column: str, option: str) -> None:
+    if column not in records:
+        raise FilterError(f"{option} needs the {column!r} column of prepared records")
+
+
+def _title_name(name: str) -> str:
+    return " ".join(str(name).split())
+
+
+def _dealer_labels(records: pd.DataFrame) -> list[str]:
+    """Distinct ``name (FFL)`` labels of the dealers in ``records``."""
+    cols = [c for c in ("dealer_name", "dealer_ffl") if c in records]
+    distinct = records[cols].drop_duplicates()
+    labels = []
+    for row in distinct.itertuples(index=False):  # distinct dealers (a filter's handful)
+        name = row.dealer_name if pd.notna(row.dealer_name) else "unnamed dealer"
+        ffl = getattr(row, "dealer_ffl", pd.NA)
+        labels.append(f"{name} (FFL {ffl})" if pd.notna(ffl) else str(name))
+    return sorted(labels)
+
+
+def _date_range(start: pd.Timestamp | None, end: pd.Timestamp | None) -> str:
+    if start is not None and end is not None:
+        return f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"
+    if start is not None:
+        return f"from {start:%Y-%m-%d}"
+    return f"until {end:%Y-%m-%d}"
+
+
+# --------------------------------------------------------------------------- entities
+
+
+def entity_keys(records: pd.DataFrame, kind: str) -> pd.Series:
+    """The entity each record belongs to for a ``--per kind`` batch (NA when it has none)."""
+    if kind not in ENTITY_KINDS:
+        raise FilterError(f"unknown batch kind {kind!r}; use one of {', '.join(ENTITY_KINDS)}")
+    if kind == "state":
+        return _state_codes(records, "US")
+    if kind == "mx-state":
+        return _state_codes(records, "MX")
+    column = ENTITY_KINDS[kind]
+    _require(records, column, f"--per {kind}")
+    return records[column].astype("string")
+
+
+def list_entities(
+    records: pd.DataFrame, kind: str, *, min_guns: int = 1, show_names: bool = False
+) -> pd.DataFrame:
+    """One row per entity of ``kind`` with at least ``min_guns`` records, most guns first.
+
+    Columns: ``key`` (value of :func:`entity_keys`), ``label`` (what to show and to name its
+    folder after: state name, dealer name and place, or the purchaser's pseudonym unless
+    ``show_names``), ``guns`` (records). Ties are broken by label so the order is stable.
+    """
+    keys = entity_keys(records, kind)
+    counts = keys.value_counts(dropna=True)
+    counts = counts[counts >= max(int(min_guns), 1)]
+    table = pd.DataFrame({"key": counts.index.astype(str), "guns": counts.to_numpy()})
+    table["label"] = _labels(records, keys, table["key"], kind, show_names=show_names)
+    table = table.sort_values(["guns", "label"], ascending=[False, True], kind="stable")
+    return table[["key", "label", "guns"]].reset_index(drop=True)
+
+
+def _labels(
+    records: pd.DataFrame, keys: pd.Series, wanted: pd.Series, kind: str, *, show_names: bool
+) -> list[str]:
+    if kind in ("state", "mx-state"):
+        return [f"{_state_name(code)} ({code})" if _state_name(code) != code else code
+                for code in wanted]
+    if kind == "trafficker" and not show_names:
+        return list(wanted)
+    name_col = "purchaser_name" if kind == "trafficker" else "dealer_name"
+    frame = pd.DataFrame({"key": keys, "name": records.get(name_col)}).dropna(subset=["key"])
+    if kind == "dealer":
+        place = records.get("dealer_place", records.get("dealer_city"))
+        frame["place"] = place
+    first = frame.dropna(subset=["name"]).drop_duplicates("key").set_index("key")
+    labels = []
+    for key in wanted:  # distinct entities
+        if key not in first.index:
+            labels.append(str(key))
+            continue
+        label = _title_name(first.at[key, "name"])
+        if kind == "dealer" and pd.notna(first.at[key, "place"]):
+            label = f"{label} ({first.at[key, 'place']})"
+        labels.append(label)
+    return labels
