@@ -1,0 +1,65 @@
+"""Progress on stderr for stages that take more than a moment and for batches.
+
+A rich progress display is shown only when stderr is a terminal and the user did not ask for
+``--quiet``; otherwise every helper here is a no-op (log lines still go through ``logging``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+__all__ = ["progress_enabled", "stage", "bar"]
+
+
+def progress_enabled(*, quiet: bool = False, stream=None) -> bool:
+    """True when a live display makes sense: not ``--quiet`` and stderr is a terminal."""
+    stream = stream if stream is not None else sys.stderr
+    return not quiet and bool(getattr(stream, "isatty", lambda: False)())
+
+
+def _progress(console: Console | None, *, with_bar: bool) -> Progress:
+    columns = [SpinnerColumn(), TextColumn("{task.description}")]
+    if with_bar:
+        columns += [BarColumn(), MofNCompleteColumn()]
+    columns.append(TimeElapsedColumn())
+    return Progress(*columns, console=console or Console(stderr=True), transient=True)
+
+
+@contextmanager
+def stage(description: str, *, enabled: bool, console: Console | None = None) -> Iterator[None]:
+    """Show a spinner with ``description`` while the block runs (when ``enabled``)."""
+    if not enabled:
+        yield
+        return
+    with _progress(console, with_bar=False) as progress:
+        progress.add_task(description, total=None)
+        yield
+
+
+@contextmanager
+def bar(
+    description: str, total: int, *, enabled: bool, console: Console | None = None
+) -> Iterator[Callable[[str], None]]:
+    """Yield ``advance(label)``: call it once per finished item of ``total``."""
+    if not enabled:
+        yield lambda label: None
+        return
+    with _progress(console, with_bar=True) as progress:
+        task = progress.add_task(description, total=total)
+
+        def advance(label: str) -> None:
+            progress.update(task, advance=1, description=f"{description}: {label}")
+
+        yield advance
