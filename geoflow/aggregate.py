@@ -1,0 +1,522 @@
+"""Tables by US state, Mexican state, dealer, trafficker, crossing and year, and the findings.
+
+Every function is a pure DataFrame → DataFrame transform, vectorised with groupby over integer
+codes: cost grows with records once, memory with distinct entities. Input records follow
+docs/internals.md (io + geocode + crossings columns plus ``purchaser_id``, ``dealer_id``).
+Names shown in the tables are already chosen by the caller: pass a ``purchaser_label`` column
+(pseudonym or real name) and tables show it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "TTC_SHORT_DAYS",
+    "GroupStats",
+    "group_stats",
+    "top_item",
+    "iso_dates",
+    "by_us_state",
+    "by_mx_state",
+    "state_matrix",
+    "by_dealer",
+    "by_trafficker",
+    "by_crossing",
+    "by_year",
+    "build_tables",
+    "findings",
+]
+
+#: "Short" time to crime: under three years (DOMAIN.md), in days.
+TTC_SHORT_DAYS = 3 * 365.25
+UNKNOWN = "unknown"
+
+
+def iso_dates(values: pd.Series) -> pd.Series:
+    """Datetimes → ``YYYY-MM-DD`` strings (NA when missing)."""
+    dates = pd.to_datetime(values)
+    return dates.dt.strftime("%Y-%m-%d").astype("string")
+
+
+def _codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Alphabetically ordered factor codes (−1 for NA) so ties break by name."""
+    codes, uniques = pd.factorize(values, sort=True, use_na_sentinel=True)
+    return np.asarray(codes, dtype=np.int64), pd.Index(uniques)
+
+
+def top_item(
+    group: np.ndarray, item: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each group, the most frequent item code, its count and the number of distinct items.
+
+    ``group`` and ``item`` are integer codes per record (−1 = missing item, ignored). Ties go
+    to the lowest item code. Returns arrays of length ``n_groups`` (top item −1 when none).
+    """
+    keep = item >= 0
+    g, i = group[keep], item[keep]
+    top = np.full(n_groups, -1, dtype=np.int64)
+    top_count = np.zeros(n_groups, dtype=np.int64)
+    distinct = np.zeros(n_groups, dtype=np.int64)
+    if len(g) == 0:
+        return top, top_count, distinct
+    width = np.int64(i.max()) + 1
+    pairs, counts = np.unique(g * width + i, return_counts=True)
+    pg, pi = pairs // width, pairs % width
+    distinct[:] = np.bincount(pg, minlength=n_groups)
+    order = np.lexsort((pi, -counts, pg))  # by group, then count desc, then item code
+    first = order[np.r_[True, pg[order][1:] != pg[order][:-1]]]
+    top[pg[first]] = pi[first]
+    top_count[pg[first]] = counts[first]
+    return top, top_count, distinct
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Per-group figures shared by flows, dealers, recoveries and the tables."""
+
+    guns: np.ndarray
+    purchasers: np.ndarray
+    top_purchaser: pd.Series
+    top_purchaser_guns: np.ndarray
+    first_purchase: pd.Series
+    last_purchase: pd.Series
+    median_ttc: pd.Series
+
+
+def group_stats(records: pd.DataFrame, group: np.ndarray, n_groups: int) -> GroupStats:
+    """Guns, distinct purchasers, top purchaser (label), purchase span and median time to crime.
+
+    ``group`` holds a code 0..n_groups-1 per record. Purchasers are counted by
+    ``purchaser_id``; the top one is shown by ``purchaser_label`` (else the id).
+    """
+    index = pd.RangeIndex(n_groups)
+    guns = np.bincount(group, minlength=n_groups)
+    pid, uniques = _codes(records["purchaser_id"])
+    top, top_count, distinct = top_item(group, pid, n_groups)
+    label_col = "purchaser_label" if "purchaser_label" in records else "purchaser_id"
+    labels = _labels_by_code(pid, records[label_col], len(uniques))
+    top_label = pd.Series(
+        pd.array(np.where(top >= 0, labels[np.maximum(top, 0)], None), dtype="string")
+        if len(labels) else pd.array([pd.NA] * n_groups, dtype="string"),
+        index=index,
+    )
+    by = pd.Series(group)
+    dates = pd.Series(pd.to_datetime(records["purchase_date"]).to_numpy())
+    first = dates.groupby(by).min().reindex(index)
+    last = dates.groupby(by).max().reindex(index)
+    ttc = pd.Series(records["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan))
+    median = ttc.groupby(by).median().reindex(index)
+    return GroupStats(
+        guns=guns,
+        purchasers=distinct,
+        top_purchaser=top_label,
+        top_purchaser_guns=top_count,
+        first_purchase=iso_dates(first),
+        last_purchase=iso_dates(last),
+        median_ttc=median.astype(float),
+    )
+
+
+def _labels_by_code(codes: np.ndarray, labels: pd.Series, n: int) -> np.ndarray:
+    """One display label per code: the first label seen for it."""
+    out = np.empty(n, dtype=object)
+    if n == 0:
+        return out
+    valid = np.flatnonzero(codes >= 0)
+    first_code, first_pos = np.unique(codes[valid], return_index=True)
+    out[first_code] = labels.to_numpy(dtype=object, na_value=None)[valid[first_pos]]
+    return out
+
+
+def _state_codes(records: pd.DataFrame, column: str) -> tuple[np.ndarray, pd.Index]:
+    return _codes(records[column].astype("string").fillna(UNKNOWN))
+
+
+def _share(guns: np.ndarray) -> np.ndarray:
+    total = guns.sum()
+    return np.round(guns / total, 6) if total else np.zeros(len(guns))
+
+
+def _distinct(group: np.ndarray, values: pd.Series, n: int) -> np.ndarray:
+    codes, _ = _codes(values)
+    return top_item(group, codes, n)[2]
+
+
+def by_us_state(
+    records: pd.DataFrame, *, state_names: Mapping[str, str] | None = None
+) -> pd.DataFrame:
+    """Source states (``dealer_admin1``; ``unknown`` when not geocoded): guns, share, dealers,
+    purchasers, median time to crime. Sorted by guns."""
+    group, states = _state_codes(records, "dealer_admin1")
+    n = len(states)
+    stats = group_stats(records, group, n)
+    table = pd.DataFrame(
+        {
+            "state": states.astype("string"),
+            "state_name": [(state_names or {}).get(s, s) for s in states],
+            "guns": stats.guns,
+            "share": _share(stats.guns),
+            "dealers": _distinct(group, records["dealer_id"], n),
+            "purchasers": stats.purchasers,
+            "median_time_to_crime_days": stats.median_ttc.to_numpy(),
+        }
+    )
+    return _sorted(table)
+
+
+def by_mx_state(
+    records: pd.DataFrame, *, state_names: Mapping[str, str] | None = None
+) -> pd.DataFrame:
+    """Recovery states (ISO 3166-2, ``unknown`` when not geocoded): guns, share, distinct
+    recovery places, purchasers. Sorted by guns."""
+    group, states = _state_codes(records, "recovery_admin1")
+    n = len(states)
+    stats = group_stats(records, group, n)
+    table = pd.DataFrame(
+        {
+            "state": states.astype("string"),
+            "state_name": [(state_names or {}).get(s, s) for s in states],
+            "guns": stats.guns,
+            "share": _share(stats.guns),
+            "places": _distinct(group, records["recovery_place"], n),
+            "purchasers": stats.purchasers,
+        }
+    )
+    return _sorted(table)
+
+
+def state_matrix(records: pd.DataFrame) -> pd.DataFrame:
+    """Guns per (US source state, Mexican recovery state), long form, sorted by guns."""
+    pairs = pd.DataFrame(
+        {
+            "us_state": records["dealer_admin1"].astype("string").fillna(UNKNOWN),
+            "mx_state": records["recovery_admin1"].astype("string").fillna(UNKNOWN),
+        }
+    )
+    table = pairs.groupby(["us_state", "mx_state"], sort=True).size().rename("guns")
+    table = table.reset_index()
+    return table.sort_values(
+        ["guns", "us_state", "mx_state"], ascending=[False, True, True], kind="stable"
+    ).reset_index(drop=True)
+
+
+def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    first = table.columns[0]
+    return table.sort_values(
+        ["guns", first], ascending=[False, True], kind="stable"
+    ).reset_index(drop=True)
+
+
+def _first_by_group(group: np.ndarray, values: pd.Series, n: int) -> pd.Series:
+    """The first non-missing value of ``values`` in each group (NA when none)."""
+    series = pd.Series(values.to_numpy(), dtype=values.dtype)
+    return series.groupby(group).first().reindex(pd.RangeIndex(n))
+
+
+def by_dealer(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per dealer (all valid records): guns, share, purchasers, top purchaser and the
+    share of the dealer's guns going to them, median time to crime, purchase span."""
+    group, dealers = _codes(records["dealer_id"].astype("string").fillna(UNKNOWN))
+    n = len(dealers)
+    stats = group_stats(records, group, n)
+    first = {c: _first_by_group(group, records[c], n) for c in (
+        "dealer_name", "dealer_ffl", "dealer_place", "dealer_admin1")}
+    table = pd.DataFrame(
+        {
+            "dealer_id": dealers.astype("string"),
+            "dealer_name": first["dealer_name"].to_numpy(),
+            "dealer_ffl": first["dealer_ffl"].to_numpy(),
+            "dealer_place": first["dealer_place"].to_numpy(),
+            "dealer_state": first["dealer_admin1"].to_numpy(),
+            "guns": stats.guns,
+            "share": _share(stats.guns),
+            "purchasers": stats.purchasers,
+            "top_purchaser": stats.top_purchaser.to_numpy(),
+            "top_purchaser_guns": stats.top_purchaser_guns,
+            "top_purchaser_share": np.round(stats.top_purchaser_guns / stats.guns, 6),
+            "median_time_to_crime_days": stats.median_ttc.to_numpy(),
+            "first_purchase": stats.first_purchase.to_numpy(),
+            "last_purchase": stats.last_purchase.to_numpy(),
+        }
+    )
+    return _sorted(table)
+
+
+def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None = None
+                  ) -> pd.DataFrame:
+    """One row per purchaser (records without a purchaser are left out): guns, distinct
+    dealers, top dealer with its guns and share, Herfindahl concentration ``hhi`` over dealers
+    (1 = a single store), purchase span, crossings used (known first) and median time to crime.
+
+    Columns (contract): ``purchaser``, ``guns``, ``dealers``, ``top_dealer``,
+    ``top_dealer_guns``, ``top_dealer_share``, ``hhi``, ``first_purchase``,
+    ``last_purchase``, ``crossings``, ``median_time_to_crime_days``.
+    """
+    known = records[records["purchaser_id"].notna()]
+    group, ids = _codes(known["purchaser_id"])
+    n = len(ids)
+    label_col = "purchaser_label" if "purchaser_label" in known else "purchaser_id"
+    labels = _labels_by_code(group, known[label_col], n)
+    dealer, dealer_ids = _codes(known["dealer_id"])
+    top, top_count, distinct = top_item(group, dealer, n)
+    guns = np.bincount(group, minlength=n)
+    dealer_names = _labels_by_code(dealer, known["dealer_name"].fillna(
+        known["dealer_id"]), len(dealer_ids))
+    # Herfindahl index: sum of squared dealer shares per purchaser
+    valid = dealer >= 0
+    width = max(len(dealer_ids), 1)
+    pairs, counts = np.unique(group[valid] * width + dealer[valid], return_counts=True)
+    squares = np.bincount(pairs // width, weights=counts.astype(float) ** 2, minlength=n)
+    with_dealer = np.bincount(group[valid], minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hhi = np.where(with_dealer > 0, squares / np.maximum(with_dealer, 1) ** 2, np.nan)
+    by = pd.Series(group)
+    dates = pd.Series(pd.to_datetime(known["purchase_date"]).to_numpy())
+    ttc = pd.Series(known["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan))
+    index = pd.RangeIndex(n)
+    table = pd.DataFrame(
+        {
+            "purchaser": pd.array(labels, dtype="string"),
+            "guns": guns,
+            "dealers": distinct,
+            "top_dealer": pd.array(
+                np.where(top >= 0, dealer_names[np.maximum(top, 0)] if len(dealer_names)
+                         else None, None), dtype="string"),
+            "top_dealer_guns": top_count,
+            "top_dealer_share": np.round(top_count / np.maximum(guns, 1), 6),
+            "hhi": np.round(hhi, 6),
+            "first_purchase": iso_dates(dates.groupby(by).min().reindex(index)).to_numpy(),
+            "last_purchase": iso_dates(dates.groupby(by).max().reindex(index)).to_numpy(),
+            "crossings": _crossings_used(known, group, n, port_names).to_numpy(),
+            "median_time_to_crime_days": ttc.groupby(by).median().reindex(index).to_numpy(),
+        }
+    )
+    return table.sort_values(
+        ["guns", "purchaser"], ascending=[False, True], kind="stable"
+    ).reset_index(drop=True)
+
+
+def _crossings_used(
+    records: pd.DataFrame, group: np.ndarray, n: int, port_names: Mapping[str, str] | None
+) -> pd.Series:
+    """Port names each group's guns went through, known ports first, then by guns."""
+    frame = pd.DataFrame(
+        {
+            "group": group,
+            "code": records["crossing_code"].astype("string").to_numpy(),
+            "modelled": (records["route_kind"].astype("string") == "modelled")
+            .fillna(False).to_numpy(dtype=bool),
+        }
+    ).dropna(subset=["code"])
+    if frame.empty:
+        return pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="string")
+    counts = frame.groupby(["group", "code", "modelled"]).size().rename("guns").reset_index()
+    counts = counts.sort_values(["group", "modelled", "guns", "code"],
+                                ascending=[True, True, False, True], kind="stable")
+    counts = counts.drop_duplicates(["group", "code"])
+    names = counts["code"].map(lambda c: (port_names or {}).get(c, c))
+    joined = names.groupby(counts["group"].to_numpy()).agg("; ".join)
+    return joined.reindex(pd.RangeIndex(n)).astype("string")
+
+
+def by_crossing(
+    records: pd.DataFrame, ports: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Guns per port of entry (records with a crossing), split known vs modelled."""
+    frame = records[records["crossing_code"].notna()]
+    code = frame["crossing_code"].astype("string")
+    modelled = (frame["route_kind"].astype("string") == "modelled").fillna(False)
+    table = pd.DataFrame({"code": code, "modelled": modelled.to_numpy(dtype=bool)})
+    counts = table.groupby("code").agg(
+        guns=("modelled", "size"), guns_modelled=("modelled", "sum")
+    ).reset_index()
+    counts["guns_modelled"] = counts["guns_modelled"].astype("int64")
+    counts["guns_known"] = counts["guns"] - counts["guns_modelled"]
+    counts["share"] = _share(counts["guns"].to_numpy())
+    info = _port_info(ports)
+    counts["name"] = counts["code"].map(info["name"]).fillna(counts["code"]).astype("string")
+    counts["us_state"] = counts["code"].map(info["us_state"]).astype("string")
+    table = counts[["code", "name", "us_state", "guns", "guns_known", "guns_modelled", "share"]]
+    return table.sort_values(["guns", "code"], ascending=[False, True],
+                             kind="stable").reset_index(drop=True)
+
+
+def _port_info(ports: pd.DataFrame | None) -> pd.DataFrame:
+    if ports is None or len(ports) == 0:
+        return pd.DataFrame({"name": pd.Series(dtype="string"),
+                             "us_state": pd.Series(dtype="string")})
+    return pd.DataFrame(ports[["code", "name", "us_state"]]).set_index("code")
+
+
+def by_year(records: pd.DataFrame) -> pd.DataFrame:
+    """Guns purchased and recovered per calendar year, by weapon type (``unknown`` if blank)."""
+    weapon = records["weapon_type"].astype("string").str.lower().fillna(UNKNOWN)
+    parts = []
+    for column, name in (("purchase_date", "purchased"), ("recovery_date", "recovered")):
+        years = pd.to_datetime(records[column]).dt.year
+        frame = pd.DataFrame({"year": years, "weapon_type": weapon}).dropna(subset=["year"])
+        parts.append(frame.groupby(["year", "weapon_type"]).size().rename(name))
+    table = pd.concat(parts, axis=1).fillna(0).astype("int64").reset_index()
+    table["year"] = table["year"].astype("int64")
+    return table.sort_values(["year", "weapon_type"], kind="stable").reset_index(drop=True)
+
+
+def build_tables(
+    records: pd.DataFrame,
+    *,
+    ports: pd.DataFrame | None = None,
+    state_names: Mapping[str, str] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """All seven tables of DESIGN.md "Outputs", keyed by file stem."""
+    port_names = None if ports is None else dict(zip(ports["code"], ports["name"], strict=True))
+    return {
+        "by_us_state": by_us_state(records, state_names=state_names),
+        "by_mx_state": by_mx_state(records, state_names=state_names),
+        "state_matrix": state_matrix(records),
+        "by_dealer": by_dealer(records),
+        "by_trafficker": by_trafficker(records, port_names=port_names),
+        "by_crossing": by_crossing(records, ports),
+        "by_year": by_year(records),
+    }
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _num(value: object) -> object:
+    """JSON-friendly scalar: numpy → Python, NaN/NA → None."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+def findings(
+    records: pd.DataFrame,
+    tables: Mapping[str, pd.DataFrame],
+    *,
+    min_guns: int = 10,
+    top_n: int = 3,
+) -> list[dict]:
+    """Headline findings: each a dict ``id``, ``text`` (one sentence) and ``numbers``.
+
+    Computed from the tables, so a reporter can check every figure against the CSVs.
+    """
+    out: list[dict] = []
+    traffickers = tables["by_trafficker"]
+    big = traffickers[traffickers["guns"] >= min_guns]
+    single = big[big["top_dealer_share"] > 0.5]
+    out.append({
+        "id": "prolific_purchasers",
+        "text": (
+            f"{_plural(len(big), 'purchaser')} {'is' if len(big) == 1 else 'are'} tied to "
+            f"{min_guns} or more guns each; {len(single):,} of them bought most of their guns "
+            "(more than half) at a single store."
+        ),
+        "numbers": {
+            "min_guns": min_guns,
+            "purchasers": len(big),
+            "mostly_one_store": len(single),
+            "guns": int(big["guns"].sum()),
+            "top": [
+                {k: _num(v) for k, v in row.items()}
+                for row in big[["purchaser", "guns", "top_dealer", "top_dealer_guns",
+                                "top_dealer_share", "crossings"]].to_dict("records")
+            ],
+        },
+    })
+    if len(traffickers):
+        top = traffickers.iloc[0]
+        crossings = top["crossings"] if pd.notna(top["crossings"]) else ""
+        text = (
+            f"The most prolific purchaser, {top['purchaser']}, is tied to "
+            f"{_plural(int(top['guns']), 'gun')}, {int(top['top_dealer_guns']):,} of them from "
+            f"{top['top_dealer']}"
+        )
+        text += f"; crossings: {crossings}." if crossings else "."
+        out.append({
+            "id": "most_prolific_purchaser",
+            "text": text,
+            "numbers": {
+                "purchaser": top["purchaser"],
+                "guns": int(top["guns"]),
+                "top_dealer": _num(top["top_dealer"]),
+                "top_dealer_guns": int(top["top_dealer_guns"]),
+                "top_dealer_share": float(top["top_dealer_share"]),
+                "crossings": _num(top["crossings"]),
+            },
+        })
+    states = tables["by_us_state"]
+    states = states[states["state"] != UNKNOWN].head(top_n)
+    if len(states):
+        listing = ", ".join(
+            f"{r.state_name} ({r.guns:,}, {r.share:.0%})" for r in states.itertuples()
+        )
+        out.append({
+            "id": "top_source_states",
+            "text": f"Top source states: {listing}.",
+            "numbers": {"states": [
+                {k: _num(v) for k, v in row.items()}
+                for row in states[["state", "state_name", "guns", "share"]].to_dict("records")
+            ]},
+        })
+    dealers = tables["by_dealer"].head(top_n)
+    if len(dealers):
+        listing = ", ".join(
+            f"{r.dealer_name} in {r.dealer_place} ({r.guns:,})" for r in dealers.itertuples()
+        )
+        out.append({
+            "id": "top_dealers",
+            "text": f"Dealers that sold the most traced guns: {listing}.",
+            "numbers": {"dealers": [
+                {k: _num(v) for k, v in row.items()}
+                for row in dealers[["dealer_id", "dealer_name", "dealer_place", "guns",
+                                    "top_purchaser_share"]].to_dict("records")
+            ]},
+        })
+    ttc = pd.Series(records["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan))
+    known_ttc = ttc.dropna()
+    if len(known_ttc):
+        short = int((known_ttc < TTC_SHORT_DAYS).sum())
+        share = short / len(known_ttc)
+        out.append({
+            "id": "short_time_to_crime",
+            "text": (
+                f"{share:.0%} of guns with both dates ({short:,} of {len(known_ttc):,}) were "
+                "recovered less than three years after their retail sale, a trafficking "
+                "indicator."
+            ),
+            "numbers": {"guns_short": short, "guns_with_dates": len(known_ttc),
+                        "share": round(share, 6), "threshold_days": TTC_SHORT_DAYS,
+                        "median_days": float(known_ttc.median())},
+        })
+    crossings = tables["by_crossing"].head(top_n)
+    if len(crossings):
+        def describe(r) -> str:
+            kind = ("all modelled" if r.guns_known == 0 else
+                    "all known" if r.guns_modelled == 0 else
+                    f"{r.guns_known:,} known, {r.guns_modelled:,} modelled")
+            return f"{r.name} ({r.guns:,}; {kind})"
+        listing = ", ".join(describe(r) for r in crossings.itertuples())
+        out.append({
+            "id": "top_crossings",
+            "text": (
+                f"Ports of entry carrying the most guns: {listing}. Modelled crossings are the "
+                "shortest route dealer → port → recovery, not a record of where guns crossed."
+            ),
+            "numbers": {"crossings": [
+                {k: _num(v) for k, v in row.items()}
+                for row in crossings[["code", "name", "guns", "guns_known",
+                                      "guns_modelled"]].to_dict("records")
+            ]},
+        })
+    return out

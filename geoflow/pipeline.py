@@ -1,0 +1,378 @@
+"""Orchestration: read → geocode → crossings → pseudonyms (``prepare_records``), then flows →
+tables → findings (``analyse``), then files (``write_outputs``). The CLI, batches and the map
+all go through here. Filters sit between ``prepare_records`` and ``analyse`` so a batch reads
+and geocodes once.
+
+Example
+-------
+>>> from geoflow.pipeline import RunOptions, run_pipeline, write_outputs
+>>> result = run_pipeline("traces.csv", options=RunOptions())      # doctest: +SKIP
+>>> write_outputs(result, "maps/traces")                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+
+from geoflow import __version__
+from geoflow.aggregate import build_tables, findings
+from geoflow.export import (
+    GENERATOR,
+    atomic_output_dir,
+    write_csv,
+    write_geojson,
+    write_json,
+)
+from geoflow.flows import (
+    build_crossings,
+    build_dealers,
+    build_flows,
+    build_recoveries,
+    build_states,
+    dealer_ids,
+)
+from geoflow.privacy import pseudonymise
+
+__all__ = [
+    "RunOptions",
+    "PreparedRecords",
+    "RunResult",
+    "UNPLACED_REASONS",
+    "place_records",
+    "prepare_records",
+    "analyse",
+    "run_pipeline",
+    "write_outputs",
+    "findings_markdown",
+]
+
+log = logging.getLogger("geoflow.pipeline")
+
+UNPLACED_REASONS = (
+    "no dealer location",
+    "no recovery location",
+    "no dealer or recovery location",
+    "no port of entry",
+)
+#: Columns of unplaced.csv (no purchaser or possessor names: those never leave unmasked).
+UNPLACED_COLUMNS = (
+    "line", "reason", "trace_id", "dealer_name", "dealer_city", "dealer_state", "dealer_zip",
+    "dealer_geocode_level", "recovery_city", "recovery_state", "recovery_country",
+    "recovery_geocode_level",
+)
+TABLE_NAMES = (
+    "by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_trafficker", "by_crossing",
+    "by_year",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """Everything that changes what a run computes (the map's looks live in render)."""
+
+    dayfirst: bool = False
+    column_map: Mapping[str, str] | None = None
+    geocoder: Any = None
+    overrides: Any = None
+    flow_level: str = "place"
+    show_names: bool = False
+    pseudonym_key: bytes | str | None = None
+    today: dt.date | None = None
+
+    def __post_init__(self) -> None:
+        if self.flow_level not in ("place", "state"):
+            raise ValueError(f"flow_level must be 'place' or 'state', not {self.flow_level!r}")
+
+    def describe(self) -> dict:
+        """JSON-friendly summary for the manifest (no key, geocoder by class name)."""
+        out = asdict(self)
+        out["geocoder"] = type(self.geocoder).__name__ if self.geocoder is not None else "offline"
+        out["overrides"] = None if self.overrides is None else str(self.overrides)
+        out["column_map"] = dict(self.column_map) if self.column_map else None
+        out["pseudonym_key"] = "custom" if self.pseudonym_key else "default"
+        out["today"] = self.today.isoformat() if self.today else None
+        return out
+
+
+@dataclass(frozen=True)
+class PreparedRecords:
+    """Records read, geocoded, routed and pseudonymised once; filter ``records`` freely."""
+
+    records: pd.DataFrame
+    rejects: pd.DataFrame
+    geocode_report: pd.DataFrame
+    source: dict
+    timings: dict
+    options: RunOptions
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything a run produces; see docs/internals.md for the columns."""
+
+    options: RunOptions
+    flows: gpd.GeoDataFrame
+    dealers: gpd.GeoDataFrame
+    recoveries: gpd.GeoDataFrame
+    crossings: gpd.GeoDataFrame
+    states: gpd.GeoDataFrame
+    tables: dict[str, pd.DataFrame]
+    findings: list[dict]
+    rejects: pd.DataFrame
+    unplaced: pd.DataFrame
+    geocode_report: pd.DataFrame
+    manifest: dict
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _located(records: pd.DataFrame, role: str) -> pd.Series:
+    return (records[f"{role}_lat"].notna() & records[f"{role}_lon"].notna()).astype(bool)
+
+
+def place_records(records: pd.DataFrame) -> pd.DataFrame:
+    """Add ``placed`` (bool) and ``unplaced_reason`` (NA when placed).
+
+    A record is placed when both its dealer and recovery site have coordinates and it has a
+    port of entry (known or modelled).
+    """
+    dealer = _located(records, "dealer").to_numpy()
+    recovery = _located(records, "recovery").to_numpy()
+    port = records["crossing_code"].notna().to_numpy(dtype=bool)
+    reason = np.select(
+        [~dealer & ~recovery, ~dealer, ~recovery, ~port],
+        list(UNPLACED_REASONS[2:3] + UNPLACED_REASONS[0:2] + UNPLACED_REASONS[3:]),
+        default="",
+    )
+    out = records.copy()
+    out["placed"] = dealer & recovery & port
+    out["unplaced_reason"] = pd.array(np.where(reason == "", None, reason), dtype="string")
+    return out
+
+
+def prepare_records(source: str | Path, *, options: RunOptions | None = None
+                    ) -> PreparedRecords:
+    """Read, geocode, assign crossings and add ids (``purchaser_id``, ``possessor_id``,
+    ``dealer_id``) and ``placed``/``unplaced_reason``. Real names are kept here so filters can
+    match them; :func:`analyse` decides what is shown."""
+    from geoflow.crossings import assign_crossings, load_ports
+    from geoflow.geocode import geocode_traces
+    from geoflow.io import read_traces
+
+    options = options or RunOptions()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    read = read_traces(source, column_map=options.column_map, dayfirst=options.dayfirst,
+                       today=options.today)
+    timings["read"] = time.perf_counter() - clock
+    log.info("read %s valid records (%s rejected lines) from %s", f"{len(read.records):,}",
+             f"{read.source['rows_read'] - len(read.records):,}", source)
+    clock = time.perf_counter()
+    records, report = geocode_traces(read.records, geocoder=options.geocoder,
+                                     overrides=options.overrides)
+    timings["geocode"] = time.perf_counter() - clock
+    log.info("geocoded %s distinct places", f"{len(report):,}")
+    clock = time.perf_counter()
+    records = assign_crossings(records, load_ports())
+    records = pseudonymise(records, key=options.pseudonym_key)
+    records["dealer_id"] = dealer_ids(records)
+    records = place_records(records)
+    timings["crossings"] = time.perf_counter() - clock
+    return PreparedRecords(records=records, rejects=read.rejects, geocode_report=report,
+                           source=dict(read.source), timings=timings, options=options)
+
+
+def _label(records: pd.DataFrame, show_names: bool) -> pd.DataFrame:
+    """Add ``purchaser_label``: the real name with ``show_names``, else the pseudonym."""
+    label = records["purchaser_name"].astype("string") if show_names else records["purchaser_id"]
+    return records.assign(purchaser_label=label.where(records["purchaser_id"].notna()))
+
+
+def _unplaced(records: pd.DataFrame) -> pd.DataFrame:
+    rows = records[~records["placed"].to_numpy(dtype=bool)]
+    out = pd.DataFrame(index=rows.index)
+    for column in UNPLACED_COLUMNS:
+        source = {"line": "source_line", "reason": "unplaced_reason"}.get(column, column)
+        out[column] = rows.get(source, pd.NA)
+    return out.sort_values("line", kind="stable").reset_index(drop=True)
+
+
+def _rejects(rejects: pd.DataFrame, show_names: bool) -> pd.DataFrame:
+    """rejects.csv: the raw line text may hold names, so it is kept only with show_names."""
+    out = rejects.copy()
+    if not show_names and "raw" in out:
+        out = out.drop(columns="raw")
+    return out
+
+
+def _state_names() -> tuple[gpd.GeoDataFrame, dict[str, str]]:
+    from geoflow.shapes import load_states
+
+    states = load_states()
+    return states, dict(zip(states["code"], states["name"], strict=True))
+
+
+def analyse(
+    prepared: PreparedRecords,
+    *,
+    options: RunOptions | None = None,
+    records: pd.DataFrame | None = None,
+    description: str = "",
+) -> RunResult:
+    """Flows, point layers, state polygons, tables and findings from prepared records.
+
+    ``records`` (default: all of ``prepared.records``) may be a filtered subset; the manifest
+    then counts the rows left out as ``rows_filtered_out``.
+    """
+    from geoflow.crossings import load_ports
+
+    options = options or prepared.options
+    frame = prepared.records if records is None else records
+    frame = _label(frame, options.show_names)
+    timings = dict(prepared.timings)
+    placed = frame[frame["placed"].to_numpy(dtype=bool)]
+    ports = load_ports()
+    states_shapes, state_names = _state_names()
+
+    clock = time.perf_counter()
+    flows = build_flows(placed, ports, level=options.flow_level, state_names=state_names)
+    dealers = build_dealers(placed)
+    recoveries = build_recoveries(placed)
+    crossings = build_crossings(placed, ports)
+    states = build_states(placed, states_shapes)
+    timings["flows"] = time.perf_counter() - clock
+    log.info("built %s flows through %s ports", f"{len(flows):,}", len(crossings))
+
+    clock = time.perf_counter()
+    tables = build_tables(frame, ports=ports, state_names=state_names)
+    found = findings(frame, tables)
+    timings["aggregate"] = time.perf_counter() - clock
+
+    unplaced = _unplaced(frame)
+    rows_read = int(prepared.source.get("rows_read", len(prepared.records)))
+    rows_valid = len(prepared.records)
+    counts = {
+        "rows_read": rows_read,
+        "rows_valid": rows_valid,
+        "rows_rejected": rows_read - rows_valid,
+        "rows_filtered_out": rows_valid - len(frame),
+        "rows_placed": len(placed),
+        "rows_unplaced": len(unplaced),
+        "flows": len(flows),
+        "dealers": len(dealers),
+        "recoveries": len(recoveries),
+        "crossings": len(crossings),
+        "guns_known_crossing": int((placed["route_kind"] == "known").sum()),
+        "guns_modelled_crossing": int((placed["route_kind"] == "modelled").sum()),
+    }
+    source = prepared.source
+    manifest = {
+        "generator": GENERATOR,
+        "version": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "input": {k: source.get(k) for k in ("path", "sha256", "format", "encoding")},
+        "options": options.describe(),
+        "show_names": options.show_names,
+        "description": description,
+        "counts": counts,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    return RunResult(
+        options=options, flows=flows, dealers=dealers, recoveries=recoveries,
+        crossings=crossings, states=states, tables=tables, findings=found,
+        rejects=_rejects(prepared.rejects, options.show_names), unplaced=unplaced,
+        geocode_report=prepared.geocode_report, manifest=manifest, description=description,
+    )
+
+
+def run_pipeline(source: str | Path, *, options: RunOptions | None = None) -> RunResult:
+    """``analyse(prepare_records(source))``: one whole run, nothing written."""
+    options = options or RunOptions()
+    return analyse(prepare_records(source, options=options), options=options)
+
+
+def findings_markdown(result: RunResult) -> str:
+    """The findings as a short Markdown list (for ``findings.md``)."""
+    title = "# Findings"
+    if result.description:
+        title += f": {result.description}"
+    counts = result.manifest["counts"]
+    lines = [title, ""]
+    lines += [f"- {item['text']}" for item in result.findings]
+    lines += [
+        "",
+        f"Rows read {counts['rows_read']:,}; valid {counts['rows_valid']:,}; rejected "
+        f"{counts['rows_rejected']:,}; placed on the map {counts['rows_placed']:,}; "
+        f"unplaced {counts['rows_unplaced']:,}.",
+        "Figures and the numbers behind each sentence: findings.json and tables/*.csv.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _render(result: RunResult, map_options: Any) -> str | None:
+    """map.html from :mod:`geoflow.render` when that module provides ``render_map``."""
+    try:
+        from geoflow import render
+    except ImportError:
+        return None
+    render_map = getattr(render, "render_map", None)
+    if render_map is None:
+        return None
+    if map_options is None and hasattr(render, "MapOptions"):
+        map_options = render.MapOptions()
+    return render_map(result, options=map_options)
+
+
+def write_outputs(
+    result: RunResult,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    map_options: Any = None,
+    write_map: bool = True,
+) -> Path:
+    """Write every output of DESIGN.md into ``out_dir`` atomically and return its path.
+
+    Files go to a temporary folder beside ``out_dir`` that replaces it only when all are
+    written; a folder geoflow did not write is refused unless ``force`` (``OutputError``).
+    """
+    clock = time.perf_counter()
+    out = Path(out_dir)
+    with atomic_output_dir(out, force=force) as temp:
+        layers = {"flows": result.flows, "dealers": result.dealers,
+                  "recoveries": result.recoveries, "crossings": result.crossings,
+                  "states": result.states}
+        for name, layer in layers.items():
+            write_geojson(layer, temp / f"{name}.geojson")
+        (temp / "tables").mkdir()
+        for name in TABLE_NAMES:
+            write_csv(result.tables[name], temp / "tables" / f"{name}.csv")
+        write_csv(result.rejects, temp / "rejects.csv")
+        write_csv(result.unplaced, temp / "unplaced.csv")
+        write_csv(result.geocode_report, temp / "geocode_report.csv")
+        write_json(result.findings, temp / "findings.json")
+        (temp / "findings.md").write_text(findings_markdown(result), encoding="utf-8")
+        if write_map:
+            html = _render(result, map_options)
+            if html is not None:
+                (temp / "map.html").write_text(html, encoding="utf-8")
+        manifest = dict(result.manifest)
+        timings = dict(manifest.get("timings", {}))
+        timings["export"] = round(time.perf_counter() - clock, 4)
+        manifest["timings"] = timings
+        written = (p.relative_to(temp).as_posix() for p in temp.rglob("*") if p.is_file())
+        manifest["files"] = [*sorted(written), "manifest.json"]
+        write_json(manifest, temp / "manifest.json")
+    log.info("wrote %s", out)
+    return out
