@@ -30,7 +30,6 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from functools import lru_cache
-from importlib import resources
 
 import pandas as pd
 
@@ -80,32 +79,18 @@ def _compact(text: object) -> str:
 
 @lru_cache(maxsize=1)
 def _shipped_state_aliases() -> tuple[dict[str, str], dict[str, str]]:
-    """(compact alias → ISO code, ISO code → display name) from the shipped state tables."""
-    aliases: dict[str, str] = {}
-    names: dict[str, str] = {}
-    try:
-        from geoflow.shapes import load_states
+    """(compact alias → ISO code, ISO code → display name) from ``shapes/state_names.csv``."""
+    from geoflow.shapes import load_state_names
 
-        states = load_states()
-    except ImportError:  # shapes not installed in this checkout: data-derived aliases only
-        states = pd.DataFrame(columns=["code", "name"])
-    for code, name in zip(states["code"], states["name"], strict=True):
-        code = str(code)
-        names[code] = str(name)
-        for alias in (code, code.split("-", 1)[-1], name):
-            aliases.setdefault(_compact(alias), code)
-    table = resources.files("geoflow.shapes_data").joinpath("state_names.csv")
-    if table.is_file():
-        with table.open("rb") as handle:
-            frame = pd.read_csv(handle, dtype=str, keep_default_na=False)
-        code_col = "code" if "code" in frame.columns else frame.columns[0]
-        for row in frame.itertuples(index=False):  # ~83 rows: one per state, not per record
-            row_dict = row._asdict()
-            code = row_dict[code_col]
-            for value in row_dict.values():
-                for alias in re.split(r"[|;]", value):
-                    if alias.strip() and not alias.strip().isdigit():
-                        aliases.setdefault(_compact(alias), code)
+    table = load_state_names()
+    aliases: dict[str, str] = {}
+    names = dict(zip(table["code"], table["name"], strict=True))
+    for column in ("code", "name", "abbreviations", "alternate_names"):
+        values = table[["code", column]].dropna()
+        for code, cell in zip(values["code"], values[column], strict=True):  # ~83 states
+            for alias in str(cell).split("|"):
+                if alias.strip():
+                    aliases.setdefault(_compact(alias), code)
     return aliases, names
 
 

@@ -221,3 +221,31 @@ def test_unknown_batch_kind_is_a_filter_error(records):
 def test_resolve_states_keeps_each_given_spelling(records):
     assert resolve_states(["tx", "US-AZ"], country="US", records=records) == {
         "tx": "US-TX", "US-AZ": "US-AZ"}
+
+
+@pytest.mark.parametrize("given", ["Tamaulipas", "TAMAULIPAS", "tamps", "Tamps.", "MX-TAM"])
+def test_mx_state_by_shipped_name_or_abbreviation(records, given):
+    out, description = filter_records(records, mx_states=[given])
+    assert len(out) == 3
+    assert description == "Mexican state: Tamaulipas (MX-TAM)"
+
+
+@pytest.mark.parametrize("given", ["Nuevo León", "nuevo leon", "N.L.", "NL"])
+def test_accented_state_names_and_dotted_abbreviations(records, given):
+    assert resolve_states([given], country="MX", records=records) == {given: "MX-NLE"}
+
+
+def test_us_state_by_name_and_old_abbreviation(records):
+    assert resolve_states(["texas", "Ill.", "Ariz."], country="US") == {
+        "texas": "US-TX", "Ill.": "US-IL", "Ariz.": "US-AZ"}
+
+
+@pytest.mark.parametrize("given", ["US", "MX", "Texas City", "01"])
+def test_countries_and_numbers_are_not_states(given):
+    with pytest.raises(FilterError, match="unknown US state"):
+        resolve_states([given], country="US")
+
+
+def test_real_state_with_no_guns_in_the_data_says_no_records_match(records):
+    with pytest.raises(FilterError, match=r"no records match US state: Wyoming \(US-WY\)"):
+        filter_records(records, us_states=["WY"])

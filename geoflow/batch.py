@@ -1,0 +1,362 @@
+"""Per-entity runs (``--per state|mx-state|trafficker|dealer``): safe folder names and an index.
+
+A batch reads and geocodes once (``pipeline.prepare_records``), then analyses each entity's
+records and writes one complete output set per entity under ``OUT/<kind>/<slug>/``, plus
+``OUT/index.html`` (a sortable, self-contained table linking every map) and
+``OUT/manifest.json`` (``generator: geoflow``, slug → entity, counts). The whole batch is built
+in a temporary folder next to ``OUT`` and swapped into place at the end, so a failed batch
+leaves the previous one intact.
+
+Folder names (:func:`slugify`) are lowercase ASCII letters, digits and dashes, capped in length,
+and always end in a short hash of the entity, so two names that read alike never share a folder
+and no name can become ``..``, a path or a reserved device name (``CON``, ``NUL``, ``COM1`` …).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from geoflow import __version__
+from geoflow.errors import OutputError
+from geoflow.select import entity_keys, list_entities
+
+__all__ = [
+    "DEFAULT_MIN_GUNS",
+    "BatchResult",
+    "entity_table",
+    "slugify",
+    "assign_slugs",
+    "safe_child",
+    "render_index",
+    "run_batch",
+]
+
+log = logging.getLogger(__name__)
+
+#: Default ``--min-guns`` per kind: every state, but only purchasers and dealers tied to 10 or
+#: more guns (the reporting's threshold; thousands of one-gun maps help nobody).
+DEFAULT_MIN_GUNS: dict[str, int] = {"state": 1, "mx-state": 1, "trafficker": 10, "dealer": 10}
+
+_KIND_TITLES = {
+    "state": ("US state", "US states (where the guns were sold)"),
+    "mx-state": ("Mexican state", "Mexican states (where the guns were recovered)"),
+    "trafficker": ("Purchaser", "Purchasers"),
+    "dealer": ("Dealer", "Dealers"),
+}
+
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+             *(f"lpt{i}" for i in range(10))}
+_SLUG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def slugify(name: str, *, key: str | None = None, max_length: int = 48,
+            hash_length: int = 6) -> str:
+    """Folder name for ``name``: ``ascii-words-<hash>``, at most ``max_length`` characters.
+
+    The hash is of ``key`` (default: ``name``) so distinct entities get distinct slugs even
+    when their names read alike.
+
+    >>> slugify("Nuevo León")
+    'nuevo-leon-7b47b8'
+    >>> slugify("../../x")
+    'x-9cdf6a'
+    """
+    decomposed = unicodedata.normalize("NFKD", str(name))
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    base = re.sub(r"[^a-z0-9]+", "-", plain.casefold()).strip("-")
+    digest = hashlib.sha256(str(name if key is None else key).encode("utf-8")).hexdigest()
+    hash_length = max(4, min(hash_length, len(digest)))
+    room = max(1, max_length - hash_length - 1)
+    base = base[:room].strip("-") or "x"
+    return f"{base}-{digest[:hash_length]}"
+
+
+def assign_slugs(keys: Sequence[str], labels: Sequence[str], *, max_length: int = 48
+                 ) -> list[str]:
+    """Unique slugs for entities (``keys`` unique): the hash grows where two would clash."""
+    slugs = [slugify(label, key=key, max_length=max_length)
+             for key, label in zip(keys, labels, strict=True)]
+    for hash_length in (12, 24, 64):
+        seen = pd.Series(slugs).duplicated(keep=False)
+        if not seen.any():
+            break
+        for i in seen[seen].index:  # only the (rare) clashing entities
+            slugs[i] = slugify(labels[i], key=keys[i], max_length=max_length + hash_length,
+                               hash_length=hash_length)
+    if len(set(slugs)) != len(slugs):
+        raise OutputError("two batch entities share a folder name; keys must be unique")
+    return slugs
+
+
+def safe_child(root: Path, *parts: str) -> Path:
+    """``root/part/…`` after checking each part is a plain slug and the result stays in root."""
+    root = Path(root).resolve()
+    for part in parts:
+        stem = part.split(".", 1)[0].casefold()
+        if not _SLUG_RE.fullmatch(part.replace(".", "-")) or stem in _RESERVED:
+            raise OutputError(f"unsafe folder name {part!r}", path=str(root))
+    target = root.joinpath(*parts).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise OutputError(f"folder {'/'.join(parts)!r} would leave the output folder",
+                          path=str(root))
+    return target
+
+
+# --------------------------------------------------------------------------- index page
+
+_INDEX_CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
+max-width:72rem;padding:0 1rem;color:#1b1b1b}
+h1{font-size:1.5rem;margin:0 0 .25rem}p.sub{margin:.25rem 0;color:#444}
+table{border-collapse:collapse;width:100%;margin-top:1rem}
+th,td{padding:.35rem .6rem;border-bottom:1px solid #ddd;text-align:left}
+th{cursor:pointer;user-select:none;background:#f4f4f4;position:sticky;top:0}
+th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+footer{margin-top:1.5rem;color:#555;font-size:.9rem}
+"""
+
+_INDEX_JS = """
+document.querySelectorAll("table.sortable th").forEach(function(th, col){
+  th.addEventListener("click", function(){
+    var table = th.closest("table"), body = table.tBodies[0];
+    var asc = th.getAttribute("aria-sort") !== "ascending";
+    table.querySelectorAll("th").forEach(function(h){ h.removeAttribute("aria-sort"); });
+    th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function(a, b){
+      var x = a.cells[col].getAttribute("data-value"), y = b.cells[col].getAttribute("data-value");
+      var nx = parseFloat(x), ny = parseFloat(y);
+      var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+      return asc ? c : -c;
+    });
+    rows.forEach(function(r){ body.appendChild(r); });
+  });
+});
+"""
+
+
+def _esc(text: object) -> str:
+    from geoflow.render import escape_html
+
+    return escape_html("" if text is None or text is pd.NA else str(text))
+
+
+def render_index(
+    entities: pd.DataFrame,
+    *,
+    kind: str,
+    title: str,
+    description: str = "",
+    totals: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    """The batch's ``index.html``: one sortable row per entity, linking to its map.
+
+    ``entities`` has ``label``, ``guns``, ``placed``, ``purchasers``, ``dealers``, ``href``
+    (relative link to the entity's map) and ``folder``. Every value is escaped; the page loads
+    nothing from the network.
+    """
+    singular, plural = _KIND_TITLES[kind]
+    total_guns = int((totals or {}).get("guns", entities["guns"].sum() if len(entities) else 0))
+    header = (
+        f'<tr><th scope="col">{_esc(singular)}</th>'
+        '<th scope="col" class="n">Guns</th><th scope="col" class="n">Share</th>'
+        '<th scope="col" class="n">Placed on map</th>'
+        '<th scope="col" class="n">Purchasers</th><th scope="col" class="n">Dealers</th>'
+        '<th scope="col">Files</th></tr>'
+    )
+    rows = []
+    for row in entities.itertuples(index=False):  # one row per entity written
+        share = row.guns / total_guns if total_guns else 0.0
+        rows.append(
+            "<tr>"
+            f'<td data-value="{_esc(row.label)}"><a href="{_esc(row.href)}">{_esc(row.label)}'
+            "</a></td>"
+            f'<td class="n" data-value="{int(row.guns)}">{int(row.guns):,}</td>'
+            f'<td class="n" data-value="{share:.6f}">{share:.1%}</td>'
+            f'<td class="n" data-value="{int(row.placed)}">{int(row.placed):,}</td>'
+            f'<td class="n" data-value="{int(row.purchasers)}">{int(row.purchasers):,}</td>'
+            f'<td class="n" data-value="{int(row.dealers)}">{int(row.dealers):,}</td>'
+            f'<td data-value="{_esc(row.folder)}"><a href="{_esc(row.folder)}/">'
+            f"{_esc(row.folder)}/</a></td>"
+            "</tr>"
+        )
+    subtitle = f'<p class="sub">{_esc(description)}</p>' if description else ""
+    note_html = "".join(f"<p>{_esc(note)}</p>" for note in notes)
+    summary = (
+        f"{len(entities):,} {plural.split(' (')[0].lower()} · {total_guns:,} guns in the "
+        "records analysed"
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
+        f"<title>{_esc(title)}</title><style>{_INDEX_CSS}</style></head><body>"
+        f"<h1>{_esc(title)}</h1>{subtitle}<p class=\"sub\">{_esc(summary)}</p>"
+        f'<table class="sortable"><caption>{_esc(plural)}; click a heading to sort'
+        f"</caption><thead>{header}</thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<footer>{note_html}<p>Written by geoflow {_esc(__version__)}.</p></footer>"
+        f"<script>{_INDEX_JS}</script></body></html>\n"
+    )
+
+
+# --------------------------------------------------------------------------- the batch
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a batch wrote: the folder, one row per entity and the batch manifest."""
+
+    out_dir: Path
+    kind: str
+    entities: pd.DataFrame
+    manifest: dict[str, Any]
+
+
+def entity_table(
+    records: pd.DataFrame, kind: str, *, min_guns: int | None = None, show_names: bool = False
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Entities to write (with slug, folder and per-entity counts) and the batch accounting.
+
+    The accounting says where every record went: ``records`` = ``guns_in_entities`` +
+    ``guns_below_threshold`` + ``records_without_entity``.
+    """
+    threshold = DEFAULT_MIN_GUNS[kind] if min_guns is None else max(int(min_guns), 1)
+    keys = entity_keys(records, kind)
+    table = list_entities(records, kind, min_guns=threshold, show_names=show_names)
+    stats = pd.DataFrame({
+        "key": keys,
+        "placed": records.get("placed", True),
+        "purchaser_id": records.get("purchaser_id"),
+        "dealer_id": records.get("dealer_id"),
+    }).dropna(subset=["key"]).groupby("key").agg(
+        placed=("placed", "sum"), purchasers=("purchaser_id", "nunique"),
+        dealers=("dealer_id", "nunique"),
+    )
+    table = table.join(stats, on="key")
+    table["slug"] = pd.array(assign_slugs(table["key"].tolist(), table["label"].tolist()),
+                             dtype="string")
+    table["folder"] = kind + "/" + table["slug"]
+    table["href"] = table["folder"] + "/map.html"
+    with_entity = int(keys.notna().sum())
+    accounting = {
+        "records": len(records),
+        "entities": len(table),
+        "guns_in_entities": int(table["guns"].sum()),
+        "min_guns": threshold,
+        "entities_below_threshold": int(keys.nunique(dropna=True)) - len(table),
+        "guns_below_threshold": with_entity - int(table["guns"].sum()),
+        "records_without_entity": len(records) - with_entity,
+    }
+    return table.astype({"placed": int, "purchasers": int, "dealers": int}), accounting
+
+
+def run_batch(
+    prepared: Any,
+    *,
+    kind: str,
+    out_dir: str | Path,
+    options: Any = None,
+    records: pd.DataFrame | None = None,
+    description: str = "",
+    min_guns: int | None = None,
+    force: bool = False,
+    title: str | None = None,
+    write: Callable[[Any, Path], None] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BatchResult:
+    """Analyse and write one output set per entity of ``kind``, plus index.html and manifest.
+
+    ``prepared`` is a ``pipeline.PreparedRecords`` (read and geocoded once); ``records``
+    defaults to its records (pass filtered ones to batch within a filter, and their
+    ``description``). ``write(result, folder)`` writes one entity's outputs (default:
+    ``pipeline.write_outputs``); ``progress(label)`` is called after each entity.
+    The batch is built beside ``out_dir`` and swapped in at the end; an existing ``out_dir``
+    not written by geoflow is refused unless ``force``.
+    """
+    from geoflow import export, pipeline
+
+    options = options if options is not None else prepared.options
+    records = prepared.records if records is None else records
+    show_names = bool(getattr(options, "show_names", False))
+    write = write or (lambda result, folder: pipeline.write_outputs(result, folder))
+    table, accounting = entity_table(records, kind, min_guns=min_guns, show_names=show_names)
+    keys = entity_keys(records, kind)
+    positions = pd.Series(range(len(records)), index=records.index).groupby(
+        keys.to_numpy(), dropna=True).indices if len(records) else {}
+    singular, plural = _KIND_TITLES[kind]
+    title = title or f"Guns traced to Mexico by {singular.lower()}"
+    written = []
+    with export.atomic_output_dir(out_dir, force=force) as temp:
+        for row in table.itertuples(index=False):  # one analysis per entity, not per record
+            subset = records.iloc[positions[row.key]]
+            part = f"{singular}: {row.label}"
+            result = pipeline.analyse(
+                prepared, options=options, records=subset,
+                description=f"{description}; {part}" if description else part,
+            )
+            folder = safe_child(temp, kind, row.slug)
+            write(result, folder)
+            written.append(int(result.manifest["counts"]["rows_placed"]))
+            log.debug("%s %s: %d guns → %s", singular, row.label, row.guns, row.folder)
+            if progress is not None:
+                progress(str(row.label))
+        table = table.assign(rows_placed=written) if written else table.assign(rows_placed=0)
+        notes = _accounting_notes(accounting, plural=plural.split(" (")[0].lower())
+        html = render_index(table, kind=kind, title=title, description=description,
+                            notes=notes, totals={"guns": accounting["records"]})
+        export.safe_path(temp, "index.html").write_text(html, encoding="utf-8")
+        manifest = _manifest(prepared, kind=kind, description=description, table=table,
+                             accounting=accounting, show_names=show_names)
+        export.write_json(manifest, export.safe_path(temp, "manifest.json"))
+    log.info("%d %s written to %s (index.html lists them)", len(table),
+             plural.split(" (")[0].lower(), out_dir)
+    return BatchResult(out_dir=Path(out_dir), kind=kind, entities=table, manifest=manifest)
+
+
+def _accounting_notes(accounting: dict[str, int], *, plural: str) -> list[str]:
+    notes = []
+    if accounting["entities_below_threshold"]:
+        notes.append(
+            f"{accounting['entities_below_threshold']:,} more {plural} with fewer than "
+            f"{accounting['min_guns']:,} guns each ({accounting['guns_below_threshold']:,} "
+            "guns) are not listed."
+        )
+    if accounting["records_without_entity"]:
+        notes.append(f"{accounting['records_without_entity']:,} records name no such entity "
+                     "(for states: the geocoder could not tell the state).")
+    return notes
+
+
+def _manifest(prepared: Any, *, kind: str, description: str, table: pd.DataFrame,
+              accounting: dict[str, int], show_names: bool) -> dict[str, Any]:
+    from geoflow.export import GENERATOR
+
+    source = dict(getattr(prepared, "source", {}) or {})
+    return {
+        "generator": GENERATOR,
+        "version": __version__,
+        "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
+        "batch": kind,
+        "description": description,
+        "show_names": show_names,
+        "input": {k: source.get(k) for k in ("path", "sha256", "format", "rows_read")},
+        "counts": accounting,
+        "entities": [
+            {"slug": row.slug, "folder": row.folder, "key": row.key, "label": row.label,
+             "guns": int(row.guns), "placed": int(row.placed)}
+            for row in table.itertuples(index=False)  # one entry per entity
+        ],
+        "files": ["index.html", "manifest.json", *(f"{f}/" for f in table["folder"])],
+    }

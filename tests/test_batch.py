@@ -1,0 +1,164 @@
+"""Batches (--per state|mx-state|trafficker|dealer): safe folder names, accounting, index page."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from geoflow.batch import assign_slugs, entity_table, render_index, safe_child, slugify
+from geoflow.errors import OutputError
+
+SLUG = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+            *(f"lpt{i}" for i in range(10))}
+
+HOSTILE = [
+    "../../x", "..", ".", "/etc/passwd", "C:\\Windows\\system32", "CON", "con", "NUL", "com1",
+    "LPT9", "aux.txt", "x" * 300, "é" * 300, "", "   ", "-", "🔫🔫", "a/b", "a\\b", "a\x00b",
+    "Nuevo León", "NUEVO LEON", "<script>alert(1)</script>",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_slugs_are_plain_short_and_never_reserved(name, tmp_path):
+    slug = slugify(name)
+    assert SLUG.fullmatch(slug), slug
+    assert len(slug) <= 48
+    assert slug.split("-")[0] not in RESERVED or "-" in slug  # always suffixed by the hash
+    assert slug.casefold() not in RESERVED
+    # the folder it names sits directly inside the output folder
+    assert safe_child(tmp_path, "state", slug).parent == (tmp_path / "state").resolve()
+
+
+def test_slugs_read_like_the_name():
+    assert slugify("Nuevo León").startswith("nuevo-leon-")
+    assert slugify("GAT Guns (East Dundee, IL)").startswith("gat-guns-east-dundee-il-")
+
+
+def test_names_that_read_alike_get_different_slugs():
+    names = ["Nuevo León", "NUEVO LEON", "nuevo-leon", "Nuevo  León", "x" * 300, "x" * 301]
+    slugs = [slugify(n) for n in names]
+    assert len(set(slugs)) == len(names)
+    assert all(s.startswith("nuevo-leon-") for s in slugs[:4])
+
+
+def test_same_name_always_gets_the_same_slug():
+    assert slugify("Rogelio Barajas") == slugify("Rogelio Barajas")
+
+
+def test_assign_slugs_are_unique_for_same_labels_different_keys():
+    slugs = assign_slugs(["D-1", "D-2", "D-3"], ["Guns", "Guns", "Guns"])
+    assert len(set(slugs)) == 3
+    assert all(s.startswith("guns-") for s in slugs)
+
+
+def test_assign_slugs_lengthens_the_hash_on_a_clash(monkeypatch):
+    import geoflow.batch as batch
+
+    real = batch.slugify
+
+    def clashing(name, *, key=None, max_length=48, hash_length=6):
+        if hash_length == 6:  # force every short hash to collide
+            return "same-000000"
+        return real(name, key=key, max_length=max_length, hash_length=hash_length)
+
+    monkeypatch.setattr(batch, "slugify", clashing)
+    slugs = batch.assign_slugs(["a", "b"], ["Same", "Same"])
+    assert len(set(slugs)) == 2
+    assert all(len(s.split("-")[-1]) == 12 for s in slugs)
+
+
+@pytest.mark.parametrize("part", ["..", ".", "../x", "a/b", "CON", "nul", "com1.txt", "", "X"])
+def test_safe_child_refuses_anything_but_plain_slugs(tmp_path, part):
+    with pytest.raises(OutputError, match=r"unsafe folder name|would leave"):
+        safe_child(tmp_path, "state", part)
+
+
+def test_safe_child_refuses_a_symlink_out_of_the_folder(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "state").symlink_to(outside)
+    with pytest.raises(OutputError, match="would leave the output folder"):
+        safe_child(root, "state", "texas-abc123")
+
+
+# --------------------------------------------------------------------------- entity table
+
+
+@pytest.fixture
+def records() -> pd.DataFrame:
+    return pd.DataFrame({
+        "dealer_admin1": ["US-TX", "US-TX", "US-TX", "US-AZ", pd.NA, "US-IL"],
+        "dealer_state": ["TX", "TX", "TX", "AZ", pd.NA, "IL"],
+        "recovery_admin1": ["MX-TAM"] * 6,
+        "purchaser_id": ["P-000001", "P-000001", "P-000002", "P-000003", "P-000001", pd.NA],
+        "purchaser_name": ["A B", "A B", "C D", "E F", "A B", pd.NA],
+        "dealer_id": ["D-1", "D-2", "D-2", "D-3", "D-3", "D-4"],
+        "dealer_name": ["One", "Two", "Two", "Three", "Three", "Four"],
+        "placed": [True, True, False, True, False, True],
+    }).astype({"dealer_admin1": "string", "dealer_state": "string", "purchaser_id": "string"})
+
+
+def test_entity_table_accounts_for_every_record(records):
+    table, accounting = entity_table(records, "state", min_guns=2)
+    assert table["key"].tolist() == ["US-TX"]
+    assert table[["guns", "placed", "purchasers", "dealers"]].iloc[0].tolist() == [3, 2, 2, 2]
+    assert accounting == {
+        "records": 6, "entities": 1, "guns_in_entities": 3, "min_guns": 2,
+        "entities_below_threshold": 2, "guns_below_threshold": 2, "records_without_entity": 1,
+    }
+    assert (accounting["guns_in_entities"] + accounting["guns_below_threshold"]
+            + accounting["records_without_entity"]) == accounting["records"]
+    assert table["folder"].iloc[0] == f"state/{table['slug'].iloc[0]}"
+
+
+def test_traffickers_default_threshold_is_ten_guns(records):
+    table, accounting = entity_table(records, "trafficker")
+    assert table.empty
+    assert accounting["min_guns"] == 10
+    assert accounting["guns_below_threshold"] == 5
+
+
+def test_trafficker_folders_are_named_by_pseudonym_unless_show_names(records):
+    hidden, _ = entity_table(records, "trafficker", min_guns=1)
+    assert all(s.startswith("p-") for s in hidden["slug"])
+    shown, _ = entity_table(records, "trafficker", min_guns=1, show_names=True)
+    assert shown["slug"].iloc[0].startswith("a-b-")
+    # the hash is of the pseudonym either way: nothing in a hidden slug derives from the name
+    assert hidden["slug"].iloc[0].split("-")[-1] == shown["slug"].iloc[0].split("-")[-1]
+
+
+# --------------------------------------------------------------------------- index page
+
+PAYLOAD = "<img src=x onerror=alert(1)></script><script>window.pwned=1</script>`${x}`\\"
+
+
+def index_rows(labels):
+    return pd.DataFrame({
+        "label": labels, "guns": [5, 3][: len(labels)], "placed": [4, 3][: len(labels)],
+        "purchasers": [2, 1][: len(labels)], "dealers": [1, 1][: len(labels)],
+        "folder": [f"state/s{i}-abc123" for i in range(len(labels))],
+        "href": [f"state/s{i}-abc123/map.html" for i in range(len(labels))],
+    })
+
+
+def test_index_escapes_every_value_and_loads_nothing():
+    html = render_index(index_rows([PAYLOAD, "Texas"]), kind="state", title=PAYLOAD,
+                        description=PAYLOAD, notes=[PAYLOAD])
+    assert "<img" not in html
+    assert "window.pwned=1</script>" not in html
+    assert html.count("<script>") == 1  # only the sorting script
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_index_lists_counts_and_links():
+    html = render_index(index_rows(["Texas", "Arizona"]), kind="state", title="By state",
+                        totals={"guns": 10})
+    assert 'href="state/s0-abc123/map.html"' in html
+    assert ">50.0%<" in html and ">30.0%<" in html
+    assert "2 us states · 10 guns" in html
