@@ -7,8 +7,11 @@ of punctuation or spaces turned into one underscore, so ``"Fecha de Aseguramient
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
+
+from geoflow.errors import SchemaError
 
 __all__ = [
     "CANONICAL_COLUMNS",
@@ -18,7 +21,10 @@ __all__ = [
     "ALIASES",
     "FLAG_COLUMNS",
     "DERIVED_COLUMNS",
+    "USABLE_COLUMNS",
+    "HEADER_EXAMPLES",
     "normalise_header",
+    "validate_column_map",
     "map_headers",
 ]
 
@@ -54,6 +60,33 @@ DATE_COLUMNS: tuple[str, ...] = ("purchase_date", "recovery_date")
 COORDINATE_COLUMNS: tuple[str, ...] = ("dealer_lat", "dealer_lon", "recovery_lat", "recovery_lon")
 TEXT_COLUMNS: tuple[str, ...] = tuple(
     c for c in CANONICAL_COLUMNS if c not in DATE_COLUMNS + COORDINATE_COLUMNS
+)
+
+#: A row must have at least one of these to be usable (a dealer, a purchaser, recovery
+#: information or a serial number); a row with none of them is rejected as "nothing usable".
+USABLE_COLUMNS: tuple[str, ...] = (
+    "serial_number",
+    "purchaser_name",
+    "dealer_name",
+    "dealer_ffl",
+    "dealer_address",
+    "dealer_city",
+    "dealer_state",
+    "dealer_zip",
+    "dealer_lat",
+    "dealer_lon",
+    "recovery_date",
+    "recovery_city",
+    "recovery_state",
+    "recovery_lat",
+    "recovery_lon",
+)
+
+#: Header spellings quoted in error messages when no trace column is recognised.
+HEADER_EXAMPLES: tuple[str, ...] = (
+    "Trace Number", "Serial Number", "FFL Name", "FFL City", "FFL State", "Purchaser Name",
+    "Purchase Date", "Recovery Date", "Recovery City", "Recovery State",
+    "armería", "comprador", "fecha de aseguramiento", "municipio", "estado",
 )
 
 #: Boolean quality flags the reader adds (rows are flagged, never dropped, for these).
@@ -193,16 +226,43 @@ ALIASES: dict[str, str] = {
 }
 
 
+def validate_column_map(
+    mapping: dict[str, str] | None, *, path: str | None = None
+) -> dict[str, str]:
+    """Return ``mapping`` (input header → canonical column) with canonical names normalised.
+
+    Raises :class:`~geoflow.errors.SchemaError` naming any target that is not a canonical
+    column (with the closest canonical names as a hint).
+
+    >>> validate_column_map({"Vendedor": "Dealer Name"})
+    {'Vendedor': 'dealer_name'}
+    """
+    result: dict[str, str] = {}
+    for header, target in (mapping or {}).items():
+        canonical = normalise_header(str(target))
+        if canonical not in CANONICAL_COLUMNS:
+            hint = difflib.get_close_matches(canonical, CANONICAL_COLUMNS, n=3)
+            did_you_mean = f" (did you mean {', '.join(hint)}?)" if hint else ""
+            raise SchemaError(
+                f"column map sends {header!r} to {target!r}, which is not a canonical column"
+                f"{did_you_mean}; canonical columns are: {', '.join(CANONICAL_COLUMNS)}",
+                path=path,
+            )
+        result[str(header)] = canonical
+    return result
+
+
 def map_headers(
     headers: list[str], user_mapping: dict[str, str] | None = None
 ) -> dict[str, str]:
     """Map raw headers to canonical names; unknown headers keep their own (normalised) name.
 
-    ``user_mapping`` (raw or normalised header → canonical column) wins over the alias table.
+    ``user_mapping`` (raw or normalised header → canonical column) wins over the alias table;
+    a target that is not a canonical column raises :class:`~geoflow.errors.SchemaError`.
     The first header that claims a canonical column gets it; a later duplicate keeps its own
     normalised name so nothing is lost.
     """
-    user = {normalise_header(k): v for k, v in (user_mapping or {}).items()}
+    user = {normalise_header(k): v for k, v in validate_column_map(user_mapping).items()}
     result: dict[str, str] = {}
     taken: set[str] = set()
     for raw in headers:

@@ -1,0 +1,810 @@
+"""Read trace records from CSV, XLSX or Parquet into the canonical frame of docs/internals.md.
+
+:func:`read_traces` is the only function that touches the disk; :func:`standardise_traces`
+is the pure middle (raw text frame in, canonical records + rejects + warnings out).
+
+CSV files are split into records without a Python loop over rows: one numpy pass over the
+bytes finds record ends (newlines outside double quotes), physical line numbers and the
+number of fields in every record; records with the wrong number of fields and blank lines
+are cut out and pandas' C parser reads the rest. Files whose quoting that pass cannot follow
+(a stray ``"`` inside an unquoted field) are read with the :mod:`csv` module instead.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import io
+import json
+import logging
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from openpyxl.utils.exceptions import InvalidFileException
+
+from geoflow import schema
+from geoflow.errors import InputError, SchemaError
+
+__all__ = [
+    "ReadResult",
+    "read_traces",
+    "load_column_map",
+    "standardise_traces",
+    "detect_encoding",
+    "sniff_delimiter",
+    "DELIMITERS",
+    "WARNINGS_CAP",
+]
+
+log = logging.getLogger(__name__)
+
+#: Delimiters tried by :func:`sniff_delimiter`, in order of preference on a tie.
+DELIMITERS: tuple[str, ...] = (",", ";", "\t", "|")
+#: At most this many warnings are listed per (column, reason); ``warning_counts`` has all.
+WARNINGS_CAP = 50
+_RAW_CHARS = 200
+_REJECT_COLUMNS = ["line", "column", "reason", "raw"]
+_WARNING_COLUMNS = ["line", "column", "value", "reason"]
+_LATIN1_FALLBACK = "cp1252/latin-1"
+_EXTENSIONS = {
+    ".csv": "csv", ".tsv": "csv", ".tab": "csv", ".txt": "csv",
+    ".xlsx": "xlsx", ".xlsm": "xlsx", ".parquet": "parquet", ".pq": "parquet",
+}
+_LATITUDE = {"dealer_lat", "recovery_lat"}
+
+
+def _latin1_for_undefined(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: decode the bytes cp1252 leaves undefined as Latin-1."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    return exc.object[exc.start : exc.end].decode("latin-1"), exc.end
+
+
+codecs.register_error("geoflow-latin1", _latin1_for_undefined)
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """What :func:`read_traces` returns (see docs/internals.md, "io → everything").
+
+    ``records`` holds one row per valid input row; ``rejects`` one row per problem that made a
+    row unreadable (``line``, ``column``, ``reason``, ``raw``); ``warnings`` lists values that
+    were kept but could not be used (unparseable dates …), at most :data:`WARNINGS_CAP` per
+    column and reason, while ``warning_counts`` counts all of them.
+    """
+
+    records: pd.DataFrame
+    rejects: pd.DataFrame
+    source: dict[str, Any]
+    warnings: pd.DataFrame
+    warning_counts: dict[str, int]
+
+    @property
+    def rows_read(self) -> int:
+        """Data rows in the input (blank lines and the header not counted)."""
+        return int(self.source["rows_read"])
+
+    @property
+    def rows_valid(self) -> int:
+        """Rows that became records."""
+        return len(self.records)
+
+    @property
+    def rows_rejected(self) -> int:
+        """Distinct input rows rejected (a row can have several reject reasons)."""
+        return int(self.rejects["line"].nunique())
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A raw table as read from disk: text cells, one source line per row, early rejects."""
+
+    frame: pd.DataFrame  # columns: raw (unique) header names
+    lines: np.ndarray  # source line of each row of frame
+    rejects: pd.DataFrame  # field-count rejects (line, column, reason, raw)
+    rows_read: int
+    raw_of: Callable[[np.ndarray], list[str]]  # frame row positions → raw text
+    meta: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+
+
+def read_traces(
+    path: str | Path,
+    *,
+    column_map: dict[str, str] | None = None,
+    dayfirst: bool = False,
+    encoding: str | None = None,
+    today: date | str | None = None,
+    sheet: str | int | None = None,
+) -> ReadResult:
+    """Read a trace file (CSV, XLSX or Parquet) into canonical records plus rejects.
+
+    Parameters
+    ----------
+    path
+        The input file. The format comes from the content (XLSX and Parquet signatures),
+        then the extension; anything else is read as delimited text.
+    column_map
+        Input header → canonical column, winning over the alias table
+        (see :func:`load_column_map`).
+    dayfirst
+        Read ``14/09/2008`` as 14 September (Mexican exports); default is US month-first.
+    encoding
+        Text encoding of a CSV; detected when omitted (BOM, UTF-8, cp1252, Latin-1).
+    today
+        Dates after this day are flagged as in the future (default: today).
+    sheet
+        XLSX sheet name or 0-based index (default: the first sheet).
+
+    Raises
+    ------
+    InputError
+        The file is missing, unreadable, undecodable, empty or of an unknown format.
+    SchemaError
+        No recognisable trace columns, or ``column_map`` names an unknown canonical column.
+
+    Examples
+    --------
+    >>> result = read_traces("traces.csv", dayfirst=True)  # doctest: +SKIP
+    >>> result.source["rows_read"] == len(result.records) + result.rows_rejected  # doctest: +SKIP
+    True
+    """
+    path = Path(path)
+    user_map = schema.validate_column_map(column_map)
+    data = _read_bytes(path)
+    fmt = _detect_format(path, data)
+    if fmt == "csv":
+        table = _read_csv(data, path, encoding=encoding)
+    elif fmt == "xlsx":
+        table = _read_xlsx(data, path, sheet=sheet)
+    else:
+        table = _read_parquet(data, path)
+
+    headers = [str(c) for c in table.frame.columns]
+    header_map = schema.map_headers(headers, user_map)
+    _require_trace_columns(header_map, path)
+    map_warnings = _unused_map_entries(user_map, headers)
+    frame = table.frame.rename(columns=header_map)
+    raw_names = {canonical: raw for raw, canonical in header_map.items()}
+
+    records, rejects, warnings, counts = standardise_traces(
+        frame, lines=table.lines, raw_names=raw_names, dayfirst=dayfirst, today=today
+    )
+    if len(rejects):
+        rows = rejects.pop("row").to_numpy()
+        rejects.insert(3, "raw", table.raw_of(rows))
+    else:
+        rejects = rejects.drop(columns="row").assign(raw=pd.Series(dtype="str"))
+    rejects = (
+        pd.concat([table.rejects, rejects], ignore_index=True)
+        .sort_values(["line", "column"], kind="stable")
+        .reset_index(drop=True)
+    )
+    warnings = pd.concat([map_warnings, warnings], ignore_index=True)
+    for reason in map_warnings["reason"]:
+        counts[reason] = counts.get(reason, 0) + 1
+    source = {
+        "path": str(path),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "format": fmt,
+        **table.meta,
+        "rows_read": table.rows_read,
+        "rows_valid": len(records),
+        "rows_rejected": int(rejects["line"].nunique()),
+        "header_map": header_map,
+    }
+    log.info(
+        "%s: %d rows read, %d valid, %d rejected",
+        path, source["rows_read"], source["rows_valid"], source["rows_rejected"],
+    )
+    return ReadResult(records, rejects, source, warnings, counts)
+
+
+def load_column_map(path: str | Path) -> dict[str, str]:
+    """Load a user column map: JSON ``{"input header": "canonical_column"}`` or a CSV.
+
+    The CSV has two columns, input header then canonical column; a first row naming the
+    columns (``header,canonical`` or ``from,to``) is skipped. Unknown canonical columns raise
+    :class:`~geoflow.errors.SchemaError` naming the file (and line for CSV).
+    """
+    path = Path(path)
+    text = _read_bytes(path).decode("utf-8-sig", errors="replace")
+    if path.suffix.lower() == ".json":
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(f"column map is not valid JSON: {exc}", path=str(path)) from exc
+        if not isinstance(mapping, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+        ):
+            raise SchemaError(
+                'column map must be a JSON object of "input header": "canonical column"',
+                path=str(path),
+            )
+        return schema.validate_column_map(mapping, path=str(path))
+    delimiter = sniff_delimiter(text)
+    mapping: dict[str, str] = {}
+    header_words = {"canonical", "canonical_column", "column", "to", "target", "geoflow"}
+    for number, row in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter), start=1):
+        cells = [c.strip() for c in row]
+        if not any(cells):
+            continue
+        if len(cells) != 2 or not cells[0]:
+            raise SchemaError(
+                f"line {number}: expected 2 columns (input header, canonical column), "
+                f"found {len(cells)}",
+                path=str(path),
+            )
+        if not mapping and schema.normalise_header(cells[1]) in header_words:
+            continue
+        mapping.update(schema.validate_column_map({cells[0]: cells[1]}, path=f"{path}:{number}"))
+    return mapping
+
+
+def detect_encoding(data: bytes) -> str:
+    """Name the encoding of ``data``: a BOM, else UTF-8 if valid, else cp1252.
+
+    ``"cp1252/latin-1"`` means cp1252 with the five bytes it leaves undefined read as Latin-1.
+
+    >>> detect_encoding("Ciudad Juárez".encode("cp1252"))
+    'cp1252'
+    """
+    if data.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        return "utf-8"
+    try:
+        data.decode("cp1252")
+    except UnicodeDecodeError:
+        return _LATIN1_FALLBACK
+    return "cp1252"
+
+
+def sniff_delimiter(text: str) -> str:
+    """Pick the delimiter among :data:`DELIMITERS` from the first lines of ``text``.
+
+    The winner splits the header into the most fields while splitting the following lines
+    into the same number; a file with a single column reads as comma-separated.
+
+    >>> sniff_delimiter("Armería;Municipio;Estado\\nGAT Guns;Juárez;CHIH\\n")
+    ';'
+    """
+    sample = text[:65536]
+    if len(text) > len(sample) and "\n" in sample:
+        sample = sample[: sample.rindex("\n")]
+    best, best_score = ",", (0.0, 0)
+    for delimiter in DELIMITERS:
+        rows = [r for r in csv.reader(io.StringIO(sample, newline=""), delimiter=delimiter) if r]
+        rows = [r for r in rows if any(c.strip() for c in r)][:50]
+        if not rows or len(rows[0]) < 2:
+            continue
+        width = len(rows[0])
+        score = (sum(len(r) == width for r in rows) / len(rows), width)
+        if score > best_score:
+            best, best_score = delimiter, score
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# the pure middle
+
+
+def standardise_traces(
+    frame: pd.DataFrame,
+    *,
+    lines: np.ndarray | None = None,
+    raw_names: dict[str, str] | None = None,
+    dayfirst: bool = False,
+    today: date | str | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """Turn a frame with canonical column names and text cells into canonical records.
+
+    Returns ``(records, rejects, warnings, warning_counts)``. ``rejects`` has columns ``row``
+    (position in ``frame``), ``line``, ``column`` and ``reason``: rows with nothing usable
+    (none of :data:`geoflow.schema.USABLE_COLUMNS`) and rows with an unparseable or
+    out-of-range coordinate. ``lines`` gives each row's source line (default: position + 2);
+    ``raw_names`` maps canonical names back to the input headers used in messages.
+    """
+    lines = np.arange(len(frame)) + 2 if lines is None else np.asarray(lines)
+    raw_names = raw_names or {}
+    frame = frame.reset_index(drop=True)
+    text = {c: _clean_text(frame[c]) for c in frame.columns}
+    frame = pd.DataFrame(text, index=frame.index)
+    unnamed_empty = [c for c in frame.columns if not raw_names.get(c, c) and frame[c].isna().all()]
+    frame = frame.drop(columns=unnamed_empty)
+    produced = {"source_line", "time_to_crime_days", *schema.FLAG_COLUMNS}
+    frame = frame.rename(columns={c: f"{c}_input" for c in frame.columns if c in produced})
+    for column in schema.CANONICAL_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = pd.Series(np.nan, index=frame.index, dtype="str")
+
+    def label(column: str) -> str:
+        return raw_names.get(column, column)
+
+    problems: list[pd.DataFrame] = []
+    usable = frame[list(schema.USABLE_COLUMNS)].notna().any(axis=1)
+    problems.append(_problem_rows(~usable, lines, "", "nothing usable: no dealer, purchaser, "
+                                  "recovery information or serial number"))
+    coordinates = {}
+    for column in schema.COORDINATE_COLUMNS:
+        values = frame[column]
+        numbers = pd.to_numeric(values.str.replace(",", ".", regex=False), errors="coerce")
+        limit = 90 if column in _LATITUDE else 180
+        unparseable = values.notna() & numbers.isna()
+        out_of_range = numbers.abs() > limit
+        problems.append(_problem_rows(unparseable, lines, label(column),
+                                      "unparseable coordinate '" + values.fillna("") + "'"))
+        problems.append(_problem_rows(out_of_range, lines, label(column),
+                                      f"coordinate outside -{limit}..{limit}: "
+                                      + values.fillna("")))
+        coordinates[column] = numbers.astype("float64")
+    rejects = pd.concat(problems, ignore_index=True).sort_values(["row", "column"], kind="stable")
+    keep = np.ones(len(frame), dtype=bool)
+    keep[rejects["row"].to_numpy()] = False
+
+    records = frame.assign(**coordinates).loc[keep].reset_index(drop=True)
+    kept_lines = lines[keep]
+    records["recovery_country"] = records["recovery_country"].fillna("MX")
+    generated = _hash_ids(records)
+
+    warning_frames: list[pd.DataFrame] = []
+    counts: dict[str, int] = {}
+    for column in schema.DATE_COLUMNS:
+        parsed, bad, reason = _parse_dates(records[column], dayfirst=dayfirst)
+        if bad.any():
+            warning_frames.append(pd.DataFrame({
+                "line": kept_lines[bad], "column": label(column),
+                "value": records.loc[bad, column].astype("str").to_numpy(),
+                "reason": reason[bad],
+            }))
+            for key, number in warning_frames[-1]["reason"].value_counts().items():
+                counts[f"{label(column)}: {key}"] = int(number)
+        records[column] = parsed
+
+    given = records["trace_id"].notna()
+    records["trace_id"] = records["trace_id"].fillna(generated)
+    before = records["recovery_date"] - records["purchase_date"]
+    records["source_line"] = kept_lines.astype("int64")
+    records["time_to_crime_days"] = (before / pd.Timedelta(days=1)).astype("float64")
+    limit = pd.Timestamp(today or date.today()).normalize()
+    records["flag_recovery_before_purchase"] = (records["time_to_crime_days"] < 0).to_numpy()
+    records["flag_future_date"] = (
+        (records["purchase_date"] > limit) | (records["recovery_date"] > limit)
+    ).to_numpy()
+    records["flag_duplicate"] = _duplicates(records, given, generated)
+
+    derived = ["source_line", "time_to_crime_days", *schema.FLAG_COLUMNS]
+    extra = [c for c in records.columns if c not in schema.CANONICAL_COLUMNS and c not in derived]
+    records = records[[*schema.CANONICAL_COLUMNS, *extra, *derived]]
+    warnings = _capped(warning_frames)
+    return records, rejects.reset_index(drop=True), warnings, counts
+
+
+def _clean_text(values: pd.Series) -> pd.Series:
+    """Strip text, empty → NA; datetime columns (Parquet) are kept as they are."""
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return values
+    text = values.astype("str").str.strip()
+    return text.mask(text == "")
+
+
+def _problem_rows(mask: pd.Series, lines: np.ndarray, column: str, reason: Any) -> pd.DataFrame:
+    """Reject rows (``row``, ``line``, ``column``, ``reason``) where ``mask`` is true."""
+    mask = np.asarray(mask, dtype=bool)
+    reasons = reason[mask].to_numpy() if isinstance(reason, pd.Series) else reason
+    return pd.DataFrame({
+        "row": np.flatnonzero(mask), "line": lines[mask].astype("int64"),
+        "column": column, "reason": reasons,
+    }).astype({"column": "str", "reason": "str"})
+
+
+def _date_formats(dayfirst: bool) -> list[tuple[str, str]]:
+    """(regex, strptime format) pairs tried in order; each cell matches at most one regex."""
+    dm = "%d/%m" if dayfirst else "%m/%d"
+    dash = "%d-%m" if dayfirst else "%m-%d"
+    return [
+        (r"^\d{4}-\d{1,2}-\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?$", "ISO8601"),
+        (r"^\d{4}/\d{1,2}/\d{1,2}$", "%Y/%m/%d"),
+        (r"^\d{1,2}/\d{1,2}/\d{4}$", f"{dm}/%Y"),
+        (r"^\d{1,2}/\d{1,2}/\d{2}$", f"{dm}/%y"),
+        (r"^\d{1,2}-\d{1,2}-\d{4}$", f"{dash}-%Y"),
+        (r"^\d{1,2}\.\d{1,2}\.\d{4}$", "%d.%m.%Y"),
+        (r"^\d{1,2}-[A-Za-z]{3}-\d{4}$", "%d-%b-%Y"),
+        (r"^\d{1,2}-[A-Za-z]{3}-\d{2}$", "%d-%b-%y"),
+        (r"^\d{8}$", "%Y%m%d"),
+    ]
+
+
+def _parse_dates(values: pd.Series, *, dayfirst: bool) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """Parse a date column; return (datetime64[ns] series, bad mask, reason per row).
+
+    Explicit formats are tried per column (vectorised), never ``dateutil`` guessing per cell.
+    Dates before 1800 or after 2200 count as unparseable (placeholders such as 9999-12-31).
+    """
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        parsed = values.dt.tz_localize(None) if values.dt.tz is not None else values
+        parsed = parsed.astype("datetime64[us]")
+    else:
+        parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
+        for pattern, fmt in _date_formats(dayfirst):
+            todo = values.str.match(pattern).fillna(False).to_numpy(dtype=bool) & parsed.isna()
+            if todo.any():
+                parsed[todo] = pd.to_datetime(values[todo], format=fmt, errors="coerce")
+    plausible = (parsed.dt.year >= 1800) & (parsed.dt.year <= 2200)
+    parsed = parsed.where(plausible).astype("datetime64[ns]")
+    bad = (values.notna() & parsed.isna()).to_numpy()
+    reason = np.full(len(values), "unparseable date", dtype=object)
+    if bad.any() and not pd.api.types.is_datetime64_any_dtype(values.dtype):
+        parts = values.str.extract(r"^(\d{1,2})[/-](\d{1,2})[/-]\d{2,4}$").astype("float64")
+        first, second = (1, 0) if dayfirst else (0, 1)
+        swapped = (parts[first] > 12) & (parts[second] <= 12)
+        hint = "unparseable date (looks day-first: use dayfirst)" if not dayfirst else (
+            "unparseable date (looks month-first: drop dayfirst)")
+        reason[swapped.to_numpy() & bad] = hint
+    return parsed, bad, reason
+
+
+def _hash_ids(records: pd.DataFrame) -> pd.Series:
+    """Stable generated trace ids: ``T-`` + 10 hex digits of a hash of the canonical cells."""
+    columns = [c for c in schema.CANONICAL_COLUMNS if c != "trace_id"]
+    hashes = pd.util.hash_pandas_object(records[columns], index=False).to_numpy(np.uint64)
+    digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    shifts = np.arange(60, 20, -4, dtype=np.uint64)
+    nibbles = ((hashes[:, None] >> shifts) & np.uint64(15)).astype(np.intp)
+    chars = np.ascontiguousarray(digits[nibbles]).view("S10").ravel().astype(str)
+    return pd.Series(np.char.add("T-", chars), index=records.index, dtype="str")
+
+
+def _duplicates(records: pd.DataFrame, given: pd.Series, generated: pd.Series) -> np.ndarray:
+    """Flag every occurrence of a trace record after its first (file order).
+
+    Same trace_id (case-insensitive) when the input has one; otherwise same serial number
+    (ignoring case, spaces and dashes) + purchase date + dealer name; rows with neither a
+    trace_id nor a serial number are duplicates only when all their cells are identical.
+    """
+    flag = np.zeros(len(records), dtype=bool)
+    given = given.to_numpy(dtype=bool)
+    ids = records["trace_id"].str.upper()
+    flag[given] = ids[given].duplicated(keep="first").to_numpy()
+    serial = records["serial_number"].str.upper().str.replace(r"[\s-]+", "", regex=True)
+    by_serial = ~given & serial.notna().to_numpy()
+    if by_serial.any():
+        key = pd.DataFrame({
+            "serial": serial[by_serial],
+            "date": records.loc[by_serial, "purchase_date"],
+            "dealer": records.loc[by_serial, "dealer_name"].str.casefold(),
+        })
+        flag[by_serial] = key.duplicated(keep="first").to_numpy()
+    by_content = ~given & ~by_serial
+    flag[by_content] = generated[by_content].duplicated(keep="first").to_numpy()
+    return flag
+
+
+def _capped(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate warning frames keeping at most WARNINGS_CAP per (column, reason)."""
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c == "line" else "str")
+                             for c in _WARNING_COLUMNS})
+    warnings = pd.concat(frames, ignore_index=True)
+    keep = warnings.groupby(["column", "reason"], sort=False).cumcount() < WARNINGS_CAP
+    return warnings.loc[keep].reset_index(drop=True).astype({"line": "int64"})
+
+
+# --------------------------------------------------------------------------------------------
+# disk: bytes, formats, encodings
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise InputError("file not found", path=str(path))
+    if not path.is_file():
+        raise InputError("not a file", path=str(path))
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the file: {exc.strerror or exc}", path=str(path)) from exc
+
+
+def _detect_format(path: Path, data: bytes) -> str:
+    """``xlsx``/``parquet`` by signature, else by extension, else delimited text."""
+    if data.startswith(b"PK\x03\x04"):
+        return "xlsx"
+    if data.startswith(b"PAR1"):
+        return "parquet"
+    suffix = path.suffix.lower()
+    if suffix == ".xls" or data.startswith(b"\xd0\xcf\x11\xe0"):
+        raise InputError("old Excel .xls files are not supported: save it as .xlsx or .csv",
+                         path=str(path))
+    fmt = _EXTENSIONS.get(suffix, "csv")
+    if fmt != "csv":
+        raise InputError(f"the file does not look like {fmt.upper()} (wrong signature)",
+                         path=str(path))
+    return fmt
+
+
+def _decode(data: bytes, path: Path, encoding: str | None) -> tuple[str, str]:
+    """Return (encoding name, text); an explicit ``encoding`` must decode the whole file."""
+    name = encoding or detect_encoding(data)
+    if name == _LATIN1_FALLBACK:
+        return name, data.decode("cp1252", errors="geoflow-latin1")
+    try:
+        codecs.lookup(name)
+    except LookupError as exc:
+        raise InputError(f"unknown encoding {name!r}", path=str(path)) from exc
+    try:
+        text = data.decode(name)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"cannot decode line {line} as {name} (byte {exc.start}: {exc.reason}); "
+            "omit the encoding to detect it",
+            path=str(path),
+        ) from exc
+    return name, text.removeprefix("\ufeff")
+
+
+# --------------------------------------------------------------------------------------------
+# CSV
+
+
+@dataclass(frozen=True)
+class _Records:
+    """Record boundaries of a delimited text: one entry per record (header included)."""
+
+    starts: np.ndarray  # byte offset of the first byte
+    stops: np.ndarray  # byte offset after the last content byte (no \r\n)
+    lines: np.ndarray  # physical line number of the first byte
+    fields: np.ndarray  # number of fields
+    blank: np.ndarray  # only spaces / tabs
+
+
+def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
+    """Split UTF-8 bytes into records with numpy; ``None`` when the quoting defeats it.
+
+    A newline ends a record when an even number of ``"`` precede it; a delimiter separates
+    fields under the same rule. RFC 4180 quoting (``""`` inside quotes) keeps the parity.
+    """
+    a = np.frombuffer(buf, dtype=np.uint8)
+    size = a.size
+    newlines = np.flatnonzero(a == 10)
+    quotes = np.flatnonzero(a == 34)
+    if quotes.size % 2:
+        return None
+    ends = newlines[(np.searchsorted(quotes, newlines) & 1) == 0] if quotes.size else newlines
+    if size and (ends.size == 0 or ends[-1] != size - 1):
+        ends = np.append(ends, size)
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    stops = ends.copy()
+    cr = (stops > starts) & (a[np.maximum(stops - 1, 0)] == 13)
+    stops[cr] -= 1
+    separators = np.flatnonzero(a == ord(delimiter))
+    if quotes.size:
+        separators = separators[(np.searchsorted(quotes, separators) & 1) == 0]
+    fields = np.bincount(np.searchsorted(starts, separators, side="right") - 1,
+                         minlength=starts.size) + 1
+    blank = (fields == 1) & (stops == starts)
+    candidates = np.flatnonzero(
+        (fields == 1) & (stops > starts) & np.isin(a[np.minimum(starts, size - 1)], (9, 32))
+    )
+    for i in candidates:  # only records that start with white space and have one field
+        blank[i] = not buf[starts[i] : stops[i]].strip(b" \t")
+    lines = np.searchsorted(newlines, starts) + 1
+    return _Records(starts, stops, lines, fields, blank)
+
+
+def _scan_with_csv(text: str, delimiter: str) -> tuple[list[list[str]], _Records]:
+    """Slow path (the csv module, a loop over records) for quoting :func:`_scan_records`
+    cannot follow, e.g. a ``"`` inside an unquoted field or an unterminated quote."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    previous = 0
+    try:
+        for row in reader:
+            rows.append(row)
+            lines.append(previous + 1)
+            previous = reader.line_num
+    except csv.Error as exc:
+        raise InputError(f"line {previous + 1}: cannot split into fields: {exc}") from exc
+    fields = np.array([len(r) for r in rows], dtype=np.int64)
+    blank = np.array([not "".join(r).strip(" \t") for r in rows], dtype=bool)
+    none = np.zeros(len(rows), dtype=np.int64)
+    return rows, _Records(none, none, np.array(lines, dtype=np.int64), fields, blank)
+
+
+def _read_csv(data: bytes, path: Path, *, encoding: str | None) -> _Table:
+    name, text = _decode(data, path, encoding)
+    if not text.strip():
+        raise InputError("empty file: no header line", path=str(path))
+    delimiter = sniff_delimiter(text)
+    buf = data[len(codecs.BOM_UTF8):] if name == "utf-8-sig" else (
+        data if name == "utf-8" else text.encode("utf-8"))
+    meta = {"encoding": name, "delimiter": delimiter}
+    scan = _scan_records(buf, delimiter)
+    if scan is not None:
+        table = _csv_fast(buf, scan, delimiter, meta)
+        if table is not None:
+            return table
+    log.info("%s: quoting needs the slow csv-module reader", path)
+    try:
+        rows, scan = _scan_with_csv(text, delimiter)
+    except InputError as exc:
+        raise InputError(str(exc), path=str(path)) from exc
+    return _csv_slow(rows, scan, delimiter, meta)
+
+
+def _split_header(scan: _Records) -> tuple[int, np.ndarray, np.ndarray]:
+    """Index of the header record, data record indices, and which of them are bad."""
+    nonblank = np.flatnonzero(~scan.blank)
+    header = int(nonblank[0])
+    data = nonblank[1:]
+    bad = scan.fields[data] != scan.fields[header]
+    return header, data, bad
+
+
+def _field_rejects(scan: _Records, data: np.ndarray, bad: np.ndarray, width: int,
+                   raw: list[str]) -> pd.DataFrame:
+    found = scan.fields[data[bad]]
+    return pd.DataFrame({
+        "line": scan.lines[data[bad]].astype("int64"),
+        "column": "",
+        "reason": [f"expected {width} fields, found {n}" for n in found],
+        "raw": raw,
+    }).astype({"column": "str", "reason": "str", "raw": "str"})
+
+
+def _unique_headers(headers: list[str]) -> list[str]:
+    """Make repeated header names unique ('Notes', 'Notes (2)') so none is lost."""
+    seen: dict[str, int] = {}
+    result = []
+    for header in headers:
+        seen[header] = seen.get(header, 0) + 1
+        result.append(header if seen[header] == 1 else f"{header} ({seen[header]})")
+    return result
+
+
+def _csv_fast(buf: bytes, scan: _Records, delimiter: str, meta: dict) -> _Table | None:
+    header, data, bad = _split_header(scan)
+    width = int(scan.fields[header])
+
+    def raw_text(records: np.ndarray) -> list[str]:
+        return [buf[scan.starts[i] : scan.stops[i]].decode("utf-8", "replace")[:_RAW_CHARS]
+                for i in records]
+
+    header_text = buf[scan.starts[header] : scan.stops[header]].decode("utf-8")
+    names = _unique_headers(next(csv.reader([header_text], delimiter=delimiter)))
+    good = data[~bad]
+    keep = np.zeros(scan.starts.size, dtype=bool)
+    keep[good] = True
+    segment = np.diff(np.append(scan.starts, len(buf)))
+    body = buf if keep.all() else np.frombuffer(buf, np.uint8)[np.repeat(keep, segment)].tobytes()
+    if good.size:
+        try:
+            frame = pd.read_csv(
+                io.BytesIO(body), sep=delimiter, header=None, names=list(range(width)),
+                dtype=str, keep_default_na=False, na_filter=False, index_col=False,
+                encoding="utf-8", engine="c", skip_blank_lines=False,
+            )
+        except (pd.errors.ParserError, ValueError):
+            return None
+        if len(frame) != good.size:
+            return None
+    else:
+        frame = pd.DataFrame({i: pd.Series(dtype="str") for i in range(width)})
+    frame.columns = names
+    rejects = _field_rejects(scan, data, bad, width, raw_text(data[bad]))
+    return _Table(frame, scan.lines[good], rejects, int(data.size),
+                  lambda rows: raw_text(good[rows]), meta)
+
+
+def _csv_slow(rows: list[list[str]], scan: _Records, delimiter: str, meta: dict) -> _Table:
+    header, data, bad = _split_header(scan)
+    width = int(scan.fields[header])
+    good = data[~bad]
+    names = _unique_headers(rows[header])
+
+    def raw_text(records: np.ndarray) -> list[str]:
+        return [delimiter.join(rows[i])[:_RAW_CHARS] for i in records]
+
+    frame = pd.DataFrame([rows[i] for i in good], columns=names, dtype="str")
+    rejects = _field_rejects(scan, data, bad, width, raw_text(data[bad]))
+    return _Table(frame, scan.lines[good], rejects, int(data.size),
+                  lambda positions: raw_text(good[positions]), meta)
+
+
+# --------------------------------------------------------------------------------------------
+# XLSX and Parquet
+
+
+def _table_from_cells(cells: pd.DataFrame, lines: np.ndarray, meta: dict, path: Path) -> _Table:
+    """First non-blank row is the header; blank rows are skipped and not counted."""
+    text = cells.apply(_clean_text)
+    blank = text.isna().all(axis=1).to_numpy()
+    nonblank = np.flatnonzero(~blank)
+    if nonblank.size == 0:
+        raise InputError("empty file: no header row", path=str(path))
+    header, data = int(nonblank[0]), nonblank[1:]
+    names = _unique_headers(text.iloc[header].fillna("").astype("str").tolist())
+    frame = cells.iloc[data].set_axis(names, axis=1).reset_index(drop=True)
+
+    def raw_text(positions: np.ndarray) -> list[str]:
+        rows = text.iloc[data[positions]].astype("str").fillna("")
+        return rows.agg(",".join, axis=1).str.slice(0, _RAW_CHARS).tolist()
+
+    empty = pd.DataFrame({c: pd.Series(dtype="str") for c in _REJECT_COLUMNS}).astype(
+        {"line": "int64"})
+    return _Table(frame, lines[data], empty, int(data.size), raw_text, meta)
+
+
+def _read_xlsx(data: bytes, path: Path, *, sheet: str | int | None) -> _Table:
+    try:
+        book = pd.ExcelFile(io.BytesIO(data), engine="openpyxl")
+    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
+        raise InputError(f"not a readable XLSX file: {exc}", path=str(path)) from exc
+    with book:
+        names = book.sheet_names
+        chosen = names[0] if sheet is None else sheet
+        if (isinstance(chosen, int) and not 0 <= chosen < len(names)) or (
+            isinstance(chosen, str) and chosen not in names
+        ):
+            raise InputError(f"no sheet {chosen!r}; sheets are: {', '.join(names)}",
+                             path=str(path))
+        cells = book.parse(chosen, header=None, dtype=str, na_filter=False,
+                           keep_default_na=False)
+    name = chosen if isinstance(chosen, str) else names[chosen]
+    return _table_from_cells(cells, np.arange(len(cells)) + 1,
+                             {"encoding": None, "sheet": name}, path)
+
+
+def _read_parquet(data: bytes, path: Path) -> _Table:
+    try:
+        cells = pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"not a readable Parquet file: {exc}", path=str(path)) from exc
+    header = pd.DataFrame([[str(c) for c in cells.columns]], columns=cells.columns)
+    cells = pd.concat([header.astype("object"), cells.astype("object")], ignore_index=True)
+    return _table_from_cells(cells, np.arange(len(cells)) + 1, {"encoding": None}, path)
+
+
+# --------------------------------------------------------------------------------------------
+# header checks
+
+
+def _require_trace_columns(header_map: dict[str, str], path: Path) -> None:
+    """SchemaError unless at least one header maps to a column that makes a row usable."""
+    if any(canonical in schema.USABLE_COLUMNS for canonical in header_map.values()):
+        return
+    seen = ", ".join(repr(h) for h in list(header_map)[:12]) or "none"
+    examples = ", ".join(repr(h) for h in schema.HEADER_EXAMPLES)
+    raise SchemaError(
+        f"no recognisable trace columns; headers seen: {seen}. Expected headers such as "
+        f"{examples} (or pass a column map)",
+        path=str(path),
+    )
+
+
+def _unused_map_entries(user_map: dict[str, str], headers: list[str]) -> pd.DataFrame:
+    """Warnings for column-map entries that match no header (likely a typo)."""
+    present = {schema.normalise_header(h) for h in headers}
+    unused = [k for k in user_map if schema.normalise_header(k) not in present]
+    return pd.DataFrame({
+        "line": np.ones(len(unused), dtype="int64"), "column": unused,
+        "value": [user_map[k] for k in unused],
+        "reason": [f"column map entry {k!r} matches no header" for k in unused],
+    }).astype({"column": "str", "value": "str", "reason": "str"})
