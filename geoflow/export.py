@@ -62,8 +62,9 @@ def formula_safe(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write ``frame`` as UTF-8 CSV without the index, formula-safe."""
-    formula_safe(frame).to_csv(path, index=False, encoding="utf-8", lineterminator="\n")
+    """Write ``frame`` as UTF-8 CSV (RFC 4180 CRLF rows, so a CR inside a cell is quoted),
+    without the index, formula-safe."""
+    formula_safe(frame).to_csv(path, index=False, encoding="utf-8", lineterminator="\r\n")
 
 
 def _jsonable(value: object) -> object:

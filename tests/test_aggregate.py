@@ -1,0 +1,179 @@
+"""Tables, concentration, findings and pseudonyms on hand-made prepared records."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from handmade import PORTS, make_records
+
+from geoflow.aggregate import (
+    build_tables,
+    by_crossing,
+    by_trafficker,
+    by_year,
+    findings,
+)
+from geoflow.privacy import normalise_names, pseudonym
+
+TRAFFICKER_COLUMNS = [
+    "purchaser",
+    "guns",
+    "dealers",
+    "top_dealer",
+    "top_dealer_guns",
+    "top_dealer_share",
+    "hhi",
+    "first_purchase",
+    "last_purchase",
+    "crossings",
+    "median_time_to_crime_days",
+]
+
+
+def _records(rows):
+    records = make_records(rows)
+    return records.assign(purchaser_label=records["purchaser_id"])
+
+
+@pytest.fixture
+def records():
+    return _records(
+        [
+            # 12 guns, 9 from one store: concentrated (share 0.75)
+            {
+                "purchaser": "Ana Uno",
+                "dealer": "Store A",
+                "dealer_at": "dundee",
+                "port": "2304",
+                "kind": "known",
+                "n": 9,
+                "bought": "2007-02-01",
+            },
+            {
+                "purchaser": "Ana Uno",
+                "dealer": "Store B",
+                "dealer_at": "houston",
+                "n": 3,
+                "bought": "2008-07-09",
+                "port": "2305",
+            },
+            # 10 guns spread over two stores: not concentrated (0.5 is not "most")
+            {"purchaser": "Beto Dos", "dealer": "Store A", "dealer_at": "dundee", "n": 5},
+            {
+                "purchaser": "Beto Dos",
+                "dealer": "Store C",
+                "dealer_at": "phoenix",
+                "port": "2604",
+                "n": 5,
+                "recovered_at": "hermosillo",
+                "weapon": "Rifle",
+            },
+            # small buyer, and a gun nobody is named for
+            {
+                "purchaser": "Caro Tres",
+                "dealer": "Store C",
+                "dealer_at": "phoenix",
+                "port": "2604",
+                "n": 2,
+                "recovered_at": "hermosillo",
+                "bought": "2001-01-01",
+                "recovered": "2009-01-01",
+            },
+            {
+                "purchaser": None,
+                "dealer": "Store C",
+                "dealer_at": "phoenix",
+                "recovered_at": None,
+                "n": 1,
+            },
+        ]
+    )
+
+
+def test_by_trafficker_contract_columns_and_concentration(records):
+    table = by_trafficker(records, port_names={"2304": "Laredo", "2305": "Hidalgo/Pharr"})
+    assert list(table.columns) == TRAFFICKER_COLUMNS
+    assert table["purchaser"].tolist() == [
+        pseudonym(pd.Series([n])).iloc[0] for n in ("Ana Uno", "Beto Dos", "Caro Tres")
+    ]
+    ana = table.iloc[0]
+    assert (ana["guns"], ana["dealers"], ana["top_dealer"], ana["top_dealer_guns"]) == (
+        12,
+        2,
+        "Store A",
+        9,
+    )
+    assert ana["top_dealer_share"] == pytest.approx(0.75)
+    assert ana["hhi"] == pytest.approx(0.75**2 + 0.25**2)
+    assert (ana["first_purchase"], ana["last_purchase"]) == ("2007-02-01", "2008-07-09")
+    assert ana["crossings"] == "Laredo; Hidalgo/Pharr"  # known first
+    beto = table.iloc[1]
+    assert beto["top_dealer_share"] == pytest.approx(0.5) and beto["hhi"] == pytest.approx(0.5)
+    assert table["guns"].sum() == records["purchaser_id"].notna().sum()
+
+
+def test_tables_cover_all_valid_records(records):
+    tables = build_tables(records, ports=PORTS, state_names={"US-IL": "Illinois"})
+    assert set(tables) == {
+        "by_us_state",
+        "by_mx_state",
+        "state_matrix",
+        "by_dealer",
+        "by_trafficker",
+        "by_crossing",
+        "by_year",
+    }
+    n = len(records)
+    for name in ("by_us_state", "by_mx_state", "state_matrix", "by_dealer"):
+        assert tables[name]["guns"].sum() == n, name
+    us = tables["by_us_state"].set_index("state")
+    assert us.loc["US-IL", "state_name"] == "Illinois"
+    assert us.loc["US-IL", "guns"] == 14 and us.loc["US-IL", "dealers"] == 1
+    assert us["share"].sum() == pytest.approx(1.0)
+    mx = tables["by_mx_state"].set_index("state")
+    assert mx.loc["unknown", "guns"] == 1  # the unplaced record is counted, not dropped
+    dealer = tables["by_dealer"].set_index("dealer_name").loc["Store A"]
+    assert (dealer["guns"], dealer["purchasers"], dealer["top_purchaser_guns"]) == (14, 2, 9)
+    assert dealer["top_purchaser_share"] == pytest.approx(9 / 14)
+
+
+def test_by_crossing_splits_known_and_modelled(records):
+    table = by_crossing(records[records["placed"]], PORTS).set_index("code")
+    assert table.loc["2304", ["guns", "guns_known", "guns_modelled"]].tolist() == [14, 9, 5]
+    assert table.loc["2604", "name"] == "Nogales"
+    assert table["share"].sum() == pytest.approx(1.0)
+
+
+def test_by_year_counts_purchases_and_recoveries_by_weapon_type(records):
+    table = by_year(records).set_index(["year", "weapon_type"])
+    assert table.loc[(2007, "pistol"), "purchased"] == 9
+    assert table.loc[(2009, "rifle"), "recovered"] == 5
+    assert table["purchased"].sum() == len(records) == table["recovered"].sum()
+
+
+def test_findings_state_numbers_behind_each_sentence(records):
+    tables = build_tables(records, ports=PORTS)
+    found = {f["id"]: f for f in findings(records, tables)}
+    prolific = found["prolific_purchasers"]
+    assert prolific["numbers"]["purchasers"] == 2
+    assert prolific["numbers"]["mostly_one_store"] == 1
+    assert "2 purchasers are tied to 10 or more guns" in prolific["text"]
+    top = found["most_prolific_purchaser"]["numbers"]
+    assert (top["guns"], top["top_dealer"], top["top_dealer_guns"]) == (12, "Store A", 9)
+    ttc = found["short_time_to_crime"]["numbers"]
+    assert (ttc["guns_short"], ttc["guns_with_dates"]) == (len(records) - 2, len(records))
+    crossings = found["top_crossings"]
+    assert crossings["numbers"]["crossings"][0]["name"] == "Laredo"
+    assert "Laredo (14; 9 known, 5 modelled)" in crossings["text"]
+    assert "Ana Uno" not in str(found)
+
+
+def test_pseudonyms_are_stable_normalised_and_keyed():
+    names = pd.Series(["Rogelio Barajas", " rogelio  BARAJAS", "Rogélio Barajas", "Otro", None])
+    ids = pseudonym(names)
+    assert ids[0] == ids[1] == ids[2] != ids[3]
+    assert pd.isna(ids[4])
+    assert ids[0].startswith("P-") and len(ids[0]) == 8
+    assert pseudonym(names)[0] == ids[0]  # stable across calls (and runs: fixed default key)
+    assert pseudonym(names, key="newsroom secret")[0] != ids[0]
+    assert normalise_names(pd.Series(["De La-Rosa,  Paul"])).iloc[0] == "de la rosa paul"

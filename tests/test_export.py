@@ -1,0 +1,151 @@
+"""GeoJSON (RFC 7946, read back with GDAL through pyogrio), formula-safe CSV, atomic folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyogrio
+import pytest
+import shapely
+
+from geoflow.errors import OutputError
+from geoflow.export import (
+    atomic_output_dir,
+    formula_safe,
+    safe_path,
+    write_csv,
+    write_geojson,
+    write_json,
+)
+
+
+def _coordinates(obj):
+    if isinstance(obj, (int, float)):
+        yield obj
+    else:
+        for item in obj:
+            yield from _coordinates(item)
+
+
+def test_geojson_is_rfc7946_and_reads_back_with_gdal(tmp_path):
+    clockwise = shapely.Polygon([(0, 0), (0, 1.1234567891), (1, 1), (1, 0), (0, 0)])
+    assert not clockwise.exterior.is_ccw
+    gdf = gpd.GeoDataFrame(
+        {
+            "name": ["square", "point"],
+            "guns": np.array([3, 0], dtype="int64"),
+            "share": [np.nan, 0.25],
+            "label": pd.array(["=cmd", None], dtype="string"),
+        },
+        geometry=[clockwise, shapely.Point(-99.123456789, 19.987654321)],
+        crs="EPSG:4326",
+    )
+    path = tmp_path / "layer.geojson"
+    write_geojson(gdf, path)
+    text = path.read_text(encoding="utf-8")
+    assert "NaN" not in text
+    data = json.loads(text)
+    assert data["type"] == "FeatureCollection" and "crs" not in data
+    square, point = data["features"]
+    assert square["properties"]["share"] is None and point["properties"]["label"] is None
+    assert square["properties"]["guns"] == 3
+    for feature in data["features"]:
+        for value in _coordinates(feature["geometry"]["coordinates"]):
+            assert value == round(value, 6)
+    assert point["geometry"]["coordinates"] == [-99.123457, 19.987654]  # lon, lat
+    assert shapely.Polygon(square["geometry"]["coordinates"][0]).exterior.is_ccw
+    back = pyogrio.read_dataframe(path)
+    assert back.crs.to_epsg() == 4326
+    assert back["guns"].tolist() == [3, 0]
+    assert back.geometry.iloc[1].x == pytest.approx(-99.123457)
+
+
+def test_geojson_reprojects_to_wgs84(tmp_path):
+    gdf = gpd.GeoDataFrame({"a": [1]}, geometry=[shapely.Point(-99.0, 19.0)], crs="EPSG:4326")
+    write_geojson(gdf.to_crs("EPSG:3857"), tmp_path / "x.geojson")
+    coords = json.loads((tmp_path / "x.geojson").read_text())["features"][0]["geometry"]
+    assert coords["coordinates"] == pytest.approx([-99.0, 19.0])
+
+
+def test_csv_cells_never_start_a_formula(tmp_path):
+    frame = pd.DataFrame({
+        "text": ["=HYPERLINK(\"x\")", "+1+1", "-cmd", "@SUM(A1)", "\tx", "\rx", "plain", None],
+        "number_text": ["-12.5", "+3", "=1+1", "ok", "-", "1e3", "", "x"],
+        "value": [-1, 2, 3, 4, 5, 6, 7, 8],
+    })
+    path = tmp_path / "t.csv"
+    write_csv(frame, path)
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["text"] for r in rows[:6]] == [
+        "'=HYPERLINK(\"x\")", "'+1+1", "'-cmd", "'@SUM(A1)", "'\tx", "'\rx"]
+    assert rows[6]["text"] == "plain" and rows[7]["text"] == ""
+    assert [r["number_text"] for r in rows[:5]] == ["-12.5", "+3", "'=1+1", "ok", "'-"]
+    assert rows[0]["value"] == "-1"  # numbers stay numbers
+    for row in rows:
+        for cell in row.values():
+            assert not cell or cell[0] not in "=+@\t\r" or cell[1:].lstrip("+").replace(
+                ".", "", 1).isdigit()
+    assert formula_safe(frame)["value"].tolist() == frame["value"].tolist()
+
+
+def test_write_json_turns_nan_and_numpy_into_plain_json(tmp_path):
+    write_json({"a": np.int64(3), "b": math.nan, "c": [np.float64(0.5), pd.NA]},
+               tmp_path / "x.json")
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 3, "b": None, "c": [0.5, None]}
+
+
+def test_atomic_folder_replaces_a_geoflow_folder(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"generator": "geoflow"}))
+    (out / "stale.csv").write_text("old")
+    with atomic_output_dir(out) as temp:
+        assert temp.parent == tmp_path and temp != out
+        (temp / "manifest.json").write_text(json.dumps({"generator": "geoflow", "n": 2}))
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+    assert json.loads((out / "manifest.json").read_text())["n"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temp folders left
+
+
+def test_atomic_folder_refuses_foreign_folder_unless_forced(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.docx").write_text("precious")
+    with pytest.raises(OutputError, match="not written by geoflow"), atomic_output_dir(out):
+        pass
+    assert (out / "thesis.docx").read_text() == "precious"
+    with atomic_output_dir(out, force=True) as temp:
+        (temp / "a.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["a.txt"]
+
+
+def test_failed_run_leaves_nothing_half_written(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError), atomic_output_dir(out) as temp:
+        (temp / "flows.geojson").write_text("{")
+        raise RuntimeError("boom")
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+    # an existing geoflow folder survives a failed re-run untouched
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"generator": "geoflow"}))
+    with pytest.raises(RuntimeError), atomic_output_dir(out) as temp:
+        raise RuntimeError("boom")
+    assert [p.name for p in out.iterdir()] == ["manifest.json"]
+
+
+def test_safe_path_stays_inside_the_folder(tmp_path):
+    assert safe_path(tmp_path, "tables/by_dealer.csv") == tmp_path / "tables" / "by_dealer.csv"
+    for bad in ("../escape.csv", "/etc/passwd", "a/../../b"):
+        with pytest.raises(OutputError, match="unsafe"):
+            safe_path(tmp_path, bad)
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    with pytest.raises(OutputError, match="not a folder"), atomic_output_dir(a_file):
+        pass

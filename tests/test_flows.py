@@ -1,0 +1,224 @@
+"""Flows, point layers and great-circle geometry from hand-made prepared records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyproj
+import pytest
+import shapely
+from handmade import PLACES, PORTS, make_records
+
+from geoflow.flows import (
+    FLOW_COLUMNS,
+    build_crossings,
+    build_dealers,
+    build_flows,
+    build_recoveries,
+    dealer_ids,
+    flow_lines,
+    great_circle_points,
+)
+
+SPHERE = pyproj.Geod(ellps="sphere")
+
+
+def _xy(place: str) -> list[float]:
+    return [PLACES[place][2], PLACES[place][3]]
+
+
+def _placed(rows):
+    records = make_records(rows)
+    placed = records[records["placed"]]
+    return placed.assign(purchaser_label=placed["purchaser_id"])
+
+
+def test_flow_line_starts_at_dealer_passes_port_ends_at_recovery():
+    dealer = np.array([_xy("dundee"), _xy("phoenix")])
+    port = PORTS[["geometry"]].geometry.get_coordinates().to_numpy()[[0, 1]]
+    recovery = np.array([_xy("cdmx"), _xy("hermosillo")])
+    lines = flow_lines(dealer, port, recovery)
+    for line, d, p, r in zip(lines, dealer, port, recovery, strict=True):
+        xy = shapely.get_coordinates(line)
+        assert xy[0] == pytest.approx(d) and xy[-1] == pytest.approx(r)
+        # the port is an exact vertex, and lon comes before lat
+        assert np.isclose(xy, p).all(axis=1).any()
+        assert ((xy[:, 0] > -125) & (xy[:, 0] < -85)).all()
+        assert ((xy[:, 1] > 14) & (xy[:, 1] < 50)).all()
+        # densified: no straight segment longer than ~50 km
+        _, _, dist = SPHERE.inv(xy[:-1, 0], xy[:-1, 1], xy[1:, 0], xy[1:, 1])
+        assert dist.max() <= 50_500
+
+
+def test_densified_points_lie_on_the_great_circle():
+    # Chicago → Mexico City: compare with pyproj's own great-circle points on a sphere
+    lon, lat = great_circle_points(
+        np.full(3, -87.63),
+        np.full(3, 41.88),
+        np.full(3, -99.13),
+        np.full(3, 19.43),
+        np.array([0.25, 0.5, 0.75]),
+    )
+    expected = np.array(SPHERE.npts(-87.63, 41.88, -99.13, 19.43, 3))
+    assert np.column_stack([lon, lat]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_flows_aggregate_per_dealer_port_place_and_route_kind():
+    placed = _placed(
+        [
+            {
+                "purchaser": "A",
+                "dealer": "GAT Guns",
+                "dealer_at": "dundee",
+                "recovered_at": "reynosa",
+                "port": "2304",
+                "kind": "known",
+                "n": 4,
+                "bought": "2007-03-01",
+            },
+            {
+                "purchaser": "B",
+                "dealer": "GAT Guns",
+                "dealer_at": "dundee",
+                "recovered_at": "reynosa",
+                "port": "2304",
+                "kind": "known",
+                "n": 1,
+                "bought": "2009-05-02",
+            },
+            {
+                "purchaser": "A",
+                "dealer": "GAT Guns",
+                "dealer_at": "dundee",
+                "recovered_at": "reynosa",
+                "port": "2304",
+                "kind": "modelled",
+                "n": 2,
+            },
+            {
+                "purchaser": "C",
+                "dealer": "Desert Arms",
+                "dealer_at": "phoenix",
+                "recovered_at": "hermosillo",
+                "port": "2604",
+                "n": 3,
+            },
+        ]
+    )
+    flows = build_flows(placed, PORTS)
+    assert list(flows.columns) == [*FLOW_COLUMNS, "geometry"]
+    assert flows["guns"].sum() == len(placed)
+    assert flows.crs.to_epsg() == 4326
+    known = flows[(flows["dealer_name"] == "GAT Guns") & (flows["route_kind"] == "known")]
+    assert len(known) == 1
+    row = known.iloc[0]
+    assert (row["guns"], row["purchasers"]) == (5, 2)
+    assert row["crossing_name"] == "Laredo" and row["recovery_state"] == "MX-TAM"
+    assert (row["first_purchase"], row["last_purchase"]) == ("2007-03-01", "2009-05-02")
+    assert row["top_purchaser"].startswith("P-")
+    assert len(flows[flows["dealer_name"] == "GAT Guns"]) == 2  # known and modelled apart
+    assert flows["flow_id"].is_unique
+    # ids are stable across runs
+    assert build_flows(placed, PORTS)["flow_id"].tolist() == flows["flow_id"].tolist()
+
+
+def test_state_level_flows_merge_dealers_of_a_state():
+    placed = _placed(
+        [
+            {
+                "purchaser": "A",
+                "dealer": "One",
+                "dealer_at": "houston",
+                "recovered_at": "reynosa",
+                "n": 2,
+            },
+            {
+                "purchaser": "B",
+                "dealer": "Two",
+                "ffl": "5-74-123",
+                "dealer_at": "houston",
+                "recovered_at": "reynosa",
+                "n": 3,
+            },
+            {
+                "purchaser": "C",
+                "dealer": "Three",
+                "dealer_at": "phoenix",
+                "recovered_at": "culiacan",
+                "port": "2604",
+                "n": 1,
+            },
+        ]
+    )
+    place = build_flows(placed, PORTS)
+    state = build_flows(placed, PORTS, level="state", state_names={"US-TX": "Texas"})
+    assert len(place) == 3 and len(state) == 2
+    top = state.iloc[0]
+    assert (top["dealer_state"], top["recovery_state"], top["guns"]) == ("US-TX", "MX-TAM", 5)
+    assert top["dealer_place"] == "Texas" and pd.isna(top["dealer_id"])
+    assert state["guns"].sum() == len(placed)
+    with pytest.raises(ValueError, match="flow level"):
+        build_flows(placed, PORTS, level="city")
+
+
+def test_dealer_ids_prefer_ffl_and_ignore_case_and_accents():
+    frame = pd.DataFrame(
+        {
+            "dealer_ffl": pd.array(["5-74-00001", "574 00001", None, None, None], dtype="string"),
+            "dealer_name": pd.array(
+                ["X", "Y", "Armería Sur", "ARMERIA  SUR", None], dtype="string"
+            ),
+            "dealer_city": pd.array(["A", "B", "Laredo", "laredo", None], dtype="string"),
+            "dealer_state": pd.array(["TX", "TX", "TX", "tx", None], dtype="string"),
+        }
+    )
+    ids = dealer_ids(frame)
+    assert ids[0] == ids[1] and ids[2] == ids[3] and ids[0] != ids[2]
+    assert ids[0].startswith("D-") and len(ids[0]) == 10
+    assert pd.isna(ids[4])
+
+
+def test_dealer_recovery_and_crossing_layers():
+    placed = _placed(
+        [
+            {
+                "purchaser": "A",
+                "dealer": "GAT Guns",
+                "dealer_at": "dundee",
+                "recovered_at": "cdmx",
+                "port": "2304",
+                "kind": "known",
+                "n": 3,
+            },
+            {
+                "purchaser": "B",
+                "dealer": "GAT Guns",
+                "dealer_at": "dundee",
+                "recovered_at": "reynosa",
+                "port": "2305",
+                "n": 1,
+            },
+        ]
+    )
+    dealers = build_dealers(placed)
+    assert len(dealers) == 1
+    gat = dealers.iloc[0]
+    assert (gat["guns"], gat["purchasers"], gat["top_purchaser_share"]) == (4, 2, 0.75)
+    assert shapely.get_coordinates(gat.geometry).tolist() == [_xy("dundee")]
+    recoveries = build_recoveries(placed)
+    assert recoveries.set_index("recovery_place")["guns"].to_dict() == {
+        "Ciudad de México, CMX": 3,
+        "Reynosa, TAM": 1,
+    }
+    crossings = build_crossings(placed, PORTS)
+    assert crossings[["code", "guns", "guns_known", "guns_modelled"]].values.tolist() == [
+        ["2304", 3, 3, 0],
+        ["2305", 1, 0, 1],
+    ]
+
+
+def test_no_placed_records_give_empty_layers():
+    placed = _placed([{"purchaser": "A", "dealer_at": None, "n": 2}])
+    assert len(build_flows(placed, PORTS)) == 0
+    assert len(build_dealers(placed)) == 0
+    assert len(build_crossings(placed, PORTS)) == 0
