@@ -1,0 +1,758 @@
+"""Geocoding: offline by default (shipped gazetteer), geopy back-ends when asked.
+
+Every distinct place string is geocoded once. The offline geocoder matches, in order: US ZIP →
+exact (place, state) → alternate and historic names → fuzzy within the state (rapidfuzz) →
+state centroid (level ``state``). With a state given the answer lies in that state; with
+``country`` it lies in that country; a name found in several places without a state is
+reported as ambiguous (``note``), never guessed silently.
+
+>>> geocode(["FT WORTH TX", "CD. JUAREZ, CHIH."])[["level", "admin1", "matched_name"]]
+... # doctest: +NORMALIZE_WHITESPACE
+  level  admin1         matched_name
+0  city   US-TX      Fort Worth, TX
+1  city  MX-CHH  Ciudad Juárez, Chihuahua
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from rapidfuzz import fuzz, process
+
+from geoflow.errors import GeocodeError, InputError
+from geoflow.places import STATE_NAMES, _tokens, normalise_country, parse_places
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "REPORT_COLUMNS",
+    "Geocoder",
+    "Gazetteer",
+    "OfflineGeocoder",
+    "GeopyGeocoder",
+    "GEOPY_SERVICES",
+    "load_gazetteer",
+    "load_overrides",
+    "geocode",
+    "geocode_traces",
+    "default_cache_path",
+]
+
+RESULT_COLUMNS = ("query", "lat", "lon", "level", "score", "matched_name", "admin1", "source",
+                  "note")
+REPORT_COLUMNS = ("role", "query", "level", "score", "matched_name", "admin1", "lat", "lon",
+                  "source", "note", "records", "first_lines")
+LEVELS = ("coordinates", "zip", "city", "municipality", "state", "")
+
+#: Fuzzy matches below this rapidfuzz ``token_sort_ratio`` are not accepted.
+FUZZY_CUTOFF = 85.0
+#: Without a state, the most populous candidate is taken only when it is this many times
+#: larger than the next one (Guadalajara, Jalisco vs a hamlet); otherwise "ambiguous".
+DOMINANCE = 5.0
+#: Alternate names rank below official names of the same population.
+ALT_WEIGHT = 0.1
+
+
+class Geocoder(Protocol):
+    """Anything that geocodes a Series of distinct strings into :data:`RESULT_COLUMNS`."""
+
+    def geocode(self, queries: pd.Series, *, country: str | None = None) -> pd.DataFrame:
+        """One row per query, same index, columns :data:`RESULT_COLUMNS`."""
+        ...
+
+
+# --------------------------------------------------------------------------- gazetteer
+
+
+@dataclass(frozen=True)
+class Gazetteer:
+    """The shipped gazetteer: ``names`` (key → place), ``places``, ``zips``, ``states``."""
+
+    places: pd.DataFrame
+    names: pd.DataFrame
+    zips: pd.DataFrame
+    states: pd.DataFrame
+
+
+def _display(names: pd.Series, admin1: pd.Series) -> pd.Series:
+    """``"Fort Worth, TX"`` for US places, ``"Ciudad Juárez, Chihuahua"`` for Mexican ones."""
+    short = admin1.str[3:].where(admin1.str.startswith("US-"), admin1.map(STATE_NAMES))
+    return (names + ", " + short).astype("string")
+
+
+@functools.cache
+def load_gazetteer() -> Gazetteer:
+    """Read the shipped gazetteer files (``shapes/``) and index them; cached."""
+    base = resources.files("geoflow.shapes_data")
+    try:
+        with resources.as_file(base / "gazetteer_places.csv.gz") as path:
+            places = pd.read_csv(path, keep_default_na=False, na_values=[""],
+                                 dtype={"alt_keys": "string", "key": "string"})
+        with resources.as_file(base / "us_zips.csv.gz") as path:
+            zips = pd.read_csv(path, dtype={"zip": "string"})
+        with resources.as_file(base / "gazetteer_states.csv") as path:
+            states = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise GeocodeError(f"cannot read the shipped gazetteer: {exc}") from exc
+    places["display"] = _display(places["name"].astype("string"), places["admin1"])
+    places["country"] = places["admin1"].str[:2]
+    alt = places["alt_keys"].fillna("").str.split("|").explode()
+    alt = alt[alt.notna() & (alt != "")]
+    names = pd.concat(
+        [
+            pd.DataFrame({"key": places["key"], "place": places.index, "primary": True}),
+            pd.DataFrame({"key": alt.to_numpy(), "place": alt.index, "primary": False}),
+        ],
+        ignore_index=True,
+    )
+    names = names.drop_duplicates(["key", "place"])
+    names["admin1"] = places["admin1"].to_numpy()[names["place"]]
+    names["country"] = names["admin1"].str[:2]
+    pop = places["population"].to_numpy(dtype=float)[names["place"]]
+    names["rank"] = np.where(names["primary"], pop, pop * ALT_WEIGHT)
+    names = names.sort_values(["rank", "primary"], ascending=False, kind="stable")
+    names = names.reset_index(drop=True)
+    zips = zips.drop_duplicates("zip").set_index("zip")
+    states["display"] = states["name"]
+    return Gazetteer(places=places, names=names, zips=zips, states=states.set_index("code"))
+
+
+# --------------------------------------------------------------------------- offline
+
+
+def _empty_result(queries: pd.Series) -> pd.DataFrame:
+    n = len(queries)
+    return pd.DataFrame(
+        {
+            "query": queries.astype("string").to_numpy(),
+            "lat": np.full(n, np.nan),
+            "lon": np.full(n, np.nan),
+            "level": pd.array([""] * n, dtype="string"),
+            "score": np.zeros(n, dtype="int64"),
+            "matched_name": pd.array([pd.NA] * n, dtype="string"),
+            "admin1": pd.array([pd.NA] * n, dtype="string"),
+            "source": pd.array([""] * n, dtype="string"),
+            "note": pd.array([""] * n, dtype="string"),
+        },
+        index=queries.index,
+    )
+
+
+def _set(result: pd.DataFrame, idx: pd.Index, values: dict[str, Any]) -> None:
+    """Assign ``values`` (scalars or Series aligned on ``idx``) to rows ``idx``."""
+    for column, value in values.items():
+        if isinstance(value, pd.Series):
+            value = value.loc[idx].to_numpy()
+        result.loc[idx, column] = value
+
+
+def _add_note(result: pd.DataFrame, idx: pd.Index, note: pd.Series | str) -> None:
+    if len(idx) == 0:
+        return
+    old = result.loc[idx, "note"]
+    new = note.loc[idx] if isinstance(note, pd.Series) else pd.Series(note, index=idx)
+    result.loc[idx, "note"] = old.where(old == "", old + "; ").fillna("") + new.astype("string")
+
+
+class OfflineGeocoder:
+    """The default geocoder: the shipped gazetteer, no network.
+
+    Parameters
+    ----------
+    gazetteer:
+        A :class:`Gazetteer`; the shipped one by default.
+    fuzzy_cutoff:
+        Minimum rapidfuzz score (0–100) for a fuzzy match within the state.
+    """
+
+    name = "offline"
+
+    def __init__(self, *, gazetteer: Gazetteer | None = None,
+                 fuzzy_cutoff: float = FUZZY_CUTOFF) -> None:
+        self.gazetteer = gazetteer or load_gazetteer()
+        self.fuzzy_cutoff = fuzzy_cutoff
+
+    # The stages below each fill the rows still unmatched (level == "").
+    def geocode(self, queries: pd.Series, *, country: str | None = None) -> pd.DataFrame:
+        """Geocode distinct strings; one row per query, same index."""
+        queries = pd.Series(queries, dtype="string")
+        result = _empty_result(queries)
+        parsed = parse_places(queries)
+        states = self._states_in_country(parsed, result, country)
+        self._match_zip(parsed, states, result, country)
+        for variant in ("place_key", "ciudad", "whole_key"):
+            self._match_exact(parsed, states, result, country, variant)
+        self._match_fuzzy(parsed, states, result)
+        self._match_state(parsed, states, result)
+        blank = result.index[(parsed["place_key"] == "") & parsed["states"].isna()
+                             & parsed["zip"].isna()]
+        _add_note(result, blank.difference(result.index[result["note"] != ""]), "empty place")
+        todo = result.index[(result["level"] == "") & (result["note"] == "")]
+        _add_note(result, todo, "not found in the gazetteer")
+        return result
+
+    def _states_in_country(self, parsed: pd.DataFrame, result: pd.DataFrame,
+                           country: str | None) -> pd.Series:
+        """Candidate states (``|``-joined) after the country constraint; notes dropped ones."""
+        states = parsed["states"]
+        if country is None:
+            return states
+        exploded = states.str.split("|").explode()
+        kept = exploded[exploded.str.startswith(country + "-")]
+        kept = kept.groupby(level=0).agg("|".join).reindex(states.index).astype("string")
+        lost = states.notna() & kept.isna()
+        _add_note(result, result.index[lost],
+                  "state " + states[lost] + f" is outside country {country}")
+        return kept.where(~lost, "")  # "" = a state was given but none fits: match nothing
+
+    def _match_zip(self, parsed: pd.DataFrame, states: pd.Series, result: pd.DataFrame,
+                   country: str | None) -> None:
+        if country not in (None, "US"):
+            return
+        zips = self.gazetteer.zips
+        has = parsed["zip"].notna() & ~states.fillna("").str.contains("MX-")
+        found = parsed.loc[has, "zip"].map(zips["admin1"])
+        hit = found.notna()
+        fits = states[hit.index].isna() | pd.Series(
+            [a in str(s).split("|") for a, s in zip(found, states[hit.index], strict=True)],
+            index=hit.index) if len(hit) else hit
+        ok = hit & fits
+        idx = ok[ok].index
+        z = parsed.loc[idx, "zip"]
+        _set(result, idx, {
+            "lat": z.map(zips["lat"]), "lon": z.map(zips["lon"]), "level": "zip", "score": 100,
+            "matched_name": z.map(zips["city"]) + ", " + z.map(zips["admin1"]).str[3:] + " " + z,
+            "admin1": z.map(zips["admin1"]), "source": "offline",
+        })
+        bad = (hit & ~fits)
+        _add_note(result, bad[bad].index,
+                  "ZIP " + parsed["zip"] + " is in " + found.reindex(parsed.index).fillna("")
+                  + ", not the given state")
+        unknown = has & ~has.index.isin(hit[hit].index)
+        _add_note(result, unknown[unknown].index, "ZIP " + parsed["zip"] + " unknown")
+
+    def _match_exact(self, parsed: pd.DataFrame, states: pd.Series, result: pd.DataFrame,
+                     country: str | None, variant: str) -> None:
+        todo = result["level"] == ""
+        if variant == "ciudad":
+            keys = parsed["place_key"].str.replace(r"^CIUDAD (?:DE )?", "", regex=True)
+            keys = keys.where(keys != parsed["place_key"])
+            st = states
+        elif variant == "whole_key":
+            keys, st = parsed["whole_key"], pd.Series(pd.NA, index=parsed.index, dtype="string")
+        else:
+            keys, st = parsed["place_key"], states
+        todo &= keys.notna() & (keys != "") & (st.fillna("-") != "")
+        if not todo.any():
+            return
+        q = pd.DataFrame({"qid": parsed.index[todo], "key": keys[todo].to_numpy(),
+                          "st": st[todo].to_numpy()})
+        with_state = q[q["st"].notna()].assign(st=lambda d: d["st"].str.split("|"))
+        with_state = with_state.explode("st")
+        names = self.gazetteer.names
+        cand_s = with_state.merge(names, left_on=["key", "st"], right_on=["key", "admin1"])
+        no_state = q[q["st"].isna()]
+        pool = names if country is None else names[names["country"] == country]
+        cand_n = no_state.merge(pool, on="key")
+        self._pick(cand_s, result, parsed, with_state=True)
+        self._pick(cand_n, result, parsed, with_state=False)
+
+    def _pick(self, cand: pd.DataFrame, result: pd.DataFrame, parsed: pd.DataFrame, *,
+              with_state: bool) -> None:
+        """Choose the best candidate per query (highest rank) and say how it was chosen."""
+        if cand.empty:
+            return
+        cand = cand.sort_values(["qid", "rank", "primary"], ascending=[True, False, False],
+                                kind="stable").drop_duplicates(["qid", "place"])
+        places = self.gazetteer.places
+        g = cand.groupby("qid", sort=False)
+        best = g.head(1).set_index("qid")
+        n = g.size()
+        second = g["rank"].nth(1)
+        second = pd.Series(second.to_numpy(), index=cand.loc[second.index, "qid"])
+        second = second.reindex(best.index).fillna(0.0)
+        states_seen = g["admin1"].agg(lambda s: ", ".join(sorted(set(s))[:6]))
+        p = best["place"].to_numpy()
+        name = places["name"].to_numpy()[p]
+        base = pd.DataFrame({
+            "lat": places["lat"].to_numpy()[p], "lon": places["lon"].to_numpy()[p],
+            "level": places["level"].to_numpy()[p], "matched_name": places["display"].to_numpy()[p],
+            "admin1": best["admin1"].to_numpy(),
+        }, index=best.index)
+        score = pd.Series(np.where(best["primary"], 100, 95), index=best.index)
+        note = pd.Series("", index=best.index, dtype="string")
+        alt = ~best["primary"]
+        note[alt] = "alternate name of " + pd.Series(name, index=best.index)[alt]
+        multi = n[n > 1].index
+        if with_state:
+            score[multi] -= 10
+            note[multi] = _join(note[multi], "most populous of " + n[multi].astype(str)
+                                + " places named " + best.loc[multi, "key"])
+            accept = best.index
+        else:
+            score[:] = 90
+            dominant = best["rank"] >= DOMINANCE * second
+            amb = best.index.isin(multi)
+            score[amb] = 70
+            note[amb] = _join(note[amb], "ambiguous without a state: " + n[amb].astype(str)
+                              + " places named " + best.loc[amb, "key"] + " ("
+                              + states_seen[best.index[amb]] + "); chose the most populous")
+            refuse = amb & ~dominant
+            idx = best.index[refuse]
+            _add_note(result, idx, "ambiguous: " + n[idx].astype(str) + " places named "
+                      + best.loc[idx, "key"] + " (" + states_seen[idx] + "); add a state")
+            accept = best.index[~refuse]
+        note = note.astype("string")
+        _set(result, accept, {**{c: base[c] for c in base}, "score": score,
+                              "source": "offline"})
+        _add_note(result, accept[note[accept] != ""], note)
+
+    def _match_fuzzy(self, parsed: pd.DataFrame, states: pd.Series,
+                     result: pd.DataFrame) -> None:
+        todo = (result["level"] == "") & (parsed["place_key"] != "") & states.fillna("").ne("")
+        todo &= ~result["note"].str.startswith("ambiguous")
+        if not todo.any():
+            return
+        names = self.gazetteer.names
+        places = self.gazetteer.places
+        rows = pd.DataFrame({"key": parsed.loc[todo, "place_key"],
+                             "st": states[todo].str.split("|")}).explode("st")
+        best: dict[Any, tuple[float, int]] = {}
+        for st, group in rows.groupby("st", sort=False):  # loop over distinct states
+            pool = names[names["admin1"] == st].drop_duplicates("key")  # best place per key
+            if pool.empty:
+                continue
+            choices = pool["key"].tolist()
+            for qid, key in zip(group.index, group["key"], strict=True):  # fuzzy fallback
+                hit = process.extractOne(key, choices, scorer=fuzz.token_sort_ratio,
+                                         processor=None, score_cutoff=self.fuzzy_cutoff)
+                if hit and hit[1] > best.get(qid, (0.0, -1))[0]:
+                    best[qid] = (hit[1], int(pool["place"].iloc[hit[2]]))
+        if not best:
+            return
+        idx = pd.Index(list(best))
+        ratio = np.array([v[0] for v in best.values()])
+        p = np.array([v[1] for v in best.values()])
+        _set(result, idx, {
+            "lat": places["lat"].to_numpy()[p], "lon": places["lon"].to_numpy()[p],
+            "level": places["level"].to_numpy()[p],
+            "matched_name": places["display"].to_numpy()[p],
+            "admin1": places["admin1"].to_numpy()[p],
+            "score": np.round(ratio * 0.9).astype("int64"), "source": "offline",
+        })
+        _add_note(result, idx, pd.Series(
+            [f"fuzzy match {k!r} ~ {places['key'].iat[pi]!r} ({r:.0f})"
+             for k, pi, r in zip(parsed.loc[idx, "place_key"], p, ratio, strict=True)],
+            index=idx, dtype="string"))
+
+    def _match_state(self, parsed: pd.DataFrame, states: pd.Series,
+                     result: pd.DataFrame) -> None:
+        todo = (result["level"] == "") & states.fillna("").ne("")
+        todo &= ~result["note"].str.startswith("ambiguous")
+        several = todo & states.fillna("").str.contains("|", regex=False)
+        _add_note(result, result.index[several], "state is ambiguous: " + states[several])
+        todo &= ~several
+        idx = result.index[todo]
+        if len(idx) == 0:
+            return
+        st = states[idx]
+        table = self.gazetteer.states
+        only = parsed.loc[idx, "state_only"]
+        _set(result, idx, {
+            "lat": st.map(table["lat"]), "lon": st.map(table["lon"]), "level": "state",
+            "score": pd.Series(np.where(only, 60, 30), index=idx),
+            "matched_name": st.map(table["display"]).astype("string"), "admin1": st,
+            "source": "offline",
+        })
+        miss = idx[~only.to_numpy()]
+        _add_note(result, miss, "place " + parsed.loc[miss, "place_key"]
+                  + " not found in " + states[miss] + "; state centroid")
+
+
+def _join(a: pd.Series, b: pd.Series) -> pd.Series:
+    a = a.astype("string").fillna("")
+    return a.where(a == "", a + "; ").fillna("") + b.astype("string")
+
+
+@functools.cache
+def _default_geocoder() -> OfflineGeocoder:
+    return OfflineGeocoder()
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def load_overrides(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read an overrides CSV: ``place,lat,lon`` or ``place,replacement`` (or an edited report).
+
+    The key column may be called ``place`` or ``query``. Rows with both ``lat`` and ``lon``
+    pin the place there; rows with a ``replacement`` are geocoded as that string instead;
+    other rows are ignored. Returns ``place``, ``lat``, ``lon``, ``replacement``.
+    """
+    try:
+        raw = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read overrides: {exc}", path=str(path)) from exc
+    raw.columns = [str(c).strip().lower() for c in raw.columns]
+    key = "place" if "place" in raw.columns else "query" if "query" in raw.columns else None
+    if key is None or not ({"lat", "lon"} <= set(raw.columns) or "replacement" in raw.columns):
+        raise InputError("overrides need a 'place' column and 'lat','lon' or 'replacement'",
+                         path=str(path))
+    out = pd.DataFrame({"place": raw[key]})
+    for col in ("lat", "lon"):
+        values = raw[col] if col in raw.columns else pd.Series(pd.NA, index=raw.index)
+        num = pd.to_numeric(values, errors="coerce")
+        bad = values.notna() & num.isna()
+        limit = 90 if col == "lat" else 180
+        bad |= num.abs() > limit
+        if bad.any():
+            line = int(bad.to_numpy().argmax()) + 2
+            raise InputError(f"line {line}, column {col}: not a valid {col}: "
+                             f"{values[bad].iloc[0]!r}", path=str(path))
+        out[col] = num.astype(float)
+    out["replacement"] = raw["replacement"] if "replacement" in raw.columns else pd.NA
+    out["replacement"] = out["replacement"].astype("string")
+    usable = out["place"].notna() & (
+        (out["lat"].notna() & out["lon"].notna()) | out["replacement"].notna())
+    return out[usable].drop_duplicates("place", keep="last").reset_index(drop=True)
+
+
+def _override_key(values: pd.Series) -> pd.Series:
+    return _tokens(values).str.replace(r"\s+", " ", regex=True)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _check_country(country: str | None) -> str | None:
+    if country is None:
+        return None
+    code = str(country).strip().upper()
+    if code not in ("US", "MX"):
+        raise GeocodeError(f"country must be US or MX, not {country!r}")
+    return code
+
+
+def geocode(queries: Iterable[str] | pd.Series, *, country: str | None = None,
+            geocoder: Geocoder | None = None,
+            overrides: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Geocode place strings; one row per query, in input order, columns :data:`RESULT_COLUMNS`.
+
+    Each distinct string is geocoded once. ``country`` (``"US"``/``"MX"``) constrains answers
+    to that country; ``overrides`` (see :func:`load_overrides`) win over the geocoder.
+
+    >>> geocode(["E DUNDEE, IL 60118"])[["level", "admin1"]].iloc[0].tolist()
+    ['zip', 'US-IL']
+    """
+    country = _check_country(country)
+    geocoder = geocoder or _default_geocoder()
+    series = pd.Series(list(queries) if not isinstance(queries, pd.Series) else queries,
+                       dtype="string").fillna("").str.strip()
+    distinct = pd.Series(series.drop_duplicates().to_numpy(), dtype="string")
+    if overrides is not None and len(overrides):
+        answers = _geocode_with_overrides(distinct, country, geocoder, overrides)
+    else:
+        answers = geocoder.geocode(distinct, country=country)
+    answers = answers.assign(query=distinct.to_numpy()).set_index("query")
+    out = answers.reindex(series.to_numpy()).reset_index()
+    out["query"] = series.to_numpy()
+    return out[list(RESULT_COLUMNS)].reset_index(drop=True)
+
+
+def _geocode_with_overrides(distinct: pd.Series, country: str | None, geocoder: Geocoder,
+                            overrides: pd.DataFrame) -> pd.DataFrame:
+    table = overrides.assign(k=_override_key(overrides["place"])).drop_duplicates("k", keep="last")
+    table = table.set_index("k")
+    keys = _override_key(distinct)
+    replacement = keys.map(table["replacement"]).astype("string")
+    lat, lon = keys.map(table["lat"]).astype(float), keys.map(table["lon"]).astype(float)
+    pinned = lat.notna() & lon.notna()
+    to_geocode = distinct.where(~(replacement.notna() & ~pinned), replacement)
+    answers = geocoder.geocode(pd.Series(to_geocode.to_numpy(), dtype="string"),
+                               country=country)
+    answers.index = distinct.index
+    repl = replacement.notna() & ~pinned
+    _set(answers, answers.index[repl], {"source": "override"})
+    _add_note(answers, answers.index[repl], "override: geocoded as " + replacement)
+    idx = answers.index[pinned]
+    _set(answers, idx, {"lat": lat, "lon": lon, "level": "coordinates", "score": 100,
+                        "matched_name": distinct, "admin1": pd.NA, "source": "override",
+                        "note": "override: coordinates"})
+    return answers
+
+
+def _role_queries(records: pd.DataFrame, role: str) -> tuple[pd.Series, pd.Series]:
+    """The place string and country of each record for ``role`` (dealer / recovery)."""
+    def col(name: str) -> pd.Series:
+        if name in records.columns:
+            return records[name].astype("string").fillna("").str.strip()
+        return pd.Series("", index=records.index, dtype="string")
+
+    city, state = col(f"{role}_city"), col(f"{role}_state")
+    text = city.where(state == "", city + ", " + state)
+    if role == "dealer":
+        z = col("dealer_zip").str.extract(r"^(\d{5})", expand=False).fillna("")
+        text = text.where(z == "", text + " " + z).str.strip(" ,")
+        country = pd.Series("US", index=records.index, dtype="string")
+    else:
+        text = text.str.strip(" ,")
+        given = col("recovery_country")
+        country = normalise_country(given)
+        country = country.where(given != "", "MX").fillna("other")
+    return text.astype("string"), country.astype("string")
+
+
+def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
+                   overrides: pd.DataFrame | str | os.PathLike[str] | None = None,
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Add dealer and recovery coordinates to trace records; return ``(records, report)``.
+
+    Dealers are placed in the US, recoveries in ``recovery_country`` (Mexico when empty).
+    Coordinates present in the input are kept (level ``coordinates``). ``report`` has one row
+    per distinct (role, place string, level), unmatched and low-confidence first, with the
+    number of records it covers and their first source lines.
+    """
+    if overrides is not None and not isinstance(overrides, pd.DataFrame):
+        overrides = load_overrides(overrides)
+    out = records.copy()
+    lines = (records["source_line"] if "source_line" in records.columns
+             else pd.Series(np.arange(len(records)) + 2, index=records.index))
+    parts = []
+    for role in ("dealer", "recovery"):
+        text, country = _role_queries(records, role)
+        lat_col, lon_col = f"{role}_lat", f"{role}_lon"
+        lat = pd.to_numeric(out.get(lat_col, pd.Series(np.nan, index=out.index)),
+                            errors="coerce").astype(float)
+        lon = pd.to_numeric(out.get(lon_col, pd.Series(np.nan, index=out.index)),
+                            errors="coerce").astype(float)
+        given = lat.between(-90, 90) & lon.between(-180, 180)
+        res = pd.DataFrame(index=records.index, columns=list(RESULT_COLUMNS[1:]))
+        res = _empty_result(text).drop(columns="query")
+        res.loc[given, ["lat", "lon"]] = np.c_[lat[given], lon[given]]
+        _set(res, res.index[given], {"level": "coordinates", "score": 100, "source": "input"})
+        for code in country[~given].unique():  # at most US, MX, other
+            rows = ~given & (country == code)
+            if code == "other":
+                _add_note(res, res.index[rows], "recovery country not covered: "
+                          + records.loc[rows, "recovery_country"].astype("string"))
+                continue
+            answers = geocode(text[rows], country=code, geocoder=geocoder,
+                              overrides=overrides)
+            answers.index = res.index[rows]
+            res.loc[rows, answers.columns[1:]] = answers.iloc[:, 1:]
+        res["level"] = res["level"].astype("string")
+        out[lat_col], out[lon_col] = res["lat"].astype(float), res["lon"].astype(float)
+        out[f"{role}_geocode_level"] = res["level"]
+        out[f"{role}_geocode_score"] = res["score"].astype("int64")
+        out[f"{role}_admin1"] = res["admin1"].astype("string")
+        out[f"{role}_place"] = res["matched_name"].astype("string")
+        parts.append(res.assign(role=role, query=text, line=lines.to_numpy()))
+    report = _report(pd.concat(parts, ignore_index=True))
+    return out, report
+
+
+def _report(long: pd.DataFrame) -> pd.DataFrame:
+    """One row per distinct (role, query, level); unmatched and low scores first."""
+    keys = ["role", "query", "level"]
+    long = long.assign(level=long["level"].fillna(""), query=long["query"].fillna(""))
+    grouped = long.groupby(keys, sort=False, dropna=False)
+    first = grouped.first()
+    first = first.assign(
+        lat=grouped["lat"].first() if len(long) else first["lat"],
+        records=grouped.size(),
+        first_lines=grouped["line"].agg(lambda s: " ".join(str(v) for v in s.head(5))),
+    ).reset_index()
+    first.loc[first["level"] == "coordinates", ["lat", "lon"]] = np.nan  # vary per record
+    order = first.assign(_m=(first["level"] != "").astype(int),
+                         _s=first["score"].astype(int), _r=-first["records"])
+    order = order.sort_values(["_m", "_s", "_r", "role", "query"], kind="stable")
+    return order[list(REPORT_COLUMNS)].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- geopy
+
+
+#: geopy services usable with a user agent (and an API key where the service needs one).
+GEOPY_SERVICES = ("nominatim", "photon", "arcgis", "opencage", "geonames", "googlev3",
+                  "bing", "mapbox", "here")
+
+
+def default_cache_path() -> Path:
+    """``$XDG_CACHE_HOME/geoflow/geocode-cache.sqlite`` (``~/.cache`` when unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "geoflow" / "geocode-cache.sqlite"
+
+
+class _Cache:
+    """A persistent SQLite cache of network answers (including "no result")."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path)
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS answers (service TEXT, query TEXT, country TEXT,"
+                " payload TEXT, created REAL, PRIMARY KEY (service, query, country))")
+        except (OSError, sqlite3.Error) as exc:
+            raise GeocodeError(f"cannot open the geocode cache: {exc}", path=str(path)) from exc
+
+    def get(self, service: str, query: str, country: str) -> tuple[bool, Any]:
+        row = self.db.execute(
+            "SELECT payload FROM answers WHERE service=? AND query=? AND country=?",
+            (service, query, country)).fetchone()
+        return (False, None) if row is None else (True, json.loads(row[0]))
+
+    def put(self, service: str, query: str, country: str, payload: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
+                        (service, query, country, json.dumps(payload), time.time()))
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class GeopyGeocoder:
+    """A geopy service for the strings the offline geocoder placed badly (unmatched or state).
+
+    At most one request per ``min_delay_seconds``; answers (and "no result") are kept in a
+    SQLite cache consulted before any wait; geopy errors are reported in ``note`` per query
+    and the offline answer stays. ``source`` says which answered.
+    """
+
+    def __init__(self, service: str = "nominatim", *, user_agent: str,
+                 api_key: str | None = None, domain: str | None = None,
+                 scheme: str | None = None, timeout: float = 10.0,
+                 cache_path: str | os.PathLike[str] | None = None,
+                 min_delay_seconds: float = 1.0, fallback: Geocoder | None = None) -> None:
+        from geopy.geocoders import get_geocoder_for_service
+
+        service = service.lower()
+        if service not in GEOPY_SERVICES:
+            raise GeocodeError(f"unknown geocoder {service!r}; use one of "
+                               + ", ".join(("offline", *GEOPY_SERVICES)))
+        if not user_agent:
+            raise GeocodeError(f"the {service} geocoder needs a user agent (--user-agent)")
+        kwargs: dict[str, Any] = {"user_agent": user_agent, "timeout": timeout}
+        if domain:
+            kwargs["domain"] = domain
+        if scheme:
+            kwargs["scheme"] = scheme
+        if api_key:
+            kwargs["username" if service == "geonames" else "api_key"] = api_key
+        try:
+            self.client = get_geocoder_for_service(service)(**kwargs)
+        except (TypeError, ValueError) as exc:  # missing api key and the like
+            raise GeocodeError(f"cannot set up the {service} geocoder: {exc}") from exc
+        self.name = service
+        self.min_delay = float(min_delay_seconds)
+        self.cache = _Cache(Path(cache_path) if cache_path else default_cache_path())
+        self.fallback = fallback or _default_geocoder()
+        self.requests_made = 0
+        self._last_request: float | None = None
+
+    def _wait(self) -> None:
+        if self._last_request is not None:
+            delay = self.min_delay - (time.monotonic() - self._last_request)
+            if delay > 0:
+                time.sleep(delay)
+
+    def _ask(self, query: str, country: str | None) -> Any:
+        """One network request (rate limited); returns a JSON-able payload or None."""
+        from geopy.exc import GeopyError
+
+        kwargs: dict[str, Any] = {"exactly_one": True}
+        if self.name == "nominatim":
+            kwargs["addressdetails"] = True
+            if country:
+                kwargs["country_codes"] = country.lower()
+        self._wait()
+        try:
+            location = self.client.geocode(query, **kwargs)
+        except GeopyError:
+            raise
+        finally:
+            self._last_request = time.monotonic()
+            self.requests_made += 1
+        if location is None:
+            return None
+        return {"lat": location.latitude, "lon": location.longitude,
+                "address": location.address, "raw": location.raw}
+
+    def geocode(self, queries: pd.Series, *, country: str | None = None) -> pd.DataFrame:
+        """Offline first; unmatched and state-level strings go to the network service."""
+        from geopy.exc import GeocoderRateLimited, GeopyError
+
+        result = self.fallback.geocode(queries, country=country)
+        todo = result.index[result["level"].isin(["", "state"]) & (queries.fillna("") != "")]
+        stopped = False
+        for idx in todo:  # distinct strings the gazetteer could not place well
+            query = str(queries[idx])
+            hit, payload = self.cache.get(self.name, query, country or "")
+            if not hit:
+                if stopped:
+                    _add_note(result, pd.Index([idx]), f"{self.name}: not asked (rate limited)")
+                    continue
+                try:
+                    payload = self._ask(query, country)
+                except GeocoderRateLimited as exc:
+                    stopped = True
+                    _add_note(result, pd.Index([idx]), f"{self.name}: rate limited ({exc})")
+                    continue
+                except GeopyError as exc:
+                    _add_note(result, pd.Index([idx]),
+                              f"{self.name}: {type(exc).__name__} ({exc})")
+                    continue
+                self.cache.put(self.name, query, country or "", payload)
+            self._apply(result, idx, payload, country, cached=hit)
+        return result
+
+    def _apply(self, result: pd.DataFrame, idx: Any, payload: Any, country: str | None, *,
+               cached: bool) -> None:
+        where = f"{self.name}{' (cached)' if cached else ''}"
+        if payload is None:
+            _add_note(result, pd.Index([idx]), f"{where}: no result")
+            return
+        admin1 = _geopy_admin1(payload.get("raw") or {})
+        wanted = result.at[idx, "admin1"]
+        if country and admin1 and not admin1.startswith(country + "-"):
+            _add_note(result, pd.Index([idx]), f"{where}: answer in {admin1}, outside {country}")
+            return
+        if isinstance(wanted, str) and admin1 and admin1 != wanted:
+            _add_note(result, pd.Index([idx]), f"{where}: answer in {admin1}, not {wanted}")
+            return
+        kind = str((payload.get("raw") or {}).get("addresstype", ""))
+        level = {"state": "state", "postcode": "zip", "municipality": "municipality",
+                 "county": "municipality"}.get(kind, "city")
+        _set(result, pd.Index([idx]), {
+            "lat": float(payload["lat"]), "lon": float(payload["lon"]), "level": level,
+            "score": 80, "matched_name": str(payload.get("address") or ""),
+            "admin1": admin1 if admin1 else wanted, "source": self.name,
+        })
+        _add_note(result, pd.Index([idx]), f"{where} answered")
+
+
+def _geopy_admin1(raw: dict[str, Any]) -> str | None:
+    """ISO 3166-2 state of a Nominatim/Photon answer, when it says."""
+    address = raw.get("address") or raw.get("properties") or {}
+    code = address.get("ISO3166-2-lvl4")
+    if code:
+        return str(code).upper()
+    country = str(address.get("country_code") or address.get("countrycode") or "").upper()
+    state = address.get("state")
+    if country in ("US", "MX") and state:
+        from geoflow.places import STATE_ALIASES, compact
+
+        found = STATE_ALIASES.get(compact(state), "")
+        codes = [c for c in found.split("|") if c.startswith(country)]
+        return codes[0] if codes else None
+    return None
