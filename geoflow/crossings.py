@@ -1,0 +1,344 @@
+"""US–Mexico land ports of entry and the choice of crossing for each trace record.
+
+A record's own ``crossing`` (a port name, a sister city, a bridge or a CBP port code, written
+any way: ``"Laredo"``, ``"LAREDO, TX"``, ``"NVO. LAREDO, TAMPS."``, ``"2304"``) wins and is
+marked ``route_kind = "known"``. Otherwise a port is *modelled* by :func:`choose_ports`: the
+port that makes the shortest great-circle trip dealer → port → recovery site.
+
+What the model is, and is not
+-----------------------------
+It picks the port with the smallest detour on a sphere (Earth radius 6,371 km), plus a
+fixed penalty for ports that are not main crossings (``tier`` in ``shapes/ports.csv``:
+``main`` 0 km, ``secondary`` 50 km, ``minor`` 150 km; :data:`TIER_PENALTY_KM`), so a small
+port on a minor road wins only when it saves a real distance: Phoenix → Hermosillo goes
+through Nogales, not through Sasabe, which lies nearer the straight line but on an unpaved
+road. The tiers are the compilers' judgement of road links and traffic, not an official
+class. One piece of geography is modelled too: the Gulf of California has no road across it,
+so the Mexican leg between a Baja California port (``mx_state`` ``MX-BCN``) and a recovery
+site off the peninsula (or from a mainland port to a site on it) goes round the head of the
+Gulf, via :data:`GULF_HEAD` near San Luis Río Colorado. Without it, Los Angeles → Culiacán
+would "cross" at Tijuana and sail down the Gulf. That is a fair first guess for where a gun
+crossed, and for short trips it is usually the obvious port.
+It ignores roads (a port may be close in a straight line and far by highway, e.g. across the
+Sierra Madre), border wait times, the ports' hours and cargo rules, and, above all, what
+traffickers actually do: they pick crossings for their contacts and for how inspections are
+run, and long-haul routes often funnel through Laredo whatever the geometry says. Modelled
+crossings are therefore labelled as such in every output and must not be reported as fact.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from functools import lru_cache
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from rapidfuzz import fuzz, process
+
+from geoflow.shapes import data_file, load_states
+
+__all__ = [
+    "EARTH_RADIUS_KM",
+    "TIER_PENALTY_KM",
+    "GULF_HEAD",
+    "load_ports",
+    "crossing_key",
+    "match_crossing",
+    "haversine_km",
+    "choose_ports",
+    "assign_crossings",
+]
+
+log = logging.getLogger(__name__)
+
+EARTH_RADIUS_KM = 6371.0088
+
+#: Added to the route length through a port of each ``tier`` (km); see the module docstring.
+TIER_PENALTY_KM: dict[str, float] = {"main": 0.0, "secondary": 50.0, "minor": 150.0}
+
+#: (lon, lat) of the land route round the head of the Gulf of California (Federal Highway 2
+#: at the Colorado River, San Luis Río Colorado): the Mexican leg between the Baja
+#: California peninsula and the mainland passes here.
+GULF_HEAD: tuple[float, float] = (-114.77, 32.45)
+
+#: States on the Baja California peninsula.
+_PENINSULA = ("MX-BCN", "MX-BCS")
+
+#: Rows of distinct (dealer, recovery) pairs scored at once; bounds memory to ~CHUNK × ports.
+_CHUNK = 200_000
+
+#: Words that say "this is a crossing" and carry no name; removed anywhere in a value.
+_GENERIC = re.compile(
+    r"\b(port of entry|poe|border crossing|crossing|international bridge|intl bridge|bridge"
+    r"|puente internacional|puente|garita|cruce fronterizo|cruce|aduana|port)\b"
+)
+
+#: State and country words that may trail a place ("LAREDO TX", "CD JUAREZ CHIH", "USA").
+_TRAILING = {
+    "tx", "tex", "texas", "az", "ariz", "arizona", "ca", "calif", "california", "nm",
+    "new mexico", "n m", "tamps", "tam", "tamaulipas", "chih", "chihuahua", "coah", "coahuila",
+    "son", "sonora", "bc", "b c", "baja california", "nl", "n l", "nuevo leon", "usa", "us",
+    "u s", "u s a", "mexico", "mex", "mx",
+}  # fmt: skip
+
+#: Abbreviations spelled out before matching, so "CD. JUAREZ" meets "Ciudad Juárez".
+_EXPAND = {"cd": "ciudad", "nvo": "nuevo", "sta": "santa", "intl": "international"}
+
+
+@lru_cache(maxsize=1)
+def _ports() -> gpd.GeoDataFrame:
+    with data_file("ports.csv").open("r", encoding="utf-8") as handle:
+        table = pd.read_csv(handle, dtype="string", keep_default_na=False)
+    lon = table["lon"].astype(float).to_numpy()
+    lat = table["lat"].astype(float).to_numpy()
+    table = table.drop(columns=["lat", "lon"])
+    return gpd.GeoDataFrame(table, geometry=gpd.points_from_xy(lon, lat), crs=4326)
+
+
+def load_ports() -> gpd.GeoDataFrame:
+    """The US–Mexico land ports of entry, one row per CBP port code.
+
+    Columns: ``code`` (CBP port code, text, unique), ``name`` (US port name), ``us_state``
+    (``US-TX``), ``mx_city`` (Mexican sister city), ``mx_state`` (``MX-TAM``), ``tier``
+    (``main``/``secondary``/``minor``, used by :func:`choose_ports`), ``aliases``
+    (``|``-separated other names: sister city, bridges), ``source``, geometry (Point at the
+    main crossing itself, EPSG:4326). Read once per process; each call returns a copy.
+
+    >>> load_ports().set_index("code").loc["2304", "name"]
+    'Laredo'
+    """
+    return _ports().copy()
+
+
+def crossing_key(text: str) -> str:
+    """Normalise a crossing string for matching: no accents, case or punctuation, common
+    Spanish abbreviations spelled out, generic words and trailing state/country removed.
+
+    >>> crossing_key("NVO. LAREDO, TAMPS.")
+    'nuevo laredo'
+    >>> crossing_key("Puente Internacional Cd. Juárez")
+    'ciudad juarez'
+    """
+    decomposed = unicodedata.normalize("NFKD", str(text))
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+    plain = plain.replace("&", " and ")
+    words = [_EXPAND.get(w, w) for w in re.findall(r"[0-9a-z]+", plain)]
+    words = [w for w in words if not (len(w) == 5 and w.isdigit())]  # ZIP codes
+    key = _GENERIC.sub(" ", " ".join(words))
+    words = key.split()
+    changed = True
+    while changed and len(words) > 1:
+        changed = False
+        for size in (3, 2, 1):
+            if len(words) > size and " ".join(words[-size:]) in _TRAILING:
+                words = words[:-size]
+                changed = True
+                break
+    return " ".join(words)
+
+
+@lru_cache(maxsize=1)
+def _alias_table() -> dict[str, str]:
+    """Matching key → port code, built from names, sister cities and aliases."""
+    table: dict[str, str] = {}
+    for row in _ports().itertuples(index=False):
+        names = [row.name, row.mx_city, *str(row.aliases).split("|")]
+        for name in names:
+            key = crossing_key(name)
+            if key and table.setdefault(key, row.code) != row.code:
+                raise ValueError(f"ports.csv: alias {name!r} names two ports")
+    return table
+
+
+def _match_one(value: str, codes: frozenset[str], table: dict[str, str]) -> str | None:
+    """The port code for one distinct crossing string, or None."""
+    digits = re.findall(r"\b\d{4}\b", value)
+    for token in digits:
+        if token in codes:
+            return token
+    key = crossing_key(value)
+    candidates = [key]
+    words = key.split()
+    # A misspelt state after the name: "LAREDO TEXS", "NOGALES ARIZ".
+    if len(words) > 1 and process.extractOne(
+        words[-1], _TRAILING, scorer=fuzz.ratio, score_cutoff=75
+    ):
+        candidates.append(" ".join(words[:-1]))
+    for candidate in filter(None, candidates):
+        if candidate in table:
+            return table[candidate]
+    for candidate in filter(None, candidates):
+        best = process.extractOne(candidate, table.keys(), scorer=fuzz.ratio, score_cutoff=88)
+        if best:
+            return table[best[0]]
+    return None
+
+
+def match_crossing(values: pd.Series) -> pd.Series:
+    """Match crossing strings to CBP port codes; NA where nothing matches.
+
+    Accepts port names, sister cities and bridges in any case, with or without accents,
+    state or ``PORT OF ENTRY`` (``"LAREDO, TX"``, ``"Nuevo Laredo"``, ``"World Trade
+    Bridge"``), and port codes (``"2304"``); a close misspelling (``"LAREDO TEXS"``) matches
+    too. Each distinct string is matched once. Returns a ``string`` Series on ``values.index``.
+
+    >>> match_crossing(pd.Series(["LAREDO, TX", "2402", "Cd. Juárez", "Atlantis"])).tolist()
+    ['2304', '2402', '2402', <NA>]
+    """
+    table = _alias_table()
+    codes = frozenset(table.values())
+    text = pd.Series(values, copy=False).astype("string")
+    index, uniques = pd.factorize(text, use_na_sentinel=True)
+    matched = np.array([_match_one(str(u), codes, table) for u in uniques] + [None], dtype=object)
+    return pd.Series(matched[index], index=text.index, dtype="string")
+
+
+def haversine_km(a_lonlat: np.ndarray, b_lonlat: np.ndarray) -> np.ndarray:
+    """Great-circle distance in km between lon/lat arrays (``[..., 2]``; broadcasts)."""
+    a = np.radians(np.asarray(a_lonlat, dtype=float))
+    b = np.radians(np.asarray(b_lonlat, dtype=float))
+    dlon = b[..., 0] - a[..., 0]
+    dlat = b[..., 1] - a[..., 1]
+    h = np.sin(dlat / 2) ** 2 + np.cos(a[..., 1]) * np.cos(b[..., 1]) * np.sin(dlon / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+def _factorize_points(lonlat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and distinct rows of an ``(n, 2)`` array (hash-based, keeps first-seen order)."""
+    codes, uniques = pd.factorize(lonlat[:, 0] + 1j * lonlat[:, 1])
+    return codes, np.column_stack([uniques.real, uniques.imag])
+
+
+def choose_ports(
+    dealer_lonlat: np.ndarray,
+    recovery_lonlat: np.ndarray,
+    ports: pd.DataFrame | None = None,
+    *,
+    tier_penalty_km: dict[str, float] | None = None,
+) -> np.ndarray:
+    """The port code minimising great-circle distance dealer → port → recovery, per row,
+    plus the port's tier penalty (:data:`TIER_PENALTY_KM` unless given; ports without a
+    ``tier`` column get none).
+
+    ``dealer_lonlat`` and ``recovery_lonlat`` are ``(n, 2)`` arrays of lon, lat; rows with a
+    missing coordinate get ``None``. Distances are computed once per distinct dealer and per
+    distinct recovery site (× ports); the sum and argmin run once per distinct pair, in
+    chunks, so a million records with a few thousand places take well under a second. See
+    the module docstring for what this model ignores. Returns an object array of codes.
+
+    >>> choose_ports([[-106.49, 31.76]], [[-106.42, 31.69]]).tolist()  # El Paso → Cd. Juárez
+    ['2402']
+    """
+    ports = load_ports() if ports is None else ports
+    port_xy = np.column_stack([ports.geometry.x.to_numpy(), ports.geometry.y.to_numpy()])
+    port_codes = ports["code"].astype(str).to_numpy()
+    penalties = TIER_PENALTY_KM if tier_penalty_km is None else tier_penalty_km
+    if "tier" in ports.columns:
+        penalty = ports["tier"].astype(str).map(penalties).fillna(0.0).to_numpy(dtype=float)
+    else:
+        penalty = np.zeros(len(ports))
+    dealer = np.asarray(dealer_lonlat, dtype=float).reshape(-1, 2)
+    recovery = np.asarray(recovery_lonlat, dtype=float).reshape(-1, 2)
+    out = np.full(len(dealer), None, dtype=object)
+    valid = np.isfinite(dealer).all(axis=1) & np.isfinite(recovery).all(axis=1)
+    if not valid.any():
+        return out
+    d_code, d_unique = _factorize_points(dealer[valid])
+    r_code, r_unique = _factorize_points(recovery[valid])
+    to_port = haversine_km(d_unique[:, None, :], port_xy[None, :, :]) + penalty
+    from_port = _mexican_leg_km(port_xy, ports, r_unique)
+    pair_code, pairs = pd.factorize(d_code.astype(np.int64) * len(r_unique) + r_code)
+    pair_d, pair_r = np.divmod(pairs.astype(np.int64), len(r_unique))
+    best = np.empty(len(pairs), dtype=np.intp)
+    for start in range(0, len(pairs), _CHUNK):
+        stop = start + _CHUNK
+        total = to_port[pair_d[start:stop]] + from_port[pair_r[start:stop]]
+        best[start:stop] = total.argmin(axis=1)
+    out[valid] = port_codes[best[pair_code]]
+    return out
+
+
+@lru_cache(maxsize=1)
+def _peninsula() -> shapely.Geometry:
+    states = load_states()
+    shape = shapely.union_all(states.loc[states["code"].isin(_PENINSULA), "geometry"].to_numpy())
+    shapely.prepare(shape)
+    return shape
+
+
+def _mexican_leg_km(
+    port_xy: np.ndarray, ports: pd.DataFrame, recovery_xy: np.ndarray
+) -> np.ndarray:
+    """Distance port → recovery site (recoveries × ports), round the Gulf of California
+    where the port and the site are on different sides of it."""
+    direct = haversine_km(port_xy[None, :, :], recovery_xy[:, None, :])
+    if "mx_state" not in ports.columns:
+        return direct
+    port_side = ports["mx_state"].astype(str).isin(_PENINSULA).to_numpy()
+    site_side = shapely.contains_xy(_peninsula(), recovery_xy[:, 0], recovery_xy[:, 1])
+    other_side = port_side[None, :] != site_side[:, None]
+    if not other_side.any():
+        return direct
+    head = np.asarray(GULF_HEAD, dtype=float)
+    via = haversine_km(port_xy, head)[None, :] + haversine_km(head, recovery_xy)[:, None]
+    return np.where(other_side, via, direct)
+
+
+def assign_crossings(records: pd.DataFrame, ports: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Add ``crossing_code``, ``crossing_name`` and ``route_kind`` to trace records.
+
+    ``route_kind`` is ``known`` when the record's own ``crossing`` matched a port (kept even
+    when the record has no coordinates: it is a fact from the record), ``modelled`` when the
+    port was chosen by :func:`choose_ports` (needs ``dealer_lat/lon`` and
+    ``recovery_lat/lon``), NA otherwise. A ``crossing`` value that matches no port is logged
+    (with its count) and the record's crossing is modelled; the original text stays in
+    ``crossing``. Returns a new frame; ``records`` is not changed.
+    """
+    ports = load_ports() if ports is None else ports
+    names = pd.Series(ports["name"].to_numpy(), index=ports["code"].astype(str).to_numpy())
+    out = records.copy()
+    n = len(out)
+    if "crossing" in out.columns:
+        given = out["crossing"].astype("string")
+        known = match_crossing(given)
+        _log_unmatched(given[known.isna() & given.notna()])
+    else:
+        known = pd.Series(pd.NA, index=out.index, dtype="string")
+    coords = [
+        out[c].astype(float).to_numpy() if c in out.columns else np.full(n, np.nan)
+        for c in ("dealer_lon", "dealer_lat", "recovery_lon", "recovery_lat")
+    ]
+    todo = known.isna().to_numpy() & np.isfinite(np.column_stack(coords)).all(axis=1)
+    modelled = np.full(n, None, dtype=object)
+    if todo.any():
+        dealer = np.column_stack(coords[:2])[todo]
+        recovery = np.column_stack(coords[2:])[todo]
+        modelled[todo] = choose_ports(dealer, recovery, ports)
+    code = known.fillna(pd.Series(modelled, index=out.index, dtype="string"))
+    kind = np.where(known.notna().to_numpy(), "known", np.where(todo, "modelled", None))
+    out["crossing_code"] = code
+    out["crossing_name"] = pd.Series(
+        names.reindex(code.fillna("").to_numpy()).to_numpy(), index=out.index, dtype="string"
+    )
+    out["route_kind"] = pd.Series(kind, index=out.index, dtype="string")
+    return out
+
+
+def _log_unmatched(unmatched: pd.Series) -> None:
+    """Log crossing strings that named no known port, most frequent first."""
+    if unmatched.empty:
+        return
+    counts = unmatched.value_counts()
+    shown = ", ".join(f"{value!r} ({count})" for value, count in counts.head(10).items())
+    more = f" and {len(counts) - 10} more" if len(counts) > 10 else ""
+    log.warning(
+        "%s records name a crossing that matches no port of entry: %s%s; "
+        "their crossing is modelled instead",
+        f"{int(counts.sum()):,}",
+        shown,
+        more,
+    )
