@@ -245,7 +245,7 @@ def entity_table(
         dealers=("dealer_id", "nunique"),
     )
     table = table.join(stats, on="key")
-    table["slug"] = pd.array(assign_slugs(table["key"].tolist(), table["label"].tolist()),
+    table["slug"] = pd.array(assign_slugs(table["key"].tolist(), table["name"].tolist()),
                              dtype="string")
     table["folder"] = kind + "/" + table["slug"]
     table["href"] = table["folder"] + "/map.html"

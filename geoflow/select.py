@@ -419,25 +419,29 @@ def list_entities(
 ) -> pd.DataFrame:
     """One row per entity of ``kind`` with at least ``min_guns`` records, most guns first.
 
-    Columns: ``key`` (value of :func:`entity_keys`), ``label`` (what to show and to name its
-    folder after: state name, dealer name and place, or the purchaser's pseudonym unless
-    ``show_names``), ``guns`` (records). Ties are broken by label so the order is stable.
+    Columns: ``key`` (value of :func:`entity_keys`), ``name`` (to name its folder after:
+    state name, dealer name and place, or the purchaser's pseudonym unless ``show_names``),
+    ``label`` (to show: the name, with the ISO code for states), ``guns`` (records). Ties are
+    broken by label so the order is stable.
     """
     keys = entity_keys(records, kind)
     counts = keys.value_counts(dropna=True)
     counts = counts[counts >= max(int(min_guns), 1)]
     table = pd.DataFrame({"key": counts.index.astype(str), "guns": counts.to_numpy()})
-    table["label"] = _labels(records, keys, table["key"], kind, show_names=show_names)
+    table["name"] = _labels(records, keys, table["key"], kind, show_names=show_names)
+    table["label"] = table["name"]
+    if kind in ("state", "mx-state"):
+        table["label"] = [name if name == key else f"{name} ({key})"
+                          for key, name in zip(table["key"], table["name"], strict=True)]
     table = table.sort_values(["guns", "label"], ascending=[False, True], kind="stable")
-    return table[["key", "label", "guns"]].reset_index(drop=True)
+    return table[["key", "name", "label", "guns"]].reset_index(drop=True)
 
 
 def _labels(
     records: pd.DataFrame, keys: pd.Series, wanted: pd.Series, kind: str, *, show_names: bool
 ) -> list[str]:
     if kind in ("state", "mx-state"):
-        return [f"{_state_name(code)} ({code})" if _state_name(code) != code else code
-                for code in wanted]
+        return [_state_name(code) for code in wanted]
     if kind == "trafficker" and not show_names:
         return list(wanted)
     name_col = "purchaser_name" if kind == "trafficker" else "dealer_name"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -162,3 +164,146 @@ def test_index_lists_counts_and_links():
     assert 'href="state/s0-abc123/map.html"' in html
     assert ">50.0%<" in html and ">30.0%<" in html
     assert "2 us states · 10 guns" in html
+
+
+# --------------------------------------------------------------------------- whole batches
+
+HOSTILE_PEOPLE = ["../../x", "CON", "y" * 300 + "a", "y" * 300 + "b", "Straße", "Strasse"]
+
+
+def prepared_records(show_names: bool = False):
+    """Hand-made prepared records (tests/handmade.py): six hostile names, 2–4 guns each."""
+    from handmade import make_records
+
+    from geoflow.pipeline import PreparedRecords, RunOptions
+
+    spots = [("dundee", "reynosa"), ("houston", "cdmx"), ("phoenix", "hermosillo"),
+             ("albert_lea", "culiacan"), ("houston", "reynosa"), ("phoenix", "culiacan")]
+    rows = [
+        {"purchaser": name, "dealer": f"Shop {i % 3}", "ffl": f"5-74-00{i % 3}",
+         "dealer_at": spots[i][0], "recovered_at": spots[i][1], "n": 2 + i % 3}
+        for i, name in enumerate(HOSTILE_PEOPLE)
+    ]
+    rows.append({"purchaser": "Nobody Placed", "dealer_at": None, "n": 1})
+    records = make_records(rows)
+    return PreparedRecords(
+        records=records, rejects=pd.DataFrame(columns=["line", "column", "reason"]),
+        geocode_report=pd.DataFrame(), source={"path": "hand.csv", "rows_read": len(records)},
+        timings={}, options=RunOptions(show_names=show_names),
+    )
+
+
+def quick_write(result, folder):
+    from geoflow.pipeline import write_outputs
+
+    write_outputs(result, folder, write_map=False)
+
+
+def run(kind, out, *, show_names=False, **kw):
+    from geoflow.batch import run_batch
+
+    return run_batch(prepared_records(show_names), kind=kind, out_dir=out, write=quick_write,
+                     **kw)
+
+
+def folder_counts(out: Path, kind: str) -> dict[str, dict]:
+    return {
+        sub.name: json.loads((sub / "manifest.json").read_text(encoding="utf-8"))
+        for sub in sorted((out / kind).iterdir())
+    }
+
+
+def test_per_state_writes_one_folder_per_state_and_counts_add_up(tmp_path):
+    out = tmp_path / "out"
+    batch = run("state", out)
+    manifests = folder_counts(out, "state")
+    assert set(manifests) == set(batch.entities["slug"])
+    assert len(manifests) == 4  # IL, TX, AZ, MN
+    per_state = {m["description"]: m["counts"] for m in manifests.values()}
+    assert "US state: Texas (US-TX)" in per_state
+    analysed = [c["rows_valid"] - c["rows_filtered_out"] for c in per_state.values()]
+    top = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    # every record is in exactly one state folder, or counted as having no state
+    assert sum(analysed) + top["counts"]["records_without_entity"] == len(
+        prepared_records().records)
+    assert top["counts"]["records_without_entity"] == 1
+    assert sum(c["rows_placed"] for c in per_state.values()) == batch.entities["placed"].sum()
+    assert (out / "index.html").is_file()
+    assert top["generator"] == "geoflow"
+    assert {e["slug"]: e["key"] for e in top["entities"]}["texas-" + slugify(
+        "x", key="US-TX").split("-")[-1]] == "US-TX"
+
+
+def test_per_trafficker_folders_are_pseudonyms_by_default(tmp_path):
+    out = tmp_path / "out"
+    batch = run("trafficker", out, min_guns=2)
+    names = [p.name for p in (out / "trafficker").iterdir()]
+    assert len(names) == 6  # "Straße" and "Strasse" are different pseudonyms
+    assert all(n.startswith("p-") for n in names)
+    blob = "".join(p.read_text(encoding="utf-8") for p in out.rglob("*") if p.is_file())
+    assert "Straße" not in blob and "Strasse" not in blob and "y" * 40 not in blob
+    assert batch.manifest["show_names"] is False
+
+
+def test_hostile_names_stay_inside_the_output_folder(tmp_path):
+    out = tmp_path / "deep" / "out"
+    batch = run("trafficker", out, show_names=True, min_guns=2)
+    written = sorted(p.name for p in (out / "trafficker").iterdir())
+    assert len(written) == len(HOSTILE_PEOPLE)
+    assert all(SLUG.fullmatch(n) and len(n) <= 48 for n in written)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "deep" / "x").exists()
+    assert {p.parent for p in out.rglob("manifest.json")} <= {out, *(
+        out / "trafficker" / n for n in written)}
+    # names that slug alike still get their own folders, and the manifest says who is where
+    labels = dict(zip(batch.entities["slug"], batch.entities["label"], strict=True))
+    assert sorted(labels.values()) == sorted(HOSTILE_PEOPLE)
+    assert sum(s.startswith("strasse-") for s in labels) == 2
+    assert sum(s.startswith("y" * 20) for s in labels) == 2
+
+
+def test_min_guns_leaves_small_entities_out_but_counts_them(tmp_path):
+    out = tmp_path / "out"
+    batch = run("trafficker", out, min_guns=4)
+    assert batch.entities["guns"].tolist() == [4, 4]
+    counts = batch.manifest["counts"]
+    assert counts["entities_below_threshold"] == 5
+    assert counts["guns_in_entities"] + counts["guns_below_threshold"] + counts[
+        "records_without_entity"] == counts["records"]
+    assert "5 more purchasers with fewer than 4 guns" in (out / "index.html").read_text(
+        encoding="utf-8")
+
+
+def test_batch_refuses_a_folder_geoflow_did_not_write(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.docx").write_text("precious", encoding="utf-8")
+    with pytest.raises(OutputError, match="not written by geoflow"):
+        run("state", out)
+    assert (out / "thesis.docx").read_text(encoding="utf-8") == "precious"
+    run("state", out, force=True)
+    assert not (out / "thesis.docx").exists()
+    assert (out / "index.html").exists()
+
+
+def test_rerun_replaces_its_own_batch_whole(tmp_path):
+    out = tmp_path / "out"
+    run("trafficker", out, min_guns=1)
+    run("mx-state", out)
+    assert not (out / "trafficker").exists()
+    assert len(list((out / "mx-state").iterdir())) == 4
+    assert not [p for p in tmp_path.iterdir() if p.name != "out"]  # no temp folders left
+
+
+def test_failed_batch_leaves_the_previous_one(tmp_path):
+    from geoflow.batch import run_batch
+
+    out = tmp_path / "out"
+    run("state", out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+
+    def broken(result, folder):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        run_batch(prepared_records(), kind="state", out_dir=out, write=broken)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
