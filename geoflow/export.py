@@ -29,6 +29,7 @@ __all__ = [
     "DECIMALS",
     "formula_safe",
     "write_csv",
+    "to_jsonable",
     "write_json",
     "geojson_features",
     "write_geojson",
@@ -67,7 +68,8 @@ def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
     formula_safe(frame).to_csv(path, index=False, encoding="utf-8", lineterminator="\r\n")
 
 
-def _jsonable(value: object) -> object:
+def to_jsonable(value: object) -> object:
+    """``value`` with numpy scalars, timestamps and paths made JSON-friendly; NaN/NA → None."""
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.floating):
@@ -79,11 +81,11 @@ def _jsonable(value: object) -> object:
     if isinstance(value, (pd.Timestamp, datetime, date)):
         return value.isoformat()
     if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
+        return [to_jsonable(v) for v in value.tolist()]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if value is pd.NA or value is pd.NaT or value is None:
         return None
     if isinstance(value, Path):
@@ -93,14 +95,14 @@ def _jsonable(value: object) -> object:
 
 def write_json(data: object, path: str | Path) -> None:
     """Write ``data`` as indented UTF-8 JSON (numpy scalars and NaN handled: NaN → null)."""
-    text = json.dumps(_jsonable(data), ensure_ascii=False, indent=2, allow_nan=False)
+    text = json.dumps(to_jsonable(data), ensure_ascii=False, indent=2, allow_nan=False)
     Path(path).write_text(text + "\n", encoding="utf-8")
 
 
 def _properties(frame: pd.DataFrame) -> list[dict]:
     table = frame.astype(object)
     table = table.where(frame.notna(), None)
-    return [_jsonable(row) for row in table.to_dict("records")]
+    return [to_jsonable(row) for row in table.to_dict("records")]
 
 
 def _rounded(geometries: np.ndarray) -> np.ndarray:

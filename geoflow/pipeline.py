@@ -175,7 +175,7 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
     read = read_traces(source, column_map=options.column_map, dayfirst=options.dayfirst,
                        today=options.today)
     timings["read"] = time.perf_counter() - clock
-    log.info("read %s valid records (%s rejected lines) from %s", f"{len(read.records):,}",
+    log.debug("read %s valid records (%s rejected lines) from %s", f"{len(read.records):,}",
              f"{read.source['rows_read'] - len(read.records):,}", source)
     clock = time.perf_counter()
     records, report = geocode_traces(read.records, geocoder=options.geocoder,
