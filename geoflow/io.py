@@ -765,8 +765,8 @@ def _read_xlsx(data: bytes, path: Path, *, sheet: str | int | None) -> _Table:
         ):
             raise InputError(f"no sheet {chosen!r}; sheets are: {', '.join(names)}",
                              path=str(path))
-        cells = book.parse(chosen, header=None, dtype=str, na_filter=False,
-                           keep_default_na=False)
+        cells = pd.read_excel(book, sheet_name=chosen, header=None, dtype=str,
+                              na_filter=False, keep_default_na=False)
     name = chosen if isinstance(chosen, str) else names[chosen]
     return _table_from_cells(cells, np.arange(len(cells)) + 1,
                              {"encoding": None, "sheet": name}, path)

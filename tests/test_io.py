@@ -1,0 +1,513 @@
+"""The trace reader: real files in every encoding and format, rejects, dates, flags, errors."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geoflow import schema
+from geoflow.errors import GeoflowError, InputError, SchemaError
+from geoflow.io import detect_encoding, load_column_map, read_traces, sniff_delimiter
+
+PLACES = ["Ciudad Juárez", "Nuevo León", "Querétaro", "San Nicolás de los Garza", "Peñón"]
+HEADER = [
+    "Trace Number", "Serial Number", "FFL Name", "FFL City", "FFL State", "Purchaser Name",
+    "Purchase Date", "Recovery Date", "Recovery City", "Recovery State",
+]
+
+
+def _rows() -> list[list[str]]:
+    return [
+        [f"T{i}", f"SN{i}", "GAT Guns", "E DUNDEE", "IL", "José Núñez", "09/14/2008",
+         "2008-10-01", place, "CHIH"]
+        for i, place in enumerate(PLACES)
+    ]
+
+
+def _write(path, rows, *, delimiter=",", encoding="utf-8", header=HEADER):
+    lines = [delimiter.join(header), *(delimiter.join(r) for r in rows)]
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    return path
+
+
+def _frame(rows=None) -> pd.DataFrame:
+    return pd.DataFrame(rows or _rows(), columns=HEADER)
+
+
+def _accounting_holds(result) -> bool:
+    return result.source["rows_read"] == len(result.records) + result.rejects["line"].nunique()
+
+
+# ---------------------------------------------------------------------------- encodings
+
+
+@pytest.mark.parametrize(
+    ("encoding", "detected"),
+    [("utf-8", "utf-8"), ("utf-8-sig", "utf-8-sig"), ("cp1252", "cp1252"),
+     ("latin-1", "cp1252"), ("utf-16", "utf-16")],
+)
+def test_accented_place_names_round_trip_in_every_encoding(tmp_path, encoding, detected):
+    path = _write(tmp_path / "traces.csv", _rows(), encoding=encoding)
+    result = read_traces(path)
+    assert result.records["recovery_city"].tolist() == PLACES
+    assert result.records["purchaser_name"].unique().tolist() == ["José Núñez"]
+    assert result.records["trace_id"].tolist() == [f"T{i}" for i in range(5)]
+    assert result.source["encoding"] == detected
+    assert result.source["format"] == "csv"
+
+
+def test_cp1252_punctuation_and_undefined_bytes_fall_back_to_latin1(tmp_path):
+    rows = _rows()
+    rows[0][8] = "“Ciudad Juárez”"
+    data = "\n".join([",".join(HEADER), *(",".join(r) for r in rows)]).encode("cp1252")
+    path = tmp_path / "traces.csv"
+    path.write_bytes(data.replace(b"Pe\xf1\xf3n", b"Pe\xf1\x81n"))
+    result = read_traces(path)
+    assert result.source["encoding"] == "cp1252/latin-1"
+    assert result.records["recovery_city"].iloc[0] == "“Ciudad Juárez”"
+    assert result.records["recovery_city"].iloc[4] == "Peñ\x81n"
+    assert result.records["recovery_city"].iloc[2] == "Querétaro"
+
+
+def test_explicit_encoding_wins_over_detection(tmp_path):
+    path = _write(tmp_path / "traces.csv", _rows(), encoding="utf-8")
+    result = read_traces(path, encoding="latin-1")
+    assert result.source["encoding"] == "latin-1"
+    assert result.records["recovery_city"].iloc[0] == "Ciudad JuÃ¡rez"
+
+
+def test_explicit_encoding_that_cannot_decode_names_file_and_line(tmp_path):
+    path = _write(tmp_path / "traces.csv", _rows(), encoding="cp1252")
+    with pytest.raises(InputError, match=r"traces\.csv: cannot decode line 2 as utf-8"):
+        read_traces(path, encoding="utf-8")
+
+
+def test_detect_encoding_rules():
+    assert detect_encoding("Juárez".encode("utf-8-sig")) == "utf-8-sig"
+    assert detect_encoding("Juárez".encode()) == "utf-8"
+    assert detect_encoding("Juárez".encode("cp1252")) == "cp1252"
+    assert detect_encoding(b"Ju\x81rez") == "cp1252/latin-1"
+
+
+# ---------------------------------------------------------------------------- delimiters
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+@pytest.mark.parametrize("suffix", [".csv", ".txt"])
+def test_delimiter_is_sniffed(tmp_path, delimiter, suffix):
+    rows = _rows()
+    rows[0][2] = "Guns, Ammo & More" if delimiter != "," else "Guns & More"
+    path = _write(tmp_path / f"traces{suffix}", rows, delimiter=delimiter)
+    result = read_traces(path)
+    assert result.source["delimiter"] == delimiter
+    assert result.records["dealer_name"].iloc[0] == rows[0][2]
+    assert result.records["recovery_city"].tolist() == PLACES
+
+
+def test_semicolon_export_with_decimal_comma_coordinates(tmp_path):
+    path = tmp_path / "aseguramientos.csv"
+    path.write_text(
+        "Folio;Armería;Municipio;Estado;Latitud;Longitud\n"
+        "A1;GAT Guns;Juárez;Chihuahua;31,7200;-106,4600\n",
+        encoding="cp1252",
+    )
+    result = read_traces(path)
+    record = result.records.iloc[0]
+    assert (record["trace_id"], record["recovery_city"]) == ("A1", "Juárez")
+    assert (record["recovery_lat"], record["recovery_lon"]) == (31.72, -106.46)
+
+
+def test_sniff_delimiter_prefers_consistent_split():
+    text = "Armería;Municipio;Estado\nGuns, Inc.;Juárez;CHIH\nB;Ciudad, Centro;NL\n"
+    assert sniff_delimiter(text) == ";"
+    assert sniff_delimiter("only_one_column\nx\n") == ","
+
+
+# ---------------------------------------------------------------------------- XLSX and Parquet
+
+
+def test_xlsx_round_trip_with_excel_dates_and_sheet_rows(tmp_path):
+    frame = _frame()
+    frame["Purchase Date"] = pd.to_datetime(["2008-09-14"] * 5)
+    frame["Recovery Date"] = pd.to_datetime(["2008-10-01", "2009-01-02", None, None, None])
+    path = tmp_path / "traces.xlsx"
+    with pd.ExcelWriter(path) as writer:
+        pd.DataFrame({"x": [1]}).to_excel(writer, sheet_name="notes", index=False)
+        frame.to_excel(writer, sheet_name="traces", index=False)
+    with pytest.raises(SchemaError, match=r"traces\.xlsx: no recognisable.*seen: 'x'"):
+        read_traces(path)  # the first sheet has no trace columns
+    result = read_traces(path, sheet="traces")
+    records = result.records
+    assert records["recovery_city"].tolist() == PLACES
+    assert records["purchase_date"].iloc[0] == pd.Timestamp("2008-09-14")
+    assert records["time_to_crime_days"].iloc[:2].tolist() == [17.0, 110.0]
+    assert records["source_line"].tolist() == [2, 3, 4, 5, 6]
+    assert (result.source["format"], result.source["sheet"]) == ("xlsx", "traces")
+    with pytest.raises(InputError, match=r"traces\.xlsx: no sheet 'missing'"):
+        read_traces(path, sheet="missing")
+
+
+def test_xlsx_blank_rows_are_skipped_and_lines_are_sheet_rows(tmp_path):
+    rows = _rows()
+    frame = pd.DataFrame([rows[0], [""] * len(HEADER), rows[1]], columns=HEADER)
+    path = tmp_path / "traces.xlsx"
+    frame.to_excel(path, index=False)
+    result = read_traces(path)
+    assert result.records["source_line"].tolist() == [2, 4]
+    assert result.source["rows_read"] == 2
+
+
+def test_parquet_round_trip_keeps_datetimes_and_missing_values(tmp_path):
+    frame = _frame()
+    frame["Purchase Date"] = pd.to_datetime(["2008-09-14"] * 4 + [None])
+    frame["Recovery Lat"] = [31.72, None, 20.59, 25.75, 19.43]
+    path = tmp_path / "traces.parquet"
+    frame.to_parquet(path, index=False)
+    result = read_traces(path)
+    records = result.records
+    assert records["recovery_city"].tolist() == PLACES
+    assert records["purchase_date"].isna().tolist() == [False] * 4 + [True]
+    assert records["recovery_lat"].iloc[0] == 31.72
+    assert np.isnan(records["recovery_lat"].iloc[1])
+    assert records["source_line"].tolist() == [2, 3, 4, 5, 6]
+    assert result.warnings.empty
+    assert result.source["format"] == "parquet"
+
+
+def test_binary_formats_are_recognised_by_content_whatever_the_extension(tmp_path):
+    _frame().to_excel(tmp_path / "a.xlsx", index=False)
+    _frame().to_parquet(tmp_path / "b.parquet", index=False)
+    (tmp_path / "export.txt").write_bytes((tmp_path / "a.xlsx").read_bytes())
+    (tmp_path / "export.dat").write_bytes((tmp_path / "b.parquet").read_bytes())
+    assert read_traces(tmp_path / "export.txt").source["format"] == "xlsx"
+    assert read_traces(tmp_path / "export.dat").source["format"] == "parquet"
+    assert read_traces(tmp_path / "export.dat").records["recovery_city"].tolist() == PLACES
+
+
+# ---------------------------------------------------------------------------- headers and maps
+
+
+def test_spanish_headers_read_into_canonical_columns(tmp_path):
+    path = tmp_path / "rastreos.csv"
+    path.write_text(
+        "NÚMERO DE SERIE,Armería,Comprador,Fecha de Compra,Fecha de Aseguramiento,"
+        "Municipio,Estado,Poseedor,Observaciones\n"
+        "AB123,Hart Brothers,Paul Giovanni De La Rosa,2008-01-05,2008-06-01,"
+        "Nezahualcóyotl,México,Fulano,en mueble\n",
+        encoding="utf-8",
+    )
+    result = read_traces(path)
+    record = result.records.iloc[0]
+    assert record["serial_number"] == "AB123"
+    assert record["dealer_name"] == "Hart Brothers"
+    assert record["possessor_name"] == "Fulano"
+    assert record["recovery_city"] == "Nezahualcóyotl"
+    assert record["observaciones"] == "en mueble"  # unknown columns are passed through
+    assert result.source["header_map"]["Fecha de Aseguramiento"] == "recovery_date"
+
+
+def test_user_column_map_dict_and_files(tmp_path):
+    path = tmp_path / "traces.csv"
+    path.write_text("Vendedor Final,Lugar,Marca\nGAT Guns,Culiacán,Colt\n", encoding="utf-8")
+    as_csv = tmp_path / "map.csv"
+    as_csv.write_text("header,canonical\nVendedor Final,dealer_name\nLugar,Recovery City\n")
+    as_json = tmp_path / "map.json"
+    as_json.write_text(json.dumps({"Vendedor Final": "dealer_name", "Lugar": "recovery_city"}))
+    expected = {"Vendedor Final": "dealer_name", "Lugar": "recovery_city"}
+    assert load_column_map(as_csv) == expected
+    assert load_column_map(as_json) == expected
+    result = read_traces(path, column_map=load_column_map(as_csv))
+    assert result.records[["dealer_name", "recovery_city", "manufacturer"]].iloc[0].tolist() == [
+        "GAT Guns", "Culiacán", "Colt"]
+
+
+def test_column_map_naming_an_unknown_canonical_column_is_an_error(tmp_path):
+    path = _write(tmp_path / "traces.csv", _rows())
+    with pytest.raises(SchemaError, match="'Dealer' to 'shop'"):
+        read_traces(path, column_map={"Dealer": "shop"})
+    as_csv = tmp_path / "map.csv"
+    as_csv.write_text("from,to\nFFL Name,dealer_name\nCiudad,recovery_town\n")
+    with pytest.raises(SchemaError, match=r"map\.csv:3: .*'recovery_town'"):
+        load_column_map(as_csv)
+    as_json = tmp_path / "map.json"
+    as_json.write_text('{"Ciudad": "town"}')
+    with pytest.raises(SchemaError, match=r"map\.json: .*'town'"):
+        load_column_map(as_json)
+    as_json.write_text('["Ciudad", "town"]')
+    with pytest.raises(SchemaError, match=r"map\.json: column map must be a JSON object"):
+        load_column_map(as_json)
+
+
+def test_column_map_entry_matching_no_header_is_warned(tmp_path):
+    path = _write(tmp_path / "traces.csv", _rows())
+    result = read_traces(path, column_map={"Armeria Final": "dealer_name"})
+    assert result.warnings["reason"].tolist() == [
+        "column map entry 'Armeria Final' matches no header"]
+
+
+# ---------------------------------------------------------------------------- dates
+
+
+def _dates_file(tmp_path, purchase, recovery):
+    rows = [[f"T{i}", f"S{i}", "Store", "Laredo", "TX", "P", p, r, "Reynosa", "TAMPS"]
+            for i, (p, r) in enumerate(zip(purchase, recovery, strict=True))]
+    return _write(tmp_path / "dates.csv", rows)
+
+
+def test_dates_in_iso_and_us_forms(tmp_path):
+    path = _dates_file(
+        tmp_path,
+        ["2008-09-14", "09/14/2008", "9/14/08", "14-SEP-2008", "2008-09-14 00:00:00"],
+        ["2008/10/01", "10-01-2008", "20081001", "", "01-Oct-08"],
+    )
+    records = read_traces(path).records
+    assert (records["purchase_date"] == pd.Timestamp("2008-09-14")).all()
+    assert records["recovery_date"].isna().tolist() == [False, False, False, True, False]
+    assert records["time_to_crime_days"].tolist()[:3] == [17.0, 17.0, 17.0]
+    assert records["purchase_date"].dtype == "datetime64[ns]"
+
+
+def test_dayfirst_reads_mexican_dates(tmp_path):
+    path = _dates_file(tmp_path, ["14/09/2008", "01/02/2008"], ["1/10/08", "2008-03-01"])
+    records = read_traces(path, dayfirst=True).records
+    assert records["purchase_date"].tolist() == [pd.Timestamp("2008-09-14"),
+                                                 pd.Timestamp("2008-02-01")]
+    assert records["recovery_date"].iloc[0] == pd.Timestamp("2008-10-01")
+    us = read_traces(path).records
+    assert us["purchase_date"].iloc[1] == pd.Timestamp("2008-01-02")
+
+
+def test_unparseable_dates_are_nat_and_warned_with_line_and_column(tmp_path):
+    path = _dates_file(tmp_path, ["14/09/2008", "sometime", "2008-02-30"], ["", "", "9999-12-31"])
+    result = read_traces(path)
+    assert len(result.records) == 3  # not rejects
+    assert result.records["purchase_date"].isna().all()
+    warnings = result.warnings
+    assert warnings[["line", "column", "value"]].values.tolist() == [
+        [2, "Purchase Date", "14/09/2008"],
+        [3, "Purchase Date", "sometime"],
+        [4, "Purchase Date", "2008-02-30"],
+        [4, "Recovery Date", "9999-12-31"],
+    ]
+    assert "dayfirst" in warnings["reason"].iloc[0]
+    assert result.warning_counts == {
+        "Purchase Date: unparseable date (looks day-first: use dayfirst)": 1,
+        "Purchase Date: unparseable date": 2,
+        "Recovery Date: unparseable date": 1,
+    }
+
+
+def test_warning_list_is_capped_but_counted(tmp_path):
+    path = _dates_file(tmp_path, ["never"] * 70, [""] * 70)
+    result = read_traces(path)
+    assert len(result.warnings) == 50
+    assert result.warning_counts == {"Purchase Date: unparseable date": 70}
+
+
+# ------------------------------------------------------------------------ flags, ids, duplicates
+
+
+def test_impossible_dates_are_flagged_not_dropped(tmp_path):
+    path = _dates_file(
+        tmp_path,
+        ["2008-09-14", "2008-09-14", "2008-09-14", ""],
+        ["2008-09-01", "2008-09-20", "2031-01-01", "2030-06-01"],
+    )
+    records = read_traces(path, today="2026-01-01").records
+    assert records["time_to_crime_days"].tolist()[:3] == [-13.0, 6.0, 8144.0]
+    assert records["flag_recovery_before_purchase"].tolist() == [True, False, False, False]
+    assert records["flag_future_date"].tolist() == [False, False, True, True]
+    assert not read_traces(path, today="2032-01-01").records["flag_future_date"].any()
+
+
+def test_duplicate_trace_numbers_flag_all_but_the_first(tmp_path):
+    rows = _rows()
+    rows[3][0] = "t1"  # same trace number, different case
+    rows.append(list(rows[1]))
+    result = read_traces(_write(tmp_path / "traces.csv", rows))
+    assert result.records["flag_duplicate"].tolist() == [False] * 3 + [True, False, True]
+
+
+def test_without_trace_numbers_duplicates_are_serial_date_and_dealer(tmp_path):
+    header = HEADER[1:]
+    rows = [r[1:] for r in _rows()[:3]]
+    rows.append(["sn-0", *rows[0][1:]])  # same serial written differently
+    rows.append(["SN0", "Other Store", *rows[0][2:]])  # same serial, other dealer
+    rows.append(["", *rows[0][1:]])  # no serial: only identical rows are duplicates
+    rows.append(["", *rows[0][1:]])
+    path = _write(tmp_path / "traces.csv", rows, header=header)
+    records = read_traces(path).records
+    assert records["flag_duplicate"].tolist() == [False, False, False, True, False, False, True]
+    ids = records["trace_id"]
+    assert ids.str.fullmatch(r"T-[0-9a-f]{10}").all()
+    assert ids.iloc[5] == ids.iloc[6]  # identical content, identical id
+    assert ids.iloc[:6].is_unique
+    assert ids.tolist() == read_traces(path).records["trace_id"].tolist()  # stable
+
+
+def test_text_is_stripped_country_defaults_to_mexico_and_unknown_columns_pass(tmp_path):
+    path = tmp_path / "traces.csv"
+    path.write_text(
+        "Serial Number,Recovery City,Recovery Country,Time To Crime Days,Notas\n"
+        "  A1 ,  Culiacán  ,,99,  \n"
+        "A2,El Paso,US,,nota\n",
+        encoding="utf-8",
+    )
+    records = read_traces(path).records
+    assert records["serial_number"].tolist() == ["A1", "A2"]
+    assert records["recovery_city"].tolist() == ["Culiacán", "El Paso"]
+    assert records["recovery_country"].tolist() == ["MX", "US"]
+    assert records["notas"].isna().tolist() == [True, False]
+    assert records["time_to_crime_days_input"].tolist()[0] == "99"
+    assert records.columns[: len(schema.CANONICAL_COLUMNS)].tolist() == list(
+        schema.CANONICAL_COLUMNS)
+    assert records.columns[-4:].tolist() == ["time_to_crime_days", *schema.FLAG_COLUMNS]
+
+
+# ---------------------------------------------------------------------------- row accounting
+
+BROKEN = """\
+Trace Number,Serial Number,FFL Name,Recovery City,Notes,Recovery Lat,Recovery Lon
+T1,S1,GAT Guns,Juárez,"a note
+over three
+lines",31.7,-106.4
+T2,S2,Hart Brothers,Laredo,one,too,many,fields
+
+T3,S3,Store,Reynosa,short
+,,,,only notes,,
+T4,S4,Store,Reynosa,"quoted, comma",north,-98.3
+T5,S5,Store,Reynosa,,95.0,-98.3
+T6,S6,Store,"Nuevo
+Laredo",ok,27.5,-99.5
+T7,S7,Store,Matamoros,last,,
+"""
+
+
+def test_row_accounting_and_line_numbers_on_a_broken_file(tmp_path):
+    path = tmp_path / "broken.csv"
+    path.write_text(BROKEN, encoding="utf-8")
+    result = read_traces(path)
+    rejects = result.rejects
+    assert rejects[["line", "column", "reason"]].values.tolist() == [
+        [5, "", "expected 7 fields, found 8"],
+        [7, "", "expected 7 fields, found 5"],
+        [8, "", "nothing usable: no dealer, purchaser, recovery information or serial number"],
+        [9, "Recovery Lat", "unparseable coordinate 'north'"],
+        [10, "Recovery Lat", "coordinate outside -90..90: 95.0"],
+    ]
+    assert rejects["raw"].iloc[0] == "T2,S2,Hart Brothers,Laredo,one,too,many,fields"
+    assert result.records["trace_id"].tolist() == ["T1", "T6", "T7"]
+    assert result.records["source_line"].tolist() == [2, 11, 13]
+    assert result.records["notes"].iloc[0] == "a note\nover three\nlines"
+    assert result.records["recovery_city"].iloc[1] == "Nuevo\nLaredo"
+    assert result.source["rows_read"] == 8  # the blank line is not a row
+    assert (result.rows_valid, result.rows_rejected) == (3, 5)
+    assert _accounting_holds(result)
+
+
+def test_crlf_line_endings_and_a_stray_quote_keep_line_numbers(tmp_path):
+    text = BROKEN.replace("T4,S4,Store,Reynosa,", 'T4,S4,Store,Rey 12" nosa,')
+    path = tmp_path / "broken.csv"
+    path.write_bytes(text.replace("\n", "\r\n").encode())
+    result = read_traces(path)
+    assert result.rejects["line"].tolist() == [5, 7, 8, 9, 10]
+    assert result.records["source_line"].tolist() == [2, 11, 13]
+    assert result.records["notes"].iloc[0] == "a note\r\nover three\r\nlines"
+    assert _accounting_holds(result)
+
+
+def test_a_row_with_several_problems_is_one_rejected_row(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("Serial,Recovery Lat,Recovery Lon\nA,x,y\nB,1,2\n")
+    result = read_traces(path)
+    assert result.rejects["line"].tolist() == [2, 2]
+    assert result.rejects["column"].tolist() == ["Recovery Lat", "Recovery Lon"]
+    assert (result.rows_read, result.rows_valid, result.rows_rejected) == (2, 1, 1)
+
+
+def test_data_rows_but_none_valid_is_not_fatal(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("Serial Number,Notes\n,a\n,b\nx,y,z\n")
+    result = read_traces(path)
+    assert result.records.empty
+    assert list(result.records.columns[:2]) == ["trace_id", "serial_number"]
+    assert result.rejects["line"].tolist() == [2, 3, 4]
+    assert _accounting_holds(result)
+
+
+def test_header_only_file_reads_zero_rows(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text(",".join(HEADER) + "\n")
+    result = read_traces(path)
+    assert (result.rows_read, len(result.records), len(result.rejects)) == (0, 0, 0)
+
+
+# ---------------------------------------------------------------------------- fatal errors
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match=r"nowhere\.csv: file not found"):
+        read_traces(tmp_path / "nowhere.csv")
+
+
+def test_directory_is_not_a_file(tmp_path):
+    with pytest.raises(InputError, match=f"{re.escape(str(tmp_path))}: not a file"):
+        read_traces(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \r\n", "\ufeff".encode()])
+def test_empty_file(tmp_path, content):
+    path = tmp_path / "empty.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=r"empty\.csv: empty file: no header"):
+        read_traces(path)
+
+
+def test_empty_workbook(tmp_path):
+    path = tmp_path / "empty.xlsx"
+    pd.DataFrame().to_excel(path, index=False)
+    with pytest.raises(InputError, match=r"empty\.xlsx: empty file"):
+        read_traces(path)
+
+
+def test_no_recognisable_columns_lists_headers_seen_and_examples(tmp_path):
+    path = tmp_path / "other.csv"
+    path.write_text("colour,weight,Model\nred,3,X\n")
+    with pytest.raises(SchemaError) as info:
+        read_traces(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: no recognisable trace columns")
+    assert "'colour', 'weight', 'Model'" in message
+    assert "'FFL Name'" in message and "'fecha de aseguramiento'" in message
+    assert info.value.exit_code == 4
+
+
+def test_unreadable_binary_files(tmp_path):
+    fake = tmp_path / "fake.xlsx"
+    fake.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(InputError, match=r"fake\.xlsx: not a readable XLSX file"):
+        read_traces(fake)
+    wrong = tmp_path / "wrong.parquet"
+    wrong.write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match=r"wrong\.parquet: the file does not look like PARQUET"):
+        read_traces(wrong)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 truncated")
+    with pytest.raises(InputError, match=r"broken\.parquet: not a readable Parquet file"):
+        read_traces(broken)
+    old = tmp_path / "old.xls"
+    old.write_bytes(b"\xd0\xcf\x11\xe0 rest")
+    with pytest.raises(InputError, match=r"old\.xls: old Excel \.xls"):
+        read_traces(old)
+
+
+def test_unknown_encoding_name(tmp_path):
+    path = _write(tmp_path / "traces.csv", _rows())
+    with pytest.raises(InputError, match=r"traces\.csv: unknown encoding 'klingon'"):
+        read_traces(path, encoding="klingon")
+
+
+def test_all_fatal_errors_share_one_family():
+    assert issubclass(InputError, GeoflowError) and issubclass(SchemaError, GeoflowError)
