@@ -1,0 +1,185 @@
+"""The whole pipeline on real files: accounting, privacy, atomic outputs, GeoJSON read back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import unicodedata
+
+import pandas as pd
+import pyogrio
+import pytest
+import shapely
+
+from geoflow.errors import OutputError
+from geoflow.pipeline import (
+    RunOptions,
+    analyse,
+    prepare_records,
+    run_pipeline,
+    write_outputs,
+)
+from geoflow.privacy import pseudonym
+
+BROKEN = """\
+Trace Number,Weapon Type,Purchaser Name,Purchase Date,FFL Name,FFL City,FFL State,\
+Recovery Date,Recovery City,Recovery State,Possessor Name,Crossing
+T1,Pistol,Rogelio Barajas,2007-03-01,GAT Guns,E DUNDEE,IL,2008-09-10,NVO. LAREDO,TAMPS.,\
+Juan Pérez,LAREDO TX
+T2,Rifle,ROGELIO  BARAJAS,2007-04-01,GAT Guns,E DUNDEE,IL,2008-10-10,CD. JUAREZ,CHIH.,\
+Ana Ruiz,2304
+T3,Rifle,Lupe Gómez,2007-04-01,Border Guns,HOUSTON,TX,2009-10-10,REYNOSA,TAMPS.,,
+T4,Rifle,Lupe Gómez,2007-04-01,Border Guns,HOUSTON,TX,2009-10-10,ATLANTIS,ZZ,,
+T5,Rifle,Lupe Gómez,2007-04-01,Nowhere Arms,GOTHAM,ZZ,2009-10-10,REYNOSA,TAMPS.,,
+T6,Rifle,=HYPERLINK(1),2007-04-01,Nowhere Arms,GOTHAM,ZZ,2009-10-10,ATLANTIS,ZZ,,
+T7,too,many,fields,here,a,b,c,d,e,f,g,h,i
+T8,Pistol
+"""
+NAMES = ("Rogelio Barajas", "Juan Pérez", "Ana Ruiz", "Lupe Gómez", "HYPERLINK")
+OPTIONS = RunOptions()
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    path = tmp_path_factory.mktemp("in") / "broken.csv"
+    path.write_text(BROKEN, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(broken):
+    return prepare_records(broken, options=OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def result(prepared):
+    return analyse(prepared, options=OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def written(result, tmp_path_factory):
+    return write_outputs(result, tmp_path_factory.mktemp("out") / "run", write_map=False)
+
+
+def _fold(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def test_row_accounting_on_a_broken_file(result, written):
+    counts = json.loads((written / "manifest.json").read_text())["counts"]
+    assert counts["rows_read"] == 8
+    assert counts["rows_read"] == counts["rows_valid"] + counts["rows_rejected"]
+    assert counts["rows_valid"] == counts["rows_placed"] + counts["rows_unplaced"]
+    assert (counts["rows_rejected"], counts["rows_placed"], counts["rows_unplaced"]) == (2, 3, 3)
+    assert int(result.flows["guns"].sum()) == counts["rows_placed"]
+    unplaced = pd.read_csv(written / "unplaced.csv")
+    assert unplaced[["line", "reason"]].values.tolist() == [
+        [5, "no recovery location"],
+        [6, "no dealer location"],
+        [7, "no dealer or recovery location"],
+    ]
+    rejects = pd.read_csv(written / "rejects.csv")
+    assert sorted(rejects["line"].unique()) == [8, 9]
+    # tables about people and stores cover every valid record, placed or not
+    assert result.tables["by_dealer"]["guns"].sum() == counts["rows_valid"]
+    assert result.tables["by_us_state"]["guns"].sum() == counts["rows_valid"]
+
+
+def test_known_crossings_are_used_as_given(result):
+    gat = result.flows[result.flows["dealer_name"] == "GAT Guns"]
+    assert set(gat["route_kind"]) == {"known"}
+    assert set(gat["crossing_name"]) == {"Laredo"}  # "LAREDO TX" and "2304"
+    modelled = result.flows[result.flows["dealer_name"] == "Border Guns"].iloc[0]
+    assert modelled["route_kind"] == "modelled"
+
+
+def test_every_output_is_written_and_geojson_reads_back(result, written):
+    expected = {
+        "flows.geojson", "dealers.geojson", "recoveries.geojson", "crossings.geojson",
+        "states.geojson", "rejects.csv", "unplaced.csv", "geocode_report.csv",
+        "manifest.json", "findings.json", "findings.md",
+    } | {f"tables/{t}.csv" for t in result.tables}
+    manifest = json.loads((written / "manifest.json").read_text())
+    assert expected <= set(manifest["files"])
+    assert all((written / name).is_file() for name in manifest["files"])
+    assert manifest["generator"] == "geoflow" and manifest["show_names"] is False
+    assert len(manifest["input"]["sha256"]) == 64
+    assert set(manifest["timings"]) >= {"read", "geocode", "crossings", "flows", "aggregate",
+                                        "export"}
+    for layer in ("flows", "dealers", "recoveries", "crossings", "states"):
+        frame = pyogrio.read_dataframe(written / f"{layer}.geojson")
+        assert len(frame) == len(getattr(result, layer)), layer
+        assert frame.crs.to_epsg() == 4326
+    flows = pyogrio.read_dataframe(written / "flows.geojson")
+    for row in flows.itertuples():
+        xy = shapely.get_coordinates(row.geometry)
+        assert xy[0] == pytest.approx([row.dealer_lon, row.dealer_lat], abs=1e-6)
+        assert xy[-1] == pytest.approx([row.recovery_lon, row.recovery_lat], abs=1e-6)
+        assert ((abs(xy - [row.port_lon, row.port_lat]) < 1e-6).all(axis=1)).any()
+    states = json.loads((written / "states.geojson").read_text())
+    assert "crs" not in states
+    polygon = shapely.geometry.shape(states["features"][0]["geometry"])
+    rings = getattr(polygon, "geoms", [polygon])
+    assert all(ring.exterior.is_ccw for ring in rings)
+
+
+def test_names_are_absent_from_every_output_unless_asked(prepared, written, tmp_path):
+    for path in written.rglob("*"):
+        if path.is_file():
+            text = _fold(path.read_text(encoding="utf-8"))
+            for name in NAMES:
+                assert _fold(name) not in text, (path.name, name)
+    table = pd.read_csv(written / "tables" / "by_trafficker.csv")
+    barajas = pseudonym(pd.Series(["Rogelio Barajas"])).iloc[0]
+    assert barajas in set(table["purchaser"])
+    shown = RunOptions(show_names=True)
+    out = write_outputs(analyse(prepared, options=shown), tmp_path / "named", write_map=False)
+    named = pd.read_csv(out / "tables" / "by_trafficker.csv")
+    assert "Rogelio Barajas" in set(named["purchaser"])
+    assert json.loads((out / "manifest.json").read_text())["show_names"] is True
+    # the formula-looking name is quoted, never a live formula
+    assert "'=HYPERLINK(1)" in set(named["purchaser"])
+
+
+def test_pseudonyms_are_stable_across_runs(broken, result):
+    again = run_pipeline(broken, options=OPTIONS)
+    assert again.tables["by_trafficker"]["purchaser"].tolist() == (
+        result.tables["by_trafficker"]["purchaser"].tolist())
+    other_key = run_pipeline(broken, options=RunOptions(pseudonym_key="newsroom"))
+    assert set(other_key.tables["by_trafficker"]["purchaser"]).isdisjoint(
+        result.tables["by_trafficker"]["purchaser"])
+
+
+def test_filtered_subset_is_accounted(prepared):
+    subset = prepared.records[prepared.records["dealer_name"] == "GAT Guns"]
+    result = analyse(prepared, records=subset, description="dealer GAT Guns")
+    counts = result.manifest["counts"]
+    assert counts["rows_filtered_out"] == 4
+    assert counts["rows_placed"] + counts["rows_unplaced"] + counts["rows_filtered_out"] == (
+        counts["rows_valid"])
+    assert result.manifest["description"] == "dealer GAT Guns"
+
+
+def test_state_level_flows(prepared):
+    result = analyse(prepared, options=RunOptions(flow_level="state"))
+    assert result.flows["guns"].sum() == result.manifest["counts"]["rows_placed"]
+    assert set(result.flows["dealer_place"]) <= {"Illinois", "Texas"}
+
+
+def test_outputs_are_atomic_and_foreign_folders_refused(result, tmp_path):
+    out = tmp_path / "run"
+    broken_result = dataclasses.replace(result, tables={})  # fails half-way through
+    with pytest.raises(KeyError):
+        write_outputs(broken_result, out, write_map=False)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    write_outputs(result, out, write_map=False)
+    (out / "stale.txt").write_text("from an older run")
+    write_outputs(result, out, write_map=False)  # our own folder: replaced whole
+    assert not (out / "stale.txt").exists()
+    foreign = tmp_path / "documents"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="not written by geoflow"):
+        write_outputs(result, foreign, write_map=False)
+    assert (foreign / "notes.txt").read_text() == "keep me"
