@@ -1,0 +1,812 @@
+"""The map: one self-contained HTML file drawn with Folium from a pipeline ``RunResult``.
+
+The page needs no network: Leaflet's js and css (from the ``django-js-lib-leaflet`` package)
+are inlined, folium's CDN links (jQuery, Bootstrap, fonts) are dropped, and the basemap is the
+US and Mexican state outlines. An online tile layer is *offered* in the layer control, switched
+off. Data go into a few compact GeoJSON layers drawn by a small script (:data:`RUNTIME_JS`)
+that builds tooltips and popups with ``textContent``, so names from the data show as text.
+
+Escaping, in one place: :func:`escape_html` for text put into HTML (it also neutralises the
+characters that matter inside JavaScript template strings), :func:`js_string` and
+:func:`script_json` for values put into a ``<script>``.
+
+Example
+-------
+>>> from geoflow.pipeline import run_pipeline
+>>> html = render_map(run_pipeline("traces.csv"), options=MapOptions(title="Guns to Mexico"))
+"""
+
+from __future__ import annotations
+
+import base64
+import html as _html
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Protocol
+
+import branca.element
+import folium
+import folium.map
+import numpy as np
+import pandas as pd
+import shapely
+from folium.template import Template
+
+from geoflow.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CAVEAT",
+    "PALETTES",
+    "MapOptions",
+    "render_map",
+    "escape_html",
+    "js_string",
+    "script_json",
+    "class_breaks",
+    "select_flows",
+    "curve_flows",
+    "leaflet_assets",
+]
+
+DEFAULT_CAVEAT = (
+    "Trace data cover only guns that were recovered and submitted for tracing; "
+    "they are not a measure of all trafficking."
+)
+
+#: Colour-blind-safe sequential palettes (ColorBrewer single-hue, viridis, cividis), light to
+#: dark, as (US states: guns sourced, Mexican states: guns recovered).
+PALETTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "blue-orange": (
+        ("#deebf7", "#9ecae1", "#6baed6", "#3182bd", "#08519c"),
+        ("#fee6ce", "#fdae6b", "#fd8d3c", "#e6550d", "#a63603"),
+    ),
+    "purple-green": (
+        ("#efedf5", "#bcbddc", "#9e9ac8", "#756bb1", "#54278f"),
+        ("#e5f5e0", "#a1d99b", "#74c476", "#31a354", "#006d2c"),
+    ),
+    "viridis": (
+        ("#fde725", "#5ec962", "#21918c", "#3b528b", "#440154"),
+        ("#fde725", "#5ec962", "#21918c", "#3b528b", "#440154"),
+    ),
+    "cividis": (
+        ("#fee838", "#c3b369", "#7f7c75", "#48526b", "#00224e"),
+        ("#fee838", "#c3b369", "#7f7c75", "#48526b", "#00224e"),
+    ),
+    "greys": (
+        ("#f0f0f0", "#bdbdbd", "#969696", "#636363", "#252525"),
+        ("#f0f0f0", "#bdbdbd", "#969696", "#636363", "#252525"),
+    ),
+}
+
+_NO_DATA = "#f7f7f5"
+_FLOW_COLOUR = "#2b1d3f"
+_PORT_COLOUR = "#111111"
+_DASH = "7 5"
+_DECIMALS = 4
+_CURVE_POINTS = 16
+_FLOW_WIDTH = (1.5, 12.0)
+_TILES = "https://{s}.basemaps.cartocdn.com/light_all/{z}/{x}/{y}{r}.png"
+_TILES_ATTR = ('&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> '
+               'contributors &copy; <a href="https://carto.com/attributions">CARTO</a>')
+_LEAFLET_DIR = "js_lib_leaflet/static/js_lib_leaflet"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MapOptions:
+    """What the map says and how much it draws.
+
+    ``source`` empty means "name the input file"; ``subtitle`` empty means a sentence of the
+    totals (with the filter description). ``tiles`` offers the online CartoDB Positron layer in
+    the layer control (always off until the reader turns it on). ``top_n`` and ``min_guns``
+    bound the flows drawn, ``max_points`` the dealers and recovery places; the rest are counted
+    in the legend. ``show_names`` only changes the wording: names arrive already pseudonymised
+    unless the pipeline ran with ``show_names``.
+    """
+
+    title: str = "Guns traced from US dealers to Mexico"
+    subtitle: str = ""
+    source: str = ""
+    credit: str = "Map: geoflow"
+    caveat: str = DEFAULT_CAVEAT
+    palette: str = "blue-orange"
+    top_n: int = 300
+    min_guns: int = 1
+    max_points: int = 1500
+    tiles: bool = True
+    show_names: bool = False
+
+    def __post_init__(self) -> None:
+        if self.palette not in PALETTES:
+            raise ConfigError(
+                f"unknown palette {self.palette!r}; choose one of {', '.join(PALETTES)}"
+            )
+        for name in ("top_n", "min_guns", "max_points"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+
+
+class MapData(Protocol):
+    """What :func:`render_map` reads from a ``RunResult`` (docs/internals.md)."""
+
+    flows: pd.DataFrame
+    dealers: pd.DataFrame
+    recoveries: pd.DataFrame
+    crossings: pd.DataFrame
+    states: pd.DataFrame
+
+
+# --------------------------------------------------------------------------- escaping
+
+_HTML_EXTRA = str.maketrans({"`": "&#96;", "$": "&#36;", "\\": "&#92;", "{": "&#123;",
+                             "}": "&#125;"})
+_SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027",
+                  "`": "\\u0060", "$": "\\u0024", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_SCRIPT_UNSAFE_RE = re.compile("[<>&'`$\u2028\u2029]")
+
+
+def escape_html(text: object) -> str:
+    """Text → HTML that shows it literally, also safe inside a JS template string or attribute.
+
+    ``None``/NA become "". Besides ``& < > " '`` this encodes backticks, ``$``, braces and
+    backslashes as character references, so the result cannot end or interpolate a
+    JavaScript template literal (folium puts popup HTML inside those).
+
+    >>> escape_html("<img src=x onerror=alert(1)> `${x}` \\\\")
+    '&lt;img src=x onerror=alert(1)&gt; &#96;&#36;&#123;x&#125;&#96; &#92;&#92;'
+    """
+    if text is None or (not isinstance(text, str) and pd.isna(text)):
+        return ""
+    return _html.escape(str(text), quote=True).translate(_HTML_EXTRA)
+
+
+def script_json(value: Any) -> str:
+    """Any JSON value → JavaScript source safe inside ``<script>`` (and HTML attributes).
+
+    ``<``, ``>``, ``&``, quotes, backticks, ``$`` and the JS line separators are written as
+    ``\\uXXXX`` escapes, so no data can close the script element or start a template.
+    NaN is refused (it is not JSON); pass ``None`` instead.
+    """
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return _SCRIPT_UNSAFE_RE.sub(lambda m: _SCRIPT_UNSAFE[m.group()], text)
+
+
+def js_string(text: object) -> str:
+    """Text → a quoted JavaScript string literal safe inside ``<script>``; NA → ``""``."""
+    return script_json("" if text is None or (not isinstance(text, str) and pd.isna(text))
+                       else str(text))
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def class_breaks(values: Sequence[float] | np.ndarray, *, k: int = 5) -> np.ndarray:
+    """Quantile class upper bounds of the positive ``values`` (at most ``k``, distinct).
+
+    Bounds are values from the data, so integer counts give integer ranges; zeros form no
+    class (they are drawn as "none").
+
+    >>> class_breaks([0, 1, 2, 3, 4, 100], k=2).tolist()
+    [2.0, 100.0]
+    """
+    vals = np.asarray(values, dtype=float)
+    vals = vals[np.isfinite(vals) & (vals > 0)]
+    if vals.size == 0:
+        return np.array([], dtype=float)
+    probs = np.linspace(0, 1, k + 1)[1:]
+    return np.unique(np.quantile(vals, probs, method="inverted_cdf"))
+
+
+def _classify(values: np.ndarray, uppers: np.ndarray) -> np.ndarray:
+    """Class index per value (−1 for zero or missing)."""
+    vals = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
+    idx = np.searchsorted(uppers, vals, side="left")
+    return np.where(vals > 0, np.minimum(idx, max(len(uppers) - 1, 0)), -1)
+
+
+def _class_colours(palette: Sequence[str], n: int) -> list[str]:
+    """``n`` colours spread over a light→dark palette (darkest kept)."""
+    if n <= 0:
+        return []
+    picks = np.linspace(len(palette) - n if n < len(palette) else 0, len(palette) - 1, n)
+    return [palette[round(i)] for i in picks]
+
+
+def _class_labels(values: np.ndarray, uppers: np.ndarray) -> list[str]:
+    """Legend labels ``"1–12"``, ``"13–40"`` … for integer-like class bounds."""
+    vals = np.asarray(values, dtype=float)
+    low = float(np.min(vals[vals > 0])) if (vals > 0).any() else 0.0
+    labels = []
+    for up in uppers:
+        labels.append(f"{_fmt(low)}" if low >= up else f"{_fmt(low)}–{_fmt(up)}")
+        low = math.floor(up) + 1
+    return labels
+
+
+def _fmt(x: float) -> str:
+    return f"{round(x):,}"
+
+
+def select_flows(flows: pd.DataFrame, *, top_n: int, min_guns: int) -> tuple[pd.DataFrame, int,
+                                                                                  int]:
+    """The flows to draw: at least ``min_guns`` guns, the ``top_n`` largest.
+
+    Returns ``(shown, hidden_flows, hidden_guns)``; ties at the cut keep input order.
+    """
+    guns = pd.to_numeric(flows["guns"], errors="coerce").fillna(0)
+    order = np.argsort(-guns.to_numpy(), kind="stable")
+    ranked = flows.iloc[order]
+    keep = (guns.iloc[order] >= min_guns).to_numpy(copy=True)
+    keep &= np.cumsum(keep) <= top_n
+    shown = ranked[keep]
+    hidden = ranked[~keep]
+    return shown, len(hidden), int(pd.to_numeric(hidden["guns"]).fillna(0).sum())
+
+
+def _mercator(lonlat: np.ndarray) -> np.ndarray:
+    lat = np.clip(lonlat[..., 1], -85.0, 85.0)
+    y = np.degrees(np.log(np.tan(np.pi / 4 + np.radians(lat) / 2)))
+    return np.stack([lonlat[..., 0], y], axis=-1)
+
+
+def _unmercator(xy: np.ndarray) -> np.ndarray:
+    lat = np.degrees(2 * np.arctan(np.exp(np.radians(xy[..., 1]))) - np.pi / 2)
+    return np.stack([xy[..., 0], lat], axis=-1)
+
+
+def _bezier(p0: np.ndarray, p2: np.ndarray, bend: np.ndarray, t: np.ndarray) -> tuple[
+        np.ndarray, np.ndarray]:
+    """Quadratic Bézier legs p0 → p2 bowed sideways by ``bend`` × leg length.
+
+    Returns points (m, len(t), 2) and tangents (m, len(t), 2).
+    """
+    d = p2 - p0
+    ctrl = (p0 + p2) / 2 + bend[:, None] * np.stack([-d[:, 1], d[:, 0]], axis=1)
+    tt = t[None, :, None]
+    pts = ((1 - tt) ** 2 * p0[:, None] + 2 * (1 - tt) * tt * ctrl[:, None]
+           + tt ** 2 * p2[:, None])
+    tangent = 2 * (1 - tt) * (ctrl - p0)[:, None] + 2 * tt * (p2 - ctrl)[:, None]
+    return pts, tangent
+
+
+def curve_flows(flows: pd.DataFrame, *, widths: np.ndarray | None = None) -> tuple[
+        np.ndarray, np.ndarray]:
+    """Curved display lines dealer → port → recovery, and an arrowhead near each recovery end.
+
+    Flows through the same port are bowed alternately left and right, more for each further
+    flow (largest first), so lines sharing a port fan out instead of overlapping. Works in Web
+    Mercator so curves look as drawn. Returns two arrays of shapely geometries (LineString,
+    Polygon) aligned with ``flows``; coordinates are rounded to 4 decimals.
+    """
+    n = len(flows)
+    if n == 0:
+        return np.array([], dtype=object), np.array([], dtype=object)
+    dealer = _mercator(flows[["dealer_lon", "dealer_lat"]].to_numpy(dtype=float))
+    port = _mercator(flows[["port_lon", "port_lat"]].to_numpy(dtype=float))
+    recovery = _mercator(flows[["recovery_lon", "recovery_lat"]].to_numpy(dtype=float))
+    guns = pd.to_numeric(flows["guns"], errors="coerce").fillna(0).to_numpy()
+    rank = (pd.Series(-guns, index=flows.index)
+            .groupby(flows["crossing_code"].astype("string").fillna("").to_numpy())
+            .rank(method="first").to_numpy() - 1)
+    bend = np.where(rank % 2 == 0, 1.0, -1.0) * np.minimum(0.12 + 0.07 * (rank // 2), 0.45)
+    t = np.linspace(0.0, 1.0, _CURVE_POINTS)
+    leg1, _ = _bezier(dealer, port, bend, t)
+    leg2, _ = _bezier(port, recovery, bend, t)
+    coords = np.concatenate([leg1, leg2[:, 1:]], axis=1)
+    lines = shapely.linestrings(np.round(_unmercator(coords), _DECIMALS))
+
+    # Arrowhead: a triangle whose tip sits 85% along the last leg, pointing along the curve.
+    tip, tangent = _bezier(port, recovery, bend, np.array([0.85]))
+    tip, tangent = tip[:, 0], tangent[:, 0]
+    length = np.hypot(*(recovery - port).T)
+    norm = np.hypot(*tangent.T)
+    unit = tangent / np.where(norm > 0, norm, 1.0)[:, None]
+    w = np.full(n, 4.0) if widths is None else np.asarray(widths, dtype=float)
+    size = np.clip(0.18 * length, 0.12, 0.9) * (0.6 + w / 10.0)
+    back = tip - unit * size[:, None]
+    side = np.stack([-unit[:, 1], unit[:, 0]], axis=1) * (0.45 * size)[:, None]
+    tri = np.stack([tip, back + side, back - side, tip], axis=1)
+    heads = shapely.polygons(np.round(_unmercator(tri), _DECIMALS))
+    heads = np.where(norm > 0, heads, None)
+    return lines, heads
+
+
+def _scale(values: np.ndarray, lo: float, hi: float, vmax: float) -> np.ndarray:
+    """Square-root scale ``values`` → [lo, hi] (area-true for circles, calm for lines)."""
+    vals = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
+    frac = np.sqrt(np.clip(vals / vmax, 0, 1)) if vmax > 0 else np.zeros_like(vals)
+    return np.round(lo + (hi - lo) * frac, 2)
+
+
+def _nice(x: float) -> int:
+    """The largest 1-2-5 number ≤ x (at least 1)."""
+    if x < 1:
+        return 1
+    mag = 10 ** math.floor(math.log10(x))
+    return int(max(m * mag for m in (1, 2, 5) if m * mag <= x))
+
+
+# --------------------------------------------------------------------------- data → GeoJSON
+
+
+def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict]:
+    """Property dicts with the listed columns present in ``frame``; NA/NaN → None."""
+    cols = [c for c in columns if c in frame.columns]
+    sub = frame[cols].astype(object)
+    sub = sub.where(sub.notna(), None)
+    return sub.to_dict("records")
+
+
+def _collection(geoms: np.ndarray | Sequence, props: list[dict]) -> dict:
+    """A FeatureCollection of (rounded) geometries and their properties; None geometries dropped."""
+    geoms = np.asarray(geoms, dtype=object)
+    present = ~shapely.is_missing(geoms) if geoms.size else np.array([], dtype=bool)
+    texts = shapely.to_geojson(shapely.transform(geoms[present],
+                                                 lambda c: np.round(c, _DECIMALS)))
+    keep = [p for p, ok in zip(props, present, strict=True) if ok]
+    return {"type": "FeatureCollection",
+            "features": [{"type": "Feature", "properties": p, "geometry": json.loads(g)}
+                         for p, g in zip(keep, np.atleast_1d(texts), strict=True)]}
+
+
+def _with_guns(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    out["guns"] = pd.to_numeric(out["guns"], errors="coerce").fillna(0).astype(int)
+    return out
+
+
+def _flow_layer(shown: pd.DataFrame) -> tuple[dict, list[float]]:
+    """Lines + arrowheads GeoJSON for the drawn flows, and the width scale's max guns."""
+    shown = _with_guns(shown)
+    vmax = float(shown["guns"].max()) if len(shown) else 1.0
+    widths = _scale(shown["guns"].to_numpy(), *_FLOW_WIDTH, vmax)
+    lines, heads = curve_flows(shown, widths=widths)
+    shown = shown.assign(
+        w=widths,
+        k=np.where(shown["route_kind"].astype("string").fillna("") == "known", "known",
+                   "modelled"),
+        title=(shown["dealer_name"].astype("string").fillna(shown["dealer_place"].astype(
+            "string")).fillna("?") + " → " + shown["recovery_place"].astype("string")
+            .fillna("?")),
+        route=np.where(shown["route_kind"].astype("string").fillna("") == "known",
+                       "known (from case records)", "modelled (shortest route)"),
+        purchases=_span(shown.get("first_purchase"), shown.get("last_purchase")),
+    )
+    props = _records(shown, ["title", "flow_id", "dealer_name", "dealer_place", "crossing_name",
+                             "route", "recovery_place", "guns", "purchasers", "top_purchaser",
+                             "purchases", "median_time_to_crime_days", "w", "k"])
+    head_props = [{"w": p["w"]} for p in props]
+    return {"lines": _collection(lines, props), "heads": _collection(heads, head_props)}, [vmax]
+
+
+def _span(first: pd.Series | None, last: pd.Series | None) -> pd.Series | None:
+    """'2007-03-01 – 2009-11-30' from two date columns (either may be missing)."""
+    if first is None or last is None:
+        return None
+    a, b = first.astype("string"), last.astype("string")
+    both = a + " – " + b
+    return both.where(a != b, a).fillna(a).fillna(b)
+
+
+def _points(frame: pd.DataFrame, *, columns: Sequence[str], radius: tuple[float, float],
+            limit: int) -> tuple[dict, int, int]:
+    """Point GeoJSON of the ``limit`` largest rows by guns, radius ∝ √guns; and what was left."""
+    frame = _with_guns(frame)
+    frame = frame.iloc[np.argsort(-frame["guns"].to_numpy(), kind="stable")]
+    hidden = frame.iloc[limit:]
+    frame = frame.iloc[:limit]
+    vmax = float(frame["guns"].max()) if len(frame) else 1.0
+    frame = frame.assign(r=_scale(frame["guns"].to_numpy(), *radius, vmax))
+    data = _collection(frame.geometry.to_numpy(), _records(frame, [*columns, "r"]))
+    return data, len(hidden), int(hidden["guns"].sum())
+
+
+def _simplify(geoms: np.ndarray) -> np.ndarray:
+    return shapely.make_valid(shapely.simplify(geoms, 0.02, preserve_topology=True))
+
+
+def _state_layer(states: pd.DataFrame, country: str, palette: Sequence[str]) -> tuple[
+        dict, list[str], list[str]]:
+    """Choropleth GeoJSON of one country's states: class index ``q``; colours and labels."""
+    part = _with_guns(states[states["country"].astype("string") == country])
+    uppers = class_breaks(part["guns"].to_numpy())
+    colours = _class_colours(palette, len(uppers))
+    part = part.assign(q=_classify(part["guns"].to_numpy(), uppers),
+                       pct=pd.to_numeric(part.get("share"), errors="coerce"))
+    data = _collection(_simplify(part.geometry.to_numpy()),
+                       _records(part, ["name", "code", "guns", "pct", "q"]))
+    return data, colours, _class_labels(part["guns"].to_numpy(), uppers)
+
+
+# --------------------------------------------------------------------------- page assets
+
+
+@lru_cache(maxsize=1)
+def leaflet_assets() -> tuple[str, str]:
+    """Leaflet 1.9's (js, css) text from ``django-js-lib-leaflet``, images inlined as data URIs."""
+    root = resources.files("js_lib_leaflet").joinpath("static", "js_lib_leaflet")
+    js = root.joinpath("leaflet.js").read_text(encoding="utf-8")
+    js = re.sub(r"//# sourceMappingURL=\S+\s*$", "", js)
+    css = root.joinpath("leaflet.css").read_text(encoding="utf-8")
+
+    def data_uri(match: re.Match) -> str:
+        png = root.joinpath("images", match.group(1)).read_bytes()
+        return "url(data:image/png;base64," + base64.b64encode(png).decode("ascii") + ")"
+
+    css = re.sub(r"url\(images/([\w.-]+\.png)\)", data_uri, css)
+    if "</script" in js.lower() or "</style" in css.lower():  # pragma: no cover - packaging bug
+        raise ConfigError("the installed Leaflet files cannot be inlined safely")
+    return js, css
+
+
+RUNTIME_JS = r"""
+var geoflow = (function () {
+  "use strict";
+  var counts = {};
+  function fmt(v, kind) {
+    if (v === null || v === undefined || v === "") return null;
+    if (kind === "int") return Math.round(v).toLocaleString("en-US");
+    if (kind === "pct") return (100 * v).toFixed(1) + "%";
+    if (kind === "days") return Math.round(v).toLocaleString("en-US") + " days";
+    return String(v);
+  }
+  function card(p, spec, brief) {
+    var box = document.createElement("div");
+    box.className = "gf-card";
+    var head = document.createElement("div");
+    head.className = "gf-card-title";
+    head.textContent = fmt(p[spec.title]) || spec.fallback;
+    box.appendChild(head);
+    var table = document.createElement("table");
+    spec.rows.slice(0, brief ? spec.brief : spec.rows.length).forEach(function (r) {
+      var v = fmt(p[r[1]], r[2]);
+      if (v === null) return;
+      var tr = table.insertRow();
+      var th = document.createElement("th");
+      th.textContent = r[0];
+      tr.appendChild(th);
+      tr.insertCell().textContent = v;
+    });
+    box.appendChild(table);
+    return box;
+  }
+  function bind(layer, p, spec) {
+    layer.bindTooltip(function () { return card(p, spec, true); }, {sticky: true});
+    layer.bindPopup(function () { return card(p, spec, false); }, {maxWidth: 340});
+  }
+  function pane(map, name, z) {
+    if (!map.getPane(name)) map.createPane(name).style.zIndex = z;
+    return name;
+  }
+  function states(map, data, o) {
+    var p = pane(map, "gfStates", 350);
+    return L.geoJSON(data, {
+      pane: p,
+      style: function (f) {
+        var q = f.properties.q;
+        return {color: o.stroke, weight: 0.8, opacity: 1, fillOpacity: 0.85,
+                fillColor: q >= 0 ? o.colours[q] : o.empty, className: "gf-state"};
+      },
+      onEachFeature: function (f, l) { bind(l, f.properties, o.spec); }
+    });
+  }
+  function flows(map, data, o) {
+    var p = pane(map, "gfFlows", 420);
+    counts.flows = data.lines.features.length;
+    var group = L.featureGroup();
+    L.geoJSON(data.heads, {
+      pane: p, interactive: false,
+      style: function () {
+        return {stroke: false, fillColor: o.colour, fillOpacity: 0.9, className: "gf-head"};
+      }
+    }).addTo(group);
+    L.geoJSON(data.lines, {
+      pane: p,
+      style: function (f) {
+        var k = f.properties.k === "known" ? "known" : "modelled";
+        return {color: o.colour, weight: f.properties.w, opacity: 0.75, lineCap: "round",
+                dashArray: k === "known" ? null : o.dash, className: "gf-flow gf-" + k};
+      },
+      onEachFeature: function (f, l) { bind(l, f.properties, o.spec); }
+    }).addTo(group);
+    return group;
+  }
+  function points(map, data, o) {
+    var p = pane(map, "gfPoints", 430);
+    counts[o.kind] = data.features.length;
+    return L.geoJSON(data, {
+      pointToLayer: function (f, ll) {
+        return L.circleMarker(ll, {pane: p, radius: f.properties.r, color: o.stroke,
+          weight: o.weight, fillColor: o.fill, fillOpacity: o.fillOpacity,
+          className: "gf-" + o.kind});
+      },
+      onEachFeature: function (f, l) { bind(l, f.properties, o.spec); }
+    });
+  }
+  function panel(map, id, position) {
+    var el = document.getElementById(id);
+    if (!el) return;
+    var Panel = L.Control.extend({onAdd: function () {
+      L.DomEvent.disableClickPropagation(el);
+      L.DomEvent.disableScrollPropagation(el);
+      return el;
+    }});
+    new Panel({position: position}).addTo(map);
+  }
+  return {states: states, flows: flows, points: points, panel: panel, counts: counts};
+})();
+"""
+
+PAGE_CSS = """
+html, body {width: 100%; height: 100%; margin: 0; padding: 0;}
+.folium-map {position: absolute; inset: 0; background: #dce6ee;}
+.leaflet-container {font: 13px/1.35 system-ui, -apple-system, "Segoe UI", Roboto,
+  "DejaVu Sans", sans-serif;}
+.gf-panel {background: rgba(255,255,255,0.93); padding: 8px 11px; border-radius: 4px;
+  box-shadow: 0 1px 4px rgba(0,0,0,0.3); max-width: 330px; color: #222;}
+.gf-title h1 {font-size: 19px; margin: 0 0 3px; line-height: 1.2;}
+.gf-title p {margin: 0; color: #444;}
+.gf-footer {max-width: 460px; font-size: 11.5px; color: #333;}
+.gf-footer p {margin: 1px 0;}
+.gf-caveat {font-style: italic;}
+.gf-legend {font-size: 12px; max-height: 70vh; overflow-y: auto;}
+.gf-legend summary {font-weight: 600; cursor: pointer;}
+.gf-legend h2 {font-size: 12px; margin: 8px 0 3px; font-weight: 600;}
+.gf-legend .row {display: flex; align-items: center; gap: 6px; margin: 1px 0;}
+.gf-legend .sw {width: 16px; height: 11px; border: 1px solid #999; flex: none;}
+.gf-legend svg {flex: none;}
+.gf-legend .note {color: #555; margin: 3px 0 0;}
+.gf-card {font-size: 12px; min-width: 160px;}
+.gf-card-title {font-weight: 600; margin-bottom: 3px;}
+.gf-card table {border-collapse: collapse;}
+.gf-card th {text-align: left; font-weight: normal; color: #555; padding: 0 8px 0 0;
+  vertical-align: top;}
+.gf-card td {font-variant-numeric: tabular-nums;}
+"""
+
+
+class _DataLayer(folium.map.Layer):
+    """A layer drawn by :data:`RUNTIME_JS` from data serialised with :func:`script_json`."""
+
+    _template = Template("""
+        {% macro script(this, kwargs) %}
+        var {{ this.get_name() }} = geoflow.{{ this.kind }}({{ this._parent.get_name() }},
+            {{ this.data_js }}, {{ this.options_js }});
+        {% endmacro %}
+    """)
+
+    def __init__(self, kind: str, data: Any, options: dict, *, name: str,
+                 show: bool = True) -> None:
+        super().__init__(name=name, overlay=True, control=True, show=show)
+        if kind not in {"states", "flows", "points"}:
+            raise ValueError(kind)
+        self._name = "GeoflowLayer"
+        self.kind = kind
+        self.data_js = script_json(data)
+        self.options_js = script_json(options)
+
+
+class _Script(branca.element.MacroElement):
+    """Raw script lines run after every layer exists (panels, bounds)."""
+
+    _template = Template("{% macro script(this, kwargs) %}{{ this.code }}{% endmacro %}")
+
+    def __init__(self, code: str) -> None:
+        super().__init__()
+        self.code = code
+
+
+# --------------------------------------------------------------------------- HTML blocks
+
+
+def _swatches(colours: Sequence[str], labels: Sequence[str]) -> str:
+    rows = [f'<div class="row"><span class="sw" style="background:{escape_html(c)}"></span>'
+            f"{escape_html(lab)}</div>" for c, lab in zip(colours, labels, strict=True)]
+    rows.append(f'<div class="row"><span class="sw" style="background:{_NO_DATA}"></span>'
+                "none</div>")
+    return "".join(rows)
+
+
+def _line_svg(width: float, *, dashed: bool = False) -> str:
+    dash = f' stroke-dasharray="{_DASH}"' if dashed else ""
+    return (f'<svg width="44" height="{max(12, math.ceil(width) + 4)}" aria-hidden="true">'
+            f'<line x1="2" x2="42" y1="50%" y2="50%" stroke="{_FLOW_COLOUR}" stroke-opacity="0.8"'
+            f' stroke-width="{width:.1f}"{dash}/></svg>')
+
+
+def _dot_svg(fill: str, stroke: str) -> str:
+    return (f'<svg width="16" height="16" aria-hidden="true"><circle cx="8" cy="8" r="6" '
+            f'fill="{fill}" stroke="{stroke}" stroke-width="1.5"/></svg>')
+
+
+def _legend(*, us: tuple[list[str], list[str]], mx: tuple[list[str], list[str]],
+            flow_counts: dict, point_notes: list[str], colours: dict) -> str:
+    """The legend panel's HTML (every text through :func:`escape_html`)."""
+    e = escape_html
+    parts = ['<details open class="gf-panel gf-legend" id="gf-legend"><summary>Legend</summary>',
+             "<h2>US states: guns sourced from dealers</h2>", _swatches(*us),
+             "<h2>Mexican states: guns recovered</h2>", _swatches(*mx),
+             "<h2>Flows: dealer → port of entry → recovery place (guns)</h2>"]
+    for guns, width in flow_counts["samples"]:
+        parts.append(f'<div class="row">{_line_svg(width)}{e(_fmt(guns))}</div>')
+    parts.append(f'<div class="row">{_line_svg(3)}known crossing (case records)</div>')
+    parts.append(f'<div class="row">{_line_svg(3, dashed=True)}modelled crossing (dashed: '
+                 "shortest route, not known)</div>")
+    parts.append('<div class="row">▶ arrowhead points to where the guns were recovered</div>')
+    shown, hidden, hidden_guns = flow_counts["shown"], flow_counts["hidden"], flow_counts[
+        "hidden_guns"]
+    note = f"Showing the {_fmt(shown)} largest flows"
+    if flow_counts["min_guns"] > 1:
+        note += f" of at least {_fmt(flow_counts['min_guns'])} guns"
+    note += (f", and {_fmt(hidden)} smaller flows ({_fmt(hidden_guns)} guns) not drawn."
+             if hidden else ".")
+    parts.append(f'<p class="note" id="gf-flow-note">{e(note)}</p>')
+    parts.append("<h2>Places</h2>")
+    parts.append(f'<div class="row">{_dot_svg(colours["dealer"], "#fff")}US dealer (circle area ∝ '
+                 "guns sold)</div>")
+    parts.append(f'<div class="row">{_dot_svg(colours["recovery"], "#fff")}recovery place '
+                 "(area ∝ guns recovered)</div>")
+    parts.append(f'<div class="row">{_dot_svg("#fff", _PORT_COLOUR)}port of entry (area ∝ '
+                 "guns routed)</div>")
+    parts += [f'<p class="note">{e(n)}</p>' for n in point_notes]
+    parts.append("</details>")
+    return "".join(parts)
+
+
+def _subtitle(result: MapData, options: MapOptions) -> str:
+    if options.subtitle:
+        text = options.subtitle
+    else:
+        guns = int(pd.to_numeric(result.flows["guns"], errors="coerce").fillna(0).sum())
+        text = (f"{_fmt(guns)} traced guns from {_fmt(len(result.dealers))} US dealers, "
+                f"through {_fmt(len(result.crossings))} ports of entry, to "
+                f"{_fmt(len(result.recoveries))} places in Mexico")
+    description = getattr(result, "description", "") or ""
+    return f"{text} — {description}" if description and description not in text else text
+
+
+def _source(result: MapData, options: MapOptions) -> str:
+    if options.source:
+        return options.source
+    manifest = getattr(result, "manifest", None) or {}
+    path = str((manifest.get("input") or {}).get("path") or "")
+    name = re.split(r"[\\/]", path)[-1] if path else "firearm trace records"
+    return f"Source: {name}; analysis by geoflow"
+
+
+# --------------------------------------------------------------------------- the map
+
+_FLOW_SPEC = {"title": "title", "fallback": "Flow", "brief": 4, "rows": [
+    ["Guns", "guns", "int"], ["Port of entry", "crossing_name"], ["Route", "route"],
+    ["Purchasers", "purchasers", "int"], ["Dealer", "dealer_name"], ["Dealer in", "dealer_place"],
+    ["Recovered in", "recovery_place"], ["Top purchaser", "top_purchaser"],
+    ["Purchases", "purchases"], ["Median time to crime", "median_time_to_crime_days", "days"],
+    ["Flow id", "flow_id"]]}
+_DEALER_SPEC = {"title": "dealer_name", "fallback": "Dealer", "brief": 3, "rows": [
+    ["City", "dealer_place"], ["Guns", "guns", "int"], ["Purchasers", "purchasers", "int"],
+    ["FFL", "dealer_ffl"], ["Top purchaser", "top_purchaser"],
+    ["Top purchaser share", "top_purchaser_share", "pct"],
+    ["Median time to crime", "median_time_to_crime_days", "days"],
+    ["First purchase", "first_purchase"], ["Last purchase", "last_purchase"]]}
+_RECOVERY_SPEC = {"title": "recovery_place", "fallback": "Recovery place", "brief": 2, "rows": [
+    ["Guns recovered", "guns", "int"], ["Purchasers", "purchasers", "int"],
+    ["State", "recovery_state"], ["Placed at", "geocode_level"],
+    ["First recovery", "first_recovery"], ["Last recovery", "last_recovery"]]}
+_PORT_SPEC = {"title": "name", "fallback": "Port of entry", "brief": 2, "rows": [
+    ["Guns routed", "guns", "int"], ["Known from case records", "guns_known", "int"],
+    ["Modelled", "guns_modelled", "int"], ["CBP port code", "code"],
+    ["Mexican side", "mx_city"], ["State", "us_state"]]}
+_STATE_SPEC = {"title": "name", "fallback": "State", "brief": 2, "rows": [
+    ["Guns", "guns", "int"], ["Share", "pct", "pct"], ["Code", "code"]]}
+
+
+def _bounds(*frames: pd.DataFrame) -> list[list[float]] | None:
+    boxes = [f.geometry.total_bounds for f in frames if len(f) and not f.geometry.is_empty.all()]
+    if not boxes:
+        return None
+    arr = np.array(boxes)
+    west, south = np.nanmin(arr[:, 0]), np.nanmin(arr[:, 1])
+    east, north = np.nanmax(arr[:, 2]), np.nanmax(arr[:, 3])
+    return [[round(float(south), 4), round(float(west), 4)],
+            [round(float(north), 4), round(float(east), 4)]]
+
+
+def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
+    """The self-contained HTML map of a ``RunResult`` (docs/internals.md "→ render").
+
+    Draws the US/MX state choropleths (guns sourced / recovered), the ``top_n`` largest flows
+    of at least ``min_guns`` guns, dealers, recovery places and ports; everything not drawn is
+    counted in the legend. Returns the page as a string; the caller writes it.
+    """
+    options = options or MapOptions()
+    us_palette, mx_palette = PALETTES[options.palette]
+    colours = {"dealer": us_palette[-1], "recovery": mx_palette[-1]}
+    e = escape_html
+
+    figure = branca.element.Figure(title=e(options.title))
+    fmap = folium.Map(location=[29.0, -100.0], zoom_start=4, tiles=None, zoom_control="topright",
+                      control_scale=True)
+    fmap.default_js = []
+    fmap.default_css = []
+    figure.add_child(fmap)
+    leaflet_js, leaflet_css = leaflet_assets()
+    header = figure.header
+    header.add_child(branca.element.Element(f"<style>{leaflet_css}</style>"), name="leaflet_css")
+    header.add_child(branca.element.Element(f"<style>{PAGE_CSS}</style>"), name="geoflow_css")
+    header.add_child(branca.element.Element(f"<script>{leaflet_js}</script>"), name="leaflet")
+    header.add_child(branca.element.Element(f"<script>{RUNTIME_JS}</script>"), name="geoflow")
+
+    if options.tiles:
+        folium.TileLayer(_TILES, attr=_TILES_ATTR, subdomains="abcd", max_zoom=20,
+                         name="Online basemap (CartoDB Positron; needs network)",
+                         overlay=True, show=False, control=True).add_to(fmap)
+
+    states = result.states
+    us_data, us_colours, us_labels = _state_layer(states, "US", us_palette)
+    mx_data, mx_colours, mx_labels = _state_layer(states, "MX", mx_palette)
+    state_opts = {"stroke": "#7a7a7a", "empty": _NO_DATA, "spec": _STATE_SPEC}
+    _DataLayer("states", us_data, {**state_opts, "colours": us_colours},
+               name="US states: guns sourced").add_to(fmap)
+    _DataLayer("states", mx_data, {**state_opts, "colours": mx_colours},
+               name="Mexican states: guns recovered").add_to(fmap)
+
+    shown, hidden, hidden_guns = select_flows(result.flows, top_n=options.top_n,
+                                              min_guns=options.min_guns)
+    flow_data, (vmax,) = _flow_layer(shown)
+    _DataLayer("flows", flow_data, {"colour": _FLOW_COLOUR, "dash": _DASH, "spec": _FLOW_SPEC},
+               name="Flows (width ∝ guns; dashed = modelled crossing)").add_to(fmap)
+
+    notes = []
+    point_layers = [
+        ("recovery", result.recoveries, _RECOVERY_SPEC, (2.5, 12.0), "Recovery places",
+         {"stroke": "#ffffff", "weight": 1, "fill": colours["recovery"], "fillOpacity": 0.85},
+         "recovery places"),
+        ("port", result.crossings, _PORT_SPEC, (4.0, 13.0), "Ports of entry",
+         {"stroke": _PORT_COLOUR, "weight": 2, "fill": "#ffffff", "fillOpacity": 0.95},
+         "ports"),
+        ("dealer", result.dealers, _DEALER_SPEC, (2.5, 15.0), "US dealers",
+         {"stroke": "#ffffff", "weight": 1, "fill": colours["dealer"], "fillOpacity": 0.85},
+         "dealers"),
+    ]
+    for kind, frame, spec, radius, name, style, noun in point_layers:
+        columns = [row[1] for row in spec["rows"]] + [spec["title"]]
+        data, left, left_guns = _points(frame, columns=columns, radius=radius,
+                                        limit=options.max_points)
+        _DataLayer("points", data, {**style, "kind": kind, "spec": spec}, name=name).add_to(fmap)
+        if left:
+            notes.append(f"And {_fmt(left)} smaller {noun} ({_fmt(left_guns)} guns) not drawn.")
+
+    samples = sorted({_nice(vmax), _nice(vmax / 10), _nice(max(vmax / 100, 1))}, reverse=True)
+    samples = [g for g in samples if g <= vmax] or [int(vmax)]
+    widths = _scale(np.array(samples, dtype=float), *_FLOW_WIDTH, vmax)
+    legend = _legend(us=(us_colours, us_labels), mx=(mx_colours, mx_labels),
+                     flow_counts={"shown": len(shown), "hidden": hidden,
+                                  "hidden_guns": hidden_guns, "min_guns": options.min_guns,
+                                  "samples": list(zip(samples, widths, strict=True))},
+                     point_notes=notes, colours=colours)
+    names_note = ("Purchaser names are shown as they appear in the records."
+                  if options.show_names else
+                  "Purchasers are shown as pseudonyms (P-xxxxxx), not names.")
+    title = (f'<div class="gf-panel gf-title" id="gf-title"><h1>{e(options.title)}</h1>'
+             f"<p>{e(_subtitle(result, options))}</p></div>")
+    footer = (f'<div class="gf-panel gf-footer" id="gf-footer">'
+              f'<p class="gf-source">{e(_source(result, options))}</p>'
+              f'<p class="gf-credit">{e(options.credit)}</p>'
+              f'<p class="gf-caveat">{e(options.caveat)}</p>'
+              f'<p class="gf-names">{e(names_note)}</p></div>')
+    figure.html.add_child(branca.element.Element(title + legend + footer), name="geoflow_panels")
+
+    folium.LayerControl(collapsed=True, position="topright").add_to(fmap)
+    map_name = fmap.get_name()
+    code = [f"geoflow.panel({map_name}, 'gf-title', 'topleft');",
+            f"geoflow.panel({map_name}, 'gf-legend', 'bottomright');",
+            f"geoflow.panel({map_name}, 'gf-footer', 'bottomleft');"]
+    bounds = _bounds(shown, result.dealers, result.recoveries) or _bounds(states)
+    if bounds:
+        code.append(f"{map_name}.fitBounds({script_json(bounds)}, {{padding: [20, 20]}});")
+    fmap.add_child(_Script("\n".join(code)))
+    return figure.render()
