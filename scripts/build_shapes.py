@@ -92,10 +92,12 @@ US_EXTRA: dict[str, tuple[str, str]] = {
 }
 
 #: AP-style abbreviations, which ATF-style records also use ("Tex.", "Ariz.", "Calif.").
+#: Michigan's "Mich." is left out: in these records it means Michoacán (MX-MIC). Every
+#: abbreviation and name in state_names.csv names exactly one state (tests check it).
 US_AP = {
     "AL": "Ala.", "AZ": "Ariz.", "AR": "Ark.", "CA": "Calif.", "CO": "Colo.", "CT": "Conn.",
     "DE": "Del.", "FL": "Fla.", "GA": "Ga.", "IL": "Ill.", "IN": "Ind.", "KS": "Kan.",
-    "KY": "Ky.", "LA": "La.", "MD": "Md.", "MA": "Mass.", "MI": "Mich.", "MN": "Minn.",
+    "KY": "Ky.", "LA": "La.", "MD": "Md.", "MA": "Mass.", "MN": "Minn.",
     "MS": "Miss.", "MO": "Mo.", "MT": "Mont.", "NE": "Neb.", "NV": "Nev.", "NH": "N.H.",
     "NJ": "N.J.", "NM": "N.M.", "NY": "N.Y.", "NC": "N.C.", "ND": "N.D.", "OK": "Okla.",
     "OR": "Ore.", "PA": "Pa.", "RI": "R.I.", "SC": "S.C.", "SD": "S.D.", "TN": "Tenn.",

@@ -1,0 +1,85 @@
+"""The shipped geodata works from an installed wheel, not only from the checkout.
+
+Builds the wheel from a copy of the project (no network: ``--no-isolation``), installs it
+with ``--no-deps`` into a fresh venv that sees the system site-packages (for pandas,
+geopandas …), and loads the states and ports from a directory outside the checkout. The
+system site-packages also holds an *editable* geoflow; the check proves the venv imported
+the wheel's copy (module and data files inside the venv), not the checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = """
+import json, geoflow, geoflow.shapes, importlib.resources as r
+from geoflow.shapes import load_states
+from geoflow.crossings import load_ports, match_crossing
+import pandas as pd
+states, ports = load_states(), load_ports()
+print(json.dumps({
+    "module": geoflow.__file__,
+    "data": str(r.files("geoflow.shapes_data").joinpath("states.geojson")),
+    "us": int((states["country"] == "US").sum()),
+    "mx": int((states["country"] == "MX").sum()),
+    "ports": len(ports),
+    "laredo": match_crossing(pd.Series(["NVO. LAREDO, TAMPS."])).iloc[0],
+}))
+"""
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_loads_shapes_outside_the_checkout(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("geoflow", "shapes"):
+        shutil.copytree(ROOT / name, source / name, ignore=ignore)
+    dist = tmp_path / "dist"
+    build = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check",
+         "--outdir", str(dist), str(source)],
+        capture_output=True, text=True, check=False, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    (wheel,) = dist.glob("geoflow-*.whl")
+
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    clean_env["PYTHONNOUSERSITE"] = "1"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
+         "--disable-pip-version-check", str(wheel)],
+        capture_output=True, text=True, check=False, env=clean_env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    probe = subprocess.run(
+        [str(python), "-c", PROBE],
+        capture_output=True, text=True, check=False, env=clean_env, cwd=outside, timeout=120,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    venv_root = env_dir.resolve()
+    assert Path(found["module"]).resolve().is_relative_to(venv_root), found["module"]
+    assert Path(found["data"]).resolve().is_relative_to(venv_root), found["data"]
+    assert not Path(found["data"]).resolve().is_relative_to(ROOT)
+    assert found["us"] >= 51 and found["mx"] == 32
+    assert found["ports"] >= 25
+    assert found["laredo"] == "2304"
