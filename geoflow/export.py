@@ -35,6 +35,7 @@ __all__ = [
     "write_geojson",
     "safe_path",
     "is_geoflow_folder",
+    "check_output_dir",
     "atomic_output_dir",
 ]
 
@@ -154,6 +155,22 @@ def is_geoflow_folder(folder: str | Path) -> bool:
     return isinstance(data, dict) and data.get("generator") == GENERATOR
 
 
+def check_output_dir(out_dir: str | Path, *, force: bool = False) -> None:
+    """Raise :class:`OutputError` unless ``out_dir`` may be (re)written: it is missing, empty,
+    written by geoflow, or ``force`` is set (then any folder, never a file, is replaced)."""
+    out = Path(out_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputError("exists and is not a folder", path=str(out))
+    if any(out.iterdir()) and not force and not is_geoflow_folder(out):
+        raise OutputError(
+            "folder is not empty and was not written by geoflow (no geoflow manifest.json);"
+            " choose another folder or pass --force to replace it",
+            path=str(out),
+        )
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``out_dir``; on success swap it into place.
@@ -163,15 +180,7 @@ def atomic_output_dir(out_dir: str | Path, *, force: bool = False) -> Iterator[P
     raises, the temporary folder is removed and ``out_dir`` is left as it was.
     """
     out = Path(out_dir)
-    if out.exists():
-        if not out.is_dir():
-            raise OutputError("exists and is not a folder", path=str(out))
-        if any(out.iterdir()) and not force and not is_geoflow_folder(out):
-            raise OutputError(
-                "folder is not empty and was not written by geoflow (no geoflow manifest.json);"
-                " choose another folder or pass --force to replace it",
-                path=str(out),
-            )
+    check_output_dir(out, force=force)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
