@@ -10,7 +10,20 @@ import sys
 import click
 
 from geoflow import __version__
+from geoflow.cli_options import (
+    apply_filters,
+    batch_options,
+    config_option,
+    context_config,
+    filter_options,
+    geocoder_from_config,
+    map_options,
+    pop_filters,
+    show_progress,
+)
+from geoflow.config import Config
 from geoflow.errors import GeoflowError
+from geoflow.progress import stage
 
 __all__ = ["cli", "main"]
 
@@ -84,39 +97,63 @@ def _pipeline_options(func):
                        type=click.Path(dir_okay=False)),
         click.option("--sample", is_flag=True,
                      help="Use the shipped synthetic sample instead of INPUT."),
-        click.option("--dayfirst", is_flag=True,
+        click.option("--dayfirst", is_flag=True, default=None,
                      help="Read ambiguous dates as day/month/year (Mexican records)."),
         click.option("--column-map", type=click.Path(exists=True, dir_okay=False),
                      help="JSON or CSV mapping input headers to canonical columns."),
         click.option("--overrides", type=click.Path(exists=True, dir_okay=False),
                      help="CSV of place fixes (place,lat,lon or place,replacement)."),
-        click.option("--flow-level", type=click.Choice(["place", "state"]), default="place",
-                     show_default=True,
-                     help="One flow per dealer → port → place, or per US state → port → MX "
-                          "state."),
-        click.option("--show-names", is_flag=True,
-                     help="Show purchaser names instead of pseudonyms (P-xxxxxx)."),
+        click.option("--flow-level", type=click.Choice(["place", "state"]), default=None,
+                     help="One flow per dealer → port → place (default), or per US state → "
+                          "port → MX state."),
+        click.option("--show-names/--hide-names", default=None,
+                     help="Show purchaser names instead of pseudonyms (P-xxxxxx); default "
+                          "hide, or show_names in the config file."),
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return filter_options(config_option(func))
 
 
-def _run_options(*, dayfirst: bool, column_map: str | None, overrides: str | None,
-                 flow_level: str, show_names: bool):
+def _run_options(*, dayfirst: bool | None, column_map: str | None, overrides: str | None,
+                 flow_level: str | None, show_names: bool | None, config: Config | None = None):
+    """RunOptions from command-line values, falling back to the config file, then defaults."""
     import os
 
     from geoflow.io import load_column_map
     from geoflow.pipeline import RunOptions
 
+    config = config or Config()
+    column_map = config.pick("column_map", column_map)
     return RunOptions(
-        dayfirst=dayfirst,
+        dayfirst=bool(config.pick("dayfirst", dayfirst, False)),
         column_map=load_column_map(column_map) if column_map else None,
-        overrides=overrides,
-        flow_level=flow_level,
-        show_names=show_names,
-        pseudonym_key=os.environ.get("GEOFLOW_PSEUDONYM_KEY") or None,
+        geocoder=geocoder_from_config(config),
+        overrides=config.pick("overrides", overrides),
+        flow_level=config.pick("flow_level", flow_level, "place"),
+        show_names=bool(config.pick("show_names", show_names, False)),
+        pseudonym_key=os.environ.get("GEOFLOW_PSEUDONYM_KEY") or config.pseudonym_key,
     )
+
+
+def _prepare_selection(source: str, options: dict):
+    """Read and geocode once (spinner on a terminal), then filter: ``(prepared, run_options,
+    records, description, config)``. Pops the config and filter values from ``options``."""
+    from pathlib import Path
+
+    from geoflow.pipeline import prepare_records
+
+    config = context_config(options.pop("config_path", None))
+    filters = pop_filters(options)
+    run_options = _run_options(**options, config=config)
+    with stage(f"Reading and geocoding {Path(source).name}", enabled=show_progress()):
+        prepared = prepare_records(source, options=run_options)
+    records, description = apply_filters(prepared.records, filters,
+                                         show_names=run_options.show_names)
+    if description:
+        log.info("filter: %s (%s of %s records)", description, f"{len(records):,}",
+                 f"{len(prepared.records):,}")
+    return prepared, run_options, records, description, config
 
 
 @cli.command("run")
@@ -125,8 +162,9 @@ def _run_options(*, dayfirst: bool, column_map: str | None, overrides: str | Non
               help="Output folder (default: maps/<input name>).")
 @click.option("--force", is_flag=True,
               help="Replace OUT even if it is not a folder geoflow wrote.")
+@batch_options
 def run_command(input_path: str | None, sample: bool, out_dir: str | None, force: bool,
-                **options) -> None:
+                per: str | None, min_guns: int | None, **options) -> None:
     """Read, geocode, route and aggregate a trace file; write GeoJSON, tables and findings.
 
     Writes flows/dealers/recoveries/crossings/states GeoJSON, tables/*.csv, rejects.csv,
@@ -134,24 +172,69 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     OUT, atomically: a failed run leaves OUT as it was. Purchaser names are pseudonymised
     unless --show-names (set GEOFLOW_PSEUDONYM_KEY to use your own pseudonym key).
 
+    Filters (--state, --mx-state, --trafficker, --dealer, --from, --to) keep only the
+    matching records and go into the map's subtitle and the manifest. --per writes one
+    output set per entity under OUT/<kind>/<name>/ plus OUT/index.html.
+
     \b
     Example:
       geoflow run traces.csv -o maps/traces
       geoflow run --sample -o maps/sample --flow-level state
+      geoflow run --sample --state TX --from 2008 -o maps/texas-2008
+      geoflow run --sample --per trafficker -o maps/by-trafficker
     """
     from pathlib import Path
 
-    from geoflow.pipeline import run_pipeline, write_outputs
+    from geoflow.pipeline import analyse, write_outputs
 
     source = _input_path(input_path, sample)
     out = Path(out_dir) if out_dir else Path("maps") / ("sample" if sample else Path(source).stem)
-    result = run_pipeline(source, options=_run_options(**options))
-    write_outputs(result, out, force=force)
+    prepared, run_options, records, description, config = _prepare_selection(source, options)
+    look = map_options(config, show_names=run_options.show_names)
+    if per:
+        _run_batch(prepared, kind=per, out=out, records=records, description=description,
+                   min_guns=min_guns, force=force, look=look, title=config.title)
+        return
+    with stage("Analysing", enabled=show_progress()):
+        result = analyse(prepared, options=run_options, records=records,
+                         description=description)
+    with stage(f"Writing {out}", enabled=show_progress()):
+        write_outputs(result, out, force=force, map_options=look)
     counts = result.manifest["counts"]
     click.echo(
         f"wrote {out}: {counts['flows']:,} flows; rows read {counts['rows_read']:,}, "
         f"valid {counts['rows_valid']:,}, rejected {counts['rows_rejected']:,}, "
         f"placed {counts['rows_placed']:,}, unplaced {counts['rows_unplaced']:,}"
+        + (f" ({counts['rows_filtered_out']:,} left out by filters)"
+           if counts.get("rows_filtered_out") else "")
+    )
+
+
+def _run_batch(prepared, *, kind: str, out, records, description: str, min_guns: int | None,
+               force: bool, look, title: str | None) -> None:
+    """``run --per KIND``: one output set per entity, with a progress bar on a terminal."""
+    from geoflow.batch import entity_table, run_batch
+    from geoflow.pipeline import write_outputs
+    from geoflow.progress import bar
+
+    table, _ = entity_table(records, kind, min_guns=min_guns,
+                            show_names=prepared.options.show_names)
+    with bar(f"Writing {kind} outputs", len(table), enabled=show_progress()) as advance:
+        batch = run_batch(
+            prepared, kind=kind, out_dir=out, records=records, description=description,
+            min_guns=min_guns, force=force, title=title, progress=advance,
+            write=lambda result, folder: write_outputs(result, folder, map_options=look),
+        )
+    counts = batch.manifest["counts"]
+    rows_read = int(prepared.source.get("rows_read", len(prepared.records)))
+    placed = prepared.records["placed"].to_numpy(dtype=bool)
+    click.echo(
+        f"wrote {out}: {counts['entities']:,} {kind} output sets and index.html "
+        f"({counts['guns_in_entities']:,} guns; {counts['guns_below_threshold']:,} in "
+        f"{counts['entities_below_threshold']:,} below --min-guns {counts['min_guns']}; "
+        f"{counts['records_without_entity']:,} with no {kind}); rows read {rows_read:,}, "
+        f"valid {len(placed):,}, rejected {rows_read - len(placed):,}, "
+        f"placed {int(placed.sum()):,}, unplaced {int((~placed).sum()):,}"
     )
 
 
@@ -174,13 +257,17 @@ def summary_command(input_path: str | None, sample: bool, by: str | None, show_f
       geoflow summary traces.csv --by trafficker
       geoflow summary --sample --by crossing --format csv
       geoflow summary --sample --findings --format json
+      geoflow summary --sample --mx-state Tamps. --from 2008 --to 2009 --by dealer
     """
-    from geoflow.pipeline import run_pipeline
+    from geoflow.pipeline import analyse
 
-    result = run_pipeline(_input_path(input_path, sample), options=_run_options(**options))
+    prepared, run_options, records, description, _ = _prepare_selection(
+        _input_path(input_path, sample), options)
+    result = analyse(prepared, options=run_options, records=records, description=description)
     if by:
         table = result.tables[SUMMARY_TABLES[by]]
-        _echo_table(table.head(top) if top else table, fmt=fmt, title=f"Guns by {by}")
+        title = f"Guns by {by}" + (f" ({description})" if description else "")
+        _echo_table(table.head(top) if top else table, fmt=fmt, title=title)
     if show_findings or not by:
         _echo_findings(result.findings, fmt=fmt)
 

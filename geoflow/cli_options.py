@@ -10,23 +10,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import pandas as pd
 
-from geoflow.batch import DEFAULT_MIN_GUNS
 from geoflow.config import Config, load_config
 from geoflow.progress import progress_enabled
-from geoflow.select import ENTITY_KINDS, filter_records
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "FILTER_PARAMS",
+    "BATCH_KINDS",
     "filter_options",
     "batch_options",
     "config_option",
     "apply_filters",
+    "pop_filters",
     "context_config",
+    "geocoder_from_config",
+    "map_options",
     "show_progress",
     "accounting_line",
 ]
@@ -35,6 +39,9 @@ log = logging.getLogger("geoflow")
 
 #: Names of the parameters :func:`filter_options` adds (pop them from a command's kwargs).
 FILTER_PARAMS = ("state", "mx_state", "trafficker", "dealer", "date_from", "date_to")
+#: ``--per`` choices: the keys of ``select.ENTITY_KINDS``, spelled out so that ``geoflow
+#: --help`` need not import pandas (a test keeps them in step).
+BATCH_KINDS = ("state", "mx-state", "trafficker", "dealer")
 
 _F = Callable[..., Any]
 
@@ -69,10 +76,10 @@ def batch_options(func: _F) -> _F:
     func = click.option(
         "--min-guns", type=click.IntRange(min=1), default=None, metavar="N",
         help="With --per: only entities with at least N guns (default: every state; "
-             f"{DEFAULT_MIN_GUNS['trafficker']} for traffickers and dealers).",
+             "10 for traffickers and dealers).",
     )(func)
     return click.option(
-        "--per", type=click.Choice(list(ENTITY_KINDS)), default=None,
+        "--per", type=click.Choice(BATCH_KINDS), default=None,
         help="Write one complete output set per entity under OUT/<kind>/<name>/ and an "
              "index page OUT/index.html.",
     )(func)
@@ -96,11 +103,46 @@ def context_config(config_path: Path | None) -> Config:
     return config
 
 
+def geocoder_from_config(config: Config) -> Any:
+    """``None`` (the offline geocoder) or the geopy service named by ``geocoder`` in config."""
+    if config.geocoder in (None, "offline"):
+        return None
+    from geoflow.geocode import GeopyGeocoder
+
+    return GeopyGeocoder(config.geocoder, user_agent=config.user_agent or "",
+                         cache_path=config.geocode_cache)
+
+
+def map_options(config: Config, *, show_names: bool, **given: Any) -> Any:
+    """``render.MapOptions`` from command-line values (``given``, ``None`` = not given), then
+    the config file, then render's defaults."""
+    from dataclasses import fields
+
+    from geoflow.render import MapOptions
+
+    values = {}
+    for field in fields(MapOptions):
+        if field.name == "show_names":
+            continue
+        value = given.get(field.name)
+        if value is None and field.name in type(config).__dataclass_fields__:
+            value = getattr(config, field.name)
+        if value is not None:
+            values[field.name] = value
+    return MapOptions(show_names=show_names, **values)
+
+
+def pop_filters(params: dict[str, Any]) -> dict[str, Any]:
+    """Remove and return the :data:`FILTER_PARAMS` from a command's keyword arguments."""
+    return {name: params.pop(name, None) for name in FILTER_PARAMS}
+
+
 def apply_filters(
-    records: pd.DataFrame, params: dict[str, Any], *, show_names: bool
+    records: pd.DataFrame, values: dict[str, Any], *, show_names: bool
 ) -> tuple[pd.DataFrame, str]:
-    """Pop the filter parameters from ``params`` and apply them to ``records``."""
-    values = {name: params.pop(name, None) for name in FILTER_PARAMS}
+    """Apply the filter values of :func:`pop_filters` to ``records``."""
+    from geoflow.select import filter_records
+
     return filter_records(
         records,
         us_states=values["state"] or (),

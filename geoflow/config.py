@@ -6,7 +6,7 @@ The file is flat TOML; every key is optional and an option given on the command 
     subtitle = "Recoveries 2007–2010"
     credit = "Graphic: Data desk"
     source = "Source: ATF trace records (leaked), analysis by geoflow"
-    palette = "viridis"
+    palette = "blue-orange"
     geocoder = "offline"
     user_agent = "newsroom-geoflow (data@example.org)"
     overrides = "places_fixed.csv"   # relative paths are relative to this file
@@ -38,7 +38,7 @@ KEYS: dict[str, tuple[type, str]] = {
     "palette": (str, "colour palette of the state choropleths"),
     "tiles": (bool, "offer the online tile layer"),
     "top_n": (int, "draw at most this many flows"),
-    "min_guns": (int, "draw flows with at least this many guns; batch threshold"),
+    "min_guns": (int, "draw flows with at least this many guns"),
     "geocoder": (str, "geocoder back-end: offline (default) or a geopy service"),
     "user_agent": (str, "user agent for online geocoders"),
     "geocode_cache": (Path, "cache file for online geocoders"),
@@ -131,8 +131,14 @@ def _validate(data: dict[str, Any], path: Path) -> dict[str, Any]:
                 f"key {key!r} must be one of {', '.join(_CHOICES[key])}, got {value!r}",
                 path=str(path),
             )
-        if expected is int and value < 0:
-            raise ConfigError(f"key {key!r} must not be negative, got {value}", path=str(path))
+        if expected is int and value < 1:
+            raise ConfigError(f"key {key!r} must be at least 1, got {value}", path=str(path))
+        if key == "palette":
+            from geoflow.render import PALETTES
+
+            if value not in PALETTES:
+                raise ConfigError(f"key 'palette' must be one of {', '.join(PALETTES)}, got "
+                                  f"{value!r}", path=str(path))
         values[key] = (path.parent / value) if kind is Path else value
     return values
 
