@@ -89,7 +89,8 @@ _PORT_COLOUR = "#111111"
 _DASH = "7 5"
 _DECIMALS = 4
 _CURVE_POINTS = 16
-_FLOW_WIDTH = (1.5, 12.0)
+_FLOW_WIDTH = (1.0, 12.0)
+_FLOW_WIDTH_FLOOR = 50.0  # guns that get the full width at least: small flows stay thin
 _TILES = "https://{s}.basemaps.cartocdn.com/light_all/{z}/{x}/{y}{r}.png"
 _TILES_ATTR = ('&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> '
                'contributors &copy; <a href="https://carto.com/attributions">CARTO</a>')
@@ -258,33 +259,25 @@ def _unmercator(xy: np.ndarray) -> np.ndarray:
     return np.stack([xy[..., 0], lat], axis=-1)
 
 
-def _bezier(p0: np.ndarray, p2: np.ndarray, bend: np.ndarray, t: np.ndarray) -> tuple[
-        np.ndarray, np.ndarray]:
-    """Quadratic Bézier legs p0 → p2 bowed sideways by ``bend`` × leg length.
-
-    Returns points (m, len(t), 2) and tangents (m, len(t), 2).
-    """
+def _bezier(p0: np.ndarray, p2: np.ndarray, bend: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Quadratic Bézier legs p0 → p2 bowed sideways by ``bend`` × leg length: (m, len(t), 2)."""
     d = p2 - p0
     ctrl = (p0 + p2) / 2 + bend[:, None] * np.stack([-d[:, 1], d[:, 0]], axis=1)
     tt = t[None, :, None]
-    pts = ((1 - tt) ** 2 * p0[:, None] + 2 * (1 - tt) * tt * ctrl[:, None]
-           + tt ** 2 * p2[:, None])
-    tangent = 2 * (1 - tt) * (ctrl - p0)[:, None] + 2 * tt * (p2 - ctrl)[:, None]
-    return pts, tangent
+    return ((1 - tt) ** 2 * p0[:, None] + 2 * (1 - tt) * tt * ctrl[:, None]
+            + tt ** 2 * p2[:, None])
 
 
-def curve_flows(flows: pd.DataFrame, *, widths: np.ndarray | None = None) -> tuple[
-        np.ndarray, np.ndarray]:
-    """Curved display lines dealer → port → recovery, and an arrowhead near each recovery end.
+def curve_flows(flows: pd.DataFrame) -> np.ndarray:
+    """Curved display lines dealer → port → recovery (shapely LineStrings aligned with ``flows``).
 
-    Flows through the same port are bowed alternately left and right, more for each further
-    flow (largest first), so lines sharing a port fan out instead of overlapping. Works in Web
-    Mercator so curves look as drawn. Returns two arrays of shapely geometries (LineString,
-    Polygon) aligned with ``flows``; coordinates are rounded to 4 decimals.
+    Flows through the same port are bowed alternately left and right, a little more for each
+    further flow (largest first), so lines sharing a port fan out instead of overlapping. Works
+    in Web Mercator so curves look as drawn; coordinates are rounded to 4 decimals. (The
+    arrowheads are SVG markers added in the browser, so they keep their size at every zoom.)
     """
-    n = len(flows)
-    if n == 0:
-        return np.array([], dtype=object), np.array([], dtype=object)
+    if len(flows) == 0:
+        return np.array([], dtype=object)
     dealer = _mercator(flows[["dealer_lon", "dealer_lat"]].to_numpy(dtype=float))
     port = _mercator(flows[["port_lon", "port_lat"]].to_numpy(dtype=float))
     recovery = _mercator(flows[["recovery_lon", "recovery_lat"]].to_numpy(dtype=float))
@@ -292,27 +285,12 @@ def curve_flows(flows: pd.DataFrame, *, widths: np.ndarray | None = None) -> tup
     rank = (pd.Series(-guns, index=flows.index)
             .groupby(flows["crossing_code"].astype("string").fillna("").to_numpy())
             .rank(method="first").to_numpy() - 1)
-    bend = np.where(rank % 2 == 0, 1.0, -1.0) * np.minimum(0.12 + 0.07 * (rank // 2), 0.45)
+    bend = np.where(rank % 2 == 0, 1.0, -1.0) * np.minimum(0.08 + 0.03 * (rank // 2), 0.3)
     t = np.linspace(0.0, 1.0, _CURVE_POINTS)
-    leg1, _ = _bezier(dealer, port, bend, t)
-    leg2, _ = _bezier(port, recovery, bend, t)
+    leg1 = _bezier(dealer, port, bend, t)
+    leg2 = _bezier(port, recovery, bend, t)
     coords = np.concatenate([leg1, leg2[:, 1:]], axis=1)
-    lines = shapely.linestrings(np.round(_unmercator(coords), _DECIMALS))
-
-    # Arrowhead: a triangle whose tip sits 85% along the last leg, pointing along the curve.
-    tip, tangent = _bezier(port, recovery, bend, np.array([0.85]))
-    tip, tangent = tip[:, 0], tangent[:, 0]
-    length = np.hypot(*(recovery - port).T)
-    norm = np.hypot(*tangent.T)
-    unit = tangent / np.where(norm > 0, norm, 1.0)[:, None]
-    w = np.full(n, 4.0) if widths is None else np.asarray(widths, dtype=float)
-    size = np.clip(0.18 * length, 0.12, 0.9) * (0.6 + w / 10.0)
-    back = tip - unit * size[:, None]
-    side = np.stack([-unit[:, 1], unit[:, 0]], axis=1) * (0.45 * size)[:, None]
-    tri = np.stack([tip, back + side, back - side, tip], axis=1)
-    heads = shapely.polygons(np.round(_unmercator(tri), _DECIMALS))
-    heads = np.where(norm > 0, heads, None)
-    return lines, heads
+    return shapely.linestrings(np.round(_unmercator(coords), _DECIMALS))
 
 
 def _scale(values: np.ndarray, lo: float, hi: float, vmax: float) -> np.ndarray:
@@ -360,11 +338,12 @@ def _with_guns(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _flow_layer(shown: pd.DataFrame) -> tuple[dict, list[float]]:
-    """Lines + arrowheads GeoJSON for the drawn flows, and the width scale's max guns."""
+    """Line GeoJSON of the drawn flows; the width scale's full-width guns and the largest flow's
+    guns."""
     shown = _with_guns(shown)
-    vmax = float(shown["guns"].max()) if len(shown) else 1.0
+    vmax = max(float(shown["guns"].max()) if len(shown) else 1.0, _FLOW_WIDTH_FLOOR)
     widths = _scale(shown["guns"].to_numpy(), *_FLOW_WIDTH, vmax)
-    lines, heads = curve_flows(shown, widths=widths)
+    lines = curve_flows(shown)
     shown = shown.assign(
         w=widths,
         k=np.where(shown["route_kind"].astype("string").fillna("") == "known", "known",
@@ -379,8 +358,8 @@ def _flow_layer(shown: pd.DataFrame) -> tuple[dict, list[float]]:
     props = _records(shown, ["title", "flow_id", "dealer_name", "dealer_place", "crossing_name",
                              "route", "recovery_place", "guns", "purchasers", "top_purchaser",
                              "purchases", "median_time_to_crime_days", "w", "k"])
-    head_props = [{"w": p["w"]} for p in props]
-    return {"lines": _collection(lines, props), "heads": _collection(heads, head_props)}, [vmax]
+    actual = float(shown["guns"].max()) if len(shown) else 1.0
+    return _collection(lines, props), [vmax, actual]
 
 
 def _span(first: pd.Series | None, last: pd.Series | None) -> pd.Series | None:
@@ -479,6 +458,7 @@ var geoflow = (function () {
     layer.bindPopup(function () { return card(p, spec, false); }, {maxWidth: 340});
   }
   function pane(map, name, z) {
+    api.map = map;
     if (!map.getPane(name)) map.createPane(name).style.zIndex = z;
     return name;
   }
@@ -494,26 +474,50 @@ var geoflow = (function () {
       onEachFeature: function (f, l) { bind(l, f.properties, o.spec); }
     });
   }
+  var SVGNS = "http://www.w3.org/2000/svg";
+  function arrowDefs(svg, colour) {
+    if (svg.querySelector("#gf-arrow-s")) return;
+    var defs = document.createElementNS(SVGNS, "defs");
+    [["s", 9], ["m", 13], ["l", 19]].forEach(function (a) {
+      var m = document.createElementNS(SVGNS, "marker");
+      m.setAttribute("id", "gf-arrow-" + a[0]);
+      m.setAttribute("viewBox", "0 0 10 10");
+      m.setAttribute("refX", "13");
+      m.setAttribute("refY", "5");
+      m.setAttribute("markerUnits", "userSpaceOnUse");
+      m.setAttribute("markerWidth", a[1]);
+      m.setAttribute("markerHeight", a[1]);
+      m.setAttribute("orient", "auto");
+      var tri = document.createElementNS(SVGNS, "path");
+      tri.setAttribute("d", "M0,0 L10,5 L0,10 z");
+      tri.setAttribute("fill", colour);
+      tri.setAttribute("class", "gf-arrow");
+      m.appendChild(tri);
+      defs.appendChild(m);
+    });
+    svg.insertBefore(defs, svg.firstChild);
+  }
   function flows(map, data, o) {
     var p = pane(map, "gfFlows", 420);
-    counts.flows = data.lines.features.length;
-    var group = L.featureGroup();
-    L.geoJSON(data.heads, {
-      pane: p, interactive: false,
-      style: function () {
-        return {stroke: false, fillColor: o.colour, fillOpacity: 0.9, className: "gf-head"};
-      }
-    }).addTo(group);
-    L.geoJSON(data.lines, {
+    counts.flows = data.features.length;
+    return L.geoJSON(data, {
       pane: p,
       style: function (f) {
         var k = f.properties.k === "known" ? "known" : "modelled";
-        return {color: o.colour, weight: f.properties.w, opacity: 0.75, lineCap: "round",
+        return {color: o.colour, weight: f.properties.w, opacity: 0.6, lineCap: "round",
                 dashArray: k === "known" ? null : o.dash, className: "gf-flow gf-" + k};
       },
-      onEachFeature: function (f, l) { bind(l, f.properties, o.spec); }
-    }).addTo(group);
-    return group;
+      onEachFeature: function (f, l) {
+        bind(l, f.properties, o.spec);
+        l.on("add", function () {
+          var path = l.getElement();
+          arrowDefs(path.ownerSVGElement, o.colour);
+          var w = f.properties.w;
+          path.setAttribute("marker-end", "url(#gf-arrow-" + (w < 3 ? "s" : w < 7 ? "m" : "l")
+                            + ")");
+        });
+      }
+    });
   }
   function points(map, data, o) {
     var p = pane(map, "gfPoints", 430);
@@ -537,7 +541,9 @@ var geoflow = (function () {
     }});
     new Panel({position: position}).addTo(map);
   }
-  return {states: states, flows: flows, points: points, panel: panel, counts: counts};
+  var api = {states: states, flows: flows, points: points, panel: panel, counts: counts,
+             map: null};
+  return api;
 })();
 """
 
@@ -636,7 +642,7 @@ def _legend(*, us: tuple[list[str], list[str]], mx: tuple[list[str], list[str]],
     parts.append(f'<div class="row">{_line_svg(3)}known crossing (case records)</div>')
     parts.append(f'<div class="row">{_line_svg(3, dashed=True)}modelled crossing (dashed: '
                  "shortest route, not known)</div>")
-    parts.append('<div class="row">▶ arrowhead points to where the guns were recovered</div>')
+    parts.append('<div class="row">▶ the arrowhead points to where the guns were recovered</div>')
     shown, hidden, hidden_guns = flow_counts["shown"], flow_counts["hidden"], flow_counts[
         "hidden_guns"]
     note = f"Showing the {_fmt(shown)} largest flows"
@@ -756,7 +762,7 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
 
     shown, hidden, hidden_guns = select_flows(result.flows, top_n=options.top_n,
                                               min_guns=options.min_guns)
-    flow_data, (vmax,) = _flow_layer(shown)
+    flow_data, (vmax, biggest) = _flow_layer(shown)
     _DataLayer("flows", flow_data, {"colour": _FLOW_COLOUR, "dash": _DASH, "spec": _FLOW_SPEC},
                name="Flows (width ∝ guns; dashed = modelled crossing)").add_to(fmap)
 
@@ -780,8 +786,7 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
         if left:
             notes.append(f"And {_fmt(left)} smaller {noun} ({_fmt(left_guns)} guns) not drawn.")
 
-    samples = sorted({_nice(vmax), _nice(vmax / 10), _nice(max(vmax / 100, 1))}, reverse=True)
-    samples = [g for g in samples if g <= vmax] or [int(vmax)]
+    samples = sorted({_nice(biggest), _nice(biggest / 10), 1}, reverse=True)
     widths = _scale(np.array(samples, dtype=float), *_FLOW_WIDTH, vmax)
     legend = _legend(us=(us_colours, us_labels), mx=(mx_colours, mx_labels),
                      flow_counts={"shown": len(shown), "hidden": hidden,
