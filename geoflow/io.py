@@ -361,7 +361,9 @@ def standardise_traces(
     records = frame.assign(**coordinates).loc[keep].reset_index(drop=True)
     kept_lines = lines[keep]
     records["recovery_country"] = records["recovery_country"].fillna("MX")
-    generated = _hash_ids(records)
+    given = records["trace_id"].notna()
+    if not given.all():
+        records.loc[~given, "trace_id"] = _hash_ids(records.loc[~given])
 
     warning_frames: list[pd.DataFrame] = []
     counts: dict[str, int] = {}
@@ -377,8 +379,6 @@ def standardise_traces(
                 counts[f"{label(column)}: {key}"] = int(number)
         records[column] = parsed
 
-    given = records["trace_id"].notna()
-    records["trace_id"] = records["trace_id"].fillna(generated)
     before = records["recovery_date"] - records["purchase_date"]
     records["source_line"] = kept_lines.astype("int64")
     records["time_to_crime_days"] = (before / pd.Timedelta(days=1)).astype("float64")
@@ -387,7 +387,7 @@ def standardise_traces(
     records["flag_future_date"] = (
         (records["purchase_date"] > limit) | (records["recovery_date"] > limit)
     ).to_numpy()
-    records["flag_duplicate"] = _duplicates(records, given, generated)
+    records["flag_duplicate"] = _duplicates(records, given)
 
     derived = ["source_line", "time_to_crime_days", *schema.FLAG_COLUMNS]
     extra = [c for c in records.columns if c not in schema.CANONICAL_COLUMNS and c not in derived]
@@ -434,30 +434,44 @@ def _date_formats(dayfirst: bool) -> list[tuple[str, str]]:
 def _parse_dates(values: pd.Series, *, dayfirst: bool) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     """Parse a date column; return (datetime64[ns] series, bad mask, reason per row).
 
-    Explicit formats are tried per column (vectorised), never ``dateutil`` guessing per cell.
-    Dates before 1800 or after 2200 count as unparseable (placeholders such as 9999-12-31).
+    Each distinct string is parsed once, with explicit formats tried in order (vectorised),
+    never ``dateutil`` guessing per cell. Dates before 1800 or after 2200 count as
+    unparseable (placeholders such as 9999-12-31).
     """
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         parsed = values.dt.tz_localize(None) if values.dt.tz is not None else values
         parsed = parsed.astype("datetime64[us]")
-    else:
-        parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
-        for pattern, fmt in _date_formats(dayfirst):
-            todo = values.str.match(pattern).fillna(False).to_numpy(dtype=bool) & parsed.isna()
-            if todo.any():
-                parsed[todo] = pd.to_datetime(values[todo], format=fmt, errors="coerce")
-    plausible = (parsed.dt.year >= 1800) & (parsed.dt.year <= 2200)
-    parsed = parsed.where(plausible).astype("datetime64[ns]")
-    bad = (values.notna() & parsed.isna()).to_numpy()
-    reason = np.full(len(values), "unparseable date", dtype=object)
-    if bad.any() and not pd.api.types.is_datetime64_any_dtype(values.dtype):
-        parts = values.str.extract(r"^(\d{1,2})[/-](\d{1,2})[/-]\d{2,4}$").astype("float64")
-        first, second = (1, 0) if dayfirst else (0, 1)
-        swapped = (parts[first] > 12) & (parts[second] <= 12)
-        hint = "unparseable date (looks day-first: use dayfirst)" if not dayfirst else (
-            "unparseable date (looks month-first: drop dayfirst)")
-        reason[swapped.to_numpy() & bad] = hint
-    return parsed, bad, reason
+        parsed = parsed.where(parsed.dt.year.between(1800, 2200)).astype("datetime64[ns]")
+        bad = (values.notna() & parsed.isna()).to_numpy()
+        return parsed, bad, np.full(len(values), "unparseable date", dtype=object)
+    codes, uniques = pd.factorize(values)
+    distinct, reasons = _parse_date_strings(pd.Series(uniques, dtype="str"), dayfirst=dayfirst)
+    found = codes >= 0
+    parsed = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ns]")
+    parsed[found] = distinct[codes[found]]
+    reason = np.full(len(values), "", dtype=object)
+    reason[found] = reasons[codes[found]]
+    bad = found & np.isnat(parsed)
+    return pd.Series(parsed, index=values.index), bad, reason
+
+
+def _parse_date_strings(values: pd.Series, *, dayfirst: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Parse distinct date strings; return datetime64[ns] values and a reason when NaT."""
+    parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
+    for pattern, fmt in _date_formats(dayfirst):
+        todo = values.str.match(pattern).fillna(False).to_numpy(dtype=bool) & parsed.isna()
+        if todo.any():
+            parsed[todo] = pd.to_datetime(values[todo], format=fmt, errors="coerce")
+    parsed = parsed.where(parsed.dt.year.between(1800, 2200)).astype("datetime64[ns]")
+    reason = np.where(parsed.isna(), "unparseable date", "").astype(object)
+    parts = values.str.extract(r"^(\d{1,2})[/-](\d{1,2})[/-]\d{2,4}$").astype("float64")
+    first, second = (1, 0) if dayfirst else (0, 1)
+    swapped = ((parts[first] > 12) & (parts[second] <= 12) & parsed.isna()).to_numpy()
+    reason[swapped] = (
+        "unparseable date (looks month-first: drop dayfirst)" if dayfirst
+        else "unparseable date (looks day-first: use dayfirst)"
+    )
+    return parsed.to_numpy(), reason
 
 
 def _hash_ids(records: pd.DataFrame) -> pd.Series:
@@ -471,28 +485,28 @@ def _hash_ids(records: pd.DataFrame) -> pd.Series:
     return pd.Series(np.char.add("T-", chars), index=records.index, dtype="str")
 
 
-def _duplicates(records: pd.DataFrame, given: pd.Series, generated: pd.Series) -> np.ndarray:
+def _duplicates(records: pd.DataFrame, given: pd.Series) -> np.ndarray:
     """Flag every occurrence of a trace record after its first (file order).
 
     Same trace_id (case-insensitive) when the input has one; otherwise same serial number
     (ignoring case, spaces and dashes) + purchase date + dealer name; rows with neither a
-    trace_id nor a serial number are duplicates only when all their cells are identical.
+    trace_id nor a serial number are duplicates only when all their cells are identical
+    (same generated trace_id).
     """
     flag = np.zeros(len(records), dtype=bool)
     given = given.to_numpy(dtype=bool)
-    ids = records["trace_id"].str.upper()
-    flag[given] = ids[given].duplicated(keep="first").to_numpy()
-    serial = records["serial_number"].str.upper().str.replace(r"[\s-]+", "", regex=True)
-    by_serial = ~given & serial.notna().to_numpy()
+    flag[given] = records.loc[given, "trace_id"].str.upper().duplicated(keep="first").to_numpy()
+    by_serial = ~given & records["serial_number"].notna().to_numpy()
     if by_serial.any():
+        rows = records.loc[by_serial]
         key = pd.DataFrame({
-            "serial": serial[by_serial],
-            "date": records.loc[by_serial, "purchase_date"],
-            "dealer": records.loc[by_serial, "dealer_name"].str.casefold(),
+            "serial": rows["serial_number"].str.upper().str.replace(r"[\s-]+", "", regex=True),
+            "date": rows["purchase_date"],
+            "dealer": rows["dealer_name"].str.casefold(),
         })
         flag[by_serial] = key.duplicated(keep="first").to_numpy()
     by_content = ~given & ~by_serial
-    flag[by_content] = generated[by_content].duplicated(keep="first").to_numpy()
+    flag[by_content] = records.loc[by_content, "trace_id"].duplicated(keep="first").to_numpy()
     return flag
 
 
@@ -698,8 +712,7 @@ def _csv_fast(buf: bytes, scan: _Records, delimiter: str, meta: dict) -> _Table 
         try:
             frame = pd.read_csv(
                 io.BytesIO(body), sep=delimiter, header=None, names=list(range(width)),
-                dtype=str, keep_default_na=False, na_filter=False, index_col=False,
-                encoding="utf-8", engine="c", skip_blank_lines=False,
+                dtype=str, keep_default_na=False, encoding="utf-8", engine="pyarrow",
             )
         except (pd.errors.ParserError, ValueError):
             return None
