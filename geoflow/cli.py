@@ -331,6 +331,88 @@ def _echo_findings(found: list[dict], *, fmt: str) -> None:
             click.echo(f"- {item['text']}")
 
 
+# --------------------------------------------------------------------------------------------
+# map (render engineer)
+
+#: ``--palette`` names; kept equal to ``geoflow.render.PALETTES`` by a test (render is not
+#: imported here so that ``geoflow --help`` stays fast).
+PALETTE_NAMES = ("blue-orange", "purple-green", "viridis", "cividis", "greys")
+
+
+def map_look_options(func):
+    """What the map says and how much it draws: ``--title`` … ``--tiles/--no-tiles``."""
+    options = [
+        click.option("--title", default=None, help="Map title."),
+        click.option("--subtitle", default=None,
+                     help="Subtitle (default: the totals; a filter description is appended)."),
+        click.option("--source", "source_line", default=None, metavar="TEXT",
+                     help="Source line (default: names the input file)."),
+        click.option("--credit", default=None, help="Credit line, e.g. 'Graphic: Data desk'."),
+        click.option("--caveat", default=None,
+                     help="Caveat line (default: trace data cover only guns recovered and "
+                          "submitted for tracing)."),
+        click.option("--palette", type=click.Choice(PALETTE_NAMES), default=None,
+                     help="Colour-blind-safe palette of the state choropleths "
+                          "(default blue-orange)."),
+        click.option("--top-n", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Draw at most N flows, the largest (default 300); the rest are "
+                          "counted in the legend."),
+        click.option("--max-points", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Draw at most N dealers and N recovery places (default 1500)."),
+        click.option("--tiles/--no-tiles", default=None,
+                     help="Offer an online CartoDB Positron tile layer, off until the reader "
+                          "switches it on (default: offered)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@cli.command("map")
+@_pipeline_options
+@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False), default="map.html",
+              show_default=True, help="HTML file to write (replaced if it exists).")
+@click.option("--min-guns", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Draw only flows of at least N guns (default 1).")
+@map_look_options
+def map_command(input_path: str | None, sample: bool, out_path: str, min_guns: int | None,
+                title: str | None, subtitle: str | None, source_line: str | None,
+                credit: str | None, caveat: str | None, palette: str | None,
+                top_n: int | None, max_points: int | None, tiles: bool | None,
+                **options) -> None:
+    """Draw only the map: one self-contained HTML file that opens offline.
+
+    US states are shaded by guns sourced, Mexican states by guns recovered; flow lines run
+    dealer → port of entry → recovery place (dashed where the crossing is modelled), with
+    dealers, ports and recovery places sized by guns. Filters work as for ``run``.
+
+    \b
+    Example:
+      geoflow map traces.csv -o map.html --title "Guns to Mexico" --credit "Graphic: Desk"
+      geoflow map --sample -o maps/sample.html --top-n 100 --no-tiles
+      geoflow map --sample --trafficker barajas -o barajas.html
+    """
+    from pathlib import Path
+
+    from geoflow.pipeline import analyse
+    from geoflow.render import render_map, write_map
+
+    source = _input_path(input_path, sample)
+    prepared, run_options, records, description, config = _prepare_selection(source, options)
+    look = map_options(config, show_names=run_options.show_names, source=source_line,
+                       title=title, subtitle=subtitle, credit=credit, caveat=caveat,
+                       palette=palette, top_n=top_n, min_guns=min_guns, max_points=max_points,
+                       tiles=tiles)
+    with stage("Analysing and drawing", enabled=show_progress()):
+        result = analyse(prepared, options=run_options, records=records,
+                         description=description)
+        html = render_map(result, options=look)
+    out = write_map(html, Path(out_path))
+    drawn = min(look.top_n, int((result.flows["guns"] >= look.min_guns).sum()))
+    click.echo(f"wrote {out} ({len(html.encode('utf-8')) / 1e6:.2f} MB): {drawn:,} of "
+               f"{len(result.flows):,} flows drawn")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(obj={})

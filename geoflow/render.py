@@ -22,11 +22,14 @@ import base64
 import html as _html
 import json
 import math
+import os
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any, Protocol
 
 import branca.element
@@ -37,7 +40,7 @@ import pandas as pd
 import shapely
 from folium.template import Template
 
-from geoflow.errors import ConfigError
+from geoflow.errors import ConfigError, OutputError
 
 __all__ = [
     "DEFAULT_CAVEAT",
@@ -51,6 +54,7 @@ __all__ = [
     "select_flows",
     "curve_flows",
     "leaflet_assets",
+    "write_map",
 ]
 
 DEFAULT_CAVEAT = (
@@ -681,6 +685,9 @@ def _source(result: MapData, options: MapOptions) -> str:
     manifest = getattr(result, "manifest", None) or {}
     path = str((manifest.get("input") or {}).get("path") or "")
     name = re.split(r"[\\/]", path)[-1] if path else "firearm trace records"
+    if name.startswith("geoflow-sample-"):
+        return ("Source: synthetic sample made by geoflow (invented records shaped by published "
+                "reporting; not real traces)")
     return f"Source: {name}; analysis by geoflow"
 
 
@@ -815,3 +822,23 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
         code.append(f"{map_name}.fitBounds({script_json(bounds)}, {{padding: [20, 20]}});")
     fmap.add_child(_Script("\n".join(code)))
     return figure.render()
+
+
+def write_map(html: str, path: str | Path) -> Path:
+    """Write the page atomically (a temporary file in the same folder, then a rename)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError("is a folder; give a file name such as map.html", path=str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".map-", suffix=".html", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(html)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise OutputError(f"cannot write the map: {exc.strerror or exc}", path=str(path)) from exc
+    return path
