@@ -39,6 +39,7 @@ import pandas as pd
 import shapely
 from rapidfuzz import fuzz, process
 
+from geoflow.errors import InputError
 from geoflow.shapes import data_file, load_states
 
 __all__ = [
@@ -141,23 +142,26 @@ def crossing_key(text: str) -> str:
     return " ".join(words)
 
 
-@lru_cache(maxsize=1)
-def _alias_table() -> dict[str, str]:
-    """Matching key → port code, built from names, sister cities and aliases."""
+def _alias_table(ports: pd.DataFrame) -> dict[str, str]:
+    """Matching key → port code, built from codes, names, sister cities and aliases."""
     table: dict[str, str] = {}
-    for row in _ports().itertuples(index=False):
-        names = [row.name, row.mx_city, *str(row.aliases).split("|")]
-        for name in names:
+    columns = [c for c in ("name", "mx_city", "aliases") if c in ports.columns]
+    for code, *cells in ports[["code", *columns]].astype(str).itertuples(index=False):
+        for name in (n for cell in cells for n in cell.split("|")):
             key = crossing_key(name)
-            if key and table.setdefault(key, row.code) != row.code:
-                raise ValueError(f"ports.csv: alias {name!r} names two ports")
+            if key and table.setdefault(key, code) != code:
+                raise InputError(f"alias {name!r} names two ports of entry", path="ports table")
     return table
+
+
+@lru_cache(maxsize=1)
+def _shipped_alias_table() -> dict[str, str]:
+    return _alias_table(_ports())
 
 
 def _match_one(value: str, codes: frozenset[str], table: dict[str, str]) -> str | None:
     """The port code for one distinct crossing string, or None."""
-    digits = re.findall(r"\b\d{4}\b", value)
-    for token in digits:
+    for token in re.findall(r"\b\d{4}\b", value):
         if token in codes:
             return token
     key = crossing_key(value)
@@ -178,23 +182,41 @@ def _match_one(value: str, codes: frozenset[str], table: dict[str, str]) -> str 
     return None
 
 
-def match_crossing(values: pd.Series) -> pd.Series:
+def _match_index(values: pd.Series, ports: pd.DataFrame | None) -> np.ndarray:
+    """Row index into ``ports`` of each value's port (-1: no match); one lookup per distinct
+    value."""
+    ports = _ports() if ports is None else ports
+    table = _shipped_alias_table() if ports is _ports() else _alias_table(ports)
+    port_codes = ports["code"].astype(str).to_numpy()
+    position = {code: i for i, code in enumerate(port_codes)}
+    codes = frozenset(port_codes)
+    index, uniques = pd.factorize(pd.Series(values, copy=False).astype("string"))
+    found = [_match_one(str(u), codes, table) for u in uniques]
+    lookup = np.array([position[f] if f else -1 for f in found] + [-1], dtype=np.intp)
+    return lookup[index]
+
+
+def _take(labels: pd.Series, index: np.ndarray) -> pd.arrays.ArrowStringArray:
+    """``labels[index]`` as a string array, NA where ``index`` is -1 (no object round trip)."""
+    return pd.array(labels.astype(str).to_numpy(), dtype="string").take(index, allow_fill=True)
+
+
+def match_crossing(values: pd.Series, *, ports: pd.DataFrame | None = None) -> pd.Series:
     """Match crossing strings to CBP port codes; NA where nothing matches.
 
     Accepts port names, sister cities and bridges in any case, with or without accents,
     state or ``PORT OF ENTRY`` (``"LAREDO, TX"``, ``"Nuevo Laredo"``, ``"World Trade
     Bridge"``), and port codes (``"2304"``); a close misspelling (``"LAREDO TEXS"``) matches
-    too. Each distinct string is matched once. Returns a ``string`` Series on ``values.index``.
+    too. Each distinct string is matched once. ``ports`` defaults to :func:`load_ports`.
+    Returns a ``string`` Series on ``values.index``.
 
     >>> match_crossing(pd.Series(["LAREDO, TX", "2402", "Cd. Juárez", "Atlantis"])).tolist()
     ['2304', '2402', '2402', <NA>]
     """
-    table = _alias_table()
-    codes = frozenset(table.values())
-    text = pd.Series(values, copy=False).astype("string")
-    index, uniques = pd.factorize(text, use_na_sentinel=True)
-    matched = np.array([_match_one(str(u), codes, table) for u in uniques] + [None], dtype=object)
-    return pd.Series(matched[index], index=text.index, dtype="string")
+    ports = _ports() if ports is None else ports
+    values = pd.Series(values, copy=False)
+    codes = _take(ports["code"], _match_index(values, ports))
+    return pd.Series(codes, index=values.index, name=values.name)
 
 
 def haversine_km(a_lonlat: np.ndarray, b_lonlat: np.ndarray) -> np.ndarray:
@@ -227,15 +249,27 @@ def choose_ports(
     ``dealer_lonlat`` and ``recovery_lonlat`` are ``(n, 2)`` arrays of lon, lat; rows with a
     missing coordinate get ``None``. Distances are computed once per distinct dealer and per
     distinct recovery site (× ports); the sum and argmin run once per distinct pair, in
-    chunks, so a million records with a few thousand places take well under a second. See
+    chunks: a million records among a few thousand places take about a second. See
     the module docstring for what this model ignores. Returns an object array of codes.
 
     >>> choose_ports([[-106.49, 31.76]], [[-106.42, 31.69]]).tolist()  # El Paso → Cd. Juárez
     ['2402']
     """
-    ports = load_ports() if ports is None else ports
+    ports = _ports() if ports is None else ports
+    best = _choose_index(dealer_lonlat, recovery_lonlat, ports, tier_penalty_km)
+    codes = ports["code"].astype(str).to_numpy()
+    return np.where(best >= 0, codes[best], None).astype(object)
+
+
+def _choose_index(
+    dealer_lonlat: np.ndarray,
+    recovery_lonlat: np.ndarray,
+    ports: pd.DataFrame,
+    tier_penalty_km: dict[str, float] | None,
+) -> np.ndarray:
+    """Row index into ``ports`` of each row's modelled port (-1 where a coordinate is
+    missing)."""
     port_xy = np.column_stack([ports.geometry.x.to_numpy(), ports.geometry.y.to_numpy()])
-    port_codes = ports["code"].astype(str).to_numpy()
     penalties = TIER_PENALTY_KM if tier_penalty_km is None else tier_penalty_km
     if "tier" in ports.columns:
         penalty = ports["tier"].astype(str).map(penalties).fillna(0.0).to_numpy(dtype=float)
@@ -243,7 +277,7 @@ def choose_ports(
         penalty = np.zeros(len(ports))
     dealer = np.asarray(dealer_lonlat, dtype=float).reshape(-1, 2)
     recovery = np.asarray(recovery_lonlat, dtype=float).reshape(-1, 2)
-    out = np.full(len(dealer), None, dtype=object)
+    out = np.full(len(dealer), -1, dtype=np.intp)
     valid = np.isfinite(dealer).all(axis=1) & np.isfinite(recovery).all(axis=1)
     if not valid.any():
         return out
@@ -258,7 +292,7 @@ def choose_ports(
         stop = start + _CHUNK
         total = to_port[pair_d[start:stop]] + from_port[pair_r[start:stop]]
         best[start:stop] = total.argmin(axis=1)
-    out[valid] = port_codes[best[pair_code]]
+    out[valid] = best[pair_code]
     return out
 
 
@@ -298,33 +332,29 @@ def assign_crossings(records: pd.DataFrame, ports: pd.DataFrame | None = None) -
     (with its count) and the record's crossing is modelled; the original text stays in
     ``crossing``. Returns a new frame; ``records`` is not changed.
     """
-    ports = load_ports() if ports is None else ports
-    names = pd.Series(ports["name"].to_numpy(), index=ports["code"].astype(str).to_numpy())
-    out = records.copy()
+    ports = _ports() if ports is None else ports
+    out = records.copy(deep=False)  # copy-on-write: new columns never reach ``records``
     n = len(out)
     if "crossing" in out.columns:
-        given = out["crossing"].astype("string")
-        known = match_crossing(given)
-        _log_unmatched(given[known.isna() & given.notna()])
+        given = out["crossing"]
+        known = _match_index(given, ports)
+        _log_unmatched(given[(known < 0) & given.notna().to_numpy()])
     else:
-        known = pd.Series(pd.NA, index=out.index, dtype="string")
+        known = np.full(n, -1, dtype=np.intp)
     coords = [
-        out[c].astype(float).to_numpy() if c in out.columns else np.full(n, np.nan)
+        out[c].to_numpy(dtype=float, na_value=np.nan) if c in out.columns else np.full(n, np.nan)
         for c in ("dealer_lon", "dealer_lat", "recovery_lon", "recovery_lat")
     ]
-    todo = known.isna().to_numpy() & np.isfinite(np.column_stack(coords)).all(axis=1)
-    modelled = np.full(n, None, dtype=object)
+    todo = (known < 0) & np.isfinite(np.column_stack(coords)).all(axis=1)
+    port = known.copy()
     if todo.any():
         dealer = np.column_stack(coords[:2])[todo]
         recovery = np.column_stack(coords[2:])[todo]
-        modelled[todo] = choose_ports(dealer, recovery, ports)
-    code = known.fillna(pd.Series(modelled, index=out.index, dtype="string"))
-    kind = np.where(known.notna().to_numpy(), "known", np.where(todo, "modelled", None))
-    out["crossing_code"] = code
-    out["crossing_name"] = pd.Series(
-        names.reindex(code.fillna("").to_numpy()).to_numpy(), index=out.index, dtype="string"
-    )
-    out["route_kind"] = pd.Series(kind, index=out.index, dtype="string")
+        port[todo] = _choose_index(dealer, recovery, ports, None)
+    kind = np.where(known >= 0, 0, np.where(todo & (port >= 0), 1, -1))
+    out["crossing_code"] = _take(ports["code"], port)
+    out["crossing_name"] = _take(ports["name"], port)
+    out["route_kind"] = _take(pd.Series(["known", "modelled"]), kind)
     return out
 
 

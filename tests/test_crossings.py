@@ -285,3 +285,18 @@ def test_assign_dedupes_many_rows_to_the_same_answer():
     expected = pd.concat([first] * 2000, ignore_index=True)
     pd.testing.assert_series_equal(out["crossing_code"], expected["crossing_code"])
     pd.testing.assert_series_equal(out["route_kind"], expected["route_kind"])
+
+
+def test_assign_on_an_empty_frame_adds_the_columns():
+    out = assign_crossings(_records().iloc[0:0])
+    assert len(out) == 0
+    assert {"crossing_code", "crossing_name", "route_kind"} <= set(out.columns)
+
+
+def test_a_custom_ports_table_is_used_for_matching_and_the_model(ports):
+    two = ports[ports["code"].isin(["2304", "2402"])].reset_index(drop=True)
+    out = assign_crossings(_records(), two)
+    # Houston → Reynosa can only go through Laredo or El Paso now; Nogales is unknown here.
+    assert out.loc[1, "crossing_code"] == "2304"
+    assert out.loc[2, "route_kind"] is pd.NA and out.loc[2, "crossing_code"] is pd.NA
+    assert match_crossing(pd.Series(["Nogales", "Juárez"]), ports=two).tolist() == [pd.NA, "2402"]
