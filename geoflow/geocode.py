@@ -208,11 +208,13 @@ class OfflineGeocoder:
         if country is None:
             return states
         exploded = states.str.split("|").explode()
-        kept = exploded[exploded.str.startswith(country + "-")]
+        exploded = exploded.dropna().astype("string")
+        kept = exploded[exploded.str.startswith(country + "-").fillna(False).astype(bool)]
         kept = kept.groupby(level=0).agg("|".join).reindex(states.index).astype("string")
         lost = states.notna() & kept.isna()
-        _add_note(result, result.index[lost],
-                  "state " + states[lost] + f" is outside country {country}")
+        noted = lost & parsed["whole_key"].isna()  # else the whole string is tried as a place
+        _add_note(result, result.index[noted],
+                  "state " + states[noted] + f" is outside country {country}")
         return kept.where(~lost, "")  # "" = a state was given but none fits: match nothing
 
     def _match_zip(self, parsed: pd.DataFrame, states: pd.Series, result: pd.DataFrame,
@@ -231,7 +233,8 @@ class OfflineGeocoder:
         z = parsed.loc[idx, "zip"]
         _set(result, idx, {
             "lat": z.map(zips["lat"]), "lon": z.map(zips["lon"]), "level": "zip", "score": 100,
-            "matched_name": z.map(zips["city"]) + ", " + z.map(zips["admin1"]).str[3:] + " " + z,
+            "matched_name": "ZIP " + z + " (" + z.map(zips["city"]) + ", "
+            + z.map(zips["admin1"]).str[3:] + ")",
             "admin1": z.map(zips["admin1"]), "source": "offline",
         })
         bad = (hit & ~fits)
@@ -260,6 +263,7 @@ class OfflineGeocoder:
         with_state = q[q["st"].notna()].assign(st=lambda d: d["st"].str.split("|"))
         with_state = with_state.explode("st")
         names = self.gazetteer.names
+        names = names[names["key"].isin(q["key"].unique())]  # small before merging
         cand_s = with_state.merge(names, left_on=["key", "st"], right_on=["key", "admin1"])
         no_state = q[q["st"].isna()]
         pool = names if country is None else names[names["country"] == country]
@@ -301,6 +305,7 @@ class OfflineGeocoder:
             accept = best.index
         else:
             score[:] = 90
+            note[:] = _join(note, pd.Series("no state given", index=best.index))
             dominant = best["rank"] >= DOMINANCE * second
             amb = best.index.isin(multi)
             score[amb] = 70
@@ -332,12 +337,17 @@ class OfflineGeocoder:
             pool = names[names["admin1"] == st].drop_duplicates("key")  # best place per key
             if pool.empty:
                 continue
-            choices = pool["key"].tolist()
-            for qid, key in zip(group.index, group["key"], strict=True):  # fuzzy fallback
-                hit = process.extractOne(key, choices, scorer=fuzz.token_sort_ratio,
-                                         processor=None, score_cutoff=self.fuzzy_cutoff)
-                if hit and hit[1] > best.get(qid, (0.0, -1))[0]:
-                    best[qid] = (hit[1], int(pool["place"].iloc[hit[2]]))
+            for start in range(0, len(group), 2000):  # bounded score matrices
+                chunk = group.iloc[start:start + 2000]
+                scores = process.cdist(chunk["key"].tolist(), pool["key"].tolist(),
+                                       scorer=fuzz.token_sort_ratio, processor=None,
+                                       score_cutoff=self.fuzzy_cutoff, dtype=np.float32,
+                                       workers=-1)
+                top = scores.argmax(axis=1)
+                ratio = scores[np.arange(len(top)), top]
+                for qid, j, r in zip(chunk.index, top, ratio, strict=True):
+                    if r > 0 and r > best.get(qid, (0.0, -1))[0]:
+                        best[qid] = (float(r), int(pool["place"].iat[j]))
         if not best:
             return
         idx = pd.Index(list(best))
@@ -539,7 +549,8 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
         res = pd.DataFrame(index=records.index, columns=list(RESULT_COLUMNS[1:]))
         res = _empty_result(text).drop(columns="query")
         res.loc[given, ["lat", "lon"]] = np.c_[lat[given], lon[given]]
-        _set(res, res.index[given], {"level": "coordinates", "score": 100, "source": "input"})
+        _set(res, res.index[given], {"level": "coordinates", "score": 100, "source": "input",
+                                     "admin1": _admin1_at(lat[given], lon[given])})
         for code in country[~given].unique():  # at most US, MX, other
             rows = ~given & (country == code)
             if code == "other":
@@ -559,6 +570,23 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
         parts.append(res.assign(role=role, query=text, line=lines.to_numpy()))
     report = _report(pd.concat(parts, ignore_index=True))
     return out, report
+
+
+def _admin1_at(lat: pd.Series, lon: pd.Series) -> pd.Series:
+    """ISO 3166-2 state containing each point (shipped polygons); NA outside US and Mexico."""
+    out = pd.Series(pd.NA, index=lat.index, dtype="string")
+    if lat.empty:
+        return out
+    import shapely
+
+    from geoflow.shapes import load_states
+
+    states = load_states()
+    points = shapely.points(lon.to_numpy(), lat.to_numpy())
+    hit_point, hit_state = shapely.STRtree(states.geometry.to_numpy()).query(
+        points, predicate="within")
+    out.iloc[hit_point] = states["code"].to_numpy()[hit_state]
+    return out
 
 
 def _report(long: pd.DataFrame) -> pd.DataFrame:

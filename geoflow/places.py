@@ -7,9 +7,10 @@ countries expanded (``CD.`` → ``CIUDAD``, ``NVO.`` → ``NUEVO``, ``FT`` → `
 ATF-style or Mexican abbreviation, full name, ISO 3166-2 code) and US ZIP split off.
 
 >>> parse_places(pd.Series(["E DUNDEE, IL 60118", "CD. JUAREZ, CHIH."]))[
-...     ["place_key", "states", "zip"]].to_dict("records")  # doctest: +NORMALIZE_WHITESPACE
+...     ["place_key", "states", "zip"]].fillna("").to_dict("records")
+... # doctest: +NORMALIZE_WHITESPACE
 [{'place_key': 'EAST DUNDEE', 'states': 'US-IL', 'zip': '60118'},
- {'place_key': 'CIUDAD JUAREZ', 'states': 'MX-CHH', 'zip': <NA>}]
+ {'place_key': 'CIUDAD JUAREZ', 'states': 'MX-CHH', 'zip': ''}]
 """
 
 from __future__ import annotations

@@ -1,0 +1,300 @@
+"""The offline geocoder places messy US and Mexican strings where they are, or says why not."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geoflow.errors import GeocodeError, InputError
+from geoflow.geocode import (
+    REPORT_COLUMNS,
+    RESULT_COLUMNS,
+    geocode,
+    geocode_traces,
+    load_gazetteer,
+    load_overrides,
+)
+from geoflow.io import read_traces
+
+DATA = Path(__file__).parent / "data"
+
+
+def km(lat1, lon1, lat2, lon2):
+    lat1, lon1, lat2, lon2 = map(np.radians, (lat1, lon1, lat2, lon2))
+    h = (np.sin((lat2 - lat1) / 2) ** 2
+         + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2)
+    return 2 * 6371.0 * np.arcsin(np.sqrt(h))
+
+
+@pytest.fixture(scope="module")
+def expected() -> pd.DataFrame:
+    table = pd.read_csv(DATA / "geocode_expected.csv", comment="#")
+    parts = []
+    for country, group in table.groupby("country", sort=False):
+        got = geocode(group["query"], country=country)
+        got.index = group.index
+        parts.append(got.add_prefix("got_"))
+    return table.join(pd.concat(parts))
+
+
+def test_expected_table_is_large_and_covers_both_countries(expected):
+    assert len(expected) >= 150
+    assert set(expected["country"]) == {"US", "MX"}
+    assert expected["query"].is_unique
+
+
+def test_at_least_97_percent_within_tolerance_and_in_the_right_state(expected):
+    dist = km(expected["lat"], expected["lon"], expected["got_lat"], expected["got_lon"])
+    good = (dist <= expected["tolerance_km"]) & (expected["got_admin1"] == expected["admin1"])
+    misses = expected.loc[~good, ["query", "got_matched_name", "got_note"]]
+    assert good.mean() >= 0.97, misses.to_string()
+
+
+def test_no_answer_in_the_wrong_country(expected):
+    placed = expected["got_admin1"].notna()
+    assert (expected.loc[placed, "got_admin1"].str[:2] == expected.loc[placed, "country"]).all()
+
+
+def test_result_has_the_contract_columns_in_input_order_with_duplicates():
+    got = geocode(["FT WORTH TX", "Tucson, Ariz.", "FT WORTH TX", None])
+    assert tuple(got.columns) == RESULT_COLUMNS
+    assert got["query"].tolist() == ["FT WORTH TX", "Tucson, Ariz.", "FT WORTH TX", ""]
+    assert got.loc[0].equals(got.loc[2].rename(0))
+    assert got["admin1"].iloc[:2].tolist() == ["US-TX", "US-AZ"]
+    assert got.loc[3, "level"] == "" and got.loc[3, "note"] == "empty place"
+
+
+@pytest.mark.parametrize(
+    ("query", "name", "admin1"),
+    [
+        ("HEROICA MATAMOROS, TAMPS.", "Heroica Matamoros", "MX-TAM"),
+        ("Culiacán Rosales, Sinaloa", "Culiacán", "MX-SIN"),
+        ("DISTRITO FEDERAL", "Mexico City", "MX-CMX"),
+        ("MEXICO, D.F.", "Mexico City", "MX-CMX"),
+        ("CUAJIMALPA, D.F.", "Delegación Cuajimalpa", "MX-CMX"),
+        ("MILPA ALTA, CDMX", "Milpa Alta", "MX-CMX"),
+        ("VENUSTIANO CARRANZA, D.F.", "Venustiano Carranza", "MX-CMX"),
+        ("TOLUCA, EDO. MEX.", "Toluca", "MX-MEX"),
+        ("ECATEPEC, EDO. MEX.", "Ecatepec de Morelos", "MX-MEX"),
+        ("NAUCALPAN, EDO. MEX.", "Naucalpan de Juárez", "MX-MEX"),
+    ],
+)
+def test_alternate_and_historic_names(query, name, admin1):
+    got = geocode([query], country="MX").iloc[0]
+    assert got["admin1"] == admin1
+    assert got["matched_name"].startswith(name)
+    assert got["level"] in ("city", "municipality")
+
+
+def test_accents_and_case_are_ignored():
+    got = geocode(["Culiacán, Sin.", "CULIACAN, SIN.", "culiacan, sin"], country="MX")
+    assert got["lat"].nunique() == 1 and got["score"].eq(100).all()
+
+
+def test_ambiguous_names_without_a_state_are_reported_not_guessed():
+    got = geocode(["Springfield", "Glendale"], country="US")
+    assert (got["level"] == "").all()
+    assert got["lat"].isna().all()
+    assert got["note"].str.startswith("ambiguous").all()
+    assert "SPRINGFIELD" in got.loc[0, "note"] and "US-IL" in got.loc[0, "note"]
+
+
+def test_a_dominant_name_without_a_state_is_taken_with_a_low_score_and_a_note():
+    got = geocode(["GUADALAJARA"], country="MX").iloc[0]
+    assert got["admin1"] == "MX-JAL"
+    assert got["score"] < 80
+    assert "ambiguous" in got["note"] and "most populous" in got["note"]
+
+
+def test_a_unique_name_without_a_state_is_placed_and_noted():
+    got = geocode(["NVO LAREDO"], country="MX").iloc[0]
+    assert got["admin1"] == "MX-TAM" and got["score"] == 90
+    assert "no state given" in got["note"]
+
+
+def test_same_named_places_in_one_state_most_populous_wins_and_says_so():
+    gaz = load_gazetteer()
+    places = gaz.places
+    named = places[(places["key"] == "BENITO JUAREZ") & (places["admin1"] == "MX-CHH")]
+    assert len(named) >= 2  # the gazetteer really has several
+    got = geocode(["BENITO JUAREZ, CHIH."]).iloc[0]
+    biggest = named.sort_values("population").iloc[-1]
+    assert (got["lat"], got["lon"]) == (biggest["lat"], biggest["lon"])
+    assert f"most populous of {len(named)}" in got["note"]
+    assert got["score"] < 100
+
+
+def test_with_a_state_the_answer_lies_in_that_state():
+    got = geocode(["NOGALES, SON.", "NOGALES, AZ", "NOGALES, VER.", "LAREDO, TAMPS."])
+    assert got["admin1"].tolist()[:3] == ["MX-SON", "US-AZ", "MX-VER"]
+    # Laredo is in Texas; in Tamaulipas there is none, so the state is all we can say.
+    assert got.loc[3, "admin1"] == "MX-TAM"
+    assert got.loc[3, "level"] in ("state", "city", "municipality")
+
+
+def test_country_constrains_the_answer():
+    got = geocode(["EL PASO, TX", "NOGALES"], country="MX")
+    assert got.loc[0, "level"] == "" and "outside country MX" in got.loc[0, "note"]
+    assert got.loc[1, "admin1"] == "MX-SON"
+    assert geocode(["NOGALES"], country="US").loc[0, "admin1"] == "US-AZ"
+    with pytest.raises(GeocodeError, match="country"):
+        geocode(["X"], country="CA")
+
+
+def test_fuzzy_match_stays_in_the_state_and_reports_its_score():
+    got = geocode(["HERMOSILO, SON", "MONTERY, N.L.", "HERMOSILO, TX"])
+    assert got.loc[0, "matched_name"] == "Hermosillo, Sonora"
+    assert got.loc[1, "admin1"] == "MX-NLE" and got.loc[1, "matched_name"].startswith("Monterrey")
+    assert got.loc[:1, "note"].str.contains("fuzzy").all()
+    assert got.loc[:1, "score"].between(70, 95).all()
+    assert got.loc[2, "admin1"] == "US-TX" and got.loc[2, "level"] == "state"
+
+
+def test_zip_wins_and_a_zip_from_another_state_is_not_used():
+    got = geocode(["AUSTIN, TX 78701", "AUSTIN, TX 60118"])
+    assert got.loc[0, "level"] == "zip" and got.loc[0, "admin1"] == "US-TX"
+    assert got.loc[1, "level"] == "city" and got.loc[1, "admin1"] == "US-TX"
+    assert "60118 is in US-IL" in got.loc[1, "note"]
+
+
+def test_state_only_strings_get_the_state_point():
+    got = geocode(["TAMAULIPAS", "S.L.P.", "B.C.S.", "Texas"])
+    assert got["level"].eq("state").all()
+    assert got["admin1"].tolist() == ["MX-TAM", "MX-SLP", "MX-BCS", "US-TX"]
+    assert got["lat"].notna().all()
+
+
+def test_unknown_place_in_a_known_state_falls_back_to_the_state_with_a_low_score():
+    got = geocode(["QWERTYVILLE, CHIH."]).iloc[0]
+    assert got["level"] == "state" and got["admin1"] == "MX-CHH" and got["score"] <= 30
+    assert "not found" in got["note"]
+
+
+def test_gazetteer_loads_fast_enough_and_is_indexed():
+    import time
+
+    load_gazetteer.cache_clear()
+    start = time.perf_counter()
+    gaz = load_gazetteer()
+    assert time.perf_counter() - start < 2.0  # well under a second on a normal machine
+    assert {"US", "MX"} <= set(gaz.places["country"])
+    assert len(gaz.states) >= 83
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def test_overrides_win_with_coordinates_or_a_replacement(tmp_path):
+    path = tmp_path / "overrides.csv"
+    path.write_text("place,lat,lon,replacement\n"
+                    "\"Rancho El Sauz, Chih.\",28.5,-106.1,\n"
+                    "\"LAREDO, TAMPS.\",,,\"NVO LAREDO, TAMPS\"\n"
+                    "\"Houston, TX\",29.0,-95.0,\n", encoding="utf-8")
+    overrides = load_overrides(path)
+    got = geocode(["Rancho el Sauz, CHIH", "LAREDO, TAMPS.", "houston tx", "TUCSON, AZ"],
+                  overrides=overrides)
+    assert (got.loc[0, "lat"], got.loc[0, "lon"]) == (28.5, -106.1)
+    assert got.loc[0, "source"] == "override" and got.loc[0, "level"] == "coordinates"
+    assert got.loc[1, "matched_name"] == "Nuevo Laredo, Tamaulipas"
+    assert got.loc[1, "source"] == "override" and "NVO LAREDO" in got.loc[1, "note"]
+    assert (got.loc[2, "lat"], got.loc[2, "lon"]) == (29.0, -95.0)
+    assert got.loc[3, "source"] == "offline"
+
+
+def test_an_edited_report_can_be_passed_back_as_overrides(tmp_path):
+    report = geocode(["QWERTYVILLE, CHIH.", "TUCSON, AZ"])
+    report.loc[0, ["lat", "lon"]] = [28.1, -105.5]
+    path = tmp_path / "report.csv"
+    report.to_csv(path, index=False)
+    got = geocode(["QWERTYVILLE, CHIH."], overrides=load_overrides(path)).iloc[0]
+    assert (got["lat"], got["lon"], got["source"]) == (28.1, -105.5, "override")
+
+
+def test_bad_overrides_name_file_line_and_column(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("place,lat,lon\nA,10,20\nB,north,20\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad\.csv.*line 3, column lat"):
+        load_overrides(path)
+    path.write_text("name,where\nA,B\n", encoding="utf-8")
+    with pytest.raises(InputError, match="place"):
+        load_overrides(path)
+    with pytest.raises(InputError):
+        load_overrides(tmp_path / "missing.csv")
+
+
+# ----------------------------------------------------------------------------- traces
+
+
+TRACES = """\
+Trace Number,FFL Name,FFL City,FFL State,FFL Zip,Purchaser,Purchase Date,Recovery Date,\
+Recovery City,Recovery State,Recovery Country,Recovery Lat,Recovery Lon
+T1,GAT Guns,E DUNDEE,IL,60118,Rogelio Barajas,2007-01-02,2008-09-01,NVO. LAREDO,TAMPS.,,,
+T2,GAT Guns,E DUNDEE,IL,60118,Rogelio Barajas,2007-02-02,2008-09-01,NVO. LAREDO,TAMPS.,,,
+T3,GAT Guns,E DUNDEE,IL,60118,Rogelio Barajas,2007-03-02,2008-10-01,CULIACAN,SIN.,MEXICO,,
+T4,Hart Brothers,ALBERT LEA,MN,56007,Paul De La Rosa,2007-01-02,2008-09-01,MEXICO,D.F.,MEX,,
+T5,Invented Guns,FT WORTH,TX,,Jane Doe,2007-01-02,2008-09-01,JUAREZ,,,,
+T6,Invented Guns,FT WORTH,TX,,Jane Doe,2007-01-02,2008-09-01,,,,25.68,-100.31
+T7,Invented Guns,NOWHERESVILLE,TX,,Jane Doe,2007-01-02,2008-09-01,GUATEMALA CITY,,GUATEMALA,,
+T8,Other Guns,,,,John Roe,2007-01-02,2008-09-01,QWERTYVILLE,CHIH.,,,
+"""
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    path = tmp_path_factory.mktemp("traces") / "traces.csv"
+    path.write_text(TRACES, encoding="utf-8")
+    read = read_traces(path)
+    return read.records, *geocode_traces(read.records)
+
+
+def test_trace_records_get_coordinates_level_score_state_and_place(traced):
+    records, out, _ = traced
+    assert len(out) == len(records)
+    for role in ("dealer", "recovery"):
+        for suffix in ("lat", "lon", "geocode_level", "geocode_score", "admin1", "place"):
+            assert f"{role}_{suffix}" in out.columns
+    by_id = out.set_index("trace_id")
+    assert by_id.loc["T1", "dealer_admin1"] == "US-IL"
+    assert by_id.loc["T1", "recovery_place"] == "Nuevo Laredo, Tamaulipas"
+    assert by_id.loc["T3", "recovery_admin1"] == "MX-SIN"
+    assert by_id.loc["T4", "recovery_admin1"] == "MX-CMX"
+    assert by_id.loc["T5", "dealer_place"] == "Fort Worth, TX"
+
+
+def test_coordinates_in_the_input_are_kept(traced):
+    _, out, _ = traced
+    row = out.set_index("trace_id").loc["T6"]
+    assert (row["recovery_lat"], row["recovery_lon"]) == (25.68, -100.31)
+    assert row["recovery_geocode_level"] == "coordinates"
+    assert row["recovery_admin1"] == "MX-NLE"  # the state the point lies in
+
+
+def test_report_lists_every_string_unmatched_first_and_accounts_for_every_record(traced):
+    records, out, report = traced
+    assert tuple(report.columns) == REPORT_COLUMNS
+    for role in ("dealer", "recovery"):
+        assert report.loc[report["role"] == role, "records"].sum() == len(records)
+    unmatched = report["level"] == ""
+    assert unmatched.any()
+    assert unmatched.to_numpy()[: unmatched.sum()].all()  # unmatched rows come first
+    placed = report[~unmatched]
+    assert placed["score"].is_monotonic_increasing
+    dundee = report[(report["role"] == "dealer") & report["query"].str.contains("DUNDEE")].iloc[0]
+    assert dundee["records"] == 3 and dundee["first_lines"] == "2 3 4"
+    notes = report.set_index(["role", "query"])["note"]
+    assert "ambiguous" in notes["recovery", "JUAREZ"]
+    assert "not covered: GUATEMALA" in notes["recovery", "GUATEMALA CITY"]
+    assert notes["dealer", ""] == "empty place"
+    assert (out["recovery_geocode_level"] == "").sum() == report.loc[
+        (report["role"] == "recovery") & unmatched, "records"].sum()
+
+
+def test_trace_overrides_from_a_file_win(tmp_path, traced):
+    records, _, _ = traced
+    path = tmp_path / "fix.csv"
+    path.write_text("place,lat,lon\n\"JUAREZ\",31.7,-106.4\n", encoding="utf-8")
+    out, report = geocode_traces(records, overrides=path)
+    row = out.set_index("trace_id").loc["T5"]
+    assert (row["recovery_lat"], row["recovery_lon"]) == (31.7, -106.4)
+    assert report.set_index(["role", "query"]).loc[("recovery", "JUAREZ"), "source"] == "override"
