@@ -677,6 +677,7 @@ class GeopyGeocoder:
             kwargs["scheme"] = scheme
         if api_key:
             kwargs["username" if service == "geonames" else "api_key"] = api_key
+        kwargs["adapter_factory"] = _single_try_adapter()  # retries would bypass the rate limit
         try:
             self.client = get_geocoder_for_service(service)(**kwargs)
         except (TypeError, ValueError) as exc:  # missing api key and the like
@@ -687,6 +688,16 @@ class GeopyGeocoder:
         self.fallback = fallback or _default_geocoder()
         self.requests_made = 0
         self._last_request: float | None = None
+
+    def close(self) -> None:
+        """Close the cache database."""
+        self.cache.close()
+
+    def __enter__(self) -> GeopyGeocoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _wait(self) -> None:
         if self._last_request is not None:
@@ -767,6 +778,17 @@ class GeopyGeocoder:
             "admin1": admin1 if admin1 else wanted, "source": self.name,
         })
         _add_note(result, pd.Index([idx]), f"{where} answered")
+
+
+def _single_try_adapter() -> Any:
+    """A geopy HTTP adapter that never retries by itself (each try counts for the limit)."""
+    from geopy.adapters import RequestsAdapter, URLLibAdapter
+
+    try:
+        import requests  # noqa: F401
+    except ImportError:  # pragma: no cover - requests is a geopy extra
+        return URLLibAdapter
+    return functools.partial(RequestsAdapter, max_retries=0)
 
 
 def _geopy_admin1(raw: dict[str, Any]) -> str | None:
