@@ -442,6 +442,44 @@ def sample_command(out_path: str, rows: int, seed: int) -> None:
     click.echo(f"wrote {out}: {rows:,} SYNTHETIC trace records (seed {seed})")
 
 
+# --------------------------------------------------------------------------------------------
+# ports (shapes and crossings engineer)
+
+
+@cli.command("ports")
+@click.option("--match", "texts", multiple=True, metavar="TEXT",
+              help="Show which port a crossing text matches (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="Output format.")
+def ports_command(texts: tuple[str, ...], fmt: str) -> None:
+    """List the shipped US–Mexico ports of entry, or test how crossing texts match them.
+
+    A record's own crossing (name, sister city, bridge or CBP code) is matched this way;
+    records without one get the port that makes the shortest dealer → port → recovery trip.
+
+    \b
+    Example:
+      geoflow ports
+      geoflow ports --match "NVO. LAREDO, TAMPS." --match 2402
+    """
+    import pandas as pd
+
+    from geoflow.crossings import load_ports, match_crossing
+
+    ports = load_ports()
+    if texts:
+        codes = match_crossing(pd.Series(list(texts), dtype="string"))
+        names = ports.set_index("code")["name"]
+        table = pd.DataFrame({"text": list(texts), "code": codes,
+                              "name": codes.map(names, na_action="ignore")})
+        title = "Crossing texts and the ports they match"
+    else:
+        table = pd.DataFrame(ports.drop(columns=["geometry", "aliases", "source"])).assign(
+            lat=ports.geometry.y.round(5), lon=ports.geometry.x.round(5))
+        title = "US–Mexico land ports of entry (shapes/ports.csv)"
+    _echo_table(table, fmt=fmt, title=title)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(obj={})

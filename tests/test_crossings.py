@@ -300,3 +300,23 @@ def test_a_custom_ports_table_is_used_for_matching_and_the_model(ports):
     assert out.loc[1, "crossing_code"] == "2304"
     assert out.loc[2, "route_kind"] is pd.NA and out.loc[2, "crossing_code"] is pd.NA
     assert match_crossing(pd.Series(["Nogales", "Juárez"]), ports=two).tolist() == [pd.NA, "2402"]
+
+
+def test_cli_lists_ports_and_explains_matches():
+    import io
+
+    from click.testing import CliRunner
+
+    from geoflow.cli import cli
+
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["ports", "--format", "csv"])
+    assert listed.exit_code == 0, listed.output
+    table = pd.read_csv(io.StringIO(listed.output), dtype={"code": str})
+    assert len(table) == len(load_ports()) and "2304" in set(table["code"])
+    matched = runner.invoke(
+        cli, ["ports", "--format", "csv", "--match", "NVO. LAREDO, TAMPS.", "--match", "Atlantis"]
+    )
+    assert matched.exit_code == 0, matched.output
+    rows = pd.read_csv(io.StringIO(matched.output), dtype=str, keep_default_na=False)
+    assert rows.values.tolist() == [["NVO. LAREDO, TAMPS.", "2304", "Laredo"], ["Atlantis", "", ""]]
