@@ -17,13 +17,15 @@ class. One piece of geography is modelled too: the Gulf of California has no roa
 so the Mexican leg between a Baja California port (``mx_state`` ``MX-BCN``) and a recovery
 site off the peninsula (or from a mainland port to a site on it) goes round the head of the
 Gulf, via :data:`GULF_HEAD` near San Luis Río Colorado. Without it, Los Angeles → Culiacán
-would "cross" at Tijuana and sail down the Gulf. That is a fair first guess for where a gun
-crossed, and for short trips it is usually the obvious port.
-It ignores roads (a port may be close in a straight line and far by highway, e.g. across the
-Sierra Madre), border wait times, the ports' hours and cargo rules, and, above all, what
-traffickers actually do: they pick crossings for their contacts and for how inspections are
-run, and long-haul routes often funnel through Laredo whatever the geometry says. Modelled
-crossings are therefore labelled as such in every output and must not be reported as fact.
+would "cross" at Tijuana and sail down the Gulf.
+
+That is a fair first guess for where a gun crossed, and for short trips it is usually the
+obvious port. It ignores the road network otherwise (a port may be close in a straight line
+and far by highway, e.g. across the Sierra Madre), border wait times, the ports' hours and
+cargo rules, and, above all, what traffickers actually do: they pick crossings for their
+contacts and for how inspections are run, and long-haul routes often funnel through Laredo
+whatever the geometry says. Modelled crossings are therefore labelled as such in every
+output and must not be reported as fact.
 """
 
 from __future__ import annotations
