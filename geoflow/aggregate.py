@@ -406,10 +406,13 @@ def findings(
     *,
     min_guns: int = 10,
     top_n: int = 3,
+    max_listed: int = 25,
 ) -> list[dict]:
     """Headline findings: each a dict ``id``, ``text`` (one sentence) and ``numbers``.
 
-    Computed from the tables, so a reporter can check every figure against the CSVs.
+    Computed from the tables, so a reporter can check every figure against the CSVs (the
+    purchasers behind the first finding are listed up to ``max_listed``; all are in
+    ``by_trafficker``).
     """
     out: list[dict] = []
     traffickers = tables["by_trafficker"]
@@ -427,10 +430,12 @@ def findings(
             "purchasers": len(big),
             "mostly_one_store": len(single),
             "guns": int(big["guns"].sum()),
+            "listed": min(len(big), max_listed),
             "top": [
                 {k: _num(v) for k, v in row.items()}
-                for row in big[["purchaser", "guns", "top_dealer", "top_dealer_guns",
-                                "top_dealer_share", "crossings"]].to_dict("records")
+                for row in big.head(max_listed)[
+                    ["purchaser", "guns", "top_dealer", "top_dealer_guns", "top_dealer_share",
+                     "crossings"]].to_dict("records")
             ],
         },
     })

@@ -31,6 +31,7 @@ __all__ = [
     "write_csv",
     "to_jsonable",
     "write_json",
+    "geojson_text",
     "geojson_features",
     "write_geojson",
     "safe_path",
@@ -100,40 +101,57 @@ def write_json(data: object, path: str | Path) -> None:
     Path(path).write_text(text + "\n", encoding="utf-8")
 
 
-def _properties(frame: pd.DataFrame) -> list[dict]:
-    table = frame.astype(object)
-    table = table.where(frame.notna(), None)
-    return [to_jsonable(row) for row in table.to_dict("records")]
+def _property_lines(frame: pd.DataFrame) -> list[str]:
+    """One JSON object text per row (pandas' C encoder: NaN/NA → null, floats ≤ 10 digits)."""
+    if frame.shape[1] == 0:
+        return ["{}"] * len(frame)
+    table = frame.copy()
+    for column in table.columns:
+        if table[column].dtype.kind == "f":
+            table[column] = table[column].round(DECIMALS)
+        elif table[column].dtype.kind == "M":
+            table[column] = table[column].dt.strftime("%Y-%m-%d")
+    text = table.to_json(orient="records", lines=True, force_ascii=False,
+                         double_precision=10, date_format="iso")
+    return text.splitlines()
 
 
-def _rounded(geometries: np.ndarray) -> np.ndarray:
+def _geometry_texts(geometries: np.ndarray) -> np.ndarray:
+    """GeoJSON geometry texts: exteriors counter-clockwise, coordinates rounded to 6 decimals
+    (GEOS writes the shortest round-tripping form), ``null`` for missing or empty."""
     geometries = shapely.orient_polygons(geometries, exterior_cw=False)
-    return shapely.transform(geometries, lambda xy: np.round(xy, DECIMALS))
+    geometries = shapely.transform(geometries, lambda xy: np.round(xy, DECIMALS))
+    texts = shapely.to_geojson(geometries)
+    missing = shapely.is_missing(geometries) | shapely.is_empty(geometries)
+    return np.where(missing, "null", texts)
 
 
-def geojson_features(gdf: gpd.GeoDataFrame) -> dict:
-    """An RFC 7946 FeatureCollection dict for ``gdf`` (reprojected to EPSG:4326 if needed)."""
+def geojson_text(gdf: gpd.GeoDataFrame) -> str:
+    """RFC 7946 FeatureCollection text for ``gdf`` (reprojected to EPSG:4326 if needed).
+
+    Vectorised: properties through pandas' JSON encoder, geometries through GEOS; only the
+    final string join touches each feature.
+    """
     if gdf.crs is not None and not gdf.crs.equals("EPSG:4326"):
         gdf = gdf.to_crs("EPSG:4326")
     geometry_name = gdf.geometry.name
-    properties = _properties(pd.DataFrame(gdf.drop(columns=geometry_name)))
-    geometries = _rounded(gdf.geometry.to_numpy())
-    features = [
-        {
-            "type": "Feature",
-            "properties": props,
-            "geometry": None if geom is None or geom.is_empty else shapely.geometry.mapping(geom),
-        }
+    properties = _property_lines(pd.DataFrame(gdf.drop(columns=geometry_name)))
+    geometries = _geometry_texts(gdf.geometry.to_numpy())
+    features = ",\n".join(
+        f'{{"type":"Feature","properties":{props},"geometry":{geom}}}'
         for props, geom in zip(properties, geometries, strict=True)
-    ]
-    return {"type": "FeatureCollection", "features": features}
+    )
+    return f'{{"type":"FeatureCollection","features":[\n{features}\n]}}\n'
+
+
+def geojson_features(gdf: gpd.GeoDataFrame) -> dict:
+    """The FeatureCollection of :func:`geojson_text` as a dict."""
+    return json.loads(geojson_text(gdf))
 
 
 def write_geojson(gdf: gpd.GeoDataFrame, path: str | Path) -> None:
-    """Write ``gdf`` as RFC 7946 GeoJSON (compact)."""
-    text = json.dumps(geojson_features(gdf), ensure_ascii=False, separators=(",", ":"),
-                      allow_nan=False)
-    Path(path).write_text(text + "\n", encoding="utf-8")
+    """Write ``gdf`` as RFC 7946 GeoJSON (one feature per line)."""
+    Path(path).write_text(geojson_text(gdf), encoding="utf-8")
 
 
 def safe_path(folder: str | Path, name: str) -> Path:

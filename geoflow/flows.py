@@ -30,8 +30,9 @@ __all__ = [
 ]
 
 EARTH_RADIUS_KM = 6371.0088
-#: Longest straight segment left in a densified line, in km.
-SEGMENT_KM = 50.0
+#: Longest straight segment left in a densified line, in km (curvature of a great circle over
+#: 100 km is far below a pixel at the zoom levels a US–Mexico map is read at).
+SEGMENT_KM = 100.0
 
 FLOW_COLUMNS: tuple[str, ...] = (
     "flow_id", "dealer_id", "dealer_name", "dealer_place", "dealer_state", "crossing_code",
@@ -240,9 +241,10 @@ def build_flows(
             "recovery_lat": r_lat.astype(float),
         }
     )
-    id_key = table[["dealer_id", "dealer_state", "crossing_code", "recovery_place",
-                    "recovery_state", "route_kind"]].astype("string").fillna("").agg(
-                        "|".join, axis=1) if n else pd.Series([], dtype="string")
+    key_columns = ["dealer_id", "dealer_state", "crossing_code", "recovery_place",
+                   "recovery_state", "route_kind"]
+    id_key = table[key_columns[0]].fillna("").str.cat(
+        [table[c].fillna("") for c in key_columns[1:]], sep="|")
     table.insert(0, "flow_id", _hash_ids(id_key, "F-", 10).to_numpy())
     geometry = flow_lines(
         table[["dealer_lon", "dealer_lat"]].to_numpy(),
