@@ -480,6 +480,107 @@ def ports_command(texts: tuple[str, ...], fmt: str) -> None:
     _echo_table(table, fmt=fmt, title=title)
 
 
+# --------------------------------------------------------------------------------------------
+# geocode (geocoding engineer)
+
+
+@cli.command("geocode")
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
+@click.option("--column", help="Geocode this column of a plain CSV (default: the dealer and "
+                               "recovery places of a trace file).")
+@click.option("--country", type=click.Choice(["US", "MX"], case_sensitive=False),
+              help="Only accept places in this country (with --column).")
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="CSV to write: every input row with lat, lon, level, score, matched_name, "
+                   "admin1, source, note.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="Where to write the report of distinct strings "
+                   "(default: geocode_report.csv next to OUT).")
+@click.option("--geocoder", "service", default="offline", show_default=True,
+              type=click.Choice(["offline", "nominatim", "photon", "arcgis", "opencage",
+                                 "geonames", "googlev3", "bing", "mapbox", "here"]),
+              help="offline = shipped gazetteer; others ask a geopy service for the places "
+                   "the gazetteer lacks (at most one request a second, cached).")
+@click.option("--user-agent", help="User agent for an online geocoder (required by Nominatim).")
+@click.option("--api-key", envvar="GEOFLOW_GEOCODER_API_KEY",
+              help="API key for services that need one (or GEOFLOW_GEOCODER_API_KEY).")
+@click.option("--domain", help="Host[:port] of a self-hosted service (e.g. your Nominatim).")
+@click.option("--scheme", type=click.Choice(["https", "http"]), help="Scheme for --domain.")
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
+              help="SQLite cache of online answers (default: in the user cache folder).")
+@click.option("--overrides", type=click.Path(exists=True, dir_okay=False),
+              help="CSV of fixes: place,lat,lon or place,replacement (an edited report works).")
+def geocode_command(input_path: str, column: str | None, country: str | None, out_path: str,
+                    report_path: str | None, service: str, user_agent: str | None,
+                    api_key: str | None, domain: str | None, scheme: str | None,
+                    cache_path: str | None, overrides: str | None) -> None:
+    """Geocode place strings offline (or with a geopy service) and report every match.
+
+    Without --column, INPUT is a trace file: dealer and recovery places get coordinates,
+    level and score. The report lists each distinct string with how it matched and how many
+    rows it covers, unmatched and low-confidence first; fix them in an overrides file.
+
+    \b
+    Example:
+      geoflow geocode traces.csv -o traces_geocoded.csv
+      geoflow geocode places.csv --column city --country MX -o places_geocoded.csv
+      geoflow geocode traces.csv -o out.csv --geocoder nominatim --user-agent "my-desk"
+    """
+    from pathlib import Path
+
+    import pandas as pd
+
+    from geoflow.errors import InputError, OutputError, SchemaError
+    from geoflow.export import write_csv
+    from geoflow.geocode import GeopyGeocoder, geocode_column, geocode_traces, load_overrides
+
+    fixes = load_overrides(overrides) if overrides else None
+    geocoder = None
+    if service != "offline":
+        geocoder = GeopyGeocoder(service, user_agent=user_agent or "", api_key=api_key,
+                                 domain=domain, scheme=scheme, cache_path=cache_path)
+    try:
+        if column:
+            try:
+                frame = pd.read_csv(input_path, dtype="string", keep_default_na=False,
+                                    na_values=[""], encoding="utf-8-sig")
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read CSV: {exc}", path=input_path) from exc
+            if column not in frame.columns:
+                raise SchemaError(f"no column {column!r}; columns are: "
+                                  + ", ".join(map(str, frame.columns)), path=input_path)
+            out, report = geocode_column(frame, column, country=country and country.upper(),
+                                         geocoder=geocoder, overrides=fixes)
+            level = out["level" if "level_geocoded" not in out else "level_geocoded"]
+        else:
+            if country:
+                raise click.UsageError("--country applies to --column; trace files place "
+                                       "dealers in the US and recoveries by recovery_country")
+            from geoflow.io import read_traces
+
+            read = read_traces(input_path)
+            out, report = geocode_traces(read.records, geocoder=geocoder, overrides=fixes)
+            level = pd.concat([out["dealer_geocode_level"], out["recovery_geocode_level"]])
+    finally:
+        if geocoder is not None:
+            geocoder.close()
+    out_file = Path(out_path)
+    report_file = Path(report_path) if report_path else out_file.parent / "geocode_report.csv"
+    if report_file.resolve() == out_file.resolve():
+        raise click.UsageError("--report must differ from --out")
+    try:
+        for path in (out_file, report_file):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(out, out_file)
+        write_csv(report, report_file)
+    except OSError as exc:
+        raise OutputError(f"cannot write: {exc}", path=str(exc.filename or out_file)) from exc
+    counts = level.fillna("").replace("", "unmatched").value_counts()
+    click.echo(f"wrote {out_file} ({len(out):,} rows) and {report_file} "
+               f"({len(report):,} distinct strings): "
+               + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(obj={})

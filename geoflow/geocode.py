@@ -45,6 +45,7 @@ __all__ = [
     "load_overrides",
     "geocode",
     "geocode_traces",
+    "geocode_column",
     "default_cache_path",
 ]
 
@@ -569,6 +570,27 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
         out[f"{role}_place"] = res["matched_name"].astype("string")
         parts.append(res.assign(role=role, query=text, line=lines.to_numpy()))
     report = _report(pd.concat(parts, ignore_index=True))
+    return out, report
+
+
+def geocode_column(frame: pd.DataFrame, column: str, *, country: str | None = None,
+                   geocoder: Geocoder | None = None,
+                   overrides: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Geocode one text column of any table; return ``(frame with result columns, report)``.
+
+    Every row is kept; ``lat``, ``lon``, ``level``, ``score``, ``matched_name``, ``admin1``,
+    ``source`` and ``note`` are added (suffixed ``_geocoded`` where the table already has a
+    column of that name). The report is as in :func:`geocode_traces`, with ``role`` = column.
+    """
+    if column not in frame.columns:
+        raise GeocodeError(f"no column {column!r}; columns are: " + ", ".join(map(str, frame)))
+    got = geocode(frame[column], country=country, geocoder=geocoder, overrides=overrides)
+    got.index = frame.index
+    out = frame.copy()
+    for name in RESULT_COLUMNS[1:]:
+        out[name if name not in frame.columns else f"{name}_geocoded"] = got[name]
+    lines = pd.Series(np.arange(len(frame)) + 2, index=frame.index)  # header is line 1
+    report = _report(got.assign(role=column, line=lines))
     return out, report
 
 
