@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -12,7 +14,9 @@ import pandas as pd
 import pyogrio
 import pytest
 import shapely
+from handmade import PORTS, make_records
 
+from geoflow.aggregate import build_tables
 from geoflow.errors import OutputError
 from geoflow.export import (
     atomic_output_dir,
@@ -22,6 +26,7 @@ from geoflow.export import (
     write_geojson,
     write_json,
 )
+from geoflow.flows import build_flows
 
 
 def _coordinates(obj):
@@ -149,3 +154,37 @@ def test_safe_path_stays_inside_the_folder(tmp_path):
     a_file.write_text("x")
     with pytest.raises(OutputError, match="not a folder"), atomic_output_dir(a_file):
         pass
+
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+
+
+def _golden_result():
+    records = make_records([
+        {"purchaser": "Rogelio Barajas", "dealer": "GAT Guns", "ffl": "3-36-01234",
+         "dealer_at": "dundee", "recovered_at": "reynosa", "port": "2304", "kind": "known",
+         "n": 3, "bought": "2007-03-01", "recovered": "2008-09-10"},
+        {"purchaser": "=Formula Name", "dealer": "Desert Arms", "dealer_at": "phoenix",
+         "recovered_at": "hermosillo", "port": "2604", "n": 2, "weapon": "Rifle"},
+        {"purchaser": "Nobody", "dealer": "Lost Guns", "dealer_at": None, "n": 1},
+    ])
+    records = records.assign(purchaser_label=records["purchaser_id"])
+    placed = records[records["placed"]]
+    return build_flows(placed, PORTS), build_tables(records, ports=PORTS)["by_trafficker"]
+
+
+@pytest.mark.parametrize("name", ["handmade_flows.geojson", "handmade_by_trafficker.csv"])
+def test_outputs_match_golden_files(name, tmp_path):
+    """Byte-for-byte outputs of hand-made records; regenerate with GEOFLOW_UPDATE_GOLDEN=1
+    after an intended format change, and review the diff."""
+    flows, traffickers = _golden_result()
+    path = tmp_path / name
+    if name.endswith(".geojson"):
+        write_geojson(flows, path)
+    else:
+        write_csv(traffickers, path)
+    golden = GOLDEN / name
+    if os.environ.get("GEOFLOW_UPDATE_GOLDEN"):
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_bytes(path.read_bytes())
+    assert path.read_bytes() == golden.read_bytes()
