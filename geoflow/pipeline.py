@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +95,15 @@ class RunOptions:
 
     def describe(self) -> dict:
         """JSON-friendly summary for the manifest (no key, geocoder by class name)."""
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["geocoder"] = type(self.geocoder).__name__ if self.geocoder is not None else "offline"
-        out["overrides"] = None if self.overrides is None else str(self.overrides)
+        overrides = self.overrides
+        out["overrides"] = (
+            None if overrides is None
+            else str(overrides) if isinstance(overrides, (str, Path))
+            else f"{type(overrides).__name__} ({len(overrides)} rows)"
+            if hasattr(overrides, "__len__") else type(overrides).__name__
+        )
         out["column_map"] = dict(self.column_map) if self.column_map else None
         out["pseudonym_key"] = "custom" if self.pseudonym_key else "default"
         out["today"] = self.today.isoformat() if self.today else None
