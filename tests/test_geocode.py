@@ -298,3 +298,45 @@ def test_trace_overrides_from_a_file_win(tmp_path, traced):
     row = out.set_index("trace_id").loc["T5"]
     assert (row["recovery_lat"], row["recovery_lon"]) == (31.7, -106.4)
     assert report.set_index(["role", "query"]).loc[("recovery", "JUAREZ"), "source"] == "override"
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_geocodes_a_trace_file_and_writes_the_report(tmp_path):
+    from click.testing import CliRunner
+
+    from geoflow.cli import cli
+
+    path = tmp_path / "traces.csv"
+    path.write_text(TRACES, encoding="utf-8")
+    out = tmp_path / "out" / "geocoded.csv"
+    result = CliRunner().invoke(cli, ["geocode", str(path), "-o", str(out)], obj={})
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out)
+    report = pd.read_csv(out.parent / "geocode_report.csv", keep_default_na=False)
+    assert len(rows) == 8 and {"dealer_lat", "recovery_geocode_level"} <= set(rows.columns)
+    assert report["level"].iloc[0] == ""  # unmatched first
+    assert report.groupby("role")["records"].sum().tolist() == [8, 8]
+
+
+def test_cli_geocodes_one_column_formula_safe_and_names_a_missing_column(tmp_path):
+    from click.testing import CliRunner
+
+    from geoflow.cli import cli
+
+    path = tmp_path / "places.csv"
+    path.write_text('id,city\n1,"CD. JUAREZ, CHIH."\n2,"=HYPERLINK(""x"")"\n3,NOGALES\n',
+                    encoding="utf-8")
+    out = tmp_path / "places_out.csv"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["geocode", str(path), "--column", "city", "--country", "MX",
+                                 "-o", str(out)], obj={})
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert rows["admin1"].tolist() == ["MX-CHH", "", "MX-SON"]
+    assert not rows["city"].str.startswith("=").any()  # formula-safe cells
+    result = runner.invoke(cli, ["geocode", str(path), "--column", "town", "-o", str(out)],
+                           obj={})
+    assert result.exit_code == 4
+    assert "places.csv" in result.output and "'town'" in result.output

@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+import pandas as pd
 import pytest
 
 from geoflow.errors import GeocodeError
@@ -145,3 +146,25 @@ def test_bad_options_raise_geocode_errors(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(GeocodeError, match="cache"):
         GeopyGeocoder("nominatim", user_agent="x", cache_path=blocker / "c.sqlite")
+
+
+def test_cli_uses_the_geopy_service_with_its_options(server, tmp_path):
+    from click.testing import CliRunner
+
+    from geoflow.cli import cli
+
+    places = tmp_path / "places.csv"
+    places.write_text('city\n"EJIDO ZZYZX, CHIH."\n"CD. JUAREZ, CHIH."\n', encoding="utf-8")
+    out = tmp_path / "out.csv"
+    args = ["geocode", str(places), "--column", "city", "--country", "MX", "-o", str(out),
+            "--geocoder", "nominatim", "--user-agent", "geoflow-tests",
+            "--domain", f"127.0.0.1:{server.server_port}", "--scheme", "http",
+            "--cache", str(tmp_path / "cache.sqlite")]
+    result = CliRunner().invoke(cli, args, obj={})
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out)
+    assert rows["source"].tolist() == ["nominatim", "offline"]
+    assert len(server.requests) == 1
+    no_agent = [*args[:8], "--geocoder", "nominatim", "--cache", str(tmp_path / "c.sqlite")]
+    result = CliRunner().invoke(cli, no_agent, obj={})
+    assert result.exit_code == 5 and "user agent" in result.output
