@@ -144,8 +144,9 @@ def main() -> None:
     municipalities = inegi_municipalities(places)
     table = pd.concat([places, municipalities], ignore_index=True)
     table = table.sort_values(["admin1", "key", "population"], ascending=[True, True, False])
-    table.to_csv(args.out / "gazetteer_places.csv.gz", index=False)
-    us_zips().to_csv(args.out / "us_zips.csv.gz", index=False)
+    gzip = {"method": "gzip", "mtime": 0}  # byte-for-byte reproducible
+    table.to_csv(args.out / "gazetteer_places.csv.gz", index=False, compression=gzip)
+    us_zips().to_csv(args.out / "us_zips.csv.gz", index=False, compression=gzip)
     state_points().to_csv(args.out / "gazetteer_states.csv", index=False)
     counts = table.groupby([table["admin1"].str[:2], "level"]).size()
     print(counts.to_string())
