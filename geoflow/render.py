@@ -24,7 +24,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -289,7 +289,7 @@ def curve_flows(flows: pd.DataFrame) -> np.ndarray:
     rank = (pd.Series(-guns, index=flows.index)
             .groupby(flows["crossing_code"].astype("string").fillna("").to_numpy())
             .rank(method="first").to_numpy() - 1)
-    bend = np.where(rank % 2 == 0, 1.0, -1.0) * np.minimum(0.08 + 0.03 * (rank // 2), 0.3)
+    bend = np.where(rank % 2 == 0, 1.0, -1.0) * np.minimum(0.08 + 0.05 * (rank // 2), 0.35)
     t = np.linspace(0.0, 1.0, _CURVE_POINTS)
     leg1 = _bezier(dealer, port, bend, t)
     leg2 = _bezier(port, recovery, bend, t)
@@ -817,7 +817,7 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
     code = [f"geoflow.panel({map_name}, 'gf-title', 'topleft');",
             f"geoflow.panel({map_name}, 'gf-legend', 'bottomright');",
             f"geoflow.panel({map_name}, 'gf-footer', 'bottomleft');"]
-    bounds = _bounds(shown, result.dealers, result.recoveries) or _bounds(states)
+    bounds = _bounds(shown, result.crossings) or _bounds(states)
     if bounds:
         code.append(f"{map_name}.fitBounds({script_json(bounds)}, {{padding: [20, 20]}});")
     fmap.add_child(_Script("\n".join(code)))
@@ -829,15 +829,16 @@ def write_map(html: str, path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputError("is a folder; give a file name such as map.html", path=str(path))
+    temp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".map-", suffix=".html", dir=path.parent)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # honours the umask
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(html)
             os.replace(temp, path)
         except BaseException:
-            Path(temp).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
             raise
     except OSError as exc:
         raise OutputError(f"cannot write the map: {exc.strerror or exc}", path=str(path)) from exc

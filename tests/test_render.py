@@ -1,0 +1,291 @@
+"""The map page as text: self-contained, escaped, sized, labelled; its pure helpers.
+
+What a browser makes of the page is tested in test_map_browser.py.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+from click.testing import CliRunner
+
+from geoflow.cli import PALETTE_NAMES, cli
+from geoflow.errors import ConfigError, OutputError
+from geoflow.pipeline import run_pipeline
+from geoflow.render import (
+    DEFAULT_CAVEAT,
+    PALETTES,
+    MapOptions,
+    class_breaks,
+    curve_flows,
+    escape_html,
+    js_string,
+    render_map,
+    script_json,
+    select_flows,
+    write_map,
+)
+from geoflow.sample import sample_path
+
+PAYLOADS = [
+    "<img src=x onerror=document.title='pwned'>",
+    "</script><script>window.pwned=1</script>",
+    "`${alert(1)}` \\ ${window.pwned=2}",
+    "\" onmouseover=\"alert(1)",
+    "x\u2028y\u2029z",
+]
+
+
+@pytest.fixture(scope="module")
+def sample_result():
+    return run_pipeline(sample_path())
+
+
+@pytest.fixture(scope="module")
+def sample_html(sample_result):
+    return render_map(sample_result, options=MapOptions())
+
+
+def _flow_frame(guns, ports, kinds=None):
+    """Hand-made flows (docs/internals.md columns) from Houston via ``ports`` to Monterrey."""
+    n = len(guns)
+    port_xy = {"2304": (-99.507, 27.5), "2402": (-106.451, 31.764)}
+    px = np.array([port_xy[p][0] for p in ports])
+    py = np.array([port_xy[p][1] for p in ports])
+    frame = pd.DataFrame({
+        "flow_id": [f"F-{i}" for i in range(n)],
+        "dealer_name": [f"Dealer {i}" for i in range(n)],
+        "dealer_place": ["Houston, TX"] * n,
+        "crossing_code": ports,
+        "crossing_name": ["Laredo" if p == "2304" else "El Paso" for p in ports],
+        "recovery_place": ["Monterrey, NLE"] * n,
+        "route_kind": kinds or ["known"] * n,
+        "guns": guns,
+        "purchasers": [1] * n,
+        "dealer_lon": -95.369, "dealer_lat": 29.76,
+        "port_lon": px, "port_lat": py,
+        "recovery_lon": -100.31, "recovery_lat": 25.67,
+    })
+    geometry = shapely.linestrings(np.stack([
+        np.column_stack([frame["dealer_lon"], frame["dealer_lat"]]), np.column_stack([px, py]),
+        np.column_stack([frame["recovery_lon"], frame["recovery_lat"]])], axis=1))
+    return gpd.GeoDataFrame(frame, geometry=geometry, crs="EPSG:4326")
+
+
+def _result(flows):
+    """A RunResult-shaped object around hand-made flows (names may carry payloads)."""
+    first = flows.iloc[0]
+    point = shapely.points
+    dealers = gpd.GeoDataFrame({
+        "dealer_id": ["D-1"], "dealer_name": [first["dealer_name"]], "dealer_ffl": ["5-74-1"],
+        "dealer_place": [first["dealer_place"]], "dealer_state": ["US-TX"],
+        "guns": [int(flows["guns"].sum())], "purchasers": [2], "top_purchaser": [PAYLOADS[2]],
+        "top_purchaser_share": [0.5]}, geometry=[point(-95.369, 29.76)], crs="EPSG:4326")
+    recoveries = gpd.GeoDataFrame({
+        "recovery_place": [first["recovery_place"]], "recovery_state": ["MX-NLE"],
+        "guns": [int(flows["guns"].sum())], "purchasers": [2]},
+        geometry=[point(-100.31, 25.67)], crs="EPSG:4326")
+    crossings = gpd.GeoDataFrame({
+        "code": ["2304"], "name": ["Laredo"], "us_state": ["US-TX"], "mx_city": ["Nuevo Laredo"],
+        "guns": [int(flows["guns"].sum())], "guns_known": [1], "guns_modelled": [0]},
+        geometry=[point(-99.507, 27.5)], crs="EPSG:4326")
+    states = gpd.GeoDataFrame({
+        "code": ["US-TX", "US-OK", "MX-NLE"], "name": [PAYLOADS[0], "Oklahoma", "Nuevo León"],
+        "country": ["US", "US", "MX"], "guns": [int(flows["guns"].sum()), 0, 3],
+        "share": [1.0, 0.0, 1.0]},
+        geometry=[shapely.box(-106, 26, -94, 36), shapely.box(-103, 34, -94.4, 37),
+                  shapely.box(-101, 23, -98, 27.5)], crs="EPSG:4326")
+
+    class Result:
+        pass
+
+    result = Result()
+    result.flows, result.dealers, result.recoveries = flows, dealers, recoveries
+    result.crossings, result.states, result.description = crossings, states, ""
+    result.manifest = {"input": {"path": "/data/traces.csv"}}
+    return result
+
+
+def _script_texts(page: str) -> list[str]:
+    return re.findall(r"<script[^>]*>(.*?)</script>", page, flags=re.S | re.I)
+
+
+# --------------------------------------------------------------------------- escaping
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_escape_html_shows_payloads_as_text_and_cannot_break_js_templates(payload):
+    escaped = escape_html(payload)
+    assert html.unescape(escaped) == payload
+    for char in "<>\"'`$\\{}":
+        assert char not in escaped
+
+
+def test_escape_html_turns_missing_values_into_empty_text():
+    assert escape_html(None) == escape_html(pd.NA) == escape_html(float("nan")) == ""
+    assert escape_html(12) == "12"
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_script_json_keeps_values_and_cannot_close_a_script(payload):
+    value = {"name": payload, "n": [1, None, 2.5]}
+    text = script_json(value)
+    assert json.loads(text) == value
+    assert "</" not in text and "<" not in text and "`" not in text and "$" not in text
+    assert "\u2028" not in text and "\u2029" not in text
+    assert json.loads(js_string(payload)) == payload
+
+
+def test_script_json_refuses_nan_and_js_string_blanks_na():
+    with pytest.raises(ValueError):
+        script_json({"x": float("nan")})
+    assert js_string(pd.NA) == js_string(None) == '""'
+
+
+def test_payload_names_reach_the_page_only_as_escaped_data():
+    flows = _flow_frame([5, 2], ["2304", "2304"])
+    flows["dealer_name"] = [PAYLOADS[1], PAYLOADS[0]]
+    flows["recovery_place"] = [PAYLOADS[2], PAYLOADS[2]]
+    flows["top_purchaser"] = [PAYLOADS[0], None]
+    page = render_map(_result(flows), options=MapOptions(title=PAYLOADS[1], credit=PAYLOADS[2],
+                                                        subtitle=PAYLOADS[0]))
+    assert "window.pwned" in page  # the text is there …
+    assert "<img src=x" not in page  # … but never as markup
+    assert page.count("<script>window.pwned") == 0
+    assert "${alert" not in page and "${window" not in page
+    # Every <script> still parses as one element: payload text cannot close one early.
+    for text in _script_texts(page):
+        assert "<script" not in text.lower()
+    title = re.search(r"<title>(.*?)</title>", page, flags=re.S).group(1)
+    assert html.unescape(title) == PAYLOADS[1]
+    assert f"<h1>{escape_html(PAYLOADS[1])}</h1>" in page
+    assert escape_html(PAYLOADS[2]) in page
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_class_breaks_are_distinct_quantiles_of_positive_values():
+    values = [0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 100]
+    breaks = class_breaks(values, k=5)
+    assert breaks.tolist() == sorted(set(breaks.tolist()))
+    assert len(breaks) == 5 and breaks[-1] == 100 and breaks[0] >= 1
+    assert class_breaks([0, 0, 0]).size == 0
+    assert class_breaks([4, 4, 4]).tolist() == [4]
+
+
+def test_select_flows_applies_threshold_then_top_n_and_counts_the_rest():
+    flows = _flow_frame([1, 9, 3, 7, 2, 5], ["2304"] * 6)
+    shown, hidden, hidden_guns = select_flows(flows, top_n=3, min_guns=2)
+    assert shown["guns"].tolist() == [9, 7, 5]
+    assert hidden == 3 and hidden_guns == 1 + 3 + 2
+    shown, hidden, _ = select_flows(flows, top_n=10, min_guns=4)
+    assert shown["guns"].tolist() == [9, 7, 5] and hidden == 3
+
+
+def test_curved_flows_start_at_dealer_pass_the_port_and_end_at_recovery():
+    flows = _flow_frame([9, 7, 5, 2], ["2304", "2304", "2304", "2402"])
+    lines = curve_flows(flows)
+    assert len(lines) == 4
+    for line, (_, row) in zip(lines, flows.iterrows(), strict=True):
+        xy = shapely.get_coordinates(line)
+        assert xy[0] == pytest.approx([row.dealer_lon, row.dealer_lat], abs=1e-4)
+        assert xy[-1] == pytest.approx([row.recovery_lon, row.recovery_lat], abs=1e-4)
+        assert np.min(np.hypot(*(xy - [row.port_lon, row.port_lat]).T)) < 1e-4
+        assert np.all(np.round(xy, 4) == xy)
+    # Flows sharing a port (same dealer, port and recovery here) are drawn apart, not on
+    # top of each other: they bow to different sides and by different amounts.
+    mids = [shapely.get_coordinates(g)[8] for g in lines[:3]]
+    assert min(np.hypot(*(a - b)) for i, a in enumerate(mids) for b in mids[i + 1:]) > 0.1
+
+
+def test_map_options_refuse_unknown_palettes_and_bad_thresholds():
+    with pytest.raises(ConfigError, match="palette"):
+        MapOptions(palette="rainbow")
+    with pytest.raises(ConfigError, match="top_n"):
+        MapOptions(top_n=0)
+    assert set(PALETTE_NAMES) == set(PALETTES)
+    assert MapOptions().caveat == DEFAULT_CAVEAT
+
+
+# --------------------------------------------------------------------------- the sample's page
+
+
+def test_sample_map_is_self_contained(sample_html):
+    page = sample_html
+    external = re.findall(r"""(?:src|srcset)\s*=\s*["']?\s*(?:https?:)?//""", page, flags=re.I)
+    links = [m for m in re.findall(r"<link\b[^>]*>", page, flags=re.I)
+             if re.search(r"href\s*=\s*[\"']?\s*(?:https?:)?//", m, flags=re.I)]
+    assert external == [] and links == []
+    assert not re.search(r"@import|url\(\s*[\"']?(?:https?:)?//", page, flags=re.I)
+    assert "$(" not in page and "jquery" not in page.lower() and "bootstrap" not in page.lower()
+    assert "Leaflet 1.9.4" in page  # inlined
+    assert "sourceMappingURL" not in page
+
+
+def test_sample_map_size_and_labels(sample_result, sample_html):
+    page = sample_html
+    assert len(page.encode("utf-8")) < 2_000_000
+    shown, hidden, hidden_guns = select_flows(sample_result.flows, top_n=300, min_guns=1)
+    assert hidden == len(sample_result.flows) - 300 > 0
+    assert f"and {hidden:,} smaller flows ({hidden_guns:,} guns) not drawn" in page
+    for text in ("US states: guns sourced", "Mexican states: guns recovered",
+                 "modelled crossing (dashed", "synthetic sample", escape_html(DEFAULT_CAVEAT),
+                 "pseudonyms", "Guns traced from US dealers to Mexico"):
+        assert text in page
+    flows = json.loads(re.search(r"geoflow\.flows\([^,]+,\s*(\{.*?\}), \{\"colour", page,
+                                 flags=re.S).group(1))
+    assert len(flows["features"]) == len(shown) == 300
+    guns = [f["properties"]["guns"] for f in flows["features"]]
+    assert guns == sorted(guns, reverse=True) == shown["guns"].tolist()
+    kinds = {f["properties"]["k"] for f in flows["features"]}
+    assert kinds <= {"known", "modelled"}
+
+
+def test_tile_layer_is_offered_off_by_default_or_left_out(sample_result, sample_html):
+    assert "basemaps.cartocdn.com" in sample_html
+    add_calls = re.findall(r"(tile_layer_\w+)\.addTo\(", sample_html)
+    assert add_calls == []  # offered in the layer control, not switched on
+    bare = render_map(sample_result, options=MapOptions(tiles=False, top_n=20))
+    assert "cartocdn" not in bare and "= L.tileLayer(" not in bare
+    assert "= L.tileLayer(" in sample_html
+
+
+def test_show_names_changes_the_wording(sample_result):
+    page = render_map(sample_result, options=MapOptions(show_names=True, top_n=5,
+                                                        source="Source: my desk"))
+    assert "shown as they appear in the records" in page and "Source: my desk" in page
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_write_map_replaces_a_file_and_refuses_a_folder(tmp_path):
+    target = tmp_path / "deep" / "map.html"
+    write_map("<p>one</p>", target)
+    write_map("<p>two</p>", target)
+    assert target.read_text(encoding="utf-8") == "<p>two</p>"
+    assert [p.name for p in target.parent.iterdir()] == ["map.html"]
+    with pytest.raises(OutputError, match="folder"):
+        write_map("x", tmp_path)
+
+
+def test_map_command_writes_the_map_with_the_desk_labels(tmp_path):
+    out = tmp_path / "sample.html"
+    result = CliRunner().invoke(cli, [
+        "map", "--sample", "-o", str(out), "--title", "Guns <to> Mexico", "--credit",
+        "Graphic: Desk", "--caveat", "Only traced guns.", "--top-n", "50", "--no-tiles",
+        "--palette", "viridis"])
+    assert result.exit_code == 0, result.output
+    assert "50 of" in result.output
+    page = out.read_text(encoding="utf-8")
+    assert "<h1>Guns &lt;to&gt; Mexico</h1>" in page
+    assert "Graphic: Desk" in page and "Only traced guns." in page and "cartocdn" not in page
+    assert PALETTES["viridis"][0][-1] in page
