@@ -20,7 +20,7 @@ import json
 import logging
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -588,6 +588,7 @@ class _Records:
     lines: np.ndarray  # physical line number of the first byte
     fields: np.ndarray  # number of fields
     blank: np.ndarray  # only spaces / tabs
+    notes: dict[int, str] = field(default_factory=dict)  # record → reject reason override
 
 
 def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
@@ -647,7 +648,23 @@ def _scan_with_csv(text: str, delimiter: str) -> tuple[list[list[str]], _Records
     fields = np.array([len(r) for r in rows], dtype=np.int64)
     blank = np.array([not "".join(r).strip(" \t") for r in rows], dtype=bool)
     none = np.zeros(len(rows), dtype=np.int64)
-    return rows, _Records(none, none, np.array(lines, dtype=np.int64), fields, blank)
+    notes = {}
+    if len(rows) > 1 and previous > lines[-1] and _unterminated(text, lines[-1], delimiter):
+        fields[-1] = -1
+        notes[len(rows) - 1] = (
+            f"unterminated quote: lines {lines[-1]}-{previous} were read as one row"
+        )
+    return rows, _Records(none, none, np.array(lines, dtype=np.int64), fields, blank, notes)
+
+
+def _unterminated(text: str, line: int, delimiter: str) -> bool:
+    """Whether the text from physical ``line`` to the end holds a quote never closed."""
+    tail = "\n".join(text.split("\n")[line - 1 :])
+    try:
+        list(csv.reader(io.StringIO(tail, newline=""), delimiter=delimiter, strict=True))
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
 
 
 def _read_csv(data: bytes, path: Path, *, encoding: str | None) -> _Table:
@@ -684,11 +701,12 @@ def _split_header(scan: _Records) -> tuple[int, np.ndarray, np.ndarray]:
 
 def _field_rejects(scan: _Records, data: np.ndarray, bad: np.ndarray, width: int,
                    raw: list[str]) -> pd.DataFrame:
-    found = scan.fields[data[bad]]
+    records = data[bad]
     return pd.DataFrame({
-        "line": scan.lines[data[bad]].astype("int64"),
+        "line": scan.lines[records].astype("int64"),
         "column": "",
-        "reason": [f"expected {width} fields, found {n}" for n in found],
+        "reason": [scan.notes.get(i, f"expected {width} fields, found {scan.fields[i]}")
+                   for i in records],
         "raw": raw,
     }).astype({"column": "str", "reason": "str", "raw": "str"})
 

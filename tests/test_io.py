@@ -418,6 +418,27 @@ def test_crlf_line_endings_and_a_stray_quote_keep_line_numbers(tmp_path):
     assert _accounting_holds(result)
 
 
+def test_crlf_escaped_quotes_blank_lines_and_no_final_newline(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(
+        b'Serial,"Recovery City"\r\nA,"Ju\xc3\xa1rez, ""centro"""\r\n\r\n  \r\nB,X\r\nC,Y'
+    )
+    result = read_traces(path)
+    assert result.records["recovery_city"].tolist() == ['Juárez, "centro"', "X", "Y"]
+    assert result.records["source_line"].tolist() == [2, 5, 6]
+    assert (result.rows_read, result.rows_rejected) == (3, 0)
+
+
+def test_unterminated_quote_is_one_rejected_row_naming_the_lines(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('Serial,Recovery City\nA,X\nB,"Y\nC,Z\nD,W\n')
+    result = read_traces(path)
+    assert result.records["serial_number"].tolist() == ["A"]
+    assert result.rejects[["line", "reason"]].values.tolist() == [
+        [3, "unterminated quote: lines 3-5 were read as one row"]]
+    assert _accounting_holds(result)
+
+
 def test_a_row_with_several_problems_is_one_rejected_row(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("Serial,Recovery Lat,Recovery Lon\nA,x,y\nB,1,2\n")
