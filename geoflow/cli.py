@@ -185,10 +185,12 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     """
     from pathlib import Path
 
+    from geoflow.export import check_output_dir
     from geoflow.pipeline import analyse, write_outputs
 
     source = _input_path(input_path, sample)
     out = Path(out_dir) if out_dir else Path("maps") / ("sample" if sample else Path(source).stem)
+    check_output_dir(out, force=force)  # refuse a foreign folder before any work
     prepared, run_options, records, description, config = _prepare_selection(source, options)
     look = map_options(config, show_names=run_options.show_names)
     if per:

@@ -133,8 +133,16 @@ def map_options(config: Config, *, show_names: bool, **given: Any) -> Any:
 
 
 def pop_filters(params: dict[str, Any]) -> dict[str, Any]:
-    """Remove and return the :data:`FILTER_PARAMS` from a command's keyword arguments."""
-    return {name: params.pop(name, None) for name in FILTER_PARAMS}
+    """Remove and return the :data:`FILTER_PARAMS` from a command's keyword arguments.
+
+    Dates are checked here, before any reading, so a typo fails at once.
+    """
+    from geoflow.select import parse_date_bound
+
+    values = {name: params.pop(name, None) for name in FILTER_PARAMS}
+    parse_date_bound(values["date_from"])
+    parse_date_bound(values["date_to"], end=True)
+    return values
 
 
 def apply_filters(

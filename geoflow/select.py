@@ -59,13 +59,15 @@ _COUNTRY_NAMES = {"US": "US state", "MX": "Mexican state"}
 def match_key(text: object) -> str:
     """Return ``text`` accent-stripped, case-folded, with punctuation runs as single spaces.
 
+    This is the normalisation of :func:`geoflow.privacy.normalise_names`, so a name matches
+    exactly the people who share its pseudonym (``"Straße"`` is not ``"Strasse"``).
+
     >>> match_key("  Rogélio   BARAJAS ")
     'rogelio barajas'
     >>> match_key("Tamps.")
     'tamps'
     """
-    decomposed = unicodedata.normalize("NFKD", str(text))
-    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    plain = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
     return " ".join(re.sub(r"[^0-9a-z]+", " ", plain.casefold()).split())
 
 
