@@ -103,7 +103,7 @@ def write_json(data: object, path: str | Path) -> None:
 
 def _property_lines(frame: pd.DataFrame) -> list[str]:
     """One JSON object text per row (pandas' C encoder: NaN/NA → null, floats ≤ 10 digits)."""
-    if frame.shape[1] == 0:
+    if frame.shape[1] == 0 or len(frame) == 0:  # pandas writes "{}" for an empty frame
         return ["{}"] * len(frame)
     table = frame.copy()
     for column in table.columns:
