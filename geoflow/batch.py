@@ -168,25 +168,30 @@ def render_index(
     """
     singular, plural = _KIND_TITLES[kind]
     total_guns = int((totals or {}).get("guns", entities["guns"].sum() if len(entities) else 0))
+    # a purchaser's page has one purchaser, a dealer's one dealer: those columns say nothing
+    counts = [c for c in ("placed", "purchasers", "dealers")
+              if (kind, c) not in {("trafficker", "purchasers"), ("dealer", "dealers")}]
+    names = {"placed": "Placed on map", "purchasers": "Purchasers", "dealers": "Dealers"}
     header = (
         f'<tr><th scope="col">{_esc(singular)}</th>'
         '<th scope="col" class="n">Guns</th><th scope="col" class="n">Share</th>'
-        '<th scope="col" class="n">Placed on map</th>'
-        '<th scope="col" class="n">Purchasers</th><th scope="col" class="n">Dealers</th>'
-        '<th scope="col">Files</th></tr>'
+        + "".join(f'<th scope="col" class="n">{names[c]}</th>' for c in counts)
+        + '<th scope="col">Files</th></tr>'
     )
     rows = []
     for row in entities.itertuples(index=False):  # one row per entity written
         share = row.guns / total_guns if total_guns else 0.0
+        cells = "".join(
+            f'<td class="n" data-value="{int(getattr(row, c))}">{int(getattr(row, c)):,}</td>'
+            for c in counts
+        )
         rows.append(
             "<tr>"
             f'<td data-value="{_esc(row.label)}"><a href="{_esc(row.href)}">{_esc(row.label)}'
             "</a></td>"
             f'<td class="n" data-value="{int(row.guns)}">{int(row.guns):,}</td>'
             f'<td class="n" data-value="{share:.6f}">{share:.1%}</td>'
-            f'<td class="n" data-value="{int(row.placed)}">{int(row.placed):,}</td>'
-            f'<td class="n" data-value="{int(row.purchasers)}">{int(row.purchasers):,}</td>'
-            f'<td class="n" data-value="{int(row.dealers)}">{int(row.dealers):,}</td>'
+            f"{cells}"
             f'<td data-value="{_esc(row.folder)}"><a href="{_esc(row.folder)}/">'
             f"{_esc(row.folder)}/</a></td>"
             "</tr>"
@@ -296,7 +301,8 @@ def run_batch(
     positions = pd.Series(range(len(records)), index=records.index).groupby(
         keys.to_numpy(), dropna=True).indices if len(records) else {}
     singular, plural = _KIND_TITLES[kind]
-    title = title or f"Guns traced to Mexico by {singular.lower()}"
+    title = f"{title} — by {singular.lower()}" if title else (
+        f"Guns traced to Mexico by {singular.lower()}")
     written = []
     with export.atomic_output_dir(out_dir, force=force) as temp:
         for row in table.itertuples(index=False):  # one analysis per entity, not per record

@@ -307,3 +307,16 @@ def test_failed_batch_leaves_the_previous_one(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         run_batch(prepared_records(), kind="state", out_dir=out, write=broken)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_entity_with_nothing_placed_still_gets_a_complete_output_set(tmp_path):
+    out = tmp_path / "out"
+    batch = run("trafficker", out, min_guns=1)
+    lonely = batch.entities.loc[batch.entities["placed"] == 0]
+    assert len(lonely) == 1
+    folder = out / lonely["folder"].iloc[0]
+    flows = json.loads((folder / "flows.geojson").read_text(encoding="utf-8"))
+    assert flows == {"type": "FeatureCollection", "features": []}
+    counts = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["counts"]
+    assert (counts["rows_placed"], counts["rows_unplaced"]) == (0, 1)
+    assert ">0<" in (out / "index.html").read_text(encoding="utf-8")  # 0 placed on the map
