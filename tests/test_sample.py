@@ -278,3 +278,40 @@ def test_names_are_unique_per_purchaser_even_at_scale():
     assert table.loc[table["guns"] < 10, "guns"].max() <= 9
     assert len(table[table["guns"] >= 10]) == round(11 * 60_000 / 2922)
     assert np.isin(["rogelio barajas"], table.index).all()
+
+
+def test_shipped_place_list_is_complete_and_real():
+    from importlib.resources import files
+
+    with files("geoflow.shapes_data").joinpath("sample_places.csv").open("rb") as handle:
+        places = pd.read_csv(handle, dtype=str, keep_default_na=False)
+    weights = places.groupby("kind")["weight"].apply(lambda w: w.astype(float).sum())
+    assert set(weights.index) == {"us_town", "mx_city", "mx_state"}
+    assert np.allclose(weights, 1.0, atol=1e-4)
+    assert places["written"].str.len().gt(0).all()
+    towns = places[places["kind"] == "us_town"]
+    assert towns["zips"].str.fullmatch(r"\d{5}( \d{5}){0,3}").all()
+    assert towns["code"].str.fullmatch(r"US-[A-Z]{2}").all()
+    for name, code in [("East Dundee", "US-IL"), ("Albert Lea", "US-MN"), ("Houston", "US-TX"),
+                       ("Tucson", "US-AZ"), ("McAllen", "US-TX")]:
+        assert ((towns["name"] == name) & (towns["code"] == code)).any(), name
+    cities = places[places["kind"] == "mx_city"]
+    assert cities["code"].nunique() == 32
+    # The geocoder (its own gazetteer, built separately) finds every spelling of a Mexican
+    # city in the right state.
+    spelled = cities.assign(spelling=cities["written"].str.split("|")).explode("spelling")
+    found = geocode_traces(pd.DataFrame({
+        "recovery_city": spelled["spelling"].to_numpy(),
+        "recovery_state": spelled["code"].to_numpy(),
+        "recovery_country": "MX",
+    }))[0]
+    assert (found["recovery_admin1"].to_numpy() == spelled["code"].to_numpy()).all()
+    assert found["recovery_geocode_level"].isin(["city", "municipality"]).all()
+    # And every ATF-style spelling of a US town, without its ZIP.
+    spelled = towns.assign(spelling=towns["written"].str.split("|")).explode("spelling")
+    found = geocode_traces(pd.DataFrame({
+        "dealer_city": spelled["spelling"].to_numpy(),
+        "dealer_state": spelled["code"].str[3:].to_numpy(),
+    }))[0]
+    assert (found["dealer_admin1"].to_numpy() == spelled["code"].to_numpy()).all()
+    assert (found["dealer_geocode_level"] == "city").all()
