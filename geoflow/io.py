@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from openpyxl.utils.exceptions import InvalidFileException
 
 from geoflow import schema
@@ -589,6 +591,7 @@ class _Records:
     fields: np.ndarray  # number of fields
     blank: np.ndarray  # only spaces / tabs
     notes: dict[int, str] = field(default_factory=dict)  # record → reject reason override
+    multiline: bool = False  # some quoted field holds a newline
 
 
 def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
@@ -613,6 +616,7 @@ def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
         del inside
     else:
         ends = newlines
+    multiline = ends.size < newlines.size
     separators = np.flatnonzero(separators)
     if size and (ends.size == 0 or ends[-1] != size - 1):
         ends = np.append(ends, size)
@@ -628,7 +632,7 @@ def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
     for i in candidates:  # only records that start with white space and have one field
         blank[i] = not buf[starts[i] : stops[i]].strip(b" \t")
     lines = np.searchsorted(newlines, starts) + 1
-    return _Records(starts, stops, lines, fields, blank)
+    return _Records(starts, stops, lines, fields, blank, multiline=multiline)
 
 
 def _scan_with_csv(text: str, delimiter: str) -> tuple[list[list[str]], _Records]:
@@ -738,11 +742,9 @@ def _csv_fast(buf: bytes, scan: _Records, delimiter: str, meta: dict) -> _Table 
     body = buf if keep.all() else np.frombuffer(buf, np.uint8)[np.repeat(keep, segment)].tobytes()
     if good.size:
         try:
-            frame = pd.read_csv(
-                io.BytesIO(body), sep=delimiter, header=None, names=list(range(width)),
-                dtype=str, keep_default_na=False, encoding="utf-8", engine="pyarrow",
-            )
-        except (pd.errors.ParserError, ValueError):
+            frame = _parse_text_table(body, delimiter=delimiter, width=width,
+                                      multiline=scan.multiline)
+        except (pa.ArrowInvalid, ValueError):
             return None
         if len(frame) != good.size:
             return None
@@ -752,6 +754,22 @@ def _csv_fast(buf: bytes, scan: _Records, delimiter: str, meta: dict) -> _Table 
     rejects = _field_rejects(scan, data, bad, width, raw_text(data[bad]))
     return _Table(frame, scan.lines[good], rejects, int(data.size),
                   lambda rows: raw_text(good[rows]), meta)
+
+
+def _parse_text_table(body: bytes, *, delimiter: str, width: int, multiline: bool
+                      ) -> pd.DataFrame:
+    """Parse header-less, blank-free UTF-8 CSV bytes into ``width`` string columns."""
+    names = [str(i) for i in range(width)]
+    table = pacsv.read_csv(
+        pa.py_buffer(body),
+        read_options=pacsv.ReadOptions(column_names=names),
+        parse_options=pacsv.ParseOptions(
+            delimiter=delimiter, newlines_in_values=multiline, ignore_empty_lines=False),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False),
+    )
+    text = pd.StringDtype("pyarrow", na_value=np.nan)
+    return table.to_pandas(types_mapper={pa.string(): text, pa.large_string(): text}.get)
 
 
 def _csv_slow(rows: list[list[str]], scan: _Records, delimiter: str, meta: dict) -> _Table:

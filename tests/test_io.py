@@ -418,6 +418,23 @@ def test_crlf_line_endings_and_a_stray_quote_keep_line_numbers(tmp_path):
     assert _accounting_holds(result)
 
 
+def test_multi_line_fields_in_a_file_of_many_parser_blocks(tmp_path, caplog):
+    rows = 40_000  # about 3 MB: the parser works in blocks of 1 MB
+    body = "".join(f'S{i},"note {i}\nsecond line, with comma",Culiacán\n' for i in range(rows))
+    path = tmp_path / "big.csv"
+    path.write_text("Serial,Notes,Recovery City\n" + body + "S-bad,x\n", encoding="utf-8")
+    with caplog.at_level("INFO", logger="geoflow.io"):
+        result = read_traces(path)
+    assert "slow" not in caplog.text  # the vectorised path handled it
+    records = result.records
+    assert len(records) == rows
+    assert records["source_line"].iloc[[0, 1, -1]].tolist() == [2, 4, 2 * rows]
+    assert records["notes"].iloc[-1] == f"note {rows - 1}\nsecond line, with comma"
+    assert (records["recovery_city"] == "Culiacán").all()
+    assert result.rejects[["line", "reason"]].values.tolist() == [
+        [2 * rows + 2, "expected 3 fields, found 2"]]
+
+
 def test_crlf_escaped_quotes_blank_lines_and_no_final_newline(tmp_path):
     path = tmp_path / "t.csv"
     path.write_bytes(
