@@ -156,6 +156,45 @@ def _prepare_selection(source: str, options: dict):
     return prepared, run_options, records, description, config
 
 
+#: ``--palette`` names; kept equal to ``geoflow.render.PALETTES`` by a test (render is not
+#: imported here so that ``geoflow --help`` stays fast).
+PALETTE_NAMES = ("blue-orange", "purple-green", "viridis", "cividis", "greys")
+
+
+#: Parameters :func:`map_look_options` adds (``run`` pops them before building RunOptions).
+LOOK_PARAMS = ("title", "subtitle", "source_line", "credit", "caveat", "palette", "top_n",
+               "max_points", "tiles")
+
+
+def map_look_options(func):
+    """What the map says and how much it draws: ``--title`` … ``--tiles/--no-tiles``."""
+    options = [
+        click.option("--title", default=None, help="Map title."),
+        click.option("--subtitle", default=None,
+                     help="Subtitle (default: the totals; a filter description is appended)."),
+        click.option("--source", "source_line", default=None, metavar="TEXT",
+                     help="Source line (default: names the input file)."),
+        click.option("--credit", default=None, help="Credit line, e.g. 'Graphic: Data desk'."),
+        click.option("--caveat", default=None,
+                     help="Caveat line (default: trace data cover only guns recovered and "
+                          "submitted for tracing)."),
+        click.option("--palette", type=click.Choice(PALETTE_NAMES), default=None,
+                     help="Colour-blind-safe palette of the state choropleths "
+                          "(default blue-orange)."),
+        click.option("--top-n", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Draw at most N flows, the largest (default 300); the rest are "
+                          "counted in the legend."),
+        click.option("--max-points", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Draw at most N dealers and N recovery places (default 1500)."),
+        click.option("--tiles/--no-tiles", default=None,
+                     help="Offer an online CartoDB Positron tile layer, off until the reader "
+                          "switches it on (default: offered)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @cli.command("run")
 @_pipeline_options
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
@@ -163,6 +202,7 @@ def _prepare_selection(source: str, options: dict):
 @click.option("--force", is_flag=True,
               help="Replace OUT even if it is not a folder geoflow wrote.")
 @batch_options
+@map_look_options
 def run_command(input_path: str | None, sample: bool, out_dir: str | None, force: bool,
                 per: str | None, min_guns: int | None, **options) -> None:
     """Read, geocode, route and aggregate a trace file; write GeoJSON, tables and findings.
@@ -191,11 +231,14 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     source = _input_path(input_path, sample)
     out = Path(out_dir) if out_dir else Path("maps") / ("sample" if sample else Path(source).stem)
     check_output_dir(out, force=force)  # refuse a foreign folder before any work
+    given = {name: options.pop(name) for name in LOOK_PARAMS}
+    given["source"] = given.pop("source_line")
     prepared, run_options, records, description, config = _prepare_selection(source, options)
-    look = map_options(config, show_names=run_options.show_names)
+    look = map_options(config, show_names=run_options.show_names, **given)
     if per:
         _run_batch(prepared, kind=per, out=out, records=records, description=description,
-                   min_guns=min_guns, force=force, look=look, title=config.title)
+                   min_guns=min_guns, force=force, look=look,
+                   title=config.pick("title", given["title"]))
         return
     with stage("Analysing", enabled=show_progress()):
         result = analyse(prepared, options=run_options, records=records,
@@ -335,40 +378,6 @@ def _echo_findings(found: list[dict], *, fmt: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # map (render engineer)
-
-#: ``--palette`` names; kept equal to ``geoflow.render.PALETTES`` by a test (render is not
-#: imported here so that ``geoflow --help`` stays fast).
-PALETTE_NAMES = ("blue-orange", "purple-green", "viridis", "cividis", "greys")
-
-
-def map_look_options(func):
-    """What the map says and how much it draws: ``--title`` … ``--tiles/--no-tiles``."""
-    options = [
-        click.option("--title", default=None, help="Map title."),
-        click.option("--subtitle", default=None,
-                     help="Subtitle (default: the totals; a filter description is appended)."),
-        click.option("--source", "source_line", default=None, metavar="TEXT",
-                     help="Source line (default: names the input file)."),
-        click.option("--credit", default=None, help="Credit line, e.g. 'Graphic: Data desk'."),
-        click.option("--caveat", default=None,
-                     help="Caveat line (default: trace data cover only guns recovered and "
-                          "submitted for tracing)."),
-        click.option("--palette", type=click.Choice(PALETTE_NAMES), default=None,
-                     help="Colour-blind-safe palette of the state choropleths "
-                          "(default blue-orange)."),
-        click.option("--top-n", type=click.IntRange(min=1), default=None, metavar="N",
-                     help="Draw at most N flows, the largest (default 300); the rest are "
-                          "counted in the legend."),
-        click.option("--max-points", type=click.IntRange(min=1), default=None, metavar="N",
-                     help="Draw at most N dealers and N recovery places (default 1500)."),
-        click.option("--tiles/--no-tiles", default=None,
-                     help="Offer an online CartoDB Positron tile layer, off until the reader "
-                          "switches it on (default: offered)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
 
 @cli.command("map")
 @_pipeline_options

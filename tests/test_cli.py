@@ -381,10 +381,17 @@ def test_config_file_sets_map_texts_and_cli_wins(small, tmp_path):
     assert data["show_names"] is True and data["options"]["flow_level"] == "state"
     assert data["description"] == "purchaser: Ana Ruiz"
     overridden = geoflow("run", small, "--config", config, "--hide-names", "--flow-level",
-                         "place", "-o", out)
+                         "place", "--title", "Command-line title", "--per", "mx-state", "-o",
+                         out)
     assert overridden.exit_code == 0, overridden.stderr
-    assert manifest(out)["show_names"] is False
-    assert manifest(out)["options"]["flow_level"] == "place"
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "<h1>Command-line title — by mexican state</h1>" in index
+    sub = out / manifest(out)["entities"][0]["folder"]
+    assert manifest(sub)["show_names"] is False
+    assert manifest(sub)["options"]["flow_level"] == "place"
+    html = (sub / "map.html").read_text(encoding="utf-8")
+    assert "Command-line title" in html and "Desk title" not in html
+    assert "Graphic: Desk" in html  # still from the config file
 
 
 def test_geoflow_toml_in_the_working_folder_is_used(small, tmp_path):
