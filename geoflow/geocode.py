@@ -60,6 +60,8 @@ FUZZY_CUTOFF = 85.0
 #: Without a state, the most populous candidate is taken only when it is this many times
 #: larger than the next one (Guadalajara, Jalisco vs a hamlet); otherwise "ambiguous".
 DOMINANCE = 5.0
+#: Same-named candidates closer than this to the chosen one count as the same place.
+SAME_PLACE_KM = 10.0
 #: Alternate names rank below official names of the same population.
 ALT_WEIGHT = 0.1
 
@@ -280,6 +282,14 @@ class OfflineGeocoder:
         cand = cand.sort_values(["qid", "rank", "primary"], ascending=[True, False, False],
                                 kind="stable").drop_duplicates(["qid", "place"])
         places = self.gazetteer.places
+        # GeoNames often lists one town twice (seat and locality): candidates within
+        # SAME_PLACE_KM of the best one are the same place, not a rival.
+        lat = places["lat"].to_numpy()[cand["place"]]
+        lon = places["lon"].to_numpy()[cand["place"]]
+        first = cand.groupby("qid", sort=False)["place"].transform("first").to_numpy()
+        dist = _haversine_km(lat, lon, places["lat"].to_numpy()[first],
+                             places["lon"].to_numpy()[first])
+        cand = cand[(cand["place"].to_numpy() == first) | (dist > SAME_PLACE_KM)]
         g = cand.groupby("qid", sort=False)
         best = g.head(1).set_index("qid")
         n = g.size()
@@ -388,6 +398,16 @@ class OfflineGeocoder:
         miss = idx[~only.to_numpy()]
         _add_note(result, miss, "place " + parsed.loc[miss, "place_key"]
                   + " not found in " + states[miss] + "; state centroid")
+
+
+def _haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray,
+                  lon2: np.ndarray) -> np.ndarray:
+    """Great-circle distance in km, vectorised."""
+    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, dtype=float))
+                              for v in (lat1, lon1, lat2, lon2))
+    h = (np.sin((lat2 - lat1) / 2) ** 2
+         + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2)
+    return 2 * 6371.0088 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
 
 
 def _join(a: pd.Series, b: pd.Series) -> pd.Series:
