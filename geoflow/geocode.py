@@ -296,7 +296,7 @@ class OfflineGeocoder:
         second = g["rank"].nth(1)
         second = pd.Series(second.to_numpy(), index=cand.loc[second.index, "qid"])
         second = second.reindex(best.index).fillna(0.0)
-        states_seen = g["admin1"].agg(lambda s: ", ".join(sorted(set(s))[:6]))
+        states_seen = g["admin1"].agg(_state_list)
         p = best["place"].to_numpy()
         name = places["name"].to_numpy()[p]
         base = pd.DataFrame({
@@ -398,6 +398,14 @@ class OfflineGeocoder:
         miss = idx[~only.to_numpy()]
         _add_note(result, miss, "place " + parsed.loc[miss, "place_key"]
                   + " not found in " + states[miss] + "; state centroid")
+
+
+def _state_list(codes: pd.Series) -> str:
+    """The chosen candidate's state first, then the others: ``"MX-JAL, MX-BCN"``."""
+    first, *rest = dict.fromkeys(codes)
+    rest = sorted(rest)
+    shown = [first, *rest[:5]]
+    return ", ".join(shown) + (", …" if len(rest) > 5 else "")
 
 
 def _haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray,
@@ -532,7 +540,8 @@ def _role_queries(records: pd.DataFrame, role: str) -> tuple[pd.Series, pd.Serie
     city, state = col(f"{role}_city"), col(f"{role}_state")
     text = city.where(state == "", city + ", " + state)
     if role == "dealer":
-        z = col("dealer_zip").str.extract(r"^(\d{5})", expand=False).fillna("")
+        z = col("dealer_zip").str.extract(r"^(\d{3,5})(?:-\d{4})?$", expand=False)
+        z = z.fillna("").str.zfill(5).where(z.notna(), "")  # 2134 lost its leading zero
         text = text.where(z == "", text + " " + z).str.strip(" ,")
         country = pd.Series("US", index=records.index, dtype="string")
     else:
