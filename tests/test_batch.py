@@ -320,3 +320,39 @@ def test_entity_with_nothing_placed_still_gets_a_complete_output_set(tmp_path):
     counts = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["counts"]
     assert (counts["rows_placed"], counts["rows_unplaced"]) == (0, 1)
     assert ">0<" in (out / "index.html").read_text(encoding="utf-8")  # 0 placed on the map
+
+
+# --------------------------------------------------------------------------- on the sample
+
+
+@pytest.fixture(scope="module")
+def sample_prepared():
+    from geoflow.pipeline import analyse, prepare_records
+    from geoflow.sample import sample_path
+
+    prepared = prepare_records(sample_path())
+    return prepared, analyse(prepared)
+
+
+@pytest.mark.parametrize(("kind", "table"), [("state", "by_us_state"),
+                                             ("mx-state", "by_mx_state")])
+def test_sample_state_batches_add_up_to_the_whole_run(sample_prepared, kind, table):
+    prepared, whole = sample_prepared
+    entities, accounting = entity_table(prepared.records, kind)
+    assert accounting["records"] == 2922
+    assert accounting["guns_in_entities"] + accounting["records_without_entity"] == 2922
+    # every state folder holds exactly the guns the whole run's table gives that state
+    tab = whole.tables[table]
+    known = tab[tab["state"].str.match(r"^(US|MX)-")]
+    assert dict(zip(entities["key"], entities["guns"], strict=True)) == dict(
+        zip(known["state"], known["guns"], strict=True))
+    assert accounting["records_without_entity"] == int(tab["guns"].sum() - known["guns"].sum())
+    assert entities["slug"].is_unique
+
+
+def test_sample_trafficker_entities_follow_the_reporting(sample_prepared):
+    prepared, _ = sample_prepared
+    entities, accounting = entity_table(prepared.records, "trafficker")
+    assert len(entities) == 11  # purchasers tied to 10 or more guns
+    assert accounting["guns_in_entities"] + accounting["guns_below_threshold"] == 2922
+    assert entities["label"].str.fullmatch(r"P-[0-9a-f]{6}").all()
