@@ -340,3 +340,23 @@ def test_cli_geocodes_one_column_formula_safe_and_names_a_missing_column(tmp_pat
                            obj={})
     assert result.exit_code == 4
     assert "places.csv" in result.output and "'town'" in result.output
+
+
+def test_records_without_source_lines_zip_lost_zeros_and_state_only_dealers():
+    records = pd.DataFrame({
+        "dealer_city": ["BOSTON", None, "HOUSTON"],
+        "dealer_state": ["MA", "TX", None],
+        "dealer_zip": ["2134", "78701-1234", None],
+        "recovery_city": ["TIJUANA", None, "Culiacan"],
+        "recovery_state": ["B.C.", None, None],
+        "recovery_country": [None, "US", "México"],
+    })
+    out, report = geocode_traces(records)
+    assert out["dealer_geocode_level"].tolist() == ["zip", "zip", "city"]
+    assert out.loc[0, "dealer_place"] == "ZIP 02134 (Allston, MA)"
+    assert out.loc[2, "dealer_admin1"] == "US-TX" and out.loc[2, "dealer_geocode_score"] == 70
+    houston = report.set_index(["role", "query"]).loc[("dealer", "HOUSTON"), "note"]
+    assert "(US-TX, " in houston  # the chosen state is named first
+    assert out.loc[2, "recovery_admin1"] == "MX-SIN"
+    assert report.loc[report["role"] == "recovery", "records"].sum() == 3
+    assert report["first_lines"].str.len().gt(0).all()  # lines count from 2 without source_line
