@@ -236,6 +236,11 @@ def _fmt(x: float) -> str:
     return f"{round(x):,}"
 
 
+def _count(n: float, noun: str) -> str:
+    """``"1 gun"``, ``"2,343 guns"``."""
+    return f"{_fmt(n)} {noun}" + ("" if round(n) == 1 else "s")
+
+
 def select_flows(flows: pd.DataFrame, *, top_n: int, min_guns: int) -> tuple[pd.DataFrame, int,
                                                                                   int]:
     """The flows to draw: at least ``min_guns`` guns, the ``top_n`` largest.
@@ -649,11 +654,15 @@ def _legend(*, us: tuple[list[str], list[str]], mx: tuple[list[str], list[str]],
     parts.append('<div class="row">▶ the arrowhead points to where the guns were recovered</div>')
     shown, hidden, hidden_guns = flow_counts["shown"], flow_counts["hidden"], flow_counts[
         "hidden_guns"]
-    note = f"Showing the {_fmt(shown)} largest flows"
+    note = (f"Showing the {_count(shown, 'largest flow')}" if shown != 1 else
+            "Showing the largest flow")
     if flow_counts["min_guns"] > 1:
         note += f" of at least {_fmt(flow_counts['min_guns'])} guns"
-    note += (f", and {_fmt(hidden)} smaller flows ({_fmt(hidden_guns)} guns) not drawn."
+    note += (f", and {_count(hidden, 'smaller flow')} ({_count(hidden_guns, 'gun')}) not drawn."
              if hidden else ".")
+    if shown == 0:
+        note = (f"No flows drawn: {_count(hidden, 'flow')} ({_count(hidden_guns, 'gun')}) are "
+                "below the threshold." if hidden else "No flows to draw.")
     parts.append(f'<p class="note" id="gf-flow-note">{e(note)}</p>')
     parts.append("<h2>Places</h2>")
     parts.append(f'<div class="row">{_dot_svg(colours["dealer"], "#fff")}US dealer (circle area ∝ '
@@ -672,9 +681,9 @@ def _subtitle(result: MapData, options: MapOptions) -> str:
         text = options.subtitle
     else:
         guns = int(pd.to_numeric(result.flows["guns"], errors="coerce").fillna(0).sum())
-        text = (f"{_fmt(guns)} traced guns from {_fmt(len(result.dealers))} US dealers, "
-                f"through {_fmt(len(result.crossings))} ports of entry, to "
-                f"{_fmt(len(result.recoveries))} places in Mexico")
+        text = (f"{_count(guns, 'traced gun')} from {_count(len(result.dealers), 'US dealer')}, "
+                f"through {_count(len(result.crossings), 'port')} of entry, to "
+                f"{_count(len(result.recoveries), 'place')} in Mexico")
     description = getattr(result, "description", "") or ""
     return f"{text} — {description}" if description and description not in text else text
 
@@ -791,7 +800,8 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
                                         limit=options.max_points)
         _DataLayer("points", data, {**style, "kind": kind, "spec": spec}, name=name).add_to(fmap)
         if left:
-            notes.append(f"And {_fmt(left)} smaller {noun} ({_fmt(left_guns)} guns) not drawn.")
+            notes.append(f"And {_fmt(left)} smaller {noun} ({_count(left_guns, 'gun')}) not "
+                         "drawn.")
 
     samples = sorted({_nice(biggest), _nice(biggest / 10), 1}, reverse=True)
     widths = _scale(np.array(samples, dtype=float), *_FLOW_WIDTH, vmax)
@@ -813,6 +823,7 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
     figure.html.add_child(branca.element.Element(title + legend + footer), name="geoflow_panels")
 
     folium.LayerControl(collapsed=True, position="topright").add_to(fmap)
+    _stable_ids(figure)
     map_name = fmap.get_name()
     code = [f"geoflow.panel({map_name}, 'gf-title', 'topleft');",
             f"geoflow.panel({map_name}, 'gf-legend', 'bottomright');",
@@ -822,6 +833,15 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
         code.append(f"{map_name}.fitBounds({script_json(bounds)}, {{padding: [20, 20]}});")
     fmap.add_child(_Script("\n".join(code)))
     return figure.render()
+
+
+def _stable_ids(element: branca.element.Element, counter: list[int] | None = None) -> None:
+    """Replace folium's random element ids by a counter, so the same data give the same page."""
+    counter = counter if counter is not None else [0]
+    element._id = f"{counter[0]:04d}"
+    counter[0] += 1
+    for child in list(element._children.values()):
+        _stable_ids(child, counter)
 
 
 def write_map(html: str, path: str | Path) -> Path:

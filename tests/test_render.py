@@ -155,7 +155,8 @@ def test_payload_names_reach_the_page_only_as_escaped_data():
     flows["recovery_place"] = [PAYLOADS[2], PAYLOADS[2]]
     flows["top_purchaser"] = [PAYLOADS[0], None]
     page = render_map(_result(flows), options=MapOptions(title=PAYLOADS[1], credit=PAYLOADS[2],
-                                                        subtitle=PAYLOADS[0]))
+                                                        subtitle=PAYLOADS[0], top_n=1))
+    assert "Showing the largest flow, and 1 smaller flow (2 guns) not drawn." in page
     assert "window.pwned" in page  # the text is there …
     assert "<img src=x" not in page  # … but never as markup
     assert page.count("<script>window.pwned") == 0
@@ -213,6 +214,24 @@ def test_map_options_refuse_unknown_palettes_and_bad_thresholds():
         MapOptions(top_n=0)
     assert set(PALETTE_NAMES) == set(PALETTES)
     assert MapOptions().caveat == DEFAULT_CAVEAT
+
+
+def test_same_result_gives_the_same_page():
+    result = _result(_flow_frame([5, 2], ["2304", "2402"], kinds=["known", "modelled"]))
+    first = render_map(result, options=MapOptions())
+    assert first == render_map(result, options=MapOptions())
+    assert not re.search(r"_[0-9a-f]{32}\b", first)  # no random folium ids
+
+
+def test_a_result_with_nothing_placed_still_gives_a_finished_page():
+    result = _result(_flow_frame([5], ["2304"]))
+    for name in ("flows", "dealers", "recoveries", "crossings"):
+        setattr(result, name, getattr(result, name).iloc[:0])
+    result.states = result.states.assign(guns=0)
+    page = render_map(result, options=MapOptions())
+    assert "0 traced guns from 0 US dealers, through 0 ports of entry, to 0 places" in page
+    assert "No flows to draw." in page
+    assert '"features":[]' in page
 
 
 # --------------------------------------------------------------------------- the sample's page
