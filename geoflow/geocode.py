@@ -184,6 +184,7 @@ class OfflineGeocoder:
                  fuzzy_cutoff: float = FUZZY_CUTOFF) -> None:
         self.gazetteer = gazetteer or load_gazetteer()
         self.fuzzy_cutoff = fuzzy_cutoff
+        self._pools: dict[str, tuple[list[str], np.ndarray]] | None = None
 
     # The stages below each fill the rows still unmatched (level == "").
     def geocode(self, queries: pd.Series, *, country: str | None = None) -> pd.DataFrame:
@@ -296,7 +297,13 @@ class OfflineGeocoder:
         second = g["rank"].nth(1)
         second = pd.Series(second.to_numpy(), index=cand.loc[second.index, "qid"])
         second = second.reindex(best.index).fillna(0.0)
-        states_seen = g["admin1"].agg(_state_list)
+        several = n[n > 1].index
+        if with_state or several.empty:
+            states_seen = pd.Series("", index=best.index, dtype="string")
+        else:  # only the ambiguous queries need the list of states (usually few)
+            listed = cand[cand["qid"].isin(several)].drop_duplicates(["qid", "admin1"])
+            states_seen = listed.groupby("qid", sort=False)["admin1"].agg(_state_list)
+            states_seen = states_seen.reindex(best.index).fillna("").astype("string")
         p = best["place"].to_numpy()
         name = places["name"].to_numpy()[p]
         base = pd.DataFrame({
@@ -339,31 +346,34 @@ class OfflineGeocoder:
         todo &= ~result["note"].str.startswith("ambiguous")
         if not todo.any():
             return
-        names = self.gazetteer.names
         places = self.gazetteer.places
+        pools = self._fuzzy_pools()
         rows = pd.DataFrame({"key": parsed.loc[todo, "place_key"],
                              "st": states[todo].str.split("|")}).explode("st")
-        best: dict[Any, tuple[float, int]] = {}
+        found = []
         for st, group in rows.groupby("st", sort=False):  # loop over distinct states
-            pool = names[names["admin1"] == st].drop_duplicates("key")  # best place per key
-            if pool.empty:
+            if st not in pools:
                 continue
+            keys, place_ids = pools[st]
             for start in range(0, len(group), 2000):  # bounded score matrices
                 chunk = group.iloc[start:start + 2000]
-                scores = process.cdist(chunk["key"].tolist(), pool["key"].tolist(),
+                scores = process.cdist(chunk["key"].tolist(), keys,
                                        scorer=fuzz.token_sort_ratio, processor=None,
                                        score_cutoff=self.fuzzy_cutoff, dtype=np.float32,
                                        workers=-1)
                 top = scores.argmax(axis=1)
                 ratio = scores[np.arange(len(top)), top]
-                for qid, j, r in zip(chunk.index, top, ratio, strict=True):
-                    if r > 0 and r > best.get(qid, (0.0, -1))[0]:
-                        best[qid] = (float(r), int(pool["place"].iat[j]))
-        if not best:
+                hit = ratio > 0
+                found.append(pd.DataFrame({
+                    "qid": chunk.index[hit], "ratio": ratio[hit],
+                    "place": place_ids[top[hit]], "matched": np.asarray(keys)[top[hit]]}))
+        if not found:
             return
-        idx = pd.Index(list(best))
-        ratio = np.array([v[0] for v in best.values()])
-        p = np.array([v[1] for v in best.values()])
+        best = pd.concat(found).sort_values("ratio", ascending=False, kind="stable")
+        best = best.drop_duplicates("qid").set_index("qid")
+        if best.empty:
+            return
+        idx, p, ratio = best.index, best["place"].to_numpy(), best["ratio"].to_numpy()
         _set(result, idx, {
             "lat": places["lat"].to_numpy()[p], "lon": places["lon"].to_numpy()[p],
             "level": places["level"].to_numpy()[p],
@@ -371,10 +381,20 @@ class OfflineGeocoder:
             "admin1": places["admin1"].to_numpy()[p],
             "score": np.round(ratio * 0.9).astype("int64"), "source": "offline",
         })
-        _add_note(result, idx, pd.Series(
-            [f"fuzzy match {k!r} ~ {places['key'].iat[pi]!r} ({r:.0f})"
-             for k, pi, r in zip(parsed.loc[idx, "place_key"], p, ratio, strict=True)],
-            index=idx, dtype="string"))
+        note = ("fuzzy match '" + parsed.loc[idx, "place_key"] + "' ~ '"
+                + best["matched"].astype("string") + "' ("
+                + pd.Series(np.round(ratio).astype(int), index=idx).astype("string") + ")")
+        _add_note(result, idx, note)
+
+    def _fuzzy_pools(self) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Per state: distinct match keys and the best-ranked place of each (built once)."""
+        if self._pools is None:
+            names = self.gazetteer.names.drop_duplicates(["admin1", "key"])  # sorted by rank
+            self._pools = {
+                st: (group["key"].tolist(), group["place"].to_numpy())
+                for st, group in names.groupby("admin1", sort=False)
+            }
+        return self._pools
 
     def _match_state(self, parsed: pd.DataFrame, states: pd.Series,
                      result: pd.DataFrame) -> None:
@@ -402,7 +422,7 @@ class OfflineGeocoder:
 
 def _state_list(codes: pd.Series) -> str:
     """The chosen candidate's state first, then the others: ``"MX-JAL, MX-BCN"``."""
-    first, *rest = dict.fromkeys(codes)
+    first, *rest = codes.tolist()
     rest = sorted(rest)
     shown = [first, *rest[:5]]
     return ", ".join(shown) + (", …" if len(rest) > 5 else "")
