@@ -352,11 +352,13 @@ def standardise_traces(
         limit = 90 if column in _LATITUDE else 180
         unparseable = values.notna() & numbers.isna()
         out_of_range = numbers.abs() > limit
-        problems.append(_problem_rows(unparseable, lines, label(column),
-                                      "unparseable coordinate '" + values.fillna("") + "'"))
-        problems.append(_problem_rows(out_of_range, lines, label(column),
-                                      f"coordinate outside -{limit}..{limit}: "
-                                      + values.fillna("")))
+        if unparseable.any():
+            problems.append(_problem_rows(unparseable, lines, label(column), "unparseable "
+                                          "coordinate '" + values[unparseable] + "'"))
+        if out_of_range.any():
+            problems.append(_problem_rows(out_of_range, lines, label(column),
+                                          f"coordinate outside -{limit}..{limit}: "
+                                          + values[out_of_range]))
         coordinates[column] = numbers.astype("float64")
     rejects = pd.concat(problems, ignore_index=True).sort_values(["row", "column"], kind="stable")
     keep = np.ones(len(frame), dtype=bool)
@@ -405,13 +407,14 @@ def _clean_text(values: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         return values
     text = values.astype("str").str.strip()
-    return text.mask(text == "")
+    empty = text.str.len() == 0
+    return text.mask(empty) if empty.any() else text
 
 
 def _problem_rows(mask: pd.Series, lines: np.ndarray, column: str, reason: Any) -> pd.DataFrame:
     """Reject rows (``row``, ``line``, ``column``, ``reason``) where ``mask`` is true."""
     mask = np.asarray(mask, dtype=bool)
-    reasons = reason[mask].to_numpy() if isinstance(reason, pd.Series) else reason
+    reasons = reason.to_numpy() if isinstance(reason, pd.Series) else reason
     return pd.DataFrame({
         "row": np.flatnonzero(mask), "line": lines[mask].astype("int64"),
         "column": column, "reason": reasons,
@@ -599,25 +602,27 @@ def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
 
     A byte is inside quotes when an odd number of ``"`` precede it (RFC 4180's ``""`` keeps
     the parity). A newline outside quotes ends a record; a record's fields are its delimiters
-    outside quotes + 1. The cost is a few vectorised passes over the bytes.
+    outside quotes + 1. Only the positions of quotes, delimiters and newlines are visited
+    after one vectorised pass over the bytes.
     """
     a = np.frombuffer(buf, dtype=np.uint8)
     size = a.size
-    newlines = np.flatnonzero(a == 10)
-    separators = a == ord(delimiter)
-    is_quote = a == 34
+    special = (a == 10) | (a == ord(delimiter)) | (a == 34)
+    positions = np.flatnonzero(special)
+    del special
+    kind = a[positions]
+    newlines = positions[kind == 10]
+    is_quote = (kind == 34).view(np.uint8)
     if is_quote.any():
-        inside = np.logical_xor.accumulate(is_quote)  # from an opening " up to its closing "
-        del is_quote
-        if inside[-1]:
+        outside = np.bitwise_xor.accumulate(is_quote) == 0
+        if not outside[-1]:
             return None
-        ends = newlines[~inside[newlines]]
-        np.greater(separators, inside, out=separators)  # a delimiter and not inside quotes
-        del inside
+        ends = positions[(kind == 10) & outside]
+        separators = positions[(kind == ord(delimiter)) & outside]
     else:
         ends = newlines
+        separators = positions[kind == ord(delimiter)]
     multiline = ends.size < newlines.size
-    separators = np.flatnonzero(separators)
     if size and (ends.size == 0 or ends[-1] != size - 1):
         ends = np.append(ends, size)
     starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
@@ -739,7 +744,11 @@ def _csv_fast(buf: bytes, scan: _Records, delimiter: str, meta: dict) -> _Table 
     keep = np.zeros(scan.starts.size, dtype=bool)
     keep[good] = True
     segment = np.diff(np.append(scan.starts, len(buf)))
-    body = buf if keep.all() else np.frombuffer(buf, np.uint8)[np.repeat(keep, segment)].tobytes()
+    first = int(good[0]) if good.size else 0
+    if keep[first:].all():  # only the header and lines before it go: no copy
+        body = memoryview(buf)[scan.starts[first]:]
+    else:
+        body = np.frombuffer(buf, np.uint8)[np.repeat(keep, segment)]
     if good.size:
         try:
             frame = _parse_text_table(body, delimiter=delimiter, width=width,
@@ -756,7 +765,7 @@ def _csv_fast(buf: bytes, scan: _Records, delimiter: str, meta: dict) -> _Table 
                   lambda rows: raw_text(good[rows]), meta)
 
 
-def _parse_text_table(body: bytes, *, delimiter: str, width: int, multiline: bool
+def _parse_text_table(body: Any, *, delimiter: str, width: int, multiline: bool
                       ) -> pd.DataFrame:
     """Parse header-less, blank-free UTF-8 CSV bytes into ``width`` string columns."""
     names = [str(i) for i in range(width)]
@@ -766,7 +775,8 @@ def _parse_text_table(body: bytes, *, delimiter: str, width: int, multiline: boo
         parse_options=pacsv.ParseOptions(
             delimiter=delimiter, newlines_in_values=multiline, ignore_empty_lines=False),
         convert_options=pacsv.ConvertOptions(
-            column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False),
+            column_types=dict.fromkeys(names, pa.large_string()), strings_can_be_null=True,
+            quoted_strings_can_be_null=True, null_values=[""]),
     )
     text = pd.StringDtype("pyarrow", na_value=np.nan)
     return table.to_pandas(types_mapper={pa.string(): text, pa.large_string(): text}.get)

@@ -78,11 +78,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--encoding", default="utf-8")
     parser.add_argument("--broken", type=float, default=0.0, help="share of broken rows")
+    parser.add_argument("--input", type=Path, help="time this CSV instead of generating one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "traces.csv"
+        path = args.input or Path(folder) / "traces.csv"
         start = time.perf_counter()
-        kind = _write(path, args.rows, args.seed, encoding=args.encoding, broken=args.broken)
+        kind = "--input" if args.input else _write(
+            path, args.rows, args.seed, encoding=args.encoding, broken=args.broken)
         made = time.perf_counter() - start
         size = path.stat().st_size / 1e6
         print(f"{args.rows:,} rows from {kind}, {size:.0f} MB {args.encoding}, "
