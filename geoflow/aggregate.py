@@ -319,9 +319,17 @@ def _crossings_used(
     counts = counts.sort_values(["group", "modelled", "guns", "code"],
                                 ascending=[True, True, False, True], kind="stable")
     counts = counts.drop_duplicates(["group", "code"])
-    names = counts["code"].map(lambda c: (port_names or {}).get(c, c))
-    joined = names.groupby(counts["group"].to_numpy()).agg("; ".join)
-    return joined.reindex(pd.RangeIndex(n)).astype("string")
+    codes = counts["code"].astype("string")
+    names = codes.map(port_names or {}).astype("string").fillna(codes)
+    rank = counts.groupby("group").cumcount().to_numpy()
+    groups = counts["group"].to_numpy()
+    joined = pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="string")
+    # one vectorised pass per rank (at most the number of ports), not per purchaser
+    for r in range(int(rank.max()) + 1 if len(rank) else 0):
+        at = rank == r
+        part = pd.Series(names.to_numpy()[at], index=groups[at], dtype="string")
+        joined.loc[part.index] = part if r == 0 else joined.loc[part.index] + "; " + part
+    return joined
 
 
 def by_crossing(

@@ -30,9 +30,10 @@ __all__ = [
 ]
 
 EARTH_RADIUS_KM = 6371.0088
-#: Longest straight segment left in a densified line, in km (curvature of a great circle over
-#: 100 km is far below a pixel at the zoom levels a US–Mexico map is read at).
-SEGMENT_KM = 100.0
+#: Longest straight segment left in a densified line, in km: over 200 km a great circle departs
+#: from the straight segment drawn between its ends by well under a pixel at the zoom levels a
+#: US–Mexico map is read at, and the files stay small.
+SEGMENT_KM = 200.0
 
 FLOW_COLUMNS: tuple[str, ...] = (
     "flow_id", "dealer_id", "dealer_name", "dealer_place", "dealer_state", "crossing_code",
@@ -60,17 +61,26 @@ def _norm(values: pd.Series) -> pd.Series:
 
 def dealer_ids(records: pd.DataFrame) -> pd.Series:
     """Stable ``D-xxxxxxxx`` id per dealer: from the FFL number when present, else from the
-    normalised (name, city, state). NA when a record names no dealer at all."""
-    ffl = _norm(records["dealer_ffl"]).str.replace(" ", "", regex=False)
+    normalised (name, city, state). NA when a record names no dealer at all.
+
+    Works on the distinct (FFL, name, city, state) combinations, then maps back.
+    """
+    columns = ["dealer_ffl", "dealer_name", "dealer_city", "dealer_state"]
+    frame = pd.DataFrame({c: records.get(c, pd.NA) for c in columns},
+                         index=records.index).astype("string")
+    group, _ = _group(frame, columns)
+    first = _first_rows(group, int(group.max()) + 1 if len(group) else 0)
+    distinct = frame.iloc[first].reset_index(drop=True)
+    ffl = _norm(distinct["dealer_ffl"]).str.replace(" ", "", regex=False)
     ffl = ffl.mask(ffl == "")
     fallback = (
-        _norm(records["dealer_name"]).fillna("") + "|"
-        + _norm(records["dealer_city"]).fillna("") + "|"
-        + _norm(records["dealer_state"]).fillna("")
+        _norm(distinct["dealer_name"]).fillna("") + "|"
+        + _norm(distinct["dealer_city"]).fillna("") + "|"
+        + _norm(distinct["dealer_state"]).fillna("")
     )
     fallback = fallback.mask(fallback == "||")
-    keys = ("ffl:" + ffl).fillna("name:" + fallback)
-    return _hash_ids(keys, "D-", 8)
+    ids = _hash_ids(("ffl:" + ffl).fillna("name:" + fallback), "D-", 8)
+    return pd.Series(ids.array.take(group), index=records.index, dtype="string")
 
 
 def _unit(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
@@ -109,16 +119,29 @@ def _arc_km(lon0, lat0, lon1, lat1) -> np.ndarray:
 
 
 def flow_lines(
-    dealer: np.ndarray, port: np.ndarray, recovery: np.ndarray, *, segment_km: float = SEGMENT_KM
+    dealer: np.ndarray, port: np.ndarray, recovery: np.ndarray, *, segment_km: float = SEGMENT_KM,
+    chunk: int = 20_000,
 ) -> np.ndarray:
     """LineStrings dealer → port → recovery, each leg densified along its great circle.
 
     ``dealer``, ``port`` and ``recovery`` are (n, 2) lon/lat arrays; the port is an exact
-    vertex of each line. Vectorised: one numpy pass over all vertices of all lines.
+    vertex of each line. Vectorised over all vertices of ``chunk`` lines at a time, so memory
+    stays bounded however many flows there are.
     """
     n = len(dealer)
     if n == 0:
         return np.array([], dtype=object)
+    parts = [
+        _flow_lines(dealer[i:i + chunk], port[i:i + chunk], recovery[i:i + chunk], segment_km)
+        for i in range(0, n, chunk)
+    ]
+    return np.concatenate(parts)
+
+
+def _flow_lines(
+    dealer: np.ndarray, port: np.ndarray, recovery: np.ndarray, segment_km: float
+) -> np.ndarray:
+    n = len(dealer)
     legs_start = np.concatenate([dealer, port])
     legs_end = np.concatenate([port, recovery])
     km = _arc_km(legs_start[:, 0], legs_start[:, 1], legs_end[:, 0], legs_end[:, 1])
@@ -134,14 +157,20 @@ def flow_lines(
         legs_start[leg, 0], legs_start[leg, 1], legs_end[leg, 0], legs_end[leg, 1], fractions
     )
     line = np.where(leg >= n, leg - n, leg)
-    order = np.lexsort((leg >= n, line))  # stable: leg 1 points, then leg 2, per line
+    order = np.argsort(line, kind="stable")  # per line: leg 1 points, then leg 2
     coords = np.column_stack([lon[order], lat[order]])
     return shapely.linestrings(coords, indices=line[order])
 
 
-def _first(values: pd.Series, group: np.ndarray, n: int) -> np.ndarray:
-    series = pd.Series(values.to_numpy(), dtype=values.dtype)
-    return series.groupby(group).first().reindex(pd.RangeIndex(n)).to_numpy()
+def _first_rows(group: np.ndarray, n: int) -> np.ndarray:
+    """Position of the first record of each group 0..n-1."""
+    _, first = np.unique(group, return_index=True)
+    return first
+
+
+def _take(values: pd.Series, rows: np.ndarray) -> pd.api.extensions.ExtensionArray | np.ndarray:
+    """``values`` at positions ``rows``, keeping the dtype (strings stay strings)."""
+    return values.array.take(rows)
 
 
 def _mean(values: pd.Series, group: np.ndarray, n: int) -> np.ndarray:
@@ -149,19 +178,33 @@ def _mean(values: pd.Series, group: np.ndarray, n: int) -> np.ndarray:
     return series.groupby(group).mean().reindex(pd.RangeIndex(n)).to_numpy()
 
 
-def _group(records: pd.DataFrame, keys: list[str]) -> tuple[np.ndarray, int]:
-    codes = records.groupby(keys, sort=False, dropna=False, observed=True).ngroup()
+def _group(records: pd.DataFrame, keys: list) -> tuple[np.ndarray, int]:
+    """Integer group code per record for ``keys`` (column names or Series), and the count."""
+    columns = [records[k] if isinstance(k, str) else k for k in keys]
+    codes = pd.Series(np.zeros(len(records), dtype=np.int64), index=records.index)
+    codes = codes.groupby(columns, sort=False, dropna=False, observed=True).ngroup()
     codes = codes.to_numpy(dtype=np.int64)
     return codes, int(codes.max()) + 1 if len(codes) else 0
 
 
-def _recovery_key(records: pd.DataFrame) -> pd.Series:
-    """Recovery place identity: the matched place name, else the rounded coordinates."""
-    coords = (
-        records["recovery_lat"].round(4).astype("string") + ","
-        + records["recovery_lon"].round(4).astype("string")
-    )
-    return records["recovery_place"].astype("string").fillna(coords)
+def _recovery_keys(records: pd.DataFrame) -> list:
+    """Recovery place identity: matched place name plus coordinates rounded to ~10 m."""
+    return [
+        records["recovery_place"],
+        records["recovery_lat"].round(4).rename("_rlat"),
+        records["recovery_lon"].round(4).rename("_rlon"),
+    ]
+
+
+def _recovery_label(place: pd.api.extensions.ExtensionArray, lat: np.ndarray,
+                    lon: np.ndarray) -> pd.array:
+    """The place name, or ``"lat, lon"`` for records placed by coordinates alone."""
+    labels = pd.Series(place, dtype="string")
+    missing = labels.isna().to_numpy()
+    if missing.any():  # only places given by bare coordinates get a formatted label
+        labels[missing] = [f"{a:.4f}, {b:.4f}" for a, b in
+                           zip(lat[missing], lon[missing], strict=True)]
+    return labels.array
 
 
 def build_flows(
@@ -179,37 +222,35 @@ def build_flows(
     """
     if level not in ("place", "state"):
         raise ValueError(f"flow level must be 'place' or 'state', not {level!r}")
-    frame = records.assign(
-        _recovery_key=_recovery_key(records),
-        _dealer_state=records["dealer_admin1"].astype("string").fillna("unknown"),
-        _recovery_state=records["recovery_admin1"].astype("string").fillna("unknown"),
-    )
+    dealer_state = records["dealer_admin1"].astype("string").fillna("unknown")
+    recovery_state = records["recovery_admin1"].astype("string").fillna("unknown")
     if level == "place":
-        keys = ["dealer_id", "crossing_code", "_recovery_key", "route_kind"]
+        keys = ["dealer_id", "crossing_code", *_recovery_keys(records), "route_kind"]
     else:
-        keys = ["_dealer_state", "crossing_code", "_recovery_state", "route_kind"]
-    group, n = _group(frame, keys)
-    stats = group_stats(frame, group, n)
+        keys = [dealer_state, "crossing_code", recovery_state, "route_kind"]
+    group, n = _group(records, keys)
+    stats = group_stats(records, group, n)
+    first = _first_rows(group, n)
     names = state_names or {}
     if level == "place":
-        dealer_id = _first(frame["dealer_id"], group, n)
-        dealer_name = _first(frame["dealer_name"], group, n)
-        dealer_place = _first(frame["dealer_place"], group, n)
-        recovery_place = _first(frame["_recovery_key"], group, n)
-        d_lon = _first(frame["dealer_lon"], group, n)
-        d_lat = _first(frame["dealer_lat"], group, n)
-        r_lon = _first(frame["recovery_lon"], group, n)
-        r_lat = _first(frame["recovery_lat"], group, n)
+        dealer_id = _take(records["dealer_id"], first)
+        dealer_name = _take(records["dealer_name"], first)
+        dealer_place = _take(records["dealer_place"], first)
+        d_lon = _take(records["dealer_lon"], first)
+        d_lat = _take(records["dealer_lat"], first)
+        r_lon = _take(records["recovery_lon"], first)
+        r_lat = _take(records["recovery_lat"], first)
+        recovery_place = _recovery_label(_take(records["recovery_place"], first),
+                                         np.asarray(r_lat, float), np.asarray(r_lon, float))
     else:
         dealer_id = dealer_name = np.full(n, None, dtype=object)
-        dealer_place = np.array([names.get(s, s) for s in _first(frame["_dealer_state"], group, n)],
-                                dtype=object)
-        recovery_place = np.array(
-            [names.get(s, s) for s in _first(frame["_recovery_state"], group, n)], dtype=object)
-        d_lon, d_lat = _mean(frame["dealer_lon"], group, n), _mean(frame["dealer_lat"], group, n)
-        r_lon = _mean(frame["recovery_lon"], group, n)
-        r_lat = _mean(frame["recovery_lat"], group, n)
-    code = _first(frame["crossing_code"], group, n)
+        dealer_place = [names.get(s, s) for s in _take(dealer_state, first)]
+        recovery_place = [names.get(s, s) for s in _take(recovery_state, first)]
+        d_lon = _mean(records["dealer_lon"], group, n)
+        d_lat = _mean(records["dealer_lat"], group, n)
+        r_lon = _mean(records["recovery_lon"], group, n)
+        r_lat = _mean(records["recovery_lat"], group, n)
+    code = _take(records["crossing_code"], first)
     port_table = pd.DataFrame({"name": ports["name"].to_numpy(),
                                "lon": shapely.get_x(ports.geometry.to_numpy()),
                                "lat": shapely.get_y(ports.geometry.to_numpy())},
@@ -220,25 +261,24 @@ def build_flows(
             "dealer_id": pd.array(dealer_id, dtype="string"),
             "dealer_name": pd.array(dealer_name, dtype="string"),
             "dealer_place": pd.array(dealer_place, dtype="string"),
-            "dealer_state": pd.array(_first(frame["_dealer_state"], group, n), dtype="string"),
+            "dealer_state": pd.array(_take(dealer_state, first), dtype="string"),
             "crossing_code": pd.array(code, dtype="string"),
             "crossing_name": pd.array(port_rows["name"].to_numpy(), dtype="string"),
             "recovery_place": pd.array(recovery_place, dtype="string"),
-            "recovery_state": pd.array(_first(frame["_recovery_state"], group, n),
-                                       dtype="string"),
-            "route_kind": pd.array(_first(frame["route_kind"], group, n), dtype="string"),
+            "recovery_state": pd.array(_take(recovery_state, first), dtype="string"),
+            "route_kind": pd.array(_take(records["route_kind"], first), dtype="string"),
             "guns": stats.guns,
             "purchasers": stats.purchasers,
             "top_purchaser": stats.top_purchaser.to_numpy(),
             "first_purchase": stats.first_purchase.to_numpy(),
             "last_purchase": stats.last_purchase.to_numpy(),
             "median_time_to_crime_days": stats.median_ttc.to_numpy(),
-            "dealer_lon": d_lon.astype(float),
-            "dealer_lat": d_lat.astype(float),
+            "dealer_lon": np.asarray(d_lon, dtype=float),
+            "dealer_lat": np.asarray(d_lat, dtype=float),
             "port_lon": port_rows["lon"].to_numpy(dtype=float),
             "port_lat": port_rows["lat"].to_numpy(dtype=float),
-            "recovery_lon": r_lon.astype(float),
-            "recovery_lat": r_lat.astype(float),
+            "recovery_lon": np.asarray(r_lon, dtype=float),
+            "recovery_lat": np.asarray(r_lat, dtype=float),
         }
     )
     key_columns = ["dealer_id", "dealer_state", "crossing_code", "recovery_place",
@@ -262,17 +302,18 @@ def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
     median time to crime and purchase span."""
     group, n = _group(records, ["dealer_id"])
     stats = group_stats(records, group, n)
-    lon = _first(records["dealer_lon"], group, n).astype(float)
-    lat = _first(records["dealer_lat"], group, n).astype(float)
+    first = _first_rows(group, n)
+    lon = np.asarray(_take(records["dealer_lon"], first), dtype=float)
+    lat = np.asarray(_take(records["dealer_lat"], first), dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.round(stats.top_purchaser_guns / np.maximum(stats.guns, 1), 6)
     table = pd.DataFrame(
         {
-            "dealer_id": pd.array(_first(records["dealer_id"], group, n), dtype="string"),
-            "dealer_name": pd.array(_first(records["dealer_name"], group, n), dtype="string"),
-            "dealer_ffl": pd.array(_first(records["dealer_ffl"], group, n), dtype="string"),
-            "dealer_place": pd.array(_first(records["dealer_place"], group, n), dtype="string"),
-            "dealer_state": pd.array(_first(records["dealer_admin1"], group, n), dtype="string"),
+            "dealer_id": pd.array(_take(records["dealer_id"], first), dtype="string"),
+            "dealer_name": pd.array(_take(records["dealer_name"], first), dtype="string"),
+            "dealer_ffl": pd.array(_take(records["dealer_ffl"], first), dtype="string"),
+            "dealer_place": pd.array(_take(records["dealer_place"], first), dtype="string"),
+            "dealer_state": pd.array(_take(records["dealer_admin1"], first), dtype="string"),
             "guns": stats.guns,
             "purchasers": stats.purchasers,
             "top_purchaser": stats.top_purchaser.to_numpy(),
@@ -290,26 +331,26 @@ def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
 def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
     """One Point per recovery place (placed records): guns, purchasers, geocode level and
     recovery date span."""
-    frame = records.assign(_recovery_key=_recovery_key(records))
-    group, n = _group(frame, ["_recovery_key"])
-    stats = group_stats(frame, group, n)
-    dates = pd.Series(pd.to_datetime(frame["recovery_date"]).to_numpy()).groupby(group)
+    group, n = _group(records, _recovery_keys(records))
+    stats = group_stats(records, group, n)
+    first = _first_rows(group, n)
+    dates = pd.Series(pd.to_datetime(records["recovery_date"]).to_numpy()).groupby(group)
     index = pd.RangeIndex(n)
+    lon = np.asarray(_take(records["recovery_lon"], first), dtype=float)
+    lat = np.asarray(_take(records["recovery_lat"], first), dtype=float)
     table = pd.DataFrame(
         {
-            "recovery_place": pd.array(_first(frame["_recovery_key"], group, n), dtype="string"),
-            "recovery_state": pd.array(_first(frame["recovery_admin1"], group, n),
+            "recovery_place": _recovery_label(_take(records["recovery_place"], first), lat, lon),
+            "recovery_state": pd.array(_take(records["recovery_admin1"], first),
                                        dtype="string"),
             "guns": stats.guns,
             "purchasers": stats.purchasers,
-            "geocode_level": pd.array(_first(frame["recovery_geocode_level"], group, n),
+            "geocode_level": pd.array(_take(records["recovery_geocode_level"], first),
                                       dtype="string"),
             "first_recovery": iso_dates(dates.min().reindex(index)).to_numpy(),
             "last_recovery": iso_dates(dates.max().reindex(index)).to_numpy(),
         }
     )
-    lon = _first(frame["recovery_lon"], group, n).astype(float)
-    lat = _first(frame["recovery_lat"], group, n).astype(float)
     points = gpd.GeoDataFrame(table, geometry=shapely.points(lon, lat), crs="EPSG:4326")
     return points.sort_values(["guns", "recovery_place"], ascending=[False, True],
                               kind="stable").reset_index(drop=True)

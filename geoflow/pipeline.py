@@ -12,10 +12,12 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ __all__ = [
     "run_pipeline",
     "write_outputs",
     "findings_markdown",
+    "peak_memory_mb",
 ]
 
 log = logging.getLogger("geoflow.pipeline")
@@ -120,6 +123,7 @@ class PreparedRecords:
     source: dict
     timings: dict
     options: RunOptions
+    memory: dict = field(default_factory=dict)  # stage → peak resident MB after it
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,25 @@ class RunResult:
     extra: dict = field(default_factory=dict)
 
 
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, in MB (0 where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+@contextlib.contextmanager
+def _stage(name: str, timings: dict[str, float], memory: dict[str, float]) -> Iterator[None]:
+    """Record the seconds a stage took and the process's peak memory after it."""
+    clock = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - clock
+    memory[name] = peak_memory_mb()
+
+
 def _located(records: pd.DataFrame, role: str) -> pd.Series:
     return (records[f"{role}_lat"].notna() & records[f"{role}_lon"].notna()).astype(bool)
 
@@ -160,7 +183,7 @@ def place_records(records: pd.DataFrame) -> pd.DataFrame:
         list(UNPLACED_REASONS[2:3] + UNPLACED_REASONS[0:2] + UNPLACED_REASONS[3:]),
         default="",
     )
-    out = records.copy()
+    out = records.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     out["placed"] = dealer & recovery & port
     out["unplaced_reason"] = pd.array(np.where(reason == "", None, reason), dtype="string")
     return out
@@ -177,25 +200,24 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
 
     options = options or RunOptions()
     timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    read = read_traces(source, column_map=options.column_map, dayfirst=options.dayfirst,
-                       today=options.today)
-    timings["read"] = time.perf_counter() - clock
+    memory: dict[str, float] = {}
+    with _stage("read", timings, memory):
+        read = read_traces(source, column_map=options.column_map, dayfirst=options.dayfirst,
+                           today=options.today)
     log.debug("read %s valid records (%s rejected lines) from %s", f"{len(read.records):,}",
-             f"{read.source['rows_read'] - len(read.records):,}", source)
-    clock = time.perf_counter()
-    records, report = geocode_traces(read.records, geocoder=options.geocoder,
-                                     overrides=options.overrides)
-    timings["geocode"] = time.perf_counter() - clock
+              f"{read.source['rows_read'] - len(read.records):,}", source)
+    with _stage("geocode", timings, memory):
+        records, report = geocode_traces(read.records, geocoder=options.geocoder,
+                                         overrides=options.overrides)
     log.info("geocoded %s distinct places", f"{len(report):,}")
-    clock = time.perf_counter()
-    records = assign_crossings(records, load_ports())
-    records = pseudonymise(records, key=options.pseudonym_key)
-    records["dealer_id"] = dealer_ids(records)
-    records = place_records(records)
-    timings["crossings"] = time.perf_counter() - clock
+    with _stage("crossings", timings, memory):
+        records = assign_crossings(records, load_ports())
+        records = pseudonymise(records, key=options.pseudonym_key)
+        records["dealer_id"] = dealer_ids(records)
+        records = place_records(records)
     return PreparedRecords(records=records, rejects=read.rejects, geocode_report=report,
-                           source=dict(read.source), timings=timings, options=options)
+                           source=dict(read.source), timings=timings, options=options,
+                           memory=memory)
 
 
 def _label(records: pd.DataFrame, show_names: bool) -> pd.DataFrame:
@@ -250,19 +272,17 @@ def analyse(
     ports = load_ports()
     states_shapes, state_names = _state_names()
 
-    clock = time.perf_counter()
-    flows = build_flows(placed, ports, level=options.flow_level, state_names=state_names)
-    dealers = build_dealers(placed)
-    recoveries = build_recoveries(placed)
-    crossings = build_crossings(placed, ports)
-    states = build_states(placed, states_shapes)
-    timings["flows"] = time.perf_counter() - clock
+    memory = dict(prepared.memory)
+    with _stage("flows", timings, memory):
+        flows = build_flows(placed, ports, level=options.flow_level, state_names=state_names)
+        dealers = build_dealers(placed)
+        recoveries = build_recoveries(placed)
+        crossings = build_crossings(placed, ports)
+        states = build_states(placed, states_shapes)
     log.info("built %s flows through %s ports", f"{len(flows):,}", len(crossings))
-
-    clock = time.perf_counter()
-    tables = build_tables(frame, ports=ports, state_names=state_names)
-    found = findings(frame, tables)
-    timings["aggregate"] = time.perf_counter() - clock
+    with _stage("aggregate", timings, memory):
+        tables = build_tables(frame, ports=ports, state_names=state_names)
+        found = findings(frame, tables)
 
     unplaced = _unplaced(frame)
     rows_read = int(prepared.source.get("rows_read", len(prepared.records)))
@@ -292,6 +312,7 @@ def analyse(
         "description": description,
         "counts": counts,
         "timings": {k: round(v, 4) for k, v in timings.items()},
+        "memory_peak_mb": memory,
     }
     return RunResult(
         options=options, flows=flows, dealers=dealers, recoveries=recoveries,
@@ -377,6 +398,8 @@ def write_outputs(
         timings = dict(manifest.get("timings", {}))
         timings["export"] = round(time.perf_counter() - clock, 4)
         manifest["timings"] = timings
+        manifest["memory_peak_mb"] = {**manifest.get("memory_peak_mb", {}),
+                                      "export": peak_memory_mb()}
         written = (p.relative_to(temp).as_posix() for p in temp.rglob("*") if p.is_file())
         manifest["files"] = [*sorted(written), "manifest.json"]
         write_json(manifest, temp / "manifest.json")

@@ -8,7 +8,6 @@ uses the same key. Pass your own ``key`` to make ids unlinkable to other people'
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 import pandas as pd
@@ -33,7 +32,7 @@ def normalise_names(names: pd.Series) -> pd.Series:
 
 
 def _digest(name: str, key: bytes) -> str:
-    return "P-" + hmac.new(key, name.encode("utf-8"), hashlib.sha256).hexdigest()[:6]
+    return "P-" + hmac.digest(key, name.encode("utf-8"), "sha256").hex()[:6]
 
 
 def pseudonym(names: pd.Series, *, key: bytes | str | None = None) -> pd.Series:
@@ -45,10 +44,10 @@ def pseudonym(names: pd.Series, *, key: bytes | str | None = None) -> pd.Series:
     1
     """
     raw_key = key.encode("utf-8") if isinstance(key, str) else (key or DEFAULT_KEY)
-    normal = normalise_names(names)
-    codes, uniques = pd.factorize(normal, use_na_sentinel=True)
-    ids = pd.array([_digest(str(u), raw_key) for u in uniques] + [pd.NA], dtype="string")
-    # code -1 (NA) indexes the trailing NA
+    codes, uniques = pd.factorize(names.astype("string"), use_na_sentinel=True)
+    normal = normalise_names(pd.Series(uniques, dtype="string"))  # distinct raw names only
+    digests = [None if pd.isna(u) else _digest(u, raw_key) for u in normal]
+    ids = pd.array([*digests, pd.NA], dtype="string")  # code -1 (NA) takes the trailing NA
     return pd.Series(ids[codes], index=names.index, dtype="string", name=names.name)
 
 
@@ -56,7 +55,7 @@ def pseudonymise(
     records: pd.DataFrame, *, key: bytes | str | None = None
 ) -> pd.DataFrame:
     """Return ``records`` with ``purchaser_id`` and ``possessor_id`` added (names kept)."""
-    out = records.copy()
+    out = records.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     for role in ("purchaser", "possessor"):
         column = f"{role}_name"
         source = out[column] if column in out else pd.Series(pd.NA, index=out.index)

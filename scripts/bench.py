@@ -51,7 +51,9 @@ def child_run(path: str, out: str) -> dict:
     total = time.perf_counter() - start
     stages = dict(result.manifest["timings"])
     stages["export"] = export
-    return {"stages": stages, "total": total, "peak_mb": _peak_mb(),
+    memory = dict(result.manifest["memory_peak_mb"])
+    memory["export"] = _peak_mb()
+    return {"stages": stages, "memory": memory, "total": total, "peak_mb": _peak_mb(),
             "counts": result.manifest["counts"]}
 
 
@@ -88,14 +90,15 @@ def main() -> None:
         out = args.keep or str(Path(tmp) / "out")
         run = _child("--child", "run", str(path), out)
 
-    print(f"\n{'stage':<14}{'seconds':>10}")
-    print(f"{'pandas parse':<14}{parse['seconds']:>10.2f}   (peak {parse['peak_mb']:,.0f} MB)")
-    print("-" * 24)
+    print(f"\n{'stage':<14}{'seconds':>10}{'peak MB so far':>16}")
+    print(f"{'pandas parse':<14}{parse['seconds']:>10.2f}{parse['peak_mb']:>16,.0f}")
+    print("-" * 40)
     for stage in ("read", "geocode", "crossings", "flows", "aggregate", "export"):
-        print(f"{stage:<14}{run['stages'].get(stage, float('nan')):>10.2f}")
-    print("-" * 24)
+        seconds = run["stages"].get(stage, float("nan"))
+        print(f"{stage:<14}{seconds:>10.2f}{run['memory'].get(stage, float('nan')):>16,.0f}")
+    print("-" * 40)
     ratio = run["total"] / parse["seconds"]
-    print(f"{'whole run':<14}{run['total']:>10.2f}   (peak {run['peak_mb']:,.0f} MB)")
+    print(f"{'whole run':<14}{run['total']:>10.2f}{run['peak_mb']:>16,.0f}")
     print(f"\nrun / parse = {ratio:.1f}x (target <= 10x); peak {run['peak_mb']:,.0f} MB "
           f"(target < 2048 MB)")
     counts = run["counts"]
