@@ -247,14 +247,12 @@ def select_flows(flows: pd.DataFrame, *, top_n: int, min_guns: int) -> tuple[pd.
 
     Returns ``(shown, hidden_flows, hidden_guns)``; ties at the cut keep input order.
     """
-    guns = pd.to_numeric(flows["guns"], errors="coerce").fillna(0)
-    order = np.argsort(-guns.to_numpy(), kind="stable")
-    ranked = flows.iloc[order]
-    keep = (guns.iloc[order] >= min_guns).to_numpy(copy=True)
+    guns = pd.to_numeric(flows["guns"], errors="coerce").fillna(0).to_numpy()
+    order = np.argsort(-guns, kind="stable")
+    keep = guns[order] >= min_guns
     keep &= np.cumsum(keep) <= top_n
-    shown = ranked[keep]
-    hidden = ranked[~keep]
-    return shown, len(hidden), int(pd.to_numeric(hidden["guns"]).fillna(0).sum())
+    hidden = order[~keep]
+    return flows.iloc[order[keep]], len(hidden), int(guns[hidden].sum())
 
 
 def _mercator(lonlat: np.ndarray) -> np.ndarray:
