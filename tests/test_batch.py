@@ -278,19 +278,19 @@ def test_batch_refuses_a_folder_geoflow_did_not_write(tmp_path):
     out.mkdir()
     (out / "thesis.docx").write_text("precious", encoding="utf-8")
     with pytest.raises(OutputError, match="not written by geoflow"):
-        run("state", out)
+        run("state", out, min_guns=7)
     assert (out / "thesis.docx").read_text(encoding="utf-8") == "precious"
-    run("state", out, force=True)
+    run("state", out, force=True, min_guns=7)
     assert not (out / "thesis.docx").exists()
     assert (out / "index.html").exists()
 
 
 def test_rerun_replaces_its_own_batch_whole(tmp_path):
     out = tmp_path / "out"
-    run("trafficker", out, min_guns=1)
-    run("mx-state", out)
+    run("trafficker", out, min_guns=4)
+    run("mx-state", out, min_guns=5)
     assert not (out / "trafficker").exists()
-    assert len(list((out / "mx-state").iterdir())) == 4
+    assert len(list((out / "mx-state").iterdir())) == 2
     assert not [p for p in tmp_path.iterdir() if p.name != "out"]  # no temp folders left
 
 
@@ -298,7 +298,7 @@ def test_failed_batch_leaves_the_previous_one(tmp_path):
     from geoflow.batch import run_batch
 
     out = tmp_path / "out"
-    run("state", out)
+    run("state", out, min_guns=7)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
 
     def broken(result, folder):
@@ -310,8 +310,14 @@ def test_failed_batch_leaves_the_previous_one(tmp_path):
 
 
 def test_entity_with_nothing_placed_still_gets_a_complete_output_set(tmp_path):
+    from geoflow.batch import run_batch
+
     out = tmp_path / "out"
-    batch = run("trafficker", out, min_guns=1)
+    prepared = prepared_records()
+    some = prepared.records[prepared.records["purchaser_name"].isin(["Nobody Placed", "CON"])]
+    batch = run_batch(prepared, kind="trafficker", out_dir=out, records=some, min_guns=1,
+                      write=quick_write)
+    assert len(batch.entities) == 2
     lonely = batch.entities.loc[batch.entities["placed"] == 0]
     assert len(lonely) == 1
     folder = out / lonely["folder"].iloc[0]
