@@ -27,6 +27,7 @@ import pandas as pd
 
 from geoflow import __version__
 from geoflow.errors import OutputError
+from geoflow.progress import quiet_logger
 from geoflow.select import entity_keys, list_entities
 
 __all__ = [
@@ -304,7 +305,7 @@ def run_batch(
     title = f"{title} — by {singular.lower()}" if title else (
         f"Guns traced to Mexico by {singular.lower()}")
     written = []
-    with export.atomic_output_dir(out_dir, force=force) as temp:
+    with export.atomic_output_dir(out_dir, force=force) as temp, quiet_logger(pipeline.log.name):
         for row in table.itertuples(index=False):  # one analysis per entity, not per record
             subset = records.iloc[positions[row.key]]
             part = f"{singular}: {row.label}"

@@ -6,11 +6,13 @@ A rich progress display is shown only when stderr is a terminal and the user did
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,7 +22,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-__all__ = ["progress_enabled", "stage", "bar"]
+__all__ = ["progress_enabled", "stage", "bar", "quiet_logger"]
 
 
 def progress_enabled(*, quiet: bool = False, stream=None) -> bool:
@@ -38,12 +40,46 @@ def _progress(console: Console | None, *, with_bar: bool) -> Progress:
 
 
 @contextmanager
+def _logs_above(progress: Progress) -> Iterator[None]:
+    """Route log records through the live display so a line never lands inside the bar."""
+    root = logging.getLogger()
+    plain = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    handler = RichHandler(console=progress.console, show_time=False, show_level=False,
+                          show_path=False, markup=False, rich_tracebacks=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(min((h.level for h in plain), default=logging.NOTSET))
+    for old in plain:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for old in plain:
+            root.addHandler(old)
+
+
+@contextmanager
+def quiet_logger(name: str, *, level: int = logging.WARNING) -> Iterator[None]:
+    """Raise logger ``name`` to ``level`` for a block (per-entity chatter in batches), unless
+    it is already set to show debug messages (``--verbose``)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    if logger.getEffectiveLevel() > logging.DEBUG:
+        logger.setLevel(max(level, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@contextmanager
 def stage(description: str, *, enabled: bool, console: Console | None = None) -> Iterator[None]:
     """Show a spinner with ``description`` while the block runs (when ``enabled``)."""
     if not enabled:
         yield
         return
-    with _progress(console, with_bar=False) as progress:
+    with _progress(console, with_bar=False) as progress, _logs_above(progress):
         progress.add_task(description, total=None)
         yield
 
@@ -56,7 +92,7 @@ def bar(
     if not enabled:
         yield lambda label: None
         return
-    with _progress(console, with_bar=True) as progress:
+    with _progress(console, with_bar=True) as progress, _logs_above(progress):
         task = progress.add_task(description, total=total)
 
         def advance(label: str) -> None:

@@ -584,3 +584,23 @@ def test_index_page_in_headless_chromium(sample_by_trafficker, browser):
     assert page.external_requests() == []
     page.screenshot(Path(__file__).parent / "artifacts" / "batch_index.png")
     page.close()
+
+
+def test_log_lines_print_above_the_live_bar_not_inside_it():
+    import logging
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=100)
+    root = logging.getLogger()
+    plain = logging.StreamHandler(io.StringIO())
+    root.addHandler(plain)
+    try:
+        with bar("Writing", 1, enabled=True, console=console) as advance:
+            logging.getLogger("geoflow.test").warning("a log line")
+            advance("one")
+        assert plain in root.handlers  # restored afterwards
+    finally:
+        root.removeHandler(plain)
+    assert plain.stream.getvalue() == ""  # went through the live display instead
+    lines = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buffer.getvalue()).replace("\r", "\n")
+    assert any(line.strip() == "a log line" for line in lines.splitlines())
