@@ -604,3 +604,23 @@ def test_log_lines_print_above_the_live_bar_not_inside_it():
     assert plain.stream.getvalue() == ""  # went through the live display instead
     lines = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buffer.getvalue()).replace("\r", "\n")
     assert any(line.strip() == "a log line" for line in lines.splitlines())
+
+
+def test_map_command_takes_the_same_filters(small, tmp_path):
+    out = tmp_path / "az.html"
+    result = geoflow("-q", "map", small, "--state", "Ariz.", "--mx-state", "Chih.", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "US state: Arizona (US-AZ); Mexican state: Chihuahua (MX-CHH)" in out.read_text(
+        encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [('geocoder = "nominatim"\n', "needs a user agent"),
+     ('geocoder = "carrier-pigeon"\nuser_agent = "desk"\n', "unknown geocoder")],
+)
+def test_online_geocoder_from_config_is_checked_before_reading(small, tmp_path, text, needle):
+    config = write_toml(tmp_path / "geo.toml", text)
+    result = geoflow("summary", small, "--config", config)
+    assert_one_line_error(result, 5, needle)
+    assert "rows read" not in result.stderr
