@@ -832,10 +832,13 @@ class GeopyGeocoder:
         if payload is None:
             _add_note(result, pd.Index([idx]), f"{where}: no result")
             return
-        admin1 = _geopy_admin1(payload.get("raw") or {})
+        # The state polygon containing the answer decides (services differ in what they say).
+        point = _admin1_at(pd.Series([float(payload["lat"])]), pd.Series([float(payload["lon"])]))
+        admin1 = point.iloc[0] if point.notna().iloc[0] else _geopy_admin1(
+            payload.get("raw") or {})
         wanted = result.at[idx, "admin1"]
-        if country and admin1 and not admin1.startswith(country + "-"):
-            _add_note(result, pd.Index([idx]), f"{where}: answer in {admin1}, outside {country}")
+        if country and not (admin1 or "").startswith(country + "-"):
+            _add_note(result, pd.Index([idx]), f"{where}: answer in {admin1 or 'no known state'}, outside {country}")
             return
         if isinstance(wanted, str) and admin1 and admin1 != wanted:
             _add_note(result, pd.Index([idx]), f"{where}: answer in {admin1}, not {wanted}")

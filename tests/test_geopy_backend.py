@@ -21,6 +21,8 @@ KNOWN = {
     "EJIDO ZZYZX, CHIH.": (28.91, -106.02, "Ejido Zzyzx, Chihuahua, México", "MX-CHH"),
     "RANCHO QWXV, SON.": (30.10, -110.50, "Rancho Qwxv, Sonora, México", "MX-SON"),
     "RANCHO MISPLACED, SON.": (28.70, -106.10, "Rancho Misplaced, Chihuahua, México", "MX-CHH"),
+    # claims Chihuahua but the point is in Texas: the state polygons decide
+    "RANCHO TEJANO, CHIH.": (31.00, -100.00, "Rancho Tejano, Chihuahua, México", "MX-CHH"),
 }
 
 
@@ -132,6 +134,9 @@ def test_answers_outside_the_given_state_and_empty_answers_are_refused(server, t
     assert got.loc[0, "admin1"] == "MX-SON" and got.loc[0, "source"] == "offline"
     assert "answer in MX-CHH, not MX-SON" in got.loc[0, "note"]
     assert "no result" in got.loc[1, "note"]
+    lying = geocode(["RANCHO TEJANO, CHIH."], country="MX", geocoder=geocoder).iloc[0]
+    assert lying["admin1"] == "MX-CHH" and lying["source"] == "offline"
+    assert "answer in US-TX, outside MX" in lying["note"]
     server.requests.clear()
     again = geocode(["NOWHERE AT ALL, SON."], country="MX", geocoder=make(server, tmp_path))
     assert server.requests == [] and "(cached): no result" in again.loc[0, "note"]
