@@ -838,7 +838,8 @@ class GeopyGeocoder:
             payload.get("raw") or {})
         wanted = result.at[idx, "admin1"]
         if country and not (admin1 or "").startswith(country + "-"):
-            _add_note(result, pd.Index([idx]), f"{where}: answer in {admin1 or 'no known state'}, outside {country}")
+            _add_note(result, pd.Index([idx]),
+                      f"{where}: answer in {admin1 or 'no known state'}, outside {country}")
             return
         if isinstance(wanted, str) and admin1 and admin1 != wanted:
             _add_note(result, pd.Index([idx]), f"{where}: answer in {admin1}, not {wanted}")
