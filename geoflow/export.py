@@ -119,29 +119,47 @@ def _property_lines(frame: pd.DataFrame) -> list[str]:
 def _geometry_texts(geometries: np.ndarray) -> np.ndarray:
     """GeoJSON geometry texts: exteriors counter-clockwise, coordinates rounded to 6 decimals
     (GEOS writes the shortest round-tripping form), ``null`` for missing or empty."""
-    geometries = shapely.orient_polygons(geometries, exterior_cw=False)
+    polygonal = np.isin(shapely.get_type_id(geometries), (3, 6))  # Polygon, MultiPolygon
+    if polygonal.any():
+        geometries = geometries.copy()
+        geometries[polygonal] = shapely.orient_polygons(geometries[polygonal],
+                                                        exterior_cw=False)
     geometries = shapely.transform(geometries, lambda xy: np.round(xy, DECIMALS))
     texts = shapely.to_geojson(geometries)
     missing = shapely.is_missing(geometries) | shapely.is_empty(geometries)
     return np.where(missing, "null", texts)
 
 
-def geojson_text(gdf: gpd.GeoDataFrame) -> str:
+def _feature_chunks(gdf: gpd.GeoDataFrame, chunk: int) -> Iterator[str]:
+    """Feature texts joined by ``,\\n``, ``chunk`` features at a time."""
+    if gdf.crs is not None and not gdf.crs.equals("EPSG:4326"):
+        gdf = gdf.to_crs("EPSG:4326")
+    geometry_name = gdf.geometry.name
+    attributes = pd.DataFrame(gdf.drop(columns=geometry_name))
+    geometries = gdf.geometry.to_numpy()
+    for start in range(0, len(gdf), chunk):
+        properties = _property_lines(attributes.iloc[start:start + chunk])
+        shapes = _geometry_texts(geometries[start:start + chunk])
+        yield ",\n".join(
+            f'{{"type":"Feature","properties":{props},"geometry":{geom}}}'
+            for props, geom in zip(properties, shapes, strict=True)
+        )
+
+
+def geojson_text(gdf: gpd.GeoDataFrame, *, chunk: int = 20_000) -> str:
     """RFC 7946 FeatureCollection text for ``gdf`` (reprojected to EPSG:4326 if needed).
 
     Vectorised: properties through pandas' JSON encoder, geometries through GEOS; only the
     final string join touches each feature.
     """
-    if gdf.crs is not None and not gdf.crs.equals("EPSG:4326"):
-        gdf = gdf.to_crs("EPSG:4326")
-    geometry_name = gdf.geometry.name
-    properties = _property_lines(pd.DataFrame(gdf.drop(columns=geometry_name)))
-    geometries = _geometry_texts(gdf.geometry.to_numpy())
-    features = ",\n".join(
-        f'{{"type":"Feature","properties":{props},"geometry":{geom}}}'
-        for props, geom in zip(properties, geometries, strict=True)
-    )
-    return f'{{"type":"FeatureCollection","features":[\n{features}\n]}}\n'
+    return "".join(_geojson_pieces(gdf, chunk))
+
+
+def _geojson_pieces(gdf: gpd.GeoDataFrame, chunk: int) -> Iterator[str]:
+    yield '{"type":"FeatureCollection","features":[\n'
+    for i, text in enumerate(_feature_chunks(gdf, chunk)):
+        yield (",\n" if i else "") + text
+    yield "\n]}\n"
 
 
 def geojson_features(gdf: gpd.GeoDataFrame) -> dict:
@@ -149,9 +167,11 @@ def geojson_features(gdf: gpd.GeoDataFrame) -> dict:
     return json.loads(geojson_text(gdf))
 
 
-def write_geojson(gdf: gpd.GeoDataFrame, path: str | Path) -> None:
-    """Write ``gdf`` as RFC 7946 GeoJSON (one feature per line)."""
-    Path(path).write_text(geojson_text(gdf), encoding="utf-8")
+def write_geojson(gdf: gpd.GeoDataFrame, path: str | Path, *, chunk: int = 20_000) -> None:
+    """Write ``gdf`` as RFC 7946 GeoJSON, one feature per line, streaming ``chunk`` features
+    at a time so memory stays bounded for hundreds of thousands of flows."""
+    with Path(path).open("w", encoding="utf-8") as handle:
+        handle.writelines(_geojson_pieces(gdf, chunk))
 
 
 def safe_path(folder: str | Path, name: str) -> Path:
