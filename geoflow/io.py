@@ -348,6 +348,9 @@ def standardise_traces(
     coordinates = {}
     for column in schema.COORDINATE_COLUMNS:
         values = frame[column]
+        if values.isna().all():
+            coordinates[column] = pd.Series(np.nan, index=frame.index)
+            continue
         numbers = pd.to_numeric(values.str.replace(",", ".", regex=False), errors="coerce")
         limit = 90 if column in _LATITUDE else 180
         unparseable = values.notna() & numbers.isna()
@@ -801,19 +804,27 @@ def _csv_slow(rows: list[list[str]], scan: _Records, delimiter: str, meta: dict)
 # XLSX and Parquet
 
 
-def _table_from_cells(cells: pd.DataFrame, lines: np.ndarray, meta: dict, path: Path) -> _Table:
-    """First non-blank row is the header; blank rows are skipped and not counted."""
-    text = cells.apply(_clean_text)
+def _table_from_cells(cells: pd.DataFrame, meta: dict, path: Path, *,
+                      names: list[str] | None = None) -> _Table:
+    """A table from XLSX cells (``names`` None: the first non-blank row is the header and
+    lines are sheet rows) or Parquet columns (``names`` given; line = row + 2, the header
+    being line 1). Blank rows are skipped and not counted."""
+    text = pd.DataFrame({i: _clean_text(cells.iloc[:, i]) for i in range(cells.shape[1])},
+                        index=pd.RangeIndex(len(cells)))
     blank = text.isna().all(axis=1).to_numpy()
     nonblank = np.flatnonzero(~blank)
-    if nonblank.size == 0:
-        raise InputError("empty file: no header row", path=str(path))
-    header, data = int(nonblank[0]), nonblank[1:]
-    names = _unique_headers(text.iloc[header].fillna("").astype("str").tolist())
-    frame = cells.iloc[data].set_axis(names, axis=1).reset_index(drop=True)
+    if names is None:
+        if nonblank.size == 0:
+            raise InputError("empty file: no header row", path=str(path))
+        header, data = int(nonblank[0]), nonblank[1:]
+        names = text.iloc[header].fillna("").astype("str").tolist()
+        lines = np.arange(len(cells)) + 1
+    else:
+        data, lines = nonblank, np.arange(len(cells)) + 2
+    frame = text.iloc[data].set_axis(_unique_headers(names), axis=1).reset_index(drop=True)
 
     def raw_text(positions: np.ndarray) -> list[str]:
-        rows = text.iloc[data[positions]].astype("str").fillna("")
+        rows = frame.iloc[positions].astype("str").fillna("")
         return rows.agg(",".join, axis=1).str.slice(0, _RAW_CHARS).tolist()
 
     empty = pd.DataFrame({c: pd.Series(dtype="str") for c in _REJECT_COLUMNS}).astype(
@@ -837,8 +848,7 @@ def _read_xlsx(data: bytes, path: Path, *, sheet: str | int | None) -> _Table:
         cells = pd.read_excel(book, sheet_name=chosen, header=None, dtype=str,
                               na_filter=False, keep_default_na=False)
     name = chosen if isinstance(chosen, str) else names[chosen]
-    return _table_from_cells(cells, np.arange(len(cells)) + 1,
-                             {"encoding": None, "sheet": name}, path)
+    return _table_from_cells(cells, {"encoding": None, "sheet": name}, path)
 
 
 def _read_parquet(data: bytes, path: Path) -> _Table:
@@ -846,9 +856,8 @@ def _read_parquet(data: bytes, path: Path) -> _Table:
         cells = pd.read_parquet(io.BytesIO(data), engine="pyarrow")
     except (OSError, ValueError) as exc:
         raise InputError(f"not a readable Parquet file: {exc}", path=str(path)) from exc
-    header = pd.DataFrame([[str(c) for c in cells.columns]], columns=cells.columns)
-    cells = pd.concat([header.astype("object"), cells.astype("object")], ignore_index=True)
-    return _table_from_cells(cells, np.arange(len(cells)) + 1, {"encoding": None}, path)
+    return _table_from_cells(cells, {"encoding": None}, path,
+                             names=[str(c) for c in cells.columns])
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import json
 import re
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -162,16 +163,22 @@ def test_xlsx_blank_rows_are_skipped_and_lines_are_sheet_rows(tmp_path):
 def test_parquet_round_trip_keeps_datetimes_and_missing_values(tmp_path):
     frame = _frame()
     frame["Purchase Date"] = pd.to_datetime(["2008-09-14"] * 4 + [None])
+    frame["Recovery Date"] = [date(2008, 10, 1)] * 5  # a date32 column
     frame["Recovery Lat"] = [31.72, None, 20.59, 25.75, 19.43]
+    frame["FFL Zip"] = pd.array([60118, 56007, None, 1, 2], dtype="Int64")
+    frame = frame.reindex([0, 1, -1, 2, 3, 4])  # an all-empty row; dtypes kept
     path = tmp_path / "traces.parquet"
     frame.to_parquet(path, index=False)
     result = read_traces(path)
     records = result.records
     assert records["recovery_city"].tolist() == PLACES
     assert records["purchase_date"].isna().tolist() == [False] * 4 + [True]
+    assert records["time_to_crime_days"].iloc[0] == 17.0
     assert records["recovery_lat"].iloc[0] == 31.72
     assert np.isnan(records["recovery_lat"].iloc[1])
-    assert records["source_line"].tolist() == [2, 3, 4, 5, 6]
+    assert records["dealer_zip"].tolist()[:2] == ["60118", "56007"]
+    assert records["source_line"].tolist() == [2, 3, 5, 6, 7]  # the blank row 4 is skipped
+    assert result.rows_read == 5
     assert result.warnings.empty
     assert result.source["format"] == "parquet"
 
