@@ -134,20 +134,24 @@ def load_gazetteer() -> Gazetteer:
 
 
 def _empty_result(queries: pd.Series) -> pd.DataFrame:
-    n = len(queries)
+    n, index = len(queries), queries.index
+
+    def text(value: str | None) -> pd.Series:
+        return pd.Series(value, index=index, dtype="string")
+
     return pd.DataFrame(
         {
-            "query": queries.astype("string").to_numpy(),
+            "query": queries.astype("string"),
             "lat": np.full(n, np.nan),
             "lon": np.full(n, np.nan),
-            "level": pd.array([""] * n, dtype="string"),
+            "level": text(""),
             "score": np.zeros(n, dtype="int64"),
-            "matched_name": pd.array([pd.NA] * n, dtype="string"),
-            "admin1": pd.array([pd.NA] * n, dtype="string"),
-            "source": pd.array([""] * n, dtype="string"),
-            "note": pd.array([""] * n, dtype="string"),
+            "matched_name": text(None),
+            "admin1": text(None),
+            "source": text(""),
+            "note": text(""),
         },
-        index=queries.index,
+        index=index,
     )
 
 
@@ -567,7 +571,9 @@ def _role_queries(records: pd.DataFrame, role: str) -> tuple[pd.Series, pd.Serie
     else:
         text = text.str.strip(" ,")
         given = col("recovery_country")
-        country = normalise_country(given)
+        distinct = given.drop_duplicates()
+        codes = pd.Series(normalise_country(distinct).to_numpy(), index=distinct.to_numpy())
+        country = given.map(codes)
         country = country.where(given != "", "MX").fillna("other")
     return text.astype("string"), country.astype("string")
 
@@ -666,11 +672,10 @@ def _report(long: pd.DataFrame) -> pd.DataFrame:
     long = long.assign(level=long["level"].fillna(""), query=long["query"].fillna(""))
     grouped = long.groupby(keys, sort=False, dropna=False)
     first = grouped.first()
-    first = first.assign(
-        lat=grouped["lat"].first() if len(long) else first["lat"],
-        records=grouped.size(),
-        first_lines=grouped["line"].agg(lambda s: " ".join(str(v) for v in s.head(5))),
-    ).reset_index()
+    head = long[grouped.cumcount().to_numpy() < 5]
+    head = head.assign(line=head["line"].astype("string").fillna("?"))
+    lines = head.groupby(keys, sort=False, dropna=False)["line"].agg(" ".join)
+    first = first.assign(records=grouped.size(), first_lines=lines).reset_index()
     first.loc[first["level"] == "coordinates", ["lat", "lon"]] = np.nan  # vary per record
     order = first.assign(_m=(first["level"] != "").astype(int),
                          _s=first["score"].astype(int), _r=-first["records"])
