@@ -133,11 +133,11 @@ document.querySelectorAll("table.sortable th").forEach(function(th, col){
     var asc = th.getAttribute("aria-sort") !== "ascending";
     table.querySelectorAll("th").forEach(function(h){ h.removeAttribute("aria-sort"); });
     th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+    var numeric = th.classList.contains("n");
     var rows = Array.prototype.slice.call(body.rows);
     rows.sort(function(a, b){
       var x = a.cells[col].getAttribute("data-value"), y = b.cells[col].getAttribute("data-value");
-      var nx = parseFloat(x), ny = parseFloat(y);
-      var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+      var c = numeric ? parseFloat(x) - parseFloat(y) : x.localeCompare(y);
       return asc ? c : -c;
     });
     rows.forEach(function(r){ body.appendChild(r); });

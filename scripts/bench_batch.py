@@ -1,0 +1,83 @@
+"""Time filters and batches: what ``geoflow run --per KIND`` costs beyond one read.
+
+Usage::
+
+    python scripts/bench_batch.py                    # the default sample (2,922 rows)
+    python scripts/bench_batch.py --rows 200000      # a larger synthetic sample
+    python scripts/bench_batch.py --kind trafficker --no-map
+
+Prints the time to read + geocode once, to filter (one state, one purchaser), to list the
+entities, and to analyse and write every entity, with the mean per entity and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2922)
+    parser.add_argument("--kind", default="state",
+                        choices=["state", "mx-state", "trafficker", "dealer"])
+    parser.add_argument("--min-guns", type=int, default=None)
+    parser.add_argument("--no-map", action="store_true", help="skip map.html per entity")
+    args = parser.parse_args()
+
+    from geoflow.batch import entity_table, run_batch
+    from geoflow.pipeline import prepare_records, write_outputs
+    from geoflow.sample import write_sample
+    from geoflow.select import filter_records
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = write_sample(Path(tmp) / "sample.csv", rows=args.rows)
+        clock = time.perf_counter()
+        prepared = prepare_records(source)
+        t_prepare = time.perf_counter() - clock
+        records = prepared.records
+
+        clock = time.perf_counter()
+        filter_records(records, us_states=["TX"])
+        t_state = time.perf_counter() - clock
+        top = records["purchaser_id"].value_counts().index[0]
+        clock = time.perf_counter()
+        filter_records(records, traffickers=[top])
+        t_trafficker = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        table, _ = entity_table(records, args.kind, min_guns=args.min_guns)
+        t_list = time.perf_counter() - clock
+
+        def write(result, folder):
+            write_outputs(result, folder, write_map=not args.no_map)
+
+        clock = time.perf_counter()
+        batch = run_batch(prepared, kind=args.kind, out_dir=Path(tmp) / "out",
+                          min_guns=args.min_guns, write=write)
+        t_batch = time.perf_counter() - clock
+        size = sum(p.stat().st_size for p in (Path(tmp) / "out").rglob("*") if p.is_file())
+
+    n = max(len(batch.entities), 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows = [
+        ("records", f"{len(records):,}"),
+        ("read + geocode + crossings (once)", f"{t_prepare:.2f} s"),
+        ("filter --state TX", f"{t_state * 1000:.1f} ms"),
+        ("filter --trafficker <top id>", f"{t_trafficker * 1000:.1f} ms"),
+        (f"list {args.kind} entities", f"{t_list * 1000:.1f} ms ({len(table):,} entities)"),
+        (f"batch --per {args.kind} (analyse + write{'' if args.no_map else ' + map'})",
+         f"{t_batch:.2f} s, {t_batch / n:.3f} s per entity"),
+        ("batch output size", f"{size / 1e6:.1f} MB"),
+        ("peak memory (max RSS)", f"{peak:.0f} MB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
