@@ -60,6 +60,10 @@ FUZZY_CUTOFF = 85.0
 #: Without a state, the most populous candidate is taken only when it is this many times
 #: larger than the next one (Guadalajara, Jalisco vs a hamlet); otherwise "ambiguous".
 DOMINANCE = 5.0
+#: Without a state, misspellings are corrected only against towns this big, and only
+#: when the rapidfuzz score reaches STATELESS_CUTOFF.
+STATELESS_MIN_POPULATION = 10_000
+STATELESS_CUTOFF = 88.0
 #: Same-named candidates closer than this to the chosen one count as the same place.
 SAME_PLACE_KM = 10.0
 #: Alternate names rank below official names of the same population.
@@ -189,6 +193,7 @@ class OfflineGeocoder:
         self.gazetteer = gazetteer or load_gazetteer()
         self.fuzzy_cutoff = fuzzy_cutoff
         self._pools: dict[str, tuple[list[str], np.ndarray]] | None = None
+        self._stateless: dict[str | None, list[str]] = {}
 
     # The stages below each fill the rows still unmatched (level == "").
     def geocode(self, queries: pd.Series, *, country: str | None = None) -> pd.DataFrame:
@@ -201,6 +206,7 @@ class OfflineGeocoder:
         for variant in ("place_key", "ciudad", "whole_key"):
             self._match_exact(parsed, states, result, country, variant)
         self._match_fuzzy(parsed, states, result)
+        self._match_fuzzy_without_state(parsed, states, result, country)
         self._match_state(parsed, states, result)
         blank = result.index[(parsed["place_key"] == "") & parsed["states"].isna()
                              & parsed["zip"].isna()]
@@ -259,8 +265,8 @@ class OfflineGeocoder:
             keys = parsed["place_key"].str.replace(r"^CIUDAD (?:DE )?", "", regex=True)
             keys = keys.where(keys != parsed["place_key"])
             st = states
-        elif variant == "whole_key":
-            keys, st = parsed["whole_key"], pd.Series(pd.NA, index=parsed.index, dtype="string")
+        elif variant in ("whole_key", "corrected"):
+            keys, st = parsed[variant], pd.Series(pd.NA, index=parsed.index, dtype="string")
         else:
             keys, st = parsed["place_key"], states
         todo &= keys.notna() & (keys != "") & (st.fillna("-") != "")
@@ -389,6 +395,54 @@ class OfflineGeocoder:
                 + best["matched"].astype("string") + "' ("
                 + pd.Series(np.round(ratio).astype(int), index=idx).astype("string") + ")")
         _add_note(result, idx, note)
+
+    def _match_fuzzy_without_state(self, parsed: pd.DataFrame, states: pd.Series,
+                                   result: pd.DataFrame, country: str | None) -> None:
+        """No state given and no exact match: correct the spelling against the names of
+        towns of at least :data:`STATELESS_MIN_POPULATION`, then match the corrected name
+        like an exact one (so the ambiguity rules still apply); score at most 80."""
+        todo = ((result["level"] == "") & (parsed["place_key"] != "") & states.isna()
+                & parsed["zip"].isna() & ~result["note"].str.startswith("ambiguous"))
+        if not todo.any():
+            return
+        keys = self._stateless_pool(country)
+        queries = parsed.loc[todo, "place_key"]
+        found = []
+        for start in range(0, len(queries), 2000):  # bounded score matrices
+            chunk = queries.iloc[start:start + 2000]
+            scores = process.cdist(chunk.tolist(), keys, scorer=fuzz.token_sort_ratio,
+                                   processor=None, score_cutoff=STATELESS_CUTOFF,
+                                   dtype=np.float32, workers=-1)
+            top = scores.argmax(axis=1)
+            ratio = scores[np.arange(len(top)), top]
+            hit = ratio > 0
+            found.append(pd.DataFrame({"qid": chunk.index[hit], "ratio": ratio[hit],
+                                       "key": np.asarray(keys, dtype=object)[top[hit]]}))
+        best = pd.concat(found).set_index("qid")
+        if best.empty:
+            return
+        corrected = best["key"].astype("string").reindex(parsed.index)
+        before = result["level"] == ""
+        self._match_exact(parsed.assign(corrected=corrected), states, result, country,
+                          "corrected")
+        idx = result.index[before & (result["level"] != "")]
+        ratio = best["ratio"].reindex(idx)
+        result.loc[idx, "score"] = np.minimum(result.loc[idx, "score"].to_numpy(),
+                                              np.round(ratio.to_numpy() * 0.8)).astype("int64")
+        _add_note(result, idx, "fuzzy match without a state: '" + parsed.loc[idx, "place_key"]
+                  + "' ~ '" + corrected[idx] + "' ("
+                  + ratio.round().astype(int).astype("string") + ")")
+
+    def _stateless_pool(self, country: str | None) -> list[str]:
+        """Distinct match keys of towns big enough to be guessed without a state."""
+        if country not in self._stateless:
+            names = self.gazetteer.names
+            pop = self.gazetteer.places["population"].to_numpy()[names["place"]]
+            keep = pop >= STATELESS_MIN_POPULATION
+            if country is not None:
+                keep &= (names["country"] == country).to_numpy()
+            self._stateless[country] = names.loc[keep, "key"].drop_duplicates().tolist()
+        return self._stateless[country]
 
     def _fuzzy_pools(self) -> dict[str, tuple[list[str], np.ndarray]]:
         """Per state: distinct match keys and the best-ranked place of each (built once)."""

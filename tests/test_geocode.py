@@ -360,3 +360,11 @@ def test_records_without_source_lines_zip_lost_zeros_and_state_only_dealers():
     assert out.loc[2, "recovery_admin1"] == "MX-SIN"
     assert report.loc[report["role"] == "recovery", "records"].sum() == 3
     assert report["first_lines"].str.len().gt(0).all()  # lines count from 2 without source_line
+
+
+def test_misspelt_town_without_a_state_is_corrected_only_among_big_towns():
+    got = geocode(["TIJUNA", "SPRINGFEILD", "HOUSTN"], country=None)
+    assert got.loc[0, "matched_name"] == "Tijuana, Baja California"
+    assert "fuzzy match without a state" in got.loc[0, "note"] and got.loc[0, "score"] <= 80
+    assert got.loc[1, "level"] == "" and got.loc[1, "note"].startswith("ambiguous")
+    assert got.loc[2, "admin1"] == "US-TX" and got.loc[2, "score"] <= 70
