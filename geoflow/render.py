@@ -548,8 +548,19 @@ var geoflow = (function () {
     }});
     new Panel({position: position}).addTo(map);
   }
-  var api = {states: states, flows: flows, points: points, panel: panel, counts: counts,
-             map: null};
+  function fit(map, bounds) {
+    // Keep the data clear of the title and legend on a wide screen; fold the legend on a
+    // narrow one.
+    var legend = document.getElementById("gf-legend");
+    var title = document.getElementById("gf-title");
+    var wide = map.getSize().x > 760;
+    if (!wide && legend) legend.removeAttribute("open");
+    var right = wide && legend ? legend.offsetWidth + 30 : 20;
+    var top = wide && title ? title.offsetHeight + 20 : 20;
+    map.fitBounds(bounds, {paddingTopLeft: [20, top], paddingBottomRight: [right, 20]});
+  }
+  var api = {states: states, flows: flows, points: points, panel: panel, fit: fit,
+             counts: counts, map: null};
   return api;
 })();
 """
@@ -749,7 +760,7 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
 
     figure = branca.element.Figure(title=e(options.title))
     fmap = folium.Map(location=[29.0, -100.0], zoom_start=4, tiles=None, zoom_control="topright",
-                      control_scale=True)
+                      control_scale=True, zoom_snap=0.25)
     fmap.default_js = []
     fmap.default_css = []
     figure.add_child(fmap)
@@ -828,7 +839,7 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
             f"geoflow.panel({map_name}, 'gf-footer', 'bottomleft');"]
     bounds = _bounds(shown, result.crossings) or _bounds(states)
     if bounds:
-        code.append(f"{map_name}.fitBounds({script_json(bounds)}, {{padding: [20, 20]}});")
+        code.append(f"geoflow.fit({map_name}, {script_json(bounds)});")
     fmap.add_child(_Script("\n".join(code)))
     return figure.render()
 
