@@ -149,11 +149,12 @@ class Browser:
     def launch(cls, *, binary: str | None = None, timeout: float = 30.0) -> Browser:
         """Start Chromium headless and connect to it; BrowserError if it cannot be found."""
         binary = binary or find_chromium()
-        if binary is None:
+        if binary is None or not Path(binary).is_file():
+            where = f" at {binary}" if binary else ""
             raise BrowserError(
-                "headless Chromium not found: install Debian's `chromium` (apt-get install "
-                "chromium, as .ci/run does) or set GEOFLOW_CHROMIUM; set GEOFLOW_SKIP_BROWSER=1 "
-                "to skip the browser tests")
+                f"headless Chromium not found{where}: install Debian's `chromium` (apt-get "
+                "install chromium, as .ci/run does) or set GEOFLOW_CHROMIUM; set "
+                "GEOFLOW_SKIP_BROWSER=1 to skip the browser tests")
         profile = tempfile.mkdtemp(prefix="geoflow-chromium-")
         process = subprocess.Popen(
             [binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],

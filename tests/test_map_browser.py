@@ -40,6 +40,12 @@ def browser():
     chromium.close()
 
 
+def test_a_missing_chromium_is_reported_with_how_to_install_it(tmp_path):
+    with pytest.raises(BrowserError,
+                       match=r"not found at .*apt-get install chromium.*GEOFLOW_SKIP_BROWSER=1"):
+        Browser.launch(binary=str(tmp_path / "chromium"))
+
+
 def _map(tmp_path_factory, name: str, args: list[str]) -> Path:
     out = tmp_path_factory.mktemp(name) / "map.html"
     result = CliRunner().invoke(cli, ["map", *args, "-o", str(out)])
