@@ -279,6 +279,7 @@ def parse_places(queries: pd.Series) -> pd.DataFrame:
     """
     raw = queries.astype("string").fillna("")
     text = _fold_series(raw).str.replace(r"['’`]", "", regex=True)
+    text = text.str.replace(r"[\s.,;:]+$", "", regex=True)  # "… TX 78701." → "… TX 78701"
     zip_code = text.str.extract(r"(?<!\d)(\d{5})(?:\s*-\s*\d{4})?\s*$", expand=False)
     text = text.str.replace(r"(?<!\d)\d{5}(?:\s*-\s*\d{4})?\s*$", "", regex=True)
     text = text.str.replace(r"\b(C\s*P|CP|ZIP)\.?\s*$", "", regex=True).str.strip(" ,;")

@@ -19,6 +19,7 @@ def parse_one(text: str) -> dict:
         ("ST LOUIS, MISSOURI", "SAINT LOUIS", "US-MO", None),
         ("N LAS VEGAS", "NORTH LAS VEGAS", None, None),
         ("SAN ANTONIO TX 78201-1234", "SAN ANTONIO", "US-TX", "78201"),
+        ("LAS FLORES, CA 92688.", "LAS FLORES", "US-CA", "92688"),
         ("MT VERNON, WA", "MOUNT VERNON", "US-WA", None),
         ("PT ARTHUR TX", "PORT ARTHUR", "US-TX", None),
         ("LAS CRUCES, N. MEX.", "LAS CRUCES", "US-NM", None),
