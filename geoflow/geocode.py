@@ -792,6 +792,7 @@ class GeopyGeocoder:
                  scheme: str | None = None, timeout: float = 10.0,
                  cache_path: str | os.PathLike[str] | None = None,
                  min_delay_seconds: float = 1.0, fallback: Geocoder | None = None) -> None:
+        from geopy.exc import GeopyError
         from geopy.geocoders import get_geocoder_for_service
 
         service = service.lower()
@@ -806,12 +807,13 @@ class GeopyGeocoder:
         if scheme:
             kwargs["scheme"] = scheme
         if api_key:
-            kwargs["username" if service == "geonames" else "api_key"] = api_key
+            kwargs[{"geonames": "username", "here": "apikey"}.get(service, "api_key")] = api_key
         kwargs["adapter_factory"] = _single_try_adapter()  # retries would bypass the rate limit
         try:
             self.client = get_geocoder_for_service(service)(**kwargs)
-        except (TypeError, ValueError) as exc:  # missing api key and the like
-            raise GeocodeError(f"cannot set up the {service} geocoder: {exc}") from exc
+        except (TypeError, ValueError, GeopyError) as exc:  # missing api key and the like
+            raise GeocodeError(f"cannot set up the {service} geocoder (does it need "
+                               f"--api-key?): {exc}") from exc
         self.name = service
         self.min_delay = float(min_delay_seconds)
         self.cache = _Cache(Path(cache_path) if cache_path else default_cache_path())

@@ -173,3 +173,11 @@ def test_cli_uses_the_geopy_service_with_its_options(server, tmp_path):
     no_agent = [*args[:8], "--geocoder", "nominatim", "--cache", str(tmp_path / "c.sqlite")]
     result = CliRunner().invoke(cli, no_agent, obj={})
     assert result.exit_code == 5 and "user agent" in result.output
+
+
+def test_services_that_need_a_key_say_so(tmp_path):
+    with pytest.raises(GeocodeError, match="api-key"):
+        GeopyGeocoder("opencage", user_agent="x", cache_path=tmp_path / "c.sqlite")
+    keyed = GeopyGeocoder("opencage", user_agent="x", api_key="k",
+                          cache_path=tmp_path / "c.sqlite")
+    keyed.close()
