@@ -307,6 +307,13 @@ def _scale(values: np.ndarray, lo: float, hi: float, vmax: float) -> np.ndarray:
     return np.round(lo + (hi - lo) * frac, 2)
 
 
+def _kth_largest(values: pd.Series, k: int) -> int:
+    """The (k+1)-th largest value (0 if there are not that many): the largest flow not drawn
+    when the k largest are."""
+    arr = pd.to_numeric(values, errors="coerce").fillna(0).to_numpy()
+    return int(-np.partition(-arr, k)[k]) if k < arr.size else 0
+
+
 def _nice(x: float) -> int:
     """The largest 1-2-5 number ≤ x (at least 1)."""
     if x < 1:
@@ -667,8 +674,14 @@ def _legend(*, us: tuple[list[str], list[str]], mx: tuple[list[str], list[str]],
             "Showing the largest flow")
     if flow_counts["min_guns"] > 1:
         note += f" of at least {_fmt(flow_counts['min_guns'])} guns"
-    note += (f", and {_count(hidden, 'smaller flow')} ({_count(hidden_guns, 'gun')}) not drawn."
-             if hidden else ".")
+    if not hidden:
+        note += "."
+    elif flow_counts["largest_hidden"] < flow_counts["smallest_shown"]:
+        note += f", and {_count(hidden, 'smaller flow')} ({_count(hidden_guns, 'gun')}) not drawn."
+    else:  # a tie at the cut: the rest are no larger than the smallest drawn
+        note += (f", and {_count(hidden, 'more flow')} of at most "
+                 f"{_count(flow_counts['largest_hidden'], 'gun')} each "
+                 f"({_count(hidden_guns, 'gun')}) not drawn.")
     if shown == 0:
         note = (f"No flows drawn: {_count(hidden, 'flow')} ({_count(hidden_guns, 'gun')}) are "
                 "below the threshold." if hidden else "No flows to draw.")
@@ -816,6 +829,8 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
     widths = _scale(np.array(samples, dtype=float), *_FLOW_WIDTH, vmax)
     legend = _legend(us=(us_colours, us_labels), mx=(mx_colours, mx_labels),
                      flow_counts={"shown": len(shown), "hidden": hidden,
+                                  "smallest_shown": int(shown["guns"].min()) if len(shown) else 0,
+                                  "largest_hidden": _kth_largest(result.flows["guns"], len(shown)),
                                   "hidden_guns": hidden_guns, "min_guns": options.min_guns,
                                   "samples": list(zip(samples, widths, strict=True))},
                      point_notes=notes, colours=colours)

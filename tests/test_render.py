@@ -254,7 +254,13 @@ def test_sample_map_size_and_labels(sample_result, sample_html):
     assert len(page.encode("utf-8")) < 2_000_000
     shown, hidden, hidden_guns = select_flows(sample_result.flows, top_n=300, min_guns=1)
     assert hidden == len(sample_result.flows) - 300 > 0
-    assert f"and {hidden:,} smaller flows ({hidden_guns:,} guns) not drawn" in page
+    smallest = int(shown["guns"].min())
+    assert smallest == 1  # the sample's 300th flow ties with the rest: say "at most", not "smaller"
+    assert (f"and {hidden:,} more flows of at most 1 gun each ({hidden_guns:,} guns) not drawn"
+            in page)
+    other = render_map(sample_result, options=MapOptions(min_guns=2, top_n=1000))
+    _, below, below_guns = select_flows(sample_result.flows, top_n=1000, min_guns=2)
+    assert f"of at least 2 guns, and {below:,} smaller flows ({below_guns:,} guns)" in other
     for text in ("US states: guns sourced", "Mexican states: guns recovered",
                  "modelled crossing (dashed", "synthetic sample", escape_html(DEFAULT_CAVEAT),
                  "pseudonyms", "Guns traced from US dealers to Mexico"):
