@@ -73,6 +73,13 @@ UNPLACED_COLUMNS = (
     "dealer_geocode_level", "recovery_city", "recovery_state", "recovery_country",
     "recovery_geocode_level",
 )
+#: Record columns that flows, dealers, recoveries, crossings and states read.
+LAYER_INPUT_COLUMNS = (
+    "dealer_id", "dealer_name", "dealer_ffl", "dealer_place", "dealer_admin1", "dealer_lon",
+    "dealer_lat", "recovery_place", "recovery_admin1", "recovery_lon", "recovery_lat",
+    "recovery_geocode_level", "recovery_date", "crossing_code", "route_kind", "purchaser_id",
+    "purchaser_label", "purchase_date", "time_to_crime_days",
+)
 TABLE_NAMES = (
     "by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_trafficker", "by_crossing",
     "by_year",
@@ -268,7 +275,10 @@ def analyse(
     frame = prepared.records if records is None else records
     frame = _label(frame, options.show_names)
     timings = dict(prepared.timings)
-    placed = frame[frame["placed"].to_numpy(dtype=bool)]
+    # only the columns the map layers need: a filtered copy of every column would double
+    # the memory of the records for large inputs
+    layer_columns = [c for c in LAYER_INPUT_COLUMNS if c in frame.columns]
+    placed = frame.loc[frame["placed"].to_numpy(dtype=bool), layer_columns]
     ports = load_ports()
     states_shapes, state_names = _state_names()
 
