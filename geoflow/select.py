@@ -128,7 +128,7 @@ def resolve_states(
     prefix = f"{country}-"
     codes = set(shipped.values())
     if records is not None and code_col in records:
-        codes.update(records[code_col].dropna().astype(str).unique())
+        codes.update(str(code) for code in records[code_col].dropna().unique())
     result: dict[str, str] = {}
     for value in values:  # a handful of command-line values
         key = _compact(value)
@@ -184,22 +184,26 @@ def _state_name(code: str) -> str:
 def _match_names(
     wanted: Sequence[str], names: pd.Series, ids: pd.Series, *, what: str
 ) -> dict[str, set[str]]:
-    """Map each wanted name or id to the set of ids it selects (over distinct names only)."""
+    """Map each wanted name or id to the set of ids it selects.
+
+    Vectorised over the distinct (name, id) pairs: exact normalised name or id first, then
+    names containing every word of the value (accepted only when they name one entity).
+    """
+    from geoflow.privacy import normalise_names
+
     table = pd.DataFrame({"name": names, "id": ids}).dropna(subset=["id"]).drop_duplicates()
-    table = table.assign(
-        key=table["name"].fillna("").map(match_key),
-        id_key=table["id"].astype(str).str.casefold(),
-    )
+    key = " " + normalise_names(table["name"].astype("string")).fillna("") + " "
+    id_key = table["id"].astype("string").str.casefold()
     result: dict[str, set[str]] = {}
     for value in wanted:  # a handful of command-line values
-        key = match_key(value)
-        id_key = str(value).strip().casefold()
-        exact = table.loc[(table["id_key"] == id_key) | (table["key"] == key)]
-        hits = set(exact["id"])
-        if not hits and key:
-            words = set(key.split())
-            partial = table.loc[table["key"].map(lambda k, w=words: w <= set(k.split()))]
-            hits = set(partial["id"])
+        words = match_key(value)
+        hit = (id_key == str(value).strip().casefold()) | (key == f" {words} ")
+        hits = set(table.loc[hit.fillna(False).to_numpy(dtype=bool), "id"])
+        if not hits and words:
+            every = pd.Series(True, index=table.index)
+            for word in words.split():  # the words of one value
+                every &= key.str.contains(f" {word} ", regex=False).fillna(False)
+            hits = set(table.loc[every.to_numpy(dtype=bool), "id"])
             if len(hits) > 1:
                 raise FilterError(
                     f"{what} {value!r} is ambiguous: it matches {len(hits)} {what}s; "
