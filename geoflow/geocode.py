@@ -236,12 +236,13 @@ class OfflineGeocoder:
         if country not in (None, "US"):
             return
         zips = self.gazetteer.zips
-        has = parsed["zip"].notna() & ~states.fillna("").str.contains("MX-")
+        has = parsed["zip"].notna() & (states.isna() | states.fillna("").str.contains("US-"))
         found = parsed.loc[has, "zip"].map(zips["admin1"])
         hit = found.notna()
-        fits = states[hit.index].isna() | pd.Series(
-            [a in str(s).split("|") for a, s in zip(found, states[hit.index], strict=True)],
-            index=hit.index) if len(hit) else hit
+        given = states[hit.index].str.split("|").explode()  # candidate states, one per row
+        same = (given == found.reindex(given.index)).fillna(False).astype(bool)
+        fits = states[hit.index].isna() | same.groupby(level=0).any().reindex(hit.index,
+                                                                               fill_value=False)
         ok = hit & fits
         idx = ok[ok].index
         z = parsed.loc[idx, "zip"]
@@ -251,11 +252,12 @@ class OfflineGeocoder:
             + z.map(zips["admin1"]).str[3:] + ")",
             "admin1": z.map(zips["admin1"]), "source": "offline",
         })
-        bad = (hit & ~fits)
+        us_only = ~states.fillna("").str.contains("MX-")  # else 5 digits may be a código postal
+        bad = hit & ~fits & us_only[hit.index]
         _add_note(result, bad[bad].index,
                   "ZIP " + parsed["zip"] + " is in " + found.reindex(parsed.index).fillna("")
                   + ", not the given state")
-        unknown = has & ~has.index.isin(hit[hit].index)
+        unknown = has & ~has.index.isin(hit[hit].index) & us_only
         _add_note(result, unknown[unknown].index, "ZIP " + parsed["zip"] + " unknown")
 
     def _match_exact(self, parsed: pd.DataFrame, states: pd.Series, result: pd.DataFrame,
