@@ -156,6 +156,9 @@ def test_zip_wins_and_a_zip_from_another_state_is_not_used():
     assert got.loc[0, "level"] == "zip" and got.loc[0, "admin1"] == "US-TX"
     assert got.loc[1, "level"] == "city" and got.loc[1, "admin1"] == "US-TX"
     assert "60118 is in US-IL" in got.loc[1, "note"]
+    mich = geocode(["DETROIT, MICH. 48201", "MORELIA, MICH. 58000"])  # no country given
+    assert mich["admin1"].tolist() == ["US-MI", "MX-MIC"]
+    assert mich.loc[0, "level"] == "zip" and mich.loc[1, "note"] == ""  # a código postal
 
 
 def test_state_only_strings_get_the_state_point():
