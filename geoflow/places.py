@@ -16,6 +16,7 @@ ATF-style or Mexican abbreviation, full name, ISO 3166-2 code) and US ZIP split 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import pandas as pd
 
@@ -24,6 +25,7 @@ __all__ = [
     "MX_STATES",
     "STATE_NAMES",
     "STATE_ALIASES",
+    "PLACE_ALIASES",
     "GEONAMES_MX_ADMIN1",
     "INEGI_MX_STATE",
     "compact",
@@ -196,8 +198,6 @@ def compact(text: str) -> str:
 
 def fold(text: str) -> str:
     """Accents removed, upper case: ``"Culiacán"`` → ``"CULIACAN"``."""
-    import unicodedata
-
     decomposed = unicodedata.normalize("NFKD", str(text))
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).upper()
 
