@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,6 +166,9 @@ def read_traces(
     user_map = schema.validate_column_map(column_map)
     data = _read_bytes(path)
     fmt = _detect_format(path, data)
+    if sheet is not None and fmt != "xlsx":
+        raise InputError(f"sheet={sheet!r} given but this is a {fmt.upper()} file, not XLSX",
+                         path=str(path))
     if fmt == "csv":
         table = _read_csv(data, path, encoding=encoding)
     elif fmt == "xlsx":
@@ -330,7 +334,8 @@ def standardise_traces(
     frame = frame.reset_index(drop=True)
     text = {c: _clean_text(frame[c]) for c in frame.columns}
     frame = pd.DataFrame(text, index=frame.index)
-    unnamed_empty = [c for c in frame.columns if not raw_names.get(c, c) and frame[c].isna().all()]
+    unnamed_empty = [c for c in frame.columns
+                     if re.fullmatch(r"column \d+", raw_names.get(c, "")) and frame[c].isna().all()]
     frame = frame.drop(columns=unnamed_empty)
     produced = {"source_line", "time_to_crime_days", *schema.FLAG_COLUMNS}
     frame = frame.rename(columns={c: f"{c}_input" for c in frame.columns if c in produced})
@@ -724,10 +729,12 @@ def _field_rejects(scan: _Records, data: np.ndarray, bad: np.ndarray, width: int
 
 
 def _unique_headers(headers: list[str]) -> list[str]:
-    """Make repeated header names unique ('Notes', 'Notes (2)') so none is lost."""
+    """Name blank headers by position ('column 15') and make repeated names unique
+    ('Notes', 'Notes (2)') so no column is lost."""
     seen: dict[str, int] = {}
     result = []
-    for header in headers:
+    for position, raw in enumerate(headers, start=1):
+        header = raw if raw.strip() else f"column {position}"
         seen[header] = seen.get(header, 0) + 1
         result.append(header if seen[header] == 1 else f"{header} ({seen[header]})")
     return result

@@ -373,6 +373,18 @@ def test_text_is_stripped_country_defaults_to_mexico_and_unknown_columns_pass(tm
     assert records.columns[-4:].tolist() == ["time_to_crime_days", *schema.FLAG_COLUMNS]
 
 
+def test_blank_and_repeated_headers_keep_their_columns(tmp_path):
+    path = tmp_path / "traces.csv"
+    path.write_text("Serial,Notes,,Notes,\nA,one,x,two,\nB,three,,four,\n")
+    result = read_traces(path)
+    records = result.records
+    assert records["notes"].tolist() == ["one", "three"]
+    assert records["notes_2"].tolist() == ["two", "four"]
+    assert records["column_3"].iloc[0] == "x" and pd.isna(records["column_3"].iloc[1])
+    assert "column_5" not in records  # an unnamed, empty column (trailing comma) is dropped
+    assert result.source["header_map"]["Notes (2)"] == "notes_2"
+
+
 # ---------------------------------------------------------------------------- row accounting
 
 BROKEN = """\
@@ -546,6 +558,12 @@ def test_unreadable_binary_files(tmp_path):
     old.write_bytes(b"\xd0\xcf\x11\xe0 rest")
     with pytest.raises(InputError, match=r"old\.xls: old Excel \.xls"):
         read_traces(old)
+
+
+def test_sheet_option_on_a_csv_is_an_error(tmp_path):
+    path = _write(tmp_path / "traces.csv", _rows())
+    with pytest.raises(InputError, match=r"traces\.csv: sheet='traces' given but this is a CSV"):
+        read_traces(path, sheet="traces")
 
 
 def test_unknown_encoding_name(tmp_path):
