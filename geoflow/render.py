@@ -62,33 +62,36 @@ DEFAULT_CAVEAT = (
     "they are not a measure of all trafficking."
 )
 
+_SEQUENTIAL = {  # light to dark, 5 classes
+    "blues": ("#deebf7", "#9ecae1", "#6baed6", "#3182bd", "#08519c"),
+    "oranges": ("#fee6ce", "#fdae6b", "#fd8d3c", "#e6550d", "#a63603"),
+    "purples": ("#efedf5", "#bcbddc", "#9e9ac8", "#756bb1", "#54278f"),
+    "greens": ("#e5f5e0", "#a1d99b", "#74c476", "#31a354", "#006d2c"),
+    "viridis": ("#fde725", "#5ec962", "#21918c", "#3b528b", "#440154"),
+    "cividis": ("#fee838", "#c3b369", "#7f7c75", "#48526b", "#00224e"),
+    "greys": ("#f0f0f0", "#bdbdbd", "#969696", "#636363", "#252525"),
+}
+
 #: Colour-blind-safe sequential palettes (ColorBrewer single-hue, viridis, cividis), light to
 #: dark, as (US states: guns sourced, Mexican states: guns recovered).
 PALETTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "blue-orange": (
-        ("#deebf7", "#9ecae1", "#6baed6", "#3182bd", "#08519c"),
-        ("#fee6ce", "#fdae6b", "#fd8d3c", "#e6550d", "#a63603"),
-    ),
-    "purple-green": (
-        ("#efedf5", "#bcbddc", "#9e9ac8", "#756bb1", "#54278f"),
-        ("#e5f5e0", "#a1d99b", "#74c476", "#31a354", "#006d2c"),
-    ),
-    "viridis": (
-        ("#fde725", "#5ec962", "#21918c", "#3b528b", "#440154"),
-        ("#fde725", "#5ec962", "#21918c", "#3b528b", "#440154"),
-    ),
-    "cividis": (
-        ("#fee838", "#c3b369", "#7f7c75", "#48526b", "#00224e"),
-        ("#fee838", "#c3b369", "#7f7c75", "#48526b", "#00224e"),
-    ),
-    "greys": (
-        ("#f0f0f0", "#bdbdbd", "#969696", "#636363", "#252525"),
-        ("#f0f0f0", "#bdbdbd", "#969696", "#636363", "#252525"),
-    ),
+    "blue-orange": (_SEQUENTIAL["blues"], _SEQUENTIAL["oranges"]),
+    "purple-green": (_SEQUENTIAL["purples"], _SEQUENTIAL["greens"]),
+    "viridis": (_SEQUENTIAL["viridis"], _SEQUENTIAL["viridis"]),
+    "cividis": (_SEQUENTIAL["cividis"], _SEQUENTIAL["cividis"]),
+    "greys": (_SEQUENTIAL["greys"], _SEQUENTIAL["greys"]),
+}
+
+#: Per palette: (dealer circles, recovery circles, flow lines), distinct from each other.
+_INK: dict[str, tuple[str, str, str]] = {
+    "blue-orange": ("#08519c", "#a63603", "#2b1d3f"),
+    "purple-green": ("#54278f", "#006d2c", "#3a2a14"),
+    "viridis": ("#440154", "#c2410c", "#111111"),
+    "cividis": ("#00224e", "#c2410c", "#111111"),
+    "greys": ("#252525", "#c2410c", "#7a0019"),
 }
 
 _NO_DATA = "#f7f7f5"
-_FLOW_COLOUR = "#2b1d3f"
 _PORT_COLOUR = "#111111"
 _DASH = "7 5"
 _DECIMALS = 4
@@ -642,10 +645,10 @@ def _swatches(colours: Sequence[str], labels: Sequence[str]) -> str:
     return "".join(rows)
 
 
-def _line_svg(width: float, *, dashed: bool = False) -> str:
+def _line_svg(width: float, colour: str, *, dashed: bool = False) -> str:
     dash = f' stroke-dasharray="{_DASH}"' if dashed else ""
     return (f'<svg width="44" height="{max(12, math.ceil(width) + 4)}" aria-hidden="true">'
-            f'<line x1="2" x2="42" y1="50%" y2="50%" stroke="{_FLOW_COLOUR}" stroke-opacity="0.8"'
+            f'<line x1="2" x2="42" y1="50%" y2="50%" stroke="{colour}" stroke-opacity="0.8"'
             f' stroke-width="{width:.1f}"{dash}/></svg>')
 
 
@@ -662,10 +665,11 @@ def _legend(*, us: tuple[list[str], list[str]], mx: tuple[list[str], list[str]],
              "<h2>US states: guns sourced from dealers</h2>", _swatches(*us),
              "<h2>Mexican states: guns recovered</h2>", _swatches(*mx),
              "<h2>Flows: dealer → port of entry → recovery place (guns)</h2>"]
+    ink = colours["flow"]
     for guns, width in flow_counts["samples"]:
-        parts.append(f'<div class="row">{_line_svg(width)}{e(_fmt(guns))}</div>')
-    parts.append(f'<div class="row">{_line_svg(3)}known crossing (case records)</div>')
-    parts.append(f'<div class="row">{_line_svg(3, dashed=True)}modelled crossing (dashed: '
+        parts.append(f'<div class="row">{_line_svg(width, ink)}{e(_fmt(guns))}</div>')
+    parts.append(f'<div class="row">{_line_svg(3, ink)}known crossing (case records)</div>')
+    parts.append(f'<div class="row">{_line_svg(3, ink, dashed=True)}modelled crossing (dashed: '
                  "shortest route, not known)</div>")
     parts.append('<div class="row">▶ the arrowhead points to where the guns were recovered</div>')
     shown, hidden, hidden_guns = flow_counts["shown"], flow_counts["hidden"], flow_counts[
@@ -768,7 +772,8 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
     """
     options = options or MapOptions()
     us_palette, mx_palette = PALETTES[options.palette]
-    colours = {"dealer": us_palette[-1], "recovery": mx_palette[-1]}
+    ink = _INK[options.palette]
+    colours = {"dealer": ink[0], "recovery": ink[1], "flow": ink[2]}
     e = escape_html
 
     figure = branca.element.Figure(title=e(options.title))
@@ -801,7 +806,7 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
     shown, hidden, hidden_guns = select_flows(result.flows, top_n=options.top_n,
                                               min_guns=options.min_guns)
     flow_data, (vmax, biggest) = _flow_layer(shown)
-    _DataLayer("flows", flow_data, {"colour": _FLOW_COLOUR, "dash": _DASH, "spec": _FLOW_SPEC},
+    _DataLayer("flows", flow_data, {"colour": colours["flow"], "dash": _DASH, "spec": _FLOW_SPEC},
                name="Flows (width ∝ guns; dashed = modelled crossing)").add_to(fmap)
 
     notes = []
