@@ -569,7 +569,16 @@ var geoflow = (function () {
     var top = wide && title ? title.offsetHeight + 20 : 20;
     map.fitBounds(bounds, {paddingTopLeft: [20, top], paddingBottomRight: [right, 20]});
   }
-  var api = {states: states, flows: flows, points: points, panel: panel, fit: fit,
+  function tiles(map) {
+    // When the reader switches the online tiles on, let them show through the choropleths.
+    map.on("overlayadd overlayremove", function (e) {
+      var pane = map.getPane("gfStates");
+      if (pane && e.layer instanceof L.TileLayer) {
+        pane.style.opacity = e.type === "overlayadd" ? "0.55" : "";
+      }
+    });
+  }
+  var api = {states: states, flows: flows, points: points, panel: panel, fit: fit, tiles: tiles,
              counts: counts, map: null};
   return api;
 })();
@@ -857,6 +866,8 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
     code = [f"geoflow.panel({map_name}, 'gf-title', 'topleft');",
             f"geoflow.panel({map_name}, 'gf-legend', 'bottomright');",
             f"geoflow.panel({map_name}, 'gf-footer', 'bottomleft');"]
+    if options.tiles:
+        code.append(f"geoflow.tiles({map_name});")
     bounds = _bounds(shown, result.crossings) or _bounds(states)
     if bounds:
         code.append(f"geoflow.fit({map_name}, {script_json(bounds)});")

@@ -168,6 +168,7 @@ def test_only_the_online_tile_layer_asks_for_the_network(browser, sample_map):
         label.querySelector('input').click();
     })()""")
     page.wait_for("document.querySelectorAll('img.leaflet-tile').length > 0")
+    assert page.evaluate("geoflow.map.getPane('gfStates').style.opacity") == "0.55"
     requested = page.external_requests()
     assert requested and all("basemaps.cartocdn.com" in url for url in requested)
 
