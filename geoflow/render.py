@@ -101,7 +101,6 @@ _FLOW_WIDTH_FLOOR = 50.0  # guns that get the full width at least: small flows s
 _TILES = "https://{s}.basemaps.cartocdn.com/light_all/{z}/{x}/{y}{r}.png"
 _TILES_ATTR = ('&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> '
                'contributors &copy; <a href="https://carto.com/attributions">CARTO</a>')
-_LEAFLET_DIR = "js_lib_leaflet/static/js_lib_leaflet"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -772,6 +771,43 @@ def _bounds(*frames: pd.DataFrame) -> list[list[float]] | None:
             [round(float(north), 4), round(float(east), 4)]]
 
 
+def _page(options: MapOptions) -> tuple[branca.element.Figure, folium.Map]:
+    """An empty page: inlined Leaflet and our script, no CDN links, the optional tile layer."""
+    figure = branca.element.Figure(title=escape_html(options.title))
+    fmap = folium.Map(location=[29.0, -100.0], zoom_start=4, tiles=None, zoom_control="topright",
+                      control_scale=True, zoom_snap=0.25)
+    fmap.default_js = []  # folium's CDN scripts and styles (Leaflet, jQuery, Bootstrap, fonts)
+    fmap.default_css = []
+    figure.add_child(fmap)
+    leaflet_js, leaflet_css = leaflet_assets()
+    header = figure.header
+    header.add_child(branca.element.Element(f"<style>{leaflet_css}</style>"), name="leaflet_css")
+    header.add_child(branca.element.Element(f"<style>{PAGE_CSS}</style>"), name="geoflow_css")
+    header.add_child(branca.element.Element(f"<script>{leaflet_js}</script>"), name="leaflet")
+    header.add_child(branca.element.Element(f"<script>{RUNTIME_JS}</script>"), name="geoflow")
+    if options.tiles:
+        folium.TileLayer(_TILES, attr=_TILES_ATTR, subdomains="abcd", max_zoom=20,
+                         name="Online basemap (CartoDB Positron; needs network)",
+                         overlay=True, show=False, control=True).add_to(fmap)
+    return figure, fmap
+
+
+def _panels(result: MapData, options: MapOptions, legend: str) -> str:
+    """Title, legend and footer (source, credit, caveat, names) as escaped HTML."""
+    e = escape_html
+    names_note = ("Purchaser names are shown as they appear in the records."
+                  if options.show_names else
+                  "Purchasers are shown as pseudonyms (P-xxxxxx), not names.")
+    title = (f'<div class="gf-panel gf-title" id="gf-title"><h1>{e(options.title)}</h1>'
+             f"<p>{e(_subtitle(result, options))}</p></div>")
+    footer = (f'<div class="gf-panel gf-footer" id="gf-footer">'
+              f'<p class="gf-source">{e(_source(result, options))}</p>'
+              f'<p class="gf-credit">{e(options.credit)}</p>'
+              f'<p class="gf-caveat">{e(options.caveat)}</p>'
+              f'<p class="gf-names">{e(names_note)}</p></div>')
+    return title + legend + footer
+
+
 def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
     """The self-contained HTML map of a ``RunResult`` (docs/internals.md "→ render").
 
@@ -783,25 +819,7 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
     us_palette, mx_palette = PALETTES[options.palette]
     ink = _INK[options.palette]
     colours = {"dealer": ink[0], "recovery": ink[1], "flow": ink[2]}
-    e = escape_html
-
-    figure = branca.element.Figure(title=e(options.title))
-    fmap = folium.Map(location=[29.0, -100.0], zoom_start=4, tiles=None, zoom_control="topright",
-                      control_scale=True, zoom_snap=0.25)
-    fmap.default_js = []
-    fmap.default_css = []
-    figure.add_child(fmap)
-    leaflet_js, leaflet_css = leaflet_assets()
-    header = figure.header
-    header.add_child(branca.element.Element(f"<style>{leaflet_css}</style>"), name="leaflet_css")
-    header.add_child(branca.element.Element(f"<style>{PAGE_CSS}</style>"), name="geoflow_css")
-    header.add_child(branca.element.Element(f"<script>{leaflet_js}</script>"), name="leaflet")
-    header.add_child(branca.element.Element(f"<script>{RUNTIME_JS}</script>"), name="geoflow")
-
-    if options.tiles:
-        folium.TileLayer(_TILES, attr=_TILES_ATTR, subdomains="abcd", max_zoom=20,
-                         name="Online basemap (CartoDB Positron; needs network)",
-                         overlay=True, show=False, control=True).add_to(fmap)
+    figure, fmap = _page(options)
 
     states = result.states
     us_data, us_colours, us_labels = _state_layer(states, "US", us_palette)
@@ -848,17 +866,8 @@ def render_map(result: MapData, *, options: MapOptions | None = None) -> str:
                                   "hidden_guns": hidden_guns, "min_guns": options.min_guns,
                                   "samples": list(zip(samples, widths, strict=True))},
                      point_notes=notes, colours=colours)
-    names_note = ("Purchaser names are shown as they appear in the records."
-                  if options.show_names else
-                  "Purchasers are shown as pseudonyms (P-xxxxxx), not names.")
-    title = (f'<div class="gf-panel gf-title" id="gf-title"><h1>{e(options.title)}</h1>'
-             f"<p>{e(_subtitle(result, options))}</p></div>")
-    footer = (f'<div class="gf-panel gf-footer" id="gf-footer">'
-              f'<p class="gf-source">{e(_source(result, options))}</p>'
-              f'<p class="gf-credit">{e(options.credit)}</p>'
-              f'<p class="gf-caveat">{e(options.caveat)}</p>'
-              f'<p class="gf-names">{e(names_note)}</p></div>')
-    figure.html.add_child(branca.element.Element(title + legend + footer), name="geoflow_panels")
+    figure.html.add_child(branca.element.Element(_panels(result, options, legend)),
+                          name="geoflow_panels")
 
     folium.LayerControl(collapsed=True, position="topright").add_to(fmap)
     _stable_ids(figure)
