@@ -359,6 +359,7 @@ def _manifest(prepared: Any, *, kind: str, description: str, table: pd.DataFrame
         "description": description,
         "show_names": show_names,
         "input": {k: source.get(k) for k in ("path", "sha256", "format", "rows_read")},
+        "options": prepared.options.describe() if hasattr(prepared.options, "describe") else {},
         "counts": accounting,
         "entities": [
             {"slug": row.slug, "folder": row.folder, "key": row.key, "label": row.label,

@@ -230,6 +230,8 @@ def test_per_state_writes_one_folder_per_state_and_counts_add_up(tmp_path):
     assert sum(c["rows_placed"] for c in per_state.values()) == batch.entities["placed"].sum()
     assert (out / "index.html").is_file()
     assert top["generator"] == "geoflow"
+    assert top["options"]["flow_level"] == "place"
+    assert top["input"]["path"] == "hand.csv"
     assert {e["slug"]: e["key"] for e in top["entities"]}["texas-" + slugify(
         "x", key="US-TX").split("-")[-1]] == "US-TX"
 
