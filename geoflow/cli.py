@@ -497,8 +497,8 @@ def ports_command(texts: tuple[str, ...], fmt: str) -> None:
 
 @cli.command("geocode")
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
-@click.option("--column", help="Geocode this column of a plain CSV (default: the dealer and "
-                               "recovery places of a trace file).")
+@click.option("--column", help="Geocode this column of a plain CSV, XLSX or Parquet table "
+                               "(default: the dealer and recovery places of a trace file).")
 @click.option("--country", type=click.Choice(["US", "MX"], case_sensitive=False),
               help="Only accept places in this country (with --column).")
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False),
@@ -552,11 +552,20 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
                                  domain=domain, scheme=scheme, cache_path=cache_path)
     try:
         if column:
+            import zipfile
+
+            suffix = Path(input_path).suffix.lower()
             try:
-                frame = pd.read_csv(input_path, dtype="string", keep_default_na=False,
-                                    na_values=[""], encoding="utf-8-sig")
-            except (OSError, ValueError) as exc:
-                raise InputError(f"cannot read CSV: {exc}", path=input_path) from exc
+                if suffix in (".xlsx", ".xlsm"):
+                    frame = pd.read_excel(input_path, dtype="string")
+                elif suffix == ".parquet":
+                    frame = pd.read_parquet(input_path).astype("string")
+                else:
+                    frame = pd.read_csv(input_path, dtype="string", keep_default_na=False,
+                                        na_values=[""], encoding="utf-8-sig")
+            except (OSError, ValueError, ImportError, zipfile.BadZipFile) as exc:
+                raise InputError(f"cannot read {suffix or 'the file'}: {exc}",
+                                 path=input_path) from exc
             if column not in frame.columns:
                 raise SchemaError(f"no column {column!r}; columns are: "
                                   + ", ".join(map(str, frame.columns)), path=input_path)

@@ -371,3 +371,23 @@ def test_misspelt_town_without_a_state_is_corrected_only_among_big_towns():
     assert "fuzzy match without a state" in got.loc[0, "note"] and got.loc[0, "score"] <= 80
     assert got.loc[1, "level"] == "" and got.loc[1, "note"].startswith("ambiguous")
     assert got.loc[2, "admin1"] == "US-TX" and got.loc[2, "score"] <= 70
+
+
+def test_cli_geocodes_a_column_of_an_xlsx_table(tmp_path):
+    from click.testing import CliRunner
+
+    from geoflow.cli import cli
+
+    path = tmp_path / "places.xlsx"
+    pd.DataFrame({"lugar": ["NVO. LAREDO, TAMPS.", "TOLUCA, EDO. MEX."]}).to_excel(path,
+                                                                               index=False)
+    out = tmp_path / "out.csv"
+    result = CliRunner().invoke(cli, ["geocode", str(path), "--column", "lugar", "-o",
+                                      str(out)], obj={})
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(out)["admin1"].tolist() == ["MX-TAM", "MX-MEX"]
+    broken = tmp_path / "broken.xlsx"
+    broken.write_bytes(b"PK\x03\x04 not really a workbook")
+    result = CliRunner().invoke(cli, ["geocode", str(broken), "--column", "lugar", "-o",
+                                      str(out)], obj={})
+    assert result.exit_code == 3 and "broken.xlsx" in result.output
