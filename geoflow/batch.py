@@ -304,7 +304,6 @@ def run_batch(
     singular, plural = _KIND_TITLES[kind]
     title = f"{title} — by {singular.lower()}" if title else (
         f"Guns traced to Mexico by {singular.lower()}")
-    written = []
     with export.atomic_output_dir(out_dir, force=force) as temp, quiet_logger(pipeline.log.name):
         for row in table.itertuples(index=False):  # one analysis per entity, not per record
             subset = records.iloc[positions[row.key]]
@@ -315,24 +314,23 @@ def run_batch(
             )
             folder = safe_child(temp, kind, row.slug)
             write(result, folder)
-            written.append(int(result.manifest["counts"]["rows_placed"]))
             log.debug("%s %s: %d guns → %s", singular, row.label, row.guns, row.folder)
             if progress is not None:
                 progress(str(row.label))
-        table = table.assign(rows_placed=written) if written else table.assign(rows_placed=0)
-        notes = _accounting_notes(accounting, plural=plural.split(" (")[0].lower())
+        notes = _accounting_notes(accounting, singular=singular.lower(),
+                                  plural=plural.split(" (")[0].lower())
         html = render_index(table, kind=kind, title=title, description=description,
                             notes=notes, totals={"guns": accounting["records"]})
         export.safe_path(temp, "index.html").write_text(html, encoding="utf-8")
         manifest = _manifest(prepared, kind=kind, description=description, table=table,
-                             accounting=accounting, show_names=show_names)
+                             accounting=accounting, options=options)
         export.write_json(manifest, export.safe_path(temp, "manifest.json"))
-    log.info("%d %s written to %s (index.html lists them)", len(table),
+    log.debug("%d %s written to %s (index.html lists them)", len(table),
              plural.split(" (")[0].lower(), out_dir)
     return BatchResult(out_dir=Path(out_dir), kind=kind, entities=table, manifest=manifest)
 
 
-def _accounting_notes(accounting: dict[str, int], *, plural: str) -> list[str]:
+def _accounting_notes(accounting: dict[str, int], *, singular: str, plural: str) -> list[str]:
     notes = []
     if accounting["entities_below_threshold"]:
         notes.append(
@@ -341,13 +339,13 @@ def _accounting_notes(accounting: dict[str, int], *, plural: str) -> list[str]:
             "guns) are not listed."
         )
     if accounting["records_without_entity"]:
-        notes.append(f"{accounting['records_without_entity']:,} records name no such entity "
-                     "(for states: the geocoder could not tell the state).")
+        notes.append(f"{accounting['records_without_entity']:,} records have no {singular} "
+                     "(for states: the geocoder could not tell which) and are in no folder.")
     return notes
 
 
 def _manifest(prepared: Any, *, kind: str, description: str, table: pd.DataFrame,
-              accounting: dict[str, int], show_names: bool) -> dict[str, Any]:
+              accounting: dict[str, int], options: Any) -> dict[str, Any]:
     from geoflow.export import GENERATOR
 
     source = dict(getattr(prepared, "source", {}) or {})
@@ -357,9 +355,9 @@ def _manifest(prepared: Any, *, kind: str, description: str, table: pd.DataFrame
         "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
         "batch": kind,
         "description": description,
-        "show_names": show_names,
+        "show_names": bool(getattr(options, "show_names", False)),
         "input": {k: source.get(k) for k in ("path", "sha256", "format", "rows_read")},
-        "options": prepared.options.describe() if hasattr(prepared.options, "describe") else {},
+        "options": options.describe() if hasattr(options, "describe") else {},
         "counts": accounting,
         "entities": [
             {"slug": row.slug, "folder": row.folder, "key": row.key, "label": row.label,
