@@ -247,6 +247,22 @@ def test_column_map_naming_an_unknown_canonical_column_is_an_error(tmp_path):
         load_column_map(as_json)
 
 
+def test_column_map_file_errors_name_the_file(tmp_path):
+    with pytest.raises(InputError, match=r"nomap\.csv: file not found"):
+        load_column_map(tmp_path / "nomap.csv")
+    bad_json = tmp_path / "map.json"
+    bad_json.write_text('{"Ciudad": ')
+    with pytest.raises(SchemaError, match=r"map\.json: column map is not valid JSON"):
+        load_column_map(bad_json)
+    three = tmp_path / "map.csv"
+    three.write_text("Ciudad;recovery_city;extra\n")
+    with pytest.raises(SchemaError, match=r"map\.csv: line 1: expected 2 columns"):
+        load_column_map(three)
+    semicolons = tmp_path / "mapa.csv"
+    semicolons.write_text("Ciudad;recovery_city\nTienda;dealer_name\n")
+    assert load_column_map(semicolons) == {"Ciudad": "recovery_city", "Tienda": "dealer_name"}
+
+
 def test_column_map_entry_matching_no_header_is_warned(tmp_path):
     path = _write(tmp_path / "traces.csv", _rows())
     result = read_traces(path, column_map={"Armeria Final": "dealer_name"})
