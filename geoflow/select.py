@@ -454,7 +454,9 @@ def _labels(
     frame = pd.DataFrame({"key": keys, "name": records.get(name_col)}).dropna(subset=["key"])
     if kind == "dealer":
         place = records.get("dealer_place", records.get("dealer_city"))
-        frame["place"] = place
+        # the geocoder names ZIP matches "ZIP 60118 (East Dundee, IL)": keep the town
+        frame["place"] = None if place is None else place.astype("string").str.replace(
+            r"^ZIP \d{5} \((.*)\)$", r"\1", regex=True)
     first = frame.dropna(subset=["name"]).drop_duplicates("key").set_index("key")
     labels = []
     for key in wanted:  # distinct entities
