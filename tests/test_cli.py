@@ -156,12 +156,12 @@ def test_quiet_prints_no_progress_or_info(small, tmp_path):
 
 
 def test_default_logs_stages_and_verbose_logs_more(small, tmp_path):
-    normal = geoflow("summary", small)
-    verbose = geoflow("-v", "summary", small, "--config", write_toml(
-        tmp_path / "v.toml", 'title = "x"\n'))
-    assert "geocoded" in normal.stderr
+    config = write_toml(tmp_path / "v.toml", 'title = "x"\n')
+    normal = geoflow("summary", small, "--state", "TX", "--config", config)
+    verbose = geoflow("-v", "summary", small, "--config", config)
+    assert "filter: US state: Texas (US-TX) (21 of 54 records)" in normal.stderr
     assert "defaults from" not in normal.stderr
-    assert "defaults from" in verbose.stderr
+    assert f"defaults from {config}" in verbose.stderr
 
 
 # --------------------------------------------------------------------------- filters
