@@ -234,6 +234,34 @@ def test_a_result_with_nothing_placed_still_gives_a_finished_page():
     assert '"features":[]' in page
 
 
+def test_page_size_is_bounded_by_what_is_drawn_not_by_the_data():
+    """A million-record run has ~700,000 flows and ~12,000 dealers; the page stays light."""
+    rng = np.random.default_rng(5)
+    n, n_dealers, n_places = 200_000, 20_000, 5_000
+    flows = _flow_frame([1] * n, ["2304"] * n)
+    flows["guns"] = rng.integers(1, 60, n)
+    flows["dealer_lon"] = rng.uniform(-120, -80, n)
+    flows["dealer_lat"] = rng.uniform(28, 45, n)
+    flows["recovery_lon"] = rng.uniform(-110, -90, n)
+    flows["recovery_lat"] = rng.uniform(16, 30, n)
+    result = _result(flows)
+    result.dealers = gpd.GeoDataFrame(
+        {"dealer_name": [f"Dealer {i}" for i in range(n_dealers)],
+         "guns": rng.integers(1, 500, n_dealers)},
+        geometry=shapely.points(rng.uniform(-120, -80, n_dealers), rng.uniform(28, 45, n_dealers)),
+        crs="EPSG:4326")
+    result.recoveries = gpd.GeoDataFrame(
+        {"recovery_place": [f"Place {i}" for i in range(n_places)],
+         "guns": rng.integers(1, 500, n_places)},
+        geometry=shapely.points(rng.uniform(-110, -90, n_places), rng.uniform(16, 30, n_places)),
+        crs="EPSG:4326")
+    page = render_map(result, options=MapOptions())
+    assert len(page.encode("utf-8")) < 5_000_000
+    assert f"and {n - 300:,} " in page
+    assert f"And {n_dealers - 1500:,} smaller dealers" in page
+    assert f"And {n_places - 1500:,} smaller recovery places" in page
+
+
 # --------------------------------------------------------------------------- the sample's page
 
 
