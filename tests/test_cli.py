@@ -624,3 +624,30 @@ def test_online_geocoder_from_config_is_checked_before_reading(small, tmp_path, 
     result = geoflow("summary", small, "--config", config)
     assert_one_line_error(result, 5, needle)
     assert "rows read" not in result.stderr
+
+
+@pytest.mark.browser
+def test_index_page_shows_script_payloads_as_text(browser, tmp_path):
+    from geoflow.batch import render_index
+
+    payload = "<img src=x onerror=\"window.pwned=1\"></script><script>window.pwned=2</script>`${1}`"
+    entities = pd.DataFrame({
+        "label": [payload, "Texas (US-TX)"], "guns": [3, 5], "placed": [3, 5],
+        "purchasers": [1, 2], "dealers": [1, 1],
+        "folder": ["state/x-abc123", "state/texas-873133"],
+        "href": ["state/x-abc123/map.html", "state/texas-873133/map.html"],
+    })
+    path = tmp_path / "index.html"
+    path.write_text(render_index(entities, kind="state", title=payload, description=payload),
+                    encoding="utf-8")
+    page = browser.new_page(offline=True)
+    page.goto(path.as_uri())
+    assert page.evaluate("typeof window.pwned") == "undefined"
+    assert page.evaluate("document.images.length") == 0
+    assert page.evaluate("document.scripts.length") == 1
+    assert page.evaluate("document.title") == payload
+    cells = page.evaluate("Array.from(document.querySelectorAll('tbody tr'))"
+                          ".map(r => r.cells[0].textContent)")
+    assert payload in cells
+    assert page.console_errors == []
+    page.close()
