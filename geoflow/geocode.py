@@ -628,8 +628,8 @@ def _role_queries(records: pd.DataFrame, role: str) -> tuple[pd.Series, pd.Serie
         text = text.str.strip(" ,")
         given = col("recovery_country")
         distinct = given.drop_duplicates()
-        codes = pd.Series(normalise_country(distinct).to_numpy(), index=distinct.to_numpy())
-        country = given.map(codes)
+        codes = normalise_country(distinct).astype(object).where(lambda c: c.notna(), None)
+        country = given.astype(object).map(dict(zip(distinct, codes, strict=True)))
         country = country.where(given != "", "MX").fillna("other")
     return text.astype("string"), country.astype("string")
 

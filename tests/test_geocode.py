@@ -391,3 +391,11 @@ def test_cli_geocodes_a_column_of_an_xlsx_table(tmp_path):
     result = CliRunner().invoke(cli, ["geocode", str(broken), "--column", "lugar", "-o",
                                       str(out)], obj={})
     assert result.exit_code == 3 and "broken.xlsx" in result.output
+
+
+def test_frames_with_only_dealer_columns_geocode():
+    out, report = geocode_traces(pd.DataFrame({"dealer_city": ["FT WORTH"],
+                                               "dealer_state": ["TX"]}))
+    assert out.loc[0, "dealer_place"] == "Fort Worth, TX"
+    assert out.loc[0, "recovery_geocode_level"] == ""
+    assert report.set_index("role").loc["recovery", "note"] == "empty place"
