@@ -224,7 +224,7 @@ def load_column_map(path: str | Path) -> dict[str, str]:
     :class:`~geoflow.errors.SchemaError` naming the file (and line for CSV).
     """
     path = Path(path)
-    text = _read_bytes(path).decode("utf-8-sig", errors="replace")
+    _, text = _decode(_read_bytes(path), path, None)
     if path.suffix.lower() == ".json":
         try:
             mapping = json.loads(text)

@@ -259,8 +259,8 @@ def test_column_map_file_errors_name_the_file(tmp_path):
     with pytest.raises(SchemaError, match=r"map\.csv: line 1: expected 2 columns"):
         load_column_map(three)
     semicolons = tmp_path / "mapa.csv"
-    semicolons.write_text("Ciudad;recovery_city\nTienda;dealer_name\n")
-    assert load_column_map(semicolons) == {"Ciudad": "recovery_city", "Tienda": "dealer_name"}
+    semicolons.write_text("Ciudad;recovery_city\nArmería;dealer_name\n", encoding="cp1252")
+    assert load_column_map(semicolons) == {"Ciudad": "recovery_city", "Armería": "dealer_name"}
 
 
 def test_column_map_entry_matching_no_header_is_warned(tmp_path):
