@@ -43,6 +43,22 @@ def iso_dates(values: pd.Series) -> pd.Series:
     return dates.dt.strftime("%Y-%m-%d").astype("string")
 
 
+def fill_unknown(values: pd.Series, value: str = UNKNOWN) -> pd.Series:
+    """``values`` with NA replaced by ``value``, cheap for categoricals (no per-row strings)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        if not values.isna().any():
+            return values
+        if value not in values.cat.categories:
+            values = values.cat.add_categories([value])
+        return values.fillna(value)
+    return values.astype("string").fillna(value)
+
+
+def is_value(values: pd.Series, value: str) -> np.ndarray:
+    """Boolean array: ``values == value`` with NA counted as False."""
+    return (values == value).to_numpy(dtype=bool, na_value=False)
+
+
 def _codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """Alphabetically ordered factor codes (−1 for NA) so ties break by name."""
     codes, uniques = pd.factorize(values, sort=True, use_na_sentinel=True)
@@ -129,12 +145,13 @@ def _labels_by_code(codes: np.ndarray, labels: pd.Series, n: int) -> np.ndarray:
         return out
     valid = np.flatnonzero(codes >= 0)
     first_code, first_pos = np.unique(codes[valid], return_index=True)
-    out[first_code] = labels.to_numpy(dtype=object, na_value=None)[valid[first_pos]]
+    taken = pd.Series(labels.array.take(valid[first_pos]))
+    out[first_code] = taken.astype(object).where(taken.notna(), None).to_numpy()
     return out
 
 
 def _state_codes(records: pd.DataFrame, column: str) -> tuple[np.ndarray, pd.Index]:
-    return _codes(records[column].astype("string").fillna(UNKNOWN))
+    return _codes(fill_unknown(records[column]))
 
 
 def _share(guns: np.ndarray) -> np.ndarray:
@@ -192,14 +209,15 @@ def by_mx_state(
 
 def state_matrix(records: pd.DataFrame) -> pd.DataFrame:
     """Guns per (US source state, Mexican recovery state), long form, sorted by guns."""
-    pairs = pd.DataFrame(
-        {
-            "us_state": records["dealer_admin1"].astype("string").fillna(UNKNOWN),
-            "mx_state": records["recovery_admin1"].astype("string").fillna(UNKNOWN),
-        }
-    )
-    table = pairs.groupby(["us_state", "mx_state"], sort=True).size().rename("guns")
-    table = table.reset_index()
+    us, us_names = _state_codes(records, "dealer_admin1")
+    mx, mx_names = _state_codes(records, "recovery_admin1")
+    width = max(len(mx_names), 1)
+    pairs, guns = np.unique(us * width + mx, return_counts=True)
+    table = pd.DataFrame({
+        "us_state": pd.array(us_names.to_numpy()[pairs // width], dtype="string"),
+        "mx_state": pd.array(mx_names.to_numpy()[pairs % width], dtype="string"),
+        "guns": guns,
+    })
     return table.sort_values(
         ["guns", "us_state", "mx_state"], ascending=[False, True, True], kind="stable"
     ).reset_index(drop=True)
@@ -212,27 +230,30 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def _first_by_group(group: np.ndarray, values: pd.Series, n: int) -> pd.Series:
-    """The first non-missing value of ``values`` in each group (NA when none)."""
-    series = pd.Series(values.to_numpy(), dtype=values.dtype)
-    return series.groupby(group).first().reindex(pd.RangeIndex(n))
+def _first_rows(group: np.ndarray, n: int) -> np.ndarray:
+    """Position of the first record of each group 0..n-1 (every group must occur)."""
+    _, first = np.unique(group, return_index=True)
+    return first
+
+
+def _take_text(values: pd.Series, rows: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    return pd.array(pd.Series(values.array.take(rows)).astype("string"), dtype="string")
 
 
 def by_dealer(records: pd.DataFrame) -> pd.DataFrame:
     """One row per dealer (all valid records): guns, share, purchasers, top purchaser and the
     share of the dealer's guns going to them, median time to crime, purchase span."""
-    group, dealers = _codes(records["dealer_id"].astype("string").fillna(UNKNOWN))
+    group, dealers = _codes(fill_unknown(records["dealer_id"]))
     n = len(dealers)
     stats = group_stats(records, group, n)
-    first = {c: _first_by_group(group, records[c], n) for c in (
-        "dealer_name", "dealer_ffl", "dealer_place", "dealer_admin1")}
+    first = _first_rows(group, n)
     table = pd.DataFrame(
         {
-            "dealer_id": dealers.astype("string"),
-            "dealer_name": first["dealer_name"].to_numpy(),
-            "dealer_ffl": first["dealer_ffl"].to_numpy(),
-            "dealer_place": first["dealer_place"].to_numpy(),
-            "dealer_state": first["dealer_admin1"].to_numpy(),
+            "dealer_id": pd.array(dealers.astype("string"), dtype="string"),
+            "dealer_name": _take_text(records["dealer_name"], first),
+            "dealer_ffl": _take_text(records["dealer_ffl"], first),
+            "dealer_place": _take_text(records["dealer_place"], first),
+            "dealer_state": _take_text(records["dealer_admin1"], first),
             "guns": stats.guns,
             "share": _share(stats.guns),
             "purchasers": stats.purchasers,
@@ -257,16 +278,18 @@ def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None
     ``top_dealer_guns``, ``top_dealer_share``, ``hhi``, ``first_purchase``,
     ``last_purchase``, ``crossings``, ``median_time_to_crime_days``.
     """
-    known = records[records["purchaser_id"].notna()]
-    group, ids = _codes(known["purchaser_id"])
+    group_all, ids = _codes(records["purchaser_id"])
     n = len(ids)
-    label_col = "purchaser_label" if "purchaser_label" in known else "purchaser_id"
-    labels = _labels_by_code(group, known[label_col], n)
-    dealer, dealer_ids = _codes(known["dealer_id"])
+    rows = np.flatnonzero(group_all >= 0)  # records with a purchaser
+    group = group_all[rows]
+    label_col = "purchaser_label" if "purchaser_label" in records else "purchaser_id"
+    labels = _labels_by_code(group_all, records[label_col], n)
+    dealer_all, dealer_ids = _codes(records["dealer_id"])
+    dealer = dealer_all[rows]
     top, top_count, distinct = top_item(group, dealer, n)
     guns = np.bincount(group, minlength=n)
-    dealer_names = _labels_by_code(dealer, known["dealer_name"].fillna(
-        known["dealer_id"]), len(dealer_ids))
+    dealer_names = _labels_by_code(
+        dealer_all, fill_unknown(records["dealer_name"], "(unnamed dealer)"), len(dealer_ids))
     # Herfindahl index: sum of squared dealer shares per purchaser
     valid = dealer >= 0
     width = max(len(dealer_ids), 1)
@@ -276,23 +299,23 @@ def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None
     with np.errstate(invalid="ignore", divide="ignore"):
         hhi = np.where(with_dealer > 0, squares / np.maximum(with_dealer, 1) ** 2, np.nan)
     by = pd.Series(group)
-    dates = pd.Series(pd.to_datetime(known["purchase_date"]).to_numpy())
-    ttc = pd.Series(known["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan))
+    dates = pd.Series(pd.to_datetime(records["purchase_date"]).to_numpy()[rows])
+    ttc = pd.Series(records["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan)[rows])
     index = pd.RangeIndex(n)
+    top_names = (np.where(top >= 0, dealer_names[np.maximum(top, 0)], None)
+                 if len(dealer_names) else np.full(n, None, dtype=object))
     table = pd.DataFrame(
         {
             "purchaser": pd.array(labels, dtype="string"),
             "guns": guns,
             "dealers": distinct,
-            "top_dealer": pd.array(
-                np.where(top >= 0, dealer_names[np.maximum(top, 0)] if len(dealer_names)
-                         else None, None), dtype="string"),
+            "top_dealer": pd.array(top_names, dtype="string"),
             "top_dealer_guns": top_count,
             "top_dealer_share": np.round(top_count / np.maximum(guns, 1), 6),
             "hhi": np.round(hhi, 6),
             "first_purchase": iso_dates(dates.groupby(by).min().reindex(index)).to_numpy(),
             "last_purchase": iso_dates(dates.groupby(by).max().reindex(index)).to_numpy(),
-            "crossings": _crossings_used(known, group, n, port_names).to_numpy(),
+            "crossings": _crossings_used(records, group_all, n, port_names).to_numpy(),
             "median_time_to_crime_days": ttc.groupby(by).median().reindex(index).to_numpy(),
         }
     )
@@ -304,30 +327,34 @@ def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None
 def _crossings_used(
     records: pd.DataFrame, group: np.ndarray, n: int, port_names: Mapping[str, str] | None
 ) -> pd.Series:
-    """Port names each group's guns went through, known ports first, then by guns."""
-    frame = pd.DataFrame(
-        {
-            "group": group,
-            "code": records["crossing_code"].astype("string").to_numpy(),
-            "modelled": (records["route_kind"].astype("string") == "modelled")
-            .fillna(False).to_numpy(dtype=bool),
-        }
-    ).dropna(subset=["code"])
-    if frame.empty:
-        return pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="string")
-    counts = frame.groupby(["group", "code", "modelled"]).size().rename("guns").reset_index()
-    counts = counts.sort_values(["group", "modelled", "guns", "code"],
-                                ascending=[True, True, False, True], kind="stable")
-    counts = counts.drop_duplicates(["group", "code"])
-    codes = counts["code"].astype("string")
-    names = codes.map(port_names or {}).astype("string").fillna(codes)
-    rank = counts.groupby("group").cumcount().to_numpy()
-    groups = counts["group"].to_numpy()
+    """Port names each group's guns went through, known ports first, then by guns.
+
+    ``group`` is a code per record (−1 = left out). Vectorised over (group, port, kind)
+    triples; the join runs once per rank (at most the number of ports).
+    """
+    code, uniques = _codes(records["crossing_code"])
+    modelled = is_value(records["route_kind"], "modelled").astype(np.int64)
+    keep = (group >= 0) & (code >= 0)
     joined = pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="string")
-    # one vectorised pass per rank (at most the number of ports), not per purchaser
-    for r in range(int(rank.max()) + 1 if len(rank) else 0):
+    if not keep.any():
+        return joined
+    ports = len(uniques)
+    key = (group[keep] * ports + code[keep]) * 2 + modelled[keep]
+    triples, guns = np.unique(key, return_counts=True)
+    t_group, t_code, t_modelled = triples // (2 * ports), (triples // 2) % ports, triples % 2
+    # per group: known before modelled, more guns first, then port code
+    order = np.lexsort((t_code, -guns, t_modelled, t_group))
+    t_group, t_code = t_group[order], t_code[order]
+    pair = t_group * ports + t_code
+    _, first_of_pair = np.unique(pair, return_index=True)  # a port listed once per group
+    first_of_pair.sort()
+    t_group, t_code = t_group[first_of_pair], t_code[first_of_pair]
+    starts = np.r_[0, np.flatnonzero(np.diff(t_group)) + 1]
+    rank = np.arange(len(t_group)) - np.repeat(starts, np.diff(np.r_[starts, len(t_group)]))
+    names = np.array([(port_names or {}).get(str(c), str(c)) for c in uniques], dtype=object)
+    for r in range(int(rank.max()) + 1):
         at = rank == r
-        part = pd.Series(names.to_numpy()[at], index=groups[at], dtype="string")
+        part = pd.Series(names[t_code[at]], index=t_group[at], dtype="string")
         joined.loc[part.index] = part if r == 0 else joined.loc[part.index] + "; " + part
     return joined
 
@@ -336,20 +363,24 @@ def by_crossing(
     records: pd.DataFrame, ports: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Guns per port of entry (records with a crossing), split known vs modelled."""
-    frame = records[records["crossing_code"].notna()]
-    code = frame["crossing_code"].astype("string")
-    modelled = (frame["route_kind"].astype("string") == "modelled").fillna(False)
-    table = pd.DataFrame({"code": code, "modelled": modelled.to_numpy(dtype=bool)})
-    counts = table.groupby("code").agg(
-        guns=("modelled", "size"), guns_modelled=("modelled", "sum")
-    ).reset_index()
-    counts["guns_modelled"] = counts["guns_modelled"].astype("int64")
-    counts["guns_known"] = counts["guns"] - counts["guns_modelled"]
-    counts["share"] = _share(counts["guns"].to_numpy())
+    code, uniques = _codes(records["crossing_code"])
+    keep = code >= 0
+    n = len(uniques)
+    guns = np.bincount(code[keep], minlength=n)
+    modelled = np.bincount(code[keep], weights=is_value(records["route_kind"], "modelled")[keep],
+                           minlength=n).astype(np.int64)
+    codes = pd.Series(uniques.astype(str), dtype="string")
     info = _port_info(ports)
-    counts["name"] = counts["code"].map(info["name"]).fillna(counts["code"]).astype("string")
-    counts["us_state"] = counts["code"].map(info["us_state"]).astype("string")
-    table = counts[["code", "name", "us_state", "guns", "guns_known", "guns_modelled", "share"]]
+    table = pd.DataFrame({
+        "code": codes,
+        "name": codes.map(info["name"]).astype("string").fillna(codes),
+        "us_state": codes.map(info["us_state"]).astype("string"),
+        "guns": guns,
+        "guns_known": guns - modelled,
+        "guns_modelled": modelled,
+        "share": _share(guns),
+    })
+    table = table[table["guns"] > 0]
     return table.sort_values(["guns", "code"], ascending=[False, True],
                              kind="stable").reset_index(drop=True)
 
@@ -363,14 +394,19 @@ def _port_info(ports: pd.DataFrame | None) -> pd.DataFrame:
 
 def by_year(records: pd.DataFrame) -> pd.DataFrame:
     """Guns purchased and recovered per calendar year, by weapon type (``unknown`` if blank)."""
-    weapon = records["weapon_type"].astype("string").str.lower().fillna(UNKNOWN)
+    raw, uniques = _codes(fill_unknown(records["weapon_type"]))
+    # case-insensitive types: re-factorize the (few) distinct spellings, then map the codes
+    lower, types = pd.factorize(pd.Series(uniques.astype(str)).str.lower(), sort=True)
+    weapon = lower[raw]
     parts = []
     for column, name in (("purchase_date", "purchased"), ("recovery_date", "recovered")):
-        years = pd.to_datetime(records[column]).dt.year
+        years = pd.to_datetime(records[column]).dt.year.to_numpy()
         frame = pd.DataFrame({"year": years, "weapon_type": weapon}).dropna(subset=["year"])
         parts.append(frame.groupby(["year", "weapon_type"]).size().rename(name))
     table = pd.concat(parts, axis=1).fillna(0).astype("int64").reset_index()
     table["year"] = table["year"].astype("int64")
+    table["weapon_type"] = pd.array(np.asarray(types, dtype=object)[table["weapon_type"]],
+                                    dtype="string")
     return table.sort_values(["year", "weapon_type"], kind="stable").reset_index(drop=True)
 
 

@@ -52,11 +52,14 @@ def formula_safe(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for column in out.columns:
         series = out[column]
+        if isinstance(series.dtype, pd.CategoricalDtype):
+            series = series.astype("string")
         if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
             continue
         text = series.astype("string")
         risky = text.str.contains(_FORMULA_START, regex=True).fillna(False)
         if not risky.any():
+            out[column] = series
             continue
         numeric = pd.to_numeric(text.where(risky), errors="coerce").notna()
         fix = risky & ~numeric

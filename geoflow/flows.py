@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from geoflow.aggregate import group_stats, iso_dates
+from geoflow.aggregate import fill_unknown, group_stats, is_value, iso_dates
 
 __all__ = [
     "FLOW_COLUMNS",
@@ -51,6 +51,19 @@ def _hash_ids(keys: pd.Series, prefix: str, digits: int) -> pd.Series:
     ]
     ids = pd.array([*digests, pd.NA], dtype="string")
     return pd.Series(ids[codes], index=keys.index, dtype="string")
+
+
+def flow_ids(keys: pd.DataFrame) -> pd.array:
+    """Stable ``F-`` + 10 hex ids from the key columns of each flow (vectorised: pandas'
+    keyed SipHash of each value, combined per row; the same keys give the same id on every
+    run)."""
+    hashes = pd.util.hash_pandas_object(keys.astype("string").fillna(""), index=False)
+    value = hashes.to_numpy(dtype=np.uint64) >> np.uint64(24)  # 40 bits = 10 hex digits
+    shifts = np.arange(36, -1, -4, dtype=np.uint64)
+    digits = ((value[:, None] >> shifts) & np.uint64(15)).astype(np.uint8)
+    ascii_codes = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[digits]
+    text = np.ascontiguousarray(ascii_codes).view("S10").ravel().astype(str)
+    return pd.array(np.char.add("F-", text), dtype="string")
 
 
 def _norm(values: pd.Series) -> pd.Series:
@@ -142,24 +155,33 @@ def _flow_lines(
     dealer: np.ndarray, port: np.ndarray, recovery: np.ndarray, segment_km: float
 ) -> np.ndarray:
     n = len(dealer)
-    legs_start = np.concatenate([dealer, port])
-    legs_end = np.concatenate([port, recovery])
-    km = _arc_km(legs_start[:, 0], legs_start[:, 1], legs_end[:, 0], legs_end[:, 1])
-    steps = np.maximum(np.ceil(km / segment_km).astype(np.int64), 1)
+    starts = _unit(*np.concatenate([dealer, port]).T)  # 2n legs: dealer→port, port→recovery
+    ends = _unit(*np.concatenate([port, recovery]).T)
+    omega = np.arccos(np.clip(np.einsum("ij,ij->i", starts, ends), -1.0, 1.0))
+    steps = np.maximum(np.ceil(omega * EARTH_RADIUS_KM / segment_km).astype(np.int64), 1)
     # leg 1 gives steps+1 points (0..1), leg 2 gives steps points (skip its start = the port)
     counts = np.concatenate([steps[:n] + 1, steps[n:]])
     leg = np.repeat(np.arange(2 * n), counts)
     offsets = np.repeat(np.cumsum(counts) - counts, counts)
-    position = np.arange(counts.sum()) - offsets
-    position = np.where(leg >= n, position + 1, position)
-    fractions = position / steps[leg]
-    lon, lat = great_circle_points(
-        legs_start[leg, 0], legs_start[leg, 1], legs_end[leg, 0], legs_end[leg, 1], fractions
-    )
+    position = np.arange(counts.sum()) - offsets + (leg >= n)
+    t = position / steps[leg]
+    sin_omega = np.sin(omega)
+    short = sin_omega < 1e-12
+    safe = np.where(short, 1.0, sin_omega)[leg]
+    w_start = np.where(short[leg], 1.0 - t, np.sin((1.0 - t) * omega[leg]) / safe)
+    w_end = np.where(short[leg], t, np.sin(t * omega[leg]) / safe)
+    p = w_start[:, None] * starts[leg] + w_end[:, None] * ends[leg]
+    lon = np.degrees(np.arctan2(p[:, 1], p[:, 0]))
+    lat = np.degrees(np.arctan2(p[:, 2], np.hypot(p[:, 0], p[:, 1])))
+    # exact dealer, port and recovery vertices (no rounding drift)
+    ends_lonlat = np.concatenate([port, recovery])
+    starts_lonlat = np.concatenate([dealer, port])
+    at_end, at_start = t == 1.0, t == 0.0
+    lon[at_end], lat[at_end] = ends_lonlat[leg[at_end], 0], ends_lonlat[leg[at_end], 1]
+    lon[at_start], lat[at_start] = starts_lonlat[leg[at_start], 0], starts_lonlat[leg[at_start], 1]
     line = np.where(leg >= n, leg - n, leg)
     order = np.argsort(line, kind="stable")  # per line: leg 1 points, then leg 2
-    coords = np.column_stack([lon[order], lat[order]])
-    return shapely.linestrings(coords, indices=line[order])
+    return shapely.linestrings(np.column_stack([lon[order], lat[order]]), indices=line[order])
 
 
 def _first_rows(group: np.ndarray, n: int) -> np.ndarray:
@@ -222,8 +244,8 @@ def build_flows(
     """
     if level not in ("place", "state"):
         raise ValueError(f"flow level must be 'place' or 'state', not {level!r}")
-    dealer_state = records["dealer_admin1"].astype("string").fillna("unknown")
-    recovery_state = records["recovery_admin1"].astype("string").fillna("unknown")
+    dealer_state = fill_unknown(records["dealer_admin1"])
+    recovery_state = fill_unknown(records["recovery_admin1"])
     if level == "place":
         keys = ["dealer_id", "crossing_code", *_recovery_keys(records), "route_kind"]
     else:
@@ -283,9 +305,7 @@ def build_flows(
     )
     key_columns = ["dealer_id", "dealer_state", "crossing_code", "recovery_place",
                    "recovery_state", "route_kind"]
-    id_key = table[key_columns[0]].fillna("").str.cat(
-        [table[c].fillna("") for c in key_columns[1:]], sep="|")
-    table.insert(0, "flow_id", _hash_ids(id_key, "F-", 10).to_numpy())
+    table.insert(0, "flow_id", flow_ids(table[key_columns]))
     geometry = flow_lines(
         table[["dealer_lon", "dealer_lat"]].to_numpy(),
         table[["port_lon", "port_lat"]].to_numpy(),
@@ -358,15 +378,15 @@ def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
 
 def build_crossings(records: pd.DataFrame, ports: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """One Point per port used by placed records, with guns split known / modelled."""
-    frame = records[records["crossing_code"].notna()]
-    modelled = (frame["route_kind"].astype("string") == "modelled").fillna(False)
-    counts = pd.DataFrame(
-        {"code": frame["crossing_code"].astype(str).to_numpy(),
-         "modelled": modelled.to_numpy(dtype=bool)}
-    ).groupby("code").agg(guns=("modelled", "size"), guns_modelled=("modelled", "sum"))
+    code, uniques = pd.factorize(records["crossing_code"], use_na_sentinel=True)
+    keep = code >= 0
+    guns = np.bincount(code[keep], minlength=len(uniques))
+    modelled = np.bincount(code[keep], weights=is_value(records["route_kind"], "modelled")[keep],
+                           minlength=len(uniques)).astype(np.int64)
+    counts = pd.DataFrame({"guns": guns, "guns_modelled": modelled},
+                          index=pd.Index(np.asarray(uniques, dtype=str), name="code"))
     used = ports.assign(code=ports["code"].astype(str)).merge(
         counts, left_on="code", right_index=True, how="inner")
-    used["guns_modelled"] = used["guns_modelled"].astype("int64")
     used["guns_known"] = used["guns"] - used["guns_modelled"]
     columns = ["code", "name", "us_state", "mx_city", "guns", "guns_known", "guns_modelled"]
     out = gpd.GeoDataFrame(used[columns], geometry=used.geometry.to_numpy(), crs="EPSG:4326")
@@ -379,13 +399,14 @@ def build_crossings(records: pd.DataFrame, ports: gpd.GeoDataFrame) -> gpd.GeoDa
 def build_states(records: pd.DataFrame, states: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """Every US and Mexican state with ``guns`` (US: sourced there, MX: recovered there) and
     ``share`` of placed guns on its side of the border."""
-    sourced = records["dealer_admin1"].astype("string").value_counts()
-    recovered = records["recovery_admin1"].astype("string").value_counts()
+    sourced = records["dealer_admin1"].value_counts()
+    recovered = records["recovery_admin1"].value_counts()
     out = gpd.GeoDataFrame(states[["code", "name", "country"]].copy(),
                            geometry=states.geometry.to_numpy(), crs="EPSG:4326")
     is_us = (out["country"] == "US").to_numpy()
-    guns = np.where(is_us, out["code"].map(sourced).fillna(0),
-                    out["code"].map(recovered).fillna(0)).astype("int64")
+    codes = out["code"].astype(str)
+    guns = np.where(is_us, codes.map(dict(sourced)).fillna(0),
+                    codes.map(dict(recovered)).fillna(0)).astype("int64")
     total = len(records)
     out.insert(3, "guns", guns)
     out.insert(4, "share", np.round(guns / total, 6) if total else 0.0)

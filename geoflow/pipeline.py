@@ -80,6 +80,13 @@ LAYER_INPUT_COLUMNS = (
     "recovery_geocode_level", "recovery_date", "crossing_code", "route_kind", "purchaser_id",
     "purchaser_label", "purchase_date", "time_to_crime_days",
 )
+#: Entity columns turned into categoricals once per analysis, so every groupby, factorize and
+#: take afterwards works on small integer codes instead of a million strings.
+ENTITY_COLUMNS = (
+    "purchaser_id", "purchaser_label", "dealer_id", "dealer_name", "dealer_ffl", "dealer_place",
+    "dealer_admin1", "recovery_place", "recovery_admin1", "recovery_geocode_level",
+    "crossing_code", "route_kind", "weapon_type",
+)
 TABLE_NAMES = (
     "by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_trafficker", "by_crossing",
     "by_year",
@@ -233,12 +240,24 @@ def _label(records: pd.DataFrame, show_names: bool) -> pd.DataFrame:
     return records.assign(purchaser_label=label.where(records["purchaser_id"].notna()))
 
 
+def _encode(records: pd.DataFrame) -> pd.DataFrame:
+    """``records`` with the entity columns as categoricals (a shallow copy otherwise)."""
+    changes = {
+        column: records[column].astype("category")
+        for column in ENTITY_COLUMNS
+        if column in records.columns
+        and not isinstance(records[column].dtype, pd.CategoricalDtype)
+    }
+    return records.assign(**changes)
+
+
 def _unplaced(records: pd.DataFrame) -> pd.DataFrame:
     rows = records[~records["placed"].to_numpy(dtype=bool)]
     out = pd.DataFrame(index=rows.index)
     for column in UNPLACED_COLUMNS:
         source = {"line": "source_line", "reason": "unplaced_reason"}.get(column, column)
-        out[column] = rows.get(source, pd.NA)
+        value = rows.get(source, pd.NA)
+        out[column] = value.astype(object) if isinstance(value, pd.Series) else value
     return out.sort_values("line", kind="stable").reset_index(drop=True)
 
 
@@ -273,7 +292,7 @@ def analyse(
 
     options = options or prepared.options
     frame = prepared.records if records is None else records
-    frame = _label(frame, options.show_names)
+    frame = _encode(_label(frame, options.show_names))
     timings = dict(prepared.timings)
     # only the columns the map layers need: a filtered copy of every column would double
     # the memory of the records for large inputs
