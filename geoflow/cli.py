@@ -228,6 +228,9 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     from geoflow.export import check_output_dir
     from geoflow.pipeline import analyse, write_outputs
 
+    if min_guns is not None and not per:
+        raise click.UsageError("--min-guns sets the batch threshold: use it with --per "
+                               "(geoflow map --min-guns thins the flows drawn)")
     source = _input_path(input_path, sample)
     out = Path(out_dir) if out_dir else Path("maps") / ("sample" if sample else Path(source).stem)
     check_output_dir(out, force=force)  # refuse a foreign folder before any work

@@ -323,10 +323,14 @@ def test_batch_within_a_filter(small, tmp_path):
     assert sub["description"].startswith("US state: Texas (US-TX); Mexican state: ")
 
 
-def test_per_with_min_guns_below_one_is_a_usage_error(small, tmp_path):
-    result = geoflow("run", small, "--per", "state", "--min-guns", "0", "-o", tmp_path / "x")
-    assert result.exit_code == 2
-    assert "Traceback" not in result.stderr
+def test_min_guns_usage_errors(small, tmp_path):
+    below_one = geoflow("run", small, "--per", "state", "--min-guns", "0", "-o", tmp_path / "x")
+    assert below_one.exit_code == 2
+    assert "Traceback" not in below_one.stderr
+    without_per = geoflow("run", small, "--min-guns", "5", "-o", tmp_path / "x")
+    assert without_per.exit_code == 2
+    assert "use it with --per" in without_per.stderr
+    assert not (tmp_path / "x").exists()
 
 
 # --------------------------------------------------------------------------- output folders
