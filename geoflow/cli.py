@@ -275,14 +275,17 @@ def _run_batch(prepared, *, kind: str, out, records, description: str, min_guns:
         )
     counts = batch.manifest["counts"]
     rows_read = int(prepared.source.get("rows_read", len(prepared.records)))
-    placed = prepared.records["placed"].to_numpy(dtype=bool)
+    valid = len(prepared.records)
+    placed = records["placed"].to_numpy(dtype=bool)
+    left_out = valid - len(records)
     click.echo(
         f"wrote {out}: {counts['entities']:,} {kind} output sets and index.html "
         f"({counts['guns_in_entities']:,} guns; {counts['guns_below_threshold']:,} in "
         f"{counts['entities_below_threshold']:,} below --min-guns {counts['min_guns']}; "
         f"{counts['records_without_entity']:,} with no {kind}); rows read {rows_read:,}, "
-        f"valid {len(placed):,}, rejected {rows_read - len(placed):,}, "
+        f"valid {valid:,}, rejected {rows_read - valid:,}, "
         f"placed {int(placed.sum()):,}, unplaced {int((~placed).sum()):,}"
+        + (f" ({left_out:,} left out by filters)" if left_out else "")
     )
 
 

@@ -314,6 +314,7 @@ def test_batch_within_a_filter(small, tmp_path):
     out = tmp_path / "tx-by-mx"
     result = geoflow("run", small, "--state", "TX", "--per", "mx-state", "-o", out)
     assert result.exit_code == 0, result.stderr
+    assert "placed 20, unplaced 1 (33 left out by filters)" in result.output
     top = manifest(out)
     assert top["description"] == "US state: Texas (US-TX)"
     # the unplaced Texas record has no Mexican state; everything else is in a folder
