@@ -415,7 +415,7 @@ def _clean_text(values: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         return values
     text = values.astype("str").str.strip()
-    empty = text.str.len() == 0
+    empty = (text == "").to_numpy(dtype=bool)
     return text.mask(empty) if empty.any() else text
 
 
