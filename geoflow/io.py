@@ -693,6 +693,7 @@ def _read_csv(data: bytes, path: Path, *, encoding: str | None) -> _Table:
         buf = data.removeprefix(codecs.BOM_UTF8)  # parse the bytes as they are
     else:
         buf = text.encode("utf-8")
+    del text  # the fast path works on bytes; keep memory to one copy of the file
     meta = {"encoding": name, "delimiter": delimiter}
     scan = _scan_records(buf, delimiter)
     if scan is not None:
@@ -701,7 +702,7 @@ def _read_csv(data: bytes, path: Path, *, encoding: str | None) -> _Table:
             return table
     log.info("%s: quoting needs the slow csv-module reader", path)
     try:
-        rows, scan = _scan_with_csv(text, delimiter)
+        rows, scan = _scan_with_csv(buf.decode("utf-8"), delimiter)
     except InputError as exc:
         raise InputError(str(exc), path=str(path)) from exc
     return _csv_slow(rows, scan, delimiter, meta)
