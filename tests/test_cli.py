@@ -399,15 +399,15 @@ def test_config_file_sets_map_texts_and_cli_wins(small, tmp_path):
     assert "Graphic: Desk" in html  # still from the config file
 
 
-def test_geoflow_toml_in_the_working_folder_is_used(small, tmp_path):
+def test_geoflow_toml_in_the_working_folder_is_used(small, tmp_path, monkeypatch):
     runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path):
-        write_toml(Path("geoflow.toml"), 'dayfirst = true\n')
-        result = runner.invoke(cli, ["summary", str(small), "--by", "year", "--format", "json"],
-                               obj={})
-        assert result.exit_code == 0, result.stderr
-        write_toml(Path("geoflow.toml"), 'titel = "typo"\n')
-        bad = runner.invoke(cli, ["summary", str(small)], obj={})
+    monkeypatch.chdir(tmp_path)
+    write_toml(Path("geoflow.toml"), 'dayfirst = true\n')
+    result = runner.invoke(cli, ["summary", str(small), "--by", "year", "--format", "json"],
+                           obj={})
+    assert result.exit_code == 0, result.stderr
+    write_toml(Path("geoflow.toml"), 'titel = "typo"\n')
+    bad = runner.invoke(cli, ["summary", str(small)], obj={})
     assert_one_line_error(bad, 8, "geoflow.toml", "unknown key 'titel'")
 
 
