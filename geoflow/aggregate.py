@@ -21,6 +21,9 @@ __all__ = [
     "group_stats",
     "top_item",
     "iso_dates",
+    "take_text",
+    "fill_unknown",
+    "is_value",
     "by_us_state",
     "by_mx_state",
     "state_matrix",
@@ -38,9 +41,20 @@ UNKNOWN = "unknown"
 
 
 def iso_dates(values: pd.Series) -> pd.Series:
-    """Datetimes → ``YYYY-MM-DD`` strings (NA when missing)."""
-    dates = pd.to_datetime(values)
-    return dates.dt.strftime("%Y-%m-%d").astype("string")
+    """Datetimes → ``YYYY-MM-DD`` strings (NA when missing); numpy's C formatter, no strftime."""
+    days = pd.to_datetime(values).to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
+    text = pd.array(days.astype(str), dtype="string")
+    return pd.Series(text, index=values.index).mask(np.isnat(days))
+
+
+def take_text(values: pd.Series, rows: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """String array of ``values`` at positions ``rows``; for categoricals only the categories
+    are converted, then taken by code (no per-row Python strings)."""
+    array = values.array
+    if isinstance(array, pd.Categorical):
+        categories = pd.array(array.categories.astype(str), dtype="string")
+        return categories.take(array.codes[rows], allow_fill=True)
+    return pd.array(pd.Series(array.take(rows)).astype("string"), dtype="string")
 
 
 def fill_unknown(values: pd.Series, value: str = UNKNOWN) -> pd.Series:
@@ -236,10 +250,6 @@ def _first_rows(group: np.ndarray, n: int) -> np.ndarray:
     return first
 
 
-def _take_text(values: pd.Series, rows: np.ndarray) -> pd.api.extensions.ExtensionArray:
-    return pd.array(pd.Series(values.array.take(rows)).astype("string"), dtype="string")
-
-
 def by_dealer(records: pd.DataFrame) -> pd.DataFrame:
     """One row per dealer (all valid records): guns, share, purchasers, top purchaser and the
     share of the dealer's guns going to them, median time to crime, purchase span."""
@@ -250,10 +260,10 @@ def by_dealer(records: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(
         {
             "dealer_id": pd.array(dealers.astype("string"), dtype="string"),
-            "dealer_name": _take_text(records["dealer_name"], first),
-            "dealer_ffl": _take_text(records["dealer_ffl"], first),
-            "dealer_place": _take_text(records["dealer_place"], first),
-            "dealer_state": _take_text(records["dealer_admin1"], first),
+            "dealer_name": take_text(records["dealer_name"], first),
+            "dealer_ffl": take_text(records["dealer_ffl"], first),
+            "dealer_place": take_text(records["dealer_place"], first),
+            "dealer_state": take_text(records["dealer_admin1"], first),
             "guns": stats.guns,
             "share": _share(stats.guns),
             "purchasers": stats.purchasers,

@@ -20,6 +20,8 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import shapely
 
 from geoflow.errors import OutputError
@@ -104,19 +106,69 @@ def write_json(data: object, path: str | Path) -> None:
     Path(path).write_text(text + "\n", encoding="utf-8")
 
 
-def _property_lines(frame: pd.DataFrame) -> list[str]:
-    """One JSON object text per row (pandas' C encoder: NaN/NA → null, floats ≤ 10 digits)."""
-    if frame.shape[1] == 0 or len(frame) == 0:  # pandas writes "{}" for an empty frame
-        return ["{}"] * len(frame)
-    table = frame.copy()
-    for column in table.columns:
-        if table[column].dtype.kind == "f":
-            table[column] = table[column].round(DECIMALS)
-        elif table[column].dtype.kind == "M":
-            table[column] = table[column].dt.strftime("%Y-%m-%d")
-    text = table.to_json(orient="records", lines=True, force_ascii=False,
-                         double_precision=10, date_format="iso")
-    return text.splitlines()
+def _json_values(series: pd.Series) -> pa.Array:
+    """JSON text of every value of ``series`` (``null`` for NA/NaN/inf), vectorised with
+    Arrow: numbers are cast, text is escaped once per distinct value and taken by code."""
+    kind = series.dtype.kind
+    if kind == "b":
+        values = pa.array(np.where(series.to_numpy(), "true", "false"))
+        return pc.if_else(pa.array(series.isna().to_numpy()), "null", values)
+    if kind in "iu":
+        return pc.fill_null(pc.cast(pa.array(series), pa.string()), "null")
+    if kind == "f":
+        numbers = np.round(series.to_numpy(dtype=float, na_value=np.nan), DECIMALS)
+        finite = np.isfinite(numbers)
+        text = pc.cast(pa.array(np.where(finite, numbers, 0.0)), pa.string())
+        # keep floats floats for readers that infer types ("559" would read as an integer)
+        integral = pc.invert(pc.match_substring_regex(text, r"[.eE]"))
+        text = pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text)
+        return pc.if_else(pa.array(finite), text, "null")
+    if kind == "M":
+        series = series.dt.strftime("%Y-%m-%d")
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        categories = series.cat.categories
+        if categories.dtype.kind in "OSUT" or pd.api.types.is_string_dtype(categories.dtype):
+            texts = _json_strings(pa.array(categories.astype("string"), type=pa.string()))
+            codes = series.cat.codes.to_numpy()
+            return pc.fill_null(texts.take(pa.array(codes, mask=codes < 0)), "null")
+        series = series.astype(object)
+    if isinstance(series.dtype, pd.StringDtype) or (
+        series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) == "string"
+    ):
+        return _json_strings(pa.array(series.astype("string"), type=pa.string()))
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)  # mixed objects: rare
+    texts = [json.dumps(to_jsonable(value), ensure_ascii=False, allow_nan=False)
+             for value in uniques]
+    codes = np.where(codes < 0, len(texts), codes)  # NA → the trailing null
+    return pc.fill_null(pa.array([*texts, None], type=pa.string()).take(pa.array(codes)),
+                        "null")
+
+
+def _json_strings(values: pa.Array) -> pa.Array:
+    """JSON string literals of ``values`` (null → ``null``): backslashes and quotes escaped
+    with Arrow; the rare value holding a control character goes through :mod:`json`."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    text = pc.replace_substring(values, "\\", "\\\\")
+    text = pc.replace_substring(text, '"', '\\"')
+    quoted = pc.binary_join_element_wise('"', text, '"', "")
+    control = pc.fill_null(pc.match_substring_regex(values, "[\\x00-\\x1f]"), False)
+    if pc.any(control).as_py():
+        rows = pc.filter(values, control).to_pylist()
+        fixed = pa.array([json.dumps(v, ensure_ascii=False) for v in rows], type=pa.string())
+        quoted = pc.replace_with_mask(quoted, control, fixed)
+    return pc.fill_null(quoted, "null")
+
+
+def _property_lines(frame: pd.DataFrame) -> pa.Array:
+    """One JSON object text per row, built column by column (no per-row Python work)."""
+    if frame.shape[1] == 0 or len(frame) == 0:
+        return pa.array(["{}"] * len(frame), type=pa.string())
+    parts = []
+    for i, column in enumerate(frame.columns):
+        key = ("{" if i == 0 else ",") + json.dumps(str(column), ensure_ascii=False) + ":"
+        parts += [key, _json_values(frame[column])]
+    return pc.binary_join_element_wise(*parts, "}", "")
 
 
 def _geometry_texts(geometries: np.ndarray) -> np.ndarray:
@@ -127,7 +179,9 @@ def _geometry_texts(geometries: np.ndarray) -> np.ndarray:
         geometries = geometries.copy()
         geometries[polygonal] = shapely.orient_polygons(geometries[polygonal],
                                                         exterior_cw=False)
-    geometries = shapely.transform(geometries, lambda xy: np.round(xy, DECIMALS))
+    coords = shapely.get_coordinates(geometries, include_z=False)
+    if not np.array_equal(np.round(coords, DECIMALS), coords):  # skip when already rounded
+        geometries = shapely.transform(geometries, lambda xy: np.round(xy, DECIMALS))
     texts = shapely.to_geojson(geometries)
     missing = shapely.is_missing(geometries) | shapely.is_empty(geometries)
     return np.where(missing, "null", texts)
@@ -142,11 +196,10 @@ def _feature_chunks(gdf: gpd.GeoDataFrame, chunk: int) -> Iterator[str]:
     geometries = gdf.geometry.to_numpy()
     for start in range(0, len(gdf), chunk):
         properties = _property_lines(attributes.iloc[start:start + chunk])
-        shapes = _geometry_texts(geometries[start:start + chunk])
-        yield ",\n".join(
-            f'{{"type":"Feature","properties":{props},"geometry":{geom}}}'
-            for props, geom in zip(properties, shapes, strict=True)
-        )
+        shapes = pa.array(_geometry_texts(geometries[start:start + chunk]), type=pa.string())
+        features = pc.binary_join_element_wise(
+            '{"type":"Feature","properties":', properties, ',"geometry":', shapes, "}", "")
+        yield ",\n".join(features.to_pylist())
 
 
 def geojson_text(gdf: gpd.GeoDataFrame, *, chunk: int = 20_000) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from geoflow.aggregate import fill_unknown, group_stats, is_value, iso_dates
+from geoflow.aggregate import fill_unknown, group_stats, is_value, iso_dates, take_text
 
 __all__ = [
     "FLOW_COLUMNS",
@@ -181,7 +181,8 @@ def _flow_lines(
     lon[at_start], lat[at_start] = starts_lonlat[leg[at_start], 0], starts_lonlat[leg[at_start], 1]
     line = np.where(leg >= n, leg - n, leg)
     order = np.argsort(line, kind="stable")  # per line: leg 1 points, then leg 2
-    return shapely.linestrings(np.column_stack([lon[order], lat[order]]), indices=line[order])
+    coords = np.round(np.column_stack([lon[order], lat[order]]), 6)  # what GeoJSON keeps
+    return shapely.linestrings(coords, indices=line[order])
 
 
 def _first_rows(group: np.ndarray, n: int) -> np.ndarray:
@@ -191,8 +192,10 @@ def _first_rows(group: np.ndarray, n: int) -> np.ndarray:
 
 
 def _take(values: pd.Series, rows: np.ndarray) -> pd.api.extensions.ExtensionArray | np.ndarray:
-    """``values`` at positions ``rows``, keeping the dtype (strings stay strings)."""
-    return values.array.take(rows)
+    """``values`` at positions ``rows``: numbers stay numbers, text becomes a string array."""
+    if values.dtype.kind in "fiub":
+        return values.to_numpy()[rows]
+    return take_text(values, rows)
 
 
 def _mean(values: pd.Series, group: np.ndarray, n: int) -> np.ndarray:
@@ -273,11 +276,10 @@ def build_flows(
         r_lon = _mean(records["recovery_lon"], group, n)
         r_lat = _mean(records["recovery_lat"], group, n)
     code = _take(records["crossing_code"], first)
-    port_table = pd.DataFrame({"name": ports["name"].to_numpy(),
-                               "lon": shapely.get_x(ports.geometry.to_numpy()),
-                               "lat": shapely.get_y(ports.geometry.to_numpy())},
-                              index=pd.Index(ports["code"].astype(str), name="code"))
-    port_rows = port_table.reindex(pd.Index(code).astype(str))
+    port_at = pd.Index(ports["code"].astype(str)).get_indexer(pd.Index(code))
+    port_xy = np.append(shapely.get_coordinates(ports.geometry.to_numpy()), [[np.nan] * 2], 0)
+    port_name = pd.array(ports["name"].astype(str), dtype="string").take(port_at,
+                                                                        allow_fill=True)
     table = pd.DataFrame(
         {
             "dealer_id": pd.array(dealer_id, dtype="string"),
@@ -285,7 +287,7 @@ def build_flows(
             "dealer_place": pd.array(dealer_place, dtype="string"),
             "dealer_state": pd.array(_take(dealer_state, first), dtype="string"),
             "crossing_code": pd.array(code, dtype="string"),
-            "crossing_name": pd.array(port_rows["name"].to_numpy(), dtype="string"),
+            "crossing_name": port_name,
             "recovery_place": pd.array(recovery_place, dtype="string"),
             "recovery_state": pd.array(_take(recovery_state, first), dtype="string"),
             "route_kind": pd.array(_take(records["route_kind"], first), dtype="string"),
@@ -297,15 +299,16 @@ def build_flows(
             "median_time_to_crime_days": stats.median_ttc.to_numpy(),
             "dealer_lon": np.asarray(d_lon, dtype=float),
             "dealer_lat": np.asarray(d_lat, dtype=float),
-            "port_lon": port_rows["lon"].to_numpy(dtype=float),
-            "port_lat": port_rows["lat"].to_numpy(dtype=float),
+            "port_lon": port_xy[port_at, 0],
+            "port_lat": port_xy[port_at, 1],
             "recovery_lon": np.asarray(r_lon, dtype=float),
             "recovery_lat": np.asarray(r_lat, dtype=float),
         }
     )
     key_columns = ["dealer_id", "dealer_state", "crossing_code", "recovery_place",
                    "recovery_state", "route_kind"]
-    table.insert(0, "flow_id", flow_ids(table[key_columns]))
+    ids = flow_ids(table[key_columns])
+    table.insert(0, "flow_id", ids)
     geometry = flow_lines(
         table[["dealer_lon", "dealer_lat"]].to_numpy(),
         table[["port_lon", "port_lat"]].to_numpy(),
@@ -313,8 +316,8 @@ def build_flows(
         segment_km=segment_km,
     )
     flows = gpd.GeoDataFrame(table, geometry=gpd.GeoSeries(geometry), crs="EPSG:4326")
-    flows = flows.sort_values(["guns", "flow_id"], ascending=[False, True], kind="stable")
-    return flows.reset_index(drop=True)
+    order = np.lexsort((np.asarray(ids, dtype=str), -table["guns"].to_numpy()))
+    return flows.take(order).reset_index(drop=True)
 
 
 def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:

@@ -188,3 +188,28 @@ def test_outputs_match_golden_files(name, tmp_path):
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_bytes(path.read_bytes())
     assert path.read_bytes() == golden.read_bytes()
+
+
+def test_geojson_properties_survive_hostile_text(tmp_path):
+    hostile = ['a"b', "back\\slash", "line\nbreak", "tab\there", "émoji 🚀", None, "</script>",
+               "\x01ctl"]
+    gdf = gpd.GeoDataFrame(
+        {
+            "text": pd.array(hostile, dtype="string"),
+            "category": pd.Categorical(['p"q', None, *["r"] * 6]),
+            "value": [1.0, np.nan, np.inf, 2.5, -3, 0.1 + 0.2, 123456.1234567, 3],
+            "count": pd.array([1, None, 3, 4, 5, 6, 7, 8], dtype="Int64"),
+            "flag": [True, False] * 4,
+        },
+        geometry=shapely.points(np.arange(8.0), np.zeros(8)),
+        crs="EPSG:4326",
+    )
+    write_geojson(gdf, tmp_path / "h.geojson", chunk=3)  # several chunks
+    features = json.loads((tmp_path / "h.geojson").read_text(encoding="utf-8"))["features"]
+    props = [f["properties"] for f in features]
+    assert [p["text"] for p in props] == hostile
+    assert [p["category"] for p in props][:3] == ['p"q', None, "r"]
+    assert [p["value"] for p in props] == [1.0, None, None, 2.5, -3.0, 0.3, 123456.123457, 3.0]
+    assert [p["count"] for p in props][:2] == [1, None]
+    assert props[0]["flag"] is True and props[1]["flag"] is False
+    assert pyogrio.read_dataframe(tmp_path / "h.geojson")["text"].tolist()[:2] == hostile[:2]
