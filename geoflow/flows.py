@@ -254,70 +254,80 @@ def build_flows(
     else:
         keys = [dealer_state, "crossing_code", recovery_state, "route_kind"]
     group, n = _group(records, keys)
-    stats = group_stats(records, group, n)
     first = _first_rows(group, n)
     names = state_names or {}
+    r_lat = np.asarray(_take(records["recovery_lat"], first), dtype=float)
+    r_lon = np.asarray(_take(records["recovery_lon"], first), dtype=float)
+    key = pd.DataFrame({
+        "dealer_id": _take(records["dealer_id"], first) if level == "place"
+        else pd.array([pd.NA] * n, dtype="string"),
+        "dealer_state": _take(dealer_state, first),
+        "crossing_code": _take(records["crossing_code"], first),
+        "recovery_place": _recovery_label(_take(records["recovery_place"], first), r_lat, r_lon)
+        if level == "place" else pd.array(
+            [names.get(s, s) for s in _take(recovery_state, first)], dtype="string"),
+        "recovery_state": _take(recovery_state, first),
+        "route_kind": _take(records["route_kind"], first),
+    })
+    ids = flow_ids(key)
+    # number the flows in output order (guns desc, then id) before building anything big,
+    # so no sorted copy of the whole table is needed afterwards
+    order = np.lexsort((np.asarray(ids, dtype=str), -np.bincount(group, minlength=n)))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    group, first = rank[group], first[order]
+    key = key.take(order).reset_index(drop=True)
+    stats = group_stats(records, group, n)
     if level == "place":
-        dealer_id = _take(records["dealer_id"], first)
         dealer_name = _take(records["dealer_name"], first)
         dealer_place = _take(records["dealer_place"], first)
-        d_lon = _take(records["dealer_lon"], first)
-        d_lat = _take(records["dealer_lat"], first)
-        r_lon = _take(records["recovery_lon"], first)
-        r_lat = _take(records["recovery_lat"], first)
-        recovery_place = _recovery_label(_take(records["recovery_place"], first),
-                                         np.asarray(r_lat, float), np.asarray(r_lon, float))
+        d_lon = np.asarray(_take(records["dealer_lon"], first), dtype=float)
+        d_lat = np.asarray(_take(records["dealer_lat"], first), dtype=float)
+        r_lon, r_lat = r_lon[order], r_lat[order]
     else:
-        dealer_id = dealer_name = np.full(n, None, dtype=object)
-        dealer_place = [names.get(s, s) for s in _take(dealer_state, first)]
-        recovery_place = [names.get(s, s) for s in _take(recovery_state, first)]
+        dealer_name = pd.array([pd.NA] * n, dtype="string")
+        dealer_place = [names.get(s, s) for s in key["dealer_state"]]
         d_lon = _mean(records["dealer_lon"], group, n)
         d_lat = _mean(records["dealer_lat"], group, n)
         r_lon = _mean(records["recovery_lon"], group, n)
         r_lat = _mean(records["recovery_lat"], group, n)
-    code = _take(records["crossing_code"], first)
-    port_at = pd.Index(ports["code"].astype(str)).get_indexer(pd.Index(code))
+    port_at = pd.Index(ports["code"].astype(str)).get_indexer(pd.Index(key["crossing_code"]))
     port_xy = np.append(shapely.get_coordinates(ports.geometry.to_numpy()), [[np.nan] * 2], 0)
     port_name = pd.array(ports["name"].astype(str), dtype="string").take(port_at,
                                                                         allow_fill=True)
     table = pd.DataFrame(
         {
-            "dealer_id": pd.array(dealer_id, dtype="string"),
+            "flow_id": pd.array(np.asarray(ids)[order], dtype="string"),
+            "dealer_id": key["dealer_id"].array,
             "dealer_name": pd.array(dealer_name, dtype="string"),
             "dealer_place": pd.array(dealer_place, dtype="string"),
-            "dealer_state": pd.array(_take(dealer_state, first), dtype="string"),
-            "crossing_code": pd.array(code, dtype="string"),
+            "dealer_state": key["dealer_state"].array,
+            "crossing_code": key["crossing_code"].array,
             "crossing_name": port_name,
-            "recovery_place": pd.array(recovery_place, dtype="string"),
-            "recovery_state": pd.array(_take(recovery_state, first), dtype="string"),
-            "route_kind": pd.array(_take(records["route_kind"], first), dtype="string"),
+            "recovery_place": key["recovery_place"].array,
+            "recovery_state": key["recovery_state"].array,
+            "route_kind": key["route_kind"].array,
             "guns": stats.guns,
             "purchasers": stats.purchasers,
             "top_purchaser": stats.top_purchaser.to_numpy(),
             "first_purchase": stats.first_purchase.to_numpy(),
             "last_purchase": stats.last_purchase.to_numpy(),
             "median_time_to_crime_days": stats.median_ttc.to_numpy(),
-            "dealer_lon": np.asarray(d_lon, dtype=float),
-            "dealer_lat": np.asarray(d_lat, dtype=float),
+            "dealer_lon": d_lon,
+            "dealer_lat": d_lat,
             "port_lon": port_xy[port_at, 0],
             "port_lat": port_xy[port_at, 1],
-            "recovery_lon": np.asarray(r_lon, dtype=float),
-            "recovery_lat": np.asarray(r_lat, dtype=float),
+            "recovery_lon": r_lon,
+            "recovery_lat": r_lat,
         }
     )
-    key_columns = ["dealer_id", "dealer_state", "crossing_code", "recovery_place",
-                   "recovery_state", "route_kind"]
-    ids = flow_ids(table[key_columns])
-    table.insert(0, "flow_id", ids)
     geometry = flow_lines(
         table[["dealer_lon", "dealer_lat"]].to_numpy(),
         table[["port_lon", "port_lat"]].to_numpy(),
         table[["recovery_lon", "recovery_lat"]].to_numpy(),
         segment_km=segment_km,
     )
-    flows = gpd.GeoDataFrame(table, geometry=gpd.GeoSeries(geometry), crs="EPSG:4326")
-    order = np.lexsort((np.asarray(ids, dtype=str), -table["guns"].to_numpy()))
-    return flows.take(order).reset_index(drop=True)
+    return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries(geometry), crs="EPSG:4326")
 
 
 def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
