@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from rapidfuzz import fuzz, process
 
+from geoflow.crossings import haversine_km
 from geoflow.errors import GeocodeError, InputError
 from geoflow.places import STATE_NAMES, _tokens, normalise_country, parse_places
 
@@ -53,6 +54,9 @@ RESULT_COLUMNS = ("query", "lat", "lon", "level", "score", "matched_name", "admi
                   "note")
 REPORT_COLUMNS = ("role", "query", "level", "score", "matched_name", "admin1", "lat", "lon",
                   "source", "note", "records", "first_lines")
+#: A ZIP match takes the record's town name when the town lies this close to the ZIP centroid.
+ZIP_TOWN_KM = 30.0
+
 LEVELS = ("coordinates", "zip", "city", "municipality", "state", "")
 
 #: Fuzzy matches below this rapidfuzz ``token_sort_ratio`` are not accepted.
@@ -203,6 +207,7 @@ class OfflineGeocoder:
         parsed = parse_places(queries)
         states = self._states_in_country(parsed, result, country)
         self._match_zip(parsed, states, result, country)
+        self._name_zip_matches(parsed, states, result, country)
         for variant in ("place_key", "ciudad", "whole_key"):
             self._match_exact(parsed, states, result, country, variant)
         self._match_fuzzy(parsed, states, result)
@@ -259,6 +264,22 @@ class OfflineGeocoder:
                   + ", not the given state")
         unknown = has & ~has.index.isin(hit[hit].index) & us_only
         _add_note(result, unknown[unknown].index, "ZIP " + parsed["zip"] + " unknown")
+
+    def _name_zip_matches(self, parsed: pd.DataFrame, states: pd.Series, result: pd.DataFrame,
+                          country: str | None) -> None:
+        """Name ZIP matches after the town the record gives ("East Dundee, IL", not "ZIP 60118
+        (Dundee, IL)") when that town is in the gazetteer within ZIP_TOWN_KM of the centroid;
+        the coordinates stay the ZIP's."""
+        rows = result.index[result["level"] == "zip"]
+        if rows.empty:
+            return
+        towns = _empty_result(result.loc[rows, "query"])
+        self._match_exact(parsed.loc[rows], states[rows], towns, country, "place_key")
+        found = towns.index[towns["level"] != ""]
+        km = haversine_km(towns.loc[found, ["lon", "lat"]].to_numpy(),
+                          result.loc[found, ["lon", "lat"]].to_numpy())
+        near = found[km <= ZIP_TOWN_KM]
+        result.loc[near, "matched_name"] = towns.loc[near, "matched_name"]
 
     def _match_exact(self, parsed: pd.DataFrame, states: pd.Series, result: pd.DataFrame,
                      country: str | None, variant: str) -> None:

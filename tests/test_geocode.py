@@ -356,13 +356,26 @@ def test_records_without_source_lines_zip_lost_zeros_and_state_only_dealers():
     })
     out, report = geocode_traces(records)
     assert out["dealer_geocode_level"].tolist() == ["zip", "zip", "city"]
-    assert out.loc[0, "dealer_place"] == "ZIP 02134 (Allston, MA)"
+    # the ZIP's centroid (Allston), named after the town the record gives
+    assert out.loc[0, "dealer_place"] == "Boston, MA"
+    assert out.loc[1, "dealer_place"] == "ZIP 78701 (Austin, TX)"  # no town given
     assert out.loc[2, "dealer_admin1"] == "US-TX" and out.loc[2, "dealer_geocode_score"] == 70
     houston = report.set_index(["role", "query"]).loc[("dealer", "HOUSTON"), "note"]
     assert "(US-TX, " in houston  # the chosen state is named first
     assert out.loc[2, "recovery_admin1"] == "MX-SIN"
     assert report.loc[report["role"] == "recovery", "records"].sum() == 3
     assert report["first_lines"].str.len().gt(0).all()  # lines count from 2 without source_line
+
+
+def test_zip_match_keeps_zip_coordinates_but_names_the_town_of_the_record():
+    got = geocode(["E DUNDEE, IL 60118", "FAKETOWN, TX 78201", "DALLAS, TX 60118"])
+    assert got["level"].tolist() == ["zip", "zip", "city"]
+    assert got.loc[0, "matched_name"] == "East Dundee, IL"
+    assert abs(got.loc[0, "lat"] - 42.10) < 0.1 and abs(got.loc[0, "lon"] + 88.27) < 0.1
+    assert got.loc[1, "matched_name"] == "ZIP 78201 (San Antonio, TX)"  # town unknown
+    # a ZIP from another state is not trusted: the town is placed, and the note says why
+    assert got.loc[2, "matched_name"] == "Dallas, TX"
+    assert "not the given state" in got.loc[2, "note"]
 
 
 def test_misspelt_town_without_a_state_is_corrected_only_among_big_towns():
