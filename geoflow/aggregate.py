@@ -135,12 +135,7 @@ def group_stats(records: pd.DataFrame, group: np.ndarray, n_groups: int) -> Grou
         if len(labels) else pd.array([pd.NA] * n_groups, dtype="string"),
         index=index,
     )
-    by = pd.Series(group)
-    dates = pd.Series(pd.to_datetime(records["purchase_date"]).to_numpy())
-    first = dates.groupby(by).min().reindex(index)
-    last = dates.groupby(by).max().reindex(index)
-    ttc = pd.Series(records["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan))
-    median = ttc.groupby(by).median().reindex(index)
+    first, last, median = _span_and_median(records, group, index)
     return GroupStats(
         guns=guns,
         purchasers=distinct,
@@ -150,6 +145,21 @@ def group_stats(records: pd.DataFrame, group: np.ndarray, n_groups: int) -> Grou
         last_purchase=iso_dates(last),
         median_ttc=median.astype(float),
     )
+
+
+def _span_and_median(
+    records: pd.DataFrame, group: np.ndarray, index: pd.RangeIndex, rows: np.ndarray | None = None
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """First and last purchase date and median time to crime per group (one grouper)."""
+    dates = pd.to_datetime(records["purchase_date"]).to_numpy()
+    ttc = records["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan)
+    if rows is not None:
+        dates, ttc = dates[rows], ttc[rows]
+    values = pd.DataFrame({"date": dates, "ttc": ttc})
+    out = values.groupby(group, sort=True).agg(
+        first=("date", "min"), last=("date", "max"), median=("ttc", "median")
+    ).reindex(index)
+    return out["first"], out["last"], out["median"]
 
 
 def _labels_by_code(codes: np.ndarray, labels: pd.Series, n: int) -> np.ndarray:
@@ -308,10 +318,8 @@ def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None
     with_dealer = np.bincount(group[valid], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
         hhi = np.where(with_dealer > 0, squares / np.maximum(with_dealer, 1) ** 2, np.nan)
-    by = pd.Series(group)
-    dates = pd.Series(pd.to_datetime(records["purchase_date"]).to_numpy()[rows])
-    ttc = pd.Series(records["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan)[rows])
     index = pd.RangeIndex(n)
+    first, last, median = _span_and_median(records, group, index, rows)
     top_names = (np.where(top >= 0, dealer_names[np.maximum(top, 0)], None)
                  if len(dealer_names) else np.full(n, None, dtype=object))
     table = pd.DataFrame(
@@ -323,10 +331,10 @@ def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None
             "top_dealer_guns": top_count,
             "top_dealer_share": np.round(top_count / np.maximum(guns, 1), 6),
             "hhi": np.round(hhi, 6),
-            "first_purchase": iso_dates(dates.groupby(by).min().reindex(index)).to_numpy(),
-            "last_purchase": iso_dates(dates.groupby(by).max().reindex(index)).to_numpy(),
+            "first_purchase": iso_dates(first).to_numpy(),
+            "last_purchase": iso_dates(last).to_numpy(),
             "crossings": _crossings_used(records, group_all, n, port_names).to_numpy(),
-            "median_time_to_crime_days": ttc.groupby(by).median().reindex(index).to_numpy(),
+            "median_time_to_crime_days": median.to_numpy(),
         }
     )
     return table.sort_values(

@@ -57,8 +57,17 @@ def flow_ids(keys: pd.DataFrame) -> pd.array:
     """Stable ``F-`` + 10 hex ids from the key columns of each flow (vectorised: pandas'
     keyed SipHash of each value, combined per row; the same keys give the same id on every
     run)."""
+    return _hex_ids(_flow_hash(keys))
+
+
+def _flow_hash(keys: pd.DataFrame) -> np.ndarray:
+    """40-bit hash per row of ``keys`` (the number behind the flow id)."""
     hashes = pd.util.hash_pandas_object(keys.astype("string").fillna(""), index=False)
-    value = hashes.to_numpy(dtype=np.uint64) >> np.uint64(24)  # 40 bits = 10 hex digits
+    return hashes.to_numpy(dtype=np.uint64) >> np.uint64(24)  # 40 bits = 10 hex digits
+
+
+def _hex_ids(value: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """``F-`` + 10 lower-case hex digits of each 40-bit value, without a Python loop."""
     shifts = np.arange(36, -1, -4, dtype=np.uint64)
     digits = ((value[:, None] >> shifts) & np.uint64(15)).astype(np.uint8)
     ascii_codes = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[digits]
@@ -258,32 +267,37 @@ def build_flows(
     names = state_names or {}
     r_lat = np.asarray(_take(records["recovery_lat"], first), dtype=float)
     r_lon = np.asarray(_take(records["recovery_lon"], first), dtype=float)
-    key = pd.DataFrame({
-        "dealer_id": _take(records["dealer_id"], first) if level == "place"
-        else pd.array([pd.NA] * n, dtype="string"),
-        "dealer_state": _take(dealer_state, first),
-        "crossing_code": _take(records["crossing_code"], first),
-        "recovery_place": _recovery_label(_take(records["recovery_place"], first), r_lat, r_lon)
-        if level == "place" else pd.array(
-            [names.get(s, s) for s in _take(recovery_state, first)], dtype="string"),
-        "recovery_state": _take(recovery_state, first),
-        "route_kind": _take(records["route_kind"], first),
-    })
-    ids = flow_ids(key)
+
+    def flow_keys(rows: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> pd.DataFrame:
+        place = (_recovery_label(_take(records["recovery_place"], rows), lat, lon)
+                 if level == "place" else pd.array(
+                     [names.get(s, s) for s in _take(recovery_state, rows)], dtype="string"))
+        return pd.DataFrame({
+            "dealer_id": _take(records["dealer_id"], rows) if level == "place"
+            else pd.array([pd.NA] * len(rows), dtype="string"),
+            "dealer_state": _take(dealer_state, rows),
+            "crossing_code": _take(records["crossing_code"], rows),
+            "recovery_place": place,
+            "recovery_state": _take(recovery_state, rows),
+            "route_kind": _take(records["route_kind"], rows),
+        })
+
+    hashes = _flow_hash(flow_keys(first, r_lat, r_lon))
     # number the flows in output order (guns desc, then id) before building anything big,
     # so no sorted copy of the whole table is needed afterwards
-    order = np.lexsort((np.asarray(ids, dtype=str), -np.bincount(group, minlength=n)))
+    order = np.lexsort((hashes, -np.bincount(group, minlength=n)))
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
-    group, first = rank[group], first[order]
-    key = key.take(order).reset_index(drop=True)
+    group, first, hashes = rank[group], first[order], hashes[order]
+    r_lat, r_lon = r_lat[order], r_lon[order]
+    key = flow_keys(first, r_lat, r_lon)
+    del rank, order
     stats = group_stats(records, group, n)
     if level == "place":
         dealer_name = _take(records["dealer_name"], first)
         dealer_place = _take(records["dealer_place"], first)
         d_lon = np.asarray(_take(records["dealer_lon"], first), dtype=float)
         d_lat = np.asarray(_take(records["dealer_lat"], first), dtype=float)
-        r_lon, r_lat = r_lon[order], r_lat[order]
     else:
         dealer_name = pd.array([pd.NA] * n, dtype="string")
         dealer_place = [names.get(s, s) for s in key["dealer_state"]]
@@ -297,7 +311,7 @@ def build_flows(
                                                                         allow_fill=True)
     table = pd.DataFrame(
         {
-            "flow_id": pd.array(np.asarray(ids)[order], dtype="string"),
+            "flow_id": _hex_ids(hashes),
             "dealer_id": key["dealer_id"].array,
             "dealer_name": pd.array(dealer_name, dtype="string"),
             "dealer_place": pd.array(dealer_place, dtype="string"),

@@ -13,6 +13,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
 import logging
 import sys
@@ -170,11 +171,26 @@ def peak_memory_mb() -> float:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
+def release_memory() -> None:
+    """Hand memory freed by a stage back to the OS (Arrow's pool, glibc's heap), so the next
+    stage starts from what is really in use rather than from the last stage's high-water."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:  # not glibc (musl …): nothing to trim
+            return
+        libc.malloc_trim(0)
+
+
 @contextlib.contextmanager
 def _stage(name: str, timings: dict[str, float], memory: dict[str, float]) -> Iterator[None]:
     """Record the seconds a stage took and the process's peak memory after it."""
     clock = time.perf_counter()
     yield
+    release_memory()
     timings[name] = time.perf_counter() - clock
     memory[name] = peak_memory_mb()
 
@@ -302,6 +318,10 @@ def analyse(
     states_shapes, state_names = _state_names()
 
     memory = dict(prepared.memory)
+    # tables first: their working memory is freed before the (large) flow layer exists
+    with _stage("aggregate", timings, memory):
+        tables = build_tables(frame, ports=ports, state_names=state_names)
+        found = findings(frame, tables)
     with _stage("flows", timings, memory):
         flows = build_flows(placed, ports, level=options.flow_level, state_names=state_names)
         dealers = build_dealers(placed)
@@ -309,9 +329,6 @@ def analyse(
         crossings = build_crossings(placed, ports)
         states = build_states(placed, states_shapes)
     log.info("built %s flows through %s ports", f"{len(flows):,}", len(crossings))
-    with _stage("aggregate", timings, memory):
-        tables = build_tables(frame, ports=ports, state_names=state_names)
-        found = findings(frame, tables)
 
     unplaced = _unplaced(frame)
     rows_read = int(prepared.source.get("rows_read", len(prepared.records)))

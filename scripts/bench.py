@@ -93,7 +93,7 @@ def main() -> None:
     print(f"\n{'stage':<14}{'seconds':>10}{'peak MB so far':>16}")
     print(f"{'pandas parse':<14}{parse['seconds']:>10.2f}{parse['peak_mb']:>16,.0f}")
     print("-" * 40)
-    for stage in ("read", "geocode", "crossings", "flows", "aggregate", "export"):
+    for stage in ("read", "geocode", "crossings", "aggregate", "flows", "export"):
         seconds = run["stages"].get(stage, float("nan"))
         print(f"{stage:<14}{seconds:>10.2f}{run['memory'].get(stage, float('nan')):>16,.0f}")
     print("-" * 40)
