@@ -274,6 +274,8 @@ def _unplaced(records: pd.DataFrame) -> pd.DataFrame:
         source = {"line": "source_line", "reason": "unplaced_reason"}.get(column, column)
         value = rows.get(source, pd.NA)
         out[column] = value.astype(object) if isinstance(value, pd.Series) else value
+    out = out.astype({c: "string" for c in UNPLACED_COLUMNS if c != "line"})
+    out["line"] = out["line"].astype("Int64")
     return out.sort_values("line", kind="stable").reset_index(drop=True)
 
 
@@ -308,21 +310,20 @@ def analyse(
 
     options = options or prepared.options
     frame = prepared.records if records is None else records
-    frame = _encode(_label(frame, options.show_names))
     timings = dict(prepared.timings)
-    # only the columns the map layers need: a filtered copy of every column would double
-    # the memory of the records for large inputs
-    layer_columns = [c for c in LAYER_INPUT_COLUMNS if c in frame.columns]
-    placed = frame.loc[frame["placed"].to_numpy(dtype=bool), layer_columns]
+    memory = dict(prepared.memory)
     ports = load_ports()
     states_shapes, state_names = _state_names()
-
-    memory = dict(prepared.memory)
     # tables first: their working memory is freed before the (large) flow layer exists
     with _stage("aggregate", timings, memory):
+        frame = _encode(_label(frame, options.show_names))
         tables = build_tables(frame, ports=ports, state_names=state_names)
         found = findings(frame, tables)
     with _stage("flows", timings, memory):
+        # only the columns the map layers need: a filtered copy of every column would double
+        # the memory of the records for large inputs
+        layer_columns = [c for c in LAYER_INPUT_COLUMNS if c in frame.columns]
+        placed = frame.loc[frame["placed"].to_numpy(dtype=bool), layer_columns]
         flows = build_flows(placed, ports, level=options.flow_level, state_names=state_names)
         dealers = build_dealers(placed)
         recoveries = build_recoveries(placed)
