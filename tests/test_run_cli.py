@@ -124,3 +124,24 @@ def test_run_needs_input_or_sample(tmp_path):
     assert result.exit_code == 2 and "missing INPUT" in result.output
     missing = CliRunner().invoke(cli, ["run", str(tmp_path / "nope.csv")], obj={})
     assert missing.exit_code != 0 and "nope.csv" in missing.output
+
+
+def test_run_defaults_to_maps_input_stem_and_state_level(tmp_path, monkeypatch):
+    source = tmp_path / "border traces.csv"
+    source.write_text(
+        "Purchaser,FFL Name,FFL City,FFL State,Recovery City,Recovery State,Crossing\n"
+        "Ana,Store A,HOUSTON,TX,REYNOSA,TAMPS.,\n"
+        "Ana,Store B,SAN ANTONIO,TX,MONTERREY,N.L.,LAREDO\n"
+        "Beto,Store C,PHOENIX,AZ,HERMOSILLO,SON.,\n",
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("-q", "run", str(source), "--flow-level", "state")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "maps" / "border traces"
+    flows = json.loads((out / "flows.geojson").read_text())["features"]
+    pairs = {(f["properties"]["dealer_state"], f["properties"]["recovery_state"],
+              f["properties"]["route_kind"]) for f in flows}
+    assert pairs == {("US-TX", "MX-TAM", "modelled"), ("US-TX", "MX-NLE", "known"),
+                     ("US-AZ", "MX-SON", "modelled")}
+    assert json.loads((out / "manifest.json").read_text())["options"]["flow_level"] == "state"
