@@ -251,9 +251,12 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
 
 
 def _label(records: pd.DataFrame, show_names: bool) -> pd.DataFrame:
-    """Add ``purchaser_label``: the real name with ``show_names``, else the pseudonym."""
-    label = records["purchaser_name"].astype("string") if show_names else records["purchaser_id"]
-    return records.assign(purchaser_label=label.where(records["purchaser_id"].notna()))
+    """Add ``purchaser_label``: the real name with ``show_names``, else the pseudonym (the
+    very same column, so no copy)."""
+    if not show_names:
+        return records.assign(purchaser_label=records["purchaser_id"])
+    label = records["purchaser_name"].astype("string").where(records["purchaser_id"].notna())
+    return records.assign(purchaser_label=label.astype("category"))
 
 
 def _encode(records: pd.DataFrame) -> pd.DataFrame:
@@ -316,7 +319,7 @@ def analyse(
     states_shapes, state_names = _state_names()
     # tables first: their working memory is freed before the (large) flow layer exists
     with _stage("aggregate", timings, memory):
-        frame = _encode(_label(frame, options.show_names))
+        frame = _label(_encode(frame), options.show_names)
         tables = build_tables(frame, ports=ports, state_names=state_names)
         found = findings(frame, tables)
     with _stage("flows", timings, memory):
@@ -324,6 +327,9 @@ def analyse(
         # the memory of the records for large inputs
         layer_columns = [c for c in LAYER_INPUT_COLUMNS if c in frame.columns]
         placed = frame.loc[frame["placed"].to_numpy(dtype=bool), layer_columns]
+        unplaced = _unplaced(frame)
+        rows_selected = len(frame)
+        del frame  # the encoded columns not needed by the layers go now
         flows = build_flows(placed, ports, level=options.flow_level, state_names=state_names)
         dealers = build_dealers(placed)
         recoveries = build_recoveries(placed)
@@ -331,14 +337,13 @@ def analyse(
         states = build_states(placed, states_shapes)
     log.info("built %s flows through %s ports", f"{len(flows):,}", len(crossings))
 
-    unplaced = _unplaced(frame)
     rows_read = int(prepared.source.get("rows_read", len(prepared.records)))
     rows_valid = len(prepared.records)
     counts = {
         "rows_read": rows_read,
         "rows_valid": rows_valid,
         "rows_rejected": rows_read - rows_valid,
-        "rows_filtered_out": rows_valid - len(frame),
+        "rows_filtered_out": rows_valid - rows_selected,
         "rows_placed": len(placed),
         "rows_unplaced": len(unplaced),
         "flows": len(flows),
