@@ -31,10 +31,6 @@ def normalise_names(names: pd.Series) -> pd.Series:
     return text.mask(text == "")
 
 
-def _digest(name: str, key: bytes) -> str:
-    return "P-" + hmac.digest(key, name.encode("utf-8"), "sha256").hex()[:6]
-
-
 def pseudonym(names: pd.Series, *, key: bytes | str | None = None) -> pd.Series:
     """Return the ``P-xxxxxx`` id of each name; NA (or a blank name) stays NA.
 
@@ -46,7 +42,11 @@ def pseudonym(names: pd.Series, *, key: bytes | str | None = None) -> pd.Series:
     raw_key = key.encode("utf-8") if isinstance(key, str) else (key or DEFAULT_KEY)
     codes, uniques = pd.factorize(names.astype("string"), use_na_sentinel=True)
     normal = normalise_names(pd.Series(uniques, dtype="string"))  # distinct raw names only
-    digests = [None if pd.isna(u) else _digest(u, raw_key) for u in normal]
+    digest = hmac.digest
+    digests = [
+        None if name is None else "P-" + digest(raw_key, name.encode("utf-8"), "sha256").hex()[:6]
+        for name in normal.to_numpy(dtype=object, na_value=None).tolist()
+    ]
     ids = pd.array([*digests, pd.NA], dtype="string")  # code -1 (NA) takes the trailing NA
     return pd.Series(ids[codes], index=names.index, dtype="string", name=names.name)
 
