@@ -20,6 +20,7 @@ from geoflow.aggregate import fill_unknown, group_stats, is_value, iso_dates, ta
 __all__ = [
     "FLOW_COLUMNS",
     "dealer_ids",
+    "flow_ids",
     "great_circle_points",
     "flow_lines",
     "build_flows",
@@ -133,11 +134,6 @@ def great_circle_points(
     lon = np.where(fractions == 0.0, lon0, np.where(fractions == 1.0, lon1, lon))
     lat = np.where(fractions == 0.0, lat0, np.where(fractions == 1.0, lat1, lat))
     return lon, lat
-
-
-def _arc_km(lon0, lat0, lon1, lat1) -> np.ndarray:
-    dot = np.clip(np.einsum("ij,ij->i", _unit(lon0, lat0), _unit(lon1, lat1)), -1.0, 1.0)
-    return np.arccos(dot) * EARTH_RADIUS_KM
 
 
 def flow_lines(

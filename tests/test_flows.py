@@ -16,6 +16,7 @@ from geoflow.flows import (
     build_flows,
     build_recoveries,
     dealer_ids,
+    flow_ids,
     flow_lines,
     great_circle_points,
 )
@@ -222,3 +223,15 @@ def test_no_placed_records_give_empty_layers():
     assert len(build_flows(placed, PORTS)) == 0
     assert len(build_dealers(placed)) == 0
     assert len(build_crossings(placed, PORTS)) == 0
+
+
+def test_flow_ids_are_stable_hex_and_depend_on_every_key():
+    keys = pd.DataFrame({
+        "dealer_id": ["D-1", "D-1", "D-1", None],
+        "crossing_code": ["2304", "2304", "2402", "2304"],
+        "route_kind": ["known", "modelled", "known", "known"],
+    })
+    ids = flow_ids(keys)
+    assert ids.tolist() == flow_ids(keys.copy()).tolist()
+    assert len(set(ids)) == 4
+    assert all(len(i) == 12 and i.startswith("F-") and int(i[2:], 16) >= 0 for i in ids)
