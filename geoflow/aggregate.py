@@ -486,6 +486,9 @@ def findings(
             f"{_plural(len(big), 'purchaser')} {'is' if len(big) == 1 else 'are'} tied to "
             f"{min_guns} or more guns each; {len(single):,} of them bought most of their guns "
             "(more than half) at a single store."
+            + (" Largest: " + "; ".join(
+                f"{r.purchaser} ({r.guns:,} guns, {r.top_dealer_guns:,} from {r.top_dealer})"
+                for r in big.head(top_n).itertuples()) + "." if len(big) else "")
         ),
         "numbers": {
             "min_guns": min_guns,
