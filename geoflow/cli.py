@@ -314,7 +314,8 @@ def summary_command(input_path: str | None, sample: bool, by: str | None, show_f
 
     prepared, run_options, records, description, _ = _prepare_selection(
         _input_path(input_path, sample), options)
-    result = analyse(prepared, options=run_options, records=records, description=description)
+    result = analyse(prepared, options=run_options, records=records, description=description,
+                     layers=False)  # tables and findings only: no flow geometry to build
     if by:
         table = result.tables[SUMMARY_TABLES[by]]
         title = f"Guns by {by}" + (f" ({description})" if description else "")

@@ -303,11 +303,13 @@ def analyse(
     options: RunOptions | None = None,
     records: pd.DataFrame | None = None,
     description: str = "",
+    layers: bool = True,
 ) -> RunResult:
     """Flows, point layers, state polygons, tables and findings from prepared records.
 
     ``records`` (default: all of ``prepared.records``) may be a filtered subset; the manifest
-    then counts the rows left out as ``rows_filtered_out``.
+    then counts the rows left out as ``rows_filtered_out``. ``layers=False`` (tables and
+    findings only, e.g. ``geoflow summary``) leaves the map layers empty.
     """
     from geoflow.crossings import load_ports
 
@@ -330,11 +332,12 @@ def analyse(
         unplaced = _unplaced(frame)
         rows_selected = len(frame)
         del frame  # the encoded columns not needed by the layers go now
-        flows = build_flows(placed, ports, level=options.flow_level, state_names=state_names)
-        dealers = build_dealers(placed)
-        recoveries = build_recoveries(placed)
-        crossings = build_crossings(placed, ports)
-        states = build_states(placed, states_shapes)
+        drawn = placed if layers else placed.iloc[0:0]
+        flows = build_flows(drawn, ports, level=options.flow_level, state_names=state_names)
+        dealers = build_dealers(drawn)
+        recoveries = build_recoveries(drawn)
+        crossings = build_crossings(drawn, ports)
+        states = build_states(drawn, states_shapes)
     log.info("built %s flows through %s ports", f"{len(flows):,}", len(crossings))
 
     rows_read = int(prepared.source.get("rows_read", len(prepared.records)))

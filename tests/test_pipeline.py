@@ -183,3 +183,12 @@ def test_outputs_are_atomic_and_foreign_folders_refused(result, tmp_path):
     with pytest.raises(OutputError, match="not written by geoflow"):
         write_outputs(result, foreign, write_map=False)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_tables_only_analysis_skips_the_layers(prepared, result):
+    quick = analyse(prepared, options=OPTIONS, layers=False)
+    assert len(quick.flows) == 0 and list(quick.flows.columns) == list(result.flows.columns)
+    assert quick.manifest["counts"]["rows_placed"] == result.manifest["counts"]["rows_placed"]
+    for name, table in result.tables.items():
+        pd.testing.assert_frame_equal(quick.tables[name], table)
+    assert [f["text"] for f in quick.findings] == [f["text"] for f in result.findings]
