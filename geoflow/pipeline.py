@@ -58,6 +58,7 @@ __all__ = [
     "write_outputs",
     "findings_markdown",
     "peak_memory_mb",
+    "release_memory",
 ]
 
 log = logging.getLogger("geoflow.pipeline")
@@ -158,7 +159,6 @@ class RunResult:
     geocode_report: pd.DataFrame
     manifest: dict
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def peak_memory_mb() -> float:
