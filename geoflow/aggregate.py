@@ -18,6 +18,7 @@ import pandas as pd
 __all__ = [
     "TTC_SHORT_DAYS",
     "GroupStats",
+    "possible_ttc",
     "group_stats",
     "top_item",
     "iso_dates",
@@ -150,9 +151,12 @@ def group_stats(records: pd.DataFrame, group: np.ndarray, n_groups: int) -> Grou
 def _span_and_median(
     records: pd.DataFrame, group: np.ndarray, index: pd.RangeIndex, rows: np.ndarray | None = None
 ) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """First and last purchase date and median time to crime per group (one grouper)."""
+    """First and last purchase date and median time to crime per group (one grouper).
+
+    The median leaves out impossible intervals (recovery before purchase, flagged by the
+    reader as ``flag_recovery_before_purchase``) as it does missing dates."""
     dates = pd.to_datetime(records["purchase_date"]).to_numpy()
-    ttc = records["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan)
+    ttc = possible_ttc(records)
     if rows is not None:
         dates, ttc = dates[rows], ttc[rows]
     values = pd.DataFrame({"date": dates, "ttc": ttc})
@@ -160,6 +164,13 @@ def _span_and_median(
         first=("date", "min"), last=("date", "max"), median=("ttc", "median")
     ).reindex(index)
     return out["first"], out["last"], out["median"]
+
+
+def possible_ttc(records: pd.DataFrame) -> np.ndarray:
+    """Time to crime in days per record, NaN when a date is missing *or* the recovery comes
+    before the purchase (an impossible interval: a data-entry error, not a fast gun)."""
+    ttc = records["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan)
+    return np.where(ttc < 0, np.nan, ttc)
 
 
 def _labels_by_code(codes: np.ndarray, labels: pd.Series, n: int) -> np.ndarray:
@@ -553,19 +564,26 @@ def findings(
                                     "top_purchaser_share"]].to_dict("records")
             ]},
         })
-    ttc = pd.Series(records["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan))
-    known_ttc = ttc.dropna()
+    raw_ttc = records["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan)
+    impossible = int((raw_ttc < 0).sum())  # recovered before purchase: left out
+    known_ttc = pd.Series(possible_ttc(records)).dropna()
     if len(known_ttc):
         short = int((known_ttc < TTC_SHORT_DAYS).sum())
         share = short / len(known_ttc)
+        excluded = (
+            f" {_plural(impossible, 'record')} with a recovery date before the purchase date "
+            f"{'was' if impossible == 1 else 'were'} left out as impossible."
+            if impossible else ""
+        )
         out.append({
             "id": "short_time_to_crime",
             "text": (
                 f"{share:.0%} of guns with both dates ({short:,} of {len(known_ttc):,}) were "
                 "recovered less than three years after their retail sale, a trafficking "
-                "indicator."
+                "indicator." + excluded
             ),
             "numbers": {"guns_short": short, "guns_with_dates": len(known_ttc),
+                        "guns_impossible_dates": impossible,
                         "share": round(share, 6), "threshold_days": TTC_SHORT_DAYS,
                         "median_days": float(known_ttc.median())},
         })

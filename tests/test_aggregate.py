@@ -13,6 +13,7 @@ from geoflow.aggregate import (
     by_year,
     findings,
 )
+from geoflow.flows import build_dealers, build_flows
 from geoflow.privacy import normalise_names, pseudonym
 
 TRAFFICKER_COLUMNS = [
@@ -177,3 +178,35 @@ def test_pseudonyms_are_stable_normalised_and_keyed():
     assert pseudonym(names)[0] == ids[0]  # stable across calls (and runs: fixed default key)
     assert pseudonym(names, key="newsroom secret")[0] != ids[0]
     assert normalise_names(pd.Series(["De La-Rosa,  Paul"])).iloc[0] == "de la rosa paul"
+
+
+def test_recovery_before_purchase_is_left_out_of_time_to_crime():
+    # one gun recovered after 100 days, two after ~5.5 years, two "recovered" 400 days before
+    # they were bought (impossible dates the reader flags): counting those as fast guns would
+    # give 3 of 5 short and a median of 100 days
+    records = make_records([
+        {"purchaser": "Ana Uno", "bought": "2008-01-01", "recovered": "2008-04-10"},
+        {"purchaser": "Ana Uno", "bought": "2004-01-01", "recovered": "2009-06-23", "n": 2},
+        {"purchaser": "Ana Uno", "bought": "2009-02-04", "recovered": "2008-01-01", "n": 2},
+    ])
+    assert (records["time_to_crime_days"] < 0).sum() == 2
+    tables = build_tables(records, ports=PORTS)
+    ttc = {f["id"]: f for f in findings(records, tables)}["short_time_to_crime"]
+    numbers = ttc["numbers"]
+    assert (numbers["guns_short"], numbers["guns_with_dates"]) == (1, 3)
+    assert numbers["guns_impossible_dates"] == 2
+    assert numbers["share"] == pytest.approx(1 / 3)
+    assert numbers["median_days"] == 2000.0
+    assert "(1 of 3)" in ttc["text"]
+    assert "2 records with a recovery date before the purchase date were left out" in ttc["text"]
+    for name in ("by_us_state", "by_dealer", "by_trafficker"):
+        assert tables[name]["median_time_to_crime_days"].tolist() == [2000.0], name
+    flows = build_flows(records[records["placed"]], PORTS)
+    assert flows["median_time_to_crime_days"].tolist() == [2000.0]
+    assert build_dealers(records)["median_time_to_crime_days"].tolist() == [2000.0]
+
+
+def test_time_to_crime_finding_does_not_mention_exclusions_when_there_are_none(records):
+    ttc = {f["id"]: f for f in findings(records, build_tables(records, ports=PORTS))}
+    assert ttc["short_time_to_crime"]["numbers"]["guns_impossible_dates"] == 0
+    assert "left out" not in ttc["short_time_to_crime"]["text"]
