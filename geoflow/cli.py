@@ -17,6 +17,7 @@ from geoflow.cli_options import (
     context_config,
     filter_options,
     geocoder_from_config,
+    geocoder_options,
     map_options,
     pop_filters,
     show_progress,
@@ -110,14 +111,19 @@ def _pipeline_options(func):
                      help="Show purchaser names instead of pseudonyms (P-xxxxxx); default "
                           "hide, or show_names in the config file."),
     ]
+    func = geocoder_options(func)  # listed after the options above in --help
     for option in reversed(options):
         func = option(func)
     return filter_options(config_option(func))
 
 
 def _run_options(*, dayfirst: bool | None, column_map: str | None, overrides: str | None,
-                 flow_level: str | None, show_names: bool | None, config: Config | None = None):
-    """RunOptions from command-line values, falling back to the config file, then defaults."""
+                 flow_level: str | None, show_names: bool | None, config: Config | None = None,
+                 **geocoding):
+    """RunOptions from command-line values, falling back to the config file, then defaults.
+
+    ``geocoding`` holds the values of :func:`geocoder_options`; an online geocoder holds a
+    cache database open: close ``options.geocoder`` when done."""
     import os
 
     from geoflow.io import load_column_map
@@ -128,7 +134,7 @@ def _run_options(*, dayfirst: bool | None, column_map: str | None, overrides: st
     return RunOptions(
         dayfirst=bool(config.pick("dayfirst", dayfirst, False)),
         column_map=load_column_map(column_map) if column_map else None,
-        geocoder=geocoder_from_config(config),
+        geocoder=geocoder_from_config(config, **geocoding),
         overrides=config.pick("overrides", overrides),
         flow_level=config.pick("flow_level", flow_level, "place"),
         show_names=bool(config.pick("show_names", show_names, False)),
@@ -146,8 +152,15 @@ def _prepare_selection(source: str, options: dict):
     config = context_config(options.pop("config_path", None))
     filters = pop_filters(options)
     run_options = _run_options(**options, config=config)
-    with stage(f"Reading and geocoding {Path(source).name}", enabled=show_progress()):
-        prepared = prepare_records(source, options=run_options)
+    geocoder = run_options.geocoder
+    try:
+        with stage(f"Reading and geocoding {Path(source).name}", enabled=show_progress()):
+            prepared = prepare_records(source, options=run_options)
+    finally:
+        if geocoder is not None:
+            geocoder.close()
+    if geocoder is not None:
+        log.info("%s: %s requests", geocoder.name, f"{geocoder.requests_made:,}")
     records, description = apply_filters(prepared.records, filters,
                                          show_names=run_options.show_names)
     if description:
@@ -222,6 +235,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
       geoflow run --sample -o maps/sample --flow-level state
       geoflow run --sample --state TX --from 2008 -o maps/texas-2008
       geoflow run --sample --per trafficker -o maps/by-trafficker
+      geoflow run traces.csv -o maps/traces --geocoder nominatim --user-agent "desk (me@x.org)"
     """
     from pathlib import Path
 

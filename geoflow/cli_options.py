@@ -1,4 +1,5 @@
-"""Click options shared by ``run``, ``map`` and ``summary``: filters, batches, config, progress.
+"""Click options shared by ``run``, ``map`` and ``summary``: filters, batches, config, geocoder,
+progress.
 
 Each decorator adds a group of options; the helpers turn their values into calls of
 :mod:`geoflow.select`, :mod:`geoflow.batch` and :mod:`geoflow.config`, so the commands in
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from geoflow.config import Config, load_config
+from geoflow.errors import GeocodeError
 from geoflow.progress import progress_enabled
 
 if TYPE_CHECKING:
@@ -26,6 +28,9 @@ __all__ = [
     "filter_options",
     "batch_options",
     "config_option",
+    "GEOCODERS",
+    "GEOCODER_PARAMS",
+    "geocoder_options",
     "apply_filters",
     "pop_filters",
     "context_config",
@@ -42,6 +47,14 @@ FILTER_PARAMS = ("state", "mx_state", "trafficker", "dealer", "date_from", "date
 #: ``--per`` choices: the keys of ``select.ENTITY_KINDS``, spelled out so that ``geoflow
 #: --help`` need not import pandas (a test keeps them in step).
 BATCH_KINDS = ("state", "mx-state", "trafficker", "dealer")
+
+#: ``--geocoder`` choices: the offline gazetteer, then ``geocode.GEOPY_SERVICES`` (spelled out
+#: so that ``geoflow --help`` need not import pandas; a test keeps them in step).
+GEOCODERS = ("offline", "nominatim", "photon", "arcgis", "opencage", "geonames", "googlev3",
+             "bing", "mapbox", "here")
+#: Names of the parameters :func:`geocoder_options` adds.
+GEOCODER_PARAMS = ("geocoder", "user_agent", "geocode_cache", "geocoder_domain",
+                   "geocoder_scheme", "api_key")
 
 _F = Callable[..., Any]
 
@@ -95,6 +108,35 @@ def config_option(func: _F) -> _F:
     )(func)
 
 
+def geocoder_options(func: _F) -> _F:
+    """``--geocoder``, ``--user-agent``, ``--geocode-cache``, ``--geocoder-domain``,
+    ``--geocoder-scheme``, ``--api-key`` (the config keys ``geocoder``, ``user_agent``,
+    ``geocode_cache`` are the defaults)."""
+    options = [
+        click.option("--geocoder", "geocoder", type=click.Choice(GEOCODERS), default=None,
+                     help="offline = shipped gazetteer (default, or geocoder in the config "
+                          "file); others ask that geopy service for the places the gazetteer "
+                          "cannot place (at most one request a second, cached)."),
+        click.option("--user-agent", "user_agent", default=None, metavar="TEXT",
+                     help="User agent for an online geocoder (required; Nominatim asks for "
+                          "contact details, e.g. 'newsroom-geoflow (data@example.org)')."),
+        click.option("--geocode-cache", "geocode_cache", default=None, metavar="PATH",
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="SQLite cache of online answers (default: in the user cache "
+                          "folder)."),
+        click.option("--geocoder-domain", "geocoder_domain", default=None, metavar="HOST[:PORT]",
+                     help="Host of a self-hosted service (e.g. your own Nominatim)."),
+        click.option("--geocoder-scheme", "geocoder_scheme", default=None,
+                     type=click.Choice(["https", "http"]), help="Scheme for --geocoder-domain."),
+        click.option("--api-key", "api_key", envvar="GEOFLOW_GEOCODER_API_KEY", default=None,
+                     metavar="KEY", help="API key for services that need one (or "
+                                         "GEOFLOW_GEOCODER_API_KEY)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def context_config(config_path: Path | None) -> Config:
     """Load the config file once per invocation; log which file was used."""
     config = load_config(config_path)
@@ -103,14 +145,42 @@ def context_config(config_path: Path | None) -> Config:
     return config
 
 
-def geocoder_from_config(config: Config) -> Any:
-    """``None`` (the offline geocoder) or the geopy service named by ``geocoder`` in config."""
-    if config.geocoder in (None, "offline"):
+def geocoder_from_config(
+    config: Config,
+    *,
+    geocoder: str | None = None,
+    user_agent: str | None = None,
+    geocode_cache: Path | None = None,
+    geocoder_domain: str | None = None,
+    geocoder_scheme: str | None = None,
+    api_key: str | None = None,
+) -> Any:
+    """``None`` (the offline geocoder) or the geopy service to ask for the places the offline
+    gazetteer cannot place. Command-line values (``None`` = not given) win over the config
+    file's ``geocoder``, ``user_agent`` and ``geocode_cache``.
+
+    An online service without a user agent stops before any input is read: a
+    :class:`click.UsageError` (exit 2) when ``--geocoder`` asked for it, a
+    :class:`~geoflow.errors.GeocodeError` (exit 5, like ``geoflow geocode``) when the config
+    file did.
+    """
+    service = str(config.pick("geocoder", geocoder, "offline")).lower()
+    if service == "offline":
         return None
+    agent = config.pick("user_agent", user_agent)
+    if not agent or not str(agent).strip():
+        message = (f"the {service} geocoder needs a user agent that identifies you: pass "
+                   "--user-agent 'your-app (you@example.org)' or set user_agent in the "
+                   "config file")
+        if geocoder is not None:
+            raise click.UsageError(message)
+        raise GeocodeError(message, path=str(config.path) if config.path else None)
     from geoflow.geocode import GeopyGeocoder
 
-    return GeopyGeocoder(config.geocoder, user_agent=config.user_agent or "",
-                         cache_path=config.geocode_cache)
+    log.info("geocoder: %s for the places the offline gazetteer cannot place", service)
+    return GeopyGeocoder(service, user_agent=str(agent).strip(), api_key=api_key,
+                         domain=geocoder_domain, scheme=geocoder_scheme,
+                         cache_path=config.pick("geocode_cache", geocode_cache))
 
 
 def map_options(config: Config, *, show_names: bool, **given: Any) -> Any:

@@ -113,9 +113,11 @@ class RunOptions:
             raise ValueError(f"flow_level must be 'place' or 'state', not {self.flow_level!r}")
 
     def describe(self) -> dict:
-        """JSON-friendly summary for the manifest (no key, geocoder by class name)."""
+        """JSON-friendly summary for the manifest (no key; the geocoder by its service name,
+        e.g. ``nominatim``, else its class name)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["geocoder"] = type(self.geocoder).__name__ if self.geocoder is not None else "offline"
+        out["geocoder"] = ("offline" if self.geocoder is None else
+                           getattr(self.geocoder, "name", None) or type(self.geocoder).__name__)
         overrides = self.overrides
         out["overrides"] = (
             None if overrides is None
