@@ -209,6 +209,15 @@ def _match_names(
                     f"{what} {value!r} is ambiguous: it matches {len(hits)} {what}s; "
                     "give the full name or the id"
                 )
+        if not hits and re.fullmatch(r"p-[0-9a-f]{6,}", str(value).strip().casefold()):
+            # a pseudonym lengthened here because two names of this data share its digits
+            longer = sorted(table.loc[id_key.str.startswith(str(value).strip().casefold())
+                                      .fillna(False).to_numpy(dtype=bool), "id"])
+            if longer:
+                raise FilterError(
+                    f"{what} {value!r} is ambiguous in this data: {len(longer)} {what}s share "
+                    f"its digits and have longer ids ({', '.join(longer[:5])}); give one of "
+                    "those or the name")
         if not hits:
             raise FilterError(f"no {what} {value!r} in the data ({_hint(what)})")
         result[value] = hits

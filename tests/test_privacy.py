@@ -88,3 +88,18 @@ def test_colliding_purchasers_are_separate_rows_in_by_trafficker(clash):
     found = {f["id"]: f for f in findings(records, build_tables(records, ports=PORTS))}
     assert found["prolific_purchasers"]["numbers"]["purchasers"] == 0
 
+
+
+def test_trafficker_filter_explains_a_pseudonym_lengthened_in_this_data(clash):
+    from geoflow.errors import FilterError
+    from geoflow.select import filter_records
+
+    first, second = clash
+    records = make_records([{"purchaser": first, "n": 2}, {"purchaser": second}])
+    short = "P-" + _hex(first)[:6]  # the id `first` has in data where nothing collides
+    with pytest.raises(FilterError, match="ambiguous") as caught:
+        filter_records(records, traffickers=[short])
+    assert "P-" + _hex(first)[:8] in str(caught.value)
+    assert "P-" + _hex(second)[:8] in str(caught.value)
+    picked, _ = filter_records(records, traffickers=["P-" + _hex(first)[:8]])
+    assert picked["purchaser_name"].tolist() == [first, first]
