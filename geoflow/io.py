@@ -21,7 +21,7 @@ import logging
 import re
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ DELIMITERS: tuple[str, ...] = (",", ";", "\t", "|")
 #: At most this many warnings are listed per (column, reason); ``warning_counts`` has all.
 WARNINGS_CAP = 50
 _RAW_CHARS = 200
+#: Bytes :func:`_scan_records` looks at in one vectorised step.
+_SCAN_CHUNK = 1 << 24
 _REJECT_COLUMNS = ["line", "column", "reason", "raw"]
 _WARNING_COLUMNS = ["line", "column", "value", "reason"]
 _LATIN1_FALLBACK = "cp1252/latin-1"
@@ -109,7 +111,7 @@ class ReadResult:
 class _Table:
     """A raw table as read from disk: text cells, one source line per row, early rejects."""
 
-    frame: pd.DataFrame  # columns: raw (unique) header names
+    frame: pd.DataFrame | None  # columns: raw (unique) header names; None once handed on
     lines: np.ndarray  # source line of each row of frame
     rejects: pd.DataFrame  # field-count rejects (line, column, reason, raw)
     rows_read: int
@@ -180,11 +182,13 @@ def read_traces(
     header_map = schema.map_headers(headers, user_map)
     _require_trace_columns(header_map, path)
     map_warnings = _unused_map_entries(user_map, headers)
-    frame = table.frame.rename(columns=header_map)
     raw_names = {canonical: raw for raw, canonical in header_map.items()}
-
+    # hand the raw frame over with no name here keeping it (table.frame neither), so
+    # standardise_traces frees each raw column as soon as it is cleaned
+    raw = [table.frame.rename(columns=header_map)]
+    table = replace(table, frame=None)
     records, rejects, warnings, counts = standardise_traces(
-        frame, lines=table.lines, raw_names=raw_names, dayfirst=dayfirst, today=today
+        raw.pop(), lines=table.lines, raw_names=raw_names, dayfirst=dayfirst, today=today
     )
     if len(rejects):
         rows = rejects.pop("row").to_numpy()
@@ -331,9 +335,12 @@ def standardise_traces(
     """
     lines = np.arange(len(frame)) + 2 if lines is None else np.asarray(lines)
     raw_names = raw_names or {}
-    frame = frame.reset_index(drop=True)
-    text = {c: _clean_text(frame[c]) for c in frame.columns}
-    frame = pd.DataFrame(text, index=frame.index)
+    frame = frame.reset_index(drop=True)  # a shallow copy: the caller's frame is not changed
+    # one column at a time, each raw column dropped once cleaned: when the caller keeps no
+    # reference (read_traces), raw and cleaned text never both exist for the whole table
+    text = {c: _clean_text(frame.pop(c)) for c in list(frame.columns)}
+    frame = pd.DataFrame(text, index=frame.index, copy=False)
+    del text
     unnamed_empty = [c for c in frame.columns
                      if re.fullmatch(r"column \d+", raw_names.get(c, "")) and frame[c].isna().all()]
     frame = frame.drop(columns=unnamed_empty)
@@ -372,12 +379,16 @@ def standardise_traces(
     keep = np.ones(len(frame), dtype=bool)
     keep[rejects["row"].to_numpy()] = False
 
-    records = frame.assign(**coordinates).loc[keep].reset_index(drop=True)
+    records = frame.assign(**coordinates)
+    del frame, coordinates
+    if not keep.all():  # copy the table only when a row really goes
+        records = records.loc[keep].reset_index(drop=True)
     kept_lines = lines[keep]
     records["recovery_country"] = records["recovery_country"].fillna("MX")
     given = records["trace_id"].notna()
     if not given.all():
-        records.loc[~given, "trace_id"] = _hash_ids(records.loc[~given])
+        columns = [c for c in schema.CANONICAL_COLUMNS if c != "trace_id"]
+        records.loc[~given, "trace_id"] = _hash_ids(records.loc[~given, columns])
 
     warning_frames: list[pd.DataFrame] = []
     counts: dict[str, int] = {}
@@ -414,7 +425,13 @@ def _clean_text(values: pd.Series) -> pd.Series:
     """Strip text, empty → NA; datetime columns (Parquet) are kept as they are."""
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         return values
-    text = values.astype("str").str.strip()
+    text = values.astype("str")
+    stripped = text.str.strip()
+    # stripping never lengthens a value: equal total lengths mean nothing changed, and the
+    # column is kept as it is (no second copy of the text stays alive)
+    if stripped.str.len().sum() != text.str.len().sum():
+        text = stripped
+    del stripped
     empty = (text == "").to_numpy(dtype=bool)
     return text.mask(empty) if empty.any() else text
 
@@ -513,7 +530,7 @@ def _duplicates(records: pd.DataFrame, given: pd.Series) -> np.ndarray:
     flag[given] = records.loc[given, "trace_id"].str.upper().duplicated(keep="first").to_numpy()
     by_serial = ~given & records["serial_number"].notna().to_numpy()
     if by_serial.any():
-        rows = records.loc[by_serial]
+        rows = records.loc[by_serial, ["serial_number", "purchase_date", "dealer_name"]]
         key = pd.DataFrame({
             "serial": rows["serial_number"].str.upper().str.replace(r"[\s-]+", "", regex=True),
             "date": rows["purchase_date"],
@@ -611,33 +628,48 @@ def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
     A byte is inside quotes when an odd number of ``"`` precede it (RFC 4180's ``""`` keeps
     the parity). A newline outside quotes ends a record; a record's fields are its delimiters
     outside quotes + 1. Only the positions of quotes, delimiters and newlines are visited
-    after one vectorised pass over the bytes.
+    after one vectorised pass over the bytes, :data:`_SCAN_CHUNK` bytes at a time (the quote
+    parity and the open record's delimiter count carry over), so the scratch memory stays
+    small however large the file.
     """
     a = np.frombuffer(buf, dtype=np.uint8)
     size = a.size
-    special = (a == 10) | (a == ord(delimiter)) | (a == 34)
-    positions = np.flatnonzero(special)
-    del special
-    kind = a[positions]
-    newlines = positions[kind == 10]
-    is_quote = (kind == 34).view(np.uint8)
-    if is_quote.any():
-        outside = np.bitwise_xor.accumulate(is_quote) == 0
-        if not outside[-1]:
-            return None
-        ends = positions[(kind == 10) & outside]
-        separators = positions[(kind == ord(delimiter)) & outside]
-    else:
-        ends = newlines
-        separators = positions[kind == ord(delimiter)]
+    sep = ord(delimiter)
+    newline_parts, end_parts, count_parts = [], [], []
+    parity = 0  # 1 when the chunk starts inside quotes
+    open_count = 0  # delimiters outside quotes in the record still open at the chunk start
+    for lo in range(0, size, _SCAN_CHUNK):
+        chunk = a[lo : lo + _SCAN_CHUNK]
+        positions = np.flatnonzero((chunk == 10) | (chunk == sep) | (chunk == 34))
+        kind = chunk[positions]
+        positions += lo
+        state = np.bitwise_xor.accumulate((kind == 34).view(np.uint8)) ^ parity
+        if state.size:
+            parity = int(state[-1])
+        outside = state == 0
+        newline = kind == 10
+        ends = positions[newline & outside]
+        separators = positions[(kind == sep) & outside]
+        counts = np.bincount(np.searchsorted(ends, separators), minlength=ends.size + 1)
+        counts[0] += open_count
+        open_count = int(counts[-1])
+        newline_parts.append(positions[newline])
+        end_parts.append(ends)
+        count_parts.append(counts[:-1])
+    if parity:
+        return None
+    newlines = np.concatenate(newline_parts)
+    ends = np.concatenate(end_parts)
+    separators = np.concatenate(count_parts)  # delimiters outside quotes per record
     multiline = ends.size < newlines.size
     if size and (ends.size == 0 or ends[-1] != size - 1):
         ends = np.append(ends, size)
+        separators = np.append(separators, open_count)
     starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
     stops = ends.copy()
     cr = (stops > starts) & (a[np.maximum(stops - 1, 0)] == 13)
     stops[cr] -= 1
-    fields = np.diff(np.searchsorted(separators, np.append(starts, size))) + 1
+    fields = separators.astype(np.int64) + 1
     blank = (fields == 1) & (stops == starts)
     candidates = np.flatnonzero(
         (fields == 1) & (stops > starts) & np.isin(a[np.minimum(starts, size - 1)], (9, 32))
