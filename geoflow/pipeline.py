@@ -89,6 +89,8 @@ ENTITY_COLUMNS = (
     "dealer_admin1", "recovery_place", "recovery_admin1", "recovery_geocode_level",
     "crossing_code", "route_kind", "weapon_type",
 )
+#: A text column with at most this share of distinct values is kept as a categorical.
+COMPACT_RATIO = 0.1
 TABLE_NAMES = (
     "by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_trafficker", "by_crossing",
     "by_year",
@@ -246,10 +248,26 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
         records = assign_crossings(records, load_ports())
         records = pseudonymise(records, key=options.pseudonym_key)
         records["dealer_id"] = dealer_ids(records)
-        records = place_records(records)
+        records = _compact(place_records(records))
     return PreparedRecords(records=records, rejects=read.rejects, geocode_report=report,
                            source=dict(read.source), timings=timings, options=options,
                            memory=memory)
+
+
+def _compact(records: pd.DataFrame, *, ratio: float = COMPACT_RATIO) -> pd.DataFrame:
+    """``records`` with each text column of few distinct values (at most ``ratio`` × rows:
+    dealers, places, states, ports, makes, geocode levels …) held as a categorical, so the
+    prepared records take memory by distinct entities rather than by records. Values and NA
+    are unchanged; unique columns (trace ids, serials, names) stay strings."""
+    changes = {}
+    for column in records.columns:
+        values = records[column]
+        if not isinstance(values.dtype, pd.StringDtype):
+            continue
+        codes, uniques = pd.factorize(values, sort=True)
+        if len(uniques) <= ratio * len(values):
+            changes[column] = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(uniques))
+    return records.assign(**changes)
 
 
 def _label(records: pd.DataFrame, show_names: bool) -> pd.DataFrame:
