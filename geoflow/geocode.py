@@ -667,7 +667,7 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
     """
     if overrides is not None and not isinstance(overrides, pd.DataFrame):
         overrides = load_overrides(overrides)
-    out = records.copy()
+    out = records.copy(deep=False)  # copy-on-write: columns are replaced, never changed in place
     lines = (records["source_line"] if "source_line" in records.columns
              else pd.Series(np.arange(len(records)) + 2, index=records.index))
     parts = []
@@ -679,7 +679,6 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
         lon = pd.to_numeric(out.get(lon_col, pd.Series(np.nan, index=out.index)),
                             errors="coerce").astype(float)
         given = lat.between(-90, 90) & lon.between(-180, 180)
-        res = pd.DataFrame(index=records.index, columns=list(RESULT_COLUMNS[1:]))
         res = _empty_result(text).drop(columns="query")
         res.loc[given, ["lat", "lon"]] = np.c_[lat[given], lon[given]]
         _set(res, res.index[given], {"level": "coordinates", "score": 100, "source": "input",
@@ -753,7 +752,8 @@ def _report(long: pd.DataFrame) -> pd.DataFrame:
     head = head.assign(line=head["line"].astype("string").fillna("?"))
     lines = head.groupby(keys, sort=False, dropna=False)["line"].agg(" ".join)
     first = first.assign(records=grouped.size(), first_lines=lines).reset_index()
-    first.loc[first["level"] == "coordinates", ["lat", "lon"]] = np.nan  # vary per record
+    # given coordinates vary per record: no single point or state describes the group
+    first.loc[first["level"] == "coordinates", ["lat", "lon", "admin1"]] = pd.NA
     order = first.assign(_m=(first["level"] != "").astype(int),
                          _s=first["score"].astype(int), _r=-first["records"])
     order = order.sort_values(["_m", "_s", "_r", "role", "query"], kind="stable")

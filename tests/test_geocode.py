@@ -412,3 +412,16 @@ def test_frames_with_only_dealer_columns_geocode():
     assert out.loc[0, "dealer_place"] == "Fort Worth, TX"
     assert out.loc[0, "recovery_geocode_level"] == ""
     assert report.set_index("role").loc["recovery", "note"] == "empty place"
+
+
+def test_report_row_for_given_coordinates_names_no_single_state():
+    records = pd.DataFrame({
+        "dealer_city": ["HOUSTON", "PHOENIX"], "dealer_state": ["TX", "AZ"],
+        "recovery_city": [None, None], "recovery_state": [None, None],
+        "recovery_lat": [25.68, 21.16], "recovery_lon": [-100.31, -86.85],
+    })
+    out, report = geocode_traces(records)
+    assert out["recovery_admin1"].tolist() == ["MX-NLE", "MX-ROO"]
+    row = report[(report["role"] == "recovery") & (report["level"] == "coordinates")]
+    assert len(row) == 1 and row["records"].item() == 2
+    assert pd.isna(row["admin1"].item())  # two states: the report must not pick one
