@@ -17,7 +17,12 @@ import pandas as pd
 
 __all__ = [
     "TTC_SHORT_DAYS",
+    "DUPLICATE_REASON",
     "GroupStats",
+    "countable",
+    "counted",
+    "unplace_duplicates",
+    "flag_counts",
     "possible_ttc",
     "group_stats",
     "top_item",
@@ -39,6 +44,53 @@ __all__ = [
 #: "Short" time to crime: under three years (DOMAIN.md), in days.
 TTC_SHORT_DAYS = 3 * 365.25
 UNKNOWN = "unknown"
+#: ``unplaced_reason`` of a repeated trace record (see :func:`unplace_duplicates`).
+DUPLICATE_REASON = "duplicate trace record"
+#: Reader quality flags (docs/internals.md, io), in the order :func:`flag_counts` gives them.
+FLAGS = ("flag_duplicate", "flag_future_date", "flag_recovery_before_purchase")
+
+
+def _flag(records: pd.DataFrame, column: str) -> np.ndarray:
+    """Boolean array of a reader flag column (all False when the column is absent)."""
+    if column not in records.columns:
+        return np.zeros(len(records), dtype=bool)
+    return records[column].to_numpy(dtype=bool, na_value=False)
+
+
+def countable(records: pd.DataFrame) -> np.ndarray:
+    """Boolean array: the records that count as guns, i.e. all but repeats of a trace record
+    already seen (``flag_duplicate``: every occurrence after the first)."""
+    return ~_flag(records, "flag_duplicate")
+
+
+def counted(records: pd.DataFrame) -> pd.DataFrame:
+    """``records`` without repeated trace records (the same frame when there are none).
+
+    Every table, findings and map-layer builder calls it, so a duplicate never counts twice.
+    """
+    keep = countable(records)
+    return records if keep.all() else records[keep]
+
+
+def unplace_duplicates(records: pd.DataFrame) -> pd.DataFrame:
+    """``records`` (with ``placed``/``unplaced_reason``) where repeated trace records are
+    unplaced with reason :data:`DUPLICATE_REASON`, so ``rows_valid = rows_placed +
+    rows_unplaced`` holds and the guns of the flows add up to ``rows_placed``."""
+    duplicate = _flag(records, "flag_duplicate")
+    if not duplicate.any():
+        return records
+    out = records.copy(deep=False)  # copy-on-write: the caller's frame is never changed
+    out["placed"] = records["placed"].to_numpy(dtype=bool) & ~duplicate
+    reason = out["unplaced_reason"].astype("string")
+    out["unplaced_reason"] = reason.mask(pd.Series(duplicate, index=out.index),
+                                         DUPLICATE_REASON)
+    return out
+
+
+def flag_counts(records: pd.DataFrame) -> dict[str, int]:
+    """Number of records carrying each reader quality flag (``flag_duplicate``,
+    ``flag_future_date``, ``flag_recovery_before_purchase``), for the manifest."""
+    return {column: int(_flag(records, column).sum()) for column in FLAGS}
 
 
 def iso_dates(values: pd.Series) -> pd.Series:
@@ -167,10 +219,11 @@ def _span_and_median(
 
 
 def possible_ttc(records: pd.DataFrame) -> np.ndarray:
-    """Time to crime in days per record, NaN when a date is missing *or* the recovery comes
-    before the purchase (an impossible interval: a data-entry error, not a fast gun)."""
+    """Time to crime in days per record, NaN when a date is missing, the recovery comes
+    before the purchase, or a date lies in the future (``flag_future_date``): impossible
+    intervals are data-entry errors, not fast or slow guns."""
     ttc = records["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan)
-    return np.where(ttc < 0, np.nan, ttc)
+    return np.where((ttc < 0) | _flag(records, "flag_future_date"), np.nan, ttc)
 
 
 def _labels_by_code(codes: np.ndarray, labels: pd.Series, n: int) -> np.ndarray:
@@ -204,6 +257,7 @@ def by_us_state(
 ) -> pd.DataFrame:
     """Source states (``dealer_admin1``; ``unknown`` when not geocoded): guns, share, dealers,
     purchasers, median time to crime. Sorted by guns."""
+    records = counted(records)
     group, states = _state_codes(records, "dealer_admin1")
     n = len(states)
     stats = group_stats(records, group, n)
@@ -226,6 +280,7 @@ def by_mx_state(
 ) -> pd.DataFrame:
     """Recovery states (ISO 3166-2, ``unknown`` when not geocoded): guns, share, distinct
     recovery places, purchasers. Sorted by guns."""
+    records = counted(records)
     group, states = _state_codes(records, "recovery_admin1")
     n = len(states)
     stats = group_stats(records, group, n)
@@ -244,6 +299,7 @@ def by_mx_state(
 
 def state_matrix(records: pd.DataFrame) -> pd.DataFrame:
     """Guns per (US source state, Mexican recovery state), long form, sorted by guns."""
+    records = counted(records)
     us, us_names = _state_codes(records, "dealer_admin1")
     mx, mx_names = _state_codes(records, "recovery_admin1")
     width = max(len(mx_names), 1)
@@ -274,6 +330,7 @@ def _first_rows(group: np.ndarray, n: int) -> np.ndarray:
 def by_dealer(records: pd.DataFrame) -> pd.DataFrame:
     """One row per dealer (all valid records): guns, share, purchasers, top purchaser and the
     share of the dealer's guns going to them, median time to crime, purchase span."""
+    records = counted(records)
     group, dealers = _codes(fill_unknown(records["dealer_id"]))
     n = len(dealers)
     stats = group_stats(records, group, n)
@@ -309,6 +366,7 @@ def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None
     ``top_dealer_guns``, ``top_dealer_share``, ``hhi``, ``first_purchase``,
     ``last_purchase``, ``crossings``, ``median_time_to_crime_days``.
     """
+    records = counted(records)
     group_all, ids = _codes(records["purchaser_id"])
     n = len(ids)
     rows = np.flatnonzero(group_all >= 0)  # records with a purchaser
@@ -392,6 +450,7 @@ def by_crossing(
     records: pd.DataFrame, ports: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Guns per port of entry (records with a crossing), split known vs modelled."""
+    records = counted(records)
     code, uniques = _codes(records["crossing_code"])
     keep = code >= 0
     n = len(uniques)
@@ -423,6 +482,7 @@ def _port_info(ports: pd.DataFrame | None) -> pd.DataFrame:
 
 def by_year(records: pd.DataFrame) -> pd.DataFrame:
     """Guns purchased and recovered per calendar year, by weapon type (``unknown`` if blank)."""
+    records = counted(records)
     raw, uniques = _codes(fill_unknown(records["weapon_type"]))
     # case-insensitive types: re-factorize the (few) distinct spellings, then map the codes
     lower, types = pd.factorize(pd.Series(uniques.astype(str)).str.lower(), sort=True)
@@ -446,6 +506,7 @@ def build_tables(
     state_names: Mapping[str, str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """All seven tables of DESIGN.md "Outputs", keyed by file stem."""
+    records = counted(records)
     port_names = None if ports is None else dict(zip(ports["code"], ports["name"], strict=True))
     return {
         "by_us_state": by_us_state(records, state_names=state_names),
@@ -487,6 +548,7 @@ def findings(
     purchasers behind the first finding are listed up to ``max_listed``; all are in
     ``by_trafficker``).
     """
+    records = counted(records)
     out: list[dict] = []
     traffickers = tables["by_trafficker"]
     big = traffickers[traffickers["guns"] >= min_guns]
@@ -566,6 +628,7 @@ def findings(
         })
     raw_ttc = records["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan)
     impossible = int((raw_ttc < 0).sum())  # recovered before purchase: left out
+    future = int((_flag(records, "flag_future_date") & (raw_ttc >= 0)).sum())
     known_ttc = pd.Series(possible_ttc(records)).dropna()
     if len(known_ttc):
         short = int((known_ttc < TTC_SHORT_DAYS).sum())
@@ -574,6 +637,10 @@ def findings(
             f" {_plural(impossible, 'record')} with a recovery date before the purchase date "
             f"{'was' if impossible == 1 else 'were'} left out as impossible."
             if impossible else ""
+        ) + (
+            f" {_plural(future, 'record')} with a date in the future "
+            f"{'was' if future == 1 else 'were'} left out as impossible."
+            if future else ""
         )
         out.append({
             "id": "short_time_to_crime",
@@ -584,6 +651,7 @@ def findings(
             ),
             "numbers": {"guns_short": short, "guns_with_dates": len(known_ttc),
                         "guns_impossible_dates": impossible,
+                        "guns_future_dates": future,
                         "share": round(share, 6), "threshold_days": TTC_SHORT_DAYS,
                         "median_days": float(known_ttc.median())},
         })

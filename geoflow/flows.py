@@ -15,7 +15,14 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from geoflow.aggregate import fill_unknown, group_stats, is_value, iso_dates, take_text
+from geoflow.aggregate import (
+    counted,
+    fill_unknown,
+    group_stats,
+    is_value,
+    iso_dates,
+    take_text,
+)
 
 __all__ = [
     "FLOW_COLUMNS",
@@ -250,6 +257,7 @@ def build_flows(
 
     ``ports`` is :func:`geoflow.crossings.load_ports` (``code``, ``name``, Point geometry).
     """
+    records = counted(records)
     if level not in ("place", "state"):
         raise ValueError(f"flow level must be 'place' or 'state', not {level!r}")
     dealer_state = fill_unknown(records["dealer_admin1"])
@@ -343,6 +351,7 @@ def build_flows(
 def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
     """One Point per dealer (placed records): guns, purchasers, top purchaser and its share,
     median time to crime and purchase span."""
+    records = counted(records)
     group, n = _group(records, ["dealer_id"])
     stats = group_stats(records, group, n)
     first = _first_rows(group, n)
@@ -374,6 +383,7 @@ def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
 def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
     """One Point per recovery place (placed records): guns, purchasers, geocode level and
     recovery date span."""
+    records = counted(records)
     group, n = _group(records, _recovery_keys(records))
     stats = group_stats(records, group, n)
     first = _first_rows(group, n)
@@ -401,6 +411,7 @@ def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
 
 def build_crossings(records: pd.DataFrame, ports: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """One Point per port used by placed records, with guns split known / modelled."""
+    records = counted(records)
     code, uniques = pd.factorize(records["crossing_code"], use_na_sentinel=True)
     keep = code >= 0
     guns = np.bincount(code[keep], minlength=len(uniques))
@@ -422,6 +433,7 @@ def build_crossings(records: pd.DataFrame, ports: gpd.GeoDataFrame) -> gpd.GeoDa
 def build_states(records: pd.DataFrame, states: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """Every US and Mexican state with ``guns`` (US: sourced there, MX: recovered there) and
     ``share`` of placed guns on its side of the border."""
+    records = counted(records)
     sourced = records["dealer_admin1"].value_counts()
     recovered = records["recovery_admin1"].value_counts()
     out = gpd.GeoDataFrame(states[["code", "name", "country"]].copy(),

@@ -7,11 +7,14 @@ import pytest
 from handmade import PORTS, make_records
 
 from geoflow.aggregate import (
+    DUPLICATE_REASON,
     build_tables,
     by_crossing,
     by_trafficker,
     by_year,
     findings,
+    flag_counts,
+    unplace_duplicates,
 )
 from geoflow.flows import build_dealers, build_flows
 from geoflow.privacy import normalise_names, pseudonym
@@ -210,3 +213,49 @@ def test_time_to_crime_finding_does_not_mention_exclusions_when_there_are_none(r
     ttc = {f["id"]: f for f in findings(records, build_tables(records, ports=PORTS))}
     assert ttc["short_time_to_crime"]["numbers"]["guns_impossible_dates"] == 0
     assert "left out" not in ttc["short_time_to_crime"]["text"]
+
+
+def test_duplicate_trace_records_count_once_everywhere():
+    # the same trace entered twice (the reader flags the second occurrence) is one gun
+    records = _records([
+        {"purchaser": "Ana Uno", "dealer": "Store A", "n": 3},
+        {"purchaser": "Bo Dos", "dealer": "Store B", "n": 2},
+    ])
+    records["flag_duplicate"] = [False, True, True, False, False]
+    tables = build_tables(records, ports=PORTS)
+    for name in ("by_us_state", "by_mx_state", "by_dealer", "by_trafficker", "by_crossing"):
+        assert tables[name]["guns"].sum() == 3, name
+    assert tables["state_matrix"]["guns"].sum() == 3
+    assert tables["by_year"]["purchased"].sum() == 3
+    assert tables["by_trafficker"].set_index("purchaser")["guns"].to_dict() == {
+        records["purchaser_id"].iloc[0]: 1, records["purchaser_id"].iloc[3]: 2}
+    found = {f["id"]: f for f in findings(records, tables)}
+    assert found["short_time_to_crime"]["numbers"]["guns_with_dates"] == 3
+    marked = unplace_duplicates(records)
+    assert marked["unplaced_reason"].tolist()[:3] == [pd.NA, DUPLICATE_REASON, DUPLICATE_REASON]
+    assert "flag_duplicate" in records and records["placed"].all()  # input left alone
+    placed = marked[marked["placed"]]
+    assert len(placed) + (~marked["placed"]).sum() == len(records)
+    assert build_flows(placed, PORTS)["guns"].sum() == len(placed) == 3
+    assert build_flows(records, PORTS)["guns"].sum() == 3
+    assert build_dealers(records)["guns"].sum() == 3
+    assert flag_counts(records) == {"flag_duplicate": 2, "flag_future_date": 0,
+                                    "flag_recovery_before_purchase": 0}
+
+
+def test_future_dated_intervals_are_left_out_of_time_to_crime():
+    # a recovery date typed as 2030 would give a 7,670-day time to crime
+    records = _records([
+        {"purchaser": "Ana Uno", "bought": "2009-01-01", "recovered": "2009-04-11"},
+        {"purchaser": "Ana Uno", "bought": "2009-01-01", "recovered": "2030-01-01"},
+    ])
+    records["flag_future_date"] = [False, True]
+    tables = build_tables(records, ports=PORTS)
+    for name in ("by_us_state", "by_dealer", "by_trafficker"):
+        assert tables[name]["median_time_to_crime_days"].tolist() == [100.0], name
+    assert build_flows(records, PORTS)["median_time_to_crime_days"].tolist() == [100.0]
+    ttc = {f["id"]: f for f in findings(records, tables)}["short_time_to_crime"]
+    assert ttc["numbers"]["median_days"] == 100.0
+    assert ttc["numbers"]["guns_future_dates"] == 1
+    assert "1 record with a date in the future was left out" in ttc["text"]
+    assert flag_counts(records)["flag_future_date"] == 1
