@@ -24,6 +24,8 @@ __all__ = [
     "unplace_duplicates",
     "flag_counts",
     "possible_ttc",
+    "recovery_keys",
+    "recovery_codes",
     "group_stats",
     "top_item",
     "iso_dates",
@@ -226,6 +228,28 @@ def possible_ttc(records: pd.DataFrame) -> np.ndarray:
     return np.where((ttc < 0) | _flag(records, "flag_future_date"), np.nan, ttc)
 
 
+def recovery_keys(records: pd.DataFrame) -> list[pd.Series]:
+    """Recovery place identity: matched place name plus coordinates rounded to ~10 m (so
+    records placed by bare coordinates are told apart). Shared by the recoveries layer and
+    the ``places`` count of ``by_mx_state``."""
+    return [
+        records["recovery_place"],
+        records["recovery_lat"].round(4).rename("_rlat"),
+        records["recovery_lon"].round(4).rename("_rlon"),
+    ]
+
+
+def recovery_codes(records: pd.DataFrame) -> np.ndarray:
+    """Integer code per distinct recovery place (:func:`recovery_keys`), −1 when a record has
+    neither a place name nor coordinates."""
+    codes = pd.Series(np.zeros(len(records), dtype=np.int64), index=records.index)
+    codes = codes.groupby(recovery_keys(records), sort=False, dropna=False,
+                          observed=True).ngroup().to_numpy(dtype=np.int64)
+    unknown = (records["recovery_place"].isna() & records["recovery_lat"].isna()
+               & records["recovery_lon"].isna()).to_numpy(dtype=bool)
+    return np.where(unknown, -1, codes)
+
+
 def _labels_by_code(codes: np.ndarray, labels: pd.Series, n: int) -> np.ndarray:
     """One display label per code: the first label seen for it."""
     out = np.empty(n, dtype=object)
@@ -290,7 +314,7 @@ def by_mx_state(
             "state_name": [(state_names or {}).get(s, s) for s in states],
             "guns": stats.guns,
             "share": _share(stats.guns),
-            "places": _distinct(group, records["recovery_place"], n),
+            "places": top_item(group, recovery_codes(records), n)[2],
             "purchasers": stats.purchasers,
         }
     )

@@ -21,6 +21,7 @@ from geoflow.aggregate import (
     group_stats,
     is_value,
     iso_dates,
+    recovery_keys,
     take_text,
 )
 
@@ -224,15 +225,6 @@ def _group(records: pd.DataFrame, keys: list) -> tuple[np.ndarray, int]:
     return codes, int(codes.max()) + 1 if len(codes) else 0
 
 
-def _recovery_keys(records: pd.DataFrame) -> list:
-    """Recovery place identity: matched place name plus coordinates rounded to ~10 m."""
-    return [
-        records["recovery_place"],
-        records["recovery_lat"].round(4).rename("_rlat"),
-        records["recovery_lon"].round(4).rename("_rlon"),
-    ]
-
-
 def _recovery_label(place: pd.api.extensions.ExtensionArray, lat: np.ndarray,
                     lon: np.ndarray) -> pd.array:
     """The place name, or ``"lat, lon"`` for records placed by coordinates alone."""
@@ -263,7 +255,7 @@ def build_flows(
     dealer_state = fill_unknown(records["dealer_admin1"])
     recovery_state = fill_unknown(records["recovery_admin1"])
     if level == "place":
-        keys = ["dealer_id", "crossing_code", *_recovery_keys(records), "route_kind"]
+        keys = ["dealer_id", "crossing_code", *recovery_keys(records), "route_kind"]
     else:
         keys = [dealer_state, "crossing_code", recovery_state, "route_kind"]
     group, n = _group(records, keys)
@@ -384,7 +376,7 @@ def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
     """One Point per recovery place (placed records): guns, purchasers, geocode level and
     recovery date span."""
     records = counted(records)
-    group, n = _group(records, _recovery_keys(records))
+    group, n = _group(records, recovery_keys(records))
     stats = group_stats(records, group, n)
     first = _first_rows(group, n)
     dates = pd.Series(pd.to_datetime(records["recovery_date"]).to_numpy()).groupby(group)

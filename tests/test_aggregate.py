@@ -10,13 +10,14 @@ from geoflow.aggregate import (
     DUPLICATE_REASON,
     build_tables,
     by_crossing,
+    by_mx_state,
     by_trafficker,
     by_year,
     findings,
     flag_counts,
     unplace_duplicates,
 )
-from geoflow.flows import build_dealers, build_flows
+from geoflow.flows import build_dealers, build_flows, build_recoveries
 from geoflow.privacy import normalise_names, pseudonym
 
 TRAFFICKER_COLUMNS = [
@@ -259,3 +260,17 @@ def test_future_dated_intervals_are_left_out_of_time_to_crime():
     assert ttc["numbers"]["guns_future_dates"] == 1
     assert "1 record with a date in the future was left out" in ttc["text"]
     assert flag_counts(records)["flag_future_date"] == 1
+
+
+def test_mx_state_places_count_coordinate_level_recoveries_like_the_map():
+    # three recoveries in Tamaulipas given by bare coordinates (no place name): two sites
+    records = _records([{"purchaser": "Ana Uno", "recovered_at": "reynosa", "n": 3},
+                        {"purchaser": "Ana Uno", "recovered_at": "cdmx"}])
+    records["recovery_place"] = pd.array([pd.NA, pd.NA, pd.NA, "Ciudad de México, CMX"],
+                                         dtype="string")
+    records["recovery_lat"] = [26.08, 26.08, 25.87, 19.433]
+    records["recovery_lon"] = [-98.298, -98.298, -97.50, -99.133]
+    places = by_mx_state(records).set_index("state")["places"].to_dict()
+    assert places == {"MX-TAM": 2, "MX-CMX": 1}
+    layer = build_recoveries(records)
+    assert layer.groupby("recovery_state")["recovery_place"].size().to_dict() == places
