@@ -547,6 +547,26 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
+def _known(value: object) -> str | None:
+    """``value`` as text, None when missing (so no ``<NA>`` reaches a sentence)."""
+    return None if value is None or pd.isna(value) else str(value)
+
+
+def _dealer_at(name: object, place: object) -> str:
+    """``"Name in Place"``; without the place clause when the place is unknown."""
+    text = _known(name) or "an unnamed dealer"
+    where = _known(place)
+    return f"{text} in {where}" if where else text
+
+
+def _from_dealer(guns: int, dealer: object, *, of_them: bool = False) -> str:
+    """``"9 from Store A"`` (``"9 of them from …"``), or ``"dealer unknown"``."""
+    name = _known(dealer)
+    if name is None:
+        return "dealer unknown"
+    return f"{guns:,} {'of them ' if of_them else ''}from {name}"
+
+
 def _num(value: object) -> object:
     """JSON-friendly scalar: numpy → Python, NaN/NA → None."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):
@@ -584,7 +604,7 @@ def findings(
             f"{min_guns} or more guns each; {len(single):,} of them bought most of their guns "
             "(more than half) at a single store."
             + (" Largest: " + "; ".join(
-                f"{r.purchaser} ({r.guns:,} guns, {r.top_dealer_guns:,} from {r.top_dealer})"
+                f"{r.purchaser} ({r.guns:,} guns, {_from_dealer(r.top_dealer_guns, r.top_dealer)})"
                 for r in big.head(top_n).itertuples()) + "." if len(big) else "")
         ),
         "numbers": {
@@ -606,8 +626,8 @@ def findings(
         crossings = top["crossings"] if pd.notna(top["crossings"]) else ""
         text = (
             f"The most prolific purchaser, {top['purchaser']}, is tied to "
-            f"{_plural(int(top['guns']), 'gun')}, {int(top['top_dealer_guns']):,} of them from "
-            f"{top['top_dealer']}"
+            f"{_plural(int(top['guns']), 'gun')}, "
+            f"{_from_dealer(int(top['top_dealer_guns']), top['top_dealer'], of_them=True)}"
         )
         text += f"; crossings: {crossings}." if crossings else "."
         out.append({
@@ -639,7 +659,8 @@ def findings(
     dealers = tables["by_dealer"].head(top_n)
     if len(dealers):
         listing = ", ".join(
-            f"{r.dealer_name} in {r.dealer_place} ({r.guns:,})" for r in dealers.itertuples()
+            f"{_dealer_at(r.dealer_name, r.dealer_place)} ({r.guns:,})"
+            for r in dealers.itertuples()
         )
         out.append({
             "id": "top_dealers",

@@ -274,3 +274,21 @@ def test_mx_state_places_count_coordinate_level_recoveries_like_the_map():
     assert places == {"MX-TAM": 2, "MX-CMX": 1}
     layer = build_recoveries(records)
     assert layer.groupby("recovery_state")["recovery_place"].size().to_dict() == places
+
+
+def test_findings_never_print_na_for_a_missing_dealer_or_place():
+    records = _records([
+        # a dealer that was never geocoded (no place), and a purchaser with no dealer at all
+        {"purchaser": "Ana Uno", "dealer": "Store X", "ffl": "1-11-111", "dealer_at": None,
+         "n": 3},
+        {"purchaser": "Bo Dos", "dealer": None, "dealer_at": None, "n": 4},
+    ])
+    assert records["dealer_id"].isna().sum() == 4
+    found = {f["id"]: f for f in findings(records, build_tables(records, ports=PORTS),
+                                          min_guns=1)}
+    texts = " ".join(f["text"] for f in found.values())
+    assert "<NA>" not in texts and "nan" not in texts
+    assert "Store X (3)" in found["top_dealers"]["text"]
+    assert "(4 guns, dealer unknown)" in found["prolific_purchasers"]["text"]
+    assert "(3 guns, 3 from Store X)" in found["prolific_purchasers"]["text"]
+    assert "tied to 4 guns, dealer unknown." in found["most_prolific_purchaser"]["text"]
