@@ -30,6 +30,7 @@ __all__ = [
     "GENERATOR",
     "DECIMALS",
     "formula_safe",
+    "markdown_text",
     "write_csv",
     "to_jsonable",
     "write_json",
@@ -46,6 +47,12 @@ __all__ = [
 GENERATOR = "geoflow"
 DECIMALS = 6
 _FORMULA_START = r"^[=+\-@\t\r]"
+#: Markdown output: no raw HTML (``& < >`` as entities), no links, images, code or emphasis
+#: formed by data (backslash escapes), one line per item (line breaks become spaces).
+_MARKDOWN_ESCAPES = str.maketrans({
+    "&": "&amp;", "<": "&lt;", ">": "&gt;", "\\": "\\\\", "`": "\\`", "*": "\\*",
+    "_": "\\_", "[": "\\[", "]": "\\]", "\n": " ", "\r": " ",
+})
 
 
 def formula_safe(frame: pd.DataFrame) -> pd.DataFrame:
@@ -67,6 +74,14 @@ def formula_safe(frame: pd.DataFrame) -> pd.DataFrame:
         fix = risky & ~numeric
         out[column] = text.mask(fix, "'" + text)
     return out
+
+
+def markdown_text(text: object) -> str:
+    """``text`` safe inside a line of Markdown (``findings.md``): ``& < >`` become HTML
+    entities, so data such as ``<img src=x onerror=…>`` stays text, and ``\\ ` * _ [ ]``
+    are backslash-escaped, so data cannot form links, images, code or emphasis. JSON keeps
+    the raw text."""
+    return str(text).translate(_MARKDOWN_ESCAPES)
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> None:

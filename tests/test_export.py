@@ -213,3 +213,21 @@ def test_geojson_properties_survive_hostile_text(tmp_path):
     assert [p["count"] for p in props][:2] == [1, None]
     assert props[0]["flag"] is True and props[1]["flag"] is False
     assert pyogrio.read_dataframe(tmp_path / "h.geojson")["text"].tolist()[:2] == hostile[:2]
+
+
+def test_markdown_text_keeps_data_from_forming_html_links_or_images():
+    from markdown_it import MarkdownIt
+
+    from geoflow.export import markdown_text
+
+    hostile = ('Guns <img src=x onerror=alert(1)> & Co ![x](http://e.vil/p.png) '
+               '[click](javascript:alert(1)) <http://e.vil> `code` *bold*\n# heading')
+    html = MarkdownIt("commonmark").render(f"- {markdown_text(hostile)}\n")
+    assert "<img" not in html and "<a " not in html and "<code" not in html
+    assert "<em" not in html and "<strong" not in html and "<h1" not in html
+    assert html.count("<li>") == 1
+    # what a reader sees is the original text (line break aside)
+    shown = html.replace("<ul>\n<li>", "").replace("</li>\n</ul>\n", "")
+    assert shown == (hostile.replace("\n", " ").replace("&", "&amp;").replace("<", "&lt;")
+                     .replace(">", "&gt;").replace('"', "&quot;"))
+    assert markdown_text("Houston, TX (12, 30%)") == "Houston, TX (12, 30%)"
