@@ -371,7 +371,8 @@ def by_dealer(records: pd.DataFrame) -> pd.DataFrame:
             "purchasers": stats.purchasers,
             "top_purchaser": stats.top_purchaser.to_numpy(),
             "top_purchaser_guns": stats.top_purchaser_guns,
-            "top_purchaser_share": np.round(stats.top_purchaser_guns / stats.guns, 6),
+            "top_purchaser_share": np.where(  # no purchaser: no share (NaN, as in the layer)
+                stats.purchasers > 0, np.round(stats.top_purchaser_guns / stats.guns, 6), np.nan),
             "median_time_to_crime_days": stats.median_ttc.to_numpy(),
             "first_purchase": stats.first_purchase.to_numpy(),
             "last_purchase": stats.last_purchase.to_numpy(),

@@ -292,3 +292,14 @@ def test_findings_never_print_na_for_a_missing_dealer_or_place():
     assert "(4 guns, dealer unknown)" in found["prolific_purchasers"]["text"]
     assert "(3 guns, 3 from Store X)" in found["prolific_purchasers"]["text"]
     assert "tied to 4 guns, dealer unknown." in found["most_prolific_purchaser"]["text"]
+
+
+def test_dealer_without_purchasers_has_no_top_purchaser_share_in_table_or_layer():
+    records = _records([{"purchaser": None, "dealer": "Store A", "n": 2},
+                        {"purchaser": "Ana Uno", "dealer": "Store B", "n": 3}])
+    table = build_tables(records, ports=PORTS)["by_dealer"].set_index("dealer_name")
+    layer = build_dealers(records).set_index("dealer_name")
+    for frame in (table, layer):
+        assert frame.loc["Store A", "purchasers"] == 0
+        assert pd.isna(frame.loc["Store A", "top_purchaser_share"])
+        assert frame.loc["Store B", "top_purchaser_share"] == 1.0
