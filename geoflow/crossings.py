@@ -54,6 +54,7 @@ __all__ = [
     "haversine_km",
     "choose_ports",
     "assign_crossings",
+    "unmatched_crossings",
 ]
 
 log = logging.getLogger(__name__)
@@ -358,6 +359,25 @@ def assign_crossings(records: pd.DataFrame, ports: pd.DataFrame | None = None) -
     out["crossing_name"] = _take(ports["name"], port)
     out["route_kind"] = _take(pd.Series(["known", "modelled"]), kind)
     return out
+
+
+def unmatched_crossings(records: pd.DataFrame) -> pd.DataFrame:
+    """The ``crossing`` texts of assigned records that named no port of entry (their route is
+    modelled or missing, not ``known``), with the number of ``records`` giving each, most
+    frequent first: for the run's manifest and warnings. Empty when none."""
+    empty = pd.DataFrame({"crossing": pd.Series(dtype="string"),
+                          "records": pd.Series(dtype="int64")})
+    if "crossing" not in records.columns or len(records) == 0:
+        return empty
+    given = records["crossing"].astype("string").str.strip()
+    known = (records["route_kind"] == "known").to_numpy(dtype=bool, na_value=False)
+    unmatched = given[given.fillna("").ne("").to_numpy(dtype=bool) & ~known]
+    if unmatched.empty:
+        return empty
+    counts = unmatched.value_counts().rename_axis("crossing").reset_index(name="records")
+    counts["records"] = counts["records"].astype("int64")
+    return counts.sort_values(["records", "crossing"], ascending=[False, True],
+                              kind="stable").reset_index(drop=True)
 
 
 def _log_unmatched(unmatched: pd.Series) -> None:

@@ -16,6 +16,7 @@ from geoflow.crossings import (
     haversine_km,
     load_ports,
     match_crossing,
+    unmatched_crossings,
 )
 from geoflow.shapes import load_states
 
@@ -320,3 +321,16 @@ def test_cli_lists_ports_and_explains_matches():
     assert matched.exit_code == 0, matched.output
     rows = pd.read_csv(io.StringIO(matched.output), dtype=str, keep_default_na=False)
     assert rows.values.tolist() == [["NVO. LAREDO, TAMPS.", "2304", "Laredo"], ["Atlantis", "", ""]]
+
+
+def test_unmatched_crossings_lists_each_text_naming_no_port_with_its_count():
+    records = pd.concat([_records()] * 3, ignore_index=True)
+    records.loc[0, "crossing"] = "Narnia"
+    records.loc[1, "crossing"] = "  "
+    out = assign_crossings(records)
+    found = unmatched_crossings(out)
+    assert found.to_dict("records") == [{"crossing": "Atlantis", "records": 3},
+                                        {"crossing": "Narnia", "records": 1}]
+    assert found["records"].dtype == "int64"
+    assert unmatched_crossings(assign_crossings(_records().drop(columns="crossing"))).empty
+    assert list(unmatched_crossings(out.iloc[0:0]).columns) == ["crossing", "records"]
