@@ -266,8 +266,10 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
                            today=options.today)
     log.debug("read %s valid records (%s rejected lines) from %s", f"{len(read.records):,}",
               f"{read.source['rows_read'] - len(read.records):,}", source)
+    records, rejects, read_source = read.records, read.rejects, dict(read.source)
+    del read  # its frame would keep columns that later stages replace alive until the end
     with _stage("geocode", timings, memory):
-        records, report = geocode_traces(read.records, geocoder=options.geocoder,
+        records, report = geocode_traces(records, geocoder=options.geocoder,
                                          overrides=options.overrides)
     log.info("geocoded %s distinct places", f"{len(report):,}")
     with _stage("crossings", timings, memory):
@@ -275,9 +277,8 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
         records = pseudonymise(records, key=options.pseudonym_key)
         records["dealer_id"] = dealer_ids(records)
         records = _compact(place_records(records))
-    return PreparedRecords(records=records, rejects=read.rejects, geocode_report=report,
-                           source=dict(read.source), timings=timings, options=options,
-                           memory=memory)
+    return PreparedRecords(records=records, rejects=rejects, geocode_report=report,
+                           source=read_source, timings=timings, options=options, memory=memory)
 
 
 def _compact(records: pd.DataFrame, *, ratio: float = COMPACT_RATIO) -> pd.DataFrame:
