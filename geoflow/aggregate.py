@@ -9,7 +9,7 @@ Names shown in the tables are already chosen by the caller: pass a ``purchaser_l
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,7 @@ __all__ = [
     "recovery_codes",
     "group_stats",
     "top_item",
+    "first_rows",
     "iso_dates",
     "take_text",
     "fill_unknown",
@@ -272,8 +273,36 @@ def _share(guns: np.ndarray) -> np.ndarray:
 
 
 def _distinct(group: np.ndarray, values: pd.Series, n: int) -> np.ndarray:
-    codes, _ = _codes(values)
+    """Distinct non-missing ``values`` per group."""
+    return _distinct_codes(group, _codes(values)[0], n)
+
+
+def _distinct_codes(group: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
+    """Distinct codes (≥ 0) per group."""
     return top_item(group, codes, n)[2]
+
+
+def _by_state(
+    records: pd.DataFrame,
+    column: str,
+    state_names: Mapping[str, str] | None,
+    columns: Callable[[np.ndarray, int, GroupStats], dict[str, np.ndarray]],
+) -> pd.DataFrame:
+    """One row per state of ``column``: ``state``, ``state_name``, ``guns``, ``share`` and
+    the ``columns`` computed from (group code per record, number of states, group stats)."""
+    group, states = _state_codes(records, column)
+    n = len(states)
+    stats = group_stats(records, group, n)
+    table = pd.DataFrame(
+        {
+            "state": states.astype("string"),
+            "state_name": [(state_names or {}).get(s, s) for s in states],
+            "guns": stats.guns,
+            "share": _share(stats.guns),
+            **columns(group, n, stats),
+        }
+    )
+    return _sorted(table)
 
 
 def by_us_state(
@@ -282,43 +311,23 @@ def by_us_state(
     """Source states (``dealer_admin1``; ``unknown`` when not geocoded): guns, share, dealers,
     purchasers, median time to crime. Sorted by guns."""
     records = counted(records)
-    group, states = _state_codes(records, "dealer_admin1")
-    n = len(states)
-    stats = group_stats(records, group, n)
-    table = pd.DataFrame(
-        {
-            "state": states.astype("string"),
-            "state_name": [(state_names or {}).get(s, s) for s in states],
-            "guns": stats.guns,
-            "share": _share(stats.guns),
-            "dealers": _distinct(group, records["dealer_id"], n),
-            "purchasers": stats.purchasers,
-            "median_time_to_crime_days": stats.median_ttc.to_numpy(),
-        }
-    )
-    return _sorted(table)
+    return _by_state(records, "dealer_admin1", state_names, lambda group, n, stats: {
+        "dealers": _distinct(group, records["dealer_id"], n),
+        "purchasers": stats.purchasers,
+        "median_time_to_crime_days": stats.median_ttc.to_numpy(),
+    })
 
 
 def by_mx_state(
     records: pd.DataFrame, *, state_names: Mapping[str, str] | None = None
 ) -> pd.DataFrame:
     """Recovery states (ISO 3166-2, ``unknown`` when not geocoded): guns, share, distinct
-    recovery places, purchasers. Sorted by guns."""
+    recovery places (:func:`recovery_keys`), purchasers. Sorted by guns."""
     records = counted(records)
-    group, states = _state_codes(records, "recovery_admin1")
-    n = len(states)
-    stats = group_stats(records, group, n)
-    table = pd.DataFrame(
-        {
-            "state": states.astype("string"),
-            "state_name": [(state_names or {}).get(s, s) for s in states],
-            "guns": stats.guns,
-            "share": _share(stats.guns),
-            "places": top_item(group, recovery_codes(records), n)[2],
-            "purchasers": stats.purchasers,
-        }
-    )
-    return _sorted(table)
+    return _by_state(records, "recovery_admin1", state_names, lambda group, n, stats: {
+        "places": _distinct_codes(group, recovery_codes(records), n),
+        "purchasers": stats.purchasers,
+    })
 
 
 def state_matrix(records: pd.DataFrame) -> pd.DataFrame:
@@ -345,7 +354,7 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def _first_rows(group: np.ndarray, n: int) -> np.ndarray:
+def first_rows(group: np.ndarray, n: int) -> np.ndarray:
     """Position of the first record of each group 0..n-1 (every group must occur)."""
     _, first = np.unique(group, return_index=True)
     return first
@@ -358,7 +367,7 @@ def by_dealer(records: pd.DataFrame) -> pd.DataFrame:
     group, dealers = _codes(fill_unknown(records["dealer_id"]))
     n = len(dealers)
     stats = group_stats(records, group, n)
-    first = _first_rows(group, n)
+    first = first_rows(group, n)
     table = pd.DataFrame(
         {
             "dealer_id": pd.array(dealers.astype("string"), dtype="string"),

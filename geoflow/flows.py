@@ -18,6 +18,7 @@ import shapely
 from geoflow.aggregate import (
     counted,
     fill_unknown,
+    first_rows,
     group_stats,
     is_value,
     iso_dates,
@@ -100,7 +101,7 @@ def dealer_ids(records: pd.DataFrame) -> pd.Series:
     frame = pd.DataFrame({c: records.get(c, pd.NA) for c in columns},
                          index=records.index).astype("string")
     group, _ = _group(frame, columns)
-    first = _first_rows(group, int(group.max()) + 1 if len(group) else 0)
+    first = first_rows(group, int(group.max()) + 1 if len(group) else 0)
     distinct = frame.iloc[first].reset_index(drop=True)
     ffl = _norm(distinct["dealer_ffl"]).str.replace(" ", "", regex=False)
     ffl = ffl.mask(ffl == "")
@@ -198,12 +199,6 @@ def _flow_lines(
     return shapely.linestrings(coords, indices=line[order])
 
 
-def _first_rows(group: np.ndarray, n: int) -> np.ndarray:
-    """Position of the first record of each group 0..n-1."""
-    _, first = np.unique(group, return_index=True)
-    return first
-
-
 def _take(values: pd.Series, rows: np.ndarray) -> pd.api.extensions.ExtensionArray | np.ndarray:
     """``values`` at positions ``rows``: numbers stay numbers, text becomes a string array."""
     if values.dtype.kind in "fiub":
@@ -259,7 +254,7 @@ def build_flows(
     else:
         keys = [dealer_state, "crossing_code", recovery_state, "route_kind"]
     group, n = _group(records, keys)
-    first = _first_rows(group, n)
+    first = first_rows(group, n)
     names = state_names or {}
     r_lat = np.asarray(_take(records["recovery_lat"], first), dtype=float)
     r_lon = np.asarray(_take(records["recovery_lon"], first), dtype=float)
@@ -346,7 +341,7 @@ def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
     records = counted(records)
     group, n = _group(records, ["dealer_id"])
     stats = group_stats(records, group, n)
-    first = _first_rows(group, n)
+    first = first_rows(group, n)
     lon = np.asarray(_take(records["dealer_lon"], first), dtype=float)
     lat = np.asarray(_take(records["dealer_lat"], first), dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -378,7 +373,7 @@ def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
     records = counted(records)
     group, n = _group(records, recovery_keys(records))
     stats = group_stats(records, group, n)
-    first = _first_rows(group, n)
+    first = first_rows(group, n)
     dates = pd.Series(pd.to_datetime(records["recovery_date"]).to_numpy()).groupby(group)
     index = pd.RangeIndex(n)
     lon = np.asarray(_take(records["recovery_lon"], first), dtype=float)

@@ -131,6 +131,11 @@ def test_tables_cover_all_valid_records(records):
     n = len(records)
     for name in ("by_us_state", "by_mx_state", "state_matrix", "by_dealer"):
         assert tables[name]["guns"].sum() == n, name
+    assert list(tables["by_us_state"].columns) == [
+        "state", "state_name", "guns", "share", "dealers", "purchasers",
+        "median_time_to_crime_days"]
+    assert list(tables["by_mx_state"].columns) == [
+        "state", "state_name", "guns", "share", "places", "purchasers"]
     us = tables["by_us_state"].set_index("state")
     assert us.loc["US-IL", "state_name"] == "Illinois"
     assert us.loc["US-IL", "guns"] == 14 and us.loc["US-IL", "dealers"] == 1
