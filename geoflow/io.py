@@ -44,6 +44,7 @@ __all__ = [
     "sniff_delimiter",
     "DELIMITERS",
     "WARNINGS_CAP",
+    "PLACEHOLDERS",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,11 @@ _EXTENSIONS = {
     ".xlsx": "xlsx", ".xlsm": "xlsx", ".parquet": "parquet", ".pq": "parquet",
 }
 _LATITUDE = {"dealer_lat", "recovery_lat"}
+#: Cell values that mean "no data" (after stripping, any case): read as missing, like "".
+PLACEHOLDERS: frozenset[str] = frozenset({
+    "N/A", "NA", "NULL", "NONE", "UNKNOWN", "DESCONOCIDO", "SIN DATO", "S/D", "-", "?",
+})
+_PLACEHOLDER_CHARS = max(map(len, PLACEHOLDERS))
 
 
 def _latin1_for_undefined(exc: UnicodeError) -> tuple[str, int]:
@@ -422,7 +428,8 @@ def standardise_traces(
 
 
 def _clean_text(values: pd.Series) -> pd.Series:
-    """Strip text, empty → NA; datetime columns (Parquet) are kept as they are."""
+    """Strip text, empty or a :data:`PLACEHOLDERS` value (``N/A``, ``null``, ``s/d`` …) → NA;
+    datetime columns (Parquet) are kept as they are."""
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         return values
     text = values.astype("str")
@@ -432,7 +439,11 @@ def _clean_text(values: pd.Series) -> pd.Series:
     if stripped.str.len().sum() != text.str.len().sum():
         text = stripped
     del stripped
-    empty = (text == "").to_numpy(dtype=bool)
+    empty = (text == "").to_numpy(dtype=bool, copy=True)
+    # only short cells can be placeholders: the upper-cased copy is of those alone
+    short = (text.str.len() <= _PLACEHOLDER_CHARS).to_numpy(dtype=bool, na_value=False)
+    if short.any():
+        empty[short] |= text[short].str.upper().isin(PLACEHOLDERS).to_numpy(dtype=bool)
     return text.mask(empty) if empty.any() else text
 
 

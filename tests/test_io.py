@@ -389,6 +389,34 @@ def test_text_is_stripped_country_defaults_to_mexico_and_unknown_columns_pass(tm
     assert records.columns[-4:].tolist() == ["time_to_crime_days", *schema.FLAG_COLUMNS]
 
 
+def test_placeholder_values_are_missing_data(tmp_path):
+    # "N/A", "null", "s/d" … are how exports spell "no data": counted as data they would
+    # make every "N/A" trace number a duplicate and "UNKNOWN" a dealer
+    path = tmp_path / "traces.csv"
+    path.write_text(
+        "Trace Number,Serial Number,FFL Name,FFL City,Purchaser Name,Purchase Date,"
+        "Recovery City,Recovery State,Notas\n"
+        "N/A,A1,Unknown,null,  none ,-,Culiacán,s/d,?\n"
+        "n/a,A2,GAT Guns,NA,Sin Dato,2008-01-02,DESCONOCIDO,SIN,NA Guns\n"
+        "T3,A3,NULL,Houston,José,2008-01-03,Reynosa,TAM,-1\n",
+        encoding="utf-8",
+    )
+    result = read_traces(path)
+    records = result.records
+    assert records["trace_id"].iloc[2] == "T3"
+    assert records["trace_id"].iloc[:2].str.startswith("T").all()  # generated, distinct
+    assert not records["flag_duplicate"].any()
+    assert records["dealer_name"].isna().tolist() == [True, False, True]
+    assert records["dealer_city"].isna().tolist() == [True, True, False]
+    assert records["purchaser_name"].isna().tolist() == [True, True, False]
+    assert records["purchase_date"].isna().tolist() == [True, False, False]
+    assert records["recovery_city"].isna().tolist() == [False, True, False]
+    assert records["recovery_state"].isna().tolist() == [True, False, False]
+    assert records["notas"].isna().tolist() == [True, False, False]
+    assert records["notas"].iloc[1:].tolist() == ["NA Guns", "-1"]
+    assert result.warnings.empty  # a "-" date is missing, not unparseable
+
+
 def test_blank_and_repeated_headers_keep_their_columns(tmp_path):
     path = tmp_path / "traces.csv"
     path.write_text("Serial,Notes,,Notes,\nA,one,x,two,\nB,three,,four,\n")
