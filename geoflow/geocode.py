@@ -670,7 +670,7 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
     out = records.copy(deep=False)  # copy-on-write: columns are replaced, never changed in place
     lines = (records["source_line"] if "source_line" in records.columns
              else pd.Series(np.arange(len(records)) + 2, index=records.index))
-    parts = []
+    reports = []
     for role in ("dealer", "recovery"):
         text, country = _role_queries(records, role)
         lat_col, lon_col = f"{role}_lat", f"{role}_lon"
@@ -699,9 +699,10 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
         out[f"{role}_geocode_score"] = res["score"].astype("int64")
         out[f"{role}_admin1"] = res["admin1"].astype("string")
         out[f"{role}_place"] = res["matched_name"].astype("string")
-        parts.append(res.assign(role=role, query=text, line=lines.to_numpy()))
-    report = _report(pd.concat(parts, ignore_index=True))
-    return out, report
+        # one role's per-record rows at a time: they go as soon as its report is made
+        reports.append(_report(res.assign(role=role, query=text, line=lines.to_numpy())))
+        del res, text, country
+    return out, _report_order(pd.concat(reports, ignore_index=True))
 
 
 def geocode_column(frame: pd.DataFrame, column: str, *, country: str | None = None,
@@ -754,8 +755,13 @@ def _report(long: pd.DataFrame) -> pd.DataFrame:
     first = first.assign(records=grouped.size(), first_lines=lines).reset_index()
     # given coordinates vary per record: no single point or state describes the group
     first.loc[first["level"] == "coordinates", ["lat", "lon", "admin1"]] = pd.NA
-    order = first.assign(_m=(first["level"] != "").astype(int),
-                         _s=first["score"].astype(int), _r=-first["records"])
+    return _report_order(first)
+
+
+def _report_order(report: pd.DataFrame) -> pd.DataFrame:
+    """Report rows unmatched first, then by score ascending, most records first (stable)."""
+    order = report.assign(_m=(report["level"] != "").astype(int),
+                          _s=report["score"].astype(int), _r=-report["records"])
     order = order.sort_values(["_m", "_s", "_r", "role", "query"], kind="stable")
     return order[list(REPORT_COLUMNS)].reset_index(drop=True)
 
