@@ -335,8 +335,9 @@ def standardise_traces(
 
     Returns ``(records, rejects, warnings, warning_counts)``. ``rejects`` has columns ``row``
     (position in ``frame``), ``line``, ``column`` and ``reason``: rows with nothing usable
-    (none of :data:`geoflow.schema.USABLE_COLUMNS`) and rows with an unparseable or
-    out-of-range coordinate. ``lines`` gives each row's source line (default: position + 2);
+    (none of :data:`geoflow.schema.USABLE_COLUMNS`) and rows with an out-of-range coordinate.
+    An unparseable coordinate (text) becomes NaN with a warning: the row can still be
+    placed from its city. ``lines`` gives each row's source line (default: position + 2);
     ``raw_names`` maps canonical names back to the input headers used in messages.
     """
     lines = np.arange(len(frame)) + 2 if lines is None else np.asarray(lines)
@@ -364,6 +365,7 @@ def standardise_traces(
     problems.append(_problem_rows(~usable, lines, "", "nothing usable: no dealer, purchaser, "
                                   "recovery information or serial number"))
     coordinates = {}
+    unparseable_coordinates: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # rows, values
     for column in schema.COORDINATE_COLUMNS:
         values = frame[column]
         if values.isna().all():
@@ -374,8 +376,8 @@ def standardise_traces(
         unparseable = values.notna() & numbers.isna()
         out_of_range = numbers.abs() > limit
         if unparseable.any():
-            problems.append(_problem_rows(unparseable, lines, label(column), "unparseable "
-                                          "coordinate '" + values[unparseable] + "'"))
+            rows = np.flatnonzero(unparseable.to_numpy(dtype=bool))
+            unparseable_coordinates[column] = (rows, values.to_numpy(dtype=object)[rows])
         if out_of_range.any():
             problems.append(_problem_rows(out_of_range, lines, label(column),
                                           f"coordinate outside -{limit}..{limit}: "
@@ -398,6 +400,14 @@ def standardise_traces(
 
     warning_frames: list[pd.DataFrame] = []
     counts: dict[str, int] = {}
+    for column, (rows, values) in unparseable_coordinates.items():
+        kept = keep[rows]  # a row rejected for another reason is reported as a reject only
+        if kept.any():
+            warning_frames.append(pd.DataFrame({
+                "line": lines[rows[kept]], "column": label(column),
+                "value": values[kept].astype(str), "reason": "unparseable coordinate",
+            }))
+            counts[f"{label(column)}: unparseable coordinate"] = int(kept.sum())
     for column in schema.DATE_COLUMNS:
         parsed, bad, reason = _parse_dates(records[column], dayfirst=dayfirst)
         if bad.any():

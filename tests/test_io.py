@@ -457,16 +457,21 @@ def test_row_accounting_and_line_numbers_on_a_broken_file(tmp_path):
         [5, "", "expected 7 fields, found 8"],
         [7, "", "expected 7 fields, found 5"],
         [8, "", "nothing usable: no dealer, purchaser, recovery information or serial number"],
-        [9, "Recovery Lat", "unparseable coordinate 'north'"],
         [10, "Recovery Lat", "coordinate outside -90..90: 95.0"],
     ]
     assert rejects["raw"].iloc[0] == "T2,S2,Hart Brothers,Laredo,one,too,many,fields"
-    assert result.records["trace_id"].tolist() == ["T1", "T6", "T7"]
-    assert result.records["source_line"].tolist() == [2, 11, 13]
+    # an unparseable coordinate is missing (the row can be placed from its city), and warned
+    assert result.records["trace_id"].tolist() == ["T1", "T4", "T6", "T7"]
+    assert result.records["source_line"].tolist() == [2, 9, 11, 13]
+    t4 = result.records.iloc[1]
+    assert np.isnan(t4["recovery_lat"]) and t4["recovery_lon"] == -98.3
+    assert result.warnings.values.tolist() == [
+        [9, "Recovery Lat", "north", "unparseable coordinate"]]
+    assert result.warning_counts == {"Recovery Lat: unparseable coordinate": 1}
     assert result.records["notes"].iloc[0] == "a note\nover three\nlines"
-    assert result.records["recovery_city"].iloc[1] == "Nuevo\nLaredo"
+    assert result.records["recovery_city"].iloc[2] == "Nuevo\nLaredo"
     assert result.source["rows_read"] == 8  # the blank line is not a row
-    assert (result.rows_valid, result.rows_rejected) == (3, 5)
+    assert (result.rows_valid, result.rows_rejected) == (4, 4)
     assert _accounting_holds(result)
 
 
@@ -475,8 +480,8 @@ def test_crlf_line_endings_and_a_stray_quote_keep_line_numbers(tmp_path):
     path = tmp_path / "broken.csv"
     path.write_bytes(text.replace("\n", "\r\n").encode())
     result = read_traces(path)
-    assert result.rejects["line"].tolist() == [5, 7, 8, 9, 10]
-    assert result.records["source_line"].tolist() == [2, 11, 13]
+    assert result.rejects["line"].tolist() == [5, 7, 8, 10]
+    assert result.records["source_line"].tolist() == [2, 9, 11, 13]
     assert result.records["notes"].iloc[0] == "a note\r\nover three\r\nlines"
     assert _accounting_holds(result)
 
@@ -521,11 +526,16 @@ def test_unterminated_quote_is_one_rejected_row_naming_the_lines(tmp_path):
 
 def test_a_row_with_several_problems_is_one_rejected_row(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text("Serial,Recovery Lat,Recovery Lon\nA,x,y\nB,1,2\n")
+    path.write_text("Serial,Recovery Lat,Recovery Lon\nA,95,200\nB,1,2\nC,N/A,north\n"
+                    "D,x,-98\n")
     result = read_traces(path)
     assert result.rejects["line"].tolist() == [2, 2]
     assert result.rejects["column"].tolist() == ["Recovery Lat", "Recovery Lon"]
-    assert (result.rows_read, result.rows_valid, result.rows_rejected) == (2, 1, 1)
+    assert (result.rows_read, result.rows_valid, result.rows_rejected) == (4, 3, 1)
+    # a placeholder is missing without a warning; text that is no number is warned
+    assert result.warnings[["line", "column", "value"]].values.tolist() == [
+        [5, "Recovery Lat", "x"], [4, "Recovery Lon", "north"]]
+    assert result.records[["recovery_lat", "recovery_lon"]].isna().sum().tolist() == [2, 1]
 
 
 def test_data_rows_but_none_valid_is_not_fatal(tmp_path):
