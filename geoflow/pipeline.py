@@ -29,10 +29,12 @@ import numpy as np
 import pandas as pd
 
 from geoflow import __version__
-from geoflow.aggregate import build_tables, findings
+from geoflow.aggregate import build_tables, findings, flag_counts, unplace_duplicates
+from geoflow.crossings import unmatched_crossings
 from geoflow.export import (
     GENERATOR,
     atomic_output_dir,
+    markdown_text,
     write_csv,
     write_geojson,
     write_json,
@@ -146,6 +148,10 @@ class PreparedRecords:
     timings: dict
     options: RunOptions
     memory: dict = field(default_factory=dict)  # stage → peak resident MB after it
+    #: the reader's warnings (line, column, value, reason: unparseable dates, unused column-map
+    #: entries …) and the count of each kind, capped lists but complete counts
+    warnings: pd.DataFrame = field(default_factory=pd.DataFrame)
+    warning_counts: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,7 @@ class RunResult:
     geocode_report: pd.DataFrame
     manifest: dict
     description: str = ""
+    warnings: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def peak_memory_mb() -> float:
@@ -267,6 +274,7 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
     log.debug("read %s valid records (%s rejected lines) from %s", f"{len(read.records):,}",
               f"{read.source['rows_read'] - len(read.records):,}", source)
     records, rejects, read_source = read.records, read.rejects, dict(read.source)
+    warnings, warning_counts = read.warnings, dict(read.warning_counts)
     del read  # its frame would keep columns that later stages replace alive until the end
     with _stage("geocode", timings, memory):
         records, report = geocode_traces(records, geocoder=options.geocoder,
@@ -276,9 +284,10 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
         records = assign_crossings(records, load_ports())
         records = pseudonymise(records, key=options.pseudonym_key)
         records["dealer_id"] = dealer_ids(records)
-        records = _compact(place_records(records))
+        records = _compact(unplace_duplicates(place_records(records)))
     return PreparedRecords(records=records, rejects=rejects, geocode_report=report,
-                           source=read_source, timings=timings, options=options, memory=memory)
+                           source=read_source, timings=timings, options=options, memory=memory,
+                           warnings=warnings, warning_counts=warning_counts)
 
 
 def _compact(records: pd.DataFrame, *, ratio: float = COMPACT_RATIO) -> pd.DataFrame:
@@ -367,6 +376,11 @@ def analyse(
 
     options = options or prepared.options
     frame = prepared.records if records is None else records
+    quality = {  # what the data said that the tables do not: flags, unknown crossings
+        "flags": flag_counts(frame),
+        "unmatched_crossings": unmatched_crossings(frame).to_dict("records"),
+        "reader_warnings": prepared.warning_counts,
+    }
     timings = dict(prepared.timings)
     memory = dict(prepared.memory)
     ports = load_ports()
@@ -413,11 +427,14 @@ def analyse(
         "generator": GENERATOR,
         "version": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "input": {k: source.get(k) for k in ("path", "sha256", "format", "encoding")},
+        # the file name only: an absolute path would publish the user's folders
+        "input": {"path": Path(str(source.get("path", ""))).name,
+                  **{k: source.get(k) for k in ("sha256", "format", "encoding")}},
         "options": options.describe(),
         "show_names": options.show_names,
         "description": description,
         "counts": counts,
+        "quality": quality,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "memory_peak_mb": memory,
     }
@@ -426,6 +443,7 @@ def analyse(
         crossings=crossings, states=states, tables=tables, findings=found,
         rejects=_rejects(prepared.rejects, options.show_names), unplaced=unplaced,
         geocode_report=prepared.geocode_report, manifest=manifest, description=description,
+        warnings=prepared.warnings,
     )
 
 
@@ -439,10 +457,10 @@ def findings_markdown(result: RunResult) -> str:
     """The findings as a short Markdown list (for ``findings.md``)."""
     title = "# Findings"
     if result.description:
-        title += f": {result.description}"
+        title += f": {markdown_text(result.description)}"
     counts = result.manifest["counts"]
     lines = [title, ""]
-    lines += [f"- {item['text']}" for item in result.findings]
+    lines += [f"- {markdown_text(item['text'])}" for item in result.findings]
     lines += [
         "",
         f"Rows read {counts['rows_read']:,}; valid {counts['rows_valid']:,}; rejected "
@@ -454,18 +472,11 @@ def findings_markdown(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _render(result: RunResult, map_options: Any) -> str | None:
-    """map.html from :mod:`geoflow.render` when that module provides ``render_map``."""
-    try:
-        from geoflow import render
-    except ImportError:
-        return None
-    render_map = getattr(render, "render_map", None)
-    if render_map is None:
-        return None
-    if map_options is None and hasattr(render, "MapOptions"):
-        map_options = render.MapOptions()
-    return render_map(result, options=map_options)
+def _render(result: RunResult, map_options: Any) -> str:
+    """map.html (imported here: building the map pulls in folium)."""
+    from geoflow.render import MapOptions, render_map
+
+    return render_map(result, options=map_options or MapOptions())
 
 
 @arrow_system_pool()
@@ -496,12 +507,11 @@ def write_outputs(
         write_csv(result.rejects, temp / "rejects.csv")
         write_csv(result.unplaced, temp / "unplaced.csv")
         write_csv(result.geocode_report, temp / "geocode_report.csv")
+        write_csv(result.warnings, temp / "warnings.csv")
         write_json(result.findings, temp / "findings.json")
         (temp / "findings.md").write_text(findings_markdown(result), encoding="utf-8")
         if write_map:
-            html = _render(result, map_options)
-            if html is not None:
-                (temp / "map.html").write_text(html, encoding="utf-8")
+            (temp / "map.html").write_text(_render(result, map_options), encoding="utf-8")
         manifest = dict(result.manifest)
         timings = dict(manifest.get("timings", {}))
         timings["export"] = round(time.perf_counter() - clock, 4)

@@ -192,3 +192,31 @@ def test_tables_only_analysis_skips_the_layers(prepared, result):
     for name, table in result.tables.items():
         pd.testing.assert_frame_equal(quick.tables[name], table)
     assert [f["text"] for f in quick.findings] == [f["text"] for f in result.findings]
+
+
+QUALITY = """\
+Trace Number,Purchaser Name,Purchase Date,FFL Name,FFL City,FFL State,Recovery Date,\
+Recovery City,Recovery State,Crossing
+Q1,Ana Ruiz,2007-03-01,Border Guns,HOUSTON,TX,2008-09-10,REYNOSA,TAMPS.,
+Q1,Ana Ruiz,2007-03-01,Border Guns,HOUSTON,TX,2008-09-10,REYNOSA,TAMPS.,
+Q2,Ana Ruiz,13/45/2007,Border Guns,HOUSTON,TX,2008-09-10,REYNOSA,TAMPS.,Atlantis
+Q3,Ana Ruiz,2007-03-01,Border Guns,HOUSTON,TX,2031-01-01,REYNOSA,TAMPS.,
+"""
+
+
+def test_duplicates_bad_dates_and_unknown_crossings_are_accounted(tmp_path):
+    source = tmp_path / "quality.csv"
+    source.write_text(QUALITY, encoding="utf-8")
+    result = run_pipeline(source, options=RunOptions(today=pd.Timestamp("2026-01-01").date()))
+    counts, quality = result.manifest["counts"], result.manifest["quality"]
+    # the repeated trace is one gun: its copy is unplaced with a reason, and accounting holds
+    assert counts["rows_valid"] == counts["rows_placed"] + counts["rows_unplaced"] == 4
+    assert counts["rows_placed"] == int(result.flows["guns"].sum()) == 3
+    assert result.unplaced["reason"].tolist() == ["duplicate trace record"]
+    assert quality["flags"]["flag_duplicate"] == 1 and quality["flags"]["flag_future_date"] == 1
+    assert quality["unmatched_crossings"] == [{"crossing": "Atlantis", "records": 1}]
+    assert result.manifest["input"]["path"] == "quality.csv"  # no folders of the user
+    out = write_outputs(result, tmp_path / "out", write_map=False)
+    warnings = pd.read_csv(out / "warnings.csv", dtype=str)
+    bad = warnings[warnings["value"] == "13/45/2007"]
+    assert bad[["line", "column"]].values.tolist() == [["4", "Purchase Date"]]  # header as written
