@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import pandas as pd
 from geoflow import __version__
 from geoflow.errors import OutputError
 from geoflow.progress import quiet_logger
+from geoflow.schema import strip_accents
 from geoflow.select import entity_keys, list_entities
 
 __all__ = [
@@ -71,9 +71,7 @@ def slugify(name: str, *, key: str | None = None, max_length: int = 48,
     >>> slugify("../../x")
     'x-9cdf6a'
     """
-    decomposed = unicodedata.normalize("NFKD", str(name))
-    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    base = re.sub(r"[^a-z0-9]+", "-", plain.casefold()).strip("-")
+    base = re.sub(r"[^a-z0-9]+", "-", strip_accents(name).casefold()).strip("-")
     digest = hashlib.sha256(str(name if key is None else key).encode("utf-8")).hexdigest()
     hash_length = max(4, min(hash_length, len(digest)))
     room = max(1, max_length - hash_length - 1)

@@ -24,6 +24,7 @@ __all__ = [
     "USABLE_COLUMNS",
     "HEADER_EXAMPLES",
     "normalise_header",
+    "strip_accents",
     "validate_column_map",
     "map_headers",
 ]
@@ -114,6 +115,12 @@ DERIVED_COLUMNS: tuple[str, ...] = (
 )
 
 
+def strip_accents(text: str) -> str:
+    """``text`` without combining accents (``"Nuevo León"`` → ``"Nuevo Leon"``)."""
+    decomposed = unicodedata.normalize("NFKD", str(text))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
 def normalise_header(text: str) -> str:
     """Return ``text`` without accents, case-folded, with punctuation and spaces as ``_``.
 
@@ -122,9 +129,7 @@ def normalise_header(text: str) -> str:
     >>> normalise_header("FFL Zip/Postal")
     'ffl_zip_postal'
     """
-    decomposed = unicodedata.normalize("NFKD", str(text))
-    ascii_text = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return re.sub(r"[^0-9a-z]+", "_", ascii_text.casefold()).strip("_")
+    return re.sub(r"[^0-9a-z]+", "_", strip_accents(text).casefold()).strip("_")
 
 
 _RAW_ALIASES: dict[str, tuple[str, ...]] = {
