@@ -668,41 +668,71 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
     if overrides is not None and not isinstance(overrides, pd.DataFrame):
         overrides = load_overrides(overrides)
     out = records.copy(deep=False)  # copy-on-write: columns are replaced, never changed in place
-    lines = (records["source_line"] if "source_line" in records.columns
-             else pd.Series(np.arange(len(records)) + 2, index=records.index))
+    lines = (records["source_line"].to_numpy() if "source_line" in records.columns
+             else np.arange(len(records)) + 2)
     reports = []
     for role in ("dealer", "recovery"):
-        text, country = _role_queries(records, role)
+        # geocode each distinct (city, state, zip or country, lat, lon) once, then spread the
+        # answers to the records by their group code: no per-record string work
+        codes, distinct = _distinct_places(records, role)
+        res, text = _geocode_role(distinct, role, geocoder=geocoder, overrides=overrides)
         lat_col, lon_col = f"{role}_lat", f"{role}_lon"
-        lat = pd.to_numeric(out.get(lat_col, pd.Series(np.nan, index=out.index)),
-                            errors="coerce").astype(float)
-        lon = pd.to_numeric(out.get(lon_col, pd.Series(np.nan, index=out.index)),
-                            errors="coerce").astype(float)
-        given = lat.between(-90, 90) & lon.between(-180, 180)
-        res = _empty_result(text).drop(columns="query")
-        res.loc[given, ["lat", "lon"]] = np.c_[lat[given], lon[given]]
-        _set(res, res.index[given], {"level": "coordinates", "score": 100, "source": "input",
-                                     "admin1": _admin1_at(lat[given], lon[given])})
-        for code in country[~given].unique():  # at most US, MX, other
-            rows = ~given & (country == code)
-            if code == "other":
-                _add_note(res, res.index[rows], "recovery country not covered: "
-                          + records.loc[rows, "recovery_country"].astype("string"))
-                continue
-            answers = geocode(text[rows], country=code, geocoder=geocoder,
-                              overrides=overrides)
-            answers.index = res.index[rows]
-            res.loc[rows, answers.columns[1:]] = answers.iloc[:, 1:]
-        res["level"] = res["level"].astype("string")
-        out[lat_col], out[lon_col] = res["lat"].astype(float), res["lon"].astype(float)
-        out[f"{role}_geocode_level"] = res["level"]
-        out[f"{role}_geocode_score"] = res["score"].astype("int64")
-        out[f"{role}_admin1"] = res["admin1"].astype("string")
-        out[f"{role}_place"] = res["matched_name"].astype("string")
-        # one role's per-record rows at a time: they go as soon as its report is made
-        reports.append(_report(res.assign(role=role, query=text, line=lines.to_numpy())))
-        del res, text, country
+        out[lat_col] = res["lat"].to_numpy(dtype=float)[codes]
+        out[lon_col] = res["lon"].to_numpy(dtype=float)[codes]
+        out[f"{role}_geocode_level"] = _spread(res["level"], codes)
+        out[f"{role}_geocode_score"] = res["score"].to_numpy(dtype="int64")[codes]
+        out[f"{role}_admin1"] = _spread(res["admin1"], codes)
+        out[f"{role}_place"] = _spread(res["matched_name"], codes)
+        long = pd.DataFrame({c: _spread(res[c], codes) for c in res.columns}, index=out.index)
+        reports.append(_report(long.assign(role=role, query=_spread(text, codes), line=lines)))
+        del long, res, text
     return out, _report_order(pd.concat(reports, ignore_index=True))
+
+
+def _spread(values: pd.Series, codes: np.ndarray) -> pd.Series:
+    """Per-record values from per-distinct-place ``values`` (same dtype)."""
+    return pd.Series(values.array.take(codes), dtype=values.dtype)
+
+
+def _distinct_places(records: pd.DataFrame, role: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """``(codes, distinct)``: the distinct place columns of ``role`` and each record's row."""
+    extra = "dealer_zip" if role == "dealer" else "recovery_country"
+    columns = [c for c in (f"{role}_city", f"{role}_state", extra, f"{role}_lat",
+                           f"{role}_lon") if c in records.columns]
+    if not columns:
+        return np.zeros(len(records), dtype=np.intp), records.iloc[:1].iloc[:, :0].reindex([0])
+    codes = records.groupby(columns, dropna=False, sort=False, observed=True).ngroup()
+    codes = codes.to_numpy(dtype=np.intp)
+    first = np.unique(codes, return_index=True)[1]  # first record of each group, by code
+    return codes, records.iloc[first][columns].reset_index(drop=True)
+
+
+def _geocode_role(places: pd.DataFrame, role: str, *, geocoder: Geocoder | None,
+                  overrides: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.Series]:
+    """Result columns (no ``query``) for distinct place rows of ``role``, and their strings."""
+    text, country = _role_queries(places, role)
+    lat = pd.to_numeric(places.get(f"{role}_lat", pd.Series(np.nan, index=places.index)),
+                        errors="coerce").astype(float)
+    lon = pd.to_numeric(places.get(f"{role}_lon", pd.Series(np.nan, index=places.index)),
+                        errors="coerce").astype(float)
+    given = lat.between(-90, 90) & lon.between(-180, 180)
+    res = _empty_result(text).drop(columns="query")
+    res.loc[given, ["lat", "lon"]] = np.c_[lat[given], lon[given]]
+    _set(res, res.index[given], {"level": "coordinates", "score": 100, "source": "input",
+                                 "admin1": _admin1_at(lat[given], lon[given])})
+    for code in country[~given].unique():  # at most US, MX, other
+        rows = ~given & (country == code)
+        if code == "other":
+            _add_note(res, res.index[rows], "recovery country not covered: "
+                      + places.loc[rows, "recovery_country"].astype("string"))
+            continue
+        answers = geocode(text[rows], country=code, geocoder=geocoder, overrides=overrides)
+        answers.index = res.index[rows]
+        res.loc[rows, answers.columns[1:]] = answers.iloc[:, 1:]
+    res["level"] = res["level"].astype("string")
+    res["admin1"] = res["admin1"].astype("string")
+    res["matched_name"] = res["matched_name"].astype("string")
+    return res, text
 
 
 def geocode_column(frame: pd.DataFrame, column: str, *, country: str | None = None,
