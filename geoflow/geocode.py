@@ -679,19 +679,20 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
         lat_col, lon_col = f"{role}_lat", f"{role}_lon"
         out[lat_col] = res["lat"].to_numpy(dtype=float)[codes]
         out[lon_col] = res["lon"].to_numpy(dtype=float)[codes]
-        out[f"{role}_geocode_level"] = _spread(res["level"], codes)
-        out[f"{role}_geocode_score"] = res["score"].to_numpy(dtype="int64")[codes]
-        out[f"{role}_admin1"] = _spread(res["admin1"], codes)
-        out[f"{role}_place"] = _spread(res["matched_name"], codes)
-        long = pd.DataFrame({c: _spread(res[c], codes) for c in res.columns}, index=out.index)
-        reports.append(_report(long.assign(role=role, query=_spread(text, codes), line=lines)))
+        long = pd.DataFrame({c: _spread(res[c], codes, out.index) for c in res.columns})
+        out[f"{role}_geocode_level"] = long["level"]
+        out[f"{role}_geocode_score"] = long["score"].astype("int64")
+        out[f"{role}_admin1"] = long["admin1"]
+        out[f"{role}_place"] = long["matched_name"]
+        query = _spread(text, codes, out.index)
+        reports.append(_report(long.assign(role=role, query=query, line=lines)))
         del long, res, text
     return out, _report_order(pd.concat(reports, ignore_index=True))
 
 
-def _spread(values: pd.Series, codes: np.ndarray) -> pd.Series:
-    """Per-record values from per-distinct-place ``values`` (same dtype)."""
-    return pd.Series(values.array.take(codes), dtype=values.dtype)
+def _spread(values: pd.Series, codes: np.ndarray, index: pd.Index) -> pd.Series:
+    """Per-record values (on the records' ``index``) from per-distinct-place ``values``."""
+    return pd.Series(values.array.take(codes), index=index, dtype=values.dtype)
 
 
 def _distinct_places(records: pd.DataFrame, role: str) -> tuple[np.ndarray, pd.DataFrame]:
@@ -699,8 +700,8 @@ def _distinct_places(records: pd.DataFrame, role: str) -> tuple[np.ndarray, pd.D
     extra = "dealer_zip" if role == "dealer" else "recovery_country"
     columns = [c for c in (f"{role}_city", f"{role}_state", extra, f"{role}_lat",
                            f"{role}_lon") if c in records.columns]
-    if not columns:
-        return np.zeros(len(records), dtype=np.intp), records.iloc[:1].iloc[:, :0].reindex([0])
+    if not columns:  # no place columns at all: every record is the one empty place
+        return np.zeros(len(records), dtype=np.intp), pd.DataFrame(index=pd.RangeIndex(1))
     codes = records.groupby(columns, dropna=False, sort=False, observed=True).ngroup()
     codes = codes.to_numpy(dtype=np.intp)
     first = np.unique(codes, return_index=True)[1]  # first record of each group, by code

@@ -425,3 +425,21 @@ def test_report_row_for_given_coordinates_names_no_single_state():
     row = report[(report["role"] == "recovery") & (report["level"] == "coordinates")]
     assert len(row) == 1 and row["records"].item() == 2
     assert pd.isna(row["admin1"].item())  # two states: the report must not pick one
+
+
+def test_geocoded_columns_stay_on_their_records_whatever_the_index():
+    records = pd.DataFrame({
+        "dealer_city": ["HOUSTON", "PHOENIX", "HOUSTON"], "dealer_state": ["TX", "AZ", "TX"],
+        "recovery_city": ["REYNOSA", "HERMOSILLO", "CULIACAN"],
+        "recovery_state": ["TAMPS.", "SON.", "SIN."],
+    }, index=[10, 3, 7])  # a filtered or reordered frame, not 0..n-1
+    out, _ = geocode_traces(records)
+    assert out["dealer_admin1"].tolist() == ["US-TX", "US-AZ", "US-TX"]
+    assert out["recovery_admin1"].tolist() == ["MX-TAM", "MX-SON", "MX-SIN"]
+    assert out["dealer_lat"].notna().all() and list(out.index) == [10, 3, 7]
+
+
+def test_records_without_place_columns_are_all_unmatched():
+    out, report = geocode_traces(pd.DataFrame({"serial_number": ["A1", "B2"]}))
+    assert out["dealer_geocode_level"].tolist() == ["", ""]
+    assert report.groupby("role")["records"].sum().to_dict() == {"dealer": 2, "recovery": 2}
