@@ -1,10 +1,17 @@
 """The shipped geodata works from an installed wheel, not only from the checkout.
 
 Builds the wheel from a copy of the project (no network: ``--no-isolation``), installs it
-with ``--no-deps`` into a fresh venv that sees the system site-packages (for pandas,
-geopandas …), and loads the states and ports from a directory outside the checkout. The
-system site-packages also holds an *editable* geoflow; the check proves the venv imported
-the wheel's copy (module and data files inside the venv), not the checkout.
+with ``--no-deps`` into a fresh inner venv, and loads the states and ports from a directory
+outside the checkout. The inner venv must see the *running* environment's packages (pandas,
+geopandas …): when the tests run inside a venv, the inner venv's "system" site-packages are
+the base interpreter's, not the outer venv's, so a ``.pth`` file adds the outer environment's
+site-packages directories (as plain path entries: the outer editable geoflow's own ``.pth``
+hook is not run). The running environment also holds an *editable* geoflow; the check proves
+the inner venv imported the wheel's copy (module and data files inside it), not the checkout.
+
+The wheel is built by the first interpreter at hand that can build one offline (``build`` plus
+a setuptools with ``bdist_wheel``): the running one, else the base interpreter under it — a
+venv made by ``python -m venv`` carries its own old setuptools that shadows a newer one.
 """
 
 from __future__ import annotations
@@ -14,12 +21,43 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+CAN_BUILD = (
+    "import importlib.util as u, build; "
+    "assert u.find_spec('setuptools.command.bdist_wheel') or u.find_spec('wheel.bdist_wheel')"
+)
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
+
+
+def _wheel_builder() -> str:
+    """The first interpreter (running, then base) that can build a wheel without network."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    for python in dict.fromkeys((sys.executable, base)):
+        probe = subprocess.run(
+            [python, "-c", CAN_BUILD], capture_output=True, check=False, env=_clean_env(),
+            timeout=60,
+        )  # fmt: skip
+        if probe.returncode == 0:
+            return python
+    pytest.fail("no interpreter here can build a wheel offline: pip install -e '.[test]'")
+
+
+def _outer_site_dirs() -> list[str]:
+    """The running environment's own site-packages (a venv's, or the base's outside one)."""
+    paths = sysconfig.get_paths()
+    return list(dict.fromkeys(paths[key] for key in ("purelib", "platlib")))
 
 PROBE = """
 import json, geoflow, geoflow.shapes, importlib.resources as r
@@ -49,9 +87,9 @@ def test_wheel_installs_and_loads_shapes_outside_the_checkout(tmp_path):
         shutil.copytree(ROOT / name, source / name, ignore=ignore)
     dist = tmp_path / "dist"
     build = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check",
+        [_wheel_builder(), "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check",
          "--outdir", str(dist), str(source)],
-        capture_output=True, text=True, check=False, cwd=tmp_path, timeout=120,
+        capture_output=True, text=True, check=False, env=_clean_env(), cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
     (wheel,) = dist.glob("geoflow-*.whl")
@@ -59,8 +97,12 @@ def test_wheel_installs_and_loads_shapes_outside_the_checkout(tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
-    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    clean_env["PYTHONNOUSERSITE"] = "1"
+    inner_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    Path(inner_site, "outer-environment.pth").write_text("\n".join(_outer_site_dirs()) + "\n")
+    clean_env = _clean_env()
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
          "--disable-pip-version-check", str(wheel)],
