@@ -260,14 +260,22 @@ def _names(rng: np.random.Generator, n: int, *, single_share: float) -> np.ndarr
     nf, nl = len(FIRST_NAMES), len(LAST_NAMES)
     n_single = min(round(n * single_share), nf * nl // 2)
     single = rng.choice(nf * nl, size=n_single, replace=False)
-    double = rng.choice(nf * nl * nl, size=n - n_single, replace=False)
+    space = nf * nl * nl
+    # past ~4M names (10M-row samples) a middle initial multiplies the space; below, the
+    # draw (and so every smaller sample) is unchanged
+    initials = max(1, -(-(n - n_single) // space))
+    double = rng.choice(space * initials, size=n - n_single, replace=False)
+    middle = double // space
+    double = double % space
     first = np.concatenate([single // nl, double // (nl * nl)])
     last1 = np.concatenate([single % nl, (double // nl) % nl])
     last2 = np.concatenate([np.full(n_single, -1), double % nl])
     first_s = np.asarray(FIRST_NAMES, dtype=object)[first]
     last_s = np.asarray(LAST_NAMES, dtype=object)[last1]
     tail = np.where(last2 >= 0, " " + np.asarray(LAST_NAMES, dtype=object)[last2], "")
-    return (first_s + " " + last_s + tail).astype(object)
+    letters = np.asarray([""] + [f" {c}." for c in "ABCDEFGHJKLMNPRSTV"], dtype=object)
+    initial = letters[np.concatenate([np.zeros(n_single, dtype=np.int64), middle])]
+    return (first_s + initial + " " + last_s + tail).astype(object)
 
 
 def _dealers(rng: np.random.Generator, towns: pd.DataFrame, n: int) -> pd.DataFrame:
