@@ -25,6 +25,7 @@ from geoflow.aggregate import (
     recovery_keys,
     take_text,
 )
+from geoflow.shapes import load_state_points
 
 __all__ = [
     "FLOW_COLUMNS",
@@ -231,6 +232,19 @@ def _recovery_label(place: pd.api.extensions.ExtensionArray, lat: np.ndarray,
     return labels.array
 
 
+def _state_point(points: pd.DataFrame, states: pd.Series, records: pd.DataFrame, role: str,
+                 group: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """lon, lat per flow of the fixed point of its ``states`` code; a state without one
+    (``unknown``) falls back to the mean of its records' coordinates."""
+    at = pd.Index(points["code"].astype(str)).get_indexer(pd.Index(states.astype(str)))
+    lon = np.where(at >= 0, points["lon"].to_numpy(dtype=float)[np.maximum(at, 0)], np.nan)
+    lat = np.where(at >= 0, points["lat"].to_numpy(dtype=float)[np.maximum(at, 0)], np.nan)
+    if (at < 0).any():
+        lon = np.where(at >= 0, lon, _mean(records[f"{role}_lon"], group, n))
+        lat = np.where(at >= 0, lat, _mean(records[f"{role}_lat"], group, n))
+    return lon, lat
+
+
 def build_flows(
     records: pd.DataFrame,
     ports: pd.DataFrame,
@@ -238,11 +252,14 @@ def build_flows(
     level: str = "place",
     state_names: Mapping[str, str] | None = None,
     segment_km: float = SEGMENT_KM,
+    state_points: pd.DataFrame | None = None,
 ) -> gpd.GeoDataFrame:
     """One flow per (dealer, port, recovery place, route kind) — or per (US state, port,
     MX state, route kind) with ``level="state"`` — from *placed* records with a crossing.
 
     ``ports`` is :func:`geoflow.crossings.load_ports` (``code``, ``name``, Point geometry).
+    State-level flows start and end at one fixed point per state (``state_points``, default
+    :func:`geoflow.shapes.load_state_points`), so all flows of a state share it.
     """
     records = counted(records)
     if level not in ("place", "state"):
@@ -292,10 +309,10 @@ def build_flows(
     else:
         dealer_name = pd.array([pd.NA] * n, dtype="string")
         dealer_place = [names.get(s, s) for s in key["dealer_state"]]
-        d_lon = _mean(records["dealer_lon"], group, n)
-        d_lat = _mean(records["dealer_lat"], group, n)
-        r_lon = _mean(records["recovery_lon"], group, n)
-        r_lat = _mean(records["recovery_lat"], group, n)
+        points = load_state_points() if state_points is None else state_points
+        d_lon, d_lat = _state_point(points, key["dealer_state"], records, "dealer", group, n)
+        r_lon, r_lat = _state_point(points, key["recovery_state"], records, "recovery",
+                                    group, n)
     port_at = pd.Index(ports["code"].astype(str)).get_indexer(pd.Index(key["crossing_code"]))
     port_xy = np.append(shapely.get_coordinates(ports.geometry.to_numpy()), [[np.nan] * 2], 0)
     port_name = pd.array(ports["name"].astype(str), dtype="string").take(port_at,

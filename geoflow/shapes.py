@@ -17,7 +17,7 @@ import pandas as pd
 
 from geoflow.errors import InputError
 
-__all__ = ["DATA_PACKAGE", "data_file", "load_states", "load_state_names"]
+__all__ = ["DATA_PACKAGE", "data_file", "load_states", "load_state_names", "load_state_points"]
 
 #: The package that carries the shipped data files.
 DATA_PACKAGE = "geoflow.shapes_data"
@@ -74,3 +74,23 @@ def load_state_names() -> pd.DataFrame:
     when there are none). Compare after removing accents, case and punctuation.
     """
     return _state_names().copy()
+
+
+@lru_cache(maxsize=1)
+def _state_points() -> pd.DataFrame:
+    with data_file("gazetteer_states.csv").open("r", encoding="utf-8") as handle:
+        frame = pd.read_csv(handle, dtype={"code": "string", "name": "string",
+                                           "country": "string"})
+    return frame[["code", "lon", "lat"]]
+
+
+def load_state_points() -> pd.DataFrame:
+    """One fixed representative point per state (``shapes/gazetteer_states.csv``: a point
+    inside the state, e.g. the Census internal point): ``code``, ``lon``, ``lat``. State-level
+    flows start and end there, so every flow of a state shares one point.
+
+    >>> points = load_state_points().set_index("code")
+    >>> bool(points.loc["US-TX", "lat"] > 25)
+    True
+    """
+    return _state_points().copy()

@@ -20,6 +20,7 @@ from geoflow.flows import (
     flow_lines,
     great_circle_points,
 )
+from geoflow.shapes import load_state_points
 
 SPHERE = pyproj.Geod(ellps="sphere")
 
@@ -160,6 +161,30 @@ def test_state_level_flows_merge_dealers_of_a_state():
     assert state["guns"].sum() == len(placed)
     with pytest.raises(ValueError, match="flow level"):
         build_flows(placed, PORTS, level="city")
+
+
+def test_state_level_flows_share_one_fixed_point_per_state():
+    rows = [{"purchaser": "A", "dealer": "One", "dealer_at": "houston", "recovered_at": "reynosa",
+             "n": 2},
+            {"purchaser": "B", "dealer": "Two", "dealer_at": "dundee", "recovered_at": "reynosa",
+             "n": 1},
+            {"purchaser": "C", "dealer": "Three", "dealer_at": "houston",
+             "recovered_at": "culiacan", "port": "2604", "n": 1}]
+    state = build_flows(_placed(rows), PORTS, level="state")
+    points = load_state_points().set_index("code")
+    assert len(state) == 3
+    for _, flow in state.iterrows():
+        dealer, recovery = points.loc[flow["dealer_state"]], points.loc[flow["recovery_state"]]
+        assert (flow["dealer_lon"], flow["dealer_lat"]) == (dealer["lon"], dealer["lat"])
+        assert (flow["recovery_lon"], flow["recovery_lat"]) == (recovery["lon"], recovery["lat"])
+        start, end = shapely.get_coordinates(flow.geometry)[[0, -1]]
+        assert tuple(start) == pytest.approx((dealer["lon"], dealer["lat"]))
+        assert tuple(end) == pytest.approx((recovery["lon"], recovery["lat"]))
+    # Texas flows to two Mexican states start at one point, not at the records' mean
+    texas = state[state["dealer_state"] == "US-TX"]
+    assert len(texas) == 2 and texas[["dealer_lon", "dealer_lat"]].nunique().max() == 1
+
+
 
 
 def test_dealer_ids_prefer_ffl_and_ignore_case_and_accents():

@@ -1,0 +1,127 @@
+"""docs/outputs.md documents every file, column, property and manifest key `geoflow run` writes.
+
+The sample is run once; every output is compared with the page. When this fails, add the
+named column (or file) to docs/outputs.md under the file's heading, in the same commit.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from geoflow.cli import cli
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
+#: manifest.json objects whose keys are documented one by one (as ``counts.rows_read`` …)
+MANIFEST_NESTED = ("input", "options", "counts", "quality")
+HOW_TO_FIX = ("Add a row  | `NAME` | type | unit | meaning | how computed | empty means |  "
+              "under the file's heading in docs/outputs.md (or rename the stale row).")
+
+
+def documented_sections(text: str) -> dict[str, set[str]]:
+    """File pattern → documented names: a heading naming files in backticks (a name with a
+    ``.`` or ``*``) opens their section; each table row's first backticked cell is a name."""
+    sections: dict[str, set[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            current = [n for n in re.findall(r"`([^`]+)`", line) if "." in n or "*" in n]
+            for name in current:
+                sections.setdefault(name, set())
+        elif current and (row := re.match(r"\|\s*`([^`]+)`\s*\|", line)):
+            for name in current:
+                sections[name].add(row.group(1))
+    return sections
+
+
+def names_for(sections: dict[str, set[str]], path: str) -> set[str] | None:
+    """Names documented for output ``path`` (all sections whose pattern matches it); None
+    when no section matches the file at all."""
+    hits = [names for pattern, names in sections.items() if fnmatch.fnmatchcase(path, pattern)]
+    return set().union(*hits) if hits else None
+
+
+def csv_columns(path: Path) -> list[str]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        return next(csv.reader(handle), [])
+
+
+def output_names(out: Path, relative: str) -> list[str]:
+    """Every column / property / key of one output file, as the page must name it."""
+    path = out / relative
+    if relative.endswith(".csv"):
+        return csv_columns(path)
+    if relative.endswith(".geojson"):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        names = list(data)
+        for feature in data["features"]:
+            names += [k for k in feature["properties"] if k not in names]
+        return names
+    if relative == "manifest.json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        names = list(data)
+        for key in MANIFEST_NESTED:
+            names += [f"{key}.{sub}" for sub in data.get(key) or {}]
+        return names
+    if relative == "findings.json":
+        names: list[str] = []
+        for item in json.loads(path.read_text(encoding="utf-8")):
+            names += [k for k in item if k not in names]
+            names += [item["id"]] + [f"numbers.{k}" for k in item.get("numbers", {})]
+        return list(dict.fromkeys(names))
+    return []
+
+
+def undocumented(out: Path, text: str) -> list[str]:
+    """``file: what`` for every output file or name the page does not document."""
+    sections = documented_sections(text)
+    problems = []
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        relative = path.relative_to(out).as_posix()
+        names = names_for(sections, relative)
+        if names is None:
+            problems.append(f"{relative}: the file has no section (a heading naming it)")
+            continue
+        problems += [f"{relative}: column `{name}`" for name in output_names(out, relative)
+                     if name not in names]
+    return problems
+
+
+@pytest.fixture(scope="module")
+def sample_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("outputs_doc") / "sample"
+    result = CliRunner().invoke(cli, ["-q", "run", "--sample", "-o", str(out)], obj={},
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_every_output_column_is_documented(sample_out):
+    problems = undocumented(sample_out, DOC.read_text(encoding="utf-8"))
+    assert not problems, ("docs/outputs.md does not document:\n  " + "\n  ".join(problems)
+                          + "\n" + HOW_TO_FIX)
+
+
+def test_the_check_names_the_undocumented_file_and_column(sample_out):
+    """The check is not vacuous: dropping one row or one section is caught and named."""
+    text = DOC.read_text(encoding="utf-8")
+    without_row = re.sub(r"^\| `top_purchaser_guns` \|.*\n", "", text, flags=re.M)
+    assert undocumented(sample_out, without_row) == [
+        "tables/by_dealer.csv: column `top_purchaser_guns`"]
+    without_counts = re.sub(r"^\| `counts\.rows_placed` \|.*\n", "", text, flags=re.M)
+    assert undocumented(sample_out, without_counts) == [
+        "manifest.json: column `counts.rows_placed`"]
+    without_file = text.replace("## `findings.md`", "## findings (Markdown)")
+    assert undocumented(sample_out, without_file) == [
+        "findings.md: the file has no section (a heading naming it)"]
+
+
+def test_readme_links_the_outputs_page():
+    readme = (DOC.parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "(docs/outputs.md)" in readme
