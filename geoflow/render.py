@@ -26,11 +26,10 @@ import os
 import re
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import branca.element
 import folium
@@ -41,6 +40,27 @@ import shapely
 from folium.template import Template
 
 from geoflow.errors import ConfigError, OutputError
+from geoflow.scene import (
+    DEFAULT_CAVEAT,
+    INK,
+    MODELLED_DASH,
+    NO_DATA,
+    PALETTES,
+    PORT_COLOUR,
+    MapData,
+    MapOptions,
+    _class_colours,
+    _class_labels,
+    _count,
+    _fmt,
+    _mercator,
+    _nice,
+    _source,
+    _subtitle,
+    _unmercator,
+)
+from geoflow.scene import _sqrt_scale as _scale
+from geoflow.scene import bezier as _bezier
 
 __all__ = [
     "DEFAULT_CAVEAT",
@@ -57,43 +77,10 @@ __all__ = [
     "write_map",
 ]
 
-DEFAULT_CAVEAT = (
-    "Trace data cover only guns that were recovered and submitted for tracing; "
-    "they are not a measure of all trafficking."
-)
-
-_SEQUENTIAL = {  # light to dark, 5 classes
-    "blues": ("#deebf7", "#9ecae1", "#6baed6", "#3182bd", "#08519c"),
-    "oranges": ("#fee6ce", "#fdae6b", "#fd8d3c", "#e6550d", "#a63603"),
-    "purples": ("#efedf5", "#bcbddc", "#9e9ac8", "#756bb1", "#54278f"),
-    "greens": ("#e5f5e0", "#a1d99b", "#74c476", "#31a354", "#006d2c"),
-    "viridis": ("#fde725", "#5ec962", "#21918c", "#3b528b", "#440154"),
-    "cividis": ("#fee838", "#c3b369", "#7f7c75", "#48526b", "#00224e"),
-    "greys": ("#f0f0f0", "#bdbdbd", "#969696", "#636363", "#252525"),
-}
-
-#: Colour-blind-safe sequential palettes (ColorBrewer single-hue, viridis, cividis), light to
-#: dark, as (US states: guns sourced, Mexican states: guns recovered).
-PALETTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "blue-orange": (_SEQUENTIAL["blues"], _SEQUENTIAL["oranges"]),
-    "purple-green": (_SEQUENTIAL["purples"], _SEQUENTIAL["greens"]),
-    "viridis": (_SEQUENTIAL["viridis"], _SEQUENTIAL["viridis"]),
-    "cividis": (_SEQUENTIAL["cividis"], _SEQUENTIAL["cividis"]),
-    "greys": (_SEQUENTIAL["greys"], _SEQUENTIAL["greys"]),
-}
-
-#: Per palette: (dealer circles, recovery circles, flow lines), distinct from each other.
-_INK: dict[str, tuple[str, str, str]] = {
-    "blue-orange": ("#08519c", "#a63603", "#2b1d3f"),
-    "purple-green": ("#54278f", "#006d2c", "#3a2a14"),
-    "viridis": ("#440154", "#c2410c", "#111111"),
-    "cividis": ("#00224e", "#c2410c", "#111111"),
-    "greys": ("#252525", "#c2410c", "#7a0019"),
-}
-
-_NO_DATA = "#f7f7f5"
-_PORT_COLOUR = "#111111"
-_DASH = "7 5"
+_INK = INK
+_NO_DATA = NO_DATA
+_PORT_COLOUR = PORT_COLOUR
+_DASH = MODELLED_DASH
 _DECIMALS = 4
 _CURVE_POINTS = 16
 _FLOW_WIDTH = (1.0, 12.0)
@@ -101,50 +88,6 @@ _FLOW_WIDTH_FLOOR = 50.0  # guns that get the full width at least: small flows s
 _TILES = "https://{s}.basemaps.cartocdn.com/light_all/{z}/{x}/{y}{r}.png"
 _TILES_ATTR = ('&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> '
                'contributors &copy; <a href="https://carto.com/attributions">CARTO</a>')
-
-
-@dataclass(frozen=True, kw_only=True)
-class MapOptions:
-    """What the map says and how much it draws.
-
-    ``source`` empty means "name the input file"; ``subtitle`` empty means a sentence of the
-    totals (with the filter description). ``tiles`` offers the online CartoDB Positron layer in
-    the layer control (always off until the reader turns it on). ``top_n`` and ``min_guns``
-    bound the flows drawn, ``max_points`` the dealers and recovery places; the rest are counted
-    in the legend. ``show_names`` only changes the wording: names arrive already pseudonymised
-    unless the pipeline ran with ``show_names``.
-    """
-
-    title: str = "Guns traced from US dealers to Mexico"
-    subtitle: str = ""
-    source: str = ""
-    credit: str = "Map: geoflow"
-    caveat: str = DEFAULT_CAVEAT
-    palette: str = "blue-orange"
-    top_n: int = 300
-    min_guns: int = 1
-    max_points: int = 1500
-    tiles: bool = True
-    show_names: bool = False
-
-    def __post_init__(self) -> None:
-        if self.palette not in PALETTES:
-            raise ConfigError(
-                f"unknown palette {self.palette!r}; choose one of {', '.join(PALETTES)}"
-            )
-        for name in ("top_n", "min_guns", "max_points"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-
-
-class MapData(Protocol):
-    """What :func:`render_map` reads from a ``RunResult`` (docs/internals.md)."""
-
-    flows: pd.DataFrame
-    dealers: pd.DataFrame
-    recoveries: pd.DataFrame
-    crossings: pd.DataFrame
-    states: pd.DataFrame
 
 
 # --------------------------------------------------------------------------- escaping
@@ -215,34 +158,6 @@ def _classify(values: np.ndarray, uppers: np.ndarray) -> np.ndarray:
     return np.where(vals > 0, np.minimum(idx, max(len(uppers) - 1, 0)), -1)
 
 
-def _class_colours(palette: Sequence[str], n: int) -> list[str]:
-    """``n`` colours spread over a light→dark palette (darkest kept)."""
-    if n <= 0:
-        return []
-    picks = np.linspace(len(palette) - n if n < len(palette) else 0, len(palette) - 1, n)
-    return [palette[round(i)] for i in picks]
-
-
-def _class_labels(values: np.ndarray, uppers: np.ndarray) -> list[str]:
-    """Legend labels ``"1–12"``, ``"13–40"`` … for integer-like class bounds."""
-    vals = np.asarray(values, dtype=float)
-    low = float(np.min(vals[vals > 0])) if (vals > 0).any() else 0.0
-    labels = []
-    for up in uppers:
-        labels.append(f"{_fmt(low)}" if low >= up else f"{_fmt(low)}–{_fmt(up)}")
-        low = math.floor(up) + 1
-    return labels
-
-
-def _fmt(x: float) -> str:
-    return f"{round(x):,}"
-
-
-def _count(n: float, noun: str) -> str:
-    """``"1 gun"``, ``"2,343 guns"``."""
-    return f"{_fmt(n)} {noun}" + ("" if round(n) == 1 else "s")
-
-
 def select_flows(flows: pd.DataFrame, *, top_n: int, min_guns: int) -> tuple[pd.DataFrame, int,
                                                                                   int]:
     """The flows to draw: at least ``min_guns`` guns, the ``top_n`` largest.
@@ -255,26 +170,6 @@ def select_flows(flows: pd.DataFrame, *, top_n: int, min_guns: int) -> tuple[pd.
     keep &= np.cumsum(keep) <= top_n
     hidden = order[~keep]
     return flows.iloc[order[keep]], len(hidden), int(guns[hidden].sum())
-
-
-def _mercator(lonlat: np.ndarray) -> np.ndarray:
-    lat = np.clip(lonlat[..., 1], -85.0, 85.0)
-    y = np.degrees(np.log(np.tan(np.pi / 4 + np.radians(lat) / 2)))
-    return np.stack([lonlat[..., 0], y], axis=-1)
-
-
-def _unmercator(xy: np.ndarray) -> np.ndarray:
-    lat = np.degrees(2 * np.arctan(np.exp(np.radians(xy[..., 1]))) - np.pi / 2)
-    return np.stack([xy[..., 0], lat], axis=-1)
-
-
-def _bezier(p0: np.ndarray, p2: np.ndarray, bend: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Quadratic Bézier legs p0 → p2 bowed sideways by ``bend`` × leg length: (m, len(t), 2)."""
-    d = p2 - p0
-    ctrl = (p0 + p2) / 2 + bend[:, None] * np.stack([-d[:, 1], d[:, 0]], axis=1)
-    tt = t[None, :, None]
-    return ((1 - tt) ** 2 * p0[:, None] + 2 * (1 - tt) * tt * ctrl[:, None]
-            + tt ** 2 * p2[:, None])
 
 
 def curve_flows(flows: pd.DataFrame) -> np.ndarray:
@@ -302,26 +197,11 @@ def curve_flows(flows: pd.DataFrame) -> np.ndarray:
     return shapely.linestrings(np.round(_unmercator(coords), _DECIMALS))
 
 
-def _scale(values: np.ndarray, lo: float, hi: float, vmax: float) -> np.ndarray:
-    """Square-root scale ``values`` → [lo, hi] (area-true for circles, calm for lines)."""
-    vals = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
-    frac = np.sqrt(np.clip(vals / vmax, 0, 1)) if vmax > 0 else np.zeros_like(vals)
-    return np.round(lo + (hi - lo) * frac, 2)
-
-
 def _kth_largest(values: pd.Series, k: int) -> int:
     """The (k+1)-th largest value (0 if there are not that many): the largest flow not drawn
     when the k largest are."""
     arr = pd.to_numeric(values, errors="coerce").fillna(0).to_numpy()
     return int(-np.partition(-arr, k)[k]) if k < arr.size else 0
-
-
-def _nice(x: float) -> int:
-    """The largest 1-2-5 number ≤ x (at least 1)."""
-    if x < 1:
-        return 1
-    mag = 10 ** math.floor(math.log10(x))
-    return int(max(m * mag for m in (1, 2, 5) if m * mag <= x))
 
 
 # --------------------------------------------------------------------------- data → GeoJSON
@@ -712,30 +592,6 @@ def _legend(*, us: tuple[list[str], list[str]], mx: tuple[list[str], list[str]],
     return "".join(parts)
 
 
-def _subtitle(result: MapData, options: MapOptions) -> str:
-    if options.subtitle:
-        text = options.subtitle
-    else:
-        guns = int(pd.to_numeric(result.flows["guns"], errors="coerce").fillna(0).sum())
-        text = (f"{_count(guns, 'traced gun')} from {_count(len(result.dealers), 'US dealer')}, "
-                f"through {_count(len(result.crossings), 'port')} of entry, to "
-                f"{_count(len(result.recoveries), 'place')} in Mexico")
-    description = getattr(result, "description", "") or ""
-    return f"{text} — {description}" if description and description not in text else text
-
-
-def _source(result: MapData, options: MapOptions) -> str:
-    if options.source:
-        return options.source
-    manifest = getattr(result, "manifest", None) or {}
-    path = str((manifest.get("input") or {}).get("path") or "")
-    name = re.split(r"[\\/]", path)[-1] if path else "firearm trace records"
-    if name.startswith("geoflow-sample-"):
-        return ("Source: synthetic sample made by geoflow (invented records shaped by published "
-                "reporting; not real traces)")
-    return f"Source: {name}; analysis by geoflow"
-
-
 # --------------------------------------------------------------------------- the map
 
 _FLOW_SPEC = {"title": "title", "fallback": "Flow", "brief": 4, "rows": [
@@ -803,7 +659,7 @@ def _panels(result: MapData, options: MapOptions, legend: str) -> str:
     title = (f'<div class="gf-panel gf-title" id="gf-title"><h1>{e(options.title)}</h1>'
              f"<p>{e(_subtitle(result, options))}</p></div>")
     footer = (f'<div class="gf-panel gf-footer" id="gf-footer">'
-              f'<p class="gf-source">{e(_source(result, options))}</p>'
+              f'<p class="gf-source">{e(_source(result, options, False))}</p>'
               f'<p class="gf-credit">{e(options.credit)}</p>'
               f'<p class="gf-caveat">{e(options.caveat)}</p>'
               f'<p class="gf-names">{e(names_note)}</p></div>')

@@ -1,0 +1,907 @@
+"""What a map shows, renderer-independent: the *scene* both the Leaflet page and the stills draw.
+
+:func:`build_scene` turns a pipeline ``RunResult`` and :class:`MapOptions` into a frozen
+:class:`Scene`; ``geoflow.render`` draws it with Leaflet, ``geoflow.static`` with matplotlib.
+Everything a reader sees is decided here, once: which legs are drawn and how wide, the colours
+(checked for contrast), the choropleth classes (mapclassify quantiles), the labels and their
+priorities, the legend, the texts and the synthetic-data banner. No I/O, no drawing library.
+
+The story is a funnel: guns go from many dealers, converge on a few ports of entry and fan out
+across Mexico. So the flows are drawn as two aggregated *legs* (``flow_style="legs"``, the
+default): the **US leg** origin → port and the **Mexican leg** port → destination, each summed
+separately over the flows, at a level chosen per side for the data (:data:`LEVELS`):
+
+- ``"place"``: each dealer (US) / each recovery place (MX), when that side has at most half of
+  ``max_legs`` legs at that level (a trafficker, a small state);
+- ``"town"`` (US only): dealers of the same town merged;
+- ``"state"``: one fixed point per state (``shapes/gazetteer_states.csv``), for the national map.
+
+Each side keeps its largest legs up to its share of ``max_legs`` (150); every placed gun is
+either in a drawn leg or counted in :attr:`Legend.notes`. A leg is split by route kind, so a
+modelled crossing is never drawn as a known one (dashed, :data:`MODELLED_DASH`), and known and
+modelled twins bow to opposite sides. ``flow_style="paths"`` keeps one line per flow
+(dealer → port → place), the ``top_n`` largest.
+
+Scene API (all frozen dataclasses; coordinates are WGS 84 ``(lon, lat)`` tuples):
+
+- :class:`Scene`: ``title``, ``subtitle``, ``source``, ``credit``, ``caveat``, ``names_note``,
+  ``attribution`` (tuple of texts), ``synthetic`` (bool), ``banner`` (the synthetic-data banner
+  text, "" when not synthetic), ``flow_style``, ``levels`` (``{"us": level, "mx": level}``),
+  ``flow_colour``, ``legs``, ``areas``, ``classes``, ``points``, ``labels``, ``legend``,
+  ``bounds`` (``((west, south), (east, north))`` of everything drawn, or None).
+- :class:`Leg`: ``side`` (``us`` | ``mx`` | ``path``), ``origin``/``destination`` (names),
+  ``port_code``, ``port_name``, ``route_kind`` (``known`` | ``modelled``), ``guns``, ``width``
+  (px), ``colour``, ``dash`` (SVG dash array or None), ``arrow`` (draw an arrowhead at the
+  end), ``coords`` (the display curve, Web-Mercator quadratic Bézier, lon/lat), ``properties``
+  (what a tooltip shows). Sorted largest first.
+- :class:`Area`: one state: ``code``, ``name``, ``country``, ``guns``, ``share``, ``cls``
+  (class index, −1 = none), ``fill`` (colour drawn), ``geometry`` (shapely, simplified).
+- :class:`Classes`: per country: ``country``, ``title``, ``bins`` (upper bounds), ``colours``
+  (as drawn: lightened when flows are drawn so the flow colour keeps ≥ 3:1 contrast),
+  ``labels``, ``none_colour``.
+- :class:`PointLayer`: ``kind`` (``dealer`` | ``recovery`` | ``port``), ``name``, ``points``
+  (tuple of :class:`Point`: ``lon``, ``lat``, ``radius`` px, ``fill``, ``stroke``,
+  ``hollow`` (placed only at state level: drawn as a ring), ``guns``, ``properties``),
+  ``hidden`` and ``hidden_guns`` (not drawn, beyond ``max_points``).
+- :class:`Label`: ``text``, ``lon``, ``lat``, ``kind`` (``port`` | ``dealer`` | ``recovery`` |
+  ``state``), ``priority`` (higher first when labels collide), ``min_zoom`` (web-map zoom from
+  which it may show; a still at national scale uses ``min_zoom <= 5``).
+- :class:`Legend`: ``widths`` (``(guns, px)`` samples; the first is the largest drawn leg),
+  ``classes``, ``routes`` (``(route_kind, label, dash)``), ``points`` (``(kind, label, fill,
+  stroke)``), ``notes`` (what is not drawn, and how).
+
+>>> from geoflow.pipeline import run_pipeline
+>>> scene = build_scene(run_pipeline("traces.csv"), options=MapOptions())  # doctest: +SKIP
+>>> scene.legs[0].guns, scene.legend.widths[0]  # doctest: +SKIP
+(257, (257, 18.0))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Protocol
+
+import mapclassify
+import numpy as np
+import pandas as pd
+import shapely
+
+from geoflow.errors import ConfigError
+
+__all__ = [
+    "ATTRIBUTION",
+    "DEFAULT_CAVEAT",
+    "FLOW_STYLES",
+    "LEVELS",
+    "MODELLED_DASH",
+    "NO_DATA",
+    "PALETTES",
+    "PORT_COLOUR",
+    "SYNTHETIC_BANNER",
+    "WIDTH_RANGE",
+    "Area",
+    "Classes",
+    "Label",
+    "Leg",
+    "Legend",
+    "MapOptions",
+    "Point",
+    "PointLayer",
+    "Scene",
+    "build_scene",
+    "contrast_ratio",
+    "is_synthetic",
+    "lighten",
+    "relative_luminance",
+]
+
+DEFAULT_CAVEAT = (
+    "Trace data cover only guns that were recovered and submitted for tracing; "
+    "they are not a measure of all trafficking."
+)
+
+#: The banner on every map (national, per entity, batch index) of synthetic input.
+SYNTHETIC_BANNER = "SYNTHETIC DATA — not real trace records"
+
+#: Data and software credits every map carries (shapes/README.md gives the licences).
+ATTRIBUTION: tuple[str, ...] = (
+    "Boundaries: US Census Bureau TIGER/Line; INEGI Marco Geoestadístico",
+    "Places: GeoNames (CC BY 4.0)",
+    "Leaflet",
+)
+
+_SEQUENTIAL = {  # light to dark, 5 classes
+    "blues": ("#deebf7", "#9ecae1", "#6baed6", "#3182bd", "#08519c"),
+    "oranges": ("#fee6ce", "#fdae6b", "#fd8d3c", "#e6550d", "#a63603"),
+    "purples": ("#efedf5", "#bcbddc", "#9e9ac8", "#756bb1", "#54278f"),
+    "greens": ("#e5f5e0", "#a1d99b", "#74c476", "#31a354", "#006d2c"),
+    "viridis": ("#fde725", "#5ec962", "#21918c", "#3b528b", "#440154"),
+    "cividis": ("#fee838", "#c3b369", "#7f7c75", "#48526b", "#00224e"),
+    "greys": ("#f0f0f0", "#bdbdbd", "#969696", "#636363", "#252525"),
+}
+
+#: Colour-blind-safe sequential palettes (ColorBrewer single-hue, viridis, cividis), light to
+#: dark, as (US states: guns sourced, Mexican states: guns recovered).
+PALETTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "blue-orange": (_SEQUENTIAL["blues"], _SEQUENTIAL["oranges"]),
+    "purple-green": (_SEQUENTIAL["purples"], _SEQUENTIAL["greens"]),
+    "viridis": (_SEQUENTIAL["viridis"], _SEQUENTIAL["viridis"]),
+    "cividis": (_SEQUENTIAL["cividis"], _SEQUENTIAL["cividis"]),
+    "greys": (_SEQUENTIAL["greys"], _SEQUENTIAL["greys"]),
+}
+
+#: Per palette: (dealer circles, recovery circles, flow lines), distinct from each other.
+INK: dict[str, tuple[str, str, str]] = {
+    "blue-orange": ("#08519c", "#a63603", "#2b1d3f"),
+    "purple-green": ("#54278f", "#006d2c", "#3a2a14"),
+    "viridis": ("#440154", "#c2410c", "#111111"),
+    "cividis": ("#00224e", "#c2410c", "#111111"),
+    "greys": ("#252525", "#c2410c", "#7a0019"),
+}
+
+NO_DATA = "#f7f7f5"
+PORT_COLOUR = "#111111"
+MODELLED_DASH = "7 5"
+#: Leg widths in px: the smallest leg, and the largest drawn leg.
+WIDTH_RANGE = (1.5, 18.0)
+#: Minimum WCAG contrast between the flow colour and every area colour under it.
+MIN_CONTRAST = 3.0
+FLOW_STYLES = ("legs", "paths")
+LEVELS = ("place", "town", "state")
+_CURVE_POINTS = 16
+_DECIMALS = 4
+_RADIUS = {"dealer": (2.5, 14.0), "recovery": (2.5, 12.0), "port": (4.0, 12.0)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MapOptions:
+    """What the map says and how much it draws (shared by the web map and the stills).
+
+    ``source`` empty means "name the input file"; ``subtitle`` empty means a sentence of the
+    totals (with the filter description). ``tiles`` offers the online CartoDB Positron layer in
+    the layer control (always off until the reader turns it on). ``flow_style`` ``legs`` draws
+    the aggregated US and Mexican legs (at most ``max_legs``), ``paths`` one line per flow (the
+    ``top_n`` largest of at least ``min_guns`` guns); ``max_points`` bounds the dealers and
+    recovery places. What is not drawn is counted in the legend. ``synthetic`` forces the
+    synthetic-data banner (it is also set from the run's manifest). ``show_names`` only changes
+    the wording: names arrive already pseudonymised unless the pipeline ran with ``show_names``.
+    """
+
+    title: str = "Guns traced from US dealers to Mexico"
+    subtitle: str = ""
+    source: str = ""
+    credit: str = "Map: geoflow"
+    caveat: str = DEFAULT_CAVEAT
+    palette: str = "blue-orange"
+    flow_style: str = "legs"
+    max_legs: int = 150
+    top_n: int = 300
+    min_guns: int = 1
+    max_points: int = 1500
+    tiles: bool = True
+    show_names: bool = False
+    synthetic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.palette not in PALETTES:
+            raise ConfigError(
+                f"unknown palette {self.palette!r}; choose one of {', '.join(PALETTES)}"
+            )
+        if self.flow_style not in FLOW_STYLES:
+            raise ConfigError(f"unknown flow style {self.flow_style!r}; choose one of "
+                              f"{', '.join(FLOW_STYLES)}")
+        for name in ("top_n", "min_guns", "max_points", "max_legs"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+
+
+class MapData(Protocol):
+    """What :func:`build_scene` reads from a ``RunResult`` (docs/internals.md)."""
+
+    flows: pd.DataFrame
+    dealers: pd.DataFrame
+    recoveries: pd.DataFrame
+    crossings: pd.DataFrame
+    states: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Leg:
+    side: str
+    origin: str
+    destination: str
+    port_code: str
+    port_name: str
+    route_kind: str
+    guns: int
+    width: float
+    colour: str
+    dash: str | None
+    arrow: bool
+    coords: tuple[tuple[float, float], ...]
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Area:
+    code: str
+    name: str
+    country: str
+    guns: int
+    share: float | None
+    cls: int
+    fill: str
+    geometry: Any
+
+
+@dataclass(frozen=True)
+class Classes:
+    country: str
+    title: str
+    bins: tuple[float, ...]
+    colours: tuple[str, ...]
+    labels: tuple[str, ...]
+    none_colour: str = NO_DATA
+
+
+@dataclass(frozen=True)
+class Point:
+    lon: float
+    lat: float
+    radius: float
+    fill: str
+    stroke: str
+    hollow: bool
+    guns: int
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PointLayer:
+    kind: str
+    name: str
+    points: tuple[Point, ...]
+    hidden: int = 0
+    hidden_guns: int = 0
+
+
+@dataclass(frozen=True)
+class Label:
+    text: str
+    lon: float
+    lat: float
+    kind: str
+    priority: float
+    min_zoom: float = 0.0
+
+
+@dataclass(frozen=True)
+class Legend:
+    widths: tuple[tuple[int, float], ...]
+    classes: tuple[Classes, ...]
+    routes: tuple[tuple[str, str, str | None], ...]
+    points: tuple[tuple[str, str, str, str], ...]
+    notes: tuple[str, ...]
+    flow_title: str = ""
+
+
+@dataclass(frozen=True)
+class Scene:
+    title: str
+    subtitle: str
+    source: str
+    credit: str
+    caveat: str
+    names_note: str
+    attribution: tuple[str, ...]
+    synthetic: bool
+    banner: str
+    flow_style: str
+    levels: Mapping[str, str]
+    flow_colour: str
+    legs: tuple[Leg, ...]
+    areas: tuple[Area, ...]
+    classes: tuple[Classes, ...]
+    points: tuple[PointLayer, ...]
+    labels: tuple[Label, ...]
+    legend: Legend
+    bounds: tuple[tuple[float, float], tuple[float, float]] | None
+    palette: str = "blue-orange"
+
+
+# --------------------------------------------------------------------------- colour
+
+
+def _rgb(colour: str) -> np.ndarray:
+    text = colour.lstrip("#")
+    if len(text) == 3:
+        text = "".join(c * 2 for c in text)
+    return np.array([int(text[i:i + 2], 16) for i in (0, 2, 4)], dtype=float) / 255.0
+
+
+def relative_luminance(colour: str) -> float:
+    """WCAG 2 relative luminance of a ``#rrggbb`` colour (0 black … 1 white)."""
+    c = _rgb(colour)
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(lin @ np.array([0.2126, 0.7152, 0.0722]))
+
+
+def contrast_ratio(a: str, b: str) -> float:
+    """WCAG 2 contrast ratio of two colours (1 … 21).
+
+    >>> round(contrast_ratio("#000000", "#ffffff"), 1)
+    21.0
+    """
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def lighten(colour: str, amount: float) -> str:
+    """``colour`` mixed with white (``amount`` 0 = unchanged, 1 = white)."""
+    mixed = _rgb(colour) * (1 - amount) + amount
+    return "#" + "".join(f"{round(v * 255):02x}" for v in mixed)
+
+
+def _lightened(palette: Sequence[str], against: str, ratio: float) -> tuple[str, ...]:
+    """The palette mixed evenly with white, just enough that every colour reaches ``ratio``
+    contrast with ``against`` (class order kept: one amount for all)."""
+    for amount in np.arange(0.0, 0.96, 0.05):
+        colours = tuple(lighten(c, float(amount)) for c in palette)
+        if all(contrast_ratio(c, against) >= ratio for c in colours):
+            return colours
+    return tuple(lighten(c, 0.95) for c in palette)
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _fmt(x: float) -> str:
+    return f"{round(x):,}"
+
+
+def _count(n: float, noun: str) -> str:
+    """``"1 gun"``, ``"2,343 guns"``."""
+    return f"{_fmt(n)} {noun}" + ("" if round(n) == 1 else "s")
+
+
+def _guns(values: Any) -> np.ndarray:
+    return pd.to_numeric(pd.Series(values), errors="coerce").fillna(0).to_numpy(dtype=float)
+
+
+def _text(series: pd.Series) -> pd.Series:
+    return series.astype("string").fillna("")
+
+
+def _mercator(lonlat: np.ndarray) -> np.ndarray:
+    lat = np.clip(lonlat[..., 1], -85.0, 85.0)
+    y = np.degrees(np.log(np.tan(np.pi / 4 + np.radians(lat) / 2)))
+    return np.stack([lonlat[..., 0], y], axis=-1)
+
+
+def _unmercator(xy: np.ndarray) -> np.ndarray:
+    lat = np.degrees(2 * np.arctan(np.exp(np.radians(xy[..., 1]))) - np.pi / 2)
+    return np.stack([xy[..., 0], lat], axis=-1)
+
+
+def bezier(p0: np.ndarray, p2: np.ndarray, bend: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Quadratic Bézier curves p0 → p2 bowed sideways by ``bend`` × length: (m, len(t), 2)."""
+    d = p2 - p0
+    ctrl = (p0 + p2) / 2 + bend[:, None] * np.stack([-d[:, 1], d[:, 0]], axis=1)
+    tt = t[None, :, None]
+    return ((1 - tt) ** 2 * p0[:, None] + 2 * (1 - tt) * tt * ctrl[:, None]
+            + tt ** 2 * p2[:, None])
+
+
+def _curves(start: np.ndarray, end: np.ndarray, bend: np.ndarray) -> np.ndarray:
+    """Lon/lat curves (m, n, 2) from lon/lat ends, drawn in Web Mercator, rounded."""
+    t = np.linspace(0.0, 1.0, _CURVE_POINTS)
+    xy = bezier(_mercator(start), _mercator(end), bend, t)
+    return np.round(_unmercator(xy), _DECIMALS)
+
+
+def widths(guns: np.ndarray, vmax: float) -> np.ndarray:
+    """Line width in px ∝ guns: ``WIDTH_RANGE[1]`` at ``vmax``, never under ``WIDTH_RANGE[0]``."""
+    lo, hi = WIDTH_RANGE
+    vals = np.asarray(guns, dtype=float)
+    return np.round(np.maximum(lo, hi * vals / vmax) if vmax > 0 else np.full_like(vals, lo), 2)
+
+
+def _sqrt_scale(values: np.ndarray, lo: float, hi: float, vmax: float) -> np.ndarray:
+    """Square-root scale → [lo, hi] (circle area ∝ value)."""
+    vals = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
+    frac = np.sqrt(np.clip(vals / vmax, 0, 1)) if vmax > 0 else np.zeros_like(vals)
+    return np.round(lo + (hi - lo) * frac, 2)
+
+
+def _nice(x: float) -> int:
+    """The largest 1-2-5 number ≤ x (at least 1)."""
+    if x < 1:
+        return 1
+    mag = 10 ** math.floor(math.log10(x))
+    return int(max(m * mag for m in (1, 2, 5) if m * mag <= x))
+
+
+def _short_place(text: str) -> str:
+    """``"Culiacán, Sinaloa"`` → ``"Culiacán"``; US towns keep their state (``"Laredo, TX"``)."""
+    head, _, tail = text.partition(",")
+    tail = tail.strip()
+    return text.strip() if re.fullmatch(r"[A-Z]{2}", tail) else head.strip()
+
+
+@lru_cache(maxsize=1)
+def state_points() -> dict[str, tuple[float, float, str]]:
+    """ISO state code → (lon, lat, name): the one fixed point per state the maps use."""
+    from geoflow.shapes import data_file
+
+    text = data_file("gazetteer_states.csv").read_text(encoding="utf-8")
+    return {row["code"]: (float(row["lon"]), float(row["lat"]), row["name"])
+            for row in csv.DictReader(io.StringIO(text))}
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def is_synthetic(result: Any) -> bool:
+    """True when the run's manifest says its input is synthetic (``manifest["synthetic"]``) or
+    the input is the shipped sample file."""
+    manifest = getattr(result, "manifest", None) or {}
+    if manifest.get("synthetic"):
+        return True
+    path = str((manifest.get("input") or {}).get("path") or "")
+    return re.split(r"[\\/]", path)[-1].startswith("geoflow-sample-")
+
+
+# --------------------------------------------------------------------------- legs
+
+
+def _ends(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
+    """Per flow, the key, name and lon/lat of the leg's far end (origin for ``us``,
+    destination for ``mx``) at ``level``."""
+    if side == "us":
+        place, state, lon, lat, ident = ("dealer_place", "dealer_state", "dealer_lon",
+                                         "dealer_lat", "dealer_id")
+    else:
+        place, state, lon, lat, ident = ("recovery_place", "recovery_state", "recovery_lon",
+                                         "recovery_lat", "recovery_place")
+    if level == "state":
+        codes = _text(flows[state])
+        fixed = pd.DataFrame.from_dict(state_points(), orient="index",
+                                       columns=["lon", "lat", "name"]).reindex(codes.to_numpy())
+        known = fixed["name"].notna().to_numpy()
+        return pd.DataFrame({
+            "key": codes.to_numpy(),
+            "name": np.where(known, fixed["name"].to_numpy(), _text(flows[place]).to_numpy()),
+            "lon": np.where(known, fixed["lon"].to_numpy(dtype=float),
+                            flows[lon].to_numpy(dtype=float)),
+            "lat": np.where(known, fixed["lat"].to_numpy(dtype=float),
+                            flows[lat].to_numpy(dtype=float)),
+        }, index=flows.index)
+    key_col = ident if (level == "place" and ident in flows.columns) else place
+    names = flows["dealer_name"] if (side == "us" and level == "place"
+                                     and "dealer_name" in flows.columns) else flows[place]
+    keys = _text(flows[key_col]).where(_text(flows[key_col]) != "", _text(flows[place]))
+    return pd.DataFrame({"key": keys.to_numpy(), "name": _text(names).to_numpy(),
+                         "lon": flows[lon].to_numpy(dtype=float),
+                         "lat": flows[lat].to_numpy(dtype=float)}, index=flows.index)
+
+
+def _side_legs(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
+    """One row per (far end, port, route kind) with summed guns, largest first."""
+    ends = _ends(flows, side, level)
+    frame = pd.DataFrame({
+        "key": ends["key"], "name": ends["name"], "lon": ends["lon"], "lat": ends["lat"],
+        "port_code": _text(flows["crossing_code"]), "port_name": _text(flows["crossing_name"]),
+        "port_lon": flows["port_lon"].to_numpy(dtype=float),
+        "port_lat": flows["port_lat"].to_numpy(dtype=float),
+        "route_kind": np.where(_text(flows["route_kind"]) == "known", "known", "modelled"),
+        "guns": _guns(flows["guns"].to_numpy()),
+    })
+    frame = frame[np.isfinite(frame["lon"]) & np.isfinite(frame["lat"])]
+    grouped = (frame.groupby(["key", "port_code", "route_kind"], sort=False)
+               .agg(name=("name", "first"), lon=("lon", "mean"), lat=("lat", "mean"),
+                    port_name=("port_name", "first"), port_lon=("port_lon", "first"),
+                    port_lat=("port_lat", "first"), guns=("guns", "sum"))
+               .reset_index())
+    order = np.lexsort((grouped["key"].to_numpy(), -grouped["guns"].to_numpy()))
+    return grouped.iloc[order].reset_index(drop=True)
+
+
+def choose_level(flows: pd.DataFrame, side: str, budget: int) -> str:
+    """The finest level at which ``side`` has at most ``budget`` legs (else ``state``)."""
+    for level in ("place", "town") if side == "us" else ("place",):
+        if len(_side_legs(flows, side, level)) <= budget:
+            return level
+    return "state"
+
+
+def _split_budget(guns: tuple[np.ndarray, np.ndarray], total: int) -> tuple[int, int]:
+    """Leg budgets (US, MX) for legs sorted largest first: the split of ``total`` legs that
+    draws the largest share of guns on the worse-covered side (then the most legs)."""
+    n_us, n_mx = len(guns[0]), len(guns[1])
+    if n_us + n_mx <= total:
+        return n_us, n_mx
+    cover = [np.concatenate([[0.0], np.cumsum(g) / max(g.sum(), 1)]) for g in guns]
+    us = np.arange(max(0, total - n_mx), min(n_us, total) + 1)
+    worst = np.minimum(cover[0][us], cover[1][total - us])
+    best = int(us[np.argmax(worst)])
+    return best, total - best
+
+
+def _leg_objects(frame: pd.DataFrame, side: str, *, vmax: float, colour: str) -> list[Leg]:
+    if frame.empty:
+        return []
+    port = frame[["port_lon", "port_lat"]].to_numpy(dtype=float)
+    far = frame[["lon", "lat"]].to_numpy(dtype=float)
+    start, end = (far, port) if side == "us" else (port, far)
+    kind = frame["route_kind"].to_numpy()
+    bend = np.where(kind == "known", 0.12, -0.12)
+    lines = _curves(start, end, bend)
+    w = widths(frame["guns"].to_numpy(), vmax)
+    legs = []
+    for i, row in enumerate(frame.itertuples(index=False)):
+        origin, destination = (row.name, row.port_name) if side == "us" else (row.port_name,
+                                                                               row.name)
+        route = ("known (from case records)" if row.route_kind == "known"
+                 else "modelled (shortest route)")
+        legs.append(Leg(
+            side=side, origin=origin, destination=destination, port_code=row.port_code,
+            port_name=row.port_name, route_kind=row.route_kind, guns=int(row.guns),
+            width=float(w[i]), colour=colour,
+            dash=None if row.route_kind == "known" else MODELLED_DASH, arrow=side == "mx",
+            coords=tuple(map(tuple, lines[i].tolist())),
+            properties={"title": f"{origin} → {destination}", "guns": int(row.guns),
+                        "leg": "US leg: to the port" if side == "us"
+                        else "Mexican leg: from the port", "crossing_name": row.port_name,
+                        "route": route}))
+    return legs
+
+
+def _path_legs(flows: pd.DataFrame, options: MapOptions, colour: str) -> tuple[
+        list[Leg], int, int]:
+    """One curved line per flow dealer → port → place (``flow_style="paths"``)."""
+    guns = _guns(flows["guns"].to_numpy())
+    order = np.argsort(-guns, kind="stable")
+    keep = guns[order] >= options.min_guns
+    keep &= np.cumsum(keep) <= options.top_n
+    shown = flows.iloc[order[keep]]
+    hidden = order[~keep]
+    if shown.empty:
+        return [], len(hidden), int(guns[hidden].sum())
+    g = _guns(shown["guns"].to_numpy())
+    vmax = float(g.max())
+    rank = (pd.Series(-g).groupby(_text(shown["crossing_code"]).to_numpy())
+            .rank(method="first").to_numpy() - 1)
+    bend = np.where(rank % 2 == 0, 1.0, -1.0) * np.minimum(0.08 + 0.05 * (rank // 2), 0.35)
+    dealer = shown[["dealer_lon", "dealer_lat"]].to_numpy(dtype=float)
+    port = shown[["port_lon", "port_lat"]].to_numpy(dtype=float)
+    place = shown[["recovery_lon", "recovery_lat"]].to_numpy(dtype=float)
+    coords = np.concatenate([_curves(dealer, port, bend), _curves(port, place, bend)[:, 1:]],
+                            axis=1)
+    w = widths(g, vmax)
+    kinds = np.where(_text(shown["route_kind"]) == "known", "known", "modelled")
+    origin = _text(shown["dealer_name"]).where(_text(shown["dealer_name"]) != "",
+                                               _text(shown["dealer_place"]))
+    dest = _text(shown["recovery_place"])
+    legs = [Leg(side="path", origin=o, destination=d, port_code=pc, port_name=pn,
+                route_kind=k, guns=int(n), width=float(wi), colour=colour,
+                dash=None if k == "known" else MODELLED_DASH, arrow=True,
+                coords=tuple(map(tuple, c.tolist())),
+                properties={"title": f"{o} → {d}", "guns": int(n), "crossing_name": pn,
+                            "route": "known (from case records)" if k == "known"
+                            else "modelled (shortest route)", "dealer_name": o,
+                            "recovery_place": d})
+            for o, d, pc, pn, k, n, wi, c in zip(
+                origin, dest, _text(shown["crossing_code"]), _text(shown["crossing_name"]),
+                kinds, g, w, coords, strict=True)]
+    return legs, len(hidden), int(guns[hidden].sum())
+
+
+def _legs(flows: pd.DataFrame, options: MapOptions, colour: str) -> tuple[
+        list[Leg], dict[str, str], list[str], float]:
+    """The drawn legs, the level per side, the notes on what is not drawn, the width scale's
+    full-width guns."""
+    notes: list[str] = []
+    if options.flow_style == "paths":
+        legs, hidden, hidden_guns = _path_legs(flows, options, colour)
+        if hidden:
+            notes.append(f"And {_count(hidden, 'smaller flow')} ({_count(hidden_guns, 'gun')}) "
+                         "not drawn.")
+        vmax = max((leg.guns for leg in legs), default=1)
+        return legs, {"us": "path", "mx": "path"}, notes, vmax
+    half = max(options.max_legs // 2, 1)
+    levels = {side: choose_level(flows, side, half) for side in ("us", "mx")}
+    tables = {side: _side_legs(flows, side, levels[side]) for side in ("us", "mx")}
+    budgets = dict(zip(("us", "mx"), _split_budget(
+        (tables["us"]["guns"].to_numpy(), tables["mx"]["guns"].to_numpy()), options.max_legs),
+        strict=True))
+    shown = {side: tables[side].iloc[:budgets[side]] for side in tables}
+    vmax = max([float(t["guns"].max()) for t in shown.values() if len(t)] or [1.0])
+    legs = []
+    for side, noun in (("us", "US leg"), ("mx", "Mexican leg")):
+        legs += _leg_objects(shown[side], side, vmax=vmax, colour=colour)
+        rest = tables[side].iloc[budgets[side]:]
+        if len(rest):
+            notes.append(f"And {_count(len(rest), f'smaller {noun}')} "
+                         f"({_count(rest['guns'].sum(), 'gun')}, at most "
+                         f"{_fmt(rest['guns'].max())} each) not drawn.")
+    legs.sort(key=lambda leg: -leg.guns)
+    return legs, levels, notes, vmax
+
+
+# --------------------------------------------------------------------------- areas
+
+
+def _classify(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(class upper bounds, class index per value; −1 for zero) by mapclassify quantiles of
+    the positive values (fewer classes when there are fewer distinct values)."""
+    vals = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
+    positive = vals[vals > 0]
+    if positive.size == 0:
+        return np.array([], dtype=float), np.full(vals.shape, -1)
+    k = min(5, len(np.unique(positive)))
+    if k == 1:
+        bins = np.array([positive.max()])
+    else:
+        with warnings.catch_warnings():  # mapclassify lowers k itself when quantiles tie
+            warnings.simplefilter("ignore", UserWarning)
+            bins = np.asarray(mapclassify.Quantiles(positive, k=k).bins, dtype=float)
+    idx = np.minimum(np.searchsorted(bins, vals, side="left"), len(bins) - 1)
+    return bins, np.where(vals > 0, idx, -1)
+
+
+def _class_colours(palette: Sequence[str], n: int) -> list[str]:
+    """``n`` colours spread over a light→dark palette (darkest kept)."""
+    if n <= 0:
+        return []
+    picks = np.linspace(len(palette) - n if n < len(palette) else 0, len(palette) - 1, n)
+    return [palette[round(i)] for i in picks]
+
+
+def _class_labels(values: np.ndarray, uppers: np.ndarray) -> list[str]:
+    """Legend labels ``"1–12"``, ``"13–40"`` … for integer-like class bounds."""
+    vals = np.asarray(values, dtype=float)
+    low = float(np.min(vals[vals > 0])) if (vals > 0).any() else 0.0
+    labels = []
+    for up in uppers:
+        labels.append(f"{_fmt(low)}" if low >= up else f"{_fmt(low)}–{_fmt(up)}")
+        low = math.floor(up) + 1
+    return labels
+
+
+def _areas(states: pd.DataFrame, palette: str, flow_colour: str, lighten_for_flows: bool
+           ) -> tuple[list[Area], list[Classes]]:
+    areas: list[Area] = []
+    classes: list[Classes] = []
+    titles = {"US": "US states: guns sourced from dealers",
+              "MX": "Mexican states: guns recovered"}
+    for country, colours_all in zip(("US", "MX"), PALETTES[palette], strict=True):
+        part = states[_text(states["country"]) == country]
+        guns = _guns(part["guns"].to_numpy())
+        bins, idx = _classify(guns)
+        colours = _class_colours(colours_all, len(bins))
+        if lighten_for_flows and colours:
+            colours = list(_lightened(colours, flow_colour, MIN_CONTRAST + 0.1))
+        classes.append(Classes(country=country, title=titles[country],
+                               bins=tuple(float(b) for b in bins), colours=tuple(colours),
+                               labels=tuple(_class_labels(guns, bins))))
+        geoms = shapely.make_valid(shapely.simplify(part.geometry.to_numpy(), 0.02,
+                                                    preserve_topology=True))
+        share = pd.to_numeric(part["share"], errors="coerce") if "share" in part else None
+        for i, (code, name) in enumerate(zip(_text(part["code"]), _text(part["name"]),
+                                             strict=True)):
+            s = None if share is None or pd.isna(share.iloc[i]) else float(share.iloc[i])
+            areas.append(Area(code=code, name=name, country=country, guns=int(guns[i]),
+                              share=s, cls=int(idx[i]),
+                              fill=colours[idx[i]] if idx[i] >= 0 else NO_DATA,
+                              geometry=geoms[i]))
+    return areas, classes
+
+
+# --------------------------------------------------------------------------- points
+
+
+_POINT_COLUMNS = {
+    "dealer": ["dealer_name", "dealer_place", "guns", "purchasers", "dealer_ffl",
+               "top_purchaser", "top_purchaser_share", "median_time_to_crime_days",
+               "first_purchase", "last_purchase", "geocode_level"],
+    "recovery": ["recovery_place", "guns", "purchasers", "recovery_state", "geocode_level",
+                 "first_recovery", "last_recovery"],
+    "port": ["name", "guns", "guns_known", "guns_modelled", "code", "mx_city", "us_state"],
+}
+_POINT_NAMES = {"dealer": ("US dealers", "dealers"),
+                "recovery": ("Recovery places", "recovery places"),
+                "port": ("Ports of entry", "ports")}
+
+
+def _props(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict]:
+    cols = [c for c in columns if c in frame.columns]
+    sub = frame[cols].astype(object)
+    return sub.where(sub.notna(), None).to_dict("records")
+
+
+def _point_layer(frame: pd.DataFrame, kind: str, *, limit: int, fill: str, stroke: str
+                 ) -> PointLayer:
+    guns = _guns(frame["guns"].to_numpy()) if len(frame) else np.array([], dtype=float)
+    order = np.argsort(-guns, kind="stable")
+    shown, hidden = order[:limit], order[limit:]
+    sub = frame.iloc[shown]
+    g = guns[shown]
+    radius = _sqrt_scale(g, *_RADIUS[kind], float(g.max()) if len(g) else 1.0)
+    xy = shapely.get_coordinates(sub.geometry.to_numpy()) if len(sub) else np.empty((0, 2))
+    level = (_text(sub["geocode_level"]).to_numpy() if "geocode_level" in sub.columns
+             else np.full(len(sub), ""))
+    props = _props(sub, _POINT_COLUMNS[kind])
+    points = tuple(
+        Point(lon=round(float(x), _DECIMALS), lat=round(float(y), _DECIMALS),
+              radius=float(r), fill=fill, stroke=stroke, hollow=lev == "state",
+              guns=int(n), properties=p)
+        for (x, y), r, lev, n, p in zip(xy, radius, level, g, props, strict=True))
+    return PointLayer(kind=kind, name=_POINT_NAMES[kind][0], points=points, hidden=len(hidden),
+                      hidden_guns=int(guns[hidden].sum()))
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _labels(result: MapData, legs: Sequence[Leg], areas: Sequence[Area]) -> list[Label]:
+    """Label candidates: every port used (top 5 always), top dealer towns, top recovery
+    places, states with guns. Renderers place them without overlap, highest priority first."""
+    labels: list[Label] = []
+    crossings = result.crossings
+    if len(crossings):
+        g = _guns(crossings["guns"].to_numpy())
+        xy = shapely.get_coordinates(crossings.geometry.to_numpy())
+        gmax = max(g.max(), 1)
+        for rank, i in enumerate(np.argsort(-g, kind="stable")):
+            if g[i] <= 0:
+                continue
+            labels.append(Label(text=str(crossings["name"].iloc[i]), lon=float(xy[i, 0]),
+                                lat=float(xy[i, 1]), kind="port",
+                                priority=(4.0 if rank < 5 else 2.0) + g[i] / gmax,
+                                min_zoom=0.0 if rank < 5 else 5.0))
+    for kind, frame, column, many in (("dealer", result.dealers, "dealer_place", 8),
+                                      ("recovery", result.recoveries, "recovery_place", 10)):
+        if not len(frame) or column not in frame.columns:
+            continue
+        g = _guns(frame["guns"].to_numpy())
+        xy = shapely.get_coordinates(frame.geometry.to_numpy())
+        towns = pd.DataFrame({"t": _text(frame[column]).to_numpy(), "g": g, "x": xy[:, 0],
+                              "y": xy[:, 1]})
+        towns = towns[towns["t"] != ""]
+        towns = (towns.groupby("t", sort=False).agg(g=("g", "sum"), x=("x", "first"),
+                                                    y=("y", "first"))
+                 .sort_values("g", ascending=False, kind="stable"))
+        gmax = max(float(towns["g"].max()) if len(towns) else 1.0, 1.0)
+        for rank, (town, row) in enumerate(towns.head(many * 3).iterrows()):
+            top = rank < 3
+            labels.append(Label(text=_short_place(str(town)), lon=float(row.x), lat=float(row.y),
+                                kind=kind, priority=(3.0 if top else 1.5 if rank < many
+                                                     else 1.0) + row.g / gmax,
+                                min_zoom=0.0 if rank < many else 6.0))
+    fixed = state_points()
+    for area in areas:
+        if area.guns > 0 and area.code in fixed:
+            lon, lat, _ = fixed[area.code]
+            labels.append(Label(text=area.name, lon=lon, lat=lat, kind="state",
+                                priority=0.5 + min(area.share or 0.0, 0.49), min_zoom=4.0))
+    labels.sort(key=lambda lab: -lab.priority)
+    return labels
+
+
+# --------------------------------------------------------------------------- texts
+
+
+def _subtitle(result: MapData, options: MapOptions) -> str:
+    if options.subtitle:
+        text = options.subtitle
+    else:
+        guns = int(_guns(result.flows["guns"].to_numpy()).sum()) if len(result.flows) else 0
+        text = (f"{_count(guns, 'traced gun')} from {_count(len(result.dealers), 'US dealer')}, "
+                f"through {_count(len(result.crossings), 'port')} of entry, to "
+                f"{_count(len(result.recoveries), 'place')} in Mexico")
+    description = getattr(result, "description", "") or ""
+    return f"{text} — {description}" if description and description not in text else text
+
+
+def _source(result: MapData, options: MapOptions, synthetic: bool) -> str:
+    if options.source:
+        return options.source
+    manifest = getattr(result, "manifest", None) or {}
+    path = str((manifest.get("input") or {}).get("path") or "")
+    name = re.split(r"[\\/]", path)[-1] if path else "firearm trace records"
+    if name.startswith("geoflow-sample-"):
+        return ("Source: synthetic sample made by geoflow (invented records shaped by published "
+                "reporting; not real traces)")
+    if synthetic:
+        return f"Source: {name} (synthetic records, not real traces); analysis by geoflow"
+    return f"Source: {name}; analysis by geoflow"
+
+
+def _bounds(legs: Sequence[Leg], layers: Sequence[PointLayer], areas: Sequence[Area]
+            ) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    xy = [np.asarray(leg.coords) for leg in legs]
+    xy += [np.array([[p.lon, p.lat] for p in layer.points]) for layer in layers
+           if layer.points]
+    xy = [a for a in xy if a.size]
+    if not xy:
+        drawn = [a.geometry for a in areas if a.guns > 0] or [a.geometry for a in areas]
+        if not drawn:
+            return None
+        box = shapely.total_bounds(np.asarray(drawn, dtype=object))
+        return ((float(box[0]), float(box[1])), (float(box[2]), float(box[3])))
+    allxy = np.concatenate(xy)
+    lo, hi = np.nanmin(allxy, axis=0), np.nanmax(allxy, axis=0)
+    return ((round(float(lo[0]), 4), round(float(lo[1]), 4)),
+            (round(float(hi[0]), 4), round(float(hi[1]), 4)))
+
+
+# --------------------------------------------------------------------------- the scene
+
+
+def build_scene(result: MapData, *, options: MapOptions | None = None) -> Scene:
+    """The renderer-independent scene of a run (see the module docstring for its parts)."""
+    options = options or MapOptions()
+    dealer_ink, recovery_ink, flow_colour = INK[options.palette]
+    synthetic = bool(options.synthetic or is_synthetic(result))
+    legs, levels, notes, vmax = _legs(result.flows, options, flow_colour)
+    areas, classes = _areas(result.states, options.palette, flow_colour, bool(legs))
+    layers = [
+        _point_layer(result.recoveries, "recovery", limit=options.max_points,
+                     fill=recovery_ink, stroke="#ffffff"),
+        _point_layer(result.crossings, "port", limit=options.max_points, fill="#ffffff",
+                     stroke=PORT_COLOUR),
+        _point_layer(result.dealers, "dealer", limit=options.max_points, fill=dealer_ink,
+                     stroke="#ffffff"),
+    ]
+    for layer in layers:
+        if layer.hidden:
+            notes.append(f"And {_fmt(layer.hidden)} smaller {_POINT_NAMES[layer.kind][1]} "
+                         f"({_count(layer.hidden_guns, 'gun')}) not drawn.")
+    biggest = max((leg.guns for leg in legs), default=0)
+    samples = [s for s in dict.fromkeys((biggest, _nice(biggest / 4), _nice(biggest / 20)))
+               if 0 < s <= biggest]
+    width_samples = tuple((int(s), float(w)) for s, w in
+                          zip(samples, widths(np.array(samples, dtype=float), vmax),
+                              strict=True))
+    floor_guns = math.ceil(WIDTH_RANGE[0] * vmax / WIDTH_RANGE[1]) if legs else 0
+    if legs and floor_guns > 1:
+        notes.insert(0, f"Legs of {_count(floor_guns, 'gun')} or fewer are drawn at the "
+                        f"{WIDTH_RANGE[0]:g} px minimum.")
+    if not legs:
+        total = int(_guns(result.flows["guns"].to_numpy()).sum()) if len(result.flows) else 0
+        notes.insert(0, f"No flows drawn: {_count(total, 'gun')} below the threshold."
+                     if total else "No flows to draw.")
+    flow_title = ("Flows: dealer → port of entry → recovery place (guns)"
+                  if options.flow_style == "paths" else
+                  "Guns by leg: US origin → port of entry → Mexican destination")
+    legend = Legend(
+        widths=width_samples, classes=tuple(classes),
+        routes=(("known", "known crossing (case records)", None),
+                ("modelled", "modelled crossing (dashed: shortest route, not known)",
+                 MODELLED_DASH)),
+        points=(("dealer", "US dealer (circle area ∝ guns sold)", dealer_ink, "#ffffff"),
+                ("recovery", "recovery place (area ∝ guns recovered)", recovery_ink,
+                 "#ffffff"),
+                ("port", "port of entry (area ∝ guns routed)", "#ffffff", PORT_COLOUR),
+                ("hollow", "ring: placed only at state level (a guess)", "#ffffff",
+                 "#555555")),
+        notes=tuple(notes), flow_title=flow_title)
+    names_note = ("Purchaser names are shown as they appear in the records."
+                  if options.show_names else
+                  "Purchasers are shown as pseudonyms (P-xxxxxx), not names.")
+    return Scene(
+        title=options.title, subtitle=_subtitle(result, options),
+        source=_source(result, options, synthetic), credit=options.credit,
+        caveat=options.caveat, names_note=names_note, attribution=ATTRIBUTION,
+        synthetic=synthetic, banner=SYNTHETIC_BANNER if synthetic else "",
+        flow_style=options.flow_style, levels=levels, flow_colour=flow_colour,
+        legs=tuple(legs), areas=tuple(areas), classes=tuple(classes), points=tuple(layers),
+        labels=tuple(_labels(result, legs, areas)), legend=legend,
+        bounds=_bounds(legs, layers, areas), palette=options.palette)

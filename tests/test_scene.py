@@ -1,0 +1,162 @@
+"""The renderer-independent scene: legs, scales, classes, labels, legend, texts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+
+from geoflow.errors import ConfigError
+from geoflow.pipeline import run_pipeline
+from geoflow.sample import sample_path
+from geoflow.scene import (
+    ATTRIBUTION,
+    MODELLED_DASH,
+    NO_DATA,
+    SYNTHETIC_BANNER,
+    WIDTH_RANGE,
+    MapOptions,
+    build_scene,
+    contrast_ratio,
+    lighten,
+    relative_luminance,
+)
+from geoflow.select import filter_records
+
+
+@pytest.fixture(scope="module")
+def sample_result():
+    return run_pipeline(sample_path())
+
+
+@pytest.fixture(scope="module")
+def scene(sample_result):
+    return build_scene(sample_result)
+
+
+def test_national_sample_draws_state_level_legs_within_budget_and_counts_the_rest(
+        sample_result, scene):
+    assert scene.levels == {"us": "state", "mx": "state"}
+    assert 0 < len(scene.legs) <= 150
+    placed = int(sample_result.manifest["counts"]["rows_placed"])
+    for side, noun in (("us", "US leg"), ("mx", "Mexican leg")):
+        drawn = sum(leg.guns for leg in scene.legs if leg.side == side)
+        note = next(n for n in scene.legend.notes if f"smaller {noun}" in n)
+        hidden = int(note.split("(")[1].split(" gun")[0].replace(",", ""))
+        assert drawn + hidden == placed  # every placed gun is drawn or counted
+    # one leg per (state, port, route kind): Texas → Laredo is a leg, not 100 lines
+    laredo = [leg for leg in scene.legs if leg.side == "us" and leg.origin == "Texas"
+              and leg.port_name == "Laredo"]
+    assert laredo and len({leg.route_kind for leg in laredo}) == len(laredo)
+
+
+def test_leg_geometry_runs_from_the_fixed_state_point_to_the_port(scene):
+    leg = next(leg for leg in scene.legs if leg.side == "us" and leg.origin == "Texas")
+    assert leg.coords[0] == pytest.approx((-99.3, 31.5), abs=1.5)  # gazetteer_states point
+    mx = next(leg for leg in scene.legs if leg.side == "mx")
+    assert mx.arrow and not leg.arrow  # arrowheads only where guns end up
+
+
+def test_widths_are_proportional_and_the_legend_reaches_the_real_maximum(scene):
+    biggest = max(scene.legs, key=lambda leg: leg.guns)
+    assert biggest.width == WIDTH_RANGE[1] >= 16
+    assert min(leg.width for leg in scene.legs) >= WIDTH_RANGE[0]
+    assert scene.legend.widths[0] == (biggest.guns, biggest.width)
+    for leg in scene.legs:
+        if leg.width > WIDTH_RANGE[0]:
+            assert leg.width == pytest.approx(biggest.width * leg.guns / biggest.guns, abs=0.01)
+
+
+def test_modelled_legs_are_dashed_known_legs_solid(scene):
+    kinds = {leg.route_kind for leg in scene.legs}
+    assert kinds == {"known", "modelled"}
+    for leg in scene.legs:
+        assert (leg.dash == MODELLED_DASH) == (leg.route_kind == "modelled")
+
+
+def test_flow_colour_contrasts_with_every_class_it_crosses(scene):
+    for classes in scene.classes:
+        assert classes.colours and len(set(classes.colours)) == len(classes.colours)
+        for colour in classes.colours:
+            assert contrast_ratio(scene.flow_colour, colour) >= 3.0
+        lums = [relative_luminance(c) for c in classes.colours]
+        assert lums == sorted(lums, reverse=True)  # still light → dark
+    fills = {area.fill for area in scene.areas}
+    assert fills <= {c for k in scene.classes for c in k.colours} | {NO_DATA}
+
+
+def test_classes_come_from_mapclassify_quantiles(scene, sample_result):
+    import mapclassify
+
+    us = scene.classes[0]
+    guns = sample_result.states.query("country == 'US' and guns > 0")["guns"].to_numpy()
+    assert list(us.bins) == pytest.approx(list(mapclassify.Quantiles(guns, k=5).bins))
+    assert us.labels[-1].endswith(f"{int(guns.max()):,}")
+
+
+def test_labels_name_the_top_ports_dealer_towns_and_places(scene):
+    by_kind = {}
+    for label in scene.labels:
+        by_kind.setdefault(label.kind, []).append(label)
+    assert {"port", "dealer", "recovery", "state"} <= set(by_kind)
+    always = [lab.text for lab in by_kind["port"] if lab.min_zoom == 0]
+    assert "Laredo" in always and len(always) == 5
+    priorities = [lab.priority for lab in scene.labels]
+    assert priorities == sorted(priorities, reverse=True)
+    assert any(lab.text == "Culiacán" for lab in by_kind["recovery"])
+
+
+def test_texts_attribution_and_synthetic_banner(scene):
+    assert scene.synthetic and scene.banner == SYNTHETIC_BANNER
+    assert any("INEGI" in a for a in ATTRIBUTION) and any("GeoNames" in a for a in ATTRIBUTION)
+    assert scene.attribution == ATTRIBUTION
+    assert "2,9" in scene.subtitle and "synthetic" in scene.source
+
+
+def test_points_placed_only_at_state_level_are_hollow(sample_result, scene):
+    layer = next(p for p in scene.points if p.kind == "recovery")
+    levels = sample_result.recoveries["geocode_level"].astype("string")
+    assert (levels == "state").sum() > 0
+    hollow = [p for p in layer.points if p.hollow]
+    assert len(hollow) == (levels == "state").sum()
+    assert all(p.properties["geocode_level"] == "state" for p in hollow)
+
+
+def test_a_trafficker_scene_draws_dealers_and_places(sample_result):
+    from geoflow.pipeline import analyse, prepare_records
+
+    prepared = prepare_records(sample_path())
+    records, description = filter_records(prepared.records, traffickers=["barajas"])
+    result = analyse(prepared, records=records, description=description)
+    scene = build_scene(result)
+    assert scene.levels == {"us": "place", "mx": "place"}
+    assert any(leg.origin == "GAT Guns" for leg in scene.legs)
+    assert any(lab.text == "East Dundee, IL" for lab in scene.labels)
+    west, south = scene.bounds[0]
+    east, north = scene.bounds[1]
+    assert west < -88.3 < east and south < 27.5 < north  # dealer and port both framed
+
+
+def test_paths_style_keeps_one_line_per_flow(sample_result):
+    scene = build_scene(sample_result, options=MapOptions(flow_style="paths", top_n=40))
+    assert len(scene.legs) == 40 and {leg.side for leg in scene.legs} == {"path"}
+    first = scene.legs[0]
+    flow = sample_result.flows.iloc[0]
+    assert first.coords[0] == pytest.approx((flow.dealer_lon, flow.dealer_lat), abs=1e-4)
+    assert first.coords[-1] == pytest.approx((flow.recovery_lon, flow.recovery_lat), abs=1e-4)
+    xy = np.asarray(first.coords)
+    assert np.min(np.hypot(*(xy - [flow.port_lon, flow.port_lat]).T)) < 1e-4
+    assert any("smaller flow" in n for n in scene.legend.notes)
+    with pytest.raises(ConfigError, match="flow style"):
+        MapOptions(flow_style="hairball")
+
+
+def test_colour_helpers():
+    assert contrast_ratio("#000000", "#ffffff") == pytest.approx(21.0)
+    assert lighten("#000000", 1.0) == "#ffffff" and lighten("#336699", 0) == "#336699"
+    assert relative_luminance("#ffffff") == pytest.approx(1.0)
+
+
+def test_areas_carry_simplified_geometry(scene):
+    texas = next(a for a in scene.areas if a.code == "US-TX")
+    assert texas.cls == len(scene.classes[0].colours) - 1 and shapely.area(texas.geometry) > 50
