@@ -13,7 +13,7 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from pathlib import Path
 
@@ -37,6 +37,7 @@ __all__ = [
     "geojson_text",
     "geojson_features",
     "write_geojson",
+    "write_geoparquet",
     "safe_path",
     "is_geoflow_folder",
     "check_output_dir",
@@ -226,8 +227,12 @@ def geojson_text(gdf: gpd.GeoDataFrame, *, chunk: int = 20_000) -> str:
     return "".join(_geojson_pieces(gdf, chunk))
 
 
-def _geojson_pieces(gdf: gpd.GeoDataFrame, chunk: int) -> Iterator[str]:
-    yield '{"type":"FeatureCollection","features":[\n'
+def _geojson_pieces(gdf: gpd.GeoDataFrame, chunk: int,
+                    members: Mapping[str, object] | None = None) -> Iterator[str]:
+    head = "".join(f"{json.dumps(str(k), ensure_ascii=False)}:"
+                   f"{json.dumps(to_jsonable(v), ensure_ascii=False, allow_nan=False)},"
+                   for k, v in (members or {}).items())
+    yield '{"type":"FeatureCollection",' + head + '"features":[\n'
     for i, text in enumerate(_feature_chunks(gdf, chunk)):
         yield (",\n" if i else "") + text
     yield "\n]}\n"
@@ -238,11 +243,24 @@ def geojson_features(gdf: gpd.GeoDataFrame) -> dict:
     return json.loads(geojson_text(gdf))
 
 
-def write_geojson(gdf: gpd.GeoDataFrame, path: str | Path, *, chunk: int = 20_000) -> None:
+def write_geojson(gdf: gpd.GeoDataFrame, path: str | Path, *, chunk: int = 20_000,
+                  members: Mapping[str, object] | None = None) -> None:
     """Write ``gdf`` as RFC 7946 GeoJSON, one feature per line, streaming ``chunk`` features
-    at a time so memory stays bounded for hundreds of thousands of flows."""
+    at a time so memory stays bounded for hundreds of thousands of flows. ``members`` are
+    extra top-level members of the FeatureCollection (RFC 7946 foreign members, e.g. the
+    flow level), written before ``features``."""
     with Path(path).open("w", encoding="utf-8") as handle:
-        handle.writelines(_geojson_pieces(gdf, chunk))
+        handle.writelines(_geojson_pieces(gdf, chunk, members))
+
+
+def write_geoparquet(gdf: gpd.GeoDataFrame, path: str | Path) -> None:
+    """Write ``gdf`` as GeoParquet (WKB geometry, EPSG:4326, zstd-compressed columns):
+    the columnar file analysts load whole into pandas/GeoPandas, QGIS, DuckDB or R."""
+    frame = gdf.copy()
+    for column in frame.columns:  # categoricals → plain text: readers need no dictionary
+        if isinstance(frame[column].dtype, pd.CategoricalDtype):
+            frame[column] = frame[column].astype("string")
+    frame.to_parquet(path, index=False, compression="zstd", schema_version="1.0.0")
 
 
 def safe_path(folder: str | Path, name: str) -> Path:

@@ -37,6 +37,7 @@ from geoflow.export import (
     markdown_text,
     write_csv,
     write_geojson,
+    write_geoparquet,
     write_json,
 )
 from geoflow.flows import (
@@ -95,6 +96,10 @@ ENTITY_COLUMNS = (
 )
 #: A text column with at most this share of distinct values is kept as a categorical.
 COMPACT_RATIO = 0.1
+#: ``flows.geojson`` holds place-level flows up to this many; past it (about 40 MB of GeoJSON)
+#: it holds the state-level flows (US state → port → Mexican state) and names its level in
+#: the top-level ``flow_level`` member; every place-level flow is in ``flows_full.parquet``.
+FLOWS_GEOJSON_MAX = 50_000
 TABLE_NAMES = (
     "by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_trafficker", "by_crossing",
     "by_year",
@@ -172,6 +177,16 @@ class RunResult:
     manifest: dict
     description: str = ""
     warnings: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the flows written to flows.geojson when ``flows`` are too many for it (state level),
+    #: else None (flows.geojson holds ``flows``)
+    flows_overview: gpd.GeoDataFrame | None = None
+
+    @property
+    def flows_geojson(self) -> tuple[gpd.GeoDataFrame, str]:
+        """The flows for flows.geojson and their level (``place`` or ``state``)."""
+        if self.flows_overview is not None:
+            return self.flows_overview, "state"
+        return self.flows, self.options.flow_level
 
 
 def peak_memory_mb() -> float:
@@ -404,6 +419,9 @@ def analyse(
         recoveries = build_recoveries(drawn)
         crossings = build_crossings(drawn, ports)
         states = build_states(drawn, states_shapes)
+        overview = None
+        if options.flow_level == "place" and len(flows) > FLOWS_GEOJSON_MAX:
+            overview = build_flows(drawn, ports, level="state", state_names=state_names)
     log.info("built %s flows through %s ports", f"{len(flows):,}", len(crossings))
 
     rows_read = int(prepared.source.get("rows_read", len(prepared.records)))
@@ -416,6 +434,7 @@ def analyse(
         "rows_placed": len(placed),
         "rows_unplaced": len(unplaced),
         "flows": len(flows),
+        "flows_geojson": len(flows) if overview is None else len(overview),
         "dealers": len(dealers),
         "recoveries": len(recoveries),
         "crossings": len(crossings),
@@ -434,6 +453,7 @@ def analyse(
         "show_names": options.show_names,
         "description": description,
         "counts": counts,
+        "flows_geojson_level": options.flow_level if overview is None else "state",
         "quality": quality,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "memory_peak_mb": memory,
@@ -443,7 +463,7 @@ def analyse(
         crossings=crossings, states=states, tables=tables, findings=found,
         rejects=_rejects(prepared.rejects, options.show_names), unplaced=unplaced,
         geocode_report=prepared.geocode_report, manifest=manifest, description=description,
-        warnings=prepared.warnings,
+        warnings=prepared.warnings, flows_overview=overview,
     )
 
 
@@ -496,9 +516,13 @@ def write_outputs(
     clock = time.perf_counter()
     out = Path(out_dir)
     with atomic_output_dir(out, force=force) as temp:
-        layers = {"flows": result.flows, "dealers": result.dealers,
-                  "recoveries": result.recoveries, "crossings": result.crossings,
-                  "states": result.states}
+        shown, level = result.flows_geojson
+        write_geojson(shown, temp / "flows.geojson", members={
+            "flow_level": level, "flows_total": len(result.flows),
+            "flows_full": "flows_full.parquet"})
+        write_geoparquet(result.flows, temp / "flows_full.parquet")
+        layers = {"dealers": result.dealers, "recoveries": result.recoveries,
+                  "crossings": result.crossings, "states": result.states}
         for name, layer in layers.items():
             write_geojson(layer, temp / f"{name}.geojson")
         (temp / "tables").mkdir()

@@ -6,6 +6,8 @@ pure functions can be tested without reading, geocoding or routing anything.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import geopandas as gpd
 import pandas as pd
 import shapely
@@ -97,3 +99,10 @@ def make_records(rows: list[dict]) -> pd.DataFrame:
     frame["dealer_id"] = dealer_ids(frame)
     frame["placed"] = frame["placed"].astype(bool)
     return frame
+
+
+def output_text(path: Path) -> str:
+    """An output file's text; a Parquet file (flows_full.parquet) as the CSV of its columns."""
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path).drop(columns="geometry").to_csv()
+    return path.read_text(encoding="utf-8")

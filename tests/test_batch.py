@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from handmade import output_text
 
 from geoflow.batch import assign_slugs, entity_table, render_index, safe_child, slugify
 from geoflow.errors import OutputError
@@ -242,7 +243,7 @@ def test_per_trafficker_folders_are_pseudonyms_by_default(tmp_path):
     names = [p.name for p in (out / "trafficker").iterdir()]
     assert len(names) == 6  # "Straße" and "Strasse" are different pseudonyms
     assert all(n.startswith("p-") for n in names)
-    blob = "".join(p.read_text(encoding="utf-8") for p in out.rglob("*") if p.is_file())
+    blob = "".join(output_text(p) for p in out.rglob("*") if p.is_file())
     assert "Straße" not in blob and "Strasse" not in blob and "y" * 40 not in blob
     assert batch.manifest["show_names"] is False
 
@@ -324,7 +325,9 @@ def test_entity_with_nothing_placed_still_gets_a_complete_output_set(tmp_path):
     assert len(lonely) == 1
     folder = out / lonely["folder"].iloc[0]
     flows = json.loads((folder / "flows.geojson").read_text(encoding="utf-8"))
-    assert flows == {"type": "FeatureCollection", "features": []}
+    assert flows == {"type": "FeatureCollection", "flow_level": "place", "flows_total": 0,
+                     "flows_full": "flows_full.parquet", "features": []}
+    assert len(pd.read_parquet(folder / "flows_full.parquet")) == 0
     counts = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["counts"]
     assert (counts["rows_placed"], counts["rows_unplaced"]) == (0, 1)
     assert ">0<" in (out / "index.html").read_text(encoding="utf-8")  # 0 placed on the map

@@ -10,6 +10,7 @@ import pandas as pd
 import pyogrio
 import pytest
 import shapely
+from handmade import output_text
 
 from geoflow.errors import OutputError
 from geoflow.pipeline import (
@@ -127,7 +128,7 @@ def test_every_output_is_written_and_geojson_reads_back(result, written):
 def test_names_are_absent_from_every_output_unless_asked(prepared, written, tmp_path):
     for path in written.rglob("*"):
         if path.is_file():
-            text = _fold(path.read_text(encoding="utf-8"))
+            text = _fold(output_text(path))
             for name in NAMES:
                 assert _fold(name) not in text, (path.name, name)
     table = pd.read_csv(written / "tables" / "by_trafficker.csv")
@@ -220,3 +221,32 @@ def test_duplicates_bad_dates_and_unknown_crossings_are_accounted(tmp_path):
     warnings = pd.read_csv(out / "warnings.csv", dtype=str)
     bad = warnings[warnings["value"] == "13/45/2007"]
     assert bad[["line", "column"]].values.tolist() == [["4", "Purchase Date"]]  # header as written
+
+
+def test_too_many_flows_for_geojson_go_state_level_and_all_into_parquet(
+        prepared, result, written, tmp_path, monkeypatch):
+    import geopandas as gpd
+
+    from geoflow import pipeline
+
+    small = json.loads((written / "flows.geojson").read_text(encoding="utf-8"))
+    assert (small["flow_level"], small["flows_total"]) == ("place", len(result.flows))
+    assert len(small["features"]) == len(result.flows)
+    monkeypatch.setattr(pipeline, "FLOWS_GEOJSON_MAX", 1)
+    many = analyse(prepared, options=OPTIONS)
+    assert len(many.flows) > 1
+    out = write_outputs(many, tmp_path / "big", write_map=False)
+    shown = json.loads((out / "flows.geojson").read_text(encoding="utf-8"))
+    assert shown["flow_level"] == "state" and shown["flows_total"] == len(many.flows)
+    assert shown["flows_full"] == "flows_full.parquet"
+    guns = [f["properties"]["guns"] for f in shown["features"]]
+    assert sum(guns) == many.manifest["counts"]["rows_placed"]  # every placed gun, coarser
+    assert all(f["properties"]["dealer_id"] is None for f in shown["features"])
+    full = gpd.read_parquet(out / "flows_full.parquet")
+    assert full.crs.to_epsg() == 4326
+    assert full["flow_id"].tolist() == many.flows["flow_id"].tolist()
+    assert int(full["guns"].sum()) == many.manifest["counts"]["rows_placed"]
+    assert full.geometry.geom_equals_exact(many.flows.geometry, tolerance=1e-9).all()
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["flows_geojson_level"] == "state"
+    assert manifest["counts"]["flows_geojson"] == len(shown["features"])
