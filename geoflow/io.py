@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import re
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from openpyxl.utils.exceptions import InvalidFileException
 
@@ -45,6 +47,8 @@ __all__ = [
     "DELIMITERS",
     "WARNINGS_CAP",
     "PLACEHOLDERS",
+    "MAX_ROW_BYTES",
+    "BAD_BYTES_REASON",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,11 +58,15 @@ DELIMITERS: tuple[str, ...] = (",", ";", "\t", "|")
 #: At most this many warnings are listed per (column, reason); ``warning_counts`` has all.
 WARNINGS_CAP = 50
 _RAW_CHARS = 200
+#: A row (record) longer than this many bytes is rejected, the rest of the file read.
+MAX_ROW_BYTES = 4_000_000
 #: Bytes :func:`_scan_records` looks at in one vectorised step.
 _SCAN_CHUNK = 1 << 24
 _REJECT_COLUMNS = ["line", "column", "reason", "raw"]
 _WARNING_COLUMNS = ["line", "column", "value", "reason"]
 _LATIN1_FALLBACK = "cp1252/latin-1"
+#: Warning reason for bytes of a UTF-8 file that are not valid UTF-8.
+BAD_BYTES_REASON = "bytes not valid UTF-8, read as cp1252"
 _EXTENSIONS = {
     ".csv": "csv", ".tsv": "csv", ".tab": "csv", ".txt": "csv",
     ".xlsx": "xlsx", ".xlsm": "xlsx", ".parquet": "parquet", ".pq": "parquet",
@@ -69,6 +77,8 @@ PLACEHOLDERS: frozenset[str] = frozenset({
     "N/A", "NA", "NULL", "NONE", "UNKNOWN", "DESCONOCIDO", "SIN DATO", "S/D", "-", "?",
 })
 _PLACEHOLDER_CHARS = max(map(len, PLACEHOLDERS))
+_CLEAN_CELLS = 1 << 20  # cells cleaned in one batch of Arrow kernel calls
+_UNNAMED = re.compile(r"column \d+")  # the name a blank header gets (_unique_headers)
 
 
 def _latin1_for_undefined(exc: UnicodeError) -> tuple[str, int]:
@@ -79,6 +89,31 @@ def _latin1_for_undefined(exc: UnicodeError) -> tuple[str, int]:
 
 
 codecs.register_error("geoflow-latin1", _latin1_for_undefined)
+
+#: More invalid UTF-8 sequences than this and a file is read as cp1252 without counting on.
+_MAX_BAD_SEQUENCES = 100_000
+_BAD_BYTES = threading.local()  # .ranges: byte ranges found by the decode in progress
+
+
+class _TooManyBadBytes(Exception):
+    pass
+
+
+def _cp1252_for_invalid_utf8(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: read bytes that are not valid UTF-8 as cp1252 (Latin-1 for the
+    five it leaves undefined) and note their offsets for a warning."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    found = getattr(_BAD_BYTES, "ranges", None)
+    if found is not None:
+        found.append((exc.start, exc.end))
+        if len(found) > _MAX_BAD_SEQUENCES:
+            raise _TooManyBadBytes
+    piece = exc.object[exc.start : exc.end]
+    return piece.decode("cp1252", errors="geoflow-latin1"), exc.end
+
+
+codecs.register_error("geoflow-cp1252", _cp1252_for_invalid_utf8)
 
 
 @dataclass(frozen=True)
@@ -123,6 +158,7 @@ class _Table:
     rows_read: int
     raw_of: Callable[[np.ndarray], list[str]]  # frame row positions → raw text
     meta: dict[str, Any]
+    warnings: pd.DataFrame = field(default_factory=lambda: _empty_warnings())
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,6 +220,7 @@ def read_traces(
     else:
         table = _read_parquet(data, path)
 
+    table = replace(table, frame=_drop_empty_unnamed(table.frame))
     headers = [str(c) for c in table.frame.columns]
     header_map = schema.map_headers(headers, user_map)
     _require_trace_columns(header_map, path)
@@ -206,9 +243,11 @@ def read_traces(
         .sort_values(["line", "column"], kind="stable")
         .reset_index(drop=True)
     )
-    warnings = pd.concat([map_warnings, warnings], ignore_index=True)
-    for reason in map_warnings["reason"]:
-        counts[reason] = counts.get(reason, 0) + 1
+    early = pd.concat([map_warnings, table.warnings], ignore_index=True)
+    warnings = _capped([early, warnings])
+    for key, number in early.groupby(["column", "reason"], sort=False).size().items():
+        name = key[1] if key[0] == "" or key[1].startswith("column map") else ": ".join(key)
+        counts[name] = counts.get(name, 0) + int(number)
     source = {
         "path": str(path),
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -234,7 +273,7 @@ def load_column_map(path: str | Path) -> dict[str, str]:
     :class:`~geoflow.errors.SchemaError` naming the file (and line for CSV).
     """
     path = Path(path)
-    _, text = _decode(_read_bytes(path), path, None)
+    _, text, _ = _decode(_read_bytes(path), path, None)
     if path.suffix.lower() == ".json":
         try:
             mapping = json.loads(text)
@@ -280,18 +319,42 @@ def detect_encoding(data: bytes) -> str:
 
 def _detect(data: bytes) -> tuple[str, str]:
     """(encoding name, decoded text) by the rules of :func:`detect_encoding`."""
+    name, text, _ = _detect_mixed(data)
+    return name, text
+
+
+def _detect_mixed(data: bytes) -> tuple[str, str, list[tuple[int, int]]]:
+    """(encoding, text, bad byte ranges): a UTF-8 file with a few invalid bytes stays UTF-8,
+    those bytes alone read as cp1252 and returned as ``(start, end)`` byte offsets.
+
+    The file as a whole is read as cp1252 when it holds no valid multi-byte UTF-8 character
+    at all, or fewer of them than invalid sequences (then it is clearly not UTF-8)."""
     if data.startswith(codecs.BOM_UTF8):
-        return "utf-8-sig", data.decode("utf-8-sig")
+        return "utf-8-sig", data.decode("utf-8-sig"), []
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16", data.decode("utf-16")
+        return "utf-16", data.decode("utf-16"), []
     try:
-        return "utf-8", data.decode("utf-8")
+        return "utf-8", data.decode("utf-8"), []
     except UnicodeDecodeError:
         pass
+    bad: list[tuple[int, int]] = []
+    _BAD_BYTES.ranges = bad
     try:
-        return "cp1252", data.decode("cp1252")
+        text = data.decode("utf-8", errors="geoflow-cp1252")
+    except _TooManyBadBytes:
+        text = None
+    finally:
+        del _BAD_BYTES.ranges
+    if text is not None:
+        a = np.frombuffer(data, dtype=np.uint8)
+        leads = int(np.count_nonzero((a >= 0xC2) & (a <= 0xF4)))
+        bad_leads = sum(0xC2 <= data[start] <= 0xF4 for start, _ in bad)
+        if leads - bad_leads >= len(bad):
+            return "utf-8", text, bad
+    try:
+        return "cp1252", data.decode("cp1252"), []
     except UnicodeDecodeError:
-        return _LATIN1_FALLBACK, data.decode("cp1252", errors="geoflow-latin1")
+        return _LATIN1_FALLBACK, data.decode("cp1252", errors="geoflow-latin1"), []
 
 
 def sniff_delimiter(text: str) -> str:
@@ -304,8 +367,9 @@ def sniff_delimiter(text: str) -> str:
     ';'
     """
     sample = text[:65536]
-    if len(text) > len(sample) and "\n" in sample:
-        sample = sample[: sample.rindex("\n")]
+    cut = max(sample.rfind("\n"), sample.rfind("\r"))
+    if len(text) > len(sample) and cut > 0:
+        sample = sample[:cut]
     best, best_score = ",", (0.0, 0)
     for delimiter in DELIMITERS:
         rows = [r for r in csv.reader(io.StringIO(sample, newline=""), delimiter=delimiter) if r]
@@ -342,14 +406,9 @@ def standardise_traces(
     """
     lines = np.arange(len(frame)) + 2 if lines is None else np.asarray(lines)
     raw_names = raw_names or {}
-    frame = frame.reset_index(drop=True)  # a shallow copy: the caller's frame is not changed
-    # one column at a time, each raw column dropped once cleaned: when the caller keeps no
-    # reference (read_traces), raw and cleaned text never both exist for the whole table
-    text = {c: _clean_text(frame.pop(c)) for c in list(frame.columns)}
-    frame = pd.DataFrame(text, index=frame.index, copy=False)
-    del text
+    frame = _clean_columns(frame)
     unnamed_empty = [c for c in frame.columns
-                     if re.fullmatch(r"column \d+", raw_names.get(c, "")) and frame[c].isna().all()]
+                     if _UNNAMED.fullmatch(raw_names.get(c, "")) and frame[c].isna().all()]
     frame = frame.drop(columns=unnamed_empty)
     produced = {"source_line", "time_to_crime_days", *schema.FLAG_COLUMNS}
     frame = frame.rename(columns={c: f"{c}_input" for c in frame.columns if c in produced})
@@ -437,11 +496,71 @@ def standardise_traces(
     return records, rejects.reset_index(drop=True), warnings, counts
 
 
+def _clean_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every column through :func:`_clean_text`, as a new frame with a fresh RangeIndex.
+
+    A few columns at a time, each raw column let go once cleaned: when the caller keeps no
+    reference (read_traces), raw and cleaned text never both exist for the whole table.
+    Arrow-backed text columns of few rows are cleaned together, up to :data:`_CLEAN_CELLS`
+    cells per batch of kernel calls, so a file of thousands of columns costs about as much
+    as one of a few long ones (popping columns one by one was O(columns) each: minutes)."""
+    index = pd.RangeIndex(len(frame))
+    names = list(frame.columns)
+    raw = dict(enumerate(frame._ixs(i, axis=1) for i in range(len(names))))
+    del frame
+    text: dict[int, pd.Series] = {}
+    batch: list[int] = []
+    for i in list(raw):
+        if getattr(raw[i].dtype, "storage", None) != "pyarrow":
+            text[i] = _clean_text(raw.pop(i))
+            continue
+        batch.append(i)
+        if len(batch) * len(index) >= _CLEAN_CELLS:
+            text.update(_clean_arrow_batch([raw.pop(j) for j in batch], batch))
+            batch = []
+    if batch:
+        text.update(_clean_arrow_batch([raw.pop(j) for j in batch], batch))
+    arrays = [text.pop(i) for i in range(len(names))]
+    return pd.DataFrame(dict(zip(range(len(names)), arrays, strict=True)), index=index,
+                        copy=False).set_axis(names, axis=1)
+
+
+def _clean_arrow_batch(columns: list[pd.Series], keys: list[int]) -> dict[int, pd.Series]:
+    """:func:`_clean_arrow_text` of several Arrow-backed columns in one set of kernel calls."""
+    if len(columns) == 1:
+        return {keys[0]: _clean_arrow_text(columns[0].reset_index(drop=True))}
+    dtype = columns[0].dtype
+    arrays = [pa.chunked_array(pa.array(c.array)).cast(pa.large_string()) for c in columns]
+    index = pd.RangeIndex(len(columns[0]))
+    del columns
+    ends = np.cumsum([array.num_chunks for array in arrays])
+    joined = pa.chunked_array([chunk for array in arrays for chunk in array.chunks],
+                              type=pa.large_string())
+    del arrays
+    # element-wise kernels keep the chunk layout: column n is chunks ends[n-1]:ends[n]
+    chunks = _clean_arrow_array(joined).chunks
+    del joined
+    return {key: pd.Series(pd.array(pa.chunked_array(chunks[start:stop], pa.large_string()),
+                                    dtype=dtype), index=index, copy=False)
+            for key, start, stop in zip(keys, [0, *ends[:-1]], ends, strict=True)}
+
+
+def _drop_empty_unnamed(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without blank-headed columns (``column N``) that hold no value at all, such
+    as the thousands of trailing ones of a CSV saved from a formatted spreadsheet: dropped
+    before any per-column work."""
+    empty = [c for c in frame.columns
+             if _UNNAMED.fullmatch(str(c)) and not frame[c].notna().any()]
+    return frame.drop(columns=empty) if empty else frame
+
+
 def _clean_text(values: pd.Series) -> pd.Series:
     """Strip text, empty or a :data:`PLACEHOLDERS` value (``N/A``, ``null``, ``s/d`` …) → NA;
     datetime columns (Parquet) are kept as they are."""
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         return values
+    if getattr(values.dtype, "storage", None) == "pyarrow":
+        return _clean_arrow_text(values)
     text = values.astype("str")
     stripped = text.str.strip()
     # stripping never lengthens a value: equal total lengths mean nothing changed, and the
@@ -455,6 +574,36 @@ def _clean_text(values: pd.Series) -> pd.Series:
     if short.any():
         empty[short] |= text[short].str.upper().isin(PLACEHOLDERS).to_numpy(dtype=bool)
     return text.mask(empty) if empty.any() else text
+
+
+#: What Python's ``str.strip()`` removes, for the same result in Arrow.
+_WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
+_PLACEHOLDER_SET = pa.array(sorted(PLACEHOLDERS), type=pa.large_string())
+
+
+def _clean_arrow_text(values: pd.Series) -> pd.Series:
+    """:func:`_clean_text` for an Arrow-backed string column, in a few Arrow kernels (a
+    column costs microseconds, so a file of thousands of columns reads in seconds)."""
+    array = pa.chunked_array(pa.array(values.array)).cast(pa.large_string())
+    return pd.Series(pd.array(_clean_arrow_array(array), dtype=values.dtype),
+                     index=values.index, name=values.name)
+
+
+def _clean_arrow_array(array: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Stripped text, empty and placeholder cells null (the rules of :func:`_clean_text`)."""
+    stripped = pc.utf8_trim(array, _WHITESPACE)
+    # stripping never lengthens a value: equal total lengths mean nothing changed, and the
+    # column is kept as it is (no second copy of the text stays alive)
+    if pc.sum(pc.binary_length(stripped)).as_py() != pc.sum(pc.binary_length(array)).as_py():
+        array = stripped
+    del stripped
+    length = pc.utf8_length(array)
+    # only short cells can be placeholders: the upper-cased copy is of those alone
+    short = pc.if_else(pc.less_equal(length, _PLACEHOLDER_CHARS), array, "")
+    missing = pc.or_(pc.equal(length, 0), pc.is_in(pc.utf8_upper(short), _PLACEHOLDER_SET))
+    if pc.any(missing).as_py():
+        array = pc.if_else(missing, pa.scalar(None, pa.large_string()), array)
+    return array
 
 
 def _problem_rows(mask: pd.Series, lines: np.ndarray, column: str, reason: Any) -> pd.DataFrame:
@@ -605,8 +754,11 @@ def _detect_format(path: Path, data: bytes) -> str:
     return fmt
 
 
-def _decode(data: bytes, path: Path, encoding: str | None) -> tuple[str, str]:
-    """Return (encoding name, text); an explicit ``encoding`` must decode the whole file."""
+def _decode(data: bytes, path: Path, encoding: str | None
+            ) -> tuple[str, str, list[tuple[int, int]]]:
+    """Return (encoding name, text, bad byte ranges); an explicit ``encoding`` must decode
+    the whole file. Bad ranges are bytes of a UTF-8 file read as cp1252 (see
+    :func:`_detect_mixed`)."""
     if encoding is not None:
         try:
             codecs.lookup(encoding)
@@ -614,16 +766,58 @@ def _decode(data: bytes, path: Path, encoding: str | None) -> tuple[str, str]:
             raise InputError(f"unknown encoding {encoding!r}", path=str(path)) from exc
     try:
         if encoding is None:
-            return _detect(data)
-        return encoding, data.decode(encoding).removeprefix("\ufeff")
+            return _detect_mixed(data)
+        return encoding, data.decode(encoding).removeprefix("\ufeff"), []
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        line = int(_line_of(data, np.array([exc.start]))[0])
         hint = "omit the encoding to detect it" if encoding else "pass the right encoding"
         raise InputError(
             f"cannot decode line {line} as {exc.encoding} (byte {exc.start}: {exc.reason}); "
             f"{hint}",
             path=str(path),
         ) from exc
+
+
+def _line_breaks(a: np.ndarray) -> np.ndarray:
+    """Byte offsets of the physical line breaks of ``a`` (uint8): every LF, and every CR not
+    followed by LF (classic Mac); a CRLF counts once, at its LF."""
+    lf = np.flatnonzero(a == 10)
+    cr = np.flatnonzero(a == 13)
+    if cr.size:
+        lone = a[np.minimum(cr + 1, a.size - 1)] != 10
+        lone[cr == a.size - 1] = True
+        cr = cr[lone]
+        return np.union1d(lf, cr) if cr.size else lf
+    return lf
+
+
+def _line_of(data: bytes, offsets: np.ndarray) -> np.ndarray:
+    """Physical line number (1-based) of each byte offset of ``data``."""
+    breaks = _line_breaks(np.frombuffer(data, dtype=np.uint8))
+    return np.searchsorted(breaks, offsets, side="left") + 1
+
+
+def _bad_byte_warnings(data: bytes, bad: list[tuple[int, int]]) -> pd.DataFrame:
+    """One warning per line holding bytes that are not valid UTF-8 (read as cp1252)."""
+    if not bad:
+        return _empty_warnings()
+    starts = np.array([start for start, _ in bad], dtype=np.int64)
+    lines = _line_of(data, starts)
+    first = np.unique(lines, return_index=True)[1]
+    values = []
+    for i in first:  # one per line with bad bytes (capped later with the other warnings)
+        start, end = bad[i]
+        snippet = data[max(start - 12, 0) : end + 12].decode("utf-8", "geoflow-cp1252")
+        values.append(" ".join(snippet.split()))
+    return pd.DataFrame({
+        "line": lines[first].astype("int64"), "column": "", "value": values,
+        "reason": BAD_BYTES_REASON,
+    }).astype({"column": "str", "value": "str", "reason": "str"})
+
+
+def _empty_warnings() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="int64" if c == "line" else "str")
+                         for c in _WARNING_COLUMNS})
 
 
 # --------------------------------------------------------------------------------------------
@@ -635,23 +829,26 @@ class _Records:
     """Record boundaries of a delimited text: one entry per record (header included)."""
 
     starts: np.ndarray  # byte offset of the first byte
-    stops: np.ndarray  # byte offset after the last content byte (no \r\n)
+    stops: np.ndarray  # byte offset after the last content byte (no line break)
     lines: np.ndarray  # physical line number of the first byte
-    fields: np.ndarray  # number of fields
+    last_lines: np.ndarray  # physical line number of the last byte
+    fields: np.ndarray  # number of fields (-1: rejected for a reason in notes)
     blank: np.ndarray  # only spaces / tabs
     notes: dict[int, str] = field(default_factory=dict)  # record → reject reason override
-    multiline: bool = False  # some quoted field holds a newline
+    multiline: bool = False  # some quoted field holds a line break
+    glued: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # see _glue
 
 
 def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
     """Split UTF-8 bytes into records with numpy; ``None`` when the quoting defeats it.
 
     A byte is inside quotes when an odd number of ``"`` precede it (RFC 4180's ``""`` keeps
-    the parity). A newline outside quotes ends a record; a record's fields are its delimiters
-    outside quotes + 1. Only the positions of quotes, delimiters and newlines are visited
-    after one vectorised pass over the bytes, :data:`_SCAN_CHUNK` bytes at a time (the quote
-    parity and the open record's delimiter count carry over), so the scratch memory stays
-    small however large the file.
+    the parity). A line break outside quotes ends a record: LF, CRLF or a lone CR (classic
+    Mac), mixed freely; a record's fields are its delimiters outside quotes + 1. Only the
+    positions of quotes, delimiters and line breaks are visited after one vectorised pass
+    over the bytes, :data:`_SCAN_CHUNK` bytes at a time (the quote parity and the open
+    record's delimiter count carry over), so the scratch memory stays small however large
+    the file.
     """
     a = np.frombuffer(buf, dtype=np.uint8)
     size = a.size
@@ -661,14 +858,21 @@ def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
     open_count = 0  # delimiters outside quotes in the record still open at the chunk start
     for lo in range(0, size, _SCAN_CHUNK):
         chunk = a[lo : lo + _SCAN_CHUNK]
-        positions = np.flatnonzero((chunk == 10) | (chunk == sep) | (chunk == 34))
-        kind = chunk[positions]
-        positions += lo
+        positions = np.flatnonzero(
+            (chunk == 10) | (chunk == 13) | (chunk == sep) | (chunk == 34)) + lo
+        kind = a[positions]
+        cr = np.flatnonzero(kind == 13)
+        if cr.size:  # a CR followed by LF is part of that line break: drop it
+            crlf = (positions[cr] + 1 < size) & (a[np.minimum(positions[cr] + 1, size - 1)] == 10)
+            if crlf.any():
+                keep = np.ones(positions.size, dtype=bool)
+                keep[cr[crlf]] = False
+                positions, kind = positions[keep], kind[keep]
         state = np.bitwise_xor.accumulate((kind == 34).view(np.uint8)) ^ parity
         if state.size:
             parity = int(state[-1])
         outside = state == 0
-        newline = kind == 10
+        newline = (kind == 10) | (kind == 13)
         ends = positions[newline & outside]
         separators = positions[(kind == sep) & outside]
         counts = np.bincount(np.searchsorted(ends, separators), minlength=ends.size + 1)
@@ -688,8 +892,9 @@ def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
         separators = np.append(separators, open_count)
     starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
     stops = ends.copy()
-    cr = (stops > starts) & (a[np.maximum(stops - 1, 0)] == 13)
-    stops[cr] -= 1
+    crlf = (stops > starts) & (stops < size) & (a[np.minimum(stops, size - 1)] == 10) & (
+        a[np.maximum(stops - 1, 0)] == 13)
+    stops[crlf] -= 1
     fields = separators.astype(np.int64) + 1
     blank = (fields == 1) & (stops == starts)
     candidates = np.flatnonzero(
@@ -698,7 +903,58 @@ def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
     for i in candidates:  # only records that start with white space and have one field
         blank[i] = not buf[starts[i] : stops[i]].strip(b" \t")
     lines = np.searchsorted(newlines, starts) + 1
-    return _Records(starts, stops, lines, fields, blank, multiline=multiline)
+    last_lines = np.searchsorted(newlines, stops) + 1
+    return _Records(starts, stops, lines, last_lines, fields, blank, multiline=multiline)
+
+
+def _glue(scan: _Records, buf: bytes, width: int) -> _Records:
+    """Join records split by a lone CR inside an unquoted cell (an Excel line break in a
+    file whose lines end in LF or CRLF): consecutive pieces ended by a lone CR, each with
+    too few fields, that together have exactly ``width``. The CRs stay in the cell; their
+    offsets are in ``glued``. A Mac file (every line ends in a CR) has no short pieces."""
+    a = np.frombuffer(buf, dtype=np.uint8)
+    stops = scan.stops
+    inside = stops < a.size
+    term = a[np.minimum(stops, a.size - 1)]
+    after = a[np.minimum(stops + 1, a.size - 1)]
+    lone_cr = inside & (term == 13) & ((stops + 1 == a.size) | (after != 10))
+    candidates = np.flatnonzero(lone_cr & (scan.fields < width) & ~scan.blank)
+    joins: list[tuple[int, int]] = []
+    done = -1
+    for i in candidates:  # only short pieces ended by a lone CR: rare
+        if i <= done:
+            continue
+        total, j = int(scan.fields[i]), int(i)
+        while total < width and lone_cr[j] and j + 1 < stops.size:
+            j += 1
+            total += int(scan.fields[j]) - 1
+        if total == width and j > i:
+            joins.append((int(i), j))
+            done = j
+    if not joins:
+        return scan
+    keep = np.ones(stops.size, dtype=bool)
+    new_stops, last_lines, fields = stops.copy(), scan.last_lines.copy(), scan.fields.copy()
+    glued = []
+    for i, j in joins:
+        keep[i + 1 : j + 1] = False
+        new_stops[i], last_lines[i], fields[i] = stops[j], scan.last_lines[j], width
+        glued.append(stops[i:j])
+    return replace(
+        scan, starts=scan.starts[keep], stops=new_stops[keep], lines=scan.lines[keep],
+        last_lines=last_lines[keep], fields=fields[keep], blank=scan.blank[keep],
+        glued=np.concatenate(glued).astype(np.int64),
+    )
+
+
+def _reject_huge(scan: _Records, sizes: np.ndarray, header: int) -> None:
+    """Mark records longer than :data:`MAX_ROW_BYTES` as rejected (``fields`` -1, a note)."""
+    for i in np.flatnonzero(sizes > MAX_ROW_BYTES):  # a handful at most
+        if i != header:
+            scan.fields[i] = -1
+            scan.notes[int(i)] = (
+                f"row too large: {sizes[i] / 1e6:,.1f} MB (at most {MAX_ROW_BYTES / 1e6:,.1f} "
+                "MB per row)")
 
 
 def _scan_with_csv(text: str, delimiter: str) -> tuple[list[list[str]], _Records]:
@@ -707,14 +963,20 @@ def _scan_with_csv(text: str, delimiter: str) -> tuple[list[list[str]], _Records
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows: list[list[str]] = []
     lines: list[int] = []
+    last: list[int] = []
     previous = 0
+    limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # rows too large are rejected below, not fatal
     try:
         for row in reader:
             rows.append(row)
             lines.append(previous + 1)
             previous = reader.line_num
+            last.append(previous)
     except csv.Error as exc:
         raise InputError(f"line {previous + 1}: cannot split into fields: {exc}") from exc
+    finally:
+        csv.field_size_limit(limit)
     fields = np.array([len(r) for r in rows], dtype=np.int64)
     blank = np.array([not "".join(r).strip(" \t") for r in rows], dtype=bool)
     none = np.zeros(len(rows), dtype=np.int64)
@@ -724,12 +986,14 @@ def _scan_with_csv(text: str, delimiter: str) -> tuple[list[list[str]], _Records
         notes[len(rows) - 1] = (
             f"unterminated quote: lines {lines[-1]}-{previous} were read as one row"
         )
-    return rows, _Records(none, none, np.array(lines, dtype=np.int64), fields, blank, notes)
+    scan = _Records(none, none, np.array(lines, dtype=np.int64),
+                    np.array(last, dtype=np.int64), fields, blank, notes)
+    return rows, scan
 
 
 def _unterminated(text: str, line: int, delimiter: str) -> bool:
     """Whether the text from physical ``line`` to the end holds a quote never closed."""
-    tail = "\n".join(text.split("\n")[line - 1 :])
+    tail = "\n".join(re.split(r"\r\n|\r|\n", text)[line - 1 :])
     try:
         list(csv.reader(io.StringIO(tail, newline=""), delimiter=delimiter, strict=True))
     except csv.Error as exc:
@@ -738,27 +1002,41 @@ def _unterminated(text: str, line: int, delimiter: str) -> bool:
 
 
 def _read_csv(data: bytes, path: Path, *, encoding: str | None) -> _Table:
-    name, text = _decode(data, path, encoding)
+    name, text, bad = _decode(data, path, encoding)
     if not text or text.isspace():
         raise InputError("empty file: no header line", path=str(path))
     delimiter = sniff_delimiter(text)
-    if codecs.lookup(name.split("/")[0]).name in ("utf-8", "utf-8-sig"):
+    warnings = _bad_byte_warnings(data, bad)
+    if codecs.lookup(name.split("/")[0]).name in ("utf-8", "utf-8-sig") and not bad:
         buf = data.removeprefix(codecs.BOM_UTF8)  # parse the bytes as they are
     else:
         buf = text.encode("utf-8")
     del text  # the fast path works on bytes; keep memory to one copy of the file
     meta = {"encoding": name, "delimiter": delimiter}
     scan = _scan_records(buf, delimiter)
-    if scan is not None:
+    if scan is not None and not scan.blank.all():
+        header = int(np.flatnonzero(~scan.blank)[0])
+        scan = _glue(scan, buf, int(scan.fields[header]))
+        _reject_huge(scan, scan.stops - scan.starts, header)
         table = _csv_fast(buf, scan, delimiter, meta)
         if table is not None:
-            return table
+            return _with_warnings(table, warnings)
     log.info("%s: quoting needs the slow csv-module reader", path)
     try:
         rows, scan = _scan_with_csv(buf.decode("utf-8"), delimiter)
     except InputError as exc:
         raise InputError(str(exc), path=str(path)) from exc
-    return _csv_slow(rows, scan, delimiter, meta)
+    if scan.blank.all():
+        raise InputError("empty file: no header line", path=str(path))
+    sizes = np.array([sum(map(len, row)) for row in rows], dtype=np.int64)
+    _reject_huge(scan, sizes, int(np.flatnonzero(~scan.blank)[0]))
+    return _with_warnings(_csv_slow(rows, scan, delimiter, meta), warnings)
+
+
+def _with_warnings(table: _Table, warnings: pd.DataFrame) -> _Table:
+    if warnings.empty:
+        return table
+    return replace(table, warnings=pd.concat([warnings, table.warnings], ignore_index=True))
 
 
 def _split_header(scan: _Records) -> tuple[int, np.ndarray, np.ndarray]:
@@ -773,25 +1051,50 @@ def _split_header(scan: _Records) -> tuple[int, np.ndarray, np.ndarray]:
 def _field_rejects(scan: _Records, data: np.ndarray, bad: np.ndarray, width: int,
                    raw: list[str]) -> pd.DataFrame:
     records = data[bad]
+
+    def reason(i: int) -> str:
+        if i in scan.notes:
+            return scan.notes[i]
+        text = f"expected {width} fields, found {scan.fields[i]}"
+        if scan.last_lines[i] > scan.lines[i]:  # a quote opened here closed lines later
+            text += (f": lines {scan.lines[i]}-{scan.last_lines[i]} were read as one row "
+                     "(a quoted field runs over them)")
+        return text
+
     return pd.DataFrame({
         "line": scan.lines[records].astype("int64"),
         "column": "",
-        "reason": [scan.notes.get(i, f"expected {width} fields, found {scan.fields[i]}")
-                   for i in records],
+        "reason": [reason(i) for i in records],
         "raw": raw,
     }).astype({"column": "str", "reason": "str", "raw": "str"})
 
 
-def _unique_headers(headers: list[str]) -> list[str]:
+def _unique_headers(headers: list[str]) -> tuple[list[str], pd.DataFrame]:
     """Name blank headers by position ('column 15') and make repeated names unique
-    ('Notes', 'Notes (2)') so no column is lost."""
+    ('Notes', 'Notes (2)') so no column is lost; a warning for each repeated name."""
     seen: dict[str, int] = {}
+    first: dict[str, int] = {}
     result = []
+    repeated: list[tuple[int, str, str]] = []  # position, header, name given
     for position, raw in enumerate(headers, start=1):
         header = raw if raw.strip() else f"column {position}"
         seen[header] = seen.get(header, 0) + 1
-        result.append(header if seen[header] == 1 else f"{header} ({seen[header]})")
-    return result
+        first.setdefault(header, position)
+        name = header if seen[header] == 1 else f"{header} ({seen[header]})"
+        result.append(name)
+        if seen[header] > 1:
+            repeated.append((position, header, name))
+    if not repeated:
+        return result, _empty_warnings()
+    warnings = pd.DataFrame({
+        "line": np.ones(len(repeated), dtype="int64"),
+        "column": [name for _, _, name in repeated],
+        "value": [header for _, header, _ in repeated],
+        "reason": [f"repeated header: column {position} has the name of column "
+                   f"{first[header]}; kept under its own name" for position, header, _ in
+                   repeated],
+    }).astype({"column": "str", "value": "str", "reason": "str"})
+    return result, warnings
 
 
 def _csv_fast(buf: bytes, scan: _Records, delimiter: str, meta: dict) -> _Table | None:
@@ -799,49 +1102,95 @@ def _csv_fast(buf: bytes, scan: _Records, delimiter: str, meta: dict) -> _Table 
     width = int(scan.fields[header])
 
     def raw_text(records: np.ndarray) -> list[str]:
-        return [buf[scan.starts[i] : scan.stops[i]].decode("utf-8", "replace")[:_RAW_CHARS]
-                for i in records]
+        return [buf[scan.starts[i] : min(scan.stops[i], scan.starts[i] + 4 * _RAW_CHARS)]
+                .decode("utf-8", "replace")[:_RAW_CHARS] for i in records]
 
     header_text = buf[scan.starts[header] : scan.stops[header]].decode("utf-8")
-    names = _unique_headers(next(csv.reader([header_text], delimiter=delimiter)))
+    names, header_warnings = _unique_headers(
+        next(csv.reader(io.StringIO(header_text, newline=""), delimiter=delimiter)))
     good = data[~bad]
     keep = np.zeros(scan.starts.size, dtype=bool)
     keep[good] = True
     segment = np.diff(np.append(scan.starts, len(buf)))
     first = int(good[0]) if good.size else 0
+    source: Any = buf
+    restore = None
+    if scan.glued.size:  # CRs inside unquoted cells: hide them from the parser
+        counts = np.bincount(np.frombuffer(buf, np.uint8), minlength=256)
+        free = [b for b in (0x1E, 0x1F, 0x1D, 0x1C, *range(1, 9)) if counts[b] == 0]
+        if not free:
+            return None
+        source = np.frombuffer(buf, np.uint8).copy()
+        source[scan.glued] = free[0]
+        restore = chr(free[0])
     if keep[first:].all():  # only the header and lines before it go: no copy
-        body = memoryview(buf)[scan.starts[first]:]
+        body = memoryview(source)[scan.starts[first]:]
     else:
-        body = np.frombuffer(buf, np.uint8)[np.repeat(keep, segment)]
+        body = np.frombuffer(source, np.uint8)[np.repeat(keep, segment)]
     if good.size:
+        longest = int((scan.stops[good] - scan.starts[good]).max())
         try:
-            frame = _parse_text_table(body, delimiter=delimiter, width=width,
-                                      multiline=scan.multiline)
+            frame = _parse_text_table(body, delimiter=delimiter, names=names,
+                                      multiline=scan.multiline, longest=longest,
+                                      restore=restore)
         except (pa.ArrowInvalid, ValueError):
             return None
         if len(frame) != good.size:
             return None
     else:
-        frame = pd.DataFrame({i: pd.Series(dtype="str") for i in range(width)})
-    frame.columns = names
+        frame = pd.DataFrame({name: pd.Series(dtype="str") for name in names})
     rejects = _field_rejects(scan, data, bad, width, raw_text(data[bad]))
+    swallowed = _swallowed_rows(buf, scan, good, delimiter, width)
+    warnings = pd.concat([header_warnings, pd.DataFrame({
+        "line": scan.lines[swallowed].astype("int64"), "column": "",
+        "value": raw_text(swallowed),
+        "reason": [f"a quoted field runs over lines {scan.lines[i]}-{scan.last_lines[i]}, "
+                   "which look like rows of their own: read as one row (check its quotes)"
+                   for i in swallowed],
+    })], ignore_index=True) if swallowed.size else header_warnings
     return _Table(frame, scan.lines[good], rejects, int(data.size),
-                  lambda rows: raw_text(good[rows]), meta)
+                  lambda rows: raw_text(good[rows]), meta, warnings)
 
 
-def _parse_text_table(body: Any, *, delimiter: str, width: int, multiline: bool
-                      ) -> pd.DataFrame:
-    """Parse header-less, blank-free UTF-8 CSV bytes into ``width`` string columns."""
-    names = [str(i) for i in range(width)]
+def _swallowed_rows(buf: bytes, scan: _Records, records: np.ndarray, delimiter: str,
+                    width: int) -> np.ndarray:
+    """Records (of ``records``) spanning several lines of which a later one holds a whole
+    row's worth of delimiters: most likely a stray quote that swallowed rows."""
+    multi = records[scan.last_lines[records] > scan.lines[records]]
+    if multi.size == 0 or width < 2:
+        return multi
+    a = np.frombuffer(buf, dtype=np.uint8)
+    per_line = np.bincount(np.searchsorted(_line_breaks(a), np.flatnonzero(a == ord(delimiter))),
+                           minlength=int(scan.last_lines.max()) + 1)
+    full = np.concatenate(([0], np.cumsum(per_line >= width - 1)))  # full[k]: lines 1..k
+    # lines are 1-based; per_line[k - 1] is line k: count full lines in first+1..last
+    return multi[full[scan.last_lines[multi]] - full[scan.lines[multi]] > 0]
+
+
+def _parse_text_table(body: Any, *, delimiter: str, names: list[str], multiline: bool,
+                      longest: int = 0, restore: str | None = None) -> pd.DataFrame:
+    """Parse header-less, blank-free UTF-8 CSV bytes into string columns named ``names``.
+
+    Blank-headed columns without a value are dropped here, in Arrow, before pandas sees
+    them (cheap however many there are). ``restore``: a character standing for a CR inside
+    an unquoted cell, turned back into one."""
+    keys = [str(i) for i in range(len(names))]
     table = pacsv.read_csv(
         pa.py_buffer(body),
-        read_options=pacsv.ReadOptions(column_names=names),
+        read_options=pacsv.ReadOptions(column_names=keys,
+                                       block_size=max(1 << 20, 2 * longest + 1024)),
         parse_options=pacsv.ParseOptions(
             delimiter=delimiter, newlines_in_values=multiline, ignore_empty_lines=False),
         convert_options=pacsv.ConvertOptions(
-            column_types=dict.fromkeys(names, pa.large_string()), strings_can_be_null=True,
+            column_types=dict.fromkeys(keys, pa.large_string()), strings_can_be_null=True,
             quoted_strings_can_be_null=True, null_values=[""]),
     )
+    keep = [i for i, name in enumerate(names)
+            if not (_UNNAMED.fullmatch(name) and table.column(i).null_count == table.num_rows)]
+    columns = [table.column(i) for i in keep]
+    if restore is not None:
+        columns = [pc.replace_substring(column, restore, "\r") for column in columns]
+    table = pa.table(columns, names=[names[i] for i in keep])
     text = pd.StringDtype("pyarrow", na_value=np.nan)
     return table.to_pandas(types_mapper={pa.string(): text, pa.large_string(): text}.get)
 
@@ -850,7 +1199,7 @@ def _csv_slow(rows: list[list[str]], scan: _Records, delimiter: str, meta: dict)
     header, data, bad = _split_header(scan)
     width = int(scan.fields[header])
     good = data[~bad]
-    names = _unique_headers(rows[header])
+    names, header_warnings = _unique_headers(rows[header])
 
     def raw_text(records: np.ndarray) -> list[str]:
         return [delimiter.join(rows[i])[:_RAW_CHARS] for i in records]
@@ -858,7 +1207,7 @@ def _csv_slow(rows: list[list[str]], scan: _Records, delimiter: str, meta: dict)
     frame = pd.DataFrame([rows[i] for i in good], columns=names, dtype="str")
     rejects = _field_rejects(scan, data, bad, width, raw_text(data[bad]))
     return _Table(frame, scan.lines[good], rejects, int(data.size),
-                  lambda positions: raw_text(good[positions]), meta)
+                  lambda positions: raw_text(good[positions]), meta, header_warnings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -882,7 +1231,8 @@ def _table_from_cells(cells: pd.DataFrame, meta: dict, path: Path, *,
         lines = np.arange(len(cells)) + 1
     else:
         data, lines = nonblank, np.arange(len(cells)) + 2
-    frame = text.iloc[data].set_axis(_unique_headers(names), axis=1).reset_index(drop=True)
+    names, header_warnings = _unique_headers(names)
+    frame = text.iloc[data].set_axis(names, axis=1).reset_index(drop=True)
 
     def raw_text(positions: np.ndarray) -> list[str]:
         rows = frame.iloc[positions].astype("str").fillna("")
@@ -890,7 +1240,7 @@ def _table_from_cells(cells: pd.DataFrame, meta: dict, path: Path, *,
 
     empty = pd.DataFrame({c: pd.Series(dtype="str") for c in _REJECT_COLUMNS}).astype(
         {"line": "int64"})
-    return _Table(frame, lines[data], empty, int(data.size), raw_text, meta)
+    return _Table(frame, lines[data], empty, int(data.size), raw_text, meta, header_warnings)
 
 
 def _read_xlsx(data: bytes, path: Path, *, sheet: str | int | None) -> _Table:

@@ -1,0 +1,169 @@
+"""The reader on hostile input: line endings, bad bytes, huge cells, wide files, quotes."""
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geoflow.io import BAD_BYTES_REASON, MAX_ROW_BYTES, read_traces
+
+HEADER = "Trace Number,Serial Number,FFL Name,FFL City,FFL State,Recovery City,Recovery State"
+PLACES = ["Ciudad Juárez", "Nuevo León", "Querétaro", "Culiacán", "Peñón", "Reynosa"]
+
+
+def _lines(n=6):
+    return [f"T{i},S{i},Store {i},Laredo,TX,{PLACES[i % len(PLACES)]},CHIH" for i in range(n)]
+
+
+def _write(tmp_path, data: bytes, name="t.csv"):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _holds(result):
+    return result.rows_read == result.rows_valid + result.rows_rejected
+
+
+@pytest.mark.parametrize("ending", [b"\r", b"\n", b"\r\n"])
+def test_every_line_ending_reads_each_record_once(tmp_path, ending):
+    data = ending.join(line.encode() for line in [HEADER, *_lines()]) + ending
+    result = read_traces(_write(tmp_path, data))
+    assert result.records["trace_id"].tolist() == [f"T{i}" for i in range(6)]
+    assert result.records["recovery_city"].tolist() == PLACES
+    assert result.records["source_line"].tolist() == [2, 3, 4, 5, 6, 7]
+    assert result.rejects.empty and _holds(result)
+
+
+def test_mixed_line_endings_inside_and_outside_quotes(tmp_path):
+    rows = _lines(6)
+    rows[1] = 'T1,S1,"Store\ron two lines",Laredo,TX,Nuevo León,CHIH'  # CR inside quotes
+    rows[3] = 'T3,S3,"Store\r\nthree",Laredo,TX,Culiacán,CHIH'
+    endings = [b"\r", b"\n", b"\r\n", b"\r", b"\n", b"\r\n", b"\r"]
+    data = b"".join(line.encode() + end
+                    for line, end in zip([HEADER, *rows], endings, strict=True))
+    result = read_traces(_write(tmp_path, data))
+    records = result.records
+    assert records["trace_id"].tolist() == [f"T{i}" for i in range(6)]
+    assert records["dealer_name"].iloc[1] == "Store\ron two lines"
+    assert records["dealer_name"].iloc[3] == "Store\r\nthree"
+    # physical lines: the quoted CR and CRLF are line breaks too
+    assert records["source_line"].tolist() == [2, 3, 5, 6, 8, 9]
+    assert _holds(result) and result.rows_read == 6
+
+
+def test_a_bare_cr_inside_an_unquoted_cell_does_not_split_the_record(tmp_path):
+    rows = _lines(4)
+    rows[2] = "T2,S2,Store\rannex,Laredo,TX,Querétaro,CHIH"
+    data = "\n".join([HEADER, *rows]).encode() + b"\n"
+    result = read_traces(_write(tmp_path, data))
+    assert result.records["trace_id"].tolist() == ["T0", "T1", "T2", "T3"]
+    assert result.records["dealer_name"].iloc[2] == "Store\rannex"
+    assert result.records["source_line"].tolist() == [2, 3, 4, 6]
+    assert result.rejects.empty and result.rows_read == 4
+
+
+def test_one_bad_byte_is_read_alone_and_warned_with_its_line(tmp_path):
+    body = "\n".join([HEADER, *_lines()]).encode()
+    data = body.replace("Peñón".encode(), "Pe\xf1\xf3n".encode("cp1252"))  # cp1252 pasted in
+    result = read_traces(_write(tmp_path, data + b"\n"))
+    assert result.source["encoding"] == "utf-8"
+    assert result.records["recovery_city"].tolist() == PLACES  # no mojibake anywhere
+    warned = result.warnings[result.warnings["reason"] == BAD_BYTES_REASON]
+    assert warned["line"].tolist() == [6]
+    assert "Peñón" in warned["value"].iloc[0]
+    assert result.warning_counts[BAD_BYTES_REASON] == 1
+
+
+def test_a_file_that_is_clearly_cp1252_is_read_as_cp1252(tmp_path):
+    data = "\n".join([HEADER, *_lines()]).encode("cp1252")
+    result = read_traces(_write(tmp_path, data))
+    assert result.source["encoding"] == "cp1252"
+    assert result.records["recovery_city"].tolist() == PLACES
+    assert BAD_BYTES_REASON not in result.warning_counts
+
+
+@pytest.mark.parametrize("stray_quote", [False, True])
+def test_a_huge_cell_rejects_its_row_with_line_and_size(tmp_path, stray_quote):
+    rows = _lines()
+    rows[2] = rows[2].replace("Store 2", "X" * (5 * 1024 * 1024))
+    if stray_quote:  # a " inside an unquoted field sends the file to the csv-module reader
+        rows[4] = rows[4].replace("Store 4", 'Store 4 12" barrel')
+    data = "\n".join([HEADER, *rows]).encode()
+    result = read_traces(_write(tmp_path, data))
+    assert result.records["trace_id"].tolist() == ["T0", "T1", "T3", "T4", "T5"]
+    assert result.rejects["line"].tolist() == [4]
+    reason = result.rejects["reason"].iloc[0]
+    assert reason.startswith("row too large: 5.2 MB")
+    assert f"{MAX_ROW_BYTES / 1e6:,.1f} MB" in reason
+    assert len(result.rejects["raw"].iloc[0]) <= 200
+    assert _holds(result)
+
+
+def test_a_quote_that_runs_over_lines_names_every_line_it_swallowed(tmp_path):
+    rows = _lines(10)
+    rows[3] = rows[3].replace("Store 3", '"Store 3')  # opened here …
+    rows[7] = rows[7].replace("Store 7", 'Store" 7')  # … closed four lines later
+    data = "\n".join([HEADER, *rows]).encode() + b"\n"
+    result = read_traces(_write(tmp_path, data))
+    # the swallowed row has the right number of fields: kept, but warned
+    assert result.records["trace_id"].tolist() == ["T0", "T1", "T2", "T3", "T8", "T9"]
+    warning = result.warnings.iloc[0]
+    assert warning["line"] == 5 and "lines 5-9, which look like rows" in warning["reason"]
+    rows[7] = rows[7].replace("Laredo,", "")  # now the swallowed row has too few fields
+    result = read_traces(_write(tmp_path, "\n".join([HEADER, *rows]).encode()))
+    assert result.rejects["line"].tolist() == [5]
+    assert "found 6: lines 5-9 were read as one row" in result.rejects["reason"].iloc[0]
+    assert result.records["trace_id"].tolist() == ["T0", "T1", "T2", "T8", "T9"]
+    assert _holds(result) and result.rows_read == 6
+    # a quote never closed: the rest of the file is one bad row, its lines named
+    result = read_traces(_write(tmp_path, "\n".join([HEADER, *rows[:7]]).encode()))
+    assert result.rejects["reason"].tolist() == [
+        "unterminated quote: lines 5-8 were read as one row"]
+
+
+def test_repeated_headers_are_warned(tmp_path):
+    data = (HEADER + ",FFL Name\n" + "\n".join(r + ",Other" for r in _lines(2))).encode()
+    result = read_traces(_write(tmp_path, data))
+    assert result.records["dealer_name"].tolist() == ["Store 0", "Store 1"]
+    assert result.records["ffl_name_2"].tolist() == ["Other", "Other"]
+    warning = result.warnings.iloc[0]
+    assert (warning["line"], warning["column"], warning["value"]) == (1, "FFL Name (2)",
+                                                                      "FFL Name")
+    assert "column 8 has the name of column 3" in warning["reason"]
+
+
+def test_a_spreadsheet_export_with_16384_columns_reads_in_seconds(tmp_path):
+    width = 16_384  # Excel's maximum: trailing blank columns of a formatted sheet
+    pad = "," * (width - 7)
+    named = ",".join(f"Extra {i}" for i in range(200))
+    rows = [f"{HEADER},{named}{pad[200:]}"]
+    rows += [f"{r},{','.join(['x'] * 200)}{pad[200:]}" for r in _lines(50)]
+    path = _write(tmp_path, "\n".join(rows).encode())
+    clock = time.perf_counter()
+    result = read_traces(path)
+    elapsed = time.perf_counter() - clock
+    assert len(result.records) == 50 and _holds(result)
+    assert result.records["extra_199"].eq("x").all()
+    assert not any(c.startswith("column_") for c in result.records.columns)
+    assert elapsed < 30  # was hours: O(columns²)
+
+
+def test_nul_bytes_bom_only_and_header_only(tmp_path):
+    data = ("\n".join([HEADER, *_lines(3)]) + "\n").encode().replace(b"Store 1", b"St\0re 1")
+    result = read_traces(_write(tmp_path, data))
+    assert result.records["dealer_name"].iloc[1] == "St\0re 1" and result.rows_read == 3
+    header_only = read_traces(_write(tmp_path, b"\xef\xbb\xbf" + HEADER.encode() + b"\r\n"))
+    assert (header_only.rows_read, header_only.rows_valid) == (0, 0)
+
+
+def test_clean_text_matches_python_strip_and_placeholders(tmp_path):
+    cells = ["  a ", "\u3000b\u2003", "N/A", " null ", "-", "x-", "", "\xa0", "é "]
+    data = ("Serial Number,Notes\n" + "\n".join(f"S{i},{c}" for i, c in enumerate(cells))
+            ).encode()
+    notes = read_traces(_write(tmp_path, data)).records["notes"]
+    expected = [c.strip() or None for c in cells]
+    expected = [None if e and e.upper() in {"N/A", "NULL", "-"} else e for e in expected]
+    assert [None if pd.isna(v) else v for v in notes] == expected
+    assert notes.dtype == "str" and np.all(notes.index == np.arange(len(cells)))
