@@ -1,4 +1,4 @@
-"""Tables by US state, Mexican state, dealer, trafficker, crossing and year, and the findings.
+"""Tables by US state, Mexican state, dealer, purchaser, crossing and year, and the findings.
 
 Every function is a pure DataFrame → DataFrame transform, vectorised with groupby over integer
 codes: cost grows with records once, memory with distinct entities. Input records follow
@@ -37,6 +37,8 @@ __all__ = [
     "by_mx_state",
     "state_matrix",
     "by_dealer",
+    "TRAFFICKER_MIN_GUNS",
+    "by_purchaser",
     "by_trafficker",
     "by_crossing",
     "by_year",
@@ -44,6 +46,9 @@ __all__ = [
     "findings",
 ]
 
+#: Default threshold of ``by_trafficker``: purchasers tied to this many traced guns or more (the
+#: threshold of the reporting); ``by_purchaser.at_or_above_threshold`` marks them.
+TRAFFICKER_MIN_GUNS = 10
 #: "Short" time to crime: under three years (DOMAIN.md), in days.
 TTC_SHORT_DAYS = 3 * 365.25
 UNKNOWN = "unknown"
@@ -390,15 +395,18 @@ def by_dealer(records: pd.DataFrame) -> pd.DataFrame:
     return _sorted(table)
 
 
-def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None = None
-                  ) -> pd.DataFrame:
-    """One row per purchaser (records without a purchaser are left out): guns, distinct
-    dealers, top dealer with its guns and share, Herfindahl concentration ``hhi`` over dealers
-    (1 = a single store), purchase span, crossings used (known first) and median time to crime.
+def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None = None,
+                 threshold: int = TRAFFICKER_MIN_GUNS) -> pd.DataFrame:
+    """One row per purchaser (records without a purchaser are left out): guns, whether they
+    are tied to ``threshold`` or more guns (``at_or_above_threshold``), distinct dealers, top
+    dealer with its guns and share, Herfindahl concentration ``hhi`` over dealers (1 = a
+    single store), purchase span, crossings used (known first) and median time to crime.
 
-    Columns (contract): ``purchaser``, ``guns``, ``dealers``, ``top_dealer``,
-    ``top_dealer_guns``, ``top_dealer_share``, ``hhi``, ``first_purchase``,
-    ``last_purchase``, ``crossings``, ``median_time_to_crime_days``.
+    Columns (contract): ``purchaser``, ``guns``, ``at_or_above_threshold``, ``dealers``,
+    ``top_dealer``, ``top_dealer_guns``, ``top_dealer_share``, ``hhi``, ``first_purchase``,
+    ``last_purchase``, ``crossings``, ``median_time_to_crime_days``. Every purchaser is
+    listed here; the published table keeps only those at or above ``--min-cell``
+    (:func:`geoflow.privacy.suppress`).
     """
     records = counted(records)
     group_all, ids = _codes(records["purchaser_id"])
@@ -429,6 +437,7 @@ def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None
         {
             "purchaser": pd.array(labels, dtype="string"),
             "guns": guns,
+            "at_or_above_threshold": guns >= threshold,
             "dealers": distinct,
             "top_dealer": pd.array(top_names, dtype="string"),
             "top_dealer_guns": top_count,
@@ -443,6 +452,18 @@ def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None
     return table.sort_values(
         ["guns", "purchaser"], ascending=[False, True], kind="stable"
     ).reset_index(drop=True)
+
+
+def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None = None,
+                  threshold: int = TRAFFICKER_MIN_GUNS,
+                  purchasers: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Purchasers tied to ``threshold`` (default 10) or more traced guns — a count of guns,
+    not proof of trafficking: the columns of :func:`by_purchaser` without
+    ``at_or_above_threshold``. ``purchasers`` is a ready :func:`by_purchaser` table."""
+    if purchasers is None:
+        purchasers = by_purchaser(records, port_names=port_names, threshold=threshold)
+    big = purchasers[purchasers["guns"].to_numpy() >= threshold]
+    return big.drop(columns="at_or_above_threshold").reset_index(drop=True)
 
 
 def _crossings_used(
@@ -538,16 +559,21 @@ def build_tables(
     *,
     ports: pd.DataFrame | None = None,
     state_names: Mapping[str, str] | None = None,
+    trafficker_min_guns: int = TRAFFICKER_MIN_GUNS,
 ) -> dict[str, pd.DataFrame]:
-    """All seven tables of DESIGN.md "Outputs", keyed by file stem."""
+    """All eight tables of DESIGN.md "Outputs", keyed by file stem, before small-count
+    suppression (``by_purchaser`` lists every purchaser)."""
     records = counted(records)
     port_names = None if ports is None else dict(zip(ports["code"], ports["name"], strict=True))
+    purchasers = by_purchaser(records, port_names=port_names, threshold=trafficker_min_guns)
     return {
         "by_us_state": by_us_state(records, state_names=state_names),
         "by_mx_state": by_mx_state(records, state_names=state_names),
         "state_matrix": state_matrix(records),
         "by_dealer": by_dealer(records),
-        "by_trafficker": by_trafficker(records, port_names=port_names),
+        "by_purchaser": purchasers,
+        "by_trafficker": by_trafficker(records, threshold=trafficker_min_guns,
+                                       purchasers=purchasers),
         "by_crossing": by_crossing(records, ports),
         "by_year": by_year(records),
     }
@@ -592,21 +618,24 @@ def findings(
     records: pd.DataFrame,
     tables: Mapping[str, pd.DataFrame],
     *,
-    min_guns: int = 10,
+    min_guns: int = TRAFFICKER_MIN_GUNS,
     top_n: int = 3,
     max_listed: int = 25,
+    min_cell: int = 1,
 ) -> list[dict]:
     """Headline findings: each a dict ``id``, ``text`` (one sentence) and ``numbers``.
 
-    Computed from the tables, so a reporter can check every figure against the CSVs (the
-    purchasers behind the first finding are listed up to ``max_listed``; all are in
-    ``by_trafficker``).
+    Computed from the tables (``by_purchaser`` before suppression, so counts include every
+    purchaser), so a reporter can check every figure against the CSVs (the purchasers behind
+    the first finding are listed up to ``max_listed``; all are in ``by_trafficker``).
+    Purchasers tied to fewer than ``min_cell`` guns are counted but never named.
     """
     records = counted(records)
     out: list[dict] = []
-    traffickers = tables["by_trafficker"]
-    big = traffickers[traffickers["guns"] >= min_guns]
+    purchasers = tables["by_purchaser"]
+    big = purchasers[purchasers["guns"] >= min_guns]
     single = big[big["top_dealer_share"] > 0.5]
+    named = big[big["guns"] >= min_cell]
     out.append({
         "id": "prolific_purchasers",
         "text": (
@@ -615,24 +644,24 @@ def findings(
             "(more than half) at a single store."
             + (" Largest: " + "; ".join(
                 f"{r.purchaser} ({r.guns:,} guns, {_from_dealer(r.top_dealer_guns, r.top_dealer)})"
-                for r in big.head(top_n).itertuples()) + "." if len(big) else "")
+                for r in named.head(top_n).itertuples()) + "." if len(named) else "")
         ),
         "numbers": {
             "min_guns": min_guns,
             "purchasers": len(big),
             "mostly_one_store": len(single),
             "guns": int(big["guns"].sum()),
-            "listed": min(len(big), max_listed),
+            "listed": min(len(named), max_listed),
             "top": [
                 {k: _num(v) for k, v in row.items()}
-                for row in big.head(max_listed)[
+                for row in named.head(max_listed)[
                     ["purchaser", "guns", "top_dealer", "top_dealer_guns", "top_dealer_share",
                      "crossings"]].to_dict("records")
             ],
         },
     })
-    if len(traffickers):
-        top = traffickers.iloc[0]
+    if len(purchasers) and purchasers["guns"].iloc[0] >= min_cell:
+        top = purchasers.iloc[0]
         crossings = top["crossings"] if pd.notna(top["crossings"]) else ""
         text = (
             f"The most prolific purchaser, {top['purchaser']}, is tied to "

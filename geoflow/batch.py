@@ -229,14 +229,19 @@ class BatchResult:
 
 
 def entity_table(
-    records: pd.DataFrame, kind: str, *, min_guns: int | None = None, show_names: bool = False
+    records: pd.DataFrame, kind: str, *, min_guns: int | None = None, show_names: bool = False,
+    min_cell: int = 1,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Entities to write (with slug, folder and per-entity counts) and the batch accounting.
 
     The accounting says where every record went: ``records`` = ``guns_in_entities`` +
-    ``guns_below_threshold`` + ``records_without_entity``.
+    ``guns_below_threshold`` + ``records_without_entity``. Purchasers (``trafficker``) are
+    listed only when tied to ``min_cell`` guns or more (the small-count rule), whatever
+    ``min_guns`` says.
     """
     threshold = DEFAULT_MIN_GUNS[kind] if min_guns is None else max(int(min_guns), 1)
+    if kind == "trafficker":
+        threshold = max(threshold, int(min_cell))
     keys = entity_keys(records, kind)
     table = list_entities(records, kind, min_guns=threshold, show_names=show_names)
     stats = pd.DataFrame({
@@ -295,7 +300,8 @@ def run_batch(
     records = prepared.records if records is None else records
     show_names = bool(getattr(options, "show_names", False))
     write = write or (lambda result, folder: pipeline.write_outputs(result, folder))
-    table, accounting = entity_table(records, kind, min_guns=min_guns, show_names=show_names)
+    table, accounting = entity_table(records, kind, min_guns=min_guns, show_names=show_names,
+                                     min_cell=int(getattr(options, "min_cell", 1)))
     keys = entity_keys(records, kind)
     positions = pd.Series(range(len(records)), index=records.index).groupby(
         keys.to_numpy(), dropna=True).indices if len(records) else {}
@@ -354,7 +360,9 @@ def _manifest(prepared: Any, *, kind: str, description: str, table: pd.DataFrame
         "batch": kind,
         "description": description,
         "show_names": bool(getattr(options, "show_names", False)),
-        "input": {k: source.get(k) for k in ("path", "sha256", "format", "rows_read")},
+        # the file name only: an absolute path would publish the user's folders
+        "input": {"path": Path(str(source.get("path", ""))).name,
+                  **{k: source.get(k) for k in ("sha256", "format", "rows_read")}},
         "options": options.describe() if hasattr(options, "describe") else {},
         "counts": accounting,
         "entities": [

@@ -19,6 +19,8 @@ from geoflow.cli_options import (
     geocoder_from_config,
     geocoder_options,
     map_options,
+    notice,
+    origin,
     pop_filters,
     show_progress,
 )
@@ -72,6 +74,7 @@ SUMMARY_TABLES = {
     "mx-state": "by_mx_state",
     "state-matrix": "state_matrix",
     "dealer": "by_dealer",
+    "purchaser": "by_purchaser",
     "trafficker": "by_trafficker",
     "crossing": "by_crossing",
     "year": "by_year",
@@ -89,6 +92,12 @@ def _input_path(input_path: str | None, sample: bool) -> str:
     if not input_path:
         raise click.UsageError("missing INPUT (a CSV, XLSX or Parquet trace file) or --sample")
     return input_path
+
+
+pseudonym_key_option = click.option(
+    "--pseudonym-key-file", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+    help="Secret key for pseudonyms, shared by a team (default: GEOFLOW_PSEUDONYM_KEY, the "
+         "config file, else your own key, made on first use in the user config folder).")
 
 
 def _pipeline_options(func):
@@ -110,6 +119,15 @@ def _pipeline_options(func):
         click.option("--show-names/--hide-names", default=None,
                      help="Show purchaser names instead of pseudonyms (P-xxxxxx); default "
                           "hide, or show_names in the config file."),
+        pseudonym_key_option,
+        click.option("--min-cell", type=click.IntRange(min=1), default=None, metavar="K",
+                     help="Small-count threshold (default 3): a flow, dealer or place tied to "
+                          "fewer than K guns or K purchasers shows no purchaser and only "
+                          "years; purchaser tables list purchasers with K guns or more. "
+                          "1 turns this off."),
+        click.option("--trafficker-min-guns", type=click.IntRange(min=1), default=None,
+                     metavar="N", help="tables/by_trafficker.csv lists purchasers tied to N or "
+                                       "more traced guns (default 10)."),
     ]
     func = geocoder_options(func)  # listed after the options above in --help
     for option in reversed(options):
@@ -119,26 +137,38 @@ def _pipeline_options(func):
 
 def _run_options(*, dayfirst: bool | None, column_map: str | None, overrides: str | None,
                  flow_level: str | None, show_names: bool | None, config: Config | None = None,
-                 **geocoding):
+                 pseudonym_key_file: str | None = None, min_cell: int | None = None,
+                 trafficker_min_guns: int | None = None, **geocoding):
     """RunOptions from command-line values, falling back to the config file, then defaults.
 
-    ``geocoding`` holds the values of :func:`geocoder_options`; an online geocoder holds a
-    cache database open: close ``options.geocoder`` when done."""
-    import os
-
+    Showing names and turning suppression off print a notice naming where the setting came
+    from, even with ``-q``. ``geocoding`` holds the values of :func:`geocoder_options`; an
+    online geocoder holds a cache database open: close ``options.geocoder`` when done."""
     from geoflow.io import load_column_map
     from geoflow.pipeline import RunOptions
+    from geoflow.privacy import MIN_CELL, resolve_key
 
     config = config or Config()
     column_map = config.pick("column_map", column_map)
+    names = bool(config.pick("show_names", show_names, False))
+    if names:
+        notice("real purchaser and possessor names are shown in the outputs "
+               f"({origin(config, 'show_names', show_names, flag='--show-names')})")
+    cell = int(config.pick("min_cell", min_cell, MIN_CELL))
+    if cell == 1:
+        notice("small-count suppression is off: purchaser ids and exact dates of single guns "
+               f"are published ({origin(config, 'min_cell', min_cell, flag='--min-cell 1')})")
+    key = resolve_key(key_file=pseudonym_key_file, config=config)
     return RunOptions(
         dayfirst=bool(config.pick("dayfirst", dayfirst, False)),
         column_map=load_column_map(column_map) if column_map else None,
         geocoder=geocoder_from_config(config, **geocoding),
         overrides=config.pick("overrides", overrides),
         flow_level=config.pick("flow_level", flow_level, "place"),
-        show_names=bool(config.pick("show_names", show_names, False)),
-        pseudonym_key=os.environ.get("GEOFLOW_PSEUDONYM_KEY") or config.pseudonym_key,
+        show_names=names,
+        pseudonym_key=key,
+        min_cell=cell,
+        trafficker_min_guns=int(config.pick("trafficker_min_guns", trafficker_min_guns, 10)),
     )
 
 
@@ -280,7 +310,8 @@ def _run_batch(prepared, *, kind: str, out, records, description: str, min_guns:
     from geoflow.progress import bar
 
     table, _ = entity_table(records, kind, min_guns=min_guns,
-                            show_names=prepared.options.show_names)
+                            show_names=prepared.options.show_names,
+                            min_cell=prepared.options.min_cell)
     with bar(f"Writing {kind} outputs", len(table), enabled=show_progress()) as advance:
         batch = run_batch(
             prepared, kind=kind, out_dir=out, records=records, description=description,
@@ -542,15 +573,22 @@ def ports_command(texts: tuple[str, ...], fmt: str) -> None:
               help="SQLite cache of online answers (default: in the user cache folder).")
 @click.option("--overrides", type=click.Path(exists=True, dir_okay=False),
               help="CSV of fixes: place,lat,lon or place,replacement (an edited report works).")
+@click.option("--show-names", is_flag=True,
+              help="Keep purchaser and possessor names of a trace file (default: replaced by "
+                   "pseudonyms, purchaser_id and possessor_id).")
+@pseudonym_key_option
 def geocode_command(input_path: str, column: str | None, country: str | None, out_path: str,
                     report_path: str | None, service: str, user_agent: str | None,
                     api_key: str | None, domain: str | None, scheme: str | None,
-                    cache_path: str | None, overrides: str | None) -> None:
+                    cache_path: str | None, overrides: str | None, show_names: bool,
+                    pseudonym_key_file: str | None) -> None:
     """Geocode place strings offline (or with a geopy service) and report every match.
 
     Without --column, INPUT is a trace file: dealer and recovery places get coordinates,
     level and score. The report lists each distinct string with how it matched and how many
     rows it covers, unmatched and low-confidence first; fix them in an overrides file.
+    Purchaser and possessor names of a trace file are written as pseudonyms unless
+    --show-names.
 
     \b
     Example:
@@ -567,8 +605,12 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
     from geoflow.geocode import GeopyGeocoder, geocode_column, geocode_traces, load_overrides
 
     fixes = load_overrides(overrides) if overrides else None
+    if show_names and not column:
+        notice("real purchaser and possessor names are written to the output (--show-names)")
     geocoder = None
     if service != "offline":
+        notice(f"place names the offline gazetteer cannot place are sent to the online "
+               f"{service} geocoder (--geocoder {service})")
         geocoder = GeopyGeocoder(service, user_agent=user_agent or "", api_key=api_key,
                                  domain=domain, scheme=scheme, cache_path=cache_path)
     try:
@@ -598,9 +640,12 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
                 raise click.UsageError("--country applies to --column; trace files place "
                                        "dealers in the US and recoveries by recovery_country")
             from geoflow.io import read_traces
+            from geoflow.privacy import hide_names, resolve_key
 
-            read = read_traces(input_path)
-            out, report = geocode_traces(read.records, geocoder=geocoder, overrides=fixes)
+            records = read_traces(input_path).records
+            if not show_names:
+                records = hide_names(records, key=resolve_key(key_file=pseudonym_key_file))
+            out, report = geocode_traces(records, geocoder=geocoder, overrides=fixes)
             level = pd.concat([out["dealer_geocode_level"], out["recovery_geocode_level"]])
     finally:
         if geocoder is not None:

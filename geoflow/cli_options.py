@@ -38,6 +38,8 @@ __all__ = [
     "map_options",
     "show_progress",
     "accounting_line",
+    "notice",
+    "origin",
 ]
 
 log = logging.getLogger("geoflow")
@@ -177,7 +179,8 @@ def geocoder_from_config(
         raise GeocodeError(message, path=str(config.path) if config.path else None)
     from geoflow.geocode import GeopyGeocoder
 
-    log.info("geocoder: %s for the places the offline gazetteer cannot place", service)
+    notice(f"place names the offline gazetteer cannot place are sent to the online {service} "
+           f"geocoder ({origin(config, 'geocoder', geocoder, flag=f'--geocoder {service}')})")
     return GeopyGeocoder(service, user_agent=str(agent).strip(), api_key=api_key,
                          domain=geocoder_domain, scheme=geocoder_scheme,
                          cache_path=config.pick("geocode_cache", geocode_cache))
@@ -249,3 +252,16 @@ def accounting_line(counts: dict[str, int]) -> str:
     if counts.get("rows_filtered_out"):
         line += f" ({counts['rows_filtered_out']:,} left out by filters)"
     return line
+
+
+def notice(text: str) -> None:
+    """One line on stderr that ``-q`` does not silence: for switches that publish names,
+    send data online or turn a privacy default off."""
+    click.echo(f"notice: {text}", err=True)
+
+
+def origin(config: Config, key: str, cli_value: Any, *, flag: str) -> str:
+    """Where a setting came from, for :func:`notice`: the flag, or ``key in <config file>``."""
+    if cli_value is not None or config.path is None:
+        return flag
+    return f"{key} in {config.path}"

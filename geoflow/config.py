@@ -11,6 +11,8 @@ The file is flat TOML; every key is optional and an option given on the command 
     user_agent = "newsroom-geoflow (data@example.org)"
     overrides = "places_fixed.csv"   # relative paths are relative to this file
     show_names = false
+    min_cell = 3                      # 1 turns small-count suppression off
+    pseudonym_key_file = "team.key"   # share pseudonyms with a team (default: your own key)
 
 An unknown key or a value of the wrong type is an error that names the key and the file.
 """
@@ -47,7 +49,10 @@ KEYS: dict[str, tuple[type, str]] = {
     "dayfirst": (bool, "read dates day first (Mexican files)"),
     "flow_level": (str, "place or state"),
     "show_names": (bool, "show purchaser and possessor names instead of pseudonyms"),
-    "pseudonym_key": (str, "secret key for pseudonyms"),
+    "pseudonym_key": (str, "secret key for pseudonyms (prefer pseudonym_key_file)"),
+    "pseudonym_key_file": (Path, "file holding the secret pseudonym key a team shares"),
+    "min_cell": (int, "small-count threshold: cells under it show no purchaser, only years"),
+    "trafficker_min_guns": (int, "by_trafficker lists purchasers tied to this many guns"),
 }
 
 _CHOICES = {"flow_level": ("place", "state")}
@@ -76,6 +81,9 @@ class Config:
     flow_level: str | None = None
     show_names: bool | None = None
     pseudonym_key: str | None = None
+    pseudonym_key_file: Path | None = None
+    min_cell: int | None = None
+    trafficker_min_guns: int | None = None
 
     def pick(self, key: str, cli_value: Any = None, default: Any = None) -> Any:
         """The command-line value if given, else this file's value, else ``default``."""

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,13 @@ import numpy as np
 import pandas as pd
 
 from geoflow import __version__
-from geoflow.aggregate import build_tables, findings, flag_counts, unplace_duplicates
+from geoflow.aggregate import (
+    TRAFFICKER_MIN_GUNS,
+    build_tables,
+    findings,
+    flag_counts,
+    unplace_duplicates,
+)
 from geoflow.crossings import unmatched_crossings
 from geoflow.export import (
     GENERATOR,
@@ -48,7 +54,7 @@ from geoflow.flows import (
     build_states,
     dealer_ids,
 )
-from geoflow.privacy import pseudonymise
+from geoflow.privacy import MIN_CELL, PseudonymKey, as_key, pseudonymise, suppress
 
 __all__ = [
     "RunOptions",
@@ -101,8 +107,8 @@ COMPACT_RATIO = 0.1
 #: the top-level ``flow_level`` member; every place-level flow is in ``flows_full.parquet``.
 FLOWS_GEOJSON_MAX = 50_000
 TABLE_NAMES = (
-    "by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_trafficker", "by_crossing",
-    "by_year",
+    "by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_purchaser", "by_trafficker",
+    "by_crossing", "by_year",
 )
 
 
@@ -116,12 +122,21 @@ class RunOptions:
     overrides: Any = None
     flow_level: str = "place"
     show_names: bool = False
-    pseudonym_key: bytes | str | None = None
+    #: a :class:`~geoflow.privacy.PseudonymKey`, raw bytes/text, or None: the user's key
+    #: (created on first use; resolved by :func:`prepare_records`)
+    pseudonym_key: PseudonymKey | bytes | str | None = None
     today: dt.date | None = None
+    #: small-count threshold (``--min-cell``): 1 turns suppression off
+    min_cell: int = MIN_CELL
+    #: ``by_trafficker`` lists purchasers tied to this many guns or more
+    trafficker_min_guns: int = TRAFFICKER_MIN_GUNS
 
     def __post_init__(self) -> None:
         if self.flow_level not in ("place", "state"):
             raise ValueError(f"flow_level must be 'place' or 'state', not {self.flow_level!r}")
+        for name in ("min_cell", "trafficker_min_guns"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
 
     def describe(self) -> dict:
         """JSON-friendly summary for the manifest (no key; the geocoder by its service name,
@@ -130,14 +145,16 @@ class RunOptions:
         out["geocoder"] = ("offline" if self.geocoder is None else
                            getattr(self.geocoder, "name", None) or type(self.geocoder).__name__)
         overrides = self.overrides
-        out["overrides"] = (
+        out["overrides"] = (  # a file name only: a path would publish the user's folders
             None if overrides is None
-            else str(overrides) if isinstance(overrides, (str, Path))
+            else Path(overrides).name if isinstance(overrides, (str, Path))
             else f"{type(overrides).__name__} ({len(overrides)} rows)"
             if hasattr(overrides, "__len__") else type(overrides).__name__
         )
         out["column_map"] = dict(self.column_map) if self.column_map else None
-        out["pseudonym_key"] = "custom" if self.pseudonym_key else "default"
+        key = self.pseudonym_key
+        out["pseudonym_key"] = (as_key(key).describe() if key is not None
+                                else {"fingerprint": None, "source": "user key file"})
         out["today"] = self.today.isoformat() if self.today else None
         return out
 
@@ -180,6 +197,9 @@ class RunResult:
     #: the flows written to flows.geojson when ``flows`` are too many for it (state level),
     #: else None (flows.geojson holds ``flows``)
     flows_overview: gpd.GeoDataFrame | None = None
+    #: what the small-count rule withheld (``privacy.suppress``): ``min_cell``, ``enabled``,
+    #: ``cells``, ``small_flows``, ``purchasers_not_listed``, ``text`` (legend sentences)
+    suppression: dict = field(default_factory=dict)
 
     @property
     def flows_geojson(self) -> tuple[gpd.GeoDataFrame, str]:
@@ -281,6 +301,8 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
     from geoflow.io import read_traces
 
     options = options or RunOptions()
+    # the key is resolved (the user's key created on first use) before any work
+    options = replace(options, pseudonym_key=as_key(options.pseudonym_key))
     timings: dict[str, float] = {}
     memory: dict[str, float] = {}
     with _stage("read", timings, memory):
@@ -390,6 +412,8 @@ def analyse(
     from geoflow.crossings import load_ports
 
     options = options or prepared.options
+    # the ids were made in prepare_records: the manifest names the key that made them
+    options = replace(options, pseudonym_key=prepared.options.pseudonym_key)
     frame = prepared.records if records is None else records
     quality = {  # what the data said that the tables do not: flags, unknown crossings
         "flags": flag_counts(frame),
@@ -403,8 +427,10 @@ def analyse(
     # tables first: their working memory is freed before the (large) flow layer exists
     with _stage("aggregate", timings, memory):
         frame = _label(_encode(frame), options.show_names)
-        tables = build_tables(frame, ports=ports, state_names=state_names)
-        found = findings(frame, tables)
+        tables = build_tables(frame, ports=ports, state_names=state_names,
+                              trafficker_min_guns=options.trafficker_min_guns)
+        found = findings(frame, tables, min_guns=options.trafficker_min_guns,
+                         min_cell=options.min_cell)
     with _stage("flows", timings, memory):
         # only the columns the map layers need: a filtered copy of every column would double
         # the memory of the records for large inputs
@@ -422,6 +448,12 @@ def analyse(
         overview = None
         if options.flow_level == "place" and len(flows) > FLOWS_GEOJSON_MAX:
             overview = build_flows(drawn, ports, level="state", state_names=state_names)
+        layers_out = {"flows": flows, "dealers": dealers, "recoveries": recoveries}
+        if overview is not None:
+            layers_out["flows_overview"] = overview
+        published, tables, suppression = suppress(layers_out, tables, min_cell=options.min_cell)
+        flows, dealers, recoveries = (published[k] for k in ("flows", "dealers", "recoveries"))
+        overview = published.get("flows_overview")
     log.info("built %s flows through %s ports", f"{len(flows):,}", len(crossings))
 
     rows_read = int(prepared.source.get("rows_read", len(prepared.records)))
@@ -451,9 +483,11 @@ def analyse(
                   **{k: source.get(k) for k in ("sha256", "format", "encoding")}},
         "options": options.describe(),
         "show_names": options.show_names,
+        "pseudonyms": options.describe()["pseudonym_key"],
         "description": description,
         "counts": counts,
         "flows_geojson_level": options.flow_level if overview is None else "state",
+        "suppression": suppression,
         "quality": quality,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "memory_peak_mb": memory,
@@ -464,6 +498,7 @@ def analyse(
         rejects=_rejects(prepared.rejects, options.show_names), unplaced=unplaced,
         geocode_report=prepared.geocode_report, manifest=manifest, description=description,
         warnings=prepared.warnings, flows_overview=overview,
+        suppression=suppression,
     )
 
 
@@ -481,6 +516,8 @@ def findings_markdown(result: RunResult) -> str:
     counts = result.manifest["counts"]
     lines = [title, ""]
     lines += [f"- {markdown_text(item['text'])}" for item in result.findings]
+    withheld = result.suppression.get("text", [])
+    lines += ["", *(markdown_text(text) for text in withheld)] if withheld else []
     lines += [
         "",
         f"Rows read {counts['rows_read']:,}; valid {counts['rows_valid']:,}; rejected "

@@ -3,7 +3,14 @@
 A name becomes ``P-`` + the first 6 hex digits of HMAC-SHA256(key, normalised name). The name is
 normalised first (accents removed, case folded, punctuation and runs of spaces collapsed), so
 ``"Rogelio  BARAJAS"`` and ``"rogelio barajas"`` get the same id, on every run and machine that
-uses the same key. Pass your own ``key`` to make ids unlinkable to other people's outputs.
+uses the same key.
+
+The key is secret, so nobody without it can turn a candidate name (from a voter file, a court
+docket) into its pseudonym and so reverse it. :func:`resolve_key` finds it: a key file given on
+the command line, ``GEOFLOW_PSEUDONYM_KEY``, the config file, or else the user's own key file
+(``pseudonym.key`` in the user config folder, created with 32 random bytes and mode 0600 on
+first use). A team that shares one key file gets the same pseudonyms; the manifest records
+only the key's fingerprint (:attr:`PseudonymKey.fingerprint`).
 
 Six hex digits are 16.7 million ids: with 600,000 distinct names about 10,000 pairs of people
 would share one. So ids are made unique among the distinct normalised names of the data: names
@@ -15,16 +22,165 @@ the same data collides with it; no id is ever a prefix of another id of the same
 from __future__ import annotations
 
 import hmac
+import logging
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["DEFAULT_KEY", "ID_DIGITS", "normalise_names", "pseudonym", "pseudonymise"]
+from geoflow.errors import ConfigError
 
-#: Project-wide default key: ids are stable across runs, not secret against a dictionary attack.
-DEFAULT_KEY = b"geoflow-pseudonym-v1"
+__all__ = [
+    "ID_DIGITS",
+    "KEY_ENV",
+    "KEY_FILE",
+    "MIN_KEY_LENGTH",
+    "PseudonymKey",
+    "config_dir",
+    "user_key_path",
+    "user_key",
+    "read_key_file",
+    "as_key",
+    "resolve_key",
+    "normalise_names",
+    "pseudonym",
+    "pseudonymise",
+    "hide_names",
+    "MIN_CELL",
+    "small_cells",
+    "suppress_cells",
+    "suppress",
+    "suppression_text",
+]
+
+log = logging.getLogger(__name__)
+
 #: Hex digits of an id that collides with no other name of the data.
 ID_DIGITS = 6
+#: Environment variable holding a pseudonym key (text).
+KEY_ENV = "GEOFLOW_PSEUDONYM_KEY"
+#: Name of the user's key file in :func:`config_dir`.
+KEY_FILE = "pseudonym.key"
+#: Shortest key accepted from a file, the environment or the config file (characters): a short
+#: key can be guessed, and a guessed key reverses every pseudonym.
+MIN_KEY_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class PseudonymKey:
+    """A secret pseudonym key and where it came from. ``repr`` never shows the secret."""
+
+    secret: bytes = field(repr=False)
+    #: where the key came from, for the manifest and messages: ``user key file``,
+    #: ``--pseudonym-key-file``, ``GEOFLOW_PSEUDONYM_KEY``, ``config file`` or ``given``
+    source: str = "given"
+
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits identifying the key (HMAC of a fixed text): two outputs with the same
+        fingerprint used the same key. It reveals nothing about the key itself."""
+        return hmac.digest(self.secret, b"geoflow key fingerprint", "sha256").hex()[:16]
+
+    def describe(self) -> dict[str, str]:
+        """``{"fingerprint": …, "source": …}`` for a manifest (never the key)."""
+        return {"fingerprint": self.fingerprint, "source": self.source}
+
+
+def config_dir() -> Path:
+    """geoflow's folder in the user config folder: ``$XDG_CONFIG_HOME/geoflow`` when that is
+    set, else ``%APPDATA%\\geoflow`` (Windows), ``~/Library/Application Support/geoflow``
+    (macOS) or ``~/.config/geoflow``."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    if xdg:
+        return Path(xdg) / "geoflow"
+    if sys.platform == "win32" and os.environ.get("APPDATA"):
+        return Path(os.environ["APPDATA"]) / "geoflow"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "geoflow"
+    return Path.home() / ".config" / "geoflow"
+
+
+def user_key_path() -> Path:
+    """Where the user's own key lives: ``config_dir() / "pseudonym.key"``."""
+    return config_dir() / KEY_FILE
+
+
+def _checked(secret: bytes, where: str) -> bytes:
+    if len(secret) < MIN_KEY_LENGTH:
+        raise ConfigError(f"pseudonym key from {where} is {len(secret)} characters long; use "
+                          f"at least {MIN_KEY_LENGTH} (a short key can be guessed)")
+    return secret
+
+
+def read_key_file(path: str | Path, *, source: str = "--pseudonym-key-file") -> PseudonymKey:
+    """The key in ``path`` (its bytes without surrounding whitespace). Raises
+    :class:`ConfigError` when it cannot be read or is shorter than :data:`MIN_KEY_LENGTH`."""
+    path = Path(path)
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read pseudonym key file: {exc.strerror}",
+                          path=str(path)) from None
+    return PseudonymKey(_checked(secret, f"file {path}"), source)
+
+
+def user_key() -> PseudonymKey:
+    """The user's own key (:func:`user_key_path`), created on first use: 32 random bytes as
+    64 hex digits, file mode 0600 in a folder of mode 0700. A key file others can read is
+    used but warned about."""
+    path = user_key_path()
+    source = "user key file"
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            return read_key_file(path, source=source)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create a pseudonym key: {exc.strerror}; set {KEY_ENV} or pass "
+                "--pseudonym-key-file", path=str(path)) from None
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+        log.warning("created a new pseudonym key in %s (copy this file to colleagues to share "
+                    "pseudonyms)", path)
+    elif os.name == "posix" and path.stat().st_mode & 0o077:
+        log.warning("%s can be read by other users: chmod 600 it", path)
+    return read_key_file(path, source=source)
+
+
+def as_key(key: PseudonymKey | bytes | str | None) -> PseudonymKey:
+    """``key`` as a :class:`PseudonymKey` (``None`` → the user's key, :func:`user_key`)."""
+    if isinstance(key, PseudonymKey):
+        return key
+    if key is None:
+        return user_key()
+    return PseudonymKey(key.encode("utf-8") if isinstance(key, str) else bytes(key))
+
+
+def resolve_key(*, key_file: str | Path | None = None, config: object = None,
+                environ: dict[str, str] | None = None) -> PseudonymKey:
+    """The key a command uses, first found of: ``key_file`` (``--pseudonym-key-file``),
+    ``$GEOFLOW_PSEUDONYM_KEY``, the config file's ``pseudonym_key_file`` or
+    ``pseudonym_key``, the user's key file (created on first use)."""
+    environ = os.environ if environ is None else environ
+    if key_file is not None:
+        return read_key_file(key_file)
+    text = environ.get(KEY_ENV, "").strip()
+    if text:
+        return PseudonymKey(_checked(text.encode("utf-8"), KEY_ENV), KEY_ENV)
+    config_file = getattr(config, "pseudonym_key_file", None)
+    if config_file is not None:
+        return read_key_file(config_file, source="config file")
+    config_key = getattr(config, "pseudonym_key", None)
+    if config_key:
+        where = f"pseudonym_key in {getattr(config, 'path', None) or 'the config file'}"
+        return PseudonymKey(_checked(str(config_key).encode("utf-8"), where), "config file")
+    return user_key()
 
 
 def normalise_names(names: pd.Series) -> pd.Series:
@@ -40,10 +196,10 @@ def normalise_names(names: pd.Series) -> pd.Series:
     return text.mask(text == "")
 
 
-def _unique_ids(normal: pd.Series, key: bytes | str | None) -> pd.Series:
+def _unique_ids(normal: pd.Series, key: PseudonymKey | bytes | str | None) -> pd.Series:
     """Id of each *distinct* normalised name (no NA, no repeats): 6 hex digits, 2 more at a
     time for names whose ids still collide."""
-    raw_key = key.encode("utf-8") if isinstance(key, str) else (key or DEFAULT_KEY)
+    raw_key = as_key(key).secret
     digest = hmac.digest
     hexes = pd.Series(
         [digest(raw_key, name.encode("utf-8"), "sha256").hex() for name in normal.tolist()],
@@ -65,7 +221,7 @@ def _unique_ids(normal: pd.Series, key: bytes | str | None) -> pd.Series:
     return ids
 
 
-def _id_lookup(distinct_raw: pd.Series, key: bytes | str | None) -> pd.Series:
+def _id_lookup(distinct_raw: pd.Series, key: PseudonymKey | bytes | str | None) -> pd.Series:
     """Id of each distinct raw name (NA for NA or a blank name), same index."""
     normal = normalise_names(distinct_raw)
     codes, uniques = pd.factorize(normal, use_na_sentinel=True)  # distinct normalised names
@@ -74,11 +230,12 @@ def _id_lookup(distinct_raw: pd.Series, key: bytes | str | None) -> pd.Series:
     return pd.Series(taken, index=distinct_raw.index, dtype="string")
 
 
-def pseudonym(names: pd.Series, *, key: bytes | str | None = None) -> pd.Series:
+def pseudonym(names: pd.Series, *, key: PseudonymKey | bytes | str | None = None) -> pd.Series:
     """Return the id (``P-xxxxxx``, longer when needed) of each name; NA or blank stays NA.
 
     Ids are unique among the distinct normalised names of ``names``; each distinct name is
-    hashed once, so the cost grows with distinct names, not rows.
+    hashed once, so the cost grows with distinct names, not rows. ``key`` defaults to the
+    user's key (:func:`user_key`).
 
     >>> pseudonym(pd.Series(["Rogelio Barajas", "ROGELIO  BARAJAS", None])).nunique()
     1
@@ -90,7 +247,7 @@ def pseudonym(names: pd.Series, *, key: bytes | str | None = None) -> pd.Series:
 
 
 def pseudonymise(
-    records: pd.DataFrame, *, key: bytes | str | None = None
+    records: pd.DataFrame, *, key: PseudonymKey | bytes | str | None = None
 ) -> pd.DataFrame:
     """Return ``records`` with ``purchaser_id`` and ``possessor_id`` added (names kept).
 
@@ -114,4 +271,136 @@ def pseudonymise(
         start += len(distinct)
         out[f"{role}_id"] = pd.Series(own.take(codes, allow_fill=True), index=out.index,
                                       dtype="string")
+    return out
+
+
+def hide_names(records: pd.DataFrame, *, key: PseudonymKey | bytes | str | None = None
+               ) -> pd.DataFrame:
+    """``records`` with ``purchaser_name`` and ``possessor_name`` replaced, in place, by
+    ``purchaser_id`` and ``possessor_id`` (for outputs of record rows, e.g. ``geoflow
+    geocode``); a frame without name columns comes back unchanged."""
+    if "purchaser_name" not in records and "possessor_name" not in records:
+        return records
+    ids = pseudonymise(records, key=key)
+    out = records.copy(deep=False)
+    for role in ("purchaser", "possessor"):
+        column = f"{role}_name"
+        if column in out:
+            at = out.columns.get_loc(column)
+            out = out.drop(columns=[column, f"{role}_id"], errors="ignore")
+            out.insert(at, f"{role}_id", ids[f"{role}_id"])
+    return out
+
+
+# --------------------------------------------------------------------------- small counts
+
+#: Default ``--min-cell``: a cell tied to fewer guns or purchasers shows no purchaser and only
+#: years; purchaser tables list purchasers tied to at least this many guns.
+MIN_CELL = 3
+#: Date columns of published layers and tables cut to their year in a small cell.
+DATE_COLUMNS = ("first_purchase", "last_purchase", "first_recovery", "last_recovery")
+#: Layers and tables with one row per place or store (cells); totals (states, ports, years,
+#: state pairs) are never suppressed.
+CELL_OUTPUTS = ("flows", "flows_overview", "dealers", "recoveries", "by_dealer")
+
+
+def small_cells(frame: pd.DataFrame, min_cell: int) -> np.ndarray:
+    """Boolean array: rows tied to fewer than ``min_cell`` guns or distinct purchasers."""
+    if min_cell <= 1:
+        return np.zeros(len(frame), dtype=bool)
+    guns = frame["guns"].to_numpy(dtype=np.int64)
+    purchasers = frame["purchasers"].to_numpy(dtype=np.int64)
+    return (guns < min_cell) | (purchasers < min_cell)
+
+
+def suppress_cells(frame: pd.DataFrame, *, min_cell: int,
+                   named: pd.Index | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
+    """``frame`` (a layer or table with ``guns`` and ``purchasers``) where small cells
+    (:func:`small_cells`) carry no ``top_purchaser``, dates cut to their year and no
+    ``median_time_to_crime_days`` (a day count between two dates of one gun gives them away).
+    A ``top_purchaser`` not in ``named`` (purchasers listed in ``by_purchaser``) is dropped
+    in every row. Returns the frame and ``{"rows": …, "guns": …}`` of the small cells."""
+    small = small_cells(frame, min_cell)
+    counts = {"rows": int(small.sum()),
+              "guns": int(frame["guns"].to_numpy(dtype=np.int64)[small].sum())}
+    if min_cell <= 1:
+        return frame, counts
+    out = frame.copy()
+    at = pd.Series(small, index=out.index)
+    if "top_purchaser" in out:
+        top = out["top_purchaser"].astype("string")
+        unlisted = ~top.isin(named) if named is not None else pd.Series(False, index=out.index)
+        out["top_purchaser"] = top.mask(at | unlisted.fillna(True))
+    for column in DATE_COLUMNS:
+        if column in out:
+            dates = out[column].astype("string")
+            out[column] = dates.mask(at, dates.str.slice(0, 4))
+    if "median_time_to_crime_days" in out:
+        out["median_time_to_crime_days"] = out["median_time_to_crime_days"].mask(at)
+    return out, counts
+
+
+def suppress(layers: dict[str, pd.DataFrame], tables: dict[str, pd.DataFrame], *,
+             min_cell: int = MIN_CELL) -> tuple[dict, dict, dict]:
+    """Apply the small-count rule to a run's layers and tables: ``(layers, tables, summary)``.
+
+    - Cells (:data:`CELL_OUTPUTS`; ``flows_overview`` is the state-level flows.geojson of a
+      very large run) under ``min_cell`` guns or purchasers: no purchaser, dates
+      as years (:func:`suppress_cells`); a top purchaser is shown only when listed below.
+    - ``by_purchaser`` and ``by_trafficker`` list only purchasers tied to ``min_cell`` or
+      more guns.
+    - Totals (``by_us_state``, ``by_mx_state``, ``state_matrix``, ``by_crossing``,
+      ``by_year``, crossings, states) are unchanged.
+
+    ``summary`` (for the manifest and the map legend): ``min_cell``, ``enabled``, ``cells``
+    (output → rows and guns in small cells), ``small_flows`` (flows of fewer than
+    ``min_cell`` guns: ``flows``, ``guns``), ``purchasers_not_listed`` (``purchasers``,
+    ``guns``) and ``text`` (sentences saying so).
+    """
+    purchasers = tables["by_purchaser"]
+    guns = purchasers["guns"].to_numpy(dtype=np.int64)
+    listed = guns >= min_cell
+    named = pd.Index(purchasers["purchaser"][listed].dropna())
+    layers, tables = dict(layers), dict(tables)
+    cells: dict[str, dict[str, int]] = {}
+    for name in CELL_OUTPUTS:
+        source = layers if name in layers else tables
+        if name in source:
+            source[name], cells[name] = suppress_cells(source[name], min_cell=min_cell,
+                                                       named=named)
+    tables["by_purchaser"] = purchasers[listed].reset_index(drop=True)
+    traffickers = tables["by_trafficker"]
+    tables["by_trafficker"] = traffickers[
+        traffickers["guns"].to_numpy(dtype=np.int64) >= min_cell].reset_index(drop=True)
+    flow_guns = (layers["flows"]["guns"].to_numpy(dtype=np.int64) if "flows" in layers
+                 else np.zeros(0, dtype=np.int64))
+    small_flow = flow_guns < min_cell
+    summary = {
+        "min_cell": int(min_cell),
+        "enabled": min_cell > 1,
+        "cells": cells,
+        "small_flows": {"flows": int(small_flow.sum()), "guns": int(flow_guns[small_flow].sum())},
+        "purchasers_not_listed": {"purchasers": int((~listed).sum()),
+                                  "guns": int(guns[~listed].sum())},
+    }
+    summary["text"] = suppression_text(summary)
+    return layers, tables, summary
+
+
+def suppression_text(summary: dict) -> list[str]:
+    """Sentences for a legend or findings.md saying what the small-count rule withheld."""
+    k = summary["min_cell"]
+    if not summary["enabled"]:
+        return ["Small-count suppression is off (--min-cell 1): every purchaser and exact date "
+                "is published."]
+    out = []
+    flows = summary["cells"].get("flows", {}).get("rows", 0)
+    if flows:
+        out.append(f"{flows:,} flows tied to fewer than {k} guns or {k} purchasers show no "
+                   "purchaser and only years.")
+    hidden = summary["purchasers_not_listed"]
+    if hidden["purchasers"]:
+        word = "purchaser" if hidden["purchasers"] == 1 else "purchasers"
+        out.append(f"{hidden['purchasers']:,} {word} tied to fewer than {k} guns "
+                   f"({hidden['guns']:,} guns) are counted in the totals but not listed.")
     return out

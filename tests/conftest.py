@@ -1,6 +1,27 @@
-"""Shared test set-up: tests never write into the user's real cache folders."""
+"""Shared test set-up: tests never write into the user's real cache or config folders."""
+
+import os
+import shutil
+import tempfile
 
 import pytest
+
+_CONFIG_HOME = None
+
+
+def pytest_configure(config):
+    """Before collection (test modules compute pseudonyms at import): point the user config
+    folder, where geoflow keeps the pseudonym key, at a temporary folder, and drop any key
+    from the environment."""
+    global _CONFIG_HOME
+    _CONFIG_HOME = tempfile.mkdtemp(prefix="geoflow-test-config-")
+    os.environ["XDG_CONFIG_HOME"] = _CONFIG_HOME
+    os.environ.pop("GEOFLOW_PSEUDONYM_KEY", None)
+
+
+def pytest_unconfigure(config):
+    if _CONFIG_HOME:
+        shutil.rmtree(_CONFIG_HOME, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

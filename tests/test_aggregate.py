@@ -11,6 +11,7 @@ from geoflow.aggregate import (
     build_tables,
     by_crossing,
     by_mx_state,
+    by_purchaser,
     by_trafficker,
     by_year,
     findings,
@@ -33,6 +34,7 @@ TRAFFICKER_COLUMNS = [
     "crossings",
     "median_time_to_crime_days",
 ]
+PURCHASER_COLUMNS = [*TRAFFICKER_COLUMNS[:2], "at_or_above_threshold", *TRAFFICKER_COLUMNS[2:]]
 
 
 def _records(rows):
@@ -95,9 +97,11 @@ def records():
     )
 
 
-def test_by_trafficker_contract_columns_and_concentration(records):
-    table = by_trafficker(records, port_names={"2304": "Laredo", "2305": "Hidalgo/Pharr"})
-    assert list(table.columns) == TRAFFICKER_COLUMNS
+def test_by_purchaser_contract_columns_and_concentration(records):
+    table = by_purchaser(records, port_names={"2304": "Laredo", "2305": "Hidalgo/Pharr"})
+    assert list(table.columns) == PURCHASER_COLUMNS
+    assert table["at_or_above_threshold"].tolist() == (table["guns"] >= 10).tolist()
+    assert table["at_or_above_threshold"].tolist() == [True, True, False]
     assert table["purchaser"].tolist() == [
         pseudonym(pd.Series([n])).iloc[0] for n in ("Ana Uno", "Beto Dos", "Caro Tres")
     ]
@@ -117,6 +121,18 @@ def test_by_trafficker_contract_columns_and_concentration(records):
     assert table["guns"].sum() == records["purchaser_id"].notna().sum()
 
 
+def test_by_trafficker_lists_only_purchasers_at_or_above_the_threshold(records):
+    everyone = by_purchaser(records)
+    table = by_trafficker(records)
+    assert list(table.columns) == TRAFFICKER_COLUMNS
+    assert table["purchaser"].tolist() == everyone["purchaser"].tolist()[:2]  # 10+ guns
+    assert table.equals(everyone.iloc[:2].drop(columns="at_or_above_threshold"))
+    lower = by_trafficker(records, threshold=1)
+    assert lower["purchaser"].tolist() == everyone["purchaser"].tolist()
+    higher = by_purchaser(records, threshold=12)["at_or_above_threshold"]
+    assert higher.tolist() == [True, False, False]
+
+
 def test_tables_cover_all_valid_records(records):
     tables = build_tables(records, ports=PORTS, state_names={"US-IL": "Illinois"})
     assert set(tables) == {
@@ -124,6 +140,7 @@ def test_tables_cover_all_valid_records(records):
         "by_mx_state",
         "state_matrix",
         "by_dealer",
+        "by_purchaser",
         "by_trafficker",
         "by_crossing",
         "by_year",
@@ -208,7 +225,7 @@ def test_recovery_before_purchase_is_left_out_of_time_to_crime():
     assert numbers["median_days"] == 2000.0
     assert "(1 of 3)" in ttc["text"]
     assert "2 records with a recovery date before the purchase date were left out" in ttc["text"]
-    for name in ("by_us_state", "by_dealer", "by_trafficker"):
+    for name in ("by_us_state", "by_dealer", "by_purchaser"):
         assert tables[name]["median_time_to_crime_days"].tolist() == [2000.0], name
     flows = build_flows(records[records["placed"]], PORTS)
     assert flows["median_time_to_crime_days"].tolist() == [2000.0]
@@ -229,11 +246,11 @@ def test_duplicate_trace_records_count_once_everywhere():
     ])
     records["flag_duplicate"] = [False, True, True, False, False]
     tables = build_tables(records, ports=PORTS)
-    for name in ("by_us_state", "by_mx_state", "by_dealer", "by_trafficker", "by_crossing"):
+    for name in ("by_us_state", "by_mx_state", "by_dealer", "by_purchaser", "by_crossing"):
         assert tables[name]["guns"].sum() == 3, name
     assert tables["state_matrix"]["guns"].sum() == 3
     assert tables["by_year"]["purchased"].sum() == 3
-    assert tables["by_trafficker"].set_index("purchaser")["guns"].to_dict() == {
+    assert tables["by_purchaser"].set_index("purchaser")["guns"].to_dict() == {
         records["purchaser_id"].iloc[0]: 1, records["purchaser_id"].iloc[3]: 2}
     found = {f["id"]: f for f in findings(records, tables)}
     assert found["short_time_to_crime"]["numbers"]["guns_with_dates"] == 3
@@ -257,7 +274,7 @@ def test_future_dated_intervals_are_left_out_of_time_to_crime():
     ])
     records["flag_future_date"] = [False, True]
     tables = build_tables(records, ports=PORTS)
-    for name in ("by_us_state", "by_dealer", "by_trafficker"):
+    for name in ("by_us_state", "by_dealer", "by_purchaser"):
         assert tables[name]["median_time_to_crime_days"].tolist() == [100.0], name
     assert build_flows(records, PORTS)["median_time_to_crime_days"].tolist() == [100.0]
     ttc = {f["id"]: f for f in findings(records, tables)}["short_time_to_crime"]

@@ -190,7 +190,9 @@ def prepared_records(show_names: bool = False):
     return PreparedRecords(
         records=records, rejects=pd.DataFrame(columns=["line", "column", "reason"]),
         geocode_report=pd.DataFrame(), source={"path": "hand.csv", "rows_read": len(records)},
-        timings={}, options=RunOptions(show_names=show_names),
+        # min_cell 2: the 2-gun purchasers get folders (the small-count rule lists purchasers
+        # with at least min_cell guns, default 3)
+        timings={}, options=RunOptions(show_names=show_names, min_cell=2),
     )
 
 
@@ -318,8 +320,10 @@ def test_entity_with_nothing_placed_still_gets_a_complete_output_set(tmp_path):
     out = tmp_path / "out"
     prepared = prepared_records()
     some = prepared.records[prepared.records["purchaser_name"].isin(["Nobody Placed", "CON"])]
+    from dataclasses import replace
+
     batch = run_batch(prepared, kind="trafficker", out_dir=out, records=some, min_guns=1,
-                      write=quick_write)
+                      write=quick_write, options=replace(prepared.options, min_cell=1))
     assert len(batch.entities) == 2
     lonely = batch.entities.loc[batch.entities["placed"] == 0]
     assert len(lonely) == 1

@@ -544,7 +544,16 @@ def test_sample_filters_on_summary(tmp_path):
     dealers = json.loads(result.stdout)
     assert dealers[0]["dealer_name"] == "GAT Guns"
     assert dealers[0]["guns"] >= 69
-    assert {d["top_purchaser"] for d in dealers} == {BARAJAS}
+    # one purchaser per dealer: under --min-cell 3, so no purchaser id and only years
+    assert {d["top_purchaser"] for d in dealers} == {None}
+    assert {len(d["first_purchase"]) for d in dealers} == {4}
+    unsuppressed = geoflow("-q", "summary", "--sample", "--trafficker", "rogelio BARAJAS",
+                           "--state", "Illinois", "--by", "dealer", "--format", "json",
+                           "--min-cell", "1")
+    assert unsuppressed.exit_code == 0, unsuppressed.stderr
+    assert "suppression is off" in unsuppressed.stderr
+    assert "(--min-cell 1)" in unsuppressed.stderr
+    assert {d["top_purchaser"] for d in json.loads(unsuppressed.stdout)} == {BARAJAS}
 
 
 @pytest.fixture(scope="module")

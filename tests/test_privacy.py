@@ -1,5 +1,5 @@
 """Pseudonyms: unique per distinct normalised name within a data set, stable, 6 hex unless
-two names of the data collide."""
+two names of the data collide; keyed by a secret key of the user's."""
 
 from __future__ import annotations
 
@@ -11,17 +11,18 @@ import pytest
 from handmade import PORTS, make_records
 
 import geoflow.privacy as privacy
-from geoflow.aggregate import build_tables, by_trafficker, findings
-from geoflow.privacy import DEFAULT_KEY, pseudonym, pseudonymise
+from geoflow.aggregate import build_tables, by_purchaser, findings
+from geoflow.privacy import pseudonym, pseudonymise, user_key
 
 
 def _hex(name: str) -> str:
-    return hmac.digest(DEFAULT_KEY, name.encode(), "sha256").hex()
+    """The HMAC behind a pseudonym under the user's key (conftest: a test config folder)."""
+    return hmac.digest(user_key().secret, name.encode(), "sha256").hex()
 
 
 @pytest.fixture(scope="module")
 def clash() -> tuple[str, str]:
-    """Two invented names whose 6-hex ids collide under the default key (brute force: a
+    """Two invented names whose 6-hex ids collide under the user's key (brute force: a
     collision is expected after ~5,000 names)."""
     seen: dict[str, str] = {}
     for i in count():
@@ -72,14 +73,14 @@ def test_purchaser_and_possessor_share_one_collision_free_id_space(clash):
     assert len(out["purchaser_id"][0]) == 10
 
 
-def test_colliding_purchasers_are_separate_rows_in_by_trafficker(clash):
+def test_colliding_purchasers_are_separate_rows_in_by_purchaser(clash):
     first, second = clash
     records = make_records([
         {"purchaser": first, "dealer": "Store A", "n": 7},
         {"purchaser": second, "dealer": "Store B", "n": 5},
     ])
     records = records.assign(purchaser_label=records["purchaser_id"])
-    table = by_trafficker(records)
+    table = by_purchaser(records)
     assert len(table) == 2
     assert dict(zip(table["top_dealer"], table["guns"], strict=True)) == {
         "Store A": 7, "Store B": 5}
