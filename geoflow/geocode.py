@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 from rapidfuzz import fuzz, process
+from rapidfuzz.distance import OSA
 
 from geoflow.crossings import haversine_km
 from geoflow.errors import GeocodeError, InputError
@@ -50,10 +51,10 @@ __all__ = [
     "default_cache_path",
 ]
 
-RESULT_COLUMNS = ("query", "lat", "lon", "level", "score", "matched_name", "admin1", "source",
-                  "note")
-REPORT_COLUMNS = ("role", "query", "level", "score", "matched_name", "admin1", "lat", "lon",
-                  "source", "note", "records", "first_lines")
+RESULT_COLUMNS = ("query", "lat", "lon", "level", "score", "matched_name", "form", "candidates",
+                  "admin1", "source", "note")
+REPORT_COLUMNS = ("role", "query", "level", "score", "matched_name", "form", "candidates",
+                  "admin1", "lat", "lon", "source", "note", "records", "first_lines")
 #: A ZIP match takes the record's town name when the town lies this close to the ZIP centroid.
 ZIP_TOWN_KM = 30.0
 
@@ -70,8 +71,22 @@ STATELESS_MIN_POPULATION = 10_000
 STATELESS_CUTOFF = 88.0
 #: Same-named candidates closer than this to the chosen one count as the same place.
 SAME_PLACE_KM = 10.0
-#: Alternate names rank below official names of the same population.
+#: Name forms in the gazetteer's index (``form``; tier 0 = the place's own name, which beats
+#: tier 1, bracketed and alternate names of other places).
+NAME_FORMS = ("name", "name without brackets", "short name", "bracketed name", "alternate name")
+#: Answers scoring at least this are confident: one place matched its own name, an alternate
+#: name of exactly one place, a clear typo correction, a ZIP, or given coordinates. State
+#: fallbacks, ambiguous names and stateless guesses score below it.
+CONFIDENT_SCORE = 80
+#: Score of an answer chosen among several different places that match equally well.
+AMBIGUOUS_SCORE = 50
+#: Fuzzy candidates within this many rapidfuzz points of the best one count as equally good.
+FUZZY_MARGIN = 5.0
+#: Without a state, bracketed and alternate names rival own names at this share of their
+#: population.
 ALT_WEIGHT = 0.1
+#: At most this many candidates are listed in ``candidates``.
+MAX_CANDIDATES = 5
 
 
 class Geocoder(Protocol):
@@ -106,33 +121,27 @@ def load_gazetteer() -> Gazetteer:
     """Read the shipped gazetteer files (``shapes/``) and index them; cached."""
     base = resources.files("geoflow.shapes_data")
     try:
-        with resources.as_file(base / "gazetteer_places.csv.gz") as path:
-            places = pd.read_csv(path, keep_default_na=False, na_values=[""],
-                                 dtype={"alt_keys": "string", "key": "string"})
-        with resources.as_file(base / "us_zips.csv.gz") as path:
-            zips = pd.read_csv(path, dtype={"zip": "string"})
+        with resources.as_file(base / "gazetteer_places.parquet") as path:
+            places = pd.read_parquet(path)
+        with resources.as_file(base / "gazetteer_names.parquet") as path:
+            names = pd.read_parquet(path)
+        with resources.as_file(base / "us_zips.parquet") as path:
+            zips = pd.read_parquet(path)
         with resources.as_file(base / "gazetteer_states.csv") as path:
             states = pd.read_csv(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
         raise GeocodeError(f"cannot read the shipped gazetteer: {exc}") from exc
+    for frame, decimals in ((places, 5), (zips, 4)):  # stored as float32
+        for column in ("lat", "lon"):
+            frame[column] = np.round(frame[column].to_numpy(dtype=float), decimals)
+    zips["zip"] = zips["zip"].astype("string").str.zfill(5)
     places["display"] = _display(places["name"].astype("string"), places["admin1"])
     places["country"] = places["admin1"].str[:2]
-    alt = places["alt_keys"].fillna("").str.split("|").explode()
-    alt = alt[alt.notna() & (alt != "")]
-    names = pd.concat(
-        [
-            pd.DataFrame({"key": places["key"], "place": places.index, "primary": True}),
-            pd.DataFrame({"key": alt.to_numpy(), "place": alt.index, "primary": False}),
-        ],
-        ignore_index=True,
-    )
-    names = names.drop_duplicates(["key", "place"])
-    names["admin1"] = places["admin1"].to_numpy()[names["place"]]
-    names["country"] = names["admin1"].str[:2]
-    pop = places["population"].to_numpy(dtype=float)[names["place"]]
-    names["rank"] = np.where(names["primary"], pop, pop * ALT_WEIGHT)
-    names = names.sort_values(["rank", "primary"], ascending=False, kind="stable")
-    names = names.reset_index(drop=True)
+    # the index is prepared by scripts/build_gazetteer.py: own names first, then population
+    place = names["place"].to_numpy()
+    names["admin1"] = places["admin1"].to_numpy()[place]
+    names["country"] = places["country"].to_numpy()[place]
+    names["rank"] = places["population"].to_numpy(dtype=float)[place]
     zips = zips.drop_duplicates("zip").set_index("zip")
     states["display"] = states["name"]
     return Gazetteer(places=places, names=names, zips=zips, states=states.set_index("code"))
@@ -155,6 +164,8 @@ def _empty_result(queries: pd.Series) -> pd.DataFrame:
             "level": text(""),
             "score": np.zeros(n, dtype="int64"),
             "matched_name": text(None),
+            "form": text(""),
+            "candidates": text(""),
             "admin1": text(None),
             "source": text(""),
             "note": text(""),
@@ -196,7 +207,7 @@ class OfflineGeocoder:
                  fuzzy_cutoff: float = FUZZY_CUTOFF) -> None:
         self.gazetteer = gazetteer or load_gazetteer()
         self.fuzzy_cutoff = fuzzy_cutoff
-        self._pools: dict[str, tuple[list[str], np.ndarray]] | None = None
+        self._pools: dict[str, np.ndarray] | None = None
         self._stateless: dict[str | None, list[str]] = {}
 
     # The stages below each fill the rows still unmatched (level == "").
@@ -255,7 +266,7 @@ class OfflineGeocoder:
             "lat": z.map(zips["lat"]), "lon": z.map(zips["lon"]), "level": "zip", "score": 100,
             "matched_name": "ZIP " + z + " (" + z.map(zips["city"]) + ", "
             + z.map(zips["admin1"]).str[3:] + ")",
-            "admin1": z.map(zips["admin1"]), "source": "offline",
+            "admin1": z.map(zips["admin1"]), "source": "offline", "form": "zip",
         })
         us_only = ~states.fillna("").str.contains("MX-")  # else 5 digits may be a código postal
         bad = hit & ~fits & us_only[hit.index]
@@ -308,78 +319,137 @@ class OfflineGeocoder:
         self._pick(cand_s, result, parsed, with_state=True)
         self._pick(cand_n, result, parsed, with_state=False)
 
-    def _pick(self, cand: pd.DataFrame, result: pd.DataFrame, parsed: pd.DataFrame, *,
-              with_state: bool) -> None:
-        """Choose the best candidate per query (highest rank) and say how it was chosen."""
-        if cand.empty:
-            return
-        cand = cand.sort_values(["qid", "rank", "primary"], ascending=[True, False, False],
-                                kind="stable").drop_duplicates(["qid", "place"])
+    def _choose(self, cand: pd.DataFrame, *, all_tiers: bool = False) -> pd.DataFrame:
+        """The best candidate per query (``qid``) and how clear the choice is.
+
+        Own-name forms beat bracketed and alternate names of other places; then the best
+        fuzzy ratio; then population. Candidates within :data:`SAME_PLACE_KM` of the chosen
+        one are the same place (GeoNames lists some towns twice). Returns, indexed by
+        ``qid``: the chosen row's columns, ``n`` (different places left), ``second`` (the
+        next one's population), ``same_name`` (all of them share the chosen key),
+        ``candidates`` (when ``n > 1``) and ``states_seen``. With ``all_tiers`` (no state
+        given) bracketed and alternate names of other places stay rivals.
+        """
+        if "ratio" not in cand:
+            cand = cand.assign(ratio=100.0)
+        order = ["qid", "tier", "ratio", "rank"]
+        if all_tiers:  # other names count, at a tenth of their population
+            cand = cand.assign(rank=cand["rank"].where(cand["tier"] == 0,
+                                                       cand["rank"] * ALT_WEIGHT))
+            order.remove("tier")
+        cand = cand.sort_values(order, ascending=[c in ("qid", "tier") for c in order],
+                                kind="stable")
+        cand = cand.drop_duplicates(["qid", "place"])
+        if not all_tiers:
+            best_tier = cand.groupby("qid", sort=False)["tier"].transform("min").to_numpy()
+            cand = cand[cand["tier"].to_numpy() == best_tier]
         places = self.gazetteer.places
-        # GeoNames often lists one town twice (seat and locality): candidates within
-        # SAME_PLACE_KM of the best one are the same place, not a rival.
         lat = places["lat"].to_numpy()[cand["place"]]
         lon = places["lon"].to_numpy()[cand["place"]]
         first = cand.groupby("qid", sort=False)["place"].transform("first").to_numpy()
         dist = _haversine_km(lat, lon, places["lat"].to_numpy()[first],
                              places["lon"].to_numpy()[first])
-        cand = cand[(cand["place"].to_numpy() == first) | (dist > SAME_PLACE_KM)]
+        keep = (cand["place"].to_numpy() == first) | (dist > SAME_PLACE_KM)
+        cand, lat, lon = cand[keep], lat[keep], lon[keep]
         g = cand.groupby("qid", sort=False)
         best = g.head(1).set_index("qid")
-        n = g.size()
-        second = g["rank"].nth(1)
-        second = pd.Series(second.to_numpy(), index=cand.loc[second.index, "qid"])
-        second = second.reindex(best.index).fillna(0.0)
-        several = n[n > 1].index
-        if with_state or several.empty:
-            states_seen = pd.Series("", index=best.index, dtype="string")
-        else:  # only the ambiguous queries need the list of states (usually few)
-            listed = cand[cand["qid"].isin(several)].drop_duplicates(["qid", "admin1"])
-            states_seen = listed.groupby("qid", sort=False)["admin1"].agg(_state_list)
-            states_seen = states_seen.reindex(best.index).fillna("").astype("string")
+        best["n"] = g.size()
+        others = cand["rank"].where(g.cumcount() > 0, 0.0)
+        best["second"] = others.groupby(cand["qid"], sort=False).max()
+        first_key = g["key"].transform("first")
+        best["same_name"] = (cand["key"] == first_key).groupby(cand["qid"], sort=False).all()
+        many = cand["qid"].isin(best.index[best["n"] > 1]).to_numpy()
+        listed = cand[many].assign(text=places["display"].to_numpy()[cand["place"][many]]
+                                   + " (" + np.round(lat[many], 3).astype(str) + ", "
+                                   + np.round(lon[many], 3).astype(str) + ")")
+        listed = listed[listed.groupby("qid", sort=False).cumcount() < MAX_CANDIDATES]
+        text = listed.groupby("qid", sort=False)["text"].agg("; ".join)
+        more = best["n"] > MAX_CANDIDATES
+        best["candidates"] = text.reindex(best.index).fillna("").astype("string")
+        best.loc[more, "candidates"] = best.loc[more, "candidates"] + "; …"
+        seen = cand[many].drop_duplicates(["qid", "admin1"])
+        states_seen = seen.groupby("qid", sort=False)["admin1"].agg(_state_list)
+        best["states_seen"] = states_seen.reindex(best.index).fillna("").astype("string")
+        return best
+
+    @staticmethod
+    def _dominant(best: pd.DataFrame) -> pd.Series:
+        """Several places share the chosen own name and it is far the most populous."""
+        return ((best["n"] > 1) & (best["tier"] == 0) & best["same_name"]
+                & (best["rank"] > 0) & (best["rank"] >= DOMINANCE * best["second"]))
+
+    def _answer(self, best: pd.DataFrame) -> pd.DataFrame:
+        """Result columns for chosen candidates (``best`` from :meth:`_choose`)."""
+        places = self.gazetteer.places
         p = best["place"].to_numpy()
-        name = places["name"].to_numpy()[p]
-        base = pd.DataFrame({
+        return pd.DataFrame({
             "lat": places["lat"].to_numpy()[p], "lon": places["lon"].to_numpy()[p],
-            "level": places["level"].to_numpy()[p], "matched_name": places["display"].to_numpy()[p],
-            "admin1": best["admin1"].to_numpy(),
+            "level": places["level"].to_numpy()[p],
+            "matched_name": places["display"].to_numpy()[p],
+            "form": best["form"].astype(str).to_numpy(),
+            "admin1": best["admin1"].to_numpy(), "source": "offline",
         }, index=best.index)
-        score = pd.Series(np.where(best["primary"], 100, 95), index=best.index)
+
+    def _pick(self, cand: pd.DataFrame, result: pd.DataFrame, parsed: pd.DataFrame, *,
+              with_state: bool) -> None:
+        """Choose the best candidate per query and say how it was chosen."""
+        if cand.empty:
+            return
+        best = self._choose(cand, all_tiers=not with_state)
+        places = self.gazetteer.places
+        base = self._answer(best)
+        name = pd.Series(places["name"].to_numpy()[best["place"].to_numpy()], index=best.index)
         note = pd.Series("", index=best.index, dtype="string")
-        alt = ~best["primary"]
-        note[alt] = "alternate name of " + pd.Series(name, index=best.index)[alt]
-        multi = n[n > 1].index
+        other = base["form"] != "name"
+        note[other] = base.loc[other, "form"] + " of " + name[other]
+        n, key = best["n"], best["key"].astype("string")
+        several = n > 1
+        dominant = self._dominant(best)
+        candidates = best["candidates"].where(several & ~dominant, "")
         if with_state:
-            score[multi] -= 10
-            note[multi] = _join(note[multi], "most populous of " + n[multi].astype(str)
-                                + " places named " + best.loc[multi, "key"])
+            score = pd.Series(np.where(best["tier"] == 0, 100, 90), index=best.index)
+            score[dominant] = 90
+            note[dominant] = _join(note[dominant], "most populous of " + n[dominant].astype(str)
+                                   + " places named " + key[dominant])
+            amb = several & ~dominant
+            score[amb] = AMBIGUOUS_SCORE
+            note[amb] = _join(pd.Series("ambiguous: " + n[amb].astype(str) + " places named "
+                                        + key[amb] + " in " + best.loc[amb, "admin1"]
+                                        + "; chose the most populous", index=best.index[amb]),
+                              note[amb])
             accept = best.index
         else:
-            score[:] = 90
-            note[:] = _join(note, pd.Series("no state given", index=best.index))
-            dominant = best["rank"] >= DOMINANCE * second
-            amb = best.index.isin(multi)
-            score[amb] = 70
-            note[amb] = _join(note[amb], "ambiguous without a state: " + n[amb].astype(str)
-                              + " places named " + best.loc[amb, "key"] + " ("
-                              + states_seen[best.index[amb]] + "); chose the most populous")
-            refuse = amb & ~dominant
+            score = pd.Series(90, index=best.index)
+            note = _join(pd.Series("no state given", index=best.index), note)
+            clear = (best["rank"] > 0) & (best["rank"] >= DOMINANCE * best["second"])
+            score[several] = 70
+            note[several] = _join(note[several], "ambiguous without a state: "
+                                  + n[several].astype(str) + " places named " + key[several]
+                                  + " (" + best.loc[several, "states_seen"]
+                                  + "); chose the most populous")
+            refuse = several & ~clear
             idx = best.index[refuse]
             _add_note(result, idx, "ambiguous: " + n[idx].astype(str) + " places named "
-                      + best.loc[idx, "key"] + " (" + states_seen[idx] + "); add a state")
+                      + key[idx] + " (" + best.loc[idx, "states_seen"] + "); add a state")
+            result.loc[idx, "candidates"] = best.loc[idx, "candidates"].to_numpy()
+            candidates = best["candidates"].where(several, "")
             accept = best.index[~refuse]
-        note = note.astype("string")
         _set(result, accept, {**{c: base[c] for c in base}, "score": score,
-                              "source": "offline"})
+                              "candidates": candidates})
+        note = note.astype("string")
         _add_note(result, accept[note[accept] != ""], note)
 
     def _match_fuzzy(self, parsed: pd.DataFrame, states: pd.Series,
                      result: pd.DataFrame) -> None:
+        """Misspelt names within the given state: every name form within
+        :data:`FUZZY_MARGIN` of the best rapidfuzz ratio is a candidate, chosen among as for
+        exact matches; several different places → ambiguous. Score 0.9 × ratio (0.8 for a
+        bracketed or alternate name: never confident), :data:`AMBIGUOUS_SCORE` at most when
+        ambiguous."""
         todo = (result["level"] == "") & (parsed["place_key"] != "") & states.fillna("").ne("")
         todo &= ~result["note"].str.startswith("ambiguous")
         if not todo.any():
             return
-        places = self.gazetteer.places
         pools = self._fuzzy_pools()
         rows = pd.DataFrame({"key": parsed.loc[todo, "place_key"],
                              "st": states[todo].str.split("|")}).explode("st")
@@ -387,36 +457,40 @@ class OfflineGeocoder:
         for st, group in rows.groupby("st", sort=False):  # loop over distinct states
             if st not in pools:
                 continue
-            keys, place_ids = pools[st]
+            keys = pools[st]
             for start in range(0, len(group), 2000):  # bounded score matrices
                 chunk = group.iloc[start:start + 2000]
-                scores = process.cdist(chunk["key"].tolist(), keys,
-                                       scorer=fuzz.token_sort_ratio, processor=None,
-                                       score_cutoff=self.fuzzy_cutoff, dtype=np.float32,
-                                       workers=-1)
-                top = scores.argmax(axis=1)
-                ratio = scores[np.arange(len(top)), top]
-                hit = ratio > 0
-                found.append(pd.DataFrame({
-                    "qid": chunk.index[hit], "ratio": ratio[hit],
-                    "place": place_ids[top[hit]], "matched": np.asarray(keys)[top[hit]]}))
+                scores = _fuzzy_scores(chunk["key"].tolist(), keys, self.fuzzy_cutoff)
+                top = scores.max(axis=1)
+                qi, ki = np.nonzero((scores > 0) & (scores >= top[:, None] - FUZZY_MARGIN))
+                found.append(pd.DataFrame({"qid": chunk.index[qi], "ratio": scores[qi, ki],
+                                           "key": keys[ki], "st": st}))
         if not found:
             return
-        best = pd.concat(found).sort_values("ratio", ascending=False, kind="stable")
-        best = best.drop_duplicates("qid").set_index("qid")
-        if best.empty:
+        hits = pd.concat(found, ignore_index=True)
+        top = hits.groupby("qid")["ratio"].transform("max")
+        hits = hits[hits["ratio"] >= top - FUZZY_MARGIN]
+        names = self.gazetteer.names
+        cand = hits.merge(names[names["key"].isin(hits["key"].unique())],
+                          left_on=["key", "st"], right_on=["key", "admin1"])
+        if cand.empty:
             return
-        idx, p, ratio = best.index, best["place"].to_numpy(), best["ratio"].to_numpy()
-        _set(result, idx, {
-            "lat": places["lat"].to_numpy()[p], "lon": places["lon"].to_numpy()[p],
-            "level": places["level"].to_numpy()[p],
-            "matched_name": places["display"].to_numpy()[p],
-            "admin1": places["admin1"].to_numpy()[p],
-            "score": np.round(ratio * 0.9).astype("int64"), "source": "offline",
-        })
+        best = self._choose(cand)
+        base = self._answer(best)
+        ratio = best["ratio"].to_numpy()
+        factor = np.where(best["tier"] == 0, 0.9, 0.8)
+        score = pd.Series(np.round(ratio * factor).astype("int64"), index=best.index)
+        amb = (best["n"] > 1) & ~self._dominant(best)
+        score[amb] = np.minimum(score[amb], AMBIGUOUS_SCORE)
+        idx = best.index
+        _set(result, idx, {**{c: base[c] for c in base}, "score": score,
+                           "form": "fuzzy " + base["form"],
+                           "candidates": best["candidates"].where(amb, "")})
         note = ("fuzzy match '" + parsed.loc[idx, "place_key"] + "' ~ '"
-                + best["matched"].astype("string") + "' ("
+                + best["key"].astype("string") + "' ("
                 + pd.Series(np.round(ratio).astype(int), index=idx).astype("string") + ")")
+        note[amb] = ("ambiguous: " + best.loc[amb, "n"].astype(str) + " places match '"
+                     + parsed.loc[idx[amb], "place_key"] + "' about equally; " + note[amb])
         _add_note(result, idx, note)
 
     def _match_fuzzy_without_state(self, parsed: pd.DataFrame, states: pd.Series,
@@ -460,21 +534,18 @@ class OfflineGeocoder:
         """Distinct match keys of towns big enough to be guessed without a state."""
         if country not in self._stateless:
             names = self.gazetteer.names
-            pop = self.gazetteer.places["population"].to_numpy()[names["place"]]
-            keep = pop >= STATELESS_MIN_POPULATION
+            keep = (names["rank"] >= STATELESS_MIN_POPULATION).to_numpy().copy()
             if country is not None:
                 keep &= (names["country"] == country).to_numpy()
             self._stateless[country] = names.loc[keep, "key"].drop_duplicates().tolist()
         return self._stateless[country]
 
-    def _fuzzy_pools(self) -> dict[str, tuple[list[str], np.ndarray]]:
-        """Per state: distinct match keys and the best-ranked place of each (built once)."""
+    def _fuzzy_pools(self) -> dict[str, np.ndarray]:
+        """Per state: the distinct match keys of its places (built once)."""
         if self._pools is None:
-            names = self.gazetteer.names.drop_duplicates(["admin1", "key"])  # sorted by rank
-            self._pools = {
-                st: (group["key"].tolist(), group["place"].to_numpy())
-                for st, group in names.groupby("admin1", sort=False)
-            }
+            names = self.gazetteer.names.drop_duplicates(["admin1", "key"])
+            self._pools = {st: group["key"].to_numpy(dtype=object)
+                           for st, group in names.groupby("admin1", sort=False)}
         return self._pools
 
     def _match_state(self, parsed: pd.DataFrame, states: pd.Series,
@@ -494,11 +565,22 @@ class OfflineGeocoder:
             "lat": st.map(table["lat"]), "lon": st.map(table["lon"]), "level": "state",
             "score": pd.Series(np.where(only, 60, 30), index=idx),
             "matched_name": st.map(table["display"]).astype("string"), "admin1": st,
-            "source": "offline",
+            "source": "offline", "form": "state",
         })
         miss = idx[~only.to_numpy()]
         _add_note(result, miss, "place " + parsed.loc[miss, "place_key"]
                   + " not found in " + states[miss] + "; state centroid")
+
+
+def _fuzzy_scores(queries: list[str], keys: np.ndarray, cutoff: float) -> np.ndarray:
+    """Similarity 0–100 of each query to each key: the better of rapidfuzz's
+    ``token_sort_ratio`` (word order, dropped letters) and the optimal-string-alignment
+    similarity (a swapped pair of letters is one slip); below ``cutoff`` → 0."""
+    indel = process.cdist(queries, keys, scorer=fuzz.token_sort_ratio, processor=None,
+                          score_cutoff=cutoff, dtype=np.float32, workers=-1)
+    osa = process.cdist(queries, keys, scorer=OSA.normalized_similarity, processor=None,
+                        score_cutoff=cutoff / 100, dtype=np.float32, workers=-1)
+    return np.maximum(indel, osa * 100)
 
 
 def _state_list(codes: pd.Series) -> str:
@@ -520,8 +602,9 @@ def _haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray,
 
 
 def _join(a: pd.Series, b: pd.Series) -> pd.Series:
-    a = a.astype("string").fillna("")
-    return a.where(a == "", a + "; ").fillna("") + b.astype("string")
+    """``a; b`` element-wise, leaving out empty parts."""
+    a, b = a.astype("string").fillna(""), b.astype("string").fillna("")
+    return (a + "; " + b).where((a != "") & (b != ""), a + b)
 
 
 @functools.cache
@@ -627,6 +710,7 @@ def _geocode_with_overrides(distinct: pd.Series, country: str | None, geocoder: 
     idx = answers.index[pinned]
     _set(answers, idx, {"lat": lat, "lon": lon, "level": "coordinates", "score": 100,
                         "matched_name": distinct, "admin1": pd.NA, "source": "override",
+                        "form": "override", "candidates": "",
                         "note": "override: coordinates"})
     return answers
 
@@ -720,6 +804,7 @@ def _geocode_role(places: pd.DataFrame, role: str, *, geocoder: Geocoder | None,
     res = _empty_result(text).drop(columns="query")
     res.loc[given, ["lat", "lon"]] = np.c_[lat[given], lon[given]]
     _set(res, res.index[given], {"level": "coordinates", "score": 100, "source": "input",
+                                 "form": "coordinates",
                                  "admin1": _admin1_at(lat[given], lon[given])})
     for code in country[~given].unique():  # at most US, MX, other
         rows = ~given & (country == code)
@@ -970,7 +1055,8 @@ class GeopyGeocoder:
                  "county": "municipality"}.get(kind, "city")
         _set(result, pd.Index([idx]), {
             "lat": float(payload["lat"]), "lon": float(payload["lon"]), "level": level,
-            "score": 80, "matched_name": str(payload.get("address") or ""),
+            "score": 80, "matched_name": str(payload.get("address") or ""), "form": "online",
+            "candidates": "",
             "admin1": admin1 if admin1 else wanted, "source": self.name,
         })
         _add_note(result, pd.Index([idx]), f"{where} answered")

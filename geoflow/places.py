@@ -161,15 +161,26 @@ _ABBREVIATIONS: dict[str, str] = {
     # Spanish
     "CD": "CIUDAD", "CDAD": "CIUDAD", "NVO": "NUEVO", "NVA": "NUEVA", "STA": "SANTA",
     "STO": "SANTO", "SN": "SAN", "GRAL": "GENERAL", "PTO": "PUERTO", "GPE": "GUADALUPE",
-    "FCO": "FRANCISCO", "VLLE": "VALLE", "STGO": "SANTIAGO", "MPIO": "", "MUNICIPIO": "",
-    "DELEG": "", "DELEGACION": "", "ALCALDIA": "",
+    "FCO": "FRANCISCO", "VLLE": "VALLE", "STGO": "SANTIAGO", "NTRA": "NUESTRA",
+    "SRA": "SENORA", "LIC": "LICENCIADO", "ING": "INGENIERO", "PROF": "PROFESOR",
+    "CNEL": "CORONEL", "TTE": "TENIENTE", "DR": "DOCTOR", "PDTE": "PRESIDENTE",
+    "FRACC": "FRACCIONAMIENTO", "EJ": "EJIDO", "ESTAC": "ESTACION", "EST": "ESTACION",
+    "MPIO": "", "MUNICIPIO": "", "DELEG": "", "DELEGACION": "", "ALCALDIA": "",
     # English
     "FT": "FORT", "ST": "SAINT", "STE": "SAINTE", "MT": "MOUNT", "MTN": "MOUNTAIN",
     "PT": "PORT", "HTS": "HEIGHTS", "HGTS": "HEIGHTS", "SPGS": "SPRINGS", "SPRGS": "SPRINGS",
-    "JCT": "JUNCTION", "VLG": "VILLAGE", "BCH": "BEACH", "LK": "LAKE", "CTY": "CITY",
-    "TWP": "TOWNSHIP",
+    "SPG": "SPRING", "JCT": "JUNCTION", "VLG": "VILLAGE", "BCH": "BEACH", "LK": "LAKE",
+    "LKS": "LAKES", "CTY": "CITY", "TWP": "TOWNSHIP", "CTR": "CENTER", "VLY": "VALLEY",
+    "HBR": "HARBOR", "CRK": "CREEK", "GRV": "GROVE", "LNDG": "LANDING", "XING": "CROSSING",
+    "FLS": "FALLS", "GDNS": "GARDENS", "HLS": "HILLS", "PK": "PARK", "BLF": "BLUFF",
+    "ISL": "ISLAND", "SPRS": "SPRINGS", "CTRY": "COUNTRY",
 }
-_DIRECTIONS = {"N": "NORTH", "S": "SOUTH", "E": "EAST", "W": "WEST"}
+_DIRECTIONS = {"N": "NORTH", "S": "SOUTH", "E": "EAST", "W": "WEST", "NE": "NORTHEAST",
+               "NW": "NORTHWEST", "SE": "SOUTHEAST", "SW": "SOUTHWEST", "NO": "NORTH",
+               "SO": "SOUTH"}
+#: Only before a name: ``V. DE ALVAREZ`` → Villa de Álvarez, ``COL. X`` → Colonia X.
+_LEADING = {"V": "VILLA", "VA": "VILLA", "COL": "COLONIA", "HDA": "HACIENDA", "RCHO": "RANCHO",
+            "RCH": "RANCHO"}
 
 #: Whole-place nicknames and codes → the name in the gazetteer.
 PLACE_ALIASES: dict[str, str] = {
@@ -251,10 +262,16 @@ def normalise_place(values: pd.Series) -> pd.Series:
 
 def _expand(text: pd.Series) -> pd.Series:
     """Expand abbreviations in already tokenised text."""
-    text = text.str.replace(r"^(N|S|E|W)\s+(?=\S)", lambda m: _DIRECTIONS[m.group(1)] + " ",
-                            regex=True)
+    text = text.str.replace(r"^(NE|NW|SE|SW|NO|SO|N|S|E|W)\s+(?=\S)",
+                            lambda m: _DIRECTIONS[m.group(1)] + " ", regex=True)
+    # a trailing direction after a name: "LAKELAND N" = Lakeland North
+    text = text.str.replace(r"(?<=[A-Z]{3})\s+(NE|NW|SE|SW|N|S|E|W)$",
+                            lambda m: " " + _DIRECTIONS[m.group(1)], regex=True)
+    text = text.str.replace(r"^(V|VA|COL|HDA|RCHO|RCH)\s+(?=\S)",
+                            lambda m: _LEADING[m.group(1)] + " ", regex=True)
     pattern = r"\b(" + "|".join(sorted(_ABBREVIATIONS, key=len, reverse=True)) + r")\b"
     text = text.str.replace(pattern, lambda m: _ABBREVIATIONS[m.group(1)], regex=True)
+    text = text.str.replace(r"\b(JOSE|SANTA|MARIA) MA\b", r"\1 MARIA", regex=True)
     text = text.str.replace(r"\bMC\s+(?=[A-Z])", "MC", regex=True)
     text = text.str.replace(r"^(HEROICA|HCA|H)\s+(?=\S)", "", regex=True)
     text = text.str.replace(r"\s+", " ", regex=True).str.strip()

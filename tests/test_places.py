@@ -81,7 +81,7 @@ def test_abbreviations_of_both_countries_expand():
          "St. George", "Mt. Pleasant", "Pt. Lavaca", "Kew Gdns Hts", "E Dundee", "W Palm Beach"]))
     assert keys.tolist() == [
         "CIUDAD OBREGON", "SANTA ANA", "SANTO DOMINGO", "SAN PEDRO", "GENERAL TERAN",
-        "FORT SMITH", "SAINT GEORGE", "MOUNT PLEASANT", "PORT LAVACA", "KEW GDNS HEIGHTS",
+        "FORT SMITH", "SAINT GEORGE", "MOUNT PLEASANT", "PORT LAVACA", "KEW GARDENS HEIGHTS",
         "EAST DUNDEE", "WEST PALM BEACH"]
 
 
