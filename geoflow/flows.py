@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -221,6 +222,20 @@ def _group(records: pd.DataFrame, keys: list) -> tuple[np.ndarray, int]:
     return codes, int(codes.max()) + 1 if len(codes) else 0
 
 
+def _geocode_props(records: pd.DataFrame, role: str, first: np.ndarray) -> dict[str, Any]:
+    """``geocode_level`` and ``geocode_score`` of each point: those of the record whose
+    coordinates it shows (``state`` = a state centroid; a score below
+    :data:`geoflow.geocode.CONFIDENT_SCORE` = a guess)."""
+    n = len(first)
+    level, score = f"{role}_geocode_level", f"{role}_geocode_score"
+    return {
+        "geocode_level": (pd.array(_take(records[level], first), dtype="string")
+                          if level in records else pd.array([pd.NA] * n, dtype="string")),
+        "geocode_score": (pd.array(records[score].to_numpy()[first], dtype="Int64")
+                          if score in records else pd.array([pd.NA] * n, dtype="Int64")),
+    }
+
+
 def _recovery_label(place: pd.api.extensions.ExtensionArray, lat: np.ndarray,
                     lon: np.ndarray) -> pd.array:
     """The place name, or ``"lat, lon"`` for records placed by coordinates alone."""
@@ -377,6 +392,7 @@ def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
             "median_time_to_crime_days": stats.median_ttc.to_numpy(),
             "first_purchase": stats.first_purchase.to_numpy(),
             "last_purchase": stats.last_purchase.to_numpy(),
+            **_geocode_props(records, "dealer", first),
         }
     )
     points = gpd.GeoDataFrame(table, geometry=shapely.points(lon, lat), crs="EPSG:4326")
@@ -402,8 +418,7 @@ def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
                                        dtype="string"),
             "guns": stats.guns,
             "purchasers": stats.purchasers,
-            "geocode_level": pd.array(_take(records["recovery_geocode_level"], first),
-                                      dtype="string"),
+            **_geocode_props(records, "recovery", first),
             "first_recovery": iso_dates(dates.min().reindex(index)).to_numpy(),
             "last_recovery": iso_dates(dates.max().reindex(index)).to_numpy(),
         }

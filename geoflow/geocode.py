@@ -29,7 +29,6 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 from rapidfuzz import fuzz, process
-from rapidfuzz.distance import OSA
 
 from geoflow.crossings import haversine_km
 from geoflow.errors import GeocodeError, InputError
@@ -208,6 +207,7 @@ class OfflineGeocoder:
         self.gazetteer = gazetteer or load_gazetteer()
         self.fuzzy_cutoff = fuzzy_cutoff
         self._pools: dict[str, np.ndarray] | None = None
+        self._keys: tuple[pd.Index, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._stateless: dict[str | None, list[str]] = {}
 
     # The stages below each fill the rows still unmatched (level == "").
@@ -309,15 +309,32 @@ class OfflineGeocoder:
         q = pd.DataFrame({"qid": parsed.index[todo], "key": keys[todo].to_numpy(),
                           "st": st[todo].to_numpy()})
         with_state = q[q["st"].notna()].assign(st=lambda d: d["st"].str.split("|"))
-        with_state = with_state.explode("st")
-        names = self.gazetteer.names
-        names = names[names["key"].isin(q["key"].unique())]  # small before merging
-        cand_s = with_state.merge(names, left_on=["key", "st"], right_on=["key", "admin1"])
-        no_state = q[q["st"].isna()]
-        pool = names if country is None else names[names["country"] == country]
-        cand_n = no_state.merge(pool, on="key")
+        cand_s = self._candidates(with_state.explode("st"))
+        cand_s = cand_s[cand_s["admin1"].to_numpy() == cand_s["st"].to_numpy()]
+        cand_n = self._candidates(q[q["st"].isna()])
+        if country is not None:
+            cand_n = cand_n[cand_n["country"].to_numpy() == country]
         self._pick(cand_s, result, parsed, with_state=True)
         self._pick(cand_n, result, parsed, with_state=False)
+
+    def _candidates(self, queries: pd.DataFrame) -> pd.DataFrame:
+        """Name-index rows whose key equals each query's ``key``, with the query's other
+        columns; in index order (own names first, then by population). A hash lookup into
+        the index grouped by key, no merge."""
+        if self._keys is None:
+            codes, uniques = pd.factorize(self.gazetteer.names["key"])
+            counts = np.bincount(codes, minlength=len(uniques))
+            self._keys = (pd.Index(uniques), np.argsort(codes, kind="stable"),
+                          np.cumsum(counts) - counts, counts)
+        index, order, starts, counts = self._keys
+        code = index.get_indexer(queries["key"].to_numpy())
+        qpos = np.flatnonzero(code >= 0)
+        n = counts[code[qpos]]
+        offsets = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+        rows = order[np.repeat(starts[code[qpos]], n) + offsets]
+        cand = self.gazetteer.names.iloc[rows].reset_index(drop=True)
+        picked = queries.iloc[np.repeat(qpos, n)].drop(columns="key").reset_index(drop=True)
+        return pd.concat([picked, cand], axis=1)
 
     def _choose(self, cand: pd.DataFrame, *, all_tiers: bool = False) -> pd.DataFrame:
         """The best candidate per query (``qid``) and how clear the choice is.
@@ -327,8 +344,9 @@ class OfflineGeocoder:
         one are the same place (GeoNames lists some towns twice). Returns, indexed by
         ``qid``: the chosen row's columns, ``n`` (different places left), ``second`` (the
         next one's population), ``same_name`` (all of them share the chosen key),
-        ``candidates`` (when ``n > 1``) and ``states_seen``. With ``all_tiers`` (no state
-        given) bracketed and alternate names of other places stay rivals.
+        ``candidates`` (when ``n > 1``; with a state, not when far the most populous) and
+        ``states_seen`` (without a state). With ``all_tiers`` (no state given) bracketed and
+        alternate names of other places stay rivals, at a tenth of their population.
         """
         if "ratio" not in cand:
             cand = cand.assign(ratio=100.0)
@@ -359,17 +377,22 @@ class OfflineGeocoder:
         first_key = g["key"].transform("first")
         best["same_name"] = (cand["key"] == first_key).groupby(cand["qid"], sort=False).all()
         many = cand["qid"].isin(best.index[best["n"] > 1]).to_numpy()
-        listed = cand[many].assign(text=places["display"].to_numpy()[cand["place"][many]]
-                                   + " (" + np.round(lat[many], 3).astype(str) + ", "
-                                   + np.round(lon[many], 3).astype(str) + ")")
-        listed = listed[listed.groupby("qid", sort=False).cumcount() < MAX_CANDIDATES]
-        text = listed.groupby("qid", sort=False)["text"].agg("; ".join)
+        listed = best["n"] > 1 if all_tiers else (best["n"] > 1) & ~self._dominant(best)
+        shown = (cand["qid"].isin(best.index[listed]).to_numpy()
+                 & (g.cumcount().to_numpy() < MAX_CANDIDATES))
+        p = cand["place"].to_numpy()[shown]
+        text = pd.Series(places["display"].to_numpy()[p], dtype=object) + (
+            " (" + pd.Series(np.round(lat[shown], 3).astype(str)) + ", "
+            + pd.Series(np.round(lon[shown], 3).astype(str)) + ")")
+        text = text.groupby(cand["qid"].to_numpy()[shown], sort=False).agg("; ".join)
         more = best["n"] > MAX_CANDIDATES
         best["candidates"] = text.reindex(best.index).fillna("").astype("string")
         best.loc[more, "candidates"] = best.loc[more, "candidates"] + "; …"
-        seen = cand[many].drop_duplicates(["qid", "admin1"])
-        states_seen = seen.groupby("qid", sort=False)["admin1"].agg(_state_list)
-        best["states_seen"] = states_seen.reindex(best.index).fillna("").astype("string")
+        best["states_seen"] = ""
+        if all_tiers and many.any():  # only stateless queries name the states
+            seen = cand[many].drop_duplicates(["qid", "admin1"])
+            states_seen = seen.groupby("qid", sort=False)["admin1"].agg(_state_list)
+            best["states_seen"] = states_seen.reindex(best.index).fillna("").astype("string")
         return best
 
     @staticmethod
@@ -470,9 +493,8 @@ class OfflineGeocoder:
         hits = pd.concat(found, ignore_index=True)
         top = hits.groupby("qid")["ratio"].transform("max")
         hits = hits[hits["ratio"] >= top - FUZZY_MARGIN]
-        names = self.gazetteer.names
-        cand = hits.merge(names[names["key"].isin(hits["key"].unique())],
-                          left_on=["key", "st"], right_on=["key", "admin1"])
+        cand = self._candidates(hits)
+        cand = cand[cand["admin1"].to_numpy() == cand["st"].to_numpy()]
         if cand.empty:
             return
         best = self._choose(cand)
@@ -573,14 +595,10 @@ class OfflineGeocoder:
 
 
 def _fuzzy_scores(queries: list[str], keys: np.ndarray, cutoff: float) -> np.ndarray:
-    """Similarity 0–100 of each query to each key: the better of rapidfuzz's
-    ``token_sort_ratio`` (word order, dropped letters) and the optimal-string-alignment
-    similarity (a swapped pair of letters is one slip); below ``cutoff`` → 0."""
-    indel = process.cdist(queries, keys, scorer=fuzz.token_sort_ratio, processor=None,
-                          score_cutoff=cutoff, dtype=np.float32, workers=-1)
-    osa = process.cdist(queries, keys, scorer=OSA.normalized_similarity, processor=None,
-                        score_cutoff=cutoff / 100, dtype=np.float32, workers=-1)
-    return np.maximum(indel, osa * 100)
+    """rapidfuzz ``token_sort_ratio`` (0–100) of each query to each key; below ``cutoff`` → 0.
+    (A swapped pair of letters scores as two slips would in optimal string alignment.)"""
+    return process.cdist(queries, keys, scorer=fuzz.token_sort_ratio, processor=None,
+                         score_cutoff=cutoff, dtype=np.float32, workers=-1)
 
 
 def _state_list(codes: pd.Series) -> str:

@@ -89,15 +89,17 @@ UNPLACED_COLUMNS = (
 #: Record columns that flows, dealers, recoveries, crossings and states read.
 LAYER_INPUT_COLUMNS = (
     "dealer_id", "dealer_name", "dealer_ffl", "dealer_place", "dealer_admin1", "dealer_lon",
-    "dealer_lat", "recovery_place", "recovery_admin1", "recovery_lon", "recovery_lat",
-    "recovery_geocode_level", "recovery_date", "crossing_code", "route_kind", "purchaser_id",
+    "dealer_lat", "dealer_geocode_level", "dealer_geocode_score", "recovery_place",
+    "recovery_admin1", "recovery_lon", "recovery_lat", "recovery_geocode_level",
+    "recovery_geocode_score", "recovery_date", "crossing_code", "route_kind", "purchaser_id",
     "purchaser_label", "purchase_date", "time_to_crime_days",
 )
 #: Entity columns turned into categoricals once per analysis, so every groupby, factorize and
 #: take afterwards works on small integer codes instead of a million strings.
 ENTITY_COLUMNS = (
     "purchaser_id", "purchaser_label", "dealer_id", "dealer_name", "dealer_ffl", "dealer_place",
-    "dealer_admin1", "recovery_place", "recovery_admin1", "recovery_geocode_level",
+    "dealer_admin1", "dealer_geocode_level", "recovery_place", "recovery_admin1",
+    "recovery_geocode_level",
     "crossing_code", "route_kind", "weapon_type",
 )
 #: A text column with at most this share of distinct values is kept as a categorical.

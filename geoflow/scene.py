@@ -710,9 +710,9 @@ def _areas(states: pd.DataFrame, palette: str, flow_colour: str, lighten_for_flo
 _POINT_COLUMNS = {
     "dealer": ["dealer_name", "dealer_place", "guns", "purchasers", "dealer_ffl",
                "top_purchaser", "top_purchaser_share", "median_time_to_crime_days",
-               "first_purchase", "last_purchase", "geocode_level"],
+               "first_purchase", "last_purchase", "geocode_level", "geocode_score"],
     "recovery": ["recovery_place", "guns", "purchasers", "recovery_state", "geocode_level",
-                 "first_recovery", "last_recovery"],
+                 "geocode_score", "first_recovery", "last_recovery"],
     "port": ["name", "guns", "guns_known", "guns_modelled", "code", "mx_city", "us_state"],
 }
 _POINT_NAMES = {"dealer": ("US dealers", "dealers"),

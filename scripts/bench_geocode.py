@@ -2,6 +2,9 @@
 
     python scripts/bench_geocode.py [--n 50000] [--seed 1]
 
+Targets (issue 14): the gazetteer loads in under 0.5 s; 50,000 distinct strings geocode in
+under 3 s warm (the second call in a process: gazetteer and fuzzy pools already built).
+
 Builds ``n`` distinct messy place strings from the shipped gazetteer (US and Mexican places
 written ATF- or Mexican-style, with abbreviations, a trailing ZIP, typos, bare states and
 unknown names), then times ``geocode`` on them. Prints the figures and the share per level.
@@ -10,12 +13,13 @@ unknown names), then times ``geocode`` on them. Prints the figures and the share
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
 import pandas as pd
 
-from geoflow.geocode import geocode, load_gazetteer
+from geoflow.geocode import CONFIDENT_SCORE, geocode, load_gazetteer
 from geoflow.places import MX_STATES
 
 
@@ -51,16 +55,39 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     load_gazetteer()
-    print(f"gazetteer load + index: {time.perf_counter() - start:.2f} s")
+    print(f"gazetteer load + index, first in this process: {time.perf_counter() - start:.2f} s")
+    loads, cpu_loads = [], []
+    for _ in range(3):
+        load_gazetteer.cache_clear()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        load_gazetteer()
+        loads.append(time.perf_counter() - start)
+        cpu_loads.append(time.process_time() - start_cpu)
+    print(f"gazetteer load + index, median of 3 more: {np.median(loads):.2f} s, CPU "
+          f"{np.median(cpu_loads):.2f} s (target < 0.5 s)")
     queries = messy_strings(args.n, args.seed)
     start = time.perf_counter()
     result = geocode(queries)
     elapsed = time.perf_counter() - start
-    print(f"{len(queries):,} distinct strings geocoded in {elapsed:.2f} s "
-          f"({len(queries) / elapsed:,.0f}/s)")
+    print(f"{len(queries):,} distinct strings geocoded in {elapsed:.2f} s, cold "
+          f"(fuzzy pools built on first use)")
+    warm, cpu = [], []
+    for _ in range(3):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        geocode(queries)
+        warm.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    elapsed = min(warm)
+    print(f"{len(queries):,} distinct strings geocoded in {elapsed:.2f} s warm, best of 3 "
+          f"({len(queries) / elapsed:,.0f}/s; target < 3 s); CPU time {min(cpu):.2f} s "
+          f"(all threads; on a busy machine closer to the idle wall time)")
+    print(f"load average: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
+          f"on {os.cpu_count()} CPUs")
     print(result["level"].replace("", "(unmatched)").value_counts().to_string())
     fuzzy = result["note"].str.contains("fuzzy").sum()
-    print(f"fuzzy matches: {fuzzy:,}")
+    ambiguous = (result["candidates"] != "").sum()
+    confident = (result["score"] >= CONFIDENT_SCORE).sum()
+    print(f"fuzzy matches: {fuzzy:,}; ambiguous: {ambiguous:,}; confident: {confident:,}")
     repeated = pd.concat([queries] * 4, ignore_index=True)
     start = time.perf_counter()
     geocode(repeated)

@@ -521,3 +521,68 @@ def test_records_without_place_columns_are_all_unmatched():
     out, report = geocode_traces(pd.DataFrame({"serial_number": ["A1", "B2"]}))
     assert out["dealer_geocode_level"].tolist() == ["", ""]
     assert report.groupby("role")["records"].sum().to_dict() == {"dealer": 2, "recovery": 2}
+
+
+SMALL_TOWNS = """\
+Trace Number,FFL Name,FFL City,FFL State,FFL Zip,Purchaser,Purchase Date,Recovery Date,\
+Recovery City,Recovery State,Recovery Country
+T1,Desert Arms,COLORADO CITY,AZ,,Ann Buyer,2019-01-02,2019-06-01,MATANCILLAS,JAL.,
+T2,Desert Arms,COLORADO CITY,AZ,,Ann Buyer,2019-01-09,2019-06-01,BENITO JUAREZ,CHIH.,
+T3,Bibb Guns,WOODSTOCK,AL,,Bo Buyer,2019-02-02,2019-07-01,SAN LORENZO,PUE.,
+T4,Bibb Guns,WOODSTOCK,AL,,Bo Buyer,2019-02-09,2019-07-01,,TAMPS.,
+"""
+
+
+@pytest.fixture(scope="module")
+def small_town_run(tmp_path_factory):
+    from click.testing import CliRunner
+
+    from geoflow.cli import cli
+
+    base = tmp_path_factory.mktemp("small")
+    path = base / "traces.csv"
+    path.write_text(SMALL_TOWNS, encoding="utf-8")
+    result = CliRunner().invoke(cli, ["-q", "run", str(path), "-o", str(base / "out")], obj={})
+    assert result.exit_code == 0, result.output
+    return base / "out"
+
+
+def _features(path: Path, key: str) -> dict:
+    import json
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {f["properties"][key]: f for f in data["features"]}
+
+
+def test_run_maps_a_small_town_named_like_a_bigger_places_alternate(small_town_run):
+    dealers = _features(small_town_run / "dealers.geojson", "dealer_name")
+    for name, (lat, lon) in {"Desert Arms": (36.99, -112.98),  # Colorado City, not Yuma
+                             "Bibb Guns": (33.21, -87.15)}.items():  # Woodstock, not Anniston
+        lon_got, lat_got = dealers[name]["geometry"]["coordinates"]
+        assert km(lat, lon, lat_got, lon_got) < 10, name
+        props = dealers[name]["properties"]
+        assert props["geocode_level"] == "city" and props["geocode_score"] == 100
+
+
+def test_run_point_layers_carry_level_and_score_guesses_look_like_guesses(small_town_run):
+    recoveries = _features(small_town_run / "recoveries.geojson", "recovery_place")
+    matancillas = recoveries["Matancillas (San Isidro Matancillas), Jalisco"]["properties"]
+    assert (matancillas["geocode_level"], matancillas["geocode_score"]) == ("city", 100)
+    ambiguous = recoveries["Benito Juárez, Chihuahua"]["properties"]
+    assert ambiguous["geocode_level"] == "city"
+    assert ambiguous["geocode_score"] < CONFIDENT_SCORE
+    state = recoveries["Tamaulipas"]["properties"]
+    assert state["geocode_level"] == "state" and state["geocode_score"] < CONFIDENT_SCORE
+
+
+def test_run_report_marks_ambiguous_rows_with_their_candidates(small_town_run):
+    report = pd.read_csv(small_town_run / "geocode_report.csv", keep_default_na=False)
+    assert {"form", "candidates"} <= set(report.columns)
+    ambiguous = report[report["note"].str.startswith("ambiguous")]
+    assert ambiguous["query"].tolist() == ["BENITO JUAREZ, CHIH."]
+    row = ambiguous.iloc[0]
+    assert row["score"] < CONFIDENT_SCORE and row["candidates"].count("Benito Juárez") == 2
+    assert (report.loc[report["candidates"] == "", "note"].str.startswith("ambiguous") == 0).all()
+    forms = report.set_index("query")["form"]
+    assert forms["MATANCILLAS, JAL."] == "name without brackets"
+    assert forms["COLORADO CITY, AZ"] == "name"
