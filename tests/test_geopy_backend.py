@@ -96,9 +96,10 @@ def test_network_answers_gaps_rate_limited_then_cache_answers_without_requests(s
 
     server.requests.clear()
     start = time.monotonic()
-    second = geocode(queries, country="MX", geocoder=make(server, tmp_path))
+    second = geocode(queries, country="MX",
+                     geocoder=make(server, tmp_path, min_delay_seconds=30.0))
     assert server.requests == []  # every answer from the SQLite cache
-    assert time.monotonic() - start < 1.0  # and no waiting for the rate limit
+    assert time.monotonic() - start < 15.0  # and no waiting for the (30 s) rate limit
     assert second[["lat", "lon", "source"]].equals(first[["lat", "lon", "source"]])
     assert second["note"].str.contains("cached").sum() == 2
 
