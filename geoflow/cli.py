@@ -206,7 +206,7 @@ PALETTE_NAMES = ("blue-orange", "purple-green", "viridis", "cividis", "greys")
 
 #: Parameters :func:`map_look_options` adds (``run`` pops them before building RunOptions).
 LOOK_PARAMS = ("title", "subtitle", "source_line", "credit", "caveat", "palette", "top_n",
-               "max_points", "tiles")
+               "max_points", "tiles", "flow_style", "max_legs")
 
 
 def map_look_options(func):
@@ -224,9 +224,16 @@ def map_look_options(func):
         click.option("--palette", type=click.Choice(PALETTE_NAMES), default=None,
                      help="Colour-blind-safe palette of the state choropleths "
                           "(default blue-orange)."),
-        click.option("--top-n", type=click.IntRange(min=1), default=None, metavar="N",
-                     help="Draw at most N flows, the largest (default 300); the rest are "
+        click.option("--flow-style", type=click.Choice(["legs", "paths"]), default=None,
+                     help="legs (default): guns summed into US legs (origin → port) and "
+                          "Mexican legs (port → destination); paths: one line per flow "
+                          "dealer → port → place."),
+        click.option("--max-legs", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Draw at most N legs, the largest (default 150); the rest are "
                           "counted in the legend."),
+        click.option("--top-n", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="With --flow-style paths: draw at most N flows, the largest "
+                          "(default 300); the rest are counted in the legend."),
         click.option("--max-points", type=click.IntRange(min=1), default=None, metavar="N",
                      help="Draw at most N dealers and N recovery places (default 1500)."),
         click.option("--tiles/--no-tiles", default=None,
@@ -442,7 +449,7 @@ def map_command(input_path: str | None, sample: bool, out_path: str, min_guns: i
                 title: str | None, subtitle: str | None, source_line: str | None,
                 credit: str | None, caveat: str | None, palette: str | None,
                 top_n: int | None, max_points: int | None, tiles: bool | None,
-                **options) -> None:
+                flow_style: str | None, max_legs: int | None, **options) -> None:
     """Draw only the map: one self-contained HTML file that opens offline.
 
     US states are shaded by guns sourced, Mexican states by guns recovered; flow lines run
@@ -458,22 +465,27 @@ def map_command(input_path: str | None, sample: bool, out_path: str, min_guns: i
     from pathlib import Path
 
     from geoflow.pipeline import analyse
-    from geoflow.render import render_map, write_map
+    from geoflow.render import render_scene, write_map
+    from geoflow.scene import build_scene
 
     source = _input_path(input_path, sample)
     prepared, run_options, records, description, config = _prepare_selection(source, options)
     look = map_options(config, show_names=run_options.show_names, source=source_line,
                        title=title, subtitle=subtitle, credit=credit, caveat=caveat,
                        palette=palette, top_n=top_n, min_guns=min_guns, max_points=max_points,
-                       tiles=tiles)
+                       tiles=tiles, flow_style=flow_style, max_legs=max_legs)
     with stage("Analysing and drawing", enabled=show_progress()):
         result = analyse(prepared, options=run_options, records=records,
                          description=description)
-        html = render_map(result, options=look)
+        scene = build_scene(result, options=look)
+        html = render_scene(scene, options=look)
     out = write_map(html, Path(out_path))
-    drawn = min(look.top_n, int((result.flows["guns"] >= look.min_guns).sum()))
-    click.echo(f"wrote {out} ({len(html.encode('utf-8')) / 1e6:.2f} MB): {drawn:,} of "
-               f"{len(result.flows):,} flows drawn")
+    what = ("flows" if look.flow_style == "paths" else
+            f"legs (US {scene.levels['us']} level, Mexico {scene.levels['mx']} level) for "
+            f"{len(result.flows):,} flows")
+    click.echo(f"wrote {out} ({len(html.encode('utf-8')) / 1e6:.2f} MB): {len(scene.legs):,} "
+               + (f"of {len(result.flows):,} {what}" if look.flow_style == "paths" else what)
+               + " drawn")
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,7 +39,9 @@ KEYS: dict[str, tuple[type, str]] = {
     "caveat": (str, "caveat printed under the legend"),
     "palette": (str, "colour palette of the state choropleths"),
     "tiles": (bool, "offer the online tile layer"),
-    "top_n": (int, "draw at most this many flows"),
+    "top_n": (int, "draw at most this many flows (flow_style paths)"),
+    "flow_style": (str, "legs (aggregated US and Mexican legs) or paths (one line per flow)"),
+    "max_legs": (int, "draw at most this many legs"),
     "min_guns": (int, "draw flows with at least this many guns"),
     "geocoder": (str, "geocoder back-end: offline (default) or a geopy service"),
     "user_agent": (str, "user agent for online geocoders"),
@@ -55,7 +57,7 @@ KEYS: dict[str, tuple[type, str]] = {
     "trafficker_min_guns": (int, "by_trafficker lists purchasers tied to this many guns"),
 }
 
-_CHOICES = {"flow_level": ("place", "state")}
+_CHOICES = {"flow_level": ("place", "state"), "flow_style": ("legs", "paths")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +73,8 @@ class Config:
     palette: str | None = None
     tiles: bool | None = None
     top_n: int | None = None
+    flow_style: str | None = None
+    max_legs: int | None = None
     min_guns: int | None = None
     geocoder: str | None = None
     user_agent: str | None = None

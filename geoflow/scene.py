@@ -157,7 +157,7 @@ FLOW_STYLES = ("legs", "paths")
 LEVELS = ("place", "town", "state")
 _CURVE_POINTS = 16
 _DECIMALS = 4
-_RADIUS = {"dealer": (2.5, 14.0), "recovery": (2.5, 12.0), "port": (4.0, 12.0)}
+_RADIUS = {"dealer": (2.0, 11.0), "recovery": (2.0, 10.0), "port": (4.0, 11.0)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -470,6 +470,8 @@ def _ends(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
     else:
         place, state, lon, lat, ident = ("recovery_place", "recovery_state", "recovery_lon",
                                          "recovery_lat", "recovery_place")
+    if level == "state" and state not in flows.columns:
+        level = "town"
     if level == "state":
         codes = _text(flows[state])
         fixed = pd.DataFrame.from_dict(state_points(), orient="index",
@@ -589,17 +591,18 @@ def _path_legs(flows: pd.DataFrame, options: MapOptions, colour: str) -> tuple[
     origin = _text(shown["dealer_name"]).where(_text(shown["dealer_name"]) != "",
                                                _text(shown["dealer_place"]))
     dest = _text(shown["recovery_place"])
+    extra = _props(shown, ["flow_id", "dealer_name", "dealer_place", "recovery_place",
+                           "purchasers", "top_purchaser", "median_time_to_crime_days"])
     legs = [Leg(side="path", origin=o, destination=d, port_code=pc, port_name=pn,
                 route_kind=k, guns=int(n), width=float(wi), colour=colour,
                 dash=None if k == "known" else MODELLED_DASH, arrow=True,
                 coords=tuple(map(tuple, c.tolist())),
-                properties={"title": f"{o} → {d}", "guns": int(n), "crossing_name": pn,
+                properties={**x, "title": f"{o} → {d}", "guns": int(n), "crossing_name": pn,
                             "route": "known (from case records)" if k == "known"
-                            else "modelled (shortest route)", "dealer_name": o,
-                            "recovery_place": d})
-            for o, d, pc, pn, k, n, wi, c in zip(
+                            else "modelled (shortest route)"})
+            for o, d, pc, pn, k, n, wi, c, x in zip(
                 origin, dest, _text(shown["crossing_code"]), _text(shown["crossing_name"]),
-                kinds, g, w, coords, strict=True)]
+                kinds, g, w, coords, extra, strict=True)]
     return legs, len(hidden), int(guns[hidden].sum())
 
 
@@ -766,6 +769,7 @@ def _labels(result: MapData, legs: Sequence[Leg], areas: Sequence[Area]) -> list
                                 lat=float(xy[i, 1]), kind="port",
                                 priority=(4.0 if rank < 5 else 2.0) + g[i] / gmax,
                                 min_zoom=0.0 if rank < 5 else 5.0))
+    ports = {lab.text.casefold() for lab in labels}
     for kind, frame, column, many in (("dealer", result.dealers, "dealer_place", 8),
                                       ("recovery", result.recoveries, "recovery_place", 10)):
         if not len(frame) or column not in frame.columns:
@@ -781,16 +785,21 @@ def _labels(result: MapData, legs: Sequence[Leg], areas: Sequence[Area]) -> list
         gmax = max(float(towns["g"].max()) if len(towns) else 1.0, 1.0)
         for rank, (town, row) in enumerate(towns.head(many * 3).iterrows()):
             top = rank < 3
+            if str(town).split(",")[0].strip().casefold() in ports:
+                continue  # the port's label already names the town
             labels.append(Label(text=_short_place(str(town)), lon=float(row.x), lat=float(row.y),
                                 kind=kind, priority=(3.0 if top else 1.5 if rank < many
                                                      else 1.0) + row.g / gmax,
                                 min_zoom=0.0 if rank < many else 6.0))
     fixed = state_points()
-    for area in areas:
-        if area.guns > 0 and area.code in fixed:
+    for country in ("US", "MX"):
+        ranked = sorted((a for a in areas if a.country == country and a.guns > 0
+                         and a.code in fixed), key=lambda a: -a.guns)
+        for rank, area in enumerate(ranked):  # the top 3 states of each side from the start
             lon, lat, _ = fixed[area.code]
             labels.append(Label(text=area.name, lon=lon, lat=lat, kind="state",
-                                priority=0.5 + min(area.share or 0.0, 0.49), min_zoom=4.0))
+                                priority=0.5 + min(area.share or 0.0, 0.49),
+                                min_zoom=0.0 if rank < 3 else 5.5))
     labels.sort(key=lambda lab: -lab.priority)
     return labels
 

@@ -23,13 +23,11 @@ from geoflow.render import (
     DEFAULT_CAVEAT,
     PALETTES,
     MapOptions,
-    class_breaks,
-    curve_flows,
     escape_html,
     js_string,
+    page_assets,
     render_map,
     script_json,
-    select_flows,
     write_map,
 )
 from geoflow.sample import sample_path
@@ -154,57 +152,23 @@ def test_payload_names_reach_the_page_only_as_escaped_data():
     flows["dealer_name"] = [PAYLOADS[1], PAYLOADS[0]]
     flows["recovery_place"] = [PAYLOADS[2], PAYLOADS[2]]
     flows["top_purchaser"] = [PAYLOADS[0], None]
-    page = render_map(_result(flows), options=MapOptions(title=PAYLOADS[1], credit=PAYLOADS[2],
-                                                        subtitle=PAYLOADS[0], top_n=1))
-    assert "Showing the largest flow, and 1 smaller flow (2 guns) not drawn." in page
-    assert "window.pwned" in page  # the text is there …
-    assert "<img src=x" not in page  # … but never as markup
-    assert page.count("<script>window.pwned") == 0
-    assert "${alert" not in page and "${window" not in page
-    # Every <script> still parses as one element: payload text cannot close one early.
-    for text in _script_texts(page):
-        assert "<script" not in text.lower()
-    title = re.search(r"<title>(.*?)</title>", page, flags=re.S).group(1)
-    assert html.unescape(title) == PAYLOADS[1]
-    assert f"<h1>{escape_html(PAYLOADS[1])}</h1>" in page
-    assert escape_html(PAYLOADS[2]) in page
-
-
-# --------------------------------------------------------------------------- pure helpers
-
-
-def test_class_breaks_are_distinct_quantiles_of_positive_values():
-    values = [0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 100]
-    breaks = class_breaks(values, k=5)
-    assert breaks.tolist() == sorted(set(breaks.tolist()))
-    assert len(breaks) == 5 and breaks[-1] == 100 and breaks[0] >= 1
-    assert class_breaks([0, 0, 0]).size == 0
-    assert class_breaks([4, 4, 4]).tolist() == [4]
-
-
-def test_select_flows_applies_threshold_then_top_n_and_counts_the_rest():
-    flows = _flow_frame([1, 9, 3, 7, 2, 5], ["2304"] * 6)
-    shown, hidden, hidden_guns = select_flows(flows, top_n=3, min_guns=2)
-    assert shown["guns"].tolist() == [9, 7, 5]
-    assert hidden == 3 and hidden_guns == 1 + 3 + 2
-    shown, hidden, _ = select_flows(flows, top_n=10, min_guns=4)
-    assert shown["guns"].tolist() == [9, 7, 5] and hidden == 3
-
-
-def test_curved_flows_start_at_dealer_pass_the_port_and_end_at_recovery():
-    flows = _flow_frame([9, 7, 5, 2], ["2304", "2304", "2304", "2402"])
-    lines = curve_flows(flows)
-    assert len(lines) == 4
-    for line, (_, row) in zip(lines, flows.iterrows(), strict=True):
-        xy = shapely.get_coordinates(line)
-        assert xy[0] == pytest.approx([row.dealer_lon, row.dealer_lat], abs=1e-4)
-        assert xy[-1] == pytest.approx([row.recovery_lon, row.recovery_lat], abs=1e-4)
-        assert np.min(np.hypot(*(xy - [row.port_lon, row.port_lat]).T)) < 1e-4
-        assert np.all(np.round(xy, 4) == xy)
-    # Flows sharing a port (same dealer, port and recovery here) are drawn apart, not on
-    # top of each other: they bow to different sides and by different amounts.
-    mids = [shapely.get_coordinates(g)[8] for g in lines[:3]]
-    assert min(np.hypot(*(a - b)) for i, a in enumerate(mids) for b in mids[i + 1:]) > 0.1
+    for style in ("legs", "paths"):
+        page = render_map(_result(flows), options=MapOptions(
+            title=PAYLOADS[1], credit=PAYLOADS[2], subtitle=PAYLOADS[0], top_n=1,
+            flow_style=style))
+        if style == "paths":
+            assert "And 1 smaller flow (2 guns) not drawn." in page
+        assert "window.pwned" in page  # the text is there …
+        assert "<img src=x" not in page  # … but never as markup
+        assert page.count("<script>window.pwned") == 0
+        assert "${alert" not in page and "${window" not in page
+        # Every <script> still parses as one element: payload text cannot close one early.
+        for text in _script_texts(page):
+            assert "<script" not in text.lower()
+        title = re.search(r"<title>(.*?)</title>", page, flags=re.S).group(1)
+        assert html.unescape(title) == PAYLOADS[1]
+        assert f"<h1>{escape_html(PAYLOADS[1])}</h1>" in page
+        assert escape_html(PAYLOADS[2]) in page
 
 
 def test_map_options_refuse_unknown_palettes_and_bad_thresholds():
@@ -244,6 +208,10 @@ def test_page_size_is_bounded_by_what_is_drawn_not_by_the_data():
     flows["dealer_lat"] = rng.uniform(28, 45, n)
     flows["recovery_lon"] = rng.uniform(-110, -90, n)
     flows["recovery_lat"] = rng.uniform(16, 30, n)
+    flows["dealer_place"] = [f"Town {i % 3000}" for i in range(n)]
+    flows["recovery_place"] = [f"Place {i % 2000}" for i in range(n)]
+    flows["dealer_state"] = rng.choice(["US-TX", "US-AZ", "US-CA", "US-IL"], n)
+    flows["recovery_state"] = rng.choice(["MX-CHH", "MX-SIN", "MX-JAL"], n)
     result = _result(flows)
     result.dealers = gpd.GeoDataFrame(
         {"dealer_name": [f"Dealer {i}" for i in range(n_dealers)],
@@ -257,7 +225,11 @@ def test_page_size_is_bounded_by_what_is_drawn_not_by_the_data():
         crs="EPSG:4326")
     page = render_map(result, options=MapOptions())
     assert len(page.encode("utf-8")) < 5_000_000
-    assert f"and {n - 300:,} " in page
+    (legs,) = _layer_data(page, "flows")  # state-level legs through Laredo: 4 US, 3 MX
+    assert len(legs["features"]) == 4 + 3
+    for side in ("us", "mx"):
+        assert sum(f["properties"]["guns"] for f in legs["features"]
+                   if f["properties"]["side"] == side) == flows["guns"].sum()
     assert f"And {n_dealers - 1500:,} smaller dealers" in page
     assert f"And {n_places - 1500:,} smaller recovery places" in page
 
@@ -277,29 +249,44 @@ def test_sample_map_is_self_contained(sample_html):
     assert "sourceMappingURL" not in page
 
 
-def test_sample_map_size_and_labels(sample_result, sample_html):
+def _layer_data(page: str, kind: str) -> list[dict]:
+    """The GeoJSON handed to ``geoflow.<kind>(map, data, options)`` in the page."""
+    found = re.findall(rf"geoflow\.{kind}\([^,]+,\s*(\{{\"type\":\"FeatureCollection\".*?\}}), "
+                       r"\{", page, flags=re.S)
+    return [json.loads(text) for text in found]
+
+
+def test_sample_map_draws_the_scene_legs_and_says_what_is_not_drawn(sample_result, sample_html):
     page = sample_html
-    assert len(page.encode("utf-8")) < 2_000_000
-    shown, hidden, hidden_guns = select_flows(sample_result.flows, top_n=300, min_guns=1)
-    assert hidden == len(sample_result.flows) - 300 > 0
-    smallest = int(shown["guns"].min())
-    assert smallest == 1  # the sample's 300th flow ties with the rest: say "at most", not "smaller"
-    assert (f"and {hidden:,} more flows of at most 1 gun each ({hidden_guns:,} guns) not drawn"
-            in page)
-    other = render_map(sample_result, options=MapOptions(min_guns=2, top_n=1000))
-    _, below, below_guns = select_flows(sample_result.flows, top_n=1000, min_guns=2)
-    assert f"of at least 2 guns, and {below:,} smaller flows ({below_guns:,} guns)" in other
+    assert len(page.encode("utf-8")) < 1_500_000
+    (flows,) = _layer_data(page, "flows")
+    legs = flows["features"]
+    assert 0 < len(legs) <= 150
+    assert {f["properties"]["side"] for f in legs} == {"us", "mx"}
+    guns = [f["properties"]["guns"] for f in legs]
+    assert guns == sorted(guns, reverse=True)
+    assert {f["properties"]["k"] for f in legs} == {"known", "modelled"}
+    assert re.search(r"And [\d,]+ smaller US legs \([\d,]+ guns, at most \d+ each\) not drawn",
+                     page)
+    assert f'data-guns="{guns[0]}"' in page  # the legend's widest sample is the largest leg
     for text in ("US states: guns sourced", "Mexican states: guns recovered",
                  "modelled crossing (dashed", "synthetic sample", escape_html(DEFAULT_CAVEAT),
-                 "pseudonyms", "Guns traced from US dealers to Mexico"):
+                 "pseudonyms", "Guns traced from US dealers to Mexico", "gf-synthetic",
+                 "SYNTHETIC DATA — not real trace records", "INEGI", "GeoNames"):
         assert text in page
-    flows = json.loads(re.search(r"geoflow\.flows\([^,]+,\s*(\{.*?\}), \{\"colour", page,
-                                 flags=re.S).group(1))
-    assert len(flows["features"]) == len(shown) == 300
-    guns = [f["properties"]["guns"] for f in flows["features"]]
-    assert guns == sorted(guns, reverse=True) == shown["guns"].tolist()
-    kinds = {f["properties"]["k"] for f in flows["features"]}
-    assert kinds <= {"known", "modelled"}
+    paths = render_map(sample_result, options=MapOptions(flow_style="paths", min_guns=2,
+                                                         top_n=1000))
+    (drawn,) = _layer_data(paths, "flows")
+    above = int((sample_result.flows["guns"] >= 2).sum())
+    assert len(drawn["features"]) == min(above, 1000)
+    assert "smaller flows" in paths
+
+
+def test_page_script_and_styles_come_from_the_package_files(sample_html):
+    js, css = page_assets()
+    assert "function placeLabels" in js and ".gf-label" in css
+    assert js in sample_html and css in sample_html
+    assert "RUNTIME_JS" not in sample_html
 
 
 def test_tile_layer_is_offered_off_by_default_or_left_out(sample_result, sample_html):
@@ -312,7 +299,7 @@ def test_tile_layer_is_offered_off_by_default_or_left_out(sample_result, sample_
 
 
 def test_show_names_changes_the_wording(sample_result):
-    page = render_map(sample_result, options=MapOptions(show_names=True, top_n=5,
+    page = render_map(sample_result, options=MapOptions(show_names=True, max_legs=5,
                                                         source="Source: my desk"))
     assert "shown as they appear in the records" in page and "Source: my desk" in page
 
@@ -334,7 +321,8 @@ def test_map_command_writes_the_map_with_the_desk_labels(tmp_path):
     out = tmp_path / "sample.html"
     result = CliRunner().invoke(cli, [
         "map", "--sample", "-o", str(out), "--title", "Guns <to> Mexico", "--credit",
-        "Graphic: Desk", "--caveat", "Only traced guns.", "--top-n", "50", "--no-tiles",
+        "Graphic: Desk", "--caveat", "Only traced guns.", "--flow-style", "paths", "--top-n",
+        "50", "--no-tiles",
         "--palette", "viridis"])
     assert result.exit_code == 0, result.output
     assert "50 of" in result.output
