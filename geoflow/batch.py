@@ -27,7 +27,7 @@ import pandas as pd
 from geoflow import __version__
 from geoflow.errors import OutputError
 from geoflow.progress import quiet_logger
-from geoflow.schema import strip_accents
+from geoflow.schema import SYNTHETIC_LABEL, strip_accents
 from geoflow.select import entity_keys, list_entities
 
 __all__ = [
@@ -113,6 +113,8 @@ def safe_child(root: Path, *parts: str) -> Path:
 # --------------------------------------------------------------------------- index page
 
 _INDEX_CSS = """
+.gf-synthetic{background:#b00020;color:#fff;font-weight:700;letter-spacing:.04em;
+text-align:center;padding:.3rem;margin:-2rem -1rem 1rem}
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
 max-width:72rem;padding:0 1rem;color:#1b1b1b}
 h1{font-size:1.5rem;margin:0 0 .25rem}p.sub{margin:.25rem 0;color:#444}
@@ -158,12 +160,13 @@ def render_index(
     description: str = "",
     totals: dict[str, Any] | None = None,
     notes: Sequence[str] = (),
+    synthetic: bool = False,
 ) -> str:
     """The batch's ``index.html``: one sortable row per entity, linking to its map.
 
     ``entities`` has ``label``, ``guns``, ``placed``, ``purchasers``, ``dealers``, ``href``
     (relative link to the entity's map) and ``folder``. Every value is escaped; the page loads
-    nothing from the network.
+    nothing from the network. ``synthetic`` puts the synthetic-data banner on top.
     """
     singular, plural = _KIND_TITLES[kind]
     total_guns = int((totals or {}).get("guns", entities["guns"].sum() if len(entities) else 0))
@@ -207,6 +210,8 @@ def render_index(
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
         f"<title>{_esc(title)}</title><style>{_INDEX_CSS}</style></head><body>"
+        + (f'<div class="gf-synthetic" role="note">{_esc(SYNTHETIC_LABEL)}</div>'
+           if synthetic else "") +
         f"<h1>{_esc(title)}</h1>{subtitle}<p class=\"sub\">{_esc(summary)}</p>"
         f'<table class="sortable"><caption>{_esc(plural)}; click a heading to sort'
         f"</caption><thead>{header}</thead><tbody>{''.join(rows)}</tbody></table>"
@@ -324,7 +329,8 @@ def run_batch(
         notes = _accounting_notes(accounting, singular=singular.lower(),
                                   plural=plural.split(" (")[0].lower())
         html = render_index(table, kind=kind, title=title, description=description,
-                            notes=notes, totals={"guns": accounting["records"]})
+                            notes=notes, totals={"guns": accounting["records"]},
+                            synthetic=pipeline.prepared_synthetic(prepared))
         export.safe_path(temp, "index.html").write_text(html, encoding="utf-8")
         manifest = _manifest(prepared, kind=kind, description=description, table=table,
                              accounting=accounting, options=options)
@@ -351,6 +357,7 @@ def _accounting_notes(accounting: dict[str, int], *, singular: str, plural: str)
 def _manifest(prepared: Any, *, kind: str, description: str, table: pd.DataFrame,
               accounting: dict[str, int], options: Any) -> dict[str, Any]:
     from geoflow.export import GENERATOR
+    from geoflow.pipeline import prepared_synthetic
 
     source = dict(getattr(prepared, "source", {}) or {})
     return {
@@ -360,6 +367,7 @@ def _manifest(prepared: Any, *, kind: str, description: str, table: pd.DataFrame
         "batch": kind,
         "description": description,
         "show_names": bool(getattr(options, "show_names", False)),
+        "synthetic": prepared_synthetic(prepared),
         # the file name only: an absolute path would publish the user's folders
         "input": {"path": Path(str(source.get("path", ""))).name,
                   **{k: source.get(k) for k in ("sha256", "format", "rows_read")}},

@@ -55,6 +55,7 @@ from geoflow.flows import (
     dealer_ids,
 )
 from geoflow.privacy import MIN_CELL, PseudonymKey, as_key, pseudonymise, suppress
+from geoflow.schema import DATASET_COLUMN, SYNTHETIC_LABEL, marks_synthetic
 
 __all__ = [
     "RunOptions",
@@ -487,6 +488,7 @@ def analyse(
         "show_names": options.show_names,
         "pseudonyms": options.describe()["pseudonym_key"],
         "description": description,
+        "synthetic": prepared_synthetic(prepared),
         "counts": counts,
         "flows_geojson_level": options.flow_level if overview is None else "state",
         "suppression": suppression,
@@ -510,6 +512,19 @@ def run_pipeline(source: str | Path, *, options: RunOptions | None = None) -> Ru
     return analyse(prepare_records(source, options=options), options=options)
 
 
+def prepared_synthetic(prepared: PreparedRecords) -> bool:
+    """The input is synthetic: the shipped sample, or a ``dataset`` column saying so."""
+    name = Path(str(prepared.source.get("path", ""))).name
+    column = prepared.records.get(DATASET_COLUMN)
+    return name.startswith("geoflow-sample-") or (column is not None
+                                                  and marks_synthetic(column.unique()))
+
+
+def is_synthetic(result: RunResult) -> bool:
+    """``manifest["synthetic"]`` of a run (False when absent)."""
+    return bool(result.manifest.get("synthetic", False))
+
+
 def findings_markdown(result: RunResult) -> str:
     """The findings as a short Markdown list (for ``findings.md``)."""
     title = "# Findings"
@@ -517,6 +532,8 @@ def findings_markdown(result: RunResult) -> str:
         title += f": {markdown_text(result.description)}"
     counts = result.manifest["counts"]
     lines = [title, ""]
+    if is_synthetic(result):
+        lines += [f"**{SYNTHETIC_LABEL}**", ""]
     lines += [f"- {markdown_text(item['text'])}" for item in result.findings]
     withheld = result.suppression.get("text", [])
     lines += ["", *(markdown_text(text) for text in withheld)] if withheld else []
@@ -555,15 +572,16 @@ def write_outputs(
     clock = time.perf_counter()
     out = Path(out_dir)
     with atomic_output_dir(out, force=force) as temp:
+        synthetic = {"synthetic": is_synthetic(result)}  # an RFC 7946 foreign member
         shown, level = result.flows_geojson
         write_geojson(shown, temp / "flows.geojson", members={
-            "flow_level": level, "flows_total": len(result.flows),
+            **synthetic, "flow_level": level, "flows_total": len(result.flows),
             "flows_full": "flows_full.parquet"})
         write_geoparquet(result.flows, temp / "flows_full.parquet")
         layers = {"dealers": result.dealers, "recoveries": result.recoveries,
                   "crossings": result.crossings, "states": result.states}
         for name, layer in layers.items():
-            write_geojson(layer, temp / f"{name}.geojson")
+            write_geojson(layer, temp / f"{name}.geojson", members=synthetic)
         (temp / "tables").mkdir()
         for name in TABLE_NAMES:
             write_csv(result.tables[name], temp / "tables" / f"{name}.csv")
@@ -571,7 +589,8 @@ def write_outputs(
         write_csv(result.unplaced, temp / "unplaced.csv")
         write_csv(result.geocode_report, temp / "geocode_report.csv")
         write_csv(result.warnings, temp / "warnings.csv")
-        write_json(result.findings, temp / "findings.json")
+        write_json([{**item, **synthetic} for item in result.findings],
+                   temp / "findings.json")
         (temp / "findings.md").write_text(findings_markdown(result), encoding="utf-8")
         if write_map:
             (temp / "map.html").write_text(_render(result, map_options), encoding="utf-8")

@@ -74,6 +74,7 @@ import pandas as pd
 import shapely
 
 from geoflow.errors import ConfigError
+from geoflow.schema import SYNTHETIC_LABEL
 
 __all__ = [
     "ATTRIBUTION",
@@ -108,7 +109,7 @@ DEFAULT_CAVEAT = (
 )
 
 #: The banner on every map (national, per entity, batch index) of synthetic input.
-SYNTHETIC_BANNER = "SYNTHETIC DATA — not real trace records"
+SYNTHETIC_BANNER = SYNTHETIC_LABEL
 
 #: Data and software credits every map carries (shapes/README.md gives the licences).
 ATTRIBUTION: tuple[str, ...] = (

@@ -27,6 +27,10 @@ __all__ = [
     "strip_accents",
     "validate_column_map",
     "map_headers",
+    "DATASET_COLUMN",
+    "DATASET_ALIASES",
+    "SYNTHETIC_LABEL",
+    "marks_synthetic",
 ]
 
 #: The canonical record (DESIGN.md, contract), in output order.
@@ -223,6 +227,35 @@ _RAW_ALIASES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+#: The column that says where records come from (the sample writes ``Dataset``), and the
+#: headers that mean it. Not a canonical trace column: it only decides whether the input is
+#: synthetic (:func:`marks_synthetic`).
+DATASET_COLUMN = "dataset"
+#: What every output of synthetic input says (map banner, findings.md).
+SYNTHETIC_LABEL = "SYNTHETIC DATA — not real trace records"
+DATASET_ALIASES: dict[str, str] = {
+    normalise_header(alias): DATASET_COLUMN
+    for alias in ("dataset", "data set", "dataset name", "data source", "source dataset",
+                  "provenance", "conjunto de datos", "fuente de datos", "origen de los datos",
+                  "base de datos")
+}
+_SYNTHETIC_RE = re.compile(r"synthetic|sint[eé]tic|simulated|simulad|fabricated|ficticio|"
+                           r"made.up|invented|inventad|fake", re.IGNORECASE)
+
+
+def marks_synthetic(values: object) -> bool:
+    """True when any value of a ``dataset`` column marks its record synthetic ("SYNTHETIC
+    SAMPLE", "datos sintéticos", "simulated" …). Each distinct value is looked at once.
+
+    >>> marks_synthetic(["ATF trace 2009", "SYNTHETIC SAMPLE"]), marks_synthetic(["ATF"])
+    (True, False)
+    """
+    import pandas as pd
+
+    distinct = pd.Series(values, dtype="object").dropna().astype(str).unique()
+    return any(_SYNTHETIC_RE.search(v) for v in distinct)
+
+
 #: normalised header → canonical column. Canonical names map to themselves.
 ALIASES: dict[str, str] = {
     normalise_header(alias): canonical
@@ -272,7 +305,7 @@ def map_headers(
     taken: set[str] = set()
     for raw in headers:
         key = normalise_header(raw)
-        target = user.get(key) or ALIASES.get(key)
+        target = user.get(key) or ALIASES.get(key) or DATASET_ALIASES.get(key)
         if target is None or target in taken:
             target = key or "column"
         while target in taken:  # two headers with the same normalised name

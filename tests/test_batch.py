@@ -329,8 +329,8 @@ def test_entity_with_nothing_placed_still_gets_a_complete_output_set(tmp_path):
     assert len(lonely) == 1
     folder = out / lonely["folder"].iloc[0]
     flows = json.loads((folder / "flows.geojson").read_text(encoding="utf-8"))
-    assert flows == {"type": "FeatureCollection", "flow_level": "place", "flows_total": 0,
-                     "flows_full": "flows_full.parquet", "features": []}
+    assert flows == {"type": "FeatureCollection", "synthetic": False, "flow_level": "place",
+                     "flows_total": 0, "flows_full": "flows_full.parquet", "features": []}
     assert len(pd.read_parquet(folder / "flows_full.parquet")) == 0
     counts = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["counts"]
     assert (counts["rows_placed"], counts["rows_unplaced"]) == (0, 1)
