@@ -644,7 +644,9 @@ def _legs(flows: pd.DataFrame, options: MapOptions, colour: str) -> tuple[
 
 def _classify(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(class upper bounds, class index per value; −1 for zero) by mapclassify quantiles of
-    the positive values (fewer classes when there are fewer distinct values)."""
+    the positive values (fewer classes when there are fewer distinct values). For counts the
+    bounds are whole numbers (a quantile between 6 and 7 becomes 6), so classes never share
+    a label."""
     vals = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
     positive = vals[vals > 0]
     if positive.size == 0:
@@ -656,6 +658,8 @@ def _classify(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with warnings.catch_warnings():  # mapclassify lowers k itself when quantiles tie
             warnings.simplefilter("ignore", UserWarning)
             bins = np.asarray(mapclassify.Quantiles(positive, k=k).bins, dtype=float)
+        if np.all(positive == np.round(positive)):  # counts: whole-number classes "8–16"
+            bins = np.unique(np.floor(bins))
     idx = np.minimum(np.searchsorted(bins, vals, side="left"), len(bins) - 1)
     return bins, np.where(vals > 0, idx, -1)
 
@@ -900,8 +904,9 @@ def build_scene(result: MapData, *, options: MapOptions | None = None) -> Scene:
                 ("recovery", "recovery place (area ∝ guns recovered)", recovery_ink,
                  "#ffffff"),
                 ("port", "port of entry (area ∝ guns routed)", "#ffffff", PORT_COLOUR),
-                ("hollow", "ring: placed only at state level (a guess)", "#ffffff",
-                 "#555555")),
+                *((("hollow", "ring: placed only at state level (a guess)", "#ffffff",
+                    "#555555"),) if any(p.hollow for layer in layers for p in layer.points)
+                  else ())),
         notes=tuple(notes), flow_title=flow_title)
     names_note = ("Purchaser names are shown as they appear in the records."
                   if options.show_names else
