@@ -88,14 +88,36 @@ var geoflow = (function () {
     // dashes grow with the line so a wide modelled leg still reads as dashed
     return Math.max(6, Math.round(2.2 * w)) + " " + Math.max(4, Math.round(1.3 * w));
   }
+  // Legs are drawn thinner on a narrow screen (the whole country in 390 px): one factor for
+  // the legs and the legend's line samples, so the legend still matches what is drawn.
+  function widthScale(map) { return Math.min(1, Math.max(0.55, map.getSize().x / 1000)); }
+  function scaleLegend(k) {
+    document.querySelectorAll("#gf-legend svg line").forEach(function (line) {
+      var w = +line.getAttribute("stroke-width");
+      line.setAttribute("stroke-width", Math.max(1, w * k).toFixed(2));
+    });
+  }
   function flows(map, data, o) {
     var p = pane(map, "gfFlows", 420);
     counts.flows = data.features.length;
-    return L.geoJSON(data, {
+    var k = widthScale(map);
+    api.widthScale = k;
+    if (k < 1) scaleLegend(k);
+    data.features.forEach(function (f) { f.properties.px = Math.max(1.2, f.properties.w * k); });
+    // a white casing under every leg keeps crossing legs apart and off the states
+    var casing = L.geoJSON(data, {
+      pane: pane(map, "gfCasing", 415), interactive: false,
+      style: function (f) {
+        return {color: "#ffffff", weight: f.properties.px + 2.5, opacity: 0.7,
+                lineCap: f.properties.k === "known" ? "round" : "butt",
+                className: "gf-casing"};
+      }
+    });
+    var lines = L.geoJSON(data, {
       pane: p,
       style: function (f) {
         var k = f.properties.k === "known" ? "known" : "modelled";
-        var w = f.properties.w;
+        var w = f.properties.px;
         return {color: f.properties.c || o.colour, weight: w, opacity: o.opacity,
                 lineCap: k === "known" ? "round" : "butt",
                 dashArray: k === "known" ? null : dashFor(w),
@@ -107,10 +129,11 @@ var geoflow = (function () {
         l.on("add", function () {
           var path = l.getElement();
           arrowDefs(path.ownerSVGElement, o.colour);
-          path.setAttribute("marker-end", "url(#gf-arrow-" + arrowSize(f.properties.w) + ")");
+          path.setAttribute("marker-end", "url(#gf-arrow-" + arrowSize(f.properties.px) + ")");
         });
       }
     });
+    return L.layerGroup([casing, lines]);
   }
   // Circles shrink when zoomed out (a national view on a phone) and grow a little when
   // zoomed in; their areas stay proportional to guns.
@@ -291,6 +314,7 @@ var geoflow = (function () {
   }
   var api = {states: states, flows: flows, points: points, labels: labels, panel: panel,
              fit: fit, tiles: tiles, attribution: attribution, panels: panels,
-             placeLabels: placeLabels, counts: counts, map: null, padding: null};
+             placeLabels: placeLabels, counts: counts, map: null, padding: null,
+             widthScale: 1};
   return api;
 })();

@@ -345,7 +345,7 @@ _STATE_SPEC = {"title": "name", "fallback": "State", "brief": 2, "rows": [
 
 _SPECS = {"states": _STATE_SPEC, "dealer": _DEALER_SPEC, "recovery": _RECOVERY_SPEC,
           "port": _PORT_SPEC}
-_POINT_STYLE = {"recovery": (0.8, 0.8), "port": (2, 0.95), "dealer": (0.8, 0.8)}
+_POINT_STYLE = {"recovery": (0.8, 0.75), "port": (2, 0.95), "dealer": (0.8, 0.75)}
 
 
 def _page(scene: Scene, options: MapOptions) -> tuple[branca.element.Figure, folium.Map]:

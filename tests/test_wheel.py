@@ -72,6 +72,8 @@ print(json.dumps({
     "mx": int((states["country"] == "MX").sum()),
     "ports": len(ports),
     "laredo": match_crossing(pd.Series(["NVO. LAREDO, TAMPS."])).iloc[0],
+    "page_js": len(r.files("geoflow").joinpath("map.js").read_text(encoding="utf-8")),
+    "page_css": len(r.files("geoflow").joinpath("map.css").read_text(encoding="utf-8")),
 }))
 """
 
@@ -125,3 +127,4 @@ def test_wheel_installs_and_loads_shapes_outside_the_checkout(tmp_path):
     assert found["us"] >= 51 and found["mx"] == 32
     assert found["ports"] >= 25
     assert found["laredo"] == "2304"
+    assert found["page_js"] > 1000 and found["page_css"] > 500  # the map's own script ships
