@@ -58,8 +58,6 @@ Scene API (all frozen dataclasses; coordinates are WGS 84 ``(lon, lat)`` tuples)
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import re
 import warnings
@@ -438,12 +436,15 @@ def _short_place(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def state_points() -> dict[str, tuple[float, float, str]]:
-    """ISO state code → (lon, lat, name): the one fixed point per state the maps use."""
-    from geoflow.shapes import data_file
+    """ISO state code → (lon, lat, name): the one fixed point per state the maps use
+    (``geoflow.shapes.load_state_points``, the same points as state-level flows)."""
+    from geoflow.shapes import load_state_names, load_state_points
 
-    text = data_file("gazetteer_states.csv").read_text(encoding="utf-8")
-    return {row["code"]: (float(row["lon"]), float(row["lat"]), row["name"])
-            for row in csv.DictReader(io.StringIO(text))}
+    names = load_state_names().set_index("code")["name"]
+    points = load_state_points()
+    return {code: (float(lon), float(lat), str(names.get(code, code)))
+            for code, lon, lat in zip(points["code"], points["lon"], points["lat"],
+                                      strict=True)}
 
 
 # --------------------------------------------------------------------------- synthetic
