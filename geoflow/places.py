@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Any
 
 import pandas as pd
 
@@ -260,7 +261,7 @@ def normalise_place(values: pd.Series) -> pd.Series:
     return _expand(text)
 
 
-def _sub(text: pd.Series, find: str, pattern: str, repl) -> pd.Series:
+def _sub(text: pd.Series, find: str, pattern: str, repl: Any) -> pd.Series:
     """``str.replace(pattern, repl)`` on the rows that contain ``find`` (an RE2 pattern, fast
     in Arrow) only: a Python callback per row is the slow part."""
     hit = text.str.contains(find, regex=True)
@@ -286,10 +287,11 @@ def _expand(text: pd.Series) -> pd.Series:
                 lambda m: _LEADING[m.group(1)] + " ")
     text = _sub(text, _ABBREVIATION.replace("(", "(?:", 1), _ABBREVIATION,
                 lambda m: _ABBREVIATIONS[m.group(1)])
-    text = text.str.replace(r"\b(JOSE|SANTA|MARIA) MA\b", r"\1 MARIA", regex=True)
-    text = text.str.replace(r"\bMC\s+([A-Z])", r"MC\1", regex=True)
-    text = text.str.replace(r"^(HEROICA|HCA|H)\s+(\S)", r"\2", regex=True)
-    text = text.str.replace(r"\s+", " ", regex=True).str.strip()
+    text = _sub(text, r"\b(?:JOSE|SANTA|MARIA) MA\b", r"\b(JOSE|SANTA|MARIA) MA\b",
+                r"\1 MARIA")
+    text = _sub(text, r"\bMC\s+[A-Z]", r"\bMC\s+([A-Z])", r"MC\1")
+    text = _sub(text, r"^(?:HEROICA|HCA|H)\s+\S", r"^(HEROICA|HCA|H)\s+(\S)", r"\2")
+    text = _sub(text, r"\s\s|^\s|\s$", r"\s+", " ").str.strip()
     aliases = text.map(PLACE_ALIASES)
     return aliases.fillna(text).astype("string")
 
@@ -330,10 +332,11 @@ def parse_places(queries: pd.Series) -> pd.DataFrame:
     # Otherwise: the longest run of trailing tokens that spells a state.
     tokens = text.str.replace(r"[^A-Z0-9]+", " ", regex=True).str.strip()
     split_no_comma = pd.Series(False, index=raw.index)
+    n_tokens = tokens.str.count(" ").to_numpy() + 1
     for k in range(_MAX_STATE_TOKENS, 0, -1):
-        todo = states.isna()
+        todo = states.isna() & (n_tokens >= k)  # a state of k tokens needs k tokens
         if not todo.any():
-            break
+            continue
         pattern = r"^(?P<rest>.*?)\s*(?P<st>(?:\S+\s+){" + str(k - 1) + r"}\S+)$"
         parts = tokens[todo].str.extract(pattern)
         code = parts["st"].str.replace(" ", "", regex=False).map(STATE_ALIASES)

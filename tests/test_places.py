@@ -85,6 +85,20 @@ def test_abbreviations_of_both_countries_expand():
         "EAST DUNDEE", "WEST PALM BEACH"]
 
 
+@pytest.mark.parametrize(("text", "key"), [
+    ("LAKELAND N", "LAKELAND NORTH"), ("SW RANCHES", "SOUTHWEST RANCHES"),
+    ("NO. LAS VEGAS", "NORTH LAS VEGAS"), ("V. DE ALVAREZ", "VILLA DE ALVAREZ"),
+    ("V. HIDALGO", "VILLA HIDALGO"), ("JOSE MA. MORELOS", "JOSE MARIA MORELOS"),
+    ("STA. MA. DEL ORO", "SANTA MARIA DEL ORO"), ("H. CD. JUAREZ", "CIUDAD JUAREZ"),
+    ("NVA. ROSITA", "NUEVA ROSITA"), ("FCO. I. MADERO", "FRANCISCO I MADERO"),
+    ("LIC. BENITO JUAREZ", "LICENCIADO BENITO JUAREZ"), ("DR. ARROYO", "DOCTOR ARROYO"),
+    ("EST. DELICIAS", "ESTACION DELICIAS"), ("MT. JULIET", "MOUNT JULIET"),
+    ("W", "W"), ("E ST LOUIS", "EAST SAINT LOUIS"),  # a lone letter is left alone
+])
+def test_police_record_abbreviations_expand(text, key):
+    assert normalise_place(pd.Series([text])).tolist() == [key]
+
+
 def test_michoacan_and_michigan_share_an_abbreviation():
     assert set(STATE_ALIASES[compact("Mich.")].split("|")) == {"US-MI", "MX-MIC"}
 
