@@ -52,6 +52,7 @@ from geoflow.scene import (
     MapOptions,
     PointLayer,
     Scene,
+    _count,
     build_scene,
 )
 
@@ -270,11 +271,11 @@ def _legend(scene: Scene, *, open_: bool = True) -> str:
         parts.append(f"<h2>{e(legend.flow_title)}</h2>")
         for guns, width in legend.widths:
             parts.append(f'<div class="row gf-width-sample" data-guns="{int(guns)}" '
-                         f'data-width="{width:g}">{_line_svg(width, ink)}{e(f"{guns:,}")} guns'
-                         "</div>")
+                         f'data-width="{width:g}">{_line_svg(width, ink)}'
+                         f'{e(_count(guns, "gun"))}</div>')
         for kind, label, dash in legend.routes:
             parts.append(f'<div class="row gf-route-{e(kind)}">'
-                         f"{_line_svg(4, ink, dashed=dash is not None)}{e(label)}</div>")
+                         f"{_line_svg(3, ink, dashed=dash is not None)}{e(label)}</div>")
         parts.append('<div class="row">▶ arrowheads: where the guns were recovered</div>')
     dots = {"hollow": True}
     for classes in legend.classes:

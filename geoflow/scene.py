@@ -150,6 +150,9 @@ PORT_COLOUR = "#111111"
 MODELLED_DASH = "7 5"
 #: Leg widths in px: the smallest leg, and the largest drawn leg.
 WIDTH_RANGE = (1.5, 18.0)
+#: The full width goes to the largest leg, but to no fewer guns than this: a map whose largest
+#: flow is 7 guns keeps thin lines instead of drawing 7 guns 18 px wide.
+FULL_WIDTH_MIN_GUNS = 50.0
 #: Minimum WCAG contrast between the flow colour and every area colour under it.
 MIN_CONTRAST = 3.0
 FLOW_STYLES = ("legs", "paths")
@@ -579,7 +582,7 @@ def _path_legs(flows: pd.DataFrame, options: MapOptions, colour: str) -> tuple[
     if shown.empty:
         return [], len(hidden), int(guns[hidden].sum())
     g = _guns(shown["guns"].to_numpy())
-    vmax = float(g.max())
+    vmax = max(float(g.max()), FULL_WIDTH_MIN_GUNS)
     rank = (pd.Series(-g).groupby(_text(shown["crossing_code"]).to_numpy())
             .rank(method="first").to_numpy() - 1)
     bend = np.where(rank % 2 == 0, 1.0, -1.0) * np.minimum(0.08 + 0.05 * (rank // 2), 0.35)
@@ -618,7 +621,7 @@ def _legs(flows: pd.DataFrame, options: MapOptions, colour: str) -> tuple[
         if hidden:
             notes.append(f"And {_count(hidden, 'smaller flow')} ({_count(hidden_guns, 'gun')}) "
                          "not drawn.")
-        vmax = max((leg.guns for leg in legs), default=1)
+        vmax = max(max((leg.guns for leg in legs), default=1), FULL_WIDTH_MIN_GUNS)
         return legs, {"us": "path", "mx": "path"}, notes, vmax
     half = max(options.max_legs // 2, 1)
     levels = {side: choose_level(flows, side, half) for side in ("us", "mx")}
@@ -627,7 +630,8 @@ def _legs(flows: pd.DataFrame, options: MapOptions, colour: str) -> tuple[
         (tables["us"]["guns"].to_numpy(), tables["mx"]["guns"].to_numpy()), options.max_legs),
         strict=True))
     shown = {side: tables[side].iloc[:budgets[side]] for side in tables}
-    vmax = max([float(t["guns"].max()) for t in shown.values() if len(t)] or [1.0])
+    vmax = max([float(t["guns"].max()) for t in shown.values() if len(t)]
+               + [FULL_WIDTH_MIN_GUNS])
     legs = []
     for side, noun in (("us", "US leg"), ("mx", "Mexican leg")):
         legs += _leg_objects(shown[side], side, vmax=vmax, colour=colour)
@@ -887,7 +891,8 @@ def build_scene(result: MapData, *, options: MapOptions | None = None) -> Scene:
                               strict=True))
     floor_guns = math.ceil(WIDTH_RANGE[0] * vmax / WIDTH_RANGE[1]) if legs else 0
     if legs and floor_guns > 1:
-        notes.insert(0, f"Legs of {_count(floor_guns, 'gun')} or fewer are drawn at the "
+        noun = "Flows" if options.flow_style == "paths" else "Legs"
+        notes.insert(0, f"{noun} of {_count(floor_guns, 'gun')} or fewer are drawn at the "
                         f"{WIDTH_RANGE[0]:g} px minimum.")
     if not legs:
         total = int(_guns(result.flows["guns"].to_numpy()).sum()) if len(result.flows) else 0

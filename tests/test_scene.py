@@ -152,6 +152,9 @@ def test_paths_style_keeps_one_line_per_flow(sample_result):
     xy = np.asarray(first.coords)
     assert np.min(np.hypot(*(xy - [flow.port_lon, flow.port_lat]).T)) < 1e-4
     assert any("smaller flow" in n for n in scene.legend.notes)
+    # the sample's largest flow is 7 guns: full width needs 50, so small flows stay thin
+    assert first.guns < 50 and first.width == pytest.approx(18.0 * first.guns / 50, abs=0.01)
+    assert scene.legend.widths[0] == (first.guns, first.width)
     with pytest.raises(ConfigError, match="flow style"):
         MapOptions(flow_style="hairball")
 
