@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -42,6 +44,7 @@ __all__ = [
     "is_geoflow_folder",
     "check_output_dir",
     "atomic_output_dir",
+    "write_atomic",
 ]
 
 #: Value of ``generator`` in every manifest.json geoflow writes.
@@ -337,3 +340,27 @@ def _swap(temp: Path, out: Path) -> None:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def write_atomic(path: str | Path, data: bytes, *, what: str = "the file") -> Path:
+    """Write one file atomically: a temporary file in the same folder (created with the
+    umask's permissions), then a rename. A folder at ``path`` or an OS error raises
+    :class:`OutputError` ("cannot write <what>: …")."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"is a folder; give a file name such as map{path.suffix or '.html'}",
+                          path=str(path))
+    temp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # honours the umask
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise OutputError(f"cannot write {what}: {exc.strerror or exc}", path=str(path)) from exc
+    return path

@@ -26,9 +26,7 @@ import base64
 import html as _html
 import json
 import math
-import os
 import re
-import secrets
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
@@ -41,7 +39,7 @@ import folium.map
 import pandas as pd
 from folium.template import Template
 
-from geoflow.errors import ConfigError, OutputError
+from geoflow.errors import ConfigError
 from geoflow.scene import (
     DEFAULT_CAVEAT,
     NO_DATA,
@@ -440,20 +438,6 @@ def _stable_ids(element: branca.element.Element, counter: list[int] | None = Non
 
 def write_map(html: str, path: str | Path) -> Path:
     """Write the page atomically (a temporary file in the same folder, then a rename)."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError("is a folder; give a file name such as map.html", path=str(path))
-    temp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # honours the umask
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(html)
-            os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise OutputError(f"cannot write the map: {exc.strerror or exc}", path=str(path)) from exc
-    return path
+    from geoflow.export import write_atomic
+
+    return write_atomic(path, html.encode("utf-8"), what="the map")

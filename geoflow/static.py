@@ -1,0 +1,1042 @@
+"""Print and social stills: the map's scene as SVG, PDF and PNG, drawn with matplotlib.
+
+No browser, no tiles, no network: the state outlines come from ``shapes/`` and are drawn in an
+Albers equal-area conic fitted to the US–Mexico extent (:data:`CRS`). What is drawn — legs,
+points, classes, labels, legend, texts, the synthetic flag — comes from the renderer-independent
+scene (:mod:`geoflow.scene`), so the stills show what the web map shows.
+
+Made for designers: SVG text stays ``<text>`` (``svg.fonttype = 'none'``), every layer is a
+named group (``<g id="states">``, ``flows``, ``ports``, ``places``, ``labels``, ``legend``,
+``title``, ``source``) with plain fills; the PDF embeds its font (DejaVu Sans, TrueType, which
+ships with matplotlib). Labels are placed with the renderer's own text extents so that no two
+overlap.
+
+Example
+-------
+>>> from geoflow.static import render_still
+>>> render_still(scene, "guns.svg", size="social")                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from geoflow.errors import ConfigError
+
+__all__ = [
+    "CRS",
+    "FONT",
+    "FORMATS",
+    "LAYERS",
+    "PAPERS",
+    "SIZES",
+    "StillSize",
+    "still_size",
+    "project",
+    "base_map",
+    "cvd_delta_e",
+    "place_labels",
+    "save_figure",
+]
+
+#: The map projection: Albers equal-area conic fitted to the US–Mexico extent (about 15°–49° N:
+#: standard parallels at one sixth and five sixths of that range), so state areas stay true
+#: for the choropleths and the border region is barely distorted.
+CRS = "+proj=aea +lat_0=30 +lon_0=-100 +lat_1=21 +lat_2=43 +datum=WGS84 +units=m +no_defs"
+#: The one font used: ships with matplotlib (and Debian's ``fonts-dejavu-core``); embedded in
+#: PDFs as TrueType, named in SVGs so a designer's copy of it (or a fallback) is used.
+FONT = "DejaVu Sans"
+FORMATS = ("svg", "pdf", "png")
+#: Named SVG groups, bottom to top; tests and designers rely on these ids.
+LAYERS = ("states", "flows", "ports", "places", "labels", "legend", "title", "source")
+#: Landscape paper for the ``page`` size (inches).
+PAPERS = {"letter": (11.0, 8.5), "a4": (11.69, 8.27)}
+#: State outlines are simplified once per process to this tolerance (metres in :data:`CRS`):
+#: below a pixel of the largest still (a 7 in column at 300 dpi across ~4,000 km).
+SIMPLIFY_M = 1000.0
+
+_RC = {
+    "svg.fonttype": "none",        # SVG text stays <text>
+    "pdf.fonttype": 42,            # TrueType embedded in PDFs
+    "ps.fonttype": 42,
+    "font.family": "sans-serif",
+    "font.sans-serif": [FONT],
+    "svg.hashsalt": "geoflow",     # stable clip-path ids: the same scene gives the same file
+    "path.simplify": True,
+    "axes.unicode_minus": False,
+}
+
+
+@dataclass(frozen=True)
+class StillSize:
+    """A named still: physical size (inches), resolution and the body text size (points).
+
+    Pixel sizes are exact: ``width_in * dpi`` pixels wide. Text sizes scale from ``font_pt``
+    (title 1.75×, subtitle 1.1×, labels 0.95×, legend 0.9×, footer 0.85×).
+    """
+
+    name: str
+    width_in: float
+    height_in: float
+    dpi: int
+    font_pt: float
+
+    @property
+    def pixels(self) -> tuple[int, int]:
+        return round(self.width_in * self.dpi), round(self.height_in * self.dpi)
+
+    @property
+    def landscape(self) -> bool:
+        return self.width_in >= 1.2 * self.height_in
+
+
+def _px(name: str, width: int, height: int, font_pt: float, dpi: int = 200) -> StillSize:
+    return StillSize(name, width / dpi, height / dpi, dpi, font_pt)
+
+
+#: Named sizes, as desks ask for them. Pixel presets are drawn at 200 dpi (so text reads at
+#: social-feed sizes); print presets at 300 dpi. ``wide`` is the still ``geoflow run`` writes.
+SIZES: dict[str, StillSize] = {
+    "social": _px("social", 1200, 675, 7.0),
+    "square": _px("square", 1080, 1080, 7.0),
+    "story": _px("story", 1080, 1920, 8.0),
+    "wide": _px("wide", 1600, 1000, 7.5),
+    "column": StillSize("column", 3.35, 4.8, 300, 6.0),
+    "two-column": StillSize("two-column", 7.0, 5.0, 300, 8.0),
+    "page": StillSize("page", *PAPERS["letter"], 300, 10.0),
+}
+
+
+def still_size(name: str, *, paper: str = "letter") -> StillSize:
+    """The :data:`SIZES` entry ``name``; ``page`` takes its size from ``paper`` (landscape
+    ``letter`` or ``a4``). Unknown names raise :class:`ConfigError`."""
+    if name not in SIZES:
+        raise ConfigError(f"unknown still size {name!r}; choose one of {', '.join(SIZES)}")
+    if paper not in PAPERS:
+        raise ConfigError(f"unknown paper {paper!r}; choose one of {', '.join(PAPERS)}")
+    size = SIZES[name]
+    if name == "page":
+        size = replace(size, width_in=PAPERS[paper][0], height_in=PAPERS[paper][1])
+    return size
+
+
+# --------------------------------------------------------------------------- projection
+
+
+@lru_cache(maxsize=1)
+def _transformer():
+    from pyproj import Transformer
+
+    return Transformer.from_crs("EPSG:4326", CRS, always_xy=True)
+
+
+def project(lonlat: np.ndarray) -> np.ndarray:
+    """``(..., 2)`` lon/lat → ``(..., 2)`` metres in :data:`CRS` (NaN stays NaN)."""
+    arr = np.asarray(lonlat, dtype=float)
+    x, y = _transformer().transform(arr[..., 0], arr[..., 1])
+    return np.stack([np.asarray(x, dtype=float), np.asarray(y, dtype=float)], axis=-1)
+
+
+@dataclass(frozen=True)
+class BaseMap:
+    """The projected, simplified state outlines, ready for matplotlib (built once)."""
+
+    codes: tuple[str, ...]      # ISO 3166-2 code per state, in the order of ``paths``
+    names: tuple[str, ...]
+    paths: tuple                # matplotlib Path per state (all its rings)
+    border: tuple               # matplotlib Paths of the US–Mexico border line
+    centres: np.ndarray         # (n, 2) a point inside each state (for state labels)
+    bounds: np.ndarray          # (n, 4) xmin, ymin, xmax, ymax per state
+
+
+def _ring_path(geom):
+    """A matplotlib Path of every ring of a (multi)polygon or (multi)line, no Python loop over
+    vertices."""
+    import shapely
+    from matplotlib.path import Path as MplPath
+
+    if shapely.get_type_id(geom) in (3, 6):  # (multi)polygon → its rings
+        polys = shapely.get_parts(geom)
+        rings = np.concatenate([shapely.get_rings(polys)]) if len(polys) else []
+        closed = True
+    else:
+        rings = shapely.get_parts(geom)
+        closed = False
+    coords, index = shapely.get_coordinates(rings, return_index=True)
+    if not len(coords):
+        return MplPath(np.zeros((0, 2)))
+    codes = np.full(len(coords), MplPath.LINETO, dtype=MplPath.code_type)
+    starts = np.r_[0, np.flatnonzero(np.diff(index)) + 1]
+    codes[starts] = MplPath.MOVETO
+    if closed:
+        codes[np.r_[starts[1:] - 1, len(coords) - 1]] = MplPath.CLOSEPOLY
+    return MplPath(coords, codes)
+
+
+@lru_cache(maxsize=1)
+def base_map() -> BaseMap:
+    """The states of ``shapes/states.geojson`` projected to :data:`CRS` and simplified as a
+    coverage (shared borders stay shared), plus the US–Mexico border. Cached per process."""
+    import shapely
+
+    from geoflow.shapes import load_states
+
+    states = load_states().to_crs(CRS)
+    geoms = shapely.coverage_simplify(states.geometry.to_numpy(), SIMPLIFY_M)
+    geoms = shapely.make_valid(geoms)
+    us = shapely.union_all(geoms[(states["country"] == "US").to_numpy()])
+    mx = shapely.union_all(geoms[(states["country"] == "MX").to_numpy()])
+    border = shapely.line_merge(shapely.intersection(shapely.boundary(us), shapely.boundary(mx)))
+    centres = shapely.get_coordinates(shapely.point_on_surface(geoms))
+    return BaseMap(
+        codes=tuple(states["code"].astype(str)),
+        names=tuple(states["name"].astype(str)),
+        paths=tuple(_ring_path(g) for g in geoms),
+        border=(_ring_path(border),),
+        centres=centres,
+        bounds=shapely.bounds(geoms),
+    )
+
+
+# --------------------------------------------------------------------------- colour-blind check
+
+#: Machado, Oliveira & Fernandes (2009), severity 1.0, applied to linear sRGB.
+_CVD = {
+    "deuteranopia": np.array([[0.367322, 0.860646, -0.227968],
+                              [0.280085, 0.672501, 0.047413],
+                              [-0.011820, 0.042940, 0.968881]]),
+    "protanopia": np.array([[0.152286, 1.052583, -0.204868],
+                            [0.114503, 0.786281, 0.099216],
+                            [-0.003882, -0.048116, 1.051998]]),
+}
+_SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                         [0.2126729, 0.7151522, 0.0721750],
+                         [0.0193339, 0.1191920, 0.9503041]])
+_D65 = np.array([0.95047, 1.0, 1.08883])
+
+
+def _lab(linear_rgb: np.ndarray) -> np.ndarray:
+    """Linear sRGB (n, 3) → CIELAB (D65)."""
+    t = linear_rgb @ _SRGB_TO_XYZ.T / _D65
+    f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])],
+                    axis=1)
+
+
+def cvd_delta_e(colours: Sequence[str], kind: str | None = None) -> np.ndarray:
+    """CIE76 ΔE between each pair of neighbouring ``colours`` (hex), as seen with normal
+    vision (``kind=None``), ``"deuteranopia"`` or ``"protanopia"`` (Machado et al. 2009,
+    severity 1; simulated colours are not clipped, as in ``colorspacious``).
+
+    >>> cvd_delta_e(["#ffffff", "#000000"], "protanopia").round(1).tolist()
+    [100.0]
+    """
+    from matplotlib.colors import to_rgb
+
+    rgb = np.array([to_rgb(c) for c in colours], dtype=float).reshape(-1, 3)
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    if kind is not None:
+        linear = linear @ _CVD[kind].T
+    lab = _lab(linear)
+    return np.linalg.norm(np.diff(lab, axis=0), axis=1)
+
+
+# --------------------------------------------------------------------------- matplotlib glue
+
+
+def _layer_class():
+    """A matplotlib Artist that draws its children inside one named SVG group."""
+    from matplotlib.artist import Artist
+
+    class Layer(Artist):
+        def __init__(self, name: str, children: Iterable[Artist] = ()) -> None:
+            super().__init__()
+            self.set_gid(name)
+            self.children: list[Artist] = list(children)
+
+        def add(self, artist: Artist) -> Artist:
+            self.children.append(artist)
+            return artist
+
+        def get_children(self):
+            return list(self.children)
+
+        def draw(self, renderer) -> None:
+            if not self.get_visible():
+                return
+            renderer.open_group(self.get_gid(), gid=self.get_gid())
+            for child in sorted(self.children, key=lambda a: a.get_zorder()):
+                child.draw(renderer)
+            renderer.close_group(self.get_gid())
+            self.stale = False
+
+    return Layer
+
+
+@lru_cache(maxsize=1)
+def _layer_type():
+    return _layer_class()
+
+
+def _new_figure(size: StillSize):
+    """A figure with an Agg canvas (no pyplot, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size.width_in, size.height_in), dpi=size.dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _rc():
+    import matplotlib
+
+    return matplotlib.rc_context(_RC)
+
+
+def wrap_text(text: str, *, width_px: float, fontsize: float, renderer, weight: str = "normal"
+              ) -> str:
+    """``text`` broken at spaces into lines no wider than ``width_px`` as the renderer
+    measures them (a single word longer than the width keeps its own line)."""
+    from matplotlib.font_manager import FontProperties
+
+    prop = FontProperties(family=FONT, size=fontsize, weight=weight)
+    lines: list[str] = []
+    for paragraph in str(text).splitlines() or [""]:
+        line = ""
+        for word in paragraph.split():
+            trial = f"{line} {word}" if line else word
+            w, _, _ = renderer.get_text_width_height_descent(trial, prop, ismath=False)
+            if line and w > width_px:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _mathtext_safe(text: object) -> str:
+    """Text shown literally: a ``$`` would start matplotlib's mathtext."""
+    return "" if text is None else str(text).replace("$", r"\$")
+
+
+# --------------------------------------------------------------------------- label placement
+
+#: Candidate positions around an anchor, in order of preference: (dx, dy) unit offsets and the
+#: text alignment that goes with them (cartographic convention: upper right first).
+_CANDIDATES = (
+    (1, 0.6, "left", "bottom"), (1, -0.6, "left", "top"), (-1, 0.6, "right", "bottom"),
+    (-1, -0.6, "right", "top"), (1, 0, "left", "center"), (-1, 0, "right", "center"),
+    (0, 1, "center", "bottom"), (0, -1, "center", "top"),
+)
+
+
+def place_labels(
+    sizes: np.ndarray,
+    anchors: np.ndarray,
+    *,
+    frame: Sequence[float],
+    gaps: np.ndarray,
+    centred: np.ndarray | None = None,
+    obstacles: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy label placement in display pixels, in the given (priority) order.
+
+    ``sizes`` (n, 2) are the labels' widths and heights as the renderer measured them,
+    ``anchors`` (n, 2) the points they name, ``gaps`` (n,) the distance kept from the anchor,
+    ``centred`` (n,) labels that may only sit centred on their anchor (state names),
+    ``frame`` (x0, y0, x1, y1) the box every label must stay inside, ``obstacles`` (m, 4)
+    boxes no label may cover (panels, markers). Returns ``(chosen, boxes)``: the index into
+    :data:`_CANDIDATES` per label (-1 = left out, -2 = centred) and each label's box (x0, y0,
+    x1, y1; NaN when left out). Accepted boxes are pairwise disjoint.
+    """
+    n = len(sizes)
+    chosen = np.full(n, -1, dtype=int)
+    boxes = np.full((n, 4), np.nan)
+    taken = np.empty((0, 4)) if obstacles is None else np.asarray(obstacles, float).reshape(-1, 4)
+    x0f, y0f, x1f, y1f = frame
+    centred = np.zeros(n, dtype=bool) if centred is None else np.asarray(centred, dtype=bool)
+    for i in range(n):
+        w, h = sizes[i]
+        ax, ay = anchors[i]
+        if not (np.isfinite(ax) and np.isfinite(ay)):
+            continue
+        if centred[i]:
+            options = [(-2, ax - w / 2, ay - h / 2)]
+        else:
+            g = gaps[i]
+            options = []
+            for k, (dx, dy, ha, va) in enumerate(_CANDIDATES):
+                left = ax + dx * g - {"left": 0, "center": w / 2, "right": w}[ha]
+                bottom = ay + dy * g - {"bottom": 0, "center": h / 2, "top": h}[va]
+                options.append((k, left, bottom))
+        for k, left, bottom in options:
+            box = np.array([left, bottom, left + w, bottom + h])
+            if box[0] < x0f or box[1] < y0f or box[2] > x1f or box[3] > y1f:
+                continue
+            if len(taken) and np.any((box[0] < taken[:, 2]) & (taken[:, 0] < box[2])
+                                     & (box[1] < taken[:, 3]) & (taken[:, 1] < box[3])):
+                continue
+            chosen[i] = k
+            boxes[i] = box
+            taken = np.vstack([taken, box])
+            break
+    return chosen, boxes
+
+
+def boxes_disjoint(boxes: np.ndarray) -> bool:
+    """True when no two of the (n, 4) boxes overlap (touching edges allowed)."""
+    b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    overlap = ((b[:, None, 0] < b[None, :, 2]) & (b[None, :, 0] < b[:, None, 2])
+               & (b[:, None, 1] < b[None, :, 3]) & (b[None, :, 1] < b[:, None, 3]))
+    np.fill_diagonal(overlap, False)
+    return not overlap.any()
+
+
+# --------------------------------------------------------------------------- saving
+
+
+_SVG_STYLE = (
+    "#labels text{stroke:#ffffff;stroke-width:2.4px;stroke-linejoin:round;paint-order:stroke}"
+)
+
+
+def figure_bytes(fig, fmt: str) -> bytes:
+    """The figure as ``svg``, ``pdf`` or ``png`` bytes (no dates, so output is repeatable).
+
+    In SVG the label halos are CSS (``paint-order: stroke`` on ``#labels text``) instead of the
+    outlined copies PNG and PDF use, so the labels stay one editable ``<text>`` each.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown still format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    halos = [a for a in fig.findobj() if a.get_gid() == "halos"]
+    buffer = io.BytesIO()
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None},
+                "png": {"Software": None}}[fmt]
+    with _rc():
+        for layer in halos:
+            layer.set_visible(fmt != "svg")
+        try:
+            fig.savefig(buffer, format=fmt, dpi=fig.dpi, metadata=metadata, facecolor="white")
+        finally:
+            for layer in halos:
+                layer.set_visible(True)
+    data = buffer.getvalue()
+    if fmt == "svg":
+        text = data.decode("utf-8")
+        text = text.replace("</style>", _SVG_STYLE + "\n  </style>", 1)
+        data = text.encode("utf-8")
+    return data
+
+
+def save_figure(fig, path: str | Path, fmt: str | None = None) -> Path:
+    """Write the figure atomically (temporary file, then rename); ``fmt`` defaults to the
+    file's extension. Raises :class:`OutputError` when the file cannot be written."""
+    from geoflow.export import write_atomic
+
+    path = Path(path)
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    return write_atomic(path, figure_bytes(fig, fmt), what="the still")
+
+
+# --------------------------------------------------------------------------- the figure
+
+_BANNER_FILL = "#b00020"
+_INK = "#1a1a1a"
+_MUTED = "#555555"
+_STATE_EDGE = "#a3a3a3"
+_BORDER = "#4d4d4d"
+_NO_DATA = "#f7f7f5"
+#: CSS px per inch: the web map's unit, for turning the scene's px widths and radii into points
+#: and for the web-map zoom a still corresponds to (labels' ``min_zoom``).
+_CSS_DPI = 96
+#: The width in CSS px of the web map the scene's widths are designed for.
+_WEB_WIDTH_PX = 1100
+_MIN_LINE_PT = 0.35
+#: The smallest legend text (points): print legibility.
+_MIN_TEXT_PT = 5.0
+_MIN_SPAN_M = 400_000.0
+_PAD = 0.06
+_LABEL_KINDS = {  # kind → (size factor, weight, colour)
+    "port": (1.0, "bold", _INK),
+    "dealer": (0.95, "normal", _INK),
+    "recovery": (0.95, "normal", _INK),
+    "state": (0.9, "normal", "#6b6b6b"),
+}
+
+
+@dataclass(frozen=True)
+class _Type:
+    """Text sizes (points) of one still."""
+
+    body: float
+
+    @property
+    def title(self) -> float:
+        return self.body * 1.6
+
+    @property
+    def subtitle(self) -> float:
+        return self.body * 1.1
+
+    @property
+    def label(self) -> float:
+        return self.body * 0.9
+
+    @property
+    def legend(self) -> float:
+        return self.body * 0.9
+
+    @property
+    def footer(self) -> float:
+        return self.body * 0.8
+
+
+def _text_box(fig, renderer, text) -> tuple[float, float]:
+    """(width, height) in display pixels of a Text artist, as the renderer draws it."""
+    text.set_figure(fig)
+    box = text.get_window_extent(renderer)
+    return box.width, box.height
+
+
+def _stack_text(fig, renderer, layer, *, x: float, y: float, text: str, size: float,
+                width: float, weight: str = "normal", colour: str = _INK, va: str = "top",
+                gid: str | None = None) -> float:
+    """A wrapped paragraph at (x, y) inches (top-left, or bottom-left with ``va="bottom"``);
+    returns its height in inches."""
+    from matplotlib.text import Text
+
+    if not text:
+        return 0.0
+    wrapped = wrap_text(_mathtext_safe(text), width_px=width * fig.dpi, fontsize=size,
+                        renderer=renderer, weight=weight)
+    artist = Text(x, y, wrapped, fontsize=size, fontweight=weight, color=colour, ha="left",
+                  va=va, transform=fig.dpi_scale_trans, linespacing=1.25, gid=gid)
+    layer.add(artist)
+    return _text_box(fig, renderer, artist)[1] / fig.dpi
+
+
+class _Legend:
+    """The legend, laid out top-down in points from its top-left corner (moved into place by
+    :attr:`offset` once the layout is known)."""
+
+    def __init__(self, fig, renderer, layer, *, width_pt: float, size: float, px_pt: float):
+        from matplotlib.transforms import Affine2D
+
+        self.fig, self.renderer, self.layer = fig, renderer, layer
+        self.width, self.size, self.px_pt = width_pt, size, px_pt
+        self.offset = Affine2D()
+        self.transform = Affine2D().scale(1 / 72) + self.offset + fig.dpi_scale_trans
+        self.y = 0.0  # cursor: top of the next row, going down (negative)
+        self.line = size * 1.3
+
+    def _measure(self, text: str, size: float, weight: str = "normal") -> tuple[float, float]:
+        from matplotlib.font_manager import FontProperties
+
+        prop = FontProperties(family=FONT, size=size, weight=weight)
+        w, h, _ = self.renderer.get_text_width_height_descent(text, prop, ismath=False)
+        return w * 72 / self.fig.dpi, h * 72 / self.fig.dpi
+
+    def _text(self, x: float, y: float, text: str, *, size: float | None = None,
+              weight: str = "normal", colour: str = _INK, ha: str = "left", va: str = "center"):
+        from matplotlib.text import Text
+
+        self.layer.add(Text(x, y, _mathtext_safe(text), fontsize=size or self.size,
+                            fontweight=weight, color=colour, ha=ha, va=va,
+                            transform=self.transform, linespacing=1.2))
+
+    def paragraph(self, text: str, *, weight: str = "normal", colour: str = _INK,
+                  size: float | None = None, gap: float = 0.0) -> None:
+        size = size or self.size
+        if not text:
+            return
+        self.y -= gap
+        wrapped = wrap_text(_mathtext_safe(text), width_px=self.width * self.fig.dpi / 72,
+                            fontsize=size, renderer=self.renderer, weight=weight)
+        self._text(0, self.y, wrapped, size=size, weight=weight, colour=colour, va="top")
+        self.y -= (wrapped.count("\n") + 1) * size * 1.2 * 1.2 + size * 0.15
+
+    def inline(self, items: Sequence[tuple[float, float, object, str]]) -> None:
+        """Glyph + text items left to right, wrapping to new rows: each item is (glyph width,
+        glyph height, draw(x, y_centre), text), all in points."""
+        gap, spacing = self.size * 0.45, self.size * 1.1
+        x, row_h = 0.0, self.line
+        rows: list[list] = [[]]
+        for gw, gh, draw, text in items:
+            room = self.width - gw - gap
+            wrapped = wrap_text(_mathtext_safe(text), width_px=room * self.fig.dpi / 72,
+                                fontsize=self.size, renderer=self.renderer)
+            tw = max(self._measure(line, self.size)[0] for line in wrapped.split("\n"))
+            th = (wrapped.count("\n") + 1) * self.size * 1.2
+            w = gw + gap + tw
+            if rows[-1] and x + w > self.width:
+                rows.append([])
+                x = 0.0
+            rows[-1].append((x, gw, gh, draw, wrapped, th))
+            x += w + spacing
+        for row in rows:
+            row_h = max([self.line] + [max(gh, th) + self.size * 0.25
+                                       for _, _, gh, _, _, th in row])
+            centre = self.y - row_h / 2
+            for x0, gw, _, draw, wrapped, _ in row:
+                for artist in draw(x0, centre):
+                    self.layer.add(artist)
+                self._text(x0 + gw + gap, centre, wrapped)
+            self.y -= row_h
+
+    def swatches(self, colours: Sequence[str], labels: Sequence[str], none_colour: str) -> None:
+        """Class colours as a bar with each class's range under its box, or (when the ranges
+        do not fit under the boxes) as inline swatch items."""
+        from matplotlib.patches import Rectangle
+
+        h = self.size * 1.0
+        colours, labels = [*colours, none_colour], [*labels, "none"]
+        gap = self.size * 0.5
+        box_w = (self.width - gap) / max(len(colours), 1)
+        fits = all(self._measure(lab, self.size * 0.9)[0] <= box_w - 1.5 for lab in labels)
+        if not fits:
+            def swatch(colour):
+                return lambda x, y: [Rectangle((x, y - h / 2), h * 1.4, h, facecolor=colour,
+                                               edgecolor="#8a8a8a", linewidth=0.3,
+                                               transform=self.transform)]
+            self.inline([(h * 1.4, h, swatch(c), lab)
+                         for c, lab in zip(colours, labels, strict=True)])
+            return
+        top = self.y - self.size * 0.2
+        for i, (colour, label) in enumerate(zip(colours, labels, strict=True)):
+            x = i * box_w + (gap if i == len(colours) - 1 else 0)
+            self.layer.add(Rectangle((x, top - h), box_w - (0 if i < len(colours) - 2 else 0.0),
+                                     h, facecolor=colour, edgecolor="#8a8a8a", linewidth=0.3,
+                                     transform=self.transform))
+            self._text(x + box_w / 2, top - h - self.size * 0.2, label, size=self.size * 0.9,
+                       ha="center", va="top", colour=_MUTED)
+        self.y = top - h - self.size * 0.2 - self.size * 0.9 * 1.25 - self.size * 0.2
+
+    def height(self) -> float:
+        return -self.y
+
+
+def _line_glyph(transform, width_pt: float, colour: str, dash: tuple | None, length: float):
+    from matplotlib.lines import Line2D
+
+    def draw(x, y):
+        return [Line2D([x, x + length], [y, y], linewidth=width_pt, color=colour,
+                       linestyle=dash or "-", solid_capstyle="butt", dash_capstyle="butt",
+                       transform=transform)]
+    return draw
+
+
+def _dot_glyph(transform, radius_pt: float, fill: str, stroke: str, hollow: bool = False):
+    from matplotlib.patches import Circle
+
+    def draw(x, y):
+        return [Circle((x + radius_pt, y), radius_pt, facecolor="none" if hollow else fill,
+                       edgecolor=stroke, linewidth=0.8, transform=transform)]
+    return draw
+
+
+def _dash(dash: str | None, width_pt: float, px_pt: float) -> tuple | None:
+    """An SVG dash array in px (``"7 5"``) → a matplotlib dash pattern in points, never
+    shorter than the line is wide (thick dashed legs stay readable as dashes)."""
+    if not dash:
+        return None
+    parts = [float(v) * px_pt for v in re.split(r"[\s,]+", dash.strip()) if v]
+    if len(parts) < 2:
+        return None
+    on, off = parts[0], parts[1]
+    return (0, (max(on, 2.0 * width_pt, 2.0), max(off, 1.2 * width_pt, 1.5)))
+
+
+def _legend(scene, fig, renderer, layer, *, width_pt: float, size: float, px_pt: float,
+            notes: Sequence[str], parts: Sequence[str] = ("flows", "classes", "places")
+            ) -> _Legend:
+    """The scene's legend (or the ``parts`` of it): flow widths and route kinds, both
+    choropleths, point symbols, then the notes on what is not drawn."""
+    legend = _Legend(fig, renderer, layer, width_pt=width_pt, size=size, px_pt=px_pt)
+    spec = scene.legend
+    tr = legend.transform
+    length = size * 3.0
+
+    def heading(text: str) -> None:
+        legend.paragraph(text, weight="bold", gap=size * 0.5 if legend.y < 0 else 0.0)
+
+    if "flows" in parts and spec.widths:
+        heading(spec.flow_title or "Flows (guns)")
+        items = []
+        for guns, px in spec.widths:
+            w = max(px * px_pt, _MIN_LINE_PT)
+            items.append((length, w, _line_glyph(tr, w, scene.flow_colour, None, length),
+                          f"{round(guns):,}"))
+        legend.inline(items)
+        route_w = max(3.0 * px_pt, 1.0)
+        legend.inline([(length, route_w,
+                        _line_glyph(tr, route_w, scene.flow_colour,
+                                    _dash(dash, route_w, px_pt), length), label)
+                       for _, label, dash in spec.routes])
+    if "classes" in parts:
+        for classes in spec.classes:
+            if len(classes.colours):
+                heading(classes.title)
+                legend.swatches(classes.colours, classes.labels, classes.none_colour)
+    if "places" in parts and spec.points:
+        heading("Places")
+        r = size * 0.45
+        legend.inline([(2 * r, 2 * r, _dot_glyph(tr, r, fill, stroke, kind == "hollow"),
+                        label) for kind, label, fill, stroke in spec.points])
+    for note in notes:
+        legend.paragraph(note, colour=_MUTED, size=size * 0.85,
+                         gap=size * 0.3 if legend.y < 0 else 0.0)
+    return legend
+
+
+def _map_frame(scene, box_w: float, box_h: float) -> tuple[float, float, float, float]:
+    """Projected limits (x0, x1, y0, y1) showing everything drawn, padded, with the box's
+    aspect ratio (so one metre is as long across as up)."""
+    xy = [project(np.asarray(leg.coords, dtype=float)) for leg in scene.legs if leg.coords]
+    xy += [project(np.array([[p.lon, p.lat] for p in layer.points]))
+           for layer in scene.points if layer.points]
+    xy = [a for a in xy if a.size]
+    if xy:
+        allxy = np.concatenate(xy)
+        lo, hi = np.nanmin(allxy, axis=0), np.nanmax(allxy, axis=0)
+    elif scene.bounds:
+        (w, s), (e, n) = scene.bounds
+        corners = project(np.array([[w, s], [w, n], [e, s], [e, n]], dtype=float))
+        lo, hi = corners.min(axis=0), corners.max(axis=0)
+    else:
+        base = base_map()
+        lo, hi = base.bounds[:, :2].min(axis=0), base.bounds[:, 2:].max(axis=0)
+    centre = (lo + hi) / 2
+    span = np.maximum((hi - lo) * (1 + 2 * _PAD), _MIN_SPAN_M)
+    aspect = box_w / box_h
+    if span[0] / span[1] < aspect:
+        span[0] = span[1] * aspect
+    else:
+        span[1] = span[0] / aspect
+    return (centre[0] - span[0] / 2, centre[0] + span[0] / 2,
+            centre[1] - span[1] / 2, centre[1] + span[1] / 2)
+
+
+def _web_zoom(frame: Sequence[float], box_w_in: float) -> float:
+    """The Web-Mercator zoom at which the web map would show this frame as wide as the still
+    (so the scene's ``min_zoom`` decides which labels a still can carry)."""
+    x0, x1, y0, y1 = frame
+    mid = _transformer().transform((x0 + x1) / 2, (y0 + y1) / 2, direction="INVERSE")
+    lat = float(mid[1])
+    metres_per_px = (x1 - x0) / (box_w_in * _CSS_DPI)
+    return float(np.log2(156543.03 * np.cos(np.radians(lat)) / metres_per_px))
+
+
+def _states_layer(scene, layer_type, ax):
+    from matplotlib.collections import PathCollection
+
+    base = base_map()
+    fills = {area.code: area.fill for area in scene.areas}
+    layer = layer_type("states")
+    states = PathCollection(list(base.paths),
+                            facecolors=[fills.get(code, _NO_DATA) for code in base.codes],
+                            edgecolors=_STATE_EDGE, linewidths=0.3, transform=ax.transData)
+    border = PathCollection(list(base.border), facecolors="none", edgecolors=_BORDER,
+                            linewidths=0.7, transform=ax.transData)
+    for artist in (states, border):
+        layer.add(artist)
+    return layer
+
+
+def _flows_layer(scene, layer_type, ax, *, px_pt: float, m_per_pt: float):
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    layer = layer_type("flows")
+    legs = [leg for leg in scene.legs if len(leg.coords) >= 2]
+    if not legs:
+        return layer
+    lengths = np.array([len(leg.coords) for leg in legs])
+    xy = project(np.concatenate([np.asarray(leg.coords, dtype=float) for leg in legs]))
+    lines = np.split(xy, np.cumsum(lengths)[:-1])
+    width = np.maximum(np.array([leg.width for leg in legs]) * px_pt, _MIN_LINE_PT)
+    order = np.argsort(-width, kind="stable")  # thin legs drawn over thick ones
+    lines = [lines[i] for i in order]
+    legs = [legs[i] for i in order]
+    width = width[order]
+    styles = [_dash(leg.dash, w, px_pt) or "solid" for leg, w in zip(legs, width, strict=True)]
+    colours = [leg.colour for leg in legs]
+    casing = LineCollection(lines, linewidths=width + 0.9, colors="#ffffff", alpha=0.8,
+                            capstyle="butt", joinstyle="round", transform=ax.transData)
+    strokes = LineCollection(lines, linewidths=width, colors=colours, linestyles=styles,
+                             alpha=0.85, capstyle="butt", joinstyle="round",
+                             transform=ax.transData)
+    layer.add(casing)
+    layer.add(strokes)
+    heads = [(line, w, c) for line, w, c, leg in zip(lines, width, colours, legs, strict=True)
+             if leg.arrow and len(line) >= 2]
+    if heads:
+        tips = np.array([h[0][-1] for h in heads])
+        before = np.array([h[0][-2] for h in heads])
+        w = np.array([h[1] for h in heads])
+        direction = tips - before
+        direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-9)
+        normal = np.stack([-direction[:, 1], direction[:, 0]], axis=1)
+        length = np.maximum(2.2 * w, 4.0)[:, None] * m_per_pt
+        half = np.maximum(1.3 * w, 2.2)[:, None] * m_per_pt
+        base = tips - direction * length
+        triangles = np.stack([tips, base + normal * half, base - normal * half], axis=1)
+        layer.add(PolyCollection(triangles, facecolors=[h[2] for h in heads],
+                                 edgecolors="#ffffff", linewidths=0.3, alpha=0.95,
+                                 transform=ax.transData))
+    return layer
+
+
+def _points_layers(scene, layer_type, ax, *, px_pt: float):
+    """(ports layer, places layer: recovery places and dealers) as scatter collections, and
+    the radius (pt) of every point keyed by (kind, lon, lat) for the labels."""
+    from matplotlib.collections import CircleCollection
+
+    ports, places = layer_type("ports"), layer_type("places")
+    radii: dict[tuple[str, float, float], float] = {}
+    for point_layer in scene.points:
+        pts = point_layer.points
+        if not pts:
+            continue
+        lonlat = np.array([[p.lon, p.lat] for p in pts], dtype=float)
+        xy = project(lonlat)
+        r = np.array([p.radius for p in pts], dtype=float) * px_pt
+        hollow = np.array([bool(p.hollow) for p in pts])
+        faces = ["none" if h else p.fill for p, h in zip(pts, hollow, strict=True)]
+        edges = [p.fill if h else p.stroke for p, h in zip(pts, hollow, strict=True)]
+        lw = np.where(hollow, 1.0, 0.5 if point_layer.kind != "port" else 1.0)
+        collection = CircleCollection(np.pi * r ** 2, offsets=xy, offset_transform=ax.transData,
+                                      facecolors=faces, edgecolors=edges, linewidths=lw,
+                                      alpha=0.9 if point_layer.kind != "port" else 1.0,
+                                      gid=point_layer.kind)
+        (ports if point_layer.kind == "port" else places).add(collection)
+        for (lon, lat), radius in zip(lonlat, r, strict=True):
+            radii[(point_layer.kind, round(lon, 3), round(lat, 3))] = float(radius)
+    return ports, places, radii
+
+
+def _labels_layers(scene, fig, renderer, ax, layer_type, *, size: float, zoom: float,
+                   radii: dict, port_boxes: np.ndarray):
+    """(halo layer, label layer): the scene's labels that fit this still, highest priority
+    first, none overlapping another or a port marker."""
+    from matplotlib import patheffects
+    from matplotlib.text import Text
+    from matplotlib.transforms import ScaledTranslation
+
+    labels_layer, halos = layer_type("labels"), layer_type("halos")
+    wanted = [lab for lab in scene.labels if lab.min_zoom <= zoom + 0.5 and lab.text]
+    wanted.sort(key=lambda lab: -lab.priority)
+    if not wanted:
+        return halos, labels_layer
+    lonlat = np.array([[lab.lon, lab.lat] for lab in wanted], dtype=float)
+    anchors = ax.transData.transform(project(lonlat))
+    texts, sizes, gaps = [], [], []
+    px = fig.dpi / 72
+    for lab in wanted:
+        factor, weight, colour = _LABEL_KINDS.get(lab.kind, _LABEL_KINDS["dealer"])
+        text = Text(0, 0, _mathtext_safe(lab.text), fontsize=size * factor, fontweight=weight,
+                    color=colour, ha="left", va="bottom")
+        texts.append(text)
+        sizes.append(_text_box(fig, renderer, text))
+        r = radii.get((lab.kind, round(lab.lon, 3), round(lab.lat, 3)), 1.5)
+        gaps.append((r + 1.5) * px)
+    frame = ax.bbox.extents
+    chosen, boxes = place_labels(np.array(sizes), anchors, frame=frame, gaps=np.array(gaps),
+                                 centred=np.array([lab.kind == "state" for lab in wanted]),
+                                 obstacles=port_boxes)
+    for i in np.flatnonzero(chosen != -1):
+        x0, y0 = boxes[i, :2]
+        # anchor the text by its box's lower-left corner: exactly the box placed
+        offset = ScaledTranslation((x0 - anchors[i, 0]) / fig.dpi,
+                                   (y0 - anchors[i, 1]) / fig.dpi, fig.dpi_scale_trans)
+        xy = project(lonlat[i])
+        text = texts[i]
+        text.set_position((xy[0], xy[1]))
+        text.set_transform(ax.transData + offset)
+        text.set_gid(f"label-{wanted[i].kind}")
+        halo = Text(xy[0], xy[1], text.get_text(), fontsize=text.get_fontsize(),
+                    fontweight=text.get_fontweight(), color="#ffffff", ha="left", va="bottom",
+                    transform=ax.transData + offset,
+                    path_effects=[patheffects.Stroke(linewidth=size * 0.32,
+                                                     foreground="#ffffff")])
+        halos.add(halo)
+        labels_layer.add(text)
+    return halos, labels_layer
+
+
+def _still_note(note: str) -> str:
+    """A legend note in a still's terms (widths there are not screen pixels)."""
+    return re.sub(r"the [\d.]+ px minimum", "the thinnest width", note)
+
+
+def _footer_lines(scene) -> list[str]:
+    """Source and credit; data attribution (the web map's software credit left out: there
+    is no Leaflet here), caveat and names note."""
+    first = " · ".join(t for t in (scene.source, scene.credit) if t)
+    attribution = "; ".join(a for a in scene.attribution if a.strip().lower() != "leaflet")
+    second = " ".join(t.rstrip(".") + "." for t in (attribution, scene.caveat, scene.names_note)
+                      if t)
+    return [t for t in (first, second) if t]
+
+
+def _footer_layer(fig, renderer, layer_type, lines: Sequence[str], *, x: float, width: float,
+                  size: float) -> tuple[object, float]:
+    """The foot texts stacked up from ``x``, 0 (moved later): the layer and its height."""
+    layer = layer_type("source")
+    y = 0.0
+    for line in reversed(lines):
+        y += _stack_text(fig, renderer, layer, x=x, y=y, text=line, size=size, width=width,
+                         colour=_MUTED, va="bottom")
+        y += 0.2 * size / 72
+    return layer, y
+
+
+def _lift(layer, dy: float, fig) -> None:
+    """Move a layer of figure-inch texts up by ``dy`` inches."""
+    from matplotlib.transforms import ScaledTranslation
+
+    shift = ScaledTranslation(0, dy, fig.dpi_scale_trans)
+    for child in layer.get_children():
+        child.set_transform(child.get_transform() + shift)
+
+
+def draw_scene(scene, *, size: StillSize | str = "wide", paper: str = "letter"):
+    """The still of ``scene`` as a matplotlib Figure (Agg canvas; no pyplot), laid out for
+    ``size`` (a :data:`SIZES` name or a :class:`StillSize`): synthetic banner, title and
+    subtitle on top; the map with legs, points and labels; the legend in a column beside the
+    map (landscape) or under it in two columns (portrait); source, credit, attribution and
+    caveat at the foot."""
+    size = still_size(size, paper=paper) if isinstance(size, str) else size
+    layer_type = _layer_type()
+    with _rc():
+        fig = _new_figure(size)
+        renderer = fig.canvas.get_renderer()
+        t = _Type(size.font_pt)
+        W, H = size.width_in, size.height_in
+        m = max(0.1, 1.4 * t.body / 72)
+        gap = 0.8 * t.body / 72
+        layers = []
+        top = H
+        if scene.synthetic:
+            layers.append(_banner(scene, fig, layer_type, W, H, t))
+            top -= 2.0 * t.body / 72
+        top -= m
+        title = layer_type("title")
+        top -= _stack_text(fig, renderer, title, x=m, y=top, text=scene.title, size=t.title,
+                           width=W - 2 * m, weight="bold")
+        top -= 0.25 * t.body / 72
+        top -= _stack_text(fig, renderer, title, x=m, y=top, text=scene.subtitle,
+                           size=t.subtitle, width=W - 2 * m, colour="#333333")
+        layers.append(title)
+        top -= gap
+
+        notes = tuple(_still_note(n) for n in scene.legend.notes)
+        if size.landscape:
+            legend_w = min(max(0.3 * W, 1.7), 3.2)
+            map_w = W - 2 * m - legend_w - gap
+        else:
+            legend_w = map_w = W - 2 * m
+        px_pt = max(map_w * 72 / _WEB_WIDTH_PX, 0.2)  # the scene's px → points on this still
+        foot_lines = _footer_lines(scene)
+        # the largest legend that leaves the map room; its notes go to the foot if need be
+        for scale, in_legend in ((1.0, True), (0.9, True), (0.8, True), (0.8, False),
+                                 (0.7, False)):
+            foot = foot_lines + ([] if in_legend else list(notes))
+            source, foot_h = _footer_layer(fig, renderer, layer_type, foot, x=m, width=map_w,
+                                           size=t.footer)
+            legend_layer = layer_type("legend")
+            kw = {"size": max(t.legend * scale, _MIN_TEXT_PT), "px_pt": px_pt}
+            if size.landscape:
+                legend = _legend(scene, fig, renderer, legend_layer, width_pt=legend_w * 72,
+                                 notes=notes if in_legend else (), **kw)
+                blocks = [(legend, W - m - legend_w)]
+                legend_h = legend.height() / 72
+                fits = legend_h <= top - m and foot_h <= 0.3 * (top - m)
+            else:
+                col = (legend_w - gap) / 2 * 72
+                left = _legend(scene, fig, renderer, legend_layer, width_pt=col, notes=(),
+                               parts=("flows", "places"), **kw)
+                right = _legend(scene, fig, renderer, legend_layer, width_pt=col,
+                                notes=notes if in_legend else (), parts=("classes",), **kw)
+                blocks = [(left, m), (right, m + legend_w / 2 + gap / 2)]
+                legend_h = max(left.height(), right.height()) / 72
+                fits = legend_h + foot_h <= 0.5 * (top - m)
+            if fits:
+                break
+        _lift(source, m, fig)
+        if size.landscape:
+            for block, x in blocks:
+                block.offset.translate(x, top)
+            map_box = [m, m + foot_h + gap, map_w, top - m - foot_h - gap]
+        else:
+            for block, x in blocks:
+                block.offset.translate(x, m + foot_h + gap + legend_h)
+            low = m + foot_h + gap + legend_h + gap
+            map_box = [m, low, map_w, top - low]
+        layers += [legend_layer, source]
+
+        ax = fig.add_axes([map_box[0] / W, map_box[1] / H, map_box[2] / W, map_box[3] / H])
+        ax.set_axis_off()
+        ax.patch.set_visible(False)
+        frame = _map_frame(scene, map_box[2], map_box[3])
+        ax.set_xlim(frame[0], frame[1])
+        ax.set_ylim(frame[2], frame[3])
+        m_per_pt = (frame[1] - frame[0]) / (map_box[2] * 72)
+        ax.add_artist(_states_layer(scene, layer_type, ax))
+        ax.add_artist(_flows_layer(scene, layer_type, ax, px_pt=px_pt, m_per_pt=m_per_pt))
+        ports, places, radii = _points_layers(scene, layer_type, ax, px_pt=px_pt)
+        ax.add_artist(places)
+        ax.add_artist(ports)
+        halos, labels = _labels_layers(scene, fig, renderer, ax, layer_type, size=t.label,
+                                       zoom=_web_zoom(frame, map_box[2]), radii=radii,
+                                       port_boxes=_port_boxes(scene, ax, radii, fig.dpi))
+        ax.add_artist(halos)
+        ax.add_artist(labels)
+        for layer in ax.artists:
+            _adopt(layer, fig, ax)
+        for layer in layers:
+            fig.add_artist(layer)
+            _adopt(layer, fig, None)
+    return fig
+
+
+def _banner(scene, fig, layer_type, W: float, H: float, t: _Type):
+    """The synthetic-data banner: a red band across the top (``<g id="synthetic">``)."""
+    from matplotlib.patches import Rectangle
+    from matplotlib.text import Text
+
+    banner = layer_type("synthetic")
+    band = 2.0 * t.body / 72
+    banner.add(Rectangle((0, H - band), W, band, facecolor=_BANNER_FILL, edgecolor="none",
+                         transform=fig.dpi_scale_trans))
+    banner.add(Text(W / 2, H - band / 2, _mathtext_safe(scene.banner or "SYNTHETIC DATA"),
+                    fontsize=t.body * 1.05, fontweight="bold", color="#ffffff", ha="center",
+                    va="center_baseline", transform=fig.dpi_scale_trans))
+    return banner
+
+
+def _port_boxes(scene, ax, radii: dict, dpi: float) -> np.ndarray:
+    """Display-pixel boxes of the port markers (labels keep off them)."""
+    ports = [p for layer in scene.points if layer.kind == "port" for p in layer.points]
+    if not ports:
+        return np.empty((0, 4))
+    lonlat = np.array([[p.lon, p.lat] for p in ports], dtype=float)
+    xy = ax.transData.transform(project(lonlat))
+    r = np.array([radii.get(("port", round(p.lon, 3), round(p.lat, 3)), 2.0) for p in ports])
+    r = r * dpi / 72
+    return np.stack([xy[:, 0] - r, xy[:, 1] - r, xy[:, 0] + r, xy[:, 1] + r], axis=1)
+
+
+def _adopt(layer, fig, ax) -> None:
+    """Give a layer's children the figure (and the map's clip box) they draw into."""
+    for child in layer.get_children():
+        child.set_figure(fig)
+        if ax is not None:
+            child.set_clip_box(ax.bbox)
