@@ -116,14 +116,18 @@ ATTRIBUTION: tuple[str, ...] = (
     "Leaflet",
 )
 
-_SEQUENTIAL = {  # light to dark, 5 classes
+#: Light to dark, 5 classes. Every pair of neighbours stays ΔE ≥ 10 (CIELAB) under simulated
+#: deuteranopia and protanopia even after the lightening for flow contrast (_lightened), which
+#: tests/test_static.py checks: hence the 5-class ColorBrewer purples and greens (the 6-class
+#: light end was too close), and greys evenly spaced in L* (92 … 47) that need no lightening.
+_SEQUENTIAL = {
     "blues": ("#deebf7", "#9ecae1", "#6baed6", "#3182bd", "#08519c"),
     "oranges": ("#fee6ce", "#fdae6b", "#fd8d3c", "#e6550d", "#a63603"),
-    "purples": ("#efedf5", "#bcbddc", "#9e9ac8", "#756bb1", "#54278f"),
-    "greens": ("#e5f5e0", "#a1d99b", "#74c476", "#31a354", "#006d2c"),
+    "purples": ("#f2f0f7", "#cbc9e2", "#9e9ac8", "#756bb1", "#54278f"),
+    "greens": ("#edf8e9", "#bae4b3", "#74c476", "#31a354", "#006d2c"),
     "viridis": ("#fde725", "#5ec962", "#21918c", "#3b528b", "#440154"),
     "cividis": ("#fee838", "#c3b369", "#7f7c75", "#48526b", "#00224e"),
-    "greys": ("#f0f0f0", "#bdbdbd", "#969696", "#636363", "#252525"),
+    "greys": ("#e8e8e8", "#c8c8c8", "#aaaaaa", "#8c8c8c", "#6f6f6f"),
 }
 
 #: Colour-blind-safe sequential palettes (ColorBrewer single-hue, viridis, cividis), light to
@@ -142,7 +146,7 @@ INK: dict[str, tuple[str, str, str]] = {
     "purple-green": ("#54278f", "#006d2c", "#3a2a14"),
     "viridis": ("#440154", "#c2410c", "#111111"),
     "cividis": ("#00224e", "#c2410c", "#111111"),
-    "greys": ("#252525", "#c2410c", "#7a0019"),
+    "greys": ("#252525", "#c2410c", "#4d000f"),
 }
 
 NO_DATA = "#f7f7f5"
