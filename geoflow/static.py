@@ -43,7 +43,14 @@ __all__ = [
     "base_map",
     "cvd_delta_e",
     "place_labels",
+    "boxes_disjoint",
+    "wrap_text",
+    "draw_scene",
+    "figure_bytes",
     "save_figure",
+    "render_still",
+    "write_stills",
+    "RUN_STILLS",
 ]
 
 #: The map projection: Albers equal-area conic fitted to the US–Mexico extent (about 15°–49° N:
@@ -71,6 +78,7 @@ _RC = {
     "svg.hashsalt": "geoflow",     # stable clip-path ids: the same scene gives the same file
     "path.simplify": True,
     "axes.unicode_minus": False,
+    "lines.scale_dashes": False,   # dash lengths in points, as _dash computes them
 }
 
 
@@ -301,24 +309,59 @@ def _rc():
     return matplotlib.rc_context(_RC)
 
 
-def wrap_text(text: str, *, width_px: float, fontsize: float, renderer, weight: str = "normal"
-              ) -> str:
-    """``text`` broken at spaces into lines no wider than ``width_px`` as the renderer
-    measures them (a single word longer than the width keeps its own line)."""
+@lru_cache(maxsize=4)
+def _measuring_figure(dpi: float):
+    """A figure and renderer used only to measure text (cached per resolution)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1), dpi=dpi)
+    return fig, FigureCanvasAgg(fig).get_renderer()
+
+
+@lru_cache(maxsize=16384)
+def _text_width(text: str, size: float, weight: str, dpi: float) -> float:
+    """Width in pixels of one line of ``text`` as Agg lays it out (cached: the same words
+    recur on every still of a batch)."""
     from matplotlib.font_manager import FontProperties
 
-    prop = FontProperties(family=FONT, size=fontsize, weight=weight)
+    _, renderer = _measuring_figure(dpi)
+    prop = FontProperties(family=FONT, size=size, weight=weight)
+    return renderer.get_text_width_height_descent(text, prop, ismath=False)[0]
+
+
+@lru_cache(maxsize=4096)
+def text_extent(text: str, size: float, weight: str, dpi: float, linespacing: float = 1.2
+                ) -> tuple[float, float]:
+    """(width, height) in pixels of a matplotlib Text (one or more lines) exactly as
+    ``Text.get_window_extent`` reports it at ``dpi``."""
+    from matplotlib.text import Text
+
+    fig, renderer = _measuring_figure(dpi)
+    with _rc():
+        artist = Text(0, 0, text, fontsize=size, fontweight=weight, linespacing=linespacing)
+    artist.set_figure(fig)
+    box = artist.get_window_extent(renderer)
+    return box.width, box.height
+
+
+def wrap_text(text: str, *, width_px: float, fontsize: float, dpi: float,
+              weight: str = "normal") -> str:
+    """``text`` broken at spaces into lines no wider than ``width_px`` (words measured by
+    the renderer, with 2% to spare for kerning across the spaces; a word longer than the
+    width keeps a line of its own)."""
+    space = _text_width("x x", fontsize, weight, dpi) - 2 * _text_width("x", fontsize, weight,
+                                                                          dpi)
     lines: list[str] = []
     for paragraph in str(text).splitlines() or [""]:
-        line = ""
+        line, used = "", 0.0
         for word in paragraph.split():
-            trial = f"{line} {word}" if line else word
-            w, _, _ = renderer.get_text_width_height_descent(trial, prop, ismath=False)
-            if line and w > width_px:
+            w = _text_width(word, fontsize, weight, dpi)
+            if line and (used + space + w) * 1.02 > width_px:
                 lines.append(line)
-                line = word
+                line, used = word, w
             else:
-                line = trial
+                line, used = (f"{line} {word}", used + space + w) if line else (word, w)
         lines.append(line)
     return "\n".join(lines)
 
@@ -465,6 +508,7 @@ _MIN_LINE_PT = 0.35
 _MIN_TEXT_PT = 5.0
 _MIN_SPAN_M = 400_000.0
 _PAD = 0.06
+_EDGE_PT = 10.0
 _LABEL_KINDS = {  # kind → (size factor, weight, colour)
     "port": (1.0, "bold", _INK),
     "dealer": (0.95, "normal", _INK),
@@ -500,14 +544,7 @@ class _Type:
         return self.body * 0.8
 
 
-def _text_box(fig, renderer, text) -> tuple[float, float]:
-    """(width, height) in display pixels of a Text artist, as the renderer draws it."""
-    text.set_figure(fig)
-    box = text.get_window_extent(renderer)
-    return box.width, box.height
-
-
-def _stack_text(fig, renderer, layer, *, x: float, y: float, text: str, size: float,
+def _stack_text(fig, layer, *, x: float, y: float, text: str, size: float,
                 width: float, weight: str = "normal", colour: str = _INK, va: str = "top",
                 gid: str | None = None) -> float:
     """A wrapped paragraph at (x, y) inches (top-left, or bottom-left with ``va="bottom"``);
@@ -517,33 +554,30 @@ def _stack_text(fig, renderer, layer, *, x: float, y: float, text: str, size: fl
     if not text:
         return 0.0
     wrapped = wrap_text(_mathtext_safe(text), width_px=width * fig.dpi, fontsize=size,
-                        renderer=renderer, weight=weight)
+                        dpi=fig.dpi, weight=weight)
     artist = Text(x, y, wrapped, fontsize=size, fontweight=weight, color=colour, ha="left",
                   va=va, transform=fig.dpi_scale_trans, linespacing=1.25, gid=gid)
     layer.add(artist)
-    return _text_box(fig, renderer, artist)[1] / fig.dpi
+    return text_extent(wrapped, size, weight, fig.dpi, 1.25)[1] / fig.dpi
 
 
 class _Legend:
     """The legend, laid out top-down in points from its top-left corner (moved into place by
     :attr:`offset` once the layout is known)."""
 
-    def __init__(self, fig, renderer, layer, *, width_pt: float, size: float, px_pt: float):
+    def __init__(self, fig, layer, *, width_pt: float, size: float, px_pt: float):
         from matplotlib.transforms import Affine2D
 
-        self.fig, self.renderer, self.layer = fig, renderer, layer
+        self.fig, self.layer = fig, layer
         self.width, self.size, self.px_pt = width_pt, size, px_pt
         self.offset = Affine2D()
         self.transform = Affine2D().scale(1 / 72) + self.offset + fig.dpi_scale_trans
         self.y = 0.0  # cursor: top of the next row, going down (negative)
         self.line = size * 1.3
 
-    def _measure(self, text: str, size: float, weight: str = "normal") -> tuple[float, float]:
-        from matplotlib.font_manager import FontProperties
-
-        prop = FontProperties(family=FONT, size=size, weight=weight)
-        w, h, _ = self.renderer.get_text_width_height_descent(text, prop, ismath=False)
-        return w * 72 / self.fig.dpi, h * 72 / self.fig.dpi
+    def _width(self, text: str, size: float, weight: str = "normal") -> float:
+        """Width in points."""
+        return _text_width(text, size, weight, self.fig.dpi) * 72 / self.fig.dpi
 
     def _text(self, x: float, y: float, text: str, *, size: float | None = None,
               weight: str = "normal", colour: str = _INK, ha: str = "left", va: str = "center"):
@@ -560,7 +594,7 @@ class _Legend:
             return
         self.y -= gap
         wrapped = wrap_text(_mathtext_safe(text), width_px=self.width * self.fig.dpi / 72,
-                            fontsize=size, renderer=self.renderer, weight=weight)
+                            fontsize=size, dpi=self.fig.dpi, weight=weight)
         self._text(0, self.y, wrapped, size=size, weight=weight, colour=colour, va="top")
         self.y -= (wrapped.count("\n") + 1) * size * 1.2 * 1.2 + size * 0.15
 
@@ -573,8 +607,8 @@ class _Legend:
         for gw, gh, draw, text in items:
             room = self.width - gw - gap
             wrapped = wrap_text(_mathtext_safe(text), width_px=room * self.fig.dpi / 72,
-                                fontsize=self.size, renderer=self.renderer)
-            tw = max(self._measure(line, self.size)[0] for line in wrapped.split("\n"))
+                                fontsize=self.size, dpi=self.fig.dpi)
+            tw = max(self._width(line, self.size) for line in wrapped.split("\n"))
             th = (wrapped.count("\n") + 1) * self.size * 1.2
             w = gw + gap + tw
             if rows[-1] and x + w > self.width:
@@ -601,7 +635,7 @@ class _Legend:
         colours, labels = [*colours, none_colour], [*labels, "none"]
         gap = self.size * 0.5
         box_w = (self.width - gap) / max(len(colours), 1)
-        fits = all(self._measure(lab, self.size * 0.9)[0] <= box_w - 1.5 for lab in labels)
+        fits = all(self._width(lab, self.size * 0.9) <= box_w - 1.5 for lab in labels)
         if not fits:
             def swatch(colour):
                 return lambda x, y: [Rectangle((x, y - h / 2), h * 1.4, h, facecolor=colour,
@@ -655,12 +689,12 @@ def _dash(dash: str | None, width_pt: float, px_pt: float) -> tuple | None:
     return (0, (max(on, 2.0 * width_pt, 2.0), max(off, 1.2 * width_pt, 1.5)))
 
 
-def _legend(scene, fig, renderer, layer, *, width_pt: float, size: float, px_pt: float,
+def _legend(scene, fig, layer, *, width_pt: float, size: float, px_pt: float,
             notes: Sequence[str], parts: Sequence[str] = ("flows", "classes", "places")
             ) -> _Legend:
     """The scene's legend (or the ``parts`` of it): flow widths and route kinds, both
     choropleths, point symbols, then the notes on what is not drawn."""
-    legend = _Legend(fig, renderer, layer, width_pt=width_pt, size=size, px_pt=px_pt)
+    legend = _Legend(fig, layer, width_pt=width_pt, size=size, px_pt=px_pt)
     spec = scene.legend
     tr = legend.transform
     length = size * 3.0
@@ -721,6 +755,8 @@ def _map_frame(scene, box_w: float, box_h: float) -> tuple[float, float, float, 
         span[0] = span[1] * aspect
     else:
         span[1] = span[0] / aspect
+    # room for the largest markers and a label at the edges: _EDGE_PT on every side
+    span *= 1 + 2 * _EDGE_PT / (72 * min(box_w, box_h) - 2 * _EDGE_PT)
     return (centre[0] - span[0] / 2, centre[0] + span[0] / 2,
             centre[1] - span[1] / 2, centre[1] + span[1] / 2)
 
@@ -769,7 +805,8 @@ def _flows_layer(scene, layer_type, ax, *, px_pt: float, m_per_pt: float):
     styles = [_dash(leg.dash, w, px_pt) or "solid" for leg, w in zip(legs, width, strict=True)]
     colours = [leg.colour for leg in legs]
     casing = LineCollection(lines, linewidths=width + 0.9, colors="#ffffff", alpha=0.8,
-                            capstyle="butt", joinstyle="round", transform=ax.transData)
+                            linestyles=styles, capstyle="butt", joinstyle="round",
+                            transform=ax.transData)
     strokes = LineCollection(lines, linewidths=width, colors=colours, linestyles=styles,
                              alpha=0.85, capstyle="butt", joinstyle="round",
                              transform=ax.transData)
@@ -822,7 +859,7 @@ def _points_layers(scene, layer_type, ax, *, px_pt: float):
     return ports, places, radii
 
 
-def _labels_layers(scene, fig, renderer, ax, layer_type, *, size: float, zoom: float,
+def _labels_layers(scene, fig, ax, layer_type, *, size: float, zoom: float,
                    radii: dict, port_boxes: np.ndarray):
     """(halo layer, label layer): the scene's labels that fit this still, highest priority
     first, none overlapping another or a port marker."""
@@ -844,7 +881,7 @@ def _labels_layers(scene, fig, renderer, ax, layer_type, *, size: float, zoom: f
         text = Text(0, 0, _mathtext_safe(lab.text), fontsize=size * factor, fontweight=weight,
                     color=colour, ha="left", va="bottom")
         texts.append(text)
-        sizes.append(_text_box(fig, renderer, text))
+        sizes.append(text_extent(text.get_text(), size * factor, weight, fig.dpi))
         r = radii.get((lab.kind, round(lab.lon, 3), round(lab.lat, 3)), 1.5)
         gaps.append((r + 1.5) * px)
     frame = ax.bbox.extents
@@ -886,13 +923,13 @@ def _footer_lines(scene) -> list[str]:
     return [t for t in (first, second) if t]
 
 
-def _footer_layer(fig, renderer, layer_type, lines: Sequence[str], *, x: float, width: float,
+def _footer_layer(fig, layer_type, lines: Sequence[str], *, x: float, width: float,
                   size: float) -> tuple[object, float]:
     """The foot texts stacked up from ``x``, 0 (moved later): the layer and its height."""
     layer = layer_type("source")
     y = 0.0
     for line in reversed(lines):
-        y += _stack_text(fig, renderer, layer, x=x, y=y, text=line, size=size, width=width,
+        y += _stack_text(fig, layer, x=x, y=y, text=line, size=size, width=width,
                          colour=_MUTED, va="bottom")
         y += 0.2 * size / 72
     return layer, y
@@ -917,7 +954,6 @@ def draw_scene(scene, *, size: StillSize | str = "wide", paper: str = "letter"):
     layer_type = _layer_type()
     with _rc():
         fig = _new_figure(size)
-        renderer = fig.canvas.get_renderer()
         t = _Type(size.font_pt)
         W, H = size.width_in, size.height_in
         m = max(0.1, 1.4 * t.body / 72)
@@ -929,10 +965,10 @@ def draw_scene(scene, *, size: StillSize | str = "wide", paper: str = "letter"):
             top -= 2.0 * t.body / 72
         top -= m
         title = layer_type("title")
-        top -= _stack_text(fig, renderer, title, x=m, y=top, text=scene.title, size=t.title,
+        top -= _stack_text(fig, title, x=m, y=top, text=scene.title, size=t.title,
                            width=W - 2 * m, weight="bold")
         top -= 0.25 * t.body / 72
-        top -= _stack_text(fig, renderer, title, x=m, y=top, text=scene.subtitle,
+        top -= _stack_text(fig, title, x=m, y=top, text=scene.subtitle,
                            size=t.subtitle, width=W - 2 * m, colour="#333333")
         layers.append(title)
         top -= gap
@@ -949,21 +985,21 @@ def draw_scene(scene, *, size: StillSize | str = "wide", paper: str = "letter"):
         for scale, in_legend in ((1.0, True), (0.9, True), (0.8, True), (0.8, False),
                                  (0.7, False)):
             foot = foot_lines + ([] if in_legend else list(notes))
-            source, foot_h = _footer_layer(fig, renderer, layer_type, foot, x=m, width=map_w,
+            source, foot_h = _footer_layer(fig, layer_type, foot, x=m, width=map_w,
                                            size=t.footer)
             legend_layer = layer_type("legend")
             kw = {"size": max(t.legend * scale, _MIN_TEXT_PT), "px_pt": px_pt}
             if size.landscape:
-                legend = _legend(scene, fig, renderer, legend_layer, width_pt=legend_w * 72,
+                legend = _legend(scene, fig, legend_layer, width_pt=legend_w * 72,
                                  notes=notes if in_legend else (), **kw)
                 blocks = [(legend, W - m - legend_w)]
                 legend_h = legend.height() / 72
                 fits = legend_h <= top - m and foot_h <= 0.3 * (top - m)
             else:
                 col = (legend_w - gap) / 2 * 72
-                left = _legend(scene, fig, renderer, legend_layer, width_pt=col, notes=(),
+                left = _legend(scene, fig, legend_layer, width_pt=col, notes=(),
                                parts=("flows", "places"), **kw)
-                right = _legend(scene, fig, renderer, legend_layer, width_pt=col,
+                right = _legend(scene, fig, legend_layer, width_pt=col,
                                 notes=notes if in_legend else (), parts=("classes",), **kw)
                 blocks = [(left, m), (right, m + legend_w / 2 + gap / 2)]
                 legend_h = max(left.height(), right.height()) / 72
@@ -994,7 +1030,7 @@ def draw_scene(scene, *, size: StillSize | str = "wide", paper: str = "letter"):
         ports, places, radii = _points_layers(scene, layer_type, ax, px_pt=px_pt)
         ax.add_artist(places)
         ax.add_artist(ports)
-        halos, labels = _labels_layers(scene, fig, renderer, ax, layer_type, size=t.label,
+        halos, labels = _labels_layers(scene, fig, ax, layer_type, size=t.label,
                                        zoom=_web_zoom(frame, map_box[2]), radii=radii,
                                        port_boxes=_port_boxes(scene, ax, radii, fig.dpi))
         ax.add_artist(halos)
@@ -1040,3 +1076,25 @@ def _adopt(layer, fig, ax) -> None:
         child.set_figure(fig)
         if ax is not None:
             child.set_clip_box(ax.bbox)
+
+
+def render_still(scene, path: str | Path, *, size: StillSize | str = "social",
+                 paper: str = "letter", fmt: str | None = None) -> Path:
+    """Draw ``scene`` at ``size`` and write it to ``path`` as ``fmt`` (default: the file's
+    extension: ``svg``, ``pdf`` or ``png``), atomically."""
+    fmt = (fmt or Path(path).suffix.lstrip(".")).lower()
+    if fmt not in FORMATS:
+        raise ConfigError(f"cannot tell the still's format from {Path(path).name!r}: "
+                          f"give one of {', '.join(FORMATS)}")
+    return save_figure(draw_scene(scene, size=size, paper=paper), path, fmt)
+
+
+#: The stills ``geoflow run`` writes beside map.html (and every batch entity folder).
+RUN_STILLS = ("map.svg", "map.png")
+
+
+def write_stills(scene, folder: str | Path, *, size: str = "wide") -> list[Path]:
+    """``map.svg`` and ``map.png`` of ``scene`` (one drawing, two files) in ``folder``."""
+    fig = draw_scene(scene, size=size)
+    folder = Path(folder)
+    return [save_figure(fig, folder / name) for name in RUN_STILLS]

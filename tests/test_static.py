@@ -3,19 +3,23 @@ placement, the colour-blind check, and what the saved files contain."""
 
 import io
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from geoflow.errors import ConfigError
 from geoflow.static import (
+    FORMATS,
     SIZES,
     base_map,
     boxes_disjoint,
     cvd_delta_e,
+    draw_scene,
     figure_bytes,
     place_labels,
     project,
+    save_figure,
     still_size,
 )
 
@@ -149,3 +153,181 @@ def test_pdf_embeds_truetype_and_png_has_the_preset_size():
     assert "Guns <&> to $Mexico" in reader.pages[0].extract_text()
     with pytest.raises(ConfigError, match="unknown still format"):
         figure_bytes(fig, "gif")
+
+
+# --------------------------------------------------------------------------- the scene drawn
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+LAYER_IDS = ("states", "flows", "ports", "places", "labels", "legend", "title", "source")
+#: A small real-looking (not synthetic) trace file: Texas and Arizona dealers, known crossings.
+SMALL_CSV = """Dealer Name,Dealer City,Dealer State,Recovery City,Recovery State,Crossing
+Lone Star Guns,Houston,TX,Monterrey,Nuevo León,Laredo
+Lone Star Guns,Houston,TX,Monterrey,Nuevo León,Laredo
+Lone Star Guns,Houston,TX,Reynosa,Tamaulipas,Hidalgo
+Desert Arms,Phoenix,AZ,Hermosillo,Sonora,Nogales
+Desert Arms,Phoenix,AZ,Culiacán,Sinaloa,
+"""
+
+
+@pytest.fixture(scope="module")
+def sample_result():
+    from geoflow.pipeline import run_pipeline
+    from geoflow.sample import sample_path
+
+    return run_pipeline(sample_path())
+
+
+@pytest.fixture(scope="module")
+def sample_scene(sample_result):
+    from geoflow.scene import MapOptions, build_scene
+
+    return build_scene(sample_result, options=MapOptions(title="Guns from the sample <&>"))
+
+
+@pytest.fixture(scope="module")
+def small_scene(tmp_path_factory):
+    from geoflow.pipeline import run_pipeline
+    from geoflow.scene import build_scene
+
+    path = tmp_path_factory.mktemp("small") / "traces.csv"
+    path.write_text(SMALL_CSV, encoding="utf-8")
+    return build_scene(run_pipeline(path))
+
+
+@pytest.fixture(scope="module")
+def social(sample_scene):
+    """The sample drawn once at ``social`` size, saved in the three formats as artefacts."""
+    fig = draw_scene(sample_scene, size="social")
+    ARTIFACTS.mkdir(exist_ok=True)
+    return fig, {fmt: save_figure(fig, ARTIFACTS / f"still_social.{fmt}") for fmt in FORMATS}
+
+
+def _groups(svg: bytes) -> dict[str, ET.Element]:
+    root = ET.fromstring(svg)  # noqa: S314 (our own output)
+    return {g.get("id"): g for g in root.iter(f"{SVG}g") if g.get("id")}
+
+
+def _texts(element: ET.Element) -> list[str]:
+    return ["".join(t.itertext()) for t in element.iter(f"{SVG}text")]
+
+
+def _label_boxes(fig) -> tuple[list[str], np.ndarray]:
+    renderer = fig.canvas.get_renderer()
+    layer = next(a for a in fig.findobj() if a.get_gid() == "labels")
+    texts = layer.get_children()
+    return ([t.get_text() for t in texts],
+            np.array([t.get_window_extent(renderer).extents for t in texts]).reshape(-1, 4))
+
+
+def test_svg_is_xml_with_named_layers_and_real_text(social):
+    _, files = social
+    groups = _groups(files["svg"].read_bytes())
+    assert set(LAYER_IDS) <= set(groups)
+    assert _texts(groups["title"])[0] == "Guns from the sample <&>"   # escaped, still text
+    assert "Laredo" in _texts(groups["labels"])
+    assert any("INEGI" in t and "GeoNames" in t for t in _texts(groups["source"]))
+    # plain fills on the state shapes (no gradients or patterns a designer must undo)
+    assert b"<linearGradient" not in files["svg"].read_bytes()
+    assert "synthetic" in groups and _texts(groups["synthetic"]) == [
+        "SYNTHETIC DATA — not real trace records"]
+
+
+def test_labels_are_pairwise_disjoint_on_every_size(sample_scene, social):
+    texts, boxes = _label_boxes(social[0])
+    assert "Laredo" in texts and len(texts) >= 8
+    assert boxes_disjoint(boxes)
+    for name in ("story", "column", "wide"):
+        texts, boxes = _label_boxes(draw_scene(sample_scene, size=name))
+        assert "Laredo" in texts and boxes_disjoint(boxes), name
+
+
+@pytest.mark.parametrize("name", ["square", "story", "column", "two-column", "page"])
+def test_png_matches_each_preset(sample_scene, name):
+    from PIL import Image
+
+    size = still_size(name)
+    png = Image.open(io.BytesIO(figure_bytes(draw_scene(sample_scene, size=size), "png")))
+    assert png.size == size.pixels
+    assert png.info.get("dpi", (0,))[0] == pytest.approx(size.dpi, abs=1)
+
+
+def test_pdf_opens_with_fonts_embedded_and_text_searchable(social):
+    from pypdf import PdfReader
+
+    reader = PdfReader(social[1]["pdf"])
+    page = reader.pages[0]
+    assert float(page.mediabox.width) == pytest.approx(6.0 * 72)
+    fonts = [f.get_object() for f in page["/Resources"]["/Font"].values()]
+    assert fonts and all("DejaVuSans" in str(f["/BaseFont"]) for f in fonts)
+    for font in fonts:
+        descendant = font.get("/DescendantFonts")
+        descriptor = (descendant[0].get_object() if descendant else font)["/FontDescriptor"]
+        assert "/FontFile2" in descriptor.get_object()
+    text = page.extract_text()
+    assert "Laredo" in text and "SYNTHETIC DATA" in text
+
+
+def test_scene_palettes_pass_the_colour_blind_check(sample_result):
+    """Every pair of neighbouring classes in each legend: ΔE ≥ 10 under simulated
+    deuteranopia and protanopia, for the palette constants and the classes as drawn
+    (lightened so the flows keep their contrast)."""
+    from geoflow.scene import PALETTES, MapOptions, build_scene
+
+    def check(colours, what):
+        for kind in ("deuteranopia", "protanopia"):
+            worst = cvd_delta_e(colours, kind).min(initial=np.inf)
+            assert worst >= 10, f"{what} under {kind}: ΔE {worst:.1f} < 10 ({colours})"
+
+    for name, (us, mx) in PALETTES.items():
+        check(us, f"{name} US")
+        check(mx, f"{name} MX")
+        scene = build_scene(sample_result, options=MapOptions(palette=name))
+        assert len(scene.classes) == 2
+        for classes in scene.classes:
+            check(classes.colours, f"{name} {classes.country} as drawn")
+
+
+def test_no_banner_for_real_input_and_a_small_map_frames_its_story(small_scene):
+    assert not small_scene.synthetic
+    fig = draw_scene(small_scene, size="square")
+    svg = figure_bytes(fig, "svg")
+    groups = _groups(svg)
+    assert "synthetic" not in groups and b"SYNTHETIC" not in svg
+    texts, boxes = _label_boxes(fig)
+    assert {"Laredo", "Houston, TX", "Monterrey"} <= set(texts)
+    assert boxes_disjoint(boxes)
+    save_figure(fig, ARTIFACTS / "still_small_square.png")
+
+
+@pytest.mark.browser
+def test_svg_renders_in_headless_chromium(social):
+    import os
+
+    from browser import Browser, BrowserError
+
+    if os.environ.get("GEOFLOW_SKIP_BROWSER") == "1":
+        pytest.skip("GEOFLOW_SKIP_BROWSER=1")
+    try:
+        browser = Browser.launch()
+    except BrowserError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        page = browser.new_page()
+        page.goto(social[1]["svg"].resolve().as_uri())
+        found = page.evaluate("""(() => {
+            const labels = [...document.querySelectorAll('#labels text')];
+            return {root: document.documentElement.tagName,
+                    width: document.documentElement.getBoundingClientRect().width,
+                    labels: labels.map(t => t.textContent),
+                    boxes: labels.map(t => { const b = t.getBBox();
+                                             return [b.x, b.y, b.x + b.width, b.y + b.height]; }),
+                    errors: document.querySelectorAll('parsererror').length};
+        })()""")
+        assert page.console_errors == [] and page.external_requests() == []
+    finally:
+        browser.close()
+    assert found["root"] == "svg" and found["errors"] == 0
+    assert found["width"] == pytest.approx(6.0 * 96, abs=1)   # 6 in = 432 pt = 576 CSS px
+    assert "Laredo" in found["labels"]
+    # DejaVu Sans in the browser too: its own text boxes do not overlap either
+    assert boxes_disjoint(np.array(found["boxes"]))
