@@ -489,6 +489,71 @@ def map_command(input_path: str | None, sample: bool, out_path: str, min_guns: i
 
 
 # --------------------------------------------------------------------------------------------
+# static (stills engineer)
+
+#: ``--size`` names; kept equal to ``geoflow.static.SIZES`` by a test (matplotlib is not
+#: imported here so that ``geoflow --help`` stays fast).
+STILL_SIZES = ("social", "square", "story", "wide", "column", "two-column", "page")
+STILL_FORMATS = ("svg", "pdf", "png")
+
+
+@cli.command("static")
+@_pipeline_options
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Still to write: .svg, .pdf or .png (replaced if it exists).")
+@click.option("--size", type=click.Choice(STILL_SIZES), default="social", show_default=True,
+              help="social 1200×675, square 1080×1080, story 1080×1920, wide 1600×1000 px; "
+                   "column 3.35 in, two-column 7 in (300 dpi); page: --paper, landscape.")
+@click.option("--paper", type=click.Choice(["letter", "a4"]), default="letter",
+              show_default=True, help="Paper for --size page.")
+@click.option("--format", "fmt", type=click.Choice(STILL_FORMATS), default=None,
+              help="File format (default: from the extension of -o).")
+@map_look_options
+def static_command(input_path: str | None, sample: bool, out_path: str, size: str, paper: str,
+                   fmt: str | None, **options) -> None:
+    """Draw the map as a still for print or social media: SVG, PDF or PNG, no browser.
+
+    The same scene as the web map (legs, classes, labels, legend, attribution, synthetic
+    banner) in an Albers equal-area projection of the US and Mexico. SVG text stays text and
+    every layer is a named group (states, flows, ports, places, labels, legend, title,
+    source); PDFs embed their font (DejaVu Sans). Filters work as for ``run``.
+
+    \b
+    Example:
+      geoflow static --sample --size social -o sample.png
+      geoflow static traces.csv --size two-column --format pdf -o figure.pdf
+      geoflow static --sample --trafficker barajas --size square -o barajas.svg
+    """
+    from pathlib import Path
+
+    from geoflow.pipeline import analyse
+    from geoflow.scene import build_scene
+    from geoflow.static import render_still, still_size
+
+    suffix = Path(out_path).suffix.lower().lstrip(".")
+    if fmt is None and suffix not in STILL_FORMATS:
+        raise click.UsageError(f"cannot tell the format from {Path(out_path).name!r}: give "
+                               "--format svg|pdf|png or an -o ending in .svg, .pdf or .png")
+    if fmt and suffix in STILL_FORMATS and suffix != fmt:
+        raise click.UsageError(f"--format {fmt} does not match the file name {out_path!r}")
+    fmt = fmt or suffix
+    source = _input_path(input_path, sample)
+    given = {name: options.pop(name) for name in LOOK_PARAMS}
+    given["source"] = given.pop("source_line")
+    prepared, run_options, records, description, config = _prepare_selection(source, options)
+    look = map_options(config, show_names=run_options.show_names, **given)
+    with stage("Analysing and drawing", enabled=show_progress()):
+        result = analyse(prepared, options=run_options, records=records,
+                         description=description)
+        out = render_still(build_scene(result, options=look), out_path, size=size, paper=paper,
+                           fmt=fmt)
+    dims = still_size(size, paper=paper)
+    width, height = dims.pixels
+    click.echo(f"wrote {out} ({size}: {dims.width_in:g}×{dims.height_in:g} in"
+               + (f", {width}×{height} px" if fmt == "png" else "") + ")")
+
+
+# --------------------------------------------------------------------------------------------
 # sample (synthetic sample engineer)
 
 

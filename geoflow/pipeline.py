@@ -555,6 +555,14 @@ def _render(result: RunResult, map_options: Any) -> str:
     return render_map(result, options=map_options or MapOptions())
 
 
+def _write_stills(result: RunResult, map_options: Any, folder: Path) -> None:
+    """map.svg and map.png: the web map's scene as stills (imported here: matplotlib)."""
+    from geoflow.scene import MapOptions, build_scene
+    from geoflow.static import write_stills
+
+    write_stills(build_scene(result, options=map_options or MapOptions()), folder)
+
+
 @arrow_system_pool()
 def write_outputs(
     result: RunResult,
@@ -594,6 +602,7 @@ def write_outputs(
         (temp / "findings.md").write_text(findings_markdown(result), encoding="utf-8")
         if write_map:
             (temp / "map.html").write_text(_render(result, map_options), encoding="utf-8")
+            _write_stills(result, map_options, temp)
         manifest = dict(result.manifest)
         timings = dict(manifest.get("timings", {}))
         timings["export"] = round(time.perf_counter() - clock, 4)

@@ -1,4 +1,5 @@
-"""Shared test set-up: tests never write into the user's real cache or config folders."""
+"""Shared test set-up: tests never write into the user's real cache or config folders; one
+headless Chromium per test module for the browser tests."""
 
 import os
 import shutil
@@ -32,3 +33,19 @@ def _private_cache_dirs(tmp_path_factory):
         patch.setenv("GEOFLOW_CACHE_DIR", str(cache / "geoflow"))
         patch.setenv("XDG_CACHE_HOME", str(cache))
         yield
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium (tests/browser.py); the test fails saying how to install it,
+    unless GEOFLOW_SKIP_BROWSER=1 skips it."""
+    from browser import Browser, BrowserError
+
+    if os.environ.get("GEOFLOW_SKIP_BROWSER") == "1":
+        pytest.skip("GEOFLOW_SKIP_BROWSER=1")
+    try:
+        chromium = Browser.launch()
+    except BrowserError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield chromium
+    chromium.close()

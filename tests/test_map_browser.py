@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import os
 from pathlib import Path
 
 import pytest
@@ -71,18 +70,6 @@ MEASURE = """(() => {
     viewport: [innerWidth, innerHeight],
   };
 })()"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if os.environ.get("GEOFLOW_SKIP_BROWSER") == "1":
-        pytest.skip("GEOFLOW_SKIP_BROWSER=1")
-    try:
-        chromium = Browser.launch()
-    except BrowserError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield chromium
-    chromium.close()
 
 
 def test_a_missing_chromium_is_reported_with_how_to_install_it(tmp_path):

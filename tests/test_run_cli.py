@@ -43,6 +43,11 @@ def test_run_sample_writes_everything_and_accounts_for_every_row(sample_run):
     for name in ("by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_trafficker",
                  "by_crossing", "by_year"):
         assert (out / "tables" / f"{name}.csv").is_file()
+    from PIL import Image
+
+    with Image.open(out / "map.png") as still:                    # the stills beside map.html
+        assert still.size == (1600, 1000)
+    assert b'<g id="flows">' in (out / "map.svg").read_bytes()
 
 
 def test_sample_tables_reproduce_the_reporting(sample_run):

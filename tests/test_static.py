@@ -300,19 +300,9 @@ def test_no_banner_for_real_input_and_a_small_map_frames_its_story(small_scene):
 
 
 @pytest.mark.browser
-def test_svg_renders_in_headless_chromium(social):
-    import os
-
-    from browser import Browser, BrowserError
-
-    if os.environ.get("GEOFLOW_SKIP_BROWSER") == "1":
-        pytest.skip("GEOFLOW_SKIP_BROWSER=1")
+def test_svg_renders_in_headless_chromium(social, browser):
+    page = browser.new_page()
     try:
-        browser = Browser.launch()
-    except BrowserError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        page = browser.new_page()
         page.goto(social[1]["svg"].resolve().as_uri())
         found = page.evaluate("""(() => {
             const labels = [...document.querySelectorAll('#labels text')];
@@ -325,9 +315,71 @@ def test_svg_renders_in_headless_chromium(social):
         })()""")
         assert page.console_errors == [] and page.external_requests() == []
     finally:
-        browser.close()
+        page.close()
     assert found["root"] == "svg" and found["errors"] == 0
     assert found["width"] == pytest.approx(6.0 * 96, abs=1)   # 6 in = 432 pt = 576 CSS px
     assert "Laredo" in found["labels"]
     # DejaVu Sans in the browser too: its own text boxes do not overlap either
     assert boxes_disjoint(np.array(found["boxes"]))
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _png_size(path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+def _geoflow(*args):
+    from click.testing import CliRunner
+
+    from geoflow.cli import cli
+
+    return CliRunner().invoke(cli, ["-q", *map(str, args)], obj={})
+
+
+def test_cli_size_names_match_the_module():
+    from geoflow.cli import STILL_FORMATS, STILL_SIZES
+
+    assert tuple(SIZES) == STILL_SIZES and STILL_FORMATS == FORMATS
+
+
+def test_static_command_with_filters_and_texts(tmp_path):
+    out = tmp_path / "texas.png"
+    result = _geoflow("static", "--sample", "--state", "TX", "--size", "square",
+                      "--title", "Texas guns", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert _png_size(out) == (1080, 1080)
+    assert "square" in result.output and "1080×1080 px" in result.output
+    svg = tmp_path / "texas.svg"
+    (tmp_path / "geoflow.toml").write_text('credit = "Graphic: Data desk"\n', encoding="utf-8")
+    result = _geoflow("static", "--sample", "--state", "TX", "--config",
+                      tmp_path / "geoflow.toml", "--format", "svg", "-o", svg)
+    assert result.exit_code == 0, result.output
+    groups = _groups(svg.read_bytes())
+    title = _texts(groups["title"])
+    assert "US state: Texas" in " ".join(title)      # the filter joins the subtitle
+    assert any("Graphic: Data desk" in t for t in _texts(groups["source"]))   # from the config
+
+
+def test_static_command_refuses_an_unknown_format(tmp_path):
+    result = _geoflow("static", "--sample", "-o", tmp_path / "map.jpg")
+    assert result.exit_code == 2 and "--format svg|pdf|png" in result.output
+    result = _geoflow("static", "--sample", "--format", "pdf", "-o", tmp_path / "map.png")
+    assert result.exit_code == 2 and "does not match" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_batches_write_stills_for_every_entity(tmp_path):
+    traces = tmp_path / "traces.csv"
+    traces.write_text(SMALL_CSV, encoding="utf-8")
+    result = _geoflow("run", traces, "--per", "state", "-o", tmp_path / "by-state")
+    assert result.exit_code == 0, result.output
+    folders = sorted(p.parent for p in (tmp_path / "by-state").rglob("map.html"))
+    assert len(folders) == 2                          # Texas, Arizona
+    for folder in folders:
+        assert _png_size(folder / "map.png") == (1600, 1000)
+        assert "labels" in _groups((folder / "map.svg").read_bytes())
