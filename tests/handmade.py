@@ -102,7 +102,13 @@ def make_records(rows: list[dict]) -> pd.DataFrame:
 
 
 def output_text(path: Path) -> str:
-    """An output file's text; a Parquet file (flows_full.parquet) as the CSV of its columns."""
+    """An output file's text; a Parquet file (flows_full.parquet) as the CSV of its columns,
+    a PNG (map.png) as its text chunks (its words are pixels: map.svg holds the same text)."""
     if path.suffix == ".parquet":
         return pd.read_parquet(path).drop(columns="geometry").to_csv()
+    if path.suffix == ".png":
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return "\n".join(f"{k} {v}" for k, v in image.text.items())
     return path.read_text(encoding="utf-8")

@@ -1,0 +1,91 @@
+"""Time the stills: the sample's map.svg + map.png (what ``geoflow run`` adds), the other
+formats and sizes of ``geoflow static``, and the stills of every entity of a batch.
+
+Usage::
+
+    python scripts/bench_static.py                       # sample, batch per state
+    python scripts/bench_static.py --kind trafficker --min-guns 10
+
+Each figure is wall time and CPU time of this process (on a shared machine the CPU time is the
+steadier of the two). "cold" includes importing matplotlib and projecting the base map once;
+batch entities after the first reuse both, as a batch does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+class Clock:
+    """Wall and CPU seconds of one block."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+    def __str__(self) -> str:
+        return f"{self.wall:6.3f} s wall {self.cpu:6.3f} s CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", default="state",
+                        choices=["state", "mx-state", "trafficker", "dealer"])
+    parser.add_argument("--min-guns", type=int, default=1)
+    args = parser.parse_args()
+
+    from geoflow.pipeline import analyse, prepare_records
+    from geoflow.sample import sample_path
+    from geoflow.scene import build_scene
+    from geoflow.select import entity_keys, list_entities
+
+    prepared = prepare_records(sample_path())
+    result = analyse(prepared)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        with Clock() as cold:
+            from geoflow.static import base_map, draw_scene, figure_bytes, write_stills
+
+            base_map()
+            write_stills(build_scene(result), out)
+        print(f"sample map.svg + map.png, cold (imports, base map):    {cold}")
+        with Clock() as warm:
+            write_stills(build_scene(result), out)
+        print(f"sample map.svg + map.png, warm (scene, draw, 2 files): {warm}")
+        scene = build_scene(result)
+        with Clock() as drawing:
+            fig = draw_scene(scene, size="social")
+        print(f"  social: draw {drawing}")
+        for fmt in ("svg", "png", "pdf"):
+            with Clock() as saving:
+                figure_bytes(fig, fmt)
+            print(f"  social: {fmt}  {saving}")
+
+        records = prepared.records
+        entities = list_entities(records, args.kind, min_guns=args.min_guns, show_names=False)
+        keys = entity_keys(records, args.kind)
+        times: list[Clock] = []
+        for key in entities["key"]:
+            subset = records[(keys == key).to_numpy(dtype=bool)]
+            entity = analyse(prepared, records=subset)
+            with Clock() as clock:
+                write_stills(build_scene(entity), out)
+            times.append(clock)
+        rest = times[1:] or times
+        print(f"batch --per {args.kind}: {len(times)} entities; stills of the first {times[0]}")
+        for what in ("wall", "cpu"):
+            values = [getattr(t, what) for t in rest]
+            print(f"  after the first ({what}): mean {statistics.mean(values):.3f} s, median "
+                  f"{statistics.median(values):.3f} s, max {max(values):.3f} s")
+
+
+if __name__ == "__main__":
+    main()
