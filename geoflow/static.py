@@ -468,7 +468,8 @@ def figure_bytes(fig, fmt: str) -> bytes:
         for layer in halos:
             layer.set_visible(fmt != "svg")
         try:
-            fig.savefig(buffer, format=fmt, dpi=fig.dpi, metadata=metadata, facecolor="white")
+            fig.savefig(buffer, format=fmt, dpi=fig.dpi, metadata=metadata, facecolor="white",
+                        **({"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}))
         finally:
             for layer in halos:
                 layer.set_visible(True)
@@ -731,23 +732,29 @@ def _legend(scene, fig, layer, *, width_pt: float, size: float, px_pt: float,
     return legend
 
 
-def _map_frame(scene, box_w: float, box_h: float) -> tuple[float, float, float, float]:
-    """Projected limits (x0, x1, y0, y1) showing everything drawn, padded, with the box's
-    aspect ratio (so one metre is as long across as up)."""
+def _content(scene) -> tuple[np.ndarray, np.ndarray]:
+    """Projected (lo, hi) corners of everything the scene draws (legs and points; else its
+    bounds; else the whole base map)."""
     xy = [project(np.asarray(leg.coords, dtype=float)) for leg in scene.legs if leg.coords]
     xy += [project(np.array([[p.lon, p.lat] for p in layer.points]))
            for layer in scene.points if layer.points]
     xy = [a for a in xy if a.size]
     if xy:
         allxy = np.concatenate(xy)
-        lo, hi = np.nanmin(allxy, axis=0), np.nanmax(allxy, axis=0)
-    elif scene.bounds:
+        return np.nanmin(allxy, axis=0), np.nanmax(allxy, axis=0)
+    if scene.bounds:
         (w, s), (e, n) = scene.bounds
         corners = project(np.array([[w, s], [w, n], [e, s], [e, n]], dtype=float))
-        lo, hi = corners.min(axis=0), corners.max(axis=0)
-    else:
-        base = base_map()
-        lo, hi = base.bounds[:, :2].min(axis=0), base.bounds[:, 2:].max(axis=0)
+        return corners.min(axis=0), corners.max(axis=0)
+    base = base_map()
+    return base.bounds[:, :2].min(axis=0), base.bounds[:, 2:].max(axis=0)
+
+
+def _map_frame(content: tuple[np.ndarray, np.ndarray], box_w: float, box_h: float
+               ) -> tuple[float, float, float, float]:
+    """Projected limits (x0, x1, y0, y1) showing the ``content`` box, padded, with the map
+    box's aspect ratio (so one metre is as long across as up)."""
+    lo, hi = content
     centre = (lo + hi) / 2
     span = np.maximum((hi - lo) * (1 + 2 * _PAD), _MIN_SPAN_M)
     aspect = box_w / box_h
@@ -944,6 +951,44 @@ def _lift(layer, dy: float, fig) -> None:
         child.set_transform(child.get_transform() + shift)
 
 
+def _layout_option(scene, fig, layer_type, size: StillSize, t: _Type, *, scale: float,
+                   in_legend: bool, notes: Sequence[str], foot_wide: bool, m: float, gap: float,
+                   top: float, legend_w: float, map_w: float, px_pt: float,
+                   force: bool = False) -> dict | None:
+    """One candidate layout below the title: the foot, the legend (placed by ``blocks``:
+    (legend, x, top y) in inches) and the map box left over; None when it does not fit."""
+    W = size.width_in
+    foot = _footer_lines(scene) + ([] if in_legend else list(notes))
+    source, foot_h = _footer_layer(fig, layer_type, foot, x=m,
+                                   width=W - 2 * m if foot_wide else map_w, size=t.footer)
+    legend_layer = layer_type("legend")
+    kw = {"size": max(t.legend * scale, _MIN_TEXT_PT), "px_pt": px_pt}
+    shown_notes = notes if in_legend else ()
+    if size.landscape:
+        legend = _legend(scene, fig, legend_layer, width_pt=legend_w * 72, notes=shown_notes,
+                         **kw)
+        legend_h = legend.height() / 72
+        floor = m + (foot_h + gap if foot_wide else 0.0)
+        blocks = [(legend, W - m - legend_w, top)]
+        map_box = [m, m + foot_h + gap, map_w, top - m - foot_h - gap]
+        fits = legend_h <= top - floor
+    else:
+        col = (legend_w - gap) / 2 * 72
+        left = _legend(scene, fig, legend_layer, width_pt=col, notes=(),
+                       parts=("flows", "places"), **kw)
+        right = _legend(scene, fig, legend_layer, width_pt=col, notes=shown_notes,
+                        parts=("classes",), **kw)
+        legend_h = max(left.height(), right.height()) / 72
+        y = m + foot_h + gap + legend_h
+        blocks = [(left, m, y), (right, m + legend_w / 2 + gap / 2, y)]
+        map_box = [m, y + gap, map_w, top - y - gap]
+        fits = True
+    fits = fits and map_box[3] >= 0.35 * (top - m)
+    if not (fits or force):
+        return None
+    return {"map_box": map_box, "source": source, "legend": legend_layer, "blocks": blocks}
+
+
 def draw_scene(scene, *, size: StillSize | str = "wide", paper: str = "letter"):
     """The still of ``scene`` as a matplotlib Figure (Agg canvas; no pyplot), laid out for
     ``size`` (a :data:`SIZES` name or a :class:`StillSize`): synthetic banner, title and
@@ -980,48 +1025,44 @@ def draw_scene(scene, *, size: StillSize | str = "wide", paper: str = "letter"):
         else:
             legend_w = map_w = W - 2 * m
         px_pt = max(map_w * 72 / _WEB_WIDTH_PX, 0.2)  # the scene's px → points on this still
-        foot_lines = _footer_lines(scene)
-        # the largest legend that leaves the map room; its notes go to the foot if need be
-        for scale, in_legend in ((1.0, True), (0.9, True), (0.8, True), (0.8, False),
-                                 (0.7, False)):
-            foot = foot_lines + ([] if in_legend else list(notes))
-            source, foot_h = _footer_layer(fig, layer_type, foot, x=m, width=map_w,
-                                           size=t.footer)
-            legend_layer = layer_type("legend")
-            kw = {"size": max(t.legend * scale, _MIN_TEXT_PT), "px_pt": px_pt}
-            if size.landscape:
-                legend = _legend(scene, fig, legend_layer, width_pt=legend_w * 72,
-                                 notes=notes if in_legend else (), **kw)
-                blocks = [(legend, W - m - legend_w)]
-                legend_h = legend.height() / 72
-                fits = legend_h <= top - m and foot_h <= 0.3 * (top - m)
-            else:
-                col = (legend_w - gap) / 2 * 72
-                left = _legend(scene, fig, legend_layer, width_pt=col, notes=(),
-                               parts=("flows", "places"), **kw)
-                right = _legend(scene, fig, legend_layer, width_pt=col,
-                                notes=notes if in_legend else (), parts=("classes",), **kw)
-                blocks = [(left, m), (right, m + legend_w / 2 + gap / 2)]
-                legend_h = max(left.height(), right.height()) / 72
-                fits = legend_h + foot_h <= 0.5 * (top - m)
-            if fits:
+        content = _content(scene)
+        span = np.maximum((content[1] - content[0]) * (1 + 2 * _PAD), _MIN_SPAN_M)
+        best = None
+        # the layout that gives the map the most room, text shrinking only when that pays:
+        # legend size, its notes in the legend or at the foot, the foot under the map only
+        # or across the page (landscape)
+        for scale in (1.0, 0.9, 0.8, 0.7):
+            if scale < 1 and t.legend * scale < _MIN_TEXT_PT:
                 break
+            for in_legend in (True, False):
+                for foot_wide in ((True, False) if size.landscape else (True,)):
+                    option = _layout_option(
+                        scene, fig, layer_type, size, t, scale=scale, in_legend=in_legend,
+                        notes=notes, foot_wide=foot_wide, m=m, gap=gap, top=top,
+                        legend_w=legend_w, map_w=map_w, px_pt=px_pt)
+                    if option is None:
+                        continue
+                    box = option["map_box"]
+                    fit = min(box[2] / span[0], box[3] / span[1])  # inches per metre
+                    score = fit * scale ** 0.5 * (1.0 if in_legend else 0.97)
+                    if best is None or score > best[0]:
+                        best = (score, option)
+        if best is None:  # nothing fits: the smallest legend, notes at the foot
+            best = (0, _layout_option(
+                scene, fig, layer_type, size, t, scale=0.7, in_legend=False, notes=notes,
+                foot_wide=False, m=m, gap=gap, top=top, legend_w=legend_w, map_w=map_w,
+                px_pt=px_pt, force=True))
+        option = best[1]
+        map_box, source, legend_layer = option["map_box"], option["source"], option["legend"]
         _lift(source, m, fig)
-        if size.landscape:
-            for block, x in blocks:
-                block.offset.translate(x, top)
-            map_box = [m, m + foot_h + gap, map_w, top - m - foot_h - gap]
-        else:
-            for block, x in blocks:
-                block.offset.translate(x, m + foot_h + gap + legend_h)
-            low = m + foot_h + gap + legend_h + gap
-            map_box = [m, low, map_w, top - low]
+        for block, x, y in option["blocks"]:
+            block.offset.translate(x, y)
         layers += [legend_layer, source]
 
         ax = fig.add_axes([map_box[0] / W, map_box[1] / H, map_box[2] / W, map_box[3] / H])
         ax.set_axis_off()
         ax.patch.set_visible(False)
-        frame = _map_frame(scene, map_box[2], map_box[3])
+        frame = _map_frame(content, map_box[2], map_box[3])
         ax.set_xlim(frame[0], frame[1])
         ax.set_ylim(frame[2], frame[3])
         m_per_pt = (frame[1] - frame[0]) / (map_box[2] * 72)
