@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
+import os
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,8 @@ __all__ = [
     "assign_slugs",
     "safe_child",
     "render_index",
+    "default_jobs",
+    "write_entity",
     "run_batch",
 ]
 
@@ -276,6 +281,52 @@ def entity_table(
     return table.astype({"placed": int, "purchasers": int, "dealers": int}), accounting
 
 
+def default_jobs() -> int:
+    """Worker processes for a batch: the CPUs this process may run on."""
+    counter = getattr(os, "process_cpu_count", None)  # Python 3.13+
+    if counter is not None:
+        return max(counter() or 1, 1)
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def write_entity(prepared: Any, options: Any, records: pd.DataFrame, *, description: str,
+                 folder: Path, write: Callable[[Any, Path], None] | None = None,
+                 map_options: Any = None) -> None:
+    """Analyse one entity's ``records`` and write its complete output set into ``folder``
+    (``write(result, folder)``, default :func:`geoflow.pipeline.write_outputs` with
+    ``map_options``). The one per-entity step, run in this process or in a worker."""
+    from geoflow import pipeline
+
+    result = pipeline.analyse(prepared, options=options, records=records,
+                              description=description)
+    if write is None:
+        pipeline.write_outputs(result, folder, map_options=map_options)
+    else:
+        write(result, folder)
+
+
+#: What a batch worker process holds (set once per worker by :func:`_worker_init`).
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(shared: dict[str, Any]) -> None:
+    from geoflow import pipeline
+
+    _WORKER.update(shared)
+    logging.getLogger(pipeline.log.name).setLevel(logging.WARNING)
+
+
+def _worker_task(rows: Any, description: str, folder: Path, label: str) -> str:
+    shared = _WORKER
+    write_entity(shared["prepared"], shared["options"], shared["records"].iloc[rows],
+                 description=description, folder=folder, write=shared["write"],
+                 map_options=shared["map_options"])
+    return label
+
+
 def run_batch(
     prepared: Any,
     *,
@@ -289,13 +340,18 @@ def run_batch(
     title: str | None = None,
     write: Callable[[Any, Path], None] | None = None,
     progress: Callable[[str], None] | None = None,
+    map_options: Any = None,
+    jobs: int = 1,
 ) -> BatchResult:
     """Analyse and write one output set per entity of ``kind``, plus index.html and manifest.
 
     ``prepared`` is a ``pipeline.PreparedRecords`` (read and geocoded once); ``records``
     defaults to its records (pass filtered ones to batch within a filter, and their
     ``description``). ``write(result, folder)`` writes one entity's outputs (default:
-    ``pipeline.write_outputs``); ``progress(label)`` is called after each entity.
+    ``pipeline.write_outputs`` with ``map_options``); ``progress(label)`` is called after
+    each entity. ``jobs`` > 1 writes entities in that many worker processes (``spawn``:
+    forking after Arrow's threads start can deadlock); each worker receives the records once,
+    and ``write`` must then be a module-level function. The files are the same either way.
     The batch is built beside ``out_dir`` and swapped in at the end; an existing ``out_dir``
     not written by geoflow is refused unless ``force``.
     """
@@ -304,7 +360,6 @@ def run_batch(
     options = options if options is not None else prepared.options
     records = prepared.records if records is None else records
     show_names = bool(getattr(options, "show_names", False))
-    write = write or (lambda result, folder: pipeline.write_outputs(result, folder))
     table, accounting = entity_table(records, kind, min_guns=min_guns, show_names=show_names,
                                      min_cell=int(getattr(options, "min_cell", 1)))
     keys = entity_keys(records, kind)
@@ -314,18 +369,28 @@ def run_batch(
     title = f"{title} — by {singular.lower()}" if title else (
         f"Guns traced to Mexico by {singular.lower()}")
     with export.atomic_output_dir(out_dir, force=force) as temp, quiet_logger(pipeline.log.name):
-        for row in table.itertuples(index=False):  # one analysis per entity, not per record
-            subset = records.iloc[positions[row.key]]
+        tasks = []  # one analysis per entity, not per record
+        for row in table.itertuples(index=False):
             part = f"{singular}: {row.label}"
-            result = pipeline.analyse(
-                prepared, options=options, records=subset,
-                description=f"{description}; {part}" if description else part,
-            )
-            folder = safe_child(temp, kind, row.slug)
-            write(result, folder)
-            log.debug("%s %s: %d guns → %s", singular, row.label, row.guns, row.folder)
-            if progress is not None:
-                progress(str(row.label))
+            tasks.append((positions[row.key], f"{description}; {part}" if description else part,
+                          safe_child(temp, kind, row.slug), str(row.label)))
+        jobs = max(1, min(int(jobs), len(tasks)))
+        if jobs == 1:
+            for rows, text, folder, label in tasks:
+                write_entity(prepared, options, records.iloc[rows], description=text,
+                             folder=folder, write=write, map_options=map_options)
+                if progress is not None:
+                    progress(label)
+        else:
+            shared = {"prepared": prepared, "options": options, "records": records,
+                      "write": write, "map_options": map_options}
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_worker_init, initargs=(shared,)) as pool:
+                futures = [pool.submit(_worker_task, *task) for task in tasks]
+                for future in as_completed(futures):
+                    label = future.result()  # a worker's error stops the batch here
+                    if progress is not None:
+                        progress(label)
         notes = _accounting_notes(accounting, singular=singular.lower(),
                                   plural=plural.split(" (")[0].lower())
         html = render_index(table, kind=kind, title=title, description=description,

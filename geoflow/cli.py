@@ -254,7 +254,7 @@ def map_look_options(func):
 @batch_options
 @map_look_options
 def run_command(input_path: str | None, sample: bool, out_dir: str | None, force: bool,
-                per: str | None, min_guns: int | None, **options) -> None:
+                per: str | None, min_guns: int | None, jobs: int | None, **options) -> None:
     """Read, geocode, route and aggregate a trace file; write GeoJSON, tables and findings.
 
     Writes flows/dealers/recoveries/crossings/states GeoJSON, tables/*.csv, rejects.csv,
@@ -279,6 +279,8 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     from geoflow.export import check_output_dir
     from geoflow.pipeline import analyse, write_outputs
 
+    if jobs is not None and not per:
+        raise click.UsageError("--jobs sets the batch's worker processes: use it with --per")
     if min_guns is not None and not per:
         raise click.UsageError("--min-guns sets the batch threshold: use it with --per "
                                "(geoflow map --min-guns thins the flows drawn)")
@@ -291,7 +293,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     look = map_options(config, show_names=run_options.show_names, **given)
     if per:
         _run_batch(prepared, kind=per, out=out, records=records, description=description,
-                   min_guns=min_guns, force=force, look=look,
+                   min_guns=min_guns, force=force, look=look, jobs=jobs,
                    title=config.pick("title", given["title"]))
         return
     with stage("Analysing", enabled=show_progress()):
@@ -310,10 +312,9 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
 
 
 def _run_batch(prepared, *, kind: str, out, records, description: str, min_guns: int | None,
-               force: bool, look, title: str | None) -> None:
+               force: bool, look, title: str | None, jobs: int | None = None) -> None:
     """``run --per KIND``: one output set per entity, with a progress bar on a terminal."""
-    from geoflow.batch import entity_table, run_batch
-    from geoflow.pipeline import write_outputs
+    from geoflow.batch import default_jobs, entity_table, run_batch
     from geoflow.progress import bar
 
     table, _ = entity_table(records, kind, min_guns=min_guns,
@@ -323,7 +324,7 @@ def _run_batch(prepared, *, kind: str, out, records, description: str, min_guns:
         batch = run_batch(
             prepared, kind=kind, out_dir=out, records=records, description=description,
             min_guns=min_guns, force=force, title=title, progress=advance,
-            write=lambda result, folder: write_outputs(result, folder, map_options=look),
+            map_options=look, jobs=jobs or default_jobs(),
         )
     counts = batch.manifest["counts"]
     rows_read = int(prepared.source.get("rows_read", len(prepared.records)))

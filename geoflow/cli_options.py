@@ -87,7 +87,12 @@ def filter_options(func: _F) -> _F:
 
 
 def batch_options(func: _F) -> _F:
-    """``--per KIND`` and ``--min-guns N``."""
+    """``--per KIND``, ``--min-guns N`` and ``--jobs N``."""
+    func = click.option(
+        "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+        help="With --per: write entities in N worker processes (default: the CPUs "
+             "available; 1 = one after the other in this process).",
+    )(func)
     func = click.option(
         "--min-guns", type=click.IntRange(min=1), default=None, metavar="N",
         help="With --per: only entities with at least N guns (default: every state; "

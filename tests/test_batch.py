@@ -371,3 +371,46 @@ def test_sample_trafficker_entities_follow_the_reporting(sample_prepared):
     assert len(entities) == 11  # purchasers tied to 10 or more guns
     assert accounting["guns_in_entities"] + accounting["guns_below_threshold"] == 2922
     assert entities["label"].str.fullmatch(r"P-[0-9a-f]{6}").all()
+
+
+def _batch_files(out: Path) -> dict[str, object]:
+    """Every file of a batch: bytes, manifests without their run-dependent keys."""
+    volatile = {"created", "timings", "memory_peak_mb"}
+    files = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        key = path.relative_to(out).as_posix()
+        if path.name == "manifest.json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            files[key] = {k: v for k, v in data.items() if k not in volatile}
+        else:
+            files[key] = path.read_bytes()
+    return files
+
+
+def test_parallel_batch_writes_the_same_files_as_the_serial_one(tmp_path):
+    from geoflow.batch import default_jobs, run_batch
+
+    prepared = prepared_records()
+    done = []
+    serial = run_batch(prepared, kind="trafficker", out_dir=tmp_path / "serial", min_guns=4,
+                       jobs=1)
+    parallel = run_batch(prepared, kind="trafficker", out_dir=tmp_path / "parallel",
+                         min_guns=4, jobs=2, progress=done.append)
+    assert len(serial.entities) == 2 and sorted(done) == sorted(serial.entities["label"])
+    one, two = _batch_files(tmp_path / "serial"), _batch_files(tmp_path / "parallel")
+    assert sum(name.endswith("/map.html") for name in one) == 2
+    assert one.keys() == two.keys()
+    assert [name for name in one if one[name] != two[name]] == []
+    assert parallel.manifest["counts"] == serial.manifest["counts"]
+    assert default_jobs() >= 1
+
+
+def test_jobs_is_refused_without_per(tmp_path):
+    from click.testing import CliRunner
+
+    from geoflow.cli import cli
+
+    result = CliRunner().invoke(cli, ["run", "--sample", "--jobs", "2", "-o",
+                                      str(tmp_path / "out")], obj={})
+    assert result.exit_code == 2 and "--jobs" in result.output and "--per" in result.output
+    assert not (tmp_path / "out").exists()
