@@ -102,10 +102,12 @@ def flag_counts(records: pd.DataFrame) -> dict[str, int]:
 
 
 def iso_dates(values: pd.Series) -> pd.Series:
-    """Datetimes → ``YYYY-MM-DD`` strings (NA when missing); numpy's C formatter, no strftime."""
+    """Datetimes → ``YYYY-MM-DD`` strings (NA when missing); each distinct day is formatted
+    once (numpy's C formatter) and taken by code: a million records hold a few thousand days."""
     days = pd.to_datetime(values).to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
-    text = pd.array(days.astype(str), dtype="string")
-    return pd.Series(text, index=values.index).mask(np.isnat(days))
+    codes, uniques = pd.factorize(days, use_na_sentinel=True)  # NaT → −1
+    text = pd.array(np.asarray(uniques).astype(str), dtype="string")
+    return pd.Series(text.take(codes, allow_fill=True), index=values.index)
 
 
 def take_text(values: pd.Series, rows: np.ndarray) -> pd.api.extensions.ExtensionArray:
@@ -156,13 +158,18 @@ def top_item(
     if len(g) == 0:
         return top, top_count, distinct
     width = np.int64(i.max()) + 1
-    pairs, counts = np.unique(g * width + i, return_counts=True)
-    pg, pi = pairs // width, pairs % width
+    # (group, item) pairs counted by hashing (no sort of the records), then per group the
+    # highest count and, among the items with it, the lowest code
+    pairs = pd.Series(g * width + i).value_counts(sort=False)
+    counts = pairs.to_numpy(dtype=np.int64)
+    pg, pi = pairs.index.to_numpy(dtype=np.int64) // width, pairs.index.to_numpy() % width
     distinct[:] = np.bincount(pg, minlength=n_groups)
-    order = np.lexsort((pi, -counts, pg))  # by group, then count desc, then item code
-    first = order[np.r_[True, pg[order][1:] != pg[order][:-1]]]
-    top[pg[first]] = pi[first]
-    top_count[pg[first]] = counts[first]
+    np.maximum.at(top_count, pg, counts)
+    best = counts == top_count[pg]
+    lowest = np.full(n_groups, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(lowest, pg[best], pi[best])
+    has = distinct > 0
+    top[has] = lowest[has]
     return top, top_count, distinct
 
 
@@ -262,7 +269,8 @@ def _labels_by_code(codes: np.ndarray, labels: pd.Series, n: int) -> np.ndarray:
     if n == 0:
         return out
     valid = np.flatnonzero(codes >= 0)
-    first_code, first_pos = np.unique(codes[valid], return_index=True)
+    firsts = pd.Series(codes[valid]).drop_duplicates(keep="first")  # hashing, no sort
+    first_code, first_pos = firsts.to_numpy(), firsts.index.to_numpy()
     taken = pd.Series(labels.array.take(valid[first_pos]))
     out[first_code] = taken.astype(object).where(taken.notna(), None).to_numpy()
     return out

@@ -305,7 +305,8 @@ def build_flows(
             "route_kind": _take(records["route_kind"], rows),
         })
 
-    hashes = _flow_hash(flow_keys(first, r_lat, r_lon))
+    key = flow_keys(first, r_lat, r_lon)
+    hashes = _flow_hash(key)
     # number the flows in output order (guns desc, then id) before building anything big,
     # so no sorted copy of the whole table is needed afterwards
     order = np.lexsort((hashes, -np.bincount(group, minlength=n)))
@@ -313,7 +314,7 @@ def build_flows(
     rank[order] = np.arange(n)
     group, first, hashes = rank[group], first[order], hashes[order]
     r_lat, r_lon = r_lat[order], r_lon[order]
-    key = flow_keys(first, r_lat, r_lon)
+    key = key.take(order).reset_index(drop=True)  # built once, put in output order
     del rank, order
     stats = group_stats(records, group, n)
     if level == "place":
