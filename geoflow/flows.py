@@ -148,10 +148,11 @@ def great_circle_points(
 
 
 def flow_lines(
-    dealer: np.ndarray, port: np.ndarray, recovery: np.ndarray, *, segment_km: float = SEGMENT_KM,
-    chunk: int = 20_000,
+    dealer: np.ndarray, port: np.ndarray, recovery: np.ndarray, *,
+    segment_km: float | None = SEGMENT_KM, chunk: int = 20_000,
 ) -> np.ndarray:
-    """LineStrings dealer → port → recovery, each leg densified along its great circle.
+    """LineStrings dealer → port → recovery, each leg densified along its great circle
+    (``segment_km=None``: the three points alone, no densification).
 
     ``dealer``, ``port`` and ``recovery`` are (n, 2) lon/lat arrays; the port is an exact
     vertex of each line. Vectorised over all vertices of ``chunk`` lines at a time, so memory
@@ -160,6 +161,9 @@ def flow_lines(
     n = len(dealer)
     if n == 0:
         return np.array([], dtype=object)
+    if segment_km is None:
+        coords = np.round(np.stack([dealer, port, recovery], axis=1).reshape(-1, 2), 6)
+        return shapely.linestrings(coords, indices=np.repeat(np.arange(n), 3))
     parts = [
         _flow_lines(dealer[i:i + chunk], port[i:i + chunk], recovery[i:i + chunk], segment_km)
         for i in range(0, n, chunk)
@@ -266,13 +270,14 @@ def build_flows(
     *,
     level: str = "place",
     state_names: Mapping[str, str] | None = None,
-    segment_km: float = SEGMENT_KM,
+    segment_km: float | None = SEGMENT_KM,
     state_points: pd.DataFrame | None = None,
 ) -> gpd.GeoDataFrame:
     """One flow per (dealer, port, recovery place, route kind) — or per (US state, port,
     MX state, route kind) with ``level="state"`` — from *placed* records with a crossing.
 
     ``ports`` is :func:`geoflow.crossings.load_ports` (``code``, ``name``, Point geometry).
+    ``segment_km=None`` draws each flow as its three points (see :func:`flow_lines`).
     State-level flows start and end at one fixed point per state (``state_points``, default
     :func:`geoflow.shapes.load_state_points`), so all flows of a state share it.
     """

@@ -47,12 +47,14 @@ from geoflow.export import (
     write_json,
 )
 from geoflow.flows import (
+    SEGMENT_KM,
     build_crossings,
     build_dealers,
     build_flows,
     build_recoveries,
     build_states,
     dealer_ids,
+    flow_lines,
 )
 from geoflow.privacy import MIN_CELL, PseudonymKey, as_key, pseudonymise, suppress
 from geoflow.schema import DATASET_COLUMN, SYNTHETIC_LABEL, marks_synthetic
@@ -443,7 +445,11 @@ def analyse(
         rows_selected = len(frame)
         del frame  # the encoded columns not needed by the layers go now
         drawn = placed if layers else placed.iloc[0:0]
-        flows = build_flows(drawn, ports, level=options.flow_level, state_names=state_names)
+        # more place-level flows than flows.geojson holds: lines are only drawn from its
+        # state-level flows, so flows_full.parquet gets the three points of each flow
+        straight = options.flow_level == "place" and len(drawn) > FLOWS_GEOJSON_MAX
+        flows = build_flows(drawn, ports, level=options.flow_level, state_names=state_names,
+                            segment_km=None if straight else SEGMENT_KM)
         dealers = build_dealers(drawn)
         recoveries = build_recoveries(drawn)
         crossings = build_crossings(drawn, ports)
@@ -451,6 +457,10 @@ def analyse(
         overview = None
         if options.flow_level == "place" and len(flows) > FLOWS_GEOJSON_MAX:
             overview = build_flows(drawn, ports, level="state", state_names=state_names)
+        elif straight:  # few flows after all: flows.geojson holds them, drawn as arcs
+            flows = flows.set_geometry(flow_lines(
+                *(flows[[f"{end}_lon", f"{end}_lat"]].to_numpy()
+                  for end in ("dealer", "port", "recovery"))), crs="EPSG:4326")
         layers_out = {"flows": flows, "dealers": dealers, "recoveries": recoveries}
         if overview is not None:
             layers_out["flows_overview"] = overview

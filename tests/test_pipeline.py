@@ -245,6 +245,22 @@ def test_too_many_flows_for_geojson_go_state_level_and_all_into_parquet(
     assert full["flow_id"].tolist() == many.flows["flow_id"].tolist()
     assert int(full["guns"].sum()) == many.manifest["counts"]["rows_placed"]
     assert full.geometry.geom_equals_exact(many.flows.geometry, tolerance=1e-9).all()
+    # too many to draw as arcs: each flow is its dealer, port and recovery points
+    assert (shapely.get_num_points(full.geometry.to_numpy()) == 3).all()
+    assert shapely.equals(shapely.get_point(full.geometry.to_numpy(), 1),
+                          shapely.points(full[["port_lon", "port_lat"]].to_numpy())).all()
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["flows_geojson_level"] == "state"
     assert manifest["counts"]["flows_geojson"] == len(shown["features"])
+
+
+def test_many_records_in_few_flows_still_get_arcs(prepared, result, monkeypatch):
+    from geoflow import pipeline
+
+    twice = pd.concat([prepared.records] * 2, ignore_index=True)  # two guns per flow
+    monkeypatch.setattr(pipeline, "FLOWS_GEOJSON_MAX", len(result.flows))
+    again = analyse(prepared, options=OPTIONS, records=twice)
+    assert again.manifest["counts"]["rows_placed"] > len(again.flows) == len(result.flows)
+    assert again.flows_overview is None and again.flows_geojson[1] == "place"
+    assert again.flows.crs.to_epsg() == 4326
+    assert again.flows.geometry.geom_equals_exact(result.flows.geometry, tolerance=0).all()
