@@ -5,6 +5,7 @@ Usage::
     python scripts/bench_batch.py                    # the default sample (2,922 rows)
     python scripts/bench_batch.py --rows 200000      # a larger synthetic sample
     python scripts/bench_batch.py --kind trafficker --no-map
+    python scripts/bench_batch.py --jobs 1                # one entity after the other
 
 Prints the time to read + geocode once, to filter (one state, one purchaser), to list the
 entities, and to analyse and write every entity, with the mean per entity and peak memory.
@@ -19,6 +20,13 @@ import time
 from pathlib import Path
 
 
+def write_no_map(result, folder) -> None:
+    """Per-entity writer without map.html (module level: batch workers unpickle it)."""
+    from geoflow.pipeline import write_outputs
+
+    write_outputs(result, folder, write_map=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2922)
@@ -26,10 +34,12 @@ def main() -> None:
                         choices=["state", "mx-state", "trafficker", "dealer"])
     parser.add_argument("--min-guns", type=int, default=None)
     parser.add_argument("--no-map", action="store_true", help="skip map.html per entity")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="worker processes (default: the CPUs available)")
     args = parser.parse_args()
 
-    from geoflow.batch import entity_table, run_batch
-    from geoflow.pipeline import prepare_records, write_outputs
+    from geoflow.batch import default_jobs, entity_table, run_batch
+    from geoflow.pipeline import prepare_records
     from geoflow.sample import write_sample
     from geoflow.select import filter_records
 
@@ -52,12 +62,11 @@ def main() -> None:
         table, _ = entity_table(records, args.kind, min_guns=args.min_guns)
         t_list = time.perf_counter() - clock
 
-        def write(result, folder):
-            write_outputs(result, folder, write_map=not args.no_map)
-
+        jobs = args.jobs or default_jobs()
         clock = time.perf_counter()
         batch = run_batch(prepared, kind=args.kind, out_dir=Path(tmp) / "out",
-                          min_guns=args.min_guns, write=write)
+                          min_guns=args.min_guns, write=write_no_map if args.no_map else None,
+                          jobs=jobs)
         t_batch = time.perf_counter() - clock
         size = sum(p.stat().st_size for p in (Path(tmp) / "out").rglob("*") if p.is_file())
 
@@ -69,7 +78,8 @@ def main() -> None:
         ("filter --state TX", f"{t_state * 1000:.1f} ms"),
         ("filter --trafficker <top id>", f"{t_trafficker * 1000:.1f} ms"),
         (f"list {args.kind} entities", f"{t_list * 1000:.1f} ms ({len(table):,} entities)"),
-        (f"batch --per {args.kind} (analyse + write{'' if args.no_map else ' + map'})",
+        (f"batch --per {args.kind} (analyse + write{'' if args.no_map else ' + map'}, "
+         f"{jobs} jobs)",
          f"{t_batch:.2f} s, {t_batch / n:.3f} s per entity"),
         ("batch output size", f"{size / 1e6:.1f} MB"),
         ("peak memory (max RSS)", f"{peak:.0f} MB"),
