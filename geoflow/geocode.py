@@ -466,8 +466,8 @@ class OfflineGeocoder:
                      result: pd.DataFrame) -> None:
         """Misspelt names within the given state: every name form within
         :data:`FUZZY_MARGIN` of the best rapidfuzz ratio is a candidate, chosen among as for
-        exact matches; several different places → ambiguous. Score 0.9 × ratio (0.8 for a
-        bracketed or alternate name: never confident), :data:`AMBIGUOUS_SCORE` at most when
+        exact matches; several different places → ambiguous. Score 0.9 × ratio (0.8 were it
+        another place's name: never confident), :data:`AMBIGUOUS_SCORE` at most when
         ambiguous."""
         todo = (result["level"] == "") & (parsed["place_key"] != "") & states.fillna("").ne("")
         todo &= ~result["note"].str.startswith("ambiguous")
@@ -563,9 +563,12 @@ class OfflineGeocoder:
         return self._stateless[country]
 
     def _fuzzy_pools(self) -> dict[str, np.ndarray]:
-        """Per state: the distinct match keys of its places (built once)."""
+        """Per state: the distinct own-name keys of its places (built once). Misspelt
+        alternate names are not looked for: such a match could never be confident, and the
+        pool is half the size."""
         if self._pools is None:
-            names = self.gazetteer.names.drop_duplicates(["admin1", "key"])
+            names = self.gazetteer.names
+            names = names[names["tier"] == 0].drop_duplicates(["admin1", "key"])
             self._pools = {st: group["key"].to_numpy(dtype=object)
                            for st, group in names.groupby("admin1", sort=False)}
         return self._pools

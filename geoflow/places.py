@@ -352,7 +352,10 @@ def parse_places(queries: pd.Series) -> pd.DataFrame:
 
     place_tokens = place.fillna("").str.replace(r"[^A-Z0-9]+", " ", regex=True).str.strip()
     place_key = _expand(place_tokens)
-    whole_key = _expand(tokens).where(split_no_comma & (place_key != ""))
+    whole = split_no_comma & (place_key != "")  # only these are tried as a whole
+    whole_key = pd.Series(pd.NA, index=raw.index, dtype="string")
+    if whole.any():
+        whole_key[whole] = _expand(tokens[whole])
     state_only = states.notna() & (place_key == "")
     # "CIUDAD DE MEXICO" alone is a state that is also a city: place it as the city.
     cmx = state_only & (states == "MX-CMX")
