@@ -627,6 +627,14 @@ def _legs(flows: pd.DataFrame, options: MapOptions, colour: str) -> tuple[
                          "not drawn.")
         vmax = max(max((leg.guns for leg in legs), default=1), FULL_WIDTH_MIN_GUNS)
         return legs, {"us": "path", "mx": "path"}, notes, vmax
+    if options.min_guns > 1:  # --min-guns: flows below it are left out, and counted
+        guns = _guns(flows["guns"].to_numpy())
+        small = guns < options.min_guns
+        if small.any():
+            notes.append(f"{_count(int(small.sum()), 'flow')} of fewer than "
+                         f"{_count(options.min_guns, 'gun')} ({_count(guns[small].sum(), 'gun')}) "
+                         "left out.")
+        flows = flows[~small]
     half = max(options.max_legs // 2, 1)
     levels = {side: choose_level(flows, side, half) for side in ("us", "mx")}
     tables = {side: _side_legs(flows, side, levels[side]) for side in ("us", "mx")}

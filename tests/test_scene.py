@@ -159,6 +159,19 @@ def test_paths_style_keeps_one_line_per_flow(sample_result):
         MapOptions(flow_style="hairball")
 
 
+def test_min_guns_leaves_small_flows_out_and_counts_them(sample_result):
+    scene = build_scene(sample_result, options=MapOptions(min_guns=3))
+    flows = sample_result.flows
+    small = flows[flows["guns"] < 3]
+    note = (f"{len(small):,} flows of fewer than 3 guns ({int(small['guns'].sum()):,} guns) "
+            "left out.")
+    assert note in scene.legend.notes
+    drawn = sum(leg.guns for leg in scene.legs if leg.side == "mx")
+    hidden = sum(int(n.split("(")[1].split(" gun")[0].replace(",", ""))
+                 for n in scene.legend.notes if "smaller Mexican leg" in n)
+    assert drawn + hidden + int(small["guns"].sum()) == int(flows["guns"].sum())
+
+
 def test_colour_helpers():
     assert contrast_ratio("#000000", "#ffffff") == pytest.approx(21.0)
     assert lighten("#000000", 1.0) == "#ffffff" and lighten("#336699", 0) == "#336699"
