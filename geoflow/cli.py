@@ -251,16 +251,28 @@ def map_look_options(func):
               help="Output folder (default: maps/<input name>).")
 @click.option("--force", is_flag=True,
               help="Replace OUT even if it is not a folder geoflow wrote.")
+@click.option("--format", "formats", type=click.Choice(("geoparquet", "shapefile")),
+              multiple=True,
+              help="Also write this format of the map layers: geoparquet (OUT/geoparquet/) "
+                   "or shapefile (OUT/shapefile/, 10-character field names listed in "
+                   "fields.csv). Repeatable.")
+@click.option("--excel", is_flag=True,
+              help="Write CSV files as UTF-8 with a byte-order mark, so Excel shows accents "
+                   "(Michoacán) right. Default: plain UTF-8.")
 @batch_options
 @map_look_options
 def run_command(input_path: str | None, sample: bool, out_dir: str | None, force: bool,
-                per: str | None, min_guns: int | None, jobs: int | None, **options) -> None:
+                formats: tuple[str, ...], excel: bool, per: str | None,
+                min_guns: int | None, jobs: int | None, **options) -> None:
     """Read, geocode, route and aggregate a trace file; write GeoJSON, tables and findings.
 
     Writes flows/dealers/recoveries/crossings/states GeoJSON, tables/*.csv, rejects.csv,
     unplaced.csv, geocode_report.csv, findings.json/.md, manifest.json (and map.html) into
     OUT, atomically: a failed run leaves OUT as it was. Purchaser names are pseudonymised
     unless --show-names (set GEOFLOW_PSEUDONYM_KEY to use your own pseudonym key).
+
+    Also OUT/flowmap/ (flowmap.blue locations.csv + flows*.csv, kepler_flows.csv for
+    kepler.gl) and OUT/geoflow.gpkg (every layer and table); columns: docs/outputs.md.
 
     Filters (--state, --mx-state, --trafficker, --dealer, --from, --to) keep only the
     matching records and go into the map's subtitle and the manifest. --per writes one
@@ -272,6 +284,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
       geoflow run --sample -o maps/sample --flow-level state
       geoflow run --sample --state TX --from 2008 -o maps/texas-2008
       geoflow run --sample --per trafficker -o maps/by-trafficker
+      geoflow run --sample -o maps/sample --format shapefile --excel
       geoflow run traces.csv -o maps/traces --geocoder nominatim --user-agent "desk (me@x.org)"
     """
     from pathlib import Path
@@ -284,6 +297,9 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     if min_guns is not None and not per:
         raise click.UsageError("--min-guns sets the batch threshold: use it with --per "
                                "(geoflow map --min-guns thins the flows drawn)")
+    if per and (formats or excel):
+        raise click.UsageError("--format and --excel apply to a single run, not to --per "
+                               "batches (each entity folder has flowmap/ and geoflow.gpkg)")
     source = _input_path(input_path, sample)
     out = Path(out_dir) if out_dir else Path("maps") / ("sample" if sample else Path(source).stem)
     check_output_dir(out, force=force)  # refuse a foreign folder before any work
@@ -300,7 +316,8 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         result = analyse(prepared, options=run_options, records=records,
                          description=description)
     with stage(f"Writing {out}", enabled=show_progress()):
-        write_outputs(result, out, force=force, map_options=look)
+        write_outputs(result, out, force=force, map_options=look, formats=formats,
+                      excel=excel)
     counts = result.manifest["counts"]
     click.echo(
         f"wrote {out}: {counts['flows']:,} flows; rows read {counts['rows_read']:,}, "

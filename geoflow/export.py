@@ -88,10 +88,12 @@ def markdown_text(text: object) -> str:
     return str(text).translate(_MARKDOWN_ESCAPES)
 
 
-def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
+def write_csv(frame: pd.DataFrame, path: str | Path, *, bom: bool = False) -> None:
     """Write ``frame`` as UTF-8 CSV (RFC 4180 CRLF rows, so a CR inside a cell is quoted),
-    without the index, formula-safe."""
-    formula_safe(frame).to_csv(path, index=False, encoding="utf-8", lineterminator="\r\n")
+    without the index, formula-safe; ``bom`` starts the file with a UTF-8 byte-order mark
+    so Excel reads accents right (``--excel``)."""
+    formula_safe(frame).to_csv(path, index=False, encoding="utf-8-sig" if bom else "utf-8",
+                               lineterminator="\r\n")
 
 
 def to_jsonable(value: object) -> object:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as dt
+import functools
 import logging
 import os
 import sys
@@ -56,6 +57,7 @@ from geoflow.flows import (
     dealer_ids,
     flow_lines,
 )
+from geoflow.formats import write_analyst_files
 from geoflow.privacy import MIN_CELL, PseudonymKey, as_key, pseudonymise, suppress
 from geoflow.schema import DATASET_COLUMN, SYNTHETIC_LABEL, marks_synthetic
 
@@ -581,8 +583,13 @@ def write_outputs(
     force: bool = False,
     map_options: Any = None,
     write_map: bool = True,
+    formats: tuple[str, ...] = (),
+    excel: bool = False,
 ) -> Path:
     """Write every output of DESIGN.md into ``out_dir`` atomically and return its path.
+
+    ``formats`` adds optional formats (``geoparquet``, ``shapefile``: geoflow.formats);
+    ``excel`` writes every CSV with a UTF-8 byte-order mark for Excel.
 
     Files go to a temporary folder beside ``out_dir`` that replaces it only when all are
     written; a folder geoflow did not write is refused unless ``force`` (``OutputError``).
@@ -601,12 +608,14 @@ def write_outputs(
         for name, layer in layers.items():
             write_geojson(layer, temp / f"{name}.geojson", members=synthetic)
         (temp / "tables").mkdir()
+        csv = functools.partial(write_csv, bom=excel)
         for name in TABLE_NAMES:
-            write_csv(result.tables[name], temp / "tables" / f"{name}.csv")
-        write_csv(result.rejects, temp / "rejects.csv")
-        write_csv(result.unplaced, temp / "unplaced.csv")
-        write_csv(result.geocode_report, temp / "geocode_report.csv")
-        write_csv(result.warnings, temp / "warnings.csv")
+            csv(result.tables[name], temp / "tables" / f"{name}.csv")
+        csv(result.rejects, temp / "rejects.csv")
+        csv(result.unplaced, temp / "unplaced.csv")
+        csv(result.geocode_report, temp / "geocode_report.csv")
+        csv(result.warnings, temp / "warnings.csv")
+        write_analyst_files(result, temp, formats=formats, bom=excel)
         write_json([{**item, **synthetic} for item in result.findings],
                    temp / "findings.json")
         (temp / "findings.md").write_text(findings_markdown(result), encoding="utf-8")

@@ -12,6 +12,9 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
+import pyarrow.parquet as pq
+import pyogrio
 import pytest
 from click.testing import CliRunner
 
@@ -52,30 +55,50 @@ def csv_columns(path: Path) -> list[str]:
         return next(csv.reader(handle), [])
 
 
-def output_names(out: Path, relative: str) -> list[str]:
-    """Every column / property / key of one output file, as the page must name it."""
+def _layer_file(out: Path, layer: str) -> str:
+    """The file a GeoPackage layer / GeoParquet file / shapefile mirrors."""
+    return f"{layer}.geojson" if (out / f"{layer}.geojson").exists() else f"tables/{layer}.csv"
+
+
+def output_names(out: Path, relative: str) -> list[tuple[str, str]]:
+    """Every column / property / key of one output file as (file whose section must name
+    it, name). Layers in other formats are checked against the file they mirror."""
     path = out / relative
+    names: list[str] = []
     if relative.endswith(".csv"):
-        return csv_columns(path)
-    if relative.endswith(".geojson"):
+        names = csv_columns(path)
+    elif relative.endswith(".geojson"):
         data = json.loads(path.read_text(encoding="utf-8"))
         names = list(data)
         for feature in data["features"]:
             names += [k for k in feature["properties"] if k not in names]
-        return names
-    if relative == "manifest.json":
+    elif relative == "manifest.json":
         data = json.loads(path.read_text(encoding="utf-8"))
         names = list(data)
         for key in MANIFEST_NESTED:
             names += [f"{key}.{sub}" for sub in data.get(key) or {}]
-        return names
-    if relative == "findings.json":
-        names: list[str] = []
+    elif relative == "findings.json":
         for item in json.loads(path.read_text(encoding="utf-8")):
             names += [k for k in item if k not in names]
             names += [item["id"]] + [f"numbers.{k}" for k in item.get("numbers", {})]
-        return list(dict.fromkeys(names))
-    return []
+    elif relative.endswith(".gpkg"):
+        pairs = []
+        for layer, _geometry in pyogrio.list_layers(path):
+            pairs.append((relative, str(layer)))
+            info = pyogrio.read_info(path, layer=layer)
+            pairs += [(_layer_file(out, layer), str(f)) for f in info["fields"]]
+        return pairs
+    elif relative.endswith(".parquet"):
+        columns = pq.read_schema(path).names
+        return [(_layer_file(out, path.stem), c) for c in columns if c != "geometry"]
+    elif relative.startswith("shapefile/") and relative.endswith(".dbf"):
+        fields = pd.read_csv(out / "shapefile" / "fields.csv")
+        layer_fields = fields[fields["layer"] == path.stem]
+        dbf = pyogrio.read_info(path.with_suffix(".shp"))["fields"]
+        assert sorted(dbf) == sorted(layer_fields["field"]), f"{relative} != fields.csv"
+        return ([(relative, c) for c in layer_fields["column"]]
+                + [(_layer_file(out, path.stem), c) for c in layer_fields["column"]])
+    return [(relative, name) for name in dict.fromkeys(names)]
 
 
 def undocumented(out: Path, text: str) -> list[str]:
@@ -84,19 +107,21 @@ def undocumented(out: Path, text: str) -> list[str]:
     problems = []
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         relative = path.relative_to(out).as_posix()
-        names = names_for(sections, relative)
-        if names is None:
+        if names_for(sections, relative) is None:
             problems.append(f"{relative}: the file has no section (a heading naming it)")
             continue
-        problems += [f"{relative}: column `{name}`" for name in output_names(out, relative)
-                     if name not in names]
-    return problems
+        for section, name in output_names(out, relative):
+            if name not in (names_for(sections, section) or set()):
+                where = relative if section == relative else f"{relative} (as in {section})"
+                problems.append(f"{where}: column `{name}`")
+    return list(dict.fromkeys(problems))
 
 
 @pytest.fixture(scope="module")
 def sample_out(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("outputs_doc") / "sample"
-    result = CliRunner().invoke(cli, ["-q", "run", "--sample", "-o", str(out)], obj={},
+    result = CliRunner().invoke(cli, ["-q", "run", "--sample", "-o", str(out), "--format",
+                                      "geoparquet", "--format", "shapefile"], obj={},
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out
@@ -113,6 +138,7 @@ def test_the_check_names_the_undocumented_file_and_column(sample_out):
     text = DOC.read_text(encoding="utf-8")
     without_row = re.sub(r"^\| `top_purchaser_guns` \|.*\n", "", text, flags=re.M)
     assert undocumented(sample_out, without_row) == [
+        "geoflow.gpkg (as in tables/by_dealer.csv): column `top_purchaser_guns`",
         "tables/by_dealer.csv: column `top_purchaser_guns`"]
     without_counts = re.sub(r"^\| `counts\.rows_placed` \|.*\n", "", text, flags=re.M)
     assert undocumented(sample_out, without_counts) == [

@@ -1,0 +1,259 @@
+"""Outputs for analysts' tools: flowmap.blue / flowmap.gl tables, a kepler.gl flows CSV, one
+GeoPackage with every layer and table, and optional GeoParquet and shapefiles.
+
+The builders are pure (flows GeoDataFrame in, DataFrames out); the writers take a folder.
+Files and columns: docs/outputs.md.
+
+>>> tables = flowmap_tables(result.flows, level="place")      # doctest: +SKIP
+>>> sorted(tables)                                           # doctest: +SKIP
+['flows', 'flows_dealer_port', 'flows_port_place', 'locations']
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+
+from geoflow.errors import OutputError
+from geoflow.export import write_csv
+
+__all__ = [
+    "FORMATS",
+    "FLOWMAP_FILES",
+    "SHAPEFILE_FIELDS",
+    "flowmap_tables",
+    "kepler_flows",
+    "shapefile_names",
+    "write_geopackage",
+    "write_geoparquet",
+    "write_shapefiles",
+    "write_analyst_files",
+]
+
+#: Optional formats of ``geoflow run --format``.
+FORMATS = ("geoparquet", "shapefile")
+#: flowmap.blue tables: file stem → what it holds (locations are shared by the three flows).
+FLOWMAP_FILES = {
+    "locations": "every dealer (or US state), port of entry and recovery place (or MX state)",
+    "flows": "whole flows: dealer → recovery place, summed over ports and route kinds",
+    "flows_dealer_port": "first leg: dealer → port of entry",
+    "flows_port_place": "second leg: port of entry → recovery place",
+}
+#: Shapefile (DBF) field names: at most 10 characters, one per layer column (docs/outputs.md).
+SHAPEFILE_FIELDS: dict[str, str] = {
+    "flow_id": "flow_id", "dealer_id": "dealer_id", "dealer_name": "dealer_nm",
+    "dealer_ffl": "dealer_ffl", "dealer_place": "dealer_plc", "dealer_state": "dealer_st",
+    "crossing_code": "cross_code", "crossing_name": "cross_name",
+    "recovery_place": "recov_plc", "recovery_state": "recov_st", "route_kind": "route_kind",
+    "guns": "guns", "purchasers": "purchasers", "top_purchaser": "top_purch",
+    "top_purchaser_share": "top_pur_sh", "first_purchase": "purch_from",
+    "last_purchase": "purch_to", "median_time_to_crime_days": "ttc_median",
+    "dealer_lon": "dealer_lon", "dealer_lat": "dealer_lat", "port_lon": "port_lon",
+    "port_lat": "port_lat", "recovery_lon": "recov_lon", "recovery_lat": "recov_lat",
+    "geocode_level": "geo_level", "geocode_score": "geo_score", "first_recovery": "recov_from",
+    "last_recovery": "recov_to", "code": "code", "name": "name", "us_state": "us_state",
+    "mx_city": "mx_city", "guns_known": "guns_known", "guns_modelled": "guns_model",
+    "country": "country", "share": "share",
+}
+_LAYERS = ("flows", "dealers", "recoveries", "crossings", "states")
+
+
+def _hashed_ids(prefix: str, *parts: pd.Series) -> pd.Series:
+    """``prefix`` + 8 hex digits of a hash of the parts' text, hashed once per distinct key."""
+    text = parts[0].astype("string").fillna("")
+    for part in parts[1:]:
+        text = text + "|" + part.astype("string").fillna("")
+    codes, uniques = pd.factorize(text)
+    ids = np.array([prefix + hashlib.sha256(u.encode()).hexdigest()[:8] for u in uniques],
+                   dtype=object)
+    return pd.Series(ids[codes], index=text.index, dtype="string")
+
+
+def _ends(flows: pd.DataFrame, level: str) -> pd.DataFrame:
+    """Per flow: origin, port and destination location ids, names and coordinates."""
+    lat6 = {c: flows[c].round(6).astype("string") for c in
+            ("dealer_lat", "dealer_lon", "recovery_lat", "recovery_lon")}
+    if level == "state":
+        origin = ("US-" + flows["dealer_state"].astype("string")).where(
+            flows["dealer_state"] == "unknown", flows["dealer_state"].astype("string"))
+        dest = ("MX-" + flows["recovery_state"].astype("string")).where(
+            flows["recovery_state"] == "unknown", flows["recovery_state"].astype("string"))
+        origin_name = flows["dealer_place"].astype("string")
+    else:
+        fallback = _hashed_ids("D-", flows["dealer_place"], lat6["dealer_lat"],
+                               lat6["dealer_lon"])
+        origin = flows["dealer_id"].astype("string").fillna(fallback)
+        dest = _hashed_ids("R-", flows["recovery_place"], lat6["recovery_lat"],
+                           lat6["recovery_lon"])
+        origin_name = flows["dealer_name"].astype("string").fillna(
+            flows["dealer_place"].astype("string")).fillna(origin)
+    return pd.DataFrame({
+        "origin": origin, "origin_name": origin_name,
+        "origin_lat": flows["dealer_lat"], "origin_lon": flows["dealer_lon"],
+        "port": "port-" + flows["crossing_code"].astype("string"),
+        "port_name": flows["crossing_name"].astype("string").fillna(
+            flows["crossing_code"].astype("string")) + " (port of entry)",
+        "port_lat": flows["port_lat"], "port_lon": flows["port_lon"],
+        "dest": dest, "dest_name": flows["recovery_place"].astype("string"),
+        "dest_lat": flows["recovery_lat"], "dest_lon": flows["recovery_lon"],
+        "count": flows["guns"].astype("int64"),
+    }, index=flows.index)
+
+
+def _attributes(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without its geometry column (a plain DataFrame)."""
+    if isinstance(frame, gpd.GeoDataFrame):
+        return pd.DataFrame(frame.drop(columns=frame.geometry.name))
+    return frame
+
+
+def _summed(ends: pd.DataFrame, origin: str, dest: str) -> pd.DataFrame:
+    table = (ends.groupby([origin, dest], sort=False, observed=True)["count"].sum()
+             .reset_index())
+    table.columns = ["origin", "dest", "count"]
+    return table.sort_values(["count", "origin", "dest"], ascending=[False, True, True],
+                             kind="stable").reset_index(drop=True)
+
+
+def flowmap_tables(flows: pd.DataFrame, *, level: str = "place") -> dict[str, pd.DataFrame]:
+    """flowmap.blue tables from the flows layer: ``locations`` (``id,name,lat,lon``) and three
+    flow tables (``origin,dest,count``) — see :data:`FLOWMAP_FILES`. Each flow table's
+    ``count`` adds up to the guns of ``flows``."""
+    ends = _ends(_attributes(flows), level)
+    parts = [
+        ends[[f"{role}", f"{role}_name", f"{role}_lat", f"{role}_lon"]].set_axis(
+            ["id", "name", "lat", "lon"], axis=1)
+        for role in ("origin", "port", "dest")
+    ]
+    locations = (pd.concat(parts, ignore_index=True).drop_duplicates("id")
+                 .reset_index(drop=True))
+    locations["lat"] = locations["lat"].round(6)
+    locations["lon"] = locations["lon"].round(6)
+    return {
+        "locations": locations,
+        "flows": _summed(ends, "origin", "dest"),
+        "flows_dealer_port": _summed(ends, "origin", "port"),
+        "flows_port_place": _summed(ends, "port", "dest"),
+    }
+
+
+def kepler_flows(flows: pd.DataFrame, *, level: str = "place") -> pd.DataFrame:
+    """One row per flow for kepler.gl's arc/line layers: ``origin_lat, origin_lon, dest_lat,
+    dest_lon`` (found by name), ``guns``, the port and the route kind."""
+    ends = _ends(_attributes(flows), level)
+    return pd.DataFrame({
+        "flow_id": flows["flow_id"].astype("string"),
+        "origin": ends["origin"], "origin_name": ends["origin_name"],
+        "origin_lat": ends["origin_lat"], "origin_lon": ends["origin_lon"],
+        "dest": ends["dest"], "dest_name": ends["dest_name"],
+        "dest_lat": ends["dest_lat"], "dest_lon": ends["dest_lon"],
+        "guns": ends["count"],
+        "crossing_code": flows["crossing_code"].astype("string"),
+        "crossing_name": flows["crossing_name"].astype("string"),
+        "port_lat": ends["port_lat"], "port_lon": ends["port_lon"],
+        "route_kind": flows["route_kind"].astype("string"),
+    }).reset_index(drop=True)
+
+
+def shapefile_names(columns: list[str]) -> dict[str, str]:
+    """Column → DBF field name: :data:`SHAPEFILE_FIELDS` where listed, else the first 10
+    characters made unique with a digit (a column added later still gets a field)."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for column in columns:
+        name = SHAPEFILE_FIELDS.get(column, column[:10])
+        stem, n = name, 1
+        while name in used:
+            name = f"{stem[:9 - len(str(n))]}_{n}"
+            n += 1
+        used.add(name)
+        out[column] = name
+    return out
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns GDAL drivers take: categoricals and pandas strings as object text."""
+    changes = {c: frame[c].astype(object).where(frame[c].notna(), None)
+               for c in frame.columns
+               if c != getattr(frame, "_geometry_column_name", None)
+               and (isinstance(frame[c].dtype, (pd.CategoricalDtype, pd.StringDtype)))}
+    return frame.assign(**changes) if changes else frame
+
+
+def _write(frame: pd.DataFrame, path: Path, **kwargs) -> None:
+    import pyogrio
+
+    try:
+        pyogrio.write_dataframe(_plain(frame), path, **kwargs)
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError) as exc:
+        raise OutputError(f"cannot write {kwargs.get('layer') or path.name}: {exc}",
+                          path=str(path)) from exc
+
+
+def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame],
+                     tables: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
+    """One GeoPackage: each layer with its geometry (EPSG:4326), each table as an attribute
+    table (no geometry), under its own name."""
+    path = Path(path)
+    for name, layer in layers.items():
+        _write(layer, path, layer=name, driver="GPKG", append=path.exists())
+    for name, table in tables.items():
+        _write(pd.DataFrame(table), path, layer=name, driver="GPKG", append=path.exists())
+    return path
+
+
+def write_geoparquet(layers: Mapping[str, gpd.GeoDataFrame], folder: str | Path) -> list[Path]:
+    """``folder/<layer>.parquet`` (GeoParquet, WKB geometry, EPSG:4326) for each layer."""
+    folder = Path(folder)
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for name, layer in layers.items():
+        paths.append(folder / f"{name}.parquet")
+        layer.to_parquet(paths[-1], index=False)
+    return paths
+
+
+def write_shapefiles(layers: Mapping[str, gpd.GeoDataFrame], folder: str | Path) -> list[Path]:
+    """``folder/<layer>.shp`` (UTF-8 DBF) for each layer, fields renamed by
+    :func:`shapefile_names`, plus ``folder/fields.csv`` (layer, field, column) so the mapping
+    travels with the files."""
+    folder = Path(folder)
+    folder.mkdir(exist_ok=True)
+    rows, paths = [], []
+    for name, layer in layers.items():
+        columns = [c for c in layer.columns if c != layer.geometry.name]
+        names = shapefile_names(columns)
+        rows += [{"layer": name, "field": names[c], "column": c} for c in columns]
+        paths.append(folder / f"{name}.shp")
+        _write(layer.rename(columns=names), paths[-1], driver="ESRI Shapefile",
+               encoding="UTF-8")
+    write_csv(pd.DataFrame(rows, columns=["layer", "field", "column"]), folder / "fields.csv")
+    return paths
+
+
+def write_analyst_files(result, folder: str | Path, *, formats: tuple[str, ...] = (),
+                        bom: bool = False) -> None:
+    """Write ``flowmap/`` (flowmap.blue tables and ``kepler_flows.csv``) and ``geoflow.gpkg``
+    for a RunResult into ``folder``, plus ``geoparquet/`` and ``shapefile/`` when ``formats``
+    names them (:data:`FORMATS`)."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {FORMATS}")
+    folder = Path(folder)
+    level = getattr(result.options, "flow_level", "place")
+    (folder / "flowmap").mkdir(exist_ok=True)
+    for name, table in flowmap_tables(result.flows, level=level).items():
+        write_csv(table, folder / "flowmap" / f"{name}.csv", bom=bom)
+    write_csv(kepler_flows(result.flows, level=level), folder / "flowmap" / "kepler_flows.csv",
+              bom=bom)
+    layers = {name: getattr(result, name) for name in _LAYERS}
+    write_geopackage(layers, result.tables, folder / "geoflow.gpkg")
+    if "geoparquet" in formats:
+        write_geoparquet(layers, folder / "geoparquet")
+    if "shapefile" in formats:
+        write_shapefiles(layers, folder / "shapefile")
