@@ -111,4 +111,6 @@ def output_text(path: Path) -> str:
 
         with Image.open(path) as image:
             return "\n".join(f"{k} {v}" for k, v in image.text.items())
+    if path.suffix in {".gpkg", ".shp", ".shx", ".dbf"}:  # binary; their text is UTF-8
+        return path.read_bytes().decode("utf-8", errors="replace")
     return path.read_text(encoding="utf-8")
