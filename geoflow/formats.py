@@ -19,6 +19,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
+from geoflow import export
 from geoflow.errors import OutputError
 from geoflow.export import write_csv
 
@@ -208,13 +209,14 @@ def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame],
 
 
 def write_geoparquet(layers: Mapping[str, gpd.GeoDataFrame], folder: str | Path) -> list[Path]:
-    """``folder/<layer>.parquet`` (GeoParquet, WKB geometry, EPSG:4326) for each layer."""
+    """``folder/<layer>.parquet`` (GeoParquet 1.0, :func:`geoflow.export.write_geoparquet`) for
+    each layer."""
     folder = Path(folder)
     folder.mkdir(exist_ok=True)
     paths = []
     for name, layer in layers.items():
         paths.append(folder / f"{name}.parquet")
-        layer.to_parquet(paths[-1], index=False)
+        export.write_geoparquet(layer, paths[-1])
     return paths
 
 

@@ -88,9 +88,11 @@ def output_names(out: Path, relative: str) -> list[tuple[str, str]]:
             info = pyogrio.read_info(path, layer=layer)
             pairs += [(_layer_file(out, layer), str(f)) for f in info["fields"]]
         return pairs
-    elif relative.endswith(".parquet"):
+    elif relative.startswith("geoparquet/"):  # --format geoparquet: as the GeoJSON layers
         columns = pq.read_schema(path).names
         return [(_layer_file(out, path.stem), c) for c in columns if c != "geometry"]
+    elif relative.endswith(".parquet"):
+        names = pq.read_schema(path).names
     elif relative.startswith("shapefile/") and relative.endswith(".dbf"):
         fields = pd.read_csv(out / "shapefile" / "fields.csv")
         layer_fields = fields[fields["layer"] == path.stem]
