@@ -20,8 +20,8 @@ from geoflow.shapes import load_state_points
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
 LAYERS = ("flows", "dealers", "recoveries", "crossings", "states")
-TABLES = ("by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_trafficker",
-          "by_crossing", "by_year")
+TABLES = ("by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_purchaser",
+          "by_trafficker", "by_crossing", "by_year")
 
 
 @pytest.fixture(scope="module")
