@@ -72,12 +72,28 @@ def countable(records: pd.DataFrame) -> np.ndarray:
 
 
 def counted(records: pd.DataFrame) -> pd.DataFrame:
-    """``records`` without repeated trace records (the same frame when there are none).
+    """``records`` without repeated trace records and rows of a count table that stand for
+    0 guns (the same frame when there are none).
 
-    Every table, findings and map-layer builder calls it, so a duplicate never counts twice.
+    Every table, findings and layer builder calls it, so a duplicate never counts twice.
     """
-    keep = countable(records)
+    keep = countable(records) & (gun_weights(records) > 0)
     return records if keep.all() else records[keep]
+
+
+def gun_weights(records: pd.DataFrame) -> np.ndarray:
+    """Guns each record stands for (int64): its ``guns`` (a count table's count column; the
+    reader sets 1 per trace record), else 1. Every count in every table, layer and finding
+    is a sum of these weights, so a count table needs no row repetition."""
+    if "guns" not in records.columns:
+        return np.ones(len(records), dtype=np.int64)
+    return records["guns"].to_numpy(dtype=np.int64, na_value=0)
+
+
+def weighted_count(codes: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
+    """Sum of ``weights`` per code 0..n-1 (int64); codes < 0 are left out."""
+    keep = codes >= 0
+    return np.bincount(codes[keep], weights=weights[keep], minlength=n).round().astype(np.int64)
 
 
 def unplace_duplicates(records: pd.DataFrame) -> pd.DataFrame:
@@ -143,12 +159,13 @@ def _codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
 
 
 def top_item(
-    group: np.ndarray, item: np.ndarray, n_groups: int
+    group: np.ndarray, item: np.ndarray, n_groups: int, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each group, the most frequent item code, its count and the number of distinct items.
 
-    ``group`` and ``item`` are integer codes per record (−1 = missing item, ignored). Ties go
-    to the lowest item code. Returns arrays of length ``n_groups`` (top item −1 when none).
+    ``group`` and ``item`` are integer codes per record (−1 = missing item, ignored); with
+    ``weights`` (guns per record) counts are sums of weights. Ties go to the lowest item
+    code. Returns arrays of length ``n_groups`` (top item −1 when none).
     """
     keep = item >= 0
     g, i = group[keep], item[keep]
@@ -159,8 +176,10 @@ def top_item(
         return top, top_count, distinct
     width = np.int64(i.max()) + 1
     # (group, item) pairs counted by hashing (no sort of the records), then per group the
-    # highest count and, among the items with it, the lowest code
-    pairs = pd.Series(g * width + i).value_counts(sort=False)
+    # highest count and, among the items with it, the lowest code; with weights, guns
+    keys = pd.Series(g * width + i)
+    pairs = (keys.value_counts(sort=False) if weights is None else
+             pd.Series(weights[keep]).groupby(keys.to_numpy(), sort=False).sum())
     counts = pairs.to_numpy(dtype=np.int64)
     pg, pi = pairs.index.to_numpy(dtype=np.int64) // width, pairs.index.to_numpy() % width
     distinct[:] = np.bincount(pg, minlength=n_groups)
@@ -171,6 +190,39 @@ def top_item(
     has = distinct > 0
     top[has] = lowest[has]
     return top, top_count, distinct
+
+
+def _pair_counts(keys: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``keys`` and how many records (or guns, with ``weights``) carry each."""
+    if weights is None:
+        return np.unique(keys, return_counts=True)
+    pairs, inverse = np.unique(keys, return_inverse=True)
+    return pairs, weighted_count(inverse, weights, len(pairs))
+
+
+def weighted_median(group: np.ndarray, values: np.ndarray, weights: np.ndarray,
+                    n: int) -> np.ndarray:
+    """Median of ``values`` per group 0..n-1, each value counted ``weights`` times (NaN
+    values and zero weights left out; NaN for an empty group). With unit weights it is the
+    ordinary median (the two middle values averaged)."""
+    out = np.full(n, np.nan)
+    ok = np.isfinite(values) & (weights > 0)
+    if not ok.any():
+        return out
+    order = np.lexsort((values[ok], group[ok]))
+    g, v, w = group[ok][order], values[ok][order], weights[ok][order].astype(float)
+    total = np.bincount(g, weights=w, minlength=n)
+    cum = np.cumsum(w)
+    before = np.r_[0.0, cum][np.searchsorted(g, np.arange(n), side="left")]
+    within = cum - before[g]
+    half = total[g] / 2
+    reached = np.flatnonzero(within >= half)
+    groups, first = np.unique(g[reached], return_index=True)
+    lo = reached[first]
+    exact = (within[lo] == half[lo]) & (lo + 1 < len(v))
+    hi = np.where(exact, np.minimum(lo + 1, len(v) - 1), lo)
+    out[groups] = (v[lo] + v[hi]) / 2
+    return out
 
 
 @dataclass(frozen=True)
@@ -193,9 +245,10 @@ def group_stats(records: pd.DataFrame, group: np.ndarray, n_groups: int) -> Grou
     ``purchaser_id``; the top one is shown by ``purchaser_label`` (else the id).
     """
     index = pd.RangeIndex(n_groups)
-    guns = np.bincount(group, minlength=n_groups)
+    weights = gun_weights(records)
+    guns = weighted_count(group, weights, n_groups)
     pid, uniques = _codes(records["purchaser_id"])
-    top, top_count, distinct = top_item(group, pid, n_groups)
+    top, top_count, distinct = top_item(group, pid, n_groups, weights)
     label_col = "purchaser_label" if "purchaser_label" in records else "purchaser_id"
     labels = _labels_by_code(pid, records[label_col], len(uniques))
     top_label = pd.Series(
@@ -224,13 +277,17 @@ def _span_and_median(
     reader as ``flag_recovery_before_purchase``) as it does missing dates."""
     dates = pd.to_datetime(records["purchase_date"]).to_numpy()
     ttc = possible_ttc(records)
+    weights = gun_weights(records)
     if rows is not None:
-        dates, ttc = dates[rows], ttc[rows]
+        dates, ttc, weights = dates[rows], ttc[rows], weights[rows]
     values = pd.DataFrame({"date": dates, "ttc": ttc})
     out = values.groupby(group, sort=True).agg(
         first=("date", "min"), last=("date", "max"), median=("ttc", "median")
     ).reindex(index)
-    return out["first"], out["last"], out["median"]
+    median = out["median"]
+    if (weights != 1).any():  # a count table's row stands for several guns
+        median = pd.Series(weighted_median(group, ttc, weights, len(index)), index=index)
+    return out["first"], out["last"], median
 
 
 def possible_ttc(records: pd.DataFrame) -> np.ndarray:
@@ -349,7 +406,7 @@ def state_matrix(records: pd.DataFrame) -> pd.DataFrame:
     us, us_names = _state_codes(records, "dealer_admin1")
     mx, mx_names = _state_codes(records, "recovery_admin1")
     width = max(len(mx_names), 1)
-    pairs, guns = np.unique(us * width + mx, return_counts=True)
+    pairs, guns = _pair_counts(us * width + mx, gun_weights(records))
     table = pd.DataFrame({
         "us_state": pd.array(us_names.to_numpy()[pairs // width], dtype="string"),
         "mx_state": pd.array(mx_names.to_numpy()[pairs % width], dtype="string"),
@@ -425,16 +482,17 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
     labels = _labels_by_code(group_all, records[label_col], n)
     dealer_all, dealer_ids = _codes(records["dealer_id"])
     dealer = dealer_all[rows]
-    top, top_count, distinct = top_item(group, dealer, n)
-    guns = np.bincount(group, minlength=n)
+    weights = gun_weights(records)[rows]
+    top, top_count, distinct = top_item(group, dealer, n, weights)
+    guns = weighted_count(group, weights, n)
     dealer_names = _labels_by_code(
         dealer_all, fill_unknown(records["dealer_name"], "(unnamed dealer)"), len(dealer_ids))
     # Herfindahl index: sum of squared dealer shares per purchaser
     valid = dealer >= 0
     width = max(len(dealer_ids), 1)
-    pairs, counts = np.unique(group[valid] * width + dealer[valid], return_counts=True)
+    pairs, counts = _pair_counts(group[valid] * width + dealer[valid], weights[valid])
     squares = np.bincount(pairs // width, weights=counts.astype(float) ** 2, minlength=n)
-    with_dealer = np.bincount(group[valid], minlength=n)
+    with_dealer = weighted_count(group[valid], weights[valid], n)
     with np.errstate(invalid="ignore", divide="ignore"):
         hhi = np.where(with_dealer > 0, squares / np.maximum(with_dealer, 1) ** 2, np.nan)
     index = pd.RangeIndex(n)
@@ -490,7 +548,7 @@ def _crossings_used(
         return joined
     ports = len(uniques)
     key = (group[keep] * ports + code[keep]) * 2 + modelled[keep]
-    triples, guns = np.unique(key, return_counts=True)
+    triples, guns = _pair_counts(key, gun_weights(records)[keep])
     t_group, t_code, t_modelled = triples // (2 * ports), (triples // 2) % ports, triples % 2
     # per group: known before modelled, more guns first, then port code
     order = np.lexsort((t_code, -guns, t_modelled, t_group))
@@ -515,11 +573,10 @@ def by_crossing(
     """Guns per port of entry (records with a crossing), split known vs modelled."""
     records = counted(records)
     code, uniques = _codes(records["crossing_code"])
-    keep = code >= 0
     n = len(uniques)
-    guns = np.bincount(code[keep], minlength=n)
-    modelled = np.bincount(code[keep], weights=is_value(records["route_kind"], "modelled")[keep],
-                           minlength=n).astype(np.int64)
+    weights = gun_weights(records)
+    guns = weighted_count(code, weights, n)
+    modelled = weighted_count(code, weights * is_value(records["route_kind"], "modelled"), n)
     codes = pd.Series(uniques.astype(str), dtype="string")
     info = _port_info(ports)
     table = pd.DataFrame({
@@ -552,9 +609,15 @@ def by_year(records: pd.DataFrame) -> pd.DataFrame:
     weapon = lower[raw]
     parts = []
     for column, name in (("purchase_date", "purchased"), ("recovery_date", "recovered")):
-        years = pd.to_datetime(records[column]).dt.year.to_numpy()
-        frame = pd.DataFrame({"year": years, "weapon_type": weapon}).dropna(subset=["year"])
-        parts.append(frame.groupby(["year", "weapon_type"]).size().rename(name))
+        years = pd.to_datetime(records[column]).dt.year
+        if column == "recovery_date" and "recovery_year" in records.columns:
+            years = years.fillna(pd.Series(  # a count table's bare year of recovery
+                records["recovery_year"].to_numpy(dtype=float, na_value=np.nan),
+                index=records.index))
+        frame = pd.DataFrame({"year": years.to_numpy(dtype=float, na_value=np.nan),
+                              "weapon_type": weapon, "guns": gun_weights(records)})
+        frame = frame.dropna(subset=["year"])
+        parts.append(frame.groupby(["year", "weapon_type"])["guns"].sum().rename(name))
     table = pd.concat(parts, axis=1).fillna(0).astype("int64").reset_index()
     table["year"] = table["year"].astype("int64")
     table["weapon_type"] = pd.array(np.asarray(types, dtype=object)[table["weapon_type"]],
@@ -630,8 +693,13 @@ def findings(
     top_n: int = 3,
     max_listed: int = 25,
     min_cell: int = 1,
+    count_table: bool = False,
 ) -> list[dict]:
     """Headline findings: each a dict ``id``, ``text`` (one sentence) and ``numbers``.
+
+    With ``count_table`` (rows counting guns, from a published table), findings that need
+    trace records — purchasers, time to crime — say "not available in a count table" when
+    the table has no purchasers or dates (``numbers`` ``{"available": false}``), not 0.
 
     Computed from the tables (``by_purchaser`` before suppression, so counts include every
     purchaser), so a reporter can check every figure against the CSVs (the purchasers behind
@@ -718,13 +786,16 @@ def findings(
                                     "top_purchaser_share"]].to_dict("records")
             ]},
         })
+    weights = gun_weights(records)
     raw_ttc = records["time_to_crime_days"].to_numpy(dtype=float, na_value=np.nan)
-    impossible = int((raw_ttc < 0).sum())  # recovered before purchase: left out
-    future = int((_flag(records, "flag_future_date") & (raw_ttc >= 0)).sum())
-    known_ttc = pd.Series(possible_ttc(records)).dropna()
-    if len(known_ttc):
-        short = int((known_ttc < TTC_SHORT_DAYS).sum())
-        share = short / len(known_ttc)
+    impossible = int(weights[raw_ttc < 0].sum())  # recovered before purchase: left out
+    future = int(weights[_flag(records, "flag_future_date") & (raw_ttc >= 0)].sum())
+    ttc = possible_ttc(records)
+    known = np.isfinite(ttc)
+    with_dates = int(weights[known].sum())
+    if with_dates:
+        short = int(weights[known & (ttc < TTC_SHORT_DAYS)].sum())
+        share = short / with_dates
         excluded = (
             f" {_plural(impossible, 'record')} with a recovery date before the purchase date "
             f"{'was' if impossible == 1 else 'were'} left out as impossible."
@@ -737,15 +808,16 @@ def findings(
         out.append({
             "id": "short_time_to_crime",
             "text": (
-                f"{share:.0%} of guns with both dates ({short:,} of {len(known_ttc):,}) were "
+                f"{share:.0%} of guns with both dates ({short:,} of {with_dates:,}) were "
                 "recovered less than three years after their retail sale, a trafficking "
                 "indicator." + excluded
             ),
-            "numbers": {"guns_short": short, "guns_with_dates": len(known_ttc),
+            "numbers": {"guns_short": short, "guns_with_dates": with_dates,
                         "guns_impossible_dates": impossible,
                         "guns_future_dates": future,
                         "share": round(share, 6), "threshold_days": TTC_SHORT_DAYS,
-                        "median_days": float(known_ttc.median())},
+                        "median_days": float(weighted_median(
+                            np.zeros(len(ttc), np.int64), ttc, weights, 1)[0])},
         })
     crossings = tables["by_crossing"].head(top_n)
     if len(crossings):
@@ -767,4 +839,32 @@ def findings(
                                       "guns_modelled"]].to_dict("records")
             ]},
         })
+    if count_table:
+        named = records[["dealer_name", "dealer_ffl"]].notna().any(axis=None)
+        out = _count_table_findings(out, purchasers=len(purchasers) > 0, dates=with_dates > 0,
+                                    dealers=bool(named))
     return out
+
+
+#: What a count table cannot say, per finding id (shown instead of a misleading 0).
+NOT_IN_COUNT_TABLE = {
+    "prolific_purchasers": "Purchasers: not available in a count table (its rows count guns, "
+                           "not the people who bought them).",
+    "short_time_to_crime": "Time to crime: not available in a count table (it has no purchase "
+                           "and recovery dates per gun).",
+    "top_dealers": "Dealers: not available in a count table that names no dealer.",
+}
+
+
+def _count_table_findings(out: list[dict], *, purchasers: bool, dates: bool,
+                          dealers: bool) -> list[dict]:
+    """``out`` with the purchaser, time-to-crime and dealer findings of a count table that
+    lacks purchasers / dates / dealers replaced by a "not available in a count table"
+    sentence."""
+    missing = {"prolific_purchasers": not purchasers, "short_time_to_crime": not dates,
+               "top_dealers": not dealers}
+    kept = [item for item in out if not missing.get(item["id"])
+            and not (item["id"] == "most_prolific_purchaser" and not purchasers)]
+    notes = [{"id": key, "text": NOT_IN_COUNT_TABLE[key], "numbers": {"available": False}}
+             for key, gone in missing.items() if gone]
+    return notes + kept

@@ -111,6 +111,10 @@ def _pipeline_options(func):
                      help="Read ambiguous dates as day/month/year (Mexican records)."),
         click.option("--column-map", type=click.Path(exists=True, dir_okay=False),
                      help="JSON or CSV mapping input headers to canonical columns."),
+        click.option("--count-column", metavar="NAME", default=None,
+                     help="The input column counting guns per row (a published count table: "
+                          "guns by state, year …). Found by name without this: guns, "
+                          "firearms, count, total, n, cantidad, armas …"),
         click.option("--overrides", type=click.Path(exists=True, dir_okay=False),
                      help="CSV of place fixes (place,lat,lon or place,replacement)."),
         click.option("--flow-level", type=click.Choice(["place", "state"]), default=None,
@@ -138,7 +142,8 @@ def _pipeline_options(func):
 def _run_options(*, dayfirst: bool | None, column_map: str | None, overrides: str | None,
                  flow_level: str | None, show_names: bool | None, config: Config | None = None,
                  pseudonym_key_file: str | None = None, min_cell: int | None = None,
-                 trafficker_min_guns: int | None = None, **geocoding):
+                 trafficker_min_guns: int | None = None, count_column: str | None = None,
+                 **geocoding):
     """RunOptions from command-line values, falling back to the config file, then defaults.
 
     Showing names and turning suppression off print a notice naming where the setting came
@@ -159,9 +164,12 @@ def _run_options(*, dayfirst: bool | None, column_map: str | None, overrides: st
         notice("small-count suppression is off: purchaser ids and exact dates of single guns "
                f"are published ({origin(config, 'min_cell', min_cell, flag='--min-cell 1')})")
     key = resolve_key(key_file=pseudonym_key_file, config=config)
+    mapping = load_column_map(column_map) if column_map else None
+    if count_column:  # --count-column NAME: that header is the count column
+        mapping = {**(mapping or {}), count_column: "guns"}
     return RunOptions(
         dayfirst=bool(config.pick("dayfirst", dayfirst, False)),
-        column_map=load_column_map(column_map) if column_map else None,
+        column_map=mapping,
         geocoder=geocoder_from_config(config, **geocoding),
         overrides=config.pick("overrides", overrides),
         flow_level=config.pick("flow_level", flow_level, "place"),

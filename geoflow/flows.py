@@ -21,10 +21,12 @@ from geoflow.aggregate import (
     fill_unknown,
     first_rows,
     group_stats,
+    gun_weights,
     is_value,
     iso_dates,
     recovery_keys,
     take_text,
+    weighted_count,
 )
 from geoflow.shapes import load_state_points
 
@@ -112,7 +114,8 @@ def dealer_ids(records: pd.DataFrame) -> pd.Series:
         + _norm(distinct["dealer_city"]).fillna("") + "|"
         + _norm(distinct["dealer_state"]).fillna("")
     )
-    fallback = fallback.mask(fallback == "||")
+    # neither name nor city (a count table's bare state): no dealer is known
+    fallback = fallback.mask(fallback.str.startswith("||"))
     ids = _hash_ids(("ffl:" + ffl).fillna("name:" + fallback), "D-", 8)
     return pd.Series(ids.array.take(group), index=records.index, dtype="string")
 
@@ -314,7 +317,7 @@ def build_flows(
     hashes = _flow_hash(key)
     # number the flows in output order (guns desc, then id) before building anything big,
     # so no sorted copy of the whole table is needed afterwards
-    order = np.lexsort((hashes, -np.bincount(group, minlength=n)))
+    order = np.lexsort((hashes, -weighted_count(group, gun_weights(records), n)))
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     group, first, hashes = rank[group], first[order], hashes[order]
@@ -375,8 +378,10 @@ def build_flows(
 
 def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
     """One Point per dealer (placed records): guns, purchasers, top purchaser and its share,
-    median time to crime and purchase span."""
+    median time to crime and purchase span. Records naming no dealer (no name, FFL or city:
+    a count table's bare state) have no dealer point."""
     records = counted(records)
+    records = records[records["dealer_id"].notna().to_numpy(dtype=bool)]
     group, n = _group(records, ["dealer_id"])
     stats = group_stats(records, group, n)
     first = first_rows(group, n)
@@ -408,8 +413,10 @@ def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
 
 def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
     """One Point per recovery place (placed records): guns, purchasers, geocode level and
-    recovery date span."""
+    recovery date span. Rows of a count table that end at the border (recovery "Mexico" with
+    no place, :data:`geoflow.counts.BORDER_LEVEL`) have no recovery place and are left out."""
     records = counted(records)
+    records = records[~is_value(records["recovery_geocode_level"], "country")]
     group, n = _group(records, recovery_keys(records))
     stats = group_stats(records, group, n)
     first = first_rows(group, n)
@@ -438,10 +445,10 @@ def build_crossings(records: pd.DataFrame, ports: gpd.GeoDataFrame) -> gpd.GeoDa
     """One Point per port used by placed records, with guns split known / modelled."""
     records = counted(records)
     code, uniques = pd.factorize(records["crossing_code"], use_na_sentinel=True)
-    keep = code >= 0
-    guns = np.bincount(code[keep], minlength=len(uniques))
-    modelled = np.bincount(code[keep], weights=is_value(records["route_kind"], "modelled")[keep],
-                           minlength=len(uniques)).astype(np.int64)
+    weights = gun_weights(records)
+    guns = weighted_count(code, weights, len(uniques))
+    modelled = weighted_count(code, weights * is_value(records["route_kind"], "modelled"),
+                              len(uniques))
     counts = pd.DataFrame({"guns": guns, "guns_modelled": modelled},
                           index=pd.Index(np.asarray(uniques, dtype=str), name="code"))
     used = ports.assign(code=ports["code"].astype(str)).merge(
@@ -459,15 +466,16 @@ def build_states(records: pd.DataFrame, states: gpd.GeoDataFrame) -> gpd.GeoData
     """Every US and Mexican state with ``guns`` (US: sourced there, MX: recovered there) and
     ``share`` of placed guns on its side of the border."""
     records = counted(records)
-    sourced = records["dealer_admin1"].value_counts()
-    recovered = records["recovery_admin1"].value_counts()
+    weights = pd.Series(gun_weights(records), index=records.index)
+    sourced = weights.groupby(records["dealer_admin1"], observed=True).sum()
+    recovered = weights.groupby(records["recovery_admin1"], observed=True).sum()
     out = gpd.GeoDataFrame(states[["code", "name", "country"]].copy(),
                            geometry=states.geometry.to_numpy(), crs="EPSG:4326")
     is_us = (out["country"] == "US").to_numpy()
     codes = out["code"].astype(str)
     guns = np.where(is_us, codes.map(dict(sourced)).fillna(0),
                     codes.map(dict(recovered)).fillna(0)).astype("int64")
-    total = len(records)
+    total = int(weights.sum())
     out.insert(3, "guns", guns)
     out.insert(4, "share", np.round(guns / total, 6) if total else 0.0)
     return out

@@ -38,6 +38,7 @@ from geoflow import schema
 from geoflow.errors import InputError, SchemaError
 
 __all__ = [
+    "parse_counts",
     "ReadResult",
     "read_traces",
     "load_column_map",
@@ -257,6 +258,8 @@ def read_traces(
         "rows_valid": len(records),
         "rows_rejected": int(rejects["line"].nunique()),
         "header_map": header_map,
+        # the input header read as the count column (a count table), else None
+        "count_column": raw_names.get(schema.COUNT_COLUMN),
     }
     log.info(
         "%s: %d rows read, %d valid, %d rejected",
@@ -442,11 +445,23 @@ def standardise_traces(
                                           f"coordinate outside -{limit}..{limit}: "
                                           + values[out_of_range]))
         coordinates[column] = numbers.astype("float64")
+    count_table = schema.COUNT_COLUMN in frame.columns
+    if count_table:  # a count table: each row stands for its count of guns
+        guns, bad = parse_counts(frame[schema.COUNT_COLUMN])
+        shown = frame[schema.COUNT_COLUMN].astype("str").fillna("(empty)")
+        problems.append(_problem_rows(bad, lines, label(schema.COUNT_COLUMN),
+                                      "count is not a non-negative integer: " + shown[bad]))
+        problems.append(_problem_rows(_totals_rows(frame), lines, "",
+                                      "a totals row (its guns are the other rows' sum)"))
     rejects = pd.concat(problems, ignore_index=True).sort_values(["row", "column"], kind="stable")
+    if count_table:  # guns of each rejected row where its count is readable (for accounting)
+        rejects["guns"] = pd.array(guns, dtype="Int64")[rejects["row"].to_numpy()]
     keep = np.ones(len(frame), dtype=bool)
     keep[rejects["row"].to_numpy()] = False
 
-    records = frame.assign(**coordinates)
+    records = frame.assign(**coordinates, **{schema.COUNT_COLUMN: np.ones(len(frame), np.int64)
+                                             if not count_table
+                                             else np.nan_to_num(guns, nan=0).astype(np.int64)})
     del frame, coordinates
     if not keep.all():  # copy the table only when a row really goes
         records = records.loc[keep].reset_index(drop=True)
@@ -454,7 +469,9 @@ def standardise_traces(
     records["recovery_country"] = records["recovery_country"].fillna("MX")
     given = records["trace_id"].notna()
     if not given.all():
-        columns = [c for c in schema.CANONICAL_COLUMNS if c != "trace_id"]
+        # a count table's rows differ by their count, year … too: hash every column
+        columns = [c for c in (records.columns if count_table else schema.CANONICAL_COLUMNS)
+                   if c != "trace_id"]
         records.loc[~given, "trace_id"] = _hash_ids(records.loc[~given, columns])
 
     warning_frames: list[pd.DataFrame] = []
@@ -479,6 +496,18 @@ def standardise_traces(
                 counts[f"{label(column)}: {key}"] = int(number)
         records[column] = parsed
 
+    if schema.YEAR_COLUMN in records.columns:
+        text = records[schema.YEAR_COLUMN].astype("str")
+        years = pd.to_numeric(text.str.replace(r"\.0*$", "", regex=True), errors="coerce")
+        years = years.where(years.between(1800, 2200) & (years % 1 == 0))
+        bad = (text.notna() & years.isna()).to_numpy(dtype=bool)
+        if bad.any():
+            warning_frames.append(pd.DataFrame({
+                "line": kept_lines[bad], "column": label(schema.YEAR_COLUMN),
+                "value": text[bad].to_numpy(), "reason": "unparseable year"}))
+            counts[f"{label(schema.YEAR_COLUMN)}: unparseable year"] = int(bad.sum())
+        records[schema.YEAR_COLUMN] = years.astype("Int64")
+
     before = records["recovery_date"] - records["purchase_date"]
     records["source_line"] = kept_lines.astype("int64")
     records["time_to_crime_days"] = (before / pd.Timedelta(days=1)).astype("float64")
@@ -489,7 +518,7 @@ def standardise_traces(
     ).to_numpy()
     records["flag_duplicate"] = _duplicates(records, given)
 
-    derived = ["source_line", "time_to_crime_days", *schema.FLAG_COLUMNS]
+    derived = ["source_line", "time_to_crime_days", *schema.FLAG_COLUMNS, schema.COUNT_COLUMN]
     extra = [c for c in records.columns if c not in schema.CANONICAL_COLUMNS and c not in derived]
     records = records[[*schema.CANONICAL_COLUMNS, *extra, *derived]]
     warnings = _capped(warning_frames)
@@ -676,10 +705,46 @@ def _parse_date_strings(values: pd.Series, *, dayfirst: bool) -> tuple[np.ndarra
     return parsed.to_numpy(), reason
 
 
+#: Cell texts (normalised) that mark a published table's totals row.
+_TOTAL_WORDS = frozenset({"total", "totals", "grand total", "total general", "suma", "sum",
+                          "all states", "todos", "todos los estados", "total nacional"})
+
+
+def _totals_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Rows of a count table whose place, dealer or year cell reads ``Total`` (``Grand
+    Total``, ``Total general`` …): counting them would count their guns twice."""
+    columns = [c for c in ("dealer_state", "dealer_name", "recovery_state", "recovery_city",
+                           "recovery_country", "crossing", schema.YEAR_COLUMN)
+               if c in frame.columns]
+    total = np.zeros(len(frame), dtype=bool)
+    for column in columns:
+        text = frame[column].astype("str").str.casefold().str.strip(" :.*")
+        total |= text.isin(_TOTAL_WORDS).to_numpy(dtype=bool)
+    return total
+
+
+def parse_counts(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Count cells → (float array of counts, NaN where unreadable; boolean array of bad
+    cells). A count is a non-negative whole number: ``12``, ``12.0`` (a spreadsheet's
+    number), ``1,234`` or ``1 234`` (thousands separators); anything else — empty, negative,
+    fractional, text — is bad.
+
+    >>> parse_counts(pd.Series(["3", "1,234", "-1", "2.5", None]))[1].tolist()
+    [False, False, True, True, True]
+    """
+    text = values.astype("str").str.strip()
+    grouped = text.str.fullmatch(r"\d{1,3}(?:[,\u00a0 ]\d{3})+").fillna(False)
+    text = text.mask(grouped, text.str.replace(r"[,\u00a0 ]", "", regex=True))
+    whole = text.str.fullmatch(r"\d+(?:\.0*)?").fillna(False).to_numpy(dtype=bool)
+    numbers = pd.to_numeric(text.where(whole), errors="coerce").to_numpy(dtype=float)
+    return numbers, ~whole
+
+
 def _hash_ids(records: pd.DataFrame) -> pd.Series:
-    """Stable generated trace ids: ``T-`` + 10 hex digits of a hash of the canonical cells."""
-    columns = [c for c in schema.CANONICAL_COLUMNS if c != "trace_id"]
-    hashes = pd.util.hash_pandas_object(records[columns], index=False).to_numpy(np.uint64)
+    """Stable generated trace ids: ``T-`` + 10 hex digits of a hash of the cells of
+    ``records`` (the caller picks the columns: the canonical ones; every one for a count
+    table, whose rows differ by count and year too)."""
+    hashes = pd.util.hash_pandas_object(records, index=False).to_numpy(np.uint64)
     digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
     shifts = np.arange(60, 20, -4, dtype=np.uint64)
     nibbles = ((hashes[:, None] >> shifts) & np.uint64(15)).astype(np.intp)

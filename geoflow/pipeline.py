@@ -35,6 +35,8 @@ from geoflow.aggregate import (
     build_tables,
     findings,
     flag_counts,
+    gun_weights,
+    is_value,
     unplace_duplicates,
 )
 from geoflow.crossings import unmatched_crossings
@@ -87,8 +89,8 @@ UNPLACED_REASONS = (
 )
 #: Columns of unplaced.csv (no purchaser or possessor names: those never leave unmasked).
 UNPLACED_COLUMNS = (
-    "line", "reason", "trace_id", "dealer_name", "dealer_city", "dealer_state", "dealer_zip",
-    "dealer_geocode_level", "recovery_city", "recovery_state", "recovery_country",
+    "line", "reason", "guns", "trace_id", "dealer_name", "dealer_city", "dealer_state",
+    "dealer_zip", "dealer_geocode_level", "recovery_city", "recovery_state", "recovery_country",
     "recovery_geocode_level",
 )
 #: Record columns that flows, dealers, recoveries, crossings and states read.
@@ -97,7 +99,7 @@ LAYER_INPUT_COLUMNS = (
     "dealer_lat", "dealer_geocode_level", "dealer_geocode_score", "recovery_place",
     "recovery_admin1", "recovery_lon", "recovery_lat", "recovery_geocode_level",
     "recovery_geocode_score", "recovery_date", "crossing_code", "route_kind", "purchaser_id",
-    "purchaser_label", "purchase_date", "time_to_crime_days",
+    "purchaser_label", "purchase_date", "time_to_crime_days", "guns",
 )
 #: Entity columns turned into categoricals once per analysis, so every groupby, factorize and
 #: take afterwards works on small integer codes instead of a million strings.
@@ -303,6 +305,7 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
     """Read, geocode, assign crossings and add ids (``purchaser_id``, ``possessor_id``,
     ``dealer_id``) and ``placed``/``unplaced_reason``. Real names are kept here so filters can
     match them; :func:`analyse` decides what is shown."""
+    from geoflow.counts import to_border
     from geoflow.crossings import assign_crossings, load_ports
     from geoflow.geocode import geocode_traces
     from geoflow.io import read_traces
@@ -325,7 +328,9 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
                                          overrides=options.overrides)
     log.info("geocoded %s distinct places", f"{len(report):,}")
     with _stage("crossings", timings, memory):
-        records = assign_crossings(records, load_ports())
+        ports = load_ports()
+        # a count table's "Mexico" with no place: the flow ends at the border (geoflow.counts)
+        records = to_border(assign_crossings(records, ports), ports)
         records = pseudonymise(records, key=options.pseudonym_key)
         records["dealer_id"] = dealer_ids(records)
         records = _compact(unplace_duplicates(place_records(records)))
@@ -381,8 +386,8 @@ def _unplaced(records: pd.DataFrame) -> pd.DataFrame:
         source = {"line": "source_line", "reason": "unplaced_reason"}.get(column, column)
         value = rows.get(source, pd.NA)
         out[column] = value.astype(object) if isinstance(value, pd.Series) else value
-    out = out.astype({c: "string" for c in UNPLACED_COLUMNS if c != "line"})
-    out["line"] = out["line"].astype("Int64")
+    out = out.astype({c: "string" for c in UNPLACED_COLUMNS if c not in ("line", "guns")})
+    out = out.astype({"line": "Int64", "guns": "Int64"})
     return out.sort_values("line", kind="stable").reset_index(drop=True)
 
 
@@ -437,7 +442,8 @@ def analyse(
         tables = build_tables(frame, ports=ports, state_names=state_names,
                               trafficker_min_guns=options.trafficker_min_guns)
         found = findings(frame, tables, min_guns=options.trafficker_min_guns,
-                         min_cell=options.min_cell)
+                         min_cell=options.min_cell,
+                         count_table=bool(prepared.source.get("count_column")))
     with _stage("flows", timings, memory):
         # only the columns the map layers need: a filtered copy of every column would double
         # the memory of the records for large inputs
@@ -445,6 +451,7 @@ def analyse(
         placed = frame.loc[frame["placed"].to_numpy(dtype=bool), layer_columns]
         unplaced = _unplaced(frame)
         rows_selected = len(frame)
+        guns_selected = int(gun_weights(frame).sum())
         del frame  # the encoded columns not needed by the layers go now
         drawn = placed if layers else placed.iloc[0:0]
         # more place-level flows than flows.geojson holds: lines are only drawn from its
@@ -485,8 +492,7 @@ def analyse(
         "dealers": len(dealers),
         "recoveries": len(recoveries),
         "crossings": len(crossings),
-        "guns_known_crossing": int((placed["route_kind"] == "known").sum()),
-        "guns_modelled_crossing": int((placed["route_kind"] == "modelled").sum()),
+        **gun_counts(prepared, placed, guns_selected),
     }
     source = prepared.source
     manifest = {
@@ -495,7 +501,8 @@ def analyse(
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         # the file name only: an absolute path would publish the user's folders
         "input": {"path": Path(str(source.get("path", ""))).name,
-                  **{k: source.get(k) for k in ("sha256", "format", "encoding")}},
+                  **{k: source.get(k) for k in ("sha256", "format", "encoding",
+                                                "count_column")}},
         "options": options.describe(),
         "show_names": options.show_names,
         "pseudonyms": options.describe()["pseudonym_key"],
@@ -516,6 +523,35 @@ def analyse(
         warnings=prepared.warnings, flows_overview=overview,
         suppression=suppression,
     )
+
+
+def gun_counts(prepared: PreparedRecords, placed: pd.DataFrame, guns_selected: int) -> dict:
+    """Accounting in guns (a count table's rows stand for many): ``guns_read = guns_valid +
+    guns_rejected``, ``guns_valid = guns_placed + guns_unplaced + guns_filtered_out``, and the
+    guns over the flows add up to ``guns_placed``. ``guns_rejected`` counts the guns of
+    rejected rows whose count could be read; ``rows_rejected_count_unreadable`` says how many
+    rejected rows had none (their guns are unknown). A trace file's row is one gun."""
+    guns_valid = int(gun_weights(prepared.records).sum())
+    rejects = prepared.rejects
+    rows_rejected = int(rejects["line"].nunique()) if len(rejects) else 0
+    if prepared.source.get("count_column") and "guns" in rejects.columns:
+        per_line = rejects.groupby("line")["guns"].max()  # NA when no readable count
+        guns_rejected, unreadable = int(per_line.sum()), int(per_line.isna().sum())
+    else:
+        guns_rejected, unreadable = rows_rejected, 0
+    weights = gun_weights(placed)
+    guns_placed = int(weights.sum())
+    return {
+        "guns_read": guns_valid + guns_rejected,
+        "guns_valid": guns_valid,
+        "guns_rejected": guns_rejected,
+        "rows_rejected_count_unreadable": unreadable,
+        "guns_filtered_out": guns_valid - guns_selected,
+        "guns_placed": guns_placed,
+        "guns_unplaced": guns_selected - guns_placed,
+        "guns_known_crossing": int(weights[is_value(placed["route_kind"], "known")].sum()),
+        "guns_modelled_crossing": int(weights[is_value(placed["route_kind"], "modelled")].sum()),
+    }
 
 
 def run_pipeline(source: str | Path, *, options: RunOptions | None = None) -> RunResult:

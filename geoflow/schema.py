@@ -15,6 +15,9 @@ from geoflow.errors import SchemaError
 
 __all__ = [
     "CANONICAL_COLUMNS",
+    "COUNT_COLUMN",
+    "YEAR_COLUMN",
+    "COUNT_TABLE_COLUMNS",
     "DATE_COLUMNS",
     "COORDINATE_COLUMNS",
     "TEXT_COLUMNS",
@@ -60,6 +63,13 @@ CANONICAL_COLUMNS: tuple[str, ...] = (
     "recovery_lat",
     "recovery_lon",
 )
+
+#: Count-table columns (published tables: guns by state, year …), mapped like canonical ones
+#: but only present when the input has them: ``guns`` makes a row stand for that many guns
+#: (non-negative integer), ``recovery_year`` is a bare year of recovery.
+COUNT_COLUMN = "guns"
+YEAR_COLUMN = "recovery_year"
+COUNT_TABLE_COLUMNS: tuple[str, ...] = (COUNT_COLUMN, YEAR_COLUMN)
 
 DATE_COLUMNS: tuple[str, ...] = ("purchase_date", "recovery_date")
 COORDINATE_COLUMNS: tuple[str, ...] = ("dealer_lat", "dealer_lon", "recovery_lat", "recovery_lon")
@@ -184,6 +194,9 @@ _RAW_ALIASES: dict[str, tuple[str, ...]] = {
     "dealer_state": (
         "ffl state", "dealer state", "store state", "purchase state", "state of purchase",
         "estado armeria", "estado de la armeria", "estado de compra",
+        # count tables: the US side is often just a state
+        "source state", "state", "us state", "u s state", "state of origin", "origin state",
+        "estado de origen", "estado origen",
     ),
     "dealer_zip": (
         "ffl zip", "ffl zip code", "ffl zipcode", "dealer zip", "zip", "zip code", "zipcode",
@@ -202,6 +215,7 @@ _RAW_ALIASES: dict[str, tuple[str, ...]] = {
     "recovery_state": (
         "recovery state", "state recovered", "recovery province",
         "estado", "entidad", "entidad federativa", "estado de aseguramiento",
+        "mexican state", "mexico state", "mx state", "estado mexicano", "estado de recuperacion",
     ),
     "recovery_country": (
         "recovery country", "country recovered", "country", "pais", "pais de aseguramiento",
@@ -224,6 +238,15 @@ _RAW_ALIASES: dict[str, tuple[str, ...]] = {
     "recovery_lon": (
         "recovery lon", "recovery lng", "recovery long", "recovery longitude",
         "longitud", "longitud aseguramiento",
+    ),
+    COUNT_COLUMN: (
+        "guns", "firearms", "count", "total", "n", "firearms traced", "number of firearms",
+        "cantidad", "armas", "numero de armas", "number of guns", "guns recovered",
+        "firearms recovered", "total firearms",
+    ),
+    YEAR_COLUMN: (
+        "year", "ano", "recovery year", "year recovered", "calendar year",
+        "ano de aseguramiento", "ano de recuperacion",
     ),
 }
 
@@ -278,7 +301,7 @@ def validate_column_map(
     result: dict[str, str] = {}
     for header, target in (mapping or {}).items():
         canonical = normalise_header(str(target))
-        if canonical not in CANONICAL_COLUMNS:
+        if canonical not in CANONICAL_COLUMNS + COUNT_TABLE_COLUMNS:
             hint = difflib.get_close_matches(canonical, CANONICAL_COLUMNS, n=3)
             did_you_mean = f" (did you mean {', '.join(hint)}?)" if hint else ""
             raise SchemaError(

@@ -1,0 +1,232 @@
+"""Count tables as input: small tables shaped like ATF's published ones (guns by source state;
+by state and year; by US state and Mexican state), run end to end through the CLI, with the
+accounting in rows and guns, the flows, the maps' layers and the analyst files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyogrio
+import pytest
+from click.testing import CliRunner
+from test_outputs_doc import DOC, undocumented
+
+from geoflow.aggregate import weighted_median
+from geoflow.cli import cli
+from geoflow.counts import BORDER_PLACE
+from geoflow.io import parse_counts, read_traces
+
+# "Firearms Recovered and Traced in Mexico", by US source state (ATF's published layout:
+# a Total row at the bottom, thousands separators)
+STATE_TABLE = """Source State,Firearms Traced
+Texas,"1,234"
+Arizona,567
+California,300
+New Mexico,abc
+Florida,-3
+Illinois,12.5
+Total,"2,101"
+,40
+"""
+STATE_YEAR_TABLE = """State,Year,Firearms
+TX,2009,700
+TX,2010,534
+AZ,2009,300
+AZ,2010,267
+CA,2010,0
+NM,20x0,9
+"""
+# US state × Mexican state, Spanish headers as Mexican releases write them
+STATE_STATE_TABLE = """estado de origen,estado,número de armas
+Texas,Tamaulipas,400
+Texas,Chihuahua,250
+Arizona,Sonora,320
+Arizona,Sinaloa,80
+California,Baja California,150
+Texas,Nuevo León,-
+"""
+
+
+def _run(tmp_path: Path, name: str, text: str, *args: str) -> tuple[Path, dict]:
+    source = tmp_path / f"{name}.csv"
+    source.write_text(text, encoding="utf-8")
+    out = tmp_path / f"out-{name}"
+    result = CliRunner().invoke(cli, ["-q", "run", str(source), "-o", str(out), *args],
+                                obj={}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+
+
+def _geojson(out: Path, name: str) -> list[dict]:
+    return [f["properties"] for f in
+            json.loads((out / f"{name}.geojson").read_text(encoding="utf-8"))["features"]]
+
+
+def _check_accounting(out: Path, counts: dict) -> None:
+    """Rows and guns add up, and every published total is in guns."""
+    assert counts["rows_read"] == counts["rows_valid"] + counts["rows_rejected"]
+    assert counts["rows_valid"] == counts["rows_placed"] + counts["rows_unplaced"]
+    assert counts["guns_read"] == (counts["guns_placed"] + counts["guns_unplaced"]
+                                   + counts["guns_rejected"])
+    assert sum(f["guns"] for f in _geojson(out, "flows")) == counts["guns_placed"]
+    kepler = pd.read_csv(out / "flowmap" / "kepler_flows.csv")
+    assert kepler["guns"].sum() == counts["guns_placed"]
+    for name in ("flows", "flows_dealer_port", "flows_port_place"):
+        table = pd.read_csv(out / "flowmap" / f"{name}.csv")
+        assert table["count"].sum() == counts["guns_placed"], name
+    crossings = _geojson(out, "crossings")
+    assert sum(c["guns"] for c in crossings) == counts["guns_placed"]
+    assert (counts["guns_known_crossing"] + counts["guns_modelled_crossing"]
+            == counts["guns_placed"])
+    gpkg = pyogrio.read_dataframe(out / "geoflow.gpkg", layer="flows")
+    assert gpkg["guns"].sum() == counts["guns_placed"]
+
+
+def test_state_count_table_maps_the_us_side_and_flows_to_the_border(tmp_path):
+    out, manifest = _run(tmp_path, "by_state", STATE_TABLE)
+    counts = manifest["counts"]
+    assert manifest["input"]["count_column"] == "Firearms Traced"
+    # 8 rows: 3 good; abc, -3, 12.5 unreadable counts; the Total row; a row with no state
+    assert (counts["rows_read"], counts["rows_valid"], counts["rows_rejected"]) == (8, 3, 5)
+    assert (counts["guns_valid"], counts["guns_placed"], counts["guns_unplaced"]) == (
+        2101, 2101, 0)
+    # readable counts of rejected rows: the Total row's 2,101 and the stateless row's 40
+    assert counts["guns_rejected"] == 2141 and counts["rows_rejected_count_unreadable"] == 3
+    assert counts["guns_read"] == 4242
+    _check_accounting(out, counts)
+    rejects = pd.read_csv(out / "rejects.csv")
+    reasons = dict(zip(rejects["line"], rejects["reason"], strict=True))
+    assert reasons[5] == "count is not a non-negative integer: abc"
+    assert reasons[6].endswith(": -3") and reasons[7].endswith(": 12.5")
+    assert reasons[8].startswith("a totals row")
+    assert set(rejects.loc[rejects["line"] == 5, "column"]) == {"Firearms Traced"}
+    # the US side: choropleth in guns; no Mexican state, no recovery point is invented
+    states = {s["code"]: s for s in _geojson(out, "states")}
+    assert (states["US-TX"]["guns"], states["US-AZ"]["guns"], states["US-CA"]["guns"]) == (
+        1234, 567, 300)
+    assert all(s["guns"] == 0 for s in states.values() if s["country"] == "MX")
+    assert _geojson(out, "recoveries") == [] and counts["recoveries"] == 0
+    assert _geojson(out, "dealers") == []  # a bare state is no dealer
+    flows = _geojson(out, "flows")
+    assert sorted(f["guns"] for f in flows) == [300, 567, 1234]
+    for flow in flows:  # each flow ends at its port: the border, no further
+        assert flow["recovery_place"] == BORDER_PLACE
+        assert (flow["recovery_lon"], flow["recovery_lat"]) == (flow["port_lon"],
+                                                                 flow["port_lat"])
+        assert flow["route_kind"] == "modelled" and flow["recovery_state"] == "unknown"
+    table = pd.read_csv(out / "tables" / "by_us_state.csv")
+    assert table.set_index("state")["guns"].to_dict() == {"US-TX": 1234, "US-AZ": 567,
+                                                          "US-CA": 300}
+    findings = {f["id"]: f for f in json.loads((out / "findings.json").read_text())}
+    for key in ("prolific_purchasers", "short_time_to_crime", "top_dealers"):
+        assert "not available in a count table" in findings[key]["text"], key
+        assert findings[key]["numbers"] == {"available": False}
+    assert "most_prolific_purchaser" not in findings
+    assert "Texas (1,234" in findings["top_source_states"]["text"]
+    # every column a count table adds (rejects' guns, findings' "available") is documented
+    assert undocumented(out, DOC.read_text(encoding="utf-8")) == []
+
+
+def test_state_year_table_counts_guns_per_year(tmp_path):
+    out, manifest = _run(tmp_path, "by_state_year", STATE_YEAR_TABLE)
+    counts = manifest["counts"]
+    assert (counts["rows_read"], counts["rows_valid"], counts["rows_rejected"]) == (6, 6, 0)
+    assert counts["guns_read"] == counts["guns_valid"] == 1801 + 9
+    assert counts["guns_placed"] == 1810
+    _check_accounting(out, counts)
+    # the same state in two years is two rows, not a duplicate
+    assert manifest["quality"]["flags"]["flag_duplicate"] == 0
+    assert manifest["quality"]["reader_warnings"] == {"Year: unparseable year": 1}
+    years = pd.read_csv(out / "tables" / "by_year.csv")
+    recovered = years.groupby("year")["recovered"].sum().to_dict()
+    assert recovered == {2009: 1000, 2010: 801}  # NM's unreadable year counts in no year
+    assert years["purchased"].sum() == 0
+    table = pd.read_csv(out / "tables" / "by_us_state.csv").set_index("state")["guns"]
+    assert table.to_dict() == {"US-TX": 1234, "US-AZ": 567, "US-NM": 9}  # CA: 0 guns
+    flows = _geojson(out, "flows")
+    assert {f["dealer_state"] for f in flows} == {"US-TX", "US-AZ", "US-NM"}
+
+
+def test_us_state_by_mexican_state_table_draws_state_flows(tmp_path):
+    out, manifest = _run(tmp_path, "state_matrix", STATE_STATE_TABLE, "--flow-level",
+                         "state")
+    counts = manifest["counts"]
+    assert manifest["input"]["count_column"] == "número de armas"
+    assert (counts["rows_valid"], counts["rows_rejected"]) == (5, 1)
+    assert counts["guns_placed"] == 1200 and counts["guns_rejected"] == 0
+    assert counts["rows_rejected_count_unreadable"] == 1
+    _check_accounting(out, counts)
+    matrix = pd.read_csv(out / "tables" / "state_matrix.csv")
+    pairs = {(r.us_state, r.mx_state): r.guns for r in matrix.itertuples()}
+    assert pairs == {("US-TX", "MX-TAM"): 400, ("US-TX", "MX-CHH"): 250,
+                     ("US-AZ", "MX-SON"): 320, ("US-AZ", "MX-SIN"): 80,
+                     ("US-CA", "MX-BCN"): 150}
+    states = {s["code"]: s["guns"] for s in _geojson(out, "states")}
+    assert (states["US-TX"], states["MX-TAM"], states["MX-SIN"]) == (650, 400, 80)
+    mx = pd.read_csv(out / "tables" / "by_mx_state.csv").set_index("state")["guns"]
+    assert mx.sum() == 1200 and mx["MX-CHH"] == 250
+    flows = _geojson(out, "flows")
+    texas = {(f["dealer_lon"], f["dealer_lat"]) for f in flows if f["dealer_state"] == "US-TX"}
+    assert len(texas) == 1  # one fixed point per state
+    recoveries = _geojson(out, "recoveries")
+    assert {r["geocode_level"] for r in recoveries} == {"state"}  # a state's point, a guess
+    assert sum(r["guns"] for r in recoveries) == 1200
+    locations = pd.read_csv(out / "flowmap" / "locations.csv")
+    assert {"US-TX", "MX-CHH", "MX-BCN"} <= set(locations["id"])
+
+
+def test_count_column_option_names_an_unusual_header(tmp_path):
+    text = "Source State,Armas rastreadas\nTexas,10\nArizona,5\n"
+    out, manifest = _run(tmp_path, "custom", text, "--count-column", "Armas rastreadas")
+    assert manifest["input"]["count_column"] == "Armas rastreadas"
+    assert manifest["counts"]["guns_placed"] == 15
+    _check_accounting(out, manifest["counts"])
+
+
+def test_trace_files_count_one_gun_per_row(tmp_path):
+    text = ("FFL Name,FFL City,FFL State,Recovery City,Recovery State\n"
+            "Shop A,Houston,TX,Reynosa,Tamaulipas\nShop A,Houston,TX,Reynosa,Tamaulipas\n"
+            "Shop B,Phoenix,AZ,Hermosillo,Sonora\n")
+    out, manifest = _run(tmp_path, "traces", text)
+    counts = manifest["counts"]
+    assert manifest["input"]["count_column"] is None
+    assert counts["guns_read"] == counts["rows_read"] == 3
+    # the repeated row is a duplicate trace record: unplaced, one gun
+    assert counts["guns_placed"] == counts["rows_placed"] == 2
+    assert counts["guns_unplaced"] == counts["rows_unplaced"] == 1
+    _check_accounting(out, counts)
+    unplaced = pd.read_csv(out / "unplaced.csv")
+    assert list(unplaced.columns[:3]) == ["line", "reason", "guns"]
+
+
+def test_reader_keeps_counts_as_a_weight_column(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("Source State,Total\nTexas,3\nTexas,3\n", encoding="utf-8")
+    read = read_traces(path)
+    assert read.records["guns"].tolist() == [3, 3]
+    assert read.records["guns"].dtype == np.int64
+    assert read.records["flag_duplicate"].tolist() == [False, True]  # identical rows
+
+
+def test_parse_counts_accepts_whole_numbers_only():
+    numbers, bad = parse_counts(pd.Series(["3", " 1,234 ", "1 234", "7.0", "0", "-1", "2.5",
+                                           "1.234", "x", None, ""]))
+    assert bad.tolist() == [False] * 5 + [True] * 6
+    assert numbers[:5].tolist() == [3, 1234, 1234, 7, 0]
+
+
+@pytest.mark.parametrize(("values", "weights", "expected"), [
+    ([1.0, 2.0, 3.0, 4.0], [1, 1, 1, 1], 2.5),
+    ([1.0, 2.0, 3.0], [1, 1, 5], 3.0),
+    ([10.0, 20.0], [3, 3], 15.0),
+    ([5.0, np.nan, 7.0], [1, 9, 1], 6.0),
+])
+def test_weighted_median_counts_each_value_weight_times(values, weights, expected):
+    values, weights = np.array(values), np.array(weights)
+    got = weighted_median(np.zeros(len(values), np.int64), values, weights, 1)
+    assert got[0] == pytest.approx(expected)
+    finite = np.isfinite(values)
+    assert got[0] == pytest.approx(np.median(np.repeat(values[finite], weights[finite])))
