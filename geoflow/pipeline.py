@@ -329,8 +329,9 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
     log.info("geocoded %s distinct places", f"{len(report):,}")
     with _stage("crossings", timings, memory):
         ports = load_ports()
-        # a count table's "Mexico" with no place: the flow ends at the border (geoflow.counts)
-        records = to_border(assign_crossings(records, ports), ports)
+        records = assign_crossings(records, ports)
+        if read_source.get("count_column"):  # a count table's bare "Mexico": to the border
+            records = to_border(records, ports)
         records = pseudonymise(records, key=options.pseudonym_key)
         records["dealer_id"] = dealer_ids(records)
         records = _compact(unplace_duplicates(place_records(records)))

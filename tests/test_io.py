@@ -386,7 +386,9 @@ def test_text_is_stripped_country_defaults_to_mexico_and_unknown_columns_pass(tm
     assert records["time_to_crime_days_input"].tolist()[0] == "99"
     assert records.columns[: len(schema.CANONICAL_COLUMNS)].tolist() == list(
         schema.CANONICAL_COLUMNS)
-    assert records.columns[-4:].tolist() == ["time_to_crime_days", *schema.FLAG_COLUMNS]
+    assert records.columns[-5:].tolist() == ["time_to_crime_days", *schema.FLAG_COLUMNS,
+                                             "guns"]
+    assert records["guns"].tolist() == [1] * len(records)  # a trace record is one gun
 
 
 def test_placeholder_values_are_missing_data(tmp_path):
