@@ -333,6 +333,9 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         f"placed {counts['rows_placed']:,}, unplaced {counts['rows_unplaced']:,}"
         + (f" ({counts['rows_filtered_out']:,} left out by filters)"
            if counts.get("rows_filtered_out") else "")
+        + (f"; a count table: guns read {counts['guns_read']:,}, placed "
+           f"{counts['guns_placed']:,}, unplaced {counts['guns_unplaced']:,}, in rejected rows "
+           f"{counts['guns_rejected']:,}" if result.manifest["input"].get("count_column") else "")
     )
 
 

@@ -591,6 +591,11 @@ def findings_markdown(result: RunResult) -> str:
         f"Rows read {counts['rows_read']:,}; valid {counts['rows_valid']:,}; rejected "
         f"{counts['rows_rejected']:,}; placed on the map {counts['rows_placed']:,}; "
         f"unplaced {counts['rows_unplaced']:,}.",
+        *([f"A count table (column {markdown_text(result.manifest['input']['count_column'])}):"
+           f" guns read {counts['guns_read']:,}; placed on the map {counts['guns_placed']:,};"
+           f" unplaced {counts['guns_unplaced']:,}; in rejected rows "
+           f"{counts['guns_rejected']:,}."]
+          if result.manifest["input"].get("count_column") else []),
         "Figures and the numbers behind each sentence: findings.json and tables/*.csv.",
         "",
     ]

@@ -126,6 +126,9 @@ def test_state_count_table_maps_the_us_side_and_flows_to_the_border(tmp_path):
         assert findings[key]["numbers"] == {"available": False}
     assert "most_prolific_purchaser" not in findings
     assert "Texas (1,234" in findings["top_source_states"]["text"]
+    summary = (out / "findings.md").read_text(encoding="utf-8")
+    assert ("guns read 4,242; placed on the map 2,101; unplaced 0; in rejected rows 2,141"
+            in summary)
     # every column a count table adds (rejects' guns, findings' "available") is documented
     assert undocumented(out, DOC.read_text(encoding="utf-8")) == []
 
