@@ -954,7 +954,7 @@ def _lift(layer, dy: float, fig) -> None:
 def _layout_option(scene, fig, layer_type, size: StillSize, t: _Type, *, scale: float,
                    in_legend: bool, notes: Sequence[str], foot_wide: bool, m: float, gap: float,
                    top: float, legend_w: float, map_w: float, px_pt: float,
-                   force: bool = False) -> dict | None:
+                   force: bool = False, legends: dict | None = None) -> dict | None:
     """One candidate layout below the title: the foot, the legend (placed by ``blocks``:
     (legend, x, top y) in inches) and the map box left over; None when it does not fit."""
     W = size.width_in
@@ -965,8 +965,13 @@ def _layout_option(scene, fig, layer_type, size: StillSize, t: _Type, *, scale: 
     kw = {"size": max(t.legend * scale, _MIN_TEXT_PT), "px_pt": px_pt}
     shown_notes = notes if in_legend else ()
     if size.landscape:
-        legend = _legend(scene, fig, legend_layer, width_pt=legend_w * 72, notes=shown_notes,
-                         **kw)
+        if legends is not None and (scale, in_legend) in legends:
+            legend, legend_layer = legends[(scale, in_legend)]  # the same for either foot
+        else:
+            legend = _legend(scene, fig, legend_layer, width_pt=legend_w * 72,
+                             notes=shown_notes, **kw)
+            if legends is not None:
+                legends[(scale, in_legend)] = (legend, legend_layer)
         legend_h = legend.height() / 72
         floor = m + (foot_h + gap if foot_wide else 0.0)
         blocks = [(legend, W - m - legend_w, top)]
@@ -1028,30 +1033,31 @@ def draw_scene(scene, *, size: StillSize | str = "wide", paper: str = "letter"):
         content = _content(scene)
         span = np.maximum((content[1] - content[0]) * (1 + 2 * _PAD), _MIN_SPAN_M)
         best = None
+        legends: dict = {}
         # the layout that gives the map the most room, text shrinking only when that pays:
         # legend size, its notes in the legend or at the foot, the foot under the map only
-        # or across the page (landscape)
+        # or across the page (landscape); once the map is as wide as it can be, stop
         for scale in (1.0, 0.9, 0.8, 0.7):
-            if scale < 1 and t.legend * scale < _MIN_TEXT_PT:
+            if (scale < 1 and t.legend * scale < _MIN_TEXT_PT) or (best and best[2]):
                 break
             for in_legend in (True, False):
                 for foot_wide in ((True, False) if size.landscape else (True,)):
                     option = _layout_option(
                         scene, fig, layer_type, size, t, scale=scale, in_legend=in_legend,
                         notes=notes, foot_wide=foot_wide, m=m, gap=gap, top=top,
-                        legend_w=legend_w, map_w=map_w, px_pt=px_pt)
+                        legend_w=legend_w, map_w=map_w, px_pt=px_pt, legends=legends)
                     if option is None:
                         continue
                     box = option["map_box"]
                     fit = min(box[2] / span[0], box[3] / span[1])  # inches per metre
                     score = fit * scale ** 0.5 * (1.0 if in_legend else 0.97)
                     if best is None or score > best[0]:
-                        best = (score, option)
+                        best = (score, option, box[2] / span[0] <= box[3] / span[1])
         if best is None:  # nothing fits: the smallest legend, notes at the foot
             best = (0, _layout_option(
                 scene, fig, layer_type, size, t, scale=0.7, in_legend=False, notes=notes,
                 foot_wide=False, m=m, gap=gap, top=top, legend_w=legend_w, map_w=map_w,
-                px_pt=px_pt, force=True))
+                px_pt=px_pt, force=True), True)
         option = best[1]
         map_box, source, legend_layer = option["map_box"], option["source"], option["legend"]
         _lift(source, m, fig)
