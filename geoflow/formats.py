@@ -62,6 +62,8 @@ SHAPEFILE_FIELDS: dict[str, str] = {
     "country": "country", "share": "share",
 }
 _LAYERS = ("flows", "dealers", "recoveries", "crossings", "states")
+#: ``last_change`` written into geoflow.gpkg (reproducible files; the manifest has the run time).
+GPKG_DATE = "2000-01-01T00:00:00.000Z"
 
 
 def _hashed_ids(prefix: str, *parts: pd.Series) -> pd.Series:
@@ -199,12 +201,20 @@ def _write(frame: pd.DataFrame, path: Path, **kwargs) -> None:
 def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame],
                      tables: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
     """One GeoPackage: each layer with its geometry (EPSG:4326), each table as an attribute
-    table (no geometry), under its own name."""
+    table (no geometry), under its own name. GDAL's timestamps are fixed
+    (``OGR_CURRENT_DATE`` = :data:`GPKG_DATE`), so the same result gives the same bytes."""
+    import pyogrio
+
     path = Path(path)
-    for name, layer in layers.items():
-        _write(layer, path, layer=name, driver="GPKG", append=path.exists())
-    for name, table in tables.items():
-        _write(pd.DataFrame(table), path, layer=name, driver="GPKG", append=path.exists())
+    previous = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": GPKG_DATE})
+    try:
+        for name, layer in layers.items():
+            _write(layer, path, layer=name, driver="GPKG", append=path.exists())
+        for name, table in tables.items():
+            _write(pd.DataFrame(table), path, layer=name, driver="GPKG", append=path.exists())
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": previous})
     return path
 
 

@@ -209,3 +209,12 @@ def test_flowmap_cells_are_formula_safe():
 
     names = formula_safe(flowmap_tables(flows)["locations"])["name"].tolist()
     assert names[0].startswith("'=") and names[-1] == "'@Place"
+
+
+def test_geopackage_bytes_do_not_depend_on_when_it_was_written(place_run, tmp_path):
+    from geoflow.formats import write_geopackage
+
+    result, out = place_run
+    layers = {name: getattr(result, name) for name in LAYERS}
+    again = write_geopackage(layers, result.tables, tmp_path / "again.gpkg")
+    assert again.read_bytes() == (out / "geoflow.gpkg").read_bytes()
