@@ -43,6 +43,7 @@ __all__ = [
     "by_crossing",
     "by_year",
     "build_tables",
+    "plural",
     "findings",
 ]
 
@@ -650,7 +651,8 @@ def build_tables(
     }
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """``"1 port"``, ``"2,343 ports"``."""
     return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
@@ -715,7 +717,7 @@ def findings(
     out.append({
         "id": "prolific_purchasers",
         "text": (
-            f"{_plural(len(big), 'purchaser')} {'is' if len(big) == 1 else 'are'} tied to "
+            f"{plural(len(big), 'purchaser')} {'is' if len(big) == 1 else 'are'} tied to "
             f"{min_guns} or more guns each; {len(single):,} of them bought most of their guns "
             "(more than half) at a single store."
             + (" Largest: " + "; ".join(
@@ -741,7 +743,7 @@ def findings(
         crossings = top["crossings"] if pd.notna(top["crossings"]) else ""
         text = (
             f"The most prolific purchaser, {top['purchaser']}, is tied to "
-            f"{_plural(int(top['guns']), 'gun')}, "
+            f"{plural(int(top['guns']), 'gun')}, "
             f"{_from_dealer(int(top['top_dealer_guns']), top['top_dealer'], of_them=True)}"
         )
         text += f"; crossings: {crossings}." if crossings else "."
@@ -797,11 +799,11 @@ def findings(
         short = int(weights[known & (ttc < TTC_SHORT_DAYS)].sum())
         share = short / with_dates
         excluded = (
-            f" {_plural(impossible, 'record')} with a recovery date before the purchase date "
+            f" {plural(impossible, 'record')} with a recovery date before the purchase date "
             f"{'was' if impossible == 1 else 'were'} left out as impossible."
             if impossible else ""
         ) + (
-            f" {_plural(future, 'record')} with a date in the future "
+            f" {plural(future, 'record')} with a date in the future "
             f"{'was' if future == 1 else 'were'} left out as impossible."
             if future else ""
         )

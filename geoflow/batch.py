@@ -36,6 +36,7 @@ from geoflow.select import entity_keys, list_entities
 __all__ = [
     "DEFAULT_MIN_GUNS",
     "BatchResult",
+    "in_sentence",
     "entity_table",
     "slugify",
     "assign_slugs",
@@ -62,6 +63,18 @@ _KIND_TITLES = {
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
              *(f"lpt{i}" for i in range(10))}
 _SLUG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def in_sentence(words: str) -> str:
+    """``words`` inside a sentence: the first letter lowered unless it starts a proper name
+    (``"Purchaser"`` → ``"purchaser"``; ``"US state"`` and ``"Mexican state"`` stay)."""
+    first = words.split(" ", 1)[0]
+    if first.isupper() or first in _PROPER:
+        return words
+    return words[:1].lower() + words[1:]
+
+
+_PROPER = {"Mexican"}
 
 
 def slugify(name: str, *, key: str | None = None, max_length: int = 48,
@@ -366,8 +379,8 @@ def run_batch(
     positions = pd.Series(range(len(records)), index=records.index).groupby(
         keys.to_numpy(), dropna=True).indices if len(records) else {}
     singular, plural = _KIND_TITLES[kind]
-    title = f"{title} — by {singular.lower()}" if title else (
-        f"Guns traced to Mexico by {singular.lower()}")
+    title = f"{title} — by {in_sentence(singular)}" if title else (
+        f"Guns traced to Mexico by {in_sentence(singular)}")
     with export.atomic_output_dir(out_dir, force=force) as temp, quiet_logger(pipeline.log.name):
         tasks = []  # one analysis per entity, not per record
         for row in table.itertuples(index=False):

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 import click
 
 from geoflow import __version__
 from geoflow.cli_options import (
+    ALLOW_OFFLINE_FALLBACK,
     apply_filters,
     batch_options,
     config_option,
@@ -40,8 +42,8 @@ class GeoflowGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GeoflowError as exc:
-            if (ctx.obj or {}).get("debug"):
-                raise
+            if (ctx.obj or {}).get("debug"):  # the traceback, and still the documented code
+                traceback.print_exception(exc, file=sys.stderr)
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
 
@@ -79,6 +81,10 @@ SUMMARY_TABLES = {
     "crossing": "by_crossing",
     "year": "by_year",
 }
+#: How progress lines name ``--sample`` (not the cache file it is read from).
+SAMPLE_LABEL = "the synthetic sample"
+#: Rows ``summary --by`` prints as a table without ``--top`` (a purchaser table has thousands).
+SUMMARY_TOP = 40
 
 
 def _input_path(input_path: str | None, sample: bool) -> str:
@@ -180,11 +186,12 @@ def _run_options(*, dayfirst: bool | None, column_map: str | None, overrides: st
     )
 
 
-def _prepare_selection(source: str, options: dict):
+def _prepare_selection(source: str, options: dict, *, label: str | None = None):
     """Read and geocode once (spinner on a terminal), then filter: ``(prepared, run_options,
     records, description, config)``. Pops the config and filter values from ``options``."""
     from pathlib import Path
 
+    from geoflow.aggregate import plural
     from geoflow.pipeline import prepare_records
 
     config = context_config(options.pop("config_path", None))
@@ -192,19 +199,34 @@ def _prepare_selection(source: str, options: dict):
     run_options = _run_options(**options, config=config)
     geocoder = run_options.geocoder
     try:
-        with stage(f"Reading and geocoding {Path(source).name}", enabled=show_progress()):
+        with stage(f"Reading and geocoding {label or Path(source).name}",
+                   enabled=show_progress()):
             prepared = prepare_records(source, options=run_options)
     finally:
         if geocoder is not None:
             geocoder.close()
+    source_info = prepared.source
+    log.info("read %s: %s rows, %s valid, %s rejected; %s geocoded", label or Path(source).name,
+             *(f"{int(source_info.get(k, 0)):,}"
+               for k in ("rows_read", "rows_valid", "rows_rejected")),
+             plural(len(prepared.geocode_report), "distinct place"))
     if geocoder is not None:
-        log.info("%s: %s requests", geocoder.name, f"{geocoder.requests_made:,}")
+        log.info("%s: %s", geocoder.name, plural(geocoder.requests_made, "request"))
+        _warn_geocoder(geocoder)
     records, description = apply_filters(prepared.records, filters,
                                          show_names=run_options.show_names)
     if description:
         log.info("filter: %s (%s of %s records)", description, f"{len(records):,}",
                  f"{len(prepared.records):,}")
     return prepared, run_options, records, description, config
+
+
+def _warn_geocoder(geocoder) -> None:
+    """Loud online geocoding: a warning when look-ups failed; exit 5 when all did (unless
+    --allow-offline-fallback)."""
+    message = geocoder.check()
+    if message:
+        log.warning("warning: %s", message)
 
 
 #: ``--palette`` names; kept equal to ``geoflow.render.PALETTES`` by a test (render is not
@@ -214,7 +236,7 @@ PALETTE_NAMES = ("blue-orange", "purple-green", "viridis", "cividis", "greys")
 
 #: Parameters :func:`map_look_options` adds (``run`` pops them before building RunOptions).
 LOOK_PARAMS = ("title", "subtitle", "source_line", "credit", "caveat", "palette", "top_n",
-               "max_points", "tiles", "flow_style", "max_legs")
+               "min_flow_guns", "max_points", "tiles", "flow_style", "max_legs")
 
 
 def map_look_options(func):
@@ -242,6 +264,9 @@ def map_look_options(func):
         click.option("--top-n", type=click.IntRange(min=1), default=None, metavar="N",
                      help="With --flow-style paths: draw at most N flows, the largest "
                           "(default 300); the rest are counted in the legend."),
+        click.option("--min-flow-guns", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Draw only flows of at least N guns (default 1); the rest are "
+                          "counted in the legend."),
         click.option("--max-points", type=click.IntRange(min=1), default=None, metavar="N",
                      help="Draw at most N dealers and N recovery places (default 1500)."),
         click.option("--tiles/--no-tiles", default=None,
@@ -255,7 +280,7 @@ def map_look_options(func):
 
 @cli.command("run")
 @_pipeline_options
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
+@click.option("-o", "--out", "out_dir", type=click.Path(),
               help="Output folder (default: maps/<input name>).")
 @click.option("--force", is_flag=True,
               help="Replace OUT even if it is not a folder geoflow wrote.")
@@ -304,7 +329,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         raise click.UsageError("--jobs sets the batch's worker processes: use it with --per")
     if min_guns is not None and not per:
         raise click.UsageError("--min-guns sets the batch threshold: use it with --per "
-                               "(geoflow map --min-guns thins the flows drawn)")
+                               "(--min-flow-guns thins the flows drawn on the map)")
     if per and (formats or excel):
         raise click.UsageError("--format and --excel apply to a single run, not to --per "
                                "batches (each entity folder has flowmap/ and geoflow.gpkg)")
@@ -313,7 +338,8 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     check_output_dir(out, force=force)  # refuse a foreign folder before any work
     given = {name: options.pop(name) for name in LOOK_PARAMS}
     given["source"] = given.pop("source_line")
-    prepared, run_options, records, description, config = _prepare_selection(source, options)
+    prepared, run_options, records, description, config = _prepare_selection(
+        source, options, label=SAMPLE_LABEL if sample else None)
     look = map_options(config, show_names=run_options.show_names, **given)
     if per:
         _run_batch(prepared, kind=per, out=out, records=records, description=description,
@@ -354,17 +380,34 @@ def _run_batch(prepared, *, kind: str, out, records, description: str, min_guns:
             min_guns=min_guns, force=force, title=title, progress=advance,
             map_options=look, jobs=jobs or default_jobs(),
         )
-    counts = batch.manifest["counts"]
+    click.echo(f"wrote {out}: " + _batch_line(batch.manifest["counts"], kind) + "; "
+               + _rows_line(prepared, records))
+
+
+def _batch_line(counts: dict, kind: str) -> str:
+    """``11 trafficker output sets and index.html (1,234 guns; …)``: clauses that would say
+    0 (nothing below the threshold, no record without an entity) are left out."""
+    from geoflow.aggregate import plural
+
+    parts = [plural(counts["guns_in_entities"], "gun")]
+    if counts["entities_below_threshold"]:
+        parts.append(f"{plural(counts['guns_below_threshold'], 'gun')} in "
+                     f"{plural(counts['entities_below_threshold'], kind)} below --min-guns "
+                     f"{counts['min_guns']:,}")
+    if counts["records_without_entity"]:
+        parts.append(f"{counts['records_without_entity']:,} with no {kind}")
+    return (f"{plural(counts['entities'], kind + ' output set')} and index.html "
+            f"({'; '.join(parts)})")
+
+
+def _rows_line(prepared, records) -> str:
+    """Row accounting of a batch: read, valid, rejected, placed, unplaced (+ filtered out)."""
     rows_read = int(prepared.source.get("rows_read", len(prepared.records)))
     valid = len(prepared.records)
     placed = records["placed"].to_numpy(dtype=bool)
     left_out = valid - len(records)
-    click.echo(
-        f"wrote {out}: {counts['entities']:,} {kind} output sets and index.html "
-        f"({counts['guns_in_entities']:,} guns; {counts['guns_below_threshold']:,} in "
-        f"{counts['entities_below_threshold']:,} below --min-guns {counts['min_guns']}; "
-        f"{counts['records_without_entity']:,} with no {kind}); rows read {rows_read:,}, "
-        f"valid {valid:,}, rejected {rows_read - valid:,}, "
+    return (
+        f"rows read {rows_read:,}, valid {valid:,}, rejected {rows_read - valid:,}, "
         f"placed {int(placed.sum()):,}, unplaced {int((~placed).sum()):,}"
         + (f" ({left_out:,} left out by filters)" if left_out else "")
     )
@@ -378,10 +421,11 @@ def _run_batch(prepared, *, kind: str, out, records, description: str, min_guns:
               help="Print the headline findings (the default when --by is not given).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="Output format.")
-@click.option("--top", type=click.IntRange(min=0), default=0,
-              help="Only the first N rows of the table (0 = all).")
+@click.option("--top", type=click.IntRange(min=0), default=None, metavar="N",
+              help=f"Only the first N rows of the table (0 = all; default {SUMMARY_TOP} for "
+                   "--format table, all for csv and json).")
 def summary_command(input_path: str | None, sample: bool, by: str | None, show_findings: bool,
-                    fmt: str, top: int, **options) -> None:
+                    fmt: str, top: int | None, **options) -> None:
     """Print one summary table or the headline findings of a trace file (nothing written).
 
     \b
@@ -394,13 +438,18 @@ def summary_command(input_path: str | None, sample: bool, by: str | None, show_f
     from geoflow.pipeline import analyse
 
     prepared, run_options, records, description, _ = _prepare_selection(
-        _input_path(input_path, sample), options)
+        _input_path(input_path, sample), options, label=SAMPLE_LABEL if sample else None)
     result = analyse(prepared, options=run_options, records=records, description=description,
                      layers=False)  # tables and findings only: no flow geometry to build
     if by:
         table = result.tables[SUMMARY_TABLES[by]]
         title = f"Guns by {by}" + (f" ({description})" if description else "")
+        default_top = top is None and fmt == "table"  # csv and json: every row by default
+        top = SUMMARY_TOP if default_top else top or 0
         _echo_table(table.head(top) if top else table, fmt=fmt, title=title)
+        if default_top and len(table) > top:  # a --top the user gave needs no reminder
+            click.echo(f"{len(table) - top:,} more rows not shown: --top 0 shows all "
+                       f"{len(table):,}")
     if show_findings or not by:
         _echo_findings(result.findings, fmt=fmt)
 
@@ -471,10 +520,8 @@ def _echo_findings(found: list[dict], *, fmt: str) -> None:
 @_pipeline_options
 @click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False), default="map.html",
               show_default=True, help="HTML file to write (replaced if it exists).")
-@click.option("--min-guns", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Draw only flows of at least N guns (default 1).")
 @map_look_options
-def map_command(input_path: str | None, sample: bool, out_path: str, min_guns: int | None,
+def map_command(input_path: str | None, sample: bool, out_path: str, min_flow_guns: int | None,
                 title: str | None, subtitle: str | None, source_line: str | None,
                 credit: str | None, caveat: str | None, palette: str | None,
                 top_n: int | None, max_points: int | None, tiles: bool | None,
@@ -498,11 +545,13 @@ def map_command(input_path: str | None, sample: bool, out_path: str, min_guns: i
     from geoflow.scene import build_scene
 
     source = _input_path(input_path, sample)
-    prepared, run_options, records, description, config = _prepare_selection(source, options)
+    prepared, run_options, records, description, config = _prepare_selection(
+        source, options, label=SAMPLE_LABEL if sample else None)
     look = map_options(config, show_names=run_options.show_names, source=source_line,
                        title=title, subtitle=subtitle, credit=credit, caveat=caveat,
-                       palette=palette, top_n=top_n, min_guns=min_guns, max_points=max_points,
-                       tiles=tiles, flow_style=flow_style, max_legs=max_legs)
+                       palette=palette, top_n=top_n, min_flow_guns=min_flow_guns,
+                       max_points=max_points, tiles=tiles, flow_style=flow_style,
+                       max_legs=max_legs)
     with stage("Analysing and drawing", enabled=show_progress()):
         result = analyse(prepared, options=run_options, records=records,
                          description=description)
@@ -654,7 +703,7 @@ def ports_command(texts: tuple[str, ...], fmt: str) -> None:
 
 
 @cli.command("geocode")
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
 @click.option("--column", help="Geocode this column of a plain CSV, XLSX or Parquet table "
                                "(default: the dealer and recovery places of a trace file).")
 @click.option("--country", type=click.Choice(["US", "MX"], case_sensitive=False),
@@ -683,11 +732,12 @@ def ports_command(texts: tuple[str, ...], fmt: str) -> None:
               help="Keep purchaser and possessor names of a trace file (default: replaced by "
                    "pseudonyms, purchaser_id and possessor_id).")
 @pseudonym_key_option
+@ALLOW_OFFLINE_FALLBACK
 def geocode_command(input_path: str, column: str | None, country: str | None, out_path: str,
                     report_path: str | None, service: str, user_agent: str | None,
                     api_key: str | None, domain: str | None, scheme: str | None,
                     cache_path: str | None, overrides: str | None, show_names: bool,
-                    pseudonym_key_file: str | None) -> None:
+                    pseudonym_key_file: str | None, allow_offline_fallback: bool) -> None:
     """Geocode place strings offline (or with a geopy service) and report every match.
 
     Without --column, INPUT is a trace file: dealer and recovery places get coordinates,
@@ -699,7 +749,7 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
     \b
     Example:
       geoflow geocode traces.csv -o traces_geocoded.csv
-      geoflow geocode places.csv --column city --country MX -o places_geocoded.csv
+      geoflow geocode traces.csv --column "Recovery City" --country MX -o places.csv
       geoflow geocode traces.csv -o out.csv --geocoder nominatim --user-agent "my-desk"
     """
     from pathlib import Path
@@ -710,6 +760,8 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
     from geoflow.export import write_csv
     from geoflow.geocode import GeopyGeocoder, geocode_column, geocode_traces, load_overrides
 
+    if not Path(input_path).is_file():  # exit 3 as for every input (click would say 2)
+        raise InputError("no such file", path=input_path)
     fixes = load_overrides(overrides) if overrides else None
     if show_names and not column:
         notice("real purchaser and possessor names are written to the output (--show-names)")
@@ -718,7 +770,8 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
         notice(f"place names the offline gazetteer cannot place are sent to the online "
                f"{service} geocoder (--geocoder {service})")
         geocoder = GeopyGeocoder(service, user_agent=user_agent or "", api_key=api_key,
-                                 domain=domain, scheme=scheme, cache_path=cache_path)
+                                 domain=domain, scheme=scheme, cache_path=cache_path,
+                                 allow_offline_fallback=allow_offline_fallback)
     try:
         if column:
             import zipfile
@@ -756,6 +809,8 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
     finally:
         if geocoder is not None:
             geocoder.close()
+    if geocoder is not None:
+        _warn_geocoder(geocoder)
     out_file = Path(out_path)
     report_file = Path(report_path) if report_path else out_file.parent / "geocode_report.csv"
     if report_file.resolve() == out_file.resolve():

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "ALLOW_OFFLINE_FALLBACK",
     "FILTER_PARAMS",
     "BATCH_KINDS",
     "filter_options",
@@ -56,7 +57,7 @@ GEOCODERS = ("offline", "nominatim", "photon", "arcgis", "opencage", "geonames",
              "bing", "mapbox", "here")
 #: Names of the parameters :func:`geocoder_options` adds.
 GEOCODER_PARAMS = ("geocoder", "user_agent", "geocode_cache", "geocoder_domain",
-                   "geocoder_scheme", "api_key")
+                   "geocoder_scheme", "api_key", "allow_offline_fallback")
 
 _F = Callable[..., Any]
 
@@ -115,6 +116,13 @@ def config_option(func: _F) -> _F:
     )(func)
 
 
+#: ``--allow-offline-fallback`` (``run``, ``map``, ``summary``, ``geocode``).
+ALLOW_OFFLINE_FALLBACK = click.option(
+    "--allow-offline-fallback", "allow_offline_fallback", is_flag=True, default=False,
+    help="When every online look-up fails (service down, no network), go on with the offline "
+         "answers instead of stopping with exit code 5.")
+
+
 def geocoder_options(func: _F) -> _F:
     """``--geocoder``, ``--user-agent``, ``--geocode-cache``, ``--geocoder-domain``,
     ``--geocoder-scheme``, ``--api-key`` (the config keys ``geocoder``, ``user_agent``,
@@ -138,6 +146,7 @@ def geocoder_options(func: _F) -> _F:
         click.option("--api-key", "api_key", envvar="GEOFLOW_GEOCODER_API_KEY", default=None,
                      metavar="KEY", help="API key for services that need one (or "
                                          "GEOFLOW_GEOCODER_API_KEY)."),
+        ALLOW_OFFLINE_FALLBACK,
     ]
     for option in reversed(options):
         func = option(func)
@@ -161,6 +170,7 @@ def geocoder_from_config(
     geocoder_domain: str | None = None,
     geocoder_scheme: str | None = None,
     api_key: str | None = None,
+    allow_offline_fallback: bool = False,
 ) -> Any:
     """``None`` (the offline geocoder) or the geopy service to ask for the places the offline
     gazetteer cannot place. Command-line values (``None`` = not given) win over the config
@@ -188,23 +198,28 @@ def geocoder_from_config(
            f"geocoder ({origin(config, 'geocoder', geocoder, flag=f'--geocoder {service}')})")
     return GeopyGeocoder(service, user_agent=str(agent).strip(), api_key=api_key,
                          domain=geocoder_domain, scheme=geocoder_scheme,
-                         cache_path=config.pick("geocode_cache", geocode_cache))
+                         cache_path=config.pick("geocode_cache", geocode_cache),
+                         allow_offline_fallback=allow_offline_fallback)
 
 
 def map_options(config: Config, *, show_names: bool, **given: Any) -> Any:
     """``render.MapOptions`` from command-line values (``given``, ``None`` = not given), then
-    the config file, then render's defaults."""
+    the config file, then render's defaults. ``--min-flow-guns`` (config ``min_flow_guns``)
+    sets ``MapOptions.min_guns``: the name says it thins flows, unlike ``--per``'s
+    ``--min-guns``."""
     from dataclasses import fields
 
     from geoflow.render import MapOptions
 
+    given = {("min_guns" if k == "min_flow_guns" else k): v for k, v in given.items()}
     values = {}
     for field in fields(MapOptions):
         if field.name == "show_names":
             continue
         value = given.get(field.name)
-        if value is None and field.name in type(config).__dataclass_fields__:
-            value = getattr(config, field.name)
+        key = "min_flow_guns" if field.name == "min_guns" else field.name
+        if value is None and key in type(config).__dataclass_fields__:
+            value = getattr(config, key)
         if value is not None:
             values[field.name] = value
     return MapOptions(show_names=show_names, **values)

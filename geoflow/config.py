@@ -42,7 +42,7 @@ KEYS: dict[str, tuple[type, str]] = {
     "top_n": (int, "draw at most this many flows (flow_style paths)"),
     "flow_style": (str, "legs (aggregated US and Mexican legs) or paths (one line per flow)"),
     "max_legs": (int, "draw at most this many legs"),
-    "min_guns": (int, "draw flows with at least this many guns"),
+    "min_flow_guns": (int, "draw flows with at least this many guns"),
     "geocoder": (str, "geocoder back-end: offline (default) or a geopy service"),
     "user_agent": (str, "user agent for online geocoders"),
     "geocode_cache": (Path, "cache file for online geocoders"),
@@ -75,7 +75,7 @@ class Config:
     top_n: int | None = None
     flow_style: str | None = None
     max_legs: int | None = None
-    min_guns: int | None = None
+    min_flow_guns: int | None = None
     geocoder: str | None = None
     user_agent: str | None = None
     geocode_cache: Path | None = None

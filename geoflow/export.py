@@ -316,6 +316,7 @@ def atomic_output_dir(out_dir: str | Path, *, force: bool = False) -> Iterator[P
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        temp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: a web server could not read it
     except OSError as exc:
         raise OutputError(f"cannot create output folder: {exc.strerror}", path=str(out)) from exc
     try:
@@ -324,6 +325,13 @@ def atomic_output_dir(out_dir: str | Path, *, force: bool = False) -> Iterator[P
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _swap(temp: Path, out: Path) -> None:

@@ -945,6 +945,11 @@ class _Cache:
         self.db.close()
 
 
+#: Consecutive "service unavailable" errors (connection refused, DNS, 5xx) after which the
+#: remaining places are not asked: a dead service should not cost one second per place.
+UNREACHABLE_AFTER = 3
+
+
 class GeopyGeocoder:
     """A geopy service for the strings the offline geocoder placed badly (unmatched or state).
 
@@ -957,7 +962,8 @@ class GeopyGeocoder:
                  api_key: str | None = None, domain: str | None = None,
                  scheme: str | None = None, timeout: float = 10.0,
                  cache_path: str | os.PathLike[str] | None = None,
-                 min_delay_seconds: float = 1.0, fallback: Geocoder | None = None) -> None:
+                 min_delay_seconds: float = 1.0, fallback: Geocoder | None = None,
+                 allow_offline_fallback: bool = False) -> None:
         from geopy.exc import GeopyError
         from geopy.geocoders import get_geocoder_for_service
 
@@ -985,6 +991,12 @@ class GeopyGeocoder:
         self.cache = _Cache(Path(cache_path) if cache_path else default_cache_path())
         self.fallback = fallback or _default_geocoder()
         self.requests_made = 0
+        #: places sent to the service (cache misses), those that got no answer (an error, or
+        #: not asked after a rate limit) and the first error, for :meth:`summary`
+        self.lookups = 0
+        self.failures = 0
+        self.allow_offline_fallback = bool(allow_offline_fallback)
+        self.first_error: str | None = None
         self._last_request: float | None = None
 
     def close(self) -> None:
@@ -996,6 +1008,42 @@ class GeopyGeocoder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def summary(self) -> dict[str, Any]:
+        """What the service did, for the manifest: ``service``, ``lookups``, ``failed``,
+        ``first_error`` (None when none failed)."""
+        return {"service": self.name, "lookups": self.lookups, "failed": self.failures,
+                "first_error": self.first_error,
+                "offline_fallback_allowed": self.allow_offline_fallback}
+
+    def check(self) -> str | None:
+        """The warning to show when look-ups failed (None when none did); raises
+        :class:`GeocodeError` (exit 5) when every one failed, unless
+        ``allow_offline_fallback``: a run that asked for an online service and silently got
+        none of its answers would mislead."""
+        message = self.failure_message()
+        if message is not None and self.all_failed() and not self.allow_offline_fallback:
+            raise GeocodeError(message.replace("; offline answers used for those places", "")
+                               + "; nothing written (pass --allow-offline-fallback to use "
+                                 "the offline answers)")
+        return message
+
+    def failure_message(self) -> str | None:
+        """``"nominatim: 14 of 14 look-ups failed: …; offline answers used"``, or None when
+        every look-up got an answer (or none was needed)."""
+        if not self.failures:
+            return None
+        return (f"{self.name}: {self.failures:,} of {self.lookups:,} look-ups failed: "
+                f"{self.first_error}; offline answers used for those places")
+
+    def all_failed(self) -> bool:
+        """True when look-ups were needed and not one got an answer (service unreachable)."""
+        return self.lookups > 0 and self.failures == self.lookups
+
+    def _failed(self, result: pd.DataFrame, idx: Any, note: str) -> None:
+        self.failures += 1
+        self.first_error = self.first_error or (note if len(note) <= 200 else note[:199] + "…")
+        _add_note(result, pd.Index([idx]), f"{self.name}: {note}")
 
     def _wait(self) -> None:
         if self._last_request is not None:
@@ -1027,28 +1075,33 @@ class GeopyGeocoder:
 
     def geocode(self, queries: pd.Series, *, country: str | None = None) -> pd.DataFrame:
         """Offline first; unmatched and state-level strings go to the network service."""
-        from geopy.exc import GeocoderRateLimited, GeopyError
+        from geopy.exc import GeocoderRateLimited, GeocoderUnavailable, GeopyError
 
         result = self.fallback.geocode(queries, country=country)
         todo = result.index[result["level"].isin(["", "state"]) & (queries.fillna("") != "")]
-        stopped = False
+        stopped = None  # why the remaining places are not asked
+        unreachable = 0  # consecutive "service unavailable" errors
         for idx in todo:  # distinct strings the gazetteer could not place well
             query = str(queries[idx])
             hit, payload = self.cache.get(self.name, query, country or "")
             if not hit:
+                self.lookups += 1
                 if stopped:
-                    _add_note(result, pd.Index([idx]), f"{self.name}: not asked (rate limited)")
+                    self._failed(result, idx, f"not asked ({stopped})")
                     continue
                 try:
                     payload = self._ask(query, country)
                 except GeocoderRateLimited as exc:
-                    stopped = True
-                    _add_note(result, pd.Index([idx]), f"{self.name}: rate limited ({exc})")
+                    stopped = "rate limited"
+                    self._failed(result, idx, f"rate limited ({exc})")
                     continue
                 except GeopyError as exc:
-                    _add_note(result, pd.Index([idx]),
-                              f"{self.name}: {type(exc).__name__} ({exc})")
+                    unreachable = unreachable + 1 if isinstance(exc, GeocoderUnavailable) else 0
+                    if unreachable >= UNREACHABLE_AFTER:
+                        stopped = f"service unreachable {UNREACHABLE_AFTER} times in a row"
+                    self._failed(result, idx, f"{type(exc).__name__} ({exc})")
                     continue
+                unreachable = 0
                 self.cache.put(self.name, query, country or "", payload)
             self._apply(result, idx, payload, country, cached=hit)
         return result

@@ -261,9 +261,9 @@ def read_traces(
         # the input header read as the count column (a count table), else None
         "count_column": raw_names.get(schema.COUNT_COLUMN),
     }
-    log.info(
-        "%s: %d rows read, %d valid, %d rejected",
-        path, source["rows_read"], source["rows_valid"], source["rows_rejected"],
+    log.debug(
+        "%s: %s rows read, %s valid, %s rejected", Path(path).name,
+        *(f"{source[k]:,}" for k in ("rows_read", "rows_valid", "rows_rejected")),
     )
     return ReadResult(records, rejects, source, warnings, counts)
 
@@ -802,12 +802,29 @@ def _read_bytes(path: Path) -> bytes:
         raise InputError(f"cannot read the file: {exc.strerror or exc}", path=str(path)) from exc
 
 
+#: Signatures of binary files people pick by mistake, so the message says what the file is.
+_BINARY_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"), (b"GIF89a", "a GIF image"), (b"%PDF-", "a PDF document"),
+    (b"\x1f\x8b", "a gzip-compressed file"),
+    (b"BZh", "a bzip2-compressed file"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"), (b"SQLite format 3\x00", "an SQLite database"),
+    (b"\x7fELF", "a program (ELF executable)"),
+)
+
+
 def _detect_format(path: Path, data: bytes) -> str:
     """``xlsx``/``parquet`` by signature, else by extension, else delimited text."""
     if data.startswith(b"PK\x03\x04"):
         return "xlsx"
     if data.startswith(b"PAR1"):
         return "parquet"
+    for signature, kind in _BINARY_SIGNATURES:
+        if data.startswith(signature):
+            hint = "decompress it first" if "compressed" in kind else (
+                "give a CSV, XLSX or Parquet file")
+            raise InputError(f"this is {kind}, not a trace table: {hint}", path=str(path))
     suffix = path.suffix.lower()
     if suffix == ".xls" or data.startswith(b"\xd0\xcf\x11\xe0"):
         raise InputError("old Excel .xls files are not supported: save it as .xlsx or .csv",

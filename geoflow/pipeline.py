@@ -37,6 +37,7 @@ from geoflow.aggregate import (
     flag_counts,
     gun_weights,
     is_value,
+    plural,
     unplace_duplicates,
 )
 from geoflow.crossings import unmatched_crossings
@@ -326,7 +327,7 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
     with _stage("geocode", timings, memory):
         records, report = geocode_traces(records, geocoder=options.geocoder,
                                          overrides=options.overrides)
-    log.info("geocoded %s distinct places", f"{len(report):,}")
+    log.debug("geocoded %s distinct places", f"{len(report):,}")
     with _stage("crossings", timings, memory):
         ports = load_ports()
         records = assign_crossings(records, ports)
@@ -477,7 +478,9 @@ def analyse(
         published, tables, suppression = suppress(layers_out, tables, min_cell=options.min_cell)
         flows, dealers, recoveries = (published[k] for k in ("flows", "dealers", "recoveries"))
         overview = published.get("flows_overview")
-    log.info("built %s flows through %s ports", f"{len(flows):,}", len(crossings))
+    if layers:  # a tables-only run (summary) builds no flows: nothing to say
+        log.info("built %s through %s", plural(len(flows), "flow"),
+                 plural(len(crossings), "port"))
 
     rows_read = int(prepared.source.get("rows_read", len(prepared.records)))
     rows_valid = len(prepared.records)
@@ -513,6 +516,8 @@ def analyse(
         "flows_geojson_level": options.flow_level if overview is None else "state",
         "suppression": suppression,
         "quality": quality,
+        "geocoder": (options.geocoder.summary() if hasattr(options.geocoder, "summary")
+                     else {"service": options.describe()["geocoder"]}),
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "memory_peak_mb": memory,
     }

@@ -390,7 +390,7 @@ def test_config_file_sets_map_texts_and_cli_wins(small, tmp_path):
                          out)
     assert overridden.exit_code == 0, overridden.stderr
     index = (out / "index.html").read_text(encoding="utf-8")
-    assert "<h1>Command-line title — by mexican state</h1>" in index
+    assert "<h1>Command-line title — by Mexican state</h1>" in index
     sub = out / manifest(out)["entities"][0]["folder"]
     assert manifest(sub)["show_names"] is False
     assert manifest(sub)["options"]["flow_level"] == "place"
@@ -458,10 +458,11 @@ def test_unreadable_file_is_an_input_error(small, tmp_path):
     assert_one_line_error(geoflow("summary", path), 3, str(path))
 
 
-def test_debug_shows_the_traceback(tmp_path):
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path):
     result = geoflow("--debug", "summary", tmp_path / "nope.csv")
-    assert result.exit_code != 0
-    assert type(result.exception).__name__ == "InputError"
+    assert result.exit_code == 3  # as without --debug (README: input missing)
+    assert "Traceback" in result.stderr and "InputError" in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1].startswith("error: ")
 
 
 def test_input_and_sample_together_is_a_usage_error(small):

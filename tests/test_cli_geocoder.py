@@ -127,3 +127,84 @@ def test_a_config_file_naming_an_online_geocoder_without_user_agent_names_the_fi
 
 def test_geocoder_choices_are_the_geopy_services():
     assert ("offline", *GEOPY_SERVICES) == GEOCODERS
+
+
+# --------------------------------------------------------------------------- loud failures
+#: two villages the gazetteer does not know: both need the online service
+TWO_UNKNOWN = UNKNOWN_VILLAGE + "Dora,Store B,PHOENIX,AZ,RANCHO QWXV,SON.\n"
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _down(tmp_path) -> list[str]:
+    return ["--geocoder", "nominatim", "--user-agent", "geoflow-tests",
+            "--geocoder-domain", f"127.0.0.1:{_closed_port()}", "--geocoder-scheme", "http",
+            "--geocode-cache", str(tmp_path / "cache.sqlite")]
+
+
+def test_every_lookup_failing_exits_5_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    source = _traces(tmp_path, PLACED_OFFLINE + TWO_UNKNOWN)
+    result = _invoke("run", str(source), "-o", str(out), *_down(tmp_path))
+    assert result.exit_code == 5, result.output
+    assert "error: nominatim: 2 of 2 look-ups failed: GeocoderUnavailable" in result.stderr
+    assert "--allow-offline-fallback" in result.stderr
+    assert not out.exists()
+    geocoded = _invoke("geocode", str(source), "-o", str(tmp_path / "g.csv"), "--geocoder",
+                       "nominatim", "--user-agent", "t", "--domain",
+                       f"127.0.0.1:{_closed_port()}", "--scheme", "http", "--cache",
+                       str(tmp_path / "c2.sqlite"))
+    assert geocoded.exit_code == 5, geocoded.output
+    assert "2 of 2 look-ups failed" in geocoded.stderr
+
+
+def test_allow_offline_fallback_warns_and_records_the_failure(tmp_path):
+    out = tmp_path / "out"
+    source = _traces(tmp_path, PLACED_OFFLINE + TWO_UNKNOWN)
+    result = _invoke("run", str(source), "-o", str(out), *_down(tmp_path),
+                     "--allow-offline-fallback")
+    assert result.exit_code == 0, result.output
+    assert ("warning: nominatim: 2 of 2 look-ups failed: GeocoderUnavailable"
+            in result.stderr)
+    assert "offline answers used for those places" in result.stderr
+    geocoder = json.loads((out / "manifest.json").read_text())["geocoder"]
+    assert geocoder["service"] == "nominatim"
+    assert (geocoder["lookups"], geocoder["failed"]) == (2, 2)
+    assert geocoder["first_error"].startswith("GeocoderUnavailable")
+    assert geocoder["offline_fallback_allowed"] is True
+    report = pd.read_csv(out / "geocode_report.csv").set_index("query")
+    assert report.loc["EJIDO ZZYZX, CHIH.", "level"] == "state"  # the offline answer
+
+
+def test_some_lookups_failing_warns_with_the_count_and_first_error(server, tmp_path):
+    out = tmp_path / "out"
+    broken = "Eva,Store B,PHOENIX,AZ,BROKEN PLACE,CHIH.\n"
+    source = _traces(tmp_path, PLACED_OFFLINE + UNKNOWN_VILLAGE + broken)
+    result = _invoke("run", str(source), "-o", str(out), *_online(server, tmp_path))
+    assert result.exit_code == 0, result.output  # one answer came: not a dead service
+    assert "warning: nominatim: 1 of 2 look-ups failed: " in result.stderr
+    geocoder = json.loads((out / "manifest.json").read_text())["geocoder"]
+    assert (geocoder["lookups"], geocoder["failed"]) == (2, 1)
+
+
+def test_a_dead_service_is_not_asked_for_every_place(tmp_path):
+    rows = "".join(f"P{i},Store A,HOUSTON,TX,EJIDO NOWHERE {i},CHIH.\n" for i in range(6))
+    source = _traces(tmp_path, rows)
+    result = _invoke("summary", str(source), *_down(tmp_path), "--allow-offline-fallback")
+    assert result.exit_code == 0, result.output
+    assert "6 of 6 look-ups failed" in result.stderr
+    report = _invoke("geocode", str(source), "-o", str(tmp_path / "g.csv"), "--geocoder",
+                     "nominatim", "--user-agent", "t", "--domain", f"127.0.0.1:{_closed_port()}",
+                     "--scheme", "http", "--cache", str(tmp_path / "c3.sqlite"),
+                     "--allow-offline-fallback")
+    assert report.exit_code == 0, report.output
+    notes = pd.read_csv(tmp_path / "geocode_report.csv")["note"].astype(str)
+    assert notes.str.contains("GeocoderUnavailable").sum() == 3
+    assert notes.str.contains(r"not asked \(service unreachable 3 times in a row\)").sum() == 3

@@ -74,7 +74,7 @@ def test_tables_are_not_keys(tmp_path):
         ('show_names = "yes"\n', "key 'show_names' must be true or false, got str"),
         ("title = 3\n", "key 'title' must be a string"),
         ('flow_level = "city"\n', "key 'flow_level' must be one of place, state"),
-        ("min_guns = 0\n", "key 'min_guns' must be at least 1"),
+        ("min_flow_guns = 0\n", "key 'min_flow_guns' must be at least 1"),
         ('palette = "rainbow"\n', "key 'palette' must be one of"),
     ],
 )
