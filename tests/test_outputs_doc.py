@@ -22,7 +22,8 @@ from geoflow.cli import cli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
 #: manifest.json objects whose keys are documented one by one (as ``counts.rows_read`` …)
-MANIFEST_NESTED = ("input", "options", "counts", "quality", "pseudonyms", "suppression")
+MANIFEST_NESTED = ("input", "options", "counts", "quality", "pseudonyms", "suppression",
+                   "geocoder")
 HOW_TO_FIX = ("Add a row  | `NAME` | type | unit | meaning | how computed | empty means |  "
               "under the file's heading in docs/outputs.md (or rename the stale row).")
 
