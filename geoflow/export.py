@@ -31,6 +31,7 @@ from geoflow.errors import OutputError
 __all__ = [
     "GENERATOR",
     "DECIMALS",
+    "number_texts",
     "formula_safe",
     "markdown_text",
     "write_csv",
@@ -137,13 +138,8 @@ def _json_values(series: pd.Series) -> pa.Array:
     if kind in "iu":
         return pc.fill_null(pc.cast(pa.array(series), pa.string()), "null")
     if kind == "f":
-        numbers = np.round(series.to_numpy(dtype=float, na_value=np.nan), DECIMALS)
-        finite = np.isfinite(numbers)
-        text = pc.cast(pa.array(np.where(finite, numbers, 0.0)), pa.string())
-        # keep floats floats for readers that infer types ("559" would read as an integer)
-        integral = pc.invert(pc.match_substring_regex(text, r"[.eE]"))
-        text = pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text)
-        return pc.if_else(pa.array(finite), text, "null")
+        return pc.fill_null(number_texts(series.to_numpy(dtype=float, na_value=np.nan)),
+                            "null")
     if kind == "M":
         series = series.dt.strftime("%Y-%m-%d")
     if isinstance(series.dtype, pd.CategoricalDtype):
@@ -163,6 +159,34 @@ def _json_values(series: pd.Series) -> pa.Array:
     codes = np.where(codes < 0, len(texts), codes)  # NA → the trailing null
     return pc.fill_null(pa.array([*texts, None], type=pa.string()).take(pa.array(codes)),
                         "null")
+
+
+#: Above this magnitude a double holds no 6 decimals: such values are written as they are.
+_EXACT_LIMIT = 2.0 ** 53 / 10 ** DECIMALS
+
+
+def number_texts(values: np.ndarray) -> pa.Array:
+    """JSON text of each value rounded to 6 decimals, as its shortest decimal (``-116.945805``,
+    never ``-116.94580499999999``); floats keep a ``.0`` (``3.0``) so readers that infer types
+    do not read an integer; null for NaN and infinities.
+
+    The text is built from the rounded integer value × 10⁶ (whole and fractional digits), so
+    it is exactly the rounded decimal; vectorised with Arrow string kernels."""
+    values = np.asarray(values, dtype=float)
+    finite = np.isfinite(values)
+    exact = finite & (np.abs(values) < _EXACT_LIMIT)
+    scaled = np.rint(np.where(exact, values, 0.0) * 10 ** DECIMALS).astype(np.int64)
+    whole, fraction = np.divmod(np.abs(scaled), 10 ** DECIMALS)
+    digits = pc.utf8_lpad(pc.cast(pa.array(fraction), pa.string()), DECIMALS, "0")
+    digits = pc.utf8_rtrim(digits, characters="0")
+    digits = pc.if_else(pc.equal(digits, ""), "0", digits)
+    sign = pa.array(np.where(scaled < 0, "-", ""))
+    text = pc.binary_join_element_wise(sign, pc.cast(pa.array(whole), pa.string()), ".",
+                                       digits, "")
+    if not exact[finite].all():  # huge magnitudes: Arrow's shortest round-trip form
+        text = pc.if_else(pa.array(exact), text,
+                          pc.cast(pa.array(np.where(finite, values, 0.0)), pa.string()))
+    return pc.if_else(pa.array(finite), text, pa.nulls(len(values), pa.string()))
 
 
 def _json_strings(values: pa.Array) -> pa.Array:
@@ -192,20 +216,41 @@ def _property_lines(frame: pd.DataFrame) -> pa.Array:
     return pc.binary_join_element_wise(*parts, "}", "")
 
 
+_GEOJSON_TYPES = {0: "Point", 1: "LineString", 3: "Polygon", 4: "MultiPoint",
+                  5: "MultiLineString", 6: "MultiPolygon"}
+
+
 def _geometry_texts(geometries: np.ndarray) -> np.ndarray:
     """GeoJSON geometry texts: exteriors counter-clockwise, coordinates rounded to 6 decimals
-    (GEOS writes the shortest round-tripping form), ``null`` for missing or empty."""
-    polygonal = np.isin(shapely.get_type_id(geometries), (3, 6))  # Polygon, MultiPolygon
+    and written as their shortest decimal (:func:`number_texts`; GEOS would write
+    ``-116.94580499999999``), ``null`` for missing or empty.
+
+    Per geometry type: the coordinates of all its geometries as one ragged array, texts
+    joined level by level (ring, polygon, multi-polygon) with Arrow list kernels."""
+    types = shapely.get_type_id(geometries)
+    polygonal = np.isin(types, (3, 6))  # Polygon, MultiPolygon
     if polygonal.any():
         geometries = geometries.copy()
         geometries[polygonal] = shapely.orient_polygons(geometries[polygonal],
                                                         exterior_cw=False)
-    coords = shapely.get_coordinates(geometries, include_z=False)
-    if not np.array_equal(np.round(coords, DECIMALS), coords):  # skip when already rounded
-        geometries = shapely.transform(geometries, lambda xy: np.round(xy, DECIMALS))
-    texts = shapely.to_geojson(geometries)
-    missing = shapely.is_missing(geometries) | shapely.is_empty(geometries)
-    return np.where(missing, "null", texts)
+    texts = np.full(len(geometries), "null", dtype=object)
+    present = ~(shapely.is_missing(geometries) | shapely.is_empty(geometries))
+    for type_id in np.unique(types[present]):
+        rows = np.flatnonzero(present & (types == type_id))
+        name = _GEOJSON_TYPES.get(int(type_id))
+        if name is None:  # a GeometryCollection (never written by geoflow): GEOS's text
+            texts[rows] = shapely.to_geojson(geometries[rows])
+            continue
+        _, coords, offsets = shapely.to_ragged_array(geometries[rows], include_z=False)
+        nested = pc.binary_join_element_wise(
+            "[", number_texts(coords[:, 0]), ",", number_texts(coords[:, 1]), "]", "")
+        for level in offsets:  # innermost first
+            lists = pa.LargeListArray.from_arrays(pa.array(level, pa.int64()), nested)
+            nested = pc.binary_join_element_wise("[", pc.binary_join(lists, ","), "]", "")
+        texts[rows] = pc.binary_join_element_wise(
+            '{"type":"' + name + '","coordinates":', nested, "}", "").to_numpy(
+            zero_copy_only=False)
+    return texts
 
 
 def _feature_chunks(gdf: gpd.GeoDataFrame, chunk: int) -> Iterator[str]:

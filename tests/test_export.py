@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import geopandas as gpd
@@ -234,3 +235,40 @@ def test_markdown_text_keeps_data_from_forming_html_links_or_images():
     assert shown == (hostile.replace("\n", " ").replace("&", "&amp;").replace("<", "&lt;")
                      .replace(">", "&gt;").replace('"', "&quot;"))
     assert markdown_text("Houston, TX (12, 30%)") == "Houston, TX (12, 30%)"
+
+
+def test_numbers_are_written_as_their_shortest_rounded_decimal(tmp_path):
+    # GEOS writes -116.945805 as -116.94580499999999: the README promises at most 6 decimals
+    lons = np.array([-116.945805, -99.1332085, 0.1 + 0.2, -106.4245, 1e-7])
+    lats = np.array([32.5501, 19.4326077, 25.6866142, 31.6903638, -5e-8])
+    points = gpd.GeoDataFrame(
+        {"value": lons * 2, "guns": np.arange(5), "big": [1e20, 3.0, np.nan, -0.5, 2.5e-7]},
+        geometry=shapely.points(lons, lats), crs="EPSG:4326")
+    ring = shapely.Polygon([(-116.945805, 32.5501), (-116.9, 32.5501), (-116.9, 32.6),
+                            (-116.945805, 32.5501)])
+    shapes = gpd.GeoDataFrame(
+        {"name": ["a", "b", "c"]},
+        geometry=[ring, shapely.MultiPolygon([ring, shapely.box(0.1, 0.2, 0.3 + 1e-9, 0.4)]),
+                  shapely.LineString([(-116.945805, 32.5501), (0.1 + 0.2, 1)])],
+        crs="EPSG:4326")
+    for frame, name in ((points, "points.geojson"), (shapes, "shapes.geojson")):
+        write_geojson(frame, tmp_path / name)
+        text = (tmp_path / name).read_text(encoding="utf-8")
+        assert not re.search(r"\d\.\d{7,}", text), re.search(r".{20}\d\.\d{7,}.{5}", text)
+        assert "-116.945805," in text and "32.5501" in text
+        assert "0.30000000000000004" not in text
+        back = gpd.read_file(tmp_path / name)  # GDAL reads it, same shapes within 1e-6
+        assert np.allclose(shapely.get_coordinates(back.geometry.to_numpy()),
+                           np.round(shapely.get_coordinates(frame.geometry.to_numpy()), 6),
+                           atol=1e-9)
+    features = json.loads((tmp_path / "points.geojson").read_text())["features"]
+    assert features[0]["geometry"]["coordinates"] == [-116.945805, 32.5501]
+    assert features[4]["geometry"]["coordinates"] == [0.0, 0.0]  # rounded, no -0.0 noise
+    assert [f["properties"]["big"] for f in features] == [1e20, 3.0, None, -0.5, 0.0]
+    assert features[1]["properties"]["value"] == -198.266417  # 2 × -99.1332085
+    text = (tmp_path / "points.geojson").read_text()
+    assert '"big":3.0' in text and '"guns":1,' in text  # floats stay floats, ints ints
+    shapes_back = json.loads((tmp_path / "shapes.geojson").read_text())["features"]
+    assert [f["geometry"]["type"] for f in shapes_back] == ["Polygon", "MultiPolygon",
+                                                             "LineString"]
+    assert shapes_back[1]["geometry"]["coordinates"][1][0][0] == [0.3, 0.2]
