@@ -44,7 +44,9 @@ __all__ = [
     "by_year",
     "build_tables",
     "plural",
+    "crossings_clause",
     "findings",
+    "entity_findings",
 ]
 
 #: Default threshold of ``by_trafficker``: purchasers tied to this many traced guns or more (the
@@ -359,7 +361,7 @@ def _by_state(
     state_names: Mapping[str, str] | None,
     columns: Callable[[np.ndarray, int, GroupStats], dict[str, np.ndarray]],
 ) -> pd.DataFrame:
-    """One row per state of ``column``: ``state``, ``state_name``, ``guns``, ``share`` and
+    """One row per state of ``column``: ``state``, ``state_name``, ``guns``, ``share_frac`` and
     the ``columns`` computed from (group code per record, number of states, group stats)."""
     group, states = _state_codes(records, column)
     n = len(states)
@@ -369,7 +371,7 @@ def _by_state(
             "state": states.astype("string"),
             "state_name": [(state_names or {}).get(s, s) for s in states],
             "guns": stats.guns,
-            "share": _share(stats.guns),
+            "share_frac": _share(stats.guns),
             **columns(group, n, stats),
         }
     )
@@ -447,11 +449,11 @@ def by_dealer(records: pd.DataFrame) -> pd.DataFrame:
             "dealer_place": take_text(records["dealer_place"], first),
             "dealer_state": take_text(records["dealer_admin1"], first),
             "guns": stats.guns,
-            "share": _share(stats.guns),
+            "share_frac": _share(stats.guns),
             "purchasers": stats.purchasers,
             "top_purchaser": stats.top_purchaser.to_numpy(),
             "top_purchaser_guns": stats.top_purchaser_guns,
-            "top_purchaser_share": np.where(  # no purchaser: no share (NaN, as in the layer)
+            "top_purchaser_share_frac": np.where(  # no purchaser: no share (NaN, as in the layer)
                 stats.purchasers > 0, np.round(stats.top_purchaser_guns / stats.guns, 6), np.nan),
             "median_time_to_crime_days": stats.median_ttc.to_numpy(),
             "first_purchase": stats.first_purchase.to_numpy(),
@@ -466,11 +468,13 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
     """One row per purchaser (records without a purchaser are left out): guns, whether they
     are tied to ``threshold`` or more guns (``at_or_above_threshold``), distinct dealers, top
     dealer with its guns and share, Herfindahl concentration ``hhi`` over dealers (1 = a
-    single store), purchase span, crossings used (known first) and median time to crime.
+    single store), purchase span, ports named by the records (``known_crossings``) apart from
+    ports the route model chose (``modelled_crossings``) and median time to crime.
 
     Columns (contract): ``purchaser``, ``guns``, ``at_or_above_threshold``, ``dealers``,
-    ``top_dealer``, ``top_dealer_guns``, ``top_dealer_share``, ``hhi``, ``first_purchase``,
-    ``last_purchase``, ``crossings``, ``median_time_to_crime_days``. Every purchaser is
+    ``top_dealer``, ``top_dealer_guns``, ``top_dealer_share_frac``, ``hhi``, ``first_purchase``,
+    ``last_purchase``, ``known_crossings``, ``modelled_crossings``,
+    ``median_time_to_crime_days``. Every purchaser is
     listed here; the published table keeps only those at or above ``--min-cell``
     (:func:`geoflow.privacy.suppress`).
     """
@@ -508,11 +512,13 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
             "dealers": distinct,
             "top_dealer": pd.array(top_names, dtype="string"),
             "top_dealer_guns": top_count,
-            "top_dealer_share": np.round(top_count / np.maximum(guns, 1), 6),
+            "top_dealer_share_frac": np.round(top_count / np.maximum(guns, 1), 6),
             "hhi": np.round(hhi, 6),
             "first_purchase": iso_dates(first).to_numpy(),
             "last_purchase": iso_dates(last).to_numpy(),
-            "crossings": _crossings_used(records, group_all, n, port_names).to_numpy(),
+            **{f"{kind}_crossings": _crossings_used(records, group_all, n, port_names,
+                                                    kind=kind).to_numpy()
+               for kind in ("known", "modelled")},
             "median_time_to_crime_days": median.to_numpy(),
         }
     )
@@ -534,30 +540,26 @@ def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None
 
 
 def _crossings_used(
-    records: pd.DataFrame, group: np.ndarray, n: int, port_names: Mapping[str, str] | None
+    records: pd.DataFrame, group: np.ndarray, n: int, port_names: Mapping[str, str] | None,
+    *, kind: str,
 ) -> pd.Series:
-    """Port names each group's guns went through, known ports first, then by guns.
+    """Port names each group's guns went through with ``route_kind == kind`` (``known``: the
+    record named the crossing; ``modelled``: the shortest route, not a record), most guns
+    first, then port code; joined with ``"; "``, NA when none.
 
-    ``group`` is a code per record (−1 = left out). Vectorised over (group, port, kind)
-    triples; the join runs once per rank (at most the number of ports).
+    ``group`` is a code per record (−1 = left out). Vectorised over (group, port) pairs; the
+    join runs once per rank (at most the number of ports).
     """
     code, uniques = _codes(records["crossing_code"])
-    modelled = is_value(records["route_kind"], "modelled").astype(np.int64)
-    keep = (group >= 0) & (code >= 0)
+    keep = (group >= 0) & (code >= 0) & is_value(records["route_kind"], kind)
     joined = pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="string")
     if not keep.any():
         return joined
     ports = len(uniques)
-    key = (group[keep] * ports + code[keep]) * 2 + modelled[keep]
-    triples, guns = _pair_counts(key, gun_weights(records)[keep])
-    t_group, t_code, t_modelled = triples // (2 * ports), (triples // 2) % ports, triples % 2
-    # per group: known before modelled, more guns first, then port code
-    order = np.lexsort((t_code, -guns, t_modelled, t_group))
+    pairs, guns = _pair_counts(group[keep] * ports + code[keep], gun_weights(records)[keep])
+    t_group, t_code = pairs // ports, pairs % ports
+    order = np.lexsort((t_code, -guns, t_group))  # per group: more guns first, then code
     t_group, t_code = t_group[order], t_code[order]
-    pair = t_group * ports + t_code
-    _, first_of_pair = np.unique(pair, return_index=True)  # a port listed once per group
-    first_of_pair.sort()
-    t_group, t_code = t_group[first_of_pair], t_code[first_of_pair]
     starts = np.r_[0, np.flatnonzero(np.diff(t_group)) + 1]
     rank = np.arange(len(t_group)) - np.repeat(starts, np.diff(np.r_[starts, len(t_group)]))
     names = np.array([(port_names or {}).get(str(c), str(c)) for c in uniques], dtype=object)
@@ -587,7 +589,7 @@ def by_crossing(
         "guns": guns,
         "guns_known": guns - modelled,
         "guns_modelled": modelled,
-        "share": _share(guns),
+        "share_frac": _share(guns),
     })
     table = table[table["guns"] > 0]
     return table.sort_values(["guns", "code"], ascending=[False, True],
@@ -676,6 +678,26 @@ def _from_dealer(guns: int, dealer: object, *, of_them: bool = False) -> str:
     return f"{guns:,} {'of them ' if of_them else ''}from {name}"
 
 
+def crossings_clause(known: object, modelled: object) -> str:
+    """``"; crossed at Laredo (known); modelled crossings: Nogales; Douglas"``: ports the
+    records name, apart from ports only the route model chose (never stated as fact)."""
+    known, modelled = _known(known), _known(modelled)
+    text = ""
+    if known:
+        ports = known.split("; ")
+        text += f"; crossed at {_and(ports)} (named in the records)"
+    if modelled:
+        ports = modelled.split("; ")
+        word = "crossing" if len(ports) == 1 else "crossings"
+        text += (f"; modelled {word} (shortest route, not a record): {_and(ports)}")
+    return text
+
+
+def _and(items: list[str]) -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def _num(value: object) -> object:
     """JSON-friendly scalar: numpy → Python, NaN/NA → None."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):
@@ -712,7 +734,7 @@ def findings(
     out: list[dict] = []
     purchasers = tables["by_purchaser"]
     big = purchasers[purchasers["guns"] >= min_guns]
-    single = big[big["top_dealer_share"] > 0.5]
+    single = big[big["top_dealer_share_frac"] > 0.5]
     named = big[big["guns"] >= min_cell]
     out.append({
         "id": "prolific_purchasers",
@@ -733,20 +755,18 @@ def findings(
             "top": [
                 {k: _num(v) for k, v in row.items()}
                 for row in named.head(max_listed)[
-                    ["purchaser", "guns", "top_dealer", "top_dealer_guns", "top_dealer_share",
-                     "crossings"]].to_dict("records")
+                    ["purchaser", "guns", "top_dealer", "top_dealer_guns", "top_dealer_share_frac",
+                     "known_crossings", "modelled_crossings"]].to_dict("records")
             ],
         },
     })
     if len(purchasers) and purchasers["guns"].iloc[0] >= min_cell:
         top = purchasers.iloc[0]
-        crossings = top["crossings"] if pd.notna(top["crossings"]) else ""
         text = (
             f"The most prolific purchaser, {top['purchaser']}, is tied to "
             f"{plural(int(top['guns']), 'gun')}, "
             f"{_from_dealer(int(top['top_dealer_guns']), top['top_dealer'], of_them=True)}"
-        )
-        text += f"; crossings: {crossings}." if crossings else "."
+        ) + crossings_clause(top["known_crossings"], top["modelled_crossings"]) + "."
         out.append({
             "id": "most_prolific_purchaser",
             "text": text,
@@ -755,22 +775,23 @@ def findings(
                 "guns": int(top["guns"]),
                 "top_dealer": _num(top["top_dealer"]),
                 "top_dealer_guns": int(top["top_dealer_guns"]),
-                "top_dealer_share": float(top["top_dealer_share"]),
-                "crossings": _num(top["crossings"]),
+                "top_dealer_share_frac": float(top["top_dealer_share_frac"]),
+                "known_crossings": _num(top["known_crossings"]),
+                "modelled_crossings": _num(top["modelled_crossings"]),
             },
         })
     states = tables["by_us_state"]
     states = states[states["state"] != UNKNOWN].head(top_n)
     if len(states):
         listing = ", ".join(
-            f"{r.state_name} ({r.guns:,}, {r.share:.0%})" for r in states.itertuples()
+            f"{r.state_name} ({r.guns:,}, {r.share_frac:.0%})" for r in states.itertuples()
         )
         out.append({
             "id": "top_source_states",
-            "text": f"Top source states: {listing}.",
+            "text": f"Top source states (guns sold there, all valid records): {listing}.",
             "numbers": {"states": [
                 {k: _num(v) for k, v in row.items()}
-                for row in states[["state", "state_name", "guns", "share"]].to_dict("records")
+                for row in states[["state", "state_name", "guns", "share_frac"]].to_dict("records")
             ]},
         })
     dealers = tables["by_dealer"].head(top_n)
@@ -785,7 +806,7 @@ def findings(
             "numbers": {"dealers": [
                 {k: _num(v) for k, v in row.items()}
                 for row in dealers[["dealer_id", "dealer_name", "dealer_place", "guns",
-                                    "top_purchaser_share"]].to_dict("records")
+                                    "top_purchaser_share_frac"]].to_dict("records")
             ]},
         })
     weights = gun_weights(records)
@@ -817,7 +838,7 @@ def findings(
             "numbers": {"guns_short": short, "guns_with_dates": with_dates,
                         "guns_impossible_dates": impossible,
                         "guns_future_dates": future,
-                        "share": round(share, 6), "threshold_days": TTC_SHORT_DAYS,
+                        "share_frac": round(share, 6), "threshold_days": TTC_SHORT_DAYS,
                         "median_days": float(weighted_median(
                             np.zeros(len(ttc), np.int64), ttc, weights, 1)[0])},
         })
@@ -870,3 +891,80 @@ def _count_table_findings(out: list[dict], *, purchasers: bool, dates: bool,
     notes = [{"id": key, "text": NOT_IN_COUNT_TABLE[key], "numbers": {"available": False}}
              for key, gone in missing.items() if gone]
     return notes + kept
+
+
+#: How the findings of one entity's output set (``--per``) name their scope.
+_SCOPES = {"state": "guns sold in {label}", "mx-state": "guns recovered in {label}",
+           "trafficker": "{label}'s guns", "dealer": "guns sold by {label}"}
+#: National findings an entity's own summary replaces (they would say "1 purchaser is tied
+#: to 10 or more guns each; 1 of them …" about a single purchaser).
+_REPLACED = {"state": {"top_source_states"}, "mx-state": set(),
+             "trafficker": {"prolific_purchasers", "most_prolific_purchaser"},
+             "dealer": {"top_dealers"}}
+
+
+def entity_findings(found: list[dict], tables: Mapping[str, pd.DataFrame], *, kind: str,
+                    label: str, min_cell: int = 1) -> list[dict]:
+    """The findings of one entity's output set (``--per KIND``) as sentences about it: first
+    a summary of the entity (``id`` ``entity``), then the national findings that still say
+    something, scoped ("Among guns sold in Texas: top source …"). ``tables`` are the entity's
+    own (before suppression); purchasers with fewer than ``min_cell`` guns are not named."""
+    summary = _entity_summary(tables, kind=kind, label=label, min_cell=min_cell)
+    scope = _SCOPES[kind].format(label=label)
+    out = [summary] if summary else []
+    for item in found:
+        if item["id"] in _REPLACED[kind]:
+            continue
+        text = item["text"]
+        out.append({**item, "text": f"Among {scope}: {text[:1].lower()}{text[1:]}"})
+    return out
+
+
+def _entity_summary(tables: Mapping[str, pd.DataFrame], *, kind: str, label: str,
+                    min_cell: int) -> dict | None:
+    """One sentence about the entity itself, with its numbers (None when its table is empty)."""
+    table = {"state": "by_us_state", "mx-state": "by_mx_state", "trafficker": "by_purchaser",
+             "dealer": "by_dealer"}[kind]
+    rows = tables[table]
+    if "state" in rows:
+        rows = rows[rows["state"] != UNKNOWN]
+    if not len(rows):
+        return None
+    row = rows.iloc[0]
+    guns = int(row["guns"])
+    were = "was" if guns == 1 else "were"
+    if kind == "trafficker":
+        text = (f"{row['purchaser']} is tied to {plural(guns, 'traced gun')}, "
+                f"{_from_dealer(int(row['top_dealer_guns']), row['top_dealer'], of_them=True)} "
+                f"({float(row['top_dealer_share_frac']):.0%}), from "
+                f"{plural(int(row['dealers']), 'dealer')}, bought "
+                f"{_known(row['first_purchase']) or 'on unknown dates'}"
+                + (f" to {row['last_purchase']}"
+                   if _known(row["last_purchase"]) not in (None, _known(row["first_purchase"]))
+                   else "")
+                + crossings_clause(row["known_crossings"], row["modelled_crossings"]) + ".")
+        keys = ["purchaser", "guns", "dealers", "top_dealer", "top_dealer_guns",
+                "top_dealer_share_frac", "first_purchase", "last_purchase", "known_crossings",
+                "modelled_crossings"]
+    elif kind == "dealer":
+        top = int(row["top_purchaser_guns"])
+        named = _known(row["top_purchaser"]) if top >= min_cell else None
+        text = (f"{_dealer_at(row['dealer_name'], row['dealer_place'])} sold "
+                f"{plural(guns, 'traced gun')} to {plural(int(row['purchasers']), 'purchaser')}"
+                + (f"; the top purchaser, {named}, bought {top:,} "
+                   f"({float(row['top_purchaser_share_frac']):.0%})" if named else "") + ".")
+        keys = ["dealer_id", "dealer_name", "dealer_place", "guns", "purchasers",
+                "top_purchaser_guns", "top_purchaser_share_frac"] + (
+            ["top_purchaser"] if named else [])
+    elif kind == "state":
+        text = (f"{plural(guns, 'traced gun')} {were} first sold in {row['state_name']}, by "
+                f"{plural(int(row['dealers']), 'dealer')} to "
+                f"{plural(int(row['purchasers']), 'purchaser')}.")
+        keys = ["state", "state_name", "guns", "dealers", "purchasers"]
+    else:
+        text = (f"{plural(guns, 'traced gun')} {were} recovered in {row['state_name']}, at "
+                f"{plural(int(row['places']), 'place')}; "
+                f"{plural(int(row['purchasers']), 'purchaser')} bought them.")
+        keys = ["state", "state_name", "guns", "places", "purchasers"]
+    return {"id": "entity", "text": text,
+            "numbers": {"kind": kind, **{k: _num(row[k]) for k in keys}}}

@@ -307,14 +307,14 @@ def default_jobs() -> int:
 
 def write_entity(prepared: Any, options: Any, records: pd.DataFrame, *, description: str,
                  folder: Path, write: Callable[[Any, Path], None] | None = None,
-                 map_options: Any = None) -> None:
+                 map_options: Any = None, entity: tuple[str, str] | None = None) -> None:
     """Analyse one entity's ``records`` and write its complete output set into ``folder``
     (``write(result, folder)``, default :func:`geoflow.pipeline.write_outputs` with
     ``map_options``). The one per-entity step, run in this process or in a worker."""
     from geoflow import pipeline
 
     result = pipeline.analyse(prepared, options=options, records=records,
-                              description=description)
+                              description=description, entity=entity)
     if write is None:
         pipeline.write_outputs(result, folder, map_options=map_options)
     else:
@@ -332,11 +332,12 @@ def _worker_init(shared: dict[str, Any]) -> None:
     logging.getLogger(pipeline.log.name).setLevel(logging.WARNING)
 
 
-def _worker_task(rows: Any, description: str, folder: Path, label: str) -> str:
+def _worker_task(rows: Any, description: str, folder: Path, label: str,
+                 entity: tuple[str, str] | None = None) -> str:
     shared = _WORKER
     write_entity(shared["prepared"], shared["options"], shared["records"].iloc[rows],
                  description=description, folder=folder, write=shared["write"],
-                 map_options=shared["map_options"])
+                 map_options=shared["map_options"], entity=entity)
     return label
 
 
@@ -386,12 +387,13 @@ def run_batch(
         for row in table.itertuples(index=False):
             part = f"{singular}: {row.label}"
             tasks.append((positions[row.key], f"{description}; {part}" if description else part,
-                          safe_child(temp, kind, row.slug), str(row.label)))
+                          safe_child(temp, kind, row.slug), str(row.label), (kind, str(row.label))))
         jobs = max(1, min(int(jobs), len(tasks)))
         if jobs == 1:
-            for rows, text, folder, label in tasks:
+            for rows, text, folder, label, entity in tasks:
                 write_entity(prepared, options, records.iloc[rows], description=text,
-                             folder=folder, write=write, map_options=map_options)
+                             folder=folder, write=write, map_options=map_options,
+                             entity=entity)
                 if progress is not None:
                     progress(label)
         else:

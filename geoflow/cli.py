@@ -385,19 +385,26 @@ def _run_batch(prepared, *, kind: str, out, records, description: str, min_guns:
 
 
 def _batch_line(counts: dict, kind: str) -> str:
-    """``11 trafficker output sets and index.html (1,234 guns; …)``: clauses that would say
+    """``11 output sets (--per trafficker) and index.html (271 guns; …)``: clauses that would say
     0 (nothing below the threshold, no record without an entity) are left out."""
     from geoflow.aggregate import plural
 
+    noun = _BATCH_NOUNS[kind]
     parts = [plural(counts["guns_in_entities"], "gun")]
     if counts["entities_below_threshold"]:
-        parts.append(f"{plural(counts['guns_below_threshold'], 'gun')} in "
-                     f"{plural(counts['entities_below_threshold'], kind)} below --min-guns "
+        parts.append(f"{plural(counts['guns_below_threshold'], 'gun')} of "
+                     f"{plural(counts['entities_below_threshold'], noun)} below --min-guns "
                      f"{counts['min_guns']:,}")
     if counts["records_without_entity"]:
-        parts.append(f"{counts['records_without_entity']:,} with no {kind}")
-    return (f"{plural(counts['entities'], kind + ' output set')} and index.html "
+        parts.append(f"{counts['records_without_entity']:,} with no {noun}")
+    return (f"{plural(counts['entities'], 'output set')} (--per {kind}) and index.html "
             f"({'; '.join(parts)})")
+
+
+#: What one entity of each ``--per`` kind is, in a sentence (a purchaser below the threshold
+#: is not a "trafficker").
+_BATCH_NOUNS = {"state": "US state", "mx-state": "Mexican state", "trafficker": "purchaser",
+                "dealer": "dealer"}
 
 
 def _rows_line(prepared, records) -> str:

@@ -41,6 +41,8 @@ __all__ = [
     "build_recoveries",
     "build_crossings",
     "build_states",
+    "STATE_GUNS",
+    "state_guns",
 ]
 
 EARTH_RADIUS_KM = 6371.0088
@@ -399,7 +401,7 @@ def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
             "guns": stats.guns,
             "purchasers": stats.purchasers,
             "top_purchaser": stats.top_purchaser.to_numpy(),
-            "top_purchaser_share": np.where(stats.purchasers > 0, share, np.nan),
+            "top_purchaser_share_frac": np.where(stats.purchasers > 0, share, np.nan),
             "median_time_to_crime_days": stats.median_ttc.to_numpy(),
             "first_purchase": stats.first_purchase.to_numpy(),
             "last_purchase": stats.last_purchase.to_numpy(),
@@ -462,20 +464,53 @@ def build_crossings(records: pd.DataFrame, ports: gpd.GeoDataFrame) -> gpd.GeoDa
                            kind="stable").reset_index(drop=True)
 
 
-def build_states(records: pd.DataFrame, states: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """Every US and Mexican state with ``guns`` (US: sourced there, MX: recovered there) and
-    ``share`` of placed guns on its side of the border."""
+#: The guns column of a state in ``states.geojson``, by country: one word, one meaning.
+STATE_GUNS = {"US": "guns_sourced", "MX": "guns_recovered"}
+
+
+def state_guns(states: pd.DataFrame) -> np.ndarray:
+    """Guns per row of a states layer: ``guns_sourced`` for US states, ``guns_recovered`` for
+    Mexican ones (what a choropleth of either side shades by)."""
+    is_us = (states["country"].astype("string") == "US").to_numpy(dtype=bool, na_value=False)
+    values = np.where(is_us, states[STATE_GUNS["US"]].to_numpy(dtype=float, na_value=0.0),
+                      states[STATE_GUNS["MX"]].to_numpy(dtype=float, na_value=0.0))
+    return values.astype(np.int64)
+
+
+def build_states(records: pd.DataFrame, states: gpd.GeoDataFrame, *,
+                 sourced: pd.Series | None = None, recovered: pd.Series | None = None
+                 ) -> gpd.GeoDataFrame:
+    """Every US and Mexican state: ``guns_sourced`` (US states: guns sold there; null for
+    Mexican states) or ``guns_recovered`` (Mexican states: guns recovered there; null for US
+    states), ``share_frac`` of those guns on its side of the border (0–1), and
+    ``guns_placed``: of them, the guns on the map.
+
+    ``sourced`` and ``recovered`` (state code → guns) are the counts over all valid records,
+    as in ``by_us_state``/``by_mx_state`` and the findings; without them ``records`` are
+    counted. ``guns_placed`` always counts ``records`` (the placed records of a run), so a
+    state with unplaced guns shows both numbers, each under its own name."""
     records = counted(records)
     weights = pd.Series(gun_weights(records), index=records.index)
-    sourced = weights.groupby(records["dealer_admin1"], observed=True).sum()
-    recovered = weights.groupby(records["recovery_admin1"], observed=True).sum()
+    placed_us = weights.groupby(records["dealer_admin1"], observed=True).sum()
+    placed_mx = weights.groupby(records["recovery_admin1"], observed=True).sum()
+    sourced = placed_us if sourced is None else sourced
+    recovered = placed_mx if recovered is None else recovered
     out = gpd.GeoDataFrame(states[["code", "name", "country"]].copy(),
                            geometry=states.geometry.to_numpy(), crs="EPSG:4326")
     is_us = (out["country"] == "US").to_numpy()
     codes = out["code"].astype(str)
-    guns = np.where(is_us, codes.map(dict(sourced)).fillna(0),
-                    codes.map(dict(recovered)).fillna(0)).astype("int64")
-    total = int(weights.sum())
-    out.insert(3, "guns", guns)
-    out.insert(4, "share", np.round(guns / total, 6) if total else 0.0)
+
+    def on_side(counts: pd.Series, side: np.ndarray) -> pd.Series:
+        guns = codes.map(dict(counts)).fillna(0).astype("int64")
+        return pd.Series(pd.array(guns.where(side), dtype="Int64"), index=out.index)
+
+    out["guns_sourced"] = on_side(sourced, is_us)
+    out["guns_recovered"] = on_side(recovered, ~is_us)
+    guns = state_guns(out)
+    totals = np.where(is_us, sourced.sum(), recovered.sum()).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["share_frac"] = np.where(totals > 0, np.round(guns / totals, 6), 0.0)
+    placed = np.where(is_us, codes.map(dict(placed_us)).fillna(0),
+                      codes.map(dict(placed_mx)).fillna(0))
+    out["guns_placed"] = placed.astype("int64")
     return out

@@ -46,6 +46,7 @@ __all__ = [
     "load_overrides",
     "geocode",
     "geocode_traces",
+    "report_for",
     "geocode_column",
     "default_cache_path",
 ]
@@ -790,6 +791,7 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
         out[f"{role}_admin1"] = long["admin1"]
         out[f"{role}_place"] = long["matched_name"]
         query = _spread(text, codes, out.index)
+        out[f"{role}_geocode_query"] = query  # the report's key, for reports of subsets
         reports.append(_report(long.assign(role=role, query=query, line=lines)))
         del long, res, text
     return out, _report_order(pd.concat(reports, ignore_index=True))
@@ -893,6 +895,37 @@ def _report(long: pd.DataFrame) -> pd.DataFrame:
     # given coordinates vary per record: no single point or state describes the group
     first.loc[first["level"] == "coordinates", ["lat", "lon", "admin1"]] = pd.NA
     return _report_order(first)
+
+
+def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a geocode ``report`` (of :func:`geocode_traces`) for the places of
+    ``records`` — a filtered subset of the geocoded records, e.g. one entity of a batch —
+    with ``records`` and ``first_lines`` counted over that subset only."""
+    lines = (records["source_line"] if "source_line" in records.columns
+             else pd.Series(np.arange(len(records)) + 2, index=records.index))
+    parts = []
+    for role in ("dealer", "recovery"):
+        query = f"{role}_geocode_query"
+        if query not in records.columns:
+            continue
+        parts.append(pd.DataFrame({
+            "role": role,
+            "query": records[query].astype("string").fillna("").to_numpy(),
+            "level": records[f"{role}_geocode_level"].astype("string").fillna("").to_numpy(),
+            "line": lines.to_numpy(),
+        }))
+    if not parts:
+        return report.iloc[0:0]
+    long = pd.concat(parts, ignore_index=True)
+    keys = ["role", "query", "level"]
+    grouped = long.groupby(keys, sort=False)
+    head = long[grouped.cumcount().to_numpy() < 5]
+    counts = grouped.size().rename("records").to_frame().join(
+        head.assign(line=head["line"].astype("string").fillna("?"))
+        .groupby(keys, sort=False)["line"].agg(" ".join).rename("first_lines"))
+    mine = report.drop(columns=["records", "first_lines"]).astype(
+        dict.fromkeys(keys, "string")).join(counts, on=keys, how="inner")
+    return _report_order(mine)
 
 
 def _report_order(report: pd.DataFrame) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from geoflow import __version__
 from geoflow.aggregate import (
     TRAFFICKER_MIN_GUNS,
     build_tables,
+    entity_findings,
     findings,
     flag_counts,
     gun_weights,
@@ -416,14 +417,19 @@ def analyse(
     records: pd.DataFrame | None = None,
     description: str = "",
     layers: bool = True,
+    entity: tuple[str, str] | None = None,
 ) -> RunResult:
     """Flows, point layers, state polygons, tables and findings from prepared records.
 
     ``records`` (default: all of ``prepared.records``) may be a filtered subset; the manifest
     then counts the rows left out as ``rows_filtered_out``. ``layers=False`` (tables and
-    findings only, e.g. ``geoflow summary``) leaves the map layers empty.
+    findings only, e.g. ``geoflow summary``) leaves the map layers empty. ``entity`` (kind,
+    label) marks one output set of a ``--per`` batch: findings are sentences about it
+    (:func:`~geoflow.aggregate.entity_findings`); the geocode report of a subset lists only
+    its own places with its own record counts.
     """
     from geoflow.crossings import load_ports
+    from geoflow.geocode import report_for
 
     options = options or prepared.options
     # the ids were made in prepare_records: the manifest names the key that made them
@@ -446,6 +452,9 @@ def analyse(
         found = findings(frame, tables, min_guns=options.trafficker_min_guns,
                          min_cell=options.min_cell,
                          count_table=bool(prepared.source.get("count_column")))
+        if entity is not None:  # one output set of a batch: sentences about the entity
+            found = entity_findings(found, tables, kind=entity[0], label=entity[1],
+                                    min_cell=options.min_cell)
     with _stage("flows", timings, memory):
         # only the columns the map layers need: a filtered copy of every column would double
         # the memory of the records for large inputs
@@ -464,7 +473,10 @@ def analyse(
         dealers = build_dealers(drawn)
         recoveries = build_recoveries(drawn)
         crossings = build_crossings(drawn, ports)
-        states = build_states(drawn, states_shapes)
+        states = build_states(  # state totals over all valid records, as in the tables
+            drawn, states_shapes,
+            sourced=tables["by_us_state"].set_index("state")["guns"],
+            recovered=tables["by_mx_state"].set_index("state")["guns"])
         overview = None
         if options.flow_level == "place" and len(flows) > FLOWS_GEOJSON_MAX:
             overview = build_flows(drawn, ports, level="state", state_names=state_names)
@@ -525,7 +537,9 @@ def analyse(
         options=options, flows=flows, dealers=dealers, recoveries=recoveries,
         crossings=crossings, states=states, tables=tables, findings=found,
         rejects=_rejects(prepared.rejects, options.show_names), unplaced=unplaced,
-        geocode_report=prepared.geocode_report, manifest=manifest, description=description,
+        geocode_report=(prepared.geocode_report if records is None
+                        else report_for(prepared.geocode_report, records)),
+        manifest=manifest, description=description,
         warnings=prepared.warnings, flows_overview=overview,
         suppression=suppression,
     )

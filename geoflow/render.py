@@ -326,7 +326,7 @@ _FLOW_SPEC = {"title": "title", "fallback": "Flow", "brief": 4, "rows": [
 _DEALER_SPEC = {"title": "dealer_name", "fallback": "Dealer", "brief": 3, "rows": [
     ["City", "dealer_place"], ["Guns", "guns", "int"], ["Purchasers", "purchasers", "int"],
     ["FFL", "dealer_ffl"], ["Top purchaser", "top_purchaser"],
-    ["Top purchaser share", "top_purchaser_share", "pct"],
+    ["Top purchaser share", "top_purchaser_share_frac", "pct"],
     ["Median time to crime", "median_time_to_crime_days", "days"],
     ["First purchase", "first_purchase"], ["Last purchase", "last_purchase"]]}
 _RECOVERY_SPEC = {"title": "recovery_place", "fallback": "Recovery place", "brief": 2, "rows": [

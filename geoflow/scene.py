@@ -72,6 +72,7 @@ import pandas as pd
 import shapely
 
 from geoflow.errors import ConfigError
+from geoflow.flows import state_guns
 from geoflow.schema import SYNTHETIC_LABEL
 
 __all__ = [
@@ -708,7 +709,7 @@ def _areas(states: pd.DataFrame, palette: str, flow_colour: str, lighten_for_flo
               "MX": "Mexican states: guns recovered"}
     for country, colours_all in zip(("US", "MX"), PALETTES[palette], strict=True):
         part = states[_text(states["country"]) == country]
-        guns = _guns(part["guns"].to_numpy())
+        guns = _guns(state_guns(part))  # guns_sourced (US) / guns_recovered (MX)
         bins, idx = _classify(guns)
         colours = _class_colours(colours_all, len(bins))
         if lighten_for_flows and colours:
@@ -718,7 +719,8 @@ def _areas(states: pd.DataFrame, palette: str, flow_colour: str, lighten_for_flo
                                labels=tuple(_class_labels(guns, bins))))
         geoms = shapely.make_valid(shapely.simplify(part.geometry.to_numpy(), 0.02,
                                                     preserve_topology=True))
-        share = pd.to_numeric(part["share"], errors="coerce") if "share" in part else None
+        share = (pd.to_numeric(part["share_frac"], errors="coerce") if "share_frac" in part
+                 else None)
         for i, (code, name) in enumerate(zip(_text(part["code"]), _text(part["name"]),
                                              strict=True)):
             s = None if share is None or pd.isna(share.iloc[i]) else float(share.iloc[i])
@@ -734,7 +736,7 @@ def _areas(states: pd.DataFrame, palette: str, flow_colour: str, lighten_for_flo
 
 _POINT_COLUMNS = {
     "dealer": ["dealer_name", "dealer_place", "guns", "purchasers", "dealer_ffl",
-               "top_purchaser", "top_purchaser_share", "median_time_to_crime_days",
+               "top_purchaser", "top_purchaser_share_frac", "median_time_to_crime_days",
                "first_purchase", "last_purchase", "geocode_level", "geocode_score"],
     "recovery": ["recovery_place", "guns", "purchasers", "recovery_state", "geocode_level",
                  "geocode_score", "first_recovery", "last_recovery"],

@@ -27,11 +27,12 @@ TRAFFICKER_COLUMNS = [
     "dealers",
     "top_dealer",
     "top_dealer_guns",
-    "top_dealer_share",
+    "top_dealer_share_frac",
     "hhi",
     "first_purchase",
     "last_purchase",
-    "crossings",
+    "known_crossings",
+    "modelled_crossings",
     "median_time_to_crime_days",
 ]
 PURCHASER_COLUMNS = [*TRAFFICKER_COLUMNS[:2], "at_or_above_threshold", *TRAFFICKER_COLUMNS[2:]]
@@ -112,12 +113,13 @@ def test_by_purchaser_contract_columns_and_concentration(records):
         "Store A",
         9,
     )
-    assert ana["top_dealer_share"] == pytest.approx(0.75)
+    assert ana["top_dealer_share_frac"] == pytest.approx(0.75)
     assert ana["hhi"] == pytest.approx(0.75**2 + 0.25**2)
     assert (ana["first_purchase"], ana["last_purchase"]) == ("2007-02-01", "2008-07-09")
-    assert ana["crossings"] == "Laredo; Hidalgo/Pharr"  # known first
+    # ports the records name apart from ports the route model chose
+    assert (ana["known_crossings"], ana["modelled_crossings"]) == ("Laredo", "Hidalgo/Pharr")
     beto = table.iloc[1]
-    assert beto["top_dealer_share"] == pytest.approx(0.5) and beto["hhi"] == pytest.approx(0.5)
+    assert beto["top_dealer_share_frac"] == pytest.approx(0.5) and beto["hhi"] == pytest.approx(0.5)
     assert table["guns"].sum() == records["purchaser_id"].notna().sum()
 
 
@@ -149,26 +151,26 @@ def test_tables_cover_all_valid_records(records):
     for name in ("by_us_state", "by_mx_state", "state_matrix", "by_dealer"):
         assert tables[name]["guns"].sum() == n, name
     assert list(tables["by_us_state"].columns) == [
-        "state", "state_name", "guns", "share", "dealers", "purchasers",
+        "state", "state_name", "guns", "share_frac", "dealers", "purchasers",
         "median_time_to_crime_days"]
     assert list(tables["by_mx_state"].columns) == [
-        "state", "state_name", "guns", "share", "places", "purchasers"]
+        "state", "state_name", "guns", "share_frac", "places", "purchasers"]
     us = tables["by_us_state"].set_index("state")
     assert us.loc["US-IL", "state_name"] == "Illinois"
     assert us.loc["US-IL", "guns"] == 14 and us.loc["US-IL", "dealers"] == 1
-    assert us["share"].sum() == pytest.approx(1.0)
+    assert us["share_frac"].sum() == pytest.approx(1.0)
     mx = tables["by_mx_state"].set_index("state")
     assert mx.loc["unknown", "guns"] == 1  # the unplaced record is counted, not dropped
     dealer = tables["by_dealer"].set_index("dealer_name").loc["Store A"]
     assert (dealer["guns"], dealer["purchasers"], dealer["top_purchaser_guns"]) == (14, 2, 9)
-    assert dealer["top_purchaser_share"] == pytest.approx(9 / 14)
+    assert dealer["top_purchaser_share_frac"] == pytest.approx(9 / 14)
 
 
 def test_by_crossing_splits_known_and_modelled(records):
     table = by_crossing(records[records["placed"]], PORTS).set_index("code")
     assert table.loc["2304", ["guns", "guns_known", "guns_modelled"]].tolist() == [14, 9, 5]
     assert table.loc["2604", "name"] == "Nogales"
-    assert table["share"].sum() == pytest.approx(1.0)
+    assert table["share_frac"].sum() == pytest.approx(1.0)
 
 
 def test_by_year_counts_purchases_and_recoveries_by_weapon_type(records):
@@ -221,7 +223,7 @@ def test_recovery_before_purchase_is_left_out_of_time_to_crime():
     numbers = ttc["numbers"]
     assert (numbers["guns_short"], numbers["guns_with_dates"]) == (1, 3)
     assert numbers["guns_impossible_dates"] == 2
-    assert numbers["share"] == pytest.approx(1 / 3)
+    assert numbers["share_frac"] == pytest.approx(1 / 3)
     assert numbers["median_days"] == 2000.0
     assert "(1 of 3)" in ttc["text"]
     assert "2 records with a recovery date before the purchase date were left out" in ttc["text"]
@@ -323,5 +325,33 @@ def test_dealer_without_purchasers_has_no_top_purchaser_share_in_table_or_layer(
     layer = build_dealers(records).set_index("dealer_name")
     for frame in (table, layer):
         assert frame.loc["Store A", "purchasers"] == 0
-        assert pd.isna(frame.loc["Store A", "top_purchaser_share"])
-        assert frame.loc["Store B", "top_purchaser_share"] == 1.0
+        assert pd.isna(frame.loc["Store A", "top_purchaser_share_frac"])
+        assert frame.loc["Store B", "top_purchaser_share_frac"] == 1.0
+
+
+def test_a_modelled_crossing_is_never_stated_as_fact():
+    # Dora: 10 guns, 1 through Nogales by record, 9 routed by the model via Laredo/Hidalgo
+    records = _records([
+        {"purchaser": "Dora", "dealer": "Store A", "port": "2604", "kind": "known", "n": 1},
+        {"purchaser": "Dora", "dealer": "Store A", "port": "2304", "kind": "modelled", "n": 6},
+        {"purchaser": "Dora", "dealer": "Store A", "port": "2305", "kind": "modelled", "n": 3},
+    ])
+    ports = {"2304": "Laredo", "2305": "Hidalgo/Pharr", "2604": "Nogales"}
+    tables = build_tables(records, ports=PORTS)
+    row = by_purchaser(records, port_names=ports).iloc[0]
+    assert (row["known_crossings"], row["modelled_crossings"]) == (
+        "Nogales", "Laredo; Hidalgo/Pharr")
+    top = {f["id"]: f for f in findings(records, tables)}["most_prolific_purchaser"]
+    assert top["text"].endswith(
+        "; crossed at Nogales (named in the records); modelled crossings (shortest route, not "
+        "a record): Laredo and Hidalgo/Pharr.")
+    assert top["numbers"]["known_crossings"] == "Nogales"
+    assert top["numbers"]["modelled_crossings"] == "Laredo; Hidalgo/Pharr"
+    listed = {f["id"]: f for f in findings(records, tables)}["prolific_purchasers"]
+    assert listed["numbers"]["top"][0]["modelled_crossings"] == "Laredo; Hidalgo/Pharr"
+    only_modelled = _records([{"purchaser": "Eli", "port": "2304", "kind": "modelled"}])
+    text = {f["id"]: f for f in findings(only_modelled, build_tables(only_modelled,
+                                                                      ports=PORTS))}
+    sentence = text["most_prolific_purchaser"]["text"]
+    assert "crossed at" not in sentence
+    assert sentence.endswith("; modelled crossing (shortest route, not a record): Laredo.")

@@ -118,14 +118,14 @@ def test_run_says_one_port_not_one_ports(tmp_path):
 
 
 def test_summary_table_shows_a_default_top_and_says_how_many_are_hidden():
-    result = geoflow("summary", "--sample", "--by", "trafficker")
+    result = geoflow("summary", "--sample", "--by", "purchaser")  # hundreds of rows
     assert result.exit_code == 0, result.stderr
     hidden = re.search(r"([\d,]+) more rows not shown: --top 0 shows all ([\d,]+)", result.stdout)
     assert hidden, result.output[-500:]
     total = int(hidden.group(2).replace(",", ""))
     assert int(hidden.group(1).replace(",", "")) == total - SUMMARY_TOP
     assert result.stdout.count("│ P-") == SUMMARY_TOP  # one table row per purchaser shown
-    everything = geoflow("summary", "--sample", "--by", "trafficker", "--format", "csv")
+    everything = geoflow("summary", "--sample", "--by", "purchaser", "--format", "csv")
     assert len(everything.stdout.strip().splitlines()) == total + 1  # csv: all, plus header
 
 
@@ -133,10 +133,13 @@ def test_batch_line_leaves_out_clauses_that_would_say_zero(small, tmp_path):
     result = geoflow("run", small, "--per", "state", "-o", tmp_path / "states", "--no-tiles")
     assert result.exit_code == 0, result.stderr
     assert "below --min-guns" not in result.output  # every state is written
-    assert "4 state output sets and index.html (54 guns); rows read 56" in result.stdout
+    assert "4 output sets (--per state) and index.html (54 guns); rows read 56" in result.stdout
     fewer = geoflow("run", small, "--per", "state", "--min-guns", "11", "-o",
                     tmp_path / "big", "--no-tiles")
-    assert "(34 guns; 20 guns in 2 states below --min-guns 11)" in fewer.stdout, fewer.stdout
+    assert "(34 guns; 20 guns of 2 US states below --min-guns 11)" in fewer.stdout, fewer.stdout
+    purchasers = geoflow("run", small, "--per", "trafficker", "-o", tmp_path / "p", "--no-tiles")
+    assert "4 guns of 1 purchaser below --min-guns 10" in purchasers.stdout, purchasers.stdout
+    assert "trafficker" not in purchasers.stdout.replace("--per trafficker", "")
 
 
 def test_index_title_keeps_proper_names(small, tmp_path):
@@ -159,3 +162,58 @@ def test_min_flow_guns_thins_the_map_and_min_guns_is_the_batch_threshold(small, 
     assert old_name.exit_code == 2 and "No such option" in old_name.stderr
     run_without_per = geoflow("run", small, "--min-guns", "3", "-o", tmp_path / "r")
     assert run_without_per.exit_code == 2 and "--min-flow-guns" in run_without_per.stderr
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_entity_findings_are_about_the_entity_and_reports_list_its_own_places(small, tmp_path):
+    import json
+
+    import pandas as pd
+
+    out = tmp_path / "by"
+    result = geoflow("run", small, "--per", "trafficker", "-o", out, "--no-tiles",
+                     "--show-names")
+    assert result.exit_code == 0, result.stderr
+    national = geoflow("run", small, "-o", tmp_path / "all", "--no-tiles")
+    assert national.exit_code == 0
+    whole = pd.read_csv(tmp_path / "all" / "geocode_report.csv", keep_default_na=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entity in manifest["entities"]:
+        folder = out / entity["folder"]
+        found = json.loads((folder / "findings.json").read_text())
+        assert found[0]["id"] == "entity", found[0]
+        assert found[0]["text"].startswith(f"{entity['label']} is tied to 10 traced guns, ")
+        assert found[0]["numbers"]["purchaser"] == entity["label"]
+        ids = [f["id"] for f in found]
+        assert "prolific_purchasers" not in ids and "most_prolific_purchaser" not in ids
+        assert all(f["text"].startswith(f"Among {entity['label']}'s guns: ")
+                   for f in found[1:])
+        assert "1 purchaser is tied" not in (folder / "findings.md").read_text()
+        report = pd.read_csv(folder / "geocode_report.csv", keep_default_na=False)
+        # its own places: each of its 10 records once per role, a subset of the national rows
+        assert report.groupby("role")["records"].sum().to_dict() == {
+            "dealer": 10, "recovery": 10}
+        keys = ["role", "query", "level"]
+        assert set(map(tuple, report[keys].to_numpy())) <= set(
+            map(tuple, whole[keys].to_numpy()))
+        assert len(report) < len(whole)
+    crossing = found[0]["numbers"]
+    assert set(crossing) >= {"known_crossings", "modelled_crossings"}
+
+
+def test_state_and_dealer_batches_open_with_a_sentence_about_the_entity(small, tmp_path):
+    import json
+
+    for kind, start in (("state", "traced guns were first sold in "),
+                        ("dealer", " sold "), ("mx-state", "traced guns were recovered in ")):
+        out = tmp_path / kind
+        result = geoflow("run", small, "--per", kind, "--min-guns", "1", "-o", out,
+                         "--no-tiles")
+        assert result.exit_code == 0, result.stderr
+        entity = json.loads((out / "manifest.json").read_text())["entities"][0]
+        found = json.loads((out / entity["folder"] / "findings.json").read_text())
+        assert found[0]["id"] == "entity" and start in found[0]["text"], found[0]
+        assert found[0]["numbers"]["kind"] == kind
+        assert entity["label"].split(" (")[0] in found[0]["text"]

@@ -229,7 +229,7 @@ def test_dealer_recovery_and_crossing_layers():
     dealers = build_dealers(placed)
     assert len(dealers) == 1
     gat = dealers.iloc[0]
-    assert (gat["guns"], gat["purchasers"], gat["top_purchaser_share"]) == (4, 2, 0.75)
+    assert (gat["guns"], gat["purchasers"], gat["top_purchaser_share_frac"]) == (4, 2, 0.75)
     assert shapely.get_coordinates(gat.geometry).tolist() == [_xy("dundee")]
     recoveries = build_recoveries(placed)
     assert recoveries.set_index("recovery_place")["guns"].to_dict() == {
@@ -260,3 +260,37 @@ def test_flow_ids_are_stable_hex_and_depend_on_every_key():
     assert ids.tolist() == flow_ids(keys.copy()).tolist()
     assert len(set(ids)) == 4
     assert all(len(i) == 12 and i.startswith("F-") and int(i[2:], 16) >= 0 for i in ids)
+
+
+def test_states_name_guns_sourced_and_recovered_apart_and_say_which_are_placed(tmp_path):
+    import json
+
+    from geoflow.aggregate import build_tables
+    from geoflow.export import write_geojson
+    from geoflow.flows import build_states, state_guns
+    from geoflow.shapes import load_states
+
+    records = make_records([
+        {"dealer_at": "houston", "recovered_at": "reynosa", "n": 2},
+        {"dealer_at": "houston", "recovered_at": None, "n": 1},  # Texas gun, not on the map
+        {"dealer_at": "phoenix", "recovered_at": "reynosa", "n": 1},
+    ])
+    records = records.assign(purchaser_label=records["purchaser_id"])
+    tables = build_tables(records, ports=PORTS)
+    states = build_states(records[records["placed"]], load_states(),
+                          sourced=tables["by_us_state"].set_index("state")["guns"],
+                          recovered=tables["by_mx_state"].set_index("state")["guns"])
+    write_geojson(states, tmp_path / "states.geojson")
+    features = {f["properties"]["code"]: f["properties"]
+                for f in json.loads((tmp_path / "states.geojson").read_text())["features"]}
+    texas, tamaulipas = features["US-TX"], features["MX-TAM"]
+    assert "guns" not in texas and "share" not in texas  # no word with two meanings
+    # all valid records, as in by_us_state and the findings; the map's count apart
+    assert (texas["guns_sourced"], texas["guns_placed"], texas["guns_recovered"]) == (3, 2, None)
+    assert texas["share_frac"] == 0.75  # as by_us_state.share_frac
+    us_table = tables["by_us_state"].set_index("state")
+    assert texas["share_frac"] == us_table.loc["US-TX", "share_frac"]
+    assert (tamaulipas["guns_recovered"], tamaulipas["guns_sourced"]) == (3, None)
+    assert tamaulipas["guns_placed"] == 3
+    assert features["US-AZ"]["guns_sourced"] == 1 and features["MX-SIN"]["guns_recovered"] == 0
+    assert state_guns(states).sum() == 4 + 3  # sourced on one side, recovered on the other

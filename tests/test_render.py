@@ -85,7 +85,7 @@ def _result(flows):
         "dealer_id": ["D-1"], "dealer_name": [first["dealer_name"]], "dealer_ffl": ["5-74-1"],
         "dealer_place": [first["dealer_place"]], "dealer_state": ["US-TX"],
         "guns": [int(flows["guns"].sum())], "purchasers": [2], "top_purchaser": [PAYLOADS[2]],
-        "top_purchaser_share": [0.5]}, geometry=[point(-95.369, 29.76)], crs="EPSG:4326")
+        "top_purchaser_share_frac": [0.5]}, geometry=[point(-95.369, 29.76)], crs="EPSG:4326")
     recoveries = gpd.GeoDataFrame({
         "recovery_place": [first["recovery_place"]], "recovery_state": ["MX-NLE"],
         "guns": [int(flows["guns"].sum())], "purchasers": [2]},
@@ -96,8 +96,10 @@ def _result(flows):
         geometry=[point(-99.507, 27.5)], crs="EPSG:4326")
     states = gpd.GeoDataFrame({
         "code": ["US-TX", "US-OK", "MX-NLE"], "name": [PAYLOADS[0], "Oklahoma", "Nuevo León"],
-        "country": ["US", "US", "MX"], "guns": [int(flows["guns"].sum()), 0, 3],
-        "share": [1.0, 0.0, 1.0]},
+        "country": ["US", "US", "MX"],
+        "guns_sourced": pd.array([int(flows["guns"].sum()), 0, None], dtype="Int64"),
+        "guns_recovered": pd.array([None, None, 3], dtype="Int64"),
+        "share_frac": [1.0, 0.0, 1.0]},
         geometry=[shapely.box(-106, 26, -94, 36), shapely.box(-103, 34, -94.4, 37),
                   shapely.box(-101, 23, -98, 27.5)], crs="EPSG:4326")
 
@@ -191,7 +193,7 @@ def test_a_result_with_nothing_placed_still_gives_a_finished_page():
     result = _result(_flow_frame([5], ["2304"]))
     for name in ("flows", "dealers", "recoveries", "crossings"):
         setattr(result, name, getattr(result, name).iloc[:0])
-    result.states = result.states.assign(guns=0)
+    result.states = result.states.assign(guns_sourced=0, guns_recovered=0)
     page = render_map(result, options=MapOptions())
     assert "0 traced guns from 0 US dealers, through 0 ports of entry, to 0 places" in page
     assert "No flows to draw." in page

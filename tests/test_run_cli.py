@@ -55,15 +55,15 @@ def test_sample_tables_reproduce_the_reporting(sample_run):
     traffickers = pd.read_csv(out / "tables" / "by_trafficker.csv", dtype={"purchaser": str})
     big = traffickers[traffickers["guns"] >= 10]
     assert len(big) == 11
-    assert (big["top_dealer_share"] > 0.5).sum() == 9
+    assert (big["top_dealer_share_frac"] > 0.5).sum() == 9
     top = traffickers.iloc[0]
     assert top["purchaser"] == BARAJAS
     assert top["top_dealer"] == "GAT Guns" and top["top_dealer_guns"] >= 69
-    assert top["crossings"].split("; ")[0] == "Laredo"
+    assert top["known_crossings"].split("; ")[0] == "Laredo"
     rosa = traffickers.set_index("purchaser").loc[DE_LA_ROSA]
     assert (rosa["guns"], rosa["top_dealer"], rosa["top_dealer_guns"]) == (
         34, "Hart Brothers", 28)
-    assert "Laredo" in rosa["crossings"]
+    assert "Laredo" in rosa["known_crossings"]
     findings = {f["id"]: f for f in json.loads((out / "findings.json").read_text())}
     numbers = findings["prolific_purchasers"]["numbers"]
     assert (numbers["purchasers"], numbers["mostly_one_store"]) == (11, 9)
@@ -99,15 +99,16 @@ def test_summary_trafficker_json_and_findings(sample_run):
     rows = json.loads(result.output)
     assert len(rows) == 11 and rows[0]["purchaser"] == BARAJAS
     assert list(rows[0]) == [
-        "purchaser", "guns", "dealers", "top_dealer", "top_dealer_guns", "top_dealer_share",
-        "hhi", "first_purchase", "last_purchase", "crossings", "median_time_to_crime_days"]
+        "purchaser", "guns", "dealers", "top_dealer", "top_dealer_guns", "top_dealer_share_frac",
+        "hhi", "first_purchase", "last_purchase", "known_crossings", "modelled_crossings",
+        "median_time_to_crime_days"]
     findings = _invoke("-q", "summary", "--sample", "--by", "crossing", "--format", "csv",
                        "--findings")
     table_text, _, findings_text = findings.output.partition("id,text")
     assert "11 purchasers are tied to 10 or more guns each; 9 of them" in findings_text
     table = pd.read_csv(io.StringIO(table_text))
     assert list(table.columns) == ["code", "name", "us_state", "guns", "guns_known",
-                                   "guns_modelled", "share"]
+                                   "guns_modelled", "share_frac"]
     assert (table["guns_known"] + table["guns_modelled"] == table["guns"]).all()
 
 

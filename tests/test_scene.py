@@ -89,7 +89,8 @@ def test_classes_come_from_mapclassify_quantiles(scene, sample_result):
     import mapclassify
 
     us = scene.classes[0]
-    guns = sample_result.states.query("country == 'US' and guns > 0")["guns"].to_numpy()
+    guns = sample_result.states.query("country == 'US' and guns_sourced > 0")[
+        "guns_sourced"].to_numpy()
     expected = np.unique(np.floor(mapclassify.Quantiles(guns, k=5).bins))
     assert list(us.bins) == expected.tolist()
     assert us.labels[-1].endswith(f"{int(guns.max()):,}")
