@@ -152,9 +152,10 @@ def test_index_title_keeps_proper_names(small, tmp_path):
 
 def test_min_flow_guns_thins_the_map_and_min_guns_is_the_batch_threshold(small, tmp_path):
     drawn = geoflow("map", small, "-o", tmp_path / "m.html", "--min-flow-guns", "3",
-                    "--no-tiles")
+                    "--no-tiles", "--flow-style", "paths")
     assert drawn.exit_code == 0, drawn.stderr
-    everything = geoflow("map", small, "-o", tmp_path / "all.html", "--no-tiles")
+    everything = geoflow("map", small, "-o", tmp_path / "all.html", "--no-tiles",
+                         "--flow-style", "paths")
     count = re.compile(r"([\d,]+) of ([\d,]+) flows drawn")
     few, all_ = count.search(drawn.output), count.search(everything.output)
     assert few.group(2) == all_.group(2) and int(few.group(1)) < int(all_.group(1))
