@@ -943,7 +943,7 @@ def _entity_summary(tables: Mapping[str, pd.DataFrame], *, kind: str, label: str
                    if _known(row["last_purchase"]) not in (None, _known(row["first_purchase"]))
                    else "")
                 + crossings_clause(row["known_crossings"], row["modelled_crossings"]) + ".")
-        keys = ["purchaser", "guns", "dealers", "top_dealer", "top_dealer_guns",
+        keys = ["purchaser", "guns", "distinct_dealers", "top_dealer", "top_dealer_guns",
                 "top_dealer_share_frac", "first_purchase", "last_purchase", "known_crossings",
                 "modelled_crossings"]
     elif kind == "dealer":
@@ -960,11 +960,13 @@ def _entity_summary(tables: Mapping[str, pd.DataFrame], *, kind: str, label: str
         text = (f"{plural(guns, 'traced gun')} {were} first sold in {row['state_name']}, by "
                 f"{plural(int(row['dealers']), 'dealer')} to "
                 f"{plural(int(row['purchasers']), 'purchaser')}.")
-        keys = ["state", "state_name", "guns", "dealers", "purchasers"]
+        keys = ["state", "state_name", "guns", "distinct_dealers", "purchasers"]
     else:
         text = (f"{plural(guns, 'traced gun')} {were} recovered in {row['state_name']}, at "
                 f"{plural(int(row['places']), 'place')}; "
                 f"{plural(int(row['purchasers']), 'purchaser')} bought them.")
         keys = ["state", "state_name", "guns", "places", "purchasers"]
+    # "dealers" is a list of table rows in top_dealers: a count gets its own name here
+    row = row.rename({"dealers": "distinct_dealers"})
     return {"id": "entity", "text": text,
             "numbers": {"kind": kind, **{k: _num(row[k]) for k in keys}}}

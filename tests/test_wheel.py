@@ -12,6 +12,8 @@ the inner venv imported the wheel's copy (module and data files inside it), not 
 The wheel is built by the first interpreter at hand that can build one offline (``build`` plus
 a setuptools with ``bdist_wheel``): the running one, else the base interpreter under it — a
 venv made by ``python -m venv`` carries its own old setuptools that shadows a newer one.
+The build must not warn that the metadata is deprecated (``license`` is an SPDX string,
+PEP 639).
 """
 
 from __future__ import annotations
@@ -23,16 +25,15 @@ import subprocess
 import sys
 import sysconfig
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CAN_BUILD = (
-    "import importlib.util as u, build; "
-    "assert u.find_spec('setuptools.command.bdist_wheel') or u.find_spec('wheel.bdist_wheel')"
-)
+#: ``build`` and a setuptools that builds wheels itself and reads an SPDX ``license`` (>= 77)
+CAN_BUILD = "import build, setuptools; assert int(setuptools.__version__.split('.')[0]) >= 77"
 
 
 def _clean_env() -> dict[str, str]:
@@ -94,7 +95,11 @@ def test_wheel_installs_and_loads_shapes_outside_the_checkout(tmp_path):
         capture_output=True, text=True, check=False, env=_clean_env(), cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    assert "Deprecat" not in build.stdout + build.stderr, build.stderr[-2000:]
     (wheel,) = dist.glob("geoflow-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read("geoflow-0.1.0.dist-info/METADATA").decode()
+    assert "License-Expression: MIT" in metadata.splitlines()
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
