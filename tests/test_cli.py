@@ -277,7 +277,7 @@ def test_per_state_batch_one_folder_per_state_and_counts_add_up(small_by_state):
         assert (out / entity["folder"] / "map.html").is_file()
     assert analysed == PER_STATE
     assert sum(analysed.values()) == 54 == manifest(out)["counts"]["records"]
-    assert "4 state output sets" in result.output
+    assert "4 output sets (--per state)" in result.output
 
 
 def test_min_guns_skips_small_entities_and_counts_them(small, tmp_path):
