@@ -909,6 +909,9 @@ def entity_findings(found: list[dict], tables: Mapping[str, pd.DataFrame], *, ki
     a summary of the entity (``id`` ``entity``), then the national findings that still say
     something, scoped ("Among guns sold in Texas: top source …"). ``tables`` are the entity's
     own (before suppression); purchasers with fewer than ``min_cell`` guns are not named."""
+    purchasers = tables["by_purchaser"]
+    if kind == "trafficker" and (not len(purchasers) or purchasers["guns"].iloc[0] < min_cell):
+        label = "this purchaser"  # fewer than --min-cell guns: counted, never named
     summary = _entity_summary(tables, kind=kind, label=label, min_cell=min_cell)
     scope = _SCOPES[kind].format(label=label)
     out = [summary] if summary else []
@@ -934,7 +937,8 @@ def _entity_summary(tables: Mapping[str, pd.DataFrame], *, kind: str, label: str
     guns = int(row["guns"])
     were = "was" if guns == 1 else "were"
     if kind == "trafficker":
-        text = (f"{row['purchaser']} is tied to {plural(guns, 'traced gun')}, "
+        who = row["purchaser"] if guns >= min_cell else "This purchaser"
+        text = (f"{who} is tied to {plural(guns, 'traced gun')}, "
                 f"{_from_dealer(int(row['top_dealer_guns']), row['top_dealer'], of_them=True)} "
                 f"({float(row['top_dealer_share_frac']):.0%}), from "
                 f"{plural(int(row['dealers']), 'dealer')}, bought "
@@ -943,7 +947,8 @@ def _entity_summary(tables: Mapping[str, pd.DataFrame], *, kind: str, label: str
                    if _known(row["last_purchase"]) not in (None, _known(row["first_purchase"]))
                    else "")
                 + crossings_clause(row["known_crossings"], row["modelled_crossings"]) + ".")
-        keys = ["purchaser", "guns", "distinct_dealers", "top_dealer", "top_dealer_guns",
+        keys = ["purchaser"] * (guns >= min_cell) + [
+                "guns", "distinct_dealers", "top_dealer", "top_dealer_guns",
                 "top_dealer_share_frac", "first_purchase", "last_purchase", "known_crossings",
                 "modelled_crossings"]
     elif kind == "dealer":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from handmade import PORTS, make_records
@@ -355,3 +357,24 @@ def test_a_modelled_crossing_is_never_stated_as_fact():
     sentence = text["most_prolific_purchaser"]["text"]
     assert "crossed at" not in sentence
     assert sentence.endswith("; modelled crossing (shortest route, not a record): Laredo.")
+
+
+def test_entity_findings_speak_of_the_entity_and_never_name_a_small_cell():
+    from geoflow.aggregate import entity_findings
+
+    records = _records([
+        {"purchaser": "Dora", "dealer": "Store A", "port": "2604", "kind": "known", "n": 2},
+        {"purchaser": "Dora", "dealer": "Store B", "port": "2304", "n": 1},
+    ])
+    tables = build_tables(records, ports=PORTS)
+    label = tables["by_purchaser"]["purchaser"].iloc[0]
+    found = entity_findings(findings(records, tables), tables, kind="trafficker", label=label)
+    assert found[0]["text"].startswith(f"{label} is tied to 3 traced guns, 2 of them from "
+                                       "Store A (67%), from 2 dealers, bought 2008-01-15;")
+    assert [f["id"] for f in found if f["id"].endswith("purchaser")] == []
+    assert all(f["text"].startswith(f"Among {label}'s guns: ") for f in found[1:])
+    hidden = entity_findings(findings(records, tables, min_cell=5), tables, kind="trafficker",
+                             label=label, min_cell=5)
+    assert label not in json.dumps(hidden)  # fewer than --min-cell guns: never named
+    assert hidden[0]["text"].startswith("This purchaser is tied to 3 traced guns")
+    assert "purchaser" not in hidden[0]["numbers"]
