@@ -52,14 +52,15 @@ SHAPEFILE_FIELDS: dict[str, str] = {
     "crossing_code": "cross_code", "crossing_name": "cross_name",
     "recovery_place": "recov_plc", "recovery_state": "recov_st", "route_kind": "route_kind",
     "guns": "guns", "purchasers": "purchasers", "top_purchaser": "top_purch",
-    "top_purchaser_share": "top_pur_sh", "first_purchase": "purch_from",
+    "top_purchaser_share_frac": "top_pur_sh", "first_purchase": "purch_from",
     "last_purchase": "purch_to", "median_time_to_crime_days": "ttc_median",
     "dealer_lon": "dealer_lon", "dealer_lat": "dealer_lat", "port_lon": "port_lon",
     "port_lat": "port_lat", "recovery_lon": "recov_lon", "recovery_lat": "recov_lat",
     "geocode_level": "geo_level", "geocode_score": "geo_score", "first_recovery": "recov_from",
     "last_recovery": "recov_to", "code": "code", "name": "name", "us_state": "us_state",
     "mx_city": "mx_city", "guns_known": "guns_known", "guns_modelled": "guns_model",
-    "country": "country", "share": "share",
+    "country": "country", "share_frac": "share_frac", "guns_sourced": "guns_src",
+    "guns_recovered": "guns_recov", "guns_placed": "guns_plcd",
 }
 _LAYERS = ("flows", "dealers", "recoveries", "crossings", "states")
 #: ``last_change`` written into geoflow.gpkg (reproducible files; the manifest has the run time).

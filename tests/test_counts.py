@@ -105,9 +105,9 @@ def test_state_count_table_maps_the_us_side_and_flows_to_the_border(tmp_path):
     assert set(rejects.loc[rejects["line"] == 5, "column"]) == {"Firearms Traced"}
     # the US side: choropleth in guns; no Mexican state, no recovery point is invented
     states = {s["code"]: s for s in _geojson(out, "states")}
-    assert (states["US-TX"]["guns"], states["US-AZ"]["guns"], states["US-CA"]["guns"]) == (
-        1234, 567, 300)
-    assert all(s["guns"] == 0 for s in states.values() if s["country"] == "MX")
+    assert (states["US-TX"]["guns_sourced"], states["US-AZ"]["guns_sourced"],
+            states["US-CA"]["guns_sourced"]) == (1234, 567, 300)
+    assert all(s["guns_recovered"] == 0 for s in states.values() if s["country"] == "MX")
     assert _geojson(out, "recoveries") == [] and counts["recoveries"] == 0
     assert _geojson(out, "dealers") == []  # a bare state is no dealer
     flows = _geojson(out, "flows")
@@ -167,7 +167,8 @@ def test_us_state_by_mexican_state_table_draws_state_flows(tmp_path):
     assert pairs == {("US-TX", "MX-TAM"): 400, ("US-TX", "MX-CHH"): 250,
                      ("US-AZ", "MX-SON"): 320, ("US-AZ", "MX-SIN"): 80,
                      ("US-CA", "MX-BCN"): 150}
-    states = {s["code"]: s["guns"] for s in _geojson(out, "states")}
+    states = {s["code"]: s["guns_sourced"] if s["country"] == "US" else s["guns_recovered"]
+              for s in _geojson(out, "states")}
     assert (states["US-TX"], states["MX-TAM"], states["MX-SIN"]) == (650, 400, 80)
     mx = pd.read_csv(out / "tables" / "by_mx_state.csv").set_index("state")["guns"]
     assert mx.sum() == 1200 and mx["MX-CHH"] == 250
