@@ -798,6 +798,8 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
             if column not in frame.columns:
                 raise SchemaError(f"no column {column!r}; columns are: "
                                   + ", ".join(map(str, frame.columns)), path=input_path)
+            if not show_names:
+                frame = _pseudonymised_table(frame, key_file=pseudonym_key_file)
             out, report = geocode_column(frame, column, country=country and country.upper(),
                                          geocoder=geocoder, overrides=fixes)
             level = out["level" if "level_geocoded" not in out else "level_geocoded"]
@@ -833,6 +835,19 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
     click.echo(f"wrote {out_file} ({len(out):,} rows) and {report_file} "
                f"({len(report):,} distinct strings): "
                + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+
+
+def _pseudonymised_table(frame, *, key_file: str | None):
+    """A plain table whose headers name purchasers or possessors (``Purchaser Name``,
+    ``comprador`` …) with those columns replaced by ``purchaser_id``/``possessor_id``."""
+    from geoflow.privacy import hide_names, resolve_key
+    from geoflow.schema import map_headers
+
+    roles = {raw: canonical for raw, canonical in map_headers(list(map(str, frame.columns)))
+             .items() if canonical in ("purchaser_name", "possessor_name")}
+    if not roles:
+        return frame
+    return hide_names(frame.rename(columns=roles), key=resolve_key(key_file=key_file))
 
 
 def main() -> None:

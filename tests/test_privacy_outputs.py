@@ -54,9 +54,19 @@ def names(sample) -> pd.Series:
     return pd.concat([raw[c] for c in columns], ignore_index=True).dropna().drop_duplicates()
 
 
+def output_text(path: Path) -> str:
+    """What a reader of ``path`` sees: the text, or a Parquet file's table as CSV."""
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path).drop(columns="geometry", errors="ignore").to_csv()
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def output_texts(folder: Path) -> list[str]:
+    return [output_text(p) for p in sorted(folder.rglob("*")) if p.is_file()]
+
+
 def published_ids(folder: Path) -> set[str]:
-    return {m for p in folder.rglob("*") if p.is_file() and p.suffix != ".parquet"
-            for m in PSEUDONYM.findall(p.read_text(encoding="utf-8"))}
+    return {m for text in output_texts(folder) for m in PSEUDONYM.findall(text)}
 
 
 # --------------------------------------------------------------------------- the key
@@ -235,11 +245,8 @@ def found_names(folder_or_text, names: set[str]) -> set[str]:
     """Full names (normalised) that occur in any file under a folder, or in a text."""
     lengths = sorted({len(n.split()) for n in names})
     first_words = {n.split()[0] for n in names}
-    if isinstance(folder_or_text, Path):
-        texts = [p.read_text(encoding="utf-8", errors="replace")
-                 for p in folder_or_text.rglob("*") if p.is_file() and p.suffix != ".parquet"]
-    else:
-        texts = [folder_or_text]
+    texts = (output_texts(folder_or_text) if isinstance(folder_or_text, Path)
+             else [folder_or_text])
     hits = set()
     for text in texts:
         words = match_key(text).split()
@@ -322,6 +329,14 @@ def test_geocode_writes_pseudonyms_unless_show_names(sample, dictionary, tmp_pat
     columns = pd.read_csv(coded / "out.csv", nrows=1).columns
     assert {"purchaser_id", "possessor_id"} <= set(columns)
     assert not {"purchaser_name", "possessor_name"} & set(columns)
+    # a plain table with a purchaser column (--column mode) gets pseudonyms too
+    table = tmp_path / "people.csv"
+    table.write_text("City,Purchaser Name\nReynosa,Rogelio Barajas\n", encoding="utf-8")
+    plain = geoflow("-q", "geocode", str(table), "--column", "City", "--country", "MX",
+                    "-o", str(tmp_path / "plain" / "out.csv"))
+    assert plain.exit_code == 0, plain.output
+    assert found_names(tmp_path / "plain", dictionary) == set()
+    assert "purchaser_id" in pd.read_csv(tmp_path / "plain" / "out.csv").columns
     # the gate opens only when asked, and says so
     named = geoflow("-q", "geocode", str(sample), "-o", str(tmp_path / "named" / "out.csv"),
                     "--show-names")
