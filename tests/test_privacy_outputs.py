@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from handmade import output_text
 
 from geoflow.cli import cli
 from geoflow.errors import ConfigError
@@ -52,13 +53,6 @@ def names(sample) -> pd.Series:
     columns = [c for c in raw.columns if "purchaser" in c.lower() or "possessor" in c.lower()]
     assert len(columns) == 2, raw.columns
     return pd.concat([raw[c] for c in columns], ignore_index=True).dropna().drop_duplicates()
-
-
-def output_text(path: Path) -> str:
-    """What a reader of ``path`` sees: the text, or a Parquet file's table as CSV."""
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path).drop(columns="geometry", errors="ignore").to_csv()
-    return path.read_text(encoding="utf-8", errors="replace")
 
 
 def output_texts(folder: Path) -> list[str]:
@@ -285,9 +279,9 @@ def test_no_real_name_in_a_run_and_no_path_in_its_manifest(default_run, dictiona
 
 
 @pytest.mark.parametrize("mode", [  # batches cut to a few entities to keep the test short
-    ("run", "--per", "trafficker", "--min-guns", "25"),
-    ("run", "--per", "dealer", "--min-guns", "30"),
-    ("run", "--per", "state", "--state", "TX", "--state", "IL", "--state", "AZ", "--no-tiles"),
+    ("run", "--per", "trafficker", "--min-guns", "40", "--jobs", "1"),
+    ("run", "--per", "dealer", "--min-guns", "50", "--jobs", "1"),
+    ("run", "--per", "state", "--state", "IL", "--state", "MN", "--jobs", "1"),
 ])
 def test_no_real_name_in_any_run_or_batch_output(sample, dictionary, tmp_path, mode):
     out = tmp_path / "out"
@@ -315,10 +309,14 @@ def test_no_real_name_in_summary(sample, dictionary, by):
     assert PSEUDONYM.search(result.stdout)  # people are there, by pseudonym
 
 
-def test_no_real_name_on_the_map(sample, dictionary, tmp_path):
+def test_no_real_name_on_the_map_or_the_stills(sample, dictionary, tmp_path):
     page = tmp_path / "map" / "map.html"
     assert geoflow("-q", "map", str(sample), "-o", str(page)).exit_code == 0
-    assert found_names(page.parent, dictionary) == set()
+    still = tmp_path / "static" / "map.svg"
+    result = geoflow("-q", "static", str(sample), "-o", str(still))
+    assert result.exit_code == 0, result.output
+    assert still.stat().st_size > 10_000
+    assert found_names(page.parent, dictionary) == found_names(still.parent, dictionary) == set()
 
 
 def test_geocode_writes_pseudonyms_unless_show_names(sample, dictionary, tmp_path):
