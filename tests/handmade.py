@@ -106,11 +106,17 @@ def output_text(path: Path) -> str:
     a PNG (map.png) as its text chunks (its words are pixels: map.svg holds the same text)."""
     if path.suffix == ".parquet":
         return pd.read_parquet(path).drop(columns="geometry").to_csv()
+    if path.suffix == ".gpkg":  # every layer as CSV (SQLite pages are no text to search)
+        import pyogrio
+
+        return "\n".join(
+            pyogrio.read_dataframe(path, layer=name, read_geometry=False).to_csv()
+            for name, _ in pyogrio.list_layers(path))
     if path.suffix == ".png":
         from PIL import Image
 
         with Image.open(path) as image:
             return "\n".join(f"{k} {v}" for k, v in image.text.items())
-    if path.suffix in {".gpkg", ".shp", ".shx", ".dbf"}:  # binary; their text is UTF-8
+    if path.suffix in {".shp", ".shx", ".dbf"}:  # binary; their text is UTF-8
         return path.read_bytes().decode("utf-8", errors="replace")
     return path.read_text(encoding="utf-8")
