@@ -912,6 +912,8 @@ def build_scene(result: MapData, *, options: MapOptions | None = None) -> Scene:
         total = int(_guns(result.flows["guns"].to_numpy()).sum()) if len(result.flows) else 0
         notes.insert(0, f"No flows drawn: {_count(total, 'gun')} below the threshold."
                      if total else "No flows to draw.")
+    # What the small-count rule withheld (privacy.suppress): said where the reader looks.
+    notes.extend(getattr(result, "suppression", {}).get("text", []))
     flow_title = ("Flows: dealer → port of entry → recovery place (guns)"
                   if options.flow_style == "paths" else
                   "Guns by leg: US origin → port of entry → Mexican destination")

@@ -182,3 +182,12 @@ def test_colour_helpers():
 def test_areas_carry_simplified_geometry(scene):
     texas = next(a for a in scene.areas if a.code == "US-TX")
     assert texas.cls == len(scene.classes[0].colours) - 1 and shapely.area(texas.geometry) > 50
+
+
+def test_legend_says_what_the_small_count_rule_withheld(sample_result, scene):
+    small = sample_result.suppression["small_flows"]["flows"]
+    assert sample_result.suppression["enabled"] and small > 0
+    withheld = [note for note in scene.legend.notes if "fewer than 3 guns" in note]
+    assert withheld, scene.legend.notes
+    assert any(f"{sample_result.suppression['cells']['flows']['rows']:,} flows" in note
+               for note in withheld)
