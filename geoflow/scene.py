@@ -878,6 +878,24 @@ def _bounds(legs: Sequence[Leg], layers: Sequence[PointLayer], areas: Sequence[A
 # --------------------------------------------------------------------------- the scene
 
 
+def _withheld_note(suppression: Mapping[str, Any]) -> str:
+    """One legend sentence on what the small-count rule (privacy.suppress) withheld."""
+    if not suppression:
+        return ""
+    if not suppression.get("enabled"):
+        return "Small-count suppression is off: every purchaser and exact date is published."
+    k = suppression["min_cell"]
+    flows = suppression.get("cells", {}).get("flows", {}).get("rows", 0)
+    hidden = suppression.get("purchasers_not_listed", {}).get("purchasers", 0)
+    parts = []
+    if flows:
+        parts.append(f"{_count(flows, 'flow')} show no purchaser and only years")
+    if hidden:
+        parts.append(f"{_count(hidden, 'purchaser')} are counted only in totals")
+    return (f"Cells of fewer than {k} guns or purchasers: " + "; ".join(parts) + "."
+            if parts else "")
+
+
 def build_scene(result: MapData, *, options: MapOptions | None = None) -> Scene:
     """The renderer-independent scene of a run (see the module docstring for its parts)."""
     options = options or MapOptions()
@@ -912,8 +930,9 @@ def build_scene(result: MapData, *, options: MapOptions | None = None) -> Scene:
         total = int(_guns(result.flows["guns"].to_numpy()).sum()) if len(result.flows) else 0
         notes.insert(0, f"No flows drawn: {_count(total, 'gun')} below the threshold."
                      if total else "No flows to draw.")
-    # What the small-count rule withheld (privacy.suppress): said where the reader looks.
-    notes.extend(getattr(result, "suppression", {}).get("text", []))
+    withheld = _withheld_note(getattr(result, "suppression", None) or {})
+    if withheld:
+        notes.append(withheld)
     flow_title = ("Flows: dealer → port of entry → recovery place (guns)"
                   if options.flow_style == "paths" else
                   "Guns by leg: US origin → port of entry → Mexican destination")
