@@ -258,13 +258,18 @@ def entity_table(
     """Entities to write (with slug, folder and per-entity counts) and the batch accounting.
 
     The accounting says where every record went: ``records`` = ``guns_in_entities`` +
-    ``guns_below_threshold`` + ``records_without_entity``. Purchasers (``trafficker``) are
-    listed only when tied to ``min_cell`` guns or more (the small-count rule), whatever
-    ``min_guns`` says.
+    ``guns_below_threshold`` + ``records_without_entity`` + ``duplicate_records``. Repeated
+    trace records are left out of the guns (and ``--min-guns``) as the entity's own tables
+    leave them out (:func:`geoflow.aggregate.counted`).
+    Purchasers (``trafficker``) are listed only when tied to ``min_cell`` guns or more
+    (the small-count rule), whatever ``min_guns`` says.
     """
+    from geoflow.aggregate import counted
+
     threshold = DEFAULT_MIN_GUNS[kind] if min_guns is None else max(int(min_guns), 1)
     if kind == "trafficker":
         threshold = max(threshold, int(min_cell))
+    everything, records = records, counted(records)
     keys = entity_keys(records, kind)
     table = list_entities(records, kind, min_guns=threshold, show_names=show_names)
     stats = pd.DataFrame({
@@ -283,13 +288,14 @@ def entity_table(
     table["href"] = table["folder"] + "/map.html"
     with_entity = int(keys.notna().sum())
     accounting = {
-        "records": len(records),
+        "records": len(everything),
         "entities": len(table),
         "guns_in_entities": int(table["guns"].sum()),
         "min_guns": threshold,
         "entities_below_threshold": int(keys.nunique(dropna=True)) - len(table),
         "guns_below_threshold": with_entity - int(table["guns"].sum()),
         "records_without_entity": len(records) - with_entity,
+        "duplicate_records": len(everything) - len(records),
     }
     return table.astype({"placed": int, "purchasers": int, "dealers": int}), accounting
 
@@ -428,6 +434,9 @@ def _accounting_notes(accounting: dict[str, int], *, singular: str, plural: str)
             f"{accounting['min_guns']:,} guns each ({accounting['guns_below_threshold']:,} "
             "guns) are not listed."
         )
+    if accounting.get("duplicate_records"):
+        notes.append(f"{accounting['duplicate_records']:,} repeated trace records are not "
+                     "counted again.")
     if accounting["records_without_entity"]:
         notes.append(f"{accounting['records_without_entity']:,} records have no {singular} "
                      "(for states: the geocoder could not tell which) and are in no folder.")

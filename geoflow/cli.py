@@ -5,6 +5,7 @@ clear line on stderr and a distinct exit code (a traceback only with ``--debug``
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import traceback
 
@@ -27,7 +28,7 @@ from geoflow.cli_options import (
     show_progress,
 )
 from geoflow.config import Config
-from geoflow.errors import GeoflowError
+from geoflow.errors import GeoflowError, Terminated
 from geoflow.progress import stage
 
 __all__ = ["cli", "main"]
@@ -46,6 +47,11 @@ class GeoflowGroup(click.Group):
                 traceback.print_exception(exc, file=sys.stderr)
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see main)
+            terminated = isinstance(exc, Terminated)
+            click.echo(f"error: interrupted ({'SIGTERM' if terminated else 'Ctrl-C'}); "
+                       "no half-written output folder was put in place", err=True)
+            ctx.exit(Terminated.exit_code if terminated else 130)
 
 
 @click.group(cls=GeoflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,7 +116,7 @@ def _pipeline_options(func):
     """Options that change what a run computes (shared by ``run`` and ``summary``)."""
     options = [
         click.argument("input_path", metavar="INPUT", required=False,
-                       type=click.Path(dir_okay=False)),
+                       type=click.Path()),  # the reader checks it: exit 3, not click's 2
         click.option("--sample", is_flag=True,
                      help="Use the shipped synthetic sample instead of INPUT."),
         click.option("--dayfirst", is_flag=True, default=None,
@@ -710,7 +716,7 @@ def ports_command(texts: tuple[str, ...], fmt: str) -> None:
 
 
 @cli.command("geocode")
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
+@click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.option("--column", help="Geocode this column of a plain CSV, XLSX or Parquet table "
                                "(default: the dealer and recovery places of a trace file).")
 @click.option("--country", type=click.Choice(["US", "MX"], case_sensitive=False),
@@ -850,6 +856,12 @@ def _pseudonymised_table(frame, *, key_file: str | None):
     return hide_names(frame.rename(columns=roles), key=resolve_key(key_file=key_file))
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM (``kill``, ``docker stop``) stops a run like Ctrl-C:
+    temporary folders are removed and the output folder is left as it was."""
+    signal.signal(signal.SIGTERM, _terminate)
     cli(obj={})

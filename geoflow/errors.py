@@ -10,6 +10,7 @@ __all__ = [
     "FilterError",
     "OutputError",
     "ConfigError",
+    "Terminated",
 ]
 
 
@@ -57,3 +58,9 @@ class ConfigError(GeoflowError):
     """A config file (geoflow.toml / --config) is missing, not TOML, or has an unknown key."""
 
     exit_code = 8
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the CLI's handler so a run stops like on Ctrl-C (cleaning up)."""
+
+    exit_code = 143

@@ -9,12 +9,20 @@ counter-clockwise (right-hand rule). CSV cells that would start a spreadsheet fo
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
+import hashlib
 import json
+import logging
 import math
 import os
+import re
 import secrets
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from pathlib import Path
@@ -46,12 +54,25 @@ __all__ = [
     "check_output_dir",
     "atomic_output_dir",
     "write_atomic",
+    "output_target",
+    "writes_in_place",
+    "user_files",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Value of ``generator`` in every manifest.json geoflow writes.
 GENERATOR = "geoflow"
 DECIMALS = 6
 _FORMULA_START = r"^[=+\-@\t\r]"
+#: This machine, in the names of temporary folders (``.OUT.tmp-<host>-<pid>-…``): a later run
+#: removes those whose process is gone.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_STALE = re.compile(r"\.(?:tmp|old)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[^/]+")
+#: Names of our own temporaries inside an output folder written in place.
+_OURS = re.compile(r"\.geoflow\.(?:tmp|old)-.*")
+#: Files an operating system drops into folders by itself.
+_OS_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 #: Markdown output: no raw HTML (``& < >`` as entities), no links, images, code or emphasis
 #: formed by data (backslash escapes), one line per item (line breaks become spaces).
 _MARKDOWN_ESCAPES = str.maketrans({
@@ -334,39 +355,143 @@ def is_geoflow_folder(folder: str | Path) -> bool:
 
 def check_output_dir(out_dir: str | Path, *, force: bool = False) -> None:
     """Raise :class:`OutputError` unless ``out_dir`` may be (re)written: it is missing, empty,
-    written by geoflow, or ``force`` is set (then any folder, never a file, is replaced)."""
-    out = Path(out_dir)
+    or written by geoflow and holding nothing else, or ``force`` is set (then any folder,
+    never a file, is replaced). Also refuses a folder that cannot be written (checked before
+    any work). A symlink is followed: the folder it points to is checked and written."""
+    out = output_target(out_dir)
     if not out.exists():
+        parent = _existing_ancestor(out.parent)
+        if not parent.is_dir():
+            raise OutputError(f"cannot create the folder: {parent} is a file",
+                              path=str(out_dir))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot create the folder: {parent} is not writable",
+                              path=str(out_dir))
         return
     if not out.is_dir():
-        raise OutputError("exists and is not a folder", path=str(out))
-    if any(out.iterdir()) and not force and not is_geoflow_folder(out):
+        raise OutputError("exists and is not a folder", path=str(out_dir))
+    in_place = writes_in_place(out)
+    if not os.access(out if in_place else out.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write outputs: {out if in_place else out.parent} is not "
+                          "writable", path=str(out_dir))
+    entries = [p for p in out.iterdir() if not _OURS.fullmatch(p.name)]
+    if not entries or force:
+        return
+    if not is_geoflow_folder(out):
         raise OutputError(
             "folder is not empty and was not written by geoflow (no geoflow manifest.json);"
             " choose another folder or pass --force to replace it",
-            path=str(out),
+            path=str(out_dir),
         )
+    foreign = user_files(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                           else "")
+        raise OutputError(
+            f"holds files geoflow did not write ({shown}); move them out of the folder, or "
+            "pass --force to replace the folder with them"
+            + (" (written in place: --force keeps them)" if in_place else ""),
+            path=str(out_dir),
+        )
+
+
+def output_target(out_dir: str | Path) -> Path:
+    """The folder outputs go to: ``out_dir`` made absolute, a symlink followed to the folder
+    it points to (the link itself is left as it is and keeps pointing at the outputs)."""
+    out = Path(os.path.abspath(out_dir))
+    if out.is_symlink():
+        target = Path(os.path.realpath(out))
+        log.info("%s is a symlink: writing into %s, which it points to", out_dir, target)
+        return target
+    return out
+
+
+def writes_in_place(out: Path) -> bool:
+    """Whether an existing ``out`` must be written into rather than swapped by a rename: a
+    mount point (a Docker volume), the current folder or one holding it, or a folder whose
+    parent cannot be written."""
+    if not out.is_dir():
+        return False
+    cwd = Path.cwd().resolve()
+    resolved = out.resolve()
+    return (os.path.ismount(resolved) or resolved == cwd or resolved in cwd.parents
+            or not os.access(resolved.parent, os.W_OK | os.X_OK))
+
+
+def user_files(folder: str | Path) -> list[str]:
+    """Paths (relative, ``/``-separated; folders end in ``/``) in a geoflow ``folder`` that its
+    manifest's ``files`` does not list: files the user added. Empty when the manifest has
+    no list (older geoflow) or is not geoflow's."""
+    folder = Path(folder)
+    try:
+        files = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(files, list):
+        return []
+    listed = {str(f).rstrip("/") for f in files}
+    trees = {str(f).rstrip("/") for f in files if str(f).endswith("/")}
+    parents = {f.rsplit("/", 1)[0] for f in listed if "/" in f}
+    parents |= {p.rsplit("/", i)[0] for p in list(parents) for i in range(p.count("/") + 1)}
+    found = []
+    for root, dirs, names in os.walk(folder):
+        base = Path(root).relative_to(folder).as_posix()
+        base = "" if base == "." else base + "/"
+        keep = []
+        for name in sorted(dirs):
+            rel = base + name
+            if (not base and _OURS.fullmatch(name)) or rel in trees:
+                continue  # our temporaries, and folders that are ours as a whole
+            if rel in parents:
+                keep.append(name)
+            elif rel not in listed:
+                found.append(rel + "/")
+        dirs[:] = keep  # walk only folders that hold listed files
+        found += [base + name for name in sorted(names)
+                  if base + name not in listed and name not in _OS_FILES]
+    return sorted(found)
 
 
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``out_dir``; on success swap it into place.
+    """Yield a fresh temporary folder; on success its contents become ``out_dir``.
 
-    An existing ``out_dir`` is replaced only when it is empty, was written by geoflow
-    (manifest ``generator``) or ``force`` is set; otherwise :class:`OutputError`. If the body
-    raises, the temporary folder is removed and ``out_dir`` is left as it was.
+    An existing ``out_dir`` is replaced only when it is empty, or was written by geoflow
+    (manifest ``generator``) and holds no file its manifest does not list, or ``force`` is
+    set; otherwise :class:`OutputError`. If the body raises (an error, Ctrl-C, SIGTERM, a
+    full disk), the temporary folder is removed and ``out_dir`` is left as it was; an
+    ``OSError`` becomes :class:`OutputError` (exit 7). Temporaries that a killed geoflow
+    left beside ``out_dir`` are removed first.
+
+    Usually the temporary folder sits beside ``out_dir`` and is swapped in by renames. A
+    mount point, the current folder (``-o .``) or a folder whose parent is read-only cannot be
+    renamed: it is written in place instead, each top-level output moved in by a rename
+    (``manifest.json`` last) and geoflow's previous outputs removed; other files stay.
+    A symlink ``out_dir`` is followed (see :func:`output_target`).
     """
-    out = Path(out_dir)
+    out = output_target(out_dir)
     check_output_dir(out, force=force)
+    in_place = writes_in_place(out)
+    home = out if in_place else out.parent
+    _remove_stale(home, ".geoflow" if in_place else f".{out.name}")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        home.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(
+            prefix=f".{'geoflow' if in_place else out.name}.tmp-{_tag()}-", dir=home))
         temp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: a web server could not read it
     except OSError as exc:
         raise OutputError(f"cannot create output folder: {exc.strerror}", path=str(out)) from exc
     try:
-        yield temp
-        _swap(temp, out)
+        try:
+            yield temp
+        except OSError as exc:
+            raise OutputError(_os_message("cannot write outputs", exc),
+                              path=str(out_dir)) from exc
+        with _signals_deferred():
+            if in_place:
+                _move_in(temp, out, force=force)
+            else:
+                _swap(temp, out)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -379,12 +504,19 @@ def _umask() -> int:
     return mask
 
 
+def _os_message(what: str, exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"{what}: the disk is full (no space left on device); the folder is unchanged"
+    name = f" ({Path(exc.filename).name})" if exc.filename else ""
+    return f"{what}: {exc.strerror or exc}{name}; the folder is unchanged"
+
+
 def _swap(temp: Path, out: Path) -> None:
     """Move ``temp`` to ``out``; an old ``out`` is moved aside first and deleted after."""
     old = None
     try:
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{_tag()}-", dir=out.parent))
             out.rename(old / "previous")
         temp.rename(out)
     except OSError as exc:
@@ -418,4 +550,97 @@ def write_atomic(path: str | Path, data: bytes, *, what: str = "the file") -> Pa
             raise
     except OSError as exc:
         raise OutputError(f"cannot write {what}: {exc.strerror or exc}", path=str(path)) from exc
+    return path
+
+
+def _move_in(temp: Path, out: Path, *, force: bool) -> None:
+    """Write ``temp``'s entries into ``out`` by renames (a folder that cannot be renamed):
+    geoflow's previous outputs (its manifest's ``files``) and entries of the same names go
+    aside first and are deleted at the end; on failure everything is put back."""
+    ours = {str(f).split("/")[0] for f in _manifest_files(out)}
+    new = sorted((p.name for p in temp.iterdir()), key=lambda n: (n == "manifest.json", n))
+    aside = Path(tempfile.mkdtemp(prefix=f".geoflow.old-{_tag()}-", dir=out))
+    moved: list[str] = []
+    placed: list[str] = []
+    try:
+        # manifest.json first: while outputs move, the folder does not claim to be complete
+        for name in sorted(ours | set(new), key=lambda n: (n != "manifest.json", n)):
+            if (out / name).exists() or (out / name).is_symlink():
+                (out / name).rename(aside / name)
+                moved.append(name)
+        for name in new:
+            (temp / name).rename(out / name)
+            placed.append(name)
+    except OSError as exc:
+        for name in placed:
+            (out / name).rename(temp / name)
+        for name in moved:
+            (aside / name).rename(out / name)
+        raise OutputError(_os_message("cannot move outputs into place", exc),
+                          path=str(out)) from exc
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(temp, ignore_errors=True)
+    log.debug("%s written in place (%d outputs; force=%s)", out, len(new), force)
+
+
+def _manifest_files(folder: Path) -> list[str]:
+    try:
+        data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, dict) or data.get("generator") != GENERATOR:
+        return []
+    files = data.get("files")
+    return [str(f) for f in files] if isinstance(files, list) else ["manifest.json"]
+
+
+def _remove_stale(home: Path, prefix: str) -> None:
+    """Delete ``<prefix>.tmp-*`` / ``.old-*`` folders in ``home`` left by a geoflow on this
+    machine that is no longer running (killed, or the power went): the process id in the
+    name tells."""
+    if not home.is_dir():
+        return
+    for path in home.glob(f"{glob.escape(prefix)}.*-*"):
+        match = _STALE.fullmatch(path.name[len(prefix):])
+        if not match or match["host"] != _HOST or not path.is_dir():
+            continue
+        if _alive(int(match["pid"])):
+            continue
+        log.info("removing %s, left by an interrupted geoflow run", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _tag() -> str:
+    return f"{_HOST}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back while outputs move into place (a rename pair must not be cut
+    in half); they are delivered right after."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        if main:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
     return path

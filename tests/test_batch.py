@@ -113,10 +113,24 @@ def test_entity_table_accounts_for_every_record(records):
     assert accounting == {
         "records": 6, "entities": 1, "guns_in_entities": 3, "min_guns": 2,
         "entities_below_threshold": 2, "guns_below_threshold": 2, "records_without_entity": 1,
+        "duplicate_records": 0,
     }
     assert (accounting["guns_in_entities"] + accounting["guns_below_threshold"]
             + accounting["records_without_entity"]) == accounting["records"]
     assert table["folder"].iloc[0] == f"state/{table['slug'].iloc[0]}"
+
+
+def test_repeated_trace_records_count_once_in_the_index_and_min_guns(records):
+    # the entity's own tables leave repeats out (aggregate.counted): so must its index row
+    records = records.assign(flag_duplicate=[False, False, True, False, False, False])
+    table, accounting = entity_table(records, "state", min_guns=3)
+    assert table.empty  # Texas has 3 records but 2 guns: below --min-guns 3
+    table, accounting = entity_table(records, "state", min_guns=2)
+    assert table[["key", "guns"]].values.tolist() == [["US-TX", 2]]
+    assert accounting["duplicate_records"] == 1
+    assert (accounting["guns_in_entities"] + accounting["guns_below_threshold"]
+            + accounting["records_without_entity"] + accounting["duplicate_records"]
+            ) == accounting["records"] == 6
 
 
 def test_traffickers_default_threshold_is_ten_guns(records):
@@ -309,7 +323,7 @@ def test_failed_batch_leaves_the_previous_one(tmp_path):
     def broken(result, folder):
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="cannot write outputs: disk full"):  # exit 7
         run_batch(prepared_records(), kind="state", out_dir=out, write=broken)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 

@@ -173,8 +173,12 @@ def test_outputs_are_atomic_and_foreign_folders_refused(result, tmp_path):
         write_outputs(broken_result, out, write_map=False)
     assert not out.exists() and list(tmp_path.iterdir()) == []
     write_outputs(result, out, write_map=False)
-    (out / "stale.txt").write_text("from an older run")
     write_outputs(result, out, write_map=False)  # our own folder: replaced whole
+    (out / "stale.txt").write_text("added by the user")
+    with pytest.raises(OutputError, match=r"did not write \(stale\.txt\)"):
+        write_outputs(result, out, write_map=False)  # not deleted without --force
+    assert (out / "stale.txt").exists()
+    write_outputs(result, out, write_map=False, force=True)
     assert not (out / "stale.txt").exists()
     foreign = tmp_path / "documents"
     foreign.mkdir()

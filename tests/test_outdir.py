@@ -1,0 +1,257 @@
+"""Output folders: user files, in-place folders, symlinks, full disks, stale temporaries,
+and a real ``geoflow run`` stopped by SIGINT, SIGTERM and SIGKILL while it writes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from geoflow import export, pipeline
+from geoflow.cli import cli
+from geoflow.errors import OutputError
+from geoflow.export import atomic_output_dir, check_output_dir, user_files
+
+SAMPLE_ROWS = 120
+
+
+def _geoflow_folder(out: Path, files=("manifest.json", "flows.geojson", "tables/")) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables").mkdir(exist_ok=True)
+    (out / "tables" / "by_year.csv").write_text("year\n2008\n")
+    (out / "flows.geojson").write_text("{}")
+    (out / "manifest.json").write_text(json.dumps({"generator": "geoflow",
+                                                   "files": list(files)}))
+    return out
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def small_input(tmp_path_factory) -> Path:
+    from geoflow.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("input") / "traces.csv", rows=SAMPLE_ROWS)
+
+
+def test_a_rerun_refuses_to_delete_files_the_user_added(tmp_path):
+    out = _geoflow_folder(tmp_path / "out")
+    (out / "my_edits.txt").write_text("mine")
+    (out / "photos").mkdir()
+    (out / "photos" / "a.jpg").write_bytes(b"jpg")
+    (out / "tables" / "notes.csv").write_text("x")
+    (out / ".DS_Store").write_bytes(b"")  # put there by an OS, not by the user
+    assert user_files(out) == ["my_edits.txt", "photos/"]
+    before = _snapshot(out)
+    refused = pytest.raises(OutputError, match=r"did not write \(my_edits\.txt, photos/\)")
+    with refused, atomic_output_dir(out) as temp:
+        (temp / "manifest.json").write_text("{}")
+    assert _snapshot(out) == before
+    with atomic_output_dir(out, force=True) as temp:  # --force: replaced, as documented
+        (temp / "manifest.json").write_text(json.dumps({"generator": "geoflow"}))
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+
+
+def test_the_listed_batch_folders_are_geoflows_as_a_whole(tmp_path):
+    out = _geoflow_folder(tmp_path / "out", files=["index.html", "manifest.json",
+                                                   "state/texas-abc123/"])
+    (out / "state" / "texas-abc123" / "tables").mkdir(parents=True)
+    (out / "state" / "texas-abc123" / "tables" / "by_year.csv").write_text("x")
+    (out / "state" / "notes.txt").write_text("mine")
+    assert user_files(out) == ["flows.geojson", "state/notes.txt", "tables/"]
+
+
+def test_the_current_folder_is_written_in_place_keeping_other_files(tmp_path, monkeypatch):
+    out = _geoflow_folder(tmp_path / "here", files=["manifest.json", "flows.geojson",
+                                                    "tables/"])
+    (out / "old_only.csv").write_text("not listed: the user's")
+    monkeypatch.chdir(out)
+    assert export.writes_in_place(out)
+    with pytest.raises(OutputError, match=r"old_only\.csv"), atomic_output_dir("."):
+        pass
+    with atomic_output_dir(".", force=True) as temp:
+        assert temp.parent == out  # the temporary folder is inside: no rename of "."
+        (temp / "manifest.json").write_text(json.dumps({"generator": "geoflow",
+                                                        "files": ["manifest.json", "a.csv"]}))
+        (temp / "a.csv").write_text("new")
+    # geoflow's previous outputs (flows.geojson, tables/) went; the user's file stayed
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "manifest.json", "old_only.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]  # nothing beside it
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], capture_output=True, check=False)
+
+
+def test_a_mount_point_is_written_in_place(tmp_path):
+    mount = tmp_path / "volume"
+    if not _mount_tmpfs(mount, "4m"):
+        pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
+    try:
+        assert export.writes_in_place(mount)
+        for n in (1, 2):  # the second run replaces the first's outputs
+            with atomic_output_dir(mount) as temp:
+                (temp / "manifest.json").write_text(json.dumps(
+                    {"generator": "geoflow", "files": ["manifest.json", f"run{n}.csv"]}))
+                (temp / f"run{n}.csv").write_text("x")
+        assert sorted(p.name for p in mount.iterdir()) == ["manifest.json", "run2.csv"]
+    finally:
+        _umount(mount)
+
+
+def test_a_symlinked_output_folder_is_followed(tmp_path):
+    target = _geoflow_folder(tmp_path / "real")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with atomic_output_dir(link) as temp:
+        (temp / "manifest.json").write_text(json.dumps({"generator": "geoflow", "n": 2}))
+    assert link.is_symlink() and link.resolve() == target
+    assert json.loads((target / "manifest.json").read_text())["n"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+def test_stale_temporaries_of_a_dead_geoflow_are_removed(tmp_path):
+    out = _geoflow_folder(tmp_path / "out")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)
+    host = export._HOST
+    stale = tmp_path / f".out.tmp-{host}-{pid}-abcd1234"
+    running = tmp_path / f".out.tmp-{host}-{os.getpid()}-efgh5678"  # a run still going
+    foreign = tmp_path / ".out.tmp-zzzz"  # not named by us: never touched
+    for folder in (stale, running, foreign):
+        folder.mkdir()
+        (folder / "flows.geojson").write_text("{")
+    with atomic_output_dir(out) as temp:
+        (temp / "manifest.json").write_text(json.dumps({"generator": "geoflow"}))
+    assert not stale.exists() and running.exists() and foreign.exists()
+
+
+def _full_disk_write(gdf, path, **kwargs):
+    """A real ENOSPC: write the layer to /dev/full."""
+    with open("/dev/full", "w", encoding="utf-8") as handle:
+        handle.write("{" * 100_000)
+        handle.flush()
+
+
+def test_a_full_disk_is_one_line_exit_7_and_out_untouched(tmp_path, small_input, monkeypatch):
+    out = tmp_path / "out"
+    mount = tmp_path / "small"
+    small_disk = _mount_tmpfs(mount, "300k")
+    try:
+        if small_disk:  # a real full disk
+            out = mount / "out"
+        else:  # else a real ENOSPC from /dev/full
+            monkeypatch.setattr(pipeline, "write_geojson", _full_disk_write)
+        _geoflow_folder(out)
+        before = _snapshot(out)
+        result = CliRunner().invoke(cli, ["-q", "run", str(small_input), "-o", str(out)])
+        assert result.exit_code == 7, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "the disk is full" in lines[0], result.output
+        assert "Traceback" not in result.output
+        assert _snapshot(out) == before
+        assert [p.name for p in out.parent.iterdir()] == ["out"]
+    finally:
+        if small_disk:
+            _umount(mount)
+
+
+def test_unwritable_or_impossible_output_folders_fail_before_any_work(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        check_output_dir(a_file / "out")
+    with pytest.raises(OutputError, match="exists and is not a folder"):
+        check_output_dir(a_file)
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(OutputError, match="not writable"):
+            check_output_dir(locked / "out")
+
+
+def test_directory_fifo_and_missing_inputs_exit_3(tmp_path):
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    for path in (tmp_path, fifo, tmp_path / "missing.csv"):
+        result = CliRunner().invoke(cli, ["run", str(path), "-o", str(tmp_path / "o")])
+        assert result.exit_code == 3, result.output
+        assert result.output.startswith(f"error: {path}: ")
+
+
+# ------------------------------------------------------------------ signals, real processes
+
+#: Runs the real CLI entry point, with every CSV write announced and slowed down, so the
+#: test can signal it while it writes (only the timing is changed).
+_SLOW_WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import geoflow.pipeline as pipeline
+    real, marker = pipeline.write_csv, Path(sys.argv[1])
+    def slow(frame, path):
+        real(frame, path)
+        marker.touch()
+        time.sleep(60)
+    pipeline.write_csv = slow
+    from geoflow.cli import main
+    sys.argv = ["geoflow", *sys.argv[2:]]
+    main()
+""")
+
+
+def test_signals_mid_write_leave_out_and_its_folder_as_they_were(tmp_path, small_input):
+    cases = {"int": signal.SIGINT, "term": signal.SIGTERM, "kill": signal.SIGKILL}
+    procs = {}
+    for name in cases:  # run the three at once
+        home = tmp_path / name
+        out = _geoflow_folder(home / "out")
+        marker = home / "writing"
+        procs[name] = (home, out, marker, _snapshot(out), subprocess.Popen(
+            [sys.executable, "-c", _SLOW_WRITER, str(marker), "-q", "run", str(small_input),
+             "-o", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+    deadline = time.monotonic() + 150
+    for name, (home, _, marker, _, proc) in procs.items():
+        while not marker.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                for *_, other in procs.values():
+                    other.kill()
+                    other.communicate()
+                pytest.fail(f"the {name} run never started writing")
+            time.sleep(0.05)
+        temps = [p.name for p in home.iterdir() if p.name.startswith(".out.tmp-")]
+        assert len(temps) == 1  # it is mid-write, in a temporary folder beside OUT
+        proc.send_signal(cases[name])
+    for name, (home, out, _, before, proc) in procs.items():
+        _, stderr = proc.communicate(timeout=60)
+        assert _snapshot(out) == before, name  # OUT untouched
+        left = sorted(p.name for p in home.iterdir())
+        if name == "kill":  # nothing can clean up after SIGKILL …
+            assert proc.returncode == -signal.SIGKILL
+            assert len([n for n in left if n.startswith(".out.tmp-")]) == 1
+            with atomic_output_dir(out) as temp:  # … but the next run does
+                (temp / "manifest.json").write_text(json.dumps({"generator": "geoflow"}))
+            assert sorted(p.name for p in home.iterdir()) == ["out", "writing"]
+            continue
+        assert proc.returncode == (130 if name == "int" else 143), stderr
+        assert left == ["out", "writing"], name  # the temporary folder is gone
+        assert "Traceback" not in stderr
+        assert stderr.strip().splitlines()[-1].startswith("error: interrupted (")
