@@ -49,6 +49,7 @@ __all__ = [
     "WARNINGS_CAP",
     "PLACEHOLDERS",
     "MAX_ROW_BYTES",
+    "EARLIEST_DATE",
     "BAD_BYTES_REASON",
 ]
 
@@ -59,6 +60,9 @@ DELIMITERS: tuple[str, ...] = (",", ";", "\t", "|")
 #: At most this many warnings are listed per (column, reason); ``warning_counts`` has all.
 WARNINGS_CAP = 50
 _RAW_CHARS = 200
+#: Dates before this are implausible for a trace (1900-01-01 and 1899-12-30 are spreadsheet
+#: placeholders): read as unknown, with a warning.
+EARLIEST_DATE = "1901-01-01"
 #: A row (record) longer than this many bytes is rejected, the rest of the file read.
 MAX_ROW_BYTES = 4_000_000
 #: Bytes :func:`_scan_records` looks at in one vectorised step.
@@ -484,8 +488,12 @@ def standardise_traces(
                 "value": values[kept].astype(str), "reason": "unparseable coordinate",
             }))
             counts[f"{label(column)}: unparseable coordinate"] = int(kept.sum())
+    limit = pd.Timestamp(today or date.today()).normalize() + pd.Timedelta(days=1)
+    future = np.zeros(len(records), dtype=bool)
     for column in schema.DATE_COLUMNS:
-        parsed, bad, reason = _parse_dates(records[column], dayfirst=dayfirst)
+        parsed, bad, reason, late = _parse_dates(records[column], dayfirst=dayfirst,
+                                                 limit=limit)
+        future |= late
         if bad.any():
             warning_frames.append(pd.DataFrame({
                 "line": kept_lines[bad], "column": label(column),
@@ -511,11 +519,8 @@ def standardise_traces(
     before = records["recovery_date"] - records["purchase_date"]
     records["source_line"] = kept_lines.astype("int64")
     records["time_to_crime_days"] = (before / pd.Timedelta(days=1)).astype("float64")
-    limit = pd.Timestamp(today or date.today()).normalize()
     records["flag_recovery_before_purchase"] = (records["time_to_crime_days"] < 0).to_numpy()
-    records["flag_future_date"] = (
-        (records["purchase_date"] > limit) | (records["recovery_date"] > limit)
-    ).to_numpy()
+    records["flag_future_date"] = future
     records["flag_duplicate"] = _duplicates(records, given)
 
     derived = ["source_line", "time_to_crime_days", *schema.FLAG_COLUMNS, schema.COUNT_COLUMN]
@@ -662,39 +667,60 @@ def _date_formats(dayfirst: bool) -> list[tuple[str, str]]:
     ]
 
 
-def _parse_dates(values: pd.Series, *, dayfirst: bool) -> tuple[pd.Series, np.ndarray, np.ndarray]:
-    """Parse a date column; return (datetime64[ns] series, bad mask, reason per row).
+def _parse_dates(values: pd.Series, *, dayfirst: bool, limit: pd.Timestamp
+                 ) -> tuple[pd.Series, np.ndarray, np.ndarray, np.ndarray]:
+    """Parse a date column; return (datetime64[ns] series, bad mask, reason per row, future
+    mask).
 
     Each distinct string is parsed once, with explicit formats tried in order (vectorised),
-    never ``dateutil`` guessing per cell. Dates before 1800 or after 2200 count as
-    unparseable (placeholders such as 9999-12-31).
+    never ``dateutil`` guessing per cell. One rule for dates that cannot be right: a date on
+    or after ``limit`` (the day after today: ``future``) or before :data:`EARLIEST_DATE`
+    (1900-01-01 and the like are spreadsheet placeholders) is NaT with a warning, like an
+    unparseable one, so no table, layer or finding uses it.
     """
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         parsed = values.dt.tz_localize(None) if values.dt.tz is not None else values
-        parsed = parsed.astype("datetime64[us]")
-        parsed = parsed.where(parsed.dt.year.between(1800, 2200)).astype("datetime64[ns]")
-        bad = (values.notna() & parsed.isna()).to_numpy()
-        return parsed, bad, np.full(len(values), "unparseable date", dtype=object)
+        parsed, reason, late = _plausible(parsed.astype("datetime64[us]"), limit)
+        reason = np.where(values.notna() & parsed.isna(), reason, "")
+        return parsed, (values.notna() & parsed.isna()).to_numpy(), reason, late
     codes, uniques = pd.factorize(values)
-    distinct, reasons = _parse_date_strings(pd.Series(uniques, dtype="str"), dayfirst=dayfirst)
+    distinct, reasons, lates = _parse_date_strings(pd.Series(uniques, dtype="str"),
+                                                   dayfirst=dayfirst, limit=limit)
     found = codes >= 0
     parsed = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ns]")
     parsed[found] = distinct[codes[found]]
     reason = np.full(len(values), "", dtype=object)
     reason[found] = reasons[codes[found]]
+    late = np.zeros(len(values), dtype=bool)
+    late[found] = lates[codes[found]]
     bad = found & np.isnat(parsed)
-    return pd.Series(parsed, index=values.index), bad, reason
+    return pd.Series(parsed, index=values.index), bad, reason, late
 
 
-def _parse_date_strings(values: pd.Series, *, dayfirst: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Parse distinct date strings; return datetime64[ns] values and a reason when NaT."""
+def _plausible(parsed: pd.Series, limit: pd.Timestamp
+               ) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """(datetime64[ns] with future and too-early dates NaT, reason for those, future mask)
+    from datetime64[us] values (which hold any year: 9999-12-31 is future, not garbage)."""
+    late = (parsed >= limit).to_numpy(dtype=bool, na_value=False)
+    early = (parsed < pd.Timestamp(EARLIEST_DATE)).to_numpy(dtype=bool, na_value=False)
+    reason = np.where(late, f"date in the future (after {(limit - pd.Timedelta(days=1)).date()})"
+                      ": treated as unknown", np.where(
+                          early, f"implausible date (before {EARLIEST_DATE}): treated as "
+                          "unknown", "unparseable date")).astype(object)
+    kept = parsed.where(~(late | early)).astype("datetime64[ns]")
+    return kept, reason, late
+
+
+def _parse_date_strings(values: pd.Series, *, dayfirst: bool, limit: pd.Timestamp
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse distinct date strings; return datetime64[ns] values, a reason when NaT and
+    which are in the future (see :func:`_parse_dates`)."""
     parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
     for pattern, fmt in _date_formats(dayfirst):
         todo = values.str.match(pattern).fillna(False).to_numpy(dtype=bool) & parsed.isna()
         if todo.any():
             parsed[todo] = pd.to_datetime(values[todo], format=fmt, errors="coerce")
-    parsed = parsed.where(parsed.dt.year.between(1800, 2200)).astype("datetime64[ns]")
-    reason = np.where(parsed.isna(), "unparseable date", "").astype(object)
+    parsed, reason, late = _plausible(parsed, limit)
     parts = values.str.extract(r"^(\d{1,2})[/-](\d{1,2})[/-]\d{2,4}$").astype("float64")
     first, second = (1, 0) if dayfirst else (0, 1)
     swapped = ((parts[first] > 12) & (parts[second] <= 12) & parsed.isna()).to_numpy()
@@ -702,7 +728,8 @@ def _parse_date_strings(values: pd.Series, *, dayfirst: bool) -> tuple[np.ndarra
         "unparseable date (looks month-first: drop dayfirst)" if dayfirst
         else "unparseable date (looks day-first: use dayfirst)"
     )
-    return parsed.to_numpy(), reason
+    reason[parsed.notna().to_numpy()] = ""
+    return parsed.to_numpy(), reason, late
 
 
 #: Cell texts (normalised) that mark a published table's totals row.
@@ -989,42 +1016,52 @@ def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
     return _Records(starts, stops, lines, last_lines, fields, blank, multiline=multiline)
 
 
-def _glue(scan: _Records, buf: bytes, width: int) -> _Records:
-    """Join records split by a lone CR inside an unquoted cell (an Excel line break in a
-    file whose lines end in LF or CRLF): consecutive pieces ended by a lone CR, each with
-    too few fields, that together have exactly ``width``. The CRs stay in the cell; their
-    offsets are in ``glued``. A Mac file (every line ends in a CR) has no short pieces."""
+def _glue(scan: _Records, buf: bytes, header: int) -> _Records:
+    """Join records split by a line break inside an unquoted cell (an Excel line break):
+    consecutive pieces ended by a break of another kind than the header's (a lone CR in an
+    LF or CRLF file, an LF in a Mac file …) that together have the header's number of
+    fields (``A,,`` + ``0`` with width 3). The breaks stay in the cell; their byte offsets
+    are in ``glued``. Complete rows never fit together (2 × width − 1 > width)."""
     a = np.frombuffer(buf, dtype=np.uint8)
-    stops = scan.stops
-    inside = stops < a.size
+    stops, fields, blank = scan.stops, scan.fields, scan.blank
+    width = int(fields[header])
     term = a[np.minimum(stops, a.size - 1)]
     after = a[np.minimum(stops + 1, a.size - 1)]
-    lone_cr = inside & (term == 13) & ((stops + 1 == a.size) | (after != 10))
-    candidates = np.flatnonzero(lone_cr & (scan.fields < width) & ~scan.blank)
+    kind = np.where(stops >= a.size, 3, np.where(term == 10, 0, np.where(
+        (after == 10) & (stops + 1 < a.size), 1, 2)))  # LF, CRLF, lone CR, end of file
+    # the file's line ending is the header's (a header holds no cell line breaks)
+    usual = int(kind[header]) if kind[header] < 3 else 0
+    foreign = (kind != usual) & (kind < 3)
+    fits = np.append((fields[:-1] + fields[1:] - 1 <= width) | blank[1:], False)
+    candidates = np.flatnonzero(foreign & fits & ~blank)
     joins: list[tuple[int, int]] = []
     done = -1
-    for i in candidates:  # only short pieces ended by a lone CR: rare
+    for i in candidates:  # pieces that may fit with the next one: rare
         if i <= done:
             continue
-        total, j = int(scan.fields[i]), int(i)
-        while total < width and lone_cr[j] and j + 1 < stops.size:
-            j += 1
-            total += int(scan.fields[j]) - 1
+        total, j = int(fields[i]), int(i)
+        while foreign[j]:
+            k = j + 1  # the next piece with text, across empty ones ("A,\n\n,")
+            while k < stops.size and blank[k] and foreign[k]:
+                k += 1
+            if k >= stops.size or blank[k] or total + int(fields[k]) - 1 > width:
+                break
+            j, total = k, total + int(fields[k]) - 1
         if total == width and j > i:
             joins.append((int(i), j))
             done = j
     if not joins:
         return scan
     keep = np.ones(stops.size, dtype=bool)
-    new_stops, last_lines, fields = stops.copy(), scan.last_lines.copy(), scan.fields.copy()
+    new_stops, last_lines, new_fields = stops.copy(), scan.last_lines.copy(), fields.copy()
     glued = []
     for i, j in joins:
         keep[i + 1 : j + 1] = False
-        new_stops[i], last_lines[i], fields[i] = stops[j], scan.last_lines[j], width
-        glued.append(stops[i:j])
+        new_stops[i], last_lines[i], new_fields[i] = stops[j], scan.last_lines[j], width
+        glued += [np.arange(stops[k], scan.starts[k + 1]) for k in range(i, j)]
     return replace(
         scan, starts=scan.starts[keep], stops=new_stops[keep], lines=scan.lines[keep],
-        last_lines=last_lines[keep], fields=fields[keep], blank=scan.blank[keep],
+        last_lines=last_lines[keep], fields=new_fields[keep], blank=blank[keep],
         glued=np.concatenate(glued).astype(np.int64),
     )
 
@@ -1063,10 +1100,12 @@ def _scan_with_csv(text: str, delimiter: str) -> tuple[list[list[str]], _Records
     blank = np.array([not "".join(r).strip(" \t") for r in rows], dtype=bool)
     none = np.zeros(len(rows), dtype=np.int64)
     notes = {}
-    if len(rows) > 1 and previous > lines[-1] and _unterminated(text, lines[-1], delimiter):
+    if len(rows) > 1 and _unterminated(text, lines[-1], delimiter):
         fields[-1] = -1
         notes[len(rows) - 1] = (
             f"unterminated quote: lines {lines[-1]}-{previous} were read as one row"
+            if previous > lines[-1] else
+            f"unterminated quote: line {previous} ends inside a quoted field (cut short?)"
         )
     scan = _Records(none, none, np.array(lines, dtype=np.int64),
                     np.array(last, dtype=np.int64), fields, blank, notes)
@@ -1098,7 +1137,7 @@ def _read_csv(data: bytes, path: Path, *, encoding: str | None) -> _Table:
     scan = _scan_records(buf, delimiter)
     if scan is not None and not scan.blank.all():
         header = int(np.flatnonzero(~scan.blank)[0])
-        scan = _glue(scan, buf, int(scan.fields[header]))
+        scan = _glue(scan, buf, header)
         _reject_huge(scan, scan.stops - scan.starts, header)
         table = _csv_fast(buf, scan, delimiter, meta)
         if table is not None:
@@ -1196,15 +1235,16 @@ def _csv_fast(buf: bytes, scan: _Records, delimiter: str, meta: dict) -> _Table 
     segment = np.diff(np.append(scan.starts, len(buf)))
     first = int(good[0]) if good.size else 0
     source: Any = buf
-    restore = None
-    if scan.glued.size:  # CRs inside unquoted cells: hide them from the parser
+    restore: dict[str, str] = {}
+    if scan.glued.size:  # line breaks inside unquoted cells: hidden from the parser
         counts = np.bincount(np.frombuffer(buf, np.uint8), minlength=256)
         free = [b for b in (0x1E, 0x1F, 0x1D, 0x1C, *range(1, 9)) if counts[b] == 0]
-        if not free:
+        if len(free) < 2:
             return None
         source = np.frombuffer(buf, np.uint8).copy()
-        source[scan.glued] = free[0]
-        restore = chr(free[0])
+        for byte, stand_in in ((13, free[0]), (10, free[1])):
+            source[scan.glued[source[scan.glued] == byte]] = stand_in
+            restore[chr(stand_in)] = chr(byte)
     if keep[first:].all():  # only the header and lines before it go: no copy
         body = memoryview(source)[scan.starts[first]:]
     else:
@@ -1250,12 +1290,13 @@ def _swallowed_rows(buf: bytes, scan: _Records, records: np.ndarray, delimiter: 
 
 
 def _parse_text_table(body: Any, *, delimiter: str, names: list[str], multiline: bool,
-                      longest: int = 0, restore: str | None = None) -> pd.DataFrame:
+                      longest: int = 0, restore: dict[str, str] | None = None
+                      ) -> pd.DataFrame:
     """Parse header-less, blank-free UTF-8 CSV bytes into string columns named ``names``.
 
     Blank-headed columns without a value are dropped here, in Arrow, before pandas sees
-    them (cheap however many there are). ``restore``: a character standing for a CR inside
-    an unquoted cell, turned back into one."""
+    them (cheap however many there are). ``restore``: characters standing for line breaks
+    inside unquoted cells → the break characters."""
     keys = [str(i) for i in range(len(names))]
     table = pacsv.read_csv(
         pa.py_buffer(body),
@@ -1270,8 +1311,8 @@ def _parse_text_table(body: Any, *, delimiter: str, names: list[str], multiline:
     keep = [i for i, name in enumerate(names)
             if not (_UNNAMED.fullmatch(name) and table.column(i).null_count == table.num_rows)]
     columns = [table.column(i) for i in keep]
-    if restore is not None:
-        columns = [pc.replace_substring(column, restore, "\r") for column in columns]
+    for stand_in, byte in (restore or {}).items():
+        columns = [pc.replace_substring(column, stand_in, byte) for column in columns]
     table = pa.table(columns, names=[names[i] for i in keep])
     text = pd.StringDtype("pyarrow", na_value=np.nan)
     return table.to_pandas(types_mapper={pa.string(): text, pa.large_string(): text}.get)
@@ -1349,8 +1390,34 @@ def _read_parquet(data: bytes, path: Path) -> _Table:
         cells = pd.read_parquet(io.BytesIO(data), engine="pyarrow")
     except (OSError, ValueError) as exc:
         raise InputError(f"not a readable Parquet file: {exc}", path=str(path)) from exc
-    return _table_from_cells(cells, {"encoding": None}, path,
-                             names=[str(c) for c in cells.columns])
+    table = _table_from_cells(cells, {"encoding": None}, path,
+                              names=[str(c) for c in cells.columns])
+    return _with_warnings(table, _parquet_coercions(cells))
+
+
+def _parquet_coercions(cells: pd.DataFrame) -> pd.DataFrame:
+    """A warning (line 1) for each Parquet column whose values become text by more than
+    formatting: booleans (``True``), lists (``['TX']``) and structs/maps (``{'a': 1}``)."""
+    found = []
+    for name in cells.columns:  # a dtype look per column, then one value of the few found
+        values = cells[name]
+        kind = "true/false values" if pd.api.types.is_bool_dtype(values.dtype) else None
+        if kind is None and values.dtype == object:
+            first = values.dropna().head(1).tolist()
+            if first and isinstance(first[0], (list, tuple, np.ndarray)):
+                kind = "lists"
+            elif first and isinstance(first[0], dict):
+                kind = "structs/maps"
+        if kind:
+            example = values.dropna().head(1).astype("str").tolist()
+            found.append((str(name), example[0] if example else "",
+                          f"Parquet column of {kind}: read as text"))
+    if not found:
+        return _empty_warnings()
+    return pd.DataFrame({"line": np.ones(len(found), dtype="int64"),
+                         "column": [f[0] for f in found], "value": [f[1] for f in found],
+                         "reason": [f[2] for f in found]}).astype(
+        {"column": "str", "value": "str", "reason": "str"})
 
 
 # --------------------------------------------------------------------------------------------

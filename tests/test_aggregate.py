@@ -285,6 +285,7 @@ def test_future_dated_intervals_are_left_out_of_time_to_crime():
     assert ttc["numbers"]["median_days"] == 100.0
     assert ttc["numbers"]["guns_future_dates"] == 1
     assert "1 record with a date in the future was left out" in ttc["text"]
+    assert "count as unknown in every table" in ttc["text"]
     assert flag_counts(records)["flag_future_date"] == 1
 
 

@@ -315,11 +315,9 @@ def test_unparseable_dates_are_nat_and_warned_with_line_and_column(tmp_path):
         [4, "Recovery Date", "9999-12-31"],
     ]
     assert "dayfirst" in warnings["reason"].iloc[0]
-    assert result.warning_counts == {
-        "Purchase Date: unparseable date (looks day-first: use dayfirst)": 1,
-        "Purchase Date: unparseable date": 2,
-        "Recovery Date: unparseable date": 1,
-    }
+    assert result.warnings["reason"].iloc[3].startswith("date in the future (after ")
+    assert result.records["flag_future_date"].tolist() == [False, False, True]
+    assert result.warning_counts["Purchase Date: unparseable date"] == 2
 
 
 def test_warning_list_is_capped_but_counted(tmp_path):
@@ -338,11 +336,28 @@ def test_impossible_dates_are_flagged_not_dropped(tmp_path):
         ["2008-09-14", "2008-09-14", "2008-09-14", ""],
         ["2008-09-01", "2008-09-20", "2031-01-01", "2030-06-01"],
     )
-    records = read_traces(path, today="2026-01-01").records
-    assert records["time_to_crime_days"].tolist()[:3] == [-13.0, 6.0, 8144.0]
+    result = read_traces(path, today="2026-01-01")
+    records = result.records
+    # a future date is flagged and read as unknown, so no interval, year or first/last
+    # date anywhere downstream uses it; the row stays (the gun counts)
+    assert records["time_to_crime_days"].tolist()[:2] == [-13.0, 6.0]
+    assert records["time_to_crime_days"].iloc[2:].isna().all()
+    assert records["recovery_date"].iloc[2:].isna().all()
     assert records["flag_recovery_before_purchase"].tolist() == [True, False, False, False]
     assert records["flag_future_date"].tolist() == [False, False, True, True]
-    assert not read_traces(path, today="2032-01-01").records["flag_future_date"].any()
+    assert result.warnings["line"].tolist() == [4, 5]
+    later = read_traces(path, today="2032-01-01").records
+    assert not later["flag_future_date"].any()
+    assert later["time_to_crime_days"].iloc[2] == 8144.0
+
+
+def test_placeholder_dates_before_1901_are_unknown_and_warned(tmp_path):
+    path = _dates_file(tmp_path, ["01/01/1900", "12/30/1899", "01/02/1901"],
+                       ["2008-01-01"] * 3)
+    result = read_traces(path)
+    assert result.records["purchase_date"].isna().tolist() == [True, True, False]
+    assert result.warning_counts == {
+        "Purchase Date: implausible date (before 1901-01-01): treated as unknown": 2}
 
 
 def test_duplicate_trace_numbers_flag_all_but_the_first(tmp_path):

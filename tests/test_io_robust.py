@@ -167,3 +167,16 @@ def test_clean_text_matches_python_strip_and_placeholders(tmp_path):
     expected = [None if e and e.upper() in {"N/A", "NULL", "-"} else e for e in expected]
     assert [None if pd.isna(v) else v for v in notes] == expected
     assert notes.dtype == "str" and np.all(notes.index == np.arange(len(cells)))
+
+
+def test_parquet_booleans_lists_and_structs_are_warned(tmp_path):
+    frame = pd.DataFrame({"Serial Number": ["A", "B"], "Checked": [True, False],
+                          "States": [["TX"], ["AZ", "NM"]], "Meta": [{"a": 1}, {"a": 2}]})
+    frame.to_parquet(tmp_path / "t.parquet", index=False)
+    result = read_traces(tmp_path / "t.parquet")
+    assert result.records["checked"].tolist() == ["True", "False"]
+    assert result.warnings[["column", "value", "reason"]].values.tolist() == [
+        ["Checked", "True", "Parquet column of true/false values: read as text"],
+        ["States", "['TX']", "Parquet column of lists: read as text"],
+        ["Meta", "{'a': 1}", "Parquet column of structs/maps: read as text"],
+    ]
