@@ -958,7 +958,9 @@ def _layout_option(scene, fig, layer_type, size: StillSize, t: _Type, *, scale: 
     """One candidate layout below the title: the foot, the legend (placed by ``blocks``:
     (legend, x, top y) in inches) and the map box left over; None when it does not fit."""
     W = size.width_in
-    foot = _footer_lines(scene) + ([] if in_legend else list(notes))
+    foot = _footer_lines(scene)
+    if not in_legend and notes:  # one run-on paragraph: no half-empty line per note
+        foot = [*foot[:-1], " ".join([*foot[-1:], *notes])]
     source, foot_h = _footer_layer(fig, layer_type, foot, x=m,
                                    width=W - 2 * m if foot_wide else map_w, size=t.footer)
     legend_layer = layer_type("legend")
