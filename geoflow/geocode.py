@@ -825,10 +825,13 @@ def _geocode_role(places: pd.DataFrame, role: str, *, geocoder: Geocoder | None,
                         errors="coerce").astype(float)
     given = lat.between(-90, 90) & lon.between(-180, 180)
     res = _empty_result(text).drop(columns="query")
+    admin1 = _admin1_at(lat[given], lon[given])
+    wrong = _contradicting(admin1, country[given], places.loc[given], role)
+    wrong = wrong[wrong.ne("")]
+    given.loc[wrong.index] = False  # placed from the place string instead
     res.loc[given, ["lat", "lon"]] = np.c_[lat[given], lon[given]]
     _set(res, res.index[given], {"level": "coordinates", "score": 100, "source": "input",
-                                 "form": "coordinates",
-                                 "admin1": _admin1_at(lat[given], lon[given])})
+                                 "form": "coordinates", "admin1": admin1[given[given].index]})
     for code in country[~given].unique():  # at most US, MX, other
         rows = ~given & (country == code)
         if code == "other":
@@ -838,10 +841,35 @@ def _geocode_role(places: pd.DataFrame, role: str, *, geocoder: Geocoder | None,
         answers = geocode(text[rows], country=code, geocoder=geocoder, overrides=overrides)
         answers.index = res.index[rows]
         res.loc[rows, answers.columns[1:]] = answers.iloc[:, 1:]
+    _add_note(res, wrong.index, wrong)
     res["level"] = res["level"].astype("string")
     res["admin1"] = res["admin1"].astype("string")
     res["matched_name"] = res["matched_name"].astype("string")
     return res, text
+
+
+def _contradicting(admin1: pd.Series, country: pd.Series, places: pd.DataFrame,
+                   role: str) -> pd.Series:
+    """Why each given point contradicts its row ("" when it does not): it lies in another
+    country than the role's (a Mexican recovery at Houston's coordinates) or in another state
+    than the row names. Points outside both countries' shapes (at sea, abroad) are left alone.
+    """
+    from geoflow.places import STATE_ALIASES, compact
+
+    found = admin1.astype("string").fillna("")
+    expected = country.astype("string").fillna("")
+    other_country = (found != "") & (expected != "other") & (found.str[:2] != expected)
+    state_col = f"{role}_state"
+    named = (places[state_col].astype("string").fillna("") if state_col in places.columns
+             else pd.Series("", index=found.index, dtype="string"))
+    codes = {v: STATE_ALIASES.get(compact(v), "") for v in named.drop_duplicates()}
+    named_code = named.map(codes).astype("string").fillna("")
+    in_named = pd.Series([f in c.split("|") for f, c in zip(found, named_code, strict=True)],
+                         index=found.index, dtype=bool)  # distinct places, not records
+    other_state = ~other_country & (found != "") & (named_code != "") & ~in_named
+    where = ("given coordinates lie in " + found + ", not in "
+             + expected.where(other_country, named_code) + ": placed from the place string")
+    return where.where(other_country | other_state, "")
 
 
 def geocode_column(frame: pd.DataFrame, column: str, *, country: str | None = None,
