@@ -62,3 +62,14 @@ def test_contradicting_coordinates_fall_back_to_the_place_string(tmp_path):
     assert "given coordinates lie in US-TX, not in MX" in notes
     assert "given coordinates lie in MX-CMX, not in US" in notes
     assert "given coordinates lie in US-OK, not in US-TX" in notes
+
+
+def test_progress_lines_carry_no_library_chatter(tmp_path):
+    """GDAL/pyogrio's "Created N records" per GeoPackage layer stays off the terminal."""
+    source = tmp_path / "traces.csv"
+    with source.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([HEADER, *ROWS])
+    result = CliRunner().invoke(cli, ["run", str(source), "-o", str(tmp_path / "out")], obj={})
+    assert result.exit_code == 0, result.output
+    assert "Created" not in result.output
+    assert "built 4 flows" in result.output
