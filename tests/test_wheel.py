@@ -112,6 +112,7 @@ def test_wheel_installs_and_loads_shapes_outside_the_checkout(tmp_path):
     clean_env = _clean_env()
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
+         "--ignore-installed",  # an outer non-editable geoflow must not satisfy it
          "--disable-pip-version-check", str(wheel)],
         capture_output=True, text=True, check=False, env=clean_env, cwd=tmp_path, timeout=120,
     )  # fmt: skip
