@@ -864,8 +864,9 @@ def _contradicting(admin1: pd.Series, country: pd.Series, places: pd.DataFrame,
              else pd.Series("", index=found.index, dtype="string"))
     codes = {v: STATE_ALIASES.get(compact(v), "") for v in named.drop_duplicates()}
     named_code = named.map(codes).astype("string").fillna("")
-    in_named = pd.Series([f in c.split("|") for f, c in zip(found, named_code, strict=True)],
-                         index=found.index, dtype=bool)  # distinct places, not records
+    candidates = named_code.str.split("|").explode()  # "MICH" names MX-MIC or US-MI
+    in_named = candidates.eq(found.reindex(candidates.index)).groupby(level=0).any()
+    in_named = in_named.reindex(found.index, fill_value=False).astype(bool)
     other_state = ~other_country & (found != "") & (named_code != "") & ~in_named
     where = ("given coordinates lie in " + found + ", not in "
              + expected.where(other_country, named_code) + ": placed from the place string")

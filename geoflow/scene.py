@@ -71,6 +71,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from geoflow.aggregate import plural
 from geoflow.errors import ConfigError
 from geoflow.flows import state_guns
 from geoflow.schema import SYNTHETIC_LABEL
@@ -374,8 +375,8 @@ def _fmt(x: float) -> str:
 
 
 def _count(n: float, noun: str) -> str:
-    """``"1 gun"``, ``"2,343 guns"``."""
-    return f"{_fmt(n)} {noun}" + ("" if round(n) == 1 else "s")
+    """``"1 gun"``, ``"2,343 guns"`` (``n`` rounded first)."""
+    return plural(round(n), noun)
 
 
 def _guns(values: Any) -> np.ndarray:
