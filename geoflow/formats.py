@@ -28,6 +28,7 @@ __all__ = [
     "FLOWMAP_FILES",
     "SHAPEFILE_FIELDS",
     "flowmap_tables",
+    "flow_level_note",
     "kepler_flows",
     "shapefile_names",
     "write_geopackage",
@@ -200,18 +201,23 @@ def _write(frame: pd.DataFrame, path: Path, **kwargs) -> None:
 
 
 def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame],
-                     tables: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
+                     tables: Mapping[str, pd.DataFrame], path: str | Path, *,
+                     about: Mapping[str, Mapping[str, str]] | None = None) -> Path:
     """One GeoPackage: each layer with its geometry (EPSG:4326), each table as an attribute
-    table (no geometry), under its own name. GDAL's timestamps are fixed
-    (``OGR_CURRENT_DATE`` = :data:`GPKG_DATE`), so the same result gives the same bytes."""
+    table (no geometry), under its own name. ``about`` gives a layer GDAL metadata (name →
+    key → text; GDAL stores ``description`` as the layer's GeoPackage description, which
+    QGIS shows). GDAL's timestamps are fixed (``OGR_CURRENT_DATE`` = :data:`GPKG_DATE`), so the
+    same result gives the same bytes."""
     import pyogrio
 
     path = Path(path)
+    about = about or {}
     previous = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
     pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": GPKG_DATE})
     try:
         for name, layer in layers.items():
-            _write(layer, path, layer=name, driver="GPKG", append=path.exists())
+            _write(layer, path, layer=name, driver="GPKG", append=path.exists(),
+                   layer_metadata=dict(about[name]) if name in about else None)
         for name, table in tables.items():
             _write(pd.DataFrame(table), path, layer=name, driver="GPKG", append=path.exists())
     finally:
@@ -249,23 +255,44 @@ def write_shapefiles(layers: Mapping[str, gpd.GeoDataFrame], folder: str | Path)
     return paths
 
 
+def flow_level_note(level: str, *, shown: int, total: int) -> dict[str, str]:
+    """What a copy of the flows layer holds (GeoPackage metadata, ``flowmap/README.txt``):
+    ``flow_level``, ``flows`` (its count), ``flows_total`` (every flow of the run, all in
+    ``flows_full.parquet``) and a ``description`` sentence saying so."""
+    kind = ("state-level flows (US state → port of entry → Mexican state)" if level == "state"
+            else "place-level flows (dealer → port of entry → recovery place)")
+    text = f"{shown:,} {kind}"
+    if shown != total:
+        text += (f", summed from the run's {total:,} place-level flows (too many to open"
+                 " comfortably here)")
+    text += "; every flow of the run is in flows_full.parquet."
+    return {"flow_level": level, "flows": str(shown), "flows_total": str(total),
+            "flows_full": "flows_full.parquet", "description": text}
+
+
 def write_analyst_files(result, folder: str | Path, *, formats: tuple[str, ...] = (),
                         bom: bool = False) -> None:
-    """Write ``flowmap/`` (flowmap.blue tables and ``kepler_flows.csv``) and ``geoflow.gpkg``
-    for a RunResult into ``folder``, plus ``geoparquet/`` and ``shapefile/`` when ``formats``
-    names them (:data:`FORMATS`)."""
+    """Write ``flowmap/`` (flowmap.blue tables, ``kepler_flows.csv``, ``README.txt``) and
+    ``geoflow.gpkg`` for a RunResult into ``folder``, plus ``geoparquet/`` and ``shapefile/``
+    when ``formats`` names them (:data:`FORMATS`). Their flows are those of flows.geojson
+    (``result.flows_geojson``: state level past ``pipeline.FLOWS_GEOJSON_MAX`` place-level
+    flows); every flow stays in flows_full.parquet."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {FORMATS}")
     folder = Path(folder)
-    level = getattr(result.options, "flow_level", "place")
+    flows, level = result.flows_geojson  # what flows.geojson holds: sized for its readers
+    about = flow_level_note(level, shown=len(flows), total=len(result.flows))
     (folder / "flowmap").mkdir(exist_ok=True)
-    for name, table in flowmap_tables(result.flows, level=level).items():
+    for name, table in flowmap_tables(flows, level=level).items():
         write_csv(table, folder / "flowmap" / f"{name}.csv", bom=bom)
-    write_csv(kepler_flows(result.flows, level=level), folder / "flowmap" / "kepler_flows.csv",
+    write_csv(kepler_flows(flows, level=level), folder / "flowmap" / "kepler_flows.csv",
               bom=bom)
+    (folder / "flowmap" / "README.txt").write_text(
+        f"{about['description']}\nflow_level: {level}\n", encoding="utf-8")
     layers = {name: getattr(result, name) for name in _LAYERS}
-    write_geopackage(layers, result.tables, folder / "geoflow.gpkg")
+    layers["flows"] = flows
+    write_geopackage(layers, result.tables, folder / "geoflow.gpkg", about={"flows": about})
     if "geoparquet" in formats:
         write_geoparquet(layers, folder / "geoparquet")
     if "shapefile" in formats:

@@ -621,19 +621,28 @@ def findings_markdown(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _render(result: RunResult, map_options: Any) -> str:
-    """map.html (imported here: building the map pulls in folium)."""
-    from geoflow.render import MapOptions, render_map
-
-    return render_map(result, options=map_options or MapOptions())
-
-
-def _write_stills(result: RunResult, map_options: Any, folder: Path) -> None:
-    """map.svg and map.png: the web map's scene as stills (imported here: matplotlib)."""
+def _write_maps(result: RunResult, map_options: Any, folder: Path) -> None:
+    """map.html, map.svg and map.png from one scene (built once: at a million records it
+    sums the legs of every flow). Imported here: folium and matplotlib are heavy."""
+    from geoflow.render import render_scene
     from geoflow.scene import MapOptions, build_scene
     from geoflow.static import write_stills
 
-    write_stills(build_scene(result, options=map_options or MapOptions()), folder)
+    options = map_options or MapOptions()
+    scene = build_scene(result, options=options)
+    (folder / "map.html").write_text(render_scene(scene, options=options), encoding="utf-8")
+    write_stills(scene, folder)
+
+
+def flow_levels(result: RunResult, formats: tuple[str, ...] = ()) -> dict[str, str]:
+    """Output → level of the flows it holds (manifest ``flow_levels``): flows_full.parquet
+    every flow at the run's level; flows.geojson and its copies for other tools (GeoPackage,
+    flowmap/, --format files) the level of ``result.flows_geojson``."""
+    level = result.flows_geojson[1]
+    copies = ["flows.geojson", "geoflow.gpkg", "flowmap/",
+              *(f"{name}/" for name in ("geoparquet", "shapefile") if name in formats)]
+    return {"flows_full.parquet": result.options.flow_level,
+            **dict.fromkeys(copies, level)}
 
 
 @arrow_system_pool()
@@ -681,9 +690,9 @@ def write_outputs(
                    temp / "findings.json")
         (temp / "findings.md").write_text(findings_markdown(result), encoding="utf-8")
         if write_map:
-            (temp / "map.html").write_text(_render(result, map_options), encoding="utf-8")
-            _write_stills(result, map_options, temp)
+            _write_maps(result, map_options, temp)
         manifest = dict(result.manifest)
+        manifest["flow_levels"] = flow_levels(result, formats)
         timings = dict(manifest.get("timings", {}))
         timings["export"] = round(time.perf_counter() - clock, 4)
         manifest["timings"] = timings

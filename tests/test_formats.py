@@ -213,9 +213,57 @@ def test_flowmap_cells_are_formula_safe():
 
 
 def test_geopackage_bytes_do_not_depend_on_when_it_was_written(place_run, tmp_path):
-    from geoflow.formats import write_geopackage
+    from geoflow.formats import flow_level_note, write_geopackage
 
     result, out = place_run
     layers = {name: getattr(result, name) for name in LAYERS}
-    again = write_geopackage(layers, result.tables, tmp_path / "again.gpkg")
+    about = {"flows": flow_level_note("place", shown=len(result.flows), total=len(result.flows))}
+    again = write_geopackage(layers, result.tables, tmp_path / "again.gpkg", about=about)
     assert again.read_bytes() == (out / "geoflow.gpkg").read_bytes()
+
+
+def test_every_flows_copy_says_its_level_and_holds_what_flows_geojson_holds(place_run):
+    result, out = place_run
+    info = pyogrio.read_info(out / "geoflow.gpkg", layer="flows")
+    assert info["layer_metadata"]["flow_level"] == "place"
+    assert info["layer_metadata"]["flows_total"] == str(len(result.flows))
+    assert "flow_level: place" in (out / "flowmap" / "README.txt").read_text(encoding="utf-8")
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["flow_levels"] == {
+        "flows_full.parquet": "place", "flows.geojson": "place", "geoflow.gpkg": "place",
+        "flowmap/": "place", "geoparquet/": "place", "shapefile/": "place"}
+
+
+def test_too_many_flows_put_state_level_flows_in_gpkg_flowmap_and_kepler(
+        prepared, tmp_path, monkeypatch):
+    from geoflow import pipeline
+
+    monkeypatch.setattr(pipeline, "FLOWS_GEOJSON_MAX", 100)
+    result = analyse(prepared)
+    overview, level = result.flows_geojson
+    assert level == "state" and len(result.flows) > 100 and len(overview) < len(result.flows)
+    out = write_outputs(result, tmp_path / "big", write_map=False, formats=("shapefile",))
+    placed = result.manifest["counts"]["rows_placed"]
+    gpkg = pyogrio.read_dataframe(out / "geoflow.gpkg", layer="flows")
+    assert gpkg["flow_id"].tolist() == overview["flow_id"].tolist()
+    assert gpkg["dealer_id"].isna().all() and int(gpkg["guns"].sum()) == placed
+    about = pyogrio.read_info(out / "geoflow.gpkg", layer="flows")["layer_metadata"]
+    assert (about["flow_level"], about["flows"], about["flows_total"]) == (
+        "state", str(len(overview)), str(len(result.flows)))
+    assert "flows_full.parquet" in about["DESCRIPTION"]
+    assert pyogrio.read_info(out / "shapefile" / "flows.shp")["features"] == len(overview)
+    kepler = pd.read_csv(out / "flowmap" / "kepler_flows.csv")
+    assert kepler["flow_id"].tolist() == overview["flow_id"].tolist()
+    assert kepler["guns"].sum() == placed
+    tables = _flowmap(out)
+    states = tables["locations"]["id"][~tables["locations"]["id"].str.startswith("port-")]
+    assert states.str.fullmatch(r"(US|MX)-([A-Z]{2,3}|unknown)").all()
+    assert tables["flows"]["count"].sum() == placed
+    readme = (out / "flowmap" / "README.txt").read_text(encoding="utf-8")
+    assert "flow_level: state" in readme and f"{len(result.flows):,} place-level" in readme
+    full = gpd.read_parquet(out / "flows_full.parquet")  # every place-level flow stays here
+    assert full["flow_id"].tolist() == result.flows["flow_id"].tolist()
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["flow_levels"] == {
+        "flows_full.parquet": "place", "flows.geojson": "state", "geoflow.gpkg": "state",
+        "flowmap/": "state", "shapefile/": "state"}
