@@ -3,7 +3,7 @@
 :func:`build_scene` turns a pipeline ``RunResult`` and :class:`MapOptions` into a frozen
 :class:`Scene`; ``geoflow.render`` draws it with Leaflet, ``geoflow.static`` with matplotlib.
 Everything a reader sees is decided here, once: which legs are drawn and how wide, the colours
-(checked for contrast), the choropleth classes (mapclassify quantiles), the labels and their
+(checked for contrast), the choropleth classes (mapclassify's quantiles), the labels and their
 priorities, the legend, the texts and the synthetic-data banner. No I/O, no drawing library.
 
 The story is a funnel: guns go from many dealers, converge on a few ports of entry and fan out
@@ -60,15 +60,15 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
 
-import mapclassify
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import shapely
 
 from geoflow.aggregate import plural
@@ -486,21 +486,26 @@ def _ends(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
     if level == "state":
         codes = _text(flows[state])
         fixed = pd.DataFrame.from_dict(state_points(), orient="index",
-                                       columns=["lon", "lat", "name"]).reindex(codes.to_numpy())
-        known = fixed["name"].notna().to_numpy()
+                                       columns=["lon", "lat", "name"])
+        row = fixed.index.get_indexer(codes.array)  # -1: a code with no fixed point
+        known, row = row >= 0, np.maximum(row, 0)
+        # the state's name, else the place (Arrow kernels: no Python string per flow)
+        names = pa.array(fixed["name"].tolist(), pa.large_string()).take(pa.array(row))
+        places = pc.cast(pa.array(_text(flows[place]).array), pa.large_string())
         return pd.DataFrame({
-            "key": codes.to_numpy(),
-            "name": np.where(known, fixed["name"].to_numpy(), _text(flows[place]).to_numpy()),
-            "lon": np.where(known, fixed["lon"].to_numpy(dtype=float),
+            "key": codes.array,
+            "name": pd.arrays.ArrowStringArray(pc.if_else(pa.array(known), names, places)),
+            "lon": np.where(known, fixed["lon"].to_numpy(dtype=float)[row],
                             flows[lon].to_numpy(dtype=float)),
-            "lat": np.where(known, fixed["lat"].to_numpy(dtype=float),
+            "lat": np.where(known, fixed["lat"].to_numpy(dtype=float)[row],
                             flows[lat].to_numpy(dtype=float)),
         }, index=flows.index)
     key_col = ident if (level == "place" and ident in flows.columns) else place
     names = flows["dealer_name"] if (side == "us" and level == "place"
                                      and "dealer_name" in flows.columns) else flows[place]
     keys = _text(flows[key_col]).where(_text(flows[key_col]) != "", _text(flows[place]))
-    return pd.DataFrame({"key": keys.to_numpy(), "name": _text(names).to_numpy(),
+    # .array keeps Arrow text as it is (to_numpy would make a million Python strings)
+    return pd.DataFrame({"key": keys.array, "name": _text(names).array,
                          "lon": flows[lon].to_numpy(dtype=float),
                          "lat": flows[lat].to_numpy(dtype=float)}, index=flows.index)
 
@@ -513,7 +518,8 @@ def _side_legs(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
         "port_code": _text(flows["crossing_code"]), "port_name": _text(flows["crossing_name"]),
         "port_lon": flows["port_lon"].to_numpy(dtype=float),
         "port_lat": flows["port_lat"].to_numpy(dtype=float),
-        "route_kind": np.where(_text(flows["route_kind"]) == "known", "known", "modelled"),
+        "route_kind": _text(flows["route_kind"]).where(
+            lambda kind: kind == "known", "modelled").array,
         "guns": _guns(flows["guns"].to_numpy()),
     })
     frame = frame[np.isfinite(frame["lon"]) & np.isfinite(frame["lat"])]
@@ -528,10 +534,16 @@ def _side_legs(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
 
 def choose_level(flows: pd.DataFrame, side: str, budget: int) -> str:
     """The finest level at which ``side`` has at most ``budget`` legs (else ``state``)."""
+    return _chosen_legs(flows, side, budget)[0]
+
+
+def _chosen_legs(flows: pd.DataFrame, side: str, budget: int) -> tuple[str, pd.DataFrame]:
+    """:func:`choose_level` and the legs at that level (summed once)."""
     for level in ("place", "town") if side == "us" else ("place",):
-        if len(_side_legs(flows, side, level)) <= budget:
-            return level
-    return "state"
+        legs = _side_legs(flows, side, level)
+        if len(legs) <= budget:
+            return level, legs
+    return "state", _side_legs(flows, side, "state")
 
 
 def _split_budget(guns: tuple[np.ndarray, np.ndarray], total: int) -> tuple[int, int]:
@@ -638,8 +650,9 @@ def _legs(flows: pd.DataFrame, options: MapOptions, colour: str) -> tuple[
                          "left out.")
         flows = flows[~small]
     half = max(options.max_legs // 2, 1)
-    levels = {side: choose_level(flows, side, half) for side in ("us", "mx")}
-    tables = {side: _side_legs(flows, side, levels[side]) for side in ("us", "mx")}
+    chosen = {side: _chosen_legs(flows, side, half) for side in ("us", "mx")}
+    levels = {side: level for side, (level, _) in chosen.items()}
+    tables = {side: legs for side, (_, legs) in chosen.items()}
     budgets = dict(zip(("us", "mx"), _split_budget(
         (tables["us"]["guns"].to_numpy(), tables["mx"]["guns"].to_numpy()), options.max_legs),
         strict=True))
@@ -661,11 +674,33 @@ def _legs(flows: pd.DataFrame, options: MapOptions, colour: str) -> tuple[
 # --------------------------------------------------------------------------- areas
 
 
+def quantile_bins(values: np.ndarray, k: int) -> np.ndarray:
+    """The class upper bounds of ``mapclassify.Quantiles(values, k=k).bins``, computed as it
+    does (SciPy's ``scoreatpercentile`` at 100/k, 200/k … 100 %, ties merged, so fewer than
+    ``k`` bounds when quantiles tie) without importing mapclassify, which pulls in SciPy and
+    scikit-learn: seconds of every run's export."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    step = 100.0 / k
+    percents = np.arange(step, 100 + step, step)
+    percents[-1] = min(percents[-1], 100.0)
+    bounds = []
+    for percent in percents:  # k ≤ 5 classes
+        at = percent / 100.0 * (len(ordered) - 1)
+        low = int(at)
+        if low == at:
+            bounds.append(ordered[low])
+        else:
+            weights = np.array([low + 1 - at, at - low])
+            bounds.append((ordered[low] * weights[0] + ordered[low + 1] * weights[1])
+                          / weights.sum())
+    return np.unique(np.array(bounds, dtype=float))
+
+
 def _classify(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(class upper bounds, class index per value; −1 for zero) by mapclassify quantiles of
-    the positive values (fewer classes when there are fewer distinct values). For counts the
-    bounds are whole numbers (a quantile between 6 and 7 becomes 6), so classes never share
-    a label."""
+    """(class upper bounds, class index per value; −1 for zero) by quantiles of the
+    positive values (:func:`quantile_bins`; fewer classes when there are fewer distinct
+    values). For counts the bounds are whole numbers (a quantile between 6 and 7 becomes 6),
+    so classes never share a label."""
     vals = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
     positive = vals[vals > 0]
     if positive.size == 0:
@@ -674,9 +709,7 @@ def _classify(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if k == 1:
         bins = np.array([positive.max()])
     else:
-        with warnings.catch_warnings():  # mapclassify lowers k itself when quantiles tie
-            warnings.simplefilter("ignore", UserWarning)
-            bins = np.asarray(mapclassify.Quantiles(positive, k=k).bins, dtype=float)
+        bins = quantile_bins(positive, k)
         if np.all(positive == np.round(positive)):  # counts: whole-number classes "8–16"
             bins = np.unique(np.floor(bins))
     idx = np.minimum(np.searchsorted(bins, vals, side="left"), len(bins) - 1)

@@ -19,6 +19,7 @@ from geoflow.scene import (
     build_scene,
     contrast_ratio,
     lighten,
+    quantile_bins,
     relative_luminance,
 )
 from geoflow.select import filter_records
@@ -93,6 +94,8 @@ def test_classes_come_from_mapclassify_quantiles(scene, sample_result):
         "guns_sourced"].to_numpy()
     expected = np.unique(np.floor(mapclassify.Quantiles(guns, k=5).bins))
     assert list(us.bins) == expected.tolist()
+    for k in (2, 3, 4, 5):  # geoflow's own quantiles (no mapclassify import) are the same
+        assert quantile_bins(guns, k).tolist() == mapclassify.Quantiles(guns, k=k).bins.tolist()
     assert us.labels[-1].endswith(f"{int(guns.max()):,}")
     for classes in scene.classes:  # whole-number classes that never share a bound
         highs = [int(lab.split("–")[-1].replace(",", "")) for lab in classes.labels]
