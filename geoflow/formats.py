@@ -206,8 +206,9 @@ def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame],
     """One GeoPackage: each layer with its geometry (EPSG:4326), each table as an attribute
     table (no geometry), under its own name. ``about`` gives a layer GDAL metadata (name →
     key → text; GDAL stores ``description`` as the layer's GeoPackage description, which
-    QGIS shows). GDAL's timestamps are fixed (``OGR_CURRENT_DATE`` = :data:`GPKG_DATE`), so the
-    same result gives the same bytes."""
+    QGIS shows). Written through Arrow (GDAL's columnar path: 2-3× faster than feature by
+    feature, the same values read back). GDAL's timestamps are fixed
+    (``OGR_CURRENT_DATE`` = :data:`GPKG_DATE`), so the same result gives the same bytes."""
     import pyogrio
 
     path = Path(path)
@@ -216,10 +217,11 @@ def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame],
     pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": GPKG_DATE})
     try:
         for name, layer in layers.items():
-            _write(layer, path, layer=name, driver="GPKG", append=path.exists(),
+            _write(layer, path, layer=name, driver="GPKG", append=path.exists(), use_arrow=True,
                    layer_metadata=dict(about[name]) if name in about else None)
         for name, table in tables.items():
-            _write(pd.DataFrame(table), path, layer=name, driver="GPKG", append=path.exists())
+            _write(pd.DataFrame(table), path, layer=name, driver="GPKG", append=path.exists(),
+                   use_arrow=True)
     finally:
         pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": previous})
     return path
