@@ -208,13 +208,16 @@ def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame],
     key → text; GDAL stores ``description`` as the layer's GeoPackage description, which
     QGIS shows). Written through Arrow (GDAL's columnar path: 2-3× faster than feature by
     feature, the same values read back). GDAL's timestamps are fixed
-    (``OGR_CURRENT_DATE`` = :data:`GPKG_DATE`), so the same result gives the same bytes."""
+    (``OGR_CURRENT_DATE`` = :data:`GPKG_DATE`), so the same result gives the same bytes.
+    SQLite does not sync each layer to disk (``OGR_SQLITE_SYNCHRONOUS=OFF``: 10× faster); the
+    file is written in the run's temporary folder, which replaces OUT only when complete."""
     import pyogrio
 
     path = Path(path)
     about = about or {}
-    previous = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
-    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": GPKG_DATE})
+    settings = {"OGR_CURRENT_DATE": GPKG_DATE, "OGR_SQLITE_SYNCHRONOUS": "OFF"}
+    previous = {key: pyogrio.get_gdal_config_option(key) for key in settings}
+    pyogrio.set_gdal_config_options(settings)
     try:
         for name, layer in layers.items():
             _write(layer, path, layer=name, driver="GPKG", append=path.exists(), use_arrow=True,
@@ -223,7 +226,7 @@ def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame],
             _write(pd.DataFrame(table), path, layer=name, driver="GPKG", append=path.exists(),
                    use_arrow=True)
     finally:
-        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": previous})
+        pyogrio.set_gdal_config_options(previous)
     return path
 
 

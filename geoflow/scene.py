@@ -96,6 +96,7 @@ __all__ = [
     "Point",
     "PointLayer",
     "Scene",
+    "ShapeCache",
     "build_scene",
     "contrast_ratio",
     "is_synthetic",
@@ -385,6 +386,43 @@ def _guns(values: Any) -> np.ndarray:
 
 def _text(series: pd.Series) -> pd.Series:
     return series.astype("string").fillna("")
+
+
+class ShapeCache:
+    """Results derived from a shape, kept per shape *object* for the life of the process.
+
+    Every output set of a batch draws the same shipped state outlines (the very same shapely
+    objects: ``shapes.load_states`` reads them once per process), so what is derived from them
+    (simplified outlines, their GeoJSON) is made once per worker, not once per entity. Keyed by
+    identity; the shape is held, so its id is never reused while cached. Bounded: cleared when
+    full.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._items: dict[int, tuple[Any, Any]] = {}
+
+    def get(self, shapes: Sequence[Any], make: Any) -> list[Any]:
+        """``make(missing)`` → derived values for the shapes not cached yet (one vectorised
+        call); returns the derived value of every shape, in order."""
+        hits = [self._items.get(id(g)) for g in shapes]
+        missing = [i for i, hit in enumerate(hits) if hit is None or hit[0] is not shapes[i]]
+        if missing:
+            made = make(np.asarray([shapes[i] for i in missing], dtype=object))
+            if len(self._items) + len(missing) > self.limit:
+                self._items.clear()
+            for i, value in zip(missing, made, strict=True):
+                hits[i] = self._items[id(shapes[i])] = (shapes[i], value)
+        return [hit[1] for hit in hits]
+
+
+_OUTLINES = ShapeCache()
+
+
+def _outlines(geoms: np.ndarray) -> list[Any]:
+    """State outlines simplified for drawing (cached per shape: :class:`ShapeCache`)."""
+    return _OUTLINES.get(list(geoms), lambda todo: shapely.make_valid(
+        shapely.simplify(todo, 0.02, preserve_topology=True)))
 
 
 def _mercator(lonlat: np.ndarray) -> np.ndarray:
@@ -751,8 +789,7 @@ def _areas(states: pd.DataFrame, palette: str, flow_colour: str, lighten_for_flo
         classes.append(Classes(country=country, title=titles[country],
                                bins=tuple(float(b) for b in bins), colours=tuple(colours),
                                labels=tuple(_class_labels(guns, bins))))
-        geoms = shapely.make_valid(shapely.simplify(part.geometry.to_numpy(), 0.02,
-                                                    preserve_topology=True))
+        geoms = _outlines(part.geometry.to_numpy())
         share = (pd.to_numeric(part["share_frac"], errors="coerce") if "share_frac" in part
                  else None)
         for i, (code, name) in enumerate(zip(_text(part["code"]), _text(part["name"]),

@@ -6,14 +6,18 @@ Usage::
     python scripts/bench_batch.py --rows 200000      # a larger synthetic sample
     python scripts/bench_batch.py --kind trafficker --no-map
     python scripts/bench_batch.py --jobs 1                # one entity after the other
+    python scripts/bench_batch.py --no-stills             # map.html, but no map.svg/map.png
 
 Prints the time to read + geocode once, to filter (one state, one purchaser), to list the
-entities, and to analyse and write every entity, with the mean per entity and peak memory.
+entities, and to analyse and write every entity: wall time and CPU time (this process and its
+batch workers) per entity, peak memory and the load average (the machine is shared: CPU time
+is the steadier figure; wall time per entity at N jobs is at best CPU time / N).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import tempfile
 import time
@@ -27,13 +31,32 @@ def write_no_map(result, folder) -> None:
     write_outputs(result, folder, write_map=False)
 
 
+def write_no_stills(result, folder) -> None:
+    """Per-entity writer with map.html but without map.svg/map.png."""
+    from geoflow.pipeline import write_outputs
+    from geoflow.render import render_map
+
+    write_outputs(result, folder, write_map=False)
+    (Path(folder) / "map.html").write_text(render_map(result), encoding="utf-8")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the batch's workers)."""
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                         resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2922)
     parser.add_argument("--kind", default="state",
                         choices=["state", "mx-state", "trafficker", "dealer"])
     parser.add_argument("--min-guns", type=int, default=None)
-    parser.add_argument("--no-map", action="store_true", help="skip map.html per entity")
+    parser.add_argument("--no-map", action="store_true",
+                        help="skip map.html, map.svg and map.png per entity")
+    parser.add_argument("--no-stills", action="store_true",
+                        help="skip map.svg and map.png per entity (keep map.html)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="worker processes (default: the CPUs available)")
     args = parser.parse_args()
@@ -63,11 +86,12 @@ def main() -> None:
         t_list = time.perf_counter() - clock
 
         jobs = args.jobs or default_jobs()
-        clock = time.perf_counter()
+        write = write_no_map if args.no_map else write_no_stills if args.no_stills else None
+        load = os.getloadavg()
+        clock, cpu = time.perf_counter(), cpu_seconds()
         batch = run_batch(prepared, kind=args.kind, out_dir=Path(tmp) / "out",
-                          min_guns=args.min_guns, write=write_no_map if args.no_map else None,
-                          jobs=jobs)
-        t_batch = time.perf_counter() - clock
+                          min_guns=args.min_guns, write=write, jobs=jobs)
+        t_batch, c_batch = time.perf_counter() - clock, cpu_seconds() - cpu
         size = sum(p.stat().st_size for p in (Path(tmp) / "out").rglob("*") if p.is_file())
 
     n = max(len(batch.entities), 1)
@@ -78,9 +102,13 @@ def main() -> None:
         ("filter --state TX", f"{t_state * 1000:.1f} ms"),
         ("filter --trafficker <top id>", f"{t_trafficker * 1000:.1f} ms"),
         (f"list {args.kind} entities", f"{t_list * 1000:.1f} ms ({len(table):,} entities)"),
-        (f"batch --per {args.kind} (analyse + write{'' if args.no_map else ' + map'}, "
+        (f"batch --per {args.kind} (analyse + write"
+         f"{'' if args.no_map else ' + map.html' if args.no_stills else ' + map + stills'}, "
          f"{jobs} jobs)",
-         f"{t_batch:.2f} s, {t_batch / n:.3f} s per entity"),
+         f"{t_batch:.2f} s wall, {t_batch / n:.3f} s per entity"),
+        ("  CPU (this process + workers)", f"{c_batch:.2f} s, {c_batch / n:.3f} s per entity"),
+        ("load average before / after", " / ".join(
+            f"{a:.2f}" for a in (load[0], os.getloadavg()[0]))),
         ("batch output size", f"{size / 1e6:.1f} MB"),
         ("peak memory (max RSS)", f"{peak:.0f} MB"),
     ]
