@@ -38,6 +38,7 @@ PAYLOADS = [
     "`${alert(1)}` \\ ${window.pwned=2}",
     "\" onmouseover=\"alert(1)",
     "x\u2028y\u2029z",
+    "{{ 7*7 }} {% if true %}jinja ran{% endif %} {# hidden #}",
 ]
 
 
@@ -140,6 +141,7 @@ def test_script_json_keeps_values_and_cannot_close_a_script(payload):
     assert json.loads(text) == value
     assert "</" not in text and "<" not in text and "`" not in text and "$" not in text
     assert "\u2028" not in text and "\u2029" not in text
+    assert "{{" not in text and "{%" not in text and "{#" not in text  # folium runs Jinja
     assert json.loads(js_string(payload)) == payload
 
 
@@ -171,6 +173,20 @@ def test_payload_names_reach_the_page_only_as_escaped_data():
         assert html.unescape(title) == PAYLOADS[1]
         assert f"<h1>{escape_html(PAYLOADS[1])}</h1>" in page
         assert escape_html(PAYLOADS[2]) in page
+
+
+def test_names_in_the_data_are_never_run_as_templates():
+    """folium renders page scripts through Jinja: a dealer or place named like a template
+    stays text (before, ``{{ 7*7 }}`` in a dealer name became 49 on the map)."""
+    payload = PAYLOADS[-1]
+    flows = _flow_frame([5, 2], ["2304", "2304"])
+    flows["dealer_name"] = [payload, payload]
+    flows["recovery_place"] = [payload, payload]
+    for style in ("legs", "paths"):
+        page = render_map(_result(flows), options=MapOptions(flow_style=style))
+        assert "jinja ran" not in page.replace(script_json(payload)[1:-1], "")
+        assert "49 " not in page
+        assert script_json(payload)[1:-1] in page
 
 
 def test_map_options_refuse_unknown_palettes_and_bad_thresholds():

@@ -16,6 +16,7 @@ from geoflow.scene import (
     SYNTHETIC_BANNER,
     WIDTH_RANGE,
     MapOptions,
+    ShapeCache,
     build_scene,
     contrast_ratio,
     lighten,
@@ -195,3 +196,39 @@ def test_legend_says_what_the_small_count_rule_withheld(sample_result, scene):
     assert f"{sample_result.suppression['cells']['flows']['rows']:,} flows" in withheld[0]
     hidden = sample_result.suppression["purchasers_not_listed"]["purchasers"]
     assert f"{hidden:,} purchasers are counted only in totals" in withheld[0]
+
+
+def test_shape_cache_derives_once_per_shape_object_and_stays_bounded():
+    made = []
+
+    def areas(todo):
+        made.append(len(todo))
+        return shapely.area(todo).tolist()
+
+    cache = ShapeCache(limit=3)
+    small, big = shapely.box(0, 0, 1, 1), shapely.box(0, 0, 2, 2)
+    assert cache.get([small, big], areas) == [1.0, 4.0]
+    assert cache.get([big, small], areas) == [4.0, 1.0]
+    assert made == [2]  # the second call derived nothing
+    twin = shapely.box(0, 0, 1, 1)  # equal, but another object: derived afresh
+    assert cache.get([twin, small], areas) == [1.0, 1.0] and made == [2, 1]
+    assert cache.get([shapely.box(0, 0, 3, 3)], areas) == [9.0]  # full: cleared first
+    assert cache.get([small], areas) == [1.0] and made == [2, 1, 1, 1]
+
+
+def test_batch_entities_share_the_simplified_state_outlines(sample_result):
+    """Two entities' scenes draw the same simplified outline objects (made once per
+    process), simpler than the shipped shapes."""
+    from geoflow.pipeline import analyse, prepare_records
+    from geoflow.select import entity_keys
+
+    prepared = prepare_records(sample_path())
+    keys = entity_keys(prepared.records, "state")
+    scenes = [build_scene(analyse(prepared, records=prepared.records[
+        (keys == code).to_numpy(dtype=bool)])) for code in ("US-TX", "US-AZ")]
+    texas, arizona = ({a.code: a.geometry for a in scene.areas} for scene in scenes)
+    assert texas.keys() == arizona.keys()
+    assert all(texas[code] is arizona[code] for code in texas)
+    shipped = sample_result.states.set_index("code").geometry
+    assert shapely.get_num_coordinates(texas["US-TX"]) < shapely.get_num_coordinates(
+        shipped["US-TX"])

@@ -251,6 +251,21 @@ def test_png_matches_each_preset(sample_scene, name):
     assert png.info.get("dpi", (0,))[0] == pytest.approx(size.dpi, abs=1)
 
 
+def test_png_is_opaque_rgb_with_the_pixels_matplotlib_draws(social):
+    """The PNG drops the (all-opaque) alpha channel and nothing else: every pixel is what
+    matplotlib's own savefig draws."""
+    from PIL import Image
+
+    fig, _ = social
+    png = Image.open(io.BytesIO(figure_bytes(fig, "png")))
+    assert png.mode == "RGB"
+    reference = io.BytesIO()
+    fig.savefig(reference, format="png", dpi=fig.dpi, facecolor="white")
+    drawn = np.asarray(Image.open(reference))
+    assert (drawn[..., 3] == 255).all()
+    assert np.array_equal(np.asarray(png), drawn[..., :3])
+
+
 def test_pdf_opens_with_fonts_embedded_and_text_searchable(social):
     from pypdf import PdfReader
 
