@@ -84,7 +84,7 @@ _MARKDOWN_ESCAPES = str.maketrans({
 def formula_safe(frame: pd.DataFrame) -> pd.DataFrame:
     """Copy of ``frame`` where text cells starting with ``= + - @``, tab or CR get a ``'``
     prefix, unless the cell reads as a number (``-12.5`` stays as it is)."""
-    out = frame.copy()
+    out = frame.copy(deep=False)  # copy-on-write: columns replaced below, ``frame`` unchanged
     for column in out.columns:
         series = out[column]
         if isinstance(series.dtype, pd.CategoricalDtype):
@@ -327,7 +327,7 @@ def write_geojson(gdf: gpd.GeoDataFrame, path: str | Path, *, chunk: int = 20_00
 def write_geoparquet(gdf: gpd.GeoDataFrame, path: str | Path) -> None:
     """Write ``gdf`` as GeoParquet (WKB geometry, EPSG:4326, zstd-compressed columns):
     the columnar file analysts load whole into pandas/GeoPandas, QGIS, DuckDB or R."""
-    frame = gdf.copy()
+    frame = gdf.copy(deep=False)  # copy-on-write: no copy of a million flows
     for column in frame.columns:  # categoricals → plain text: readers need no dictionary
         if isinstance(frame[column].dtype, pd.CategoricalDtype):
             frame[column] = frame[column].astype("string")
