@@ -537,7 +537,9 @@ def analyse(
         options=options, flows=flows, dealers=dealers, recoveries=recoveries,
         crossings=crossings, states=states, tables=tables, findings=found,
         rejects=_rejects(prepared.rejects, options.show_names), unplaced=unplaced,
-        geocode_report=(prepared.geocode_report if records is None
+        # every record (the CLI passes them when no filter applies): the report as it is
+        geocode_report=(prepared.geocode_report
+                        if records is None or records is prepared.records
                         else report_for(prepared.geocode_report, records)),
         manifest=manifest, description=description,
         warnings=prepared.warnings, flows_overview=overview,
@@ -665,6 +667,7 @@ def write_outputs(
     written; a folder geoflow did not write is refused unless ``force`` (``OutputError``).
     """
     clock = time.perf_counter()
+    release_memory()  # what the caller freed (the records) goes back before the files' work
     out = Path(out_dir)
     with atomic_output_dir(out, force=force) as temp:
         synthetic = {"synthetic": is_synthetic(result)}  # an RFC 7946 foreign member
