@@ -160,6 +160,19 @@ def test_filtered_subset_is_accounted(prepared):
     assert result.manifest["description"] == "dealer GAT Guns"
 
 
+def test_every_record_given_keeps_the_geocode_report_recount_free(prepared):
+    from geoflow.geocode import report_for
+
+    # the CLI passes prepared.records when no filter applies: the report is not recounted
+    # (a million rows), and recounting would give the same file
+    given = analyse(prepared, records=prepared.records)
+    assert given.geocode_report is prepared.geocode_report
+    recount = report_for(prepared.geocode_report, prepared.records)
+    assert recount.to_csv(index=False) == prepared.geocode_report.to_csv(index=False)
+    subset = prepared.records.iloc[:3]
+    assert given.geocode_report is not analyse(prepared, records=subset).geocode_report
+
+
 def test_state_level_flows(prepared):
     result = analyse(prepared, options=RunOptions(flow_level="state"))
     assert result.flows["guns"].sum() == result.manifest["counts"]["rows_placed"]
