@@ -57,6 +57,8 @@ TTC_SHORT_DAYS = 3 * 365.25
 UNKNOWN = "unknown"
 #: ``unplaced_reason`` of a repeated trace record (see :func:`unplace_duplicates`).
 DUPLICATE_REASON = "duplicate trace record"
+#: Column of a collapsed row of a chunked read: how many input records it stands for.
+RECORDS_COLUMN = "record_count"
 #: Reader quality flags (docs/internals.md, io), in the order :func:`flag_counts` gives them.
 FLAGS = ("flag_duplicate", "flag_future_date", "flag_recovery_before_purchase")
 
@@ -93,6 +95,14 @@ def gun_weights(records: pd.DataFrame) -> np.ndarray:
     return records["guns"].to_numpy(dtype=np.int64, na_value=0)
 
 
+def record_weights(records: pd.DataFrame) -> np.ndarray:
+    """Input records each row stands for (int64): :data:`RECORDS_COLUMN` where a chunked
+    read collapsed records (:mod:`geoflow.chunked`), else 1."""
+    if RECORDS_COLUMN not in records.columns:
+        return np.ones(len(records), dtype=np.int64)
+    return records[RECORDS_COLUMN].to_numpy(dtype=np.int64)
+
+
 def weighted_count(codes: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
     """Sum of ``weights`` per code 0..n-1 (int64); codes < 0 are left out."""
     keep = codes >= 0
@@ -117,7 +127,8 @@ def unplace_duplicates(records: pd.DataFrame) -> pd.DataFrame:
 def flag_counts(records: pd.DataFrame) -> dict[str, int]:
     """Number of records carrying each reader quality flag (``flag_duplicate``,
     ``flag_future_date``, ``flag_recovery_before_purchase``), for the manifest."""
-    return {column: int(_flag(records, column).sum()) for column in FLAGS}
+    weights = record_weights(records)
+    return {column: int(weights[_flag(records, column)].sum()) for column in FLAGS}
 
 
 def iso_dates(values: pd.Series) -> pd.Series:

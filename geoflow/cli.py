@@ -147,6 +147,10 @@ def _pipeline_options(func):
         click.option("--trafficker-min-guns", type=click.IntRange(min=1), default=None,
                      metavar="N", help="tables/by_trafficker.csv lists purchasers tied to N or "
                                        "more traced guns (default 10)."),
+        click.option("--chunk-mb", type=click.FloatRange(min=0, min_open=True), default=None,
+                     metavar="MB", help="Read a CSV in chunks of about MB megabytes, keeping "
+                     "memory bounded (default: only CSVs of 1 GB or more, in 256 MB chunks). "
+                     "The outputs are the same."),
     ]
     func = geocoder_options(func)  # listed after the options above in --help
     for option in reversed(options):
@@ -158,7 +162,7 @@ def _run_options(*, dayfirst: bool | None, column_map: str | None, overrides: st
                  flow_level: str | None, show_names: bool | None, config: Config | None = None,
                  pseudonym_key_file: str | None = None, min_cell: int | None = None,
                  trafficker_min_guns: int | None = None, count_column: str | None = None,
-                 **geocoding):
+                 chunk_mb: float | None = None, **geocoding):
     """RunOptions from command-line values, falling back to the config file, then defaults.
 
     Showing names and turning suppression off print a notice naming where the setting came
@@ -192,6 +196,7 @@ def _run_options(*, dayfirst: bool | None, column_map: str | None, overrides: st
         pseudonym_key=key,
         min_cell=cell,
         trafficker_min_guns=int(config.pick("trafficker_min_guns", trafficker_min_guns, 10)),
+        chunk_mb=chunk_mb,
     )
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "read_traces",
     "load_column_map",
     "standardise_traces",
+    "SeenRecords",
     "detect_encoding",
     "sniff_delimiter",
     "DELIMITERS",
@@ -178,6 +179,8 @@ def read_traces(
     encoding: str | None = None,
     today: date | str | None = None,
     sheet: str | int | None = None,
+    data: bytes | None = None,
+    seen: SeenRecords | None = None,
 ) -> ReadResult:
     """Read a trace file (CSV, XLSX or Parquet) into canonical records plus rejects.
 
@@ -197,6 +200,12 @@ def read_traces(
         Dates after this day are flagged as in the future (default: today).
     sheet
         XLSX sheet name or 0-based index (default: the first sheet).
+    data
+        The file's bytes when the caller has them (a chunk of a large CSV with its header:
+        :mod:`geoflow.chunked`); ``path`` then only names the file in messages.
+    seen
+        Records of earlier chunks: a record repeating one of them is flagged
+        ``flag_duplicate`` like a repeat within the chunk (:class:`SeenRecords`).
 
     Raises
     ------
@@ -213,7 +222,7 @@ def read_traces(
     """
     path = Path(path)
     user_map = schema.validate_column_map(column_map)
-    data = _read_bytes(path)
+    data = _read_bytes(path) if data is None else data
     fmt = _detect_format(path, data)
     if sheet is not None and fmt != "xlsx":
         raise InputError(f"sheet={sheet!r} given but this is a {fmt.upper()} file, not XLSX",
@@ -236,7 +245,8 @@ def read_traces(
     raw = [table.frame.rename(columns=header_map)]
     table = replace(table, frame=None)
     records, rejects, warnings, counts = standardise_traces(
-        raw.pop(), lines=table.lines, raw_names=raw_names, dayfirst=dayfirst, today=today
+        raw.pop(), lines=table.lines, raw_names=raw_names, dayfirst=dayfirst, today=today,
+        seen=seen,
     )
     if len(rejects):
         rows = rejects.pop("row").to_numpy()
@@ -401,6 +411,7 @@ def standardise_traces(
     raw_names: dict[str, str] | None = None,
     dayfirst: bool = False,
     today: date | str | None = None,
+    seen: SeenRecords | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """Turn a frame with canonical column names and text cells into canonical records.
 
@@ -409,7 +420,8 @@ def standardise_traces(
     (none of :data:`geoflow.schema.USABLE_COLUMNS`) and rows with an out-of-range coordinate.
     An unparseable coordinate (text) becomes NaN with a warning: the row can still be
     placed from its city. ``lines`` gives each row's source line (default: position + 2);
-    ``raw_names`` maps canonical names back to the input headers used in messages.
+    ``raw_names`` maps canonical names back to the input headers used in messages; ``seen``
+    holds the records of earlier chunks (see :func:`read_traces`).
     """
     lines = np.arange(len(frame)) + 2 if lines is None else np.asarray(lines)
     raw_names = raw_names or {}
@@ -521,7 +533,7 @@ def standardise_traces(
     records["time_to_crime_days"] = (before / pd.Timedelta(days=1)).astype("float64")
     records["flag_recovery_before_purchase"] = (records["time_to_crime_days"] < 0).to_numpy()
     records["flag_future_date"] = future
-    records["flag_duplicate"] = _duplicates(records, given)
+    records["flag_duplicate"] = _duplicates(records, given, seen)
 
     derived = ["source_line", "time_to_crime_days", *schema.FLAG_COLUMNS, schema.COUNT_COLUMN]
     extra = [c for c in records.columns if c not in schema.CANONICAL_COLUMNS and c not in derived]
@@ -779,17 +791,43 @@ def _hash_ids(records: pd.DataFrame) -> pd.Series:
     return pd.Series(np.char.add("T-", chars), index=records.index, dtype="str")
 
 
-def _duplicates(records: pd.DataFrame, given: pd.Series) -> np.ndarray:
+class SeenRecords:
+    """Hashes (64-bit) of the duplicate keys of the records read so far, kept sorted, for
+    reading a file in chunks: memory grows by 8 bytes per record, not by its text.
+
+    Two distinct keys share a hash with odds of about n² / 2⁶⁵ (3 in a million at 10 million
+    records); within one chunk repeats are found by exact comparison.
+    """
+
+    def __init__(self) -> None:
+        self.hashes = np.empty(0, dtype=np.uint64)
+
+    def repeats(self, keys: pd.Series) -> np.ndarray:
+        """Which ``keys`` were seen in an earlier call; then remember them all."""
+        hashes = pd.util.hash_array(keys.to_numpy(dtype=object))
+        found = np.zeros(len(hashes), dtype=bool)
+        if len(self.hashes):
+            at = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
+            found = self.hashes[at] == hashes
+        self.hashes = np.sort(np.concatenate([self.hashes, np.unique(hashes)]), kind="stable")
+        return found
+
+
+def _duplicates(records: pd.DataFrame, given: pd.Series, seen: SeenRecords | None = None
+                ) -> np.ndarray:
     """Flag every occurrence of a trace record after its first (file order).
 
     Same trace_id (case-insensitive) when the input has one; otherwise same serial number
     (ignoring case, spaces and dashes) + purchase date + dealer name; rows with neither a
     trace_id nor a serial number are duplicates only when all their cells are identical
-    (same generated trace_id).
+    (same generated trace_id). With ``seen``, a record repeating one of an earlier chunk is
+    flagged too.
     """
     flag = np.zeros(len(records), dtype=bool)
     given = given.to_numpy(dtype=bool)
-    flag[given] = records.loc[given, "trace_id"].str.upper().duplicated(keep="first").to_numpy()
+    keys = pd.Series("", index=records.index, dtype=object) if seen is not None else None
+    upper = records.loc[given, "trace_id"].str.upper()
+    flag[given] = upper.duplicated(keep="first").to_numpy()
     by_serial = ~given & records["serial_number"].notna().to_numpy()
     if by_serial.any():
         rows = records.loc[by_serial, ["serial_number", "purchase_date", "dealer_name"]]
@@ -799,8 +837,16 @@ def _duplicates(records: pd.DataFrame, given: pd.Series) -> np.ndarray:
             "dealer": rows["dealer_name"].str.casefold(),
         })
         flag[by_serial] = key.duplicated(keep="first").to_numpy()
+        if keys is not None:
+            keys[by_serial] = ("s\x1f" + key["serial"] + "\x1f"
+                               + key["date"].astype("string").fillna("\x00") + "\x1f"
+                               + key["dealer"].fillna("\x00")).to_numpy(dtype=object)
     by_content = ~given & ~by_serial
     flag[by_content] = records.loc[by_content, "trace_id"].duplicated(keep="first").to_numpy()
+    if keys is not None:
+        keys[given] = ("g\x1f" + upper).to_numpy(dtype=object)
+        keys[by_content] = ("c\x1f" + records.loc[by_content, "trace_id"]).to_numpy(dtype=object)
+        flag |= seen.repeats(keys)
     return flag
 
 

@@ -31,6 +31,7 @@ import pandas as pd
 
 from geoflow import __version__
 from geoflow.aggregate import (
+    RECORDS_COLUMN,
     TRAFFICKER_MIN_GUNS,
     build_tables,
     entity_findings,
@@ -39,6 +40,7 @@ from geoflow.aggregate import (
     gun_weights,
     is_value,
     plural,
+    record_weights,
     unplace_duplicates,
 )
 from geoflow.crossings import unmatched_crossings
@@ -101,7 +103,7 @@ LAYER_INPUT_COLUMNS = (
     "dealer_lat", "dealer_geocode_level", "dealer_geocode_score", "recovery_place",
     "recovery_admin1", "recovery_lon", "recovery_lat", "recovery_geocode_level",
     "recovery_geocode_score", "recovery_date", "crossing_code", "route_kind", "purchaser_id",
-    "purchaser_label", "purchase_date", "time_to_crime_days", "guns",
+    "purchaser_label", "purchase_date", "time_to_crime_days", "guns", RECORDS_COLUMN,
 )
 #: Entity columns turned into categoricals once per analysis, so every groupby, factorize and
 #: take afterwards works on small integer codes instead of a million strings.
@@ -141,6 +143,9 @@ class RunOptions:
     min_cell: int = MIN_CELL
     #: ``by_trafficker`` lists purchasers tied to this many guns or more
     trafficker_min_guns: int = TRAFFICKER_MIN_GUNS
+    #: read a CSV in chunks of this many MB (``--chunk-mb``); None: only CSVs of at least
+    #: :data:`geoflow.chunked.CHUNKED_MIN_BYTES`. The outputs are the same either way.
+    chunk_mb: float | None = None
 
     def __post_init__(self) -> None:
         if self.flow_level not in ("place", "state"):
@@ -307,6 +312,7 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
     """Read, geocode, assign crossings and add ids (``purchaser_id``, ``possessor_id``,
     ``dealer_id``) and ``placed``/``unplaced_reason``. Real names are kept here so filters can
     match them; :func:`analyse` decides what is shown."""
+    from geoflow.chunked import CHUNK_BYTES, prepare_chunked, wants_chunks
     from geoflow.counts import to_border
     from geoflow.crossings import assign_crossings, load_ports
     from geoflow.geocode import geocode_traces
@@ -315,6 +321,9 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
     options = options or RunOptions()
     # the key is resolved (the user's key created on first use) before any work
     options = replace(options, pseudonym_key=as_key(options.pseudonym_key))
+    if wants_chunks(source, options.chunk_mb):
+        size = CHUNK_BYTES if options.chunk_mb is None else int(options.chunk_mb * 2**20)
+        return prepare_chunked(source, options=options, chunk_bytes=max(size, 1))
     timings: dict[str, float] = {}
     memory: dict[str, float] = {}
     with _stage("read", timings, memory):
@@ -461,7 +470,7 @@ def analyse(
         layer_columns = [c for c in LAYER_INPUT_COLUMNS if c in frame.columns]
         placed = frame.loc[frame["placed"].to_numpy(dtype=bool), layer_columns]
         unplaced = _unplaced(frame)
-        rows_selected = len(frame)
+        rows_selected = int(record_weights(frame).sum())
         guns_selected = int(gun_weights(frame).sum())
         del frame  # the encoded columns not needed by the layers go now
         drawn = placed if layers else placed.iloc[0:0]
@@ -495,13 +504,13 @@ def analyse(
                  plural(len(crossings), "port"))
 
     rows_read = int(prepared.source.get("rows_read", len(prepared.records)))
-    rows_valid = len(prepared.records)
+    rows_valid = int(record_weights(prepared.records).sum())
     counts = {
         "rows_read": rows_read,
         "rows_valid": rows_valid,
         "rows_rejected": rows_read - rows_valid,
         "rows_filtered_out": rows_valid - rows_selected,
-        "rows_placed": len(placed),
+        "rows_placed": int(record_weights(placed).sum()),
         "rows_unplaced": len(unplaced),
         "flows": len(flows),
         "flows_geojson": len(flows) if overview is None else len(overview),
@@ -518,7 +527,8 @@ def analyse(
         # the file name only: an absolute path would publish the user's folders
         "input": {"path": Path(str(source.get("path", ""))).name,
                   **{k: source.get(k) for k in ("sha256", "format", "encoding",
-                                                "count_column")}},
+                                                "count_column")},
+                  **({"chunks": source["chunks"]} if "chunks" in source else {})},
         "options": options.describe(),
         "show_names": options.show_names,
         "pseudonyms": options.describe()["pseudonym_key"],

@@ -249,12 +249,15 @@ def pseudonym(names: pd.Series, *, key: PseudonymKey | bytes | str | None = None
 
 
 def pseudonymise(
-    records: pd.DataFrame, *, key: PseudonymKey | bytes | str | None = None
+    records: pd.DataFrame, *, key: PseudonymKey | bytes | str | None = None,
+    other_names: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Return ``records`` with ``purchaser_id`` and ``possessor_id`` added (names kept).
 
     Both columns share one id space: a person has the same id as purchaser and possessor,
-    and no two distinct names of the data share an id in either column.
+    and no two distinct names of the data share an id in either column. ``other_names``
+    are more names of the same data that share the id space (a chunked read collapses
+    records without their possessors: :mod:`geoflow.chunked`); they get no column.
     """
     out = records.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     factorized = {}
@@ -264,8 +267,9 @@ def pseudonymise(
         factorized[role] = pd.factorize(source.astype("string"), use_na_sentinel=True)
     # the distinct names of both columns together (a name in both is normalised and hashed
     # once, after normalisation), then split back by position
-    uniques = pd.concat([pd.Series(u, dtype="string") for _, u in factorized.values()],
-                        ignore_index=True)
+    extra = [] if other_names is None else [other_names.astype("string")]
+    uniques = pd.concat([*(pd.Series(u, dtype="string") for _, u in factorized.values()),
+                         *extra], ignore_index=True)
     ids = _id_lookup(uniques, key).array
     start = 0
     for role, (codes, distinct) in factorized.items():

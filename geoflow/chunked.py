@@ -1,0 +1,436 @@
+"""Chunked preparation of large CSV inputs: bounded memory through partial aggregates.
+
+A CSV over :data:`CHUNKED_MIN_BYTES` (or any, with ``--chunk-mb``) is cut at record
+boundaries into chunks of about :data:`CHUNK_BYTES`; each chunk goes through the usual
+read → geocode → crossings → ``placed`` steps and is then *collapsed*
+(:func:`collapse`): its placed records become one row per distinct combination of the
+columns the analysis reads (dealer, place, port, route, purchaser, dates …), with
+``guns`` summed, the records counted in :data:`RECORDS_COLUMN` and the first source line
+kept. Unplaced records stay one row each (``unplaced.csv`` lists them).
+
+The partial aggregates combine associatively (:func:`combine`: concatenate, group again,
+sum), so chunks could as well be reduced in any order or in parallel by an engine such as
+Dask. The combined rows are a weighted version of the records that
+:func:`geoflow.pipeline.analyse` reads like a count table: every table, layer and finding
+is a sum of weights, and rows keep first-seen order, so the outputs equal the in-memory
+path's (``tests/test_chunked.py`` checks it file by file).
+
+What is not collapsed: pseudonyms are made once, after combining, from every distinct
+name (ids are unique among the names of the whole input); records repeated across chunks
+are found through 64-bit hashes of their keys (:class:`geoflow.io.SeenRecords`).
+
+Memory grows with the distinct combinations, not with the text of the records: trace
+numbers, serial numbers, makes, models and possessor names are never held for the whole
+file. Limits: CSV only (XLSX and Parquet are read whole), an encoding detected per chunk
+(a file mixing encodings across chunks lists each), and a quote left open near the end of
+the file makes the rest of the file one chunk, as the whole-file reader would read it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geoflow.aggregate import RECORDS_COLUMN, unplace_duplicates
+from geoflow.io import SeenRecords, read_traces
+
+__all__ = [
+    "CHUNK_BYTES",
+    "CHUNKED_MIN_BYTES",
+    "RECORDS_COLUMN",
+    "Partial",
+    "csv_chunks",
+    "collapse",
+    "combine",
+    "prepare_chunked",
+    "wants_chunks",
+]
+
+#: Bytes of CSV text per chunk (about 1,000,000 sample records).
+CHUNK_BYTES = 256 << 20
+#: CSV inputs at least this large are read in chunks unless told otherwise.
+CHUNKED_MIN_BYTES = 1 << 30
+#: Record columns no analysis reads and that are (nearly) unique per record: dropped from
+#: placed records before collapsing (unplaced records keep them for ``unplaced.csv``).
+DROPPED = ("trace_id", "serial_number", "manufacturer", "model", "caliber", "dealer_address",
+           "possessor_name", "possessor_id")
+_LINES_IN_TEXT = re.compile(r"(lines? )(\d+)(?:-(\d+))?")
+_BINARY_STARTS = (b"PK\x03\x04", b"PAR1", codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def wants_chunks(path: str | Path, chunk_mb: float | None) -> bool:
+    """Whether to read ``path`` in chunks: asked for (``chunk_mb``), or a CSV (not XLSX,
+    Parquet or UTF-16) of at least :data:`CHUNKED_MIN_BYTES`."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() in (".xlsx", ".xlsm", ".parquet", ".pq"):
+        return False
+    with path.open("rb") as handle:
+        if handle.read(4).startswith(_BINARY_STARTS):
+            return False
+    return chunk_mb is not None or path.stat().st_size >= CHUNKED_MIN_BYTES
+
+
+# --------------------------------------------------------------------------------------------
+# cutting the file
+
+
+def _breaks_outside_quotes(a: np.ndarray) -> np.ndarray:
+    """Offsets of the line breaks of ``a`` (uint8, starting outside quotes) that end a
+    record: an LF, or a CR followed by another byte than LF, with an even number of ``"``
+    before it. A CR at the very end is left out (its LF may follow in the next block)."""
+    quotes = np.flatnonzero(a == 34)
+    lf = np.flatnonzero(a == 10)
+    cr = np.flatnonzero(a == 13)
+    cr = cr[cr + 1 < a.size]
+    cr = cr[a[cr + 1] != 10]
+    breaks = np.union1d(lf, cr) if cr.size else lf
+    parity = np.searchsorted(quotes, breaks) % 2  # quotes before each break
+    return breaks[parity == 0]
+
+
+def _line_count(a: np.ndarray) -> int:
+    """Physical line breaks in ``a``, counted as the reader counts them (CRLF once)."""
+    lf = int(np.count_nonzero(a == 10))
+    cr = np.flatnonzero(a == 13)
+    lone = cr[(cr + 1 >= a.size) | (a[np.minimum(cr + 1, a.size - 1)] != 10)]
+    return lf + int(lone.size)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Bytes the reader can read as a file, and what to add to its line numbers."""
+
+    data: bytes
+    line_offset: int  # file line = chunk line + line_offset (lines after the header)
+    first: bool
+
+
+def csv_chunks(path: str | Path, chunk_bytes: int = CHUNK_BYTES,
+               digest: hashlib._Hash | None = None) -> Iterator[Chunk]:
+    """Cut a CSV into chunks of whole records of about ``chunk_bytes``: the first as the file
+    begins, every later one the file's header record followed by its records. ``digest`` is
+    updated with every byte of the file, in order."""
+    header: bytes | None = None
+    header_lines = 0
+    lines_before = 0  # line breaks of the file before the pending bytes
+    pending = b""
+    with Path(path).open("rb") as handle:
+        while True:
+            block = handle.read(chunk_bytes)
+            if digest is not None:
+                digest.update(block)
+            buf = pending + block
+            if not buf:
+                return
+            if block:
+                ends = _breaks_outside_quotes(np.frombuffer(buf, dtype=np.uint8))
+                if header is None:  # the first chunk holds the header and a record at least
+                    header_end = _header_end(buf, ends)
+                    ends = ends[ends >= header_end] if header_end else ends[:0]
+                if not len(ends):  # no record ends in it yet: read on
+                    pending = buf
+                    continue
+                cut = int(ends[-1]) + 1
+            else:  # end of file: the rest is the last chunk
+                cut = len(buf)
+            body, pending = buf[:cut], buf[cut:]
+            if header is not None and not body.strip():  # blank lines only: nothing to read
+                lines_before += _line_count(np.frombuffer(body, dtype=np.uint8))
+                if not block:
+                    return
+                continue
+            if header is None:
+                header_end = _header_end(body, _breaks_outside_quotes(
+                    np.frombuffer(body, dtype=np.uint8)))
+                header = body[:header_end] if header_end else body
+                header = header.removeprefix(codecs.BOM_UTF8)
+                header_lines = _line_count(np.frombuffer(header, dtype=np.uint8))
+                yield Chunk(body, 0, True)
+            else:
+                yield Chunk(header + body, lines_before - header_lines, False)
+            lines_before += _line_count(np.frombuffer(body, dtype=np.uint8))
+            if not block:
+                return
+
+
+def _header_end(buf: bytes, ends: np.ndarray) -> int:
+    """Offset after the line break ending the first non-blank record (0: none complete)."""
+    start = 0
+    for end in ends:  # blank lines before the header: a handful at most
+        if buf[start:end].removeprefix(codecs.BOM_UTF8).strip(b" \t\r\n"):
+            return int(end) + 1
+        start = int(end) + 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# reading one chunk
+
+
+def _shift_text(text: pd.Series, offset: int) -> pd.Series:
+    """Line numbers written in reasons ("lines 5-9 were read as one row") moved by offset."""
+    if not offset or text.empty:
+        return text
+
+    def move(match: re.Match) -> str:
+        first = f"{match.group(1)}{int(match.group(2)) + offset}"
+        return first + (f"-{int(match.group(3)) + offset}" if match.group(3) else "")
+
+    return text.astype("string").str.replace(_LINES_IN_TEXT, move, regex=True).astype(
+        text.dtype)
+
+
+def _shifted(read, chunk: Chunk):
+    """A chunk's :class:`~geoflow.io.ReadResult` in file lines, without the header's
+    warnings (line 1) after the first chunk (the first chunk reported them)."""
+    if chunk.first:
+        return read
+    offset = chunk.line_offset
+    warnings, counts = read.warnings, dict(read.warning_counts)
+    header = warnings["line"].to_numpy() <= 1
+    for column, reason in warnings.loc[header, ["column", "reason"]].itertuples(index=False):
+        name = reason if column == "" or reason.startswith("column map") else (
+            f"{column}: {reason}")
+        counts[name] = counts.get(name, 0) - 1
+        if counts[name] <= 0:
+            del counts[name]
+    warnings = warnings.loc[~header]
+    warnings = warnings.assign(line=warnings["line"] + offset,
+                               reason=_shift_text(warnings["reason"], offset))
+    rejects = read.rejects.assign(line=read.rejects["line"] + offset,
+                                  reason=_shift_text(read.rejects["reason"], offset))
+    records = read.records.assign(source_line=read.records["source_line"] + offset)
+    return replace(read, records=records, rejects=rejects, warnings=warnings,
+                   warning_counts=counts)
+
+
+# --------------------------------------------------------------------------------------------
+# partial aggregates
+
+
+@dataclass(frozen=True)
+class Partial:
+    """What one or more chunks leave: collapsed records, rejects, the geocode report, the
+    reader's warnings and counts, rows read and the distinct possessor names."""
+
+    records: pd.DataFrame
+    rejects: pd.DataFrame
+    report: pd.DataFrame
+    warnings: pd.DataFrame
+    warning_counts: dict
+    rows_read: int
+    possessors: pd.Series
+    encodings: tuple[str, ...]
+
+
+def collapse(records: pd.DataFrame) -> pd.DataFrame:
+    """Placed records as one row per distinct combination of the analysed columns, with
+    ``guns`` summed, :data:`RECORDS_COLUMN` counted and ``source_line`` the first line;
+    unplaced records unchanged (one record each), all in first-line order."""
+    placed = records["placed"].to_numpy(dtype=bool)
+    loose = records.loc[~placed].assign(**{RECORDS_COLUMN: np.int64(1)})
+    kept = records.loc[placed].drop(columns=[c for c in DROPPED if c in records.columns])
+    keys = [c for c in kept.columns if c not in ("guns", "source_line")]
+    grouped = kept.groupby(keys, dropna=False, observed=True, sort=False)
+    sums = grouped.agg(guns=("guns", "sum"), source_line=("source_line", "min"),
+                       **{RECORDS_COLUMN: ("guns", "size")}).reset_index()
+    sums = sums.astype({c: kept[c].dtype for c in keys})
+    out = pd.concat([sums, loose.drop(columns=[c for c in DROPPED if c in loose.columns
+                                               and c not in _UNPLACED_KEEP])],
+                    ignore_index=True)
+    return out.sort_values("source_line", kind="stable").reset_index(drop=True)
+
+
+#: Columns unplaced.csv reads (pipeline.UNPLACED_COLUMNS) among those collapsing drops.
+_UNPLACED_KEEP = ("trace_id",)
+
+
+def combine(parts: list[Partial]) -> Partial:
+    """One partial aggregate from several (associative: any grouping gives the same rows)."""
+    if len(parts) == 1:
+        return parts[0]
+    from geoflow.io import _capped
+
+    records = _concat(p.records for p in parts)
+    placed = records["placed"].to_numpy(dtype=bool)
+    loose = records.loc[~placed]
+    kept = records.loc[placed]
+    keys = [c for c in kept.columns if c not in ("guns", "source_line", RECORDS_COLUMN)
+            and c not in _UNPLACED_KEEP]
+    grouped = kept.groupby(keys, dropna=False, observed=True, sort=False)
+    sums = grouped.agg(guns=("guns", "sum"), source_line=("source_line", "min"),
+                       **{RECORDS_COLUMN: (RECORDS_COLUMN, "sum")}).reset_index()
+    sums = sums.astype({c: kept[c].dtype for c in keys})
+    merged = pd.concat([sums, loose], ignore_index=True)
+    merged = merged.sort_values("source_line", kind="stable").reset_index(drop=True)
+    counts: dict[str, int] = {}
+    for part in parts:
+        for name, number in part.warning_counts.items():
+            counts[name] = counts.get(name, 0) + number
+    return Partial(
+        records=merged,
+        rejects=pd.concat([p.rejects for p in parts], ignore_index=True),
+        report=_combine_reports([p.report for p in parts]),
+        warnings=_capped([p.warnings for p in parts]),
+        warning_counts=counts,
+        rows_read=sum(p.rows_read for p in parts),
+        possessors=pd.Series(pd.concat([p.possessors for p in parts]).unique(),
+                             dtype="string"),
+        encodings=tuple(dict.fromkeys(e for p in parts for e in p.encodings)),
+    )
+
+
+def _ordered_warnings(warnings: pd.DataFrame, header_map: dict) -> pd.DataFrame:
+    """Chunks' warnings in the whole-file reader's order, then capped like it: column-map
+    notes, bad bytes, repeated headers, then per input column (coordinates, dates, year in
+    :mod:`geoflow.schema` order) by line."""
+    from geoflow import schema
+    from geoflow.io import BAD_BYTES_REASON, _capped
+
+    columns = [*schema.COORDINATE_COLUMNS, *schema.DATE_COLUMNS, schema.YEAR_COLUMN]
+    order = {raw: 3 + columns.index(c) for raw, c in header_map.items() if c in columns}
+    reason = warnings["reason"].astype("string")
+    rank = warnings["column"].map(order).fillna(3 + len(columns)).astype("int64")
+    rank = rank.mask(reason.str.startswith("repeated header"), 2)
+    rank = rank.mask(reason == BAD_BYTES_REASON, 1).mask(reason.str.startswith("column map"), 0)
+    order_by = pd.DataFrame({"rank": rank.to_numpy(), "line": warnings["line"].to_numpy()})
+    positions = order_by.sort_values(["rank", "line"], kind="stable").index.to_numpy()
+    return _capped([warnings.iloc[positions]])
+
+
+def _concat(frames) -> pd.DataFrame:
+    """Concatenate record frames, categoricals over the union of their (sorted) categories."""
+    frames = list(frames)
+    out = pd.concat(frames, ignore_index=True)
+    for column in frames[0].columns:
+        dtypes = [f[column].dtype for f in frames if column in f.columns]
+        if all(isinstance(d, pd.CategoricalDtype) for d in dtypes):
+            union = pd.api.types.union_categoricals(
+                [f[column] for f in frames], sort_categories=True, ignore_order=True)
+            out[column] = pd.Categorical(union)
+    return out
+
+
+def _combine_reports(reports: list[pd.DataFrame]) -> pd.DataFrame:
+    """Geocode reports of chunks as one: records summed, the first five source lines."""
+    from geoflow.geocode import _report_order
+
+    keys = ["role", "query", "level"]
+    long = pd.concat(reports, ignore_index=True)
+    grouped = long.groupby(keys, sort=False, dropna=False)
+    first = grouped.first()
+    lines = grouped["first_lines"].agg(
+        lambda parts: " ".join(" ".join(parts).split()[:5]))  # per distinct place
+    first = first.assign(records=grouped["records"].sum(), first_lines=lines).reset_index()
+    return _report_order(first[reports[0].columns])
+
+
+# --------------------------------------------------------------------------------------------
+# the whole input
+
+
+def prepare_chunk(chunk: Chunk, path: Path, *, options, seen: SeenRecords, ports,
+                  timings: dict[str, float], memory: dict[str, float]) -> tuple[Partial, dict]:
+    """Read, geocode, route and collapse one chunk (pseudonyms come after combining); also
+    the chunk's reader ``source`` (format, delimiter, header map …). Each stage's seconds
+    are added to ``timings`` and its peak memory noted in ``memory``."""
+    from geoflow.counts import to_border
+    from geoflow.crossings import assign_crossings
+    from geoflow.flows import dealer_ids
+    from geoflow.geocode import geocode_traces
+    from geoflow.pipeline import _stage, place_records
+
+    spent: dict[str, float] = {}
+    with _stage("read", spent, memory):
+        read = _shifted(read_traces(path, column_map=options.column_map,
+                                    dayfirst=options.dayfirst, today=options.today,
+                                    data=chunk.data, seen=seen), chunk)
+    with _stage("geocode", spent, memory):
+        records, report = geocode_traces(read.records, geocoder=options.geocoder,
+                                         overrides=options.overrides)
+    with _stage("crossings", spent, memory):
+        records = assign_crossings(records, ports)
+        if read.source.get("count_column"):
+            records = to_border(records, ports)
+        records["dealer_id"] = dealer_ids(records)
+        records = unplace_duplicates(place_records(records))
+    with _stage("collapse", spent, memory):
+        possessors = (records["possessor_name"].dropna().astype("string").unique()
+                      if "possessor_name" in records.columns else [])
+        records = collapse(records.astype({
+            c: "category" for c in records.columns
+            if isinstance(records[c].dtype, pd.StringDtype) and c not in DROPPED
+            and c not in _UNPLACED_KEEP}))
+    for stage, seconds in spent.items():
+        timings[stage] = timings.get(stage, 0.0) + seconds
+    return Partial(
+        records=records, rejects=read.rejects, report=report,
+        warnings=read.warnings, warning_counts=dict(read.warning_counts),
+        rows_read=int(read.source["rows_read"]),
+        possessors=pd.Series(possessors, dtype="string"),
+        encodings=(str(read.source.get("encoding")),),
+    ), read.source
+
+
+def prepare_chunked(source: str | Path, *, options, chunk_bytes: int = CHUNK_BYTES):
+    """:func:`geoflow.pipeline.prepare_records` for a large CSV, chunk by chunk (see the
+    module docstring); returns a :class:`~geoflow.pipeline.PreparedRecords` whose records
+    are collapsed rows weighted by ``guns`` and :data:`RECORDS_COLUMN`."""
+    from geoflow.crossings import load_ports
+    from geoflow.pipeline import PreparedRecords, _compact, _stage
+    from geoflow.privacy import pseudonymise
+
+    path = Path(source)
+    digest = hashlib.sha256()
+    seen = SeenRecords()
+    ports = load_ports()
+    timings: dict[str, float] = {}
+    memory: dict[str, float] = {}
+    combined: Partial | None = None
+    first_source: dict = {}
+    chunks = 0
+    for chunk in csv_chunks(path, chunk_bytes, digest):
+        part, read_source = prepare_chunk(chunk, path, options=options, seen=seen,
+                                          ports=ports, timings=timings, memory=memory)
+        first_source = first_source or read_source
+        spent: dict[str, float] = {}
+        with _stage("collapse", spent, memory):
+            combined = part if combined is None else combine([combined, part])
+        timings["collapse"] = timings.get("collapse", 0.0) + spent["collapse"]
+        chunks += 1
+    if combined is None:  # an empty file: the reader's own message
+        read_traces(path, column_map=options.column_map)
+        raise AssertionError("unreachable: an empty file is an InputError")
+    del seen
+    spent = {}
+    with _stage("pseudonyms", spent, memory):
+        records = pseudonymise(combined.records, key=options.pseudonym_key,
+                               other_names=combined.possessors)
+        records = _compact(records.drop(columns=[c for c in DROPPED if c in records.columns
+                                                 and c not in _UNPLACED_KEEP]))
+    timings["crossings"] = timings.get("crossings", 0.0) + spent["pseudonyms"]
+    warnings = _ordered_warnings(combined.warnings, first_source.get("header_map", {}))
+    rejects = combined.rejects.sort_values(["line", "column"], kind="stable").reset_index(
+        drop=True)
+    rows_valid = int(records[RECORDS_COLUMN].sum())
+    read_source = {
+        **first_source,
+        "path": str(path),
+        "sha256": digest.hexdigest(),
+        "encoding": "; ".join(combined.encodings),
+        "rows_read": combined.rows_read,
+        "rows_valid": rows_valid,
+        "rows_rejected": int(rejects["line"].nunique()),
+        "chunks": chunks,
+    }
+    return PreparedRecords(
+        records=records, rejects=rejects, geocode_report=combined.report, source=read_source,
+        timings=timings, options=options, memory=memory,
+        warnings=warnings, warning_counts=combined.warning_counts)

@@ -1,0 +1,187 @@
+"""Chunked reading (geoflow.chunked): the outputs equal the in-memory path's, file by file,
+on the sample and on a broken file, and partial aggregates combine associatively."""
+
+import csv
+import filecmp
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from geoflow.chunked import combine, csv_chunks, prepare_chunk, wants_chunks
+from geoflow.cli import main
+from geoflow.crossings import load_ports
+from geoflow.io import SeenRecords
+from geoflow.pipeline import RunOptions, prepare_records, run_pipeline, write_outputs
+from geoflow.sample import sample_path
+
+KEY = b"chunked-test-key-32-bytes-long!!"
+#: Manifest members that differ by nature between two runs (clock, memory, the option).
+VOLATILE = {"created", "timings", "memory_peak_mb"}
+
+
+@pytest.fixture(scope="module")
+def sample_csv() -> Path:
+    return sample_path()
+
+
+def _with_field(row: str, header: str, value: str) -> str:
+    """A sample row (every field quoted) with the field under ``header`` replaced."""
+    from geoflow.sample import HEADERS
+
+    fields = next(csv.reader([row]))
+    fields[HEADERS.index(header)] = value
+    return ",".join(f'"{f}"' if f else "" for f in fields)
+
+
+def _broken(sample: Path, folder: Path) -> Path:
+    """The sample with the problems of real files spread through it: a row with a field
+    missing, unparseable and future dates, a record repeated far from its first copy (in
+    another chunk), blank lines, a cell holding a quoted line break, a lone-CR line end, a
+    place nobody knows, a cp1252 byte in a UTF-8 file, and no line break at the end."""
+    lines = sample.read_bytes().decode("utf-8").split("\n")
+    header, rows = lines[0], [r for r in lines[1:] if r]
+    broken = list(rows)
+    broken[10] = broken[10].rsplit(",", 2)[0]  # two fields short: rejected
+    broken[40] = broken[40].replace('"04/', '"13/', 1).replace('"05/', '"13/', 1)
+    broken[41] = broken[41].replace("/20", "/29", 1)  # a year far ahead
+    broken[300] = _with_field(broken[300], "Model", "Model\n1911")  # a quoted line break
+    broken[500] = _with_field(broken[500], "Recovery City", "Nowhereville Zzq")
+    broken.insert(600, "")
+    broken.insert(601, "   ")
+    broken.append(rows[5])  # a repeat of an early record, chunks away
+    broken.append(rows[900])
+    text = header + "\n" + "\n".join(broken[:700]) + "\r" + "\n".join(broken[700:])
+    data = text.encode("utf-8").replace(b"Rosarito", "Ros\xe1rito".encode("cp1252"))
+    assert data.count(b"Model\n1911") == 1 and data.count(b"Nowhereville") == 1
+    path = folder / "broken.csv"
+    path.write_bytes(data.rstrip(b"\n"))  # no line break at the end
+    return path
+
+
+def _outputs(source: Path, out: Path, **options) -> dict:
+    result = run_pipeline(source, options=RunOptions(pseudonym_key=KEY, **options))
+    write_outputs(result, out, force=True)
+    return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+
+
+def _same_outputs(a: Path, b: Path) -> list[str]:
+    """Files of ``a`` whose bytes differ in ``b`` (the manifest aside)."""
+    differ = []
+    for path in sorted(a.rglob("*")):
+        if path.is_file() and path.name != "manifest.json":
+            other = b / path.relative_to(a)
+            if not other.is_file() or not filecmp.cmp(path, other, shallow=False):
+                differ.append(path.relative_to(a).as_posix())
+    return differ
+
+
+def _comparable(manifest: dict) -> dict:
+    out = {k: v for k, v in manifest.items() if k not in VOLATILE}
+    out["options"] = {k: v for k, v in out["options"].items() if k != "chunk_mb"}
+    out["input"] = {k: v for k, v in out["input"].items() if k != "chunks"}
+    return out
+
+
+@pytest.mark.parametrize("chunk_mb", [0.06, 0.25])
+def test_chunked_outputs_equal_in_memory_on_the_sample(sample_csv, tmp_path, chunk_mb):
+    whole = _outputs(sample_csv, tmp_path / "whole")
+    chunked = _outputs(sample_csv, tmp_path / "chunked", chunk_mb=chunk_mb)
+    assert chunked["input"]["chunks"] >= 3
+    assert _same_outputs(tmp_path / "whole", tmp_path / "chunked") == []
+    assert _comparable(chunked) == _comparable(whole)
+
+
+def test_chunked_outputs_equal_in_memory_on_a_broken_file(sample_csv, tmp_path):
+    broken = _broken(sample_csv, tmp_path)
+    whole = _outputs(broken, tmp_path / "whole")
+    chunked = _outputs(broken, tmp_path / "chunked", chunk_mb=0.05)
+    counts = chunked["counts"]
+    assert chunked["input"]["chunks"] >= 10
+    # the problems are there, and accounted for the same way
+    assert counts["rows_rejected"] == 1
+    assert counts["rows_read"] == counts["rows_valid"] + counts["rows_rejected"]
+    assert counts["rows_valid"] == counts["rows_placed"] + counts["rows_unplaced"]
+    assert chunked["quality"]["flags"]["flag_duplicate"] == 2
+    assert counts["guns_read"] == counts["guns_placed"] + counts["guns_unplaced"] + 1
+    assert _same_outputs(tmp_path / "whole", tmp_path / "chunked") == []
+    assert _comparable(chunked) == _comparable(whole)
+    unplaced = pd.read_csv(tmp_path / "chunked" / "unplaced.csv")
+    assert "repeated trace record" in " ".join(unplaced["reason"]) or (
+        unplaced["reason"].str.contains("duplicate").any())
+    warnings = pd.read_csv(tmp_path / "chunked" / "warnings.csv")
+    assert len(warnings) >= 3  # the dates and the bad byte, at their file lines
+
+
+def test_chunks_cover_the_file_with_file_line_numbers(sample_csv, tmp_path):
+    broken = _broken(sample_csv, tmp_path)
+    data = broken.read_bytes()
+    digest = hashlib.sha256()
+    chunks = list(csv_chunks(broken, 20_000, digest))
+    header = chunks[0].data.split(b"\n", 1)[0] + b"\n"
+    assert len(chunks) > 10 and digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    bodies = [chunks[0].data] + [c.data.removeprefix(header) for c in chunks[1:]]
+    assert b"".join(bodies) == data  # every byte once, in order
+    for chunk in chunks[1:]:  # the first record of a chunk is at its file line
+        first_line = chunk.line_offset + 2
+        start = sum(len(b) for b in bodies[: chunks.index(chunk)])
+        assert data[:start].count(b"\n") + data[:start].count(b"\r") + 1 == first_line
+
+
+def test_partial_aggregates_combine_associatively(sample_csv):
+    options = RunOptions(pseudonym_key=KEY)
+    seen, ports = SeenRecords(), load_ports()
+    parts = [prepare_chunk(chunk, sample_csv, options=options, seen=seen, ports=ports,
+                           timings={}, memory={})[0]
+             for chunk in csv_chunks(sample_csv, 200_000)]
+    assert len(parts) >= 3
+    left = combine([combine(parts[:2]), *parts[2:]])
+    right = combine([parts[0], combine(parts[1:])])
+    pd.testing.assert_frame_equal(left.records, right.records)
+    pd.testing.assert_frame_equal(left.report, right.report)
+    assert left.rows_read == right.rows_read == 2922
+    assert int(left.records["record_count"].sum()) == 2922
+    # the record-unique text (trace and serial numbers, makes, possessors) is gone
+    assert not {"serial_number", "model", "possessor_name"} & set(left.records.columns)
+
+
+def test_records_alike_collapse_to_one_row_each(sample_csv, tmp_path):
+    """Memory grows with distinct combinations: 40 records × 25 copies (new trace and
+    serial numbers, same everything else) become at most 40 rows, with the same outputs."""
+    lines = sample_csv.read_text(encoding="utf-8").splitlines()
+    header, rows = lines[0], lines[1:41]
+    copies = [row.replace('"T20', f'"C{n:02d}', 1).replace('","', f'","X{n:02d}', 1)
+              for n in range(25) for row in rows]
+    path = tmp_path / "alike.csv"
+    path.write_text(header + "\n" + "\n".join(copies) + "\n", encoding="utf-8")
+    options = RunOptions(pseudonym_key=KEY, chunk_mb=0.02)
+    prepared = prepare_records(path, options=options)
+    assert prepared.source["chunks"] >= 5
+    assert int(prepared.records["record_count"].sum()) == 1000
+    assert len(prepared.records) <= 40
+    whole = _outputs(path, tmp_path / "whole")
+    chunked = _outputs(path, tmp_path / "chunked", chunk_mb=0.02)
+    assert chunked["counts"]["rows_placed"] + chunked["counts"]["rows_unplaced"] == 1000
+    assert _same_outputs(tmp_path / "whole", tmp_path / "chunked") == []
+    assert _comparable(chunked) == _comparable(whole)
+
+
+def test_run_chunk_mb_from_the_command_line(sample_csv, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["--quiet", "run", str(sample_csv), "-o", str(out),
+                                       "--chunk-mb", "0.2", "--no-map"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["input"]["chunks"] >= 3
+    assert manifest["counts"]["rows_placed"] == 2907
+
+
+def test_only_large_csvs_are_chunked_by_default(sample_csv, tmp_path):
+    assert not wants_chunks(sample_csv, None)
+    assert wants_chunks(sample_csv, 1.0)
+    parquet = tmp_path / "t.parquet"
+    pd.DataFrame({"a": [1]}).to_parquet(parquet)
+    assert not wants_chunks(parquet, 1.0)
