@@ -45,6 +45,7 @@ __all__ = [
     "CHUNK_BYTES",
     "CHUNKED_MIN_BYTES",
     "RECORDS_COLUMN",
+    "NameTable",
     "Partial",
     "csv_chunks",
     "collapse",
@@ -218,7 +219,7 @@ def _shifted(read, chunk: Chunk):
 @dataclass(frozen=True)
 class Partial:
     """What one or more chunks leave: collapsed records, rejects, the geocode report, the
-    reader's warnings and counts, rows read and the distinct possessor names."""
+    reader's warnings and counts, rows read, encodings and the reader's dtypes."""
 
     records: pd.DataFrame
     rejects: pd.DataFrame
@@ -226,65 +227,140 @@ class Partial:
     warnings: pd.DataFrame
     warning_counts: dict
     rows_read: int
-    possessors: pd.Series
     encodings: tuple[str, ...]
+    dtypes: dict  # the reader's dtype of each column (categoricals hold them as codes)
+
+
+class NameTable:
+    """The distinct purchaser and possessor names of every chunk so far, each held once;
+    chunks keep ``purchaser_name`` as int32 codes into it (-1: no name). Pseudonyms are made
+    from it once every chunk is read, so ids are unique among the names of the whole file."""
+
+    def __init__(self) -> None:
+        self.names = pd.Index([], dtype="string")
+
+    def codes(self, values: pd.Series) -> np.ndarray:
+        """Codes of ``values`` (names new to the table are added)."""
+        codes, uniques = pd.factorize(values.astype("string"), use_na_sentinel=True)
+        uniques = pd.Index(uniques, dtype="string")
+        at = self.names.get_indexer(uniques)
+        new = at < 0
+        at[new] = len(self.names) + np.arange(int(new.sum()))
+        self.names = self.names.append(uniques[new])
+        return np.where(codes < 0, -1, at[np.maximum(codes, 0)]).astype(np.int32)
+
+    def categorical(self, codes: np.ndarray) -> pd.Categorical:
+        """Names from codes, as a categorical over the table's names (sorted)."""
+        order = np.argsort(self.names.to_numpy(dtype=object), kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        codes = np.asarray(codes)
+        return pd.Categorical.from_codes(np.where(codes < 0, -1, rank[np.maximum(codes, 0)]),
+                                         categories=self.names[order])
+
+
+#: Columns a collapsed row sums or keeps the least of, rather than grouping by.
+_MEASURES = ("guns", "source_line", RECORDS_COLUMN)
+#: Columns unplaced.csv reads (pipeline.UNPLACED_COLUMNS) among those collapsing drops.
+_UNPLACED_KEEP = ("trace_id",)
+#: The column a chunk holds as codes into its :class:`NameTable`.
+_NAMES = "purchaser_name"
+
+
+def _as_codes(records: pd.DataFrame) -> pd.DataFrame:
+    """Every column but the measures and booleans as a categorical: a row costs a small
+    integer per column (dates, coordinates and scores have few distinct values per chunk).
+    :func:`_restore` gives numbers and dates their dtypes back."""
+    return records.astype({
+        c: "category" for c in records.columns
+        if c not in _MEASURES and c != _NAMES and records[c].dtype != bool
+        and not isinstance(records[c].dtype, pd.CategoricalDtype)})
+
+
+def _restore(records: pd.DataFrame, dtypes: dict) -> pd.DataFrame:
+    """Numeric, boolean and date columns back to their dtypes of the reader (``dtypes``);
+    text stays categorical."""
+    return records.astype({
+        c: dtype for c, dtype in dtypes.items()
+        if c in records.columns and isinstance(records[c].dtype, pd.CategoricalDtype)
+        and (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+             or pd.api.types.is_datetime64_any_dtype(dtype))})
+
+
+def _group(frame: pd.DataFrame, records_from: str) -> pd.DataFrame:
+    """Rows of ``frame`` with equal keys (every column but the measures) as one: guns and
+    records summed, the first source line kept."""
+    keys = [c for c in frame.columns if c not in _MEASURES]
+    grouped = frame.groupby(keys, dropna=False, observed=True, sort=False)
+    how = "size" if records_from == "guns" else "sum"
+    sums = grouped.agg(guns=("guns", "sum"), source_line=("source_line", "min"),
+                       **{RECORDS_COLUMN: (records_from, how)}).reset_index()
+    return sums.astype({c: frame[c].dtype for c in keys})[list(frame.columns)]
 
 
 def collapse(records: pd.DataFrame) -> pd.DataFrame:
     """Placed records as one row per distinct combination of the analysed columns, with
     ``guns`` summed, :data:`RECORDS_COLUMN` counted and ``source_line`` the first line;
-    unplaced records unchanged (one record each), all in first-line order."""
+    unplaced records unchanged (one record each), all in first-line order, every column
+    but the measures as codes (:func:`_as_codes`)."""
     placed = records["placed"].to_numpy(dtype=bool)
-    loose = records.loc[~placed].assign(**{RECORDS_COLUMN: np.int64(1)})
-    kept = records.loc[placed].drop(columns=[c for c in DROPPED if c in records.columns])
-    keys = [c for c in kept.columns if c not in ("guns", "source_line")]
-    grouped = kept.groupby(keys, dropna=False, observed=True, sort=False)
-    sums = grouped.agg(guns=("guns", "sum"), source_line=("source_line", "min"),
-                       **{RECORDS_COLUMN: ("guns", "size")}).reset_index()
-    sums = sums.astype({c: kept[c].dtype for c in keys})
-    out = pd.concat([sums, loose.drop(columns=[c for c in DROPPED if c in loose.columns
-                                               and c not in _UNPLACED_KEEP])],
-                    ignore_index=True)
+    loose = records.loc[~placed, list(_UNPLACED_KEEP)]  # trace ids of unplaced records only
+    records = records.drop(columns=[c for c in (*DROPPED, *_UNPLACED_KEEP)
+                                    if c in records.columns])
+    records = _as_codes(records.assign(**{RECORDS_COLUMN: np.int64(1)}))
+    kept = _group(records.loc[placed], "guns")
+    out = pd.concat([kept, records.loc[~placed].join(loose)], ignore_index=True)
+    out = _as_codes(out)  # trace_id, empty in the collapsed rows
     return out.sort_values("source_line", kind="stable").reset_index(drop=True)
 
 
-#: Columns unplaced.csv reads (pipeline.UNPLACED_COLUMNS) among those collapsing drops.
-_UNPLACED_KEEP = ("trace_id",)
-
-
 def combine(parts: list[Partial]) -> Partial:
-    """One partial aggregate from several (associative: any grouping gives the same rows)."""
+    """One partial aggregate from several, in the order given (associative: any grouping of
+    consecutive parts gives the same rows). Placed rows whose keys repeat across parts are
+    summed into one; the others are only concatenated, so memory stays near the parts'."""
     if len(parts) == 1:
         return parts[0]
     from geoflow.io import _capped
 
-    records = _concat(p.records for p in parts)
+    records = _concat([p.records for p in parts])
     placed = records["placed"].to_numpy(dtype=bool)
-    loose = records.loc[~placed]
-    kept = records.loc[placed]
-    keys = [c for c in kept.columns if c not in ("guns", "source_line", RECORDS_COLUMN)
-            and c not in _UNPLACED_KEEP]
-    grouped = kept.groupby(keys, dropna=False, observed=True, sort=False)
-    sums = grouped.agg(guns=("guns", "sum"), source_line=("source_line", "min"),
-                       **{RECORDS_COLUMN: (RECORDS_COLUMN, "sum")}).reset_index()
-    sums = sums.astype({c: kept[c].dtype for c in keys})
-    merged = pd.concat([sums, loose], ignore_index=True)
-    merged = merged.sort_values("source_line", kind="stable").reset_index(drop=True)
+    keys = [c for c in records.columns if c not in _MEASURES and c not in _UNPLACED_KEEP]
+    rows = np.flatnonzero(placed)
+    hashes = pd.util.hash_pandas_object(records[keys].iloc[rows], index=False)
+    repeated = np.zeros(len(records), dtype=bool)
+    repeated[rows] = hashes.duplicated(keep=False).to_numpy()
+    if repeated.any():  # equal keys (or, rarely, equal hashes): grouped by the keys proper
+        summed = _group(records.loc[repeated], RECORDS_COLUMN)
+        records = pd.concat([records.loc[~repeated], summed], ignore_index=True)
+        records = records.sort_values("source_line", kind="stable").reset_index(drop=True)
     counts: dict[str, int] = {}
     for part in parts:
         for name, number in part.warning_counts.items():
             counts[name] = counts.get(name, 0) + number
     return Partial(
-        records=merged,
+        records=records,
         rejects=pd.concat([p.rejects for p in parts], ignore_index=True),
         report=_combine_reports([p.report for p in parts]),
         warnings=_capped([p.warnings for p in parts]),
         warning_counts=counts,
         rows_read=sum(p.rows_read for p in parts),
-        possessors=pd.Series(pd.concat([p.possessors for p in parts]).unique(),
-                             dtype="string"),
         encodings=tuple(dict.fromkeys(e for p in parts for e in p.encodings)),
+        dtypes=parts[0].dtypes,
     )
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate record frames, categoricals over the union of their (sorted) categories
+    (one column at a time, so the copy never holds every column twice)."""
+    columns = {}
+    for column in frames[0].columns:
+        values = [f[column] for f in frames]
+        if isinstance(values[0].dtype, pd.CategoricalDtype):
+            columns[column] = pd.Categorical(pd.api.types.union_categoricals(
+                values, sort_categories=True, ignore_order=True))
+        else:
+            columns[column] = np.concatenate([v.to_numpy() for v in values])
+    return pd.DataFrame(columns)
 
 
 def _ordered_warnings(warnings: pd.DataFrame, header_map: dict) -> pd.DataFrame:
@@ -336,8 +412,9 @@ def _combine_reports(reports: list[pd.DataFrame]) -> pd.DataFrame:
 # the whole input
 
 
-def prepare_chunk(chunk: Chunk, path: Path, *, options, seen: SeenRecords, ports,
-                  timings: dict[str, float], memory: dict[str, float]) -> tuple[Partial, dict]:
+def prepare_chunk(chunk: Chunk, path: Path, *, options, seen: SeenRecords, names: NameTable,
+                  ports, timings: dict[str, float], memory: dict[str, float]
+                  ) -> tuple[Partial, dict]:
     """Read, geocode, route and collapse one chunk (pseudonyms come after combining); also
     the chunk's reader ``source`` (format, delimiter, header map …). Each stage's seconds
     are added to ``timings`` and its peak memory noted in ``memory``."""
@@ -362,20 +439,20 @@ def prepare_chunk(chunk: Chunk, path: Path, *, options, seen: SeenRecords, ports
         records["dealer_id"] = dealer_ids(records)
         records = unplace_duplicates(place_records(records))
     with _stage("collapse", spent, memory):
-        possessors = (records["possessor_name"].dropna().astype("string").unique()
-                      if "possessor_name" in records.columns else [])
-        records = collapse(records.astype({
-            c: "category" for c in records.columns
-            if isinstance(records[c].dtype, pd.StringDtype) and c not in DROPPED
-            and c not in _UNPLACED_KEEP}))
+        if "possessor_name" in records.columns:  # in the id space, not in the rows
+            names.codes(records["possessor_name"])
+        dtypes = dict(records.dtypes)
+        if _NAMES in records.columns:
+            records[_NAMES] = names.codes(records[_NAMES])
+        records = collapse(records)
     for stage, seconds in spent.items():
         timings[stage] = timings.get(stage, 0.0) + seconds
     return Partial(
         records=records, rejects=read.rejects, report=report,
         warnings=read.warnings, warning_counts=dict(read.warning_counts),
         rows_read=int(read.source["rows_read"]),
-        possessors=pd.Series(possessors, dtype="string"),
         encodings=(str(read.source.get("encoding")),),
+        dtypes=dtypes,
     ), read.source
 
 
@@ -389,32 +466,35 @@ def prepare_chunked(source: str | Path, *, options, chunk_bytes: int = CHUNK_BYT
 
     path = Path(source)
     digest = hashlib.sha256()
-    seen = SeenRecords()
+    seen, names = SeenRecords(), NameTable()
     ports = load_ports()
     timings: dict[str, float] = {}
     memory: dict[str, float] = {}
-    combined: Partial | None = None
+    parts: list[Partial] = []
     first_source: dict = {}
-    chunks = 0
     for chunk in csv_chunks(path, chunk_bytes, digest):
         part, read_source = prepare_chunk(chunk, path, options=options, seen=seen,
-                                          ports=ports, timings=timings, memory=memory)
+                                          names=names, ports=ports, timings=timings,
+                                          memory=memory)
         first_source = first_source or read_source
-        spent: dict[str, float] = {}
-        with _stage("collapse", spent, memory):
-            combined = part if combined is None else combine([combined, part])
-        timings["collapse"] = timings.get("collapse", 0.0) + spent["collapse"]
-        chunks += 1
-    if combined is None:  # an empty file: the reader's own message
+        parts.append(part)
+    if not parts:  # an empty file: the reader's own message
         read_traces(path, column_map=options.column_map)
         raise AssertionError("unreachable: an empty file is an InputError")
     del seen
-    spent = {}
+    chunks = len(parts)
+    spent: dict[str, float] = {}
+    with _stage("collapse", spent, memory):
+        combined = combine(parts)
+        del parts
+        records = _restore(combined.records, combined.dtypes)
+        if _NAMES in records.columns:
+            records[_NAMES] = names.categorical(records[_NAMES].to_numpy())
+        combined = replace(combined, records=records.iloc[0:0])
+    timings["collapse"] = timings.get("collapse", 0.0) + spent["collapse"]
     with _stage("pseudonyms", spent, memory):
-        records = pseudonymise(combined.records, key=options.pseudonym_key,
-                               other_names=combined.possessors)
-        records = _compact(records.drop(columns=[c for c in DROPPED if c in records.columns
-                                                 and c not in _UNPLACED_KEEP]))
+        records = _compact(pseudonymise(records, key=options.pseudonym_key,
+                                        other_names=pd.Series(names.names)))
     timings["crossings"] = timings.get("crossings", 0.0) + spent["pseudonyms"]
     warnings = _ordered_warnings(combined.warnings, first_source.get("header_map", {}))
     rejects = combined.rejects.sort_values(["line", "column"], kind="stable").reset_index(

@@ -264,7 +264,11 @@ def pseudonymise(
     for role in ("purchaser", "possessor"):
         column = f"{role}_name"
         source = out[column] if column in out else pd.Series(pd.NA, index=out.index)
-        factorized[role] = pd.factorize(source.astype("string"), use_na_sentinel=True)
+        if isinstance(source.dtype, pd.CategoricalDtype):  # codes already: no string copy
+            factorized[role] = (source.cat.codes.to_numpy(),
+                                pd.Index(source.cat.categories, dtype="string"))
+        else:
+            factorized[role] = pd.factorize(source.astype("string"), use_na_sentinel=True)
     # the distinct names of both columns together (a name in both is normalised and hashed
     # once, after normalisation), then split back by position
     extra = [] if other_names is None else [other_names.astype("string")]

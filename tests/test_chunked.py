@@ -5,14 +5,14 @@ import csv
 import filecmp
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from geoflow.chunked import combine, csv_chunks, prepare_chunk, wants_chunks
-from geoflow.cli import main
+from geoflow.chunked import NameTable, combine, csv_chunks, prepare_chunk, wants_chunks
 from geoflow.crossings import load_ports
 from geoflow.io import SeenRecords
 from geoflow.pipeline import RunOptions, prepare_records, run_pipeline, write_outputs
@@ -133,9 +133,9 @@ def test_chunks_cover_the_file_with_file_line_numbers(sample_csv, tmp_path):
 
 def test_partial_aggregates_combine_associatively(sample_csv):
     options = RunOptions(pseudonym_key=KEY)
-    seen, ports = SeenRecords(), load_ports()
-    parts = [prepare_chunk(chunk, sample_csv, options=options, seen=seen, ports=ports,
-                           timings={}, memory={})[0]
+    seen, names, ports = SeenRecords(), NameTable(), load_ports()
+    parts = [prepare_chunk(chunk, sample_csv, options=options, seen=seen, names=names,
+                           ports=ports, timings={}, memory={})[0]
              for chunk in csv_chunks(sample_csv, 200_000)]
     assert len(parts) >= 3
     left = combine([combine(parts[:2]), *parts[2:]])
@@ -171,9 +171,10 @@ def test_records_alike_collapse_to_one_row_each(sample_csv, tmp_path):
 
 def test_run_chunk_mb_from_the_command_line(sample_csv, tmp_path):
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["--quiet", "run", str(sample_csv), "-o", str(out),
-                                       "--chunk-mb", "0.2", "--no-map"])
-    assert result.exit_code == 0, result.output
+    result = subprocess.run([sys.executable, "-m", "geoflow", "--quiet", "run", str(sample_csv),
+                             "-o", str(out), "--chunk-mb", "0.2"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["input"]["chunks"] >= 3
     assert manifest["counts"]["rows_placed"] == 2907
