@@ -314,21 +314,21 @@ def collapse(records: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("source_line", kind="stable").reset_index(drop=True)
 
 
-def combine(parts: list[Partial]) -> Partial:
+def combine(parts: list[Partial], *, consume: bool = False) -> Partial:
     """One partial aggregate from several, in the order given (associative: any grouping of
     consecutive parts gives the same rows). Placed rows whose keys repeat across parts are
-    summed into one; the others are only concatenated, so memory stays near the parts'."""
+    summed into one; the others are only concatenated, so memory stays near the parts'.
+    ``consume`` empties the parts' record frames column by column as they are copied."""
     if len(parts) == 1:
         return parts[0]
     from geoflow.io import _capped
 
-    records = _concat([p.records for p in parts])
+    records = _concat([p.records if consume else p.records.copy(deep=False) for p in parts])
     placed = records["placed"].to_numpy(dtype=bool)
     keys = [c for c in records.columns if c not in _MEASURES and c not in _UNPLACED_KEEP]
     rows = np.flatnonzero(placed)
-    hashes = pd.util.hash_pandas_object(records[keys].iloc[rows], index=False)
     repeated = np.zeros(len(records), dtype=bool)
-    repeated[rows] = hashes.duplicated(keep=False).to_numpy()
+    repeated[rows] = pd.Series(_row_hashes(records, keys, rows)).duplicated(keep=False)
     if repeated.any():  # equal keys (or, rarely, equal hashes): grouped by the keys proper
         summed = _group(records.loc[repeated], RECORDS_COLUMN)
         records = pd.concat([records.loc[~repeated], summed], ignore_index=True)
@@ -349,17 +349,31 @@ def combine(parts: list[Partial]) -> Partial:
     )
 
 
+def _row_hashes(records: pd.DataFrame, keys: list[str], rows: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each of ``rows`` over the ``keys`` columns, one column at a time
+    (categoricals by their codes), without copying the frame."""
+    out = np.zeros(len(rows), dtype=np.uint64)
+    for column in keys:
+        values = records[column]
+        values = (values.cat.codes if isinstance(values.dtype, pd.CategoricalDtype)
+                  else values).to_numpy()[rows]
+        out = out * np.uint64(1_099_511_628_211) ^ pd.util.hash_array(values)
+    return out
+
+
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate record frames, categoricals over the union of their (sorted) categories
-    (one column at a time, so the copy never holds every column twice)."""
+    """Concatenate record frames, categoricals over the union of their (sorted) categories,
+    one column at a time, each dropped from the frames once copied: memory holds about
+    one copy of the records, never two."""
     columns = {}
-    for column in frames[0].columns:
-        values = [f[column] for f in frames]
+    for column in list(frames[0].columns):
+        values = [f.pop(column) for f in frames]
         if isinstance(values[0].dtype, pd.CategoricalDtype):
             columns[column] = pd.Categorical(pd.api.types.union_categoricals(
                 values, sort_categories=True, ignore_order=True))
         else:
             columns[column] = np.concatenate([v.to_numpy() for v in values])
+        del values
     return pd.DataFrame(columns)
 
 
@@ -485,7 +499,7 @@ def prepare_chunked(source: str | Path, *, options, chunk_bytes: int = CHUNK_BYT
     chunks = len(parts)
     spent: dict[str, float] = {}
     with _stage("collapse", spent, memory):
-        combined = combine(parts)
+        combined = combine(parts, consume=True)
         del parts
         records = _restore(combined.records, combined.dtypes)
         if _NAMES in records.columns:
