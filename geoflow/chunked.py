@@ -395,19 +395,6 @@ def _ordered_warnings(warnings: pd.DataFrame, header_map: dict) -> pd.DataFrame:
     return _capped([warnings.iloc[positions]])
 
 
-def _concat(frames) -> pd.DataFrame:
-    """Concatenate record frames, categoricals over the union of their (sorted) categories."""
-    frames = list(frames)
-    out = pd.concat(frames, ignore_index=True)
-    for column in frames[0].columns:
-        dtypes = [f[column].dtype for f in frames if column in f.columns]
-        if all(isinstance(d, pd.CategoricalDtype) for d in dtypes):
-            union = pd.api.types.union_categoricals(
-                [f[column] for f in frames], sort_categories=True, ignore_order=True)
-            out[column] = pd.Categorical(union)
-    return out
-
-
 def _combine_reports(reports: list[pd.DataFrame]) -> pd.DataFrame:
     """Geocode reports of chunks as one: records summed, the first five source lines."""
     from geoflow.geocode import _report_order
