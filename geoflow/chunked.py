@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from geoflow.aggregate import RECORDS_COLUMN, unplace_duplicates
 from geoflow.io import SeenRecords, read_traces
@@ -232,31 +234,48 @@ class Partial:
 
 
 class NameTable:
-    """The distinct purchaser and possessor names of every chunk so far, each held once;
-    chunks keep ``purchaser_name`` as int32 codes into it (-1: no name). Pseudonyms are made
-    from it once every chunk is read, so ids are unique among the names of the whole file."""
+    """The distinct purchaser and possessor names of every chunk so far, each held once in
+    Arrow arrays (no Python string per name); chunks keep ``purchaser_name`` as int32 codes
+    into it (-1: no name). Pseudonyms are made from it once every chunk is read, so ids are
+    unique among the names of the whole file."""
 
     def __init__(self) -> None:
-        self.names = pd.Index([], dtype="string")
+        self._parts: list[pa.Array] = []  # each chunk's new names, in first-seen order
+        self.size = 0
 
     def codes(self, values: pd.Series) -> np.ndarray:
         """Codes of ``values`` (names new to the table are added)."""
-        codes, uniques = pd.factorize(values.astype("string"), use_na_sentinel=True)
-        uniques = pd.Index(uniques, dtype="string")
-        at = self.names.get_indexer(uniques)
+        text = pa.chunked_array([pa.array(values.astype("string").array)]).combine_chunks()
+        encoded = pc.dictionary_encode(text.cast(pa.large_string()))
+        uniques = encoded.dictionary
+        at = np.full(len(uniques), -1, dtype=np.int64)
+        if self.size:
+            found = pc.index_in(uniques, value_set=pa.chunked_array(self._parts,
+                                                                     pa.large_string()))
+            at = pc.fill_null(found, -1).to_numpy().astype(np.int64)
         new = at < 0
-        at[new] = len(self.names) + np.arange(int(new.sum()))
-        self.names = self.names.append(uniques[new])
-        return np.where(codes < 0, -1, at[np.maximum(codes, 0)]).astype(np.int32)
+        at[new] = self.size + np.arange(int(new.sum()))
+        self._parts.append(uniques.filter(pa.array(new)))
+        self.size += int(new.sum())
+        indices = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        return np.where(indices < 0, -1, at[np.maximum(indices, 0)]).astype(np.int32)
+
+    @property
+    def names(self) -> pd.Series:
+        """Every name, in first-seen order (code order)."""
+        names = pa.chunked_array(self._parts, pa.large_string()).combine_chunks()
+        return pd.Series(pd.array(names, dtype="string"))
 
     def categorical(self, codes: np.ndarray) -> pd.Categorical:
         """Names from codes, as a categorical over the table's names (sorted)."""
-        order = np.argsort(self.names.to_numpy(dtype=object), kind="stable")
+        names = pa.chunked_array(self._parts, pa.large_string()).combine_chunks()
+        order = pc.sort_indices(names).to_numpy().astype(np.int64)  # UTF-8: code point order
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
         codes = np.asarray(codes)
-        return pd.Categorical.from_codes(np.where(codes < 0, -1, rank[np.maximum(codes, 0)]),
-                                         categories=self.names[order])
+        return pd.Categorical.from_codes(
+            np.where(codes < 0, -1, rank[np.maximum(codes, 0)]),
+            categories=pd.Index(pd.array(names.take(order), dtype="string")))
 
 
 #: Columns a collapsed row sums or keeps the least of, rather than grouping by.
@@ -495,7 +514,7 @@ def prepare_chunked(source: str | Path, *, options, chunk_bytes: int = CHUNK_BYT
     timings["collapse"] = timings.get("collapse", 0.0) + spent["collapse"]
     with _stage("pseudonyms", spent, memory):
         records = _compact(pseudonymise(records, key=options.pseudonym_key,
-                                        other_names=pd.Series(names.names)))
+                                        other_names=names.names))
     timings["crossings"] = timings.get("crossings", 0.0) + spent["pseudonyms"]
     warnings = _ordered_warnings(combined.warnings, first_source.get("header_map", {}))
     rejects = combined.rejects.sort_values(["line", "column"], kind="stable").reset_index(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -186,3 +187,16 @@ def test_only_large_csvs_are_chunked_by_default(sample_csv, tmp_path):
     parquet = tmp_path / "t.parquet"
     pd.DataFrame({"a": [1]}).to_parquet(parquet)
     assert not wants_chunks(parquet, 1.0)
+
+
+def test_name_table_codes_are_stable_across_chunks():
+    table = NameTable()
+    first = table.codes(pd.Series(["Ana Ruiz", None, "Bob Lee", "Ana Ruiz"]))
+    second = table.codes(pd.Series(["Bob Lee", "Álvaro Díaz", "", None]))
+    assert first.tolist() == [0, -1, 1, 0]
+    assert second.tolist() == [1, 2, 3, -1]  # a blank name is a name; a missing one is not
+    assert table.names.tolist() == ["Ana Ruiz", "Bob Lee", "Álvaro Díaz", ""]
+    names = table.categorical(np.concatenate([first, second]))
+    assert list(names.categories) == sorted(table.names)  # code point order, like Python
+    assert [None if pd.isna(name) else name for name in names] == [
+        "Ana Ruiz", None, "Bob Lee", "Ana Ruiz", "Bob Lee", "Álvaro Díaz", "", None]
