@@ -513,8 +513,8 @@ def prepare_chunked(source: str | Path, *, options, chunk_bytes: int = CHUNK_BYT
         combined = replace(combined, records=records.iloc[0:0])
     timings["collapse"] = timings.get("collapse", 0.0) + spent["collapse"]
     with _stage("pseudonyms", spent, memory):
-        records = _compact(pseudonymise(records, key=options.pseudonym_key,
-                                        other_names=names.names))
+        # the categorical's categories are every name, possessors' too: one id space
+        records = _compact(pseudonymise(records, key=options.pseudonym_key))
     timings["crossings"] = timings.get("crossings", 0.0) + spent["pseudonyms"]
     warnings = _ordered_warnings(combined.warnings, first_source.get("header_map", {}))
     rejects = combined.rejects.sort_values(["line", "column"], kind="stable").reset_index(

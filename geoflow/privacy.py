@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,6 +186,18 @@ def resolve_key(*, key_file: str | Path | None = None, config: object = None,
     return user_key()
 
 
+#: Names normalised and hashed at a time (bounds the Python strings alive at once).
+_BATCH = 200_000
+
+
+def _in_batches(names: pd.Series, work: Callable[[pd.Series], pd.Series]) -> pd.Series:
+    """``work`` applied to :data:`_BATCH` names at a time, the results concatenated."""
+    if len(names) <= _BATCH:
+        return work(names)
+    return pd.concat([work(names.iloc[start:start + _BATCH])
+                      for start in range(0, len(names), _BATCH)])
+
+
 def normalise_names(names: pd.Series) -> pd.Series:
     """Accent-, case- and spacing-insensitive form of each name (NA stays NA).
 
@@ -203,10 +216,9 @@ def _unique_ids(normal: pd.Series, key: PseudonymKey | bytes | str | None) -> pd
     time for names whose ids still collide."""
     raw_key = as_key(key).secret
     digest = hmac.digest
-    hexes = pd.Series(
-        [digest(raw_key, name.encode("utf-8"), "sha256").hex() for name in normal.tolist()],
-        index=normal.index, dtype="string",
-    )  # one HMAC per distinct name: the only per-item Python work
+    hexes = _in_batches(normal, lambda names: pd.Series(  # one HMAC per distinct name: the
+        [digest(raw_key, name.encode("utf-8"), "sha256").hex() for name in names.tolist()],
+        index=names.index, dtype="string"))  # only per-item Python work
     digits = np.full(len(hexes), ID_DIGITS, dtype=np.int64)
     clashing = np.arange(len(hexes))
     width = ID_DIGITS
@@ -225,7 +237,7 @@ def _unique_ids(normal: pd.Series, key: PseudonymKey | bytes | str | None) -> pd
 
 def _id_lookup(distinct_raw: pd.Series, key: PseudonymKey | bytes | str | None) -> pd.Series:
     """Id of each distinct raw name (NA for NA or a blank name), same index."""
-    normal = normalise_names(distinct_raw)
+    normal = _in_batches(distinct_raw, normalise_names)
     codes, uniques = pd.factorize(normal, use_na_sentinel=True)  # distinct normalised names
     ids = _unique_ids(pd.Series(uniques, dtype="string"), key).array
     taken = ids.take(codes, allow_fill=True)  # code -1 (NA) becomes NA
@@ -250,14 +262,13 @@ def pseudonym(names: pd.Series, *, key: PseudonymKey | bytes | str | None = None
 
 def pseudonymise(
     records: pd.DataFrame, *, key: PseudonymKey | bytes | str | None = None,
-    other_names: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Return ``records`` with ``purchaser_id`` and ``possessor_id`` added (names kept).
 
     Both columns share one id space: a person has the same id as purchaser and possessor,
-    and no two distinct names of the data share an id in either column. ``other_names``
-    are more names of the same data that share the id space (a chunked read collapses
-    records without their possessors: :mod:`geoflow.chunked`); they get no column.
+    and no two distinct names of the data share an id in either column. A categorical name
+    column adds its categories to the id space, used or not (a chunked read keeps the names
+    of every possessor there: :mod:`geoflow.chunked`).
     """
     out = records.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     factorized = {}
@@ -271,9 +282,8 @@ def pseudonymise(
             factorized[role] = pd.factorize(source.astype("string"), use_na_sentinel=True)
     # the distinct names of both columns together (a name in both is normalised and hashed
     # once, after normalisation), then split back by position
-    extra = [] if other_names is None else [other_names.astype("string")]
-    uniques = pd.concat([*(pd.Series(u, dtype="string") for _, u in factorized.values()),
-                         *extra], ignore_index=True)
+    uniques = pd.concat([pd.Series(u, dtype="string") for _, u in factorized.values()],
+                        ignore_index=True)
     ids = _id_lookup(uniques, key).array
     start = 0
     for role, (codes, distinct) in factorized.items():

@@ -18,6 +18,9 @@ Usage::
     python scripts/bench.py --size 100k            # quick
     python scripts/bench.py --size 1m --rounds 3   # the issue's table
     python scripts/bench.py --size 100k 1m 10m --keep /tmp/bench-out
+    python scripts/bench.py --size 1m --chunk-mb 64   # the chunked path (geoflow.chunked)
+
+CSVs of 1 GB or more (the 10M file) are read in chunks anyway: 256 MB unless ``--chunk-mb``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 
 SIZES = {"100k": 100_000, "1m": 1_000_000, "10m": 10_000_000}
-STAGES = ("read", "geocode", "crossings", "aggregate", "flows", "export")
+STAGES = ("read", "geocode", "crossings", "collapse", "aggregate", "flows", "export")
 FLOOR = ("import sys, pandas; pandas.read_csv(sys.argv[1], engine='pyarrow', "
          "dtype_backend='pyarrow')")
 
@@ -61,13 +64,13 @@ def _input(data: Path, size: str) -> Path:
     return path
 
 
-def bench(path: Path, out: Path, rounds: int) -> dict:
+def bench(path: Path, out: Path, rounds: int, extra: tuple[str, ...] = ()) -> dict:
     """Alternate floor and geoflow runs; medians, paired ratios, the last manifest."""
     floors, runs, manifest = [], [], {}
     for _ in range(rounds):
         floors.append(_child([sys.executable, "-c", FLOOR, str(path)]))
         runs.append(_child([sys.executable, "-m", "geoflow", "--quiet", "run", str(path),
-                            "-o", str(out), "--force"]))
+                            "-o", str(out), "--force", *extra]))
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     largest = max((p.stat().st_size, p.relative_to(out).as_posix())
                   for p in out.rglob("*") if p.is_file())
@@ -110,13 +113,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/work/bench-data"),
                         help="folder holding the sample files (written once)")
     parser.add_argument("--keep", type=Path, help="keep the last run's outputs here")
+    parser.add_argument("--chunk-mb", type=float,
+                        help="read in chunks of this many MB (geoflow run --chunk-mb)")
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
     for size in args.size:
         path = _input(args.data, size)
         with tempfile.TemporaryDirectory(prefix="geoflow-bench-") as tmp:
             out = Path(tmp) / "out"
-            result = bench(path, out, args.rounds)
+            extra = ("--chunk-mb", str(args.chunk_mb)) if args.chunk_mb else ()
+            result = bench(path, out, args.rounds, extra)
             if args.keep:
                 target = args.keep / size
                 shutil.rmtree(target, ignore_errors=True)

@@ -104,3 +104,14 @@ def test_trafficker_filter_explains_a_pseudonym_lengthened_in_this_data(clash):
     assert "P-" + _hex(second)[:8] in str(caught.value)
     picked, _ = filter_records(records, traffickers=["P-" + _hex(first)[:8]])
     assert picked["purchaser_name"].tolist() == [first, first]
+
+
+def test_names_worked_in_batches_get_the_ids_of_one_batch(monkeypatch):
+    # many distinct names are normalised and hashed a batch at a time (bounded memory); the
+    # ids, their lengths after collisions and the NA of blank names must not depend on it
+    names = pd.Series([f"Name {i} Pérez" for i in range(3_000)] + [None, "  ", "NAME 7 perez"])
+    whole = pseudonym(names, key=b"k" * 32)
+    monkeypatch.setattr(privacy, "_BATCH", 7)
+    batched = pseudonym(names, key=b"k" * 32)
+    pd.testing.assert_series_equal(batched, whole)
+    assert whole.iloc[-1] == whole.iloc[7] and whole.iloc[-3:-1].isna().all()
