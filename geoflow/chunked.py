@@ -349,9 +349,7 @@ def combine(parts: list[Partial], *, consume: bool = False) -> Partial:
     repeated = np.zeros(len(records), dtype=bool)
     repeated[rows] = pd.Series(_row_hashes(records, keys, rows)).duplicated(keep=False)
     if repeated.any():  # equal keys (or, rarely, equal hashes): grouped by the keys proper
-        summed = _group(records.loc[repeated], RECORDS_COLUMN)
-        records = pd.concat([records.loc[~repeated], summed], ignore_index=True)
-        records = records.sort_values("source_line", kind="stable").reset_index(drop=True)
+        records = _merge_repeats(records, repeated)
     counts: dict[str, int] = {}
     for part in parts:
         for name, number in part.warning_counts.items():
@@ -366,6 +364,24 @@ def combine(parts: list[Partial], *, consume: bool = False) -> Partial:
         encodings=tuple(dict.fromkeys(e for p in parts for e in p.encodings)),
         dtypes=parts[0].dtypes,
     )
+
+
+def _merge_repeats(records: pd.DataFrame, repeated: np.ndarray) -> pd.DataFrame:
+    """``records`` (in first-line order) with the ``repeated`` rows of equal keys merged into
+    the first of them (guns and records summed): no sort, and no copy of the rows that do
+    not repeat beyond the one that drops the merged rows."""
+    at = np.flatnonzero(repeated)
+    summed = _group(records.iloc[at], RECORDS_COLUMN).sort_values("source_line")
+    lines = records["source_line"].to_numpy()
+    first = at[np.isin(lines[at], summed["source_line"].to_numpy())]  # ascending, like summed
+    for measure in ("guns", RECORDS_COLUMN):
+        values = records[measure].to_numpy().copy()
+        values[first] = summed[measure].to_numpy()
+        records[measure] = values
+    keep = np.ones(len(records), dtype=bool)
+    keep[at] = False
+    keep[first] = True
+    return records.loc[keep].reset_index(drop=True)
 
 
 def _row_hashes(records: pd.DataFrame, keys: list[str], rows: np.ndarray) -> np.ndarray:
