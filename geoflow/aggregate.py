@@ -76,6 +76,23 @@ def countable(records: pd.DataFrame) -> np.ndarray:
     return ~_flag(records, "flag_duplicate")
 
 
+#: The record columns :func:`build_tables` and :func:`findings` read; the copy without
+#: repeated records they work on holds these alone (not trace numbers, models, raw places).
+TABLE_COLUMNS = (
+    "purchaser_id", "purchaser_label", "purchase_date", "dealer_id", "dealer_name",
+    "dealer_ffl", "dealer_place", "dealer_admin1", "recovery_date", "recovery_year",
+    "recovery_place", "recovery_admin1", "recovery_lat", "recovery_lon", "crossing_code",
+    "route_kind", "weapon_type", "time_to_crime_days", "guns", RECORDS_COLUMN, *FLAGS,
+)
+
+
+def table_records(records: pd.DataFrame) -> pd.DataFrame:
+    """:func:`counted` records, only their :data:`TABLE_COLUMNS` (a frame already so is
+    returned as it is)."""
+    columns = [c for c in TABLE_COLUMNS if c in records.columns]
+    return counted(records if len(columns) == len(records.columns) else records[columns])
+
+
 def counted(records: pd.DataFrame) -> pd.DataFrame:
     """``records`` without repeated trace records and rows of a count table that stand for
     0 guns (the same frame when there are none).
@@ -648,7 +665,7 @@ def build_tables(
 ) -> dict[str, pd.DataFrame]:
     """All eight tables of DESIGN.md "Outputs", keyed by file stem, before small-count
     suppression (``by_purchaser`` lists every purchaser)."""
-    records = counted(records)
+    records = table_records(records)
     port_names = None if ports is None else dict(zip(ports["code"], ports["name"], strict=True))
     purchasers = by_purchaser(records, port_names=port_names, threshold=trafficker_min_guns)
     return {
@@ -741,7 +758,7 @@ def findings(
     the first finding are listed up to ``max_listed``; all are in ``by_trafficker``).
     Purchasers tied to fewer than ``min_cell`` guns are counted but never named.
     """
-    records = counted(records)
+    records = table_records(records)
     out: list[dict] = []
     purchasers = tables["by_purchaser"]
     big = purchasers[purchasers["guns"] >= min_guns]

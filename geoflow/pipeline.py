@@ -41,6 +41,7 @@ from geoflow.aggregate import (
     is_value,
     plural,
     record_weights,
+    table_records,
     unplace_duplicates,
 )
 from geoflow.crossings import unmatched_crossings
@@ -456,11 +457,13 @@ def analyse(
     # tables first: their working memory is freed before the (large) flow layer exists
     with _stage("aggregate", timings, memory):
         frame = _label(_encode(frame), options.show_names)
-        tables = build_tables(frame, ports=ports, state_names=state_names,
+        valid = table_records(frame)  # one copy without repeats, of the columns read
+        tables = build_tables(valid, ports=ports, state_names=state_names,
                               trafficker_min_guns=options.trafficker_min_guns)
-        found = findings(frame, tables, min_guns=options.trafficker_min_guns,
+        found = findings(valid, tables, min_guns=options.trafficker_min_guns,
                          min_cell=options.min_cell,
                          count_table=bool(prepared.source.get("count_column")))
+        del valid
         if entity is not None:  # one output set of a batch: sentences about the entity
             found = entity_findings(found, tables, kind=entity[0], label=entity[1],
                                     min_cell=options.min_cell)
