@@ -479,13 +479,13 @@ def by_dealer(records: pd.DataFrame) -> pd.DataFrame:
             "guns": stats.guns,
             "share_frac": _share(stats.guns),
             "purchasers": stats.purchasers,
-            "top_purchaser": stats.top_purchaser.to_numpy(),
+            "top_purchaser": stats.top_purchaser.array,
             "top_purchaser_guns": stats.top_purchaser_guns,
             "top_purchaser_share_frac": np.where(  # no purchaser: no share (NaN, as in the layer)
                 stats.purchasers > 0, np.round(stats.top_purchaser_guns / stats.guns, 6), np.nan),
             "median_time_to_crime_days": stats.median_ttc.to_numpy(),
-            "first_purchase": stats.first_purchase.to_numpy(),
-            "last_purchase": stats.last_purchase.to_numpy(),
+            "first_purchase": stats.first_purchase.array,
+            "last_purchase": stats.last_purchase.array,
         }
     )
     return _sorted(table)
@@ -542,10 +542,10 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
             "top_dealer_guns": top_count,
             "top_dealer_share_frac": np.round(top_count / np.maximum(guns, 1), 6),
             "hhi": np.round(hhi, 6),
-            "first_purchase": iso_dates(first).to_numpy(),
-            "last_purchase": iso_dates(last).to_numpy(),
+            "first_purchase": iso_dates(first).array,
+            "last_purchase": iso_dates(last).array,
             **{f"{kind}_crossings": _crossings_used(records, group_all, n, port_names,
-                                                    kind=kind).to_numpy()
+                                                    kind=kind).array
                for kind in ("known", "modelled")},
             "median_time_to_crime_days": median.to_numpy(),
         }

@@ -357,9 +357,9 @@ def build_flows(
             "route_kind": key["route_kind"].array,
             "guns": stats.guns,
             "purchasers": stats.purchasers,
-            "top_purchaser": stats.top_purchaser.to_numpy(),
-            "first_purchase": stats.first_purchase.to_numpy(),
-            "last_purchase": stats.last_purchase.to_numpy(),
+            "top_purchaser": stats.top_purchaser.array,
+            "first_purchase": stats.first_purchase.array,
+            "last_purchase": stats.last_purchase.array,
             "median_time_to_crime_days": stats.median_ttc.to_numpy(),
             "dealer_lon": d_lon,
             "dealer_lat": d_lat,
@@ -400,11 +400,11 @@ def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
             "dealer_state": pd.array(_take(records["dealer_admin1"], first), dtype="string"),
             "guns": stats.guns,
             "purchasers": stats.purchasers,
-            "top_purchaser": stats.top_purchaser.to_numpy(),
+            "top_purchaser": stats.top_purchaser.array,
             "top_purchaser_share_frac": np.where(stats.purchasers > 0, share, np.nan),
             "median_time_to_crime_days": stats.median_ttc.to_numpy(),
-            "first_purchase": stats.first_purchase.to_numpy(),
-            "last_purchase": stats.last_purchase.to_numpy(),
+            "first_purchase": stats.first_purchase.array,
+            "last_purchase": stats.last_purchase.array,
             **_geocode_props(records, "dealer", first),
         }
     )
@@ -434,8 +434,8 @@ def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
             "guns": stats.guns,
             "purchasers": stats.purchasers,
             **_geocode_props(records, "recovery", first),
-            "first_recovery": iso_dates(dates.min().reindex(index)).to_numpy(),
-            "last_recovery": iso_dates(dates.max().reindex(index)).to_numpy(),
+            "first_recovery": iso_dates(dates.min().reindex(index)).array,
+            "last_recovery": iso_dates(dates.max().reindex(index)).array,
         }
     )
     points = gpd.GeoDataFrame(table, geometry=shapely.points(lon, lat), crs="EPSG:4326")
