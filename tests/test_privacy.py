@@ -115,3 +115,12 @@ def test_names_worked_in_batches_get_the_ids_of_one_batch(monkeypatch):
     batched = pseudonym(names, key=b"k" * 32)
     pd.testing.assert_series_equal(batched, whole)
     assert whole.iloc[-1] == whole.iloc[7] and whole.iloc[-3:-1].isna().all()
+
+
+@pytest.mark.parametrize("secret", [b"", b"k" * 16, b"x" * 64, bytes(range(200))])
+def test_pseudonym_hash_is_standard_hmac_sha256(secret):
+    # the padded key is hashed once for speed: the digests must stay RFC 2104 HMAC-SHA256,
+    # or every pseudonym made before would change
+    hexdigest = privacy._hmac_sha256(secret)
+    for message in (b"", b"rogelio barajas", "josé".encode(), b"a" * 300):
+        assert hexdigest(message) == hmac.digest(secret, message, "sha256").hex()
