@@ -201,8 +201,11 @@ def test_directory_fifo_and_missing_inputs_exit_3(tmp_path):
 #: Runs the real CLI entry point, with every CSV write announced and slowed down, so the
 #: test can signal it while it writes (only the timing is changed).
 _SLOW_WRITER = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
+    # a shell starts background jobs with Ctrl-C ignored, and children inherit that: put it
+    # back, as in a terminal, so the test means the same wherever the suite runs
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import geoflow.pipeline as pipeline
     real, marker = pipeline.write_csv, Path(sys.argv[1])
     def slow(frame, path, **options):
@@ -228,30 +231,33 @@ def test_signals_mid_write_leave_out_and_its_folder_as_they_were(tmp_path, small
              "-o", str(out)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"}))
-    deadline = time.monotonic() + 150
-    for name, (home, _, marker, _, proc) in procs.items():
-        while not marker.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                for *_, other in procs.values():
-                    other.kill()
-                    other.communicate()
-                pytest.fail(f"the {name} run never started writing")
-            time.sleep(0.05)
-        temps = [p.name for p in home.iterdir() if p.name.startswith(".out.tmp-")]
-        assert len(temps) == 1  # it is mid-write, in a temporary folder beside OUT
-        proc.send_signal(cases[name])
-    for name, (home, out, _, before, proc) in procs.items():
-        _, stderr = proc.communicate(timeout=60)
-        assert _snapshot(out) == before, name  # OUT untouched
-        left = sorted(p.name for p in home.iterdir())
-        if name == "kill":  # nothing can clean up after SIGKILL …
-            assert proc.returncode == -signal.SIGKILL
-            assert len([n for n in left if n.startswith(".out.tmp-")]) == 1
-            with atomic_output_dir(out) as temp:  # … but the next run does
-                (temp / "manifest.json").write_text(json.dumps({"generator": "geoflow"}))
-            assert sorted(p.name for p in home.iterdir()) == ["out", "writing"]
-            continue
-        assert proc.returncode == (130 if name == "int" else 143), stderr
-        assert left == ["out", "writing"], name  # the temporary folder is gone
-        assert "Traceback" not in stderr
-        assert stderr.strip().splitlines()[-1].startswith("error: interrupted (")
+    try:
+        deadline = time.monotonic() + 150
+        for name, (home, _, marker, _, proc) in procs.items():
+            while not marker.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the {name} run never started writing")
+                time.sleep(0.05)
+            temps = [p.name for p in home.iterdir() if p.name.startswith(".out.tmp-")]
+            assert len(temps) == 1  # it is mid-write, in a temporary folder beside OUT
+            proc.send_signal(cases[name])
+        for name, (home, out, _, before, proc) in procs.items():
+            _, stderr = proc.communicate(timeout=60)
+            assert _snapshot(out) == before, name  # OUT untouched
+            left = sorted(p.name for p in home.iterdir())
+            if name == "kill":  # nothing can clean up after SIGKILL …
+                assert proc.returncode == -signal.SIGKILL
+                assert len([n for n in left if n.startswith(".out.tmp-")]) == 1
+                with atomic_output_dir(out) as temp:  # … but the next run does
+                    (temp / "manifest.json").write_text(json.dumps({"generator": "geoflow"}))
+                assert sorted(p.name for p in home.iterdir()) == ["out", "writing"]
+                continue
+            assert proc.returncode == (130 if name == "int" else 143), stderr
+            assert left == ["out", "writing"], name  # the temporary folder is gone
+            assert "Traceback" not in stderr
+            assert stderr.strip().splitlines()[-1].startswith("error: interrupted (")
+    finally:  # a failure leaves no process or open pipe to trouble later tests
+        for *_, proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
