@@ -237,9 +237,10 @@ def _unique_ids(normal: pd.Series, key: PseudonymKey | bytes | str | None) -> pd
     """Id of each *distinct* normalised name (no NA, no repeats): 6 hex digits, 2 more at a
     time for names whose ids still collide."""
     hmac_hex = _hmac_sha256(as_key(key).secret)
-    hexes = _in_batches(normal, lambda names: pd.Series(  # one HMAC per distinct name: the
-        [hmac_hex(name.encode("utf-8")) for name in names.tolist()],  # only per-item
-        index=names.index, dtype="string"))  # Python work
+    # one HMAC per distinct name: the only per-item Python work
+    hexes = _in_batches(normal, lambda names: pd.Series(
+        [hmac_hex(name.encode("utf-8")) for name in names.tolist()],
+        index=names.index, dtype="string"))
     digits = np.full(len(hexes), ID_DIGITS, dtype=np.int64)
     clashing = np.arange(len(hexes))
     width = ID_DIGITS
