@@ -65,7 +65,14 @@ from geoflow.flows import (
     flow_lines,
 )
 from geoflow.formats import write_analyst_files
-from geoflow.privacy import MIN_CELL, PseudonymKey, as_key, pseudonymise, suppress
+from geoflow.privacy import (
+    MIN_CELL,
+    PseudonymKey,
+    as_key,
+    list_purchasers,
+    pseudonymise,
+    suppress,
+)
 from geoflow.schema import DATASET_COLUMN, SYNTHETIC_LABEL, marks_synthetic
 
 __all__ = [
@@ -467,6 +474,8 @@ def analyse(
         if entity is not None:  # one output set of a batch: sentences about the entity
             found = entity_findings(found, tables, kind=entity[0], label=entity[1],
                                     min_cell=options.min_cell)
+        # purchasers under --min-cell go before the flows exist (the findings counted them)
+        tables, listing = list_purchasers(tables, min_cell=options.min_cell)
     with _stage("flows", timings, memory):
         # only the columns the map layers need: a filtered copy of every column would double
         # the memory of the records for large inputs
@@ -499,7 +508,8 @@ def analyse(
         layers_out = {"flows": flows, "dealers": dealers, "recoveries": recoveries}
         if overview is not None:
             layers_out["flows_overview"] = overview
-        published, tables, suppression = suppress(layers_out, tables, min_cell=options.min_cell)
+        published, tables, suppression = suppress(layers_out, tables, min_cell=options.min_cell,
+                                                   listing=listing)
         flows, dealers, recoveries = (published[k] for k in ("flows", "dealers", "recoveries"))
         overview = published.get("flows_overview")
     if layers:  # a tables-only run (summary) builds no flows: nothing to say

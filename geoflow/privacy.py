@@ -56,6 +56,8 @@ __all__ = [
     "hide_names",
     "MIN_CELL",
     "small_cells",
+    "Listing",
+    "list_purchasers",
     "suppress_cells",
     "suppress",
     "suppression_text",
@@ -393,15 +395,45 @@ def suppress_cells(frame: pd.DataFrame, *, min_cell: int,
     return out, counts
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What :func:`list_purchasers` left out: the purchasers still listed (``named``) and the
+    count of those not listed (``not_listed``: ``purchasers``, ``guns``)."""
+
+    named: pd.Index
+    not_listed: dict[str, int]
+
+
+def list_purchasers(tables: dict[str, pd.DataFrame], *, min_cell: int = MIN_CELL
+                    ) -> tuple[dict[str, pd.DataFrame], Listing]:
+    """``tables`` with ``by_purchaser`` and ``by_trafficker`` listing only purchasers tied to
+    ``min_cell`` or more guns, and the :class:`Listing` :func:`suppress` reports. Called once
+    the findings are made, it frees the table of every purchaser (millions in a large run)
+    before the flows are built."""
+    purchasers = tables["by_purchaser"]
+    guns = purchasers["guns"].to_numpy(dtype=np.int64)
+    listed = guns >= min_cell
+    tables = dict(tables)
+    tables["by_purchaser"] = purchasers[listed].reset_index(drop=True)
+    traffickers = tables["by_trafficker"]
+    tables["by_trafficker"] = traffickers[
+        traffickers["guns"].to_numpy(dtype=np.int64) >= min_cell].reset_index(drop=True)
+    listing = Listing(named=pd.Index(tables["by_purchaser"]["purchaser"].dropna()),
+                      not_listed={"purchasers": int((~listed).sum()),
+                                  "guns": int(guns[~listed].sum())})
+    return tables, listing
+
+
 def suppress(layers: dict[str, pd.DataFrame], tables: dict[str, pd.DataFrame], *,
-             min_cell: int = MIN_CELL) -> tuple[dict, dict, dict]:
+             min_cell: int = MIN_CELL, listing: Listing | None = None
+             ) -> tuple[dict, dict, dict]:
     """Apply the small-count rule to a run's layers and tables: ``(layers, tables, summary)``.
 
     - Cells (:data:`CELL_OUTPUTS`; ``flows_overview`` is the state-level flows.geojson of a
       very large run) under ``min_cell`` guns or purchasers: no purchaser, dates
       as years (:func:`suppress_cells`); a top purchaser is shown only when listed below.
     - ``by_purchaser`` and ``by_trafficker`` list only purchasers tied to ``min_cell`` or
-      more guns.
+      more guns (:func:`list_purchasers`; ``listing`` when the tables were cut already).
     - Totals (``by_us_state``, ``by_mx_state``, ``state_matrix``, ``by_crossing``,
       ``by_year``, crossings, states) are unchanged.
 
@@ -410,21 +442,15 @@ def suppress(layers: dict[str, pd.DataFrame], tables: dict[str, pd.DataFrame], *
     ``min_cell`` guns: ``flows``, ``guns``), ``purchasers_not_listed`` (``purchasers``,
     ``guns``) and ``text`` (sentences saying so).
     """
-    purchasers = tables["by_purchaser"]
-    guns = purchasers["guns"].to_numpy(dtype=np.int64)
-    listed = guns >= min_cell
-    named = pd.Index(purchasers["purchaser"][listed].dropna())
+    if listing is None:
+        tables, listing = list_purchasers(tables, min_cell=min_cell)
     layers, tables = dict(layers), dict(tables)
     cells: dict[str, dict[str, int]] = {}
     for name in CELL_OUTPUTS:
         source = layers if name in layers else tables
         if name in source:
             source[name], cells[name] = suppress_cells(source[name], min_cell=min_cell,
-                                                       named=named)
-    tables["by_purchaser"] = purchasers[listed].reset_index(drop=True)
-    traffickers = tables["by_trafficker"]
-    tables["by_trafficker"] = traffickers[
-        traffickers["guns"].to_numpy(dtype=np.int64) >= min_cell].reset_index(drop=True)
+                                                       named=listing.named)
     flow_guns = (layers["flows"]["guns"].to_numpy(dtype=np.int64) if "flows" in layers
                  else np.zeros(0, dtype=np.int64))
     small_flow = flow_guns < min_cell
@@ -433,8 +459,7 @@ def suppress(layers: dict[str, pd.DataFrame], tables: dict[str, pd.DataFrame], *
         "enabled": min_cell > 1,
         "cells": cells,
         "small_flows": {"flows": int(small_flow.sum()), "guns": int(flow_guns[small_flow].sum())},
-        "purchasers_not_listed": {"purchasers": int((~listed).sum()),
-                                  "guns": int(guns[~listed].sum())},
+        "purchasers_not_listed": dict(listing.not_listed),
     }
     summary["text"] = suppression_text(summary)
     return layers, tables, summary
