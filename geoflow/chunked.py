@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from geoflow.aggregate import RECORDS_COLUMN, unplace_duplicates
-from geoflow.io import SeenRecords, read_traces
+from geoflow.io import SeenRecords, read_traces, warning_key
 
 __all__ = [
     "CHUNK_BYTES",
@@ -199,8 +199,7 @@ def _shifted(read, chunk: Chunk):
     warnings, counts = read.warnings, dict(read.warning_counts)
     header = warnings["line"].to_numpy() <= 1
     for column, reason in warnings.loc[header, ["column", "reason"]].itertuples(index=False):
-        name = reason if column == "" or reason.startswith("column map") else (
-            f"{column}: {reason}")
+        name = warning_key(column, reason)
         counts[name] = counts.get(name, 0) - 1
         if counts[name] <= 0:
             del counts[name]

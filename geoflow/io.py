@@ -202,7 +202,8 @@ def read_traces(
         XLSX sheet name or 0-based index (default: the first sheet).
     data
         The file's bytes when the caller has them (a chunk of a large CSV with its header:
-        :mod:`geoflow.chunked`); ``path`` then only names the file in messages.
+        :mod:`geoflow.chunked`); ``path`` then only names the file in messages, and
+        ``source["sha256"]`` is None (the caller hashes the whole file).
     seen
         Records of earlier chunks: a record repeating one of them is flagged
         ``flag_duplicate`` like a repeat within the chunk (:class:`SeenRecords`).
@@ -222,6 +223,7 @@ def read_traces(
     """
     path = Path(path)
     user_map = schema.validate_column_map(column_map)
+    from_caller = data is not None
     data = _read_bytes(path) if data is None else data
     fmt = _detect_format(path, data)
     if sheet is not None and fmt != "xlsx":
@@ -260,12 +262,14 @@ def read_traces(
     )
     early = pd.concat([map_warnings, table.warnings], ignore_index=True)
     warnings = _capped([early, warnings])
-    for key, number in early.groupby(["column", "reason"], sort=False).size().items():
-        name = key[1] if key[0] == "" or key[1].startswith("column map") else ": ".join(key)
+    for (column, reason), number in early.groupby(["column", "reason"],
+                                                  sort=False).size().items():
+        name = warning_key(column, reason)
         counts[name] = counts.get(name, 0) + int(number)
     source = {
         "path": str(path),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        # a chunk's caller hashes the whole file (geoflow.chunked): not each chunk again
+        "sha256": hashlib.sha256(data).hexdigest() if not from_caller else None,
         "format": fmt,
         **table.meta,
         "rows_read": table.rows_read,
@@ -848,6 +852,12 @@ def _duplicates(records: pd.DataFrame, given: pd.Series, seen: SeenRecords | Non
         keys[by_content] = ("c\x1f" + records.loc[by_content, "trace_id"]).to_numpy(dtype=object)
         flag |= seen.repeats(keys)
     return flag
+
+
+def warning_key(column: str, reason: str) -> str:
+    """The key of a warning in ``warning_counts``: ``"column: reason"``, or the reason alone
+    for a warning about the file (no column) or the column map."""
+    return reason if column == "" or reason.startswith("column map") else f"{column}: {reason}"
 
 
 def _capped(frames: list[pd.DataFrame]) -> pd.DataFrame:
