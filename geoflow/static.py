@@ -25,7 +25,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -262,27 +262,33 @@ def cvd_delta_e(colours: Sequence[str], kind: str | None = None) -> np.ndarray:
 
 
 def _layer_class():
-    """A matplotlib Artist that draws its children inside one named SVG group."""
+    """A matplotlib Artist that draws its children inside one named SVG group. A child may be
+    given as a callable that makes it (or a list of them): made only when the layer is used,
+    so the layouts :func:`draw_scene` tries and drops cost no artists."""
     from matplotlib.artist import Artist
 
     class Layer(Artist):
         def __init__(self, name: str, children: Iterable[Artist] = ()) -> None:
             super().__init__()
             self.set_gid(name)
-            self.children: list[Artist] = list(children)
+            self.children: list = list(children)
 
-        def add(self, artist: Artist) -> Artist:
+        def add(self, artist):
             self.children.append(artist)
             return artist
 
         def get_children(self):
+            if not all(isinstance(child, Artist) for child in self.children):
+                made = [child if isinstance(child, Artist) else child()
+                        for child in self.children]
+                self.children = [a for m in made for a in (m if isinstance(m, list) else [m])]
             return list(self.children)
 
         def draw(self, renderer) -> None:
             if not self.get_visible():
                 return
             renderer.open_group(self.get_gid(), gid=self.get_gid())
-            for child in sorted(self.children, key=lambda a: a.get_zorder()):
+            for child in sorted(self.get_children(), key=lambda a: a.get_zorder()):
                 child.draw(renderer)
             renderer.close_group(self.get_gid())
             self.stale = False
@@ -449,8 +455,8 @@ def text_extent(text: str, size: float, weight: str, dpi: float, linespacing: fl
     from matplotlib.text import Text
 
     fig, renderer = _measuring_figure(dpi)
-    with _rc():
-        artist = Text(0, 0, text, fontsize=size, fontweight=weight, linespacing=linespacing)
+    artist = Text(0, 0, text, fontsize=size, fontweight=weight, linespacing=linespacing,
+                  fontfamily=FONT)
     artist.set_figure(fig)
     box = artist.get_window_extent(renderer)
     return box.width, box.height
@@ -692,9 +698,8 @@ def _stack_text(fig, layer, *, x: float, y: float, text: str, size: float,
         return 0.0
     wrapped = wrap_text(_mathtext_safe(text), width_px=width * fig.dpi, fontsize=size,
                         dpi=fig.dpi, weight=weight)
-    artist = Text(x, y, wrapped, fontsize=size, fontweight=weight, color=colour, ha="left",
-                  va=va, transform=fig.dpi_scale_trans, linespacing=1.25, gid=gid)
-    layer.add(artist)
+    layer.add(partial(Text, x, y, wrapped, fontsize=size, fontweight=weight, color=colour,
+                      ha="left", va=va, transform=fig.dpi_scale_trans, linespacing=1.25, gid=gid))
     return text_extent(wrapped, size, weight, fig.dpi, 1.25)[1] / fig.dpi
 
 
@@ -720,9 +725,9 @@ class _Legend:
               weight: str = "normal", colour: str = _INK, ha: str = "left", va: str = "center"):
         from matplotlib.text import Text
 
-        self.layer.add(Text(x, y, _mathtext_safe(text), fontsize=size or self.size,
-                            fontweight=weight, color=colour, ha=ha, va=va,
-                            transform=self.transform, linespacing=1.2))
+        self.layer.add(partial(Text, x, y, _mathtext_safe(text), fontsize=size or self.size,
+                               fontweight=weight, color=colour, ha=ha, va=va,
+                               transform=self.transform, linespacing=1.2))
 
     def paragraph(self, text: str, *, weight: str = "normal", colour: str = _INK,
                   size: float | None = None, gap: float = 0.0) -> None:
@@ -758,8 +763,7 @@ class _Legend:
                                        for _, _, gh, _, _, th in row])
             centre = self.y - row_h / 2
             for x0, gw, _, draw, wrapped, _ in row:
-                for artist in draw(x0, centre):
-                    self.layer.add(artist)
+                self.layer.add(partial(draw, x0, centre))
                 self._text(x0 + gw + gap, centre, wrapped)
             self.y -= row_h
 
@@ -784,9 +788,8 @@ class _Legend:
         top = self.y - self.size * 0.2
         for i, (colour, label) in enumerate(zip(colours, labels, strict=True)):
             x = i * box_w + (gap if i == len(colours) - 1 else 0)
-            self.layer.add(Rectangle((x, top - h), box_w - (0 if i < len(colours) - 2 else 0.0),
-                                     h, facecolor=colour, edgecolor="#8a8a8a", linewidth=0.3,
-                                     transform=self.transform))
+            self.layer.add(partial(Rectangle, (x, top - h), box_w, h, facecolor=colour,
+                                   edgecolor="#8a8a8a", linewidth=0.3, transform=self.transform))
             self._text(x + box_w / 2, top - h - self.size * 0.2, label, size=self.size * 0.9,
                        ha="center", va="top", colour=_MUTED)
         self.y = top - h - self.size * 0.2 - self.size * 0.9 * 1.25 - self.size * 0.2
@@ -1015,15 +1018,14 @@ def _labels_layers(scene, fig, ax, layer_type, *, size: float, zoom: float,
     if not wanted:
         return halos, labels_layer
     lonlat = np.array([[lab.lon, lab.lat] for lab in wanted], dtype=float)
-    anchors = ax.transData.transform(project(lonlat))
-    texts, sizes, gaps = [], [], []
+    xy = project(lonlat)
+    anchors = ax.transData.transform(xy)
+    styles, sizes, gaps = [], [], []
     px = fig.dpi / 72
     for lab in wanted:
         factor, weight, colour = _LABEL_KINDS.get(lab.kind, _LABEL_KINDS["dealer"])
-        text = Text(0, 0, _mathtext_safe(lab.text), fontsize=size * factor, fontweight=weight,
-                    color=colour, ha="left", va="bottom")
-        texts.append(text)
-        sizes.append(text_extent(text.get_text(), size * factor, weight, fig.dpi))
+        styles.append((_mathtext_safe(lab.text), size * factor, weight, colour))
+        sizes.append(text_extent(styles[-1][0], size * factor, weight, fig.dpi))
         r = radii.get((lab.kind, round(lab.lon, 3), round(lab.lat, 3)), 1.5)
         gaps.append((r + 1.5) * px)
     frame = ax.bbox.extents
@@ -1035,16 +1037,12 @@ def _labels_layers(scene, fig, ax, layer_type, *, size: float, zoom: float,
         # anchor the text by its box's lower-left corner: exactly the box placed
         offset = ScaledTranslation((x0 - anchors[i, 0]) / fig.dpi,
                                    (y0 - anchors[i, 1]) / fig.dpi, fig.dpi_scale_trans)
-        xy = project(lonlat[i])
-        text = texts[i]
-        text.set_position((xy[0], xy[1]))
-        text.set_transform(ax.transData + offset)
-        text.set_gid(f"label-{wanted[i].kind}")
-        halo = _halo_type()(xy[0], xy[1], text.get_text(), fontsize=text.get_fontsize(),
-                            fontweight=text.get_fontweight(), color="#ffffff", ha="left",
-                            va="bottom", transform=ax.transData + offset, halo_pt=size * 0.16)
-        halos.add(halo)
-        labels_layer.add(text)
+        text, fontsize, weight, colour = styles[i]
+        common = {"fontsize": fontsize, "fontweight": weight, "ha": "left", "va": "bottom",
+                  "transform": ax.transData + offset}
+        halos.add(_halo_type()(*xy[i], text, color="#ffffff", halo_pt=size * 0.16, **common))
+        labels_layer.add(Text(*xy[i], text, color=colour, gid=f"label-{wanted[i].kind}",
+                              **common))
     return halos, labels_layer
 
 
