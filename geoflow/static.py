@@ -328,6 +328,11 @@ def _line_bitmap(text: str, family: tuple, style: str, weight, size: float, dpi:
     from matplotlib.backends.backend_agg import get_hinting_flag
     from matplotlib.font_manager import FontProperties, findfont, get_font
 
+    if halo_px > 0:
+        image, x_offset, descent = _line_bitmap(text, family, style, weight, size, dpi,
+                                                antialiased, 0.0)
+        r = int(np.ceil(halo_px))
+        return _dilate(image, halo_px), x_offset - r, descent + r
     prop = FontProperties(family=list(family), style=style, weight=weight, size=size)
     font = get_font(findfont(prop))
     font.clear()
@@ -335,29 +340,36 @@ def _line_bitmap(text: str, family: tuple, style: str, weight, size: float, dpi:
     font.set_text(text, 0.0, flags=get_hinting_flag())
     font.draw_glyphs_to_bitmap(antialiased=antialiased)
     image = np.array(font.get_image(), dtype=np.uint8)
-    x_offset = font.get_bitmap_offset()[0] / 64.0
-    descent = font.get_descent() / 64.0
-    if halo_px > 0:
-        image = _dilate(image, halo_px)
-        r = int(np.ceil(halo_px))
-        x_offset, descent = x_offset - r, descent + r
-    return image, x_offset, descent
+    return image, font.get_bitmap_offset()[0] / 64.0, font.get_descent() / 64.0
+
+
+@lru_cache(maxsize=8)
+def _disc(radius: float) -> tuple[tuple[int, int, int], ...]:
+    """(dy, dx, weight out of 255) of every pixel a disc of ``radius`` covers, its rim
+    weighted by how much of the pixel it covers (roughly)."""
+    r = int(np.ceil(radius))
+    cells = []
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            weight = round(255 * min(max(radius + 0.5 - float(np.hypot(dx, dy)), 0.0), 1.0))
+            if weight and (dx or dy):
+                cells.append((dy, dx, weight))
+    return tuple(cells)
 
 
 def _dilate(coverage: np.ndarray, radius: float) -> np.ndarray:
     """``coverage`` (uint8) grown by a disc of ``radius`` pixels, its rim anti-aliased: the
     white outline a stroke of twice the radius around each glyph paints."""
     r = int(np.ceil(radius))
-    src = np.pad(coverage.astype(np.float32), r)
-    out = src.copy()
     h, w = coverage.shape
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            weight = min(max(radius + 0.5 - float(np.hypot(dx, dy)), 0.0), 1.0)
-            if weight > 0 and (dx or dy):
-                window = out[r + dy:r + dy + h, r + dx:r + dx + w]
-                np.maximum(window, weight * src[r:r + h, r:r + w], out=window)
-    return np.rint(out).astype(np.uint8)
+    out = np.pad(coverage, r)
+    faded: dict[int, np.ndarray] = {255: coverage}
+    for dy, dx, weight in _disc(radius):
+        if weight not in faded:
+            faded[weight] = (coverage.astype(np.uint16) * weight // 255).astype(np.uint8)
+        window = out[r + dy:r + dy + h, r + dx:r + dx + w]
+        np.maximum(window, faded[weight], out=window)
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -587,6 +599,8 @@ def figure_bytes(fig, fmt: str) -> bytes:
         try:
             if fmt == "png":
                 _write_png(fig, buffer)
+            elif fmt == "svg":
+                _write_svg(fig, buffer)
             else:
                 fig.savefig(buffer, format=fmt, dpi=fig.dpi, metadata=metadata,
                             facecolor="white")
@@ -601,15 +615,64 @@ def figure_bytes(fig, fmt: str) -> bytes:
     return data
 
 
+def _write_svg(fig, buffer) -> None:
+    """The figure as SVG, as ``savefig(format="svg")`` writes it (in points: the figure is
+    drawn at 72 dpi), with text measured through a per-process cache: the renderer
+    ``savefig`` makes is new each time, and so was its cache of the same lines' extents."""
+    from matplotlib.backends.backend_mixed import MixedModeRenderer
+
+    dpi = fig.dpi
+    width, height = fig.get_size_inches()
+    text = io.StringIO()
+    fig.dpi = 72
+    try:
+        renderer = MixedModeRenderer(fig, width, height, dpi, _svg_renderer_type()(
+            width * 72, height * 72, text, image_dpi=dpi, metadata={"Date": None}))
+        fig.draw(renderer)
+        renderer.finalize()
+    finally:
+        fig.dpi = dpi
+    buffer.write(text.getvalue().encode("utf-8"))
+
+
+@lru_cache(maxsize=1)
+def _svg_renderer_type():
+    from matplotlib.backends.backend_svg import RendererSVG
+
+    class Renderer(RendererSVG):
+        def get_text_width_height_descent(self, s, prop, ismath):
+            if ismath:
+                return super().get_text_width_height_descent(s, prop, ismath)
+            return _outline_extent(s, tuple(prop.get_family()), prop.get_style(),
+                                   prop.get_weight(), prop.get_size_in_points())
+
+    return Renderer
+
+
+@lru_cache(maxsize=8192)
+def _outline_extent(text: str, family: tuple, style: str, weight, size: float
+                    ) -> tuple[float, float, float]:
+    """(width, height, descent) in points of one line of text as SVG and PDF measure it."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    prop = FontProperties(family=list(family), style=style, weight=weight, size=size)
+    return text_to_path.get_text_width_height_descent(text, prop, False)
+
+
 def _write_png(fig, buffer) -> None:
     """The figure (opaque: a white page) as an RGB PNG, no metadata but its resolution:
     rows unfiltered and deflated at level 1, which on flat map colours is both faster and
     smaller than Pillow's adaptive filters (the alpha channel would cost a quarter more)."""
+    from PIL import Image
+
     fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())
-    height, width = rgba.shape[:2]
-    rows = np.zeros((height, 1 + 3 * width), dtype=np.uint8)  # filter byte 0: none
-    rows[:, 1:] = rgba[..., :3].reshape(height, -1)
+    width, height = fig.canvas.get_width_height(physical=True)
+    rgb = Image.frombuffer("RGBA", (width, height), fig.canvas.buffer_rgba(), "raw", "RGBA", 0,
+                           1).convert("RGB")
+    rows = np.empty((height, 1 + 3 * width), dtype=np.uint8)
+    rows[:, 0] = 0  # each row's filter: none
+    rows[:, 1:] = np.asarray(rgb).reshape(height, -1)
     per_metre = round(fig.dpi / 0.0254)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -917,14 +980,19 @@ def _web_zoom(frame: Sequence[float], box_w_in: float) -> float:
     return float(np.log2(156543.03 * np.cos(np.radians(lat)) / metres_per_px))
 
 
-def _states_layer(scene, layer_type, ax):
+def _states_layer(scene, layer_type, ax, frame: Sequence[float]):
+    """The state shapes that reach into ``frame`` (x0, x1, y0, y1; the others would only be
+    clipped away) and the US–Mexico border."""
     from matplotlib.collections import PathCollection
 
     base = base_map()
     fills = {area.code: area.fill for area in scene.areas}
     layer = layer_type("states")
-    states = PathCollection(list(base.paths),
-                            facecolors=[fills.get(code, _NO_DATA) for code in base.codes],
+    x0, x1, y0, y1 = frame
+    b = base.bounds
+    shown = np.flatnonzero((b[:, 0] <= x1) & (b[:, 2] >= x0) & (b[:, 1] <= y1) & (b[:, 3] >= y0))
+    states = PathCollection([base.paths[i] for i in shown],
+                            facecolors=[fills.get(base.codes[i], _NO_DATA) for i in shown],
                             edgecolors=_STATE_EDGE, linewidths=0.3, transform=ax.transData)
     border = PathCollection(list(base.border), facecolors="none", edgecolors=_BORDER,
                             linewidths=0.7, transform=ax.transData)
@@ -1205,7 +1273,7 @@ def draw_scene(scene, *, size: StillSize | str = "wide", paper: str = "letter"):
         ax.set_xlim(frame[0], frame[1])
         ax.set_ylim(frame[2], frame[3])
         m_per_pt = (frame[1] - frame[0]) / (map_box[2] * 72)
-        ax.add_artist(_states_layer(scene, layer_type, ax))
+        ax.add_artist(_states_layer(scene, layer_type, ax, frame))
         ax.add_artist(_flows_layer(scene, layer_type, ax, px_pt=px_pt, m_per_pt=m_per_pt))
         ports, places, radii = _points_layers(scene, layer_type, ax, px_pt=px_pt)
         ax.add_artist(places)
