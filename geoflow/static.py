@@ -321,26 +321,30 @@ def _new_figure(size: StillSize):
 
 
 @lru_cache(maxsize=8192)
-def _line_bitmap(text: str, family: tuple, style: str, weight, size: float, dpi: float,
-                 antialiased: bool, halo_px: float) -> tuple[np.ndarray, float, float]:
-    """(coverage bitmap, x offset, descent) in pixels of one line of text, as FreeType
-    renders it; with ``halo_px``, the bitmap grown by a disc of that radius (the halo)."""
+def _line(text: str, family: tuple, style: str, weight, size: float, dpi: float
+          ) -> tuple[np.ndarray, float, tuple[float, float, float]]:
+    """One line of text as FreeType renders it in Agg (hinted, anti-aliased): its coverage
+    bitmap, the bitmap's x offset and the line's (width, height, descent), all in pixels."""
     from matplotlib.backends.backend_agg import get_hinting_flag
     from matplotlib.font_manager import FontProperties, findfont, get_font
 
-    if halo_px > 0:
-        image, x_offset, descent = _line_bitmap(text, family, style, weight, size, dpi,
-                                                antialiased, 0.0)
-        r = int(np.ceil(halo_px))
-        return _dilate(image, halo_px), x_offset - r, descent + r
     prop = FontProperties(family=list(family), style=style, weight=weight, size=size)
     font = get_font(findfont(prop))
     font.clear()
     font.set_size(size, dpi)
     font.set_text(text, 0.0, flags=get_hinting_flag())
-    font.draw_glyphs_to_bitmap(antialiased=antialiased)
-    image = np.array(font.get_image(), dtype=np.uint8)
-    return image, font.get_bitmap_offset()[0] / 64.0, font.get_descent() / 64.0
+    width, height = font.get_width_height()
+    extent = (width / 64.0, height / 64.0, font.get_descent() / 64.0)
+    font.draw_glyphs_to_bitmap(antialiased=True)
+    return np.array(font.get_image(), dtype=np.uint8), font.get_bitmap_offset()[0] / 64.0, extent
+
+
+@lru_cache(maxsize=4096)
+def _halo_bitmap(text: str, family: tuple, style: str, weight, size: float, dpi: float,
+                 radius: float) -> np.ndarray:
+    """The line's bitmap grown by a disc of ``radius`` pixels (so ``ceil(radius)`` pixels
+    wider on every side): the label's halo."""
+    return _dilate(_line(text, family, style, weight, size, dpi)[0], radius)
 
 
 @lru_cache(maxsize=8)
@@ -379,13 +383,25 @@ def _agg_types():
     from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 
     class Renderer(RendererAgg):
+        @staticmethod
+        def _key(prop) -> tuple:
+            return (tuple(prop.get_family()), prop.get_style(), prop.get_weight(),
+                    prop.get_size_in_points())
+
+        def get_text_width_height_descent(self, s, prop, ismath):
+            if ismath:
+                return super().get_text_width_height_descent(s, prop, ismath)
+            return _line(s, *self._key(prop), self.dpi)[2]
+
         def draw_text(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):
-            if ismath or angle:
+            if ismath or angle or not gc.get_antialiased():
                 return super().draw_text(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
+            image, x_offset, (_, _, descent) = _line(s, *self._key(prop), self.dpi)
             halo = getattr(mtext, "halo_pt", 0.0) * self.dpi / 72
-            image, x_offset, descent = _line_bitmap(
-                s, tuple(prop.get_family()), prop.get_style(), prop.get_weight(),
-                prop.get_size_in_points(), self.dpi, bool(gc.get_antialiased()), halo)
+            if halo > 0:
+                image = _halo_bitmap(s, *self._key(prop), self.dpi, halo)
+                grow = int(np.ceil(halo))
+                x_offset, descent = x_offset - grow, descent + grow
             # draw_text_image takes the bitmap's left edge and bottom row (y downwards)
             self._renderer.draw_text_image(image, round(x + x_offset), round(y + descent) + 1,
                                            0, gc)
@@ -440,12 +456,12 @@ def _rc():
 
 @lru_cache(maxsize=4)
 def _measuring_figure(dpi: float):
-    """A figure and renderer used only to measure text (cached per resolution)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    """A figure and renderer used only to measure text (cached per resolution; the lines it
+    measures are the PNG renderer's, so a line measured for the layout is drawn from cache)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(1, 1), dpi=dpi)
-    return fig, FigureCanvasAgg(fig).get_renderer()
+    return fig, _agg_types()[0](fig).get_renderer()
 
 
 @lru_cache(maxsize=16384)
