@@ -781,7 +781,16 @@ def _stack_text(fig, layer, *, x: float, y: float, text: str, size: float,
                         dpi=fig.dpi, weight=weight)
     layer.add(partial(Text, x, y, wrapped, fontsize=size, fontweight=weight, color=colour,
                       ha="left", va=va, transform=fig.dpi_scale_trans, linespacing=1.25, gid=gid))
-    return text_extent(wrapped, size, weight, fig.dpi, 1.25)[1] / fig.dpi
+    return _lines_height(wrapped.count("\n") + 1, size, weight, fig.dpi, 1.25) / fig.dpi
+
+
+def _lines_height(lines: int, size: float, weight: str, dpi: float, linespacing: float
+                  ) -> float:
+    """Height in pixels of a Text of ``lines`` lines: with a fixed line spacing every line is
+    the font's line height whatever its glyphs (matplotlib ≥ 3.11; before that, lines with
+    glyphs taller than "lp" grew by a pixel or two), so paragraphs of new words are stacked
+    without measuring each of their lines (a few ms of FreeType layout per line)."""
+    return text_extent("\n".join(["lp"] * lines), size, weight, dpi, linespacing)[1]
 
 
 class _Legend:
