@@ -266,6 +266,28 @@ def test_png_is_opaque_rgb_with_the_pixels_matplotlib_draws(social):
     assert np.array_equal(np.asarray(png), drawn[..., :3])
 
 
+def test_svg_is_byte_for_byte_what_matplotlib_writes(social):
+    """The SVG writer's shortcuts (text extents cached per process, its own loop over legs,
+    arrowheads, states and places) change how fast it is, not one byte of the file
+    matplotlib's ``savefig`` writes (halos hidden and the halo CSS added, as in SVG)."""
+    from geoflow.static import _SVG_STYLE, _rc
+
+    fig, files = social
+    halos = [a for a in fig.artists if a.get_gid() == "halos"]
+    reference = io.BytesIO()
+    with _rc():
+        for layer in halos:
+            layer.set_visible(False)
+        try:
+            fig.savefig(reference, format="svg", metadata={"Date": None}, facecolor="white")
+        finally:
+            for layer in halos:
+                layer.set_visible(True)
+    expected = reference.getvalue().replace(b"</style>", _SVG_STYLE.encode() + b"\n  </style>",
+                                            1)
+    assert files["svg"].read_bytes() == expected
+
+
 def test_pdf_opens_with_fonts_embedded_and_text_searchable(social):
     from pypdf import PdfReader
 
