@@ -347,6 +347,24 @@ def _halo_bitmap(text: str, font_file: str, size: float, dpi: float, radius: flo
     return _dilate(_line(text, font_file, size, dpi)[0], radius)
 
 
+@lru_cache(maxsize=256)
+def _font_heights(font_file: str, size: float, dpi: float) -> tuple[float, float, float]:
+    """(ascent, descent, line gap) in pixels of the font, from its OS/2 or hhea table, as
+    ``Text`` computes them for every text it lays out (here once per font, size and dpi)."""
+    from matplotlib.font_manager import get_font
+
+    font = get_font(font_file)
+    for table_name, gap_key, ascent_key, descent_key in (
+            ("OS/2", "sTypoLineGap", "sTypoAscender", "sTypoDescender"),
+            ("hhea", "lineGap", "ascent", "descent")):
+        table = font.get_sfnt_table(table_name)
+        if table is None:
+            continue
+        scale = 1 / font.get_sfnt_table("head")["unitsPerEm"] * size * dpi / 72
+        return table[ascent_key] * scale, -table[descent_key] * scale, table[gap_key] * scale
+    return None, None, None
+
+
 @lru_cache(maxsize=8)
 def _disc(radius: float) -> tuple[tuple[int, int, int], ...]:
     """(dy, dx, weight out of 255) of every pixel a disc of ``radius`` covers, its rim
@@ -392,6 +410,9 @@ def _agg_types():
             if ismath:
                 return super().get_text_width_height_descent(s, prop, ismath)
             return _line(s, *self._key(prop), self.dpi)[2]
+
+        def _get_font_height_metrics(self, prop):  # Text._get_layout asks every time
+            return _font_heights(*self._key(prop), self.dpi)
 
         def draw_text(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):
             if ismath or angle or not gc.get_antialiased():
@@ -659,6 +680,7 @@ def _svg_renderer_type():
     context and colour parsing (which made a batch entity's legs cost ~30 ms)."""
     from matplotlib.backends.backend_svg import RendererSVG, _generate_css, _short_float_fmt
     from matplotlib.colors import rgb2hex
+    from matplotlib.font_manager import findfont
     from matplotlib.transforms import Affine2D
 
     class Renderer(RendererSVG):
@@ -667,6 +689,9 @@ def _svg_renderer_type():
                 return super().get_text_width_height_descent(s, prop, ismath)
             return _outline_extent(s, tuple(prop.get_family()), prop.get_style(),
                                    prop.get_weight(), prop.get_size_in_points())
+
+        def _get_font_height_metrics(self, prop):  # Text._get_layout asks every time
+            return _font_heights(findfont(prop), prop.get_size_in_points(), 72)
 
         def draw_path_collection(self, gc, master_transform, paths, all_transforms,
                                  offsets, offset_trans, facecolors, edgecolors, linewidths,
@@ -1050,13 +1075,12 @@ def _legend(scene, fig, layer, *, width_pt: float, size: float, px_pt: float,
 def _content(scene) -> tuple[np.ndarray, np.ndarray]:
     """Projected (lo, hi) corners of everything the scene draws (legs and points; else its
     bounds; else the whole base map)."""
-    xy = [project(np.asarray(leg.coords, dtype=float)) for leg in scene.legs if leg.coords]
-    xy += [project(np.array([[p.lon, p.lat] for p in layer.points]))
-           for layer in scene.points if layer.points]
-    xy = [a for a in xy if a.size]
-    if xy:
-        allxy = np.concatenate(xy)
-        return np.nanmin(allxy, axis=0), np.nanmax(allxy, axis=0)
+    lonlat = [np.asarray(leg.coords, dtype=float).reshape(-1, 2) for leg in scene.legs]
+    lonlat += [np.array([[p.lon, p.lat] for p in layer.points], dtype=float).reshape(-1, 2)
+               for layer in scene.points]
+    xy = project(np.concatenate(lonlat)) if lonlat else np.empty((0, 2))
+    if len(xy):
+        return np.nanmin(xy, axis=0), np.nanmax(xy, axis=0)
     if scene.bounds:
         (w, s), (e, n) = scene.bounds
         corners = project(np.array([[w, s], [w, n], [e, s], [e, n]], dtype=float))
