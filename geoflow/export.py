@@ -91,15 +91,23 @@ def formula_safe(frame: pd.DataFrame) -> pd.DataFrame:
             series = series.astype("string")
         if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
             continue
-        text = series.astype("string")
-        risky = text.str.contains(_FORMULA_START, regex=True).fillna(False)
+        risky = _formula_risk(series)
         if not risky.any():
             out[column] = series
             continue
+        text, risky = series.astype("string"), pd.Series(risky, index=series.index)
         numeric = pd.to_numeric(text.where(risky), errors="coerce").notna()
         fix = risky & ~numeric
         out[column] = text.mask(fix, "'" + text)
     return out
+
+
+def _formula_risk(series: pd.Series) -> np.ndarray:
+    """Whether each text cell starts like a formula (:data:`_FORMULA_START`), by one Arrow
+    regex over the column (a CSV is written per table, several per batch entity)."""
+    cells = pa.array(series.astype("string[pyarrow]").array)
+    starts = pc.match_substring_regex(cells, _FORMULA_START)
+    return pc.fill_null(starts, False).to_numpy(zero_copy_only=False)
 
 
 def markdown_text(text: object) -> str:

@@ -194,7 +194,9 @@ def _write(frame: pd.DataFrame, path: Path, **kwargs) -> None:
     import pyogrio
 
     try:
-        pyogrio.write_dataframe(_plain(frame), path, **kwargs)
+        # GDAL's Arrow path takes pandas strings and categoricals as they are
+        pyogrio.write_dataframe(frame if kwargs.get("use_arrow") else _plain(frame), path,
+                                **kwargs)
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError) as exc:
         raise OutputError(f"cannot write {kwargs.get('layer') or path.name}: {exc}",
                           path=str(path)) from exc
