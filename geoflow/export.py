@@ -105,7 +105,9 @@ def formula_safe(frame: pd.DataFrame) -> pd.DataFrame:
 def _formula_risk(series: pd.Series) -> np.ndarray:
     """Whether each text cell starts like a formula (:data:`_FORMULA_START`), by one Arrow
     regex over the column (a CSV is written per table, several per batch entity)."""
-    cells = pa.array(series.astype("string[pyarrow]").array)
+    values = series.array
+    cells = (values._pa_array if isinstance(values, pd.arrays.ArrowStringArray)
+             else pa.array(series.astype("string[pyarrow]").array))
     starts = pc.match_substring_regex(cells, _FORMULA_START)
     return pc.fill_null(starts, False).to_numpy(zero_copy_only=False)
 

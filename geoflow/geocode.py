@@ -28,6 +28,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from rapidfuzz import fuzz, process
 
 from geoflow.crossings import haversine_km
@@ -917,10 +919,9 @@ def _report(long: pd.DataFrame) -> pd.DataFrame:
     long = long.assign(level=long["level"].fillna(""), query=long["query"].fillna(""))
     grouped = long.groupby(keys, sort=False, dropna=False)
     first = grouped.first()
-    head = long[grouped.cumcount().to_numpy() < 5]
-    head = head.assign(line=head["line"].astype("string").fillna("?"))
-    lines = head.groupby(keys, sort=False, dropna=False)["line"].agg(" ".join)
-    first = first.assign(records=grouped.size(), first_lines=lines).reset_index()
+    lines = _first_lines(grouped.ngroup().to_numpy(), grouped.cumcount().to_numpy(),
+                         long["line"], grouped.ngroups)
+    first = first.assign(records=grouped.size(), first_lines=lines.to_numpy()).reset_index()
     # given coordinates vary per record: no single point or state describes the group
     first.loc[first["level"] == "coordinates", ["lat", "lon", "admin1"]] = pd.NA
     return _report_order(first)
@@ -948,13 +949,37 @@ def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     long = pd.concat(parts, ignore_index=True)
     keys = ["role", "query", "level"]
     grouped = long.groupby(keys, sort=False)
-    head = long[grouped.cumcount().to_numpy() < 5]
-    counts = grouped.size().rename("records").to_frame().join(
-        head.assign(line=head["line"].astype("string").fillna("?"))
-        .groupby(keys, sort=False)["line"].agg(" ".join).rename("first_lines"))
-    mine = report.drop(columns=["records", "first_lines"]).astype(
-        dict.fromkeys(keys, "string")).join(counts, on=keys, how="inner")
+    group, rank = grouped.ngroup().to_numpy(), grouped.cumcount().to_numpy()
+    firsts = long.iloc[np.flatnonzero(rank == 0)]  # one row per group, in group order
+    # each report row's group in ``records`` (−1: a place these records do not use)
+    at = pd.Index(_key_text(firsts)).get_indexer(_key_text(report))
+    mine = report.iloc[np.flatnonzero(at >= 0)].astype(dict.fromkeys(keys, "string"))
+    at = at[at >= 0]
+    lines = _first_lines(group, rank, long["line"], grouped.ngroups)
+    mine = mine.assign(records=np.bincount(group, minlength=grouped.ngroups)[at],
+                       first_lines=lines.to_numpy()[at])
     return _report_order(mine)
+
+
+def _key_text(frame: pd.DataFrame) -> np.ndarray:
+    """One text per (role, query, level) of a report or its long form, to match them."""
+    parts = [pa.array(frame[c].astype("string[pyarrow]").array).cast(pa.string())
+             for c in ("role", "query", "level")]
+    return pc.binary_join_element_wise(*parts, "\x1f").to_numpy(zero_copy_only=False)
+
+
+def _first_lines(group: np.ndarray, rank: np.ndarray, lines: pd.Series, n: int) -> pd.Series:
+    """The first five source lines of each group 0..n-1 (``rank`` = position within its
+    group), joined with spaces; ``?`` for an unknown line. Five Arrow columns joined at
+    once, not a Python join per group."""
+    text = lines.astype("string").fillna("?").to_numpy(dtype=object)
+    columns = []
+    for r in range(5):
+        column = np.full(n, None, dtype=object)
+        column[group[rank == r]] = text[rank == r]
+        columns.append(pa.array(column, type=pa.string()))
+    joined = pc.binary_join_element_wise(*columns, " ", null_handling="skip")
+    return pd.Series(joined.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _report_order(report: pd.DataFrame) -> pd.DataFrame:

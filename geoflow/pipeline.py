@@ -400,14 +400,16 @@ def _encode(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def _unplaced(records: pd.DataFrame) -> pd.DataFrame:
-    rows = records[~records["placed"].to_numpy(dtype=bool)]
-    out = pd.DataFrame(index=rows.index)
+    """unplaced.csv: the records without a flow, their line, reason and raw places."""
+    rows = np.flatnonzero(~records["placed"].to_numpy(dtype=bool))
+    columns = {}
     for column in UNPLACED_COLUMNS:
         source = {"line": "source_line", "reason": "unplaced_reason"}.get(column, column)
-        value = rows.get(source, pd.NA)
-        out[column] = value.astype(object) if isinstance(value, pd.Series) else value
-    out = out.astype({c: "string" for c in UNPLACED_COLUMNS if c not in ("line", "guns")})
-    out = out.astype({"line": "Int64", "guns": "Int64"})
+        dtype = "Int64" if column in ("line", "guns") else "string"
+        values = (records[source].iloc[rows].to_numpy(dtype=object)
+                  if source in records.columns else [pd.NA] * len(rows))
+        columns[column] = pd.array(values, dtype=dtype)
+    out = pd.DataFrame(columns)
     return out.sort_values("line", kind="stable").reset_index(drop=True)
 
 
