@@ -211,13 +211,16 @@ def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame],
     QGIS shows). Written through Arrow (GDAL's columnar path: 2-3× faster than feature by
     feature, the same values read back). GDAL's timestamps are fixed
     (``OGR_CURRENT_DATE`` = :data:`GPKG_DATE`), so the same result gives the same bytes.
-    SQLite does not sync each layer to disk (``OGR_SQLITE_SYNCHRONOUS=OFF``: 10× faster); the
-    file is written in the run's temporary folder, which replaces OUT only when complete."""
+    SQLite neither syncs each layer to disk (``OGR_SQLITE_SYNCHRONOUS=OFF``: 10× faster) nor
+    keeps a rollback journal (``journal_mode=OFF``: a fifth faster for a batch entity's small
+    layers); the file is written in the run's temporary folder, which replaces OUT only when
+    complete, so a crash leaves no half-written GeoPackage behind."""
     import pyogrio
 
     path = Path(path)
     about = about or {}
-    settings = {"OGR_CURRENT_DATE": GPKG_DATE, "OGR_SQLITE_SYNCHRONOUS": "OFF"}
+    settings = {"OGR_CURRENT_DATE": GPKG_DATE, "OGR_SQLITE_SYNCHRONOUS": "OFF",
+                "OGR_SQLITE_PRAGMA": "journal_mode=OFF"}
     previous = {key: pyogrio.get_gdal_config_option(key) for key in settings}
     pyogrio.set_gdal_config_options(settings)
     try:
