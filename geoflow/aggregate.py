@@ -306,8 +306,8 @@ def _span_and_median(
 
     The median leaves out impossible intervals (recovery before purchase, flagged by the
     reader as ``flag_recovery_before_purchase``) as it does missing dates. Plain numpy over
-    the group codes: a batch calls this a few times per entity, where pandas' grouped
-    aggregation costs more to set up than to run."""
+    the group codes for the dates: a batch calls this a few times per entity, where pandas'
+    named aggregation costs more to set up than to run."""
     dates = pd.to_datetime(records["purchase_date"]).to_numpy(dtype="datetime64[ns]")
     ttc = possible_ttc(records)
     weights = gun_weights(records)
@@ -316,9 +316,12 @@ def _span_and_median(
     n = len(index)
     inside = (group >= 0) & (group < n)
     first, last = _date_span(group[inside], dates[inside], n)
-    median = weighted_median(group[inside], ttc[inside], weights[inside], n)
-    return (pd.Series(first, index=index), pd.Series(last, index=index),
-            pd.Series(median, index=index))
+    if (weights != 1).any():  # a count table's row stands for several guns
+        median = pd.Series(weighted_median(group[inside], ttc[inside], weights[inside], n),
+                           index=index)
+    else:
+        median = pd.Series(ttc).groupby(group, sort=True).median().reindex(index)
+    return pd.Series(first, index=index), pd.Series(last, index=index), median
 
 
 def _date_span(group: np.ndarray, dates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
