@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import shapely
 
 from geoflow.errors import OutputError
+from geoflow.shapes import ShapeCache
 
 __all__ = [
     "GENERATOR",
@@ -251,13 +252,29 @@ _GEOJSON_TYPES = {0: "Point", 1: "LineString", 3: "Polygon", 4: "MultiPoint",
                   5: "MultiLineString", 6: "MultiPolygon"}
 
 
+#: GeoJSON texts of polygons, made once per process: the only polygons written are the
+#: shipped state outlines, the very same objects in every output set of a batch.
+_POLYGON_TEXTS = ShapeCache()
+
+
 def _geometry_texts(geometries: np.ndarray) -> np.ndarray:
     """GeoJSON geometry texts: exteriors counter-clockwise, coordinates rounded to 6 decimals
     and written as their shortest decimal (:func:`number_texts`; GEOS would write
-    ``-116.94580499999999``), ``null`` for missing or empty.
+    ``-116.94580499999999``), ``null`` for missing or empty. Polygons' texts are cached per
+    shape object (:class:`~geoflow.shapes.ShapeCache`)."""
+    polygonal = np.isin(shapely.get_type_id(geometries), (3, 6))  # Polygon, MultiPolygon
+    if not polygonal.any():
+        return _new_geometry_texts(geometries)
+    texts = np.empty(len(geometries), dtype=object)
+    texts[~polygonal] = _new_geometry_texts(geometries[~polygonal])
+    texts[polygonal] = _POLYGON_TEXTS.get(list(geometries[polygonal]), _new_geometry_texts)
+    return texts
 
-    Per geometry type: the coordinates of all its geometries as one ragged array, texts
-    joined level by level (ring, polygon, multi-polygon) with Arrow list kernels."""
+
+def _new_geometry_texts(geometries: np.ndarray) -> np.ndarray:
+    """:func:`_geometry_texts` without the cache. Per geometry type: the coordinates of all
+    its geometries as one ragged array, texts joined level by level (ring, polygon,
+    multi-polygon) with Arrow list kernels."""
     types = shapely.get_type_id(geometries)
     polygonal = np.isin(types, (3, 6))  # Polygon, MultiPolygon
     if polygonal.any():

@@ -75,6 +75,7 @@ from geoflow.aggregate import plural
 from geoflow.errors import ConfigError
 from geoflow.flows import state_guns
 from geoflow.schema import SYNTHETIC_LABEL
+from geoflow.shapes import ShapeCache
 
 __all__ = [
     "ATTRIBUTION",
@@ -386,34 +387,6 @@ def _guns(values: Any) -> np.ndarray:
 
 def _text(series: pd.Series) -> pd.Series:
     return series.astype("string").fillna("")
-
-
-class ShapeCache:
-    """Results derived from a shape, kept per shape *object* for the life of the process.
-
-    Every output set of a batch draws the same shipped state outlines (the very same shapely
-    objects: ``shapes.load_states`` reads them once per process), so what is derived from them
-    (simplified outlines, their GeoJSON) is made once per worker, not once per entity. Keyed by
-    identity; the shape is held, so its id is never reused while cached. Bounded: cleared when
-    full.
-    """
-
-    def __init__(self, limit: int = 4096) -> None:
-        self.limit = limit
-        self._items: dict[int, tuple[Any, Any]] = {}
-
-    def get(self, shapes: Sequence[Any], make: Any) -> list[Any]:
-        """``make(missing)`` → derived values for the shapes not cached yet (one vectorised
-        call); returns the derived value of every shape, in order."""
-        hits = [self._items.get(id(g)) for g in shapes]
-        missing = [i for i, hit in enumerate(hits) if hit is None or hit[0] is not shapes[i]]
-        if missing:
-            made = make(np.asarray([shapes[i] for i in missing], dtype=object))
-            if len(self._items) + len(missing) > self.limit:
-                self._items.clear()
-            for i, value in zip(missing, made, strict=True):
-                hits[i] = self._items[id(shapes[i])] = (shapes[i], value)
-        return [hit[1] for hit in hits]
 
 
 _OUTLINES = ShapeCache()

@@ -8,16 +8,20 @@ licences and simplification tolerance are in ``shapes/README.md``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib.resources import as_file, files
 from importlib.resources.abc import Traversable
+from typing import Any
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 
 from geoflow.errors import InputError
 
-__all__ = ["DATA_PACKAGE", "data_file", "load_states", "load_state_names", "load_state_points"]
+__all__ = ["DATA_PACKAGE", "ShapeCache", "data_file", "load_states", "load_state_names",
+           "load_state_points"]
 
 #: The package that carries the shipped data files.
 DATA_PACKAGE = "geoflow.shapes_data"
@@ -94,3 +98,31 @@ def load_state_points() -> pd.DataFrame:
     True
     """
     return _state_points().copy()
+
+
+class ShapeCache:
+    """Results derived from a shape, kept per shape *object* for the life of the process.
+
+    Every output set of a batch draws the same shipped state outlines (the very same shapely
+    objects: ``shapes.load_states`` reads them once per process), so what is derived from them
+    (simplified outlines, their GeoJSON) is made once per worker, not once per entity. Keyed by
+    identity; the shape is held, so its id is never reused while cached. Bounded: cleared when
+    full.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._items: dict[int, tuple[Any, Any]] = {}
+
+    def get(self, shapes: Sequence[Any], make: Any) -> list[Any]:
+        """``make(missing)`` → derived values for the shapes not cached yet (one vectorised
+        call); returns the derived value of every shape, in order."""
+        hits = [self._items.get(id(g)) for g in shapes]
+        missing = [i for i, hit in enumerate(hits) if hit is None or hit[0] is not shapes[i]]
+        if missing:
+            made = make(np.asarray([shapes[i] for i in missing], dtype=object))
+            if len(self._items) + len(missing) > self.limit:
+                self._items.clear()
+            for i, value in zip(missing, made, strict=True):
+                hits[i] = self._items[id(shapes[i])] = (shapes[i], value)
+        return [hit[1] for hit in hits]

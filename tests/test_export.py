@@ -272,3 +272,22 @@ def test_numbers_are_written_as_their_shortest_rounded_decimal(tmp_path):
     assert [f["geometry"]["type"] for f in shapes_back] == ["Polygon", "MultiPolygon",
                                                              "LineString"]
     assert shapes_back[1]["geometry"]["coordinates"][1][0][0] == [0.3, 0.2]
+
+
+def test_state_outlines_written_from_cache_match_fresh_text_in_mixed_layers():
+    """A batch writes the same state outlines in every output set: their GeoJSON text comes
+    from a per-process cache, and must equal the fresh text and keep each row's place among
+    points, lines and missing geometries."""
+    from geoflow.export import _geometry_texts, _new_geometry_texts
+    from geoflow.shapes import load_states
+
+    outlines = load_states().geometry.to_numpy()[:3]
+    mixed = np.array([shapely.Point(-99.5, 27.5), outlines[0], None, outlines[1],
+                      shapely.LineString([(0, 0), (1, 1)]), outlines[2]], dtype=object)
+    fresh = _new_geometry_texts(mixed)
+    for _ in range(2):  # the second call is served from the cache
+        texts = _geometry_texts(mixed)
+        assert list(texts) == list(fresh)
+    assert texts[2] == "null"
+    assert json.loads(texts[0]) == {"type": "Point", "coordinates": [-99.5, 27.5]}
+    assert json.loads(texts[1])["type"] in ("Polygon", "MultiPolygon")
