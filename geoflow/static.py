@@ -320,7 +320,7 @@ def _new_figure(size: StillSize):
 # are untouched (text stays text; halos there are CSS or stroked outlines).
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=4096)  # a few KB a line: a long batch's worker keeps ~20 MB at most
 def _line(text: str, font_file: str, size: float, dpi: float
           ) -> tuple[np.ndarray, float, tuple[float, float, float]]:
     """One line of text in ``font_file`` as FreeType renders it in Agg (hinted, anti-aliased):
@@ -339,7 +339,7 @@ def _line(text: str, font_file: str, size: float, dpi: float
     return np.array(font.get_image(), dtype=np.uint8), font.get_bitmap_offset()[0] / 64.0, extent
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=2048)
 def _halo_bitmap(text: str, font_file: str, size: float, dpi: float, radius: float
                  ) -> np.ndarray:
     """The line's bitmap grown by a disc of ``radius`` pixels (so ``ceil(radius)`` pixels

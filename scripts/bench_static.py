@@ -8,8 +8,10 @@ Usage::
 
 Each figure is wall time and CPU time of this process (on a shared machine the CPU time is the
 steadier of the two). "cold" includes importing matplotlib and projecting the base map once;
-batch entities after the first reuse both, as a batch worker does. A batch entity's stills are
-timed apart from its scene, which map.html shares.
+batch entities after the first reuse both, as a batch worker does (and its per-process caches:
+text already laid out, the renderer). A batch entity's stills are timed apart from its scene,
+which map.html shares, and split into drawing the figure, map.svg and map.png (what
+``write_stills`` does). Compare versions in alternate runs: the machine is shared.
 """
 
 from __future__ import annotations
@@ -53,7 +55,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         with Clock() as cold:
-            from geoflow.static import base_map, draw_scene, figure_bytes, write_stills
+            from geoflow.static import (
+                RUN_STILLS,
+                base_map,
+                draw_scene,
+                figure_bytes,
+                save_figure,
+                write_stills,
+            )
 
             base_map()
             write_stills(build_scene(result), out)
@@ -73,22 +82,28 @@ def main() -> None:
         records = prepared.records
         entities = list_entities(records, args.kind, min_guns=args.min_guns, show_names=False)
         keys = entity_keys(records, args.kind)
-        times: list[tuple[Clock, Clock]] = []
+        times: list[dict[str, Clock]] = []
         for key in entities["key"]:
             subset = records[(keys == key).to_numpy(dtype=bool)]
             entity = analyse(prepared, records=subset)
-            with Clock() as scene_clock:
+            clocks: dict[str, Clock] = {}
+            with Clock() as clocks["scene"]:
                 scene = build_scene(entity)
-            with Clock() as clock:
-                write_stills(scene, out)
-            times.append((scene_clock, clock))
+            with Clock() as clocks["draw"]:  # write_stills, step by step
+                fig = draw_scene(scene, size="wide")
+            for name in RUN_STILLS:
+                with Clock() as clocks[name]:
+                    save_figure(fig, out / name)
+            times.append(clocks)
         rest = times[1:] or times
+        first = sum(times[0][part].cpu for part in ("draw", *RUN_STILLS))
         print(f"batch --per {args.kind}: {len(times)} entities; stills of the first "
-              f"{times[0][1]} (+ scene {times[0][0]})")
+              f"{first:.3f} s CPU (+ scene {times[0]['scene']})")
         for what in ("wall", "cpu"):
-            for label, values in (
-                    ("stills (draw, map.svg, map.png)", [getattr(t, what) for _, t in rest]),
-                    ("scene (shared with map.html)", [getattr(s, what) for s, _ in rest])):
+            for label, parts in (("stills (draw, map.svg, map.png)", ("draw", *RUN_STILLS)),
+                                 ("  draw", ("draw",)), *((f"  {n}", (n,)) for n in RUN_STILLS),
+                                 ("scene (shared with map.html)", ("scene",))):
+                values = [sum(getattr(t[part], what) for part in parts) for t in rest]
                 print(f"  after the first, {label} ({what}): mean "
                       f"{statistics.mean(values):.3f} s, median "
                       f"{statistics.median(values):.3f} s, max {max(values):.3f} s")
