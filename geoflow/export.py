@@ -107,8 +107,9 @@ def _formula_risk(series: pd.Series) -> np.ndarray:
     """Whether each text cell starts like a formula (:data:`_FORMULA_START`), by one Arrow
     regex over the column (a CSV is written per table, several per batch entity)."""
     values = series.array
-    cells = (values._pa_array if isinstance(values, pd.arrays.ArrowStringArray)
-             else pa.array(series.astype("string[pyarrow]").array))
+    if not isinstance(values, pd.arrays.ArrowStringArray):  # Arrow text is taken as it is
+        values = series.astype("string[pyarrow]").array
+    cells = pa.array(values)
     starts = pc.match_substring_regex(cells, _FORMULA_START)
     return pc.fill_null(starts, False).to_numpy(zero_copy_only=False)
 
