@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -183,8 +184,8 @@ def render_index(
     """The batch's ``index.html``: one sortable row per entity, linking to its map.
 
     ``entities`` has ``label``, ``guns``, ``placed``, ``purchasers``, ``dealers``, ``href``
-    (relative link to the entity's map) and ``folder``. Every value is escaped; the page loads
-    nothing from the network. ``synthetic`` puts the synthetic-data banner on top.
+    (relative link to the entity's map) and ``folder``; rows come most guns first. Every value
+    is escaped; the page loads nothing from the network. ``synthetic`` puts the synthetic-data banner on top.
     """
     singular, plural = _KIND_TITLES[kind]
     total_guns = int((totals or {}).get("guns", entities["guns"].sum() if len(entities) else 0))
@@ -194,10 +195,14 @@ def render_index(
     names = {"placed": "Placed on map", "purchasers": "Purchasers", "dealers": "Dealers"}
     header = (
         f'<tr><th scope="col">{_esc(singular)}</th>'
-        '<th scope="col" class="n">Guns</th><th scope="col" class="n">Share</th>'
+        '<th scope="col" class="n" aria-sort="descending">Guns</th>'
+        '<th scope="col" class="n">Share</th>'
         + "".join(f'<th scope="col" class="n">{names[c]}</th>' for c in counts)
         + '<th scope="col">Files</th></tr>'
     )
+    if len(entities):  # most guns first, as the Guns heading says
+        entities = entities.sort_values(["guns", "label"], ascending=[False, True],
+                                        kind="stable")
     rows = []
     for row in entities.itertuples(index=False):  # one row per entity written
         share = row.guns / total_guns if total_guns else 0.0
@@ -334,8 +339,24 @@ _WORKER: dict[str, Any] = {}
 def _worker_init(shared: dict[str, Any]) -> None:
     from geoflow import pipeline
 
+    # Ctrl-C reaches the whole process group: the main process alone decides to stop, and
+    # stops the workers (a worker's own KeyboardInterrupt would only print a traceback)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.update(shared)
     logging.getLogger(pipeline.log.name).setLevel(logging.WARNING)
+
+
+def _stop_workers(pool: ProcessPoolExecutor, others: set[Any]) -> None:
+    """Drop the queued entities and end the running ones, before the batch's temporary folder
+    is removed (a worker left running would write into it, or recreate it). ``others``: the
+    process's children from before the pool, which are left alone."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    workers = [child for child in multiprocessing.active_children() if child not in others]
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.join()
+    pool.shutdown(wait=True)
 
 
 def _worker_task(rows: Any, description: str, folder: Path, label: str,
@@ -405,13 +426,19 @@ def run_batch(
         else:
             shared = {"prepared": prepared, "options": options, "records": records,
                       "write": write, "map_options": map_options}
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_worker_init, initargs=(shared,)) as pool:
+            others = set(multiprocessing.active_children())
+            pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_worker_init, initargs=(shared,))
+            try:
                 futures = [pool.submit(_worker_task, *task) for task in tasks]
                 for future in as_completed(futures):
                     label = future.result()  # a worker's error stops the batch here
                     if progress is not None:
                         progress(label)
+            except BaseException:  # an error, Ctrl-C or SIGTERM: stop now, not after the queue
+                _stop_workers(pool, others)
+                raise
+            pool.shutdown()
         notes = _accounting_notes(accounting, singular=singular.lower(),
                                   plural=plural.split(" (")[0].lower())
         html = render_index(table, kind=kind, title=title, description=description,

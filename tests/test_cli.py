@@ -581,10 +581,12 @@ def test_index_page_in_headless_chromium(sample_by_trafficker, browser):
                  "+r.cells[1].dataset.value)"
     initial = page.evaluate(first_guns)
     assert initial == sorted(initial, reverse=True)
+    guns_sort = "document.querySelectorAll('thead th')[1].getAttribute('aria-sort')"
+    assert page.evaluate(guns_sort) == "descending"  # the heading says how rows come
+    page.screenshot(Path(__file__).parent / "artifacts" / "batch_index.png")  # as it opens
     page.evaluate("document.querySelectorAll('thead th')[1].click()")  # Guns: ascending
     assert page.evaluate(first_guns) == sorted(initial)
-    assert page.evaluate("document.querySelectorAll('thead th')[1].getAttribute('aria-sort')"
-                         ) == "ascending"
+    assert page.evaluate(guns_sort) == "ascending"
     page.evaluate("document.querySelectorAll('thead th')[0].click()")  # names: A→Z
     labels = page.evaluate("Array.from(document.querySelectorAll('tbody tr'))"
                            ".map(r => r.cells[0].textContent)")
@@ -597,7 +599,6 @@ def test_index_page_in_headless_chromium(sample_by_trafficker, browser):
         assert Path(link.removeprefix("file://")).is_file()
     assert page.console_errors == []
     assert page.external_requests() == []
-    page.screenshot(Path(__file__).parent / "artifacts" / "batch_index.png")
     page.close()
 
 

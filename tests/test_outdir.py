@@ -261,3 +261,83 @@ def test_signals_mid_write_leave_out_and_its_folder_as_they_were(tmp_path, small
             if proc.poll() is None:
                 proc.kill()
             proc.communicate()
+
+
+#: Loaded at start-up by every Python process of the batch below, the spawned workers
+#: included: each CSV write is announced (one marker per process) and then stalls.
+_STALLING_SITE = textwrap.dedent("""
+    import os, signal, time
+    from pathlib import Path
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (see above)
+    import geoflow.pipeline as pipeline
+    real = pipeline.write_csv
+    def stall(frame, path, **options):
+        real(frame, path, **options)
+        Path(os.environ["GEOFLOW_TEST_MARKERS"], str(os.getpid())).touch()
+        time.sleep(120)
+    pipeline.write_csv = stall
+""")
+
+
+def _session_processes(session: int) -> list[int]:
+    """Live processes of a session (Linux /proc; the batch's workers inherit its session)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_interrupting_a_parallel_batch_stops_it_and_its_workers(tmp_path, small_input):
+    """Ctrl-C reaches a terminal's whole process group, ``kill`` the main process only; either
+    way the batch stops at once (not after every queued entity), leaving OUT as it was."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_STALLING_SITE)
+    cases = {"int": signal.SIGINT, "term": signal.SIGTERM}
+    procs = {}
+    for name in cases:
+        home, markers = tmp_path / name, tmp_path / name / "markers"
+        markers.mkdir(parents=True)
+        out = _geoflow_folder(home / "out")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "GEOFLOW_TEST_MARKERS": str(markers),
+               "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+        procs[name] = (home, out, markers, _snapshot(out), subprocess.Popen(
+            [sys.executable, "-c", "import sys; from geoflow.cli import main; "
+             "sys.argv = ['geoflow', *sys.argv[1:]]; main()",
+             "-q", "run", str(small_input), "--per", "state", "--jobs", "2", "-o", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            start_new_session=True))
+    try:
+        deadline = time.monotonic() + 240
+        for name, (home, _, markers, _, proc) in procs.items():
+            while len(list(markers.iterdir())) < 2:  # both workers are writing an entity
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the {name} batch never had two workers writing: "
+                                f"{proc.communicate()[1][-2000:]}")
+                time.sleep(0.05)
+            assert str(proc.pid) not in {m.name for m in markers.iterdir()}  # workers write
+            if name == "int":
+                os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+            else:
+                proc.send_signal(signal.SIGTERM)
+        for name, (home, out, _, before, proc) in procs.items():
+            # each queued entity would stall two minutes: a batch that finished its queue
+            # first would run into this timeout
+            _, stderr = proc.communicate(timeout=90)
+            assert proc.returncode == (130 if name == "int" else 143), stderr
+            assert "Traceback" not in stderr, stderr
+            assert stderr.strip().splitlines()[-1].startswith("error: interrupted (")
+            assert _snapshot(out) == before, name  # OUT untouched
+            assert sorted(p.name for p in home.iterdir()) == ["markers", "out"]  # no temp
+            assert _session_processes(proc.pid) == [], name  # no worker left behind
+    finally:
+        for *_, proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
