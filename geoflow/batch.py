@@ -185,7 +185,8 @@ def render_index(
 
     ``entities`` has ``label``, ``guns``, ``placed``, ``purchasers``, ``dealers``, ``href``
     (relative link to the entity's map) and ``folder``; rows come most guns first. Every value
-    is escaped; the page loads nothing from the network. ``synthetic`` puts the synthetic-data banner on top.
+    is escaped; the page loads nothing from the network. ``synthetic`` puts the synthetic-data
+    banner on top.
     """
     singular, plural = _KIND_TITLES[kind]
     total_guns = int((totals or {}).get("guns", entities["guns"].sum() if len(entities) else 0))

@@ -315,7 +315,7 @@ def test_interrupting_a_parallel_batch_stops_it_and_its_workers(tmp_path, small_
             start_new_session=True))
     try:
         deadline = time.monotonic() + 240
-        for name, (home, _, markers, _, proc) in procs.items():
+        for name, (_, _, markers, _, proc) in procs.items():
             while len(list(markers.iterdir())) < 2:  # both workers are writing an entity
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"the {name} batch never had two workers writing: "
