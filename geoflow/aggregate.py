@@ -278,15 +278,9 @@ def group_stats(records: pd.DataFrame, group: np.ndarray, n_groups: int) -> Grou
     index = pd.RangeIndex(n_groups)
     weights = gun_weights(records)
     guns = weighted_count(group, weights, n_groups)
-    pid, uniques = _codes(records["purchaser_id"])
+    pid, ids = _item_codes(records["purchaser_id"])
     top, top_count, distinct = top_item(group, pid, n_groups, weights)
-    label_col = "purchaser_label" if "purchaser_label" in records else "purchaser_id"
-    labels = _labels_by_code(pid, records[label_col], len(uniques))
-    top_label = pd.Series(
-        pd.array(np.where(top >= 0, labels[np.maximum(top, 0)], None), dtype="string")
-        if len(labels) else pd.array([pd.NA] * n_groups, dtype="string"),
-        index=index,
-    )
+    top_label = pd.Series(_labels_of(top, pid, ids, records), index=index)
     first, last, median = _span_and_median(records, group, index)
     return GroupStats(
         guns=guns,
@@ -367,6 +361,35 @@ def recovery_codes(records: pd.DataFrame) -> np.ndarray:
     unknown = (records["recovery_place"].isna() & records["recovery_lat"].isna()
                & records["recovery_lon"].isna()).to_numpy(dtype=bool)
     return np.where(unknown, -1, codes)
+
+
+def _item_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Codes in the order of :func:`_codes` (−1 for NA) and the values they stand for, to
+    count items within groups: a categorical's own codes when its categories are sorted (no
+    factorising of millions of names per call; codes of values not present never occur)."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype) and dtype.categories.is_monotonic_increasing:
+        return values.cat.codes.to_numpy(dtype=np.int64), dtype.categories
+    return _codes(values)
+
+
+def _labels_of(wanted: np.ndarray, codes: np.ndarray, ids: pd.Index,
+               records: pd.DataFrame) -> pd.api.extensions.ExtensionArray:
+    """Display label of each purchaser code in ``wanted`` (−1: NA) for purchaser ``codes``
+    per record over ``ids``: the id itself when ``purchaser_label`` is the id (pseudonyms),
+    else the first label seen with the code. Only the wanted codes are looked up."""
+    labels = records.get("purchaser_label")
+    known = wanted >= 0
+    out = np.full(len(wanted), None, dtype=object)
+    if labels is None or labels.equals(records["purchaser_id"]):
+        out[known] = np.asarray(ids.take(wanted[known]), dtype=object)
+        return pd.array(out, dtype="string")
+    valid = np.flatnonzero(codes >= 0)
+    firsts = pd.Series(codes[valid]).drop_duplicates(keep="first")  # hashing, no sort
+    at = pd.Series(valid[firsts.index.to_numpy()], index=firsts.to_numpy())
+    taken = pd.Series(labels.array.take(at.reindex(wanted[known]).to_numpy()))
+    out[known] = taken.astype(object).where(taken.notna(), None).to_numpy()
+    return pd.array(out, dtype="string")
 
 
 def _labels_by_code(codes: np.ndarray, labels: pd.Series, n: int) -> np.ndarray:
@@ -529,8 +552,7 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
     n = len(ids)
     rows = np.flatnonzero(group_all >= 0)  # records with a purchaser
     group = group_all[rows]
-    label_col = "purchaser_label" if "purchaser_label" in records else "purchaser_id"
-    labels = _labels_by_code(group_all, records[label_col], n)
+    labels = _labels_of(np.arange(n), group_all, ids, records)
     dealer_all, dealer_ids = _codes(records["dealer_id"])
     dealer = dealer_all[rows]
     weights = gun_weights(records)[rows]
