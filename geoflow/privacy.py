@@ -222,17 +222,39 @@ def _in_batches(names: pd.Series, work: Callable[[pd.Series], pd.Series]) -> pd.
                       for start in range(0, len(names), _BATCH)])
 
 
+#: A name already in normal form: lower-case letters and digits, single spaces inside.
+_CLEAN_NAME = r"^[a-z0-9]+( [a-z0-9]+)*$"
+
+
 def normalise_names(names: pd.Series) -> pd.Series:
     """Accent-, case- and spacing-insensitive form of each name (NA stays NA).
 
     >>> normalise_names(pd.Series(["  José  DE LA-Rosa "])).tolist()
     ['jose de la rosa']
     """
-    text = names.astype("string")
-    text = text.str.normalize("NFKD").str.encode("ascii", errors="ignore").str.decode("ascii")
-    text = text.astype("string").str.casefold()
-    text = text.str.replace(r"[^0-9a-z]+", " ", regex=True).str.strip()
-    return text.mask(text == "")
+    text = pa.array(names.astype("string").array)
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    # ASCII (nearly every name): no Unicode to decompose, casefold is lower-casing, and the
+    # clean ones ("jose de la rosa") need no regex rewrite; all in Arrow, no Python string
+    lower = pc.ascii_lower(text)
+    clean = pc.fill_null(pc.match_substring_regex(lower, _CLEAN_NAME), True)
+    if pc.all(clean).as_py():
+        out = pd.Series(pd.array(lower, dtype="string"), index=names.index)
+    else:
+        dirty = pc.invert(clean)
+        rewritten = pc.utf8_trim(pc.replace_substring_regex(lower.filter(dirty),
+                                                            r"[^0-9a-z]+", " "), " ")
+        fixed = pc.replace_with_mask(lower, dirty, rewritten)
+        out = pd.Series(pd.array(fixed, dtype="string"), index=names.index)
+        others = np.flatnonzero(~pc.fill_null(pc.string_is_ascii(text), True).to_numpy(
+            zero_copy_only=False))
+        if len(others):  # the rest as match_key does it (Python's Unicode tables)
+            rest = names.iloc[others].astype("string").str.normalize("NFKD")
+            rest = rest.str.encode("ascii", errors="ignore").str.decode("ascii")
+            rest = rest.astype("string").str.casefold()
+            out.iloc[others] = rest.str.replace(r"[^0-9a-z]+", " ", regex=True).str.strip()
+    return out.mask(out == "")
 
 
 def _unique_ids(normal: pd.Series, key: PseudonymKey | bytes | str | None) -> pd.Series:

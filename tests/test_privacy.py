@@ -124,3 +124,23 @@ def test_pseudonym_hash_is_standard_hmac_sha256(secret):
     hexdigest = privacy._hmac_sha256(secret)
     for message in (b"", b"rogelio barajas", "josé".encode(), b"a" * 300):
         assert hexdigest(message) == hmac.digest(secret, message, "sha256").hex()
+
+
+def test_name_normalisation_is_match_key_for_any_text():
+    """Names are normalised in Arrow (ASCII) or pandas (the rest); either way a name gets
+    the form ``--trafficker NAME`` matches with (``select.match_key``), so a filter finds
+    exactly the people who share a pseudonym."""
+    from geoflow.select import match_key
+
+    names = pd.Series(
+        ["  José  DE LA-Rosa ", "STRAßE", "ﬁnal", "ＦＵＬＬ", "İstanbul", "Ωmega", "😀 Bob",
+         "e\u0301", "", "   ", None, "ǅemo", "Ⅻ", "½ Pint", "\u00a0nbsp\u2003x", "O'Brien",
+         "a\tb\nc", "ﬀ", "Ⓐbc", "𝐀𝐁", "\x00x", "ı", "ABC", "a  b", " a", "x_y", "!!!",
+         "rogelio barajas", "Rogelio Barajas", "ROGELIO  BARAJAS."] * 3,
+        dtype="string", index=range(500, 590))
+    normal = privacy.normalise_names(names)
+    assert normal.index.equals(names.index)
+    expected = [None if pd.isna(name) or not match_key(name) else match_key(name)
+                for name in names]
+    assert [None if pd.isna(v) else v for v in normal] == expected
+    assert normal.iloc[-3:].nunique() == 1  # one person, one pseudonym
