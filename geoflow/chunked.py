@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 
 from geoflow.aggregate import RECORDS_COLUMN, unplace_duplicates
 from geoflow.io import SeenRecords, read_traces, warning_key
+from geoflow.privacy import arrow_text
 
 __all__ = [
     "CHUNK_BYTES",
@@ -244,7 +245,7 @@ class NameTable:
 
     def codes(self, values: pd.Series) -> np.ndarray:
         """Codes of ``values`` (names new to the table are added)."""
-        text = pa.chunked_array([pa.array(values.astype("string").array)]).combine_chunks()
+        text = arrow_text(values)
         encoded = pc.dictionary_encode(text.cast(pa.large_string()))
         uniques = encoded.dictionary
         at = np.full(len(uniques), -1, dtype=np.int64)

@@ -51,6 +51,7 @@ __all__ = [
     "as_key",
     "resolve_key",
     "normalise_names",
+    "arrow_text",
     "pseudonym",
     "pseudonymise",
     "hide_names",
@@ -222,6 +223,14 @@ def _in_batches(names: pd.Series, work: Callable[[pd.Series], pd.Series]) -> pd.
                       for start in range(0, len(names), _BATCH)])
 
 
+def arrow_text(values: pd.Series) -> pa.Array:
+    """``values`` as one Arrow string array (no Python string per value). A pandas Arrow
+    column is often many chunks: they are combined in Arrow (``pa.chunked_array([...])``
+    around a chunked array would go through Python objects, seconds per million)."""
+    text = pa.array(values.astype("string").array)
+    return text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+
+
 #: A name already in normal form: lower-case letters and digits, single spaces inside.
 _CLEAN_NAME = r"^[a-z0-9]+( [a-z0-9]+)*$"
 
@@ -232,9 +241,7 @@ def normalise_names(names: pd.Series) -> pd.Series:
     >>> normalise_names(pd.Series(["  José  DE LA-Rosa "])).tolist()
     ['jose de la rosa']
     """
-    text = pa.array(names.astype("string").array)
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
+    text = arrow_text(names)
     # ASCII (nearly every name): no Unicode to decompose, casefold is lower-casing, and the
     # clean ones ("jose de la rosa") need no regex rewrite; all in Arrow, no Python string
     lower = pc.ascii_lower(text)
