@@ -27,6 +27,7 @@ __all__ = [
     "FORMATS",
     "FLOWMAP_FILES",
     "SHAPEFILE_FIELDS",
+    "flow_ends",
     "flowmap_tables",
     "flow_level_note",
     "kepler_flows",
@@ -125,11 +126,18 @@ def _summed(ends: pd.DataFrame, origin: str, dest: str) -> pd.DataFrame:
                              kind="stable").reset_index(drop=True)
 
 
-def flowmap_tables(flows: pd.DataFrame, *, level: str = "place") -> dict[str, pd.DataFrame]:
+def flow_ends(flows: pd.DataFrame, *, level: str = "place") -> pd.DataFrame:
+    """Per flow of the layer: origin, port and destination ids, names and coordinates, as
+    :func:`flowmap_tables` and :func:`kepler_flows` read them (work it out once for both)."""
+    return _ends(_attributes(flows), level)
+
+
+def flowmap_tables(flows: pd.DataFrame, *, level: str = "place",
+                   ends: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """flowmap.blue tables from the flows layer: ``locations`` (``id,name,lat,lon``) and three
     flow tables (``origin,dest,count``) — see :data:`FLOWMAP_FILES`. Each flow table's
-    ``count`` adds up to the guns of ``flows``."""
-    ends = _ends(_attributes(flows), level)
+    ``count`` adds up to the guns of ``flows``. ``ends``: :func:`flow_ends` of ``flows``."""
+    ends = flow_ends(flows, level=level) if ends is None else ends
     parts = [
         ends[[f"{role}", f"{role}_name", f"{role}_lat", f"{role}_lon"]].set_axis(
             ["id", "name", "lat", "lon"], axis=1)
@@ -147,10 +155,12 @@ def flowmap_tables(flows: pd.DataFrame, *, level: str = "place") -> dict[str, pd
     }
 
 
-def kepler_flows(flows: pd.DataFrame, *, level: str = "place") -> pd.DataFrame:
+def kepler_flows(flows: pd.DataFrame, *, level: str = "place",
+                 ends: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per flow for kepler.gl's arc/line layers: ``origin_lat, origin_lon, dest_lat,
-    dest_lon`` (found by name), ``guns``, the port and the route kind."""
-    ends = _ends(_attributes(flows), level)
+    dest_lon`` (found by name), ``guns``, the port and the route kind. ``ends``:
+    :func:`flow_ends` of ``flows``."""
+    ends = flow_ends(flows, level=level) if ends is None else ends
     return pd.DataFrame({
         "flow_id": flows["flow_id"].astype("string"),
         "origin": ends["origin"], "origin_name": ends["origin_name"],
@@ -294,10 +304,11 @@ def write_analyst_files(result, folder: str | Path, *, formats: tuple[str, ...] 
     flows, level = result.flows_geojson  # what flows.geojson holds: sized for its readers
     about = flow_level_note(level, shown=len(flows), total=len(result.flows))
     (folder / "flowmap").mkdir(exist_ok=True)
-    for name, table in flowmap_tables(flows, level=level).items():
+    ends = flow_ends(flows, level=level)
+    for name, table in flowmap_tables(flows, level=level, ends=ends).items():
         write_csv(table, folder / "flowmap" / f"{name}.csv", bom=bom)
-    write_csv(kepler_flows(flows, level=level), folder / "flowmap" / "kepler_flows.csv",
-              bom=bom)
+    write_csv(kepler_flows(flows, level=level, ends=ends),
+              folder / "flowmap" / "kepler_flows.csv", bom=bom)
     (folder / "flowmap" / "README.txt").write_text(
         f"{about['description']}\nflow_level: {level}\n", encoding="utf-8")
     layers = {name: getattr(result, name) for name in _LAYERS}
