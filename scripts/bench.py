@@ -42,10 +42,16 @@ FLOOR = ("import sys, pandas; pandas.read_csv(sys.argv[1], engine='pyarrow', "
          "dtype_backend='pyarrow')")
 
 
+#: The checkout this script belongs to: its geoflow is the one measured (``python -m``
+#: would otherwise take the geoflow of whatever folder the benchmark is started from).
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def _child(argv: list[str]) -> tuple[float, float]:
     """Run ``argv``; return (wall seconds, peak resident MB of that child alone)."""
     start = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               cwd=ROOT)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -118,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
     for size in args.size:
-        path = _input(args.data, size)
+        path = _input(args.data.resolve(), size)
         with tempfile.TemporaryDirectory(prefix="geoflow-bench-") as tmp:
             out = Path(tmp) / "out"
             extra = ("--chunk-mb", str(args.chunk_mb)) if args.chunk_mb else ()

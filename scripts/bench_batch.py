@@ -19,9 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+# the geoflow of this script's checkout is the one measured (not whichever is installed)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def write_no_map(result, folder) -> None:
