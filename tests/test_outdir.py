@@ -306,7 +306,8 @@ def test_interrupting_a_parallel_batch_stops_it_and_its_workers(tmp_path, small_
         markers.mkdir(parents=True)
         out = _geoflow_folder(home / "out")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "GEOFLOW_TEST_MARKERS": str(markers),
-               "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+               "PYTHONPATH": os.pathsep.join(
+                   path for path in (str(site), os.environ.get("PYTHONPATH")) if path)}
         procs[name] = (home, out, markers, _snapshot(out), subprocess.Popen(
             [sys.executable, "-c", "import sys; from geoflow.cli import main; "
              "sys.argv = ['geoflow', *sys.argv[1:]]; main()",
