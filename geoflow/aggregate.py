@@ -377,32 +377,25 @@ def _labels_of(wanted: np.ndarray, codes: np.ndarray, ids: pd.Index,
                records: pd.DataFrame) -> pd.api.extensions.ExtensionArray:
     """Display label of each purchaser code in ``wanted`` (−1: NA) for purchaser ``codes``
     per record over ``ids``: the id itself when ``purchaser_label`` is the id (pseudonyms),
-    else the first label seen with the code. Only the wanted codes are looked up."""
+    else the first label seen with the code (:func:`_first_labels`)."""
     labels = records.get("purchaser_label")
+    if labels is not None and not labels.equals(records["purchaser_id"]):
+        return pd.array(_first_labels(wanted, codes, labels), dtype="string")
     known = wanted >= 0
     out = np.full(len(wanted), None, dtype=object)
-    if labels is None or labels.equals(records["purchaser_id"]):
-        out[known] = np.asarray(ids.take(wanted[known]), dtype=object)
-        return pd.array(out, dtype="string")
-    valid = np.flatnonzero(codes >= 0)
-    firsts = pd.Series(codes[valid]).drop_duplicates(keep="first")  # hashing, no sort
-    at = pd.Series(valid[firsts.index.to_numpy()], index=firsts.to_numpy())
-    taken = pd.Series(labels.array.take(at.reindex(wanted[known]).to_numpy()))
-    out[known] = taken.astype(object).where(taken.notna(), None).to_numpy()
+    out[known] = np.asarray(ids.take(wanted[known]), dtype=object)
     return pd.array(out, dtype="string")
 
 
-def _labels_by_code(codes: np.ndarray, labels: pd.Series, n: int) -> np.ndarray:
-    """One display label per code: the first label seen for it."""
-    out = np.empty(n, dtype=object)
-    if n == 0:
-        return out
+def _first_labels(wanted: np.ndarray, codes: np.ndarray, labels: pd.Series) -> np.ndarray:
+    """For each code in ``wanted`` (−1: None), the label of the first record with that code
+    (``codes`` per record); only the wanted codes are looked up. Object array."""
     valid = np.flatnonzero(codes >= 0)
     firsts = pd.Series(codes[valid]).drop_duplicates(keep="first")  # hashing, no sort
-    first_code, first_pos = firsts.to_numpy(), firsts.index.to_numpy()
-    taken = pd.Series(labels.array.take(valid[first_pos]))
-    out[first_code] = taken.astype(object).where(taken.notna(), None).to_numpy()
-    return out
+    at = pd.Series(valid[firsts.index.to_numpy()], index=firsts.to_numpy())
+    rows = at.reindex(wanted, fill_value=-1).to_numpy(dtype=np.int64)
+    taken = pd.Series(labels.array.take(rows, allow_fill=True))
+    return taken.astype(object).where(taken.notna(), None).to_numpy()
 
 
 def _state_codes(records: pd.DataFrame, column: str) -> tuple[np.ndarray, pd.Index]:
@@ -558,8 +551,6 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
     weights = gun_weights(records)[rows]
     top, top_count, distinct = top_item(group, dealer, n, weights)
     guns = weighted_count(group, weights, n)
-    dealer_names = _labels_by_code(
-        dealer_all, fill_unknown(records["dealer_name"], "(unnamed dealer)"), len(dealer_ids))
     # Herfindahl index: sum of squared dealer shares per purchaser
     valid = dealer >= 0
     width = max(len(dealer_ids), 1)
@@ -570,8 +561,8 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
         hhi = np.where(with_dealer > 0, squares / np.maximum(with_dealer, 1) ** 2, np.nan)
     index = pd.RangeIndex(n)
     first, last, median = _span_and_median(records, group, index, rows)
-    top_names = (np.where(top >= 0, dealer_names[np.maximum(top, 0)], None)
-                 if len(dealer_names) else np.full(n, None, dtype=object))
+    top_names = _first_labels(top, dealer_all,
+                              fill_unknown(records["dealer_name"], "(unnamed dealer)"))
     table = pd.DataFrame(
         {
             "purchaser": pd.array(labels, dtype="string"),

@@ -27,7 +27,7 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,12 +224,16 @@ def _hex(digests: np.ndarray, width: int) -> np.ndarray:
     return np.ascontiguousarray(text).view(f"S{width}").ravel().astype(str)
 
 
+def _batches(names: pd.Series) -> Iterator[pd.Series]:
+    """``names``, :data:`_BATCH` at a time (bounds the Python strings alive at once)."""
+    return (names.iloc[start:start + _BATCH] for start in range(0, len(names), _BATCH))
+
+
 def _in_batches(names: pd.Series, work: Callable[[pd.Series], pd.Series]) -> pd.Series:
     """``work`` applied to :data:`_BATCH` names at a time, the results concatenated."""
     if len(names) <= _BATCH:
         return work(names)
-    return pd.concat([work(names.iloc[start:start + _BATCH])
-                      for start in range(0, len(names), _BATCH)])
+    return pd.concat([work(batch) for batch in _batches(names)])
 
 
 def arrow_text(values: pd.Series) -> pa.Array:
@@ -278,8 +282,8 @@ def _unique_ids(normal: pd.Series, key: PseudonymKey | bytes | str | None) -> pd
     time for names whose ids still collide."""
     hmac_digest = _hmac_sha256(as_key(key).secret)
     # one HMAC per distinct name: the only per-item Python work (32 bytes each, no text)
-    parts = [b"".join([hmac_digest(name.encode("utf-8")) for name in names.tolist()])
-             for names in (normal.iloc[at:at + _BATCH] for at in range(0, len(normal), _BATCH))]
+    parts = [b"".join([hmac_digest(name.encode("utf-8")) for name in batch.tolist()])
+             for batch in _batches(normal)]
     digests = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(-1, 32)
     # the first 16 hex digits as one number, to compare prefixes of up to 16 digits
     head = np.ascontiguousarray(digests[:, :8]).view(">u8").ravel().astype(np.uint64)
