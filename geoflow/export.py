@@ -50,6 +50,8 @@ __all__ = [
     "geojson_features",
     "write_geojson",
     "write_geoparquet",
+    "write_flows_parquet",
+    "three_point_wkb",
     "safe_path",
     "is_geoflow_folder",
     "check_output_dir",
@@ -355,11 +357,68 @@ def write_geojson(gdf: gpd.GeoDataFrame, path: str | Path, *, chunk: int = 20_00
 def write_geoparquet(gdf: gpd.GeoDataFrame, path: str | Path) -> None:
     """Write ``gdf`` as GeoParquet (WKB geometry, EPSG:4326, zstd-compressed columns):
     the columnar file analysts load whole into pandas/GeoPandas, QGIS, DuckDB or R."""
-    frame = gdf.copy(deep=False)  # copy-on-write: no copy of a million flows
-    for column in frame.columns:  # categoricals → plain text: readers need no dictionary
+    _plain_text(gdf).to_parquet(path, index=False, compression="zstd", schema_version="1.0.0")
+
+
+def _plain_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with categoricals as plain text (readers need no dictionary); a shallow
+    copy (copy-on-write: no copy of a million flows)."""
+    frame = frame.copy(deep=False)
+    for column in frame.columns:
         if isinstance(frame[column].dtype, pd.CategoricalDtype):
             frame[column] = frame[column].astype("string")
-    frame.to_parquet(path, index=False, compression="zstd", schema_version="1.0.0")
+    return frame
+
+
+#: WKB of a 2-D LineString of three points: byte order, type, point count, x y x y x y.
+_THREE_POINT_WKB = np.dtype([("order", "u1"), ("type", "<u4"), ("points", "<u4"),
+                             ("xy", "<f8", (6,))])
+
+
+def three_point_wkb(flows: pd.DataFrame) -> pa.Array:
+    """Each flow's line dealer → port → recovery as WKB (little-endian, coordinates rounded
+    to 6 decimals), straight from its coordinate columns: the bytes ``shapely.to_wkb`` gives
+    for :func:`geoflow.flows.flow_geometry`, without a line object per flow."""
+    n = len(flows)
+    xy = np.column_stack([flows[f"{end}_{axis}"].to_numpy(dtype=float)
+                          for end in ("dealer", "port", "recovery") for axis in ("lon", "lat")])
+    records = np.empty(n, dtype=_THREE_POINT_WKB)
+    records["order"], records["type"], records["points"] = 1, 2, 3
+    records["xy"] = np.round(xy, 6)
+    offsets = np.arange(n + 1, dtype=np.int32) * _THREE_POINT_WKB.itemsize
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets),
+                                                  pa.py_buffer(records)])
+
+
+def write_flows_parquet(flows: pd.DataFrame, path: str | Path) -> None:
+    """flows_full.parquet: :func:`write_geoparquet` for flows with lines; flows without
+    (a plain DataFrame: ``build_flows(lines=False)``) get each flow's three-point line
+    written as WKB from its coordinates (:func:`three_point_wkb`), the same file GeoPandas
+    writes for those lines, without a line object per flow in memory."""
+    from geopandas.io.arrow import _geopandas_to_arrow
+    from pyarrow import parquet
+
+    from geoflow.flows import flow_geometry
+
+    if isinstance(flows, gpd.GeoDataFrame) or not len(flows):
+        lines = flows if isinstance(flows, gpd.GeoDataFrame) else gpd.GeoDataFrame(
+            flows, geometry=flow_geometry(flows), crs="EPSG:4326")
+        write_geoparquet(lines, path)
+        return
+    frame = _plain_text(flows)
+    wkb = three_point_wkb(frame)
+    # GeoPandas' own schema and metadata, from the first flow, with the bounds of them all
+    first = gpd.GeoDataFrame(frame.iloc[:1], geometry=shapely.from_wkb(wkb[:1].to_numpy(
+        zero_copy_only=False)), crs="EPSG:4326")
+    schema = _geopandas_to_arrow(first, index=False, schema_version="1.0.0").schema
+    xy = np.frombuffer(wkb.buffers()[2], dtype=_THREE_POINT_WKB)["xy"].reshape(-1, 2)
+    geo = json.loads(schema.metadata[b"geo"])
+    geo["columns"]["geometry"]["bbox"] = [*np.nanmin(xy, axis=0).tolist(),
+                                          *np.nanmax(xy, axis=0).tolist()]
+    schema = schema.with_metadata({**schema.metadata, b"geo": json.dumps(geo).encode()})
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = pa.table([*table.columns, wkb], schema=schema)
+    parquet.write_table(table, path, compression="zstd")
 
 
 def safe_path(folder: str | Path, name: str) -> Path:

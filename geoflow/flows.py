@@ -36,6 +36,7 @@ __all__ = [
     "flow_ids",
     "great_circle_points",
     "flow_lines",
+    "flow_geometry",
     "build_flows",
     "build_dealers",
     "build_recoveries",
@@ -277,12 +278,16 @@ def build_flows(
     state_names: Mapping[str, str] | None = None,
     segment_km: float | None = SEGMENT_KM,
     state_points: pd.DataFrame | None = None,
-) -> gpd.GeoDataFrame:
+    lines: bool = True,
+) -> gpd.GeoDataFrame | pd.DataFrame:
     """One flow per (dealer, port, recovery place, route kind) — or per (US state, port,
     MX state, route kind) with ``level="state"`` — from *placed* records with a crossing.
 
     ``ports`` is :func:`geoflow.crossings.load_ports` (``code``, ``name``, Point geometry).
     ``segment_km=None`` draws each flow as its three points (see :func:`flow_lines`).
+    ``lines=False`` builds no lines at all: a plain DataFrame whose coordinate columns are
+    each flow's three points (:func:`flow_geometry` draws them; a line object per flow costs
+    about 300 bytes, gigabytes at ten million records).
     State-level flows start and end at one fixed point per state (``state_points``, default
     :func:`geoflow.shapes.load_state_points`), so all flows of a state share it.
     """
@@ -369,13 +374,17 @@ def build_flows(
             "recovery_lat": r_lat,
         }
     )
-    geometry = flow_lines(
-        table[["dealer_lon", "dealer_lat"]].to_numpy(),
-        table[["port_lon", "port_lat"]].to_numpy(),
-        table[["recovery_lon", "recovery_lat"]].to_numpy(),
-        segment_km=segment_km,
-    )
-    return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries(geometry), crs="EPSG:4326")
+    if not lines:
+        return table
+    return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries(flow_geometry(table, segment_km)),
+                            crs="EPSG:4326")
+
+
+def flow_geometry(flows: pd.DataFrame, segment_km: float | None = None) -> np.ndarray:
+    """Each flow's line dealer → port → recovery from its coordinate columns: the three
+    points (default), or densified every ``segment_km`` (see :func:`flow_lines`)."""
+    return flow_lines(*(flows[[f"{end}_lon", f"{end}_lat"]].to_numpy(dtype=float)
+                        for end in ("dealer", "port", "recovery")), segment_km=segment_km)
 
 
 def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:

@@ -50,8 +50,8 @@ from geoflow.export import (
     atomic_output_dir,
     markdown_text,
     write_csv,
+    write_flows_parquet,
     write_geojson,
-    write_geoparquet,
     write_json,
 )
 from geoflow.flows import (
@@ -62,7 +62,7 @@ from geoflow.flows import (
     build_recoveries,
     build_states,
     dealer_ids,
-    flow_lines,
+    flow_geometry,
 )
 from geoflow.formats import write_analyst_files
 from geoflow.privacy import (
@@ -205,7 +205,10 @@ class RunResult:
     """Everything a run produces; see docs/internals.md for the columns."""
 
     options: RunOptions
-    flows: gpd.GeoDataFrame
+    #: every flow of the run; past :data:`FLOWS_GEOJSON_MAX` place-level flows (with
+    #: ``flows_overview`` then) a plain DataFrame without line objects, each flow's three
+    #: points in its coordinate columns (``geoflow.flows.flow_geometry`` draws them)
+    flows: gpd.GeoDataFrame | pd.DataFrame
     dealers: gpd.GeoDataFrame
     recoveries: gpd.GeoDataFrame
     crossings: gpd.GeoDataFrame
@@ -489,10 +492,11 @@ def analyse(
         del frame  # the encoded columns not needed by the layers go now
         drawn = placed if layers else placed.iloc[0:0]
         # more place-level flows than flows.geojson holds: lines are only drawn from its
-        # state-level flows, so flows_full.parquet gets the three points of each flow
+        # state-level flows, so the flows keep no line objects (gigabytes at 10M records)
+        # and flows_full.parquet gets the three points of each flow from their coordinates
         straight = options.flow_level == "place" and len(drawn) > FLOWS_GEOJSON_MAX
         flows = build_flows(drawn, ports, level=options.flow_level, state_names=state_names,
-                            segment_km=None if straight else SEGMENT_KM)
+                            lines=not straight)
         dealers = build_dealers(drawn)
         recoveries = build_recoveries(drawn)
         crossings = build_crossings(drawn, ports)
@@ -504,9 +508,8 @@ def analyse(
         if options.flow_level == "place" and len(flows) > FLOWS_GEOJSON_MAX:
             overview = build_flows(drawn, ports, level="state", state_names=state_names)
         elif straight:  # few flows after all: flows.geojson holds them, drawn as arcs
-            flows = flows.set_geometry(flow_lines(
-                *(flows[[f"{end}_lon", f"{end}_lat"]].to_numpy()
-                  for end in ("dealer", "port", "recovery"))), crs="EPSG:4326")
+            flows = gpd.GeoDataFrame(flows, geometry=flow_geometry(flows, SEGMENT_KM),
+                                     crs="EPSG:4326")
         layers_out = {"flows": flows, "dealers": dealers, "recoveries": recoveries}
         if overview is not None:
             layers_out["flows_overview"] = overview
@@ -700,7 +703,7 @@ def write_outputs(
         write_geojson(shown, temp / "flows.geojson", members={
             **synthetic, "flow_level": level, "flows_total": len(result.flows),
             "flows_full": "flows_full.parquet"})
-        write_geoparquet(result.flows, temp / "flows_full.parquet")
+        write_flows_parquet(result.flows, temp / "flows_full.parquet")
         layers = {"dealers": result.dealers, "recoveries": result.recoveries,
                   "crossings": result.crossings, "states": result.states}
         for name, layer in layers.items():

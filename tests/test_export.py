@@ -291,3 +291,33 @@ def test_state_outlines_written_from_cache_match_fresh_text_in_mixed_layers():
     assert texts[2] == "null"
     assert json.loads(texts[0]) == {"type": "Point", "coordinates": [-99.5, 27.5]}
     assert json.loads(texts[1])["type"] in ("Polygon", "MultiPolygon")
+
+
+def test_flows_without_line_objects_write_the_same_geoparquet_as_geopandas(tmp_path):
+    """A run with more flows than flows.geojson holds keeps no line object per flow;
+    flows_full.parquet is still the very file GeoPandas writes for their three-point lines."""
+    from geoflow.export import three_point_wkb, write_flows_parquet, write_geoparquet
+    from geoflow.flows import flow_geometry
+
+    records = make_records([
+        {"dealer_at": "dundee", "recovered_at": "reynosa", "port": "2304", "n": 2},
+        {"dealer": "Desert Arms", "dealer_at": "phoenix", "recovered_at": "hermosillo",
+         "port": "2604"},
+        {"dealer": "Alamo Guns", "dealer_at": "houston", "recovered_at": "cdmx",
+         "port": "2304", "kind": "known"},
+    ])
+    records = pseudonymise(records, key=b"a fixed test key").assign(
+        purchaser_label=lambda r: r["purchaser_id"])
+    placed = records[records["placed"]]
+    bare = build_flows(placed, PORTS, lines=False)
+    lines = build_flows(placed, PORTS, segment_km=None)
+    assert not isinstance(bare, gpd.GeoDataFrame) and len(bare) == 3
+    assert bare.equals(pd.DataFrame(lines.drop(columns="geometry")))
+    assert shapely.equals(flow_geometry(bare), lines.geometry.to_numpy()).all()
+    assert three_point_wkb(bare).to_pylist() == shapely.to_wkb(lines.geometry.to_numpy()).tolist()
+    write_flows_parquet(bare, tmp_path / "bare.parquet")
+    write_geoparquet(lines, tmp_path / "lines.parquet")
+    assert (tmp_path / "bare.parquet").read_bytes() == (tmp_path / "lines.parquet").read_bytes()
+    back = gpd.read_parquet(tmp_path / "bare.parquet")
+    assert back.crs.to_epsg() == 4326 and (shapely.get_num_points(back.geometry) == 3).all()
+    assert back.total_bounds.tolist() == lines.total_bounds.tolist()
