@@ -126,14 +126,16 @@ def csv_chunks(path: str | Path, chunk_bytes: int = CHUNK_BYTES,
     lines_before = 0  # line breaks of the file before the pending bytes
     pending = b""
     with Path(path).open("rb") as handle:
-        while True:
+        while True:  # the file's bytes are held once, in the chunk being read (and pending)
             block = handle.read(chunk_bytes)
             if digest is not None:
                 digest.update(block)
-            buf = pending + block
+            last = not block
+            buf = pending + block if pending else block
+            del block
             if not buf:
                 return
-            if block:
+            if not last:
                 ends = _breaks_outside_quotes(np.frombuffer(buf, dtype=np.uint8))
                 if header is None:  # the first chunk holds the header and a record at least
                     header_end = _header_end(buf, ends)
@@ -145,9 +147,11 @@ def csv_chunks(path: str | Path, chunk_bytes: int = CHUNK_BYTES,
             else:  # end of file: the rest is the last chunk
                 cut = len(buf)
             body, pending = buf[:cut], buf[cut:]
-            if header is not None and not body.strip():  # blank lines only: nothing to read
-                lines_before += _line_count(np.frombuffer(body, dtype=np.uint8))
-                if not block:
+            del buf
+            body_lines = _line_count(np.frombuffer(body, dtype=np.uint8))
+            if header is not None and (not body or body.isspace()):  # blank lines only
+                lines_before += body_lines
+                if last:
                     return
                 continue
             if header is None:
@@ -158,9 +162,11 @@ def csv_chunks(path: str | Path, chunk_bytes: int = CHUNK_BYTES,
                 header_lines = _line_count(np.frombuffer(header, dtype=np.uint8))
                 yield Chunk(body, 0, True)
             else:
-                yield Chunk(header + body, lines_before - header_lines, False)
-            lines_before += _line_count(np.frombuffer(body, dtype=np.uint8))
-            if not block:
+                body = header + body  # rebound: the chunk's bytes are the only copy
+                yield Chunk(body, lines_before - header_lines, False)
+            del body
+            lines_before += body_lines
+            if last:
                 return
 
 

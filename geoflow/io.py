@@ -235,6 +235,9 @@ def read_traces(
         table = _read_xlsx(data, path, sheet=sheet)
     else:
         table = _read_parquet(data, path)
+    # a chunk's caller hashes the whole file (geoflow.chunked): not each chunk again
+    sha256 = hashlib.sha256(data).hexdigest() if not from_caller else None
+    del data  # the file's bytes are parsed: not held while the records are cleaned
 
     table = replace(table, frame=_drop_empty_unnamed(table.frame))
     headers = [str(c) for c in table.frame.columns]
@@ -268,8 +271,7 @@ def read_traces(
         counts[name] = counts.get(name, 0) + int(number)
     source = {
         "path": str(path),
-        # a chunk's caller hashes the whole file (geoflow.chunked): not each chunk again
-        "sha256": hashlib.sha256(data).hexdigest() if not from_caller else None,
+        "sha256": sha256,
         "format": fmt,
         **table.meta,
         "rows_read": table.rows_read,

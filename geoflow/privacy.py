@@ -215,13 +215,18 @@ def _hmac_sha256(secret: bytes) -> Callable[[bytes], bytes]:
     return digest
 
 
-def _hex(digests: np.ndarray, width: int) -> np.ndarray:
-    """The first ``width`` (even) hex digits of each row of ``digests`` (uint8, n × 32)."""
+def _hex_bytes(digests: np.ndarray, width: int) -> np.ndarray:
+    """The first ``width`` (even) hex digits of each row of ``digests`` (uint8, n × 32), as
+    ASCII codes (uint8, n × width)."""
     head = digests[:, : width // 2]
     nibbles = np.empty((len(digests), width), dtype=np.uint8)
     nibbles[:, 0::2], nibbles[:, 1::2] = head >> 4, head & 15
-    text = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[nibbles]
-    return np.ascontiguousarray(text).view(f"S{width}").ravel().astype(str)
+    return np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[nibbles]
+
+
+def _hex(digests: np.ndarray, width: int) -> np.ndarray:
+    """:func:`_hex_bytes` as one bytes value per row (``S{width}``)."""
+    return np.ascontiguousarray(_hex_bytes(digests, width)).view(f"S{width}").ravel()
 
 
 def _batches(names: pd.Series) -> Iterator[pd.Series]:
@@ -282,9 +287,11 @@ def _unique_ids(normal: pd.Series, key: PseudonymKey | bytes | str | None) -> pd
     time for names whose ids still collide."""
     hmac_digest = _hmac_sha256(as_key(key).secret)
     # one HMAC per distinct name: the only per-item Python work (32 bytes each, no text)
-    parts = [b"".join([hmac_digest(name.encode("utf-8")) for name in batch.tolist()])
-             for batch in _batches(normal)]
-    digests = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(-1, 32)
+    digests = np.empty((len(normal), 32), dtype=np.uint8)
+    for start, batch in zip(range(0, len(normal), _BATCH), _batches(normal), strict=True):
+        digests[start:start + len(batch)] = np.frombuffer(b"".join(
+            [hmac_digest(name.encode("utf-8")) for name in batch.tolist()]),
+            dtype=np.uint8).reshape(-1, 32)
     # the first 16 hex digits as one number, to compare prefixes of up to 16 digits
     head = np.ascontiguousarray(digests[:, :8]).view(">u8").ravel().astype(np.uint64)
     digits = np.full(len(digests), ID_DIGITS, dtype=np.int64)
@@ -296,12 +303,22 @@ def _unique_ids(normal: pd.Series, key: PseudonymKey | bytes | str | None) -> pd
         clashing = clashing[pd.Series(prefix).duplicated(keep=False).to_numpy()]
         width += 2
         digits[clashing] = width
-    ids = np.char.add("P-", _hex(digests, ID_DIGITS)).astype(object)
-    longer = np.flatnonzero(digits > ID_DIGITS)
-    for width in np.unique(digits[longer]):  # a few distinct widths (8, rarely 10)
-        at = longer[digits[longer] == width]
-        ids[at] = np.char.add("P-", _hex(digests[at], int(width)))
-    return pd.Series(pd.array(ids, dtype="string"), index=normal.index)
+    return pd.Series(pd.array(_id_text(digests, digits), dtype="string"), index=normal.index)
+
+
+def _id_text(digests: np.ndarray, digits: np.ndarray) -> pa.Array:
+    """``P-`` and the first ``digits`` hex digits of each digest, as an Arrow string array
+    built from bytes (no Python string per id)."""
+    width = int(digits.max(initial=ID_DIGITS))
+    text = np.empty((len(digests), width + 2), dtype=np.uint8)
+    text[:, :2] = np.frombuffer(b"P-", dtype=np.uint8)
+    text[:, 2:] = _hex_bytes(digests, width)
+    lengths = digits + 2
+    used = np.arange(width + 2) < lengths[:, None]  # each id's own bytes, row by row
+    offsets = np.zeros(len(digests) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.Array.from_buffers(pa.large_string(), len(digests),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(text[used])])
 
 
 def _id_lookup(distinct_raw: pd.Series, key: PseudonymKey | bytes | str | None) -> pd.Series:
@@ -424,7 +441,7 @@ def suppress_cells(frame: pd.DataFrame, *, min_cell: int,
               "guns": int(frame["guns"].to_numpy(dtype=np.int64)[small].sum())}
     if min_cell <= 1:
         return frame, counts
-    out = frame.copy()
+    out = frame.copy(deep=False)  # copy-on-write: only the columns changed below are new
     at = pd.Series(small, index=out.index)
     if "top_purchaser" in out:
         top = out["top_purchaser"].astype("string")
