@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 __all__ = [
     "TTC_SHORT_DAYS",
@@ -155,6 +156,35 @@ def iso_dates(values: pd.Series) -> pd.Series:
     codes, uniques = pd.factorize(days, use_na_sentinel=True)  # NaT → −1
     text = pd.array(np.asarray(uniques).astype(str), dtype="string")
     return pd.Series(text.take(codes, allow_fill=True), index=values.index)
+
+
+def hex_digits(octets: np.ndarray, width: int) -> np.ndarray:
+    """The first ``width`` (even) lower-case hex digits of each row of ``octets`` (uint8,
+    n × bytes), as ASCII codes (uint8, n × width)."""
+    head = octets[:, : width // 2]
+    nibbles = np.empty((len(octets), width), dtype=np.uint8)
+    nibbles[:, 0::2], nibbles[:, 1::2] = head >> 4, head & 15
+    return np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[nibbles]
+
+
+def ascii_text(prefix: bytes, codes: np.ndarray, lengths: np.ndarray | None = None
+               ) -> pa.Array:
+    """Arrow strings ``prefix`` + the first ``lengths`` (default: all) ASCII ``codes`` of each
+    row (uint8, n × width), built from bytes: ids by the million without a Python string
+    per id."""
+    n, width = codes.shape
+    text = np.empty((n, len(prefix) + width), dtype=np.uint8)
+    text[:, :len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+    text[:, len(prefix):] = codes
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    if lengths is None:
+        offsets[1:] = np.arange(1, n + 1) * text.shape[1]
+        data = text
+    else:
+        offsets[1:] = np.cumsum(lengths + len(prefix))
+        data = text[np.arange(text.shape[1]) < (lengths + len(prefix))[:, None]]
+    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets),
+                                                        pa.py_buffer(np.ascontiguousarray(data))])
 
 
 def take_text(values: pd.Series, rows: np.ndarray) -> pd.api.extensions.ExtensionArray:
@@ -379,12 +409,20 @@ def _labels_of(wanted: np.ndarray, codes: np.ndarray, ids: pd.Index,
     per record over ``ids``: the id itself when ``purchaser_label`` is the id (pseudonyms),
     else the first label seen with the code (:func:`_first_labels`)."""
     labels = records.get("purchaser_label")
-    if labels is not None and not labels.equals(records["purchaser_id"]):
+    if labels is not None and not _same_values(labels, records["purchaser_id"]):
         return pd.array(_first_labels(wanted, codes, labels), dtype="string")
     known = wanted >= 0
     out = np.full(len(wanted), None, dtype=object)
     out[known] = np.asarray(ids.take(wanted[known]), dtype=object)
     return pd.array(out, dtype="string")
+
+
+def _same_values(a: pd.Series, b: pd.Series) -> bool:
+    """``a.equals(b)``, by their codes alone when both are categoricals of one dtype (the
+    labels of a pseudonymised run are the id column itself: no hashing of every record)."""
+    if isinstance(a.dtype, pd.CategoricalDtype) and a.dtype is b.dtype:
+        return bool(np.array_equal(a.cat.codes.to_numpy(), b.cat.codes.to_numpy()))
+    return a.equals(b)
 
 
 def _first_labels(wanted: np.ndarray, codes: np.ndarray, labels: pd.Series) -> np.ndarray:

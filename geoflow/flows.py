@@ -17,11 +17,13 @@ import pandas as pd
 import shapely
 
 from geoflow.aggregate import (
+    ascii_text,
     counted,
     fill_unknown,
     first_rows,
     group_stats,
     gun_weights,
+    hex_digits,
     is_value,
     iso_dates,
     recovery_keys,
@@ -85,11 +87,8 @@ def _flow_hash(keys: pd.DataFrame) -> np.ndarray:
 
 def _hex_ids(value: np.ndarray) -> pd.api.extensions.ExtensionArray:
     """``F-`` + 10 lower-case hex digits of each 40-bit value, without a Python loop."""
-    shifts = np.arange(36, -1, -4, dtype=np.uint64)
-    digits = ((value[:, None] >> shifts) & np.uint64(15)).astype(np.uint8)
-    ascii_codes = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[digits]
-    text = np.ascontiguousarray(ascii_codes).view("S10").ravel().astype(str)
-    return pd.array(np.char.add("F-", text), dtype="string")
+    octets = (value[:, None] >> np.arange(32, -1, -8, dtype=np.uint64)).astype(np.uint8)
+    return pd.array(ascii_text(b"F-", hex_digits(octets, 10)), dtype="string")
 
 
 def _norm(values: pd.Series) -> pd.Series:

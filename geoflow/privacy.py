@@ -36,6 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from geoflow.aggregate import ascii_text, hex_digits
 from geoflow.errors import ConfigError
 
 __all__ = [
@@ -215,18 +216,9 @@ def _hmac_sha256(secret: bytes) -> Callable[[bytes], bytes]:
     return digest
 
 
-def _hex_bytes(digests: np.ndarray, width: int) -> np.ndarray:
-    """The first ``width`` (even) hex digits of each row of ``digests`` (uint8, n × 32), as
-    ASCII codes (uint8, n × width)."""
-    head = digests[:, : width // 2]
-    nibbles = np.empty((len(digests), width), dtype=np.uint8)
-    nibbles[:, 0::2], nibbles[:, 1::2] = head >> 4, head & 15
-    return np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[nibbles]
-
-
 def _hex(digests: np.ndarray, width: int) -> np.ndarray:
-    """:func:`_hex_bytes` as one bytes value per row (``S{width}``)."""
-    return np.ascontiguousarray(_hex_bytes(digests, width)).view(f"S{width}").ravel()
+    """The first ``width`` hex digits of each digest as one bytes value (``S{width}``)."""
+    return np.ascontiguousarray(hex_digits(digests, width)).view(f"S{width}").ravel()
 
 
 def _batches(names: pd.Series) -> Iterator[pd.Series]:
@@ -307,18 +299,9 @@ def _unique_ids(normal: pd.Series, key: PseudonymKey | bytes | str | None) -> pd
 
 
 def _id_text(digests: np.ndarray, digits: np.ndarray) -> pa.Array:
-    """``P-`` and the first ``digits`` hex digits of each digest, as an Arrow string array
-    built from bytes (no Python string per id)."""
+    """``P-`` and the first ``digits`` hex digits of each digest (Arrow text from bytes)."""
     width = int(digits.max(initial=ID_DIGITS))
-    text = np.empty((len(digests), width + 2), dtype=np.uint8)
-    text[:, :2] = np.frombuffer(b"P-", dtype=np.uint8)
-    text[:, 2:] = _hex_bytes(digests, width)
-    lengths = digits + 2
-    used = np.arange(width + 2) < lengths[:, None]  # each id's own bytes, row by row
-    offsets = np.zeros(len(digests) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.Array.from_buffers(pa.large_string(), len(digests),
-                                 [None, pa.py_buffer(offsets), pa.py_buffer(text[used])])
+    return ascii_text(b"P-", hex_digits(digests, width), digits)
 
 
 def _id_lookup(distinct_raw: pd.Series, key: PseudonymKey | bytes | str | None) -> pd.Series:
