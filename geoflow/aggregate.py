@@ -187,6 +187,15 @@ def ascii_text(prefix: bytes, codes: np.ndarray, lengths: np.ndarray | None = No
                                                         pa.py_buffer(np.ascontiguousarray(data))])
 
 
+def from_codes(codes: np.ndarray, categories: pd.Index) -> pd.Categorical:
+    """``pd.Categorical.from_codes`` for ``categories`` known to be distinct and ``codes``
+    known to be in range (−1: NA): pandas' own check would hash every category through a
+    Python string (150 MB and 0.3 s per 2 million names)."""
+    fast = getattr(pd.CategoricalDtype, "_from_fastpath", None)  # pandas' internal shortcut
+    dtype = fast(categories, False) if fast else pd.CategoricalDtype(categories)
+    return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
+
+
 def take_text(values: pd.Series, rows: np.ndarray) -> pd.api.extensions.ExtensionArray:
     """String array of ``values`` at positions ``rows``; for categoricals only the categories
     are converted, then taken by code (no per-row Python strings)."""

@@ -40,7 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from geoflow.aggregate import RECORDS_COLUMN, unplace_duplicates
+from geoflow.aggregate import RECORDS_COLUMN, from_codes, unplace_duplicates
 from geoflow.io import SeenRecords, read_traces, warning_key
 from geoflow.privacy import arrow_text
 
@@ -279,9 +279,8 @@ class NameTable:
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
         codes = np.asarray(codes)
-        return pd.Categorical.from_codes(
-            np.where(codes < 0, -1, rank[np.maximum(codes, 0)]),
-            categories=pd.Index(pd.array(names.take(order), dtype="string")))
+        return from_codes(np.where(codes < 0, -1, rank[np.maximum(codes, 0)]),
+                          pd.Index(pd.array(names.take(order), dtype="string")))
 
 
 #: Columns a collapsed row sums or keeps the least of, rather than grouping by.

@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from geoflow.aggregate import ascii_text, hex_digits
+from geoflow.aggregate import ascii_text, from_codes, hex_digits
 from geoflow.errors import ConfigError
 
 __all__ = [
@@ -337,14 +337,16 @@ def pseudonymise(
     Both columns share one id space: a person has the same id as purchaser and possessor,
     and no two distinct names of the data share an id in either column. A categorical name
     column adds its categories to the id space, used or not (a chunked read keeps the names
-    of every possessor there: :mod:`geoflow.chunked`).
+    of every possessor there: :mod:`geoflow.chunked`), and gets its ids as a categorical
+    (sorted ids; no id text per record).
     """
     out = records.copy(deep=False)  # copy-on-write: the caller's frame is never changed
-    factorized = {}
+    factorized, categorical = {}, {}
     for role in ("purchaser", "possessor"):
         column = f"{role}_name"
         source = out[column] if column in out else pd.Series(pd.NA, index=out.index)
-        if isinstance(source.dtype, pd.CategoricalDtype):  # codes already: no string copy
+        categorical[role] = isinstance(source.dtype, pd.CategoricalDtype)
+        if categorical[role]:  # codes already: no string copy
             factorized[role] = (source.cat.codes.to_numpy(),
                                 pd.Index(source.cat.categories, dtype="string"))
         else:
@@ -358,8 +360,13 @@ def pseudonymise(
     for role, (codes, distinct) in factorized.items():
         own = ids[start:start + len(distinct)]
         start += len(distinct)
-        out[f"{role}_id"] = pd.Series(own.take(codes, allow_fill=True), index=out.index,
-                                      dtype="string")
+        if categorical[role]:  # ids as a categorical too: no id text per record
+            id_codes, id_values = pd.factorize(own, sort=True, use_na_sentinel=True)
+            taken = from_codes(np.where(codes < 0, -1, id_codes[np.maximum(codes, 0)]),
+                               pd.Index(id_values, dtype="string"))
+        else:
+            taken = own.take(codes, allow_fill=True)
+        out[f"{role}_id"] = pd.Series(taken, index=out.index)
     return out
 
 

@@ -22,15 +22,16 @@ def _hex(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def clash() -> tuple[str, str]:
-    """Two invented names whose 6-hex ids collide under the user's key (brute force: a
-    collision is expected after ~5,000 names)."""
+    """Two invented names whose 6-hex ids collide under the user's key, and whose 8-hex ids
+    do not (brute force: a collision is expected after ~5,000 names; one in 256 collides at
+    8 digits too, and would need 10: the tests would fail for that session's key)."""
     seen: dict[str, str] = {}
     for i in count():
         name = f"person {i}"
         prefix = _hex(name)[:6]
-        if prefix in seen:
+        if prefix in seen and _hex(seen[prefix])[:8] != _hex(name)[:8]:
             return seen[prefix], name
-        seen[prefix] = name
+        seen.setdefault(prefix, name)
     raise AssertionError("unreachable")
 
 
