@@ -375,19 +375,27 @@ _THREE_POINT_WKB = np.dtype([("order", "u1"), ("type", "<u4"), ("points", "<u4")
                              ("xy", "<f8", (6,))])
 
 
-def three_point_wkb(flows: pd.DataFrame) -> pa.Array:
+#: Lines per Arrow array of :func:`three_point_wkb` (its 32-bit offsets stop at 2 GiB).
+_WKB_CHUNK = 10_000_000
+
+
+def three_point_wkb(flows: pd.DataFrame) -> pa.ChunkedArray:
     """Each flow's line dealer → port → recovery as WKB (little-endian, coordinates rounded
     to 6 decimals), straight from its coordinate columns: the bytes ``shapely.to_wkb`` gives
     for :func:`geoflow.flows.flow_geometry`, without a line object per flow."""
     n = len(flows)
-    xy = np.column_stack([flows[f"{end}_{axis}"].to_numpy(dtype=float)
-                          for end in ("dealer", "port", "recovery") for axis in ("lon", "lat")])
     records = np.empty(n, dtype=_THREE_POINT_WKB)
     records["order"], records["type"], records["points"] = 1, 2, 3
-    records["xy"] = np.round(xy, 6)
-    offsets = np.arange(n + 1, dtype=np.int32) * _THREE_POINT_WKB.itemsize
-    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets),
-                                                  pa.py_buffer(records)])
+    records["xy"] = np.round(np.column_stack([
+        flows[f"{end}_{axis}"].to_numpy(dtype=float)
+        for end in ("dealer", "port", "recovery") for axis in ("lon", "lat")]), 6)
+    parts = []
+    for start in range(0, n, _WKB_CHUNK):
+        part = records[start:start + _WKB_CHUNK]
+        offsets = np.arange(len(part) + 1, dtype=np.int32) * _THREE_POINT_WKB.itemsize
+        parts.append(pa.Array.from_buffers(pa.binary(), len(part), [
+            None, pa.py_buffer(offsets), pa.py_buffer(part)]))
+    return pa.chunked_array(parts, pa.binary())
 
 
 def write_flows_parquet(flows: pd.DataFrame, path: str | Path) -> None:
@@ -411,7 +419,8 @@ def write_flows_parquet(flows: pd.DataFrame, path: str | Path) -> None:
     first = gpd.GeoDataFrame(frame.iloc[:1], geometry=shapely.from_wkb(wkb[:1].to_numpy(
         zero_copy_only=False)), crs="EPSG:4326")
     schema = _geopandas_to_arrow(first, index=False, schema_version="1.0.0").schema
-    xy = np.frombuffer(wkb.buffers()[2], dtype=_THREE_POINT_WKB)["xy"].reshape(-1, 2)
+    xy = np.concatenate([np.frombuffer(part.buffers()[2], dtype=_THREE_POINT_WKB)["xy"]
+                         for part in wkb.chunks]).reshape(-1, 2)
     geo = json.loads(schema.metadata[b"geo"])
     geo["columns"]["geometry"]["bbox"] = [*np.nanmin(xy, axis=0).tolist(),
                                           *np.nanmax(xy, axis=0).tolist()]
