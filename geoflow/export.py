@@ -398,17 +398,27 @@ def three_point_wkb(flows: pd.DataFrame) -> pa.ChunkedArray:
     return pa.chunked_array(parts, pa.binary())
 
 
+def _geopandas_to_arrow():
+    """GeoPandas' own GeoDataFrame → Arrow table builder (internal to GeoPandas), or None
+    where a GeoPandas lacks it (:func:`write_flows_parquet` then goes through lines)."""
+    try:
+        from geopandas.io.arrow import _geopandas_to_arrow
+    except ImportError:
+        return None
+    return _geopandas_to_arrow
+
+
 def write_flows_parquet(flows: pd.DataFrame, path: str | Path) -> None:
     """flows_full.parquet: :func:`write_geoparquet` for flows with lines; flows without
     (a plain DataFrame: ``build_flows(lines=False)``) get each flow's three-point line
     written as WKB from its coordinates (:func:`three_point_wkb`), the same file GeoPandas
     writes for those lines, without a line object per flow in memory."""
-    from geopandas.io.arrow import _geopandas_to_arrow
     from pyarrow import parquet
 
     from geoflow.flows import flow_geometry
 
-    if isinstance(flows, gpd.GeoDataFrame) or not len(flows):
+    to_arrow = _geopandas_to_arrow()
+    if isinstance(flows, gpd.GeoDataFrame) or not len(flows) or to_arrow is None:
         lines = flows if isinstance(flows, gpd.GeoDataFrame) else gpd.GeoDataFrame(
             flows, geometry=flow_geometry(flows), crs="EPSG:4326")
         write_geoparquet(lines, path)
@@ -418,7 +428,7 @@ def write_flows_parquet(flows: pd.DataFrame, path: str | Path) -> None:
     # GeoPandas' own schema and metadata, from the first flow, with the bounds of them all
     first = gpd.GeoDataFrame(frame.iloc[:1], geometry=shapely.from_wkb(wkb[:1].to_numpy(
         zero_copy_only=False)), crs="EPSG:4326")
-    schema = _geopandas_to_arrow(first, index=False, schema_version="1.0.0").schema
+    schema = to_arrow(first, index=False, schema_version="1.0.0").schema
     xy = np.concatenate([np.frombuffer(part.buffers()[2], dtype=_THREE_POINT_WKB)["xy"]
                          for part in wkb.chunks]).reshape(-1, 2)
     geo = json.loads(schema.metadata[b"geo"])

@@ -293,9 +293,11 @@ def test_state_outlines_written_from_cache_match_fresh_text_in_mixed_layers():
     assert json.loads(texts[1])["type"] in ("Polygon", "MultiPolygon")
 
 
-def test_flows_without_line_objects_write_the_same_geoparquet_as_geopandas(tmp_path):
+def test_flows_without_line_objects_write_the_same_geoparquet_as_geopandas(
+        tmp_path, monkeypatch):
     """A run with more flows than flows.geojson holds keeps no line object per flow;
     flows_full.parquet is still the very file GeoPandas writes for their three-point lines."""
+    from geoflow import export
     from geoflow.export import three_point_wkb, write_flows_parquet, write_geoparquet
     from geoflow.flows import flow_geometry
 
@@ -321,3 +323,7 @@ def test_flows_without_line_objects_write_the_same_geoparquet_as_geopandas(tmp_p
     back = gpd.read_parquet(tmp_path / "bare.parquet")
     assert back.crs.to_epsg() == 4326 and (shapely.get_num_points(back.geometry) == 3).all()
     assert back.total_bounds.tolist() == lines.total_bounds.tolist()
+    # a GeoPandas without its internal table builder: the same file, through line objects
+    monkeypatch.setattr(export, "_geopandas_to_arrow", lambda: None)
+    write_flows_parquet(bare, tmp_path / "fallback.parquet")
+    assert (tmp_path / "fallback.parquet").read_bytes() == (tmp_path / "lines.parquet").read_bytes()
