@@ -187,6 +187,11 @@ def ascii_text(prefix: bytes, codes: np.ndarray, lengths: np.ndarray | None = No
                                                         pa.py_buffer(np.ascontiguousarray(data))])
 
 
+def recode(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[codes]``, with −1 (NA) kept as −1."""
+    return np.where(codes < 0, -1, table[np.maximum(codes, 0)])
+
+
 def from_codes(codes: np.ndarray, categories: pd.Index) -> pd.Categorical:
     """``pd.Categorical.from_codes`` for ``categories`` known to be distinct and ``codes``
     known to be in range (−1: NA): pandas' own check would hash every category through a
@@ -419,11 +424,8 @@ def _labels_of(wanted: np.ndarray, codes: np.ndarray, ids: pd.Index,
     else the first label seen with the code (:func:`_first_labels`)."""
     labels = records.get("purchaser_label")
     if labels is not None and not _same_values(labels, records["purchaser_id"]):
-        return pd.array(_first_labels(wanted, codes, labels), dtype="string")
-    known = wanted >= 0
-    out = np.full(len(wanted), None, dtype=object)
-    out[known] = np.asarray(ids.take(wanted[known]), dtype=object)
-    return pd.array(out, dtype="string")
+        return _first_labels(wanted, codes, labels)
+    return pd.array(ids, dtype="string").take(wanted, allow_fill=True)
 
 
 def _same_values(a: pd.Series, b: pd.Series) -> bool:
@@ -434,15 +436,15 @@ def _same_values(a: pd.Series, b: pd.Series) -> bool:
     return a.equals(b)
 
 
-def _first_labels(wanted: np.ndarray, codes: np.ndarray, labels: pd.Series) -> np.ndarray:
-    """For each code in ``wanted`` (−1: None), the label of the first record with that code
-    (``codes`` per record); only the wanted codes are looked up. Object array."""
+def _first_labels(wanted: np.ndarray, codes: np.ndarray, labels: pd.Series
+                  ) -> pd.api.extensions.ExtensionArray:
+    """For each code in ``wanted`` (−1: NA), the label of the first record with that code
+    (``codes`` per record), as text; only the wanted codes are looked up."""
     valid = np.flatnonzero(codes >= 0)
     firsts = pd.Series(codes[valid]).drop_duplicates(keep="first")  # hashing, no sort
     at = pd.Series(valid[firsts.index.to_numpy()], index=firsts.to_numpy())
     rows = at.reindex(wanted, fill_value=-1).to_numpy(dtype=np.int64)
-    taken = pd.Series(labels.array.take(rows, allow_fill=True))
-    return taken.astype(object).where(taken.notna(), None).to_numpy()
+    return labels.array.take(rows, allow_fill=True).astype("string")
 
 
 def _state_codes(records: pd.DataFrame, column: str) -> tuple[np.ndarray, pd.Index]:
@@ -614,7 +616,7 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
                                                       kind=kind).array
                  for kind in ("known", "modelled")}
     del group_all, rows, group, dealer_all, dealer, weights, valid, pairs, counts
-    purchaser = pd.array(labels, dtype="string")
+    purchaser = labels
     # most guns first, then by purchaser (NA last), as sort_values would: every column is
     # taken in this order once, so no second copy of a table of millions of purchasers
     rank, _ = pd.factorize(purchaser, sort=True)
@@ -625,7 +627,7 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
             "guns": guns[order],
             "at_or_above_threshold": guns[order] >= threshold,
             "dealers": distinct[order],
-            "top_dealer": pd.array(top_names, dtype="string").take(order),
+            "top_dealer": top_names.take(order),
             "top_dealer_guns": top_count[order],
             "top_dealer_share_frac": np.round(top_count / np.maximum(guns, 1), 6)[order],
             "hhi": np.round(hhi, 6)[order],

@@ -40,7 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from geoflow.aggregate import RECORDS_COLUMN, from_codes, unplace_duplicates
+from geoflow.aggregate import RECORDS_COLUMN, from_codes, recode, unplace_duplicates
 from geoflow.io import SeenRecords, read_traces, warning_key
 from geoflow.privacy import arrow_text
 
@@ -264,7 +264,7 @@ class NameTable:
         self._parts.append(uniques.filter(pa.array(new)))
         self.size += int(new.sum())
         indices = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-        return np.where(indices < 0, -1, at[np.maximum(indices, 0)]).astype(np.int32)
+        return recode(indices, at).astype(np.int32)
 
     @property
     def names(self) -> pd.Series:
@@ -278,8 +278,7 @@ class NameTable:
         order = pc.sort_indices(names).to_numpy().astype(np.int64)  # UTF-8: code point order
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
-        codes = np.asarray(codes)
-        return from_codes(np.where(codes < 0, -1, rank[np.maximum(codes, 0)]),
+        return from_codes(recode(np.asarray(codes), rank),
                           pd.Index(pd.array(names.take(order), dtype="string")))
 
 

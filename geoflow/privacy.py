@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from geoflow.aggregate import ascii_text, from_codes, hex_digits
+from geoflow.aggregate import ascii_text, from_codes, hex_digits, recode
 from geoflow.errors import ConfigError
 
 __all__ = [
@@ -362,8 +362,7 @@ def pseudonymise(
         start += len(distinct)
         if categorical[role]:  # ids as a categorical too: no id text per record
             id_codes, id_values = pd.factorize(own, sort=True, use_na_sentinel=True)
-            taken = from_codes(np.where(codes < 0, -1, id_codes[np.maximum(codes, 0)]),
-                               pd.Index(id_values, dtype="string"))
+            taken = from_codes(recode(codes, id_codes), pd.Index(id_values, dtype="string"))
         else:
             taken = own.take(codes, allow_fill=True)
         out[f"{role}_id"] = pd.Series(taken, index=out.index)
