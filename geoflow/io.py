@@ -1074,6 +1074,40 @@ def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
     return _Records(starts, stops, lines, last_lines, fields, blank, multiline=multiline)
 
 
+def _line_records(buf: bytes, delimiter: str) -> _Records | None:
+    """Records of a file where, it seems, each physical line is one record: the header's
+    fields on the first line, LF or CRLF line ends throughout (no lone CR or LF), an even
+    number of quotes, no row over :data:`MAX_ROW_BYTES`; ``None`` otherwise.
+
+    Only the line breaks are looked at (:func:`_scan_records` visits every quote and
+    delimiter: 3 s per 250 MB). The parse checks the rest: it follows quotes across lines
+    (``multiline``), fails on a row of another width (a blank line included) and must
+    give one row per line, else :func:`_csv_fast` returns ``None`` and the full scan
+    decides.
+    """
+    cr, lf = buf.count(b"\r"), buf.count(b"\n")
+    if (cr and (cr != lf or buf.count(b"\r\n") != cr)) or buf.count(b'"') % 2:
+        return None  # a lone line break, or a quote left open at the end
+    a = np.frombuffer(buf, dtype=np.uint8)
+    breaks = np.concatenate([np.flatnonzero(a[lo : lo + _SCAN_CHUNK] == 10) + lo
+                             for lo in range(0, a.size, _SCAN_CHUNK)] or [np.zeros(0, int)])
+    if breaks.size == 0:
+        return None
+    stops = breaks if breaks[-1] == a.size - 1 else np.append(breaks, a.size)
+    starts = np.concatenate(([0], breaks[: stops.size - 1] + 1))
+    if cr:  # CRLF: the CR is not content
+        stops = stops - (a[np.maximum(stops - 1, 0)] == 13)
+    header = buf[: stops[0]].decode("utf-8")
+    width = len(next(csv.reader([header], delimiter=delimiter), []))
+    if (width < 2 or header.count('"') % 2 or not header.strip(" \t")
+            or int((stops - starts).max()) > MAX_ROW_BYTES):
+        return None
+    lines = np.arange(1, starts.size + 1, dtype=np.int64)
+    return _Records(starts.astype(np.int64), stops.astype(np.int64), lines, lines,
+                    np.full(starts.size, width, dtype=np.int64),
+                    np.zeros(starts.size, dtype=bool), multiline=True)
+
+
 def _glue(scan: _Records, buf: bytes, header: int) -> _Records:
     """Join records split by a line break inside an unquoted cell (an Excel line break):
     consecutive pieces ended by a break of another kind than the header's (a lone CR in an
@@ -1192,6 +1226,11 @@ def _read_csv(data: bytes, path: Path, *, encoding: str | None) -> _Table:
         buf = text.encode("utf-8")
     del text  # the fast path works on bytes; keep memory to one copy of the file
     meta = {"encoding": name, "delimiter": delimiter}
+    lines = _line_records(buf, delimiter)  # the common file: one record per line
+    if lines is not None:
+        table = _csv_fast(buf, lines, delimiter, meta)
+        if table is not None:
+            return _with_warnings(table, warnings)
     scan = _scan_records(buf, delimiter)
     if scan is not None and not scan.blank.all():
         header = int(np.flatnonzero(~scan.blank)[0])

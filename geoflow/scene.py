@@ -539,7 +539,9 @@ def _side_legs(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
                     port_name=("port_name", "first"), port_lon=("port_lon", "first"),
                     port_lat=("port_lat", "first"), guns=("guns", "sum"))
                .reset_index())
-    order = np.lexsort((grouped["key"].to_numpy(), -grouped["guns"].to_numpy()))
+    # keys ranked in Arrow (UTF-8 byte order is code point order, as Python sorts text)
+    key_rank = pd.factorize(grouped["key"].array, sort=True)[0]
+    order = np.lexsort((key_rank, -grouped["guns"].to_numpy()))
     return grouped.iloc[order].reset_index(drop=True)
 
 
