@@ -173,6 +173,27 @@ def test_a_full_disk_is_one_line_exit_7_and_out_untouched(tmp_path, small_input,
             _umount(mount)
 
 
+def test_a_failing_map_stops_the_run_and_leaves_out_untouched(tmp_path, small_input,
+                                                               monkeypatch):
+    """The map and its stills are drawn beside the data files (in a thread): their error
+    still ends the run, once, and nothing half-written is put in place."""
+    from geoflow import static
+
+    def broken(scene, folder, **kwargs):
+        (Path(folder) / "map.png").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(static, "write_stills", broken)
+    out = _geoflow_folder(tmp_path / "out")
+    before = _snapshot(out)
+    result = CliRunner().invoke(cli, ["-q", "run", str(small_input), "-o", str(out)])
+    assert result.exit_code == 7, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the disk is full" in errors[0], result.output
+    assert _snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def test_unwritable_or_impossible_output_folders_fail_before_any_work(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
