@@ -188,7 +188,10 @@ def ascii_text(prefix: bytes, codes: np.ndarray, lengths: np.ndarray | None = No
 
 
 def recode(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """``table[codes]``, with −1 (NA) kept as −1."""
+    """``table[codes]``, with −1 (NA) kept as −1 (all of them when ``table`` is empty: a
+    column with no value at all)."""
+    if len(table) == 0:
+        return np.full(len(codes), -1, dtype=np.int64)
     return np.where(codes < 0, -1, table[np.maximum(codes, 0)])
 
 

@@ -117,6 +117,21 @@ def test_chunked_outputs_equal_in_memory_on_a_broken_file(sample_csv, tmp_path):
     assert len(warnings) >= 3  # the dates and the bad byte, at their file lines
 
 
+def test_chunked_outputs_equal_in_memory_with_a_name_column_left_blank(sample_csv, tmp_path):
+    """A possessor column with no name in it (an export that leaves it empty): the chunked
+    read has no possessor name to code, and still reads as the whole file does."""
+    frame = pd.read_csv(sample_csv, dtype=str, keep_default_na=False)
+    frame["Possessor Name"] = ""
+    blank = tmp_path / "blank_possessors.csv"
+    frame.to_csv(blank, index=False)
+    whole = _outputs(blank, tmp_path / "whole")
+    chunked = _outputs(blank, tmp_path / "chunked", chunk_mb=0.25)
+    assert chunked["input"]["chunks"] >= 3
+    assert chunked["counts"]["rows_valid"] == len(frame)
+    assert _same_outputs(tmp_path / "whole", tmp_path / "chunked") == []
+    assert _comparable(chunked) == _comparable(whole)
+
+
 def test_chunks_cover_the_file_with_file_line_numbers(sample_csv, tmp_path):
     broken = _broken(sample_csv, tmp_path)
     data = broken.read_bytes()
