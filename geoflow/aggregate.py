@@ -619,14 +619,13 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
                                                       kind=kind).array
                  for kind in ("known", "modelled")}
     del group_all, rows, group, dealer_all, dealer, weights, valid, pairs, counts
-    purchaser = labels
     # most guns first, then by purchaser (NA last), as sort_values would: every column is
     # taken in this order once, so no second copy of a table of millions of purchasers
-    rank, _ = pd.factorize(purchaser, sort=True)
+    rank, _ = pd.factorize(labels, sort=True)
     order = np.lexsort((np.where(rank < 0, n, rank), -guns))
     return pd.DataFrame(
         {
-            "purchaser": purchaser.take(order),
+            "purchaser": labels.take(order),
             "guns": guns[order],
             "at_or_above_threshold": guns[order] >= threshold,
             "dealers": distinct[order],
