@@ -578,7 +578,7 @@ def by_dealer(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None = None,
-                 threshold: int = TRAFFICKER_MIN_GUNS) -> pd.DataFrame:
+                 threshold: int = TRAFFICKER_MIN_GUNS, min_guns: int = 0) -> pd.DataFrame:
     """One row per purchaser (records without a purchaser are left out): guns, whether they
     are tied to ``threshold`` or more guns (``at_or_above_threshold``), distinct dealers, top
     dealer with its guns and share, Herfindahl concentration ``hhi`` over dealers (1 = a
@@ -588,21 +588,27 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
     Columns (contract): ``purchaser``, ``guns``, ``at_or_above_threshold``, ``dealers``,
     ``top_dealer``, ``top_dealer_guns``, ``top_dealer_share_frac``, ``hhi``, ``first_purchase``,
     ``last_purchase``, ``known_crossings``, ``modelled_crossings``,
-    ``median_time_to_crime_days``. Every purchaser is
-    listed here; the published table keeps only those at or above ``--min-cell``
-    (:func:`geoflow.privacy.suppress`).
+    ``median_time_to_crime_days``. Purchasers tied to fewer than ``min_guns`` guns (default
+    0: none) are only counted, in ``attrs["left_out"]`` (``min_guns``, ``purchasers``,
+    ``guns``): a large input has millions of purchasers with a gun or two, and the published
+    table keeps only those at or above ``--min-cell`` (:func:`geoflow.privacy.suppress`).
     """
     records = counted(records)
-    group_all, ids = _codes(records["purchaser_id"])
-    n = len(ids)
-    rows = np.flatnonzero(group_all >= 0)  # records with a purchaser
+    codes, ids = _codes(records["purchaser_id"])
+    guns_all = weighted_count(codes, gun_weights(records), len(ids))
+    chosen = np.flatnonzero(guns_all >= min_guns)
+    n = len(chosen)
+    renumber = np.full(len(ids), -1, dtype=np.int64)
+    renumber[chosen] = np.arange(n)
+    group_all = recode(codes, renumber)  # −1: no purchaser, or one left out
+    rows = np.flatnonzero(group_all >= 0)
     group = group_all[rows]
-    labels = _labels_of(np.arange(n), group_all, ids, records)
+    labels = _labels_of(chosen, codes, ids, records)
+    guns = guns_all[chosen]
     dealer_all, dealer_ids = _codes(records["dealer_id"])
     dealer = dealer_all[rows]
     weights = gun_weights(records)[rows]
     top, top_count, distinct = top_item(group, dealer, n, weights)
-    guns = weighted_count(group, weights, n)
     # Herfindahl index: sum of squared dealer shares per purchaser
     valid = dealer >= 0
     width = max(len(dealer_ids), 1)
@@ -616,14 +622,14 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
     top_names = _first_labels(top, dealer_all,
                               fill_unknown(records["dealer_name"], "(unnamed dealer)"))
     crossings = {f"{kind}_crossings": _crossings_used(records, group_all, n, port_names,
-                                                      kind=kind).array
+                                                      kind=kind)
                  for kind in ("known", "modelled")}
-    del group_all, rows, group, dealer_all, dealer, weights, valid, pairs, counts
+    del codes, group_all, rows, group, dealer_all, dealer, weights, valid, pairs, counts
     # most guns first, then by purchaser (NA last), as sort_values would: every column is
     # taken in this order once, so no second copy of a table of millions of purchasers
     rank, _ = pd.factorize(labels, sort=True)
     order = np.lexsort((np.where(rank < 0, n, rank), -guns))
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "purchaser": labels.take(order),
             "guns": guns[order],
@@ -639,6 +645,10 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
             "median_time_to_crime_days": median.to_numpy()[order],
         }
     )
+    left = guns_all < min_guns
+    table.attrs["left_out"] = {"min_guns": min_guns, "purchasers": int(left.sum()),
+                               "guns": int(guns_all[left].sum())}
+    return table
 
 
 def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None = None,
@@ -648,7 +658,8 @@ def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None
     not proof of trafficking: the columns of :func:`by_purchaser` without
     ``at_or_above_threshold``. ``purchasers`` is a ready :func:`by_purchaser` table."""
     if purchasers is None:
-        purchasers = by_purchaser(records, port_names=port_names, threshold=threshold)
+        purchasers = by_purchaser(records, port_names=port_names, threshold=threshold,
+                                  min_guns=threshold)
     big = purchasers[purchasers["guns"].to_numpy() >= threshold]
     return big.drop(columns="at_or_above_threshold").reset_index(drop=True)
 
@@ -656,19 +667,19 @@ def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None
 def _crossings_used(
     records: pd.DataFrame, group: np.ndarray, n: int, port_names: Mapping[str, str] | None,
     *, kind: str,
-) -> pd.Series:
+) -> pd.api.extensions.ExtensionArray:
     """Port names each group's guns went through with ``route_kind == kind`` (``known``: the
     record named the crossing; ``modelled``: the shortest route, not a record), most guns
     first, then port code; joined with ``"; "``, NA when none.
 
-    ``group`` is a code per record (−1 = left out). Vectorised over (group, port) pairs; the
-    join runs once per rank (at most the number of ports).
+    ``group`` is a code per record (−1 = left out). Vectorised over (group, port) pairs;
+    each distinct sequence of ports is joined once (a few hundred among millions of
+    purchasers), and the groups hold a code into them until the end.
     """
     code, uniques = _codes(records["crossing_code"])
     keep = (group >= 0) & (code >= 0) & is_value(records["route_kind"], kind)
-    joined = pd.Series(pd.NA, index=pd.RangeIndex(n), dtype="string")
     if not keep.any():
-        return joined
+        return pd.array(pa.nulls(n, pa.large_string()), dtype="string")
     ports = len(uniques)
     pairs, guns = _pair_counts(group[keep] * ports + code[keep], gun_weights(records)[keep])
     t_group, t_code = pairs // ports, pairs % ports
@@ -676,12 +687,20 @@ def _crossings_used(
     t_group, t_code = t_group[order], t_code[order]
     starts = np.r_[0, np.flatnonzero(np.diff(t_group)) + 1]
     rank = np.arange(len(t_group)) - np.repeat(starts, np.diff(np.r_[starts, len(t_group)]))
-    names = np.array([(port_names or {}).get(str(c), str(c)) for c in uniques], dtype=object)
-    for r in range(int(rank.max()) + 1):
+    names = [(port_names or {}).get(str(c), str(c)) for c in uniques]
+    texts: list[str] = []  # one per distinct sequence of ports so far
+    sequence = np.full(n, -1, dtype=np.int64)  # each group's sequence (−1: none yet)
+    for r in range(int(rank.max()) + 1):  # one step per port added (at most the ports)
         at = rank == r
-        part = pd.Series(names[t_code[at]], index=t_group[at], dtype="string")
-        joined.loc[part.index] = part if r == 0 else joined.loc[part.index] + "; " + part
-    return joined
+        g, c = t_group[at], t_code[at]
+        step, seen = pd.factorize(np.maximum(sequence[g], 0) * ports + c)  # (sequence, port)
+        texts.extend(names[p] if r == 0 else f"{texts[q]}; {names[p]}"
+                     for q, p in zip((seen // ports).tolist(), (seen % ports).tolist(),
+                                     strict=True))
+        sequence[g] = len(texts) - len(seen) + step
+    joined = pa.DictionaryArray.from_arrays(pa.array(sequence, mask=sequence < 0),
+                                            pa.array(texts, pa.large_string()))
+    return pd.array(joined.cast(pa.large_string()), dtype="string")
 
 
 def by_crossing(
@@ -748,12 +767,15 @@ def build_tables(
     ports: pd.DataFrame | None = None,
     state_names: Mapping[str, str] | None = None,
     trafficker_min_guns: int = TRAFFICKER_MIN_GUNS,
+    purchaser_min_guns: int = 0,
 ) -> dict[str, pd.DataFrame]:
     """All eight tables of DESIGN.md "Outputs", keyed by file stem, before small-count
-    suppression (``by_purchaser`` lists every purchaser)."""
+    suppression (``by_purchaser`` lists every purchaser tied to ``purchaser_min_guns`` or
+    more guns and counts the others: see :func:`by_purchaser`)."""
     records = table_records(records)
     port_names = None if ports is None else dict(zip(ports["code"], ports["name"], strict=True))
-    purchasers = by_purchaser(records, port_names=port_names, threshold=trafficker_min_guns)
+    purchasers = by_purchaser(records, port_names=port_names, threshold=trafficker_min_guns,
+                              min_guns=purchaser_min_guns)
     return {
         "by_us_state": by_us_state(records, state_names=state_names),
         "by_mx_state": by_mx_state(records, state_names=state_names),

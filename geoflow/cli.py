@@ -362,7 +362,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         return
     with stage("Analysing", enabled=show_progress()):
         result = analyse(prepared, options=run_options, records=records,
-                         description=description)
+                         description=description, consume=True)
     del prepared, records  # the records are not written: their memory goes to the export
     with stage(f"Writing {out}", enabled=show_progress()):
         write_outputs(result, out, force=force, map_options=look, formats=formats,

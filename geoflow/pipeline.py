@@ -441,6 +441,7 @@ def analyse(
     description: str = "",
     layers: bool = True,
     entity: tuple[str, str] | None = None,
+    consume: bool = False,
 ) -> RunResult:
     """Flows, point layers, state polygons, tables and findings from prepared records.
 
@@ -449,7 +450,11 @@ def analyse(
     findings only, e.g. ``geoflow summary``) leaves the map layers empty. ``entity`` (kind,
     label) marks one output set of a ``--per`` batch: findings are sentences about it
     (:func:`~geoflow.aggregate.entity_findings`); the geocode report of a subset lists only
-    its own places with its own record counts.
+    its own places with its own record counts. ``consume=True`` (``geoflow run``, which
+    writes the result and forgets the records) empties the records' frame column by column
+    as the placed records are copied for the map layers, so that a large input's records
+    and that copy are never held in full together; ``prepared`` and ``records`` are of no
+    use afterwards.
     """
     from geoflow.crossings import load_ports
     from geoflow.geocode import report_for
@@ -457,7 +462,7 @@ def analyse(
     options = options or prepared.options
     # the ids were made in prepare_records: the manifest names the key that made them
     options = replace(options, pseudonym_key=prepared.options.pseudonym_key)
-    frame = prepared.records if records is None else records
+    frame = source_frame = prepared.records if records is None else records
     quality = {  # what the data said that the tables do not: flags, unknown crossings
         "flags": flag_counts(frame),
         "unmatched_crossings": unmatched_crossings(frame).to_dict("records"),
@@ -471,8 +476,13 @@ def analyse(
     with _stage("aggregate", timings, memory):
         frame = _label(_encode(frame), options.show_names)
         valid = table_records(frame)  # one copy without repeats, of the columns read
+        # purchasers under both --min-cell and the threshold are only counted (no finding
+        # or table names them), but one trafficker's own output set describes them
+        floor = (0 if entity is not None and entity[0] == "trafficker"
+                 else max(min(options.min_cell, options.trafficker_min_guns), 0))
         tables = build_tables(valid, ports=ports, state_names=state_names,
-                              trafficker_min_guns=options.trafficker_min_guns)
+                              trafficker_min_guns=options.trafficker_min_guns,
+                              purchaser_min_guns=floor)
         found = findings(valid, tables, min_guns=options.trafficker_min_guns,
                          min_cell=options.min_cell,
                          count_table=bool(prepared.source.get("count_column")))
@@ -486,11 +496,19 @@ def analyse(
         # only the columns the map layers need: a filtered copy of every column would double
         # the memory of the records for large inputs
         layer_columns = [c for c in LAYER_INPUT_COLUMNS if c in frame.columns]
-        placed = frame.loc[frame["placed"].to_numpy(dtype=bool), layer_columns]
         unplaced = _unplaced(frame)
         rows_selected = int(record_weights(frame).sum())
         guns_selected = int(gun_weights(frame).sum())
-        del frame  # the encoded columns not needed by the layers go now
+        # what the manifest reads from every record, before they may be emptied
+        rows_valid = int(record_weights(prepared.records).sum())
+        guns_valid = int(gun_weights(prepared.records).sum())
+        synthetic = prepared_synthetic(prepared)
+        report = (prepared.geocode_report if records is None or records is prepared.records
+                  else report_for(prepared.geocode_report, records))
+        placed = placed_layer_records(
+            frame, layer_columns,
+            consume=(frame, source_frame, prepared.records) if consume else ())
+        del frame, source_frame  # the encoded columns not needed by the layers go now
         drawn = placed if layers else placed.iloc[0:0]
         # more place-level flows than flows.geojson holds: lines are only drawn from its
         # state-level flows, so the flows keep no line objects (gigabytes at 10M records)
@@ -522,8 +540,7 @@ def analyse(
         log.info("built %s through %s", plural(len(flows), "flow"),
                  plural(len(crossings), "port"))
 
-    rows_read = int(prepared.source.get("rows_read", len(prepared.records)))
-    rows_valid = int(record_weights(prepared.records).sum())
+    rows_read = int(prepared.source.get("rows_read", rows_valid))
     counts = {
         "rows_read": rows_read,
         "rows_valid": rows_valid,
@@ -536,7 +553,7 @@ def analyse(
         "dealers": len(dealers),
         "recoveries": len(recoveries),
         "crossings": len(crossings),
-        **gun_counts(prepared, placed, guns_selected),
+        **gun_counts(prepared, placed, guns_selected, guns_valid=guns_valid),
     }
     source = prepared.source
     manifest = {
@@ -552,7 +569,7 @@ def analyse(
         "show_names": options.show_names,
         "pseudonyms": options.describe()["pseudonym_key"],
         "description": description,
-        "synthetic": prepared_synthetic(prepared),
+        "synthetic": synthetic,
         "counts": counts,
         "flows_geojson_level": options.flow_level if overview is None else "state",
         "suppression": suppression,
@@ -567,22 +584,45 @@ def analyse(
         crossings=crossings, states=states, tables=tables, findings=found,
         rejects=_rejects(prepared.rejects, options.show_names), unplaced=unplaced,
         # every record (the CLI passes them when no filter applies): the report as it is
-        geocode_report=(prepared.geocode_report
-                        if records is None or records is prepared.records
-                        else report_for(prepared.geocode_report, records)),
+        geocode_report=report,
         manifest=manifest, description=description,
         warnings=prepared.warnings, flows_overview=overview,
         suppression=suppression,
     )
 
 
-def gun_counts(prepared: PreparedRecords, placed: pd.DataFrame, guns_selected: int) -> dict:
+def placed_layer_records(frame: pd.DataFrame, columns: list[str], *,
+                         consume: tuple[pd.DataFrame, ...] = ()) -> pd.DataFrame:
+    """The placed records of ``frame``, only their ``columns``: a copy. Frames in ``consume``
+    (``frame`` and those sharing its columns) lose every column as soon as it is copied, the
+    others first, so memory holds the records or their copy, column by column, not both."""
+    rows = np.flatnonzero(frame["placed"].to_numpy(dtype=bool))
+    if not consume:
+        return frame.iloc[rows][columns]
+    for emptied in consume:
+        emptied.drop(columns=[c for c in emptied.columns if c not in columns], inplace=True)
+    index = frame.index[rows]
+    copied = {}
+    for column in columns:
+        copied[column] = frame[column].array.take(rows)
+        for emptied in consume:
+            if column in emptied.columns:
+                del emptied[column]
+    # copy=False: no stacking of same-typed columns into one block (a second copy)
+    return pd.DataFrame(copied, index=index, copy=False)
+
+
+def gun_counts(prepared: PreparedRecords, placed: pd.DataFrame, guns_selected: int, *,
+               guns_valid: int | None = None) -> dict:
     """Accounting in guns (a count table's rows stand for many): ``guns_read = guns_valid +
     guns_rejected``, ``guns_valid = guns_placed + guns_unplaced + guns_filtered_out``, and the
     guns over the flows add up to ``guns_placed``. ``guns_rejected`` counts the guns of
     rejected rows whose count could be read; ``rows_rejected_count_unreadable`` says how many
-    rejected rows had none (their guns are unknown). A trace file's row is one gun."""
-    guns_valid = int(gun_weights(prepared.records).sum())
+    rejected rows had none (their guns are unknown). A trace file's row is one gun.
+    ``guns_valid`` (default: counted over ``prepared.records``) is given when the records
+    were consumed."""
+    if guns_valid is None:
+        guns_valid = int(gun_weights(prepared.records).sum())
     rejects = prepared.rejects
     rows_rejected = int(rejects["line"].nunique()) if len(rejects) else 0
     if prepared.source.get("count_column") and "guns" in rejects.columns:

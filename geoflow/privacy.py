@@ -458,10 +458,14 @@ class Listing:
 def list_purchasers(tables: dict[str, pd.DataFrame], *, min_cell: int = MIN_CELL
                     ) -> tuple[dict[str, pd.DataFrame], Listing]:
     """``tables`` with ``by_purchaser`` and ``by_trafficker`` listing only purchasers tied to
-    ``min_cell`` or more guns, and the :class:`Listing` :func:`suppress` reports. Called once
-    the findings are made, it frees the table of every purchaser (millions in a large run)
-    before the flows are built."""
+    ``min_cell`` or more guns, and the :class:`Listing` :func:`suppress` reports (with the
+    purchasers :func:`~geoflow.aggregate.by_purchaser` only counted). Called once the
+    findings are made, it frees the table of every purchaser before the flows are built."""
     purchasers = tables["by_purchaser"]
+    left_out = purchasers.attrs.get("left_out", {"min_guns": 0, "purchasers": 0, "guns": 0})
+    if left_out["min_guns"] > max(min_cell, 0):
+        raise ValueError(f"by_purchaser left out purchasers under {left_out['min_guns']} guns,"
+                         f" but --min-cell {min_cell} lists them")
     guns = purchasers["guns"].to_numpy(dtype=np.int64)
     listed = guns >= min_cell
     tables = dict(tables)
@@ -470,8 +474,8 @@ def list_purchasers(tables: dict[str, pd.DataFrame], *, min_cell: int = MIN_CELL
     tables["by_trafficker"] = traffickers[
         traffickers["guns"].to_numpy(dtype=np.int64) >= min_cell].reset_index(drop=True)
     listing = Listing(named=pd.Index(tables["by_purchaser"]["purchaser"].dropna()),
-                      not_listed={"purchasers": int((~listed).sum()),
-                                  "guns": int(guns[~listed].sum())})
+                      not_listed={"purchasers": int((~listed).sum()) + left_out["purchasers"],
+                                  "guns": int(guns[~listed].sum()) + left_out["guns"]})
     return tables, listing
 
 
