@@ -600,7 +600,8 @@ def placed_layer_records(frame: pd.DataFrame, columns: list[str], *,
     if not consume:
         return frame.iloc[rows][columns]
     for emptied in consume:
-        emptied.drop(columns=[c for c in emptied.columns if c not in columns], inplace=True)
+        for column in [c for c in emptied.columns if c not in columns]:
+            del emptied[column]
     index = frame.index[rows]
     copied = {}
     for column in columns:

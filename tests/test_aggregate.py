@@ -137,6 +137,27 @@ def test_by_trafficker_lists_only_purchasers_at_or_above_the_threshold(records):
     assert higher.tolist() == [True, False, False]
 
 
+def test_by_purchaser_details_only_purchasers_at_or_above_min_guns_and_counts_the_rest(records):
+    everyone = by_purchaser(records)
+    assert everyone.attrs["left_out"] == {"min_guns": 0, "purchasers": 0, "guns": 0}
+    table = by_purchaser(records, min_guns=10)
+    # the same rows, numbers and order as the full table, without the small purchaser
+    assert table.equals(everyone.iloc[:2])
+    assert table.attrs["left_out"] == {"min_guns": 10, "purchasers": 1, "guns": 2}
+    assert by_purchaser(records, min_guns=100).empty
+
+
+def test_crossings_of_a_purchaser_are_ordered_by_guns_then_port_code():
+    rows = [{"purchaser": "Ana Uno", "port": port, "kind": "known", "n": n}
+            for port, n in (("2604", 1), ("2304", 3), ("2305", 1))]
+    rows.append({"purchaser": "Beto Dos", "port": "2305", "kind": "known", "n": 2})
+    table = by_purchaser(_records(rows), port_names={"2304": "Laredo", "2305": "Hidalgo",
+                                                     "2604": "Nogales"})
+    assert table["known_crossings"].tolist() == ["Laredo; Hidalgo; Nogales", "Hidalgo"]
+    assert table["modelled_crossings"].isna().all()
+    assert str(table["known_crossings"].dtype) == "string"
+
+
 def test_tables_cover_all_valid_records(records):
     tables = build_tables(records, ports=PORTS, state_names={"US-IL": "Illinois"})
     assert set(tables) == {

@@ -174,6 +174,29 @@ def test_every_record_given_keeps_the_geocode_report_recount_free(prepared):
     assert given.geocode_report is not analyse(prepared, records=subset).geocode_report
 
 
+@pytest.mark.parametrize("subset", [False, True])
+def test_a_consuming_analysis_gives_the_same_result_and_empties_the_records(broken, subset):
+    # geoflow run hands its records over (consume=True): they are dropped column by column
+    # as the placed ones are copied, and every output is what a plain analysis gives
+    def run(consume):
+        prepared = prepare_records(broken, options=OPTIONS)
+        records = prepared.records.iloc[1:] if subset else None
+        return prepared, analyse(prepared, records=records, consume=consume)
+
+    _, kept = run(consume=False)
+    prepared, consumed = run(consume=True)
+    assert len(prepared.records.columns) == 0
+    for name in ("flows", "dealers", "recoveries", "crossings", "unplaced", "geocode_report"):
+        pd.testing.assert_frame_equal(pd.DataFrame(getattr(consumed, name)),
+                                      pd.DataFrame(getattr(kept, name)))
+    for name, table in kept.tables.items():
+        pd.testing.assert_frame_equal(consumed.tables[name], table)
+    assert consumed.findings == kept.findings
+    assert consumed.manifest["counts"] == kept.manifest["counts"]
+    assert consumed.manifest["synthetic"] == kept.manifest["synthetic"]
+    assert consumed.manifest["counts"]["rows_unplaced"] > 0  # the copy left rows out
+
+
 def test_state_level_flows(prepared):
     result = analyse(prepared, options=RunOptions(flow_level="state"))
     assert result.flows["guns"].sum() == result.manifest["counts"]["rows_placed"]
