@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = [
     "TTC_SHORT_DAYS",
@@ -100,7 +101,12 @@ def counted(records: pd.DataFrame) -> pd.DataFrame:
 
     Every table, findings and layer builder calls it, so a duplicate never counts twice.
     """
-    keep = countable(records) & (gun_weights(records) > 0)
+    return rows_where(records, countable(records) & (gun_weights(records) > 0))
+
+
+def rows_where(records: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """``records[keep]``, or ``records`` itself (no copy of millions of rows) when every row
+    is kept."""
     return records if keep.all() else records[keep]
 
 
@@ -415,9 +421,19 @@ def _item_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
     count items within groups: a categorical's own codes when its categories are sorted (no
     factorising of millions of names per call; codes of values not present never occur)."""
     dtype = values.dtype
-    if isinstance(dtype, pd.CategoricalDtype) and dtype.categories.is_monotonic_increasing:
+    if isinstance(dtype, pd.CategoricalDtype) and _ascending(dtype.categories):
         return values.cat.codes.to_numpy(dtype=np.int64), dtype.categories
     return _codes(values)
+
+
+def _ascending(index: pd.Index) -> bool:
+    """``index.is_monotonic_increasing``, for text compared in Arrow: pandas' own check
+    builds and keeps a hash table of Python strings (about 180 MB for 2.5 million
+    pseudonyms, held as long as the categories live)."""
+    if isinstance(index.dtype, pd.StringDtype) and index.dtype.storage == "pyarrow":
+        text = pa.array(index.array)
+        return len(text) < 2 or bool(pc.all(pc.less_equal(text[:-1], text[1:])).as_py())
+    return index.is_monotonic_increasing
 
 
 def _labels_of(wanted: np.ndarray, codes: np.ndarray, ids: pd.Index,

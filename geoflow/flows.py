@@ -27,6 +27,7 @@ from geoflow.aggregate import (
     is_value,
     iso_dates,
     recovery_keys,
+    rows_where,
     take_text,
     weighted_count,
 )
@@ -391,7 +392,7 @@ def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
     median time to crime and purchase span. Records naming no dealer (no name, FFL or city:
     a count table's bare state) have no dealer point."""
     records = counted(records)
-    records = records[records["dealer_id"].notna().to_numpy(dtype=bool)]
+    records = rows_where(records, records["dealer_id"].notna().to_numpy(dtype=bool))
     group, n = _group(records, ["dealer_id"])
     stats = group_stats(records, group, n)
     first = first_rows(group, n)
@@ -426,7 +427,7 @@ def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
     recovery date span. Rows of a count table that end at the border (recovery "Mexico" with
     no place, :data:`geoflow.counts.BORDER_LEVEL`) have no recovery place and are left out."""
     records = counted(records)
-    records = records[~is_value(records["recovery_geocode_level"], "country")]
+    records = rows_where(records, ~is_value(records["recovery_geocode_level"], "country"))
     group, n = _group(records, recovery_keys(records))
     stats = group_stats(records, group, n)
     first = first_rows(group, n)

@@ -516,6 +516,7 @@ def analyse(
         straight = options.flow_level == "place" and len(drawn) > FLOWS_GEOJSON_MAX
         flows = build_flows(drawn, ports, level=options.flow_level, state_names=state_names,
                             lines=not straight)
+        release_memory()  # the flows' working memory, before the point layers need theirs
         dealers = build_dealers(drawn)
         recoveries = build_recoveries(drawn)
         crossings = build_crossings(drawn, ports)
