@@ -23,6 +23,7 @@ import signal
 import socket
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from pathlib import Path
@@ -377,6 +378,8 @@ _THREE_POINT_WKB = np.dtype([("order", "u1"), ("type", "<u4"), ("points", "<u4")
 
 #: Lines per Arrow array of :func:`three_point_wkb` (its 32-bit offsets stop at 2 GiB).
 _WKB_CHUNK = 10_000_000
+#: Rows per row group of flows_full.parquet (Arrow's default maximum).
+PARQUET_ROW_GROUP = 1 << 20
 
 
 def three_point_wkb(flows: pd.DataFrame) -> pa.ChunkedArray:
@@ -424,20 +427,35 @@ def write_flows_parquet(flows: pd.DataFrame, path: str | Path) -> None:
         write_geoparquet(lines, path)
         return
     frame = _plain_text(flows)
-    wkb = three_point_wkb(frame)
     # GeoPandas' own schema and metadata, from the first flow, with the bounds of them all
-    first = gpd.GeoDataFrame(frame.iloc[:1], geometry=shapely.from_wkb(wkb[:1].to_numpy(
-        zero_copy_only=False)), crs="EPSG:4326")
+    first = gpd.GeoDataFrame(frame.iloc[:1], geometry=shapely.from_wkb(
+        three_point_wkb(frame.iloc[:1]).to_numpy(zero_copy_only=False)), crs="EPSG:4326")
     schema = to_arrow(first, index=False, schema_version="1.0.0").schema
-    xy = np.concatenate([np.frombuffer(part.buffers()[2], dtype=_THREE_POINT_WKB)["xy"]
-                         for part in wkb.chunks]).reshape(-1, 2)
     geo = json.loads(schema.metadata[b"geo"])
-    geo["columns"]["geometry"]["bbox"] = [*np.nanmin(xy, axis=0).tolist(),
-                                          *np.nanmax(xy, axis=0).tolist()]
+    geo["columns"]["geometry"]["bbox"] = _three_point_bounds(frame)
     schema = schema.with_metadata({**schema.metadata, b"geo": json.dumps(geo).encode()})
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = pa.table([*table.columns, wkb], schema=schema)
-    parquet.write_table(table, path, compression="zstd")
+    # one row group at a time (the size Arrow cuts them to anyway): the Arrow copy of the
+    # flows and their WKB never exist for all of them at once
+    with parquet.ParquetWriter(path, schema, compression="zstd") as writer:
+        for start in range(0, len(frame), PARQUET_ROW_GROUP):
+            part = frame.iloc[start:start + PARQUET_ROW_GROUP]
+            table = pa.Table.from_pandas(part, preserve_index=False)
+            writer.write_table(pa.table([*table.columns, three_point_wkb(part)], schema=schema))
+
+
+def _three_point_bounds(flows: pd.DataFrame) -> list[float]:
+    """Bounds (min lon, min lat, max lon, max lat) of the three points of every flow, as
+    :func:`three_point_wkb` rounds them."""
+    ends = ("dealer", "port", "recovery")
+    lon, lat = ([np.round(flows[f"{end}_{axis}"].to_numpy(dtype=float), 6) for end in ends]
+                for axis in ("lon", "lat"))
+    if not len(flows):
+        return [math.nan] * 4
+    with warnings.catch_warnings():  # no coordinate at all: NaN bounds, as numpy gives them
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low = [float(np.nanmin([np.nanmin(v) for v in axis])) for axis in (lon, lat)]
+        high = [float(np.nanmax([np.nanmax(v) for v in axis])) for axis in (lon, lat)]
+    return [*low, *high]
 
 
 def safe_path(folder: str | Path, name: str) -> Path:

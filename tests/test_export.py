@@ -12,6 +12,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pyogrio
 import pytest
 import shapely
@@ -323,6 +324,15 @@ def test_flows_without_line_objects_write_the_same_geoparquet_as_geopandas(
     back = gpd.read_parquet(tmp_path / "bare.parquet")
     assert back.crs.to_epsg() == 4326 and (shapely.get_num_points(back.geometry) == 3).all()
     assert back.total_bounds.tolist() == lines.total_bounds.tolist()
+    # written a row group at a time (2 flows here), it is still GeoPandas' file for them
+    monkeypatch.setattr(export, "PARQUET_ROW_GROUP", 2)
+    write_flows_parquet(bare, tmp_path / "groups.parquet")
+    export._plain_text(lines).to_parquet(tmp_path / "lines_groups.parquet", index=False,
+                                         compression="zstd", schema_version="1.0.0",
+                                         row_group_size=2)
+    assert pq.ParquetFile(tmp_path / "groups.parquet").metadata.num_row_groups == 2
+    assert ((tmp_path / "groups.parquet").read_bytes()
+            == (tmp_path / "lines_groups.parquet").read_bytes())
     # a GeoPandas without its internal table builder: the same file, through line objects
     monkeypatch.setattr(export, "_geopandas_to_arrow", lambda: None)
     write_flows_parquet(bare, tmp_path / "fallback.parquet")
