@@ -9,6 +9,7 @@ Names shown in the tables are already chosen by the caller: pass a ``purchaser_l
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -54,6 +55,8 @@ __all__ = [
 #: Default threshold of ``by_trafficker``: purchasers tied to this many traced guns or more (the
 #: threshold of the reporting); ``by_purchaser.at_or_above_threshold`` marks them.
 TRAFFICKER_MIN_GUNS = 10
+#: Records per block of :func:`top_item` (items taken in ranges of codes past it).
+TOP_ITEM_BLOCK = 2_000_000
 #: "Short" time to crime: under three years (DOMAIN.md), in days.
 TTC_SHORT_DAYS = 3 * 365.25
 UNKNOWN = "unknown"
@@ -250,23 +253,47 @@ def top_item(
     ``group`` and ``item`` are integer codes per record (−1 = missing item, ignored); with
     ``weights`` (guns per record) counts are sums of weights. Ties go to the lowest item
     code. Returns arrays of length ``n_groups`` (top item −1 when none).
+
+    Past :data:`TOP_ITEM_BLOCK` records the items are taken in ranges of codes, one after
+    the other (a (group, item) pair lies in one range): the hash table of pairs, the largest
+    working memory of the tables, never holds more than a block's.
     """
     keep = item >= 0
-    g, i = group[keep], item[keep]
     top = np.full(n_groups, -1, dtype=np.int64)
     top_count = np.zeros(n_groups, dtype=np.int64)
     distinct = np.zeros(n_groups, dtype=np.int64)
-    if len(g) == 0:
+    if not keep.any():
         return top, top_count, distinct
-    width = np.int64(i.max()) + 1
+    width = np.int64(item.max()) + 1
+    parts = -(-int(keep.sum()) // TOP_ITEM_BLOCK)
+    for low, high in itertools.pairwise(np.linspace(0, width, parts + 1).astype(np.int64)):
+        at = keep & (item >= low) & (item < high) if parts > 1 else keep
+        part = _top_in(group[at], item[at], None if weights is None else weights[at],
+                       n_groups, width)
+        # ranges in code order: a tie stays with the lower code (the first range with items)
+        better = (part[1] > top_count) | ((top < 0) & (part[2] > 0))
+        top[better], top_count[better] = part[0][better], part[1][better]
+        distinct += part[2]
+    return top, top_count, distinct
+
+
+def _top_in(g: np.ndarray, i: np.ndarray, weights: np.ndarray | None, n_groups: int,
+            width: np.int64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`top_item` of the records given (every item ≥ 0)."""
+    top = np.full(n_groups, -1, dtype=np.int64)
+    top_count = np.zeros(n_groups, dtype=np.int64)
+    if len(g) == 0:
+        return top, top_count, np.zeros(n_groups, dtype=np.int64)
     # (group, item) pairs counted by hashing (no sort of the records), then per group the
     # highest count and, among the items with it, the lowest code; with weights, guns
     keys = pd.Series(g * width + i)
     pairs = (keys.value_counts(sort=False) if weights is None else
-             pd.Series(weights[keep]).groupby(keys.to_numpy(), sort=False).sum())
+             pd.Series(weights).groupby(keys.to_numpy(), sort=False).sum())
+    del keys
     counts = pairs.to_numpy(dtype=np.int64)
     pg, pi = pairs.index.to_numpy(dtype=np.int64) // width, pairs.index.to_numpy() % width
-    distinct[:] = np.bincount(pg, minlength=n_groups)
+    del pairs
+    distinct = np.bincount(pg, minlength=n_groups)
     np.maximum.at(top_count, pg, counts)
     best = counts == top_count[pg]
     lowest = np.full(n_groups, np.iinfo(np.int64).max, dtype=np.int64)

@@ -400,3 +400,23 @@ def test_entity_findings_speak_of_the_entity_and_never_name_a_small_cell():
     assert label not in json.dumps(hidden)  # fewer than --min-cell guns: never named
     assert hidden[0]["text"].startswith("This purchaser is tied to 3 traced guns")
     assert "purchaser" not in hidden[0]["numbers"]
+
+
+def test_top_item_in_blocks_of_item_codes_equals_one_pass(monkeypatch):
+    # a large input counts (group, item) pairs a range of item codes at a time: the top
+    # item, its count (ties to the lowest code) and distinct items must not change
+    import numpy as np
+
+    from geoflow import aggregate
+
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        size, groups, items = rng.integers(1, 300), rng.integers(1, 10), rng.integers(1, 40)
+        group, item = rng.integers(0, groups, size), rng.integers(-1, items, size)
+        weights = rng.integers(0, 4, size) if trial % 2 else None
+        monkeypatch.setattr(aggregate, "TOP_ITEM_BLOCK", 10**9)
+        whole = aggregate.top_item(group, item, groups, weights)
+        monkeypatch.setattr(aggregate, "TOP_ITEM_BLOCK", int(rng.integers(1, 40)))
+        blocks = aggregate.top_item(group, item, groups, weights)
+        for one, many in zip(whole, blocks, strict=True):
+            assert one.tolist() == many.tolist(), trial
