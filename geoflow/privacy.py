@@ -344,9 +344,13 @@ def pseudonymise(
     factorized, categorical = {}, {}
     for role in ("purchaser", "possessor"):
         column = f"{role}_name"
-        source = out[column] if column in out else pd.Series(pd.NA, index=out.index)
-        categorical[role] = isinstance(source.dtype, pd.CategoricalDtype)
-        if categorical[role]:  # codes already: no string copy
+        source = out[column] if column in out else None
+        categorical[role] = source is not None and isinstance(source.dtype,
+                                                              pd.CategoricalDtype)
+        if source is None:  # no such column (a chunked read drops possessors): all NA
+            factorized[role] = (np.full(len(out), -1, dtype=np.intp),
+                                pd.Index([], dtype="string"))
+        elif categorical[role]:  # codes already: no string copy
             factorized[role] = (source.cat.codes.to_numpy(),
                                 pd.Index(source.cat.categories, dtype="string"))
         else:
