@@ -344,7 +344,7 @@ def pseudonymise(
     factorized, categorical = {}, {}
     for role in ("purchaser", "possessor"):
         column = f"{role}_name"
-        source = out[column] if column in out else None
+        source = out.get(column)
         categorical[role] = source is not None and isinstance(source.dtype,
                                                               pd.CategoricalDtype)
         if source is None:  # no such column (a chunked read drops possessors): all NA

@@ -420,3 +420,19 @@ def test_top_item_in_blocks_of_item_codes_equals_one_pass(monkeypatch):
         blocks = aggregate.top_item(group, item, groups, weights)
         for one, many in zip(whole, blocks, strict=True):
             assert one.tolist() == many.tolist(), trial
+
+
+def test_purchasers_left_out_of_the_table_are_counted_as_not_listed(records):
+    from geoflow.privacy import list_purchasers
+
+    def listing(min_guns, min_cell):
+        purchasers = by_purchaser(records, min_guns=min_guns)
+        tables = {"by_purchaser": purchasers, "by_trafficker": by_trafficker(records)}
+        return list_purchasers(tables, min_cell=min_cell)
+
+    full_tables, full = listing(0, 11)
+    cut_tables, cut = listing(11, 11)  # Beto (10 guns) and Caro (2) only counted
+    assert cut.not_listed == full.not_listed == {"purchasers": 2, "guns": 12}
+    assert cut_tables["by_purchaser"].equals(full_tables["by_purchaser"])
+    with pytest.raises(ValueError, match="min-cell"):  # a table missing listable purchasers
+        listing(11, 3)
