@@ -637,9 +637,10 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
     table keeps only those at or above ``--min-cell`` (:func:`geoflow.privacy.suppress`).
     """
     records = counted(records)
-    codes, ids = _codes(records["purchaser_id"])
+    codes, ids = _item_codes(records["purchaser_id"])  # sorted: ties break by purchaser
     guns_all = weighted_count(codes, gun_weights(records), len(ids))
-    chosen = np.flatnonzero(guns_all >= min_guns)
+    present = np.bincount(codes[codes >= 0], minlength=len(ids)) > 0
+    chosen = np.flatnonzero(present & (guns_all >= min_guns))
     n = len(chosen)
     renumber = np.full(len(ids), -1, dtype=np.int64)
     renumber[chosen] = np.arange(n)
@@ -688,7 +689,7 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
             "median_time_to_crime_days": median.to_numpy()[order],
         }
     )
-    left = guns_all < min_guns
+    left = present & (guns_all < min_guns)
     table.attrs["left_out"] = {"min_guns": min_guns, "purchasers": int(left.sum()),
                                "guns": int(guns_all[left].sum())}
     return table

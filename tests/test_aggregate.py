@@ -436,3 +436,16 @@ def test_purchasers_left_out_of_the_table_are_counted_as_not_listed(records):
     assert cut_tables["by_purchaser"].equals(full_tables["by_purchaser"])
     with pytest.raises(ValueError, match="min-cell"):  # a table missing listable purchasers
         listing(11, 3)
+
+
+def test_by_purchaser_lists_no_purchaser_the_records_do_not_name(records):
+    # a chunked read's id categories hold every name of the file, possessors' too
+    ids = records["purchaser_id"].astype("category")
+    ids = ids.cat.add_categories(["P-000000", "P-ffffff"]).cat.reorder_categories(
+        sorted([*ids.cat.categories, "P-000000", "P-ffffff"]))
+    wider = records.assign(purchaser_id=ids, purchaser_label=ids)
+    table = by_purchaser(wider)
+    assert table.equals(by_purchaser(records))
+    assert table.attrs["left_out"]["purchasers"] == 0
+    assert by_purchaser(wider, min_guns=5).attrs["left_out"] == {
+        "min_guns": 5, "purchasers": 1, "guns": 2}
