@@ -435,9 +435,13 @@ def recovery_keys(records: pd.DataFrame) -> list[pd.Series]:
 def recovery_codes(records: pd.DataFrame) -> np.ndarray:
     """Integer code per distinct recovery place (:func:`recovery_keys`), −1 when a record has
     neither a place name nor coordinates."""
-    codes = pd.Series(np.zeros(len(records), dtype=np.int64), index=records.index)
-    codes = codes.groupby(recovery_keys(records), sort=False, dropna=False,
-                          observed=True).ngroup().to_numpy(dtype=np.int64)
+    # numbered in order of first appearance, as a groupby's ngroup(sort=False) numbers them,
+    # one key at a time (pandas' grouper over three keys held 250 MB per 2.5M records)
+    codes = np.zeros(len(records), dtype=np.int64)
+    for key in recovery_keys(records):
+        values = key.cat.codes if isinstance(key.dtype, pd.CategoricalDtype) else key
+        own, uniques = pd.factorize(values, use_na_sentinel=False)
+        codes = pd.factorize(codes * max(len(uniques), 1) + own, use_na_sentinel=False)[0]
     unknown = (records["recovery_place"].isna() & records["recovery_lat"].isna()
                & records["recovery_lon"].isna()).to_numpy(dtype=bool)
     return np.where(unknown, -1, codes)

@@ -449,3 +449,26 @@ def test_by_purchaser_lists_no_purchaser_the_records_do_not_name(records):
     assert table.attrs["left_out"]["purchasers"] == 0
     assert by_purchaser(wider, min_guns=5).attrs["left_out"] == {
         "min_guns": 5, "purchasers": 1, "guns": 2}
+
+
+def test_recovery_codes_number_places_as_a_groupby_in_first_seen_order():
+    # one key at a time, without pandas' grouper: the same codes (NA a value like any other,
+    # −1 only with neither a place nor coordinates), for text and categorical places
+    import numpy as np
+
+    from geoflow.aggregate import recovery_codes, recovery_keys
+
+    rng = np.random.default_rng(3)
+    for trial in range(100):
+        size = int(rng.integers(1, 150))
+        place = pd.Series(rng.choice(np.array(["a", "b", "c", None], dtype=object), size),
+                          dtype="string")
+        frame = pd.DataFrame({
+            "recovery_place": place.astype("category") if trial % 2 else place,
+            "recovery_lat": rng.choice([19.43261, 19.43264, 25.7, np.nan], size),
+            "recovery_lon": rng.choice([-99.1, -98.123456, np.nan], size)})
+        grouped = pd.Series(np.zeros(size)).groupby(
+            recovery_keys(frame), sort=False, dropna=False, observed=True).ngroup()
+        unknown = frame.isna().all(axis=1).to_numpy()
+        expected = np.where(unknown, -1, grouped.to_numpy())
+        assert recovery_codes(frame).tolist() == expected.tolist(), trial
