@@ -472,3 +472,23 @@ def test_recovery_codes_number_places_as_a_groupby_in_first_seen_order():
         unknown = frame.isna().all(axis=1).to_numpy()
         expected = np.where(unknown, -1, grouped.to_numpy())
         assert recovery_codes(frame).tolist() == expected.tolist(), trial
+
+
+def test_median_of_one_group_by_distinct_value_equals_the_sorting_path():
+    # the headline median over every record sums weights per distinct value instead of
+    # sorting the records; ties at exactly half still average the two middle values
+    import numpy as np
+
+    from geoflow.aggregate import weighted_median
+
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        size = int(rng.integers(1, 60))
+        values = rng.choice([1.0, 2.0, 3.0, 5.0, 8.0, np.nan, 100.0], size)
+        weights = rng.integers(0, 4, size)
+        group = np.zeros(size, dtype=np.int64)
+        one = weighted_median(group, values, weights, 1)
+        sorting = weighted_median(group, values, weights, 2)[:1]  # a second, empty group
+        np.testing.assert_array_equal(one, sorting, err_msg=str(trial))
+    assert weighted_median(np.zeros(4, dtype=np.int64), np.array([1.0, 2, 3, 4]),
+                           np.ones(4, dtype=np.int64), 1).tolist() == [2.5]
