@@ -304,7 +304,14 @@ def _top_in(g: np.ndarray, i: np.ndarray, weights: np.ndarray | None, n_groups: 
 
 
 def _pair_counts(keys: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct ``keys`` and how many records (or guns, with ``weights``) carry each."""
+    """Distinct ``keys`` (≥ 0, ascending) and how many records (or guns, with ``weights``)
+    carry each. Keys fewer than the records (state pairs, ports …) are counted in place
+    (``np.bincount``); others are sorted (``np.unique``)."""
+    if len(keys) and keys.max() < max(len(keys), 1 << 16):
+        present = np.bincount(keys)
+        pairs = np.flatnonzero(present)
+        sums = present if weights is None else weighted_count(keys, weights, len(present))
+        return pairs, sums[pairs].astype(np.int64)
     if weights is None:
         return np.unique(keys, return_counts=True)
     pairs, inverse = np.unique(keys, return_inverse=True)

@@ -492,3 +492,22 @@ def test_median_of_one_group_by_distinct_value_equals_the_sorting_path():
         np.testing.assert_array_equal(one, sorting, err_msg=str(trial))
     assert weighted_median(np.zeros(4, dtype=np.int64), np.array([1.0, 2, 3, 4]),
                            np.ones(4, dtype=np.int64), 1).tolist() == [2.5]
+
+
+def test_pair_counts_in_place_equal_the_sorted_count():
+    # few distinct keys (state pairs, ports) are counted with bincount: the same distinct
+    # keys, in the same order, with the same counts or guns as np.unique gives
+    import numpy as np
+
+    from geoflow.aggregate import _pair_counts, weighted_count
+
+    rng = np.random.default_rng(9)
+    for trial in range(200):
+        size, high = int(rng.integers(0, 300)), int(rng.choice([3, 50, 10**9]))
+        keys = rng.integers(0, high, size).astype(np.int64)
+        weights = rng.integers(0, 5, size) if trial % 2 else None
+        pairs, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        if weights is not None:
+            counts = weighted_count(inverse, weights, len(pairs))
+        got = _pair_counts(keys, weights)
+        assert got[0].tolist() == pairs.tolist() and got[1].tolist() == counts.tolist()
