@@ -55,6 +55,9 @@ __all__ = [
 #: Default threshold of ``by_trafficker``: purchasers tied to this many traced guns or more (the
 #: threshold of the reporting); ``by_purchaser.at_or_above_threshold`` marks them.
 TRAFFICKER_MIN_GUNS = 10
+#: Records per group at which a group median is counted by distinct value rather than by
+#: pandas' sort of every record (:func:`_span_and_median`).
+MEDIAN_TABLE_GROUPS = 20_000
 #: Records per block of :func:`top_item` (items taken in ranges of codes past it).
 TOP_ITEM_BLOCK = 2_000_000
 #: "Short" time to crime: under three years (DOMAIN.md), in days.
@@ -327,8 +330,10 @@ def weighted_median(group: np.ndarray, values: np.ndarray, weights: np.ndarray,
     ok = np.isfinite(values) & (weights > 0)
     if not ok.any():
         return out
-    if n == 1:  # one group (the whole input): by distinct value, no sort of the records
-        return np.array([_median_by_value(values[ok], weights[ok])])
+    codes, distinct = pd.factorize(values[ok], sort=True)
+    if n * len(distinct) <= max(ok.sum(), 1 << 16):  # a small (group, value) table
+        return _median_by_value(group[ok], codes, distinct, weights[ok], n)
+    del codes, distinct
     order = np.lexsort((values[ok], group[ok]))
     g, v, w = group[ok][order], values[ok][order], weights[ok][order].astype(float)
     total = np.bincount(g, weights=w, minlength=n)
@@ -345,15 +350,21 @@ def weighted_median(group: np.ndarray, values: np.ndarray, weights: np.ndarray,
     return out
 
 
-def _median_by_value(values: np.ndarray, weights: np.ndarray) -> float:
-    """:func:`weighted_median` of one group (finite values, positive weights), summed per
-    distinct value first (days to crime: a few thousand among millions of records)."""
-    codes, distinct = pd.factorize(values, sort=True)
-    cum = np.cumsum(np.bincount(codes, weights=weights.astype(float), minlength=len(distinct)))
-    half = cum[-1] / 2
-    lo = int(np.searchsorted(cum, half, side="left"))  # the first value reaching half
-    hi = lo + 1 if cum[lo] == half and lo + 1 < len(distinct) else lo
-    return float((distinct[lo] + distinct[hi]) / 2)
+def _median_by_value(group: np.ndarray, codes: np.ndarray, distinct: np.ndarray,
+                     weights: np.ndarray, n: int) -> np.ndarray:
+    """:func:`weighted_median` from a table of guns per (group, distinct value): ``codes``
+    index the ascending ``distinct`` values (days to crime: a few thousand among millions
+    of records), weights are positive. The median is the first value whose running total
+    reaches half the group's, averaged with the next value present when it is exactly
+    half."""
+    width = len(distinct)
+    table = np.bincount(group * width + codes, weights=weights.astype(float),
+                        minlength=n * width).reshape(n, width)
+    running = np.cumsum(table, axis=1)
+    half = running[:, -1:] / 2
+    lo = np.minimum((running < half).sum(axis=1), width - 1)
+    hi = np.minimum((running <= half).sum(axis=1), width - 1)  # the next value present
+    return np.where(running[:, -1] > 0, (distinct[lo] + distinct[hi]) / 2, np.nan)
 
 
 @dataclass(frozen=True)
@@ -402,7 +413,7 @@ def _span_and_median(
     reader as ``flag_recovery_before_purchase``) as it does missing dates. Plain numpy over
     the group codes for the dates: a batch calls this a few times per entity, where pandas'
     named aggregation costs more to set up than to run."""
-    dates = pd.to_datetime(records["purchase_date"]).to_numpy(dtype="datetime64[ns]")
+    dates = _datetimes(records["purchase_date"])
     ttc = possible_ttc(records)
     weights = gun_weights(records)
     if rows is not None:
@@ -410,12 +421,21 @@ def _span_and_median(
     n = len(index)
     inside = (group >= 0) & (group < n)
     first, last = _date_span(group[inside], dates[inside], n)
-    if (weights != 1).any():  # a count table's row stands for several guns
+    if (weights != 1).any() or n * MEDIAN_TABLE_GROUPS <= len(group):
+        # a count table's row stands for several guns; or few groups (states, years) over
+        # many records: weighted_median counts them by distinct value, without a sort
         median = pd.Series(weighted_median(group[inside], ttc[inside], weights[inside], n),
                            index=index)
     else:
         median = pd.Series(ttc).groupby(group, sort=True).median().reindex(index)
     return pd.Series(first, index=index), pd.Series(last, index=index), median
+
+
+def _datetimes(values: pd.Series) -> np.ndarray:
+    """``values`` as datetime64[ns] (the column itself when it is one already: no copy)."""
+    if values.dtype == "datetime64[ns]":
+        return values.to_numpy()
+    return pd.to_datetime(values).to_numpy(dtype="datetime64[ns]")
 
 
 def _date_span(group: np.ndarray, dates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

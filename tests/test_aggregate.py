@@ -474,24 +474,26 @@ def test_recovery_codes_number_places_as_a_groupby_in_first_seen_order():
         assert recovery_codes(frame).tolist() == expected.tolist(), trial
 
 
-def test_median_of_one_group_by_distinct_value_equals_the_sorting_path():
-    # the headline median over every record sums weights per distinct value instead of
-    # sorting the records; ties at exactly half still average the two middle values
+def test_weighted_median_by_distinct_value_and_by_sorting_is_the_plain_median():
+    # few groups are counted in a (group, value) table, many are sorted: both must give
+    # numpy's median of the values repeated by their weights (NaN and weight 0 left out)
     import numpy as np
 
     from geoflow.aggregate import weighted_median
 
     rng = np.random.default_rng(5)
     for trial in range(300):
-        size = int(rng.integers(1, 60))
+        size, groups = int(rng.integers(1, 60)), int(rng.integers(1, 5))
         values = rng.choice([1.0, 2.0, 3.0, 5.0, 8.0, np.nan, 100.0], size)
         weights = rng.integers(0, 4, size)
-        group = np.zeros(size, dtype=np.int64)
-        one = weighted_median(group, values, weights, 1)
-        sorting = weighted_median(group, values, weights, 2)[:1]  # a second, empty group
-        np.testing.assert_array_equal(one, sorting, err_msg=str(trial))
-    assert weighted_median(np.zeros(4, dtype=np.int64), np.array([1.0, 2, 3, 4]),
-                           np.ones(4, dtype=np.int64), 1).tolist() == [2.5]
+        group = rng.integers(0, groups, size)
+        ok = np.isfinite(values) & (weights > 0)
+        expected = [np.median(np.repeat(values[ok & (group == g)], weights[ok & (group == g)]))
+                    if (ok & (group == g)).any() else np.nan for g in range(groups)]
+        table = weighted_median(group, values, weights, groups)
+        sorting = weighted_median(group, values, weights, 70_000)[:groups]  # too many groups
+        np.testing.assert_array_equal(table, expected, err_msg=str(trial))
+        np.testing.assert_array_equal(sorting, expected, err_msg=str(trial))
 
 
 def test_pair_counts_in_place_equal_the_sorted_count():
