@@ -500,6 +500,7 @@ def analyse(
         rows_selected = int(record_weights(frame).sum())
         guns_selected = int(gun_weights(frame).sum())
         # what the manifest reads from every record, before they may be emptied
+        rows_held = len(prepared.records)
         rows_valid = int(record_weights(prepared.records).sum())
         guns_valid = int(gun_weights(prepared.records).sum())
         synthetic = prepared_synthetic(prepared)
@@ -516,7 +517,8 @@ def analyse(
         straight = options.flow_level == "place" and len(drawn) > FLOWS_GEOJSON_MAX
         flows = build_flows(drawn, ports, level=options.flow_level, state_names=state_names,
                             lines=not straight)
-        release_memory()  # the flows' working memory, before the point layers need theirs
+        if straight:  # a large run: the flows' working memory, before the point layers'
+            release_memory()
         dealers = build_dealers(drawn)
         recoveries = build_recoveries(drawn)
         crossings = build_crossings(drawn, ports)
@@ -541,7 +543,7 @@ def analyse(
         log.info("built %s through %s", plural(len(flows), "flow"),
                  plural(len(crossings), "port"))
 
-    rows_read = int(prepared.source.get("rows_read", rows_valid))
+    rows_read = int(prepared.source.get("rows_read", rows_held))
     counts = {
         "rows_read": rows_read,
         "rows_valid": rows_valid,
