@@ -601,7 +601,7 @@ def placed_layer_records(frame: pd.DataFrame, columns: list[str], *,
     others first, so memory holds the records or their copy, column by column, not both."""
     rows = np.flatnonzero(frame["placed"].to_numpy(dtype=bool))
     if not consume:
-        return frame.iloc[rows][columns]
+        return frame[columns].iloc[rows]  # only the columns asked for are copied
     for emptied in consume:
         for column in [c for c in emptied.columns if c not in columns]:
             del emptied[column]
