@@ -33,6 +33,7 @@ import pandas as pd
 from geoflow import __version__
 from geoflow.aggregate import (
     RECORDS_COLUMN,
+    TABLE_COLUMNS,
     TRAFFICKER_MIN_GUNS,
     build_tables,
     entity_findings,
@@ -462,7 +463,7 @@ def analyse(
     options = options or prepared.options
     # the ids were made in prepare_records: the manifest names the key that made them
     options = replace(options, pseudonym_key=prepared.options.pseudonym_key)
-    frame = source_frame = prepared.records if records is None else records
+    frame = prepared.records if records is None else records
     quality = {  # what the data said that the tables do not: flags, unknown crossings
         "flags": flag_counts(frame),
         "unmatched_crossings": unmatched_crossings(frame).to_dict("records"),
@@ -472,6 +473,21 @@ def analyse(
     memory = dict(prepared.memory)
     ports = load_ports()
     states_shapes, state_names = _state_names()
+    # what unplaced.csv and the manifest read from the records, before they may be emptied
+    unplaced = _unplaced(frame)
+    rows_selected = int(record_weights(frame).sum())
+    guns_selected = int(gun_weights(frame).sum())
+    rows_held = len(prepared.records)
+    rows_valid = int(record_weights(prepared.records).sum())
+    guns_valid = int(gun_weights(prepared.records).sum())
+    synthetic = prepared_synthetic(prepared)
+    report = (prepared.geocode_report if records is None or records is prepared.records
+              else report_for(prepared.geocode_report, records))
+    consumed = (frame, prepared.records) if consume else ()
+    # a consuming run keeps only the columns the tables and layers read (raw texts, names
+    # without --show-names, geocoder queries go: a quarter of the records at 10M)
+    keep_columns(consumed, {*TABLE_COLUMNS, *LAYER_INPUT_COLUMNS, "placed",
+                            *(["purchaser_name"] if options.show_names else [])})
     # tables first: their working memory is freed before the (large) flow layer exists
     with _stage("aggregate", timings, memory):
         frame = _label(_encode(frame), options.show_names)
@@ -496,20 +512,8 @@ def analyse(
         # only the columns the map layers need: a filtered copy of every column would double
         # the memory of the records for large inputs
         layer_columns = [c for c in LAYER_INPUT_COLUMNS if c in frame.columns]
-        unplaced = _unplaced(frame)
-        rows_selected = int(record_weights(frame).sum())
-        guns_selected = int(gun_weights(frame).sum())
-        # what the manifest reads from every record, before they may be emptied
-        rows_held = len(prepared.records)
-        rows_valid = int(record_weights(prepared.records).sum())
-        guns_valid = int(gun_weights(prepared.records).sum())
-        synthetic = prepared_synthetic(prepared)
-        report = (prepared.geocode_report if records is None or records is prepared.records
-                  else report_for(prepared.geocode_report, records))
-        placed = placed_layer_records(
-            frame, layer_columns,
-            consume=(frame, source_frame, prepared.records) if consume else ())
-        del frame, source_frame  # the encoded columns not needed by the layers go now
+        placed = placed_layer_records(frame, layer_columns, consume=(frame, *consumed))
+        del frame, consumed  # the encoded columns not needed by the layers go now
         drawn = placed if layers else placed.iloc[0:0]
         # more place-level flows than flows.geojson holds: lines are only drawn from its
         # state-level flows, so the flows keep no line objects (gigabytes at 10M records)
@@ -602,9 +606,7 @@ def placed_layer_records(frame: pd.DataFrame, columns: list[str], *,
     rows = np.flatnonzero(frame["placed"].to_numpy(dtype=bool))
     if not consume:
         return frame[columns].iloc[rows]  # only the columns asked for are copied
-    for emptied in consume:
-        for column in [c for c in emptied.columns if c not in columns]:
-            del emptied[column]
+    keep_columns(consume, set(columns))
     index = frame.index[rows]
     copied = {}
     for column in columns:
@@ -614,6 +616,14 @@ def placed_layer_records(frame: pd.DataFrame, columns: list[str], *,
                 del emptied[column]
     # copy=False: no stacking of same-typed columns into one block (a second copy)
     return pd.DataFrame(copied, index=index, copy=False)
+
+
+def keep_columns(frames: tuple[pd.DataFrame, ...], keep: set[str]) -> None:
+    """Delete, in place, every column of ``frames`` not in ``keep`` (frames sharing columns
+    all lose them, so the memory goes)."""
+    for frame in frames:
+        for column in [c for c in frame.columns if c not in keep]:
+            del frame[column]
 
 
 def gun_counts(prepared: PreparedRecords, placed: pd.DataFrame, guns_selected: int, *,
