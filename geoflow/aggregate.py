@@ -413,14 +413,14 @@ def _span_and_median(
     reader as ``flag_recovery_before_purchase``) as it does missing dates. Plain numpy over
     the group codes for the dates: a batch calls this a few times per entity, where pandas'
     named aggregation costs more to set up than to run."""
-    dates = _datetimes(records["purchase_date"])
+    dates = as_datetimes(records["purchase_date"])
     ttc = possible_ttc(records)
     weights = gun_weights(records)
     if rows is not None:
         dates, ttc, weights = dates[rows], ttc[rows], weights[rows]
     n = len(index)
     inside = (group >= 0) & (group < n)
-    first, last = _date_span(group[inside], dates[inside], n)
+    first, last = date_span(group[inside], dates[inside], n)
     if (weights != 1).any() or n * MEDIAN_TABLE_GROUPS <= len(group):
         # a count table's row stands for several guns; or few groups (states, years) over
         # many records: weighted_median counts them by distinct value, without a sort
@@ -431,18 +431,21 @@ def _span_and_median(
     return pd.Series(first, index=index), pd.Series(last, index=index), median
 
 
-def _datetimes(values: pd.Series) -> np.ndarray:
+def as_datetimes(values: pd.Series) -> np.ndarray:
     """``values`` as datetime64[ns] (the column itself when it is one already: no copy)."""
     if values.dtype == "datetime64[ns]":
         return values.to_numpy()
     return pd.to_datetime(values).to_numpy(dtype="datetime64[ns]")
 
 
-def _date_span(group: np.ndarray, dates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def date_span(group: np.ndarray, dates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Earliest and latest of ``dates`` (datetime64[ns], NaT left out) per group 0..n-1;
     NaT for a group without a date."""
     known = ~np.isnat(dates)
-    g, day = group[known], dates[known].view(np.int64)
+    if known.all():  # no copy of millions of codes and dates
+        g, day = group, dates.view(np.int64)
+    else:
+        g, day = group[known], dates[known].view(np.int64)
     first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
     last = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
     np.minimum.at(first, g, day)
@@ -472,16 +475,24 @@ def recovery_keys(records: pd.DataFrame) -> list[pd.Series]:
     ]
 
 
+def first_seen_codes(keys: list[pd.Series]) -> np.ndarray:
+    """Integer code per row for its combination of ``keys`` (NA a value like any other),
+    numbered in order of first appearance as ``groupby(keys, sort=False, dropna=False)
+    .ngroup()`` numbers them, but one key at a time: pandas' grouper over several keys holds
+    a few int64 arrays per key (a gigabyte over six keys at 10M records)."""
+    codes = np.zeros(len(keys[0]) if keys else 0, dtype=np.int64)
+    for at, key in enumerate(keys):
+        values = key.cat.codes if isinstance(key.dtype, pd.CategoricalDtype) else key
+        own, uniques = pd.factorize(values, use_na_sentinel=False)
+        codes = own.astype(np.int64, copy=False) if at == 0 else pd.factorize(
+            codes * max(len(uniques), 1) + own, use_na_sentinel=False)[0]
+    return codes
+
+
 def recovery_codes(records: pd.DataFrame) -> np.ndarray:
     """Integer code per distinct recovery place (:func:`recovery_keys`), −1 when a record has
     neither a place name nor coordinates."""
-    # numbered in order of first appearance, as a groupby's ngroup(sort=False) numbers them,
-    # one key at a time (pandas' grouper over three keys held 250 MB per 2.5M records)
-    codes = np.zeros(len(records), dtype=np.int64)
-    for key in recovery_keys(records):
-        values = key.cat.codes if isinstance(key.dtype, pd.CategoricalDtype) else key
-        own, uniques = pd.factorize(values, use_na_sentinel=False)
-        codes = pd.factorize(codes * max(len(uniques), 1) + own, use_na_sentinel=False)[0]
+    codes = first_seen_codes(recovery_keys(records))
     unknown = (records["recovery_place"].isna() & records["recovery_lat"].isna()
                & records["recovery_lon"].isna()).to_numpy(dtype=bool)
     return np.where(unknown, -1, codes)
@@ -630,6 +641,15 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
 
 def first_rows(group: np.ndarray, n: int) -> np.ndarray:
     """Position of the first record of each group 0..n-1 (every group must occur)."""
+    if len(group) and group.min() >= 0:
+        # codes numbered in order of first appearance (a groupby's, first_seen_codes'):
+        # each first appears where it exceeds every code before it, and no sort is needed
+        before = np.empty_like(group)
+        before[0] = -1
+        np.maximum.accumulate(group[:-1], out=before[1:])
+        first = np.flatnonzero(group > before)
+        if len(first) == n:
+            return first
     _, first = np.unique(group, return_index=True)
     return first
 

@@ -17,10 +17,13 @@ import pandas as pd
 import shapely
 
 from geoflow.aggregate import (
+    as_datetimes,
     ascii_text,
     counted,
+    date_span,
     fill_unknown,
     first_rows,
+    first_seen_codes,
     group_stats,
     gun_weights,
     hex_digits,
@@ -225,10 +228,7 @@ def _mean(values: pd.Series, group: np.ndarray, n: int) -> np.ndarray:
 
 def _group(records: pd.DataFrame, keys: list) -> tuple[np.ndarray, int]:
     """Integer group code per record for ``keys`` (column names or Series), and the count."""
-    columns = [records[k] if isinstance(k, str) else k for k in keys]
-    codes = pd.Series(np.zeros(len(records), dtype=np.int64), index=records.index)
-    codes = codes.groupby(columns, sort=False, dropna=False, observed=True).ngroup()
-    codes = codes.to_numpy(dtype=np.int64)
+    codes = first_seen_codes([records[k] if isinstance(k, str) else k for k in keys])
     return codes, int(codes.max()) + 1 if len(codes) else 0
 
 
@@ -431,8 +431,7 @@ def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
     group, n = _group(records, recovery_keys(records))
     stats = group_stats(records, group, n)
     first = first_rows(group, n)
-    dates = pd.Series(pd.to_datetime(records["recovery_date"]).to_numpy()).groupby(group)
-    index = pd.RangeIndex(n)
+    earliest, latest = date_span(group, as_datetimes(records["recovery_date"]), n)
     lon = np.asarray(_take(records["recovery_lon"], first), dtype=float)
     lat = np.asarray(_take(records["recovery_lat"], first), dtype=float)
     table = pd.DataFrame(
@@ -443,8 +442,8 @@ def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
             "guns": stats.guns,
             "purchasers": stats.purchasers,
             **_geocode_props(records, "recovery", first),
-            "first_recovery": iso_dates(dates.min().reindex(index)).array,
-            "last_recovery": iso_dates(dates.max().reindex(index)).array,
+            "first_recovery": iso_dates(pd.Series(earliest)).array,
+            "last_recovery": iso_dates(pd.Series(latest)).array,
         }
     )
     points = gpd.GeoDataFrame(table, geometry=shapely.points(lon, lat), crs="EPSG:4326")

@@ -474,6 +474,35 @@ def test_recovery_codes_number_places_as_a_groupby_in_first_seen_order():
         assert recovery_codes(frame).tolist() == expected.tolist(), trial
 
 
+def test_first_seen_codes_number_rows_as_a_groupby_over_several_keys():
+    # the flows' and layers' group codes, one key at a time: the same numbers as pandas'
+    # grouper (first appearance, NA a value), for categorical, text, float and int keys
+    import numpy as np
+
+    from geoflow.aggregate import first_rows, first_seen_codes
+
+    rng = np.random.default_rng(11)
+    for trial in range(100):
+        size = int(rng.integers(1, 200))
+        text = pd.Series(rng.choice(np.array(["x", "y", "z", None], dtype=object), size),
+                         dtype="string")
+        keys = [text.astype("category") if trial % 2 else text,
+                pd.Series(rng.choice([0.5, -2.25, np.nan], size)),
+                pd.Series(rng.integers(0, 3, size)),
+                text.str.upper().astype("category")]
+        keys = keys[: 1 + trial % 4]
+        expected = pd.Series(np.zeros(size)).groupby(
+            keys, sort=False, dropna=False, observed=True).ngroup().to_numpy()
+        codes = first_seen_codes(keys)
+        assert codes.tolist() == expected.tolist(), trial
+        # the first row of each group, found without a sort, is the sorting way's answer
+        n = int(codes.max()) + 1
+        assert first_rows(codes, n).tolist() == np.unique(codes, return_index=True)[1].tolist()
+        shuffled = rng.permutation(n)[codes]  # codes not in order of first appearance
+        assert (first_rows(shuffled, n).tolist()
+                == np.unique(shuffled, return_index=True)[1].tolist()), trial
+
+
 def test_weighted_median_by_distinct_value_and_by_sorting_is_the_plain_median():
     # few groups are counted in a (group, value) table, many are sorted: both must give
     # numpy's median of the values repeated by their weights (NaN and weight 0 left out)
