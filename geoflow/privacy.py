@@ -278,24 +278,37 @@ def _unique_ids(normal: pd.Series, key: PseudonymKey | bytes | str | None) -> pd
     """Id of each *distinct* normalised name (no NA, no repeats): 6 hex digits, 2 more at a
     time for names whose ids still collide."""
     hmac_digest = _hmac_sha256(as_key(key).secret)
-    # one HMAC per distinct name: the only per-item Python work (32 bytes each, no text)
-    digests = np.empty((len(normal), 32), dtype=np.uint8)
+    # one HMAC per distinct name: the only per-item Python work. Only the first 8 bytes of
+    # each digest are kept (16 hex digits, 80 MB less at 10M names); the rare names still
+    # colliding past 16 digits are hashed again in full
+    heads = np.empty(len(normal), dtype=">u8")
     for start, batch in zip(range(0, len(normal), _BATCH), _batches(normal), strict=True):
-        digests[start:start + len(batch)] = np.frombuffer(b"".join(
+        digests = np.frombuffer(b"".join(
             [hmac_digest(name.encode("utf-8")) for name in batch.tolist()]),
             dtype=np.uint8).reshape(-1, 32)
-    # the first 16 hex digits as one number, to compare prefixes of up to 16 digits
-    head = np.ascontiguousarray(digests[:, :8]).view(">u8").ravel().astype(np.uint64)
-    digits = np.full(len(digests), ID_DIGITS, dtype=np.int64)
-    clashing = np.arange(len(digests))
+        heads[start:start + len(batch)] = np.ascontiguousarray(digests[:, :8]).view(">u8").ravel()
+
+    def full(rows: np.ndarray) -> np.ndarray:
+        names = normal.iloc[rows].tolist()
+        return np.frombuffer(b"".join([hmac_digest(n.encode("utf-8")) for n in names]),
+                             dtype=np.uint8).reshape(-1, 32)
+
+    head = heads.astype(np.uint64)  # the first 16 hex digits as one number
+    digits = np.full(len(heads), ID_DIGITS, dtype=np.int64)
+    clashing = np.arange(len(heads))
     width = ID_DIGITS
     while len(clashing) and width < 64:  # each round keeps only the names still colliding
         prefix = (head[clashing] >> np.uint64(64 - 4 * width) if width <= 16
-                  else _hex(digests[clashing], width))
+                  else _hex(full(clashing), width))
         clashing = clashing[pd.Series(prefix).duplicated(keep=False).to_numpy()]
         width += 2
         digits[clashing] = width
-    return pd.Series(pd.array(_id_text(digests, digits), dtype="string"), index=normal.index)
+    octets = heads.view(np.uint8).reshape(-1, 8)
+    longer = np.flatnonzero(digits > 16)
+    if len(longer):  # past 16 digits: those names' whole digests
+        octets = np.concatenate([octets, np.zeros((len(heads), 24), np.uint8)], axis=1)
+        octets[longer] = full(longer)
+    return pd.Series(pd.array(_id_text(octets, digits), dtype="string"), index=normal.index)
 
 
 def _id_text(digests: np.ndarray, digits: np.ndarray) -> pa.Array:

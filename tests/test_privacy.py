@@ -118,6 +118,27 @@ def test_names_worked_in_batches_get_the_ids_of_one_batch(monkeypatch):
     assert whole.iloc[-1] == whole.iloc[7] and whole.iloc[-3:-1].isna().all()
 
 
+def test_names_colliding_past_sixteen_digits_get_ids_from_their_whole_digest(monkeypatch):
+    # only the first 8 bytes of each digest are kept; names whose ids still collide at 16
+    # hex digits are hashed again in full. A digest that zeroes 9 bytes for names starting
+    # with "x" forces that path: each id must be the shortest unique prefix of its digest
+    import hashlib
+
+    def digest_of(name: bytes) -> bytes:
+        whole = hashlib.sha256(name).digest()
+        return bytes(9) + whole[9:] if name.startswith(b"x") else whole
+
+    monkeypatch.setattr(privacy, "_hmac_sha256", lambda secret: digest_of)
+    names = [f"x{i}" for i in range(40)] + [f"y{i}" for i in range(40)]
+    ids = pseudonym(pd.Series(names))
+    hexes = {name: digest_of(name.encode()).hex() for name in names}
+    for name, pid in zip(names, ids, strict=True):
+        width = next(w for w in range(6, 65, 2)
+                     if sum(h[:w] == hexes[name][:w] for h in hexes.values()) == 1)
+        assert pid == "P-" + hexes[name][:width], name
+    assert ids.str.len().max() > 18 and ids.is_unique
+
+
 @pytest.mark.parametrize("secret", [b"", b"k" * 16, b"x" * 64, bytes(range(200))])
 def test_pseudonym_hash_is_standard_hmac_sha256(secret):
     # the padded key is hashed once for speed: the digests must stay RFC 2104 HMAC-SHA256,
