@@ -501,9 +501,10 @@ def prepare_chunked(source: str | Path, *, options, chunk_bytes: int = CHUNK_BYT
     module docstring); returns a :class:`~geoflow.pipeline.PreparedRecords` whose records
     are collapsed rows weighted by ``guns`` and :data:`RECORDS_COLUMN`."""
     from geoflow.crossings import load_ports
-    from geoflow.pipeline import PreparedRecords, _compact, _stage
+    from geoflow.pipeline import PreparedRecords, _compact, _stage, page_large_allocations
     from geoflow.privacy import pseudonymise
 
+    page_large_allocations()  # a large input: freed arrays leave no resident heap behind
     path = Path(source)
     digest = hashlib.sha256()
     seen, names = SeenRecords(), NameTable()

@@ -262,6 +262,25 @@ def release_memory() -> None:
         libc.malloc_trim(0)
 
 
+#: From this size up, glibc gives an allocation pages of its own, handed back when freed. Its
+#: default threshold climbs to 32 MB as a run frees large blocks, and the heap then keeps
+#: freed blocks of a few MB resident (10M records: the tables' peak 3,490 -> 2,511 MiB).
+LARGE_ALLOCATION_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
+def page_large_allocations() -> None:
+    """Have glibc map every allocation of :data:`LARGE_ALLOCATION_BYTES` or more on its own
+    pages for the rest of the process (a large input's run: every freed array goes back to
+    the OS at once, at the cost of a few % more time in page faults). Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:  # not glibc
+            return
+        libc.mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES)
+
+
 @contextlib.contextmanager
 def arrow_system_pool() -> Iterator[None]:
     """Allocate Arrow buffers (pandas' text columns) with the C library's ``malloc`` while a
