@@ -451,6 +451,21 @@ def test_by_purchaser_lists_no_purchaser_the_records_do_not_name(records):
         "min_guns": 5, "purchasers": 1, "guns": 2}
 
 
+def _random_text(rng, values: list, size: int) -> pd.Series:
+    """``size`` text values drawn from ``values`` (None for NA)."""
+    import numpy as np
+
+    return pd.Series(rng.choice(np.array(values, dtype=object), size), dtype="string")
+
+
+def _pandas_ngroup(keys: list[pd.Series]):
+    """pandas' own group numbers over ``keys`` (first appearance, NA a value): the reference."""
+    import numpy as np
+
+    return pd.Series(np.zeros(len(keys[0]))).groupby(
+        keys, sort=False, dropna=False, observed=True).ngroup().to_numpy()
+
+
 def test_recovery_codes_number_places_as_a_groupby_in_first_seen_order():
     # one key at a time, without pandas' grouper: the same codes (NA a value like any other,
     # −1 only with neither a place nor coordinates), for text and categorical places
@@ -461,16 +476,13 @@ def test_recovery_codes_number_places_as_a_groupby_in_first_seen_order():
     rng = np.random.default_rng(3)
     for trial in range(100):
         size = int(rng.integers(1, 150))
-        place = pd.Series(rng.choice(np.array(["a", "b", "c", None], dtype=object), size),
-                          dtype="string")
+        place = _random_text(rng, ["a", "b", "c", None], size)
         frame = pd.DataFrame({
             "recovery_place": place.astype("category") if trial % 2 else place,
             "recovery_lat": rng.choice([19.43261, 19.43264, 25.7, np.nan], size),
             "recovery_lon": rng.choice([-99.1, -98.123456, np.nan], size)})
-        grouped = pd.Series(np.zeros(size)).groupby(
-            recovery_keys(frame), sort=False, dropna=False, observed=True).ngroup()
         unknown = frame.isna().all(axis=1).to_numpy()
-        expected = np.where(unknown, -1, grouped.to_numpy())
+        expected = np.where(unknown, -1, _pandas_ngroup(recovery_keys(frame)))
         assert recovery_codes(frame).tolist() == expected.tolist(), trial
 
 
@@ -484,17 +496,13 @@ def test_first_seen_codes_number_rows_as_a_groupby_over_several_keys():
     rng = np.random.default_rng(11)
     for trial in range(100):
         size = int(rng.integers(1, 200))
-        text = pd.Series(rng.choice(np.array(["x", "y", "z", None], dtype=object), size),
-                         dtype="string")
+        text = _random_text(rng, ["x", "y", "z", None], size)
         keys = [text.astype("category") if trial % 2 else text,
                 pd.Series(rng.choice([0.5, -2.25, np.nan], size)),
                 pd.Series(rng.integers(0, 3, size)),
-                text.str.upper().astype("category")]
-        keys = keys[: 1 + trial % 4]
-        expected = pd.Series(np.zeros(size)).groupby(
-            keys, sort=False, dropna=False, observed=True).ngroup().to_numpy()
+                text.str.upper().astype("category")][: 1 + trial % 4]
         codes = first_seen_codes(keys)
-        assert codes.tolist() == expected.tolist(), trial
+        assert codes.tolist() == _pandas_ngroup(keys).tolist(), trial
         # the first row of each group, found without a sort, is the sorting way's answer
         n = int(codes.max()) + 1
         assert first_rows(codes, n).tolist() == np.unique(codes, return_index=True)[1].tolist()
