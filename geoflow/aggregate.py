@@ -641,7 +641,7 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
 
 def first_rows(group: np.ndarray, n: int) -> np.ndarray:
     """Position of the first record of each group 0..n-1 (every group must occur)."""
-    if len(group) and group.min() >= 0:
+    if len(group) and group.dtype.kind == "i" and group.min() >= 0:
         # codes numbered in order of first appearance (a groupby's, first_seen_codes'):
         # each first appears where it exceeds every code before it, and no sort is needed
         before = np.empty_like(group)

@@ -541,7 +541,7 @@ def analyse(
         flows = build_flows(drawn, ports, level=options.flow_level, state_names=state_names,
                             lines=not straight)
         # a large run hands each layer's working memory back before the next layer's
-        # (glibc keeps freed blocks otherwise: 10M records, recoveries 3,750 -> 3,4xx MiB)
+        # (glibc's heap keeps freed blocks of the last one resident otherwise)
         trim = release_memory if straight else (lambda: None)
         trim()
         dealers = build_dealers(drawn)
