@@ -419,13 +419,15 @@ def _span_and_median(
     if rows is not None:
         dates, ttc, weights = dates[rows], ttc[rows], weights[rows]
     n = len(index)
+    # a count table's row stands for several guns; or few groups (states, years) over many
+    # records: weighted_median counts them by distinct value, without a sort
+    by_value = bool((weights != 1).any()) or n * MEDIAN_TABLE_GROUPS <= len(group)
     inside = (group >= 0) & (group < n)
-    first, last = date_span(group[inside], dates[inside], n)
-    if (weights != 1).any() or n * MEDIAN_TABLE_GROUPS <= len(group):
-        # a count table's row stands for several guns; or few groups (states, years) over
-        # many records: weighted_median counts them by distinct value, without a sort
-        median = pd.Series(weighted_median(group[inside], ttc[inside], weights[inside], n),
-                           index=index)
+    if not inside.all():  # codes outside 0..n-1 left out; no copy of millions when none are
+        group, dates, ttc, weights = group[inside], dates[inside], ttc[inside], weights[inside]
+    first, last = date_span(group, dates, n)
+    if by_value:
+        median = pd.Series(weighted_median(group, ttc, weights, n), index=index)
     else:
         median = pd.Series(ttc).groupby(group, sort=True).median().reindex(index)
     return pd.Series(first, index=index), pd.Series(last, index=index), median

@@ -281,17 +281,19 @@ def _unique_ids(normal: pd.Series, key: PseudonymKey | bytes | str | None) -> pd
     # one HMAC per distinct name: the only per-item Python work. Only the first 8 bytes of
     # each digest are kept (16 hex digits; 24 bytes less a name, 240 MB at 10M); names still
     # colliding past 16 digits (never seen in practice) are hashed again in full
-    heads = np.empty(len(normal), dtype=">u8")
-    for start, batch in zip(range(0, len(normal), _BATCH), _batches(normal), strict=True):
-        digests = np.frombuffer(b"".join(
-            [hmac_digest(name.encode("utf-8")) for name in batch.tolist()]),
-            dtype=np.uint8).reshape(-1, 32)
-        heads[start:start + len(batch)] = np.ascontiguousarray(digests[:, :8]).view(">u8").ravel()
+    def digests(names: pd.Series) -> np.ndarray:
+        """The 32-byte digest of each name (uint8, n × 32)."""
+        return np.frombuffer(b"".join([hmac_digest(name.encode("utf-8"))
+                                       for name in names.tolist()]),
+                             dtype=np.uint8).reshape(-1, 32)
 
     def full(rows: np.ndarray) -> np.ndarray:
-        names = normal.iloc[rows].tolist()
-        return np.frombuffer(b"".join([hmac_digest(n.encode("utf-8")) for n in names]),
-                             dtype=np.uint8).reshape(-1, 32)
+        return digests(normal.iloc[rows])
+
+    heads = np.empty(len(normal), dtype=">u8")
+    for start, batch in zip(range(0, len(normal), _BATCH), _batches(normal), strict=True):
+        heads[start:start + len(batch)] = np.ascontiguousarray(
+            digests(batch)[:, :8]).view(">u8").ravel()
 
     head = heads.astype(np.uint64)  # the first 16 hex digits as one number
     digits = np.full(len(heads), ID_DIGITS, dtype=np.int64)
