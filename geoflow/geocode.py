@@ -953,7 +953,8 @@ def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     group, rank = grouped.ngroup().to_numpy(), grouped.cumcount().to_numpy()
     firsts = long.iloc[np.flatnonzero(rank == 0)]  # one row per group, in group order
     # each report row's group in ``records`` (−1: a place these records do not use)
-    at = pd.Index(_key_text(firsts)).get_indexer(_key_text(report))
+    at = pc.index_in(_key_text(report), value_set=_key_text(firsts))
+    at = pc.fill_null(at, -1).to_numpy()
     mine = report.iloc[np.flatnonzero(at >= 0)].astype(dict.fromkeys(keys, "string"))
     at = at[at >= 0]
     lines = _first_lines(group, rank, long["line"], grouped.ngroups)
@@ -962,11 +963,13 @@ def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     return _report_order(mine)
 
 
-def _key_text(frame: pd.DataFrame) -> np.ndarray:
-    """One text per (role, query, level) of a report or its long form, to match them."""
+def _key_text(frame: pd.DataFrame) -> pa.Array:
+    """One text per (role, query, level) of a report or its long form, to match them (Arrow:
+    no Python string per report row, which a batch would make again for every entity)."""
     parts = [pa.array(frame[c].astype("string[pyarrow]").array).cast(pa.string())
              for c in ("role", "query", "level")]
-    return pc.binary_join_element_wise(*parts, "\x1f").to_numpy(zero_copy_only=False)
+    keys = pc.binary_join_element_wise(*parts, "\x1f")
+    return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
 
 
 def _first_lines(group: np.ndarray, rank: np.ndarray, lines: pd.Series, n: int) -> pd.Series:

@@ -129,6 +129,10 @@ COMPACT_RATIO = 0.1
 #: it holds the state-level flows (US state → port → Mexican state) and names its level in
 #: the top-level ``flow_level`` member; every place-level flow is in ``flows_full.parquet``.
 FLOWS_GEOJSON_MAX = 50_000
+#: From this many records on, a non-consuming analysis copies the placed records' columns
+#: one at a time, deleting each from its working frame (:func:`placed_layer_records`): the
+#: memory of a large subset is held once; below it one copy of the columns is cheaper.
+COLUMNWISE_ROWS = 100_000
 TABLE_NAMES = (
     "by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_purchaser", "by_trafficker",
     "by_crossing", "by_year",
@@ -531,7 +535,10 @@ def analyse(
         # only the columns the map layers need: a filtered copy of every column would double
         # the memory of the records for large inputs
         layer_columns = [c for c in LAYER_INPUT_COLUMNS if c in frame.columns]
-        placed = placed_layer_records(frame, layer_columns, consume=(frame, *consumed))
+        # a large frame's own columns go one by one as they are copied (its encoded columns
+        # are its own memory); a small one's copy is taken at once (a batch entity's 50 ms)
+        emptied = (frame, *consumed) if consumed or len(frame) >= COLUMNWISE_ROWS else ()
+        placed = placed_layer_records(frame, layer_columns, consume=emptied)
         del frame, consumed  # the encoded columns not needed by the layers go now
         drawn = placed if layers else placed.iloc[0:0]
         # more place-level flows than flows.geojson holds: lines are only drawn from its

@@ -71,7 +71,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import shapely
 
-from geoflow.aggregate import plural
+from geoflow.aggregate import first_rows, first_seen_codes, plural
 from geoflow.errors import ConfigError
 from geoflow.flows import state_guns
 from geoflow.schema import SYNTHETIC_LABEL
@@ -522,23 +522,36 @@ def _ends(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
 
 
 def _side_legs(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
-    """One row per (far end, port, route kind) with summed guns, largest first."""
+    """One row per (far end, port, route kind) with summed guns, largest first: the end's
+    and the port's name and point from the group's first flow, the end's point averaged."""
     ends = _ends(flows, side, level)
-    frame = pd.DataFrame({
-        "key": ends["key"], "name": ends["name"], "lon": ends["lon"], "lat": ends["lat"],
-        "port_code": _text(flows["crossing_code"]), "port_name": _text(flows["crossing_name"]),
-        "port_lon": flows["port_lon"].to_numpy(dtype=float),
-        "port_lat": flows["port_lat"].to_numpy(dtype=float),
-        "route_kind": _text(flows["route_kind"]).where(
-            lambda kind: kind == "known", "modelled").array,
-        "guns": _guns(flows["guns"].to_numpy()),
+    lon, lat = ends["lon"].to_numpy(dtype=float), ends["lat"].to_numpy(dtype=float)
+    rows = np.flatnonzero(np.isfinite(lon) & np.isfinite(lat))
+    keys = {"key": ends["key"].iloc[rows].reset_index(drop=True),
+            "port_code": _text(flows["crossing_code"]).iloc[rows].reset_index(drop=True),
+            "route_kind": _text(flows["route_kind"]).iloc[rows].where(
+                lambda kind: kind == "known", "modelled").reset_index(drop=True)}
+    group = first_seen_codes(list(keys.values()))  # numpy: no groupby per leg table
+    n = int(group.max()) + 1 if len(group) else 0
+    first = first_rows(group, n)
+    at = rows[first]
+    sizes = np.bincount(group, minlength=n)
+
+    def mean(values: np.ndarray) -> np.ndarray:  # exact when a group's values are equal
+        values = values[rows]
+        base = values[first]
+        return base + np.bincount(group, weights=values - base[group], minlength=n) / sizes
+
+    grouped = pd.DataFrame({
+        **{name: key.iloc[first].reset_index(drop=True) for name, key in keys.items()},
+        "name": ends["name"].iloc[at].reset_index(drop=True),
+        "lon": mean(lon), "lat": mean(lat),
+        "port_name": _text(flows["crossing_name"]).iloc[at].reset_index(drop=True),
+        "port_lon": flows["port_lon"].to_numpy(dtype=float)[at],
+        "port_lat": flows["port_lat"].to_numpy(dtype=float)[at],
+        "guns": np.bincount(group, weights=_guns(flows["guns"].to_numpy())[rows],
+                            minlength=n),
     })
-    frame = frame[np.isfinite(frame["lon"]) & np.isfinite(frame["lat"])]
-    grouped = (frame.groupby(["key", "port_code", "route_kind"], sort=False)
-               .agg(name=("name", "first"), lon=("lon", "mean"), lat=("lat", "mean"),
-                    port_name=("port_name", "first"), port_lon=("port_lon", "first"),
-                    port_lat=("port_lat", "first"), guns=("guns", "sum"))
-               .reset_index())
     # keys ranked in Arrow (UTF-8 byte order is code point order, as Python sorts text)
     key_rank = pd.factorize(grouped["key"].array, sort=True)[0]
     order = np.lexsort((key_rank, -grouped["guns"].to_numpy()))
@@ -794,9 +807,20 @@ _POINT_NAMES = {"dealer": ("US dealers", "dealers"),
 
 
 def _props(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict]:
+    """Per row, ``columns`` (those present) as Python values, None for NA: built column by
+    column (a frame's ``to_dict("records")`` costs 10 ms a layer, a batch entity's third)."""
     cols = [c for c in columns if c in frame.columns]
-    sub = frame[cols].astype(object)
-    return sub.where(sub.notna(), None).to_dict("records")
+    values = []
+    for column in cols:
+        series = frame[column]
+        objects = series.astype(object).to_numpy()
+        missing = series.isna().to_numpy()
+        if missing.any():
+            objects = objects.copy()
+            objects[missing] = None
+        values.append(objects.tolist())
+    return [dict(zip(cols, row, strict=True)) for row in zip(*values, strict=True)] if cols \
+        else [{} for _ in range(len(frame))]
 
 
 def _point_layer(frame: pd.DataFrame, kind: str, *, limit: int, fill: str, stroke: str
@@ -853,13 +877,16 @@ def _labels(result: MapData, legs: Sequence[Leg], areas: Sequence[Area]) -> list
                                                     y=("y", "first"))
                  .sort_values("g", ascending=False, kind="stable"))
         gmax = max(float(towns["g"].max()) if len(towns) else 1.0, 1.0)
-        for rank, (town, row) in enumerate(towns.head(many * 3).iterrows()):
+        top_towns = towns.head(many * 3)
+        for rank, (town, g_town, x, y) in enumerate(zip(
+                top_towns.index, top_towns["g"].tolist(), top_towns["x"].tolist(),
+                top_towns["y"].tolist(), strict=True)):
             top = rank < 3
             if str(town).split(",")[0].strip().casefold() in ports:
                 continue  # the port's label already names the town
-            labels.append(Label(text=_short_place(str(town)), lon=float(row.x), lat=float(row.y),
+            labels.append(Label(text=_short_place(str(town)), lon=float(x), lat=float(y),
                                 kind=kind, priority=(3.0 if top else 1.5 if rank < many
-                                                     else 1.0) + row.g / gmax,
+                                                     else 1.0) + g_town / gmax,
                                 min_zoom=0.0 if rank < many else 6.0))
     fixed = state_points()
     for country in ("US", "MX"):
