@@ -103,6 +103,7 @@ __all__ = [
     "is_synthetic",
     "lighten",
     "relative_luminance",
+    "side_legs",
 ]
 
 DEFAULT_CAVEAT = (
@@ -521,7 +522,7 @@ def _ends(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
                          "lat": flows[lat].to_numpy(dtype=float)}, index=flows.index)
 
 
-def _side_legs(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
+def side_legs(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
     """One row per (far end, port, route kind) with summed guns, largest first: the end's
     and the port's name and point from the group's first flow, the end's point averaged."""
     ends = _ends(flows, side, level)
@@ -566,10 +567,10 @@ def choose_level(flows: pd.DataFrame, side: str, budget: int) -> str:
 def _chosen_legs(flows: pd.DataFrame, side: str, budget: int) -> tuple[str, pd.DataFrame]:
     """:func:`choose_level` and the legs at that level (summed once)."""
     for level in ("place", "town") if side == "us" else ("place",):
-        legs = _side_legs(flows, side, level)
+        legs = side_legs(flows, side, level)
         if len(legs) <= budget:
             return level, legs
-    return "state", _side_legs(flows, side, "state")
+    return "state", side_legs(flows, side, "state")
 
 
 def _split_budget(guns: tuple[np.ndarray, np.ndarray], total: int) -> tuple[int, int]:

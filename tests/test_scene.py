@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import shapely
 
@@ -22,6 +23,7 @@ from geoflow.scene import (
     lighten,
     quantile_bins,
     relative_luminance,
+    side_legs,
 )
 from geoflow.select import filter_records
 
@@ -232,3 +234,49 @@ def test_batch_entities_share_the_simplified_state_outlines(sample_result):
     shipped = sample_result.states.set_index("code").geometry
     assert shapely.get_num_coordinates(texas["US-TX"]) < shapely.get_num_coordinates(
         shipped["US-TX"])
+
+
+def _legs_by_pandas(flows, side, level):
+    """side_legs as a pandas groupby computes it (first of each text, mean of the points)."""
+    from geoflow.scene import _ends, _guns, _text
+
+    ends = _ends(flows, side, level)
+    frame = pd.DataFrame({
+        "key": ends["key"], "name": ends["name"], "lon": ends["lon"], "lat": ends["lat"],
+        "port_code": _text(flows["crossing_code"]), "port_name": _text(flows["crossing_name"]),
+        "port_lon": flows["port_lon"].to_numpy(dtype=float),
+        "port_lat": flows["port_lat"].to_numpy(dtype=float),
+        "route_kind": _text(flows["route_kind"]).where(
+            lambda kind: kind == "known", "modelled").array,
+        "guns": _guns(flows["guns"].to_numpy()),
+    })
+    frame = frame[np.isfinite(frame["lon"]) & np.isfinite(frame["lat"])]
+    grouped = (frame.groupby(["key", "port_code", "route_kind"], sort=False)
+               .agg(name=("name", "first"), lon=("lon", "mean"), lat=("lat", "mean"),
+                    port_name=("port_name", "first"), port_lon=("port_lon", "first"),
+                    port_lat=("port_lat", "first"), guns=("guns", "sum"))
+               .reset_index())
+    order = np.lexsort((pd.factorize(grouped["key"].array, sort=True)[0],
+                        -grouped["guns"].to_numpy()))
+    return grouped.iloc[order].reset_index(drop=True)
+
+
+def test_side_legs_sum_each_end_port_and_route_as_a_groupby_would(sample_result):
+    flows = pd.DataFrame(sample_result.flows.drop(columns="geometry"))
+    # dealers of one town at different points (given coordinates), and points unknown
+    moved = flows.copy()
+    moved.loc[moved.index[::3], "dealer_lon"] += 0.25
+    moved.loc[moved.index[::7], ["dealer_lon", "recovery_lat"]] = np.nan
+    for frame in (flows, moved, flows.iloc[:40], flows.iloc[0:0]):
+        for side in ("us", "mx"):
+            for level in ("place", "town", "state"):
+                legs, expected = side_legs(frame, side, level), _legs_by_pandas(
+                    frame, side, level)
+                assert len(legs) == len(expected) and (len(legs) > 0) == (len(frame) > 0)
+                for column in ("key", "port_code", "route_kind", "name", "port_name"):
+                    assert legs[column].tolist() == expected[column].tolist(), column
+                for column in ("lon", "lat", "port_lon", "port_lat", "guns"):
+                    np.testing.assert_allclose(legs[column].to_numpy(dtype=float),
+                                               expected[column].to_numpy(dtype=float),
+                                               rtol=0, atol=1e-9, err_msg=column)
+                assert legs["guns"].sum() == expected["guns"].sum()
