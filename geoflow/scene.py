@@ -515,9 +515,11 @@ def _ends(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
     key_col = ident if (level == "place" and ident in flows.columns) else place
     names = flows["dealer_name"] if (side == "us" and level == "place"
                                      and "dealer_name" in flows.columns) else flows[place]
-    keys = _text(flows[key_col]).where(_text(flows[key_col]) != "", _text(flows[place]))
+    keys = pa.array(_text(flows[key_col]).array)
+    if key_col != place:  # no id: the place (an Arrow kernel, no pandas mask per call)
+        keys = pc.if_else(pc.equal(keys, ""), pa.array(_text(flows[place]).array), keys)
     # .array keeps Arrow text as it is (to_numpy would make a million Python strings)
-    return pd.DataFrame({"key": keys.array, "name": _text(names).array,
+    return pd.DataFrame({"key": pd.arrays.ArrowStringArray(keys), "name": _text(names).array,
                          "lon": flows[lon].to_numpy(dtype=float),
                          "lat": flows[lat].to_numpy(dtype=float)}, index=flows.index)
 
@@ -525,13 +527,24 @@ def _ends(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
 def side_legs(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
     """One row per (far end, port, route kind) with summed guns, largest first: the end's
     and the port's name and point from the group's first flow, the end's point averaged."""
-    ends = _ends(flows, side, level)
+    return _legs_from_ends(flows, _ends(flows, side, level))
+
+
+def _placed_ends(ends: pd.DataFrame) -> np.ndarray:
+    """Rows of ``ends`` (:func:`_ends`) with a point: the flows a leg is drawn from."""
     lon, lat = ends["lon"].to_numpy(dtype=float), ends["lat"].to_numpy(dtype=float)
-    rows = np.flatnonzero(np.isfinite(lon) & np.isfinite(lat))
+    return np.flatnonzero(np.isfinite(lon) & np.isfinite(lat))
+
+
+def _legs_from_ends(flows: pd.DataFrame, ends: pd.DataFrame) -> pd.DataFrame:
+    """:func:`side_legs` from the far ends of the flows at one level."""
+    lon, lat = ends["lon"].to_numpy(dtype=float), ends["lat"].to_numpy(dtype=float)
+    rows = _placed_ends(ends)
     keys = {"key": ends["key"].iloc[rows].reset_index(drop=True),
             "port_code": _text(flows["crossing_code"]).iloc[rows].reset_index(drop=True),
-            "route_kind": _text(flows["route_kind"]).iloc[rows].where(
-                lambda kind: kind == "known", "modelled").reset_index(drop=True)}
+            "route_kind": pd.Series(pd.arrays.ArrowStringArray(pc.if_else(
+                pc.equal(pa.array(_text(flows["route_kind"]).array.take(rows)), "known"),
+                "known", "modelled")))}
     group = first_seen_codes(list(keys.values()))  # numpy: no groupby per leg table
     n = int(group.max()) + 1 if len(group) else 0
     first = first_rows(group, n)
@@ -566,11 +579,14 @@ def choose_level(flows: pd.DataFrame, side: str, budget: int) -> str:
 
 def _chosen_legs(flows: pd.DataFrame, side: str, budget: int) -> tuple[str, pd.DataFrame]:
     """:func:`choose_level` and the legs at that level (summed once)."""
-    for level in ("place", "town") if side == "us" else ("place",):
-        legs = side_legs(flows, side, level)
-        if len(legs) <= budget:
+    for level in ("place", "town", "state") if side == "us" else ("place", "state"):
+        ends = _ends(flows, side, level)
+        if level != "state" and ends["key"].iloc[_placed_ends(ends)].nunique() > budget:
+            continue  # more far ends than legs allowed: the legs need not be summed
+        legs = _legs_from_ends(flows, ends)
+        if level == "state" or len(legs) <= budget:
             return level, legs
-    return "state", side_legs(flows, side, "state")
+    raise AssertionError("unreachable: the state level is always chosen last")
 
 
 def _split_budget(guns: tuple[np.ndarray, np.ndarray], total: int) -> tuple[int, int]:
