@@ -42,9 +42,11 @@ __all__ = [
     "GENERATOR",
     "DECIMALS",
     "number_texts",
+    "float_texts",
     "formula_safe",
     "markdown_text",
     "write_csv",
+    "csv_text",
     "to_jsonable",
     "write_json",
     "geojson_text",
@@ -128,9 +130,105 @@ def markdown_text(text: object) -> str:
 def write_csv(frame: pd.DataFrame, path: str | Path, *, bom: bool = False) -> None:
     """Write ``frame`` as UTF-8 CSV (RFC 4180 CRLF rows, so a CR inside a cell is quoted),
     without the index, formula-safe; ``bom`` starts the file with a UTF-8 byte-order mark
-    so Excel reads accents right (``--excel``)."""
-    formula_safe(frame).to_csv(path, index=False, encoding="utf-8-sig" if bom else "utf-8",
-                               lineterminator="\r\n")
+    so Excel reads accents right (``--excel``). The bytes are pandas' ``to_csv``; tables of
+    :data:`CSV_ARROW_ROWS` rows or more of text, numbers and flags are formatted column by
+    column with Arrow (:func:`csv_text`: 3× faster at 80,000 purchasers), others by pandas
+    (a few kernels per column cost more than pandas' loop over a few rows)."""
+    safe = formula_safe(frame)
+    encoding = "utf-8-sig" if bom else "utf-8"
+    text = csv_text(safe) if len(safe) >= CSV_ARROW_ROWS else None
+    if text is None:
+        safe.to_csv(path, index=False, encoding=encoding, lineterminator="\r\n")
+    else:
+        with Path(path).open("w", encoding=encoding, newline="") as handle:
+            handle.write(text)
+
+
+#: From this many rows on, :func:`write_csv` formats a table with Arrow (:func:`csv_text`).
+CSV_ARROW_ROWS = 1000
+#: A CSV cell holding one of these is quoted (Python's csv module, ``QUOTE_MINIMAL``, with
+#: pandas' ``\r\n`` line terminator).
+_CSV_SPECIAL = '[,"\r\n]'
+
+
+def csv_text(frame: pd.DataFrame) -> str | None:
+    """``frame.to_csv(index=False, lineterminator="\\r\\n")``, the same text, built column
+    by column with Arrow kernels (no Python work per cell): numbers as pandas writes them
+    (floats by numpy's shortest repr, NaN empty), flags ``True``/``False``, text quoted
+    where it holds a comma, quote or line break. None for a frame with a column of another
+    kind (dates, mixed objects) or no column: pandas writes those."""
+    if not len(frame.columns):
+        return None
+    cells = []
+    for column in frame.columns:
+        texts = _csv_cells(frame[column])
+        if texts is None:
+            return None
+        cells.append(texts)
+    names = _csv_quoted(pa.array([str(c) for c in frame.columns], pa.string()))
+    if len(cells) == 1:  # a row of one empty cell is written "" (else it reads as no row)
+        cells[0], names = (pc.if_else(pc.equal(texts, ""), '""', texts)
+                           for texts in (cells[0], names))
+    header = ",".join(names.to_pylist())
+    if not len(frame):
+        return header + "\r\n"
+    rows = pc.binary_join_element_wise(*cells, ",")
+    return header + "\r\n" + "\r\n".join(rows.to_pylist()) + "\r\n"
+
+
+def _csv_cells(series: pd.Series) -> pa.Array | None:
+    """The CSV text of each value of ``series`` as pandas writes it, or None (another kind)."""
+    dtype = series.dtype
+    missing = series.isna().to_numpy()
+    if dtype.kind == "f" and isinstance(dtype, np.dtype):
+        texts = float_texts(series.to_numpy())
+    elif dtype.kind in "ib":
+        if dtype.kind == "b":
+            flags = series.to_numpy(dtype=bool, na_value=False)
+            texts = pa.array(np.where(flags, "True", "False"))
+        else:
+            texts = pc.cast(pa.array(series.to_numpy(dtype=np.int64, na_value=0)),
+                            pa.string())
+    elif isinstance(dtype, pd.StringDtype) or (
+            pd.api.types.is_object_dtype(dtype) and pd.api.types.infer_dtype(series, skipna=True)
+            in ("string", "empty")):
+        texts = pa.array(series.astype("string[pyarrow]").array)
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
+        texts = _csv_quoted(texts.cast(pa.string()))
+    else:
+        return None
+    if missing.any():
+        texts = pc.if_else(pa.array(missing), "", texts)
+    return pc.fill_null(texts, "")
+
+
+def float_texts(values: np.ndarray) -> pa.Array:
+    """Each float as numpy's ``astype(str)`` writes it (what pandas' ``to_csv`` writes): the
+    shortest repr, ``.0`` on whole numbers, exponents below 1e-4 and from 1e16. Arrow casts
+    values of 1e-4 to 1e9 (the same digits, without ``.0``: numpy takes 3 µs a value);
+    numpy writes the others (NaN, huge or tiny values)."""
+    values = np.asarray(values, dtype=float)
+    magnitude = np.abs(values)
+    arrow = ((magnitude >= 1e-4) & (magnitude < 1e9)) | (values == 0)
+    texts = pc.cast(pa.array(np.where(arrow, values, 0.0)), pa.string())
+    texts = pc.if_else(pc.match_substring(texts, "."), texts,
+                       pc.binary_join_element_wise(texts, ".0", ""))
+    if not arrow.all():
+        others = np.flatnonzero(~arrow)
+        texts = pc.replace_with_mask(texts, pa.array(~arrow),
+                                     pa.array(values[others].astype(str).tolist(), pa.string()))
+    return texts
+
+
+def _csv_quoted(texts: pa.Array) -> pa.Array:
+    """Each text, quoted (inner quotes doubled) where it holds a comma, quote or line break."""
+    special = pc.fill_null(pc.match_substring_regex(texts, _CSV_SPECIAL), False)
+    if not pc.any(special).as_py():
+        return texts
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(texts, '"', '""'), '"',
+                                         "")
+    return pc.if_else(special, quoted, texts)
 
 
 def to_jsonable(value: object) -> object:

@@ -21,7 +21,10 @@ from handmade import PORTS, make_records
 from geoflow.aggregate import build_tables
 from geoflow.errors import OutputError
 from geoflow.export import (
+    CSV_ARROW_ROWS,
     atomic_output_dir,
+    csv_text,
+    float_texts,
     formula_safe,
     safe_path,
     write_csv,
@@ -100,6 +103,63 @@ def test_csv_cells_never_start_a_formula(tmp_path):
             assert not cell or cell[0] not in "=+@\t\r" or cell[1:].lstrip("+").replace(
                 ".", "", 1).isdigit()
     assert formula_safe(frame)["value"].tolist() == frame["value"].tolist()
+
+
+_CSV_WORDS = ["a", "b,c", 'say "hi"', "line\nbreak", "cr\rx", "", " sp ", "Michoacán",
+              "=1+2", "-12.5", "é,\"\r\n", "\tx", "@x", "x\x00y"]
+_CSV_FLOATS = [0.1, 0.2 + 0.1, 1.0, -0.0, 0.0, 1e-05, 1e-4, 0.5e-4, 1e16, 9.99e15, 123456789.125,
+               999999999.5, 1e9, np.nan, np.inf, -np.inf, 1 / 3, 2.5e-300, -7.25]
+
+
+def _csv_frame(rng, rows: int) -> pd.DataFrame:
+    """A table of every kind of column write_csv formats itself, in random order."""
+    kinds = {
+        "share": lambda: rng.integers(0, 10**6, rows) / 10.0 ** rng.integers(0, 12, rows),
+        "float": lambda: rng.choice(_CSV_FLOATS, rows),
+        "int": lambda: rng.integers(-10**12, 10**12, rows),
+        "Int64": lambda: pd.array([None if v % 3 == 0 else int(v)
+                                   for v in rng.integers(0, 100, rows)], dtype="Int64"),
+        "flag": lambda: rng.random(rows) < 0.5,
+        "text": lambda: pd.array(rng.choice([*_CSV_WORDS, None], rows), dtype="string"),
+        "object, text": lambda: pd.Series(rng.choice(_CSV_WORDS, rows), dtype=object),
+    }
+    names = rng.choice(list(kinds), int(rng.integers(1, 6)))
+    return pd.DataFrame({f"{name} {i}": kinds[name]() for i, name in enumerate(names)})
+
+
+def test_large_tables_are_written_byte_for_byte_as_pandas_writes_them(tmp_path):
+    """Tables past CSV_ARROW_ROWS are formatted with Arrow: the bytes must stay pandas'."""
+    rng = np.random.default_rng(7)
+    frames = [_csv_frame(rng, int(rng.integers(CSV_ARROW_ROWS, 2 * CSV_ARROW_ROWS)))
+              for _ in range(25)]
+    frames.append(pd.DataFrame({"": [""] * CSV_ARROW_ROWS}))  # one empty cell a row
+    frames.append(pd.DataFrame({"when": pd.date_range("2020-01-01", periods=CSV_ARROW_ROWS),
+                                "text": ["=x"] * CSV_ARROW_ROWS}))  # dates: pandas writes
+    for i, frame in enumerate(frames):
+        for bom in (False, True):
+            write_csv(frame, tmp_path / "ours.csv", bom=bom)
+            formula_safe(frame).to_csv(tmp_path / "pandas.csv", index=False,
+                                       encoding="utf-8-sig" if bom else "utf-8",
+                                       lineterminator="\r\n")
+            assert (tmp_path / "ours.csv").read_bytes() == (
+                tmp_path / "pandas.csv").read_bytes(), (i, frame.dtypes.to_dict())
+    assert csv_text(frames[-1]) is None  # dates are left to pandas
+    assert csv_text(pd.DataFrame(index=range(3))) is None
+    with (tmp_path / "ours.csv").open(newline="", encoding="utf-8-sig") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert "'=x" in cells and not any(cell.startswith("=") for cell in cells)
+
+
+def test_float_texts_are_numpy_reprs_across_magnitudes():
+    rng = np.random.default_rng(3)
+    values = np.concatenate([
+        rng.random(20_000) * 10.0 ** rng.integers(-8, 20, 20_000),
+        -rng.random(5_000) * 10.0 ** rng.integers(-5, 12, 5_000),
+        rng.integers(0, 10**9, 5_000).astype(float),
+        rng.integers(1, 10**6, 5_000) / rng.integers(1, 10**6, 5_000),
+        np.array(_CSV_FLOATS), [5e-324, 1.7976931348623157e308],
+    ])
+    assert float_texts(values).to_pylist() == values.astype(str).tolist()
 
 
 def test_write_json_turns_nan_and_numpy_into_plain_json(tmp_path):
