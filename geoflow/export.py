@@ -160,8 +160,8 @@ def csv_text(frame: pd.DataFrame) -> str | None:
     if not len(frame.columns):
         return None
     cells = []
-    for column in frame.columns:
-        texts = _csv_cells(frame[column])
+    for at in range(frame.shape[1]):  # by position: names may repeat
+        texts = _csv_cells(frame.iloc[:, at])
         if texts is None:
             return None
         cells.append(texts)
@@ -180,7 +180,7 @@ def _csv_cells(series: pd.Series) -> pa.Array | None:
     """The CSV text of each value of ``series`` as pandas writes it, or None (another kind)."""
     dtype = series.dtype
     missing = series.isna().to_numpy()
-    if dtype.kind == "f" and isinstance(dtype, np.dtype):
+    if dtype == np.float64:  # float32's shortest repr is its own: pandas writes those
         texts = float_texts(series.to_numpy())
     elif dtype.kind in "ib":
         if dtype.kind == "b":

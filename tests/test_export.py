@@ -133,6 +133,8 @@ def test_large_tables_are_written_byte_for_byte_as_pandas_writes_them(tmp_path):
     frames = [_csv_frame(rng, int(rng.integers(CSV_ARROW_ROWS, 2 * CSV_ARROW_ROWS)))
               for _ in range(25)]
     frames.append(pd.DataFrame({"": [""] * CSV_ARROW_ROWS}))  # one empty cell a row
+    frames.append(pd.DataFrame({"n": np.arange(CSV_ARROW_ROWS, dtype=np.int8)}))
+    frames.append(pd.DataFrame({"f32": np.full(CSV_ARROW_ROWS, 0.1, dtype=np.float32)}))
     frames.append(pd.DataFrame({"when": pd.date_range("2020-01-01", periods=CSV_ARROW_ROWS),
                                 "text": ["=x"] * CSV_ARROW_ROWS}))  # dates: pandas writes
     for i, frame in enumerate(frames):
