@@ -19,6 +19,7 @@ from geoflow.scene import (
     MapOptions,
     ShapeCache,
     build_scene,
+    choose_level,
     contrast_ratio,
     lighten,
     quantile_bins,
@@ -267,7 +268,13 @@ def test_side_legs_sum_each_end_port_and_route_as_a_groupby_would(sample_result)
     moved = flows.copy()
     moved.loc[moved.index[::3], "dealer_lon"] += 0.25
     moved.loc[moved.index[::7], ["dealer_lon", "recovery_lat"]] = np.nan
-    for frame in (flows, moved, flows.iloc[:40], flows.iloc[0:0]):
+    # every flow of some dealers and places without a point: ends that draw no leg
+    pointless = flows.iloc[:120].copy()
+    pointless.loc[pointless["dealer_id"].isin(pointless["dealer_id"].unique()[:15]),
+                  "dealer_lon"] = np.nan
+    pointless.loc[pointless["recovery_place"].isin(
+        pointless["recovery_place"].unique()[:15]), "recovery_lat"] = np.nan
+    for frame in (flows, moved, flows.iloc[:40], pointless, flows.iloc[:1], flows.iloc[0:0]):
         for side in ("us", "mx"):
             for level in ("place", "town", "state"):
                 legs, expected = side_legs(frame, side, level), _legs_by_pandas(
@@ -280,3 +287,10 @@ def test_side_legs_sum_each_end_port_and_route_as_a_groupby_would(sample_result)
                                                expected[column].to_numpy(dtype=float),
                                                rtol=0, atol=1e-9, err_msg=column)
                 assert legs["guns"].sum() == expected["guns"].sum()
+        # the finest level whose legs fit the budget (a level is skipped on its far ends)
+        for side, levels in (("us", ("place", "town")), ("mx", ("place",))):
+            counts = {level: len(_legs_by_pandas(frame, side, level)) for level in levels}
+            exact = [n + step for n in counts.values() for step in (-1, 0)]
+            for budget in {1, 75, 10_000, *(n for n in exact if n >= 1)}:
+                fitting = [level for level in levels if counts[level] <= budget]
+                assert choose_level(frame, side, budget) == (fitting or ["state"])[0]
