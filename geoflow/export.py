@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import shapely
 
 from geoflow.errors import OutputError
+from geoflow.privacy import arrow_text
 from geoflow.shapes import ShapeCache
 
 __all__ = [
@@ -192,10 +193,7 @@ def _csv_cells(series: pd.Series) -> pa.Array | None:
     elif isinstance(dtype, pd.StringDtype) or (
             pd.api.types.is_object_dtype(dtype) and pd.api.types.infer_dtype(series, skipna=True)
             in ("string", "empty")):
-        texts = pa.array(series.astype("string[pyarrow]").array)
-        if isinstance(texts, pa.ChunkedArray):
-            texts = texts.combine_chunks()
-        texts = _csv_quoted(texts.cast(pa.string()))
+        texts = _csv_quoted(arrow_text(series).cast(pa.string()))
     else:
         return None
     if missing.any():

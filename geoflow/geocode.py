@@ -35,6 +35,7 @@ from rapidfuzz import fuzz, process
 from geoflow.crossings import haversine_km
 from geoflow.errors import GeocodeError, InputError
 from geoflow.places import STATE_NAMES, _tokens, normalise_country, parse_places
+from geoflow.privacy import arrow_text
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -966,10 +967,8 @@ def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
 def _key_text(frame: pd.DataFrame) -> pa.Array:
     """One text per (role, query, level) of a report or its long form, to match them (Arrow:
     no Python string per report row, which a batch would make again for every entity)."""
-    parts = [pa.array(frame[c].astype("string[pyarrow]").array).cast(pa.string())
-             for c in ("role", "query", "level")]
-    keys = pc.binary_join_element_wise(*parts, "\x1f")
-    return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    parts = [arrow_text(frame[c]).cast(pa.string()) for c in ("role", "query", "level")]
+    return pc.binary_join_element_wise(*parts, "\x1f")
 
 
 def _first_lines(group: np.ndarray, rank: np.ndarray, lines: pd.Series, n: int) -> pd.Series:

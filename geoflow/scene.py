@@ -579,14 +579,14 @@ def choose_level(flows: pd.DataFrame, side: str, budget: int) -> str:
 
 def _chosen_legs(flows: pd.DataFrame, side: str, budget: int) -> tuple[str, pd.DataFrame]:
     """:func:`choose_level` and the legs at that level (summed once)."""
-    for level in ("place", "town", "state") if side == "us" else ("place", "state"):
+    for level in ("place", "town") if side == "us" else ("place",):
         ends = _ends(flows, side, level)
-        if level != "state" and ends["key"].iloc[_placed_ends(ends)].nunique() > budget:
+        if ends["key"].iloc[_placed_ends(ends)].nunique() > budget:
             continue  # more far ends than legs allowed: the legs need not be summed
         legs = _legs_from_ends(flows, ends)
-        if level == "state" or len(legs) <= budget:
+        if len(legs) <= budget:
             return level, legs
-    raise AssertionError("unreachable: the state level is always chosen last")
+    return "state", side_legs(flows, side, "state")
 
 
 def _split_budget(guns: tuple[np.ndarray, np.ndarray], total: int) -> tuple[int, int]:
