@@ -968,6 +968,18 @@ def _bounds(legs: Sequence[Leg], layers: Sequence[PointLayer], areas: Sequence[A
 # --------------------------------------------------------------------------- the scene
 
 
+def _unplaced_note(manifest: Mapping[str, Any]) -> str:
+    """One legend sentence on the selected guns that are on no leg (the subtitle counts the
+    mapped ones, the state shading every gun whose state is known)."""
+    guns = int((manifest.get("counts") or {}).get("guns_unplaced") or 0)
+    if guns <= 0:
+        return ""
+    verb = "is" if guns == 1 else "are"
+    return (f"{_count(guns, 'traced gun')} {verb} not on the map (dealer, recovery place or "
+            "crossing unknown; listed in unplaced.csv); the state shading counts every gun "
+            "whose state is known.")
+
+
 def _withheld_note(suppression: Mapping[str, Any]) -> str:
     """One legend sentence on what the small-count rule (privacy.suppress) withheld."""
     if not suppression:
@@ -1020,6 +1032,9 @@ def build_scene(result: MapData, *, options: MapOptions | None = None) -> Scene:
         total = int(_guns(result.flows["guns"].to_numpy()).sum()) if len(result.flows) else 0
         notes.insert(0, f"No flows drawn: {_count(total, 'gun')} below the threshold."
                      if total else "No flows to draw.")
+    unplaced = _unplaced_note(getattr(result, "manifest", None) or {})
+    if unplaced:
+        notes.append(unplaced)
     withheld = _withheld_note(getattr(result, "suppression", None) or {})
     if withheld:
         notes.append(withheld)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -199,6 +201,29 @@ def test_legend_says_what_the_small_count_rule_withheld(sample_result, scene):
     assert f"{sample_result.suppression['cells']['flows']['rows']:,} flows" in withheld[0]
     hidden = sample_result.suppression["purchasers_not_listed"]["purchasers"]
     assert f"{hidden:,} purchasers are counted only in totals" in withheld[0]
+
+
+def test_legend_counts_the_guns_that_are_not_on_the_map(sample_result, scene):
+    counts = sample_result.manifest["counts"]
+    assert counts["guns_unplaced"] > 0  # the sample has records without a place or crossing
+    mapped = int(sample_result.flows["guns"].sum())
+    assert f"{mapped:,} traced guns" in scene.subtitle
+    assert mapped + counts["guns_unplaced"] == counts["guns_valid"] - counts["guns_filtered_out"]
+    note = [n for n in scene.legend.notes if "not on the map" in n]
+    assert note == [f"{counts['guns_unplaced']:,} traced guns are not on the map (dealer, "
+                    "recovery place or crossing unknown; listed in unplaced.csv); the state "
+                    "shading counts every gun whose state is known."]
+    for guns, expected in ((1, "1 traced gun is not on the map"), (0, None)):
+        result = SimpleNamespace(
+            flows=sample_result.flows, dealers=sample_result.dealers,
+            recoveries=sample_result.recoveries, crossings=sample_result.crossings,
+            states=sample_result.states,
+            manifest={"counts": {**counts, "guns_unplaced": guns}})
+        found = [n for n in build_scene(result).legend.notes if "not on the map" in n]
+        if expected is None:
+            assert found == []
+        else:
+            assert len(found) == 1 and found[0].startswith(expected)
 
 
 def test_shape_cache_derives_once_per_shape_object_and_stays_bounded():
