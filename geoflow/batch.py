@@ -15,10 +15,12 @@ and no name can become ``..``, a path or a reserved device name (``CON``, ``NUL`
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -46,6 +48,7 @@ __all__ = [
     "default_jobs",
     "write_entity",
     "run_batch",
+    "checkpoint",
 ]
 
 log = logging.getLogger(__name__)
@@ -255,6 +258,8 @@ class BatchResult:
     kind: str
     entities: pd.DataFrame
     manifest: dict[str, Any]
+    #: Output sets taken over from a killed batch (``resume``), not written again.
+    resumed: int = 0
 
 
 def entity_table(
@@ -384,6 +389,7 @@ def run_batch(
     progress: Callable[[str], None] | None = None,
     map_options: Any = None,
     jobs: int = 1,
+    resume: bool = False,
 ) -> BatchResult:
     """Analyse and write one output set per entity of ``kind``, plus index.html and manifest.
 
@@ -396,6 +402,11 @@ def run_batch(
     and ``write`` must then be a module-level function. The files are the same either way.
     The batch is built beside ``out_dir`` and swapped in at the end; an existing ``out_dir``
     not written by geoflow is refused unless ``force``.
+
+    A batch that was killed (``kill -9``, a power cut, a closed session) leaves its temporary
+    folder with a checkpoint (:func:`checkpoint`). With ``resume``, a later batch of the same
+    input, options and entities takes that folder over and writes only the output sets it
+    lacks (Ctrl-C and SIGTERM still remove it: they stop the batch on purpose).
     """
     from geoflow import export, pipeline
 
@@ -410,12 +421,26 @@ def run_batch(
     singular, plural = _KIND_TITLES[kind]
     title = f"{title} — by {in_sentence(singular)}" if title else (
         f"Guns traced to Mexico by {in_sentence(singular)}")
-    with export.atomic_output_dir(out_dir, force=force) as temp, quiet_logger(pipeline.log.name):
-        tasks = []  # one analysis per entity, not per record
+    token = checkpoint(prepared, kind=kind, options=options, description=description,
+                       table=table, map_options=map_options, write=write)
+    with (export.atomic_output_dir(out_dir, force=force, checkpoint=token,
+                                   resume=resume) as temp,
+          quiet_logger(pipeline.log.name)):
+        tasks, resumed = [], 0  # one analysis per entity, not per record
+        _drop_partial_entities(temp / kind)
         for row in table.itertuples(index=False):
+            folder = safe_child(temp, kind, row.slug)
+            if (folder / "manifest.json").is_file():  # written by the batch taken over
+                resumed += 1
+                if progress is not None:
+                    progress(str(row.label))
+                continue
             part = f"{singular}: {row.label}"
             tasks.append((positions[row.key], f"{description}; {part}" if description else part,
-                          safe_child(temp, kind, row.slug), str(row.label), (kind, str(row.label))))
+                          folder, str(row.label), (kind, str(row.label))))
+        if resumed:
+            log.info("resuming a killed batch: %d of %d output sets already written", resumed,
+                     len(table))
         jobs = max(1, min(int(jobs), len(tasks)))
         if jobs == 1:
             for rows, text, folder, label, entity in tasks:
@@ -451,7 +476,46 @@ def run_batch(
         export.write_json(manifest, export.safe_path(temp, "manifest.json"))
     log.debug("%d %s written to %s (index.html lists them)", len(table),
              plural.split(" (")[0].lower(), out_dir)
-    return BatchResult(out_dir=Path(out_dir), kind=kind, entities=table, manifest=manifest)
+    return BatchResult(out_dir=Path(out_dir), kind=kind, entities=table, manifest=manifest,
+                       resumed=resumed)
+
+
+def checkpoint(prepared: Any, *, kind: str, options: Any, description: str,
+               table: pd.DataFrame, map_options: Any = None,
+               write: Callable[[Any, Path], None] | None = None) -> str | None:
+    """What a batch's output sets depend on, as one text (None: an input without a hash,
+    which cannot be told apart from another): geoflow's version, the input's SHA-256, the
+    options (and the overrides file's content), the map's look, the writer and every entity
+    with its folder and guns. A killed batch is resumed only under the same text."""
+    source = prepared.source
+    if not source.get("sha256"):
+        return None
+    overrides = getattr(options, "overrides", None)
+    try:
+        overrides_hash = (hashlib.sha256(Path(overrides).read_bytes()).hexdigest()
+                          if isinstance(overrides, (str, Path)) else None)
+    except OSError:
+        overrides_hash = None
+    entities = hashlib.sha256(table[["key", "slug", "guns", "placed"]].to_csv(
+        index=False).encode("utf-8")).hexdigest()
+    return json.dumps({
+        "version": __version__, "input": source.get("sha256"), "kind": kind,
+        "description": description,
+        "options": options.describe() if hasattr(options, "describe") else repr(options),
+        "overrides": overrides_hash, "map": repr(map_options),
+        "write": None if write is None else
+        f"{getattr(write, '__module__', '')}.{getattr(write, '__qualname__', repr(write))}",
+        "entities": entities,
+    }, sort_keys=True, default=str)
+
+
+def _drop_partial_entities(folder: Path) -> None:
+    """Remove the half-written output sets (``.<slug>.tmp-…``) a killed batch left in
+    ``folder``; complete ones were renamed into place whole."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name.startswith(".") and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _accounting_notes(accounting: dict[str, int], *, singular: str, plural: str) -> list[str]:

@@ -310,7 +310,7 @@ def map_look_options(func):
 @map_look_options
 def run_command(input_path: str | None, sample: bool, out_dir: str | None, force: bool,
                 formats: tuple[str, ...], excel: bool, per: str | None,
-                min_guns: int | None, jobs: int | None, **options) -> None:
+                min_guns: int | None, jobs: int | None, resume: bool, **options) -> None:
     """Read, geocode, route and aggregate a trace file; write GeoJSON, tables and findings.
 
     Writes flows/dealers/recoveries/crossings/states GeoJSON, tables/*.csv, rejects.csv,
@@ -341,6 +341,8 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
 
     if jobs is not None and not per:
         raise click.UsageError("--jobs sets the batch's worker processes: use it with --per")
+    if resume and not per:
+        raise click.UsageError("--resume continues a killed batch: use it with --per")
     if min_guns is not None and not per:
         raise click.UsageError("--min-guns sets the batch threshold: use it with --per "
                                "(--min-flow-guns thins the flows drawn on the map)")
@@ -357,7 +359,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     look = map_options(config, show_names=run_options.show_names, **given)
     if per:
         _run_batch(prepared, kind=per, out=out, records=records, description=description,
-                   min_guns=min_guns, force=force, look=look, jobs=jobs,
+                   min_guns=min_guns, force=force, look=look, jobs=jobs, resume=resume,
                    title=config.pick("title", given["title"]))
         return
     with stage("Analysing", enabled=show_progress()):
@@ -381,8 +383,10 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
 
 
 def _run_batch(prepared, *, kind: str, out, records, description: str, min_guns: int | None,
-               force: bool, look, title: str | None, jobs: int | None = None) -> None:
+               force: bool, look, title: str | None, jobs: int | None = None,
+               resume: bool = False) -> None:
     """``run --per KIND``: one output set per entity, with a progress bar on a terminal."""
+    from geoflow.aggregate import plural
     from geoflow.batch import default_jobs, entity_table, run_batch
     from geoflow.progress import bar
 
@@ -393,10 +397,15 @@ def _run_batch(prepared, *, kind: str, out, records, description: str, min_guns:
         batch = run_batch(
             prepared, kind=kind, out_dir=out, records=records, description=description,
             min_guns=min_guns, force=force, title=title, progress=advance,
-            map_options=look, jobs=jobs or default_jobs(),
+            map_options=look, jobs=jobs or default_jobs(), resume=resume,
         )
     click.echo(f"wrote {out}: " + _batch_line(batch.manifest["counts"], kind) + "; "
                + _rows_line(prepared, records))
+    if resume:
+        click.echo(f"--resume: {plural(batch.resumed, 'output set')} kept from the killed batch, "
+                   f"{len(batch.entities) - batch.resumed:,} written now" if batch.resumed else
+                   "--resume: no killed batch of the same input, options and entities was "
+                   "found beside OUT, so every output set was written")
 
 
 def _batch_line(counts: dict, kind: str) -> str:

@@ -88,7 +88,13 @@ def filter_options(func: _F) -> _F:
 
 
 def batch_options(func: _F) -> _F:
-    """``--per KIND``, ``--min-guns N`` and ``--jobs N``."""
+    """``--per KIND``, ``--min-guns N``, ``--jobs N`` and ``--resume``."""
+    func = click.option(
+        "--resume", is_flag=True,
+        help="With --per: continue a batch that was killed before it finished (kill -9, a "
+             "power cut, a closed session), keeping the output sets it wrote, when the "
+             "input, options and entities are the same. Otherwise every set is written.",
+    )(func)
     func = click.option(
         "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
         help="With --per: write entities in N worker processes (default: the CPUs "

@@ -672,8 +672,13 @@ def user_files(folder: str | Path) -> list[str]:
     return sorted(found)
 
 
+#: A batch's checkpoint inside its temporary folder (see :func:`atomic_output_dir`).
+CHECKPOINT_FILE = ".geoflow-checkpoint"
+
+
 @contextlib.contextmanager
-def atomic_output_dir(out_dir: str | Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_output_dir(out_dir: str | Path, *, force: bool = False, checkpoint: str | None = None,
+                      resume: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder; on success its contents become ``out_dir``.
 
     An existing ``out_dir`` is replaced only when it is empty, or was written by geoflow
@@ -688,22 +693,37 @@ def atomic_output_dir(out_dir: str | Path, *, force: bool = False) -> Iterator[P
     renamed: it is written in place instead, each top-level output moved in by a rename
     (``manifest.json`` last) and geoflow's previous outputs removed; other files stay.
     A symlink ``out_dir`` is followed (see :func:`output_target`).
+
+    ``checkpoint`` (a batch's identity: input, options, entities) is written into the
+    temporary folder as :data:`CHECKPOINT_FILE`. With ``resume``, the newest temporary folder
+    of a killed geoflow holding the same checkpoint is taken over, with what it holds, instead
+    of being removed (``geoflow run --per … --resume``).
     """
     out = output_target(out_dir)
     check_output_dir(out, force=force)
     in_place = writes_in_place(out)
     home = out if in_place else out.parent
-    _remove_stale(home, ".geoflow" if in_place else f".{out.name}")
+    adopted = _remove_stale(home, ".geoflow" if in_place else f".{out.name}",
+                            keep=checkpoint if resume else None)
     try:
         home.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(
             prefix=f".{'geoflow' if in_place else out.name}.tmp-{_tag()}-", dir=home))
+        if adopted is not None:  # under this process's name: alive, so no run removes it
+            temp.rmdir()
+            try:
+                adopted.rename(temp)
+            except OSError:  # another run took it first: start afresh
+                temp.mkdir()
         temp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: a web server could not read it
+        if checkpoint is not None:
+            (temp / CHECKPOINT_FILE).write_text(checkpoint, encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot create output folder: {exc.strerror}", path=str(out)) from exc
     try:
         try:
             yield temp
+            (temp / CHECKPOINT_FILE).unlink(missing_ok=True)
         except OSError as exc:
             raise OutputError(_os_message("cannot write outputs", exc),
                               path=str(out_dir)) from exc
@@ -815,20 +835,36 @@ def _manifest_files(folder: Path) -> list[str]:
     return [str(f) for f in files] if isinstance(files, list) else ["manifest.json"]
 
 
-def _remove_stale(home: Path, prefix: str) -> None:
+def _remove_stale(home: Path, prefix: str, *, keep: str | None = None) -> Path | None:
     """Delete ``<prefix>.tmp-*`` / ``.old-*`` folders in ``home`` left by a geoflow on this
     machine that is no longer running (killed, or the power went): the process id in the
-    name tells."""
+    name tells. The newest temporary folder whose :data:`CHECKPOINT_FILE` reads ``keep`` is
+    left in place and returned (None: none)."""
     if not home.is_dir():
-        return
+        return None
+    stale = []
     for path in home.glob(f"{glob.escape(prefix)}.*-*"):
         match = _STALE.fullmatch(path.name[len(prefix):])
         if not match or match["host"] != _HOST or not path.is_dir():
             continue
-        if _alive(int(match["pid"])):
-            continue
-        log.info("removing %s, left by an interrupted geoflow run", path)
-        shutil.rmtree(path, ignore_errors=True)
+        if not _alive(int(match["pid"])):
+            stale.append(path)
+    kept = None
+    if keep is not None:
+        matching = [p for p in stale if _checkpoint_of(p) == keep]
+        kept = max(matching, key=lambda p: p.stat().st_mtime, default=None)
+    for path in stale:
+        if path != kept:
+            log.info("removing %s, left by an interrupted geoflow run", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return kept
+
+
+def _checkpoint_of(folder: Path) -> str | None:
+    try:
+        return (folder / CHECKPOINT_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _tag() -> str:

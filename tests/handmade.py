@@ -6,6 +6,7 @@ pure functions can be tested without reading, geocoding or routing anything.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import geopandas as gpd
@@ -120,3 +121,17 @@ def output_text(path: Path) -> str:
     if path.suffix in {".shp", ".shx", ".dbf"}:  # binary; their text is UTF-8
         return path.read_bytes().decode("utf-8", errors="replace")
     return path.read_text(encoding="utf-8")
+
+
+def batch_files(out: Path) -> dict[str, object]:
+    """Every file of a batch: bytes, manifests without their run-dependent keys."""
+    volatile = {"created", "timings", "memory_peak_mb"}
+    files = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        key = path.relative_to(out).as_posix()
+        if path.name == "manifest.json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            files[key] = {k: v for k, v in data.items() if k not in volatile}
+        else:
+            files[key] = path.read_bytes()
+    return files

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from handmade import output_text
+from handmade import batch_files, output_text
 
 from geoflow.batch import assign_slugs, entity_table, render_index, safe_child, slugify
 from geoflow.errors import OutputError
@@ -387,20 +387,6 @@ def test_sample_trafficker_entities_follow_the_reporting(sample_prepared):
     assert entities["label"].str.fullmatch(r"P-[0-9a-f]{6}").all()
 
 
-def _batch_files(out: Path) -> dict[str, object]:
-    """Every file of a batch: bytes, manifests without their run-dependent keys."""
-    volatile = {"created", "timings", "memory_peak_mb"}
-    files = {}
-    for path in sorted(p for p in out.rglob("*") if p.is_file()):
-        key = path.relative_to(out).as_posix()
-        if path.name == "manifest.json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            files[key] = {k: v for k, v in data.items() if k not in volatile}
-        else:
-            files[key] = path.read_bytes()
-    return files
-
-
 def test_parallel_batch_writes_the_same_files_as_the_serial_one(tmp_path):
     from geoflow.batch import default_jobs, run_batch
 
@@ -411,7 +397,7 @@ def test_parallel_batch_writes_the_same_files_as_the_serial_one(tmp_path):
     parallel = run_batch(prepared, kind="trafficker", out_dir=tmp_path / "parallel",
                          min_guns=4, jobs=2, progress=done.append)
     assert len(serial.entities) == 2 and sorted(done) == sorted(serial.entities["label"])
-    one, two = _batch_files(tmp_path / "serial"), _batch_files(tmp_path / "parallel")
+    one, two = batch_files(tmp_path / "serial"), batch_files(tmp_path / "parallel")
     assert sum(name.endswith("/map.html") for name in one) == 2
     assert one.keys() == two.keys()
     assert [name for name in one if one[name] != two[name]] == []

@@ -3,6 +3,7 @@ and a real ``geoflow run`` stopped by SIGINT, SIGTERM and SIGKILL while it write
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -368,3 +369,71 @@ def test_interrupting_a_parallel_batch_stops_it_and_its_workers(tmp_path, small_
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
+
+
+#: Runs the real CLI entry point; the batch's process kills itself (SIGKILL: nothing can
+#: clean up, as after a power cut or a closed session) as it starts its third output set.
+_KILLED_BATCH = textwrap.dedent("""
+    import os, signal, sys
+    import geoflow.batch as batch
+    real, calls = batch.write_entity, []
+    def write_entity(*args, **kwargs):
+        calls.append(kwargs["folder"].name)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(*args, **kwargs)
+    batch.write_entity = write_entity
+    from geoflow.cli import main
+    sys.argv = ["geoflow", *sys.argv[1:]]
+    main()
+""")
+
+
+def test_a_killed_batch_resumes_where_it_stopped_and_ends_as_a_whole_run(
+        tmp_path, small_input, monkeypatch):
+    from handmade import batch_files
+
+    from geoflow import batch
+
+    home = tmp_path / "killed"
+    args = ["run", str(small_input), "--per", "state", "--min-guns", "5", "--jobs", "1", "-o"]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BATCH, "-q", *args,
+                             str(home / "out")], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [temp] = [p for p in home.iterdir() if p.name.startswith(".out.tmp-")]
+    kept = sorted(p.name for p in (temp / "state").iterdir()
+                  if (p / "manifest.json").is_file())
+    assert len(kept) == 2 and not (home / "out").exists()
+    other = tmp_path / "other"
+    shutil.copytree(temp, other / temp.name)  # the same killed batch, beside another OUT
+
+    written = []
+    real = batch.write_entity
+
+    def recording(*args, folder, **kwargs):
+        written.append(folder.name)
+        real(*args, folder=folder, **kwargs)
+
+    monkeypatch.setattr(batch, "write_entity", recording)
+    resumed = CliRunner().invoke(cli, ["-q", *args, str(home / "out"), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "--resume: 2 output sets kept from the killed batch" in resumed.output
+    folders = sorted(p.name for p in (home / "out" / "state").iterdir())
+    assert sorted(written + kept) == folders  # each set written once, by one run or the other
+    assert sorted(p.name for p in home.iterdir()) == ["out"]  # taken over, nothing left
+    whole = CliRunner().invoke(cli, ["-q", *args, str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    assert batch_files(home / "out") == batch_files(tmp_path / "whole")
+
+    # other options (a title): the killed batch's sets are not theirs, so every set is
+    # written and the killed batch's folder is removed, as a run without --resume does
+    written.clear()
+    fresh = CliRunner().invoke(cli, ["-q", *args, str(other / "out"), "--resume",
+                                     "--title", "Another title"])
+    assert fresh.exit_code == 0, fresh.output
+    assert "no killed batch of the same input, options and entities" in fresh.output
+    assert sorted(written) == folders
+    assert sorted(p.name for p in other.iterdir()) == ["out"]
+    usage = CliRunner().invoke(cli, ["run", str(small_input), "--resume", "-o",
+                                     str(tmp_path / "single")])
+    assert usage.exit_code == 2 and "--per" in usage.output
