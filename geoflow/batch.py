@@ -333,7 +333,7 @@ def write_entity(prepared: Any, options: Any, records: pd.DataFrame, *, descript
     result = pipeline.analyse(prepared, options=options, records=records,
                               description=description, entity=entity)
     if write is None:
-        pipeline.write_outputs(result, folder, map_options=map_options)
+        pipeline.write_outputs(result, folder, map_options=map_options, reuse_schema=True)
     else:
         write(result, folder)
 

@@ -12,6 +12,7 @@ Files and columns: docs/outputs.md.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from geoflow import export
+from geoflow import export, geopackage
 from geoflow.errors import OutputError
 from geoflow.export import write_csv
 
@@ -212,9 +213,15 @@ def _write(frame: pd.DataFrame, path: Path, **kwargs) -> None:
                           path=str(path)) from exc
 
 
+#: GeoPackage templates of this process by schema (:func:`geoflow.geopackage.schema_key`;
+#: None: written by GDAL every time). A batch has one schema, a worker one template.
+_TEMPLATES: dict[tuple, bytes | None] = {}
+
+
 def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame],
                      tables: Mapping[str, pd.DataFrame], path: str | Path, *,
-                     about: Mapping[str, Mapping[str, str]] | None = None) -> Path:
+                     about: Mapping[str, Mapping[str, str]] | None = None,
+                     reuse_schema: bool = False) -> Path:
     """One GeoPackage: each layer with its geometry (EPSG:4326), each table as an attribute
     table (no geometry), under its own name. ``about`` gives a layer GDAL metadata (name →
     key → text; GDAL stores ``description`` as the layer's GeoPackage description, which
@@ -224,11 +231,40 @@ def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame],
     SQLite neither syncs each layer to disk (``OGR_SQLITE_SYNCHRONOUS=OFF``: 10× faster) nor
     keeps a rollback journal (``journal_mode=OFF``: a fifth faster for a batch entity's small
     layers); the file is written in the run's temporary folder, which replaces OUT only when
-    complete, so a crash leaves no half-written GeoPackage behind."""
-    import pyogrio
+    complete, so a crash leaves no half-written GeoPackage behind.
 
+    ``reuse_schema`` (a batch's output sets, all of one schema): GDAL writes the schema once
+    per process and SQLite inserts each file's rows into it (:mod:`geoflow.geopackage`; 10×
+    faster for a batch entity's small layers, the same tables, rows and metadata)."""
     path = Path(path)
     about = about or {}
+    key = geopackage.schema_key(layers, tables, about) if reuse_schema else None
+    if key is None:
+        _write_with_gdal(layers, tables, path, about)
+        return path
+    if key not in _TEMPLATES:  # GDAL writes this schema once, beside the file
+        scratch = path.with_name(f".{path.stem}.schema{path.suffix}")
+        try:
+            _write_with_gdal(layers, tables, scratch, about)
+            _TEMPLATES[key] = geopackage.emptied(scratch, [*layers, *tables])
+        finally:
+            scratch.unlink(missing_ok=True)
+    template = _TEMPLATES[key]
+    if template is None:
+        _write_with_gdal(layers, tables, path, about)
+        return path
+    try:
+        geopackage.fill(template, layers, tables, path, about=about)
+    except (sqlite3.Error, OSError) as exc:
+        raise OutputError(f"cannot write {path.name}: {exc}", path=str(path)) from exc
+    return path
+
+
+def _write_with_gdal(layers: Mapping[str, gpd.GeoDataFrame],
+                     tables: Mapping[str, pd.DataFrame], path: Path,
+                     about: Mapping[str, Mapping[str, str]]) -> None:
+    import pyogrio
+
     settings = {"OGR_CURRENT_DATE": GPKG_DATE, "OGR_SQLITE_SYNCHRONOUS": "OFF",
                 "OGR_SQLITE_PRAGMA": "journal_mode=OFF"}
     previous = {key: pyogrio.get_gdal_config_option(key) for key in settings}
@@ -242,7 +278,6 @@ def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame],
                    use_arrow=True)
     finally:
         pyogrio.set_gdal_config_options(previous)
-    return path
 
 
 def write_geoparquet(layers: Mapping[str, gpd.GeoDataFrame], folder: str | Path) -> list[Path]:
@@ -291,7 +326,7 @@ def flow_level_note(level: str, *, shown: int, total: int) -> dict[str, str]:
 
 
 def write_analyst_files(result, folder: str | Path, *, formats: tuple[str, ...] = (),
-                        bom: bool = False) -> None:
+                        bom: bool = False, reuse_schema: bool = False) -> None:
     """Write ``flowmap/`` (flowmap.blue tables, ``kepler_flows.csv``, ``README.txt``) and
     ``geoflow.gpkg`` for a RunResult into ``folder``, plus ``geoparquet/`` and ``shapefile/``
     when ``formats`` names them (:data:`FORMATS`). Their flows are those of flows.geojson
@@ -313,7 +348,8 @@ def write_analyst_files(result, folder: str | Path, *, formats: tuple[str, ...] 
         f"{about['description']}\nflow_level: {level}\n", encoding="utf-8")
     layers = {name: getattr(result, name) for name in _LAYERS}
     layers["flows"] = flows
-    write_geopackage(layers, result.tables, folder / "geoflow.gpkg", about={"flows": about})
+    write_geopackage(layers, result.tables, folder / "geoflow.gpkg", about={"flows": about},
+                     reuse_schema=reuse_schema)
     if "geoparquet" in formats:
         write_geoparquet(layers, folder / "geoparquet")
     if "shapefile" in formats:

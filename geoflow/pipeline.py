@@ -770,11 +770,14 @@ def write_outputs(
     write_map: bool = True,
     formats: tuple[str, ...] = (),
     excel: bool = False,
+    reuse_schema: bool = False,
 ) -> Path:
     """Write every output of DESIGN.md into ``out_dir`` atomically and return its path.
 
     ``formats`` adds optional formats (``geoparquet``, ``shapefile``: geoflow.formats);
-    ``excel`` writes every CSV with a UTF-8 byte-order mark for Excel.
+    ``excel`` writes every CSV with a UTF-8 byte-order mark for Excel; ``reuse_schema`` (a
+    batch's output sets) writes geoflow.gpkg into the schema GDAL wrote for the first one
+    (:func:`geoflow.formats.write_geopackage`).
 
     Files go to a temporary folder beside ``out_dir`` that replaces it only when all are
     written; a folder geoflow did not write is refused unless ``force`` (``OutputError``).
@@ -806,7 +809,8 @@ def write_outputs(
         csv(result.unplaced, temp / "unplaced.csv")
         csv(result.geocode_report, temp / "geocode_report.csv")
         csv(result.warnings, temp / "warnings.csv")
-        write_analyst_files(result, temp, formats=formats, bom=excel)
+        write_analyst_files(result, temp, formats=formats, bom=excel,
+                            reuse_schema=reuse_schema)
         write_json([{**item, **synthetic} for item in result.findings],
                    temp / "findings.json")
         (temp / "findings.md").write_text(findings_markdown(result), encoding="utf-8")
