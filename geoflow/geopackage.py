@@ -34,8 +34,8 @@ __all__ = ["emptied", "fill", "schema_key"]
 #: pandas types written here as GDAL writes them (TEXT, INTEGER, REAL, BOOLEAN as 0/1).
 _PLAIN_TYPES = frozenset({"str", "string", "Int64", "int64", "Int32", "int32", "float64",
                           "Float64", "bool", "boolean"})
-#: Metadata values written into GDAL's XML here: nothing to escape.
-_PLAIN_TEXT = re.compile(r"[\w .,;:()/→'-]*")
+#: Metadata values written into GDAL's XML here: plain ASCII, nothing GDAL would escape.
+_PLAIN_TEXT = re.compile(r"[\w .,:/-]*", re.ASCII)
 #: shapely's type id of each single geometry, and what makes its one-part multi- form.
 _MULTI = {0: shapely.multipoints, 1: shapely.multilinestrings, 3: shapely.multipolygons}
 _SRS_ID = 4326
