@@ -120,8 +120,7 @@ def _quoted(name: str) -> str:
 def emptied(path: str | Path, names: list[str]) -> bytes | None:
     """The bytes of GDAL's GeoPackage at ``path`` without the rows of its layers and tables
     ``names``: no extents or descriptions, empty R-trees made anew, vacuumed. None when
-    its tables are not laid out as :func:`fill` expects (``fid``, the geometry, the
-    columns), or this Python's SQLite lacks the R-tree module."""
+    this Python's SQLite lacks the R-tree module (GDAL then writes every file)."""
     path = Path(path)
     con = _connect(path)
     try:
