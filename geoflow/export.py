@@ -337,15 +337,56 @@ def _json_strings(values: pa.Array) -> pa.Array:
     return pc.fill_null(quoted, "null")
 
 
-def _property_lines(frame: pd.DataFrame) -> pa.Array:
-    """One JSON object text per row, built column by column (no per-row Python work)."""
-    if frame.shape[1] == 0 or len(frame) == 0:
+def _property_lines(frame: pd.DataFrame, positions: list[int] | None = None) -> pa.Array:
+    """One JSON object text per row of the columns at ``positions`` (default: all), built
+    column by column (no per-row Python work)."""
+    positions = list(range(frame.shape[1])) if positions is None else positions
+    if not positions or len(frame) == 0:
         return pa.array(["{}"] * len(frame), type=pa.string())
     parts = []
-    for i, column in enumerate(frame.columns):
-        key = ("{" if i == 0 else ",") + json.dumps(str(column), ensure_ascii=False) + ":"
-        parts += [key, _json_values(frame[column])]
+    for at, (i, texts) in enumerate(zip(positions, _column_texts(frame, positions),
+                                        strict=True)):
+        key = ("{" if at == 0 else ",") + json.dumps(str(frame.columns[i]),
+                                                     ensure_ascii=False) + ":"
+        parts += [key, texts]
     return pc.binary_join_element_wise(*parts, "}", "")
+
+
+def _column_texts(frame: pd.DataFrame, positions: list[int]) -> list[pa.Array]:
+    """:func:`_json_values` of the columns of ``frame`` at ``positions``. The text, integer
+    and float columns are each put end to end and go through the kernels once, then are cut
+    apart again: a batch entity's layers have tens of columns of a few rows, where each
+    kernel call costs more than its work."""
+    n = len(frame)
+    out: list[pa.Array | None] = [None] * len(positions)
+    kinds: dict[str, list[tuple[int, object]]] = {"text": [], "integer": [], "float": []}
+    wanted = dict(zip(positions, range(len(positions)), strict=True))
+    for position, (_, series) in enumerate(frame.items()):
+        if position not in wanted:
+            continue
+        i, dtype = wanted[position], series.dtype
+        if isinstance(dtype, pd.StringDtype):  # pandas' own Arrow text: no copy of it
+            text = pa.array(series.array).cast(pa.large_string())
+            kinds["text"].append((i, text.combine_chunks() if isinstance(
+                text, pa.ChunkedArray) else text))
+        elif dtype.kind in "iu":
+            kinds["integer"].append((i, pa.array(series, type=pa.int64())))
+        elif dtype.kind == "f" and not isinstance(dtype, pd.CategoricalDtype):
+            kinds["float"].append((i, series.to_numpy(dtype=float, na_value=np.nan)))
+        else:
+            out[i] = _json_values(series)
+    make = {
+        "text": lambda parts: _json_strings(pa.concat_arrays(parts).cast(pa.string())),
+        "integer": lambda parts: pc.fill_null(pc.cast(pa.concat_arrays(parts), pa.string()),
+                                              "null"),
+        "float": lambda parts: pc.fill_null(number_texts(np.concatenate(parts)), "null"),
+    }
+    for kind, columns in kinds.items():
+        if columns:
+            texts = make[kind]([values for _, values in columns])
+            for at, (i, _) in enumerate(columns):
+                out[i] = texts.slice(at * n, n)
+    return out
 
 
 _GEOJSON_TYPES = {0: "Point", 1: "LineString", 3: "Polygon", 4: "MultiPoint",
@@ -406,10 +447,11 @@ def _feature_chunks(gdf: gpd.GeoDataFrame, chunk: int) -> Iterator[str]:
     if gdf.crs is not None and not gdf.crs.equals("EPSG:4326"):
         gdf = gdf.to_crs("EPSG:4326")
     geometry_name = gdf.geometry.name
-    attributes = pd.DataFrame(gdf.drop(columns=geometry_name))
+    attributes = [i for i, column in enumerate(gdf.columns) if column != geometry_name]
     geometries = gdf.geometry.to_numpy()
     for start in range(0, len(gdf), chunk):
-        properties = _property_lines(attributes.iloc[start:start + chunk])
+        rows = gdf if len(gdf) <= chunk else gdf.iloc[start:start + chunk]
+        properties = _property_lines(rows, attributes)
         shapes = pa.array(_geometry_texts(geometries[start:start + chunk]), type=pa.string())
         features = pc.binary_join_element_wise(
             '{"type":"Feature","properties":', properties, ',"geometry":', shapes, "}", "")

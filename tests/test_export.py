@@ -267,6 +267,10 @@ def test_geojson_properties_survive_hostile_text(tmp_path):
             "value": [1.0, np.nan, np.inf, 2.5, -3, 0.1 + 0.2, 123456.1234567, 3],
             "count": pd.array([1, None, 3, 4, 5, 6, 7, 8], dtype="Int64"),
             "flag": [True, False] * 4,
+            # columns of one kind go through the kernels together: each keeps its own rows
+            "other": pd.array(hostile[::-1], dtype="str"),
+            "share": [0.5, np.inf, np.nan, 1e-7, 2.0, 7, -0.25, 1e20],
+            "rank": np.arange(8, dtype=np.int64) * -3,
         },
         geometry=shapely.points(np.arange(8.0), np.zeros(8)),
         crs="EPSG:4326",
@@ -279,6 +283,9 @@ def test_geojson_properties_survive_hostile_text(tmp_path):
     assert [p["value"] for p in props] == [1.0, None, None, 2.5, -3.0, 0.3, 123456.123457, 3.0]
     assert [p["count"] for p in props][:2] == [1, None]
     assert props[0]["flag"] is True and props[1]["flag"] is False
+    assert [p["other"] for p in props] == hostile[::-1]
+    assert [p["share"] for p in props] == [0.5, None, None, 0.0, 2.0, 7.0, -0.25, 1e20]
+    assert [p["rank"] for p in props] == [0, -3, -6, -9, -12, -15, -18, -21]
     assert pyogrio.read_dataframe(tmp_path / "h.geojson")["text"].tolist()[:2] == hostile[:2]
 
 
