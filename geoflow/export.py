@@ -261,17 +261,13 @@ def write_json(data: object, path: str | Path) -> None:
 
 
 def _json_values(series: pd.Series) -> pa.Array:
-    """JSON text of every value of ``series`` (``null`` for NA/NaN/inf), vectorised with
-    Arrow: numbers are cast, text is escaped once per distinct value and taken by code."""
+    """JSON text of every value of a column that is not pandas text, integers or floats
+    (those go through :func:`_column_texts` together): flags, dates, categoricals, objects;
+    ``null`` for NA. Vectorised with Arrow: text is escaped once per distinct value."""
     kind = series.dtype.kind
     if kind == "b":
         values = pa.array(np.where(series.to_numpy(), "true", "false"))
         return pc.if_else(pa.array(series.isna().to_numpy()), "null", values)
-    if kind in "iu":
-        return pc.fill_null(pc.cast(pa.array(series), pa.string()), "null")
-    if kind == "f":
-        return pc.fill_null(number_texts(series.to_numpy(dtype=float, na_value=np.nan)),
-                            "null")
     if kind == "M":
         series = series.dt.strftime("%Y-%m-%d")
     if isinstance(series.dtype, pd.CategoricalDtype):

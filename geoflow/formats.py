@@ -239,17 +239,17 @@ def write_geopackage(layers: Mapping[str, gpd.GeoDataFrame],
     path = Path(path)
     about = about or {}
     key = geopackage.schema_key(layers, tables, about) if reuse_schema else None
-    if key is None:
-        _write_with_gdal(layers, tables, path, about)
-        return path
-    if key not in _TEMPLATES:  # GDAL writes this schema once, beside the file
+    if key is not None and key not in _TEMPLATES:  # GDAL writes this schema once, beside
         scratch = path.with_name(f".{path.stem}.schema{path.suffix}")
+        columns = {name: [str(c) for c in frame.columns if c != frame.geometry.name]
+                   for name, frame in layers.items()}
+        columns.update({name: [str(c) for c in table.columns] for name, table in tables.items()})
         try:
             _write_with_gdal(layers, tables, scratch, about)
-            _TEMPLATES[key] = geopackage.emptied(scratch, [*layers, *tables])
+            _TEMPLATES[key] = geopackage.emptied(scratch, columns)
         finally:
             scratch.unlink(missing_ok=True)
-    template = _TEMPLATES[key]
+    template = _TEMPLATES.get(key) if key is not None else None
     if template is None:
         _write_with_gdal(layers, tables, path, about)
         return path

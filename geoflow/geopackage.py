@@ -54,15 +54,15 @@ def _columns(frame: pd.DataFrame, geometry: str | None) -> tuple | None:
 
 
 def _geometry_kind(layer) -> tuple | None:
-    """The geometry types present (shapely ids) and the CRS, or None for what :func:`fill`
-    does not write (empty, 3D or other geometries)."""
+    """The geometry types present (shapely ids), or None for what :func:`fill` does not
+    write (empty, 3D or other geometries)."""
     geometries = layer.geometry.to_numpy()
     present = geometries[~shapely.is_missing(geometries)]
     types = np.unique(shapely.get_type_id(present))
     if (not np.isin(types, (0, 1, 3, 4, 5, 6)).all() or shapely.is_empty(present).any()
             or shapely.has_z(present).any()):
         return None
-    return tuple(types.tolist()), getattr(layer.crs, "srs", None)
+    return tuple(types.tolist())
 
 
 def schema_key(layers: Mapping[str, object], tables: Mapping[str, pd.DataFrame],
@@ -117,15 +117,29 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def emptied(path: str | Path, names: list[str]) -> bytes | None:
+def _laid_out(con: sqlite3.Connection, columns: Mapping[str, list[str]]) -> bool:
+    """Whether each table holds ``fid``, its geometry column (layers) and ``columns[name]``,
+    in this order: what :func:`fill` inserts into."""
+    geometry = dict(con.execute("SELECT table_name, column_name FROM gpkg_geometry_columns"))
+    for name, attributes in columns.items():
+        have = [row[1] for row in con.execute(f"PRAGMA table_info({_quoted(name)})")]
+        if have != ["fid", *([geometry[name]] if name in geometry else []), *attributes]:
+            return False
+    return True
+
+
+def emptied(path: str | Path, columns: Mapping[str, list[str]]) -> bytes | None:
     """The bytes of GDAL's GeoPackage at ``path`` without the rows of its layers and tables
-    ``names``: no extents or descriptions, empty R-trees made anew, vacuumed. None when
-    this Python's SQLite lacks the R-tree module (GDAL then writes every file)."""
+    (name → attribute columns, as the frames hold them): no extents or descriptions, empty
+    R-trees made anew, vacuumed. None (GDAL then writes every file) when GDAL named or
+    ordered the columns otherwise, or this Python's SQLite lacks the R-tree module."""
     path = Path(path)
     con = _connect(path)
     try:
+        if not _laid_out(con, columns):
+            return None
         con.execute("BEGIN")
-        for name in names:
+        for name in columns:
             con.execute(f"DELETE FROM {_quoted(name)}")  # noqa: S608 (a quoted identifier)
         con.execute("DELETE FROM sqlite_sequence")  # ids start at 1 again, as in a new file
         rtrees = con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' "
@@ -183,9 +197,6 @@ def _insert(con: sqlite3.Connection, name: str, frame: pd.DataFrame,
     cells[attributes.isna().to_numpy()] = None
     names = ([geometry[0]] if geometry else []) + [str(c) for c in attributes.columns]
     values = ([geometry[1]] if geometry else []) + list(cells.T.tolist())
-    table = [(row[1], row[2]) for row in con.execute(f"PRAGMA table_info({_quoted(name)})")]
-    if [column for column, _ in table] != ["fid", *names]:
-        raise ValueError(f"the template's {name} has other columns")
     con.executemany(f"INSERT INTO {_quoted(name)} ({', '.join(map(_quoted, names))}) "  # noqa: S608
                     f"VALUES ({', '.join('?' * len(names))})", zip(*values, strict=True))
 

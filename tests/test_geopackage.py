@@ -109,3 +109,7 @@ def test_frames_it_cannot_write_as_gdal_does_go_to_gdal(entities, tmp_path):
                                     reuse_schema=True)
     assert not formats._TEMPLATES
     assert pyogrio.read_dataframe(path, layer="by_year")["when"].notna().all()
+    # GDAL's table holding other columns than the frame's: no template is made of it
+    wrong = {"by_year": [c for c in stamped["by_year"].columns if c != "when"]}
+    assert geopackage.emptied(path, wrong) is None
+    assert geopackage.emptied(path, {"by_year": list(stamped["by_year"].columns)}) is not None
