@@ -244,7 +244,11 @@ class OfflineGeocoder:
         exploded = states.str.split("|").explode()
         exploded = exploded.dropna().astype("string")
         kept = exploded[exploded.str.startswith(country + "-").fillna(False).astype(bool)]
-        kept = kept.groupby(level=0).agg("|".join).reindex(states.index).astype("string")
+        # a place of several candidate states keeps those of the country, joined again (a
+        # Python join only for those few places)
+        several = kept.index.duplicated(keep=False)
+        kept = pd.concat([kept[~several], kept[several].groupby(level=0).agg("|".join)])
+        kept = kept.reindex(states.index).astype("string")
         lost = states.notna() & kept.isna()
         noted = lost & parsed["whole_key"].isna()  # else the whole string is tried as a place
         _add_note(result, result.index[noted],
@@ -788,16 +792,15 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
         lat_col, lon_col = f"{role}_lat", f"{role}_lon"
         out[lat_col] = res["lat"].to_numpy(dtype=float)[codes]
         out[lon_col] = res["lon"].to_numpy(dtype=float)[codes]
-        long = pd.DataFrame({c: _spread(res[c], codes, out.index) for c in res.columns})
-        out[f"{role}_geocode_level"] = long["level"]
+        out[f"{role}_geocode_level"] = _spread(res["level"], codes, out.index)
         # 0-100: one byte a record (eight as int64: 140 MB of the two roles at 10M records)
-        out[f"{role}_geocode_score"] = long["score"].astype("int8")
-        out[f"{role}_admin1"] = long["admin1"]
-        out[f"{role}_place"] = long["matched_name"]
-        query = _spread(text, codes, out.index)
-        out[f"{role}_geocode_query"] = query  # the report's key, for reports of subsets
-        reports.append(_report(long.assign(role=role, query=query, line=lines)))
-        del long, res, text
+        out[f"{role}_geocode_score"] = _spread(res["score"].astype("int8"), codes, out.index)
+        out[f"{role}_admin1"] = _spread(res["admin1"], codes, out.index)
+        out[f"{role}_place"] = _spread(res["matched_name"], codes, out.index)
+        # the report's key, for reports of subsets
+        out[f"{role}_geocode_query"] = _spread(text, codes, out.index)
+        reports.append(_report(res.assign(role=role, query=text), codes, lines))
+        del res, text
     return out, _report_order(pd.concat(reports, ignore_index=True))
 
 
@@ -894,7 +897,7 @@ def geocode_column(frame: pd.DataFrame, column: str, *, country: str | None = No
     for name in RESULT_COLUMNS[1:]:
         out[name if name not in frame.columns else f"{name}_geocoded"] = got[name]
     lines = pd.Series(np.arange(len(frame)) + 2, index=frame.index)  # header is line 1
-    report = _report(got.assign(role=column, line=lines))
+    report = _report(got.assign(role=column), np.arange(len(frame)), lines.to_numpy())
     return out, report
 
 
@@ -915,18 +918,35 @@ def _admin1_at(lat: pd.Series, lon: pd.Series) -> pd.Series:
     return out
 
 
-def _report(long: pd.DataFrame) -> pd.DataFrame:
-    """One row per distinct (role, query, level); unmatched and low scores first."""
+def _report(distinct: pd.DataFrame, codes: np.ndarray, lines: np.ndarray) -> pd.DataFrame:
+    """One row per distinct (role, query, level); unmatched and low scores first. Record ``i``
+    has the place of row ``codes[i]`` of ``distinct`` and source line ``lines[i]``: the
+    records are counted by their codes, never grouped by their texts."""
     keys = ["role", "query", "level"]
-    long = long.assign(level=long["level"].fillna(""), query=long["query"].fillna(""))
-    grouped = long.groupby(keys, sort=False, dropna=False)
+    # the distinct places in the order of their first record, as a grouping of records finds
+    # them; a place's values are the same in all its records, so the first non-missing value
+    # of each column over the places is the one over their records
+    order = np.argsort(_first_rows(codes, len(distinct)), kind="stable")
+    places = distinct.iloc[order].assign(level=lambda d: d["level"].fillna(""),
+                                         query=lambda d: d["query"].fillna(""))
+    grouped = places.groupby(keys, sort=False, dropna=False)
     first = grouped.first()
-    lines = _first_lines(grouped.ngroup().to_numpy(), grouped.cumcount().to_numpy(),
-                         long["line"], grouped.ngroups)
-    first = first.assign(records=grouped.size(), first_lines=lines.to_numpy()).reset_index()
+    group_of_place = np.empty(len(distinct), dtype=np.intp)
+    group_of_place[order] = grouped.ngroup().to_numpy()
+    group = group_of_place[codes]
+    first = first.assign(records=np.bincount(group, minlength=grouped.ngroups),
+                         first_lines=_first_lines(group, lines, grouped.ngroups).to_numpy()
+                         ).reset_index()
     # given coordinates vary per record: no single point or state describes the group
     first.loc[first["level"] == "coordinates", ["lat", "lon", "admin1"]] = pd.NA
     return _report_order(first)
+
+
+def _first_rows(codes: np.ndarray, n: int) -> np.ndarray:
+    """The position of the first record of each code 0..n-1 (past the end: no record)."""
+    first = np.full(n, len(codes), dtype=np.intp)
+    np.minimum.at(first, codes, np.arange(len(codes)))
+    return first
 
 
 def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
@@ -951,14 +971,14 @@ def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     long = pd.concat(parts, ignore_index=True)
     keys = ["role", "query", "level"]
     grouped = long.groupby(keys, sort=False)
-    group, rank = grouped.ngroup().to_numpy(), grouped.cumcount().to_numpy()
-    firsts = long.iloc[np.flatnonzero(rank == 0)]  # one row per group, in group order
+    group = grouped.ngroup().to_numpy()
+    firsts = long.iloc[_first_rows(group, grouped.ngroups)]  # one row per group, in order
     # each report row's group in ``records`` (−1: a place these records do not use)
     at = pc.index_in(_key_text(report), value_set=_key_text(firsts))
     at = pc.fill_null(at, -1).to_numpy()
     mine = report.iloc[np.flatnonzero(at >= 0)].astype(dict.fromkeys(keys, "string"))
     at = at[at >= 0]
-    lines = _first_lines(group, rank, long["line"], grouped.ngroups)
+    lines = _first_lines(group, long["line"], grouped.ngroups)
     mine = mine.assign(records=np.bincount(group, minlength=grouped.ngroups)[at],
                        first_lines=lines.to_numpy()[at])
     return _report_order(mine)
@@ -971,15 +991,21 @@ def _key_text(frame: pd.DataFrame) -> pa.Array:
     return pc.binary_join_element_wise(*parts, "\x1f")
 
 
-def _first_lines(group: np.ndarray, rank: np.ndarray, lines: pd.Series, n: int) -> pd.Series:
-    """The first five source lines of each group 0..n-1 (``rank`` = position within its
-    group), joined with spaces; ``?`` for an unknown line. Five Arrow columns joined at
-    once, not a Python join per group."""
-    text = lines.astype("string").fillna("?").to_numpy(dtype=object)
+def _first_lines(group: np.ndarray, lines: np.ndarray | pd.Series, n: int) -> pd.Series:
+    """The first five source lines of each group 0..n-1 (records in order), joined with
+    spaces; ``?`` for an unknown line. Only those lines become text, and five Arrow columns
+    are joined at once, not a Python join per group."""
+    order = np.argsort(group, kind="stable")  # each group's records together, in order
+    sizes = np.bincount(group, minlength=n)
+    rank = np.empty(len(group), dtype=np.intp)  # each record's place within its group
+    rank[order] = np.arange(len(group)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    rows = np.flatnonzero(rank < 5)
+    text = pd.Series(lines).iloc[rows].astype("string").fillna("?").to_numpy(dtype=object)
     columns = []
     for r in range(5):
         column = np.full(n, None, dtype=object)
-        column[group[rank == r]] = text[rank == r]
+        at = rank[rows] == r
+        column[group[rows[at]]] = text[at]
         columns.append(pa.array(column, type=pa.string()))
     joined = pc.binary_join_element_wise(*columns, " ", null_handling="skip")
     return pd.Series(joined.to_numpy(zero_copy_only=False), dtype=object)

@@ -343,6 +343,40 @@ def test_trace_records_get_coordinates_level_score_state_and_place(traced):
     assert by_id.loc["T5", "dealer_place"] == "Fort Worth, TX"
 
 
+def test_report_counts_interleaved_records_and_lists_their_first_five_lines(tmp_path):
+    # Culiacan alternates with Tijuana; three recoveries share the query "TORREON, COAH" and
+    # two of them give coordinates (two places, one report row of that level)
+    rows = ["Trace Number,FFL Name,FFL City,FFL State,Purchase Date,Recovery Date,"
+            "Recovery City,Recovery State,Recovery Lat,Recovery Lon"]
+    for i in range(9):
+        city = ("CULIACAN", "TIJUANA", "CULIACAN")[i % 3]
+        state = "BC" if city == "TIJUANA" else "SIN"
+        rows.append(f"T{i},Gun Shop,LAREDO,TX,2007-01-02,2008-09-01,{city},{state},,")
+    rows += ["T9,Gun Shop,LAREDO,TX,2007-01-02,2008-09-01,TORREON,COAH,25.54,-103.41",
+             "T10,Gun Shop,LAREDO,TX,2007-01-02,2008-09-01,TORREON,COAH,,",
+             "T11,Gun Shop,LAREDO,TX,2007-01-02,2008-09-01,TORREON,COAH,25.50,-103.40"]
+    path = tmp_path / "traces.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    _, report = geocode_traces(read_traces(path).records)
+    rec = report[report["role"] == "recovery"].set_index(["query", "level"])
+    culiacan = rec.loc[rec.index.get_level_values("query").str.startswith("CULIACAN")]
+    # line 2 is the header's next line: T0 is line 2, T2 line 4 …
+    assert culiacan["records"].tolist() == [6]
+    assert culiacan["first_lines"].tolist() == ["2 4 5 7 8"]
+    tijuana = rec.loc[rec.index.get_level_values("query").str.startswith("TIJUANA")]
+    assert tijuana["records"].tolist() == [3] and tijuana["first_lines"].tolist() == ["3 6 9"]
+    torreon = rec.loc[rec.index.get_level_values("query").str.startswith("TORREON")]
+    given = torreon.xs("coordinates", level="level")
+    assert given["records"].tolist() == [2] and given["first_lines"].tolist() == ["11 13"]
+    assert given[["lat", "lon", "admin1"]].isna().all(axis=None)  # no one point for both
+    named = torreon.drop("coordinates", level="level")
+    assert named["records"].tolist() == [1] and named["first_lines"].tolist() == ["12"]
+    assert rec["records"].sum() == 12
+    dealer = report[report["role"] == "dealer"]
+    assert dealer["records"].tolist() == [12]
+    assert dealer["first_lines"].tolist() == ["2 3 4 5 6"]
+
+
 def test_coordinates_in_the_input_are_kept(traced):
     _, out, _ = traced
     row = out.set_index("trace_id").loc["T6"]
