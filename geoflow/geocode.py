@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rapidfuzz import fuzz, process
 
+from geoflow.aggregate import first_rows
 from geoflow.crossings import haversine_km
 from geoflow.errors import GeocodeError, InputError
 from geoflow.places import STATE_NAMES, _tokens, normalise_country, parse_places
@@ -926,7 +927,7 @@ def _report(distinct: pd.DataFrame, codes: np.ndarray, lines: np.ndarray) -> pd.
     # the distinct places in the order of their first record, as a grouping of records finds
     # them; a place's values are the same in all its records, so the first non-missing value
     # of each column over the places is the one over their records
-    order = np.argsort(_first_rows(codes, len(distinct)), kind="stable")
+    order = np.argsort(first_rows(codes, len(distinct)), kind="stable")
     places = distinct.iloc[order].assign(level=lambda d: d["level"].fillna(""),
                                          query=lambda d: d["query"].fillna(""))
     grouped = places.groupby(keys, sort=False, dropna=False)
@@ -940,13 +941,6 @@ def _report(distinct: pd.DataFrame, codes: np.ndarray, lines: np.ndarray) -> pd.
     # given coordinates vary per record: no single point or state describes the group
     first.loc[first["level"] == "coordinates", ["lat", "lon", "admin1"]] = pd.NA
     return _report_order(first)
-
-
-def _first_rows(codes: np.ndarray, n: int) -> np.ndarray:
-    """The position of the first record of each code 0..n-1 (past the end: no record)."""
-    first = np.full(n, len(codes), dtype=np.intp)
-    np.minimum.at(first, codes, np.arange(len(codes)))
-    return first
 
 
 def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
@@ -972,7 +966,7 @@ def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     keys = ["role", "query", "level"]
     grouped = long.groupby(keys, sort=False)
     group = grouped.ngroup().to_numpy()
-    firsts = long.iloc[_first_rows(group, grouped.ngroups)]  # one row per group, in order
+    firsts = long.iloc[first_rows(group, grouped.ngroups)]  # one row per group, in order
     # each report row's group in ``records`` (−1: a place these records do not use)
     at = pc.index_in(_key_text(report), value_set=_key_text(firsts))
     at = pc.fill_null(at, -1).to_numpy()
