@@ -289,12 +289,11 @@ def _top_in(g: np.ndarray, i: np.ndarray, weights: np.ndarray | None, n_groups: 
         return top, top_count, np.zeros(n_groups, dtype=np.int64)
     # (group, item) pairs counted by hashing (no sort of the records), then per group the
     # highest count and, among the items with it, the lowest code; with weights, guns
-    keys = pd.Series(g * width + i)
-    pairs = (keys.value_counts(sort=False) if weights is None else
-             pd.Series(weights).groupby(keys.to_numpy(), sort=False).sum())
-    del keys
-    counts = pairs.to_numpy(dtype=np.int64)
-    pg, pi = pairs.index.to_numpy(dtype=np.int64) // width, pairs.index.to_numpy() % width
+    codes, pairs = pd.factorize(g * width + i)
+    counts = (np.bincount(codes, minlength=len(pairs)) if weights is None
+              else weighted_count(codes, weights, len(pairs)))
+    del codes
+    pg, pi = pairs // width, pairs % width
     del pairs
     distinct = np.bincount(pg, minlength=n_groups)
     np.maximum.at(top_count, pg, counts)
