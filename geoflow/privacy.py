@@ -319,13 +319,13 @@ def _id_text(digests: np.ndarray, digits: np.ndarray) -> pa.Array:
     return ascii_text(b"P-", hex_digits(digests, width), digits)
 
 
-def _id_lookup(distinct_raw: pd.Series, key: PseudonymKey | bytes | str | None) -> pd.Series:
-    """Id of each distinct raw name (NA for NA or a blank name), same index."""
+def _id_lookup(distinct_raw: pd.Series, key: PseudonymKey | bytes | str | None
+               ) -> tuple[np.ndarray, pd.api.extensions.ExtensionArray]:
+    """``(at, ids)``: the distinct ids of the distinct raw names (one per distinct normalised
+    name) and, for each raw name, the position of its id (−1 for NA or a blank name)."""
     normal = _in_batches(distinct_raw, normalise_names)
-    codes, uniques = pd.factorize(normal, use_na_sentinel=True)  # distinct normalised names
-    ids = _unique_ids(pd.Series(uniques, dtype="string"), key).array
-    taken = ids.take(codes, allow_fill=True)  # code -1 (NA) becomes NA
-    return pd.Series(taken, index=distinct_raw.index, dtype="string")
+    at, uniques = pd.factorize(normal, use_na_sentinel=True)  # distinct normalised names
+    return at, _unique_ids(pd.Series(uniques, dtype="string"), key).array
 
 
 def pseudonym(names: pd.Series, *, key: PseudonymKey | bytes | str | None = None) -> pd.Series:
@@ -339,9 +339,9 @@ def pseudonym(names: pd.Series, *, key: PseudonymKey | bytes | str | None = None
     1
     """
     codes, uniques = pd.factorize(names.astype("string"), use_na_sentinel=True)
-    ids = _id_lookup(pd.Series(uniques, dtype="string"), key).array
-    return pd.Series(ids.take(codes, allow_fill=True), index=names.index, dtype="string",
-                     name=names.name)
+    at, ids = _id_lookup(pd.Series(uniques, dtype="string"), key)
+    return pd.Series(ids.take(recode(codes, at), allow_fill=True), index=names.index,
+                     dtype="string", name=names.name)
 
 
 def pseudonymise(
@@ -350,10 +350,10 @@ def pseudonymise(
     """Return ``records`` with ``purchaser_id`` and ``possessor_id`` added (names kept).
 
     Both columns share one id space: a person has the same id as purchaser and possessor,
-    and no two distinct names of the data share an id in either column. A categorical name
-    column adds its categories to the id space, used or not (a chunked read keeps the names
-    of every possessor there: :mod:`geoflow.chunked`), and gets its ids as a categorical
-    (sorted ids; no id text per record).
+    and no two distinct names of the data share an id in either column. The ids are
+    categoricals (sorted ids; no id text per record). A categorical name column adds its
+    categories to the id space, used or not (a chunked read keeps the names of every
+    possessor there: :mod:`geoflow.chunked`).
     """
     out = records.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     factorized, categorical = {}, {}
@@ -374,16 +374,22 @@ def pseudonymise(
     # once, after normalisation), then split back by position
     uniques = pd.concat([pd.Series(u, dtype="string") for _, u in factorized.values()],
                         ignore_index=True)
-    ids = _id_lookup(uniques, key).array
+    at, ids = _id_lookup(uniques, key)
+    # the ids in sorted order, and each distinct name's place in it (−1: no id)
+    order = pc.array_sort_indices(pa.array(ids)).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    at = recode(at, rank)
     start = 0
     for role, (codes, distinct) in factorized.items():
-        own = ids[start:start + len(distinct)]
+        own = at[start:start + len(distinct)]
         start += len(distinct)
-        if categorical[role]:  # ids as a categorical too: no id text per record
-            id_codes, id_values = pd.factorize(own, sort=True, use_na_sentinel=True)
-            taken = from_codes(recode(codes, id_codes), pd.Index(id_values, dtype="string"))
-        else:
-            taken = own.take(codes, allow_fill=True)
+        # ids as a categorical over the role's ids, sorted: no id text per record
+        used = np.zeros(len(order), dtype=bool)  # the ranks of the role's ids
+        used[own[own >= 0]] = True
+        category = recode(own, np.cumsum(used) - 1)  # a rank's place among them
+        taken = from_codes(recode(codes, category),
+                           pd.Index(ids.take(order[used]), dtype="string"))
         out[f"{role}_id"] = pd.Series(taken, index=out.index)
     return out
 

@@ -74,6 +74,21 @@ def test_purchaser_and_possessor_share_one_collision_free_id_space(clash):
     assert len(out["purchaser_id"][0]) == 10
 
 
+def test_ids_are_categoricals_of_each_roles_own_sorted_ids():
+    frame = pd.DataFrame({"purchaser_name": ["Zoe Ruiz", "Ana Uno", None, "ANA  UNO", "Eva"],
+                          "possessor_name": ["Eva", None, "Luis Mar", "zoe ruiz", "Eva"]})
+    out = pseudonymise(frame, key=b"a fixed test key")
+    for role in ("purchaser", "possessor"):
+        ids = out[f"{role}_id"]
+        assert isinstance(ids.dtype, pd.CategoricalDtype)
+        expected = pseudonym(frame[f"{role}_name"], key=b"a fixed test key")
+        assert ids.astype("string").tolist() == expected.tolist()  # the same ids, NA kept
+        # only the ids the role uses, in order: what the tables' grouping expects
+        assert ids.cat.categories.tolist() == sorted(expected.dropna().unique())
+    assert out["purchaser_id"][1] == out["purchaser_id"][3]  # one person, two spellings
+    assert out["purchaser_id"][0] == out["possessor_id"][3]
+
+
 def test_colliding_purchasers_are_separate_rows_in_by_purchaser(clash):
     first, second = clash
     records = make_records([
