@@ -216,6 +216,23 @@ def from_codes(codes: np.ndarray, categories: pd.Index) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
 
 
+def used_categories(codes: np.ndarray, categories: pd.Index) -> pd.Categorical:
+    """A categorical of ``codes`` (−1: NA) over the ``categories`` they use, in their order:
+    with sorted ``categories``, what ``astype("category")`` makes of the values, without a
+    value per record."""
+    used = np.zeros(len(categories), dtype=bool)
+    used[codes[codes >= 0]] = True
+    return from_codes(recode(codes, np.cumsum(used) - 1), categories[used])
+
+
+def categorical_take(values: pd.Series | pd.api.extensions.ExtensionArray,
+                     index: np.ndarray) -> pd.Categorical:
+    """``values[index]`` (−1: NA) as a categorical over the values taken, sorted: texts of a
+    few distinct things (places, ports, dealers) spread to every record."""
+    codes, uniques = pd.factorize(pd.array(values, dtype="string"), sort=True)
+    return used_categories(recode(index, codes), pd.Index(uniques, dtype="string"))
+
+
 def take_text(values: pd.Series, rows: np.ndarray) -> pd.api.extensions.ExtensionArray:
     """String array of ``values`` at positions ``rows``; for categoricals only the categories
     are converted, then taken by code (no per-row Python strings)."""

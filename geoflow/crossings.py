@@ -41,6 +41,7 @@ import pandas as pd
 import shapely
 from rapidfuzz import fuzz, process
 
+from geoflow.aggregate import categorical_take
 from geoflow.errors import InputError
 from geoflow.shapes import data_file, load_states
 
@@ -355,9 +356,10 @@ def assign_crossings(records: pd.DataFrame, ports: pd.DataFrame | None = None) -
         recovery = np.column_stack(coords[2:])[todo]
         port[todo] = _choose_index(dealer, recovery, ports, None)
     kind = np.where(known >= 0, 0, np.where(todo & (port >= 0), 1, -1))
-    out["crossing_code"] = _take(ports["code"], port)
-    out["crossing_name"] = _take(ports["name"], port)
-    out["route_kind"] = _take(pd.Series(["known", "modelled"]), kind)
+    # categoricals over the ports used: no text per record
+    out["crossing_code"] = categorical_take(ports["code"].astype(str), port)
+    out["crossing_name"] = categorical_take(ports["name"].astype(str), port)
+    out["route_kind"] = categorical_take(pd.Series(["known", "modelled"]), kind)
     return out
 
 

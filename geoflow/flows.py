@@ -19,6 +19,7 @@ import shapely
 from geoflow.aggregate import (
     as_datetimes,
     ascii_text,
+    categorical_take,
     counted,
     date_span,
     fill_unknown,
@@ -123,7 +124,7 @@ def dealer_ids(records: pd.DataFrame) -> pd.Series:
     # neither name nor city (a count table's bare state): no dealer is known
     fallback = fallback.mask(fallback.str.startswith("||"))
     ids = _hash_ids(("ffl:" + ffl).fillna("name:" + fallback), "D-", 8)
-    return pd.Series(ids.array.take(group), index=records.index, dtype="string")
+    return pd.Series(categorical_take(ids, group), index=records.index)
 
 
 def _unit(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:

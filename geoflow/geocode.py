@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rapidfuzz import fuzz, process
 
-from geoflow.aggregate import first_rows
+from geoflow.aggregate import categorical_take, first_rows
 from geoflow.crossings import haversine_km
 from geoflow.errors import GeocodeError, InputError
 from geoflow.places import STATE_NAMES, _tokens, normalise_country, parse_places
@@ -793,21 +793,17 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
         lat_col, lon_col = f"{role}_lat", f"{role}_lon"
         out[lat_col] = res["lat"].to_numpy(dtype=float)[codes]
         out[lon_col] = res["lon"].to_numpy(dtype=float)[codes]
-        out[f"{role}_geocode_level"] = _spread(res["level"], codes, out.index)
+        # texts as categoricals over the distinct places' values: no text per record
+        out[f"{role}_geocode_level"] = categorical_take(res["level"], codes)
         # 0-100: one byte a record (eight as int64: 140 MB of the two roles at 10M records)
-        out[f"{role}_geocode_score"] = _spread(res["score"].astype("int8"), codes, out.index)
-        out[f"{role}_admin1"] = _spread(res["admin1"], codes, out.index)
-        out[f"{role}_place"] = _spread(res["matched_name"], codes, out.index)
+        out[f"{role}_geocode_score"] = res["score"].astype("int8").to_numpy()[codes]
+        out[f"{role}_admin1"] = categorical_take(res["admin1"], codes)
+        out[f"{role}_place"] = categorical_take(res["matched_name"], codes)
         # the report's key, for reports of subsets
-        out[f"{role}_geocode_query"] = _spread(text, codes, out.index)
+        out[f"{role}_geocode_query"] = categorical_take(text, codes)
         reports.append(_report(res.assign(role=role, query=text), codes, lines))
         del res, text
     return out, _report_order(pd.concat(reports, ignore_index=True))
-
-
-def _spread(values: pd.Series, codes: np.ndarray, index: pd.Index) -> pd.Series:
-    """Per-record values (on the records' ``index``) from per-distinct-place ``values``."""
-    return pd.Series(values.array.take(codes), index=index, dtype=values.dtype)
 
 
 def _distinct_places(records: pd.DataFrame, role: str) -> tuple[np.ndarray, pd.DataFrame]:

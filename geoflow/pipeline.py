@@ -36,6 +36,7 @@ from geoflow.aggregate import (
     TABLE_COLUMNS,
     TRAFFICKER_MIN_GUNS,
     build_tables,
+    categorical_take,
     entity_findings,
     findings,
     flag_counts,
@@ -331,14 +332,12 @@ def place_records(records: pd.DataFrame) -> pd.DataFrame:
     dealer = _located(records, "dealer").to_numpy()
     recovery = _located(records, "recovery").to_numpy()
     port = records["crossing_code"].notna().to_numpy(dtype=bool)
-    reason = np.select(
-        [~dealer & ~recovery, ~dealer, ~recovery, ~port],
-        list(UNPLACED_REASONS[2:3] + UNPLACED_REASONS[0:2] + UNPLACED_REASONS[3:]),
-        default="",
-    )
+    # the position of each record's reason in UNPLACED_REASONS (−1: placed)
+    reason = np.select([~dealer & ~recovery, ~dealer, ~recovery, ~port], [2, 0, 1, 3],
+                       default=-1)
     out = records.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     out["placed"] = dealer & recovery & port
-    out["unplaced_reason"] = pd.array(np.where(reason == "", None, reason), dtype="string")
+    out["unplaced_reason"] = categorical_take(pd.Series(UNPLACED_REASONS), reason)
     return out
 
 

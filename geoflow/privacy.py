@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from geoflow.aggregate import ascii_text, from_codes, hex_digits, recode
+from geoflow.aggregate import ascii_text, hex_digits, recode, used_categories
 from geoflow.errors import ConfigError
 
 __all__ = [
@@ -379,17 +379,13 @@ def pseudonymise(
     order = pc.array_sort_indices(pa.array(ids)).to_numpy()
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    at = recode(at, rank)
+    at, ranked = recode(at, rank), pd.Index(ids.take(order), dtype="string")
     start = 0
     for role, (codes, distinct) in factorized.items():
         own = at[start:start + len(distinct)]
         start += len(distinct)
         # ids as a categorical over the role's ids, sorted: no id text per record
-        used = np.zeros(len(order), dtype=bool)  # the ranks of the role's ids
-        used[own[own >= 0]] = True
-        category = recode(own, np.cumsum(used) - 1)  # a rank's place among them
-        taken = from_codes(recode(codes, category),
-                           pd.Index(ids.take(order[used]), dtype="string"))
+        taken = used_categories(recode(codes, own), ranked)
         out[f"{role}_id"] = pd.Series(taken, index=out.index)
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from handmade import PORTS, make_records
@@ -16,6 +17,7 @@ from geoflow.aggregate import (
     by_purchaser,
     by_trafficker,
     by_year,
+    categorical_take,
     findings,
     flag_counts,
     unplace_duplicates,
@@ -550,3 +552,15 @@ def test_pair_counts_in_place_equal_the_sorted_count():
             counts = weighted_count(inverse, weights, len(pairs))
         got = _pair_counts(keys, weights)
         assert got[0].tolist() == pairs.tolist() and got[1].tolist() == counts.tolist()
+
+
+def test_categorical_take_holds_the_values_taken_once_each_sorted():
+    values = pd.Series(["Tijuana", None, "Agua Prieta", "Nogales", "Tijuana"], dtype="string")
+    index = np.array([0, 3, -1, 1, 4, 0, 3])
+    taken = pd.Series(categorical_take(values, index))
+    expected = values.array.take(index, allow_fill=True)
+    assert taken.astype("string").tolist() == list(expected)  # the values, NA for -1 and None
+    assert taken.cat.categories.tolist() == ["Nogales", "Tijuana"]  # used only, sorted
+    assert taken.cat.categories.dtype == "string"
+    assert taken.astype("string").equals(pd.Series(expected).astype("category").astype("string"))
+    assert taken.cat.categories.equals(pd.Series(expected).astype("category").cat.categories)

@@ -259,7 +259,11 @@ def test_unplaced_record_without_known_crossing_gets_na():
     records = _records(crossing=pd.array([None] * 5, dtype="string"))
     out = assign_crossings(records)
     assert out.loc[2, ["crossing_code", "crossing_name", "route_kind"]].isna().all()
-    assert out["route_kind"].dtype == "string"
+    # text held once per port or kind, not per record
+    for column in ("crossing_code", "crossing_name", "route_kind"):
+        assert isinstance(out[column].dtype, pd.CategoricalDtype)
+        assert out[column].cat.categories.dtype == "string"
+    assert out["route_kind"].cat.categories.tolist() == ["modelled"]  # only the kinds used
 
 
 def test_unknown_crossing_is_modelled_and_reported(caplog):
@@ -299,7 +303,7 @@ def test_a_custom_ports_table_is_used_for_matching_and_the_model(ports):
     out = assign_crossings(_records(), two)
     # Houston → Reynosa can only go through Laredo or El Paso now; Nogales is unknown here.
     assert out.loc[1, "crossing_code"] == "2304"
-    assert out.loc[2, "route_kind"] is pd.NA and out.loc[2, "crossing_code"] is pd.NA
+    assert pd.isna(out.loc[2, "route_kind"]) and pd.isna(out.loc[2, "crossing_code"])
     assert match_crossing(pd.Series(["Nogales", "Juárez"]), ports=two).tolist() == [pd.NA, "2402"]
 
 
