@@ -497,14 +497,24 @@ def first_seen_codes(keys: list[pd.Series]) -> np.ndarray:
     """Integer code per row for its combination of ``keys`` (NA a value like any other),
     numbered in order of first appearance as ``groupby(keys, sort=False, dropna=False)
     .ngroup()`` numbers them, but one key at a time: pandas' grouper over several keys holds
-    a few int64 arrays per key (a gigabyte over six keys at 10M records)."""
+    a few int64 arrays per key (a gigabyte over six keys at 10M records). The keys' codes
+    are combined as digits of one number (a categorical's own codes, no hashing), renumbered
+    only where the next digit would overflow and once at the end."""
     codes = np.zeros(len(keys[0]) if keys else 0, dtype=np.int64)
-    for at, key in enumerate(keys):
-        values = key.cat.codes if isinstance(key.dtype, pd.CategoricalDtype) else key
-        own, uniques = pd.factorize(values, use_na_sentinel=False)
-        codes = own.astype(np.int64, copy=False) if at == 0 else pd.factorize(
-            codes * max(len(uniques), 1) + own, use_na_sentinel=False)[0]
-    return codes
+    width = 1  # the number of values ``codes`` can take
+    for key in keys:
+        if isinstance(key.dtype, pd.CategoricalDtype):  # NA (−1) becomes 0
+            own, size = key.cat.codes.to_numpy().astype(np.int64) + 1, len(key.cat.categories) + 1
+        else:
+            own, uniques = pd.factorize(key, use_na_sentinel=False)
+            size = max(len(uniques), 1)
+        if width > np.iinfo(np.int64).max // size:  # renumber before the digits overflow
+            codes = pd.factorize(codes, use_na_sentinel=False)[0].astype(np.int64, copy=False)
+            width = int(codes.max(initial=-1)) + 1
+        codes = codes * size + own
+        width *= size
+    return (pd.factorize(codes, use_na_sentinel=False)[0].astype(np.int64, copy=False)
+            if keys else codes)
 
 
 def recovery_codes(records: pd.DataFrame) -> np.ndarray:

@@ -511,6 +511,18 @@ def test_first_seen_codes_number_rows_as_a_groupby_over_several_keys():
         shuffled = rng.permutation(n)[codes]  # codes not in order of first appearance
         assert (first_rows(shuffled, n).tolist()
                 == np.unique(shuffled, return_index=True)[1].tolist()), trial
+    # keys whose codes together pass int64 (3,001^6 > 2^63): renumbered on the way
+    wide = [pd.Series(pd.Categorical.from_codes(rng.integers(-1, 3000, 5000),
+                                                categories=[f"c{i}" for i in range(3000)]))
+            for _ in range(6)]
+    for keys in (wide, [wide[0], pd.Series(rng.choice([0.5, np.nan], 5000)), *wide[1:]]):
+        assert first_seen_codes(keys).tolist() == _pandas_ngroup(keys).tolist()
+    # five keys of 2^16 values (NA one of them): two rows differing in the first key only
+    # would get one code if the digits wrapped past 2^64
+    many = pd.Index([f"v{i}" for i in range(2**16 - 1)])
+    keys = [pd.Series(pd.Categorical.from_codes([0, 1], categories=many))] + [
+        pd.Series(pd.Categorical.from_codes([5, 5], categories=many)) for _ in range(4)]
+    assert first_seen_codes(keys).tolist() == [0, 1]
 
 
 def test_weighted_median_by_distinct_value_and_by_sorting_is_the_plain_median():
