@@ -321,8 +321,7 @@ def build_flows(
             "route_kind": _take(records["route_kind"], rows),
         })
 
-    key = flow_keys(first, r_lat, r_lon)
-    hashes = _flow_hash(key)
+    hashes = _flow_hash(flow_keys(first, r_lat, r_lon))
     # number the flows in output order (guns desc, then id) before building anything big,
     # so no sorted copy of the whole table is needed afterwards
     order = np.lexsort((hashes, -weighted_count(group, gun_weights(records), n)))
@@ -330,7 +329,7 @@ def build_flows(
     rank[order] = np.arange(n)
     group, first, hashes = rank[group], first[order], hashes[order]
     r_lat, r_lon = r_lat[order], r_lon[order]
-    key = key.take(order).reset_index(drop=True)  # built once, put in output order
+    key = flow_keys(first, r_lat, r_lon)  # again, in output order: cheaper than a take
     del rank, order
     stats = group_stats(records, group, n)
     if level == "place":
