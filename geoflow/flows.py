@@ -498,27 +498,36 @@ def build_states(records: pd.DataFrame, states: gpd.GeoDataFrame, *,
     counted. ``guns_placed`` always counts ``records`` (the placed records of a run), so a
     state with unplaced guns shows both numbers, each under its own name."""
     records = counted(records)
-    weights = pd.Series(gun_weights(records), index=records.index)
-    placed_us = weights.groupby(records["dealer_admin1"], observed=True).sum()
-    placed_mx = weights.groupby(records["recovery_admin1"], observed=True).sum()
-    sourced = placed_us if sourced is None else sourced
-    recovered = placed_mx if recovered is None else recovered
+    codes = pd.Index(states["code"].astype(str))
+    weights = gun_weights(records)
+
+    def tally(column: str) -> tuple[np.ndarray, int]:
+        """Guns of ``records`` per state by ``column`` (a state code), and all with one."""
+        admin1 = records[column].astype("string")
+        at = codes.get_indexer(admin1.fillna(""))
+        return (weighted_count(at, weights, len(codes)),
+                int(weights[admin1.notna().to_numpy()].sum()))
+
+    def given(counts: pd.Series) -> tuple[np.ndarray, int]:
+        """``counts`` (state code → guns) per state, and their total."""
+        at = codes.get_indexer(counts.index.astype(str))
+        return weighted_count(at, counts.to_numpy(dtype=float), len(codes)), counts.sum()
+
+    placed_us, us_total = tally("dealer_admin1")
+    placed_mx, mx_total = tally("recovery_admin1")
+    sourced_guns, us_total = (placed_us, us_total) if sourced is None else given(sourced)
+    recovered_guns, mx_total = ((placed_mx, mx_total) if recovered is None
+                                else given(recovered))
     out = gpd.GeoDataFrame(states[["code", "name", "country"]].copy(),
                            geometry=states.geometry.to_numpy(), crs="EPSG:4326")
     is_us = (out["country"] == "US").to_numpy()
-    codes = out["code"].astype(str)
-
-    def on_side(counts: pd.Series, side: np.ndarray) -> pd.Series:
-        guns = codes.map(dict(counts)).fillna(0).astype("int64")
-        return pd.Series(pd.array(guns.where(side), dtype="Int64"), index=out.index)
-
-    out["guns_sourced"] = on_side(sourced, is_us)
-    out["guns_recovered"] = on_side(recovered, ~is_us)
-    guns = state_guns(out)
-    totals = np.where(is_us, sourced.sum(), recovered.sum()).astype(float)
+    # each side's own count, null on the other side of the border
+    out["guns_sourced"] = pd.arrays.IntegerArray(sourced_guns, ~is_us)
+    out["guns_recovered"] = pd.arrays.IntegerArray(recovered_guns, is_us)
+    guns = np.where(is_us, sourced_guns, recovered_guns)
+    totals = np.where(is_us, us_total, mx_total).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         out["share_frac"] = np.where(totals > 0, np.round(guns / totals, 6), 0.0)
-    placed = np.where(is_us, codes.map(dict(placed_us)).fillna(0),
-                      codes.map(dict(placed_mx)).fillna(0))
+    placed = np.where(is_us, placed_us, placed_mx)
     out["guns_placed"] = placed.astype("int64")
     return out
