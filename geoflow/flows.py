@@ -502,7 +502,8 @@ def build_states(records: pd.DataFrame, states: gpd.GeoDataFrame, *,
     weights = gun_weights(records)
 
     def tally(column: str) -> tuple[np.ndarray, int]:
-        """Guns of ``records`` per state by ``column`` (a state code), and all with one."""
+        """Guns of ``records`` per state by ``column`` (a state code), and the guns of all
+        records that name a state."""
         admin1 = records[column].astype("string")
         at = codes.get_indexer(admin1.fillna(""))
         return (weighted_count(at, weights, len(codes)),
