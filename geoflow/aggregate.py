@@ -216,6 +216,15 @@ def from_codes(codes: np.ndarray, categories: pd.Index) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
 
 
+def sorted_texts(texts: pa.Array) -> tuple[np.ndarray, pd.Index]:
+    """``(rank, ordered)``: each text's place among ``texts`` sorted, and the texts in that
+    order. Sorted in Arrow (UTF-8: code point order, as pandas sorts text)."""
+    order = pc.sort_indices(texts).to_numpy().astype(np.int64)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank, pd.Index(pd.array(texts.take(order), dtype="string"))
+
+
 def used_categories(codes: np.ndarray, categories: pd.Index) -> pd.Categorical:
     """A categorical of ``codes`` (−1: NA) over the ``categories`` they use, in their order:
     with sorted ``categories``, what ``astype("category")`` makes of the values, without a

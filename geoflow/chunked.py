@@ -40,7 +40,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from geoflow.aggregate import RECORDS_COLUMN, from_codes, recode, unplace_duplicates
+from geoflow.aggregate import (
+    RECORDS_COLUMN,
+    from_codes,
+    recode,
+    sorted_texts,
+    unplace_duplicates,
+)
 from geoflow.io import SeenRecords, read_traces, warning_key
 from geoflow.privacy import arrow_text
 
@@ -274,12 +280,9 @@ class NameTable:
 
     def categorical(self, codes: np.ndarray) -> pd.Categorical:
         """Names from codes, as a categorical over the table's names (sorted)."""
-        names = pa.chunked_array(self._parts, pa.large_string()).combine_chunks()
-        order = pc.sort_indices(names).to_numpy().astype(np.int64)  # UTF-8: code point order
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        return from_codes(recode(np.asarray(codes), rank),
-                          pd.Index(pd.array(names.take(order), dtype="string")))
+        rank, names = sorted_texts(pa.chunked_array(self._parts, pa.large_string())
+                                   .combine_chunks())
+        return from_codes(recode(np.asarray(codes), rank), names)
 
 
 #: Columns a collapsed row sums or keeps the least of, rather than grouping by.

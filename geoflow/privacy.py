@@ -36,7 +36,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from geoflow.aggregate import ascii_text, hex_digits, recode, used_categories
+from geoflow.aggregate import (
+    ascii_text,
+    hex_digits,
+    recode,
+    sorted_texts,
+    used_categories,
+)
 from geoflow.errors import ConfigError
 
 __all__ = [
@@ -376,10 +382,8 @@ def pseudonymise(
                         ignore_index=True)
     at, ids = _id_lookup(uniques, key)
     # the ids in sorted order, and each distinct name's place in it (−1: no id)
-    order = pc.array_sort_indices(pa.array(ids)).to_numpy()
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    at, ranked = recode(at, rank), pd.Index(ids.take(order), dtype="string")
+    rank, ranked = sorted_texts(pa.array(ids))
+    at = recode(at, rank)
     start = 0
     for role, (codes, distinct) in factorized.items():
         own = at[start:start + len(distinct)]
