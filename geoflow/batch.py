@@ -324,16 +324,19 @@ def default_jobs() -> int:
 
 def write_entity(prepared: Any, options: Any, records: pd.DataFrame, *, description: str,
                  folder: Path, write: Callable[[Any, Path], None] | None = None,
-                 map_options: Any = None, entity: tuple[str, str] | None = None) -> None:
+                 map_options: Any = None, entity: tuple[str, str] | None = None,
+                 map_thread: bool = True) -> None:
     """Analyse one entity's ``records`` and write its complete output set into ``folder``
     (``write(result, folder)``, default :func:`geoflow.pipeline.write_outputs` with
-    ``map_options``). The one per-entity step, run in this process or in a worker."""
+    ``map_options`` and ``map_thread``). The one per-entity step, run in this process or in a
+    worker (where ``map_thread`` is False: the workers keep the cores busy)."""
     from geoflow import pipeline
 
     result = pipeline.analyse(prepared, options=options, records=records,
                               description=description, entity=entity)
     if write is None:
-        pipeline.write_outputs(result, folder, map_options=map_options, reuse_schema=True)
+        pipeline.write_outputs(result, folder, map_options=map_options, reuse_schema=True,
+                               map_thread=map_thread)
     else:
         write(result, folder)
 
@@ -370,7 +373,7 @@ def _worker_task(rows: Any, description: str, folder: Path, label: str,
     shared = _WORKER
     write_entity(shared["prepared"], shared["options"], shared["records"].iloc[rows],
                  description=description, folder=folder, write=shared["write"],
-                 map_options=shared["map_options"], entity=entity)
+                 map_options=shared["map_options"], entity=entity, map_thread=False)
     return label
 
 
