@@ -216,10 +216,14 @@ def from_codes(codes: np.ndarray, categories: pd.Index) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
 
 
-def sorted_texts(texts: pa.Array) -> tuple[np.ndarray, pd.Index]:
+def sorted_texts(texts: pa.Array, order: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, pd.Index]:
     """``(rank, ordered)``: each text's place among ``texts`` sorted, and the texts in that
-    order. Sorted in Arrow (UTF-8: code point order, as pandas sorts text)."""
-    order = pc.sort_indices(texts).to_numpy().astype(np.int64)
+    order. Sorted in Arrow (UTF-8: code point order, as pandas sorts text), unless the
+    caller knows the ``order`` (positions) that sorts them."""
+    if order is None:
+        order = pc.sort_indices(texts).to_numpy()
+    order = np.asarray(order, dtype=np.int64)
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     return rank, pd.Index(pd.array(texts.take(order), dtype="string"))
