@@ -381,7 +381,8 @@ def _detect_mixed(data: bytes) -> tuple[str, str, list[tuple[int, int]]]:
 
 
 def sniff_delimiter(text: str) -> str:
-    """Pick the delimiter among :data:`DELIMITERS` from the first lines of ``text``.
+    """Pick the delimiter among :data:`DELIMITERS` from the first lines of ``text`` (after
+    any blank lines).
 
     The winner splits the header into the most fields while splitting the following lines
     into the same number; a file with a single column reads as comma-separated.
@@ -389,6 +390,7 @@ def sniff_delimiter(text: str) -> str:
     >>> sniff_delimiter("Armería;Municipio;Estado\\nGAT Guns;Juárez;CHIH\\n")
     ';'
     """
+    text = text.lstrip("\r\n")  # blank lines before the header say nothing
     sample = text[:65536]
     cut = max(sample.rfind("\n"), sample.rfind("\r"))
     if len(text) > len(sample) and cut > 0:
@@ -1214,8 +1216,40 @@ def _unterminated(text: str, line: int, delimiter: str) -> bool:
     return False
 
 
+#: Bytes whose text holds more than the 65,536 characters :func:`sniff_delimiter` looks at.
+_SNIFF_BYTES = 4 * 65536 + 8
+
+
+def _valid_utf8(data: bytes) -> bool:
+    """Whether ``data`` is UTF-8 (as ``data.decode("utf-8")`` judges it), checked by Arrow on
+    the bytes themselves: no Python string of the whole file (250 MB: 0.04 s, not 0.3-0.4)."""
+    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
+    text = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
+    try:
+        text.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _utf8_head(data: bytes) -> str | None:
+    """The text of the start of ``data`` (all of it for a short file), when the whole file is
+    UTF-8 without a byte-order mark (the common file, parsed as bytes); None otherwise."""
+    if data.startswith(codecs.BOM_UTF8) or not _valid_utf8(data):
+        return None
+    # an incremental decoder keeps back a character cut at the end of the slice
+    return codecs.getincrementaldecoder("utf-8")().decode(data[:_SNIFF_BYTES])
+
+
 def _read_csv(data: bytes, path: Path, *, encoding: str | None) -> _Table:
-    name, text, bad = _decode(data, path, encoding)
+    head = _utf8_head(data) if encoding is None else None
+    if head is None:
+        name, text, bad = _decode(data, path, encoding)
+    else:  # only the start is decoded; the rest is read as bytes
+        name, bad = "utf-8", []
+        # a start of blank lines alone: the text past it (rare) is needed to sniff
+        whole = len(data) <= _SNIFF_BYTES or not head.isspace()
+        text = head if whole else data.decode("utf-8")
     if not text or text.isspace():
         raise InputError("empty file: no header line", path=str(path))
     delimiter = sniff_delimiter(text)

@@ -21,11 +21,13 @@ the same data collides with it; no id is ever a prefix of another id of the same
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import hmac
 import logging
 import os
 import secrets
+import struct
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from geoflow import digests
 from geoflow.aggregate import (
     ascii_text,
     hex_digits,
@@ -43,6 +46,7 @@ from geoflow.aggregate import (
     sorted_texts,
     used_categories,
 )
+from geoflow.digests import hmac_sha256
 from geoflow.errors import ConfigError
 
 __all__ = [
@@ -201,25 +205,95 @@ def resolve_key(*, key_file: str | Path | None = None, config: object = None,
 _BATCH = 200_000
 
 
-def _hmac_sha256(secret: bytes) -> Callable[[bytes], bytes]:
-    """HMAC-SHA256 (RFC 2104) of a message under ``secret``: the same 32 bytes as
-    ``hmac.digest(secret, message, "sha256")``, with the padded key hashed once rather than
-    once per message (2.5× faster over millions of names)."""
-    block = 64  # SHA-256's block size
-    if len(secret) > block:
-        secret = hashlib.sha256(secret).digest()
-    secret = secret.ljust(block, b"\0")
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in secret))
-    outer = hashlib.sha256(bytes(b ^ 0x5C for b in secret))
+#: :func:`geoflow.digests.hmac_sha256`, looked up here when ids are made (tests replace it).
+_hmac_sha256 = hmac_sha256
+#: From this many distinct names on, child processes (:mod:`geoflow.digests`, one per further
+#: CPU) hash shares of them while this process hashes its own.
+PARALLEL_NAMES = 100_000
 
-    def digest(message: bytes) -> bytes:
-        first = inner.copy()
-        first.update(message)
-        second = outer.copy()
-        second.update(first.digest())
-        return second.digest()
 
-    return digest
+class _Hashers:
+    """HMAC-SHA256 of names, shared with child processes that run :mod:`geoflow.digests`
+    (a bare Python: started in a few hundredths of a second, whatever this process imported).
+    A child that cannot start or fails is reported and its share hashed here instead."""
+
+    def __init__(self, secret: bytes, children: int) -> None:
+        self.digest = _hmac_sha256(secret)
+        self.children: list[subprocess.Popen] = []
+        try:
+            for _ in range(children):
+                # a fixed command: this Python and geoflow's own module file
+                child = subprocess.Popen(  # noqa: S603
+                    [sys.executable, "-I", "-S", digests.__file__],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                self.children.append(child)
+                child.stdin.write(struct.pack("<I", len(secret)) + secret)
+        except OSError as exc:
+            self._give_up(exc)
+
+    def _give_up(self, exc: BaseException) -> None:
+        log.warning("hashing the names in this process alone: a helper process failed (%s)",
+                    exc)
+        self.close()
+
+    def close(self) -> None:
+        children, self.children = self.children, []
+        for child in children:
+            for stream in (child.stdin, child.stdout):
+                with contextlib.suppress(OSError):  # a child gone: nothing to flush
+                    stream.close()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+    def here(self, names: pd.Series) -> bytes:
+        return b"".join([self.digest(name.encode("utf-8")) for name in names.tolist()])
+
+    def __call__(self, names: pd.Series) -> np.ndarray:
+        """The 32-byte digest of each name (uint8, n × 32)."""
+        if self.children:
+            try:
+                return _as_digests(self._shared(names))
+            except (OSError, EOFError) as exc:
+                self._give_up(exc)
+        return _as_digests(self.here(names))
+
+    def _shared(self, names: pd.Series) -> bytes:
+        text = arrow_text(names).cast(pa.large_string())
+        offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[
+            text.offset:text.offset + len(text) + 1]
+        data = memoryview(text.buffers()[2]) if len(text) else memoryview(b"")
+        bounds = np.linspace(0, len(names), len(self.children) + 2).astype(np.int64)
+        for child, lo, hi in zip(self.children, bounds[1:-1], bounds[2:], strict=True):
+            lengths = np.diff(offsets[lo:hi + 1]).astype("<u4")
+            child.stdin.write(struct.pack("<Q", hi - lo) + lengths.tobytes())
+            child.stdin.write(data[offsets[lo]:offsets[hi]])
+            child.stdin.flush()
+        shares = [self.here(names.iloc[:bounds[1]])]  # this process's share, meanwhile
+        for child, lo, hi in zip(self.children, bounds[1:-1], bounds[2:], strict=True):
+            size = int(hi - lo) * digests.DIGEST_BYTES
+            share = child.stdout.read(size)
+            if len(share) != size:
+                raise EOFError(f"a helper process answered {len(share)} of {size} bytes")
+            shares.append(share)
+        return b"".join(shares)
+
+
+def _as_digests(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).reshape(-1, digests.DIGEST_BYTES)
+
+
+def _helper_count(names: int) -> int:
+    """Child processes for hashing ``names`` distinct names: one per further usable CPU."""
+    if names < PARALLEL_NAMES:
+        return 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(cpus - 1, 0)
 
 
 def _hex(digests: np.ndarray, width: int) -> np.ndarray:
@@ -289,23 +363,21 @@ def _unique_ids(normal: pd.Series, key: PseudonymKey | bytes | str | None
     No id is the start of another (two names sharing an id's digits would both have been
     given more), so the ids sort as their digests' first 8 bytes do: a sort of numbers, not
     of text (1M records: 0.8 s less)."""
-    hmac_digest = _hmac_sha256(as_key(key).secret)
-    # one HMAC per distinct name: the only per-item Python work. Only the first 8 bytes of
-    # each digest are kept (16 hex digits; 24 bytes less a name, 240 MB at 10M); names still
-    # colliding past 16 digits (never seen in practice) are hashed again in full
-    def digests(names: pd.Series) -> np.ndarray:
-        """The 32-byte digest of each name (uint8, n × 32)."""
-        return np.frombuffer(b"".join([hmac_digest(name.encode("utf-8"))
-                                       for name in names.tolist()]),
-                             dtype=np.uint8).reshape(-1, 32)
+    # one HMAC per distinct name: the only per-item Python work, shared with child processes
+    # for large data (_Hashers). Only the first 8 bytes of each digest are kept (16 hex
+    # digits; 24 bytes less a name, 240 MB at 10M); names still colliding past 16 digits
+    # (never seen in practice) are hashed again in full
+    hashers = _Hashers(as_key(key).secret, _helper_count(len(normal)))
+    try:
+        heads = np.empty(len(normal), dtype=">u8")
+        for start, batch in zip(range(0, len(normal), _BATCH), _batches(normal), strict=True):
+            heads[start:start + len(batch)] = np.ascontiguousarray(
+                hashers(batch)[:, :8]).view(">u8").ravel()
+    finally:
+        hashers.close()
 
-    def full(rows: np.ndarray) -> np.ndarray:
-        return digests(normal.iloc[rows])
-
-    heads = np.empty(len(normal), dtype=">u8")
-    for start, batch in zip(range(0, len(normal), _BATCH), _batches(normal), strict=True):
-        heads[start:start + len(batch)] = np.ascontiguousarray(
-            digests(batch)[:, :8]).view(">u8").ravel()
+    def full(rows: np.ndarray) -> np.ndarray:  # rare: hashed here
+        return _as_digests(hashers.here(normal.iloc[rows]))
 
     head = heads.astype(np.uint64)  # the first 16 hex digits as one number
     digits = np.full(len(heads), ID_DIGITS, dtype=np.int64)

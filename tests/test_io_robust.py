@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from geoflow.errors import InputError
 from geoflow.io import BAD_BYTES_REASON, MAX_ROW_BYTES, read_traces
 
 HEADER = "Trace Number,Serial Number,FFL Name,FFL City,FFL State,Recovery City,Recovery State"
@@ -148,6 +149,25 @@ def test_a_spreadsheet_export_with_16384_columns_reads_in_seconds(tmp_path):
     assert result.records["extra_199"].eq("x").all()
     assert not any(c.startswith("column_") for c in result.records.columns)
     assert elapsed < 30  # was hours: O(columns²)
+
+
+@pytest.mark.parametrize("blank_lines", [0, 150_000])
+def test_a_long_utf8_file_is_sniffed_and_read_from_its_bytes(tmp_path, blank_lines):
+    # a UTF-8 file is checked on its bytes and only its start decoded for sniffing: a
+    # semicolon file whose accents straddle every byte offset of that start, and one that
+    # opens with 300 KB of blank lines, read as a whole decode would read them
+    rows = [line.replace(",", ";") for line in _lines(40_000)]
+    data = ("\r\n" * blank_lines + "\r\n".join([HEADER.replace(",", ";"), *rows])
+            + "\r\n").encode()
+    assert len(data) > 4 * 65536 + 8
+    result = read_traces(_write(tmp_path, data))
+    assert result.source["encoding"] == "utf-8" and result.source["delimiter"] == ";"
+    assert result.rows_valid == 40_000 and result.rejects.empty
+    assert result.records["recovery_city"].tolist() == [PLACES[i % 6] for i in range(40_000)]
+    assert result.records["source_line"].iloc[0] == blank_lines + 2
+    blank = _write(tmp_path, " \u3000\r\n".encode() * 100_000, name="blank.csv")
+    with pytest.raises(InputError, match="empty file"):
+        read_traces(blank)
 
 
 def test_nul_bytes_bom_only_and_header_only(tmp_path):

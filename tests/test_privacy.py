@@ -195,3 +195,39 @@ def test_name_normalisation_is_match_key_for_any_text():
                 for name in names]
     assert [None if pd.isna(v) else v for v in normal] == expected
     assert normal.iloc[-3:].nunique() == 1  # one person, one pseudonym
+
+
+def test_names_hashed_by_helper_processes_get_the_same_ids(monkeypatch):
+    # a large data set's names are hashed partly by child processes (geoflow.digests, a
+    # real Python each): every digest must be the RFC 2104 HMAC, in order, names with
+    # accents and of any length included
+    names = pd.Series([f"Name {i} Pérez" + "x" * (i % 90) for i in range(5_000)],
+                      dtype="string")
+    secret = b"a fixed test key"
+    helped = privacy._Hashers(secret, 2)
+    try:
+        assert len(helped.children) == 2
+        digests = helped(names)
+        again = helped(names.iloc[:3])  # a second request to the same children
+    finally:
+        helped.close()
+    expected = [hmac.digest(secret, name.encode(), "sha256") for name in names]
+    assert [row.tobytes() for row in digests] == expected
+    assert [row.tobytes() for row in again] == expected[:3]
+    alone = pseudonym(names, key=secret)
+    monkeypatch.setattr(privacy, "_helper_count", lambda count: 1)
+    pd.testing.assert_series_equal(pseudonym(names, key=secret), alone)
+
+
+def test_a_failing_helper_process_is_reported_and_its_share_hashed_here(
+        monkeypatch, tmp_path, caplog):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import sys\nsys.exit(3)\n", encoding="utf-8")
+    monkeypatch.setattr(privacy.digests, "__file__", str(broken))
+    monkeypatch.setattr(privacy, "_helper_count", lambda count: 1)
+    names = pd.Series([f"Name {i}" for i in range(3_000)], dtype="string")
+    with caplog.at_level("WARNING", logger="geoflow.privacy"):
+        ids = pseudonym(names, key=b"a fixed test key")
+    assert "helper process failed" in caplog.text
+    monkeypatch.setattr(privacy, "_helper_count", lambda count: 0)
+    pd.testing.assert_series_equal(ids, pseudonym(names, key=b"a fixed test key"))
