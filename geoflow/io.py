@@ -1076,6 +1076,13 @@ def _scan_records(buf: bytes, delimiter: str) -> _Records | None:
     return _Records(starts, stops, lines, last_lines, fields, blank, multiline=multiline)
 
 
+def _count_bytes(a: np.ndarray, byte: int) -> int:
+    """How many times ``byte`` occurs in ``a`` (uint8), counted a chunk at a time (numpy's
+    compare and count: 250 MB in 0.07 s, ``bytes.count`` took 0.16-0.28 s)."""
+    return sum(int(np.count_nonzero(a[lo : lo + _SCAN_CHUNK] == byte))
+               for lo in range(0, a.size, _SCAN_CHUNK))
+
+
 def _line_records(buf: bytes, delimiter: str) -> _Records | None:
     """Records of a file where, it seems, each physical line is one record: the header's
     fields on the first line, LF or CRLF line ends throughout (no lone CR or LF), an even
@@ -1087,14 +1094,16 @@ def _line_records(buf: bytes, delimiter: str) -> _Records | None:
     give one row per line, else :func:`_csv_fast` returns ``None`` and the full scan
     decides.
     """
-    cr, lf = buf.count(b"\r"), buf.count(b"\n")
-    if (cr and (cr != lf or buf.count(b"\r\n") != cr)) or buf.count(b'"') % 2:
-        return None  # a lone line break, or a quote left open at the end
     a = np.frombuffer(buf, dtype=np.uint8)
+    if _count_bytes(a, 34) % 2:
+        return None  # a quote left open at the end
     breaks = np.concatenate([np.flatnonzero(a[lo : lo + _SCAN_CHUNK] == 10) + lo
                              for lo in range(0, a.size, _SCAN_CHUNK)] or [np.zeros(0, int)])
     if breaks.size == 0:
         return None
+    cr = _count_bytes(a, 13)
+    if cr and (cr != breaks.size or np.count_nonzero(a[breaks[breaks > 0] - 1] == 13) != cr):
+        return None  # a lone CR or LF: not every line ends alike
     stops = breaks if breaks[-1] == a.size - 1 else np.append(breaks, a.size)
     starts = np.concatenate(([0], breaks[: stops.size - 1] + 1))
     if cr:  # CRLF: the CR is not content
