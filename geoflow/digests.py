@@ -74,4 +74,8 @@ def serve(requests, replies) -> None:
 
 
 if __name__ == "__main__":
+    import signal
+
+    # Ctrl-C reaches the whole process group: end quietly (no traceback); the parent stops
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -264,7 +264,8 @@ class _Hashers:
         text = arrow_text(names).cast(pa.large_string())
         offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[
             text.offset:text.offset + len(text) + 1]
-        data = memoryview(text.buffers()[2]) if len(text) else memoryview(b"")
+        buffer = text.buffers()[2]  # None when every text is empty
+        data = memoryview(buffer) if buffer is not None else memoryview(b"")
         bounds = np.linspace(0, len(names), len(self.children) + 2).astype(np.int64)
         for child, lo, hi in zip(self.children, bounds[1:-1], bounds[2:], strict=True):
             lengths = np.diff(offsets[lo:hi + 1]).astype("<u4")
