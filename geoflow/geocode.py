@@ -942,36 +942,51 @@ def _report(distinct: pd.DataFrame, codes: np.ndarray, lines: np.ndarray) -> pd.
 def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     """The rows of a geocode ``report`` (of :func:`geocode_traces`) for the places of
     ``records`` — a filtered subset of the geocoded records, e.g. one entity of a batch —
-    with ``records`` and ``first_lines`` counted over that subset only."""
+    with ``records`` and ``first_lines`` counted over that subset only. The records are
+    grouped by the codes of their query and level (categoricals: no text per record)."""
     lines = (records["source_line"] if "source_line" in records.columns
              else pd.Series(np.arange(len(records)) + 2, index=records.index))
-    parts = []
+    groups, keys, record_lines = [], [], []
     for role in ("dealer", "recovery"):
         query = f"{role}_geocode_query"
         if query not in records.columns:
             continue
-        parts.append(pd.DataFrame({
+        query_codes, query_texts = _codes_and_texts(records[query])
+        level_codes, level_texts = _codes_and_texts(records[f"{role}_geocode_level"])
+        # one number per (query, level) pair, −1 (missing, as "") shifted to 0
+        width = len(level_texts) + 1
+        group, pairs = pd.factorize((query_codes + 1) * width + (level_codes + 1))
+        groups.append(group + sum(len(k) for k in keys))  # after the other role's groups
+        query_at, level_at = pairs // width - 1, pairs % width - 1
+        keys.append(pd.DataFrame({
             "role": role,
-            "query": records[query].astype("string").fillna("").to_numpy(),
-            "level": records[f"{role}_geocode_level"].astype("string").fillna("").to_numpy(),
-            "line": lines.to_numpy(),
+            "query": np.where(query_at >= 0, query_texts[np.maximum(query_at, 0)], ""),
+            "level": np.where(level_at >= 0, level_texts[np.maximum(level_at, 0)], ""),
         }))
-    if not parts:
+        record_lines.append(lines.to_numpy())
+    if not keys:
         return report.iloc[0:0]
-    long = pd.concat(parts, ignore_index=True)
-    keys = ["role", "query", "level"]
-    grouped = long.groupby(keys, sort=False)
-    group = grouped.ngroup().to_numpy()
-    firsts = long.iloc[first_rows(group, grouped.ngroups)]  # one row per group, in order
+    group, firsts = np.concatenate(groups), pd.concat(keys, ignore_index=True)
     # each report row's group in ``records`` (−1: a place these records do not use)
     at = pc.index_in(_key_text(report), value_set=_key_text(firsts))
     at = pc.fill_null(at, -1).to_numpy()
-    mine = report.iloc[np.flatnonzero(at >= 0)].astype(dict.fromkeys(keys, "string"))
+    mine = report.iloc[np.flatnonzero(at >= 0)].astype(dict.fromkeys(firsts.columns, "string"))
     at = at[at >= 0]
-    lines = _first_lines(group, long["line"], grouped.ngroups)
-    mine = mine.assign(records=np.bincount(group, minlength=grouped.ngroups)[at],
-                       first_lines=lines.to_numpy()[at])
+    first_lines = _first_lines(group, np.concatenate(record_lines), len(firsts))
+    mine = mine.assign(records=np.bincount(group, minlength=len(firsts))[at],
+                       first_lines=first_lines.to_numpy()[at])
     return _report_order(mine)
+
+
+def _codes_and_texts(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, texts)`` of a column: each value's code (−1 for missing or empty, which the
+    report writes as ``""``) and the distinct texts (objects)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    texts = pd.array(uniques, dtype="string").to_numpy(dtype=object, na_value="")
+    empty = texts == ""
+    if empty.any():
+        codes = np.where((codes >= 0) & empty[np.maximum(codes, 0)], -1, codes)
+    return codes, texts
 
 
 def _key_text(frame: pd.DataFrame) -> pa.Array:
@@ -1003,10 +1018,12 @@ def _first_lines(group: np.ndarray, lines: np.ndarray | pd.Series, n: int) -> pd
 
 def _report_order(report: pd.DataFrame) -> pd.DataFrame:
     """Report rows unmatched first, then by score ascending, most records first (stable)."""
-    order = report.assign(_m=(report["level"] != "").astype(int),
-                          _s=report["score"].astype(int), _r=-report["records"])
-    order = order.sort_values(["_m", "_s", "_r", "role", "query"], kind="stable")
-    return order[list(REPORT_COLUMNS)].reset_index(drop=True)
+    keys = [report[c].to_numpy(dtype=object) for c in ("query", "role")]  # last keys first
+    keys += [-report["records"].to_numpy(dtype=np.int64),
+             report["score"].to_numpy(dtype=np.int64),
+             (report["level"] != "").to_numpy(dtype=np.int64)]
+    order = np.lexsort(keys)  # stable, the last key first: what a multi-key stable sort gives
+    return report.iloc[order][list(REPORT_COLUMNS)].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- geopy
