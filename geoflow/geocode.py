@@ -954,15 +954,12 @@ def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
         query_codes, query_texts = _codes_and_texts(records[query])
         level_codes, level_texts = _codes_and_texts(records[f"{role}_geocode_level"])
         # one number per (query, level) pair, −1 (missing, as "") shifted to 0
-        width = len(level_texts) + 1
+        width = len(level_texts)  # the level's codes and its −1
         group, pairs = pd.factorize((query_codes + 1) * width + (level_codes + 1))
         groups.append(group + sum(len(k) for k in keys))  # after the other role's groups
         query_at, level_at = pairs // width - 1, pairs % width - 1
-        keys.append(pd.DataFrame({
-            "role": role,
-            "query": np.where(query_at >= 0, query_texts[np.maximum(query_at, 0)], ""),
-            "level": np.where(level_at >= 0, level_texts[np.maximum(level_at, 0)], ""),
-        }))
+        keys.append(pd.DataFrame({"role": role, "query": query_texts[query_at],
+                                  "level": level_texts[level_at]}))
         record_lines.append(lines.to_numpy())
     if not keys:
         return report.iloc[0:0]
@@ -979,11 +976,12 @@ def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
 
 
 def _codes_and_texts(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """``(codes, texts)`` of a column: each value's code (−1 for missing or empty, which the
-    report writes as ``""``) and the distinct texts (objects)."""
+    """``(codes, texts)`` of a column: each value's code (−1 for missing or empty) and the
+    distinct texts (objects), then ``""``, which the report writes for both: ``texts[-1]``."""
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    texts = pd.array(uniques, dtype="string").to_numpy(dtype=object, na_value="")
-    empty = texts == ""
+    texts = np.append(pd.array(uniques, dtype="string").to_numpy(dtype=object, na_value=""),
+                      np.array([""], dtype=object))
+    empty = texts[:-1] == ""
     if empty.any():
         codes = np.where((codes >= 0) & empty[np.maximum(codes, 0)], -1, codes)
     return codes, texts

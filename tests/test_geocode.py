@@ -620,3 +620,27 @@ def test_run_report_marks_ambiguous_rows_with_their_candidates(small_town_run):
     forms = report.set_index("query")["form"]
     assert forms["MATANCILLAS, JAL."] == "name without brackets"
     assert forms["COLORADO CITY, AZ"] == "name"
+
+
+def test_report_for_counts_records_without_a_place_and_an_empty_subset():
+    # a batch entity whose records have no dealer place at all (missing query and level, an
+    # empty text alike) is counted on the report's unmatched dealer row, not an error
+    from geoflow.geocode import report_for
+
+    report = pd.DataFrame({c: [pd.NA, pd.NA] for c in REPORT_COLUMNS}).assign(
+        role=["dealer", "recovery"], query=["", "Juárez, CHIH"], level=["", "city"],
+        score=[0, 80], records=[9, 9], first_lines=["x", "x"])
+    records = pd.DataFrame({
+        "dealer_geocode_query": pd.Categorical([None, "", None]),
+        "dealer_geocode_level": pd.Categorical([None, None, ""]),
+        "recovery_geocode_query": pd.Categorical(["Juárez, CHIH"] * 3),
+        "recovery_geocode_level": pd.Categorical(["city"] * 3),
+        "source_line": [4, 7, 9],
+    })
+    got = report_for(report, records)
+    assert got[["role", "query", "level", "records", "first_lines"]].values.tolist() == [
+        ["dealer", "", "", 3, "4 7 9"], ["recovery", "Juárez, CHIH", "city", 3, "4 7 9"]]
+    assert report_for(report, records.iloc[0:0]).empty
+    nothing = records.assign(dealer_geocode_query=pd.Categorical([None] * 3),
+                             dealer_geocode_level=pd.Categorical([None] * 3))
+    pd.testing.assert_frame_equal(report_for(report, nothing), got)
