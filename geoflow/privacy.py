@@ -249,30 +249,34 @@ class _Hashers:
                 child.wait()
 
     def here(self, names: pd.Series) -> bytes:
-        return b"".join([self.digest(name.encode("utf-8")) for name in names.tolist()])
+        """The digests of ``names`` end to end, made in this process."""
+        offsets, data = _utf8_parts(names)
+        return self._range(offsets, data, 0, len(names))
+
+    def _range(self, offsets: np.ndarray, data: memoryview, lo: int, hi: int) -> bytes:
+        """The digests of names ``lo:hi`` of :func:`_utf8_parts`, made in this process (the
+        children's own loop: :func:`geoflow.digests.digests_of`)."""
+        return digests.digests_of(self.digest, np.diff(offsets[lo:hi + 1]).tolist(),
+                                  data[offsets[lo]:offsets[hi]])
 
     def __call__(self, names: pd.Series) -> np.ndarray:
         """The 32-byte digest of each name (uint8, n × 32)."""
+        offsets, data = _utf8_parts(names)
         if self.children:
             try:
-                return _as_digests(self._shared(names))
+                return _as_digests(self._shared(offsets, data))
             except (OSError, EOFError) as exc:
                 self._give_up(exc)
-        return _as_digests(self.here(names))
+        return _as_digests(self._range(offsets, data, 0, len(offsets) - 1))
 
-    def _shared(self, names: pd.Series) -> bytes:
-        text = arrow_text(names).cast(pa.large_string())
-        offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[
-            text.offset:text.offset + len(text) + 1]
-        buffer = text.buffers()[2]  # None when every text is empty
-        data = memoryview(buffer) if buffer is not None else memoryview(b"")
-        bounds = np.linspace(0, len(names), len(self.children) + 2).astype(np.int64)
+    def _shared(self, offsets: np.ndarray, data: memoryview) -> bytes:
+        bounds = np.linspace(0, len(offsets) - 1, len(self.children) + 2).astype(np.int64)
         for child, lo, hi in zip(self.children, bounds[1:-1], bounds[2:], strict=True):
             lengths = np.diff(offsets[lo:hi + 1]).astype("<u4")
             child.stdin.write(struct.pack("<Q", hi - lo) + lengths.tobytes())
             child.stdin.write(data[offsets[lo]:offsets[hi]])
             child.stdin.flush()
-        shares = [self.here(names.iloc[:bounds[1]])]  # this process's share, meanwhile
+        shares = [self._range(offsets, data, 0, bounds[1])]  # this process's share, meanwhile
         for child, lo, hi in zip(self.children, bounds[1:-1], bounds[2:], strict=True):
             size = int(hi - lo) * digests.DIGEST_BYTES
             share = child.stdout.read(size)
@@ -280,6 +284,16 @@ class _Hashers:
                 raise EOFError(f"a helper process answered {len(share)} of {size} bytes")
             shares.append(share)
         return b"".join(shares)
+
+
+def _utf8_parts(names: pd.Series) -> tuple[np.ndarray, memoryview]:
+    """``(offsets, data)``: the UTF-8 bytes of ``names`` end to end and where each starts
+    (one more offset than names), straight from Arrow's buffers (no Python string)."""
+    text = arrow_text(names).cast(pa.large_string())
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[
+        text.offset:text.offset + len(text) + 1]
+    buffer = text.buffers()[2]  # None when every text is empty
+    return offsets, memoryview(buffer) if buffer is not None else memoryview(b"")
 
 
 def _as_digests(data: bytes) -> np.ndarray:

@@ -153,7 +153,8 @@ def test_names_colliding_past_sixteen_digits_get_ids_from_their_whole_digest(mon
     # with "x" forces that path: each id must be the shortest unique prefix of its digest
     import hashlib
 
-    def digest_of(name: bytes) -> bytes:
+    def digest_of(name: bytes | memoryview) -> bytes:  # a message is any bytes-like
+        name = bytes(name)
         whole = hashlib.sha256(name).digest()
         return bytes(9) + whole[9:] if name.startswith(b"x") else whole
 
