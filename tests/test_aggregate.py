@@ -536,7 +536,8 @@ def test_weighted_median_by_distinct_value_and_by_sorting_is_the_plain_median():
     for trial in range(300):
         size, groups = int(rng.integers(1, 60)), int(rng.integers(1, 5))
         values = rng.choice([1.0, 2.0, 3.0, 5.0, 8.0, np.nan, 100.0], size)
-        weights = rng.integers(0, 4, size)
+        # every third trial one record per gun: the keys are sorted with no order to carry
+        weights = rng.integers(0, 4, size) if trial % 3 else np.ones(size, dtype=np.int64)
         group = rng.integers(0, groups, size)
         ok = np.isfinite(values) & (weights > 0)
         expected = [np.median(np.repeat(values[ok & (group == g)], weights[ok & (group == g)]))
@@ -564,6 +565,47 @@ def test_pair_counts_in_place_equal_the_sorted_count():
             counts = weighted_count(inverse, weights, len(pairs))
         got = _pair_counts(keys, weights)
         assert got[0].tolist() == pairs.tolist() and got[1].tolist() == counts.tolist()
+
+
+def test_top_item_equals_a_groupby_of_the_pairs():
+    # the most frequent item per group (records, or guns with weights; a tie to the lowest
+    # code), its count and the distinct items, against pandas counting the same pairs
+    import numpy as np
+
+    from geoflow.aggregate import top_item
+
+    rng = np.random.default_rng(11)
+    for trial in range(300):
+        size, groups = int(rng.integers(1, 400)), int(rng.integers(1, 30))
+        items = int(rng.choice([3, 40, 5_000_000]))
+        group, item = rng.integers(0, groups, size), rng.integers(-1, items, size)
+        item[rng.random(size) < 0.3] = item[0]  # repeated items, hence ties and real tops
+        weights = rng.integers(0, 4, size) if trial % 2 else None
+        frame = pd.DataFrame({"g": group, "i": item,
+                              "w": 1 if weights is None else weights})[item >= 0]
+        counts = frame.groupby(["g", "i"])["w"].sum().reset_index()
+        best = counts.sort_values(["g", "w", "i"], ascending=[True, False, True])
+        best = best.drop_duplicates("g").set_index("g")
+        expected_top = best["i"].reindex(range(groups), fill_value=-1)
+        expected_count = best["w"].reindex(range(groups), fill_value=0)
+        expected_distinct = counts.groupby("g").size().reindex(range(groups), fill_value=0)
+        top, top_count, distinct = top_item(group, item, groups, weights)
+        assert top.tolist() == expected_top.tolist(), trial
+        assert top_count.tolist() == expected_count.tolist(), trial
+        assert distinct.tolist() == expected_distinct.tolist(), trial
+
+
+def test_pair_counts_of_keys_too_large_to_pack_with_positions():
+    # keys × records past int64 are ordered by an argsort instead: the same sums
+    import numpy as np
+
+    from geoflow.aggregate import _pair_counts
+
+    keys = np.array([2**62, 5, 2**62, 7, 5, 2**62 + 1], dtype=np.int64)
+    weights = np.array([1, 2, 3, 4, 5, 6], dtype=np.int64)
+    pairs, guns = _pair_counts(keys, weights)
+    assert pairs.tolist() == [5, 7, 2**62, 2**62 + 1]
+    assert guns.tolist() == [7, 4, 4, 6]
 
 
 def test_categorical_take_holds_the_values_taken_once_each_sorted():
