@@ -16,6 +16,7 @@ import codecs
 import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
 import re
@@ -632,7 +633,22 @@ def _clean_text(values: pd.Series) -> pd.Series:
 
 #: What Python's ``str.strip()`` removes, for the same result in Arrow.
 _WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
-_PLACEHOLDER_SET = pa.array(sorted(PLACEHOLDERS), type=pa.large_string())
+#: The letters besides a and A that Arrow's ``utf8_upper`` turns into an ASCII letter of a
+#: placeholder (checked over every code point by the tests).
+_UPPER_FROM = {"I": "ı", "S": "ſ"}
+
+
+def _spellings(word: str) -> list[str]:
+    """Every text whose ``utf8_upper`` is ``word`` (a placeholder, upper case)."""
+    choices = [char + char.lower() * char.isalpha() + _UPPER_FROM.get(char, "")
+               for char in word]
+    return ["".join(letters) for letters in itertools.product(*choices)]
+
+
+#: The empty text and every spelling of a placeholder (about 5,000): one ``is_in`` finds the
+#: cells to blank without an upper-cased copy of the column.
+_MISSING_TEXT = pa.array(sorted({"", *(s for word in PLACEHOLDERS for s in _spellings(word))}),
+                         type=pa.large_string())
 
 
 def _clean_arrow_text(values: pd.Series) -> pd.Series:
@@ -651,10 +667,7 @@ def _clean_arrow_array(array: pa.ChunkedArray) -> pa.ChunkedArray:
     if pc.sum(pc.binary_length(stripped)).as_py() != pc.sum(pc.binary_length(array)).as_py():
         array = stripped
     del stripped
-    length = pc.utf8_length(array)
-    # only short cells can be placeholders: the upper-cased copy is of those alone
-    short = pc.if_else(pc.less_equal(length, _PLACEHOLDER_CHARS), array, "")
-    missing = pc.or_(pc.equal(length, 0), pc.is_in(pc.utf8_upper(short), _PLACEHOLDER_SET))
+    missing = pc.is_in(array, _MISSING_TEXT)  # empty, or a placeholder in any case
     if pc.any(missing).as_py():
         array = pc.if_else(missing, pa.scalar(None, pa.large_string()), array)
     return array

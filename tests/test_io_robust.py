@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from geoflow.errors import InputError
-from geoflow.io import BAD_BYTES_REASON, MAX_ROW_BYTES, read_traces
+from geoflow.io import BAD_BYTES_REASON, MAX_ROW_BYTES, PLACEHOLDERS, read_traces
 
 HEADER = "Trace Number,Serial Number,FFL Name,FFL City,FFL State,Recovery City,Recovery State"
 PLACES = ["Ciudad Juárez", "Nuevo León", "Querétaro", "Culiacán", "Peñón", "Reynosa"]
@@ -187,6 +187,38 @@ def test_clean_text_matches_python_strip_and_placeholders(tmp_path):
     expected = [None if e and e.upper() in {"N/A", "NULL", "-"} else e for e in expected]
     assert [None if pd.isna(v) else v for v in notes] == expected
     assert notes.dtype == "str" and np.all(notes.index == np.arange(len(cells)))
+
+
+def test_placeholders_in_any_case_are_missing_and_near_misses_kept(tmp_path):
+    # the cleaner looks cells up among every spelling of a placeholder: mixed case, the
+    # dotless ı and long ſ (which upper-case to I and S), after stripping; others stay
+    cells = ["n/a", "N/a", "nA", "Null", "nONe", "unKnown", "DesConocido", "sin dato",
+             "ſin datO", "s/d", "ſ/D", "desconocıdo", " ? ", "--", "N/AA", "nulo", "n a",
+             "SIN  DATO", "unknown.", "İ", "NA​", "Ñ/A"]
+    data = ("Serial Number,Notes\n" + "\n".join(f"S{i},{c}" for i, c in enumerate(cells))
+            ).encode()
+    notes = read_traces(_write(tmp_path, data)).records["notes"]
+    expected = [None if c.strip().upper() in PLACEHOLDERS else c.strip() for c in cells]
+    assert [None if pd.isna(v) else v for v in notes] == expected
+    assert expected.count(None) == 13
+
+
+def test_only_i_and_s_have_non_ascii_letters_upper_casing_to_them():
+    # the spellings table (io._UPPER_FROM) must hold every code point Arrow upper-cases to a
+    # placeholder's character: checked over all of Unicode with Arrow itself
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from geoflow.io import _UPPER_FROM
+
+    points = [c for c in range(0x80, 0x110000) if not 0xD800 <= c <= 0xDFFF]
+    upper = pc.utf8_upper(pa.array([chr(c) for c in points])).to_pylist()
+    wanted = set("".join(PLACEHOLDERS))
+    found = {}
+    for point, text in zip(points, upper, strict=True):
+        if text in wanted:
+            found[text] = found.get(text, "") + chr(point)
+    assert found == _UPPER_FROM
 
 
 def test_parquet_booleans_lists_and_structs_are_warned(tmp_path):
