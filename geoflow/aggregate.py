@@ -55,6 +55,9 @@ __all__ = [
 #: Default threshold of ``by_trafficker``: purchasers tied to this many traced guns or more (the
 #: threshold of the reporting); ``by_purchaser.at_or_above_threshold`` marks them.
 TRAFFICKER_MIN_GUNS = 10
+#: Widest range of whole values :func:`weighted_median` codes by offset (days to crime span
+#: a few thousand).
+DENSE_VALUES = 1 << 16
 #: Records per block of :func:`top_item` (items taken in ranges of codes past it).
 TOP_ITEM_BLOCK = 2_000_000
 #: "Short" time to crime: under three years (DOMAIN.md), in days.
@@ -340,8 +343,9 @@ def _pair_counts(keys: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarr
         pairs = np.flatnonzero(present)
         sums = present if weights is None else weighted_count(keys, weights, len(present))
         return pairs, sums[pairs].astype(np.int64)
-    if weights is None:
-        return np.unique(keys, return_counts=True)
+    if weights is None or (weights == 1).all():  # one gun a record: no order to carry
+        pairs, counts = np.unique(keys, return_counts=True)
+        return pairs, counts.astype(np.int64, copy=False)
     if len(keys) == 0:
         return keys.astype(np.int64), np.zeros(0, dtype=np.int64)
     order = _sort_order(keys)
@@ -369,19 +373,23 @@ def weighted_median(group: np.ndarray, values: np.ndarray, weights: np.ndarray,
     ok = np.isfinite(values) & (weights > 0)
     if not ok.any():
         return out
-    codes, distinct = pd.factorize(values[ok], sort=True)
+    codes, distinct = _value_codes(values[ok])
     if n * len(distinct) <= max(ok.sum(), 1 << 16):  # a small (group, value) table
         return _median_by_value(group[ok], codes, distinct, weights[ok], n)
     # each group's values in ascending order: the (group, value rank) keys sorted, with the
-    # records' weights in the same order (none to carry when every weight is 1)
+    # records' weights in the same order
     width, weights = len(distinct), weights[ok]
     keys = group[ok] * width + codes
     del codes
-    if (weights == 1).all():
+    if (weights == 1).all():  # one gun a record: the middle one or two of each group's run
         keys = np.sort(keys)
-    else:
-        order = _sort_order(keys)
-        keys, weights = keys[order], weights[order]
+        sizes = np.bincount(keys // width, minlength=n)
+        start, has = np.cumsum(sizes) - sizes, sizes > 0
+        lo, hi = (start + (sizes - 1) // 2)[has], (start + sizes // 2)[has]
+        out[has] = (distinct[keys[lo] % width] + distinct[keys[hi] % width]) / 2
+        return out
+    order = _sort_order(keys)
+    keys, weights = keys[order], weights[order]
     g, v, w = keys // width, distinct[keys % width], weights.astype(float)
     del keys
     total = np.bincount(g, weights=w, minlength=n)
@@ -390,12 +398,24 @@ def weighted_median(group: np.ndarray, values: np.ndarray, weights: np.ndarray,
     within = cum - before[g]
     half = total[g] / 2
     reached = np.flatnonzero(within >= half)
-    groups, first = np.unique(g[reached], return_index=True)
-    lo = reached[first]
+    reached_group = g[reached]  # ascending: each group's first is where the group changes
+    first = np.flatnonzero(np.r_[True, reached_group[1:] != reached_group[:-1]])
+    groups, lo = reached_group[first], reached[first]
     exact = (within[lo] == half[lo]) & (lo + 1 < len(v))
     hi = np.where(exact, np.minimum(lo + 1, len(v) - 1), lo)
     out[groups] = (v[lo] + v[hi]) / 2
     return out
+
+
+def _value_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of finite ``values`` over ascending values they index (``pd.factorize(values,
+    sort=True)``). Whole numbers of days within a range of :data:`DENSE_VALUES` are coded by
+    their offset from the smallest (no hashing; values in between that do not occur are
+    listed too, which the medians skip)."""
+    low, high = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
+    if high - low < DENSE_VALUES and bool((values == np.floor(values)).all()):
+        return (values - low).astype(np.int64), low + np.arange(int(high - low) + 1, dtype=float)
+    return pd.factorize(values, sort=True)
 
 
 def _median_by_value(group: np.ndarray, codes: np.ndarray, distinct: np.ndarray,
