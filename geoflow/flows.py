@@ -86,8 +86,25 @@ def flow_ids(keys: pd.DataFrame) -> pd.array:
 
 def _flow_hash(keys: pd.DataFrame) -> np.ndarray:
     """40-bit hash per row of ``keys`` (the number behind the flow id)."""
-    hashes = pd.util.hash_pandas_object(keys.astype("string").fillna(""), index=False)
+    text = pd.DataFrame({name: _as_hashed(keys[name]) for name in keys.columns})
+    hashes = pd.util.hash_pandas_object(text, index=False)
     return hashes.to_numpy(dtype=np.uint64) >> np.uint64(24)  # 40 bits = 10 hex digits
+
+
+def _as_hashed(values: pd.Series) -> pd.Series:
+    """``values`` as text, NA as ``""``. A categorical stays one over its categories as text:
+    pandas hashes each category once, and a category's hash is its text's."""
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        return values.astype("string").fillna("")
+    categories = pd.Index(values.cat.categories.astype("string"))
+    codes = values.cat.codes.to_numpy()
+    if (codes < 0).any():
+        empty = categories.get_indexer([""])[0]
+        if empty < 0:
+            categories, empty = categories.append(pd.Index([""], dtype="string")), len(categories)
+        codes = np.where(codes < 0, empty, codes)
+    return pd.Series(pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(categories)),
+                     index=values.index)
 
 
 def _hex_ids(value: np.ndarray) -> pd.api.extensions.ExtensionArray:
@@ -222,6 +239,22 @@ def _take(values: pd.Series, rows: np.ndarray) -> pd.api.extensions.ExtensionArr
     return take_text(values, rows)
 
 
+def _take_coded(values: pd.Series, rows: np.ndarray) -> Any:
+    """``values`` at ``rows``: a categorical stays one (its codes taken), else as :func:`_take`."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return pd.Categorical.from_codes(values.cat.codes.to_numpy()[rows], dtype=values.dtype)
+    return _take(values, rows)
+
+
+def _positions_in(index: pd.Index, values: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """Position in ``index`` of ``values`` at ``rows`` (−1: NA or absent); a categorical's
+    categories are looked up, not each row's text."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        at = np.append(index.get_indexer(values.cat.categories.astype(str)), -1)
+        return at[values.cat.codes.to_numpy()[rows]]  # code −1 takes the −1 appended
+    return index.get_indexer(pd.Index(take_text(values, rows)))
+
+
 def _mean(values: pd.Series, group: np.ndarray, n: int) -> np.ndarray:
     series = pd.Series(values.to_numpy(dtype=float, na_value=np.nan))
     return series.groupby(group).mean().reindex(pd.RangeIndex(n)).to_numpy()
@@ -307,21 +340,23 @@ def build_flows(
     r_lat = np.asarray(_take(records["recovery_lat"], first), dtype=float)
     r_lon = np.asarray(_take(records["recovery_lon"], first), dtype=float)
 
-    def flow_keys(rows: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> pd.DataFrame:
+    def flow_keys(rows: np.ndarray, lat: np.ndarray, lon: np.ndarray, take=_take
+                  ) -> pd.DataFrame:
         place = (_recovery_label(_take(records["recovery_place"], rows), lat, lon)
                  if level == "place" else pd.array(
                      [names.get(s, s) for s in _take(recovery_state, rows)], dtype="string"))
         return pd.DataFrame({
-            "dealer_id": _take(records["dealer_id"], rows) if level == "place"
+            "dealer_id": take(records["dealer_id"], rows) if level == "place"
             else pd.array([pd.NA] * len(rows), dtype="string"),
-            "dealer_state": _take(dealer_state, rows),
-            "crossing_code": _take(records["crossing_code"], rows),
+            "dealer_state": take(dealer_state, rows),
+            "crossing_code": take(records["crossing_code"], rows),
             "recovery_place": place,
-            "recovery_state": _take(recovery_state, rows),
-            "route_kind": _take(records["route_kind"], rows),
+            "recovery_state": take(recovery_state, rows),
+            "route_kind": take(records["route_kind"], rows),
         })
 
-    hashes = _flow_hash(flow_keys(first, r_lat, r_lon))
+    # hashed from categoricals where the records hold them: each distinct text hashed once
+    hashes = _flow_hash(flow_keys(first, r_lat, r_lon, take=_take_coded))
     # number the flows in output order (guns desc, then id) before building anything big,
     # so no sorted copy of the whole table is needed afterwards
     order = np.lexsort((hashes, -weighted_count(group, gun_weights(records), n)))
@@ -344,7 +379,7 @@ def build_flows(
         d_lon, d_lat = _state_point(points, key["dealer_state"], records, "dealer", group, n)
         r_lon, r_lat = _state_point(points, key["recovery_state"], records, "recovery",
                                     group, n)
-    port_at = pd.Index(ports["code"].astype(str)).get_indexer(pd.Index(key["crossing_code"]))
+    port_at = _positions_in(pd.Index(ports["code"].astype(str)), records["crossing_code"], first)
     port_xy = np.append(shapely.get_coordinates(ports.geometry.to_numpy()), [[np.nan] * 2], 0)
     port_name = pd.array(ports["name"].astype(str), dtype="string").take(port_at,
                                                                         allow_fill=True)

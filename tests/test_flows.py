@@ -262,6 +262,25 @@ def test_flow_ids_are_stable_hex_and_depend_on_every_key():
     assert all(len(i) == 12 and i.startswith("F-") and int(i[2:], 16) >= 0 for i in ids)
 
 
+def test_flow_ids_of_categorical_keys_equal_those_of_their_text():
+    # build_flows hashes the records' categoricals (each category once): the ids must be
+    # the very ids of the same keys as text, NA hashed as "" whether "" is a category or not
+    from geoflow.flows import _flow_hash, _hex_ids
+
+    text = pd.DataFrame({
+        "dealer_id": pd.array(["D-1", None, "D-2", "D-1", ""], dtype="string"),
+        "crossing_code": pd.array(["LRD", "LRD", None, "NOG", "NOG"], dtype="string"),
+        "route_kind": pd.array(["known", "modelled", "known", None, "known"], dtype="string"),
+    })
+    coded = text.astype("category")
+    coded["crossing_code"] = coded["crossing_code"].cat.add_categories(["ELP", "zz"])  # unused
+    assert "" in coded["dealer_id"].cat.categories  # NA joins an existing "" category
+    assert "" not in coded["crossing_code"].cat.categories  # … or a new one
+    assert list(_hex_ids(_flow_hash(coded))) == list(flow_ids(text))
+    assert list(_hex_ids(_flow_hash(coded.iloc[[4, 1, 0]]))) == list(flow_ids(text).take([4, 1, 0]))
+    assert len(set(flow_ids(text))) == 5
+
+
 def test_states_name_guns_sourced_and_recovered_apart_and_say_which_are_placed(tmp_path):
     import json
 
