@@ -815,8 +815,8 @@ def _distinct_places(records: pd.DataFrame, role: str) -> tuple[np.ndarray, pd.D
         return np.zeros(len(records), dtype=np.intp), pd.DataFrame(index=pd.RangeIndex(1))
     codes = records.groupby(columns, dropna=False, sort=False, observed=True).ngroup()
     codes = codes.to_numpy(dtype=np.intp)
-    first = np.unique(codes, return_index=True)[1]  # first record of each group, by code
-    return codes, records.iloc[first][columns].reset_index(drop=True)
+    first = first_rows(codes, int(codes.max()) + 1 if len(codes) else 0)  # numbered as seen
+    return codes, records[columns].iloc[first].reset_index(drop=True)
 
 
 def _geocode_role(places: pd.DataFrame, role: str, *, geocoder: Geocoder | None,
