@@ -246,13 +246,16 @@ def _take_coded(values: pd.Series, rows: np.ndarray) -> Any:
     return _take(values, rows)
 
 
-def _positions_in(index: pd.Index, values: pd.Series, rows: np.ndarray) -> np.ndarray:
-    """Position in ``index`` of ``values`` at ``rows`` (−1: NA or absent); a categorical's
-    categories are looked up, not each row's text."""
+def _positions_in(index: pd.Index, values: pd.Series, rows: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """Position in ``index`` of ``values`` (at ``rows``; default all) (−1: NA or absent); a
+    categorical's categories are looked up, not each row's text."""
     if isinstance(values.dtype, pd.CategoricalDtype):
         at = np.append(index.get_indexer(values.cat.categories.astype(str)), -1)
-        return at[values.cat.codes.to_numpy()[rows]]  # code −1 takes the −1 appended
-    return index.get_indexer(pd.Index(take_text(values, rows)))
+        codes = values.cat.codes.to_numpy()
+        return at[codes if rows is None else codes[rows]]  # code −1 takes the −1 appended
+    text = values.astype("string") if rows is None else take_text(values, rows)
+    return index.get_indexer(pd.Index(text))
 
 
 def _mean(values: pd.Series, group: np.ndarray, n: int) -> np.ndarray:
@@ -539,10 +542,9 @@ def build_states(records: pd.DataFrame, states: gpd.GeoDataFrame, *,
     def tally(column: str) -> tuple[np.ndarray, int]:
         """Guns of ``records`` per state by ``column`` (a state code), and the guns of all
         records that name a state."""
-        admin1 = records[column].astype("string")
-        at = codes.get_indexer(admin1.fillna(""))
+        at = _positions_in(codes, records[column])
         return (weighted_count(at, weights, len(codes)),
-                int(weights[admin1.notna().to_numpy()].sum()))
+                int(weights[records[column].notna().to_numpy()].sum()))
 
     def given(counts: pd.Series) -> tuple[np.ndarray, int]:
         """``counts`` (state code → guns) per state, and their total."""

@@ -149,6 +149,29 @@ def test_by_purchaser_details_only_purchasers_at_or_above_min_guns_and_counts_th
     assert by_purchaser(records, min_guns=100).empty
 
 
+def test_crossings_of_many_purchasers_equal_a_sort_by_guns_then_code():
+    # each purchaser's known crossings, most guns first, then port code, for many
+    # purchasers with ties: the same strings as sorting each purchaser's counts in pandas
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    ports = ["2304", "2305", "2604", "2402", "0208"]
+    rows = [{"purchaser": f"P{int(p)}", "port": ports[int(q)], "kind": "known",
+             "n": int(k)}
+            for p, q, k in zip(rng.integers(0, 40, 160), rng.integers(0, 5, 160),
+                               rng.integers(1, 4, 160), strict=True)]
+    records = _records(rows)
+    table = by_purchaser(records, port_names={"2304": "Laredo"})
+    ids = dict(zip(records["purchaser_name"], records["purchaser_id"], strict=True))
+    frame = pd.DataFrame(rows).assign(purchaser=lambda f: f["purchaser"].map(ids))
+    frame = frame.groupby(["purchaser", "port"])["n"].sum().reset_index()
+    frame = frame.sort_values(["purchaser", "n", "port"], ascending=[True, False, True])
+    expected = frame.assign(name=frame["port"].replace({"2304": "Laredo"})).groupby(
+        "purchaser")["name"].agg("; ".join)
+    got = dict(zip(table["purchaser"], table["known_crossings"], strict=True))
+    assert len(got) == 40 and got == expected.to_dict()
+
+
 def test_crossings_of_a_purchaser_are_ordered_by_guns_then_port_code():
     rows = [{"purchaser": "Ana Uno", "port": port, "kind": "known", "n": n}
             for port, n in (("2604", 1), ("2304", 3), ("2305", 1))]
@@ -511,6 +534,10 @@ def test_first_seen_codes_number_rows_as_a_groupby_over_several_keys():
         shuffled = rng.permutation(n)[codes]  # codes not in order of first appearance
         assert (first_rows(shuffled, n).tolist()
                 == np.unique(shuffled, return_index=True)[1].tolist()), trial
+        # codes with gaps, or −1 (left out) among them: the first row of each code present
+        for other in (shuffled * 3, np.where(shuffled == 0, -1, shuffled)):
+            assert (first_rows(other, n).tolist()
+                    == np.unique(other, return_index=True)[1].tolist()), trial
     # keys whose codes together pass int64 (3,001^6 > 2^63): renumbered on the way
     wide = [pd.Series(pd.Categorical.from_codes(rng.integers(-1, 3000, 5000),
                                                 categories=[f"c{i}" for i in range(3000)]))
