@@ -194,7 +194,7 @@ def test_placeholders_in_any_case_are_missing_and_near_misses_kept(tmp_path):
     # dotless ı and long ſ (which upper-case to I and S), after stripping; others stay
     cells = ["n/a", "N/a", "nA", "Null", "nONe", "unKnown", "DesConocido", "sin dato",
              "ſin datO", "s/d", "ſ/D", "desconocıdo", " ? ", "--", "N/AA", "nulo", "n a",
-             "SIN  DATO", "unknown.", "İ", "NA​", "Ñ/A"]
+             "SIN  DATO", "unknown.", "İ", "NA\u200b", "Ñ/A"]
     data = ("Serial Number,Notes\n" + "\n".join(f"S{i},{c}" for i, c in enumerate(cells))
             ).encode()
     notes = read_traces(_write(tmp_path, data)).records["notes"]
