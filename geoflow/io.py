@@ -834,25 +834,6 @@ class SeenRecords:
         return found
 
 
-def _repeated(values: pd.Series) -> np.ndarray:
-    """``values.duplicated(keep="first")`` (NA equal to NA) from the codes of a factorising,
-    numbered as first seen: a value repeats where its code is not above every code before
-    it. Half the time of pandas' ``duplicated`` on a million trace ids."""
-    codes = pd.factorize(values.array, use_na_sentinel=True)[0]
-    if not len(codes):
-        return np.zeros(0, dtype=bool)
-    before = np.empty_like(codes)
-    before[0] = -1
-    np.maximum.accumulate(codes[:-1], out=before[1:])
-    repeated = codes <= before
-    missing = codes < 0
-    repeated[missing] = np.cumsum(missing)[missing] > 1  # every NA after the first
-    first_codes = codes[~repeated & ~missing]
-    if not np.array_equal(first_codes, np.arange(len(first_codes))):  # not numbered as seen
-        return values.duplicated(keep="first").to_numpy()
-    return repeated
-
-
 def _duplicates(records: pd.DataFrame, given: pd.Series, seen: SeenRecords | None = None
                 ) -> np.ndarray:
     """Flag every occurrence of a trace record after its first (file order).
@@ -867,7 +848,7 @@ def _duplicates(records: pd.DataFrame, given: pd.Series, seen: SeenRecords | Non
     given = given.to_numpy(dtype=bool)
     keys = pd.Series("", index=records.index, dtype=object) if seen is not None else None
     upper = records.loc[given, "trace_id"].str.upper()
-    flag[given] = _repeated(upper)
+    flag[given] = upper.duplicated(keep="first").to_numpy()
     by_serial = ~given & records["serial_number"].notna().to_numpy()
     if by_serial.any():
         rows = records.loc[by_serial, ["serial_number", "purchase_date", "dealer_name"]]

@@ -203,28 +203,6 @@ def test_placeholders_in_any_case_are_missing_and_near_misses_kept(tmp_path):
     assert expected.count(None) == 13
 
 
-def test_repeated_trace_ids_are_flagged_as_pandas_duplicated_flags_them():
-    # repeated trace ids are found from factorised codes: the same flags as pandas'
-    # duplicated (NA equal to NA), over several Arrow chunks, and the fallback for codes
-    # not numbered as first seen
-    import pyarrow as pa
-
-    from geoflow.io import _repeated
-
-    rng = np.random.default_rng(4)
-    for trial in range(200):
-        size = int(rng.integers(0, 60))
-        cells = [None if v == 0 else f"T{v}" for v in rng.integers(0, 12, size)]
-        cut = int(rng.integers(0, size + 1))
-        array = pa.chunked_array([pa.array(cells[:cut], pa.large_string()),
-                                  pa.array(cells[cut:], pa.large_string())])
-        values = pd.Series(pd.arrays.ArrowStringArray(array))
-        expected = pd.Series(cells, dtype=object).duplicated(keep="first").tolist()
-        assert _repeated(values).tolist() == expected, trial
-    categorical = pd.Series(pd.Categorical(["b", "a", "b", "a"], categories=["a", "b"]))
-    assert _repeated(categorical).tolist() == [False, False, True, True]
-
-
 def test_only_i_and_s_have_non_ascii_letters_upper_casing_to_them():
     # the spellings table (io._UPPER_FROM) must hold every code point Arrow upper-cases to a
     # placeholder's character: checked over all of Unicode with Arrow itself
