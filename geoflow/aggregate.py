@@ -34,6 +34,7 @@ __all__ = [
     "first_rows",
     "iso_dates",
     "take_text",
+    "positions_in",
     "fill_unknown",
     "is_value",
     "by_us_state",
@@ -254,6 +255,19 @@ def take_text(values: pd.Series, rows: np.ndarray) -> pd.api.extensions.Extensio
         categories = pd.array(array.categories.astype(str), dtype="string")
         return categories.take(array.codes[rows], allow_fill=True)
     return pd.array(pd.Series(array.take(rows)).astype("string"), dtype="string")
+
+
+def positions_in(index: pd.Index, values: pd.Series, rows: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """Position in ``index`` of each of ``values`` (at ``rows``; default all), −1 for NA or a
+    value not in it. Each distinct value is looked up once (a categorical's categories, else
+    the distinct texts), not each record's text."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        codes, distinct = values.cat.codes.to_numpy(), values.cat.categories
+        codes = codes if rows is None else codes[rows]
+    else:
+        codes, distinct = pd.factorize(values.array if rows is None else take_text(values, rows))
+    return np.append(index.get_indexer(distinct.astype(str)), -1)[codes]  # −1 takes the last
 
 
 def fill_unknown(values: pd.Series, value: str = UNKNOWN) -> pd.Series:

@@ -30,6 +30,7 @@ from geoflow.aggregate import (
     hex_digits,
     is_value,
     iso_dates,
+    positions_in,
     recovery_keys,
     rows_where,
     take_text,
@@ -246,18 +247,6 @@ def _take_coded(values: pd.Series, rows: np.ndarray) -> Any:
     return _take(values, rows)
 
 
-def _positions_in(index: pd.Index, values: pd.Series, rows: np.ndarray | None = None
-                  ) -> np.ndarray:
-    """Position in ``index`` of ``values`` (at ``rows``; default all) (−1: NA or absent); a
-    categorical's categories are looked up, not each row's text."""
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        at = np.append(index.get_indexer(values.cat.categories.astype(str)), -1)
-        codes = values.cat.codes.to_numpy()
-        return at[codes if rows is None else codes[rows]]  # code −1 takes the −1 appended
-    text = values.astype("string") if rows is None else take_text(values, rows)
-    return index.get_indexer(pd.Index(text))
-
-
 def _mean(values: pd.Series, group: np.ndarray, n: int) -> np.ndarray:
     series = pd.Series(values.to_numpy(dtype=float, na_value=np.nan))
     return series.groupby(group).mean().reindex(pd.RangeIndex(n)).to_numpy()
@@ -382,7 +371,7 @@ def build_flows(
         d_lon, d_lat = _state_point(points, key["dealer_state"], records, "dealer", group, n)
         r_lon, r_lat = _state_point(points, key["recovery_state"], records, "recovery",
                                     group, n)
-    port_at = _positions_in(pd.Index(ports["code"].astype(str)), records["crossing_code"], first)
+    port_at = positions_in(pd.Index(ports["code"].astype(str)), records["crossing_code"], first)
     port_xy = np.append(shapely.get_coordinates(ports.geometry.to_numpy()), [[np.nan] * 2], 0)
     port_name = pd.array(ports["name"].astype(str), dtype="string").take(port_at,
                                                                         allow_fill=True)
@@ -542,7 +531,7 @@ def build_states(records: pd.DataFrame, states: gpd.GeoDataFrame, *,
     def tally(column: str) -> tuple[np.ndarray, int]:
         """Guns of ``records`` per state by ``column`` (a state code), and the guns of all
         records that name a state."""
-        at = _positions_in(codes, records[column])
+        at = positions_in(codes, records[column])
         return (weighted_count(at, weights, len(codes)),
                 int(weights[records[column].notna().to_numpy()].sum()))
 

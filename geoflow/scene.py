@@ -71,7 +71,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import shapely
 
-from geoflow.aggregate import first_rows, first_seen_codes, plural
+from geoflow.aggregate import first_rows, first_seen_codes, plural, positions_in
 from geoflow.errors import ConfigError
 from geoflow.flows import state_guns
 from geoflow.schema import SYNTHETIC_LABEL
@@ -499,9 +499,7 @@ def _ends(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
         codes = _text(flows[state])
         fixed = pd.DataFrame.from_dict(state_points(), orient="index",
                                        columns=["lon", "lat", "name"])
-        # each distinct code looked up once (a few dozen states among a million flows)
-        code, distinct = pd.factorize(codes.array)
-        row = np.append(fixed.index.get_indexer(distinct), -1)[code]  # -1: no fixed point
+        row = positions_in(fixed.index, codes)  # -1: a code with no fixed point
         known, row = row >= 0, np.maximum(row, 0)
         # the state's name, else the place (Arrow kernels: no Python string per flow)
         names = pa.array(fixed["name"].tolist(), pa.large_string()).take(pa.array(row))

@@ -637,6 +637,20 @@ def test_pair_counts_of_keys_too_large_to_pack_with_positions():
     assert guns.tolist() == [7, 4, 4, 6]
 
 
+def test_positions_in_look_up_text_and_categoricals_alike():
+    # each value's row in an index (−1: NA or absent), for text and for a categorical with
+    # unused categories, at all rows or some: the answer of looking up each value's text
+    from geoflow.aggregate import positions_in
+
+    index = pd.Index(["MX-SON", "US-TX", "MX-CHH"])
+    text = pd.Series(["US-TX", None, "MX-CHH", "US-ZZ", "US-TX"], dtype="string")
+    coded = text.astype(pd.CategoricalDtype(["US-AZ", "US-TX", "US-ZZ", "MX-CHH"]))
+    expected = [1, -1, 2, -1, 1]
+    for values in (text, coded):
+        assert positions_in(index, values).tolist() == expected
+        assert positions_in(index, values, np.array([4, 1, 2])).tolist() == [1, -1, 2]
+
+
 def test_categorical_take_holds_the_values_taken_once_each_sorted():
     values = pd.Series(["Tijuana", None, "Agua Prieta", "Nogales", "Tijuana"], dtype="string")
     index = np.array([0, 3, -1, 1, 4, 0, 3])
