@@ -42,6 +42,8 @@ import pyarrow.compute as pc
 
 from geoflow.aggregate import (
     RECORDS_COLUMN,
+    first_rows,
+    first_seen_codes,
     from_codes,
     recode,
     sorted_texts,
@@ -314,14 +316,39 @@ def _restore(records: pd.DataFrame, dtypes: dict) -> pd.DataFrame:
 
 
 def _group(frame: pd.DataFrame, records_from: str) -> pd.DataFrame:
-    """Rows of ``frame`` with equal keys (every column but the measures) as one: guns and
-    records summed, the first source line kept."""
+    """Rows of ``frame`` with equal keys (every column but the measures) as one, in order of
+    first appearance: guns and records summed, the first source line kept. The keys are
+    numbered one column at a time (:func:`~geoflow.aggregate.first_seen_codes`) and the
+    measures summed by bincount: pandas' grouper over some thirty keys took 6 times as long
+    (one chunk of a million records: 3.5 s)."""
     keys = [c for c in frame.columns if c not in _MEASURES]
-    grouped = frame.groupby(keys, dropna=False, observed=True, sort=False)
-    how = "size" if records_from == "guns" else "sum"
-    sums = grouped.agg(guns=("guns", "sum"), source_line=("source_line", "min"),
-                       **{RECORDS_COLUMN: (records_from, how)}).reset_index()
-    return sums.astype({c: frame[c].dtype for c in keys})[list(frame.columns)]
+    group = first_seen_codes([frame[c] for c in keys])
+    n = int(group.max()) + 1 if len(group) else 0
+    first = first_rows(group, n)
+    lines = frame["source_line"].to_numpy()
+    if (lines[1:] >= lines[:-1]).all():  # in line order (as read): the first is the least
+        line = lines[first]
+    else:
+        line = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(line, group, lines.astype(np.int64))
+    records = (np.bincount(group, minlength=n) if records_from == "guns"
+               else _summed(group, frame[records_from].to_numpy(), n))
+    measures = {"guns": _summed(group, frame["guns"].to_numpy(), n),
+                "source_line": line, RECORDS_COLUMN: records}
+    out = frame[keys].iloc[first].reset_index(drop=True)
+    for column, values in measures.items():
+        out[column] = values.astype(np.int64, copy=False)
+    return out[list(frame.columns)]
+
+
+def _summed(group: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Integer ``values`` summed per group 0..n-1 (exact: through float64 below 2**53)."""
+    sums = np.bincount(group, weights=values.astype(np.float64), minlength=n)
+    if len(sums) and np.abs(sums).max() >= 2.0 ** 53:  # beyond float64's integers
+        exact = np.zeros(n, dtype=np.int64)
+        np.add.at(exact, group, values.astype(np.int64))
+        return exact
+    return np.rint(sums).astype(np.int64)
 
 
 def collapse(records: pd.DataFrame) -> pd.DataFrame:
