@@ -33,7 +33,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-from openpyxl.utils.exceptions import InvalidFileException
 
 from geoflow import schema
 from geoflow.errors import InputError, SchemaError
@@ -1520,6 +1519,8 @@ def _table_from_cells(cells: pd.DataFrame, meta: dict, path: Path, *,
 
 
 def _read_xlsx(data: bytes, path: Path, *, sheet: str | int | None) -> _Table:
+    from openpyxl.utils.exceptions import InvalidFileException  # only for XLSX: 0.1 s
+
     try:
         book = pd.ExcelFile(io.BytesIO(data), engine="openpyxl")
     except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
