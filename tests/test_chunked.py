@@ -246,3 +246,17 @@ def test_grouping_equals_pandas_groupby(records_from):
         got = _group(rows, records_from)
         pd.testing.assert_frame_equal(got, expected)
         assert got["guns"].sum() == rows["guns"].sum()
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_name_table_codes_are_exact_across_chunks(monkeypatch, collide):
+    """Names get one code each, in first-seen order over every chunk (NA: −1); names are
+    found by hash and compared as text, so even names sharing a hash keep their own codes."""
+    if collide:  # every name with the same hash: the texts alone must tell them apart
+        monkeypatch.setattr(pd.util, "hash_array",
+                            lambda values, categorize=True: np.zeros(len(values), np.uint64))
+    table = NameTable()
+    chunks = [["ANA", "BO", None, "ANA"], ["CY", "BO", "ANA", "CY"], ["DEE", None, "CY"]]
+    got = [table.codes(pd.Series(chunk, dtype="string")).tolist() for chunk in chunks]
+    assert got == [[0, 1, -1, 0], [2, 1, 0, 2], [3, -1, 2]]
+    assert table.names.tolist() == ["ANA", "BO", "CY", "DEE"]
