@@ -571,6 +571,8 @@ def first_seen_codes(keys: list[pd.Series]) -> np.ndarray:
         if width > np.iinfo(np.int64).max // size:  # renumber before the digits overflow
             codes = pd.factorize(codes, use_na_sentinel=False)[0].astype(np.int64, copy=False)
             width = int(codes.max(initial=-1)) + 1
+            if width == len(codes):  # every row apart already: no key can join two
+                return np.arange(len(codes), dtype=np.int64)
         codes = codes * size + own
         width *= size
     return (pd.factorize(codes, use_na_sentinel=False)[0].astype(np.int64, copy=False)

@@ -358,7 +358,10 @@ def _group(frame: pd.DataFrame, records_from: str) -> pd.DataFrame:
     measures summed by bincount: pandas' grouper over some thirty keys took 6 times as long
     (one chunk of a million records: 3.5 s)."""
     keys = [c for c in frame.columns if c not in _MEASURES]
-    group = first_seen_codes([frame[c] for c in keys])
+    # the keys of many values first: rows that are all apart after a few are known to be
+    # so without the others (a chunk of sample records: 0.94 -> 0.1 s)
+    group = first_seen_codes(sorted((frame[c] for c in keys), key=_values_at_most,
+                                    reverse=True))
     n = int(group.max()) + 1 if len(group) else 0
     first = first_rows(group, n)
     lines = frame["source_line"].to_numpy()
@@ -375,6 +378,18 @@ def _group(frame: pd.DataFrame, records_from: str) -> pd.DataFrame:
     for column, values in measures.items():
         out[column] = values.astype(np.int64, copy=False)
     return out[list(frame.columns)]
+
+
+def _values_at_most(column: pd.Series) -> int:
+    """How many distinct values ``column`` can hold, cheaply: its categories, or the span
+    of its integers (names' codes), or its length."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return len(column.cat.categories)
+    if column.dtype == bool:
+        return 2
+    if pd.api.types.is_integer_dtype(column.dtype) and len(column):
+        return int(column.max()) - int(column.min()) + 1
+    return len(column)
 
 
 def _summed(group: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
