@@ -32,6 +32,7 @@ import codecs
 import hashlib
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -93,18 +94,34 @@ def wants_chunks(path: str | Path, chunk_mb: float | None) -> bool:
 # cutting the file
 
 
-def _breaks_outside_quotes(a: np.ndarray) -> np.ndarray:
-    """Offsets of the line breaks of ``a`` (uint8, starting outside quotes) that end a
-    record: an LF, or a CR followed by another byte than LF, with an even number of ``"``
-    before it. A CR at the very end is left out (its LF may follow in the next block)."""
+def _breaks_outside_quotes(a: np.ndarray, *, quoted: bool = False) -> np.ndarray:
+    """Offsets of the line breaks of ``a`` (uint8, starting outside quotes, or inside with
+    ``quoted``) that end a record: an LF, or a CR followed by another byte than LF, with an
+    even number of ``"`` before it. A CR at the very end is left out (its LF may follow in
+    the next block)."""
     quotes = np.flatnonzero(a == 34)
     lf = np.flatnonzero(a == 10)
     cr = np.flatnonzero(a == 13)
     cr = cr[cr + 1 < a.size]
     cr = cr[a[cr + 1] != 10]
     breaks = np.union1d(lf, cr) if cr.size else lf
-    parity = np.searchsorted(quotes, breaks) % 2  # quotes before each break
+    parity = (np.searchsorted(quotes, breaks) + quoted) % 2  # quotes before each break
     return breaks[parity == 0]
+
+
+def _last_break(a: np.ndarray, tail: int = 1 << 20) -> int:
+    """``_breaks_outside_quotes(a)[-1]``, or −1 when ``a`` holds no record end: only the end
+    of ``a`` is searched, longer ends until one is found; the quotes before it are counted,
+    not located (a chunk of sample records: 40 million quotes)."""
+    while True:
+        start = max(a.size - tail, 0)
+        quoted = bool(np.count_nonzero(a[:start] == 34) % 2)
+        ends = _breaks_outside_quotes(a[start:], quoted=quoted)
+        if len(ends):
+            return start + int(ends[-1])
+        if start == 0:
+            return -1
+        tail *= 16
 
 
 def _line_count(a: np.ndarray) -> int:
@@ -128,30 +145,35 @@ def csv_chunks(path: str | Path, chunk_bytes: int = CHUNK_BYTES,
                digest: hashlib._Hash | None = None) -> Iterator[Chunk]:
     """Cut a CSV into chunks of whole records of about ``chunk_bytes``: the first as the file
     begins, every later one the file's header record followed by its records. ``digest`` is
-    updated with every byte of the file, in order."""
+    updated with every byte of the file, in order, in a thread beside the chunks' work
+    (hashlib lets go of the GIL: 2.5 s less at 10M records); complete once the last chunk
+    is taken."""
     header: bytes | None = None
     header_lines = 0
     lines_before = 0  # line breaks of the file before the pending bytes
     pending = b""
-    with Path(path).open("rb") as handle:
+    with Path(path).open("rb") as handle, ThreadPoolExecutor(1) as hashing:
         while True:  # the file's bytes are held once, in the chunk being read (and pending)
             block = handle.read(chunk_bytes)
-            if digest is not None:
-                digest.update(block)
+            if digest is not None:  # one thread: the blocks are hashed in order
+                hashing.submit(digest.update, block)
             last = not block
             buf = pending + block if pending else block
             del block
             if not buf:
                 return
             if not last:
-                ends = _breaks_outside_quotes(np.frombuffer(buf, dtype=np.uint8))
                 if header is None:  # the first chunk holds the header and a record at least
+                    ends = _breaks_outside_quotes(np.frombuffer(buf, dtype=np.uint8))
                     header_end = _header_end(buf, ends)
                     ends = ends[ends >= header_end] if header_end else ends[:0]
-                if not len(ends):  # no record ends in it yet: read on
+                    end = int(ends[-1]) if len(ends) else -1
+                else:
+                    end = _last_break(np.frombuffer(buf, dtype=np.uint8))
+                if end < 0:  # no record ends in it yet: read on
                     pending = buf
                     continue
-                cut = int(ends[-1]) + 1
+                cut = end + 1
             else:  # end of file: the rest is the last chunk
                 cut = len(buf)
             body, pending = buf[:cut], buf[cut:]

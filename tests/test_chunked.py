@@ -260,3 +260,19 @@ def test_name_table_codes_are_exact_across_chunks(monkeypatch, collide):
     got = [table.codes(pd.Series(chunk, dtype="string")).tolist() for chunk in chunks]
     assert got == [[0, 1, -1, 0], [2, 1, 0, 2], [3, -1, 2]]
     assert table.names.tolist() == ["ANA", "BO", "CY", "DEE"]
+
+
+def test_last_record_end_is_found_from_the_end_of_a_chunk():
+    """The cut after a chunk's last whole record, searched from its end (quotes before only
+    counted), is where a scan of the whole chunk puts it: quoted line breaks, CR, CRLF, a
+    CR at the very end, no break at all."""
+    from geoflow.chunked import _breaks_outside_quotes, _last_break
+
+    rng = np.random.default_rng(3)
+    for trial in range(500):
+        size = int(rng.integers(0, 300))
+        a = rng.choice(np.frombuffer(b'ab,"\n\r', dtype=np.uint8), size,
+                       p=[0.3, 0.3, 0.1, 0.1, 0.1, 0.1])
+        ends = _breaks_outside_quotes(a)
+        expected = int(ends[-1]) if len(ends) else -1
+        assert _last_break(a, tail=int(rng.integers(1, 40))) == expected, trial
