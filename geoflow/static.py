@@ -394,17 +394,38 @@ def _dilate(coverage: np.ndarray, radius: float) -> np.ndarray:
     return out
 
 
+def _font_file(prop) -> str:
+    """The font file ``findfont`` picks for ``prop``, looked up once per process for each
+    family, style, variant, weight and stretch: ``findfont`` hashes the properties and reads
+    rcParams on every call, and scores every installed font (~3 ms) for each new size, though
+    the size cannot change its choice among scalable fonts (every TrueType font)."""
+    return _find_font(tuple(prop.get_family()), prop.get_style(), prop.get_variant(),
+                      prop.get_weight(), prop.get_stretch(), prop.get_file())
+
+
+@lru_cache(maxsize=64)
+def _find_font(family: tuple, style: str, variant: str, weight, stretch, file) -> str:
+    """``findfont`` of these properties under :data:`_RC` (every still is drawn there, so a
+    generic family such as ``sans-serif`` means :data:`FONT`)."""
+    from matplotlib.font_manager import FontProperties, findfont
+
+    if file is not None:
+        return findfont(FontProperties(fname=file))
+    with _rc():
+        return findfont(FontProperties(family=list(family), style=style, variant=variant,
+                                       weight=weight, stretch=stretch))
+
+
 @lru_cache(maxsize=1)
 def _agg_types():
     """(canvas class, renderer class): Agg with cached line bitmaps, one renderer per pixel
     size in a process (a batch's stills are drawn one after another into the same buffer)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
-    from matplotlib.font_manager import findfont
 
     class Renderer(RendererAgg):
         @staticmethod
         def _key(prop) -> tuple:
-            return findfont(prop), prop.get_size_in_points()
+            return _font_file(prop), prop.get_size_in_points()
 
         def get_text_width_height_descent(self, s, prop, ismath):
             if ismath:
@@ -680,7 +701,6 @@ def _svg_renderer_type():
     context and colour parsing (which made a batch entity's legs cost ~30 ms)."""
     from matplotlib.backends.backend_svg import RendererSVG, _generate_css, _short_float_fmt
     from matplotlib.colors import rgb2hex
-    from matplotlib.font_manager import findfont
     from matplotlib.transforms import Affine2D
 
     class Renderer(RendererSVG):
@@ -691,7 +711,7 @@ def _svg_renderer_type():
                                    prop.get_weight(), prop.get_size_in_points())
 
         def _get_font_height_metrics(self, prop):  # Text._get_layout asks every time
-            return _font_heights(findfont(prop), prop.get_size_in_points(), 72)
+            return _font_heights(_font_file(prop), prop.get_size_in_points(), 72)
 
         def draw_path_collection(self, gc, master_transform, paths, all_transforms,
                                  offsets, offset_trans, facecolors, edgecolors, linewidths,
