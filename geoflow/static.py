@@ -201,8 +201,12 @@ def base_map() -> BaseMap:
     states = load_states().to_crs(CRS)
     geoms = shapely.coverage_simplify(states.geometry.to_numpy(), SIMPLIFY_M)
     geoms = shapely.make_valid(geoms)
-    us = shapely.union_all(geoms[(states["country"] == "US").to_numpy()])
-    mx = shapely.union_all(geoms[(states["country"] == "MX").to_numpy()])
+    # the states are a coverage (shared borders are shared exactly, as build_shapes.py makes
+    # them and coverage_simplify keeps them), so the coverage union merges edges rather than
+    # overlaying polygons: the same outlines in ~7 ms instead of ~90 ms
+    country = states["country"].to_numpy()
+    us = shapely.coverage_union_all(geoms[country == "US"])
+    mx = shapely.coverage_union_all(geoms[country == "MX"])
     border = shapely.line_merge(shapely.intersection(shapely.boundary(us), shapely.boundary(mx)))
     centres = shapely.get_coordinates(shapely.point_on_surface(geoms))
     return BaseMap(
@@ -796,14 +800,27 @@ def _svg_renderer_type():
     return Renderer
 
 
-@lru_cache(maxsize=8192)
 def _outline_extent(text: str, family: tuple, style: str, weight, size: float
                     ) -> tuple[float, float, float]:
-    """(width, height, descent) in points of one line of text as SVG and PDF measure it."""
+    """(width, height, descent) in points of one line of text as SVG and PDF measure it:
+    ``text_to_path`` lays text out unhinted at its ``FONT_SCALE`` and scales the extent to
+    the size, so the layout is done (and the font found) once for every size of a text."""
+    from matplotlib.textpath import text_to_path
+
+    scale = size / text_to_path.FONT_SCALE
+    width, height, descent = _outline_extent_unscaled(text, family, style, weight)
+    return width * scale, height * scale, descent * scale
+
+
+@lru_cache(maxsize=8192)
+def _outline_extent_unscaled(text: str, family: tuple, style: str, weight
+                             ) -> tuple[float, float, float]:
+    """:func:`_outline_extent` at ``text_to_path.FONT_SCALE`` points (where its scale is 1)."""
     from matplotlib.font_manager import FontProperties
     from matplotlib.textpath import text_to_path
 
-    prop = FontProperties(family=list(family), style=style, weight=weight, size=size)
+    prop = FontProperties(family=list(family), style=style, weight=weight,
+                          size=text_to_path.FONT_SCALE)
     return text_to_path.get_text_width_height_descent(text, prop, False)
 
 
