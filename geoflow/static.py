@@ -736,6 +736,7 @@ def _svg_renderer_type():
             clip = self._get_clip_attrs(gc)
             join, cap = gc.get_joinstyle(), gc.get_capstyle()
             styles: dict[tuple, str] = {}
+            master_flip = self._make_flip_transform(master_transform)  # most elements' own
             for i in range(max(ids, len(offsets))):
                 # element i as backend_bases._iter_collection_raw_paths and _iter_collection
                 # make it: path, transform, offset, then its graphics context's style
@@ -766,8 +767,10 @@ def _svg_renderer_type():
                 if key not in styles:
                     styles[key] = _generate_css(_style(face, edge, width, dashes, join, cap))
                 path = paths[j % len(paths)]
+                flip = (master_flip if transform is master_transform
+                        else self._make_flip_transform(transform))
                 self.writer.element("path", d=self._convert_path(
-                    path, self._make_flip_transform(transform), clip=face is None,
+                    path, flip, clip=face is None,
                     simplify=path.should_simplify and face is None), **clip, style=styles[key])
 
     def _style(face, edge, width, dashes, join, cap) -> dict:
