@@ -76,6 +76,43 @@ def test_base_map_has_every_state_and_the_border():
     assert base_map() is base  # built once per process
 
 
+def test_base_map_border_is_the_overlay_union_border():
+    """base_map unions each country with the (quicker) coverage union: the shipped states
+    are a clean coverage, so the border is exactly the one the overlay union gives."""
+    import shapely
+
+    from geoflow.shapes import load_states
+    from geoflow.static import CRS, SIMPLIFY_M, _ring_path
+
+    states = load_states().to_crs(CRS)
+    geoms = shapely.make_valid(shapely.coverage_simplify(states.geometry.to_numpy(),
+                                                         SIMPLIFY_M))
+    country = states["country"].to_numpy()
+    us, mx = (shapely.union_all(geoms[country == c]) for c in ("US", "MX"))
+    border = shapely.line_merge(shapely.intersection(shapely.boundary(us), shapely.boundary(mx)))
+    expected = _ring_path(border)
+    got = base_map().border[0]
+    assert np.array_equal(got.vertices, expected.vertices)
+    assert np.array_equal(got.codes, expected.codes)
+
+
+def test_font_file_is_findfonts_choice_for_each_weight():
+    """The per-process font lookup picks what findfont picks: the bold file for bold text,
+    whatever the size, family given by name or by the generic family of the stills' rc."""
+    from matplotlib.font_manager import FontProperties, findfont
+
+    from geoflow.static import FONT, _font_file, _rc
+
+    with _rc():
+        for weight in ("normal", "bold", 700):
+            for size in (5.0, 12.25):
+                for family in (FONT, "sans-serif"):
+                    prop = FontProperties(family=family, weight=weight, size=size)
+                    assert _font_file(prop) == findfont(prop)
+    bold = _font_file(FontProperties(family=FONT, weight="bold"))
+    assert bold != _font_file(FontProperties(family=FONT)) and "Bold" in bold
+
+
 def test_label_placement_never_overlaps():
     rng = np.random.default_rng(7)
     n = 200
