@@ -452,10 +452,12 @@ def combine(parts: list[Partial], *, consume: bool = False) -> Partial:
     records = _concat([p.records if consume else p.records.copy(deep=False) for p in parts])
     placed = records["placed"].to_numpy(dtype=bool)
     keys = [c for c in records.columns if c not in _MEASURES and c not in _UNPLACED_KEEP]
-    rows = np.flatnonzero(placed)
-    repeated = np.zeros(len(records), dtype=bool)
-    repeated[rows] = pd.Series(_row_hashes(records, keys, rows)).duplicated(keep=False)
-    if repeated.any():  # equal keys (or, rarely, equal hashes): grouped by the keys proper
+    # rows of equal keys, numbered over every row (``placed`` is a key: a placed row never
+    # shares an unplaced one's number), the keys of many values first (:func:`_group`)
+    group = first_seen_codes(sorted((records[c] for c in keys), key=_values_at_most,
+                                    reverse=True))
+    repeated = placed & (np.bincount(group)[group] > 1)
+    if repeated.any():  # placed rows of equal keys: merged
         records = _merge_repeats(records, repeated)
     counts: dict[str, int] = {}
     for part in parts:
@@ -489,18 +491,6 @@ def _merge_repeats(records: pd.DataFrame, repeated: np.ndarray) -> pd.DataFrame:
     keep[at] = False
     keep[first] = True
     return records.loc[keep].reset_index(drop=True)
-
-
-def _row_hashes(records: pd.DataFrame, keys: list[str], rows: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each of ``rows`` over the ``keys`` columns, one column at a time
-    (categoricals by their codes), without copying the frame."""
-    out = np.zeros(len(rows), dtype=np.uint64)
-    for column in keys:
-        values = records[column]
-        values = (values.cat.codes if isinstance(values.dtype, pd.CategoricalDtype)
-                  else values).to_numpy()[rows]
-        out = out * np.uint64(1_099_511_628_211) ^ pd.util.hash_array(values)
-    return out
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
