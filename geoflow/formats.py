@@ -115,7 +115,8 @@ def _ends(flows: pd.DataFrame, level: str) -> pd.DataFrame:
 def _attributes(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` without its geometry column (a plain DataFrame)."""
     if isinstance(frame, gpd.GeoDataFrame):
-        return pd.DataFrame(frame.drop(columns=frame.geometry.name))
+        # as a DataFrame first: GeoDataFrame.drop rebuilds a GeoDataFrame (3 times slower)
+        return pd.DataFrame(frame).drop(columns=frame.geometry.name)
     return frame
 
 

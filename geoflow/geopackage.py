@@ -191,7 +191,8 @@ def _blobs(geometries: np.ndarray, declared: str) -> list[bytes | None]:
 
 def _insert(con: sqlite3.Connection, name: str, frame: pd.DataFrame,
             geometry: tuple[str, list] | None = None) -> None:
-    attributes = pd.DataFrame(frame.drop(columns=frame.geometry.name) if geometry else frame)
+    attributes = (pd.DataFrame(frame).drop(columns=frame.geometry.name) if geometry
+                  else pd.DataFrame(frame))
     # Python values as GDAL stores them: None for NA and NaN, bool as 0/1 (by SQLite)
     cells = attributes.to_numpy(dtype=object)
     cells[attributes.isna().to_numpy()] = None
