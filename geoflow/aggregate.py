@@ -559,10 +559,18 @@ def first_seen_codes(keys: list[pd.Series]) -> np.ndarray:
     .ngroup()`` numbers them, but one key at a time: pandas' grouper over several keys holds
     a few int64 arrays per key (a gigabyte over six keys at 10M records). The keys' codes
     are combined as digits of one number (a categorical's own codes, no hashing), renumbered
-    only where the next digit would overflow and once at the end."""
-    codes = np.zeros(len(keys[0]) if keys else 0, dtype=np.int64)
+    only where the next digit would overflow and once at the end. From the first renumbering
+    on, only the rows that still share a code go on through the keys (a row alone stays
+    alone): over many keys, as a chunked read's collapse groups by, most rows are apart after
+    a few."""
+    n = len(keys[0]) if keys else 0
+    codes = np.zeros(n, dtype=np.int64)
     width = 1  # the number of values ``codes`` can take
+    alone: tuple[np.ndarray, np.ndarray, int] | None = None  # rows apart, their codes, width
+    rows = None  # the rows ``codes`` is for (None: every row)
     for key in keys:
+        if rows is not None:
+            key = key.iloc[rows]
         if isinstance(key.dtype, pd.CategoricalDtype):  # NA (−1) becomes 0
             own, size = key.cat.codes.to_numpy().astype(np.int64) + 1, len(key.cat.categories) + 1
         else:
@@ -571,10 +579,21 @@ def first_seen_codes(keys: list[pd.Series]) -> np.ndarray:
         if width > np.iinfo(np.int64).max // size:  # renumber before the digits overflow
             codes = pd.factorize(codes, use_na_sentinel=False)[0].astype(np.int64, copy=False)
             width = int(codes.max(initial=-1)) + 1
-            if width == len(codes):  # every row apart already: no key can join two
-                return np.arange(len(codes), dtype=np.int64)
+            if rows is None:
+                shared = np.bincount(codes, minlength=width)[codes] > 1
+                if not shared.any():  # every row apart already: no key can join two
+                    return np.arange(n, dtype=np.int64)
+                if not shared.all():
+                    alone = (np.flatnonzero(~shared), codes[~shared], width)
+                    rows = np.flatnonzero(shared)
+                    codes, own = codes[rows], own[rows]
         codes = codes * size + own
         width *= size
+    if alone is not None:  # the rows apart keep their codes, the others follow them
+        together = np.empty(n, dtype=np.int64)
+        together[alone[0]] = alone[1]
+        together[rows] = alone[2] + pd.factorize(codes, use_na_sentinel=False)[0]
+        codes = together
     return (pd.factorize(codes, use_na_sentinel=False)[0].astype(np.int64, copy=False)
             if keys else codes)
 

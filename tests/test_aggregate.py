@@ -542,10 +542,11 @@ def test_first_seen_codes_number_rows_as_a_groupby_over_several_keys():
     wide = [pd.Series(pd.Categorical.from_codes(rng.integers(-1, 3000, 5000),
                                                 categories=[f"c{i}" for i in range(3000)]))
             for _ in range(6)]
-    # (rows all apart once renumbered: numbered in row order at once; or rows repeated)
-    repeated = [pd.concat([key, key.iloc[:100]], ignore_index=True) for key in wide]
+    # (rows all apart once renumbered: numbered in row order at once; or rows repeated,
+    # followed alone through the other keys, renumbered again among themselves)
+    repeated = [pd.concat([key, key.iloc[2000:2100]], ignore_index=True) for key in wide]
     for keys in (wide, [wide[0], pd.Series(rng.choice([0.5, np.nan], 5000)), *wide[1:]],
-                 repeated):
+                 repeated, repeated * 2):
         assert first_seen_codes(keys).tolist() == _pandas_ngroup(keys).tolist()
     # five keys of 2^16 values (NA one of them): two rows differing in the first key only
     # would get one code if the digits wrapped past 2^64
