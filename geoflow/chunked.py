@@ -50,7 +50,7 @@ from geoflow.aggregate import (
     sorted_texts,
     unplace_duplicates,
 )
-from geoflow.io import SeenRecords, read_traces, warning_key
+from geoflow.io import SeenRecords, read_traces, sorted_positions, warning_key
 from geoflow.privacy import arrow_text
 
 __all__ = [
@@ -306,11 +306,9 @@ class NameTable:
         at = np.full(len(uniques), -1, dtype=np.int64)
         if not self.size or not len(uniques):
             return at
-        order = np.argsort(hashes)  # in sorted order the search walks the table once
-        ordered = hashes[order]
-        near = np.minimum(np.searchsorted(self._hashes, ordered), len(self._hashes) - 1)
-        hit = self._hashes[near] == ordered
-        rows, codes = order[hit], self._codes[near[hit]].astype(np.int64)
+        near = sorted_positions(self._hashes, hashes)
+        rows = np.flatnonzero(near >= 0)
+        codes = self._codes[near[rows]].astype(np.int64)
         known = pa.chunked_array(self._parts, pa.large_string())
         same = pc.equal(uniques.take(rows), known.take(codes)).to_numpy(zero_copy_only=False)
         at[rows[same]] = codes[same]
@@ -401,7 +399,8 @@ def _group(frame: pd.DataFrame, records_from: str) -> pd.DataFrame:
 
 
 def _summed(group: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """Integer ``values`` summed per group 0..n-1 (exact: through float64 below 2**53)."""
+    """Integer ``values`` summed per group 0..n-1, by a float bincount (exact below 2**53;
+    ``np.add.at`` took 100 ms a million-row chunk, the bincount 12 ms)."""
     sums = np.bincount(group, weights=values.astype(np.float64), minlength=n)
     if len(sums) and np.abs(sums).max() >= 2.0 ** 53:  # beyond float64's integers
         exact = np.zeros(n, dtype=np.int64)

@@ -276,3 +276,17 @@ def test_last_record_end_is_found_from_the_end_of_a_chunk():
         ends = _breaks_outside_quotes(a)
         expected = int(ends[-1]) if len(ends) else -1
         assert _last_break(a, tail=int(rng.integers(1, 40))) == expected, trial
+
+
+def test_sorted_positions_find_each_value_in_a_sorted_table():
+    """The lookup SeenRecords and NameTable share: each value's position in the sorted
+    table (the first of equal entries), −1 when absent, whatever the values' order."""
+    from geoflow.io import sorted_positions
+
+    rng = np.random.default_rng(4)
+    for trial in range(200):
+        table = np.sort(rng.integers(0, 60, int(rng.integers(0, 40))).astype(np.uint64))
+        values = rng.integers(0, 70, int(rng.integers(0, 40))).astype(np.uint64)
+        first = {int(v): i for i, v in reversed(list(enumerate(table)))}
+        expected = [first.get(int(v), -1) for v in values]
+        assert sorted_positions(table, values).tolist() == expected, trial
