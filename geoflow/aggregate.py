@@ -362,13 +362,13 @@ def _pair_counts(keys: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarr
         return pairs, counts.astype(np.int64, copy=False)
     if len(keys) == 0:
         return keys.astype(np.int64), np.zeros(0, dtype=np.int64)
-    order = _sort_order(keys)
+    order = stable_order(keys)
     keys = keys[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     return keys[starts], np.add.reduceat(weights[order].astype(np.int64, copy=False), starts)
 
 
-def _sort_order(keys: np.ndarray) -> np.ndarray:
+def stable_order(keys: np.ndarray) -> np.ndarray:
     """``np.argsort(keys, kind="stable")`` for keys ≥ 0, five times quicker: each key with its
     position in the low digits, one sort of plain integers (numpy's is vectorised); an
     argsort only where key × length would pass int64."""
@@ -402,7 +402,7 @@ def weighted_median(group: np.ndarray, values: np.ndarray, weights: np.ndarray,
         lo, hi = (start + (sizes - 1) // 2)[has], (start + sizes // 2)[has]
         out[has] = (distinct[keys[lo] % width] + distinct[keys[hi] % width]) / 2
         return out
-    order = _sort_order(keys)
+    order = stable_order(keys)
     keys, weights = keys[order], weights[order]
     g, v, w = keys // width, distinct[keys % width], weights.astype(float)
     del keys

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rapidfuzz import fuzz, process
 
-from geoflow.aggregate import categorical_take, first_rows
+from geoflow.aggregate import categorical_take, first_rows, first_seen_codes, stable_order
 from geoflow.crossings import haversine_km
 from geoflow.errors import GeocodeError, InputError
 from geoflow.places import STATE_NAMES, _tokens, normalise_country, parse_places
@@ -813,8 +813,7 @@ def _distinct_places(records: pd.DataFrame, role: str) -> tuple[np.ndarray, pd.D
                            f"{role}_lon") if c in records.columns]
     if not columns:  # no place columns at all: every record is the one empty place
         return np.zeros(len(records), dtype=np.intp), pd.DataFrame(index=pd.RangeIndex(1))
-    codes = records.groupby(columns, dropna=False, sort=False, observed=True).ngroup()
-    codes = codes.to_numpy(dtype=np.intp)
+    codes = first_seen_codes([records[c] for c in columns]).astype(np.intp, copy=False)
     first = first_rows(codes, int(codes.max()) + 1 if len(codes) else 0)  # numbered as seen
     return codes, records[columns].iloc[first].reset_index(drop=True)
 
@@ -998,7 +997,7 @@ def _first_lines(group: np.ndarray, lines: np.ndarray | pd.Series, n: int) -> pd
     """The first five source lines of each group 0..n-1 (records in order), joined with
     spaces; ``?`` for an unknown line. Only those lines become text, and five Arrow columns
     are joined at once, not a Python join per group."""
-    order = np.argsort(group, kind="stable")  # each group's records together, in order
+    order = stable_order(group)  # each group's records together, in order
     sizes = np.bincount(group, minlength=n)
     rank = np.empty(len(group), dtype=np.intp)  # each record's place within its group
     rank[order] = np.arange(len(group)) - np.repeat(np.cumsum(sizes) - sizes, sizes)

@@ -30,6 +30,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -459,20 +460,19 @@ def pseudonymise(
     possessor there: :mod:`geoflow.chunked`).
     """
     out = records.copy(deep=False)  # copy-on-write: the caller's frame is never changed
-    factorized, categorical = {}, {}
-    for role in ("purchaser", "possessor"):
-        column = f"{role}_name"
-        source = out.get(column)
-        categorical[role] = source is not None and isinstance(source.dtype,
-                                                              pd.CategoricalDtype)
+
+    def names(role: str) -> tuple[np.ndarray, pd.Index]:
+        """The role's name codes (−1: NA) and the distinct names."""
+        source = out.get(f"{role}_name")
         if source is None:  # no such column (a chunked read drops possessors): all NA
-            factorized[role] = (np.full(len(out), -1, dtype=np.intp),
-                                pd.Index([], dtype="string"))
-        elif categorical[role]:  # codes already: no string copy
-            factorized[role] = (source.cat.codes.to_numpy(),
-                                pd.Index(source.cat.categories, dtype="string"))
-        else:
-            factorized[role] = pd.factorize(source.astype("string"), use_na_sentinel=True)
+            return np.full(len(out), -1, dtype=np.intp), pd.Index([], dtype="string")
+        if isinstance(source.dtype, pd.CategoricalDtype):  # codes already: no string copy
+            return source.cat.codes.to_numpy(), pd.Index(source.cat.categories, dtype="string")
+        return pd.factorize(source.astype("string"), use_na_sentinel=True)
+
+    roles = ("purchaser", "possessor")
+    with ThreadPoolExecutor(2) as pool:  # Arrow's hashing lets go of the GIL
+        factorized = dict(zip(roles, pool.map(names, roles), strict=True))
     # the distinct names of both columns together (a name in both is normalised and hashed
     # once, after normalisation), then split back by position
     uniques = pd.concat([pd.Series(u, dtype="string") for _, u in factorized.values()],

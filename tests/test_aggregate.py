@@ -556,6 +556,19 @@ def test_first_seen_codes_number_rows_as_a_groupby_over_several_keys():
     assert first_seen_codes(keys).tolist() == [0, 1]
 
 
+def test_stable_order_is_a_stable_argsort_of_codes():
+    # the geocode report's first lines and the medians put records in this order: equal
+    # codes keep their record order, however wide the codes
+    from geoflow.aggregate import stable_order
+
+    rng = np.random.default_rng(5)
+    for high in (1, 3, 20_000, 2**40, 2**62):
+        codes = rng.integers(0, high, 5_000, dtype=np.int64)
+        codes[::7] = codes[0]  # many ties
+        assert stable_order(codes).tolist() == np.argsort(codes, kind="stable").tolist(), high
+    assert stable_order(np.zeros(0, dtype=np.int64)).tolist() == []
+
+
 def test_weighted_median_by_distinct_value_and_by_sorting_is_the_plain_median():
     # few groups are counted in a (group, value) table, many are sorted: both must give
     # numpy's median of the values repeated by their weights (NaN and weight 0 left out)
