@@ -337,7 +337,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     from pathlib import Path
 
     from geoflow.export import check_output_dir
-    from geoflow.pipeline import analyse, write_outputs
+    from geoflow.pipeline import analyse, preload_map_modules, write_outputs
 
     if jobs is not None and not per:
         raise click.UsageError("--jobs sets the batch's worker processes: use it with --per")
@@ -354,6 +354,8 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     check_output_dir(out, force=force)  # refuse a foreign folder before any work
     given = {name: options.pop(name) for name in LOOK_PARAMS}
     given["source"] = given.pop("source_line")
+    if not per:  # the map's modules load while the records are read
+        preload_map_modules()
     prepared, run_options, records, description, config = _prepare_selection(
         source, options, label=SAMPLE_LABEL if sample else None)
     look = map_options(config, show_names=run_options.show_names, **given)

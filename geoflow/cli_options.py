@@ -215,7 +215,7 @@ def map_options(config: Config, *, show_names: bool, **given: Any) -> Any:
     ``--min-guns``."""
     from dataclasses import fields
 
-    from geoflow.render import MapOptions
+    from geoflow.scene import MapOptions
 
     given = {("min_guns" if k == "min_flow_guns" else k): v for k, v in given.items()}
     values = {}

@@ -146,7 +146,7 @@ def _validate(data: dict[str, Any], path: Path) -> dict[str, Any]:
         if expected is int and value < 1:
             raise ConfigError(f"key {key!r} must be at least 1, got {value}", path=str(path))
         if key == "palette":
-            from geoflow.render import PALETTES
+            from geoflow.scene import PALETTES
 
             if value not in PALETTES:
                 raise ConfigError(f"key 'palette' must be one of {', '.join(PALETTES)}, got "

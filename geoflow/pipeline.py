@@ -16,9 +16,11 @@ import contextlib
 import ctypes
 import datetime as dt
 import functools
+import importlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -369,18 +371,27 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
     records, rejects, read_source = read.records, read.rejects, dict(read.source)
     warnings, warning_counts = read.warnings, dict(read.warning_counts)
     del read  # its frame would keep columns that later stages replace alive until the end
-    with _stage("geocode", timings, memory):
-        records, report = geocode_traces(records, geocoder=options.geocoder,
-                                         overrides=options.overrides)
-    log.debug("geocoded %s distinct places", f"{len(report):,}")
-    with _stage("crossings", timings, memory):
-        ports = load_ports()
-        records = assign_crossings(records, ports)
-        if read_source.get("count_column"):  # a count table's bare "Mexico": to the border
-            records = to_border(records, ports)
-        records = pseudonymise(records, key=options.pseudonym_key)
-        records["dealer_id"] = dealer_ids(records)
-        records = _compact(unplace_duplicates(place_records(records)))
+    # the names' pseudonyms (Arrow kernels and hashing processes) are made on a second thread
+    # while the places are geocoded (pandas: Python) and the crossings assigned
+    names = records[[c for c in ("purchaser_name", "possessor_name") if c in records.columns]]
+    with ThreadPoolExecutor(1) as pool:
+        named = pool.submit(pseudonymise, names, key=options.pseudonym_key)
+        del names
+        with _stage("geocode", timings, memory):
+            records, report = geocode_traces(records, geocoder=options.geocoder,
+                                             overrides=options.overrides)
+        log.debug("geocoded %s distinct places", f"{len(report):,}")
+        with _stage("crossings", timings, memory):
+            ports = load_ports()
+            records = assign_crossings(records, ports)
+            if read_source.get("count_column"):  # a count table's bare "Mexico": to the border
+                records = to_border(records, ports)
+            ids = named.result()
+            records = records.assign(purchaser_id=ids["purchaser_id"],
+                                     possessor_id=ids["possessor_id"])
+            del ids
+            records["dealer_id"] = dealer_ids(records)
+            records = _compact(unplace_duplicates(place_records(records)))
     return PreparedRecords(records=records, rejects=rejects, geocode_report=report,
                            source=read_source, timings=timings, options=options, memory=memory,
                            warnings=warnings, warning_counts=warning_counts)
@@ -737,6 +748,23 @@ def findings_markdown(result: RunResult) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def preload_map_modules() -> threading.Thread:
+    """Import the map's modules (folium, matplotlib: about 1.2 s of CPU) on a background
+    thread, so that a run reads its records meanwhile (Arrow's CSV parser and kernels leave
+    Python free). An import that fails here fails again, and is reported, where the map is
+    drawn."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):  # reported by the map's own import
+            for name in ("matplotlib.figure", "matplotlib.backends.backend_agg",
+                         "geoflow.render", "geoflow.static"):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=load, name="geoflow-map-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def _write_maps(result: RunResult, map_options: Any, folder: Path) -> None:
