@@ -135,9 +135,15 @@ def record_weights(records: pd.DataFrame) -> np.ndarray:
 
 
 def weighted_count(codes: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
-    """Sum of ``weights`` per code 0..n-1 (int64); codes < 0 are left out."""
+    """Sum of ``weights`` per code 0..n-1 (int64); codes < 0 are left out. Unit weights (a
+    trace file: one gun a record) are counted without float sums (a million records: 32
+    -> 8 ms)."""
     keep = codes >= 0
-    return np.bincount(codes[keep], weights=weights[keep], minlength=n).round().astype(np.int64)
+    if not keep.all():  # no copy of millions of codes when none is left out
+        codes, weights = codes[keep], weights[keep]
+    if (weights == 1).all():
+        return np.bincount(codes, minlength=n).astype(np.int64, copy=False)
+    return np.bincount(codes, weights=weights, minlength=n).round().astype(np.int64)
 
 
 def unplace_duplicates(records: pd.DataFrame) -> pd.DataFrame:

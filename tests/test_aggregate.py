@@ -665,3 +665,22 @@ def test_categorical_take_holds_the_values_taken_once_each_sorted():
     assert taken.cat.categories.dtype == "string"
     assert taken.astype("string").equals(pd.Series(expected).astype("category").astype("string"))
     assert taken.cat.categories.equals(pd.Series(expected).astype("category").cat.categories)
+
+
+def test_weighted_count_equals_a_groupby_sum_with_unit_and_other_weights():
+    # unit weights are counted without float sums; codes < 0 are left out either way
+    import numpy as np
+
+    from geoflow.aggregate import weighted_count
+
+    rng = np.random.default_rng(13)
+    for trial in range(200):
+        size, n = int(rng.integers(0, 300)), int(rng.integers(1, 40))
+        codes = rng.integers(-2 if trial % 3 else 0, n, size)
+        weights = (np.ones(size, dtype=np.int64) if trial % 2
+                   else rng.integers(0, 5, size).astype(rng.choice([np.int64, float])))
+        kept = codes >= 0
+        expected = (pd.Series(weights[kept]).groupby(codes[kept]).sum()
+                    .reindex(range(n), fill_value=0).to_numpy())
+        got = weighted_count(codes, weights, n)
+        assert got.dtype == np.int64 and got.tolist() == expected.astype(np.int64).tolist()
