@@ -684,3 +684,28 @@ def test_weighted_count_equals_a_groupby_sum_with_unit_and_other_weights():
                     .reindex(range(n), fill_value=0).to_numpy())
         got = weighted_count(codes, weights, n)
         assert got.dtype == np.int64 and got.tolist() == expected.astype(np.int64).tolist()
+
+
+def test_day_codes_number_the_distinct_days_in_order_and_iso_dates_format_them():
+    # dates of any time of day, NaT and days before 1970 against pandas' factorize of days
+    import numpy as np
+
+    from geoflow.aggregate import _years, day_codes, iso_dates
+
+    rng = np.random.default_rng(17)
+    for trial in range(100):
+        size = int(rng.integers(0, 60))
+        low = -30_000 if trial % 2 else 15_000
+        ns = rng.integers(low * 86_400, 20_000 * 86_400, size) * 10**9 + rng.integers(0, 10**9)
+        dates = ns.astype("datetime64[ns]")
+        dates[rng.random(size) < 0.2] = np.datetime64("NaT")
+        codes, days = day_codes(dates)
+        expected, uniques = pd.factorize(dates.astype("datetime64[D]"), sort=True)
+        assert codes.tolist() == expected.tolist()
+        assert days.tolist() == np.asarray(uniques, dtype="datetime64[D]").tolist()
+        text = iso_dates(pd.Series(dates))
+        assert text.dtype == "string"
+        assert text.tolist() == [pd.NA if pd.isna(d) else str(d)[:10] for d in dates]
+        years = _years(pd.DataFrame({"purchase_date": dates}), "purchase_date")
+        assert np.array_equal(years, pd.Series(dates).dt.year.to_numpy(dtype=float),
+                              equal_nan=True)
