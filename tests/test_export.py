@@ -406,3 +406,34 @@ def test_flows_without_line_objects_write_the_same_geoparquet_as_geopandas(
     monkeypatch.setattr(export, "_geopandas_to_arrow", lambda: None)
     write_flows_parquet(bare, tmp_path / "fallback.parquet")
     assert (tmp_path / "fallback.parquet").read_bytes() == (tmp_path / "lines.parquet").read_bytes()
+
+
+def test_formula_risk_by_first_byte_equals_the_regex_and_plain_text_is_written_as_pandas(
+        tmp_path):
+    # a cell's first byte against the regex over its text (empty, NA, accents first, sliced
+    # and chunked arrays); columns with nothing to quote skip the quoting regex, same bytes
+    import re
+
+    import pyarrow as pa
+
+    from geoflow.export import _first_bytes, _formula_risk
+
+    rng = np.random.default_rng(19)
+    words = ["=a", "+1", "-x", "@s", "\tt", "\rr", "", "é=", "ab", "1,5", "Zoë", "x-y", None]
+    for _ in range(100):
+        cells = pd.Series(pd.array(rng.choice(words, int(rng.integers(0, 40))),
+                                   dtype="string"))
+        expected = [v is not pd.NA and re.match(r"[=+\-@\t\r]", v) is not None for v in cells]
+        assert _formula_risk(cells).tolist() == expected
+        assert _formula_risk(cells.astype(object)).tolist() == expected
+        texts = pa.array(cells.array)
+        for part in (texts, texts[len(texts) // 2:], pa.chunked_array([texts, texts])):
+            values = part.to_pylist()
+            assert _first_bytes(part).tolist() == [v.encode()[0] if v else 0 for v in values]
+    plain = ["a", "b c", "", "Michoacán", "-12.5", "=1+2", None]
+    frame = pd.DataFrame({"text": pd.array(rng.choice(plain, CSV_ARROW_ROWS), dtype="string"),
+                          "share": rng.choice(_CSV_FLOATS, CSV_ARROW_ROWS),
+                          "flag": rng.random(CSV_ARROW_ROWS) < 0.5})
+    write_csv(frame, tmp_path / "ours.csv")
+    formula_safe(frame).to_csv(tmp_path / "pandas.csv", index=False, lineterminator="\r\n")
+    assert (tmp_path / "ours.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
