@@ -437,3 +437,19 @@ def test_formula_risk_by_first_byte_equals_the_regex_and_plain_text_is_written_a
     write_csv(frame, tmp_path / "ours.csv")
     formula_safe(frame).to_csv(tmp_path / "pandas.csv", index=False, lineterminator="\r\n")
     assert (tmp_path / "ours.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+
+
+def test_numbers_formatted_once_per_distinct_value_read_as_formatted_one_by_one():
+    # float_texts and number_texts format distinct values (by their bits) and take them
+    # back: the same texts as formatting every value, with -0.0, NaN and infinities
+    from geoflow.export import number_texts
+
+    rng = np.random.default_rng(23)
+    special = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-7, 2.5e17, -116.9458049999]
+    for _ in range(50):
+        pool = np.concatenate([special, rng.random(int(rng.integers(1, 20))) * 1000 - 500])
+        values = rng.choice(pool, int(rng.integers(0, 300)))
+        for texts_of in (float_texts, number_texts):
+            assert texts_of(values).equals(texts_of.__wrapped__(values))
+            assert texts_of(values).to_pylist() == [
+                texts_of.__wrapped__(np.array([v])).to_pylist()[0] for v in values]
