@@ -709,3 +709,23 @@ def test_day_codes_number_the_distinct_days_in_order_and_iso_dates_format_them()
         years = _years(pd.DataFrame({"purchase_date": dates}), "purchase_date")
         assert np.array_equal(years, pd.Series(dates).dt.year.to_numpy(dtype=float),
                               equal_nan=True)
+
+
+def test_codes_of_a_categorical_are_pandas_sorted_factorize():
+    # a categorical with sorted categories (some unused, NA) is coded from its own codes;
+    # unsorted ones and plain text by pandas: the same codes and uniques either way
+    import numpy as np
+
+    from geoflow.aggregate import _codes
+
+    rng = np.random.default_rng(29)
+    words = ["US-TX", "MX-SON", "unknown", "a", "b b", "Zoë"]
+    for trial in range(100):
+        values = pd.Series(pd.array(rng.choice([*words, None], int(rng.integers(0, 50))),
+                                    dtype="string"))
+        categories = sorted(words) if trial % 2 else list(rng.permutation(words))
+        for frame in (values, values.astype(pd.CategoricalDtype(categories))):
+            codes, uniques = _codes(frame)
+            expected, expected_uniques = pd.factorize(frame, sort=True)
+            assert codes.dtype == np.int64 and codes.tolist() == expected.tolist()
+            pd.testing.assert_index_equal(uniques, pd.Index(expected_uniques))
