@@ -347,13 +347,20 @@ def top_item(
     parts = -(-int(keep.sum()) // TOP_ITEM_BLOCK)
     for low, high in itertools.pairwise(np.linspace(0, width, parts + 1).astype(np.int64)):
         at = keep & (item >= low) & (item < high) if parts > 1 else keep
-        part = _top_in(group[at], item[at], None if weights is None else weights[at],
-                       n_groups, width)
+        part = _top_in(*_rows_at(at, group, item, weights), n_groups, width)
         # ranges in code order: a tie stays with the lower code (the first range with items)
         better = (part[1] > top_count) | ((top < 0) & (part[2] > 0))
         top[better], top_count[better] = part[0][better], part[1][better]
         distinct += part[2]
     return top, top_count, distinct
+
+
+def _rows_at(at: np.ndarray, *arrays: np.ndarray | None) -> tuple[np.ndarray | None, ...]:
+    """Each of ``arrays`` (None stays None) at the rows ``at`` (boolean), or the arrays
+    themselves when every row is: no copies of a million codes (10 ms a call)."""
+    if at.all():
+        return arrays
+    return tuple(None if values is None else values[at] for values in arrays)
 
 
 def _top_in(g: np.ndarray, i: np.ndarray, weights: np.ndarray | None, n_groups: int,
