@@ -313,3 +313,19 @@ def test_states_name_guns_sourced_and_recovered_apart_and_say_which_are_placed(t
     assert tamaulipas["guns_placed"] == 3
     assert features["US-AZ"]["guns_sourced"] == 1 and features["MX-SIN"]["guns_recovered"] == 0
     assert state_guns(states).sum() == 4 + 3  # sourced on one side, recovered on the other
+
+
+def test_output_order_is_the_lexsort_of_guns_then_hash():
+    # most guns first, then hash; flows sharing both (a hash collision) in their order; guns
+    # too many to go beside the hash sorted by lexsort
+    from geoflow.flows import _output_order
+
+    rng = np.random.default_rng(31)
+    for trial in range(200):
+        size = int(rng.integers(0, 200))
+        hashes = rng.integers(0, 1 << 40, size).astype(np.uint64)
+        if trial % 3 == 0 and size:  # shared hashes, some with the same guns
+            hashes = rng.choice(hashes[:4], size)
+        guns = rng.integers(0, 6, size) * (1 << 30 if trial % 7 == 0 else 1)
+        expected = np.lexsort((hashes, -guns))
+        assert _output_order(guns, hashes).tolist() == expected.tolist()
