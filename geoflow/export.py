@@ -545,9 +545,11 @@ def _plain_text(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-#: WKB of a 2-D LineString of three points: byte order, type, point count, x y x y x y.
-_THREE_POINT_WKB = np.dtype([("order", "u1"), ("type", "<u4"), ("points", "<u4"),
-                             ("xy", "<f8", (6,))])
+#: WKB of a 2-D LineString of three points: its head (byte order, type, point count), then
+#: x y x y x y; the head as one 9-byte value (:data:`_THREE_POINT_HEAD`), so it is copied in
+#: one piece rather than field by field.
+_THREE_POINT_WKB = np.dtype([("head", "V9"), ("xy", "<f8", (6,))])
+_THREE_POINT_HEAD = np.void(b"\x01" + (2).to_bytes(4, "little") + (3).to_bytes(4, "little"))
 
 
 #: Lines per Arrow array of :func:`three_point_wkb` (its 32-bit offsets stop at 2 GiB).
@@ -562,10 +564,11 @@ def three_point_wkb(flows: pd.DataFrame) -> pa.ChunkedArray:
     for :func:`geoflow.flows.flow_geometry`, without a line object per flow."""
     n = len(flows)
     records = np.empty(n, dtype=_THREE_POINT_WKB)
-    records["order"], records["type"], records["points"] = 1, 2, 3
-    records["xy"] = np.round(np.column_stack([
-        flows[f"{end}_{axis}"].to_numpy(dtype=float)
-        for end in ("dealer", "port", "recovery") for axis in ("lon", "lat")]), 6)
+    records["head"] = _THREE_POINT_HEAD
+    xy = records["xy"]  # filled column by column: no (n, 6) copy of the coordinates first
+    columns = (f"{end}_{axis}" for end in ("dealer", "port", "recovery") for axis in ("lon", "lat"))
+    for at, column in enumerate(columns):
+        xy[:, at] = np.round(flows[column].to_numpy(dtype=float), 6)
     parts = []
     for start in range(0, n, _WKB_CHUNK):
         part = records[start:start + _WKB_CHUNK]
