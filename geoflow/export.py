@@ -170,7 +170,9 @@ CSV_ARROW_ROWS = 1000
 #: A CSV cell holding one of these is quoted (Python's csv module, ``QUOTE_MINIMAL``, with
 #: pandas' ``\r\n`` line terminator).
 _CSV_SPECIAL = '[,"\r\n]'
-_CSV_SPECIAL_BYTES = (b",", b'"', b"\r", b"\n")
+#: Characters a JSON string literal writes escaped.
+_JSON_ESCAPED = b'\\"'
+_CONTROL = bytes(range(0x20))
 
 
 def csv_text(frame: pd.DataFrame) -> str | None:
@@ -256,9 +258,7 @@ def float_texts(values: np.ndarray) -> pa.Array:
 
 def _csv_quoted(texts: pa.Array) -> pa.Array:
     """Each text, quoted (inner quotes doubled) where it holds a comma, quote or line break."""
-    data = texts.buffers()[2]
-    blob = data.to_pybytes() if data is not None else b""
-    if not any(character in blob for character in _CSV_SPECIAL_BYTES):
+    if not _holds_any(texts, b',"\r\n'):
         return texts  # no cell can need quotes: no regex over every cell
     special = pc.fill_null(pc.match_substring_regex(texts, _CSV_SPECIAL), False)
     if not pc.any(special).as_py():
@@ -266,6 +266,15 @@ def _csv_quoted(texts: pa.Array) -> pa.Array:
     quoted = pc.binary_join_element_wise('"', pc.replace_substring(texts, '"', '""'), '"',
                                          "")
     return pc.if_else(special, quoted, texts)
+
+
+def _holds_any(texts: pa.Array, characters: bytes) -> bool:
+    """Whether the text bytes of ``texts`` hold any of ``characters`` (ASCII), read in one
+    pass over Arrow's data buffer: most columns hold none, and skip a kernel over every
+    cell (the buffer of a sliced array may hold other cells' bytes: a kernel in vain)."""
+    data = texts.buffers()[2]
+    blob = b"" if data is None else data.to_pybytes()
+    return len(blob.translate(None, characters)) < len(blob)
 
 
 def to_jsonable(value: object) -> object:
@@ -362,11 +371,14 @@ def _json_strings(values: pa.Array) -> pa.Array:
     with Arrow; the rare value holding a control character goes through :mod:`json`."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    text = pc.replace_substring(values, "\\", "\\\\")
-    text = pc.replace_substring(text, '"', '\\"')
+    text = values
+    if _holds_any(values, _JSON_ESCAPED):
+        text = pc.replace_substring(text, "\\", "\\\\")
+        text = pc.replace_substring(text, '"', '\\"')
     quoted = pc.binary_join_element_wise('"', text, '"', "")
-    control = pc.fill_null(pc.match_substring_regex(values, "[\\x00-\\x1f]"), False)
-    if pc.any(control).as_py():
+    control = (pc.fill_null(pc.match_substring_regex(values, "[\\x00-\\x1f]"), False)
+               if _holds_any(values, _CONTROL) else None)
+    if control is not None and pc.any(control).as_py():
         rows = pc.filter(values, control).to_pylist()
         fixed = pa.array([json.dumps(v, ensure_ascii=False) for v in rows], type=pa.string())
         quoted = pc.replace_with_mask(quoted, control, fixed)

@@ -453,3 +453,32 @@ def test_numbers_formatted_once_per_distinct_value_read_as_formatted_one_by_one(
             assert texts_of(values).equals(texts_of.__wrapped__(values))
             assert texts_of(values).to_pylist() == [
                 texts_of.__wrapped__(np.array([v])).to_pylist()[0] for v in values]
+
+
+def test_json_strings_and_csv_quoting_with_and_without_characters_to_escape():
+    # columns holding no quote, backslash, control character or CSV separator skip their
+    # kernels: every column still reads as json.dumps / Python's csv module write it
+    import io
+
+    import pyarrow as pa
+
+    from geoflow.export import _csv_quoted, _holds_any, _json_strings
+
+    rng = np.random.default_rng(37)
+    plain, hostile = ["a", "b c", "", "Zoë", "1.5"], ['q"', "back\\", "x\x01", "l\nb", "c,d"]
+    for trial in range(100):
+        words = plain + (hostile if trial % 2 else [])
+        values = pa.array(list(rng.choice([*words, None], int(rng.integers(0, 30)))),
+                          pa.string())
+        for part in (values, values[len(values) // 2:]):
+            cells = part.to_pylist()
+            assert _holds_any(part, b'"\\') >= any('"' in v or "\\" in v for v in cells if v)
+            assert _json_strings(part).to_pylist() == [
+                "null" if v is None else json.dumps(v, ensure_ascii=False) for v in cells]
+            text = [v for v in cells if v]  # csv writes a lone empty cell as ""
+            expected = []
+            for v in text:
+                out = io.StringIO()
+                csv.writer(out, lineterminator="\r\n").writerow([v])
+                expected.append(out.getvalue().removesuffix("\r\n"))
+            assert _csv_quoted(pa.array(text, pa.string())).to_pylist() == expected
