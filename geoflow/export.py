@@ -634,17 +634,18 @@ def write_flows_parquet(flows: pd.DataFrame, path: str | Path) -> None:
 
 def _three_point_bounds(flows: pd.DataFrame) -> list[float]:
     """Bounds (min lon, min lat, max lon, max lat) of the three points of every flow, as
-    :func:`three_point_wkb` rounds them."""
+    :func:`three_point_wkb` rounds them (rounding keeps the order: the rounded extremes are
+    the extremes rounded, so only they are rounded)."""
     ends = ("dealer", "port", "recovery")
-    lon, lat = ([np.round(flows[f"{end}_{axis}"].to_numpy(dtype=float), 6) for end in ends]
+    lon, lat = ([flows[f"{end}_{axis}"].to_numpy(dtype=float) for end in ends]
                 for axis in ("lon", "lat"))
     if not len(flows):
         return [math.nan] * 4
     with warnings.catch_warnings():  # no coordinate at all: NaN bounds, as numpy gives them
         warnings.simplefilter("ignore", RuntimeWarning)
-        low = [float(np.nanmin([np.nanmin(v) for v in axis])) for axis in (lon, lat)]
-        high = [float(np.nanmax([np.nanmax(v) for v in axis])) for axis in (lon, lat)]
-    return [*low, *high]
+        low = [np.nanmin([np.nanmin(v) for v in axis]) for axis in (lon, lat)]
+        high = [np.nanmax([np.nanmax(v) for v in axis]) for axis in (lon, lat)]
+    return [float(np.round(value, 6)) for value in (*low, *high)]
 
 
 def safe_path(folder: str | Path, name: str) -> Path:

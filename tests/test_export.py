@@ -482,3 +482,28 @@ def test_json_strings_and_csv_quoting_with_and_without_characters_to_escape():
                 csv.writer(out, lineterminator="\r\n").writerow([v])
                 expected.append(out.getvalue().removesuffix("\r\n"))
             assert _csv_quoted(pa.array(text, pa.string())).to_pylist() == expected
+
+
+def test_three_point_bounds_are_those_of_the_rounded_coordinates():
+    # only the extremes are rounded: the same bounds as rounding every coordinate first,
+    # with NaN coordinates and a column of NaN alone
+    import warnings
+
+    from geoflow.export import _three_point_bounds
+
+    rng = np.random.default_rng(41)
+    columns = [f"{end}_{axis}" for end in ("dealer", "port", "recovery") for axis in ("lon", "lat")]
+    for trial in range(100):
+        size = int(rng.integers(1, 30))
+        flows = pd.DataFrame({c: rng.random(size) * 360 - 180 + rng.choice([0, 5e-7, -5e-7])
+                              for c in columns})
+        flows = flows.mask(rng.random(flows.shape) < 0.2)
+        if trial % 5 == 0:
+            flows["port_lat"] = np.nan
+        rounded = flows.round(6)
+        lon = rounded[[c for c in columns if c.endswith("lon")]].to_numpy()
+        lat = rounded[[c for c in columns if c.endswith("lat")]].to_numpy()
+        with warnings.catch_warnings():  # a column of NaN alone: numpy warns
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = [np.nanmin(lon), np.nanmin(lat), np.nanmax(lon), np.nanmax(lat)]
+        np.testing.assert_array_equal(_three_point_bounds(flows), expected)
