@@ -229,7 +229,9 @@ def recode(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
     column with no value at all)."""
     if len(table) == 0:
         return np.full(len(codes), -1, dtype=np.int64)
-    return np.where(codes < 0, -1, table[np.maximum(codes, 0)])
+    table = np.asarray(table)
+    # one look-up: −1 (any code below 0) takes the −1 put after the table
+    return np.append(table, table.dtype.type(-1))[np.maximum(codes, -1)]
 
 
 def from_codes(codes: np.ndarray, categories: pd.Index) -> pd.Categorical:

@@ -729,3 +729,22 @@ def test_codes_of_a_categorical_are_pandas_sorted_factorize():
             expected, expected_uniques = pd.factorize(frame, sort=True)
             assert codes.dtype == np.int64 and codes.tolist() == expected.tolist()
             pd.testing.assert_index_equal(uniques, pd.Index(expected_uniques))
+
+
+def test_recode_takes_each_code_through_the_table_and_keeps_na():
+    # table[codes] with every negative code −1, an empty table giving −1 throughout, and the
+    # table's integer type kept
+    import numpy as np
+
+    from geoflow.aggregate import recode
+
+    rng = np.random.default_rng(43)
+    for trial in range(100):
+        size, width = int(rng.integers(0, 50)), int(rng.integers(0, 20))
+        dtype = np.int32 if trial % 2 else np.int64
+        table = rng.integers(0, 1000, width).astype(dtype)
+        codes = rng.integers(-3, width, size) if width else rng.integers(-2, 3, size)
+        expected = [-1 if c < 0 or not width else table[c] for c in codes]
+        got = recode(codes, table)
+        assert got.tolist() == expected
+        assert got.dtype == (dtype if width else np.int64)
