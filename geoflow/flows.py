@@ -110,7 +110,8 @@ def _as_hashed(values: pd.Series) -> pd.Series:
 
 def _hex_ids(value: np.ndarray) -> pd.api.extensions.ExtensionArray:
     """``F-`` + 10 lower-case hex digits of each 40-bit value, without a Python loop."""
-    octets = (value[:, None] >> np.arange(32, -1, -8, dtype=np.uint64)).astype(np.uint8)
+    # the low five bytes of each value, most significant first (a big-endian view)
+    octets = value.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 3:]
     return pd.array(ascii_text(b"F-", hex_digits(octets, 10)), dtype="string")
 
 

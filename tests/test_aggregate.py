@@ -748,3 +748,17 @@ def test_recode_takes_each_code_through_the_table_and_keeps_na():
         got = recode(codes, table)
         assert got.tolist() == expected
         assert got.dtype == (dtype if width else np.int64)
+
+
+def test_hex_digits_are_the_lower_case_hex_of_each_row():
+    import numpy as np
+
+    from geoflow.aggregate import hex_digits
+
+    rng = np.random.default_rng(47)
+    octets = rng.integers(0, 256, (300, 8)).astype(np.uint8)
+    octets[0], octets[1] = 0, 255
+    for width in (2, 8, 10, 16):
+        digits = hex_digits(octets, width)
+        assert [bytes(row).decode() for row in digits] == [
+            bytes(row).hex()[:width] for row in octets]

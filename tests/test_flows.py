@@ -329,3 +329,10 @@ def test_output_order_is_the_lexsort_of_guns_then_hash():
         guns = rng.integers(0, 6, size) * (1 << 30 if trial % 7 == 0 else 1)
         expected = np.lexsort((hashes, -guns))
         assert _output_order(guns, hashes).tolist() == expected.tolist()
+
+
+def test_hex_ids_are_f_and_ten_hex_digits_of_each_40_bit_value():
+    from geoflow.flows import _hex_ids
+
+    values = np.array([0, 1, 0xABCDEF0123, (1 << 40) - 1, 1 << 39], dtype=np.uint64)
+    assert list(_hex_ids(values)) == [f"F-{int(v):010x}" for v in values]
