@@ -293,9 +293,12 @@ def _geocode_props(records: pd.DataFrame, role: str, first: np.ndarray) -> dict[
     }
 
 
-def _recovery_label(place: pd.api.extensions.ExtensionArray, lat: np.ndarray,
-                    lon: np.ndarray) -> pd.array:
-    """The place name, or ``"lat, lon"`` for records placed by coordinates alone."""
+def _recovery_label(place: pd.api.extensions.ExtensionArray | pd.Categorical, lat: np.ndarray,
+                    lon: np.ndarray) -> pd.api.extensions.ExtensionArray | pd.Categorical:
+    """The place name, or ``"lat, lon"`` for records placed by coordinates alone. A
+    categorical of names stays one when none is missing (the flows' hash: each name once)."""
+    if isinstance(place, pd.Categorical) and not place.isna().any():
+        return place
     labels = pd.Series(place, dtype="string")
     missing = labels.isna().to_numpy()
     if missing.any():  # only places given by bare coordinates get a formatted label
@@ -355,7 +358,7 @@ def build_flows(
 
     def flow_keys(rows: np.ndarray, lat: np.ndarray, lon: np.ndarray, take=_take
                   ) -> pd.DataFrame:
-        place = (_recovery_label(_take(records["recovery_place"], rows), lat, lon)
+        place = (_recovery_label(take(records["recovery_place"], rows), lat, lon)
                  if level == "place" else pd.array(
                      [names.get(s, s) for s in _take(recovery_state, rows)], dtype="string"))
         return pd.DataFrame({

@@ -336,3 +336,21 @@ def test_hex_ids_are_f_and_ten_hex_digits_of_each_40_bit_value():
 
     values = np.array([0, 1, 0xABCDEF0123, (1 << 40) - 1, 1 << 39], dtype=np.uint64)
     assert list(_hex_ids(values)) == [f"F-{int(v):010x}" for v in values]
+
+
+def test_flows_of_categorical_places_equal_those_of_text_places():
+    # the flows' hash reads a categorical of place names as it is (each name hashed once),
+    # and places given by bare coordinates as their "lat, lon" label: same ids, same table
+    placed = _placed([
+        {"dealer_at": "dundee", "recovered_at": "reynosa", "port": "2304", "n": 2},
+        {"dealer_at": "phoenix", "recovered_at": "hermosillo", "port": "2604", "n": 3},
+        {"dealer_at": "houston", "recovered_at": "cdmx", "port": "2304", "kind": "known"},
+    ])
+    text = placed.assign(recovery_place=placed["recovery_place"].astype("string"))
+    unnamed = text.assign(recovery_place=text["recovery_place"].mask(
+        text["recovery_place"] == text["recovery_place"].iloc[0]))
+    for frame in (text, unnamed):
+        expected = build_flows(frame, PORTS, lines=False)
+        coded = frame.assign(recovery_place=frame["recovery_place"].astype("category"))
+        pd.testing.assert_frame_equal(build_flows(coded, PORTS, lines=False), expected)
+    assert build_flows(unnamed, PORTS, lines=False)["recovery_place"].str.contains(", ").any()
