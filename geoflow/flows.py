@@ -89,7 +89,7 @@ def _flow_hash(keys: pd.DataFrame) -> np.ndarray:
     """40-bit hash per row of ``keys`` (the number behind the flow id)."""
     text = pd.DataFrame({name: _as_hashed(keys[name]) for name in keys.columns})
     hashes = pd.util.hash_pandas_object(text, index=False)
-    return hashes.to_numpy(dtype=np.uint64) >> np.uint64(24)  # 40 bits = 10 hex digits
+    return hashes.to_numpy(dtype=np.uint64) >> np.uint64(64 - _HASH_BITS)  # 10 hex digits
 
 
 def _as_hashed(values: pd.Series) -> pd.Series:
@@ -110,8 +110,29 @@ def _as_hashed(values: pd.Series) -> pd.Series:
 
 def _hex_ids(value: np.ndarray) -> pd.api.extensions.ExtensionArray:
     """``F-`` + 10 lower-case hex digits of each 40-bit value, without a Python loop."""
-    octets = (value[:, None] >> np.arange(32, -1, -8, dtype=np.uint64)).astype(np.uint8)
+    # the low five bytes of each value, most significant first (a big-endian view)
+    octets = value.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 3:]
     return pd.array(ascii_text(b"F-", hex_digits(octets, 10)), dtype="string")
+
+
+#: Bits of a flow hash (:func:`_flow_hash`): the guns of a flow go above them in one key.
+_HASH_BITS = 40
+
+
+def _output_order(guns: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """The flows' output order: ``np.lexsort((hashes, -guns))`` (most guns first, then by
+    hash, flows sharing both in their order). Guns and hash as one 64-bit key sorted by
+    numpy's quicksort (693,417 flows: 193 -> 35 ms); a stable sort only when two flows share
+    the key, a lexsort when the guns do not fit beside the hash."""
+    most = int(guns.max(initial=0))
+    if most >= 1 << (64 - _HASH_BITS):
+        return np.lexsort((hashes, -guns))
+    key = ((most - guns).astype(np.uint64) << np.uint64(_HASH_BITS)) | hashes.astype(np.uint64)
+    order = np.argsort(key)
+    ranked = key[order]
+    if (ranked[1:] == ranked[:-1]).any():
+        order = np.argsort(key, kind="stable")
+    return order
 
 
 def _norm(values: pd.Series) -> pd.Series:
@@ -272,9 +293,12 @@ def _geocode_props(records: pd.DataFrame, role: str, first: np.ndarray) -> dict[
     }
 
 
-def _recovery_label(place: pd.api.extensions.ExtensionArray, lat: np.ndarray,
-                    lon: np.ndarray) -> pd.array:
-    """The place name, or ``"lat, lon"`` for records placed by coordinates alone."""
+def _recovery_label(place: pd.api.extensions.ExtensionArray | pd.Categorical, lat: np.ndarray,
+                    lon: np.ndarray) -> pd.api.extensions.ExtensionArray | pd.Categorical:
+    """The place name, or ``"lat, lon"`` for records placed by coordinates alone. A
+    categorical of names stays one when none is missing (the flows' hash: each name once)."""
+    if isinstance(place, pd.Categorical) and not place.isna().any():
+        return place
     labels = pd.Series(place, dtype="string")
     missing = labels.isna().to_numpy()
     if missing.any():  # only places given by bare coordinates get a formatted label
@@ -334,7 +358,7 @@ def build_flows(
 
     def flow_keys(rows: np.ndarray, lat: np.ndarray, lon: np.ndarray, take=_take
                   ) -> pd.DataFrame:
-        place = (_recovery_label(_take(records["recovery_place"], rows), lat, lon)
+        place = (_recovery_label(take(records["recovery_place"], rows), lat, lon)
                  if level == "place" else pd.array(
                      [names.get(s, s) for s in _take(recovery_state, rows)], dtype="string"))
         return pd.DataFrame({
@@ -351,7 +375,7 @@ def build_flows(
     hashes = _flow_hash(flow_keys(first, r_lat, r_lon, take=_take_coded))
     # number the flows in output order (guns desc, then id) before building anything big,
     # so no sorted copy of the whole table is needed afterwards
-    order = np.lexsort((hashes, -weighted_count(group, gun_weights(records), n)))
+    order = _output_order(weighted_count(group, gun_weights(records), n), hashes)
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     group, first, hashes = rank[group], first[order], hashes[order]

@@ -83,8 +83,6 @@ def _hashed_ids(prefix: str, *parts: pd.Series) -> pd.Series:
 
 def _ends(flows: pd.DataFrame, level: str) -> pd.DataFrame:
     """Per flow: origin, port and destination location ids, names and coordinates."""
-    lat6 = {c: flows[c].round(6).astype("string") for c in
-            ("dealer_lat", "dealer_lon", "recovery_lat", "recovery_lon")}
     if level == "state":
         origin = ("US-" + flows["dealer_state"].astype("string")).where(
             flows["dealer_state"] == "unknown", flows["dealer_state"].astype("string"))
@@ -92,6 +90,8 @@ def _ends(flows: pd.DataFrame, level: str) -> pd.DataFrame:
             flows["recovery_state"] == "unknown", flows["recovery_state"].astype("string"))
         origin_name = flows["dealer_place"].astype("string")
     else:
+        lat6 = {c: flows[c].round(6).astype("string") for c in
+                ("dealer_lat", "dealer_lon", "recovery_lat", "recovery_lon")}
         fallback = _hashed_ids("D-", flows["dealer_place"], lat6["dealer_lat"],
                                lat6["dealer_lon"])
         origin = flows["dealer_id"].astype("string").fillna(fallback)

@@ -678,3 +678,100 @@ def test_categorical_take_holds_the_values_taken_once_each_sorted():
     assert taken.cat.categories.dtype == "string"
     assert taken.astype("string").equals(pd.Series(expected).astype("category").astype("string"))
     assert taken.cat.categories.equals(pd.Series(expected).astype("category").cat.categories)
+
+
+def test_weighted_count_equals_a_groupby_sum_with_unit_and_other_weights():
+    # unit weights are counted without float sums; codes < 0 are left out either way
+    import numpy as np
+
+    from geoflow.aggregate import weighted_count
+
+    rng = np.random.default_rng(13)
+    for trial in range(200):
+        size, n = int(rng.integers(0, 300)), int(rng.integers(1, 40))
+        codes = rng.integers(-2 if trial % 3 else 0, n, size)
+        weights = (np.ones(size, dtype=np.int64) if trial % 2
+                   else rng.integers(0, 5, size).astype(rng.choice([np.int64, float])))
+        kept = codes >= 0
+        expected = (pd.Series(weights[kept]).groupby(codes[kept]).sum()
+                    .reindex(range(n), fill_value=0).to_numpy())
+        got = weighted_count(codes, weights, n)
+        assert got.dtype == np.int64 and got.tolist() == expected.astype(np.int64).tolist()
+
+
+def test_day_codes_number_the_distinct_days_in_order_and_iso_dates_format_them():
+    # dates of any time of day, NaT and days before 1970 against pandas' factorize of days
+    import numpy as np
+
+    from geoflow.aggregate import _years, day_codes, iso_dates
+
+    rng = np.random.default_rng(17)
+    for trial in range(100):
+        size = int(rng.integers(0, 60))
+        low = -30_000 if trial % 2 else 15_000
+        ns = rng.integers(low * 86_400, 20_000 * 86_400, size) * 10**9 + rng.integers(0, 10**9)
+        dates = ns.astype("datetime64[ns]")
+        dates[rng.random(size) < 0.2] = np.datetime64("NaT")
+        codes, days = day_codes(dates)
+        expected, uniques = pd.factorize(dates.astype("datetime64[D]"), sort=True)
+        assert codes.tolist() == expected.tolist()
+        assert days.tolist() == np.asarray(uniques, dtype="datetime64[D]").tolist()
+        text = iso_dates(pd.Series(dates))
+        assert text.dtype == "string"
+        assert text.tolist() == [pd.NA if pd.isna(d) else str(d)[:10] for d in dates]
+        years = _years(pd.DataFrame({"purchase_date": dates}), "purchase_date")
+        assert np.array_equal(years, pd.Series(dates).dt.year.to_numpy(dtype=float),
+                              equal_nan=True)
+
+
+def test_codes_of_a_categorical_are_pandas_sorted_factorize():
+    # a categorical with sorted categories (some unused, NA) is coded from its own codes;
+    # unsorted ones and plain text by pandas: the same codes and uniques either way
+    import numpy as np
+
+    from geoflow.aggregate import _codes
+
+    rng = np.random.default_rng(29)
+    words = ["US-TX", "MX-SON", "unknown", "a", "b b", "Zoë"]
+    for trial in range(100):
+        values = pd.Series(pd.array(rng.choice([*words, None], int(rng.integers(0, 50))),
+                                    dtype="string"))
+        categories = sorted(words) if trial % 2 else list(rng.permutation(words))
+        for frame in (values, values.astype(pd.CategoricalDtype(categories))):
+            codes, uniques = _codes(frame)
+            expected, expected_uniques = pd.factorize(frame, sort=True)
+            assert codes.dtype == np.int64 and codes.tolist() == expected.tolist()
+            pd.testing.assert_index_equal(uniques, pd.Index(expected_uniques))
+
+
+def test_recode_takes_each_code_through_the_table_and_keeps_na():
+    # table[codes] with every negative code −1, an empty table giving −1 throughout, and the
+    # table's integer type kept
+    import numpy as np
+
+    from geoflow.aggregate import recode
+
+    rng = np.random.default_rng(43)
+    for trial in range(100):
+        size, width = int(rng.integers(0, 50)), int(rng.integers(0, 20))
+        dtype = np.int32 if trial % 2 else np.int64
+        table = rng.integers(0, 1000, width).astype(dtype)
+        codes = rng.integers(-3, width, size) if width else rng.integers(-2, 3, size)
+        expected = [-1 if c < 0 or not width else table[c] for c in codes]
+        got = recode(codes, table)
+        assert got.tolist() == expected
+        assert got.dtype == (dtype if width else np.int64)
+
+
+def test_hex_digits_are_the_lower_case_hex_of_each_row():
+    import numpy as np
+
+    from geoflow.aggregate import hex_digits
+
+    rng = np.random.default_rng(47)
+    octets = rng.integers(0, 256, (300, 8)).astype(np.uint8)
+    octets[0], octets[1] = 0, 255
+    for width in (2, 8, 10, 16):
+        digits = hex_digits(octets, width)
+        assert [bytes(row).decode() for row in digits] == [
+            bytes(row).hex()[:width] for row in octets]

@@ -338,3 +338,27 @@ def test_unmatched_crossings_lists_each_text_naming_no_port_with_its_count():
     assert found["records"].dtype == "int64"
     assert unmatched_crossings(assign_crossings(_records().drop(columns="crossing"))).empty
     assert list(unmatched_crossings(out.iloc[0:0]).columns) == ["crossing", "records"]
+
+
+def test_unmatched_crossings_count_each_stripped_text_as_value_counts_would():
+    # counted per distinct text: texts equal once stripped add up, blank and known ones go,
+    # categoricals and plain text give the same table as pandas over every record
+    rng = np.random.default_rng(5)
+    texts = np.array(["Laredo", " Laredo ", "Atlantis", "  ", "", "Narnia", None], dtype=object)
+    for _ in range(60):
+        size = int(rng.integers(0, 80))
+        crossing = pd.array(rng.choice(texts, size), dtype="string")
+        kind = pd.array(rng.choice(["known", "modelled", None], size), dtype="string")
+        records = pd.DataFrame({"crossing": crossing, "route_kind": kind})
+        given = records["crossing"].str.strip()
+        keep = given.fillna("").ne("") & (records["route_kind"] != "known").fillna(True)
+        expected = (given[keep].value_counts().rename_axis("crossing")
+                    .reset_index(name="records").astype({"records": "int64"})
+                    .sort_values(["records", "crossing"], ascending=[False, True],
+                                 kind="stable").reset_index(drop=True))
+        for frame in (records, records.astype({"crossing": "category"})):
+            got = unmatched_crossings(frame)
+            assert len(got) == len(expected)
+            if len(expected):
+                pd.testing.assert_frame_equal(got, expected)
+            assert got["crossing"].dtype == "string" and got["records"].dtype == "int64"

@@ -406,3 +406,104 @@ def test_flows_without_line_objects_write_the_same_geoparquet_as_geopandas(
     monkeypatch.setattr(export, "_geopandas_to_arrow", lambda: None)
     write_flows_parquet(bare, tmp_path / "fallback.parquet")
     assert (tmp_path / "fallback.parquet").read_bytes() == (tmp_path / "lines.parquet").read_bytes()
+
+
+def test_formula_risk_by_first_byte_equals_the_regex_and_plain_text_is_written_as_pandas(
+        tmp_path):
+    # a cell's first byte against the regex over its text (empty, NA, accents first, sliced
+    # and chunked arrays); columns with nothing to quote skip the quoting regex, same bytes
+    import re
+
+    import pyarrow as pa
+
+    from geoflow.export import _first_bytes, _formula_risk
+
+    rng = np.random.default_rng(19)
+    words = ["=a", "+1", "-x", "@s", "\tt", "\rr", "", "é=", "ab", "1,5", "Zoë", "x-y", None]
+    for _ in range(100):
+        cells = pd.Series(pd.array(rng.choice(words, int(rng.integers(0, 40))),
+                                   dtype="string"))
+        expected = [v is not pd.NA and re.match(r"[=+\-@\t\r]", v) is not None for v in cells]
+        assert _formula_risk(cells).tolist() == expected
+        assert _formula_risk(cells.astype(object)).tolist() == expected
+        texts = pa.array(cells.array)
+        for part in (texts, texts[len(texts) // 2:], pa.chunked_array([texts, texts])):
+            values = part.to_pylist()
+            assert _first_bytes(part).tolist() == [v.encode()[0] if v else 0 for v in values]
+    plain = ["a", "b c", "", "Michoacán", "-12.5", "=1+2", None]
+    frame = pd.DataFrame({"text": pd.array(rng.choice(plain, CSV_ARROW_ROWS), dtype="string"),
+                          "share": rng.choice(_CSV_FLOATS, CSV_ARROW_ROWS),
+                          "flag": rng.random(CSV_ARROW_ROWS) < 0.5})
+    write_csv(frame, tmp_path / "ours.csv")
+    formula_safe(frame).to_csv(tmp_path / "pandas.csv", index=False, lineterminator="\r\n")
+    assert (tmp_path / "ours.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+
+
+def test_numbers_formatted_once_per_distinct_value_read_as_formatted_one_by_one():
+    # float_texts and number_texts format distinct values (by their bits) and take them
+    # back: the same texts as formatting every value, with -0.0, NaN and infinities
+    from geoflow.export import number_texts
+
+    rng = np.random.default_rng(23)
+    special = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-7, 2.5e17, -116.9458049999]
+    for _ in range(50):
+        pool = np.concatenate([special, rng.random(int(rng.integers(1, 20))) * 1000 - 500])
+        values = rng.choice(pool, int(rng.integers(0, 300)))
+        for texts_of in (float_texts, number_texts):
+            assert texts_of(values).equals(texts_of.__wrapped__(values))
+            assert texts_of(values).to_pylist() == [
+                texts_of.__wrapped__(np.array([v])).to_pylist()[0] for v in values]
+
+
+def test_json_strings_and_csv_quoting_with_and_without_characters_to_escape():
+    # columns holding no quote, backslash, control character or CSV separator skip their
+    # kernels: every column still reads as json.dumps / Python's csv module write it
+    import io
+
+    import pyarrow as pa
+
+    from geoflow.export import _csv_quoted, _holds_any, _json_strings
+
+    rng = np.random.default_rng(37)
+    plain, hostile = ["a", "b c", "", "Zoë", "1.5"], ['q"', "back\\", "x\x01", "l\nb", "c,d"]
+    for trial in range(100):
+        words = plain + (hostile if trial % 2 else [])
+        values = pa.array(list(rng.choice([*words, None], int(rng.integers(0, 30)))),
+                          pa.string())
+        for part in (values, values[len(values) // 2:]):
+            cells = part.to_pylist()
+            assert _holds_any(part, b'"\\') >= any('"' in v or "\\" in v for v in cells if v)
+            assert _json_strings(part).to_pylist() == [
+                "null" if v is None else json.dumps(v, ensure_ascii=False) for v in cells]
+            text = [v for v in cells if v]  # csv writes a lone empty cell as ""
+            expected = []
+            for v in text:
+                out = io.StringIO()
+                csv.writer(out, lineterminator="\r\n").writerow([v])
+                expected.append(out.getvalue().removesuffix("\r\n"))
+            assert _csv_quoted(pa.array(text, pa.string())).to_pylist() == expected
+
+
+def test_three_point_bounds_are_those_of_the_rounded_coordinates():
+    # only the extremes are rounded: the same bounds as rounding every coordinate first,
+    # with NaN coordinates and a column of NaN alone
+    import warnings
+
+    from geoflow.export import _three_point_bounds
+
+    rng = np.random.default_rng(41)
+    columns = [f"{end}_{axis}" for end in ("dealer", "port", "recovery") for axis in ("lon", "lat")]
+    for trial in range(100):
+        size = int(rng.integers(1, 30))
+        flows = pd.DataFrame({c: rng.random(size) * 360 - 180 + rng.choice([0, 5e-7, -5e-7])
+                              for c in columns})
+        flows = flows.mask(rng.random(flows.shape) < 0.2)
+        if trial % 5 == 0:
+            flows["port_lat"] = np.nan
+        rounded = flows.round(6)
+        lon = rounded[[c for c in columns if c.endswith("lon")]].to_numpy()
+        lat = rounded[[c for c in columns if c.endswith("lat")]].to_numpy()
+        with warnings.catch_warnings():  # a column of NaN alone: numpy warns
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = [np.nanmin(lon), np.nanmin(lat), np.nanmax(lon), np.nanmax(lat)]
+        np.testing.assert_array_equal(_three_point_bounds(flows), expected)

@@ -313,3 +313,44 @@ def test_states_name_guns_sourced_and_recovered_apart_and_say_which_are_placed(t
     assert tamaulipas["guns_placed"] == 3
     assert features["US-AZ"]["guns_sourced"] == 1 and features["MX-SIN"]["guns_recovered"] == 0
     assert state_guns(states).sum() == 4 + 3  # sourced on one side, recovered on the other
+
+
+def test_output_order_is_the_lexsort_of_guns_then_hash():
+    # most guns first, then hash; flows sharing both (a hash collision) in their order; guns
+    # too many to go beside the hash sorted by lexsort
+    from geoflow.flows import _output_order
+
+    rng = np.random.default_rng(31)
+    for trial in range(200):
+        size = int(rng.integers(0, 200))
+        hashes = rng.integers(0, 1 << 40, size).astype(np.uint64)
+        if trial % 3 == 0 and size:  # shared hashes, some with the same guns
+            hashes = rng.choice(hashes[:4], size)
+        guns = rng.integers(0, 6, size) * (1 << 30 if trial % 7 == 0 else 1)
+        expected = np.lexsort((hashes, -guns))
+        assert _output_order(guns, hashes).tolist() == expected.tolist()
+
+
+def test_hex_ids_are_f_and_ten_hex_digits_of_each_40_bit_value():
+    from geoflow.flows import _hex_ids
+
+    values = np.array([0, 1, 0xABCDEF0123, (1 << 40) - 1, 1 << 39], dtype=np.uint64)
+    assert list(_hex_ids(values)) == [f"F-{int(v):010x}" for v in values]
+
+
+def test_flows_of_categorical_places_equal_those_of_text_places():
+    # the flows' hash reads a categorical of place names as it is (each name hashed once),
+    # and places given by bare coordinates as their "lat, lon" label: same ids, same table
+    placed = _placed([
+        {"dealer_at": "dundee", "recovered_at": "reynosa", "port": "2304", "n": 2},
+        {"dealer_at": "phoenix", "recovered_at": "hermosillo", "port": "2604", "n": 3},
+        {"dealer_at": "houston", "recovered_at": "cdmx", "port": "2304", "kind": "known"},
+    ])
+    text = placed.assign(recovery_place=placed["recovery_place"].astype("string"))
+    unnamed = text.assign(recovery_place=text["recovery_place"].mask(
+        text["recovery_place"] == text["recovery_place"].iloc[0]))
+    for frame in (text, unnamed):
+        expected = build_flows(frame, PORTS, lines=False)
+        coded = frame.assign(recovery_place=frame["recovery_place"].astype("category"))
+        pd.testing.assert_frame_equal(build_flows(coded, PORTS, lines=False), expected)
+    assert build_flows(unnamed, PORTS, lines=False)["recovery_place"].str.contains(", ").any()
