@@ -85,7 +85,6 @@ PLACEHOLDERS: frozenset[str] = frozenset({
 })
 _PLACEHOLDER_CHARS = max(map(len, PLACEHOLDERS))
 _CLEAN_CELLS = 1 << 20  # cells cleaned in one batch of Arrow kernel calls
-_CLEAN_THREADS = 2  # batches cleaned at once (more cores: memory for little more speed)
 _UNNAMED = re.compile(r"column \d+")  # the name a blank header gets (_unique_headers)
 
 
@@ -563,30 +562,23 @@ def _clean_columns(frame: pd.DataFrame) -> pd.DataFrame:
     reference (read_traces), raw and cleaned text never both exist for the whole table.
     Arrow-backed text columns of few rows are cleaned together, up to :data:`_CLEAN_CELLS`
     cells per batch of kernel calls, so a file of thousands of columns costs about as much
-    as one of a few long ones (popping columns one by one was O(columns) each: minutes).
-    Arrow's kernels let go of the GIL: batches are cleaned on :data:`_CLEAN_THREADS` threads
-    (a million records' 19 text columns: 1.3 s on one, about half on two cores)."""
+    as one of a few long ones (popping columns one by one was O(columns) each: minutes)."""
     index = pd.RangeIndex(len(frame))
     names = list(frame.columns)
     raw = dict(enumerate(frame._ixs(i, axis=1) for i in range(len(names))))
     del frame
     text: dict[int, pd.Series] = {}
-    batches: list[list[int]] = [[]]
+    batch: list[int] = []
     for i in list(raw):
         if getattr(raw[i].dtype, "storage", None) != "pyarrow":
             text[i] = _clean_text(raw.pop(i))
             continue
-        if len(batches[-1]) * len(index) >= _CLEAN_CELLS:
-            batches.append([])
-        batches[-1].append(i)
-
-    def clean(batch: list[int]) -> dict[int, pd.Series]:
-        return _clean_arrow_batch([raw.pop(j) for j in batch], batch)
-
-    batches = [batch for batch in batches if batch]
-    with ThreadPoolExecutor(min(_CLEAN_THREADS, len(batches)) or 1) as pool:
-        for cleaned in pool.map(clean, batches):  # each raw batch let go as it is taken
-            text.update(cleaned)
+        batch.append(i)
+        if len(batch) * len(index) >= _CLEAN_CELLS:
+            text.update(_clean_arrow_batch([raw.pop(j) for j in batch], batch))
+            batch = []
+    if batch:
+        text.update(_clean_arrow_batch([raw.pop(j) for j in batch], batch))
     arrays = [text.pop(i) for i in range(len(names))]
     return pd.DataFrame(dict(zip(range(len(names)), arrays, strict=True)), index=index,
                         copy=False).set_axis(names, axis=1)
