@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def write_no_map(result, folder) -> None:
-    """Per-entity writer without map.html (module level: batch workers unpickle it)."""
+    """Per-entity writer without map.html (module level: batch workers unpickle it); the
+    GeoPackage from the batch's schema template, as ``run --per`` writes it."""
     from geoflow.pipeline import write_outputs
 
-    write_outputs(result, folder, write_map=False)
+    write_outputs(result, folder, write_map=False, reuse_schema=True)
 
 
 def write_no_stills(result, folder) -> None:
@@ -40,7 +41,7 @@ def write_no_stills(result, folder) -> None:
     from geoflow.pipeline import write_outputs
     from geoflow.render import render_map
 
-    write_outputs(result, folder, write_map=False)
+    write_outputs(result, folder, write_map=False, reuse_schema=True)
     (Path(folder) / "map.html").write_text(render_map(result), encoding="utf-8")
 
 
