@@ -534,7 +534,7 @@ def _listed(values: pd.Series, allowed: pd.Index) -> np.ndarray:
     """Boolean array: ``values.isin(allowed)`` for text, NA never listed, in one Arrow kernel
     (pandas' Arrow-string ``isin`` builds its value set one Python scalar at a time: seconds
     for the ~100,000 purchasers of a million records)."""
-    data = pa.array(values.astype("string").array)  # Arrow's own text: no Python strings
+    data = pa.array(values.astype("string").array)  # Arrow-backed text is taken as it is
     if isinstance(data, pa.ChunkedArray):
         data = data.combine_chunks()
     listed = pd.Index(allowed).dropna().astype(str).to_numpy(dtype=object)
