@@ -354,10 +354,10 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     check_output_dir(out, force=force)  # refuse a foreign folder before any work
     given = {name: options.pop(name) for name in LOOK_PARAMS}
     given["source"] = given.pop("source_line")
-    if not per:  # the map's modules load while the records are read
-        preload_map_modules()
     prepared, run_options, records, description, config = _prepare_selection(
         source, options, label=SAMPLE_LABEL if sample else None)
+    if not per:  # the map's modules load while the records are analysed
+        preload_map_modules()
     look = map_options(config, show_names=run_options.show_names, **given)
     if per:
         _run_batch(prepared, kind=per, out=out, records=records, description=description,

@@ -752,9 +752,9 @@ def findings_markdown(result: RunResult) -> str:
 
 def preload_map_modules() -> threading.Thread:
     """Import the map's modules (folium, matplotlib: about 1.2 s of CPU) on a background
-    thread, so that a run reads its records meanwhile (Arrow's CSV parser and kernels leave
-    Python free). An import that fails here fails again, and is reported, where the map is
-    drawn."""
+    thread, so that a run analyses its records meanwhile (called after the read: imported
+    during it, they added to the run's memory peak). An import that fails here fails again,
+    and is reported, where the map is drawn."""
 
     def load() -> None:
         with contextlib.suppress(Exception):  # reported by the map's own import
