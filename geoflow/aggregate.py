@@ -139,9 +139,7 @@ def weighted_count(codes: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray
     """Sum of ``weights`` per code 0..n-1 (int64); codes < 0 are left out. Unit weights (a
     trace file: one gun a record) are counted without float sums (a million records: 32
     -> 8 ms)."""
-    keep = codes >= 0
-    if not keep.all():  # no copy of millions of codes when none is left out
-        codes, weights = codes[keep], weights[keep]
+    codes, weights = _rows_at(codes >= 0, codes, weights)  # no copies when none is left out
     if (weights == 1).all():
         return np.bincount(codes, minlength=n).astype(np.int64, copy=False)
     return np.bincount(codes, weights=weights, minlength=n).round().astype(np.int64)
