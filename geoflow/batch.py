@@ -14,16 +14,20 @@ and no name can become ``..``, a path or a reserved device name (``CON``, ``NUL`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import queue
 import re
 import shutil
 import signal
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -377,6 +381,78 @@ def _worker_task(rows: Any, description: str, folder: Path, label: str,
     return label
 
 
+def _ready() -> None:
+    """A worker's first task: done once the worker has started (imports and records loaded)."""
+
+
+def _write_together(tasks: list[tuple], *, workers: int, shared: dict[str, Any],
+                    progress: Callable[[str], None] | None) -> None:
+    """Write ``tasks`` in this process and in ``workers`` spawned ones, each taking the next
+    entity as it becomes free. This process starts at once (everything is imported and the
+    records are here); a worker gets entities only once it has started (about 2.5 s of
+    imports and unpickling), so a small batch is not kept waiting for it. A thread hands the
+    workers their entities, so none waits while this process draws one of its own."""
+    pending, lock, stop = deque(tasks), threading.Lock(), threading.Event()
+    finished: queue.SimpleQueue = queue.SimpleQueue()  # workers' finished futures
+    handed = [0]  # entities handed to the workers
+
+    def next_task(*, to_worker: bool) -> tuple | None:
+        with lock:
+            if not pending or stop.is_set():
+                return None
+            handed[0] += to_worker
+            return pending.popleft()
+
+    def feed() -> None:
+        running = {pool.submit(_ready) for _ in range(workers)}  # spawns the workers
+        try:
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    if future.cancelled():
+                        continue
+                    if future.exception() is not None or future.result() is not None:
+                        finished.put(future)  # an entity's label, or an error raised below
+                    if future.exception() is None and (
+                            task := next_task(to_worker=True)) is not None:
+                        running.add(pool.submit(_worker_task, *task))
+        except RuntimeError:  # the pool is shut down: this process is stopping the batch
+            return
+
+    reported = 0
+
+    def report(future: Any) -> None:
+        nonlocal reported
+        label = future.result()  # a worker's error stops the batch here
+        reported += 1
+        if progress is not None:
+            progress(label)
+
+    others = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(shared,))
+    try:
+        threading.Thread(target=feed, name="geoflow-batch-feeder", daemon=True).start()
+        while (task := next_task(to_worker=False)) is not None:
+            rows, text, folder, label, entity = task
+            write_entity(shared["prepared"], shared["options"], shared["records"].iloc[rows],
+                         description=text, folder=folder, write=shared["write"],
+                         map_options=shared["map_options"], entity=entity, map_thread=False)
+            if progress is not None:
+                progress(label)
+            while not finished.empty():
+                report(finished.get())
+        while reported < handed[0] or not finished.empty():  # the workers' last entities
+            with contextlib.suppress(queue.Empty):
+                report(finished.get(timeout=0.1))
+    except BaseException:  # an error, Ctrl-C or SIGTERM: stop now, not after the queue
+        stop.set()
+        _stop_workers(pool, others)
+        raise
+    stop.set()
+    _stop_workers(pool, others)  # idle now, or still starting with no entity left for them
+
+
 def run_batch(
     prepared: Any,
     *,
@@ -400,8 +476,9 @@ def run_batch(
     defaults to its records (pass filtered ones to batch within a filter, and their
     ``description``). ``write(result, folder)`` writes one entity's outputs (default:
     ``pipeline.write_outputs`` with ``map_options``); ``progress(label)`` is called after
-    each entity. ``jobs`` > 1 writes entities in that many worker processes (``spawn``:
-    forking after Arrow's threads start can deadlock); each worker receives the records once,
+    each entity. ``jobs`` > 1 writes entities in this process and ``jobs - 1`` worker
+    processes (``spawn``: forking after Arrow's threads start can deadlock), each taking the
+    next entity when free (:func:`_write_together`); each worker receives the records once,
     and ``write`` must then be a module-level function. The files are the same either way.
     The batch is built beside ``out_dir`` and swapped in at the end; an existing ``out_dir``
     not written by geoflow is refused unless ``force``.
@@ -455,19 +532,7 @@ def run_batch(
         else:
             shared = {"prepared": prepared, "options": options, "records": records,
                       "write": write, "map_options": map_options}
-            others = set(multiprocessing.active_children())
-            pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_worker_init, initargs=(shared,))
-            try:
-                futures = [pool.submit(_worker_task, *task) for task in tasks]
-                for future in as_completed(futures):
-                    label = future.result()  # a worker's error stops the batch here
-                    if progress is not None:
-                        progress(label)
-            except BaseException:  # an error, Ctrl-C or SIGTERM: stop now, not after the queue
-                _stop_workers(pool, others)
-                raise
-            pool.shutdown()
+            _write_together(tasks, workers=jobs - 1, shared=shared, progress=progress)
         notes = _accounting_notes(accounting, singular=singular.lower(),
                                   plural=plural.split(" (")[0].lower())
         html = render_index(table, kind=kind, title=title, description=description,

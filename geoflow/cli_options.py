@@ -97,8 +97,8 @@ def batch_options(func: _F) -> _F:
     )(func)
     func = click.option(
         "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
-        help="With --per: write entities in N worker processes (default: the CPUs "
-             "available; 1 = one after the other in this process).",
+        help="With --per: write entities in N processes, this one and N-1 workers (default: "
+             "the CPUs available; 1 = one after the other in this process).",
     )(func)
     func = click.option(
         "--min-guns", type=click.IntRange(min=1), default=None, metavar="N",

@@ -135,3 +135,23 @@ def batch_files(out: Path) -> dict[str, object]:
         else:
             files[key] = path.read_bytes()
     return files
+
+
+def write_noting_process(result, folder) -> None:
+    """A batch's per-entity writer for tests (module level: workers unpickle it): the default
+    output set, and a note outside OUT of the process that wrote it (``<pid>-<folder>`` in
+    ``$GEOFLOW_TEST_WRITERS``). The process named by ``$GEOFLOW_TEST_MAIN`` (the batch's own)
+    then waits until a worker has written an entity, so a worker always writes some."""
+    import os
+    import time
+
+    from geoflow.pipeline import write_outputs
+
+    write_outputs(result, folder, reuse_schema=True)
+    notes = Path(os.environ["GEOFLOW_TEST_WRITERS"])
+    (notes / f"{os.getpid()}-{Path(folder).name}").touch()
+    main = os.environ.get("GEOFLOW_TEST_MAIN")
+    deadline = time.monotonic() + 120
+    while main == str(os.getpid()) and time.monotonic() < deadline and all(
+            note.name.startswith(f"{main}-") for note in notes.iterdir()):
+        time.sleep(0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -387,20 +388,39 @@ def test_sample_trafficker_entities_follow_the_reporting(sample_prepared):
     assert entities["label"].str.fullmatch(r"P-[0-9a-f]{6}").all()
 
 
-def test_parallel_batch_writes_the_same_files_as_the_serial_one(tmp_path):
+def test_parallel_batch_writes_the_same_files_as_the_serial_one(tmp_path, monkeypatch):
+    """--jobs 2: this process and a spawned worker share the entities (the writer makes this
+    process wait until the worker has written one); the files are those of --jobs 1."""
+    from handmade import write_noting_process
+
     from geoflow.batch import default_jobs, run_batch
 
     prepared = prepared_records()
-    done = []
-    serial = run_batch(prepared, kind="trafficker", out_dir=tmp_path / "serial", min_guns=4,
+    done, writers = [], {}
+    for jobs in (1, 2):
+        writers[jobs] = tmp_path / f"writers-{jobs}"
+        writers[jobs].mkdir()
+        monkeypatch.setenv("GEOFLOW_TEST_WRITERS", str(writers[jobs]))
+        if jobs == 2:
+            monkeypatch.setenv("GEOFLOW_TEST_MAIN", str(os.getpid()))
+        run_batch(prepared, kind="trafficker", out_dir=tmp_path / f"jobs-{jobs}", min_guns=3,
+                  jobs=jobs, write=write_noting_process, progress=done.append)
+    serial = run_batch(prepared, kind="trafficker", out_dir=tmp_path / "serial", min_guns=3,
                        jobs=1)
     parallel = run_batch(prepared, kind="trafficker", out_dir=tmp_path / "parallel",
-                         min_guns=4, jobs=2, progress=done.append)
-    assert len(serial.entities) == 2 and sorted(done) == sorted(serial.entities["label"])
-    one, two = batch_files(tmp_path / "serial"), batch_files(tmp_path / "parallel")
-    assert sum(name.endswith("/map.html") for name in one) == 2
-    assert one.keys() == two.keys()
-    assert [name for name in one if one[name] != two[name]] == []
+                         min_guns=3, jobs=2)
+    labels = sorted(serial.entities["label"])
+    assert len(labels) == 4 and sorted(done) == sorted(labels * 2)
+    pids = {jobs: {note.name.split("-")[0] for note in writers[jobs].iterdir()}
+            for jobs in writers}
+    assert pids[1] == {str(os.getpid())} and len(list(writers[2].iterdir())) == 4
+    assert pids[2] - {str(os.getpid())}, "no entity was written by a worker"
+    for one, two in ((tmp_path / "jobs-1", tmp_path / "jobs-2"),
+                     (tmp_path / "serial", tmp_path / "parallel")):
+        one, two = batch_files(one), batch_files(two)
+        assert sum(name.endswith("/map.html") for name in one) == 4
+        assert one.keys() == two.keys()
+        assert [name for name in one if one[name] != two[name]] == []
     assert parallel.manifest["counts"] == serial.manifest["counts"]
     assert default_jobs() >= 1
 

@@ -333,18 +333,19 @@ def test_interrupting_a_parallel_batch_stops_it_and_its_workers(tmp_path, small_
         procs[name] = (home, out, markers, _snapshot(out), subprocess.Popen(
             [sys.executable, "-c", "import sys; from geoflow.cli import main; "
              "sys.argv = ['geoflow', *sys.argv[1:]]; main()",
-             "-q", "run", str(small_input), "--per", "state", "--jobs", "2", "-o", str(out)],
+             "-q", "run", str(small_input), "--per", "state", "--jobs", "3", "-o", str(out)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
             start_new_session=True))
     try:
         deadline = time.monotonic() + 240
         for name, (_, _, markers, _, proc) in procs.items():
-            while len(list(markers.iterdir())) < 2:  # both workers are writing an entity
+            # --jobs 3: this process and its two workers each write an entity (and stall)
+            while len(list(markers.iterdir())) < 3:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"the {name} batch never had two workers writing: "
                                 f"{proc.communicate()[1][-2000:]}")
                 time.sleep(0.05)
-            assert str(proc.pid) not in {m.name for m in markers.iterdir()}  # workers write
+            assert str(proc.pid) in {m.name for m in markers.iterdir()}
             if name == "int":
                 os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
             else:
