@@ -145,6 +145,32 @@ def test_script_json_keeps_values_and_cannot_close_a_script(payload):
     assert json.loads(js_string(payload)) == payload
 
 
+def test_state_outlines_are_written_as_script_json_writes_the_whole_collection(sample_result):
+    """The areas' text is made of pieces (geometry texts cached per process): the bytes of
+    ``script_json`` of the whole FeatureCollection, whatever the names hold, on every page."""
+    from dataclasses import replace
+
+    from geoflow.render import _areas_geojson, _geometry_json
+    from geoflow.scene import build_scene
+
+    scene = build_scene(sample_result, options=MapOptions())
+    hostile = replace(scene, areas=[replace(area, name=PAYLOADS[i % len(PAYLOADS)] + "{{x}}")
+                                    for i, area in enumerate(scene.areas)])
+    for drawn in (scene, hostile, scene):  # the second time from the cache
+        for country in ("US", "MX"):
+            areas = [a for a in drawn.areas if a.country == country]
+            plain = {"type": "FeatureCollection", "features": [
+                {"type": "Feature",
+                 "properties": {"name": a.name, "code": a.code, "guns": a.guns,
+                                "pct": a.share, "fill": a.fill},
+                 "geometry": _geometry_json(a.geometry)}
+                for a in areas]}
+            text = _areas_geojson(drawn, country)
+            assert text == script_json(plain)
+            assert len(json.loads(text)["features"]) == len(areas) > 30
+            assert "<" not in text and "{{" not in text
+
+
 def test_script_json_refuses_nan_and_js_string_blanks_na():
     with pytest.raises(ValueError):
         script_json({"x": float("nan")})
