@@ -354,16 +354,14 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     check_output_dir(out, force=force)  # refuse a foreign folder before any work
     given = {name: options.pop(name) for name in LOOK_PARAMS}
     given["source"] = given.pop("source_line")
+    if per:
+        _run_batch(source, options, kind=per, out=out, sample=sample, given=given,
+                   min_guns=min_guns, force=force, jobs=jobs, resume=resume)
+        return
     prepared, run_options, records, description, config = _prepare_selection(
         source, options, label=SAMPLE_LABEL if sample else None)
-    if not per:  # the map's modules load while the records are analysed
-        preload_map_modules()
+    preload_map_modules()  # the map's modules load while the records are analysed
     look = map_options(config, show_names=run_options.show_names, **given)
-    if per:
-        _run_batch(prepared, kind=per, out=out, records=records, description=description,
-                   min_guns=min_guns, force=force, look=look, jobs=jobs, resume=resume,
-                   title=config.pick("title", given["title"]))
-        return
     with stage("Analysing", enabled=show_progress()):
         result = analyse(prepared, options=run_options, records=records,
                          description=description, consume=True)
@@ -384,23 +382,33 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     )
 
 
-def _run_batch(prepared, *, kind: str, out, records, description: str, min_guns: int | None,
-               force: bool, look, title: str | None, jobs: int | None = None,
-               resume: bool = False) -> None:
-    """``run --per KIND``: one output set per entity, with a progress bar on a terminal."""
+def _run_batch(source: str, options: dict, *, kind: str, out, sample: bool, given: dict,
+               min_guns: int | None, force: bool, jobs: int | None, resume: bool) -> None:
+    """``run --per KIND``: one output set per entity, with a progress bar on a terminal. The
+    batch's worker processes start first: their imports overlap the read."""
+    from contextlib import nullcontext
+
     from geoflow.aggregate import plural
-    from geoflow.batch import default_jobs, entity_table, run_batch
+    from geoflow.batch import Workers, default_jobs, entity_table, run_batch
+    from geoflow.pipeline import preload_map_modules
     from geoflow.progress import bar
 
-    table, _ = entity_table(records, kind, min_guns=min_guns,
-                            show_names=prepared.options.show_names,
-                            min_cell=prepared.options.min_cell)
-    with bar(f"Writing {kind} outputs", len(table), enabled=show_progress()) as advance:
-        batch = run_batch(
-            prepared, kind=kind, out_dir=out, records=records, description=description,
-            min_guns=min_guns, force=force, title=title, progress=advance,
-            map_options=look, jobs=jobs or default_jobs(), resume=resume,
-        )
+    jobs = jobs or default_jobs()
+    with Workers(jobs - 1) if jobs > 1 else nullcontext() as workers:
+        prepared, run_options, records, description, config = _prepare_selection(
+            source, options, label=SAMPLE_LABEL if sample else None)
+        preload_map_modules()  # this process writes entities too
+        look = map_options(config, show_names=run_options.show_names, **given)
+        title = config.pick("title", given["title"])
+        table, _ = entity_table(records, kind, min_guns=min_guns,
+                                show_names=prepared.options.show_names,
+                                min_cell=prepared.options.min_cell)
+        with bar(f"Writing {kind} outputs", len(table), enabled=show_progress()) as advance:
+            batch = run_batch(
+                prepared, kind=kind, out_dir=out, records=records, description=description,
+                min_guns=min_guns, force=force, title=title, progress=advance,
+                map_options=look, jobs=jobs, resume=resume, workers=workers,
+            )
     click.echo(f"wrote {out}: " + _batch_line(batch.manifest["counts"], kind) + "; "
                + _rows_line(prepared, records))
     if resume:

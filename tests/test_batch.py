@@ -425,6 +425,27 @@ def test_parallel_batch_writes_the_same_files_as_the_serial_one(tmp_path, monkey
     assert default_jobs() >= 1
 
 
+def test_a_batch_whose_input_fails_leaves_no_worker_behind(tmp_path):
+    """``run --per`` starts its workers before reading; an input that cannot be read still
+    ends the command at once with its message, the workers stopped: none is left importing
+    or waiting for records, and none prints a traceback once the command has gone (its
+    pipes stay open until every worker has ended, so ``communicate`` sees all they write)."""
+    import subprocess
+    import sys
+    import time
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("foo,bar\n1,2\n", encoding="utf-8")
+    clock = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "geoflow", "run", str(bad), "--per", "state",
+                           "--jobs", "3", "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4 and "no recognisable trace columns" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert time.monotonic() - clock < 60
+    assert not (tmp_path / "out").exists()
+
+
 def test_jobs_is_refused_without_per(tmp_path):
     from click.testing import CliRunner
 
