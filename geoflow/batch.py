@@ -28,6 +28,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -461,7 +462,13 @@ def _write_together(tasks: list[tuple], *, workers: Workers, shared: dict[str, A
 
     def report(future: Any) -> None:
         nonlocal reported
-        label = future.result()  # a worker's error stops the batch here
+        try:
+            label = future.result()  # a worker's error stops the batch here
+        except BrokenProcessPool as exc:
+            raise OutputError(
+                "a batch worker process ended abruptly (killed, or out of memory); the batch "
+                "stopped and left OUT as it was: run it again, with a lower --jobs if memory "
+                "is short") from exc
         reported += 1
         if progress is not None:
             progress(label)

@@ -155,3 +155,23 @@ def write_noting_process(result, folder) -> None:
     while main == str(os.getpid()) and time.monotonic() < deadline and all(
             note.name.startswith(f"{main}-") for note in notes.iterdir()):
         time.sleep(0.05)
+
+
+def write_unless_a_worker(result, folder) -> None:
+    """A batch's per-entity writer for tests whose workers die (SIGKILL, as the kernel's OOM
+    killer ends a process) after noting it in ``$GEOFLOW_TEST_WRITERS``; the batch's own
+    process (``$GEOFLOW_TEST_MAIN``) writes, once a worker has died."""
+    import os
+    import signal
+    import time
+
+    from geoflow.pipeline import write_outputs
+
+    notes = Path(os.environ["GEOFLOW_TEST_WRITERS"])
+    if os.environ["GEOFLOW_TEST_MAIN"] != str(os.getpid()):
+        (notes / str(os.getpid())).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while not any(notes.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    write_outputs(result, folder, write_map=False, reuse_schema=True)

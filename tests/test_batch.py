@@ -425,6 +425,23 @@ def test_parallel_batch_writes_the_same_files_as_the_serial_one(tmp_path, monkey
     assert default_jobs() >= 1
 
 
+def test_a_worker_killed_mid_batch_is_reported_in_one_line(tmp_path, monkeypatch):
+    """A worker the kernel kills (out of memory) stops the batch with geoflow's own error,
+    exit code 7 on the command line, not a traceback; OUT is left as it was."""
+    from handmade import write_unless_a_worker
+
+    from geoflow.batch import run_batch
+
+    (tmp_path / "notes").mkdir()
+    monkeypatch.setenv("GEOFLOW_TEST_WRITERS", str(tmp_path / "notes"))
+    monkeypatch.setenv("GEOFLOW_TEST_MAIN", str(os.getpid()))
+    with pytest.raises(OutputError, match="worker process ended abruptly") as caught:
+        run_batch(prepared_records(), kind="trafficker", out_dir=tmp_path / "out",
+                  min_guns=3, jobs=2, write=write_unless_a_worker)
+    assert caught.value.exit_code == 7 and len(list((tmp_path / "notes").iterdir())) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # no OUT, no temp
+
+
 def test_a_batch_whose_input_fails_leaves_no_worker_behind(tmp_path):
     """``run --per`` starts its workers before reading; an input that cannot be read still
     ends the command at once with its message, the workers stopped: none is left importing
