@@ -189,6 +189,20 @@ def test_clean_text_matches_python_strip_and_placeholders(tmp_path):
     assert notes.dtype == "str" and np.all(notes.index == np.arange(len(cells)))
 
 
+def test_every_whitespace_at_either_end_of_a_text_is_stripped(tmp_path):
+    """A column is trimmed only when a text may start or end with whitespace (read from its
+    bytes): each whitespace character Python strips, alone at the start or the end of one
+    cell of an otherwise plain column, is still stripped."""
+    from geoflow.io import _WHITESPACE
+
+    assert len(_WHITESPACE) == 29  # every character str.strip() removes, up to U+3000
+    for char in _WHITESPACE.replace("\n", "").replace("\r", ""):
+        for cell in (f"{char}É", f"É{char}"):
+            data = ("Serial Number,Notes\nS1,plain\nS2,\"" + cell + "\"\nS3,Éclair\n").encode()
+            notes = read_traces(_write(tmp_path, data)).records["notes"].tolist()
+            assert notes == ["plain", "É", "Éclair"], (hex(ord(char)), notes)
+
+
 def test_placeholders_in_any_case_are_missing_and_near_misses_kept(tmp_path):
     # the cleaner looks cells up among every spelling of a placeholder: mixed case, the
     # dotless ı and long ſ (which upper-case to I and S), after stripping; others stay
