@@ -358,9 +358,20 @@ def _worker_init(inbox: Any) -> None:
     # Ctrl-C reaches the whole process group: the main process alone decides to stop, and
     # stops the workers (a worker's own KeyboardInterrupt would only print a traceback)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, name="geoflow-parent-watch", daemon=True).start()
     pipeline.preload_map_modules().join()
     _WORKER.update(inbox.get())
     logging.getLogger(pipeline.log.name).setLevel(logging.WARNING)
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the batch's process ends without stopping it (``kill -9``, a
+    power cut, a closed session): it would otherwise wait for entities for ever, holding the
+    records in memory, or write into a folder a resumed batch has taken over."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()  # returns when the parent is gone
+        os._exit(1)
 
 
 def _stop_workers(pool: ProcessPoolExecutor, others: set[Any]) -> None:
@@ -408,10 +419,12 @@ class Workers:
             self._inbox.put(shared)
 
     def stop(self) -> None:
-        """End the workers now: queued entities dropped, running ones ended."""
+        """End the workers now: queued entities dropped, running ones ended. Records not yet
+        sent are dropped too (a worker that ended reads no more of them: waiting for the
+        queue to flush would wait for ever)."""
         _stop_workers(self.pool, self._others)
+        self._inbox.cancel_join_thread()
         self._inbox.close()
-        self._inbox.join_thread()
 
     def __enter__(self) -> Workers:
         return self

@@ -390,6 +390,28 @@ _KILLED_BATCH = textwrap.dedent("""
 """)
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_workers_of_a_killed_parallel_batch_end_with_it(tmp_path, small_input):
+    """``kill -9`` of a --jobs 3 batch (as it starts its third output set in its own
+    process): its two workers end too, instead of waiting for entities for ever."""
+    args = ["-q", "run", str(small_input), "--per", "state", "--jobs", "3", "-o",
+            str(tmp_path / "out")]
+    killed = subprocess.Popen([sys.executable, "-c", _KILLED_BATCH, *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        _, stderr = killed.communicate(timeout=300)  # the workers' pipes close as they end
+        assert killed.returncode == -signal.SIGKILL, stderr
+        assert "Traceback" not in stderr, stderr
+        gone = time.monotonic() + 15
+        while _session_processes(killed.pid) and time.monotonic() < gone:
+            time.sleep(0.1)
+        assert _session_processes(killed.pid) == []
+    finally:
+        for pid in _session_processes(killed.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_a_killed_batch_resumes_where_it_stopped_and_ends_as_a_whole_run(
         tmp_path, small_input, monkeypatch):
     from handmade import batch_files
