@@ -99,13 +99,14 @@ def formula_safe(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy(deep=False)  # copy-on-write: columns replaced below, ``frame`` unchanged
     for column in out.columns:
         series = out[column]
-        if isinstance(series.dtype, pd.CategoricalDtype):
+        categorical = isinstance(series.dtype, pd.CategoricalDtype)
+        if categorical:
             series = series.astype("string")
         if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
             continue
         risky = _formula_risk(series)
         if not risky.any():
-            if series is not out[column]:  # a categorical, written as its text
+            if categorical:  # written as its text; other columns stay as they are
                 out[column] = series
             continue
         text, risky = series.astype("string"), pd.Series(risky, index=series.index)
