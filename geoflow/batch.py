@@ -20,6 +20,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import re
 import shutil
@@ -360,7 +361,7 @@ def _worker_init(inbox: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, name="geoflow-parent-watch", daemon=True).start()
     pipeline.preload_map_modules().join()
-    _WORKER.update(inbox.get())
+    _WORKER.update(pickle.loads(inbox.get()))  # noqa: S301 (from this batch's own process)
     logging.getLogger(pipeline.log.name).setLevel(logging.WARNING)
 
 
@@ -414,9 +415,12 @@ class Workers:
         self.ready = [self.pool.submit(_ready) for _ in range(count)]  # spawns the workers
 
     def send(self, shared: dict[str, Any]) -> None:
-        """The batch's shared state (records, options, writer), one copy per worker."""
+        """The batch's shared state (records, options, writer), one copy per worker. Pickled
+        here, once: what cannot be pickled (a ``write`` that is not a module-level function)
+        raises now, not in the queue's thread, where the workers would wait for ever."""
+        payload = pickle.dumps(shared, protocol=pickle.HIGHEST_PROTOCOL)
         for _ in range(self.count):
-            self._inbox.put(shared)
+            self._inbox.put(payload)
 
     def stop(self) -> None:
         """End the workers now: queued entities dropped, running ones ended. Records not yet

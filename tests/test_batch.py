@@ -425,6 +425,26 @@ def test_parallel_batch_writes_the_same_files_as_the_serial_one(tmp_path, monkey
     assert default_jobs() >= 1
 
 
+def test_a_writer_workers_cannot_take_stops_the_batch_at_once(tmp_path):
+    """--jobs > 1 needs a module-level ``write`` (the workers unpickle it): a lambda is refused
+    before any entity is written, not left to the workers, which would wait for ever."""
+    import multiprocessing
+    import pickle
+    import time
+
+    from geoflow.batch import run_batch
+
+    clock = time.monotonic()
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        run_batch(prepared_records(), kind="trafficker", out_dir=tmp_path / "out", min_guns=3,
+                  jobs=2, write=lambda result, folder: None)
+    assert time.monotonic() - clock < 60 and not (tmp_path / "out").exists()
+    gone = time.monotonic() + 10  # a worker joined by two threads may be listed a moment
+    while multiprocessing.active_children() and time.monotonic() < gone:
+        time.sleep(0.05)
+    assert multiprocessing.active_children() == []
+
+
 def test_a_worker_killed_mid_batch_is_reported_in_one_line(tmp_path, monkeypatch):
     """A worker the kernel kills (out of memory) stops the batch with geoflow's own error,
     exit code 7 on the command line, not a traceback; OUT is left as it was."""
