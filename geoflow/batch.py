@@ -359,10 +359,19 @@ def _worker_init(inbox: Any) -> None:
     # Ctrl-C reaches the whole process group: the main process alone decides to stop, and
     # stops the workers (a worker's own KeyboardInterrupt would only print a traceback)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _hold_ctrl_c(signal.SIG_UNBLOCK)  # held back since the spawn (Workers): now ignored
     threading.Thread(target=_exit_with_parent, name="geoflow-parent-watch", daemon=True).start()
     pipeline.preload_map_modules().join()
     _WORKER.update(pickle.loads(inbox.get()))  # noqa: S301 (from this batch's own process)
     logging.getLogger(pipeline.log.name).setLevel(logging.WARNING)
+
+
+def _hold_ctrl_c(how: int, mask: Any = None) -> Any:
+    """``signal.pthread_sigmask`` of SIGINT (or of ``mask``) for this thread, where POSIX
+    has it (a spawned process inherits the mask); the previous mask."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+        return None
+    return signal.pthread_sigmask(how, {signal.SIGINT} if mask is None else mask)
 
 
 def _exit_with_parent() -> None:
@@ -411,8 +420,14 @@ class Workers:
         self._inbox = context.Queue()
         self.pool = ProcessPoolExecutor(count, mp_context=context, initializer=_worker_init,
                                         initargs=(self._inbox,))
-        #: one per worker, done once it has started and holds the records
-        self.ready = [self.pool.submit(_ready) for _ in range(count)]  # spawns the workers
+        # the workers are spawned with Ctrl-C held back until _worker_init ignores it: one
+        # pressed while they start (during the read) would print their traceback otherwise
+        held = _hold_ctrl_c(signal.SIG_BLOCK)
+        try:
+            #: one per worker, done once it has started and holds the records
+            self.ready = [self.pool.submit(_ready) for _ in range(count)]  # spawns them
+        finally:
+            _hold_ctrl_c(signal.SIG_SETMASK, held)
 
     def send(self, shared: dict[str, Any]) -> None:
         """The batch's shared state (records, options, writer), one copy per worker. Pickled

@@ -390,6 +390,58 @@ _KILLED_BATCH = textwrap.dedent("""
 """)
 
 
+#: Loaded at start-up by every Python process of the batch below: a batch worker (spawned with
+#: ``--multiprocessing-fork``) announces itself, then takes 3 s more to start.
+_SLOW_WORKER_SITE = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (see above)
+    if "--multiprocessing-fork" in sys.orig_argv:
+        Path(os.environ["GEOFLOW_TEST_MARKERS"], str(os.getpid())).touch()
+        time.sleep(3)
+""")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_ctrl_c_while_the_workers_start_ends_the_batch_in_one_line(tmp_path, small_input):
+    """``run --per`` starts its workers before it reads; Ctrl-C while they start (before they
+    ignore it) ends the command with its one line, exit 130, no worker traceback."""
+    site, markers = tmp_path / "site", tmp_path / "markers"
+    site.mkdir()
+    markers.mkdir()
+    (site / "sitecustomize.py").write_text(_SLOW_WORKER_SITE)
+    env = {**os.environ, "GEOFLOW_TEST_MARKERS": str(markers), "PYTHONPATH": os.pathsep.join(
+        path for path in (str(site), os.environ.get("PYTHONPATH")) if path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geoflow", "-q", "run", str(small_input), "--per", "state",
+         "--jobs", "3", "-o", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(markers.iterdir())) < 2:  # both workers are starting
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the workers never started: {proc.communicate()[1][-2000:]}")
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130, stderr
+        lines = stderr.strip().splitlines()
+        assert lines[-1] == ("error: interrupted (Ctrl-C); no half-written output folder was "
+                             "put in place")
+        assert not [line for line in lines if "Traceback" in line or "KeyboardInterrupt" in line
+                    or "sitecustomize" in line], stderr
+        assert not (tmp_path / "out").exists()
+        gone = time.monotonic() + 15
+        while _session_processes(proc.pid) and time.monotonic() < gone:
+            time.sleep(0.1)
+        assert _session_processes(proc.pid) == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_workers_of_a_killed_parallel_batch_end_with_it(tmp_path, small_input):
     """``kill -9`` of a --jobs 3 batch (as it starts its third output set in its own
