@@ -663,40 +663,14 @@ def _clean_arrow_text(values: pd.Series) -> pd.Series:
                      index=values.index, name=values.name)
 
 
-#: Whether a text starting (ending) with this byte may start (end) with whitespace: the first
-#: (last) byte of each character of :data:`_WHITESPACE` in UTF-8.
-_SPACE_FIRST, _SPACE_LAST = np.zeros(256, dtype=bool), np.zeros(256, dtype=bool)
-for _char in _WHITESPACE:
-    _SPACE_FIRST[_char.encode()[0]] = _SPACE_LAST[_char.encode()[-1]] = True
-
-
-def _may_need_trim(array: pa.ChunkedArray) -> bool:
-    """Whether a text of ``array`` (large_string) may start or end with whitespace, by the
-    first and last byte of each text in Arrow's buffers (a byte that some whitespace ends
-    with also ends some letters, such as ``É``: then the column is trimmed to be sure)."""
-    for chunk in array.chunks:
-        _, offsets, data = chunk.buffers()
-        if data is None or not len(chunk):
-            continue
-        starts = np.frombuffer(offsets, dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
-        filled = starts[1:] > starts[:-1]  # a null or empty text has no bytes
-        text = np.frombuffer(data, dtype=np.uint8)
-        if (_SPACE_FIRST[text[starts[:-1][filled]]].any()
-                or _SPACE_LAST[text[starts[1:][filled] - 1]].any()):
-            return True
-    return False
-
-
 def _clean_arrow_array(array: pa.ChunkedArray) -> pa.ChunkedArray:
     """Stripped text, empty and placeholder cells null (the rules of :func:`_clean_text`)."""
-    if _may_need_trim(array):  # most columns have no padded text: no copy of them is made
-        stripped = pc.utf8_trim(array, _WHITESPACE)
-        # stripping never lengthens a value: equal total lengths mean nothing changed, and
-        # the column is kept as it is (no second copy of the text stays alive)
-        if (pc.sum(pc.binary_length(stripped)).as_py()
-                != pc.sum(pc.binary_length(array)).as_py()):
-            array = stripped
-        del stripped
+    stripped = pc.utf8_trim(array, _WHITESPACE)
+    # stripping never lengthens a value: equal total lengths mean nothing changed, and the
+    # column is kept as it is (no second copy of the text stays alive)
+    if pc.sum(pc.binary_length(stripped)).as_py() != pc.sum(pc.binary_length(array)).as_py():
+        array = stripped
+    del stripped
     missing = pc.is_in(array, _MISSING_TEXT)  # empty, or a placeholder in any case
     if pc.any(missing).as_py():
         array = pc.if_else(missing, pa.scalar(None, pa.large_string()), array)

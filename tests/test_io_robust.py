@@ -190,9 +190,8 @@ def test_clean_text_matches_python_strip_and_placeholders(tmp_path):
 
 
 def test_every_whitespace_at_either_end_of_a_text_is_stripped(tmp_path):
-    """A column is trimmed only when a text may start or end with whitespace (read from its
-    bytes): each whitespace character Python strips, alone at the start or the end of one
-    cell of an otherwise plain column, is still stripped."""
+    """Each whitespace character Python strips, alone at the start or the end of one cell of
+    an otherwise plain column (Arrow's ``utf8_trim`` strips the same set)."""
     from geoflow.io import _WHITESPACE
 
     assert len(_WHITESPACE) == 29  # every character str.strip() removes, up to U+3000
