@@ -361,7 +361,7 @@ def _worker_init(inbox: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _hold_ctrl_c(signal.SIG_UNBLOCK)  # held back since the spawn (Workers): now ignored
     threading.Thread(target=_exit_with_parent, name="geoflow-parent-watch", daemon=True).start()
-    pipeline.preload_map_modules().join()
+    pipeline.import_map_modules()
     _WORKER.update(pickle.loads(inbox.get()))  # noqa: S301 (from this batch's own process)
     logging.getLogger(pipeline.log.name).setLevel(logging.WARNING)
 
@@ -384,26 +384,18 @@ def _exit_with_parent() -> None:
         os._exit(1)
 
 
-def _stop_workers(pool: ProcessPoolExecutor, others: set[Any]) -> None:
-    """Drop the queued entities and end the running ones, before the batch's temporary folder
-    is removed (a worker left running would write into it, or recreate it). ``others``: the
-    process's children from before the pool, which are left alone."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    workers = [child for child in multiprocessing.active_children() if child not in others]
-    for worker in workers:
-        worker.terminate()
-    for worker in workers:
-        worker.join()
-    pool.shutdown(wait=True)
-
-
-def _worker_task(rows: Any, description: str, folder: Path, label: str,
-                 entity: tuple[str, str] | None = None) -> str:
-    shared = _WORKER
+def _write_task(shared: dict[str, Any], rows: Any, description: str, folder: Path, label: str,
+                entity: tuple[str, str] | None = None, *, map_thread: bool = False) -> str:
+    """One entity of a batch (a task of :func:`run_batch`) written with the batch's
+    ``shared`` state; its label."""
     write_entity(shared["prepared"], shared["options"], shared["records"].iloc[rows],
                  description=description, folder=folder, write=shared["write"],
-                 map_options=shared["map_options"], entity=entity, map_thread=False)
+                 map_options=shared["map_options"], entity=entity, map_thread=map_thread)
     return label
+
+
+def _worker_task(*task: Any) -> str:
+    return _write_task(_WORKER, *task)
 
 
 class Workers:
@@ -438,10 +430,18 @@ class Workers:
             self._inbox.put(payload)
 
     def stop(self) -> None:
-        """End the workers now: queued entities dropped, running ones ended. Records not yet
-        sent are dropped too (a worker that ended reads no more of them: waiting for the
-        queue to flush would wait for ever)."""
-        _stop_workers(self.pool, self._others)
+        """End the workers now, before the batch's temporary folder is removed (a worker left
+        running would write into it, or recreate it): queued entities dropped, running ones
+        ended (the process's children from before the workers are left alone). Records not
+        yet sent are dropped too: a worker that ended reads no more of them."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        workers = [child for child in multiprocessing.active_children()
+                   if child not in self._others]
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join()
+        self.pool.shutdown(wait=True)
         self._inbox.cancel_join_thread()
         self._inbox.close()
 
@@ -465,13 +465,14 @@ def _write_together(tasks: list[tuple], *, workers: Workers, shared: dict[str, A
     workers their entities, so none waits while this process draws one of its own."""
     pending, lock, stop = deque(tasks), threading.Lock(), threading.Event()
     finished: queue.SimpleQueue = queue.SimpleQueue()  # workers' finished futures
-    handed = [0]  # entities handed to the workers
+    handed = reported = 0  # entities handed to the workers, and reported done here
 
     def next_task(*, to_worker: bool) -> tuple | None:
+        nonlocal handed
         with lock:
             if not pending or stop.is_set():
                 return None
-            handed[0] += to_worker
+            handed += to_worker
             return pending.popleft()
 
     def feed() -> None:
@@ -490,8 +491,6 @@ def _write_together(tasks: list[tuple], *, workers: Workers, shared: dict[str, A
         except RuntimeError:  # the pool is shut down: this process is stopping the batch
             return
 
-    reported = 0
-
     def report(future: Any) -> None:
         nonlocal reported
         try:
@@ -509,15 +508,12 @@ def _write_together(tasks: list[tuple], *, workers: Workers, shared: dict[str, A
     try:
         threading.Thread(target=feed, name="geoflow-batch-feeder", daemon=True).start()
         while (task := next_task(to_worker=False)) is not None:
-            rows, text, folder, label, entity = task
-            write_entity(shared["prepared"], shared["options"], shared["records"].iloc[rows],
-                         description=text, folder=folder, write=shared["write"],
-                         map_options=shared["map_options"], entity=entity, map_thread=False)
+            label = _write_task(shared, *task)
             if progress is not None:
                 progress(label)
             while not finished.empty():
                 report(finished.get())
-        while reported < handed[0] or not finished.empty():  # the workers' last entities
+        while reported < handed or not finished.empty():  # the workers' last entities
             with contextlib.suppress(queue.Empty):
                 report(finished.get(timeout=0.1))
     finally:  # an error, Ctrl-C or SIGTERM: stop now, not after the queue; else they are idle
@@ -601,16 +597,14 @@ def run_batch(
             jobs = max(1, min(int(jobs), len(tasks)))
             if workers is None and jobs > 1:
                 workers = Workers(jobs - 1)
+            shared = {"prepared": prepared, "options": options, "records": records,
+                      "write": write, "map_options": map_options}
             if workers is None or len(tasks) < 2:
-                for rows, text, folder, label, entity in tasks:
-                    write_entity(prepared, options, records.iloc[rows], description=text,
-                                 folder=folder, write=write, map_options=map_options,
-                                 entity=entity)
+                for task in tasks:  # one process: the map drawn in a thread of its own
+                    label = _write_task(shared, *task, map_thread=True)
                     if progress is not None:
                         progress(label)
             else:
-                shared = {"prepared": prepared, "options": options, "records": records,
-                          "write": write, "map_options": map_options}
                 _write_together(tasks, workers=workers, shared=shared, progress=progress)
             notes = _accounting_notes(accounting, singular=singular.lower(),
                                       plural=plural.split(" (")[0].lower())

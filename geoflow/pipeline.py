@@ -750,19 +750,21 @@ def findings_markdown(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def import_map_modules() -> None:
+    """Import the map's modules (folium, matplotlib: about 1.2 s of CPU). An import that
+    fails here fails again, and is reported, where the map is drawn."""
+    with contextlib.suppress(Exception):  # reported by the map's own import
+        for name in ("matplotlib.figure", "matplotlib.backends.backend_agg",
+                     "geoflow.render", "geoflow.static"):
+            importlib.import_module(name)
+
+
 def preload_map_modules() -> threading.Thread:
-    """Import the map's modules (folium, matplotlib: about 1.2 s of CPU) on a background
-    thread, so that a run analyses its records meanwhile (called after the read: imported
-    during it, they added to the run's memory peak). An import that fails here fails again,
-    and is reported, where the map is drawn."""
-
-    def load() -> None:
-        with contextlib.suppress(Exception):  # reported by the map's own import
-            for name in ("matplotlib.figure", "matplotlib.backends.backend_agg",
-                         "geoflow.render", "geoflow.static"):
-                importlib.import_module(name)
-
-    thread = threading.Thread(target=load, name="geoflow-map-imports", daemon=True)
+    """:func:`import_map_modules` on a background thread, so that a run analyses its records
+    meanwhile (called after the read: imported during it, they added to the run's memory
+    peak)."""
+    thread = threading.Thread(target=import_map_modules, name="geoflow-map-imports",
+                              daemon=True)
     thread.start()
     return thread
 
