@@ -534,6 +534,7 @@ def run_batch(
     title: str | None = None,
     write: Callable[[Any, Path], None] | None = None,
     progress: Callable[[str], None] | None = None,
+    begin: Callable[[int], None] | None = None,
     map_options: Any = None,
     jobs: int = 1,
     resume: bool = False,
@@ -544,11 +545,12 @@ def run_batch(
     ``prepared`` is a ``pipeline.PreparedRecords`` (read and geocoded once); ``records``
     defaults to its records (pass filtered ones to batch within a filter, and their
     ``description``). ``write(result, folder)`` writes one entity's outputs (default:
-    ``pipeline.write_outputs`` with ``map_options``); ``progress(label)`` is called after
-    each entity. ``jobs`` > 1 writes entities in this process and ``jobs - 1`` worker
-    processes (``spawn``: forking after Arrow's threads start can deadlock), each taking the
-    next entity when free (:func:`_write_together`); each worker receives the records once,
-    and ``write`` must then be a module-level function. The files are the same either way.
+    ``pipeline.write_outputs`` with ``map_options``); ``begin(n)`` is called with the number of
+    entities once they are listed, ``progress(label)`` after each entity. ``jobs`` > 1
+    writes entities in this process and ``jobs - 1`` worker processes (``spawn``: forking
+    after Arrow's threads start can deadlock), each taking the next entity when free
+    (:func:`_write_together`); each worker receives the records once, and ``write`` must
+    then be a module-level function. The files are the same either way.
     The batch is built beside ``out_dir`` and swapped in at the end; an existing ``out_dir``
     not written by geoflow is refused unless ``force``.
 
@@ -571,6 +573,8 @@ def run_batch(
         keys = entity_keys(records, kind)
         positions = pd.Series(range(len(records)), index=records.index).groupby(
             keys.to_numpy(), dropna=True).indices if len(records) else {}
+        if begin is not None:
+            begin(len(table))
         singular, plural = _KIND_TITLES[kind]
         title = f"{title} — by {in_sentence(singular)}" if title else (
             f"Guns traced to Mexico by {in_sentence(singular)}")

@@ -389,7 +389,7 @@ def _run_batch(source: str, options: dict, *, kind: str, out, sample: bool, give
     from contextlib import nullcontext
 
     from geoflow.aggregate import plural
-    from geoflow.batch import Workers, default_jobs, entity_table, run_batch
+    from geoflow.batch import Workers, default_jobs, run_batch
     from geoflow.pipeline import preload_map_modules
     from geoflow.progress import bar
 
@@ -400,14 +400,12 @@ def _run_batch(source: str, options: dict, *, kind: str, out, sample: bool, give
         preload_map_modules()  # this process writes entities too
         look = map_options(config, show_names=run_options.show_names, **given)
         title = config.pick("title", given["title"])
-        table, _ = entity_table(records, kind, min_guns=min_guns,
-                                show_names=prepared.options.show_names,
-                                min_cell=prepared.options.min_cell)
-        with bar(f"Writing {kind} outputs", len(table), enabled=show_progress()) as advance:
+        with bar(f"Writing {kind} outputs", None, enabled=show_progress()) as advance:
             batch = run_batch(
                 prepared, kind=kind, out_dir=out, records=records, description=description,
                 min_guns=min_guns, force=force, title=title, progress=advance,
-                map_options=look, jobs=jobs, resume=resume, workers=workers,
+                begin=advance.total, map_options=look, jobs=jobs, resume=resume,
+                workers=workers,
             )
     click.echo(f"wrote {out}: " + _batch_line(batch.manifest["counts"], kind) + "; "
                + _rows_line(prepared, records))

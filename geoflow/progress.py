@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -22,7 +23,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-__all__ = ["progress_enabled", "stage", "bar", "quiet_logger"]
+__all__ = ["progress_enabled", "stage", "bar", "Advance", "quiet_logger"]
 
 
 def progress_enabled(*, quiet: bool = False, stream=None) -> bool:
@@ -84,18 +85,32 @@ def stage(description: str, *, enabled: bool, console: Console | None = None) ->
         yield
 
 
+class Advance:
+    """``advance(label)``: one more item finished; ``advance.total(n)``: the number of items,
+    when it is known only once the work has begun. Draws nothing without a ``progress``."""
+
+    def __init__(self, description: str, progress: Progress | None = None,
+                 task: Any = None) -> None:
+        self._description, self._progress, self._task = description, progress, task
+
+    def __call__(self, label: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1,
+                                  description=f"{self._description}: {label}")
+
+    def total(self, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, total=total)
+
+
 @contextmanager
 def bar(
-    description: str, total: int, *, enabled: bool, console: Console | None = None
-) -> Iterator[Callable[[str], None]]:
-    """Yield ``advance(label)``: call it once per finished item of ``total``."""
+    description: str, total: int | None, *, enabled: bool, console: Console | None = None
+) -> Iterator[Advance]:
+    """Yield an :class:`Advance`: call it once per finished item of ``total`` (None: not known
+    yet, given later by ``advance.total(n)``)."""
     if not enabled:
-        yield lambda label: None
+        yield Advance(description)
         return
     with _progress(console, with_bar=True) as progress, _logs_above(progress):
-        task = progress.add_task(description, total=total)
-
-        def advance(label: str) -> None:
-            progress.update(task, advance=1, description=f"{description}: {label}")
-
-        yield advance
+        yield Advance(description, progress, progress.add_task(description, total=total))

@@ -396,7 +396,7 @@ def test_parallel_batch_writes_the_same_files_as_the_serial_one(tmp_path, monkey
     from geoflow.batch import default_jobs, run_batch
 
     prepared = prepared_records()
-    done, writers = [], {}
+    done, writers, begun = [], {}, []
     for jobs in (1, 2):
         writers[jobs] = tmp_path / f"writers-{jobs}"
         writers[jobs].mkdir()
@@ -404,13 +404,14 @@ def test_parallel_batch_writes_the_same_files_as_the_serial_one(tmp_path, monkey
         if jobs == 2:
             monkeypatch.setenv("GEOFLOW_TEST_MAIN", str(os.getpid()))
         run_batch(prepared, kind="trafficker", out_dir=tmp_path / f"jobs-{jobs}", min_guns=3,
-                  jobs=jobs, write=write_noting_process, progress=done.append)
+                  jobs=jobs, write=write_noting_process, progress=done.append,
+                  begin=begun.append)
     serial = run_batch(prepared, kind="trafficker", out_dir=tmp_path / "serial", min_guns=3,
                        jobs=1)
     parallel = run_batch(prepared, kind="trafficker", out_dir=tmp_path / "parallel",
                          min_guns=3, jobs=2)
     labels = sorted(serial.entities["label"])
-    assert len(labels) == 4 and sorted(done) == sorted(labels * 2)
+    assert len(labels) == 4 and sorted(done) == sorted(labels * 2) and begun == [4, 4]
     pids = {jobs: {note.name.split("-")[0] for note in writers[jobs].iterdir()}
             for jobs in writers}
     assert pids[1] == {str(os.getpid())} and len(list(writers[2].iterdir())) == 4

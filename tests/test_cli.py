@@ -490,10 +490,15 @@ def test_progress_bar_and_spinner_draw_on_a_terminal():
     with bar("Writing state outputs", 3, enabled=True, console=console) as advance:
         for name in ("Texas", "Arizona", "Illinois"):
             advance(name)
+    with bar("Writing dealer outputs", None, enabled=True, console=console) as advance:
+        advance.total(2)  # a batch knows its entities only once it has listed them
+        advance("Shop A")
+        advance("Shop B")
     with stage("Reading and geocoding traces.csv", enabled=True, console=console):
         pass
     text = buffer.getvalue()
     assert "3/3" in text and "Illinois" in text
+    assert "2/2" in text and "Shop B" in text
     assert "Reading and geocoding traces.csv" in text
     silent = io.StringIO()
     with bar("x", 2, enabled=False, console=Console(file=silent)) as advance:
