@@ -317,15 +317,118 @@ def entity_table(
     return table.astype({"placed": int, "purchasers": int, "dealers": int}), accounting
 
 
-def default_jobs() -> int:
-    """Worker processes for a batch: the CPUs this process may run on."""
+def default_jobs(source: str | Path | None = None) -> int:
+    """Processes for a batch of ``source`` (``--jobs`` default): the CPUs this process may
+    run on, fewer when the memory free (:func:`free_memory`) would not hold that many copies
+    of the records (:func:`jobs_for_memory`); the reason is logged then."""
     counter = getattr(os, "process_cpu_count", None)  # Python 3.13+
     if counter is not None:
-        return max(counter() or 1, 1)
+        cores = max(counter() or 1, 1)
+    else:
+        try:
+            cores = max(len(os.sched_getaffinity(0)), 1)
+        except AttributeError:  # not Linux
+            cores = max(os.cpu_count() or 1, 1)
+    size = text_bytes(source) if source is not None else None
+    free = free_memory() if size is not None and cores > 1 else None
+    if free is None:
+        return cores
+    jobs = jobs_for_memory(cores, free, size)
+    if jobs < cores:
+        log.info("writing with %d of %d CPUs: each process holds the records (about %.1f GB "
+                 "here) and %.1f GB of memory is free; --jobs sets the count", jobs, cores,
+                 _worker_bytes(size) / 2**30, free / 2**30)
+    return jobs
+
+
+#: A batch's memory from its input's text size (CSV bytes), measured with ``--jobs 2`` on
+#: the sample (0.2 MB), 100k (25 MB) and 1M (249 MB) records: this process peaked at 321,
+#: 567 and 1,197 MB, a worker at 268, 399 and 627 MB. Base (MB) and bytes per input byte.
+_MAIN_MEMORY = (500, 4.0)
+_WORKER_MEMORY = (400, 1.5)
+#: Text bytes per file byte of compressed inputs, told by signature (the sample's first
+#: 100k records: Parquet 4.8 MB for 24.7 MB of CSV; its first 20k as xlsx, 3.2 for 4.9 MB).
+_TEXT_PER_BYTE = {b"PAR1": 5.0, b"PK\x03\x04": 1.5}
+
+
+def text_bytes(source: str | Path) -> float | None:
+    """About how many bytes of CSV ``source`` would be (its size, × :data:`_TEXT_PER_BYTE`
+    for Parquet and xlsx); None if it cannot be read."""
     try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not Linux
-        return max(os.cpu_count() or 1, 1)
+        with Path(source).open("rb") as handle:
+            signature = handle.read(4)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return None
+    return size * _TEXT_PER_BYTE.get(signature, 1.0)
+
+
+def _worker_bytes(text: float) -> float:
+    return (_WORKER_MEMORY[0] * 2**20) + _WORKER_MEMORY[1] * text
+
+
+def jobs_for_memory(cores: int, free: float, text: float) -> int:
+    """Processes (1 to ``cores``) whose memory fits in ``free`` bytes for an input of
+    ``text`` CSV bytes: this one's peak, then one worker's each (:data:`_MAIN_MEMORY`,
+    :data:`_WORKER_MEMORY`)."""
+    main = _MAIN_MEMORY[0] * 2**20 + _MAIN_MEMORY[1] * text
+    workers = (free - main) // _worker_bytes(text)
+    return int(max(1, min(cores, 1 + workers)))
+
+
+def free_memory(cgroups: Path = Path("/sys/fs/cgroup"),
+                membership: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes of memory this process could still take: the system's available memory
+    (psutil), within the tightest limit of its Linux control groups (a container's
+    ``--memory``), where page cache counts as free; None if psutil cannot tell."""
+    try:
+        import psutil
+
+        free = int(psutil.virtual_memory().available)
+    except (ImportError, OSError, RuntimeError):
+        return None
+    rooms = [room for room in map(_cgroup_room, _cgroup_folders(cgroups, membership))
+             if room is not None]
+    return min([free, *rooms])
+
+
+def _cgroup_folders(root: Path, membership: Path) -> list[Path]:
+    """The memory control-group folders of this process and of their parents (v2 and v1)."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:  # not Linux
+        return []
+    folders = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        mount = root if controllers == "" else (
+            root / "memory" if "memory" in controllers.split(",") else None)
+        if mount is None:
+            continue
+        parts = Path(path).relative_to("/").parts if path.startswith("/") else ()
+        folders += [mount.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+    return [folder for folder in folders if folder.is_dir()]
+
+
+def _cgroup_room(folder: Path) -> int | None:
+    """Bytes left under ``folder``'s memory limit (limit − use + inactive page cache), or
+    None without a limit."""
+    def number(*names: str) -> int | None:
+        for name in names:
+            with contextlib.suppress(OSError, ValueError):
+                return int((folder / name).read_text().split()[0])
+        return None
+
+    limit = number("memory.max", "memory.limit_in_bytes")  # v2 ("max": none), v1
+    used = number("memory.current", "memory.usage_in_bytes")
+    if limit is None or used is None or limit >= 2**60:  # v1 writes "none" as ~2**63
+        return None
+    stats = {}
+    with contextlib.suppress(OSError):
+        stats = dict(line.split()[:2] for line in (folder / "memory.stat").read_text()
+                     .splitlines() if len(line.split()) >= 2)
+    cache = int(stats.get("inactive_file", stats.get("total_inactive_file", 0)))
+    return max(limit - used + cache, 0)
 
 
 def write_entity(prepared: Any, options: Any, records: pd.DataFrame, *, description: str,

@@ -98,7 +98,8 @@ def batch_options(func: _F) -> _F:
     func = click.option(
         "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
         help="With --per: write entities in N processes, this one and N-1 workers (default: "
-             "the CPUs available; 1 = one after the other in this process).",
+             "the CPUs available, fewer if free memory would not hold that many copies of the "
+             "records; 1 = one after the other in this process).",
     )(func)
     func = click.option(
         "--min-guns", type=click.IntRange(min=1), default=None, metavar="N",

@@ -426,6 +426,81 @@ def test_parallel_batch_writes_the_same_files_as_the_serial_one(tmp_path, monkey
     assert default_jobs() >= 1
 
 
+def test_jobs_default_to_what_free_memory_holds():
+    """Each process holds the records: a big input on a small machine gets fewer processes
+    than CPUs, never none, never more than the CPUs."""
+    from geoflow.batch import jobs_for_memory
+
+    gb, mb = 2**30, 2**20
+    assert jobs_for_memory(8, 16 * gb, 249 * mb) == 8  # 1M records on a 16 GB laptop
+    # this process about 1.5 GB, each worker about 0.8 GB: 4 GB free holds 4 processes
+    assert jobs_for_memory(8, 4 * gb, 249 * mb) == 4
+    assert jobs_for_memory(8, 8 * gb, 2508 * mb) == 1  # 10M records: one process only
+    assert jobs_for_memory(8, 0, 1) == 1
+    assert jobs_for_memory(2, 64 * gb, 1) == 2
+
+
+def test_a_file_too_big_for_memory_is_batched_by_one_process(tmp_path, caplog):
+    """A 1 TB input (a sparse file: no disk used) cannot have a copy of its records per CPU:
+    the default says why it takes one process; a small input gets every CPU."""
+    from geoflow.batch import default_jobs
+
+    huge = tmp_path / "huge.csv"
+    with huge.open("wb") as handle:
+        handle.truncate(2**40)
+    small = tmp_path / "small.csv"
+    small.write_text("a,b\n1,2\n")
+    with caplog.at_level("INFO", logger="geoflow.batch"):
+        assert default_jobs(huge) == 1
+        cores = default_jobs()
+        assert default_jobs(small) == cores
+    if cores > 1:
+        assert "writing with 1 of" in caplog.text and "--jobs sets the count" in caplog.text
+    assert default_jobs(tmp_path / "missing.csv") == cores
+
+
+def test_compressed_inputs_count_as_the_text_they_hold(tmp_path):
+    from geoflow.batch import text_bytes
+
+    parquet = tmp_path / "t.parquet"
+    pd.DataFrame({"a": ["x"] * 1000}).to_parquet(parquet)
+    assert text_bytes(parquet) == 5 * parquet.stat().st_size
+    csv = tmp_path / "t.csv"
+    csv.write_text("a\nx\n")
+    assert text_bytes(csv) == 4 and text_bytes(tmp_path / "none.csv") is None
+
+
+def _cgroup(folder: Path, **files: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name.replace("_", ".", 1)).write_text(text)
+
+
+def test_free_memory_stays_within_a_container_limit(tmp_path):
+    """A container's memory limit (cgroup v2 ``memory.max`` of the process's group or of a
+    parent, v1 ``memory.limit_in_bytes``) caps the memory free, inactive page cache counted
+    as free; an unlimited group is ignored."""
+    from geoflow.batch import free_memory
+
+    gb = 2**30
+    system = free_memory(tmp_path / "none", tmp_path / "none")
+    assert system is not None and system > 0
+    v2 = tmp_path / "v2"
+    _cgroup(v2 / "box", memory_max=str(2 * gb), memory_current=str(int(1.5 * gb)))
+    _cgroup(v2 / "box" / "job", memory_max="max", memory_current=str(gb),
+            memory_stat=f"anon 1\ninactive_file {gb // 4}\n")
+    (tmp_path / "v2.cgroup").write_text("0::/box/job\n")
+    assert free_memory(v2, tmp_path / "v2.cgroup") == min(system, gb // 2)
+    v1 = tmp_path / "v1"
+    _cgroup(v1 / "memory", memory_limit_in_bytes="9223372036854771712",
+            memory_usage_in_bytes=str(8 * gb))
+    _cgroup(v1 / "memory" / "docker" / "c1", memory_limit_in_bytes=str(3 * gb),
+            memory_usage_in_bytes=str(2 * gb),
+            memory_stat=f"cache 5\ntotal_inactive_file {gb}\n")
+    (tmp_path / "v1.cgroup").write_text("5:cpu,cpuacct:/docker/c1\n4:memory:/docker/c1\n")
+    assert free_memory(v1, tmp_path / "v1.cgroup") == min(system, 2 * gb)
+
+
 def test_a_writer_workers_cannot_take_stops_the_batch_at_once(tmp_path):
     """--jobs > 1 needs a module-level ``write`` (the workers unpickle it): a lambda is refused
     before any entity is written, not left to the workers, which would wait for ever."""
