@@ -50,6 +50,7 @@ from geoflow.aggregate import (
     sorted_texts,
     unplace_duplicates,
 )
+from geoflow.geocode import PlaceMemo
 from geoflow.io import SeenRecords, read_traces, sorted_positions, warning_key
 from geoflow.privacy import arrow_text
 
@@ -533,11 +534,12 @@ def _combine_reports(reports: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def prepare_chunk(chunk: Chunk, path: Path, *, options, seen: SeenRecords, names: NameTable,
-                  ports, timings: dict[str, float], memory: dict[str, float]
-                  ) -> tuple[Partial, dict]:
+                  ports, timings: dict[str, float], memory: dict[str, float],
+                  places: PlaceMemo | None = None) -> tuple[Partial, dict]:
     """Read, geocode, route and collapse one chunk (pseudonyms come after combining); also
     the chunk's reader ``source`` (format, delimiter, header map …). Each stage's seconds
-    are added to ``timings`` and its peak memory noted in ``memory``."""
+    are added to ``timings`` and its peak memory noted in ``memory``; ``places``: the
+    places earlier chunks geocoded (each distinct place is geocoded once per input)."""
     from geoflow.counts import to_border
     from geoflow.crossings import assign_crossings
     from geoflow.flows import dealer_ids
@@ -551,7 +553,7 @@ def prepare_chunk(chunk: Chunk, path: Path, *, options, seen: SeenRecords, names
                                     data=chunk.data, seen=seen), chunk)
     with _stage("geocode", spent, memory):
         records, report = geocode_traces(read.records, geocoder=options.geocoder,
-                                         overrides=options.overrides)
+                                         overrides=options.overrides, memo=places)
     with _stage("crossings", spent, memory):
         records = assign_crossings(records, ports)
         if read.source.get("count_column"):
@@ -587,7 +589,7 @@ def prepare_chunked(source: str | Path, *, options, chunk_bytes: int = CHUNK_BYT
     page_large_allocations()  # a large input: freed arrays leave no resident heap behind
     path = Path(source)
     digest = hashlib.sha256()
-    seen, names = SeenRecords(), NameTable()
+    seen, names, places = SeenRecords(), NameTable(), PlaceMemo()
     ports = load_ports()
     timings: dict[str, float] = {}
     memory: dict[str, float] = {}
@@ -596,13 +598,13 @@ def prepare_chunked(source: str | Path, *, options, chunk_bytes: int = CHUNK_BYT
     for chunk in csv_chunks(path, chunk_bytes, digest):
         part, read_source = prepare_chunk(chunk, path, options=options, seen=seen,
                                           names=names, ports=ports, timings=timings,
-                                          memory=memory)
+                                          memory=memory, places=places)
         first_source = first_source or read_source
         parts.append(part)
     if not parts:  # an empty file: the reader's own message
         read_traces(path, column_map=options.column_map)
         raise AssertionError("unreachable: an empty file is an InputError")
-    del seen
+    del seen, places
     names.forget_hashes()
     chunks = len(parts)
     spent: dict[str, float] = {}

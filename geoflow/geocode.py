@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -50,6 +50,7 @@ __all__ = [
     "load_overrides",
     "geocode",
     "geocode_traces",
+    "PlaceMemo",
     "report_for",
     "geocode_column",
     "default_cache_path",
@@ -697,12 +698,13 @@ def _check_country(country: str | None) -> str | None:
 
 
 def geocode(queries: Iterable[str] | pd.Series, *, country: str | None = None,
-            geocoder: Geocoder | None = None,
-            overrides: pd.DataFrame | None = None) -> pd.DataFrame:
+            geocoder: Geocoder | None = None, overrides: pd.DataFrame | None = None,
+            memo: PlaceMemo | None = None) -> pd.DataFrame:
     """Geocode place strings; one row per query, in input order, columns :data:`RESULT_COLUMNS`.
 
-    Each distinct string is geocoded once. ``country`` (``"US"``/``"MX"``) constrains answers
-    to that country; ``overrides`` (see :func:`load_overrides`) win over the geocoder.
+    Each distinct string is geocoded once (once per input with a ``memo``). ``country``
+    (``"US"``/``"MX"``) constrains answers to that country; ``overrides`` (see
+    :func:`load_overrides`) win over the geocoder.
 
     >>> geocode(["E DUNDEE, IL 60118"])[["level", "admin1"]].iloc[0].tolist()
     ['zip', 'US-IL']
@@ -712,11 +714,14 @@ def geocode(queries: Iterable[str] | pd.Series, *, country: str | None = None,
     series = pd.Series(list(queries) if not isinstance(queries, pd.Series) else queries,
                        dtype="string").fillna("").str.strip()
     distinct = pd.Series(series.drop_duplicates().to_numpy(), dtype="string")
-    if overrides is not None and len(overrides):
-        answers = _geocode_with_overrides(distinct, country, geocoder, overrides)
-    else:
-        answers = geocoder.geocode(distinct, country=country)
-    answers = answers.assign(query=distinct.to_numpy()).set_index("query")
+
+    def answer(strings: pd.Series) -> pd.DataFrame:
+        if overrides is not None and len(overrides):
+            return _geocode_with_overrides(strings, country, geocoder, overrides)
+        return geocoder.geocode(strings, country=country)
+
+    answers = (memo.answers(distinct, country, answer) if memo is not None
+               else answer(distinct).assign(query=distinct.to_numpy()).set_index("query"))
     out = answers.reindex(series.to_numpy()).reset_index()
     out["query"] = series.to_numpy()
     return out[list(RESULT_COLUMNS)].reset_index(drop=True)
@@ -769,15 +774,38 @@ def _role_queries(records: pd.DataFrame, role: str) -> tuple[pd.Series, pd.Serie
     return text.astype("string"), country.astype("string")
 
 
+class PlaceMemo:
+    """The answers a chunked read's earlier chunks got, by country and place string
+    (``memo`` of :func:`geocode_traces`): a place met again is looked up, not geocoded
+    again. One row per distinct string, so its memory grows with places, not records."""
+
+    def __init__(self) -> None:
+        self._answers: dict[str | None, pd.DataFrame] = {}
+
+    def answers(self, distinct: pd.Series, country: str | None,
+                geocode: Callable[[pd.Series], pd.DataFrame]) -> pd.DataFrame:
+        """Answers (indexed by query) covering the ``distinct`` strings: those not met
+        before from ``geocode(strings)`` (a frame indexed like them)."""
+        known = self._answers.get(country)
+        fresh = distinct if known is None else distinct[~distinct.isin(known.index)]
+        if known is None or len(fresh):
+            new = geocode(fresh.reset_index(drop=True))
+            new = new.assign(query=fresh.to_numpy()).set_index("query")
+            known = new if known is None else pd.concat([known, new])
+            self._answers[country] = known
+        return known
+
+
 def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
                    overrides: pd.DataFrame | str | os.PathLike[str] | None = None,
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   memo: PlaceMemo | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Add dealer and recovery coordinates to trace records; return ``(records, report)``.
 
     Dealers are placed in the US, recoveries in ``recovery_country`` (Mexico when empty).
     Coordinates present in the input are kept (level ``coordinates``). ``report`` has one row
     per distinct (role, place string, level), unmatched and low-confidence first, with the
-    number of records it covers and their first source lines.
+    number of records it covers and their first source lines. ``memo``: the places of
+    earlier chunks of the same input and options, geocoded once.
     """
     if overrides is not None and not isinstance(overrides, pd.DataFrame):
         overrides = load_overrides(overrides)
@@ -789,7 +817,8 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
         # geocode each distinct (city, state, zip or country, lat, lon) once, then spread the
         # answers to the records by their group code: no per-record string work
         codes, distinct = _distinct_places(records, role)
-        res, text = _geocode_role(distinct, role, geocoder=geocoder, overrides=overrides)
+        res, text = _geocode_role(distinct, role, geocoder=geocoder, overrides=overrides,
+                                  memo=memo)
         lat_col, lon_col = f"{role}_lat", f"{role}_lon"
         out[lat_col] = res["lat"].to_numpy(dtype=float)[codes]
         out[lon_col] = res["lon"].to_numpy(dtype=float)[codes]
@@ -819,7 +848,8 @@ def _distinct_places(records: pd.DataFrame, role: str) -> tuple[np.ndarray, pd.D
 
 
 def _geocode_role(places: pd.DataFrame, role: str, *, geocoder: Geocoder | None,
-                  overrides: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.Series]:
+                  overrides: pd.DataFrame | None, memo: PlaceMemo | None = None
+                  ) -> tuple[pd.DataFrame, pd.Series]:
     """Result columns (no ``query``) for distinct place rows of ``role``, and their strings."""
     text, country = _role_queries(places, role)
     lat = pd.to_numeric(places.get(f"{role}_lat", pd.Series(np.nan, index=places.index)),
@@ -841,7 +871,8 @@ def _geocode_role(places: pd.DataFrame, role: str, *, geocoder: Geocoder | None,
             _add_note(res, res.index[rows], "recovery country not covered: "
                       + places.loc[rows, "recovery_country"].astype("string"))
             continue
-        answers = geocode(text[rows], country=code, geocoder=geocoder, overrides=overrides)
+        answers = geocode(text[rows], country=code, geocoder=geocoder, overrides=overrides,
+                          memo=memo)
         answers.index = res.index[rows]
         res.loc[rows, answers.columns[1:]] = answers.iloc[:, 1:]
     _add_note(res, wrong.index, wrong)

@@ -132,6 +132,33 @@ def test_chunked_outputs_equal_in_memory_with_a_name_column_left_blank(sample_cs
     assert _comparable(chunked) == _comparable(whole)
 
 
+class _NotingGeocoder:
+    """The offline geocoder, noting every place string it is asked."""
+
+    def __init__(self) -> None:
+        from geoflow.geocode import OfflineGeocoder
+
+        self.offline, self.asked = OfflineGeocoder(), []
+
+    def geocode(self, queries: pd.Series, *, country: str | None = None) -> pd.DataFrame:
+        self.asked += [(country, query) for query in queries]
+        return self.offline.geocode(queries, country=country)
+
+
+def test_a_chunked_read_geocodes_each_place_once(sample_csv, tmp_path):
+    """Places repeat from chunk to chunk: each is geocoded once per input (a paid or
+    rate-limited geocoder is asked as often as for the whole file), with the same outputs."""
+    asked = {}
+    for name, chunk_mb in (("whole", None), ("chunked", 0.06)):
+        geocoder = _NotingGeocoder()
+        manifest = _outputs(sample_csv, tmp_path / name, chunk_mb=chunk_mb, geocoder=geocoder)
+        asked[name] = geocoder.asked
+    assert manifest["input"]["chunks"] >= 10
+    assert len(asked["chunked"]) == len(set(asked["chunked"])), "a place geocoded twice"
+    assert sorted(asked["chunked"]) == sorted(asked["whole"])
+    assert _same_outputs(tmp_path / "whole", tmp_path / "chunked") == []
+
+
 def test_chunks_cover_the_file_with_file_line_numbers(sample_csv, tmp_path):
     broken = _broken(sample_csv, tmp_path)
     data = broken.read_bytes()
