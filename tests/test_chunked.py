@@ -174,6 +174,22 @@ def test_chunks_cover_the_file_with_file_line_numbers(sample_csv, tmp_path):
         assert data[:start].count(b"\n") + data[:start].count(b"\r") + 1 == first_line
 
 
+@pytest.mark.parametrize("before", ["", "\n \r\n" * 40_000])
+def test_a_header_far_in_or_over_lines_starts_every_chunk(tmp_path, before):
+    """The header record is found past 120 KB of blank lines, and when a quoted name in it
+    runs over two lines (CRLF): later chunks begin with all of it, and the records read
+    are the file's, at their lines."""
+    header = 'Trace Number,"Purchaser\r\nName",FFL State\r\n'
+    rows = [f"T{i},Name {i},TX\r\n" for i in range(6000)]
+    path = tmp_path / "far.csv"
+    path.write_bytes((before + header + "".join(rows)).encode())
+    chunks = list(csv_chunks(path, 20_000))
+    head = (before + header).encode()  # what the reader skips, then the header
+    assert len(chunks) > 4 and all(chunk.data.startswith(head) for chunk in chunks)
+    assert all(chunk.data[len(head):].startswith(b"T") for chunk in chunks)
+    assert b"".join(chunk.data[len(head):] for chunk in chunks) == "".join(rows).encode()
+
+
 def test_partial_aggregates_combine_associatively(sample_csv):
     options = RunOptions(pseudonym_key=KEY)
     seen, names, ports = SeenRecords(), NameTable(), load_ports()
