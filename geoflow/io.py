@@ -827,12 +827,12 @@ class SeenRecords:
     def __init__(self) -> None:
         self.hashes = np.empty(0, dtype=np.uint64)
 
-    def repeats(self, keys: pd.Series) -> np.ndarray:
+    def repeats(self, keys: np.ndarray) -> np.ndarray:
         """Which ``keys`` were seen in an earlier call; then remember them all."""
         # keys are nearly all distinct: hashed as they are (pandas would factorise them
         # first, 7 times slower); the distinct hashes from a sort (numpy 2's unique hashes
         # them again: 0.86 s for a million, the sort 0.01 s)
-        hashes = pd.util.hash_array(keys.to_numpy(dtype=object), categorize=False)
+        hashes = pd.util.hash_array(keys, categorize=False)
         found = sorted_positions(self.hashes, hashes) >= 0
         ordered = np.sort(hashes)
         distinct = ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if len(ordered) else ordered
@@ -867,7 +867,8 @@ def _duplicates(records: pd.DataFrame, given: pd.Series, seen: SeenRecords | Non
     """
     flag = np.zeros(len(records), dtype=bool)
     given = given.to_numpy(dtype=bool)
-    keys = pd.Series("", index=records.index, dtype=object) if seen is not None else None
+    # the keys a later chunk is checked against, as Python texts (what hash_array hashes)
+    keys = np.full(len(records), "", dtype=object) if seen is not None else None
     upper = records.loc[given, "trace_id"].str.upper()
     flag[given] = _repeated(upper)
     by_serial = ~given & records["serial_number"].notna().to_numpy()
