@@ -400,6 +400,8 @@ def _cgroup_folders(root: Path, membership: Path) -> list[Path]:
         return []
     folders = []
     for line in lines:
+        if line.count(":") < 2:
+            continue
         _, controllers, path = line.split(":", 2)
         mount = root if controllers == "" else (
             root / "memory" if "memory" in controllers.split(",") else None)

@@ -497,7 +497,8 @@ def test_free_memory_stays_within_a_container_limit(tmp_path):
     _cgroup(v1 / "memory" / "docker" / "c1", memory_limit_in_bytes=str(3 * gb),
             memory_usage_in_bytes=str(2 * gb),
             memory_stat=f"cache 5\ntotal_inactive_file {gb}\n")
-    (tmp_path / "v1.cgroup").write_text("5:cpu,cpuacct:/docker/c1\n4:memory:/docker/c1\n")
+    (tmp_path / "v1.cgroup").write_text("5:cpu,cpuacct:/docker/c1\n4:memory:/docker/c1\n"
+                                        "not a cgroup line\n")
     assert free_memory(v1, tmp_path / "v1.cgroup") == min(system, 2 * gb)
 
 
