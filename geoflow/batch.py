@@ -317,28 +317,36 @@ def entity_table(
     return table.astype({"placed": int, "purchasers": int, "dealers": int}), accounting
 
 
-def default_jobs(source: str | Path | None = None) -> int:
-    """Processes for a batch of ``source`` (``--jobs`` default): the CPUs this process may
-    run on, fewer when the memory free (:func:`free_memory`) would not hold that many copies
-    of the records (:func:`jobs_for_memory`); the reason is logged then."""
-    counter = getattr(os, "process_cpu_count", None)  # Python 3.13+
-    if counter is not None:
-        cores = max(counter() or 1, 1)
-    else:
-        try:
-            cores = max(len(os.sched_getaffinity(0)), 1)
-        except AttributeError:  # not Linux
-            cores = max(os.cpu_count() or 1, 1)
+def default_jobs(source: str | Path | None = None, *, asked: int | None = None) -> int:
+    """Processes for a batch of ``source``: ``asked`` (``--jobs``), with a warning when the
+    memory free (:func:`free_memory`) would not hold that many copies of the records
+    (:func:`jobs_for_memory`); by default the CPUs this process may run on, fewer when they
+    would not fit, saying why."""
+    cores = asked or _cpus()
     size = text_bytes(source) if source is not None else None
     free = free_memory() if size is not None and cores > 1 else None
     if free is None:
         return cores
-    jobs = jobs_for_memory(cores, free, size)
-    if jobs < cores:
-        log.info("writing with %d of %d CPUs: each process holds the records (about %.1f GB "
-                 "here) and %.1f GB of memory is free; --jobs sets the count", jobs, cores,
-                 _worker_bytes(size) / 2**30, free / 2**30)
-    return jobs
+    fits = jobs_for_memory(cores, free, size)
+    if fits < cores:
+        held = (f"each process holds the records (about {_worker_bytes(size) / 2**30:.1f} GB "
+                f"here) and {free / 2**30:.1f} GB of memory is free")
+        if asked:
+            log.warning("--jobs %d may run out of memory: %s, enough for %d", asked, held, fits)
+            return asked
+        log.info("writing with %d of %d CPUs: %s; --jobs sets the count", fits, cores, held)
+    return fits
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on."""
+    counter = getattr(os, "process_cpu_count", None)  # Python 3.13+
+    if counter is not None:
+        return max(counter() or 1, 1)
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return max(os.cpu_count() or 1, 1)
 
 
 #: A batch's memory from its input's text size (CSV bytes), measured with ``--jobs 2`` on

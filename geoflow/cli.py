@@ -393,7 +393,7 @@ def _run_batch(source: str, options: dict, *, kind: str, out, sample: bool, give
     from geoflow.pipeline import preload_map_modules
     from geoflow.progress import bar
 
-    jobs = jobs or default_jobs(source)
+    jobs = default_jobs(source, asked=jobs)  # the user's --jobs, warned if memory is short
     with Workers(jobs - 1) if jobs > 1 else nullcontext() as workers:
         prepared, run_options, records, description, config = _prepare_selection(
             source, options, label=SAMPLE_LABEL if sample else None)

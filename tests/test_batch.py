@@ -457,6 +457,11 @@ def test_a_file_too_big_for_memory_is_batched_by_one_process(tmp_path, caplog):
     if cores > 1:
         assert "writing with 1 of" in caplog.text and "--jobs sets the count" in caplog.text
     assert default_jobs(tmp_path / "missing.csv") == cores
+    caplog.clear()
+    with caplog.at_level("INFO", logger="geoflow.batch"):  # asked for: kept, and warned
+        assert default_jobs(huge, asked=3) == 3 and default_jobs(small, asked=3) == 3
+    assert caplog.text.count("--jobs 3 may run out of memory") == 1
+    assert "enough for 1" in caplog.text
 
 
 def test_compressed_inputs_count_as_the_text_they_hold(tmp_path):
