@@ -322,19 +322,19 @@ def default_jobs(source: str | Path | None = None, *, asked: int | None = None) 
     memory free (:func:`free_memory`) would not hold that many copies of the records
     (:func:`jobs_for_memory`); by default the CPUs this process may run on, fewer when they
     would not fit, saying why."""
-    cores = asked or _cpus()
+    wanted = asked or _cpus()
     size = text_bytes(source) if source is not None else None
-    free = free_memory() if size is not None and cores > 1 else None
+    free = free_memory() if size is not None and wanted > 1 else None
     if free is None:
-        return cores
-    fits = jobs_for_memory(cores, free, size)
-    if fits < cores:
+        return wanted
+    fits = jobs_for_memory(wanted, free, size)
+    if fits < wanted:
         held = (f"each process holds the records (about {_worker_bytes(size) / 2**30:.1f} GB "
                 f"here) and {free / 2**30:.1f} GB of memory is free")
         if asked:
             log.warning("--jobs %d may run out of memory: %s, enough for %d", asked, held, fits)
             return asked
-        log.info("writing with %d of %d CPUs: %s; --jobs sets the count", fits, cores, held)
+        log.info("writing with %d of %d CPUs: %s; --jobs sets the count", fits, wanted, held)
     return fits
 
 
