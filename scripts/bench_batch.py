@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--no-stills", action="store_true",
                         help="skip map.svg and map.png per entity (keep map.html)")
     parser.add_argument("--jobs", type=int, default=None,
-                        help="worker processes (default: the CPUs available)")
+                        help="processes (default: the CPUs available, fewer if memory is short)")
     args = parser.parse_args()
 
     from geoflow.batch import Workers, default_jobs, entity_table, run_batch
@@ -72,9 +72,9 @@ def main() -> None:
     from geoflow.sample import write_sample
     from geoflow.select import filter_records
 
-    jobs = args.jobs or default_jobs()
     with tempfile.TemporaryDirectory() as tmp:
         source = write_sample(Path(tmp) / "sample.csv", rows=args.rows)
+        jobs = default_jobs(source, asked=args.jobs)  # as `run --per` chooses them
         clock = time.perf_counter()
         start = clock
         # as `run --per` does: the workers start first, their imports overlap the read
