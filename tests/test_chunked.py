@@ -177,8 +177,8 @@ def test_chunks_cover_the_file_with_file_line_numbers(sample_csv, tmp_path):
 @pytest.mark.parametrize("before", ["", "\n \r\n" * 40_000])
 def test_a_header_far_in_or_over_lines_starts_every_chunk(tmp_path, before):
     """The header record is found past 120 KB of blank lines, and when a quoted name in it
-    runs over two lines (CRLF): later chunks begin with all of it, and the records read
-    are the file's, at their lines."""
+    runs over two lines (CRLF): every chunk begins with all of it, then records only, and
+    the chunks hold each record of the file once, in order."""
     header = 'Trace Number,"Purchaser\r\nName",FFL State\r\n'
     rows = [f"T{i},Name {i},TX\r\n" for i in range(6000)]
     path = tmp_path / "far.csv"
