@@ -37,7 +37,7 @@ from typing import Any
 import pandas as pd
 
 from geoflow import __version__
-from geoflow.errors import OutputError
+from geoflow.errors import InputError, OutputError
 from geoflow.progress import quiet_logger
 from geoflow.schema import SYNTHETIC_LABEL, strip_accents
 from geoflow.select import entity_keys, list_entities
@@ -354,21 +354,27 @@ def _cpus() -> int:
 #: 567 and 1,197 MB, a worker at 268, 399 and 627 MB. Base (MB) and bytes per input byte.
 _MAIN_MEMORY = (500, 4.0)
 _WORKER_MEMORY = (400, 1.5)
-#: Text bytes per file byte of compressed inputs, told by signature (the sample's first
+#: Text bytes per file byte of compressed inputs, by the reader's format (the sample's first
 #: 100k records: Parquet 4.8 MB for 24.7 MB of CSV; its first 20k as xlsx, 3.2 for 4.9 MB).
-_TEXT_PER_BYTE = {b"PAR1": 5.0, b"PK\x03\x04": 1.5}
+_TEXT_PER_BYTE = {"parquet": 5.0, "xlsx": 1.5}
 
 
 def text_bytes(source: str | Path) -> float | None:
     """About how many bytes of CSV ``source`` would be (its size, × :data:`_TEXT_PER_BYTE`
-    for Parquet and xlsx); None if it cannot be read."""
+    for the formats the reader tells from its first bytes); None if it cannot be read."""
+    from geoflow.io import _detect_format
+
     try:
         with Path(source).open("rb") as handle:
-            signature = handle.read(4)
+            head = handle.read(64)
             size = os.fstat(handle.fileno()).st_size
     except OSError:
         return None
-    return size * _TEXT_PER_BYTE.get(signature, 1.0)
+    try:
+        fmt = _detect_format(Path(source), head)
+    except InputError:  # not a table: the read says so, with the file's name
+        fmt = "csv"
+    return size * _TEXT_PER_BYTE.get(fmt, 1.0)
 
 
 def _worker_bytes(text: float) -> float:
@@ -393,7 +399,7 @@ def free_memory(cgroups: Path = Path("/sys/fs/cgroup"),
         import psutil
 
         free = int(psutil.virtual_memory().available)
-    except (ImportError, OSError, RuntimeError):
+    except (OSError, RuntimeError):  # a system psutil cannot read
         return None
     rooms = [room for room in map(_cgroup_room, _cgroup_folders(cgroups, membership))
              if room is not None]

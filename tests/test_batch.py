@@ -470,6 +470,9 @@ def test_compressed_inputs_count_as_the_text_they_hold(tmp_path):
     parquet = tmp_path / "t.parquet"
     pd.DataFrame({"a": ["x"] * 1000}).to_parquet(parquet)
     assert text_bytes(parquet) == 5 * parquet.stat().st_size
+    xlsx = tmp_path / "t.xlsx"
+    pd.DataFrame({"a": ["x"] * 10}).to_excel(xlsx, index=False)
+    assert text_bytes(xlsx) == 1.5 * xlsx.stat().st_size
     csv = tmp_path / "t.csv"
     csv.write_text("a\nx\n")
     assert text_bytes(csv) == 4 and text_bytes(tmp_path / "none.csv") is None
