@@ -1,5 +1,6 @@
 """Chunked reading (geoflow.chunked): the outputs equal the in-memory path's, file by file,
-on the sample and on a broken file, and partial aggregates combine associatively."""
+on the sample and on a broken file, and partial aggregates combine associatively. So do a
+large input's, whose tables are built on a second thread beside its map layers."""
 
 import csv
 import filecmp
@@ -7,12 +8,14 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from geoflow.aggregate import build_tables
 from geoflow.chunked import NameTable, combine, csv_chunks, prepare_chunk, wants_chunks
 from geoflow.crossings import load_ports
 from geoflow.io import SeenRecords
@@ -115,6 +118,57 @@ def test_chunked_outputs_equal_in_memory_on_a_broken_file(sample_csv, tmp_path):
         unplaced["reason"].str.contains("duplicate").any())
     warnings = pd.read_csv(tmp_path / "chunked" / "warnings.csv")
     assert len(warnings) >= 3  # the dates and the bad byte, at their file lines
+
+
+@pytest.mark.parametrize("source", ["sample", "broken"])
+def test_tables_built_beside_the_layers_give_the_same_outputs(sample_csv, tmp_path,
+                                                             monkeypatch, source):
+    """A large file's tables and findings are built on a second thread while its map layers
+    are (pipeline.THREADED_TABLES_ROWS): every file is the one the one-thread path writes,
+    and the manifest still times both stages."""
+    from geoflow import pipeline
+
+    path = sample_csv if source == "sample" else _broken(sample_csv, tmp_path)
+    alone = _outputs(path, tmp_path / "one_thread")
+    monkeypatch.setattr(pipeline, "THREADED_TABLES_ROWS", 0)
+    built = []  # the threads the tables are built in
+    monkeypatch.setattr(pipeline, "build_tables", lambda *a, **k: built.append(
+        threading.current_thread()) or build_tables(*a, **k))
+    # the records consumed as `geoflow run` consumes them, column by column
+    options = RunOptions(pseudonym_key=KEY)
+    write_outputs(pipeline.analyse(prepare_records(path, options=options), options=options,
+                                   consume=True), tmp_path / "two_threads")
+    assert built and threading.main_thread() not in built
+    beside = json.loads((tmp_path / "two_threads" / "manifest.json").read_text("utf-8"))
+    assert _same_outputs(tmp_path / "one_thread", tmp_path / "two_threads") == []
+    assert _comparable(beside) == _comparable(alone)
+    for manifest in (alone, beside):
+        assert manifest["timings"]["aggregate"] > 0 and manifest["timings"]["flows"] > 0
+
+
+def test_a_chunked_read_builds_its_tables_alone(sample_csv, monkeypatch):
+    """A chunked read's peak memory is its analysis's: its tables are built before its map
+    layers, in this thread, however many records it holds."""
+    from geoflow import pipeline
+
+    monkeypatch.setattr(pipeline, "THREADED_TABLES_ROWS", 0)
+    built = []
+    monkeypatch.setattr(pipeline, "build_tables", lambda *a, **k: built.append(
+        threading.current_thread()) or build_tables(*a, **k))
+    run_pipeline(sample_csv, options=RunOptions(pseudonym_key=KEY, chunk_mb=0.25))
+    assert built == [threading.main_thread()]
+
+
+def test_an_error_building_the_tables_beside_the_layers_ends_the_run(sample_csv, monkeypatch):
+    from geoflow import pipeline
+
+    def broken_tables(*args, **kwargs):
+        raise RuntimeError("the tables failed")
+
+    monkeypatch.setattr(pipeline, "THREADED_TABLES_ROWS", 0)
+    monkeypatch.setattr(pipeline, "build_tables", broken_tables)
+    with pytest.raises(RuntimeError, match="the tables failed"):
+        run_pipeline(sample_csv, options=RunOptions(pseudonym_key=KEY))
 
 
 def test_chunked_outputs_equal_in_memory_with_a_name_column_left_blank(sample_csv, tmp_path):
