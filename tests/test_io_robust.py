@@ -216,6 +216,37 @@ def test_placeholders_in_any_case_are_missing_and_near_misses_kept(tmp_path):
     assert expected.count(None) == 13
 
 
+def test_text_cleaned_in_halves_on_two_threads_is_the_same(tmp_path, monkeypatch):
+    """Large columns are cleaned in two halves on two threads (io._CLEAN_SPLIT_CELLS), and
+    several short columns together in one set of kernel calls: split at a chunk boundary,
+    each cell still lands in its own column and row, cleaned as on one thread."""
+    import threading
+
+    from geoflow import io as gio
+
+    cells = ["  a ", "N/A", " null ", "x-", "", "\xa0", "é ", "ſin datO", "plain", "Ñ/A"]
+    names = [f"Note {n}" for n in range(7)]
+    rows = [",".join([f"S{i}", *(cells[(i + n) % len(cells)] + str(n) * (i % 3 == 0)
+                                 for n in range(len(names)))]) for i in range(40)]
+    path = _write(tmp_path, ("Serial Number," + ",".join(names) + "\n" + "\n".join(rows)
+                             ).encode())
+    one_thread = read_traces(path).records
+    used = []
+    clean_chunks = gio._clean_chunks
+    monkeypatch.setattr(gio, "_clean_chunks", lambda array: used.append(
+        threading.current_thread()) or clean_chunks(array))
+    monkeypatch.setattr(gio, "_CLEAN_SPLIT_CELLS", 0)
+    two_threads = read_traces(path).records
+    assert len(set(used)) == 2  # this thread and the helper
+    pd.testing.assert_frame_equal(two_threads, one_thread)
+    for n in range(len(names)):
+        texts = [(cells[(i + n) % len(cells)] + str(n) * (i % 3 == 0)).strip()
+                 for i in range(len(rows))]
+        expected = [None if not t or t.upper() in PLACEHOLDERS else t for t in texts]
+        got = [None if pd.isna(v) else v for v in two_threads[f"note_{n}"]]
+        assert got == expected, n
+
+
 def test_only_i_and_s_have_non_ascii_letters_upper_casing_to_them():
     # the spellings table (io._UPPER_FROM) must hold every code point Arrow upper-cases to a
     # placeholder's character: checked over all of Unicode with Arrow itself
