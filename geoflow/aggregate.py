@@ -10,6 +10,7 @@ Names shown in the tables are already chosen by the caller: pass a ``purchaser_l
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -660,14 +661,28 @@ def _item_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
     return _codes(values)
 
 
+#: :func:`_ascending` of the categories alive, by ``id``: a batch's entities share their
+#: columns' categories (a million records' 580,000 pseudonyms: 1.6 ms to compare, 18 times
+#: an entity), and an entry goes when its categories do.
+_ASCENDING: dict[int, tuple[weakref.ref, bool]] = {}
+
+
 def _ascending(index: pd.Index) -> bool:
     """``index.is_monotonic_increasing``, for text compared in Arrow: pandas' own check
     builds and keeps a hash table of Python strings (about 180 MB for 2.5 million
-    pseudonyms, held as long as the categories live)."""
+    pseudonyms, held as long as the categories live). Once per categories object."""
+    key = id(index)
+    known = _ASCENDING.get(key)
+    if known is not None and known[0]() is index:
+        return known[1]
     if isinstance(index.dtype, pd.StringDtype) and index.dtype.storage == "pyarrow":
         text = pa.array(index.array)
-        return len(text) < 2 or bool(pc.all(pc.less_equal(text[:-1], text[1:])).as_py())
-    return index.is_monotonic_increasing
+        ascending = len(text) < 2 or bool(pc.all(pc.less_equal(text[:-1], text[1:])).as_py())
+    else:
+        ascending = bool(index.is_monotonic_increasing)
+    _ASCENDING[key] = (weakref.ref(index, lambda _, key=key: _ASCENDING.pop(key, None)),
+                       ascending)
+    return ascending
 
 
 def _labels_of(wanted: np.ndarray, codes: np.ndarray, ids: pd.Index,

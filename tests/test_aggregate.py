@@ -775,3 +775,26 @@ def test_hex_digits_are_the_lower_case_hex_of_each_row():
         digits = hex_digits(octets, width)
         assert [bytes(row).decode() for row in digits] == [
             bytes(row).hex()[:width] for row in octets]
+
+
+def test_sorted_categories_are_told_once_per_categories_object_and_forgotten_with_it():
+    """A batch's entities share their columns' categories (hundreds of thousands of
+    pseudonyms at a million records): whether they are sorted is found once and remembered
+    only while they live, so a long batch does not keep them, and a new object is asked anew."""
+    import gc
+
+    from geoflow import aggregate
+
+    held = len(aggregate._ASCENDING)
+    ordered = pd.Index(["P-0a", "P-1b", "P-2c"], dtype="string[pyarrow]")
+    unordered = pd.Index(["P-1b", "P-0a", "P-2c"], dtype="string[pyarrow]")
+    numbers = pd.Index([3, 1, 2])
+    for _ in range(2):
+        assert aggregate._ascending(ordered) and not aggregate._ascending(unordered)
+        assert not aggregate._ascending(numbers)
+    assert {id(ordered), id(unordered), id(numbers)} <= set(aggregate._ASCENDING)
+    del ordered, unordered, numbers
+    gc.collect()
+    assert len(aggregate._ASCENDING) == held
+    again = pd.Index(["b", "a"], dtype="string[pyarrow]")  # possibly at a freed one's id
+    assert not aggregate._ascending(again)
