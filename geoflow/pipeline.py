@@ -318,12 +318,16 @@ def arrow_system_pool() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _stage(name: str, timings: dict[str, float], memory: dict[str, float]) -> Iterator[None]:
+def _stage(name: str, timings: dict[str, float], memory: dict[str, float], *,
+           release: bool = True) -> Iterator[None]:
     """Add the seconds a stage took to ``timings[name]`` (a stage may run in parts) and
-    record the process's peak memory after it."""
+    record the process's peak memory after it. ``release``: hand the memory the stage freed
+    back first (:func:`release_memory`: a few ms with a large input's records in memory, so
+    a batch entity's small stages skip it)."""
     clock = time.perf_counter()
     yield
-    release_memory()
+    if release:
+        release_memory()
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - clock
     memory[name] = peak_memory_mb()
 
@@ -408,24 +412,41 @@ def _compact(records: pd.DataFrame, *, ratio: float = COMPACT_RATIO) -> pd.DataF
     """``records`` with each text column of few distinct values (at most ``ratio`` × rows:
     dealers, places, states, ports, makes, geocode levels …) held as a categorical, so the
     prepared records take memory by distinct entities rather than by records. Values and NA
-    are unchanged; unique columns (trace ids, serials, names) stay strings. Columns are
-    factorised on two threads (Arrow's hashing lets go of the GIL)."""
+    are unchanged; unique columns (trace ids, serials, names) stay strings, in one piece
+    (:func:`_contiguous`). Columns are factorised on two threads (Arrow's hashing lets go of
+    the GIL)."""
     step = max(len(records) // 50_000, 1)
 
-    def compacted(column: str) -> pd.Categorical | None:
+    def compacted(column: str) -> pd.api.extensions.ExtensionArray | None:
         values = records[column]
         sample = values.iloc[::step]  # mostly-unique columns are told by a sample, cheaply
         if step > 1 and sample.nunique() > 0.5 * len(sample):
-            return None
+            return _contiguous(values.array)
         codes, uniques = pd.factorize(values, sort=True)
         if len(uniques) > ratio * len(values):
-            return None
+            return _contiguous(values.array)
         return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(uniques))
 
     text = [c for c in records.columns if isinstance(records[c].dtype, pd.StringDtype)]
     with ThreadPoolExecutor(2) as pool:
         changes = dict(zip(text, pool.map(compacted, text), strict=True))
     return records.assign(**{c: v for c, v in changes.items() if v is not None})
+
+
+def _contiguous(values: pd.api.extensions.ExtensionArray
+                ) -> pd.api.extensions.ExtensionArray | None:
+    """Arrow-backed ``values`` in one chunk (None: they are, or are not Arrow's). Arrow
+    takes rows from a text column of many chunks (one per block the reader parsed) by
+    joining them all first: 5 ms a column at a million records for a batch entity's rows,
+    every entity."""
+    import pyarrow as pa
+
+    if getattr(values.dtype, "storage", None) != "pyarrow":
+        return None
+    text = pa.array(values)
+    if not isinstance(text, pa.ChunkedArray) or text.num_chunks <= 1:
+        return None
+    return pd.array(text.combine_chunks(), dtype=values.dtype)
 
 
 def _label(records: pd.DataFrame, show_names: bool) -> pd.DataFrame:
@@ -479,11 +500,11 @@ def _state_names() -> tuple[gpd.GeoDataFrame, dict[str, str]]:
 
 def _tabulate(valid: pd.DataFrame, *, options: RunOptions, entity: tuple[str, str] | None,
               ports: pd.DataFrame, state_names: dict[str, str], count_table: bool,
-              timings: dict[str, float], memory: dict[str, float]
+              timings: dict[str, float], memory: dict[str, float], release: bool
               ) -> tuple[dict[str, pd.DataFrame], list[dict], pd.DataFrame]:
     """:func:`analyse`'s tables, findings and purchaser listing from ``valid`` (the
     :func:`table_records`), timed as the ``aggregate`` stage."""
-    with _stage("aggregate", timings, memory):
+    with _stage("aggregate", timings, memory, release=release):
         # purchasers under both --min-cell and the threshold are only counted (no finding
         # or table names them), but one trafficker's own output set describes them
         floor = (0 if entity is not None and entity[0] == "trafficker"
@@ -557,13 +578,16 @@ def analyse(
     # without --show-names, geocoder queries go: a quarter of the records at 10M)
     keep_columns(consumed, {*TABLE_COLUMNS, *LAYER_INPUT_COLUMNS, "placed",
                             *(["purchaser_name"] if options.show_names else [])})
-    with _stage("aggregate", timings, memory):
+    # a large analysis hands freed memory back after each stage; a small one (a batch
+    # entity's) has little to free, and the large input's heap is slow to walk
+    large = len(frame) >= COLUMNWISE_ROWS
+    with _stage("aggregate", timings, memory, release=large):
         frame = _label(_encode(frame), options.show_names)
         tabulate = functools.partial(
             _tabulate, table_records(frame),  # one copy without repeats, of the columns read
             options=options, entity=entity, ports=ports, state_names=state_names,
             count_table=bool(prepared.source.get("count_column")), timings=timings,
-            memory=memory)
+            memory=memory, release=large)
     # a large file's tables are built beside its flow layers; a small one's, or a chunked
     # read's, first, so their working memory is freed before the flow layer exists
     beside = len(frame) >= THREADED_TABLES_ROWS and "chunks" not in prepared.source
@@ -571,7 +595,7 @@ def analyse(
     tabled = pool.submit(tabulate) if beside else None
     tables, found, listing = tabulate() if tabled is None else (None, None, None)
     del tabulate  # the tables' copy of the records goes with them
-    with pool, _stage("flows", timings, memory):
+    with pool, _stage("flows", timings, memory, release=large):
         # only the columns the map layers need: a filtered copy of every column would double
         # the memory of the records for large inputs
         layer_columns = [c for c in LAYER_INPUT_COLUMNS if c in frame.columns]
@@ -850,7 +874,8 @@ def write_outputs(
     sample's 31 states at 2 jobs: about 16 % less time).
     """
     clock = time.perf_counter()
-    release_memory()  # what the caller freed (the records) goes back before the files' work
+    if result.manifest["counts"]["rows_placed"] >= COLUMNWISE_ROWS:  # a large run:
+        release_memory()  # the records its caller freed go back before the files' work
     out = Path(out_dir)
     with atomic_output_dir(out, force=force) as temp, ThreadPoolExecutor(1) as maps:
         # the map and its stills (matplotlib: Python) are drawn while the data files are

@@ -308,3 +308,46 @@ def test_many_records_in_few_flows_still_get_arcs(prepared, result, monkeypatch)
     assert again.flows_overview is None and again.flows_geojson[1] == "place"
     assert again.flows.crs.to_epsg() == 4326
     assert again.flows.geometry.geom_equals_exact(result.flows.geometry, tolerance=0).all()
+
+
+def test_unique_text_columns_are_held_in_one_piece():
+    """The reader parses a large file in blocks, one chunk each; a batch entity's rows taken
+    from a column of many chunks made Arrow join them all first, every entity."""
+    import pyarrow as pa
+
+    from geoflow.pipeline import _compact
+
+    dtype = pd.StringDtype("pyarrow", na_value=float("nan"))
+    ids = pa.chunked_array([[f"T{i}" for i in range(j, j + 50)] for j in range(0, 200, 50)],
+                           pa.large_string())
+    frame = pd.DataFrame({"trace_id": pd.array(ids, dtype=dtype),
+                          "state": pd.array(pa.chunked_array([["TX", "AZ"] * 50] * 2),
+                                            dtype=dtype)})
+    def pieces(values: pd.Series) -> int:
+        text = pa.array(values.array)
+        return text.num_chunks if isinstance(text, pa.ChunkedArray) else 1
+
+    assert pieces(frame["trace_id"]) == 4
+    compact = _compact(frame)
+    assert compact["trace_id"].dtype == dtype
+    assert compact["trace_id"].tolist() == [f"T{i}" for i in range(200)]
+    assert pieces(compact["trace_id"]) == 1
+    assert isinstance(compact["state"].dtype, pd.CategoricalDtype)
+
+
+def test_a_small_analysis_leaves_the_heap_alone(prepared, monkeypatch, tmp_path):
+    """Handing freed memory back walks the whole heap (a few ms with a large input's records
+    in memory): a batch entity's small analysis and output set skip it; a large one does it
+    after each stage."""
+    from geoflow import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "release_memory", lambda: calls.append(1))
+    records = prepared.records.iloc[:3]
+    write_outputs(analyse(prepared, options=OPTIONS, records=records), tmp_path / "small",
+                  write_map=False)
+    assert calls == [] and (tmp_path / "small" / "manifest.json").is_file()
+    monkeypatch.setattr(pipeline, "COLUMNWISE_ROWS", 1)  # the same records as a large input
+    write_outputs(analyse(prepared, options=OPTIONS, records=records), tmp_path / "large",
+                  write_map=False)
+    assert len(calls) >= 3  # after each stage of the analysis, and before the files
