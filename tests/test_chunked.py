@@ -146,6 +146,29 @@ def test_tables_built_beside_the_layers_give_the_same_outputs(sample_csv, tmp_pa
         assert manifest["timings"]["aggregate"] > 0 and manifest["timings"]["flows"] > 0
 
 
+def test_a_filtered_run_builds_its_tables_beside_the_layers_alike(sample_csv, tmp_path,
+                                                                  monkeypatch):
+    """`geoflow run --state TX` on a large file: the subset's tables on a second thread while
+    the subset's and the whole records' columns are consumed give the same files."""
+    from geoflow import pipeline
+
+    options = RunOptions(pseudonym_key=KEY)
+
+    def texas(prepared):
+        return prepared.records[(prepared.records["dealer_admin1"] == "US-TX").to_numpy()]
+
+    prepared = prepare_records(sample_csv, options=options)
+    alone = pipeline.analyse(prepared, options=options, records=texas(prepared))
+    write_outputs(alone, tmp_path / "one_thread")
+    monkeypatch.setattr(pipeline, "THREADED_TABLES_ROWS", 0)
+    prepared = prepare_records(sample_csv, options=options)
+    beside = pipeline.analyse(prepared, options=options, records=texas(prepared), consume=True)
+    write_outputs(beside, tmp_path / "two_threads")
+    assert 0 < beside.manifest["counts"]["rows_filtered_out"] < 2922
+    assert _same_outputs(tmp_path / "one_thread", tmp_path / "two_threads") == []
+    assert _comparable(beside.manifest) == _comparable(alone.manifest)
+
+
 def test_a_chunked_read_builds_its_tables_alone(sample_csv, monkeypatch):
     """A chunked read's peak memory is its analysis's: its tables are built before its map
     layers, in this thread, however many records it holds."""
