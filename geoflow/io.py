@@ -671,7 +671,7 @@ def _clean_arrow_array(array: pa.ChunkedArray) -> pa.ChunkedArray:
     a time, so the work's memory is one column's, as before."""
     chunks = np.cumsum([len(chunk) for chunk in array.chunks])
     half = int(np.searchsorted(chunks, len(array) / 2))  # the chunk boundary near the middle
-    if len(array) < _CLEAN_SPLIT_CELLS or not 0 < half < array.num_chunks - 1:
+    if len(array) < _CLEAN_SPLIT_CELLS or half >= array.num_chunks - 1:  # one chunk
         return _clean_chunks(array)
     with ThreadPoolExecutor(1) as pool:
         second = pool.submit(_clean_chunks, pa.chunked_array(array.chunks[half + 1:], array.type))

@@ -765,12 +765,14 @@ def prepared_synthetic(prepared: PreparedRecords) -> bool:
     """The input is synthetic: the shipped sample, or a ``dataset`` column saying so."""
     name = Path(str(prepared.source.get("path", ""))).name
     column = prepared.records.get(DATASET_COLUMN)
-    if name.startswith("geoflow-sample-") or column is None:
-        return name.startswith("geoflow-sample-")
+    if name.startswith("geoflow-sample-"):
+        return True
+    if column is None:
+        return False
     # a categorical's values are its categories (prepare_records keeps only those used): a
     # batch asks for every entity, and unique() of a million codes took 5 ms
-    return marks_synthetic(column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype)
-                           else column.unique())
+    categorical = isinstance(column.dtype, pd.CategoricalDtype)
+    return marks_synthetic(column.cat.categories if categorical else column.unique())
 
 
 def is_synthetic(result: RunResult) -> bool:

@@ -323,6 +323,7 @@ def test_unique_text_columns_are_held_in_one_piece():
     frame = pd.DataFrame({"trace_id": pd.array(ids, dtype=dtype),
                           "state": pd.array(pa.chunked_array([["TX", "AZ"] * 50] * 2),
                                             dtype=dtype)})
+
     def pieces(values: pd.Series) -> int:
         text = pa.array(values.array)
         return text.num_chunks if isinstance(text, pa.ChunkedArray) else 1
