@@ -24,11 +24,10 @@ import pickle
 import queue
 import re
 import shutil
-import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import pandas as pd
 
 from geoflow import __version__
 from geoflow.errors import InputError, OutputError
+from geoflow.processes import ignore_ctrl_c, spawn_pool
 from geoflow.progress import quiet_logger
 from geoflow.schema import SYNTHETIC_LABEL, strip_accents
 from geoflow.select import entity_keys, list_entities
@@ -475,32 +475,10 @@ def _worker_init(inbox: Any) -> None:
     read), then waits for the shared state (:meth:`Workers.send`)."""
     from geoflow import pipeline
 
-    # Ctrl-C reaches the whole process group: the main process alone decides to stop, and
-    # stops the workers (a worker's own KeyboardInterrupt would only print a traceback)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _hold_ctrl_c(signal.SIG_UNBLOCK)  # held back since the spawn (Workers): now ignored
-    threading.Thread(target=_exit_with_parent, name="geoflow-parent-watch", daemon=True).start()
+    ignore_ctrl_c()  # the main process alone decides to stop, and stops the workers
     pipeline.import_map_modules()
     _WORKER.update(pickle.loads(inbox.get()))  # noqa: S301 (from this batch's own process)
     logging.getLogger(pipeline.log.name).setLevel(logging.WARNING)
-
-
-def _hold_ctrl_c(how: int, mask: Any = None) -> Any:
-    """``signal.pthread_sigmask`` of SIGINT (or of ``mask``) for this thread, where POSIX
-    has it (a spawned process inherits the mask); the previous mask."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
-        return None
-    return signal.pthread_sigmask(how, {signal.SIGINT} if mask is None else mask)
-
-
-def _exit_with_parent() -> None:
-    """End this worker when the batch's process ends without stopping it (``kill -9``, a
-    power cut, a closed session): it would otherwise wait for entities for ever, holding the
-    records in memory, or write into a folder a resumed batch has taken over."""
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        parent.join()  # returns when the parent is gone
-        os._exit(1)
 
 
 def _write_task(shared: dict[str, Any], rows: Any, description: str, folder: Path, label: str,
@@ -525,20 +503,11 @@ class Workers:
     error or Ctrl-C before the batch began)."""
 
     def __init__(self, count: int) -> None:
-        context = multiprocessing.get_context("spawn")
         self.count = count
         self._others = set(multiprocessing.active_children())
-        self._inbox = context.Queue()
-        self.pool = ProcessPoolExecutor(count, mp_context=context, initializer=_worker_init,
-                                        initargs=(self._inbox,))
-        # the workers are spawned with Ctrl-C held back until _worker_init ignores it: one
-        # pressed while they start (during the read) would print their traceback otherwise
-        held = _hold_ctrl_c(signal.SIG_BLOCK)
-        try:
-            #: one per worker, done once it has started and holds the records
-            self.ready = [self.pool.submit(_ready) for _ in range(count)]  # spawns them
-        finally:
-            _hold_ctrl_c(signal.SIG_SETMASK, held)
+        self._inbox = multiprocessing.get_context("spawn").Queue()
+        #: ``ready``: one per worker, done once it has started and holds the records
+        self.pool, self.ready = spawn_pool(count, _worker_init, (self._inbox,))
 
     def send(self, shared: dict[str, Any]) -> None:
         """The batch's shared state (records, options, writer), one copy per worker. Pickled
@@ -569,10 +538,6 @@ class Workers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _ready() -> None:
-    """A worker's first task: done once the worker has started (imports and records loaded)."""
 
 
 def _write_together(tasks: list[tuple], *, workers: Workers, shared: dict[str, Any],

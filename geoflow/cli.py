@@ -4,6 +4,7 @@ clear line on stderr and a distinct exit code (a traceback only with ``--debug``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -337,7 +338,8 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     from pathlib import Path
 
     from geoflow.export import check_output_dir
-    from geoflow.pipeline import analyse, preload_map_modules, write_outputs
+    from geoflow.pipeline import MAP_PROCESS_ROWS, analyse, preload_map_modules, write_outputs
+    from geoflow.processes import MapProcess
 
     if jobs is not None and not per:
         raise click.UsageError("--jobs sets the batch's worker processes: use it with --per")
@@ -360,15 +362,22 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         return
     prepared, run_options, records, description, config = _prepare_selection(
         source, options, label=SAMPLE_LABEL if sample else None)
-    preload_map_modules()  # the map's modules load while the records are analysed
-    look = map_options(config, show_names=run_options.show_names, **given)
-    with stage("Analysing", enabled=show_progress()):
-        result = analyse(prepared, options=run_options, records=records,
-                         description=description, consume=True)
-    del prepared, records  # the records are not written: their memory goes to the export
-    with stage(f"Writing {out}", enabled=show_progress()):
-        write_outputs(result, out, force=force, map_options=look, formats=formats,
-                      excel=excel)
+    # the map's modules load while the records are analysed: in a process of their own, which
+    # draws the map beside the data files, for a large run; else on a thread here
+    with contextlib.ExitStack() as stack:
+        drawer = None
+        if len(records) >= MAP_PROCESS_ROWS:
+            drawer = stack.enter_context(MapProcess())
+        else:
+            preload_map_modules()
+        look = map_options(config, show_names=run_options.show_names, **given)
+        with stage("Analysing", enabled=show_progress()):
+            result = analyse(prepared, options=run_options, records=records,
+                             description=description, consume=True)
+        del prepared, records  # the records are not written: their memory goes to the export
+        with stage(f"Writing {out}", enabled=show_progress()):
+            write_outputs(result, out, force=force, map_options=look, formats=formats,
+                          excel=excel, map_process=drawer)
     counts = result.manifest["counts"]
     click.echo(
         f"wrote {out}: {counts['flows']:,} flows; rows read {counts['rows_read']:,}, "

@@ -1,0 +1,119 @@
+"""Spawned helper processes: a batch's workers (:mod:`geoflow.batch`) and a large run's map
+process (:class:`MapProcess`), with what they share: Ctrl-C held back while they start and
+ignored in them (the main process alone decides to stop), and an exit when the main process
+is gone.
+
+A large run's map and stills are Python work (folium, matplotlib) that holds the GIL, as do
+most of the data files' writers; in one process they take turns. :class:`MapProcess` draws
+them in a second process, on the second core, from the scene the run built (under 1 MB at
+a million records), while this process writes the data files.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MapProcess", "draw_scene", "exit_with_parent", "hold_ctrl_c", "ignore_ctrl_c",
+           "spawn_pool"]
+
+log = logging.getLogger(__name__)
+
+
+def hold_ctrl_c(how: int, mask: Any = None) -> Any:
+    """``signal.pthread_sigmask`` of SIGINT (or of ``mask``) for this thread, where POSIX
+    has it (a spawned process inherits the mask); the previous mask."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+        return None
+    return signal.pthread_sigmask(how, {signal.SIGINT} if mask is None else mask)
+
+
+def exit_with_parent() -> None:
+    """End this helper when the main process ends without stopping it (``kill -9``, a power
+    cut, a closed session): it would otherwise wait for work for ever, holding memory, or
+    write into a folder another run has taken over."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()  # returns when the parent is gone
+        os._exit(1)
+
+
+def ignore_ctrl_c() -> None:
+    """A helper's start: Ctrl-C reaches the whole process group, and the main process alone
+    decides to stop, then stops its helpers (a helper's own KeyboardInterrupt would only print
+    a traceback). Held back since the spawn, it is ignored from now on; and the helper ends
+    with the main process (:func:`exit_with_parent`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    hold_ctrl_c(signal.SIG_UNBLOCK)
+    threading.Thread(target=exit_with_parent, name="geoflow-parent-watch", daemon=True).start()
+
+
+def spawn_pool(count: int, initializer: Callable[..., None], initargs: tuple = ()
+               ) -> tuple[ProcessPoolExecutor, list[Future]]:
+    """``(pool, started)``: ``count`` spawned processes (forking after Arrow's threads
+    started can deadlock), started now, and one future per process, done once it has run
+    ``initializer`` (which calls :func:`ignore_ctrl_c`: Ctrl-C is held back until then, as
+    one pressed while they start would print their traceback)."""
+    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=initializer, initargs=initargs)
+    held = hold_ctrl_c(signal.SIG_BLOCK)
+    try:
+        started = [pool.submit(_started) for _ in range(count)]  # spawns them
+    finally:
+        hold_ctrl_c(signal.SIG_SETMASK, held)
+    return pool, started
+
+
+def _started() -> None:
+    """A helper's first task: done once it has started."""
+
+
+def _map_init() -> None:
+    from geoflow.pipeline import import_map_modules
+
+    ignore_ctrl_c()
+    import_map_modules()
+
+
+def draw_scene(scene: Any, options: Any, folder: Path) -> None:
+    """map.html, map.svg and map.png of ``scene`` into ``folder``."""
+    from geoflow.render import render_scene
+    from geoflow.static import write_stills
+
+    (folder / "map.html").write_text(render_scene(scene, options=options), encoding="utf-8")
+    write_stills(scene, folder)
+
+
+class MapProcess:
+    """One spawned process that imports the map's modules as soon as it starts (about 2 s of
+    a core, beside the analysis) and then draws a run's map and stills (:meth:`draw`). As a
+    context manager, stopped on leaving."""
+
+    def __init__(self) -> None:
+        self.pool, _ = spawn_pool(1, _map_init)
+
+    def draw(self, scene: Any, options: Any, folder: Path) -> None:
+        """:func:`draw_scene` in the map process; its error, if any, raised here. A process
+        that died (killed, out of memory) is reported and the map drawn here instead."""
+        try:
+            self.pool.submit(draw_scene, scene, options, folder).result()
+        except BrokenProcessPool as exc:
+            log.warning("drawing the map in this process: its own process ended (%s)", exc)
+            draw_scene(scene, options, folder)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> MapProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

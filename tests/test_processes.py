@@ -1,0 +1,91 @@
+"""A large run's map process: the same map and stills as drawn in the run's own process, its
+errors raised in the run, a process that died replaced by drawing here."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import pytest
+from click.testing import CliRunner
+
+from geoflow import pipeline, processes
+from geoflow.cli import cli
+from geoflow.pipeline import analyse, prepare_records, write_outputs
+from geoflow.processes import MapProcess
+from geoflow.sample import write_sample
+from geoflow.scene import MapOptions, build_scene
+
+MAP_FILES = ("map.html", "map.svg", "map.png")
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    source = write_sample(tmp_path_factory.mktemp("in") / "sample.csv", rows=400)
+    return analyse(prepare_records(source))
+
+
+@pytest.fixture(scope="module")
+def drawn_here(result, tmp_path_factory):
+    return write_outputs(result, tmp_path_factory.mktemp("here") / "run")
+
+
+@pytest.fixture(scope="module")
+def map_process():
+    with MapProcess() as drawer:
+        yield drawer
+
+
+def test_the_map_process_draws_the_same_files(result, drawn_here, map_process, tmp_path):
+    out = write_outputs(result, tmp_path / "run", map_process=map_process)
+    for name in MAP_FILES:
+        assert (out / name).read_bytes() == (drawn_here / name).read_bytes(), name
+    assert (out / "map.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_error_in_the_map_process_is_raised_in_the_run(result, map_process, tmp_path):
+    scene = build_scene(result, options=MapOptions())
+    with pytest.raises(FileNotFoundError):
+        map_process.draw(scene, MapOptions(), tmp_path / "no such folder")
+    # the process is still there for the next map
+    map_process.draw(scene, MapOptions(), tmp_path)
+    assert all((tmp_path / name).stat().st_size > 0 for name in MAP_FILES)
+
+
+def test_a_map_process_that_died_is_reported_and_the_map_drawn_here(result, drawn_here,
+                                                                    tmp_path, caplog):
+    scene = build_scene(result, options=MapOptions())
+    with MapProcess() as drawer:
+        (pid,) = drawer.pool._processes  # the one spawned process
+        os.kill(pid, signal.SIGKILL)
+        with caplog.at_level(logging.WARNING, logger=processes.log.name):
+            drawer.draw(scene, MapOptions(), tmp_path)
+    assert "drawing the map in this process" in caplog.text
+    for name in MAP_FILES:
+        assert (tmp_path / name).read_bytes() == (drawn_here / name).read_bytes(), name
+
+
+def test_a_large_run_draws_its_map_in_its_own_process(monkeypatch, tmp_path):
+    """``geoflow run`` from MAP_PROCESS_ROWS records on: the map is drawn by a MapProcess,
+    and every file is the one a run drawing it in its own process writes."""
+    drawn = []
+    draw = MapProcess.draw
+    monkeypatch.setattr(MapProcess, "draw",
+                        lambda self, *a: drawn.append(os.getpid()) or draw(self, *a))
+    runner = CliRunner()
+    here = runner.invoke(cli, ["-q", "run", "--sample", "-o", str(tmp_path / "here")], obj={})
+    assert here.exit_code == 0, here.output
+    assert drawn == []
+    monkeypatch.setattr(pipeline, "MAP_PROCESS_ROWS", 0)
+    apart = runner.invoke(cli, ["-q", "run", "--sample", "-o", str(tmp_path / "apart")], obj={})
+    assert apart.exit_code == 0, apart.output
+    assert drawn == [os.getpid()]  # asked from this process, drawn in the other
+    files = sorted(p.relative_to(tmp_path / "here") for p in (tmp_path / "here").rglob("*")
+                   if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "apart")
+                           for p in (tmp_path / "apart").rglob("*") if p.is_file())
+    for name in files:
+        if name.name != "manifest.json":  # its timings and memory differ
+            assert ((tmp_path / "here" / name).read_bytes()
+                    == (tmp_path / "apart" / name).read_bytes()), name
