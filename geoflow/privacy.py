@@ -208,8 +208,9 @@ _BATCH = 200_000
 
 #: :func:`geoflow.digests.hmac_sha256`, looked up here when ids are made (tests replace it).
 _hmac_sha256 = hmac_sha256
-#: From this many distinct names on, child processes (:mod:`geoflow.digests`, one per further
-#: CPU) hash shares of them while this process hashes its own.
+#: From this many distinct names on, child processes (:mod:`geoflow.digests`, one per CPU)
+#: hash shares of them, while this process waits, its GIL free for the geocoding that runs
+#: beside the pseudonyms (:func:`geoflow.pipeline.prepare_records`).
 PARALLEL_NAMES = 100_000
 
 
@@ -271,14 +272,14 @@ class _Hashers:
         return _as_digests(self._range(offsets, data, 0, len(offsets) - 1))
 
     def _shared(self, offsets: np.ndarray, data: memoryview) -> bytes:
-        bounds = np.linspace(0, len(offsets) - 1, len(self.children) + 2).astype(np.int64)
-        for child, lo, hi in zip(self.children, bounds[1:-1], bounds[2:], strict=True):
+        bounds = np.linspace(0, len(offsets) - 1, len(self.children) + 1).astype(np.int64)
+        for child, lo, hi in zip(self.children, bounds[:-1], bounds[1:], strict=True):
             lengths = np.diff(offsets[lo:hi + 1]).astype("<u4")
             child.stdin.write(struct.pack("<Q", hi - lo) + lengths.tobytes())
             child.stdin.write(data[offsets[lo]:offsets[hi]])
             child.stdin.flush()
-        shares = [self._range(offsets, data, 0, bounds[1])]  # this process's share, meanwhile
-        for child, lo, hi in zip(self.children, bounds[1:-1], bounds[2:], strict=True):
+        shares = []
+        for child, lo, hi in zip(self.children, bounds[:-1], bounds[1:], strict=True):
             size = int(hi - lo) * digests.DIGEST_BYTES
             share = child.stdout.read(size)
             if len(share) != size:
@@ -302,14 +303,15 @@ def _as_digests(data: bytes) -> np.ndarray:
 
 
 def _helper_count(names: int) -> int:
-    """Child processes for hashing ``names`` distinct names: one per further usable CPU."""
+    """Child processes for hashing ``names`` distinct names: one per usable CPU (hashlib holds
+    the GIL for short messages: hashed here, they would hold up the geocoding beside them)."""
     if names < PARALLEL_NAMES:
         return 0
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    return max(cpus - 1, 0)
+    return cpus
 
 
 def _hex(digests: np.ndarray, width: int) -> np.ndarray:
