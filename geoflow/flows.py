@@ -40,6 +40,7 @@ from geoflow.shapes import load_state_points
 
 __all__ = [
     "FLOW_COLUMNS",
+    "DEALER_COLUMNS",
     "dealer_ids",
     "flow_ids",
     "great_circle_points",
@@ -141,13 +142,17 @@ def _norm(values: pd.Series) -> pd.Series:
     return text.str.casefold().str.replace(r"[^0-9a-z]+", " ", regex=True).str.strip()
 
 
+#: The record columns a dealer's id (:func:`dealer_ids`) is made from.
+DEALER_COLUMNS = ("dealer_ffl", "dealer_name", "dealer_city", "dealer_state")
+
+
 def dealer_ids(records: pd.DataFrame) -> pd.Series:
     """Stable ``D-xxxxxxxx`` id per dealer: from the FFL number when present, else from the
     normalised (name, city, state). NA when a record names no dealer at all.
 
     Works on the distinct (FFL, name, city, state) combinations, then maps back.
     """
-    columns = ["dealer_ffl", "dealer_name", "dealer_city", "dealer_state"]
+    columns = list(DEALER_COLUMNS)
     frame = pd.DataFrame({c: records.get(c, pd.NA) for c in columns},
                          index=records.index).astype("string")
     group, _ = _group(frame, columns)

@@ -60,6 +60,7 @@ from geoflow.export import (
     write_json,
 )
 from geoflow.flows import (
+    DEALER_COLUMNS,
     SEGMENT_KM,
     build_crossings,
     build_dealers,
@@ -389,12 +390,15 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
     records, rejects, read_source = read.records, read.rejects, dict(read.source)
     warnings, warning_counts = read.warnings, dict(read.warning_counts)
     del read  # its frame would keep columns that later stages replace alive until the end
-    # the names' pseudonyms (Arrow kernels and hashing processes) are made on a second thread
-    # while the places are geocoded (pandas: Python) and the crossings assigned
+    # the names' pseudonyms (Arrow kernels and hashing processes) and the dealers' ids (Arrow
+    # kernels) are made on two more threads while the places are geocoded (pandas: Python)
+    # and the crossings assigned; both read only columns as the reader gave them
     names = records[[c for c in ("purchaser_name", "possessor_name") if c in records.columns]]
-    with ThreadPoolExecutor(1) as pool:
+    dealers = records[[c for c in DEALER_COLUMNS if c in records.columns]]
+    with ThreadPoolExecutor(2) as pool:
         named = pool.submit(pseudonymise, names, key=options.pseudonym_key)
-        del names
+        dealt = pool.submit(dealer_ids, dealers)
+        del names, dealers
         with _stage("geocode", timings, memory):
             records, report = geocode_traces(records, geocoder=options.geocoder,
                                              overrides=options.overrides)
@@ -408,7 +412,7 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
             records = records.assign(purchaser_id=ids["purchaser_id"],
                                      possessor_id=ids["possessor_id"])
             del ids
-            records["dealer_id"] = dealer_ids(records)
+            records["dealer_id"] = dealt.result()
             records = _compact(unplace_duplicates(place_records(records)))
     return PreparedRecords(records=records, rejects=rejects, geocode_report=report,
                            source=read_source, timings=timings, options=options, memory=memory,
