@@ -37,7 +37,7 @@ import pandas as pd
 
 from geoflow import __version__
 from geoflow.errors import InputError, OutputError
-from geoflow.processes import ignore_ctrl_c, spawn_pool
+from geoflow.processes import end_now, ignore_ctrl_c, spawn_pool
 from geoflow.progress import quiet_logger
 from geoflow.schema import SYNTHETIC_LABEL, strip_accents
 from geoflow.select import entity_keys, list_entities
@@ -522,14 +522,7 @@ class Workers:
         running would write into it, or recreate it): queued entities dropped, running ones
         ended (the process's children from before the workers are left alone). Records not
         yet sent are dropped too: a worker that ended reads no more of them."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        workers = [child for child in multiprocessing.active_children()
-                   if child not in self._others]
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.join()
-        self.pool.shutdown(wait=True)
+        end_now(self.pool, self._others)
         self._inbox.cancel_join_thread()
         self._inbox.close()
 

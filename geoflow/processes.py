@@ -22,8 +22,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MapProcess", "draw_scene", "exit_with_parent", "hold_ctrl_c", "ignore_ctrl_c",
-           "spawn_pool"]
+__all__ = ["MapProcess", "draw_scene", "end_now", "exit_with_parent", "hold_ctrl_c",
+           "ignore_ctrl_c", "spawn_pool"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,18 @@ def spawn_pool(count: int, initializer: Callable[..., None], initargs: tuple = (
     return pool, started
 
 
+def end_now(pool: ProcessPoolExecutor, others: set) -> None:
+    """End ``pool``'s processes now: queued work dropped, running work ended (this process's
+    children from before the pool, ``others``, are left alone)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    children = [child for child in multiprocessing.active_children() if child not in others]
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join()
+    pool.shutdown(wait=True)
+
+
 def _started() -> None:
     """A helper's first task: done once it has started."""
 
@@ -95,9 +107,11 @@ def draw_scene(scene: Any, options: Any, folder: Path) -> None:
 class MapProcess:
     """One spawned process that imports the map's modules as soon as it starts (about 2 s of
     a core, beside the analysis) and then draws a run's map and stills (:meth:`draw`). As a
-    context manager, stopped on leaving."""
+    context manager, stopped on leaving: at once when an error (or Ctrl-C) leaves, rather than
+    after its imports or drawing."""
 
     def __init__(self) -> None:
+        self._others = set(multiprocessing.active_children())
         self.pool, _ = spawn_pool(1, _map_init)
 
     def draw(self, scene: Any, options: Any, folder: Path) -> None:
@@ -109,11 +123,15 @@ class MapProcess:
             log.warning("drawing the map in this process: its own process ended (%s)", exc)
             draw_scene(scene, options, folder)
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, *, now: bool = False) -> None:
+        """Stop the process once its work is done, or ``now``."""
+        if now:
+            end_now(self.pool, self._others)
+        else:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> MapProcess:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type | None, *exc: object) -> None:
+        self.close(now=kind is not None)

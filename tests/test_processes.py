@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -64,6 +65,17 @@ def test_a_map_process_that_died_is_reported_and_the_map_drawn_here(result, draw
     assert "drawing the map in this process" in caplog.text
     for name in MAP_FILES:
         assert (tmp_path / name).read_bytes() == (drawn_here / name).read_bytes(), name
+
+
+def test_an_error_ends_the_map_process_at_once():
+    """Ctrl-C or an error while the process still imports (about 2 s): it is ended, not
+    waited for."""
+    with pytest.raises(KeyboardInterrupt), MapProcess() as drawer:
+        (process,) = drawer.pool._processes.values()
+        started = time.perf_counter()
+        raise KeyboardInterrupt
+    assert not process.is_alive()
+    assert time.perf_counter() - started < 1.0
 
 
 def test_a_large_run_draws_its_map_in_its_own_process(monkeypatch, tmp_path):
