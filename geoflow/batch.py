@@ -37,7 +37,7 @@ import pandas as pd
 
 from geoflow import __version__
 from geoflow.errors import InputError, OutputError
-from geoflow.processes import end_now, ignore_ctrl_c, spawn_pool
+from geoflow.processes import end_now, ignore_ctrl_c, spawn_pool, usable_cpus
 from geoflow.progress import quiet_logger
 from geoflow.schema import SYNTHETIC_LABEL, strip_accents
 from geoflow.select import entity_keys, list_entities
@@ -322,7 +322,7 @@ def default_jobs(source: str | Path | None = None, *, asked: int | None = None) 
     memory free (:func:`free_memory`) would not hold that many copies of the records
     (:func:`jobs_for_memory`); by default the CPUs this process may run on, fewer when they
     would not fit, saying why."""
-    wanted = asked or _cpus()
+    wanted = asked or usable_cpus()
     size = text_bytes(source) if source is not None else None
     free = free_memory() if size is not None and wanted > 1 else None
     if free is None:
@@ -336,17 +336,6 @@ def default_jobs(source: str | Path | None = None, *, asked: int | None = None) 
             return asked
         log.info("writing with %d of %d CPUs: %s; --jobs sets the count", fits, wanted, held)
     return fits
-
-
-def _cpus() -> int:
-    """The CPUs this process may run on."""
-    counter = getattr(os, "process_cpu_count", None)  # Python 3.13+
-    if counter is not None:
-        return max(counter() or 1, 1)
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not Linux
-        return max(os.cpu_count() or 1, 1)
 
 
 #: A batch's memory from its input's text size (CSV bytes), measured with ``--jobs 2`` on

@@ -339,7 +339,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
 
     from geoflow.export import check_output_dir
     from geoflow.pipeline import MAP_PROCESS_ROWS, analyse, preload_map_modules, write_outputs
-    from geoflow.processes import MapProcess
+    from geoflow.processes import MapProcess, usable_cpus
 
     if jobs is not None and not per:
         raise click.UsageError("--jobs sets the batch's worker processes: use it with --per")
@@ -363,10 +363,10 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     prepared, run_options, records, description, config = _prepare_selection(
         source, options, label=SAMPLE_LABEL if sample else None)
     # the map's modules load while the records are analysed: in a process of their own, which
-    # draws the map beside the data files, for a large run; else on a thread here
+    # draws the map beside the data files, for a large run on several CPUs; else on a thread
     with contextlib.ExitStack() as stack:
         drawer = None
-        if len(records) >= MAP_PROCESS_ROWS:
+        if len(records) >= MAP_PROCESS_ROWS and usable_cpus() > 1:
             drawer = stack.enter_context(MapProcess())
         else:
             preload_map_modules()

@@ -144,10 +144,10 @@ COLUMNWISE_ROWS = 100_000
 #: the two threads would mostly wait on each other. A chunked read builds them first, alone:
 #: its peak is the analysis's (10M records: 3.2 -> 4.3 GB with the two together).
 THREADED_TABLES_ROWS = 100_000
-#: From this many valid records on, ``geoflow run`` draws the map and its stills in a process
-#: of their own (:class:`geoflow.processes.MapProcess`) while this one writes the data files
-#: (1M records: export 2.8-3.3 -> 2.2-2.6 s); below it the process's start (2 s of a core)
-#: is not hidden by the shorter analysis.
+#: From this many valid records on (and two CPUs), ``geoflow run`` draws the map and its
+#: stills in a process of their own (:class:`geoflow.processes.MapProcess`) while this one
+#: writes the data files (1M records: export 2.8-3.3 -> 2.2-2.6 s); below it the process's
+#: start (2 s of a core) is not hidden by the shorter analysis.
 MAP_PROCESS_ROWS = 500_000
 
 TABLE_NAMES = (

@@ -49,6 +49,7 @@ from geoflow.aggregate import (
 )
 from geoflow.digests import hmac_sha256
 from geoflow.errors import ConfigError
+from geoflow.processes import usable_cpus
 
 __all__ = [
     "ID_DIGITS",
@@ -305,13 +306,7 @@ def _as_digests(data: bytes) -> np.ndarray:
 def _helper_count(names: int) -> int:
     """Child processes for hashing ``names`` distinct names: one per usable CPU (hashlib holds
     the GIL for short messages: hashed here, they would hold up the geocoding beside them)."""
-    if names < PARALLEL_NAMES:
-        return 0
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return cpus
+    return 0 if names < PARALLEL_NAMES else usable_cpus()
 
 
 def _hex(digests: np.ndarray, width: int) -> np.ndarray:

@@ -23,9 +23,20 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["MapProcess", "draw_scene", "end_now", "exit_with_parent", "hold_ctrl_c",
-           "ignore_ctrl_c", "spawn_pool"]
+           "ignore_ctrl_c", "spawn_pool", "usable_cpus"]
 
 log = logging.getLogger(__name__)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    counter = getattr(os, "process_cpu_count", None)  # Python 3.13+
+    if counter is not None:
+        return max(counter() or 1, 1)
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return max(os.cpu_count() or 1, 1)
 
 
 def hold_ctrl_c(how: int, mask: Any = None) -> Any:

@@ -90,6 +90,7 @@ def test_a_large_run_draws_its_map_in_its_own_process(monkeypatch, tmp_path):
     assert here.exit_code == 0, here.output
     assert drawn == []
     monkeypatch.setattr(pipeline, "MAP_PROCESS_ROWS", 0)
+    monkeypatch.setattr(processes, "usable_cpus", lambda: 2)  # a 1-CPU host draws here
     apart = runner.invoke(cli, ["-q", "run", "--sample", "-o", str(tmp_path / "apart")], obj={})
     assert apart.exit_code == 0, apart.output
     assert drawn == [os.getpid()]  # asked from this process, drawn in the other
