@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -72,10 +71,9 @@ def test_an_error_ends_the_map_process_at_once():
     waited for."""
     with pytest.raises(KeyboardInterrupt), MapProcess() as drawer:
         (process,) = drawer.pool._processes.values()
-        started = time.perf_counter()
         raise KeyboardInterrupt
     assert not process.is_alive()
-    assert time.perf_counter() - started < 1.0
+    assert process.exitcode == -signal.SIGTERM  # ended, not left to finish and exit (0)
 
 
 def test_a_large_run_draws_its_map_in_its_own_process(monkeypatch, tmp_path):
