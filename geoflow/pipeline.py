@@ -79,7 +79,7 @@ from geoflow.privacy import (
     pseudonymise,
     suppress,
 )
-from geoflow.processes import MapProcess, draw_scene
+from geoflow.processes import MapProcess, write_map_files
 from geoflow.schema import DATASET_COLUMN, SYNTHETIC_LABEL, marks_synthetic
 
 __all__ = [
@@ -850,7 +850,7 @@ def _write_maps(result: RunResult, map_options: Any, folder: Path,
     if map_process is not None:
         map_process.draw(scene, options, folder)
     else:
-        draw_scene(scene, options, folder)
+        write_map_files(scene, options, folder)
 
 
 def flow_levels(result: RunResult, formats: tuple[str, ...] = ()) -> dict[str, str]:

@@ -22,8 +22,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MapProcess", "draw_scene", "end_now", "exit_with_parent", "hold_ctrl_c",
-           "ignore_ctrl_c", "spawn_pool", "usable_cpus"]
+__all__ = ["MapProcess", "end_now", "exit_with_parent", "hold_ctrl_c", "ignore_ctrl_c",
+           "spawn_pool", "usable_cpus", "write_map_files"]
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _map_init() -> None:
     import_map_modules()
 
 
-def draw_scene(scene: Any, options: Any, folder: Path) -> None:
+def write_map_files(scene: Any, options: Any, folder: Path) -> None:
     """map.html, map.svg and map.png of ``scene`` into ``folder``."""
     from geoflow.render import render_scene
     from geoflow.static import write_stills
@@ -126,13 +126,13 @@ class MapProcess:
         self.pool, _ = spawn_pool(1, _map_init)
 
     def draw(self, scene: Any, options: Any, folder: Path) -> None:
-        """:func:`draw_scene` in the map process; its error, if any, raised here. A process
+        """:func:`write_map_files` in the map process; its error, if any, raised here. A process
         that died (killed, out of memory) is reported and the map drawn here instead."""
         try:
-            self.pool.submit(draw_scene, scene, options, folder).result()
+            self.pool.submit(write_map_files, scene, options, folder).result()
         except BrokenProcessPool as exc:
             log.warning("drawing the map in this process: its own process ended (%s)", exc)
-            draw_scene(scene, options, folder)
+            write_map_files(scene, options, folder)
 
     def close(self, *, now: bool = False) -> None:
         """Stop the process once its work is done, or ``now``."""
