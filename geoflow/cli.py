@@ -364,11 +364,9 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         source, options, label=SAMPLE_LABEL if sample else None)
     # the map's modules load while the records are analysed: in a process of their own, which
     # draws the map beside the data files, for a large run on several CPUs; else on a thread
-    with contextlib.ExitStack() as stack:
-        drawer = None
-        if len(records) >= MAP_PROCESS_ROWS and usable_cpus() > 1:
-            drawer = stack.enter_context(MapProcess())
-        else:
+    apart = len(records) >= MAP_PROCESS_ROWS and usable_cpus() > 1
+    with MapProcess() if apart else contextlib.nullcontext() as drawer:
+        if drawer is None:
             preload_map_modules()
         look = map_options(config, show_names=run_options.show_names, **given)
         with stage("Analysing", enabled=show_progress()):

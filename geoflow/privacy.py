@@ -274,13 +274,14 @@ class _Hashers:
 
     def _shared(self, offsets: np.ndarray, data: memoryview) -> bytes:
         bounds = np.linspace(0, len(offsets) - 1, len(self.children) + 1).astype(np.int64)
-        for child, lo, hi in zip(self.children, bounds[:-1], bounds[1:], strict=True):
+        spans = list(zip(self.children, bounds[:-1], bounds[1:], strict=True))
+        for child, lo, hi in spans:
             lengths = np.diff(offsets[lo:hi + 1]).astype("<u4")
             child.stdin.write(struct.pack("<Q", hi - lo) + lengths.tobytes())
             child.stdin.write(data[offsets[lo]:offsets[hi]])
             child.stdin.flush()
         shares = []
-        for child, lo, hi in zip(self.children, bounds[:-1], bounds[1:], strict=True):
+        for child, lo, hi in spans:
             size = int(hi - lo) * digests.DIGEST_BYTES
             share = child.stdout.read(size)
             if len(share) != size:
