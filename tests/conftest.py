@@ -44,6 +44,9 @@ def _private_cache_dirs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GEOFLOW_CACHE_DIR", str(cache / "geoflow"))
         patch.setenv("XDG_CACHE_HOME", str(cache))
+        # matplotlib builds its font list in that cache on first import and says so on
+        # stderr: here, not in whichever test first draws a map and checks what it printed
+        import matplotlib.font_manager  # noqa: F401
         yield
 
 
