@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ from rich.progress import (
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 __all__ = ["progress_enabled", "stage", "bar", "Advance", "quiet_logger"]
@@ -32,12 +33,21 @@ def progress_enabled(*, quiet: bool = False, stream=None) -> bool:
     return not quiet and bool(getattr(stream, "isatty", lambda: False)())
 
 
-def _progress(console: Console | None, *, with_bar: bool) -> Progress:
-    columns = [SpinnerColumn(), TextColumn("{task.description}")]
-    if with_bar:
-        columns += [BarColumn(), MofNCompleteColumn()]
-    columns.append(TimeElapsedColumn())
-    return Progress(*columns, console=console or Console(stderr=True), transient=True)
+#: Seconds of recent progress the time left is estimated from: a batch's entities differ in
+#: size, so a longer window than rich's 30 s steadies the estimate.
+ESTIMATE_SECONDS = 120.0
+
+
+def _progress(console: Console | None, *, with_bar: bool,
+              clock: Callable[[], float] | None = None) -> Progress:
+    columns: list = [SpinnerColumn(), TextColumn("{task.description}")]
+    if with_bar:  # a batch of an hour says how long it has left
+        columns += [BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("elapsed,"), TimeRemainingColumn(), TextColumn("left")]
+    else:
+        columns.append(TimeElapsedColumn())
+    return Progress(*columns, console=console or Console(stderr=True), transient=True,
+                    speed_estimate_period=ESTIMATE_SECONDS, get_time=clock)
 
 
 @contextmanager
@@ -105,12 +115,15 @@ class Advance:
 
 @contextmanager
 def bar(
-    description: str, total: int | None, *, enabled: bool, console: Console | None = None
+    description: str, total: int | None, *, enabled: bool, console: Console | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> Iterator[Advance]:
     """Yield an :class:`Advance`: call it once per finished item of ``total`` (None: not known
-    yet, given later by ``advance.total(n)``)."""
+    yet, given later by ``advance.total(n)``). The bar shows the time elapsed and the time
+    left, estimated from the items finished in the last :data:`ESTIMATE_SECONDS` of
+    ``clock`` (default: rich's monotonic clock)."""
     if not enabled:
         yield Advance(description)
         return
-    with _progress(console, with_bar=True) as progress, _logs_above(progress):
+    with _progress(console, with_bar=True, clock=clock) as progress, _logs_above(progress):
         yield Advance(description, progress, progress.add_task(description, total=total))

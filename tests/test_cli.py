@@ -506,6 +506,23 @@ def test_progress_bar_and_spinner_draw_on_a_terminal():
     assert silent.getvalue() == ""
 
 
+def test_progress_bar_says_how_long_a_batch_has_left():
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=100)
+    now = [0.0]
+    with bar("Writing dealer outputs", 10, enabled=True, console=console,
+             clock=lambda: now[0]) as advance:
+        console.file.write("\n")
+        first = buffer.getvalue()
+        for name in ("Shop A", "Shop B", "Shop C", "Shop D"):
+            now[0] += 30.0  # one entity every 30 s
+            advance(name)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buffer.getvalue()).replace("\r", "\n")
+    assert "-:--:-- left" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", first)  # no pace yet
+    # 4 of 10 in two minutes: the other 6 at the same pace take three
+    assert "4/10 0:02:00 elapsed, 0:03:00 left" in plain
+
+
 # --------------------------------------------------------------------------- on the sample
 
 
