@@ -183,6 +183,8 @@ def _set(result: pd.DataFrame, idx: pd.Index, values: dict[str, Any]) -> None:
     """Assign ``values`` (scalars or Series aligned on ``idx``) to rows ``idx`` (looked up
     once, not once per column)."""
     rows = result.index.get_indexer(idx)
+    if (rows < 0).any():  # as .loc would: never a write to the last row (-1)
+        raise KeyError(f"{idx[rows < 0][:3].tolist()} not in the result")
     for column, value in values.items():
         if isinstance(value, pd.Series):
             value = value.loc[idx].to_numpy()

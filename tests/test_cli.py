@@ -512,8 +512,7 @@ def test_progress_bar_says_how_long_a_batch_has_left():
     now = [0.0]
     with bar("Writing dealer outputs", 10, enabled=True, console=console,
              clock=lambda: now[0]) as advance:
-        console.file.write("\n")
-        first = buffer.getvalue()
+        first = buffer.getvalue()  # drawn when the task was added
         for name in ("Shop A", "Shop B", "Shop C", "Shop D"):
             now[0] += 30.0  # one entity every 30 s
             advance(name)

@@ -644,3 +644,16 @@ def test_report_for_counts_records_without_a_place_and_an_empty_subset():
     nothing = records.assign(dealer_geocode_query=pd.Categorical([None] * 3),
                              dealer_geocode_level=pd.Categorical([None] * 3))
     pd.testing.assert_frame_equal(report_for(report, nothing), got)
+
+
+def test_set_writes_the_rows_named_and_refuses_others():
+    from geoflow.geocode import _empty_result, _set
+
+    result = _empty_result(pd.Series(["A", "B", "C"], index=[10, 20, 30]))
+    _set(result, pd.Index([30, 10]), {"level": "city", "score": 90,
+                                      "lat": pd.Series([3.0, 1.0], index=[30, 10])})
+    assert result["level"].tolist() == ["city", "", "city"]
+    assert result["lat"].tolist()[::2] == [1.0, 3.0] and np.isnan(result["lat"].iloc[1])
+    with pytest.raises(KeyError):  # a row not in the result: no write to another one
+        _set(result, pd.Index([40]), {"level": "zip"})
+    assert result["level"].tolist() == ["city", "", "city"]
