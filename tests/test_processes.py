@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
+from multiprocessing.connection import wait
 
 import pytest
 from click.testing import CliRunner
@@ -72,7 +74,13 @@ def test_an_error_ends_the_map_process_at_once():
     with pytest.raises(KeyboardInterrupt), MapProcess() as drawer:
         (process,) = drawer.pool._processes.values()
         raise KeyboardInterrupt
-    assert not process.is_alive()
+    # it has ended: its end of the sentinel pipe is closed. (is_alive() could still say True
+    # for a moment: the pool's own thread may reap it, and the waitpid that loses that race
+    # reads as "not yet".)
+    assert wait([process.sentinel], timeout=0)
+    deadline = time.monotonic() + 10
+    while process.exitcode is None and time.monotonic() < deadline:  # the reaper's record
+        time.sleep(0.01)
     assert process.exitcode == -signal.SIGTERM  # ended, not left to finish and exit (0)
 
 
