@@ -49,10 +49,21 @@ class GeoflowGroup(click.Group):
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see main)
+            _interrupt_handled()
             terminated = isinstance(exc, Terminated)
             click.echo(f"error: interrupted ({'SIGTERM' if terminated else 'Ctrl-C'}); "
                        "no half-written output folder was put in place", err=True)
             ctx.exit(Terminated.exit_code if terminated else 130)
+
+
+def _interrupt_handled() -> None:
+    """Tell CPython that the Ctrl-C it raised was handled. A KeyboardInterrupt raised inside
+    code that ``exec`` runs from a string (dataclasses and namedtuple generate their methods so
+    while modules import) sets CPython's "Ctrl-C not handled" flag even when it is then caught;
+    under ``python -m geoflow`` the interpreter would then kill itself by SIGINT at exit
+    (status -2) instead of exiting with the code given. Each ``exec`` of a string clears the
+    flag before it runs."""
+    exec("pass")  # noqa: S102 -- a constant: clears the flag, runs nothing
 
 
 @click.group(cls=GeoflowGroup, context_settings={"help_option_names": ["-h", "--help"]})

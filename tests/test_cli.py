@@ -11,6 +11,9 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -688,3 +691,32 @@ def test_index_page_shows_script_payloads_as_text(browser, tmp_path):
     assert payload in cells
     assert page.console_errors == []
     page.close()
+
+
+#: ``python -m interrupted_in_exec ARGS``: geoflow's CLI, where a Ctrl-C lands in code that
+#: ``exec`` runs from a string, as dataclasses and namedtuple do while modules import (the
+#: batch's Ctrl-C test met it under load, 1 run in 10).
+_CTRL_C_IN_EXEC = textwrap.dedent("""
+    import sys
+    import geoflow.cli
+
+    def interrupted(*args):
+        exec("raise KeyboardInterrupt")
+
+    geoflow.cli._input_path = interrupted
+    sys.argv = ["geoflow", *sys.argv[1:]]
+    geoflow.cli.main()
+""")
+
+
+def test_ctrl_c_inside_exec_code_still_exits_130(tmp_path):
+    """CPython marks a KeyboardInterrupt raised in exec'd code as unhandled even when caught;
+    under ``python -m`` it would then end the process by SIGINT (status -2) after printing our
+    line, and a script checking for 130 would see a crash."""
+    (tmp_path / "interrupted_in_exec.py").write_text(_CTRL_C_IN_EXEC)
+    done = subprocess.run(
+        [sys.executable, "-m", "interrupted_in_exec", "-q", "run", "--sample", "-o",
+         str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == ("error: interrupted (Ctrl-C); no half-written output folder "
+                                   "was put in place")
