@@ -695,7 +695,8 @@ def test_index_page_shows_script_payloads_as_text(browser, tmp_path):
 
 #: ``python -m interrupted_in_exec ARGS``: geoflow's CLI, where a Ctrl-C lands in code that
 #: ``exec`` runs from a string, as dataclasses and namedtuple do while modules import (the
-#: batch's Ctrl-C test met it under load, 1 run in 10).
+#: batch's Ctrl-C test met it in 1 run of 10 to 20: its Ctrl-C landed in the dataclasses of
+#: geoflow.chunked as the read imported it).
 _CTRL_C_IN_EXEC = textwrap.dedent("""
     import sys
     import geoflow.cli
