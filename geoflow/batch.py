@@ -439,11 +439,12 @@ def _cgroup_room(folder: Path) -> int | None:
 def write_entity(prepared: Any, options: Any, records: pd.DataFrame, *, description: str,
                  folder: Path, write: Callable[[Any, Path], None] | None = None,
                  map_options: Any = None, entity: tuple[str, str] | None = None,
-                 map_thread: bool = True) -> None:
+                 map_thread: bool | None = None) -> None:
     """Analyse one entity's ``records`` and write its complete output set into ``folder``
     (``write(result, folder)``, default :func:`geoflow.pipeline.write_outputs` with
-    ``map_options`` and ``map_thread``). The one per-entity step, run in this process or in a
-    worker (where ``map_thread`` is False: the workers keep the cores busy)."""
+    ``map_options`` and ``map_thread``, None: by the entity's size). The one per-entity step,
+    run in this process or in a worker (where ``map_thread`` is False: the workers keep the
+    cores busy)."""
     from geoflow import pipeline
 
     result = pipeline.analyse(prepared, options=options, records=records,
@@ -471,7 +472,8 @@ def _worker_init(inbox: Any) -> None:
 
 
 def _write_task(shared: dict[str, Any], rows: Any, description: str, folder: Path, label: str,
-                entity: tuple[str, str] | None = None, *, map_thread: bool = False) -> str:
+                entity: tuple[str, str] | None = None, *, map_thread: bool | None = False
+                ) -> str:
     """One entity of a batch (a task of :func:`run_batch`) written with the batch's
     ``shared`` state; its label."""
     write_entity(shared["prepared"], shared["options"], shared["records"].iloc[rows],
@@ -670,8 +672,8 @@ def run_batch(
             shared = {"prepared": prepared, "options": options, "records": records,
                       "write": write, "map_options": map_options}
             if workers is None or len(tasks) < 2:
-                for task in tasks:  # one process: the map drawn in a thread of its own
-                    label = _write_task(shared, *task, map_thread=True)
+                for task in tasks:  # one process: a large entity's map drawn on a thread
+                    label = _write_task(shared, *task, map_thread=None)
                     if progress is not None:
                         progress(label)
             else:

@@ -138,6 +138,13 @@ FLOWS_GEOJSON_MAX = 50_000
 #: one at a time, deleting each from its working frame (:func:`placed_layer_records`): the
 #: memory of a large subset is held once; below it one copy of the columns is cheaper.
 COLUMNWISE_ROWS = 100_000
+#: From this many placed records on, :func:`write_outputs` draws the map and its stills on a
+#: second thread while the data files are written (100,000 records: 0.59-0.66 -> 0.53-0.59
+#: s); below it the two threads mostly take turns for the GIL, and drawing first is quicker
+#: (the sample's 2,922 records: 0.35-0.41 -> 0.32-0.39 s; its 31 states one after the other,
+#: ``scripts/bench_batch.py --jobs 1``: 0.353-0.356 -> 0.285-0.304 s an entity). Between
+#: 10,000 and 100,000 the two came out even.
+THREADED_MAP_ROWS = 100_000
 #: From this many records on, a whole-file read's tables and findings are built on a second
 #: thread while its flow layers are (their pandas and Arrow kernels let go of the GIL: 1M
 #: records' analysis 3.7 -> 3.1 s; its peak 730 -> 890 MB, under the read's 1,200); below it
@@ -875,7 +882,7 @@ def write_outputs(
     formats: tuple[str, ...] = (),
     excel: bool = False,
     reuse_schema: bool = False,
-    map_thread: bool = True,
+    map_thread: bool | None = None,
     map_process: MapProcess | None = None,
 ) -> Path:
     """Write every output of DESIGN.md into ``out_dir`` atomically and return its path.
@@ -888,23 +895,27 @@ def write_outputs(
     Files go to a temporary folder beside ``out_dir`` that replaces it only when all are
     written; a folder geoflow did not write is refused unless ``force`` (``OutputError``).
     The map and its stills are drawn in a second thread while the data files are written
-    (1M records: export 6.1 -> 4.5 s); an error in either ends the run. With ``map_process``
-    (a :class:`~geoflow.processes.MapProcess`: ``geoflow run`` on a large input) that thread
-    builds the scene and the process draws it, so the drawing holds no GIL of this process
-    (1M records: export 2.8-3.3 -> 2.2-2.6 s). ``map_thread=False``
+    when ``map_thread`` is True or, by default, from :data:`THREADED_MAP_ROWS` placed records
+    on (1M records: export 6.1 -> 4.5 s); an error in either ends the run. With
+    ``map_process`` (a :class:`~geoflow.processes.MapProcess`: ``geoflow run`` on a large
+    input) that thread builds the scene and the process draws it, so the drawing holds no
+    GIL of this process (1M records: export 2.8-3.3 -> 2.2-2.6 s). ``map_thread=False``
     draws them first, in this thread: a batch's worker processes already keep every core
     busy, and there a second thread only makes the two wait on each other for the GIL (the
     sample's 31 states at 2 jobs: about 16 % less time).
     """
     clock = time.perf_counter()
-    if result.manifest["counts"]["rows_placed"] >= COLUMNWISE_ROWS:  # a large run:
+    placed = result.manifest["counts"]["rows_placed"]
+    if placed >= COLUMNWISE_ROWS:  # a large run:
         release_memory()  # the records its caller freed go back before the files' work
+    if map_thread is None:
+        map_thread = placed >= THREADED_MAP_ROWS
     out = Path(out_dir)
     with atomic_output_dir(out, force=force) as temp, ThreadPoolExecutor(1) as maps:
         # the map and its stills (matplotlib: Python) are drawn while the data files are
         # written (GDAL, Arrow and file writes leave Python free much of the time)
         drawn = None
-        if write_map and not map_thread:
+        if write_map and not map_thread and map_process is None:
             _write_maps(result, map_options, temp)
         elif write_map:
             drawn = maps.submit(_write_maps, result, map_options, temp, map_process)
