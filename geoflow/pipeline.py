@@ -140,11 +140,11 @@ FLOWS_GEOJSON_MAX = 50_000
 COLUMNWISE_ROWS = 100_000
 #: From this many placed records on, :func:`write_outputs` draws the map and its stills on a
 #: second thread while the data files are written (100,000 records: 0.59-0.66 -> 0.53-0.59
-#: s); below it the two threads mostly take turns for the GIL, and drawing first is quicker
-#: (the sample's 2,922 records: 0.35-0.41 -> 0.32-0.39 s; its 31 states one after the other,
-#: ``scripts/bench_batch.py --jobs 1``: 0.353-0.356 -> 0.285-0.304 s an entity). Between
-#: 10,000 and 100,000 the two came out even.
-THREADED_MAP_ROWS = 100_000
+#: s; 50,000: 1.17-1.56 -> 1.16-1.23 s); below it the two threads mostly take turns for the
+#: GIL, and drawing first is quicker (the sample's 2,922 records: 0.35-0.41 -> 0.32-0.39 s;
+#: its 31 states one after the other, ``scripts/bench_batch.py --jobs 1``: 0.353-0.356 ->
+#: 0.285-0.304 s an entity) or as quick (10,000 and 30,000 records).
+THREADED_MAP_ROWS = 50_000
 #: From this many records on, a whole-file read's tables and findings are built on a second
 #: thread while its flow layers are (their pandas and Arrow kernels let go of the GIL: 1M
 #: records' analysis 3.7 -> 3.1 s; its peak 730 -> 890 MB, under the read's 1,200); below it
