@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import traceback
+from collections.abc import Collection
 
 import click
 
@@ -212,9 +213,11 @@ def _run_options(*, dayfirst: bool | None, column_map: str | None, overrides: st
     )
 
 
-def _prepare_selection(source: str, options: dict, *, label: str | None = None):
+def _prepare_selection(source: str, options: dict, *, label: str | None = None,
+                       compact: Collection[str] | None = None):
     """Read and geocode once (spinner on a terminal), then filter: ``(prepared, run_options,
-    records, description, config)``. Pops the config and filter values from ``options``."""
+    records, description, config)``. Pops the config and filter values from ``options``;
+    ``compact`` as :func:`~geoflow.pipeline.prepare_records` takes it."""
     from pathlib import Path
 
     from geoflow.aggregate import plural
@@ -227,7 +230,7 @@ def _prepare_selection(source: str, options: dict, *, label: str | None = None):
     try:
         with stage(f"Reading and geocoding {label or Path(source).name}",
                    enabled=show_progress()):
-            prepared = prepare_records(source, options=run_options)
+            prepared = prepare_records(source, options=run_options, compact=compact)
     finally:
         if geocoder is not None:
             geocoder.close()
@@ -349,7 +352,13 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     from pathlib import Path
 
     from geoflow.export import check_output_dir
-    from geoflow.pipeline import MAP_PROCESS_ROWS, analyse, preload_map_modules, write_outputs
+    from geoflow.pipeline import (
+        ANALYSED_COLUMNS,
+        MAP_PROCESS_ROWS,
+        analyse,
+        preload_map_modules,
+        write_outputs,
+    )
     from geoflow.processes import MapProcess, usable_cpus
 
     if jobs is not None and not per:
@@ -371,8 +380,9 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         _run_batch(source, options, kind=per, out=out, sample=sample, given=given,
                    min_guns=min_guns, force=force, jobs=jobs, resume=resume)
         return
+    # the analysis drops what it does not read: only those columns are compacted
     prepared, run_options, records, description, config = _prepare_selection(
-        source, options, label=SAMPLE_LABEL if sample else None)
+        source, options, label=SAMPLE_LABEL if sample else None, compact=ANALYSED_COLUMNS)
     # the map's modules load while the records are analysed: in a process of their own, which
     # draws the map beside the data files, for a large run on several CPUs; else on a thread
     apart = len(records) >= MAP_PROCESS_ROWS and usable_cpus() > 1

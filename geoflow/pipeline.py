@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -120,6 +120,9 @@ LAYER_INPUT_COLUMNS = (
     "recovery_geocode_score", "recovery_date", "crossing_code", "route_kind", "purchaser_id",
     "purchaser_label", "purchase_date", "time_to_crime_days", "guns", RECORDS_COLUMN,
 )
+#: The record columns an analysis reads after its filters: a consuming one (``geoflow run``)
+#: drops the others at its start, and its :func:`prepare_records` compacts only these.
+ANALYSED_COLUMNS = frozenset({*TABLE_COLUMNS, *LAYER_INPUT_COLUMNS, "placed"})
 #: Entity columns turned into categoricals once per analysis, so every groupby, factorize and
 #: take afterwards works on small integer codes instead of a million strings.
 ENTITY_COLUMNS = (
@@ -370,11 +373,16 @@ def place_records(records: pd.DataFrame) -> pd.DataFrame:
 
 
 @arrow_system_pool()
-def prepare_records(source: str | Path, *, options: RunOptions | None = None
-                    ) -> PreparedRecords:
+def prepare_records(source: str | Path, *, options: RunOptions | None = None,
+                    compact: Collection[str] | None = None) -> PreparedRecords:
     """Read, geocode, assign crossings and add ids (``purchaser_id``, ``possessor_id``,
     ``dealer_id``) and ``placed``/``unplaced_reason``. Real names are kept here so filters can
-    match them; :func:`analyse` decides what is shown."""
+    match them; :func:`analyse` decides what is shown.
+
+    The text columns of few distinct values become categoricals (:func:`_compact`): all of
+    them, or only those in ``compact`` (``geoflow run`` names :data:`ANALYSED_COLUMNS`, as
+    its analysis drops the rest: a whole file's read then spends no 0.45 s of CPU a million
+    records compacting them)."""
     from geoflow.chunked import CHUNK_BYTES, prepare_chunked, wants_chunks
     from geoflow.counts import to_border
     from geoflow.crossings import assign_crossings, load_ports
@@ -420,19 +428,21 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None
                                      possessor_id=ids["possessor_id"])
             del ids
             records["dealer_id"] = dealt.result()
-            records = _compact(unplace_duplicates(place_records(records)))
+            records = _compact(unplace_duplicates(place_records(records)), only=compact)
     return PreparedRecords(records=records, rejects=rejects, geocode_report=report,
                            source=read_source, timings=timings, options=options, memory=memory,
                            warnings=warnings, warning_counts=warning_counts)
 
 
-def _compact(records: pd.DataFrame, *, ratio: float = COMPACT_RATIO) -> pd.DataFrame:
+def _compact(records: pd.DataFrame, *, ratio: float = COMPACT_RATIO,
+             only: Collection[str] | None = None) -> pd.DataFrame:
     """``records`` with each text column of few distinct values (at most ``ratio`` × rows:
     dealers, places, states, ports, makes, geocode levels …) held as a categorical, so the
     prepared records take memory by distinct entities rather than by records. Values and NA
     are unchanged; unique columns (trace ids, serials, names) stay strings, in one piece
     (:func:`_contiguous`). Columns are factorised on two threads (Arrow's hashing lets go of
-    the GIL)."""
+    the GIL). ``only``: the columns to look at (None: every text column); the others are
+    left as they are."""
     step = max(len(records) // 50_000, 1)
 
     def compacted(column: str) -> pd.api.extensions.ExtensionArray | None:
@@ -445,7 +455,8 @@ def _compact(records: pd.DataFrame, *, ratio: float = COMPACT_RATIO) -> pd.DataF
             return _contiguous(values.array)
         return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(uniques))
 
-    text = [c for c in records.columns if isinstance(records[c].dtype, pd.StringDtype)]
+    text = [c for c in records.columns if isinstance(records[c].dtype, pd.StringDtype)
+            and (only is None or c in only)]
     with ThreadPoolExecutor(2) as pool:
         changes = dict(zip(text, pool.map(compacted, text), strict=True))
     return records.assign(**{c: v for c, v in changes.items() if v is not None})
@@ -594,7 +605,7 @@ def analyse(
     consumed = (frame, prepared.records) if consume else ()
     # a consuming run keeps only the columns the tables and layers read (raw texts, names
     # without --show-names, geocoder queries go: a quarter of the records at 10M)
-    keep_columns(consumed, {*TABLE_COLUMNS, *LAYER_INPUT_COLUMNS, "placed",
+    keep_columns(consumed, {*ANALYSED_COLUMNS,
                             *(["purchaser_name"] if options.show_names else [])})
     # a large analysis hands freed memory back after each stage; a small one (a batch
     # entity's) has little to free, and the large input's heap is slow to walk
