@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 
 from geoflow.errors import FilterError
@@ -186,24 +187,42 @@ def _match_names(
 ) -> dict[str, set[str]]:
     """Map each wanted name or id to the set of ids it selects.
 
-    Vectorised over the distinct (name, id) pairs: exact normalised name or id first, then
-    names containing every word of the value (accepted only when they name one entity).
+    Vectorised over the distinct names and the distinct ids (each normalised once; no table
+    of every record's (name, id) pair to deduplicate: one trafficker of 1M records,
+    ``filter_records`` 0.61 -> 0.3 s): exact normalised name or id first, then names
+    containing every word of the value (accepted only when they name one entity).
     """
     from geoflow.privacy import normalise_names
 
-    table = pd.DataFrame({"name": names, "id": ids}).dropna(subset=["id"]).drop_duplicates()
-    key = " " + normalise_names(table["name"].astype("string")).fillna("") + " "
-    id_key = table["id"].astype("string").str.casefold()
+    name_codes, distinct_names = _codes_and_values(names)
+    id_codes, distinct_ids = _codes_and_values(ids)
+    key = " " + normalise_names(pd.Series(distinct_names, dtype="string")).fillna("") + " "
+    id_key = _casefolded(pd.Series(distinct_ids, dtype="string"))
+    named = id_codes >= 0  # a record without an id selects nothing
+    held = np.zeros(len(distinct_ids), dtype=bool)  # ids some record holds
+    held[id_codes[named]] = True
+
+    def ids_named(hit_names: pd.Series) -> set[str]:
+        """The ids of the records whose name is one of ``hit_names`` (over distinct names)."""
+        hit = np.append(hit_names.fillna(False).to_numpy(dtype=bool), False)  # −1: NA
+        rows = named & hit[name_codes]
+        return {str(i) for i in distinct_ids.take(np.unique(id_codes[rows]))}
+
+    def ids_where(hit_ids: pd.Series) -> set[str]:
+        """The ids among ``hit_ids`` (over distinct ids) that some record holds."""
+        return {str(i) for i in distinct_ids[hit_ids.fillna(False).to_numpy(dtype=bool)
+                                             & held]}
+
     result: dict[str, set[str]] = {}
     for value in wanted:  # a handful of command-line values
         words = match_key(value)
-        hit = (id_key == str(value).strip().casefold()) | (key == f" {words} ")
-        hits = set(table.loc[hit.fillna(False).to_numpy(dtype=bool), "id"])
+        hits = ids_where(id_key == str(value).strip().casefold()) | ids_named(
+            key == f" {words} ")
         if not hits and words:
-            every = pd.Series(True, index=table.index)
+            every = pd.Series(True, index=key.index)
             for word in words.split():  # the words of one value
                 every &= key.str.contains(f" {word} ", regex=False).fillna(False)
-            hits = set(table.loc[every.to_numpy(dtype=bool), "id"])
+            hits = ids_named(every)
             if len(hits) > 1:
                 raise FilterError(
                     f"{what} {value!r} is ambiguous: it matches {len(hits)} {what}s; "
@@ -211,8 +230,7 @@ def _match_names(
                 )
         if not hits and re.fullmatch(r"p-[0-9a-f]{6,}", str(value).strip().casefold()):
             # a pseudonym lengthened here because two names of this data share its digits
-            longer = sorted(table.loc[id_key.str.startswith(str(value).strip().casefold())
-                                      .fillna(False).to_numpy(dtype=bool), "id"])
+            longer = sorted(ids_where(id_key.str.startswith(str(value).strip().casefold())))
             if longer:
                 raise FilterError(
                     f"{what} {value!r} is ambiguous in this data: {len(longer)} {what}s share "
@@ -222,6 +240,25 @@ def _match_names(
             raise FilterError(f"no {what} {value!r} in the data ({_hint(what)})")
         result[value] = hits
     return result
+
+
+def _casefolded(text: pd.Series) -> pd.Series:
+    """``text.str.casefold()``: ASCII values lower-cased in Arrow (the same for them), only
+    the others by Python's casefold (750,000 ids: 0.1 s -> 0.02 s)."""
+    folded = text.str.lower()
+    other = ~text.str.isascii().fillna(True).to_numpy(dtype=bool)
+    if other.any():
+        folded[other] = text[other].str.casefold()
+    return folded
+
+
+def _codes_and_values(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """A code per record (−1: NA) and the distinct values they stand for (a categorical's
+    own codes and categories: no hashing of a million texts)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.cat.codes.to_numpy(), values.cat.categories
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    return codes, pd.Index(uniques)
 
 
 def _hint(what: str) -> str:

@@ -127,6 +127,26 @@ def test_ambiguous_part_of_a_name_is_a_filter_error():
         filter_records(frame, traffickers=["ruiz"])
 
 
+@pytest.mark.parametrize("coded", [False, True])
+def test_traffickers_match_the_same_from_text_or_categoricals(records, coded):
+    # names and ids are matched over their distinct values (a prepared file's ids are a
+    # categorical, its names text or codes); an id no record holds (a category left over,
+    # as a chunked read's id space keeps them) selects nothing, and a record without a name
+    # is never selected
+    if coded:
+        records = records.assign(
+            purchaser_name=records["purchaser_name"].astype("category"),
+            purchaser_id=records["purchaser_id"].astype(pd.CategoricalDtype(
+                [*records["purchaser_id"].dropna().unique(), "P-0000aa"])))
+    barajas, _ = filter_records(records, traffickers=["ROGELIO BARAJAS"])
+    assert barajas["purchaser_name"].astype(str).tolist() == [
+        "Rogelio Barajas", "ROGELIO  BARAJAS", "Rogélio Barajas"]
+    by_id, _ = filter_records(records, traffickers=[records["purchaser_id"].iloc[4].upper()])
+    assert by_id["purchaser_name"].astype(str).tolist() == ["Ana Ruiz", "Ana Ruiz"]
+    with pytest.raises(FilterError, match="no purchaser 'P-0000aa' in the data"):
+        filter_records(records, traffickers=["P-0000aa"])
+
+
 def test_dealer_by_ffl_with_or_without_dashes(records):
     assert len(filter_records(records, dealers=["3-36-089-01-2A-11111"])[0]) == 2
     out, description = filter_records(records, dealers=["336089012a11111"])
