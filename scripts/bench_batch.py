@@ -7,12 +7,17 @@ Usage::
     python scripts/bench_batch.py --kind trafficker --no-map
     python scripts/bench_batch.py --jobs 1                # one entity after the other
     python scripts/bench_batch.py --no-stills             # map.html, but no map.svg/map.png
+    python scripts/bench_batch.py --jobs 1 --warm         # one warm process: each entity's own cost
 
 Prints the time to read + geocode once (the batch's workers starting meanwhile, as
 ``run --per`` starts them), to filter (one state, one purchaser), to list the
 entities, and to analyse and write every entity: wall time and CPU time (this process and its
 batch workers) per entity, peak memory and the load average (the machine is shared: CPU time
-is the steadier figure; wall time per entity at N jobs is at best CPU time / N).
+is the steadier figure; wall time per entity at N jobs is at best CPU time / N). With
+``--jobs 1`` it also prints each entity's time (median, fastest, slowest, with their guns);
+``--warm`` writes the batch once before timing it, so that this process's first-use costs
+(fonts measured, shapes loaded, the GeoPackage template) are paid and the figures are the
+entities' own.
 """
 
 from __future__ import annotations
@@ -53,6 +58,24 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def entity_times(done: list[tuple[str, float]], start: float, entities) -> list[tuple]:
+    """Rows for each entity's own time in a one-process batch (from the end of the one
+    before; the first from the batch's start, its listing included)."""
+    import numpy as np
+
+    labels = [label for label, _ in done]
+    seconds = np.diff([start, *(at for _, at in done)])
+    guns = dict(zip(entities["label"].astype(str), entities["guns"], strict=False))
+
+    def one(at: int) -> str:
+        return f"{seconds[at] * 1000:.0f} ms ({labels[at]}, {guns.get(labels[at], 0):,} guns)"
+
+    order = np.argsort(seconds, kind="stable")
+    return [("  each entity: median", f"{np.median(seconds) * 1000:.0f} ms"),
+            ("  each entity: fastest", one(int(order[0]))),
+            ("  each entity: slowest", one(int(order[-1])))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2922)
@@ -65,6 +88,8 @@ def main() -> None:
                         help="skip map.svg and map.png per entity (keep map.html)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="processes (default: the CPUs available, fewer if memory is short)")
+    parser.add_argument("--warm", action="store_true",
+                        help="with --jobs 1: write the batch once untimed first (a warm process)")
     args = parser.parse_args()
 
     from geoflow.batch import Workers, default_jobs, entity_table, run_batch
@@ -96,10 +121,17 @@ def main() -> None:
         t_list = time.perf_counter() - clock
 
         write = write_no_map if args.no_map else write_no_stills if args.no_stills else None
+        warming = time.perf_counter()
+        if args.warm and jobs == 1:
+            run_batch(prepared, kind=args.kind, out_dir=Path(tmp) / "warm",
+                      min_guns=args.min_guns, write=write, jobs=1)
+        start += time.perf_counter() - warming  # the untimed batch is not in the whole
+        done: list[tuple[str, float]] = []  # (label, time) as each entity is written
         load = os.getloadavg()
         clock, cpu = time.perf_counter(), cpu_seconds()
         batch = run_batch(prepared, kind=args.kind, out_dir=Path(tmp) / "out",
-                          min_guns=args.min_guns, write=write, jobs=jobs, workers=workers)
+                          min_guns=args.min_guns, write=write, jobs=jobs, workers=workers,
+                          progress=lambda label: done.append((label, time.perf_counter())))
         t_batch, c_batch = time.perf_counter() - clock, cpu_seconds() - cpu
         t_total = time.perf_counter() - start
         size = sum(p.stat().st_size for p in (Path(tmp) / "out").rglob("*") if p.is_file())
@@ -118,6 +150,7 @@ def main() -> None:
          f"{t_batch:.2f} s wall, {t_batch / n:.3f} s per entity"),
         ("  CPU (this process + workers, their start included)",
          f"{c_batch:.2f} s, {c_batch / n:.3f} s per entity"),
+        *(entity_times(done, clock, batch.entities) if jobs == 1 and done else []),
         ("whole batch (workers started, read once, batch)", f"{t_total:.2f} s wall"),
         ("load average before / after", " / ".join(
             f"{a:.2f}" for a in (load[0], os.getloadavg()[0]))),
