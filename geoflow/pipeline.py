@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -148,11 +148,12 @@ COLUMNWISE_ROWS = 100_000
 #: its 31 states one after the other, ``scripts/bench_batch.py --jobs 1``: 0.353-0.356 ->
 #: 0.285-0.304 s an entity) or as quick (10,000 and 30,000 records).
 THREADED_MAP_ROWS = 50_000
-#: From this many records on, a whole-file read's tables and findings are built on a second
-#: thread while its flow layers are (their pandas and Arrow kernels let go of the GIL: 1M
-#: records' analysis 3.7 -> 3.1 s; its peak 730 -> 890 MB, under the read's 1,200); below it
-#: the two threads would mostly wait on each other. A chunked read builds them first, alone:
-#: its peak is the analysis's (10M records: 3.2 -> 4.3 GB with the two together).
+#: From this many records on, a whole-file read's tables and findings, then its point layers,
+#: are built on a second thread while its flows are (their pandas and Arrow kernels let go of
+#: the GIL: 1M records' analysis 3.7 -> 3.1 s; its peak 730 -> 890 MB, under the read's
+#: 1,200); below it the two threads would mostly wait on each other. A chunked read builds
+#: them first, alone: its peak is the analysis's (10M records: 3.2 -> 4.3 GB with the two
+#: together).
 THREADED_TABLES_ROWS = 100_000
 #: From this many valid records on (and two CPUs), ``geoflow run`` draws the map and its
 #: stills in a process of their own (:class:`geoflow.processes.MapProcess`) while this one
@@ -624,7 +625,9 @@ def analyse(
     tabled = pool.submit(tabulate) if beside else None
     tables, found, listing = tabulate() if tabled is None else (None, None, None)
     del tabulate  # the tables' copy of the records goes with them
-    with pool, _stage("flows", timings, memory, release=large):
+    with contextlib.ExitStack() as leaving, _stage("flows", timings, memory, release=large):
+        # on an error, what is queued behind the tables (the point layers) is dropped
+        leaving.callback(pool.shutdown, cancel_futures=True)
         # only the columns the map layers need: a filtered copy of every column would double
         # the memory of the records for large inputs
         layer_columns = [c for c in LAYER_INPUT_COLUMNS if c in frame.columns]
@@ -638,29 +641,30 @@ def analyse(
         # state-level flows, so the flows keep no line objects (gigabytes at 10M records)
         # and flows_full.parquet gets the three points of each flow from their coordinates
         straight = options.flow_level == "place" and len(drawn) > FLOWS_GEOJSON_MAX
-        flows = build_flows(drawn, ports, level=options.flow_level, state_names=state_names,
-                            lines=not straight)
         # a large run hands each layer's working memory back before the next layer's
         # (glibc's heap keeps freed blocks of the last one resident otherwise)
         trim = release_memory if straight else (lambda: None)
+        # beside the tables, the point layers follow them on their thread while this one
+        # builds the flows (1M records: the analysis's last 0.6 s ran on one core)
+        points = (pool.submit(_point_layers, drawn, ports, trim) if tabled is not None
+                  else None)
+        flows = build_flows(drawn, ports, level=options.flow_level, state_names=state_names,
+                            lines=not straight)
         trim()
-        dealers = build_dealers(drawn)
-        trim()
-        recoveries = build_recoveries(drawn)
-        trim()
-        crossings = build_crossings(drawn, ports)
-        if tabled is not None:
-            tables, found, listing = tabled.result()
-        states = build_states(  # state totals over all valid records, as in the tables
-            drawn, states_shapes,
-            sourced=tables["by_us_state"].set_index("state")["guns"],
-            recovered=tables["by_mx_state"].set_index("state")["guns"])
         overview = None
         if options.flow_level == "place" and len(flows) > FLOWS_GEOJSON_MAX:
             overview = build_flows(drawn, ports, level="state", state_names=state_names)
         elif straight:  # few flows after all: flows.geojson holds them, drawn as arcs
             flows = gpd.GeoDataFrame(flows, geometry=flow_geometry(flows, SEGMENT_KM),
                                      crs="EPSG:4326")
+        dealers, recoveries, crossings = (_point_layers(drawn, ports, trim) if points is None
+                                          else points.result())
+        if tabled is not None:
+            tables, found, listing = tabled.result()
+        states = build_states(  # state totals over all valid records, as in the tables
+            drawn, states_shapes,
+            sourced=tables["by_us_state"].set_index("state")["guns"],
+            recovered=tables["by_mx_state"].set_index("state")["guns"])
         layers_out = {"flows": flows, "dealers": dealers, "recoveries": recoveries}
         if overview is not None:
             layers_out["flows_overview"] = overview
@@ -721,6 +725,17 @@ def analyse(
         warnings=prepared.warnings, flows_overview=overview,
         suppression=suppression,
     )
+
+
+def _point_layers(drawn: pd.DataFrame, ports: pd.DataFrame, trim: Callable[[], None]
+                  ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    """The dealers, recoveries and crossings layers of the placed records ``drawn``,
+    ``trim()`` after each of the first two (a large run's memory handed back)."""
+    dealers = build_dealers(drawn)
+    trim()
+    recoveries = build_recoveries(drawn)
+    trim()
+    return dealers, recoveries, build_crossings(drawn, ports)
 
 
 def placed_layer_records(frame: pd.DataFrame, columns: list[str], *,

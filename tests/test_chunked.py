@@ -123,13 +123,25 @@ def test_chunked_outputs_equal_in_memory_on_a_broken_file(sample_csv, tmp_path):
 @pytest.mark.parametrize("source", ["sample", "broken"])
 def test_tables_built_beside_the_layers_give_the_same_outputs(sample_csv, tmp_path,
                                                              monkeypatch, source):
-    """A large file's tables and findings are built on a second thread while its map layers
-    are (pipeline.THREADED_TABLES_ROWS): every file is the one the one-thread path writes,
-    and the manifest still times both stages."""
+    """A large file's tables and findings are built on a second thread while its flows
+    are (pipeline.THREADED_TABLES_ROWS), and its point layers follow the tables there: every
+    file is the one the one-thread path writes, and the manifest still times both stages."""
     from geoflow import pipeline
 
     path = sample_csv if source == "sample" else _broken(sample_csv, tmp_path)
+    layers_in = {}  # point layer -> the threads it was built in
+
+    def recorded(name):
+        build = getattr(pipeline, name)
+        monkeypatch.setattr(pipeline, name, lambda *a, **k: layers_in.setdefault(
+            name, []).append(threading.current_thread()) or build(*a, **k))
+
+    points = ("build_dealers", "build_recoveries", "build_crossings")
+    for name in points:
+        recorded(name)
     alone = _outputs(path, tmp_path / "one_thread")
+    assert layers_in == {name: [threading.main_thread()] for name in points}
+    layers_in.clear()
     monkeypatch.setattr(pipeline, "THREADED_TABLES_ROWS", 0)
     built = []  # the threads the tables are built in
     monkeypatch.setattr(pipeline, "build_tables", lambda *a, **k: built.append(
@@ -139,6 +151,7 @@ def test_tables_built_beside_the_layers_give_the_same_outputs(sample_csv, tmp_pa
     write_outputs(pipeline.analyse(prepare_records(path, options=options), options=options,
                                    consume=True), tmp_path / "two_threads")
     assert built and threading.main_thread() not in built
+    assert layers_in == dict.fromkeys(points, built)  # after the tables, on their thread
     beside = json.loads((tmp_path / "two_threads" / "manifest.json").read_text("utf-8"))
     assert _same_outputs(tmp_path / "one_thread", tmp_path / "two_threads") == []
     assert _comparable(beside) == _comparable(alone)
@@ -182,15 +195,18 @@ def test_a_chunked_read_builds_its_tables_alone(sample_csv, monkeypatch):
     assert built == [threading.main_thread()]
 
 
-def test_an_error_building_the_tables_beside_the_layers_ends_the_run(sample_csv, monkeypatch):
+@pytest.mark.parametrize("step", ["build_tables", "build_dealers"])
+def test_an_error_on_the_tables_thread_ends_the_run(sample_csv, monkeypatch, step):
+    """The tables and the point layers after them are built on a second thread: an error
+    there ends the run with that error."""
     from geoflow import pipeline
 
-    def broken_tables(*args, **kwargs):
-        raise RuntimeError("the tables failed")
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"{step} failed")
 
     monkeypatch.setattr(pipeline, "THREADED_TABLES_ROWS", 0)
-    monkeypatch.setattr(pipeline, "build_tables", broken_tables)
-    with pytest.raises(RuntimeError, match="the tables failed"):
+    monkeypatch.setattr(pipeline, step, broken)
+    with pytest.raises(RuntimeError, match=f"{step} failed"):
         run_pipeline(sample_csv, options=RunOptions(pseudonym_key=KEY))
 
 
