@@ -73,8 +73,10 @@ GULF_HEAD: tuple[float, float] = (-114.77, 32.45)
 #: States on the Baja California peninsula.
 _PENINSULA = ("MX-BCN", "MX-BCS")
 
-#: Rows of distinct (dealer, recovery) pairs scored at once; bounds memory to ~CHUNK × ports.
-_CHUNK = 200_000
+#: Rows of distinct (dealer, recovery) pairs scored at once: a few MB of distances each
+#: (× ports), reused from the heap. At 200,000 a chunk's 35 MB arrays were fresh pages every
+#: time: a 1M-record run scored its 215,436 pairs in 0.20 s, not 0.02.
+_CHUNK = 16_384
 
 #: Words that say "this is a crossing" and carry no name; removed anywhere in a value.
 _GENERIC = re.compile(

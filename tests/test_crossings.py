@@ -214,6 +214,22 @@ def test_model_is_the_shortest_detour_per_pair(ports):
         assert chosen[i] == ports["code"].iloc[int(np.argmin(total))]
 
 
+def test_pairs_scored_in_chunks_choose_the_same_ports(monkeypatch):
+    """The distinct (dealer, recovery) pairs are scored a chunk at a time (a few MB each):
+    chunks of any size, cutting the pairs anywhere, give every row the same port."""
+    from geoflow import crossings
+
+    rng = np.random.default_rng(11)
+    dealer = np.column_stack([rng.uniform(-123, -75, 500), rng.uniform(26, 47, 500)])
+    recovery = np.column_stack([rng.uniform(-117, -87, 500), rng.uniform(15, 32, 500)])
+    rows = rng.integers(0, 500, 3000)  # repeated pairs
+    whole = choose_ports(dealer[rows], recovery[rows])
+    assert len(set(whole)) > 5
+    for size in (1, 7, 499):
+        monkeypatch.setattr(crossings, "_CHUNK", size)
+        assert choose_ports(dealer[rows], recovery[rows]).tolist() == whole.tolist()
+
+
 def test_rows_without_coordinates_get_no_port():
     result = choose_ports([[np.nan, 30.0], list(HOUSTON)], [list(REYNOSA), list(REYNOSA)])
     assert result[0] is None and result[1] in {"2305", "2309", "2301"}
