@@ -215,7 +215,7 @@ def test_model_is_the_shortest_detour_per_pair(ports):
 
 
 def test_pairs_scored_in_chunks_choose_the_same_ports(monkeypatch):
-    """The distinct (dealer, recovery) pairs are scored a chunk at a time (a few MB each):
+    """The distinct (dealer, recovery) pairs are scored a chunk at a time (under 1 MB each):
     chunks of any size, cutting the pairs anywhere, give every row the same port."""
     from geoflow import crossings
 
