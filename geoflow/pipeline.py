@@ -649,8 +649,7 @@ def analyse(
         trim = release_memory if straight else (lambda: None)
         # beside the tables, the point layers follow them on their thread while this one
         # builds the flows (1M records: the analysis's last 0.6 s ran on one core)
-        points = (pool.submit(_point_layers, drawn, ports, trim) if tabled is not None
-                  else None)
+        points = pool.submit(_point_layers, drawn, ports, trim) if beside else None
         flows = build_flows(drawn, ports, level=options.flow_level, state_names=state_names,
                             lines=not straight)
         trim()
@@ -660,10 +659,11 @@ def analyse(
         elif straight:  # few flows after all: flows.geojson holds them, drawn as arcs
             flows = gpd.GeoDataFrame(flows, geometry=flow_geometry(flows, SEGMENT_KM),
                                      crs="EPSG:4326")
-        dealers, recoveries, crossings = (_point_layers(drawn, ports, trim) if points is None
-                                          else points.result())
-        if tabled is not None:
+        if beside:
+            dealers, recoveries, crossings = points.result()
             tables, found, listing = tabled.result()
+        else:
+            dealers, recoveries, crossings = _point_layers(drawn, ports, trim)
         states = build_states(  # state totals over all valid records, as in the tables
             drawn, states_shapes,
             sourced=tables["by_us_state"].set_index("state")["guns"],
