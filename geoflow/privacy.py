@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 from geoflow import digests
 from geoflow.aggregate import (
     ascii_text,
+    distinct_codes,
     hex_digits,
     recode,
     sorted_texts,
@@ -466,9 +467,10 @@ def pseudonymise(
         source = out.get(f"{role}_name")
         if source is None:  # no such column (a chunked read drops possessors): all NA
             return np.full(len(out), -1, dtype=np.intp), pd.Index([], dtype="string")
-        if isinstance(source.dtype, pd.CategoricalDtype):  # codes already: no string copy
-            return source.cat.codes.to_numpy(), pd.Index(source.cat.categories, dtype="string")
-        return pd.factorize(source.astype("string"), use_na_sentinel=True)
+        if not isinstance(source.dtype, pd.CategoricalDtype):  # a categorical: no string copy
+            source = source.astype("string")
+        codes, distinct = distinct_codes(source)
+        return codes, pd.Index(distinct, dtype="string")
 
     roles = ("purchaser", "possessor")
     with ThreadPoolExecutor(2) as pool:  # Arrow's hashing lets go of the GIL

@@ -34,6 +34,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from geoflow.aggregate import distinct_codes
 from geoflow.errors import FilterError
 
 __all__ = [
@@ -194,8 +195,8 @@ def _match_names(
     """
     from geoflow.privacy import normalise_names
 
-    name_codes, distinct_names = _codes_and_values(names)
-    id_codes, distinct_ids = _codes_and_values(ids)
+    name_codes, distinct_names = distinct_codes(names)
+    id_codes, distinct_ids = distinct_codes(ids)
     key = " " + normalise_names(pd.Series(distinct_names, dtype="string")).fillna("") + " "
     id_key = _casefolded(pd.Series(distinct_ids, dtype="string"))
     named = id_codes >= 0  # a record without an id selects nothing
@@ -250,17 +251,6 @@ def _casefolded(text: pd.Series) -> pd.Series:
     if other.any():
         folded[other] = text[other].str.casefold()
     return folded
-
-
-def _codes_and_values(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
-    """A code per record (−1: NA) and the distinct values they stand for (a categorical's
-    own codes and categories: no hashing of a million texts). Unsorted, unlike
-    :func:`geoflow.aggregate._item_codes`: matching needs no order, and sorting a million
-    records' purchaser names took 0.27 s against 0.10."""
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        return values.cat.codes.to_numpy(), values.cat.categories
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    return codes, pd.Index(uniques)
 
 
 def _hint(what: str) -> str:

@@ -18,6 +18,7 @@ from geoflow.aggregate import (
     by_trafficker,
     by_year,
     categorical_take,
+    distinct_codes,
     findings,
     flag_counts,
     unplace_duplicates,
@@ -798,3 +799,18 @@ def test_sorted_categories_are_told_once_per_categories_object_and_forgotten_wit
     assert not ids & set(aggregate._ASCENDING)  # entries of other tests may go too
     again = pd.Index(["b", "a"], dtype="string[pyarrow]")  # possibly at a freed one's id
     assert not aggregate._ascending(again)
+
+
+@pytest.mark.parametrize("categorical", [False, True])
+def test_distinct_codes_give_each_value_back_from_its_code(categorical):
+    """Text or categorical, each value is its code's distinct value, NA is −1, and a category
+    no value holds is listed but never coded."""
+    values = pd.Series(["Laredo", None, "Nogales", "Laredo", "El Paso"], dtype="string")
+    if categorical:
+        values = values.astype(pd.CategoricalDtype(["El Paso", "Laredo", "Nogales", "Unused"]))
+    codes, distinct = distinct_codes(values)
+    assert codes[1] == -1
+    got = [None if c < 0 else distinct[c] for c in codes]
+    assert got == ["Laredo", None, "Nogales", "Laredo", "El Paso"]
+    assert ("Unused" in set(distinct)) is categorical
+    assert "Unused" not in {distinct[c] for c in codes if c >= 0}
