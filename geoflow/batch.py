@@ -37,7 +37,7 @@ import pandas as pd
 
 from geoflow import __version__
 from geoflow.errors import InputError, OutputError
-from geoflow.processes import end_now, ignore_ctrl_c, spawn_pool, usable_cpus
+from geoflow.processes import end_now, fewer_collections, ignore_ctrl_c, spawn_pool, usable_cpus
 from geoflow.progress import quiet_logger
 from geoflow.schema import SYNTHETIC_LABEL, strip_accents
 from geoflow.select import entity_keys, list_entities
@@ -475,10 +475,11 @@ def _write_task(shared: dict[str, Any], rows: Any, description: str, folder: Pat
                 entity: tuple[str, str] | None = None, *, map_thread: bool | None = False
                 ) -> str:
     """One entity of a batch (a task of :func:`run_batch`) written with the batch's
-    ``shared`` state; its label."""
-    write_entity(shared["prepared"], shared["options"], shared["records"].iloc[rows],
-                 description=description, folder=folder, write=shared["write"],
-                 map_options=shared["map_options"], entity=entity, map_thread=map_thread)
+    ``shared`` state, collecting garbage less often (:func:`fewer_collections`); its label."""
+    with fewer_collections():
+        write_entity(shared["prepared"], shared["options"], shared["records"].iloc[rows],
+                     description=description, folder=folder, write=shared["write"],
+                     map_options=shared["map_options"], entity=entity, map_thread=map_thread)
     return label
 
 

@@ -254,6 +254,33 @@ def test_per_state_writes_one_folder_per_state_and_counts_add_up(tmp_path):
         "x", key="US-TX").split("-")[-1]] == "US-TX"
 
 
+def test_entities_are_written_with_fewer_garbage_collections(tmp_path):
+    """Each entity is written with the collector's first threshold raised (a batch makes
+    many short-lived frames and artists), and the threshold is as it was after the batch,
+    also when an entity fails."""
+    import gc
+
+    from geoflow.batch import run_batch
+    from geoflow.processes import BATCH_GC_THRESHOLD
+
+    seen = []
+
+    def write(result, folder):
+        seen.append(gc.get_threshold()[0])
+        quick_write(result, folder)
+
+    before = gc.get_threshold()
+    run_batch(prepared_records(), kind="state", out_dir=tmp_path / "out", write=write)
+    assert seen == [BATCH_GC_THRESHOLD] * 4 and gc.get_threshold() == before
+
+    def fail(result, folder):
+        raise ValueError("a broken writer")
+
+    with pytest.raises(ValueError, match="a broken writer"):
+        run_batch(prepared_records(), kind="state", out_dir=tmp_path / "failed", write=fail)
+    assert gc.get_threshold() == before
+
+
 def test_per_trafficker_folders_are_pseudonyms_by_default(tmp_path):
     out = tmp_path / "out"
     batch = run("trafficker", out, min_guns=2)
