@@ -340,6 +340,13 @@ def test_tile_layer_is_offered_off_by_default_or_left_out(sample_result, sample_
     bare = render_map(sample_result, options=MapOptions(tiles=False, top_n=20))
     assert "cartocdn" not in bare and "= L.tileLayer(" not in bare
     assert "= L.tileLayer(" in sample_html
+    # the layer Leaflet gets: CARTO's URL with its four subdomains, credited to OSM and CARTO
+    url, given = re.search(r'L\.tileLayer\(\s*"([^"]+)",\s*(\{.*?\})\s*\);', sample_html,
+                           re.S).groups()
+    given = json.loads(re.sub(r",\s*}$", "}", given))  # folium's JS object: a trailing comma
+    assert url == "https://{s}.basemaps.cartocdn.com/light_all/{z}/{x}/{y}{r}.png"
+    assert (given["subdomains"], given["minZoom"], given["maxZoom"]) == ("abcd", 0, 20)
+    assert "OpenStreetMap" in given["attribution"] and "CARTO" in given["attribution"]
 
 
 def test_show_names_changes_the_wording(sample_result):
