@@ -12,8 +12,10 @@ Usage::
 Prints the time to read + geocode once (the batch's workers starting meanwhile, as
 ``run --per`` starts them), to filter (one state, one purchaser), to list the
 entities, and to analyse and write every entity: wall time and CPU time (this process and its
-batch workers) per entity, peak memory and the load average (the machine is shared: CPU time
-is the steadier figure; wall time per entity at N jobs is at best CPU time / N). With
+batch workers) per entity, the steady state (the pace of the last three quarters of the
+entities, once each process has paid its first-use costs), peak memory and the load
+average (the machine is shared: CPU time is the steadier figure; wall time per entity at N
+jobs is at best CPU time / N). With
 ``--jobs 1`` it also prints each entity's time (median, fastest, slowest, with their guns);
 ``--warm`` writes the batch once before timing it, so that this process's first-use costs
 (fonts measured, shapes loaded, the GeoPackage template) are paid and the figures are the
@@ -76,6 +78,20 @@ def entity_times(done: list[tuple[str, float]], start: float, entities) -> list[
             ("  each entity: slowest", one(int(order[-1])))]
 
 
+def steady_state(out: Path, kind: str) -> float | None:
+    """Seconds an entity once every process has warmed up: the pace at which the last three
+    quarters of the output sets were finished (each set's manifest.json is written last, by
+    whichever process wrote the set). Each process's first entities pay its first-use costs
+    (fonts, shapes, the GeoPackage template); this is what one more entity costs."""
+    import numpy as np
+
+    done = np.sort([p.stat().st_mtime_ns for p in (out / kind).glob("*/manifest.json")])
+    skip = len(done) // 4
+    if len(done) - skip < 3:
+        return None
+    return float(done[-1] - done[skip]) / 1e9 / (len(done) - 1 - skip)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2922)
@@ -133,6 +149,7 @@ def main() -> None:
                           min_guns=args.min_guns, write=write, jobs=jobs, workers=workers,
                           progress=lambda label: done.append((label, time.perf_counter())))
         t_batch, c_batch = time.perf_counter() - clock, cpu_seconds() - cpu
+        steady = steady_state(Path(tmp) / "out", args.kind)
         t_total = time.perf_counter() - start
         size = sum(p.stat().st_size for p in (Path(tmp) / "out").rglob("*") if p.is_file())
 
@@ -148,6 +165,8 @@ def main() -> None:
          f"{'' if args.no_map else ' + map.html' if args.no_stills else ' + map + stills'}, "
          f"{jobs} jobs)",
          f"{t_batch:.2f} s wall, {t_batch / n:.3f} s per entity"),
+        *([("  steady state (last 3/4 of the entities)", f"{steady:.3f} s per entity")]
+          if steady is not None else []),
         ("  CPU (this process + workers, their start included)",
          f"{c_batch:.2f} s, {c_batch / n:.3f} s per entity"),
         *(entity_times(done, clock, batch.entities) if jobs == 1 and done else []),
