@@ -411,8 +411,8 @@ def _page(scene: Scene, options: MapOptions) -> tuple[branca.element.Figure, fol
     header.add_child(_Raw(f"<script>{leaflet_js}</script>"), name="leaflet")
     header.add_child(_Raw(f"<script>{own_js}</script>"), name="geoflow")
     if options.tiles:
-        # a provider, not its URL: folium looks a URL up among xyzservices' ~1,000 named
-        # providers first (2-3 ms a page, a batch entity's whole map.html costs ~10 ms)
+        # a provider, not its URL: folium looks a URL up among xyzservices' ~900 named
+        # providers first (2-3 ms a page, a quarter of a batch entity's map.html)
         tiles = xyzservices.TileProvider(name="CartoDB.Positron", url=_TILES,
                                          attribution=_TILES_ATTR, subdomains="abcd")
         folium.TileLayer(tiles, attr=_TILES_ATTR, max_zoom=20,
