@@ -229,6 +229,19 @@ var geoflow = (function () {
     }});
     controls[id] = new Panel({position: position}).addTo(map);
     el.addEventListener("toggle", function () { placeLabels(); });
+    if (id === "gf-legend") {
+      legendRoom(map);
+      map.on("resize", function () { legendRoom(map); });
+    }
+  }
+  // The legend grows up from the bottom right corner, scrolling, at most to the controls of
+  // the top right one (zoom, layers): it never covers the button that switches layers.
+  function legendRoom(map) {
+    var el = document.getElementById("gf-legend");
+    var corner = map.getContainer().querySelector(".leaflet-top.leaflet-right");
+    if (!el || !corner) return;
+    var room = el.getBoundingClientRect().bottom - corner.getBoundingClientRect().bottom - 10;
+    el.style.setProperty("--gf-room", Math.max(60, Math.floor(room)) + "px");
   }
   // Rectangles (in map-container pixels) of everything drawn over the map: our panels and
   // Leaflet's controls.
@@ -277,6 +290,7 @@ var geoflow = (function () {
     var size = map.getSize();
     var small = size.x < 700 || size.y < 560;
     document.body.classList.toggle("gf-small", small);
+    legendRoom(map);  // before the padding, which measures the legend
     if (small) {
       ["gf-legend", "gf-footer"].forEach(function (id) {
         var el = document.getElementById(id);

@@ -149,6 +149,15 @@ def test_labels_are_there_and_never_overlap_each_other_or_a_panel(measured, name
             assert not _overlap(label, panel), (label, panel)
 
 
+@pytest.mark.parametrize(("name", "size"), CASES)
+def test_panels_leave_every_map_control_in_reach(measured, name, size):
+    """No panel covers a map control or another panel: the legend, however long, stops short
+    of the zoom and layer buttons above it, so the reader can still switch layers."""
+    m = measured[name, size]
+    for a, b in itertools.combinations(m["panels"], 2):
+        assert not _overlap(a, b), (a, b)
+
+
 def test_per_entity_maps_label_their_own_story(measured):
     barajas = [lab["text"] for lab in measured["barajas", "desktop"]["labels"]]
     assert "East Dundee, IL" in barajas and "Laredo" in barajas
