@@ -343,11 +343,21 @@ def _legend(scene: Scene, *, open_: bool = True) -> str:
     return "".join(parts)
 
 
+#: A word with hyphens in escaped text: a pseudonym (``P-77d6ca``), a code (``US-TX``).
+_HYPHENATED = re.compile(r"[^\s-]+(?:-[^\s-]+)+")
+
+
+def _unbroken(html: str) -> str:
+    """Escaped text whose hyphenated words stay whole on one line: a browser may break a
+    line after any hyphen, and a title read ``Purchaser: P-`` / ``77d6ca``."""
+    return _HYPHENATED.sub(lambda m: f'<span class="gf-nobreak">{m.group()}</span>', html)
+
+
 def _panels(scene: Scene) -> str:
     """Title, legend and footer (source, credit, caveat, names, credits) as escaped HTML."""
     e = escape_html
-    title = (f'<div class="gf-panel gf-title" id="gf-title"><h1>{e(scene.title)}</h1>'
-             f"<p>{e(scene.subtitle)}</p></div>")
+    title = (f'<div class="gf-panel gf-title" id="gf-title"><h1>{_unbroken(e(scene.title))}'
+             f"</h1><p>{_unbroken(e(scene.subtitle))}</p></div>")
     footer = (f'<details open class="gf-panel gf-footer" id="gf-footer">'
               f"<summary>Source and notes</summary>"
               f'<p class="gf-source">{e(scene.source)}</p>'

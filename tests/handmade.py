@@ -7,6 +7,7 @@ pure functions can be tested without reading, geocoding or routing anything.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import geopandas as gpd
@@ -104,7 +105,8 @@ def make_records(rows: list[dict]) -> pd.DataFrame:
 
 def output_text(path: Path) -> str:
     """An output file's text; a Parquet file (flows_full.parquet) as the CSV of its columns,
-    a PNG (map.png) as its text chunks (its words are pixels: map.svg holds the same text)."""
+    a PNG (map.png) as its text chunks (its words are pixels: map.svg holds the same text),
+    an HTML page with its title's unbreakable words (``span.gf-nobreak``) as plain text."""
     if path.suffix == ".parquet":
         return pd.read_parquet(path).drop(columns="geometry").to_csv()
     if path.suffix == ".gpkg":  # every layer as CSV (SQLite pages are no text to search)
@@ -120,7 +122,12 @@ def output_text(path: Path) -> str:
             return "\n".join(f"{k} {v}" for k, v in image.text.items())
     if path.suffix in {".shp", ".shx", ".dbf"}:  # binary; their text is UTF-8
         return path.read_bytes().decode("utf-8", errors="replace")
+    if path.suffix == ".html":  # a title's hyphenated words are spans: read as one text
+        return _NOBREAK.sub(r"\1", path.read_text(encoding="utf-8"))
     return path.read_text(encoding="utf-8")
+
+
+_NOBREAK = re.compile(r'<span class="gf-nobreak">([^<]*)</span>')
 
 
 def batch_files(out: Path) -> dict[str, object]:

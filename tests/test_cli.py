@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from handmade import output_text
 from rich.console import Console
 
 from geoflow import __version__
@@ -179,7 +180,7 @@ def test_state_filter_writes_the_filtered_set_with_its_description(small, tmp_pa
     counts = data["counts"]
     assert counts["rows_valid"] - counts["rows_filtered_out"] == PER_STATE["US-TX"]
     assert "(33 left out by filters)" in result.output
-    assert "US state: Texas (US-TX)" in (out / "map.html").read_text(encoding="utf-8")
+    assert "US state: Texas (US-TX)" in output_text(out / "map.html")
     states = pd.read_csv(out / "tables" / "by_us_state.csv")
     assert states["state"].tolist() == ["US-TX"]
 
@@ -650,8 +651,7 @@ def test_map_command_takes_the_same_filters(small, tmp_path):
     out = tmp_path / "az.html"
     result = geoflow("-q", "map", small, "--state", "Ariz.", "--mx-state", "Chih.", "-o", out)
     assert result.exit_code == 0, result.stderr
-    assert "US state: Arizona (US-AZ); Mexican state: Chihuahua (MX-CHH)" in out.read_text(
-        encoding="utf-8")
+    assert "US state: Arizona (US-AZ); Mexican state: Chihuahua (MX-CHH)" in output_text(out)
 
 
 @pytest.mark.parametrize(

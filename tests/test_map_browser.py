@@ -65,6 +65,18 @@ MEASURE = """(() => {
     attribution: (document.querySelector('.leaflet-control-attribution') || {}).textContent,
     banner: (() => { const b = document.querySelector('.gf-synthetic');
                      return b && b.offsetHeight > 0 ? b.textContent : null; })(),
+    hyphenated: (() => {  // each hyphenated word of the title panel, and its lines on screen
+      const out = [], walker = document.createTreeWalker(
+        document.getElementById('gf-title'), NodeFilter.SHOW_TEXT);
+      for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+        for (const m of n.data.matchAll(/[^\\s-]+(?:-[^\\s-]+)+/g)) {
+          const r = document.createRange();
+          r.setStart(n, m.index);
+          r.setEnd(n, m.index + m[0].length);
+          out.push([m[0], new Set([...r.getClientRects()].map(x => Math.round(x.top))).size]);
+        }
+      }
+      return out; })(),
     legend_open: document.getElementById('gf-legend').open,
     footer_open: document.getElementById('gf-footer').open,
     viewport: [innerWidth, innerHeight],
@@ -156,6 +168,14 @@ def test_panels_leave_every_map_control_in_reach(measured, name, size):
     m = measured[name, size]
     for a, b in itertools.combinations(m["panels"], 2):
         assert not _overlap(a, b), (a, b)
+
+
+@pytest.mark.parametrize(("name", "size"), CASES)
+def test_title_never_breaks_a_pseudonym_or_code_at_its_hyphen(measured, name, size):
+    words = measured[name, size]["hyphenated"]
+    assert all(lines == 1 for _, lines in words), words
+    if name == "barajas":
+        assert any(word.startswith("P-") for word, _ in words), words
 
 
 def test_per_entity_maps_label_their_own_story(measured):

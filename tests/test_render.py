@@ -201,6 +201,19 @@ def test_payload_names_reach_the_page_only_as_escaped_data():
         assert escape_html(PAYLOADS[2]) in page
 
 
+def test_hyphenated_words_of_the_title_are_kept_whole_and_stay_text():
+    """A pseudonym or code in the title panel is one unbreakable span (a browser may break a
+    line after a hyphen); text with hyphens and markup in it is still only escaped text."""
+    subtitle = "Purchaser: P-77d6ca; US state: Texas (US-TX) <img src=x-y onerror=z-1>"
+    page = render_map(_result(_flow_frame([5, 2], ["2304", "2304"])),
+                      options=MapOptions(title="Cross-border guns", subtitle=subtitle))
+    panel = re.search(r'<div class="gf-panel gf-title" id="gf-title">(.*?)</div>', page).group(1)
+    spans = re.findall(r'<span class="gf-nobreak">(.*?)</span>', panel)
+    assert spans == ["Cross-border", "P-77d6ca;", "(US-TX)", "src=x-y", "onerror=z-1&gt;"]
+    assert "<img" not in panel
+    assert html.unescape(re.sub(r"<[^>]+>", "", panel)) == "Cross-border guns" + subtitle
+
+
 def test_names_in_the_data_are_never_run_as_templates():
     """folium renders page scripts through Jinja: a dealer or place named like a template
     stays text (before, ``{{ 7*7 }}`` in a dealer name became 49 on the map)."""
