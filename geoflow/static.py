@@ -1008,17 +1008,23 @@ class _Legend:
                 self._text(x0 + gw + gap, centre, wrapped)
             self.y -= row_h
 
-    def swatches(self, colours: Sequence[str], labels: Sequence[str], none_colour: str) -> None:
-        """Class colours as a bar with each class's range under its box, or (when the ranges
-        do not fit under the boxes) as inline swatch items."""
+    def bar_fits(self, labels: Sequence[str]) -> bool:
+        """Whether each class's range (and ``none``) fits under its box of a class bar."""
+        labels = [*labels, "none"]
+        box_w = (self.width - self.size * 0.5) / len(labels)
+        return all(self._width(lab, self.size * 0.9) <= box_w - 1.5 for lab in labels)
+
+    def swatches(self, colours: Sequence[str], labels: Sequence[str], none_colour: str, *,
+                 bar: bool) -> None:
+        """Class colours as a bar with each class's range under its box (``bar``: see
+        :meth:`bar_fits`), else as inline swatch items."""
         from matplotlib.patches import Rectangle
 
         h = self.size * 1.0
         colours, labels = [*colours, none_colour], [*labels, "none"]
         gap = self.size * 0.5
         box_w = (self.width - gap) / max(len(colours), 1)
-        fits = all(self._width(lab, self.size * 0.9) <= box_w - 1.5 for lab in labels)
-        if not fits:
+        if not bar:
             def swatch(colour):
                 return lambda x, y: [Rectangle((x, y - h / 2), h * 1.4, h, facecolor=colour,
                                                edgecolor="#8a8a8a", linewidth=0.3,
@@ -1097,10 +1103,12 @@ def _legend(scene, fig, layer, *, width_pt: float, size: float, px_pt: float,
                                     _dash(dash, route_w, px_pt), length), label)
                        for _, label, dash in spec.routes])
     if "classes" in parts:
-        for classes in spec.classes:
-            if len(classes.colours):
-                heading(classes.title)
-                legend.swatches(classes.colours, classes.labels, classes.none_colour)
+        shown = [classes for classes in spec.classes if len(classes.colours)]
+        # both choropleths in one form: bars only when every range fits under its box
+        bar = all(legend.bar_fits(classes.labels) for classes in shown)
+        for classes in shown:
+            heading(classes.title)
+            legend.swatches(classes.colours, classes.labels, classes.none_colour, bar=bar)
     if "places" in parts and spec.points:
         heading("Places")
         r = size * 0.45

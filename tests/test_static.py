@@ -361,6 +361,23 @@ def test_scene_palettes_pass_the_colour_blind_check(sample_result):
             check(classes.colours, f"{name} {classes.country} as drawn")
 
 
+@pytest.mark.parametrize("name", list(SIZES))
+def test_both_choropleth_legends_take_one_form(sample_scene, name):
+    """The US and the Mexican class legends are both bars or both rows of swatches (the
+    story still had the US ranges, 69–1,237 too wide for a bar's boxes, as swatches beside
+    a Mexican bar). The sample's two legends have as many classes, so one form gives their
+    boxes one width."""
+    from matplotlib.patches import Rectangle
+
+    us, mx = sample_scene.legend.classes
+    assert len(us.colours) == len(mx.colours)
+    fig = draw_scene(sample_scene, size=name)
+    legend = next(a for a in fig.findobj() if a.get_gid() == "legend")
+    boxes = [a for a in legend.findobj(Rectangle) if a.get_linewidth() == 0.3]
+    assert len(boxes) == 2 * (len(us.colours) + 1)  # each class and "none", twice
+    assert len({round(box.get_width(), 6) for box in boxes}) == 1
+
+
 def test_no_banner_for_real_input_and_a_small_map_frames_its_story(small_scene):
     assert not small_scene.synthetic
     fig = draw_scene(small_scene, size="square")
