@@ -1188,9 +1188,7 @@ def findings(
     out.append({
         "id": "prolific_purchasers",
         "text": (
-            f"{plural(len(big), 'purchaser')} {'is' if len(big) == 1 else 'are'} tied to "
-            f"{min_guns} or more guns each; {len(single):,} of them bought most of their guns "
-            "(more than half) at a single store."
+            _prolific_sentence(len(big), len(single), min_guns)
             + (" Largest: " + "; ".join(
                 f"{r.purchaser} ({r.guns:,} guns, {_from_dealer(r.top_dealer_guns, r.top_dealer)})"
                 for r in named.head(top_n).itertuples()) + "." if len(named) else "")
@@ -1348,11 +1346,26 @@ def _count_table_findings(out: list[dict], *, purchasers: bool, dates: bool,
 #: How the findings of one entity's output set (``--per``) name their scope.
 _SCOPES = {"state": "guns sold in {label}", "mx-state": "guns recovered in {label}",
            "trafficker": "{label}'s guns", "dealer": "guns sold by {label}"}
-#: National findings an entity's own summary replaces (they would say "1 purchaser is tied
-#: to 10 or more guns each; 1 of them …" about a single purchaser).
+#: National findings an entity's own summary replaces (about one purchaser, they would only
+#: count again the purchaser the summary describes).
 _REPLACED = {"state": {"top_source_states"}, "mx-state": set(),
              "trafficker": {"prolific_purchasers", "most_prolific_purchaser"},
              "dealer": {"top_dealers"}}
+
+
+def _prolific_sentence(purchasers: int, mostly_one_store: int, min_guns: int) -> str:
+    """How many purchasers reach ``min_guns`` and how many bought most of theirs at one
+    store, worded for none, one ("1 purchaser …; 1 of them" read wrong) and several."""
+    if purchasers == 0:
+        return f"No purchaser is tied to {min_guns} or more guns."
+    if purchasers == 1:
+        return (f"1 purchaser is tied to {min_guns} or more guns, and bought most of them "
+                "(more than half) at a single store." if mostly_one_store else
+                f"1 purchaser is tied to {min_guns} or more guns; no single store sold them "
+                "most of those guns.")
+    return (f"{purchasers:,} purchasers are tied to {min_guns} or more guns each; "
+            f"{mostly_one_store:,} of them bought most of their guns (more than half) at a "
+            "single store.")
 
 
 def entity_findings(found: list[dict], tables: Mapping[str, pd.DataFrame], *, kind: str,

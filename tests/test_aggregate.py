@@ -229,6 +229,16 @@ def test_by_year_counts_purchases_and_recoveries_by_weapon_type(records):
     assert table["purchased"].sum() == len(records) == table["recovered"].sum()
 
 
+def test_the_prolific_purchasers_sentence_reads_right_for_one_and_for_none(records):
+    """One purchaser above the threshold is not "1 of them", and none is said plainly."""
+    tables = build_tables(records, ports=PORTS)
+    texts = {n: next(f["text"] for f in findings(records, tables, min_guns=n)
+                     if f["id"] == "prolific_purchasers") for n in (12, 13)}
+    assert texts[12].startswith("1 purchaser is tied to 12 or more guns, and bought most of "
+                                "them (more than half) at a single store. Largest: ")
+    assert texts[13] == "No purchaser is tied to 13 or more guns."
+
+
 def test_findings_state_numbers_behind_each_sentence(records):
     tables = build_tables(records, ports=PORTS)
     found = {f["id"]: f for f in findings(records, tables)}
