@@ -1158,6 +1158,21 @@ def _num(value: object) -> object:
     return value
 
 
+def _prolific_sentence(purchasers: int, mostly_one_store: int, min_guns: int) -> str:
+    """How many purchasers reach ``min_guns`` and how many bought most of theirs at one
+    store, worded for none, one ("1 purchaser …; 1 of them" read wrong) and several."""
+    if purchasers == 0:
+        return f"No purchaser is tied to {min_guns} or more guns."
+    if purchasers == 1:
+        return (f"1 purchaser is tied to {min_guns} or more guns, and bought most of them "
+                "(more than half) at a single store." if mostly_one_store else
+                f"1 purchaser is tied to {min_guns} or more guns; no single store sold them "
+                "most of those guns.")
+    return (f"{purchasers:,} purchasers are tied to {min_guns} or more guns each; "
+            f"{mostly_one_store:,} of them bought most of their guns (more than half) at a "
+            "single store.")
+
+
 def findings(
     records: pd.DataFrame,
     tables: Mapping[str, pd.DataFrame],
@@ -1351,21 +1366,6 @@ _SCOPES = {"state": "guns sold in {label}", "mx-state": "guns recovered in {labe
 _REPLACED = {"state": {"top_source_states"}, "mx-state": set(),
              "trafficker": {"prolific_purchasers", "most_prolific_purchaser"},
              "dealer": {"top_dealers"}}
-
-
-def _prolific_sentence(purchasers: int, mostly_one_store: int, min_guns: int) -> str:
-    """How many purchasers reach ``min_guns`` and how many bought most of theirs at one
-    store, worded for none, one ("1 purchaser …; 1 of them" read wrong) and several."""
-    if purchasers == 0:
-        return f"No purchaser is tied to {min_guns} or more guns."
-    if purchasers == 1:
-        return (f"1 purchaser is tied to {min_guns} or more guns, and bought most of them "
-                "(more than half) at a single store." if mostly_one_store else
-                f"1 purchaser is tied to {min_guns} or more guns; no single store sold them "
-                "most of those guns.")
-    return (f"{purchasers:,} purchasers are tied to {min_guns} or more guns each; "
-            f"{mostly_one_store:,} of them bought most of their guns (more than half) at a "
-            "single store.")
 
 
 def entity_findings(found: list[dict], tables: Mapping[str, pd.DataFrame], *, kind: str,

@@ -1008,10 +1008,14 @@ class _Legend:
                 self._text(x0 + gw + gap, centre, wrapped)
             self.y -= row_h
 
+    def _box_width(self, boxes: int) -> float:
+        """The width of each of ``boxes`` boxes of a class bar (a gap before ``none``)."""
+        return (self.width - self.size * 0.5) / max(boxes, 1)
+
     def bar_fits(self, labels: Sequence[str]) -> bool:
         """Whether each class's range (and ``none``) fits under its box of a class bar."""
         labels = [*labels, "none"]
-        box_w = (self.width - self.size * 0.5) / len(labels)
+        box_w = self._box_width(len(labels))
         return all(self._width(lab, self.size * 0.9) <= box_w - 1.5 for lab in labels)
 
     def swatches(self, colours: Sequence[str], labels: Sequence[str], none_colour: str, *,
@@ -1023,7 +1027,7 @@ class _Legend:
         h = self.size * 1.0
         colours, labels = [*colours, none_colour], [*labels, "none"]
         gap = self.size * 0.5
-        box_w = (self.width - gap) / max(len(colours), 1)
+        box_w = self._box_width(len(colours))
         if not bar:
             def swatch(colour):
                 return lambda x, y: [Rectangle((x, y - h / 2), h * 1.4, h, facecolor=colour,
