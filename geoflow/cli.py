@@ -505,12 +505,16 @@ def summary_command(input_path: str | None, sample: bool, by: str | None, show_f
       geoflow summary --sample --findings --format json
       geoflow summary --sample --mx-state Tamps. --from 2008 --to 2009 --by dealer
     """
-    from geoflow.pipeline import analyse
+    from geoflow.pipeline import analyse, is_synthetic
+    from geoflow.schema import SYNTHETIC_LABEL
 
     prepared, run_options, records, description, _ = _prepare_selection(
         _input_path(input_path, sample), options, label=SAMPLE_LABEL if sample else None)
     result = analyse(prepared, options=run_options, records=records, description=description,
                      layers=False)  # tables and findings only: no flow geometry to build
+    synthetic = is_synthetic(result)
+    if synthetic and fmt == "table":  # text copied from the terminal says what the data are
+        click.echo(SYNTHETIC_LABEL)
     if by:
         table = result.tables[SUMMARY_TABLES[by]]
         title = f"Guns by {by}" + (f" ({description})" if description else "")
@@ -521,7 +525,7 @@ def summary_command(input_path: str | None, sample: bool, by: str | None, show_f
             click.echo(f"{len(table) - top:,} more rows not shown: --top 0 shows all "
                        f"{len(table):,}")
     if show_findings or not by:
-        _echo_findings(result.findings, fmt=fmt)
+        _echo_findings(result.findings, fmt=fmt, synthetic=synthetic)
 
 
 def _echo_table(table, *, fmt: str, title: str) -> None:
@@ -564,19 +568,23 @@ def _fmt_cell(value) -> str:
     return escape(str(value))
 
 
-def _echo_findings(found: list[dict], *, fmt: str) -> None:
+def _echo_findings(found: list[dict], *, fmt: str, synthetic: bool) -> None:
+    """The findings as text lines, CSV or JSON; CSV and JSON mark each as ``synthetic`` (or
+    not), as findings.json does."""
     import json
 
     from geoflow.export import to_jsonable
 
     if fmt == "json":
-        click.echo(json.dumps(to_jsonable(found), ensure_ascii=False, indent=2))
+        click.echo(json.dumps(to_jsonable([{**item, "synthetic": synthetic} for item in found]),
+                              ensure_ascii=False, indent=2))
     elif fmt == "csv":
         import pandas as pd
 
         from geoflow.export import formula_safe
 
-        frame = pd.DataFrame({"id": [f["id"] for f in found], "text": [f["text"] for f in found]})
+        frame = pd.DataFrame({"id": [f["id"] for f in found], "text": [f["text"] for f in found],
+                              "synthetic": synthetic})
         click.echo(formula_safe(frame).to_csv(index=False, lineterminator="\n"), nl=False)
     else:
         for item in found:

@@ -113,6 +113,30 @@ def test_summary_trafficker_json_and_findings(sample_run):
     assert (table["guns_known"] + table["guns_modelled"] == table["guns"]).all()
 
 
+def test_summary_labels_synthetic_findings_in_every_format(tmp_path):
+    """Findings copied from ``summary`` say what the data are, as findings.md and
+    findings.json do: the banner line as text, ``synthetic`` in CSV and JSON; real input
+    gets no banner and ``synthetic`` false."""
+    from geoflow.schema import SYNTHETIC_LABEL
+
+    text = _invoke("-q", "summary", "--sample").output
+    assert text.splitlines()[0] == SYNTHETIC_LABEL and text.count(SYNTHETIC_LABEL) == 1
+    assert _invoke("-q", "summary", "--sample", "--by", "us-state").output.startswith(
+        SYNTHETIC_LABEL + "\n")
+    items = json.loads(_invoke("-q", "summary", "--sample", "--format", "json").output)
+    assert items and all(item["synthetic"] is True for item in items)
+    rows = pd.read_csv(io.StringIO(_invoke("-q", "summary", "--sample", "--format",
+                                           "csv").output))
+    assert list(rows.columns) == ["id", "text", "synthetic"] and rows["synthetic"].all()
+
+    real = tmp_path / "t.csv"
+    real.write_text("Purchaser,FFL Name,FFL City,FFL State,Recovery City,Recovery State\n"
+                    "Ana,Gun Shop,HOUSTON,TX,REYNOSA,TAMPS.\n", encoding="utf-8")
+    assert SYNTHETIC_LABEL not in _invoke("-q", "summary", str(real)).output
+    items = json.loads(_invoke("-q", "summary", str(real), "--format", "json").output)
+    assert items and all(item["synthetic"] is False for item in items)
+
+
 def test_summary_table_of_a_file_with_formula_names(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text(
