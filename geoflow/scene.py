@@ -921,14 +921,33 @@ def _labels(result: MapData, legs: Sequence[Leg], areas: Sequence[Area]) -> list
 # --------------------------------------------------------------------------- texts
 
 
+def _route_parts(result: MapData) -> list[str]:
+    """"from … US dealers", "through … ports of entry", "to … places in Mexico", each from
+    what the map shows: states when a count table names no dealer or place, nothing for a
+    side with neither ("from 0 US dealers … to 0 places" read as if nothing was traced)."""
+    states = result.states
+    sourced, recovered = (
+        int((pd.to_numeric(states[column], errors="coerce").fillna(0) > 0).sum())
+        if column in states.columns else 0 for column in ("guns_sourced", "guns_recovered"))
+    ends = (("from", len(result.dealers), "US dealer", sourced, "US state"),
+            ("through", len(result.crossings), "port", 0, ""),
+            ("to", len(result.recoveries), "place", recovered, "Mexican state"))
+    parts = []
+    for word, places, noun, states_with_guns, state_noun in ends:
+        if places:
+            suffix = {"port": " of entry", "place": " in Mexico"}.get(noun, "")
+            parts.append(f"{word} {_count(places, noun)}{suffix}")
+        elif states_with_guns:
+            parts.append(f"{word} {_count(states_with_guns, state_noun)}")
+    return parts
+
+
 def _subtitle(result: MapData, options: MapOptions) -> str:
     if options.subtitle:
         text = options.subtitle
     else:
         guns = int(_guns(result.flows["guns"].to_numpy()).sum()) if len(result.flows) else 0
-        text = (f"{_count(guns, 'traced gun')} from {_count(len(result.dealers), 'US dealer')}, "
-                f"through {_count(len(result.crossings), 'port')} of entry, to "
-                f"{_count(len(result.recoveries), 'place')} in Mexico")
+        text = " ".join([_count(guns, "traced gun"), ", ".join(_route_parts(result))]).strip()
     description = getattr(result, "description", "") or ""
     return f"{text} — {description}" if description and description not in text else text
 
@@ -1046,13 +1065,14 @@ def build_scene(result: MapData, *, options: MapOptions | None = None) -> Scene:
         routes=(("known", "known crossing (case records)", None),
                 ("modelled", "modelled crossing (dashed: shortest route, not known)",
                  MODELLED_DASH)),
-        points=(("dealer", "US dealer (circle area ∝ guns sold)", dealer_ink, "#ffffff"),
-                ("recovery", "recovery place (area ∝ guns recovered)", recovery_ink,
-                 "#ffffff"),
-                ("port", "port of entry (area ∝ guns routed)", "#ffffff", PORT_COLOUR),
-                *((("hollow", "ring: placed only at state level (a guess)", "#ffffff",
-                    "#555555"),) if any(p.hollow for layer in layers for p in layer.points)
-                  else ())),
+        points=tuple(point for point in (
+            ("dealer", "US dealer (circle area ∝ guns sold)", dealer_ink, "#ffffff"),
+            ("recovery", "recovery place (area ∝ guns recovered)", recovery_ink, "#ffffff"),
+            ("port", "port of entry (area ∝ guns routed)", "#ffffff", PORT_COLOUR),
+            ("hollow", "ring: placed only at state level (a guess)", "#ffffff", "#555555"))
+            # only the symbols the map draws (a count table has no dealer or place points)
+            if any(p.hollow if point[0] == "hollow" else layer.kind == point[0]
+                   for layer in layers for p in layer.points)),
         notes=tuple(notes), flow_title=flow_title)
     names_note = ("Purchaser names are shown as they appear in the records."
                   if options.show_names else

@@ -12,9 +12,10 @@ import pandas as pd
 import pyogrio
 import pytest
 from click.testing import CliRunner
+from handmade import output_text
 from test_outputs_doc import DOC, undocumented
 
-from geoflow.aggregate import weighted_median
+from geoflow.aggregate import plural, weighted_median
 from geoflow.cli import cli
 from geoflow.counts import BORDER_PLACE
 from geoflow.io import parse_counts, read_traces
@@ -129,6 +130,13 @@ def test_state_count_table_maps_the_us_side_and_flows_to_the_border(tmp_path):
     summary = (out / "findings.md").read_text(encoding="utf-8")
     assert ("guns read 4,242; placed on the map 2,101; unplaced 0; in rejected rows 2,141"
             in summary)
+    # the map says what it shows: states and ports, no "0 US dealers … to 0 places", and
+    # its legend lists only the symbols drawn (ports)
+    page = output_text(out / "map.html")
+    ports = plural(counts["crossings"], "port")
+    assert f"<p>2,101 traced guns from 3 US states, through {ports} of entry</p>" in page
+    assert "port of entry (area" in page and "US dealer (circle" not in page
+    assert "recovery place (area" not in page
     # every column a count table adds (rejects' guns, findings' "available") is documented
     assert undocumented(out, DOC.read_text(encoding="utf-8")) == []
 
