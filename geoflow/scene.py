@@ -925,20 +925,22 @@ def _route_parts(result: MapData) -> list[str]:
     """"from … US dealers", "through … ports of entry", "to … places in Mexico", each from
     what the map shows: states when a count table names no dealer or place, nothing for a
     side with neither ("from 0 US dealers … to 0 places" read as if nothing was traced)."""
-    states = result.states
-    sourced, recovered = (
-        int((pd.to_numeric(states[column], errors="coerce").fillna(0) > 0).sum())
-        if column in states.columns else 0 for column in ("guns_sourced", "guns_recovered"))
-    ends = (("from", len(result.dealers), "US dealer", sourced, "US state"),
-            ("through", len(result.crossings), "port", 0, ""),
-            ("to", len(result.recoveries), "place", recovered, "Mexican state"))
+    def states_with(column: str) -> int:
+        if column not in result.states.columns:
+            return 0
+        return int((_guns(result.states[column].to_numpy()) > 0).sum())
+
+    sides = (("from", len(result.dealers), "US dealer", "",
+              states_with("guns_sourced"), "US state"),
+             ("through", len(result.crossings), "port", " of entry", 0, ""),
+             ("to", len(result.recoveries), "place", " in Mexico",
+              states_with("guns_recovered"), "Mexican state"))
     parts = []
-    for word, places, noun, states_with_guns, state_noun in ends:
+    for word, places, noun, after, states, state_noun in sides:
         if places:
-            suffix = {"port": " of entry", "place": " in Mexico"}.get(noun, "")
-            parts.append(f"{word} {_count(places, noun)}{suffix}")
-        elif states_with_guns:
-            parts.append(f"{word} {_count(states_with_guns, state_noun)}")
+            parts.append(f"{word} {_count(places, noun)}{after}")
+        elif states:
+            parts.append(f"{word} {_count(states, state_noun)}")
     return parts
 
 
