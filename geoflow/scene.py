@@ -1034,6 +1034,10 @@ def build_scene(result: MapData, *, options: MapOptions | None = None) -> Scene:
         _point_layer(result.dealers, "dealer", limit=options.max_points, fill=dealer_ink,
                      stroke="#ffffff"),
     ]
+    # the legend lists only the symbols drawn (a count table has no dealer or place points)
+    drawn = {layer.kind for layer in layers if layer.points}
+    if any(p.hollow for layer in layers for p in layer.points):
+        drawn.add("hollow")
     for layer in layers:
         if layer.hidden:
             notes.append(f"And {_fmt(layer.hidden)} smaller {_POINT_NAMES[layer.kind][1]} "
@@ -1072,9 +1076,7 @@ def build_scene(result: MapData, *, options: MapOptions | None = None) -> Scene:
             ("recovery", "recovery place (area ∝ guns recovered)", recovery_ink, "#ffffff"),
             ("port", "port of entry (area ∝ guns routed)", "#ffffff", PORT_COLOUR),
             ("hollow", "ring: placed only at state level (a guess)", "#ffffff", "#555555"))
-            # only the symbols the map draws (a count table has no dealer or place points)
-            if any(p.hollow if point[0] == "hollow" else layer.kind == point[0]
-                   for layer in layers for p in layer.points)),
+            if point[0] in drawn),
         notes=tuple(notes), flow_title=flow_title)
     names_note = ("Purchaser names are shown as they appear in the records."
                   if options.show_names else
