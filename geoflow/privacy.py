@@ -524,12 +524,15 @@ CELL_OUTPUTS = ("flows", "flows_overview", "dealers", "recoveries", "by_dealer")
 
 
 def small_cells(frame: pd.DataFrame, min_cell: int) -> np.ndarray:
-    """Boolean array: rows tied to fewer than ``min_cell`` guns or distinct purchasers."""
+    """Boolean array: rows tied to fewer than ``min_cell`` guns, or to fewer than
+    ``min_cell`` distinct purchasers but at least one. A row none of whose guns has a known
+    purchaser (every row of a count table such as ATF's by-state tables) names no one, and
+    its guns alone decide."""
     if min_cell <= 1:
         return np.zeros(len(frame), dtype=bool)
     guns = frame["guns"].to_numpy(dtype=np.int64)
     purchasers = frame["purchasers"].to_numpy(dtype=np.int64)
-    return (guns < min_cell) | (purchasers < min_cell)
+    return (guns < min_cell) | ((purchasers > 0) & (purchasers < min_cell))
 
 
 def _listed(values: pd.Series, allowed: pd.Index) -> np.ndarray:
@@ -655,8 +658,9 @@ def suppression_text(summary: dict) -> list[str]:
     out = []
     flows = summary["cells"].get("flows", {}).get("rows", 0)
     if flows:
-        out.append(f"{flows:,} flows tied to fewer than {k} guns or {k} purchasers show no "
-                   "purchaser and only years.")
+        subject, verb = ("flow", "shows") if flows == 1 else ("flows", "show")
+        out.append(f"{flows:,} {subject} tied to fewer than {k} guns or {k} purchasers {verb} "
+                   "no purchaser and only years.")
     hidden = summary["purchasers_not_listed"]
     if hidden["purchasers"]:
         word = "purchaser" if hidden["purchasers"] == 1 else "purchasers"

@@ -137,6 +137,11 @@ def test_state_count_table_maps_the_us_side_and_flows_to_the_border(tmp_path):
     assert f"<p>2,101 traced guns from 3 US states, through {ports} of entry</p>" in page
     assert "port of entry (area" in page and "US dealer (circle" not in page
     assert "recovery place (area" not in page
+    # a count table names no purchaser: its flows of hundreds of guns are no small cells,
+    # and neither the map nor findings.md says they withhold one
+    assert manifest["suppression"]["cells"]["flows"] == {"rows": 0, "guns": 0}
+    for text in (page, (out / "findings.md").read_text(encoding="utf-8")):
+        assert "show no purchaser" not in text and "Cells of fewer than" not in text
     # every column a count table adds (rejects' guns, findings' "available") is documented
     assert undocumented(out, DOC.read_text(encoding="utf-8")) == []
 
@@ -159,6 +164,12 @@ def test_state_year_table_counts_guns_per_year(tmp_path):
     assert table.to_dict() == {"US-TX": 1234, "US-AZ": 567, "US-NM": 9}  # CA: 0 guns
     flows = _geojson(out, "flows")
     assert {f["dealer_state"] for f in flows} == {"US-TX", "US-AZ", "US-NM"}
+    # with no purchaser to count, a flow's guns alone make it a small cell: NM's 9 guns
+    # under --min-cell 10 (its year cut to the year is all a count table has anyway)
+    _, strict = _run(tmp_path, "by_state_year_strict", STATE_YEAR_TABLE, "--min-cell", "10")
+    assert strict["suppression"]["cells"]["flows"] == {"rows": 1, "guns": 9}
+    assert strict["suppression"]["text"][0].startswith(
+        "1 flow tied to fewer than 10 guns or 10 purchasers shows no purchaser")
 
 
 def test_us_state_by_mexican_state_table_draws_state_flows(tmp_path):

@@ -237,3 +237,11 @@ def test_a_failing_helper_process_is_reported_and_its_share_hashed_here(
     assert "helper process failed" in caplog.text
     monkeypatch.setattr(privacy, "_helper_count", lambda count: 0)
     pd.testing.assert_series_equal(ids, pseudonym(names, key=b"a fixed test key"))
+
+
+def test_a_cell_with_no_known_purchaser_is_small_only_by_its_guns():
+    cells = pd.DataFrame({"guns": [50, 2, 50, 50, 3], "purchasers": [0, 0, 1, 2, 3]})
+    # 50 guns of no known purchaser name no one; 2 guns are a record about one gun or two;
+    # 50 guns of one or two purchasers are a record about them
+    assert privacy.small_cells(cells, 3).tolist() == [False, True, True, True, False]
+    assert not privacy.small_cells(cells, 1).any()
