@@ -87,6 +87,17 @@ def in_sentence(words: str) -> str:
 _PROPER = {"Mexican"}
 
 
+def count_of(n: int, kind: str) -> str:
+    """``n`` entities of ``kind`` in a sentence: ``"1 US state"``, ``"31 US states"``,
+    ``"2 purchasers"``."""
+    singular, plural = _KIND_TITLES[kind]
+    return f"{n:,} {in_sentence(singular if n == 1 else plural.split(' (')[0])}"
+
+
+def _are(n: int) -> str:
+    return "is" if n == 1 else "are"
+
+
 def slugify(name: str, *, key: str | None = None, max_length: int = 48,
             hash_length: int = 6) -> str:
     """Folder name for ``name``: ``ascii-words-<hash>``, at most ``max_length`` characters.
@@ -234,8 +245,8 @@ def render_index(
     subtitle = f'<p class="sub">{_esc(description)}</p>' if description else ""
     note_html = "".join(f"<p>{_esc(note)}</p>" for note in notes)
     summary = (
-        f"{len(entities):,} {plural.split(' (')[0].lower()} · {total_guns:,} guns in the "
-        "records analysed"
+        f"{count_of(len(entities), kind)} · {total_guns:,} gun{'' if total_guns == 1 else 's'} "
+        "in the records analysed"
     )
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -644,7 +655,7 @@ def run_batch(
             keys.to_numpy(), dropna=True).indices if len(records) else {}
         if begin is not None:
             begin(len(table))
-        singular, plural = _KIND_TITLES[kind]
+        singular = _KIND_TITLES[kind][0]
         title = f"{title} — by {in_sentence(singular)}" if title else (
             f"Guns traced to Mexico by {in_sentence(singular)}")
         token = checkpoint(prepared, kind=kind, options=options, description=description,
@@ -679,8 +690,7 @@ def run_batch(
                         progress(label)
             else:
                 _write_together(tasks, workers=workers, shared=shared, progress=progress)
-            notes = _accounting_notes(accounting, singular=singular.lower(),
-                                      plural=plural.split(" (")[0].lower())
+            notes = _accounting_notes(accounting, kind=kind)
             html = render_index(table, kind=kind, title=title, description=description,
                                 notes=notes, totals={"guns": accounting["records"]},
                                 synthetic=pipeline.prepared_synthetic(prepared))
@@ -688,8 +698,8 @@ def run_batch(
             manifest = _manifest(prepared, kind=kind, description=description, table=table,
                                  accounting=accounting, options=options)
             export.write_json(manifest, export.safe_path(temp, "manifest.json"))
-        log.debug("%d %s written to %s (index.html lists them)", len(table),
-                 plural.split(" (")[0].lower(), out_dir)
+        log.debug("%s written to %s (index.html lists them)", count_of(len(table), kind),
+                  out_dir)
         return BatchResult(out_dir=Path(out_dir), kind=kind, entities=table, manifest=manifest,
                            resumed=resumed)
 
@@ -732,20 +742,24 @@ def _drop_partial_entities(folder: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _accounting_notes(accounting: dict[str, int], *, singular: str, plural: str) -> list[str]:
+def _accounting_notes(accounting: dict[str, int], *, kind: str) -> list[str]:
+    """index.html's sentences on the records in no entity's folder."""
     notes = []
-    if accounting["entities_below_threshold"]:
+    if below := accounting["entities_below_threshold"]:
+        guns = accounting["guns_below_threshold"]
         notes.append(
-            f"{accounting['entities_below_threshold']:,} more {plural} with fewer than "
-            f"{accounting['min_guns']:,} guns each ({accounting['guns_below_threshold']:,} "
-            "guns) are not listed."
+            f"{count_of(below, kind).replace(' ', ' more ', 1)} with fewer than "
+            f"{accounting['min_guns']:,} guns{' each' if below > 1 else ''} "
+            f"({guns:,} gun{'' if guns == 1 else 's'}) {_are(below)} not listed."
         )
-    if accounting.get("duplicate_records"):
-        notes.append(f"{accounting['duplicate_records']:,} repeated trace records are not "
-                     "counted again.")
-    if accounting["records_without_entity"]:
-        notes.append(f"{accounting['records_without_entity']:,} records have no {singular} "
-                     "(for states: the geocoder could not tell which) and are in no folder.")
+    if repeated := accounting.get("duplicate_records"):
+        notes.append(f"{repeated:,} repeated trace record{'' if repeated == 1 else 's'} "
+                     f"{_are(repeated)} not counted again.")
+    if (stray := accounting["records_without_entity"]):
+        noun = in_sentence(_KIND_TITLES[kind][0])
+        why = " (the geocoder could not tell which)" if kind in ("state", "mx-state") else ""
+        notes.append(f"{stray:,} record{' has' if stray == 1 else 's have'} no {noun}{why} "
+                     f"and {_are(stray)} in no folder.")
     return notes
 
 

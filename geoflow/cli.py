@@ -354,6 +354,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     """
     from pathlib import Path
 
+    from geoflow.aggregate import plural
     from geoflow.export import check_output_dir
     from geoflow.pipeline import (
         ANALYSED_COLUMNS,
@@ -402,7 +403,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
                           excel=excel, map_process=drawer)
     counts = result.manifest["counts"]
     click.echo(
-        f"wrote {out}: {counts['flows']:,} flows; rows read {counts['rows_read']:,}, "
+        f"wrote {out}: {plural(counts['flows'], 'flow')}; rows read {counts['rows_read']:,}, "
         f"valid {counts['rows_valid']:,}, rejected {counts['rows_rejected']:,}, "
         f"placed {counts['rows_placed']:,}, unplaced {counts['rows_unplaced']:,}"
         + (f" ({counts['rows_filtered_out']:,} left out by filters)"
@@ -618,6 +619,7 @@ def map_command(input_path: str | None, sample: bool, out_path: str, min_flow_gu
     """
     from pathlib import Path
 
+    from geoflow.aggregate import plural
     from geoflow.pipeline import analyse
     from geoflow.render import render_scene, write_map
     from geoflow.scene import build_scene
@@ -636,12 +638,11 @@ def map_command(input_path: str | None, sample: bool, out_path: str, min_flow_gu
         scene = build_scene(result, options=look)
         html = render_scene(scene, options=look)
     out = write_map(html, Path(out_path))
-    what = ("flows" if look.flow_style == "paths" else
-            f"legs (US {scene.levels['us']} level, Mexico {scene.levels['mx']} level) for "
-            f"{len(result.flows):,} flows")
-    click.echo(f"wrote {out} ({len(html.encode('utf-8')) / 1e6:.2f} MB): {len(scene.legs):,} "
-               + (f"of {len(result.flows):,} {what}" if look.flow_style == "paths" else what)
-               + " drawn")
+    flows = plural(len(result.flows), "flow")
+    drawn = (f"{len(scene.legs):,} of {flows}" if look.flow_style == "paths" else
+             f"{plural(len(scene.legs), 'leg')} (US {scene.levels['us']} level, Mexico "
+             f"{scene.levels['mx']} level) for {flows}")
+    click.echo(f"wrote {out} ({len(html.encode('utf-8')) / 1e6:.2f} MB): {drawn} drawn")
 
 
 # --------------------------------------------------------------------------------------------

@@ -664,6 +664,7 @@ def suppression_text(summary: dict) -> list[str]:
     hidden = summary["purchasers_not_listed"]
     if hidden["purchasers"]:
         word = "purchaser" if hidden["purchasers"] == 1 else "purchasers"
+        guns, verb = ("gun", "is") if hidden["guns"] == 1 else ("guns", "are")
         out.append(f"{hidden['purchasers']:,} {word} tied to fewer than {k} guns "
-                   f"({hidden['guns']:,} guns) are counted in the totals but not listed.")
+                   f"({hidden['guns']:,} {guns}) {verb} counted in the totals but not listed.")
     return out

@@ -179,7 +179,27 @@ def test_index_lists_counts_and_links():
                         totals={"guns": 10})
     assert 'href="state/s0-abc123/map.html"' in html
     assert ">50.0%<" in html and ">30.0%<" in html
-    assert "2 us states · 10 guns" in html
+    assert "2 US states · 10 guns" in html
+    # counted in the singular, proper adjectives kept capitalised
+    one = render_index(index_rows(["Sonora"]), kind="mx-state", title="By state",
+                       totals={"guns": 1})
+    assert "1 Mexican state · 1 gun in the records analysed" in one
+
+
+def test_index_notes_read_right_for_one_and_for_several():
+    from geoflow.batch import _accounting_notes
+
+    one = {"entities_below_threshold": 1, "guns_below_threshold": 1, "min_guns": 3,
+           "duplicate_records": 1, "records_without_entity": 1}
+    assert _accounting_notes(one, kind="state") == [
+        "1 more US state with fewer than 3 guns (1 gun) is not listed.",
+        "1 repeated trace record is not counted again.",
+        "1 record has no US state (the geocoder could not tell which) and is in no folder."]
+    several = {"entities_below_threshold": 2, "guns_below_threshold": 5, "min_guns": 3,
+               "duplicate_records": 0, "records_without_entity": 4}
+    assert _accounting_notes(several, kind="trafficker") == [
+        "2 more purchasers with fewer than 3 guns each (5 guns) are not listed.",
+        "4 records have no purchaser and are in no folder."]
 
 
 # --------------------------------------------------------------------------- whole batches

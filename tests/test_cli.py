@@ -292,7 +292,7 @@ def test_min_guns_skips_small_entities_and_counts_them(small, tmp_path):
     assert [e["key"] for e in top["entities"]] == ["US-TX", "US-AZ"]
     assert (top["counts"]["entities_below_threshold"], top["counts"]["guns_below_threshold"]
             ) == (2, 20)
-    assert "2 more us states with fewer than 11 guns each (20 guns)" in (
+    assert "2 more US states with fewer than 11 guns each (20 guns)" in (
         out / "index.html").read_text(encoding="utf-8")
 
 

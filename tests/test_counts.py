@@ -209,6 +209,15 @@ def test_count_column_option_names_an_unusual_header(tmp_path):
     _check_accounting(out, manifest["counts"])
 
 
+def test_the_closing_line_counts_one_flow_in_the_singular(tmp_path):
+    source = tmp_path / "one.csv"
+    source.write_text("State,Firearms Traced\nTexas,10\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["-q", "run", str(source), "-o", str(tmp_path / "out")],
+                                obj={}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert ": 1 flow; rows read 1, valid 1," in result.output
+
+
 def test_trace_files_count_one_gun_per_row(tmp_path):
     text = ("FFL Name,FFL City,FFL State,Recovery City,Recovery State\n"
             "Shop A,Houston,TX,Reynosa,Tamaulipas\nShop A,Houston,TX,Reynosa,Tamaulipas\n"
