@@ -238,9 +238,9 @@ def _prepare_selection(source: str, options: dict, *, label: str | None = None,
         if geocoder is not None:
             geocoder.close()
     source_info = prepared.source
-    log.info("read %s: %s rows, %s valid, %s rejected; %s geocoded", label or Path(source).name,
-             *(f"{int(source_info.get(k, 0)):,}"
-               for k in ("rows_read", "rows_valid", "rows_rejected")),
+    log.info("read %s: %s, %s valid, %s rejected; %s geocoded", label or Path(source).name,
+             plural(int(source_info.get("rows_read", 0)), "row"),
+             *(f"{int(source_info.get(k, 0)):,}" for k in ("rows_valid", "rows_rejected")),
              plural(len(prepared.geocode_report), "distinct place"))
     if geocoder is not None:
         log.info("%s: %s", geocoder.name, plural(geocoder.requests_made, "request"))
@@ -525,8 +525,31 @@ def summary_command(input_path: str | None, sample: bool, by: str | None, show_f
         if default_top and len(table) > top:  # a --top the user gave needs no reminder
             click.echo(f"{len(table) - top:,} more rows not shown: --top 0 shows all "
                        f"{len(table):,}")
+        if fmt == "table" and by in ("purchaser", "trafficker"):
+            click.echo(_listing_note(result, by=by))
     if show_findings or not by:
         _echo_findings(result.findings, fmt=fmt, synthetic=synthetic)
+
+
+def _listing_note(result, *, by: str) -> str:
+    """What ``summary --by purchaser|trafficker`` does not list, and why (an empty table
+    explained): traffickers are purchasers at the threshold, and no purchaser under
+    ``--min-cell`` is listed."""
+    from geoflow.aggregate import plural
+
+    options = result.options
+    hidden = result.suppression["purchasers_not_listed"]
+    parts = []
+    if by == "trafficker":
+        parts.append(f"Listed: purchasers tied to {options.trafficker_min_guns:,} or more "
+                     "guns (--trafficker-min-guns), a count, not proof of trafficking")
+    if hidden["purchasers"] and (by == "purchaser"
+                                 or options.min_cell > options.trafficker_min_guns):
+        verb = "is" if hidden["purchasers"] == 1 else "are"
+        parts.append(f"{plural(hidden['purchasers'], 'purchaser')} tied to fewer than "
+                     f"{options.min_cell:,} guns ({plural(hidden['guns'], 'gun')}) {verb} "
+                     "counted in the totals but not listed (--min-cell)")
+    return "; ".join(parts or ["Every purchaser is listed"]) + "."
 
 
 def _echo_table(table, *, fmt: str, title: str) -> None:

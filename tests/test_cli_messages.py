@@ -129,6 +129,27 @@ def test_summary_table_shows_a_default_top_and_says_how_many_are_hidden():
     assert len(everything.stdout.strip().splitlines()) == total + 1  # csv: all, plus header
 
 
+def test_summary_of_purchasers_says_who_is_not_listed_and_why(tmp_path):
+    source = tmp_path / "one.csv"
+    source.write_text("Purchaser,FFL Name,FFL City,FFL State,Recovery City,Recovery State\n"
+                      "Ana,Store A,HOUSTON,TX,REYNOSA,TAMPS.\n", encoding="utf-8")
+    one = geoflow("summary", source, "--by", "purchaser")  # an empty table, explained
+    assert one.exit_code == 0, one.stderr
+    assert "read one.csv: 1 row, 1 valid, 0 rejected" in one.stderr
+    assert ("1 purchaser tied to fewer than 3 guns (1 gun) is counted in the totals but not "
+            "listed (--min-cell).") in one.stdout
+    assert "Every purchaser is listed." in geoflow("summary", source, "--by", "purchaser",
+                                                   "--min-cell", "1").stdout
+    traffickers = geoflow("summary", "--sample", "--by", "trafficker").stdout
+    assert ("Listed: purchasers tied to 10 or more guns (--trafficker-min-guns), a count, not "
+            "proof of trafficking.") in traffickers
+    stricter = geoflow("summary", "--sample", "--by", "trafficker", "--min-cell", "12").stdout
+    hidden = re.search(r"; ([\d,]+) purchasers tied to fewer than 12 guns", stricter)
+    assert hidden and int(hidden.group(1).replace(",", "")) > 1000
+    csv = geoflow("summary", source, "--by", "purchaser", "--format", "csv").stdout
+    assert "listed" not in csv  # csv and json stay data only
+
+
 def test_batch_line_leaves_out_clauses_that_would_say_zero(small, tmp_path):
     result = geoflow("run", small, "--per", "state", "-o", tmp_path / "states", "--no-tiles")
     assert result.exit_code == 0, result.stderr
