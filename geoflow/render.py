@@ -358,12 +358,12 @@ def _panels(scene: Scene) -> str:
     e = escape_html
     title = (f'<div class="gf-panel gf-title" id="gf-title"><h1>{_unbroken(e(scene.title))}'
              f"</h1><p>{_unbroken(e(scene.subtitle))}</p></div>")
-    footer = (f'<details open class="gf-panel gf-footer" id="gf-footer">'
-              f"<summary>Source and notes</summary>"
-              f'<p class="gf-source">{e(scene.source)}</p>'
-              f'<p class="gf-credit">{e(scene.credit)}</p>'
-              f'<p class="gf-caveat">{e(scene.caveat)}</p>'
-              f'<p class="gf-names">{e(scene.names_note)}</p></details>')
+    lines = (("source", scene.source), ("credit", scene.credit), ("caveat", scene.caveat),
+             ("names", scene.names_note))
+    footer = ('<details open class="gf-panel gf-footer" id="gf-footer">'
+              "<summary>Source and notes</summary>"
+              + "".join(f'<p class="gf-{kind}">{e(text)}</p>' for kind, text in lines if text)
+              + "</details>")
     return title + _legend(scene) + footer
 
 

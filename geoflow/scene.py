@@ -1001,6 +1001,14 @@ def _unplaced_note(manifest: Mapping[str, Any]) -> str:
             "whose state is known.")
 
 
+def _names_purchasers(result: Any) -> bool:
+    """Whether any flow of ``result`` has a known purchaser: a count table, or records that
+    name no buyer, show no one, and the map says nothing about how it would."""
+    flows = getattr(result, "flows", None)
+    return (flows is not None and "purchasers" in flows and len(flows) > 0
+            and int(flows["purchasers"].max()) > 0)
+
+
 def _withheld_note(suppression: Mapping[str, Any]) -> str:
     """One legend sentence on what the small-count rule (privacy.suppress) withheld."""
     if not suppression:
@@ -1078,7 +1086,8 @@ def build_scene(result: MapData, *, options: MapOptions | None = None) -> Scene:
             ("hollow", "ring: placed only at state level (a guess)", "#ffffff", "#555555"))
             if point[0] in drawn),
         notes=tuple(notes), flow_title=flow_title)
-    names_note = ("Purchaser names are shown as they appear in the records."
+    names_note = ("" if not _names_purchasers(result) else
+                  "Purchaser names are shown as they appear in the records."
                   if options.show_names else
                   "Purchasers are shown as pseudonyms (P-xxxxxx), not names.")
     return Scene(

@@ -142,6 +142,9 @@ def test_state_count_table_maps_the_us_side_and_flows_to_the_border(tmp_path):
     assert manifest["suppression"]["cells"]["flows"] == {"rows": 0, "guns": 0}
     for text in (page, (out / "findings.md").read_text(encoding="utf-8")):
         assert "show no purchaser" not in text and "Cells of fewer than" not in text
+    # nor how it would show purchasers it does not have; the footer has no empty lines
+    assert "pseudonym" not in page and "gf-names" not in page
+    assert '"gf-source">Source: by_state.csv' in page and '"></p>' not in page
     # every column a count table adds (rejects' guns, findings' "available") is documented
     assert undocumented(out, DOC.read_text(encoding="utf-8")) == []
 

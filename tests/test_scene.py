@@ -126,6 +126,7 @@ def test_texts_attribution_and_synthetic_banner(scene):
     assert any("INEGI" in a for a in ATTRIBUTION) and any("GeoNames" in a for a in ATTRIBUTION)
     assert scene.attribution == ATTRIBUTION
     assert "2,9" in scene.subtitle and "synthetic" in scene.source
+    assert scene.names_note == "Purchasers are shown as pseudonyms (P-xxxxxx), not names."
 
 
 def test_points_placed_only_at_state_level_are_hollow(sample_result, scene):
