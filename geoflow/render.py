@@ -322,7 +322,8 @@ def _legend(scene: Scene, *, open_: bool = True) -> str:
         for kind, label, dash in legend.routes:
             parts.append(f'<div class="row gf-route-{e(kind)}">'
                          f"{_line_svg(3, ink, dashed=dash is not None)}{e(label)}</div>")
-        parts.append('<div class="row">▶ arrowheads: where the guns were recovered</div>')
+        if any(leg.arrow for leg in scene.legs):
+            parts.append('<div class="row">▶ arrowheads: where the guns were recovered</div>')
     dots = {"hollow": True}
     for classes in legend.classes:
         if not classes.colours:

@@ -72,6 +72,7 @@ import pyarrow.compute as pc
 import shapely
 
 from geoflow.aggregate import first_rows, first_seen_codes, plural, positions_in
+from geoflow.counts import BORDER_PLACE
 from geoflow.errors import ConfigError
 from geoflow.flows import state_guns
 from geoflow.schema import SYNTHETIC_LABEL
@@ -486,7 +487,27 @@ def is_synthetic(result: Any) -> bool:
 
 def _ends(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
     """Per flow, the key, name and lon/lat of the leg's far end (origin for ``us``,
-    destination for ``mx``) at ``level``."""
+    destination for ``mx``) at ``level``. A flow that ends at the border (a count table's
+    guns with no place in Mexico: :data:`~geoflow.counts.BORDER_PLACE`) has no Mexican end:
+    its Mexican leg would be a point at the port, with an arrowhead saying guns were
+    recovered there."""
+    ends = _far_ends(flows, side, level)
+    if side == "mx" and "recovery_place" in flows.columns:
+        border = _at_border(flows)
+        if border.any():
+            ends["lon"] = np.where(border, np.nan, ends["lon"].to_numpy(dtype=float))
+            ends["lat"] = np.where(border, np.nan, ends["lat"].to_numpy(dtype=float))
+    return ends
+
+
+def _at_border(flows: pd.DataFrame) -> np.ndarray:
+    """Boolean array: flows that end at the border, with no place in Mexico."""
+    places = pa.array(_text(flows["recovery_place"]).array)
+    return pc.equal(places, BORDER_PLACE).to_numpy(zero_copy_only=False)
+
+
+def _far_ends(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
+    """:func:`_ends` before the border's flows are taken out."""
     if side == "us":
         place, state, lon, lat, ident = ("dealer_place", "dealer_state", "dealer_lon",
                                          "dealer_lat", "dealer_id")
@@ -661,7 +682,7 @@ def _path_legs(flows: pd.DataFrame, options: MapOptions, colour: str) -> tuple[
                            "purchasers", "top_purchaser", "median_time_to_crime_days"])
     legs = [Leg(side="path", origin=o, destination=d, port_code=pc, port_name=pn,
                 route_kind=k, guns=int(n), width=float(wi), colour=colour,
-                dash=None if k == "known" else MODELLED_DASH, arrow=True,
+                dash=None if k == "known" else MODELLED_DASH, arrow=d != BORDER_PLACE,
                 coords=tuple(map(tuple, c.tolist())),
                 properties={**x, "title": f"{o} → {d}", "guns": int(n), "crossing_name": pn,
                             "route": "known (from case records)" if k == "known"
@@ -1071,9 +1092,12 @@ def build_scene(result: MapData, *, options: MapOptions | None = None) -> Scene:
     withheld = _withheld_note(getattr(result, "suppression", None) or {})
     if withheld:
         notes.append(withheld)
-    flow_title = ("Flows: dealer → port of entry → recovery place (guns)"
+    into_mexico = any(leg.arrow for leg in legs)  # else every flow ends at the border
+    flow_title = (("Flows: dealer → port of entry → recovery place (guns)" if into_mexico
+                   else "Flows: dealer → port of entry (guns)")
                   if options.flow_style == "paths" else
-                  "Guns by leg: US origin → port of entry → Mexican destination")
+                  "Guns by leg: US origin → port of entry → Mexican destination" if into_mexico
+                  else "Guns by leg: US origin → port of entry")
     legend = Legend(
         widths=width_samples, classes=tuple(classes),
         routes=(("known", "known crossing (case records)", None),

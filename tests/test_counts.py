@@ -137,6 +137,16 @@ def test_state_count_table_maps_the_us_side_and_flows_to_the_border(tmp_path):
     assert f"<p>2,101 traced guns from 3 US states, through {ports} of entry</p>" in page
     assert "port of entry (area" in page and "US dealer (circle" not in page
     assert "recovery place (area" not in page
+    # its flows end at the border: no Mexican leg (a point at the port), no arrowhead saying
+    # guns were recovered there, and the legend's title stops at the port
+    assert "<h2>Guns by leg: US origin → port of entry</h2>" in page
+    assert "arrowheads" not in page and "Mexican leg" not in page
+    paths = tmp_path / "paths.html"  # one line per flow: none ends in an arrowhead either
+    drawn = CliRunner().invoke(cli, ["-q", "map", str(tmp_path / "by_state.csv"), "-o",
+                                     str(paths), "--flow-style", "paths"], obj={})
+    assert drawn.exit_code == 0, drawn.output
+    page = output_text(paths)
+    assert "<h2>Flows: dealer → port of entry (guns)</h2>" in page and "arrowheads" not in page
     # a count table names no purchaser: its flows of hundreds of guns are no small cells,
     # and neither the map nor findings.md says they withhold one
     assert manifest["suppression"]["cells"]["flows"] == {"rows": 0, "guns": 0}
@@ -184,6 +194,9 @@ def test_us_state_by_mexican_state_table_draws_state_flows(tmp_path):
     assert counts["guns_placed"] == 1200 and counts["guns_rejected"] == 0
     assert counts["rows_rejected_count_unreadable"] == 1
     _check_accounting(out, counts)
+    page = output_text(out / "map.html")  # flows into Mexico: Mexican legs, arrowheads
+    assert "<h2>Guns by leg: US origin → port of entry → Mexican destination</h2>" in page
+    assert "arrowheads: where the guns were recovered" in page
     matrix = pd.read_csv(out / "tables" / "state_matrix.csv")
     pairs = {(r.us_state, r.mx_state): r.guns for r in matrix.itertuples()}
     assert pairs == {("US-TX", "MX-TAM"): 400, ("US-TX", "MX-CHH"): 250,
