@@ -1242,20 +1242,22 @@ def findings(
                 "modelled_crossings": _num(top["modelled_crossings"]),
             },
         })
-    states = tables["by_us_state"]
-    states = states[states["state"] != UNKNOWN].head(top_n)
-    if len(states):
-        listing = ", ".join(
-            f"{r.state_name} ({r.guns:,}, {r.share_frac:.0%})" for r in states.itertuples()
-        )
-        out.append({
-            "id": "top_source_states",
-            "text": f"Top source states (guns sold there, all valid records): {listing}.",
-            "numbers": {"states": [
-                {k: _num(v) for k, v in row.items()}
-                for row in states[["state", "state_name", "guns", "share_frac"]].to_dict("records")
-            ]},
-        })
+    for finding, table, text in (
+            ("top_source_states", "by_us_state", "Top source states (guns sold there, "),
+            ("top_recovery_states", "by_mx_state", "Mexican states where the most guns were "
+                                                   "recovered (")):
+        states = tables[table]
+        states = states[states["state"] != UNKNOWN].head(top_n)
+        if len(states):
+            listing = ", ".join(
+                f"{r.state_name} ({r.guns:,}, {r.share_frac:.0%})" for r in states.itertuples())
+            out.append({
+                "id": finding,
+                "text": f"{text}all valid records): {listing}.",
+                "numbers": {"states": [
+                    {k: _num(v) for k, v in row.items()} for row in
+                    states[["state", "state_name", "guns", "share_frac"]].to_dict("records")]},
+            })
     dealers = tables["by_dealer"].head(top_n)
     if len(dealers):
         listing = ", ".join(
@@ -1363,7 +1365,7 @@ _SCOPES = {"state": "guns sold in {label}", "mx-state": "guns recovered in {labe
            "trafficker": "{label}'s guns", "dealer": "guns sold by {label}"}
 #: National findings an entity's own summary replaces (about one purchaser, they would only
 #: count again the purchaser the summary describes).
-_REPLACED = {"state": {"top_source_states"}, "mx-state": set(),
+_REPLACED = {"state": {"top_source_states"}, "mx-state": {"top_recovery_states"},
              "trafficker": {"prolific_purchasers", "most_prolific_purchaser"},
              "dealer": {"top_dealers"}}
 

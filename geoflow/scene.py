@@ -965,12 +965,28 @@ def _route_parts(result: MapData) -> list[str]:
     return parts
 
 
+def _shaded(result: MapData) -> str:
+    """With no flow to draw (a table of Mexican states alone), what the state shading counts:
+    "1,050 traced guns recovered in 4 Mexican states" ("" when nothing is shaded)."""
+    parts = []
+    for column, verb, noun in (("guns_sourced", "sold in", "US state"),
+                               ("guns_recovered", "recovered in", "Mexican state")):
+        if column in result.states.columns:
+            guns = _guns(result.states[column].to_numpy())
+            if (guns > 0).any():
+                total = _count(int(guns.sum()), "traced gun") if not parts else (
+                    f"{int(guns.sum()):,}")
+                parts.append(f"{total} {verb} {_count(int((guns > 0).sum()), noun)}")
+    return "; ".join(parts)
+
+
 def _subtitle(result: MapData, options: MapOptions) -> str:
     if options.subtitle:
         text = options.subtitle
     else:
         guns = int(_guns(result.flows["guns"].to_numpy()).sum()) if len(result.flows) else 0
-        text = " ".join([_count(guns, "traced gun"), ", ".join(_route_parts(result))]).strip()
+        text = (" ".join([_count(guns, "traced gun"), ", ".join(_route_parts(result))]).strip()
+                if guns else _shaded(result) or _count(0, "traced gun"))
     description = getattr(result, "description", "") or ""
     return f"{text} — {description}" if description and description not in text else text
 
@@ -1017,7 +1033,7 @@ def _unplaced_note(manifest: Mapping[str, Any]) -> str:
     if guns <= 0:
         return ""
     verb = "is" if guns == 1 else "are"
-    return (f"{_count(guns, 'traced gun')} {verb} not on the map (dealer, recovery place or "
+    return (f"{_count(guns, 'traced gun')} {verb} not drawn as flows (dealer, recovery place or "
             "crossing unknown; listed in unplaced.csv); the state shading counts every gun "
             "whose state is known.")
 

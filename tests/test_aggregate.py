@@ -254,6 +254,17 @@ def test_findings_state_numbers_behind_each_sentence(records):
     assert crossings["numbers"]["crossings"][0]["name"] == "Laredo"
     assert "Laredo (14; 9 known, 5 modelled)" in crossings["text"]
     assert "Ana Uno" not in str(found)
+    # where the guns were recovered, as where they were sold: the top Mexican states
+    recovered = tables["by_mx_state"]
+    recovered = recovered[recovered["state"] != "unknown"].head(3)
+    states = found["top_recovery_states"]
+    assert [s["state"] for s in states["numbers"]["states"]] == recovered["state"].tolist()
+    first = recovered.iloc[0]
+    assert states["text"].startswith(
+        "Mexican states where the most guns were recovered (all valid records): "
+        f"{first['state_name']} ({first['guns']:,}, {first['share_frac']:.0%})")
+    ids = [f["id"] for f in found.values()]
+    assert ids.index("top_source_states") + 1 == ids.index("top_recovery_states")
 
 
 def test_pseudonyms_are_stable_normalised_and_keyed():
@@ -436,6 +447,10 @@ def test_entity_findings_speak_of_the_entity_and_never_name_a_small_cell():
     assert label not in json.dumps(hidden)  # fewer than --min-cell guns: never named
     assert hidden[0]["text"].startswith("This purchaser is tied to 3 traced guns")
     assert "purchaser" not in hidden[0]["numbers"]
+    # a Mexican state's own set: its summary says where its guns were recovered
+    mx = entity_findings(findings(records, tables), tables, kind="mx-state", label="Tamaulipas")
+    assert [f["id"] for f in mx].count("top_recovery_states") == 0
+    assert [f["id"] for f in mx].count("top_source_states") == 1
 
 
 def test_top_item_in_blocks_of_item_codes_equals_one_pass(monkeypatch):

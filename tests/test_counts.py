@@ -225,6 +225,22 @@ def test_count_column_option_names_an_unusual_header(tmp_path):
     _check_accounting(out, manifest["counts"])
 
 
+def test_mexican_state_table_shades_mexico_and_names_its_top_states(tmp_path):
+    text = "Estado,Armas\nTamaulipas,400\nChihuahua,250\nSonora,320\nJalisco,80\n"
+    out, manifest = _run(tmp_path, "mx_states", text)
+    assert manifest["counts"]["guns_valid"] == 1050 and manifest["counts"]["flows"] == 0
+    findings = {f["id"]: f for f in json.loads((out / "findings.json").read_text())}
+    assert findings["top_recovery_states"]["text"] == (
+        "Mexican states where the most guns were recovered (all valid records): "
+        "Tamaulipas (400, 38%), Sonora (320, 30%), Chihuahua (250, 24%).")
+    states = {s["code"]: s["guns_recovered"] for s in _geojson(out, "states")}
+    assert (states["MX-TAM"], states["MX-JAL"]) == (400, 80)
+    # no flow to draw: the title panel counts what the shading shows (was "0 traced guns to
+    # 4 Mexican states")
+    page = output_text(out / "map.html")
+    assert "<p>1,050 traced guns recovered in 4 Mexican states</p>" in page
+
+
 def test_the_closing_line_counts_one_flow_in_the_singular(tmp_path):
     source = tmp_path / "one.csv"
     source.write_text("State,Firearms Traced\nTexas,10\n", encoding="utf-8")

@@ -210,17 +210,17 @@ def test_legend_counts_the_guns_that_are_not_on_the_map(sample_result, scene):
     mapped = int(sample_result.flows["guns"].sum())
     assert f"{mapped:,} traced guns" in scene.subtitle
     assert mapped + counts["guns_unplaced"] == counts["guns_valid"] - counts["guns_filtered_out"]
-    note = [n for n in scene.legend.notes if "not on the map" in n]
-    assert note == [f"{counts['guns_unplaced']:,} traced guns are not on the map (dealer, "
+    note = [n for n in scene.legend.notes if "not drawn as flows" in n]
+    assert note == [f"{counts['guns_unplaced']:,} traced guns are not drawn as flows (dealer, "
                     "recovery place or crossing unknown; listed in unplaced.csv); the state "
                     "shading counts every gun whose state is known."]
-    for guns, expected in ((1, "1 traced gun is not on the map"), (0, None)):
+    for guns, expected in ((1, "1 traced gun is not drawn as flows"), (0, None)):
         result = SimpleNamespace(
             flows=sample_result.flows, dealers=sample_result.dealers,
             recoveries=sample_result.recoveries, crossings=sample_result.crossings,
             states=sample_result.states,
             manifest={"counts": {**counts, "guns_unplaced": guns}})
-        found = [n for n in build_scene(result).legend.notes if "not on the map" in n]
+        found = [n for n in build_scene(result).legend.notes if "not drawn as flows" in n]
         if expected is None:
             assert found == []
         else:
