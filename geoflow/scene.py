@@ -927,9 +927,15 @@ def _labels(result: MapData, legs: Sequence[Leg], areas: Sequence[Area]) -> list
                                                      else 1.0) + g_town / gmax,
                                 min_zoom=0.0 if rank < many else 6.0))
     fixed = state_points()
+    # a place placed only at its state's point (a guess, drawn as a ring) is labelled there
+    # with the state's name already: a state label beside it would say the name twice
+    at_points = {(round(lab.lon, 3), round(lab.lat, 3)) for lab in labels
+                 if lab.kind in ("dealer", "recovery")}
     for country in ("US", "MX"):
         ranked = sorted((a for a in areas if a.country == country and a.guns > 0
-                         and a.code in fixed), key=lambda a: -a.guns)
+                         and a.code in fixed
+                         and (round(fixed[a.code][0], 3), round(fixed[a.code][1], 3))
+                         not in at_points), key=lambda a: -a.guns)
         for rank, area in enumerate(ranked):  # the top 3 states of each side from the start
             lon, lat, _ = fixed[area.code]
             labels.append(Label(text=area.name, lon=lon, lat=lat, kind="state",
@@ -951,10 +957,15 @@ def _route_parts(result: MapData) -> list[str]:
             return 0
         return int((_guns(result.states[column].to_numpy()) > 0).sum())
 
+    def towns(frame: pd.DataFrame) -> int:  # 0 when every point is a state's (a guess)
+        if "geocode_level" not in frame.columns or not len(frame):
+            return len(frame)
+        return len(frame) * int((_text(frame["geocode_level"]) != "state").any())
+
     sides = (("from", len(result.dealers), "US dealer", "",
               states_with("guns_sourced"), "US state"),
              ("through", len(result.crossings), "port", " of entry", 0, ""),
-             ("to", len(result.recoveries), "place", " in Mexico",
+             ("to", towns(result.recoveries), "place", " in Mexico",
               states_with("guns_recovered"), "Mexican state"))
     parts = []
     for word, places, noun, after, states, state_noun in sides:

@@ -5,6 +5,7 @@ accounting in rows and guns, the flows, the maps' layers and the analyst files."
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,13 @@ def test_us_state_by_mexican_state_table_draws_state_flows(tmp_path):
     page = output_text(out / "map.html")  # flows into Mexico: Mexican legs, arrowheads
     assert "<h2>Guns by leg: US origin → port of entry → Mexican destination</h2>" in page
     assert "arrowheads: where the guns were recovered" in page
+    # its Mexican ends are states (rings at each state's point): counted as states, and each
+    # labelled once, by its point's label, not again by a state label beside it
+    assert "<p>1,200 traced guns from 3 US states, through " in page
+    assert page.count(" ports of entry, to 5 Mexican states</p>") == 1
+    labels = re.findall(r'\{"t":"([^"]+)","lon":[-\d.]+,"lat":[-\d.]+,"k":"(\w+)"', page)
+    named = [text for text, kind in labels if text in ("Sonora", "Tamaulipas")]
+    assert sorted(named) == ["Sonora", "Tamaulipas"] and ("Texas", "state") in labels
     matrix = pd.read_csv(out / "tables" / "state_matrix.csv")
     pairs = {(r.us_state, r.mx_state): r.guns for r in matrix.itertuples()}
     assert pairs == {("US-TX", "MX-TAM"): 400, ("US-TX", "MX-CHH"): 250,
