@@ -412,6 +412,26 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
            f"{counts['guns_placed']:,}, unplaced {counts['guns_unplaced']:,}, in rejected rows "
            f"{counts['guns_rejected']:,}" if result.manifest["input"].get("count_column") else "")
     )
+    _echo_warnings(result.manifest["quality"]["reader_warnings"])
+
+
+def _echo_warnings(counts: dict[str, int]) -> None:
+    """On stderr (also with -q), what warnings.csv holds: the kinds of values read as empty,
+    most first, and the headers not used: a run that exits 0 says what it could not read."""
+    from geoflow.aggregate import plural
+    from geoflow.io import UNKNOWN_HEADER
+
+    unused = [kind.split(": ", 1)[0] for kind in counts if kind.endswith(UNKNOWN_HEADER)]
+    kinds = sorted(((kind, n) for kind, n in counts.items() if not kind.endswith(UNKNOWN_HEADER)),
+                   key=lambda item: (-item[1], item[0]))
+    parts = [f"{kind} ({n:,})" for kind, n in kinds[:3]]
+    if len(kinds) > 3:
+        parts.append(f"{plural(len(kinds) - 3, 'more kind')} of warning")
+    if unused:
+        parts.append(f"{plural(len(unused), 'header')} not used: {', '.join(unused)} "
+                     "(--column-map can name them)")
+    if parts:
+        click.echo("warning: warnings.csv: " + "; ".join(parts), err=True)
 
 
 def _run_batch(source: str, options: dict, *, kind: str, out, sample: bool, given: dict,
@@ -441,6 +461,7 @@ def _run_batch(source: str, options: dict, *, kind: str, out, sample: bool, give
             )
     click.echo(f"wrote {out}: " + _batch_line(batch.manifest["counts"], kind) + "; "
                + _rows_line(prepared, records))
+    _echo_warnings(prepared.warning_counts)
     if resume:
         click.echo(f"--resume: {plural(batch.resumed, 'output set')} kept from the killed batch, "
                    f"{len(batch.entities) - batch.resumed:,} written now" if batch.resumed else

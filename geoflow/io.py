@@ -249,7 +249,10 @@ def read_traces(
     headers = [str(c) for c in table.frame.columns]
     header_map = schema.map_headers(headers, user_map)
     _require_trace_columns(header_map, path)
-    map_warnings = _unused_map_entries(user_map, headers)
+    repeated = set(table.warnings.loc[table.warnings["reason"].str.startswith(
+        "repeated header"), "column"]) if len(table.warnings) else set()
+    map_warnings = pd.concat([_unused_map_entries(user_map, headers),
+                              _unknown_headers(header_map, repeated)], ignore_index=True)
     raw_names = {canonical: raw for raw, canonical in header_map.items()}
     # hand the raw frame over with no name here keeping it (table.frame neither), so
     # standardise_traces frees each raw column as soon as it is cleaned
@@ -1636,6 +1639,26 @@ def _require_trace_columns(header_map: dict[str, str], path: Path) -> None:
         f"{examples} (or pass a column map)",
         path=str(path),
     )
+
+
+#: The warning (line 1) on a header that names no column geoflow reads.
+UNKNOWN_HEADER = "header not recognised: the column is not used (--column-map can name it)"
+#: What a header becomes that names no column geoflow reads (nor the ``Dataset`` column).
+_KNOWN_COLUMNS = frozenset({*schema.ALIASES.values(), schema.DATASET_COLUMN})
+
+
+def _unknown_headers(header_map: dict[str, str], repeated: set[str]) -> pd.DataFrame:
+    """Warnings (line 1) for headers geoflow does not read: a crossing column headed
+    "aduana" is not a column silently dropped, and ``--column-map`` can name it. A
+    ``repeated`` header (the reader's "FFL Name (2)", warned about as such) is not one."""
+    unknown = [raw for raw, target in header_map.items()
+               if target not in _KNOWN_COLUMNS and raw not in repeated
+               and schema.normalise_header(raw) not in _KNOWN_COLUMNS]
+    return pd.DataFrame({
+        "line": np.ones(len(unknown), dtype="int64"), "column": unknown,
+        "value": [""] * len(unknown),
+        "reason": [UNKNOWN_HEADER] * len(unknown),
+    }).astype({"column": "str", "value": "str", "reason": "str"})
 
 
 def _unused_map_entries(user_map: dict[str, str], headers: list[str]) -> pd.DataFrame:

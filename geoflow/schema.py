@@ -226,7 +226,9 @@ _RAW_ALIASES: dict[str, tuple[str, ...]] = {
     ),
     "crossing": (
         "crossing", "port of entry", "border crossing", "poe", "crossing point", "port",
-        "cruce", "cruce fronterizo", "puerto de entrada", "garita",
+        "cruce", "cruce fronterizo", "puerto de entrada", "garita", "aduana",
+        "aduana de cruce", "aduana de entrada", "punto de cruce", "puerto fronterizo",
+        "punto de internacion",
     ),
     "dealer_lat": ("dealer lat", "dealer latitude", "ffl lat", "ffl latitude"),
     "dealer_lon": (

@@ -129,6 +129,25 @@ def test_summary_table_shows_a_default_top_and_says_how_many_are_hidden():
     assert len(everything.stdout.strip().splitlines()) == total + 1  # csv: all, plus header
 
 
+def test_run_says_on_the_terminal_what_warnings_csv_holds(tmp_path):
+    source = tmp_path / "es.csv"
+    source.write_text(
+        "armería,ciudad armería,estado armería,comprador,fecha de compra,municipio,estado,"
+        "aduana,Notas\n"
+        "Armas del Norte,Laredo,TX,Ana,2019-01-05,Nuevo Laredo,Tamaulipas,Laredo,x\n"
+        "Armas del Norte,Laredo,TX,Ana,ayer,Reynosa,Tamaulipas,,y\n", encoding="utf-8")
+    for args in ([], ["--per", "state"]):
+        result = geoflow("-q", "run", source, "-o", tmp_path / f"out{len(args)}", *args)
+        assert result.exit_code == 0, result.stderr
+        assert ("warning: warnings.csv: fecha de compra: unparseable date (1); 1 header not "
+                "used: Notas (--column-map can name them)\n") in result.stderr
+    # "aduana" is the crossing: the first gun crossed at Laredo as the record says
+    crossings = (tmp_path / "out0" / "tables" / "by_crossing.csv").read_text(encoding="utf-8")
+    assert crossings.splitlines()[1].startswith("2304,Laredo,US-TX,2,1,1,")
+    clean = geoflow("-q", "run", "--sample", "-o", tmp_path / "sample")
+    assert "warning" not in clean.stderr
+
+
 def test_summary_of_purchasers_says_who_is_not_listed_and_why(tmp_path):
     source = tmp_path / "one.csv"
     source.write_text("Purchaser,FFL Name,FFL City,FFL State,Recovery City,Recovery State\n"

@@ -10,7 +10,13 @@ import pytest
 
 from geoflow import schema
 from geoflow.errors import GeoflowError, InputError, SchemaError
-from geoflow.io import detect_encoding, load_column_map, read_traces, sniff_delimiter
+from geoflow.io import (
+    UNKNOWN_HEADER,
+    detect_encoding,
+    load_column_map,
+    read_traces,
+    sniff_delimiter,
+)
 
 PLACES = ["Ciudad Juárez", "Nuevo León", "Querétaro", "San Nicolás de los Garza", "Peñón"]
 HEADER = [
@@ -431,7 +437,9 @@ def test_placeholder_values_are_missing_data(tmp_path):
     assert records["recovery_state"].isna().tolist() == [True, False, False]
     assert records["notas"].isna().tolist() == [True, False, False]
     assert records["notas"].iloc[1:].tolist() == ["NA Guns", "-1"]
-    assert result.warnings.empty  # a "-" date is missing, not unparseable
+    # a "-" date is missing, not unparseable; the one warning is on a header read for nothing
+    assert result.warnings[["line", "column", "reason"]].values.tolist() == [
+        [1, "Notas", UNKNOWN_HEADER]]
 
 
 def test_blank_and_repeated_headers_keep_their_columns(tmp_path):
@@ -483,8 +491,10 @@ def test_row_accounting_and_line_numbers_on_a_broken_file(tmp_path):
     t4 = result.records.iloc[1]
     assert np.isnan(t4["recovery_lat"]) and t4["recovery_lon"] == -98.3
     assert result.warnings.values.tolist() == [
+        [1, "Notes", "", UNKNOWN_HEADER],  # a header geoflow does not read: said, not dropped
         [9, "Recovery Lat", "north", "unparseable coordinate"]]
-    assert result.warning_counts == {"Recovery Lat: unparseable coordinate": 1}
+    assert result.warning_counts == {"Recovery Lat: unparseable coordinate": 1,
+                                     f"Notes: {UNKNOWN_HEADER}": 1}
     assert result.records["notes"].iloc[0] == "a note\nover three\nlines"
     assert result.records["recovery_city"].iloc[2] == "Nuevo\nLaredo"
     assert result.source["rows_read"] == 8  # the blank line is not a row

@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from geoflow.errors import InputError
-from geoflow.io import BAD_BYTES_REASON, MAX_ROW_BYTES, PLACEHOLDERS, read_traces
+from geoflow.io import (
+    BAD_BYTES_REASON,
+    MAX_ROW_BYTES,
+    PLACEHOLDERS,
+    UNKNOWN_HEADER,
+    read_traces,
+)
 
 HEADER = "Trace Number,Serial Number,FFL Name,FFL City,FFL State,Recovery City,Recovery State"
 PLACES = ["Ciudad Juárez", "Nuevo León", "Querétaro", "Culiacán", "Peñón", "Reynosa"]
@@ -272,6 +278,7 @@ def test_parquet_booleans_lists_and_structs_are_warned(tmp_path):
     result = read_traces(tmp_path / "t.parquet")
     assert result.records["checked"].tolist() == ["True", "False"]
     assert result.warnings[["column", "value", "reason"]].values.tolist() == [
+        *([name, "", UNKNOWN_HEADER] for name in ("Checked", "States", "Meta")),
         ["Checked", "True", "Parquet column of true/false values: read as text"],
         ["States", "['TX']", "Parquet column of lists: read as text"],
         ["Meta", "{'a': 1}", "Parquet column of structs/maps: read as text"],
