@@ -879,6 +879,7 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
 
     import pandas as pd
 
+    from geoflow.aggregate import plural
     from geoflow.errors import InputError, OutputError, SchemaError
     from geoflow.export import write_csv
     from geoflow.geocode import GeopyGeocoder, geocode_column, geocode_traces, load_overrides
@@ -897,27 +898,17 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
                                  allow_offline_fallback=allow_offline_fallback)
     try:
         if column:
-            import zipfile
+            from geoflow.io import read_table
 
-            suffix = Path(input_path).suffix.lower()
-            try:
-                if suffix in (".xlsx", ".xlsm"):
-                    frame = pd.read_excel(input_path, dtype="string")
-                elif suffix == ".parquet":
-                    frame = pd.read_parquet(input_path).astype("string")
-                else:
-                    frame = pd.read_csv(input_path, dtype="string", keep_default_na=False,
-                                        na_values=[""], encoding="utf-8-sig")
-            except (OSError, ValueError, ImportError, zipfile.BadZipFile) as exc:
-                raise InputError(f"cannot read {suffix or 'the file'}: {exc}",
-                                 path=input_path) from exc
+            table = read_table(input_path)
+            rejects, frame = table.rejects, table.frame
             if column not in frame.columns:
                 raise SchemaError(f"no column {column!r}; columns are: "
                                   + ", ".join(map(str, frame.columns)), path=input_path)
             if not show_names:
                 frame = _pseudonymised_table(frame, key_file=pseudonym_key_file)
             out, report = geocode_column(frame, column, country=country and country.upper(),
-                                         geocoder=geocoder, overrides=fixes)
+                                         geocoder=geocoder, overrides=fixes, lines=table.lines)
             level = out["level" if "level_geocoded" not in out else "level_geocoded"]
         else:
             if country:
@@ -926,7 +917,8 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
             from geoflow.io import read_traces
             from geoflow.privacy import hide_names, resolve_key
 
-            records = read_traces(input_path).records
+            read = read_traces(input_path)
+            records, rejects = read.records, read.rejects
             if not show_names:
                 records = hide_names(records, key=resolve_key(key_file=pseudonym_key_file))
             out, report = geocode_traces(records, geocoder=geocoder, overrides=fixes)
@@ -940,17 +932,27 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
     report_file = Path(report_path) if report_path else out_file.parent / "geocode_report.csv"
     if report_file.resolve() == out_file.resolve():
         raise click.UsageError("--report must differ from --out")
+    rejects_file = out_file.with_name(f"{out_file.stem}_rejects.csv")
     try:
         for path in (out_file, report_file):
             path.parent.mkdir(parents=True, exist_ok=True)
         write_csv(out, out_file)
         write_csv(report, report_file)
+        if len(rejects):  # the raw line may hold a name: only with --show-names
+            write_csv(rejects if show_names else rejects.drop(columns="raw"), rejects_file)
     except OSError as exc:
         raise OutputError(f"cannot write: {exc}", path=str(exc.filename or out_file)) from exc
     counts = level.fillna("").replace("", "unmatched").value_counts()
     click.echo(f"wrote {out_file} ({len(out):,} rows) and {report_file} "
                f"({len(report):,} distinct strings): "
                + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    if len(rejects):
+        lines = rejects["line"].drop_duplicates()
+        first = rejects.drop_duplicates("line").iloc[0]
+        click.echo(f"warning: {plural(len(lines), 'row')} could not be read and "
+                   f"{'is' if len(lines) == 1 else 'are'} not in {out_file.name} (line "
+                   f"{first['line']}: {first['reason']}{', …' if len(lines) > 1 else ''}): "
+                   f"listed in {rejects_file}", err=True)
 
 
 def _pseudonymised_table(frame, *, key_file: str | None):

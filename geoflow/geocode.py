@@ -917,12 +917,14 @@ def _contradicting(admin1: pd.Series, country: pd.Series, places: pd.DataFrame,
 
 def geocode_column(frame: pd.DataFrame, column: str, *, country: str | None = None,
                    geocoder: Geocoder | None = None,
-                   overrides: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   overrides: pd.DataFrame | None = None,
+                   lines: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Geocode one text column of any table; return ``(frame with result columns, report)``.
 
     Every row is kept; ``lat``, ``lon``, ``level``, ``score``, ``matched_name``, ``admin1``,
     ``source`` and ``note`` are added (suffixed ``_geocoded`` where the table already has a
-    column of that name). The report is as in :func:`geocode_traces`, with ``role`` = column.
+    column of that name). The report is as in :func:`geocode_traces`, with ``role`` = column;
+    its lines are ``lines`` (each row's source line; default: row + 2, the header line 1).
     """
     if column not in frame.columns:
         raise GeocodeError(f"no column {column!r}; columns are: " + ", ".join(map(str, frame)))
@@ -931,8 +933,8 @@ def geocode_column(frame: pd.DataFrame, column: str, *, country: str | None = No
     out = frame.copy()
     for name in RESULT_COLUMNS[1:]:
         out[name if name not in frame.columns else f"{name}_geocoded"] = got[name]
-    lines = pd.Series(np.arange(len(frame)) + 2, index=frame.index)  # header is line 1
-    report = _report(got.assign(role=column), np.arange(len(frame)), lines.to_numpy())
+    lines = np.arange(len(frame)) + 2 if lines is None else np.asarray(lines)
+    report = _report(got.assign(role=column), np.arange(len(frame)), lines)
     return out, report
 
 

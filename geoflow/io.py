@@ -42,6 +42,8 @@ __all__ = [
     "parse_counts",
     "ReadResult",
     "read_traces",
+    "PlainTable",
+    "read_table",
     "load_column_map",
     "standardise_traces",
     "SeenRecords",
@@ -295,6 +297,33 @@ def read_traces(
         *(f"{source[k]:,}" for k in ("rows_read", "rows_valid", "rows_rejected")),
     )
     return ReadResult(records, rejects, source, warnings, counts)
+
+
+@dataclass(frozen=True)
+class PlainTable:
+    """A table of any columns (:func:`read_table`): text cells under the file's headers
+    (repeated ones made unique), each row's source line, the rows rejected (``line``,
+    ``column``, ``reason``, ``raw``) and the reader's warnings."""
+
+    frame: pd.DataFrame
+    lines: np.ndarray
+    rejects: pd.DataFrame
+    warnings: pd.DataFrame
+
+
+def read_table(path: str | Path) -> PlainTable:
+    """Any table (CSV in any encoding and delimiter, XLSX, Parquet) as text, read as a trace
+    file is (``geoflow geocode --column``): a row with too many or too few fields is
+    rejected with its line, not the whole file; bad bytes and repeated headers are warned.
+
+    Raises :class:`~geoflow.errors.InputError` for a missing, empty or unreadable file."""
+    path = Path(path)
+    data = _read_bytes(path)
+    fmt = _detect_format(path, data)
+    table = (_read_csv(data, path, encoding=None) if fmt == "csv" else
+             _read_xlsx(data, path, sheet=None) if fmt == "xlsx" else _read_parquet(data, path))
+    frame = _drop_empty_unnamed(table.frame).astype("string").reset_index(drop=True)
+    return PlainTable(frame, np.asarray(table.lines), table.rejects, table.warnings)
 
 
 def load_column_map(path: str | Path) -> dict[str, str]:
@@ -1378,7 +1407,7 @@ def _field_rejects(scan: _Records, data: np.ndarray, bad: np.ndarray, width: int
     def reason(i: int) -> str:
         if i in scan.notes:
             return scan.notes[i]
-        text = f"expected {width} fields, found {scan.fields[i]}"
+        text = f"expected {width} field{'s' * (width != 1)}, found {scan.fields[i]}"
         if scan.last_lines[i] > scan.lines[i]:  # a quote opened here closed lines later
             text += (f": lines {scan.lines[i]}-{scan.last_lines[i]} were read as one row "
                      "(a quoted field runs over them)")

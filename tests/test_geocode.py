@@ -457,6 +457,43 @@ def test_cli_geocodes_one_column_formula_safe_and_names_a_missing_column(tmp_pat
     assert "places.csv" in result.output and "'town'" in result.output
 
 
+def test_cli_geocodes_a_list_with_a_broken_row_and_accounts_for_it(tmp_path):
+    # a one-column list, cp1252, semicolons, a blank line and a ragged row: the trace
+    # reader's parser reads it; the ragged row is rejected with its line, not the file
+    from click.testing import CliRunner
+
+    from geoflow.cli import cli
+
+    path = tmp_path / "lugares.csv"
+    path.write_bytes("id;lugar\n1;Culiacán, Sin.\n\n2;Reynosa;TAMPS\n3;Tijuana, B.C.\n"
+                     .encode("cp1252"))
+    out = tmp_path / "out.csv"
+    result = CliRunner().invoke(cli, ["geocode", str(path), "--column", "lugar", "-o",
+                                      str(out)], obj={})
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out, dtype=str)
+    assert rows["lugar"].tolist() == ["Culiacán, Sin.", "Tijuana, B.C."]
+    assert rows["admin1"].tolist() == ["MX-SIN", "MX-BCN"]
+    report = pd.read_csv(tmp_path / "geocode_report.csv", dtype=str).set_index("query")
+    assert report.loc["Tijuana, B.C.", "first_lines"] == "5"  # its line in the file
+    rejects = pd.read_csv(tmp_path / "out_rejects.csv")
+    assert list(rejects.columns) == ["line", "column", "reason"]  # no raw line: no names
+    assert (rejects["line"].tolist(), rejects["reason"].tolist()) == (
+        [4], ["expected 2 fields, found 3"])
+    assert ("warning: 1 row could not be read and is not in out.csv (line 4: expected 2 "
+            "fields, found 3): listed in") in result.output
+    # a trace file's rejected rows are accounted for the same way
+    traces = tmp_path / "traces.csv"
+    traces.write_text("FFL Name,FFL City,FFL State,Recovery City,Recovery State\n"
+                      "A,Houston,TX,Reynosa,Tamaulipas\nB,Phoenix,AZ\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["geocode", str(traces), "-o", str(tmp_path / "t.csv")],
+                                obj={})
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(tmp_path / "t.csv")) == 1
+    assert pd.read_csv(tmp_path / "t_rejects.csv")["line"].tolist() == [3]
+    assert "1 row could not be read and is not in t.csv (line 3: expected 5" in result.output
+
+
 def test_records_without_source_lines_zip_lost_zeros_and_state_only_dealers():
     records = pd.DataFrame({
         "dealer_city": ["BOSTON", None, "HOUSTON"],
