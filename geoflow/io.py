@@ -251,10 +251,14 @@ def read_traces(
     headers = [str(c) for c in table.frame.columns]
     header_map = schema.map_headers(headers, user_map)
     _require_trace_columns(header_map, path)
+    frame, header_map, years = year_columns(table.frame, header_map)
+    table = replace(table, frame=frame)
+    del frame
     repeated = set(table.warnings.loc[table.warnings["reason"].str.startswith(
         "repeated header"), "column"]) if len(table.warnings) else set()
     map_warnings = pd.concat([_unused_map_entries(user_map, headers),
-                              _unknown_headers(header_map, repeated)], ignore_index=True)
+                              _unknown_headers(header_map, repeated | set(years)),
+                              _years_warning(years, header_map)], ignore_index=True)
     raw_names = {canonical: raw for raw, canonical in header_map.items()}
     # hand the raw frame over with no name here keeping it (table.frame neither), so
     # standardise_traces frees each raw column as soon as it is cleaned
@@ -1668,6 +1672,72 @@ def _require_trace_columns(header_map: dict[str, str], path: Path) -> None:
         f"{examples} (or pass a column map)",
         path=str(path),
     )
+
+
+#: A header naming a year (``2019``, ``CY 2019``, ``FY2019``, ``Año 2019``): a count table
+#: with a column per year, as ATF publishes its Mexico tables.
+_YEAR_HEADER = re.compile(r"(?:cy|fy|ano|year|calendar_year)?_?((?:19|20)\d\d)")
+
+
+#: Columns about one gun: a file with any of them is trace records, never a count table.
+_PER_GUN = frozenset({"trace_id", "serial_number", "purchaser_name", "purchase_date",
+                      "recovery_date", "possessor_name", "manufacturer", "model", "caliber"})
+
+
+def year_columns(frame: pd.DataFrame, header_map: dict[str, str]
+                 ) -> tuple[pd.DataFrame, dict[str, str], dict[str, int]]:
+    """A count table with a column per year and no count column (``State,CY 2017,CY 2018``):
+    each row's guns are the sum of its year cells (an empty or placeholder cell counts 0; a
+    row whose cells are all empty has no count), in a column ``"<first>–<last>"`` read as the
+    count. A cell that is not a count makes its row's count that text, named with its
+    column, so the row is rejected saying where. One year column is the count of that year.
+    A file with a column about one gun (:data:`_PER_GUN`) is trace records: left as it is.
+    Returns ``(frame, header_map, {year header: year})``; nothing changes without them."""
+    if schema.COUNT_COLUMN in header_map.values() or _PER_GUN & set(header_map.values()):
+        return frame, header_map, {}  # counted already, or a gun per row (a trace file)
+    years = {}
+    for raw, target in header_map.items():
+        found = _YEAR_HEADER.fullmatch(schema.normalise_header(raw))
+        if found and target not in _KNOWN_COLUMNS:
+            years[raw] = int(found.group(1))
+    if not years:
+        return frame, header_map, {}
+    names = list(years)
+    label = names[0] if len(names) == 1 else f"{names[0]}–{names[-1]}"
+    total = np.zeros(len(frame))
+    seen = np.zeros(len(frame), dtype=bool)
+    wrong = pd.Series(pd.NA, index=frame.index, dtype="string")  # the first bad cell
+    for name in names:
+        cells = _clean_text(frame[name])
+        numbers, bad = parse_counts(cells)
+        given = cells.notna().to_numpy(dtype=bool)
+        total += np.where(given & ~bad, numbers, 0.0)
+        seen |= given
+        bad &= given
+        first = bad & wrong.isna().to_numpy(dtype=bool)
+        if first.any():
+            wrong[first] = cells[first].astype("string") + f" (in {name})"
+    counts = pd.Series(total.astype(np.int64), index=frame.index).astype("string")
+    counts = counts.mask(~seen).where(wrong.isna(), wrong)
+    out = frame.assign(**{label: counts})
+    header_map = {**header_map, label: schema.COUNT_COLUMN}
+    if len(names) == 1 and schema.YEAR_COLUMN not in header_map.values():
+        year = f"{label} (the year of the header)"
+        out[year] = str(years[names[0]])
+        header_map[year] = schema.YEAR_COLUMN
+    return out, header_map, years
+
+
+def _years_warning(years: dict[str, int], header_map: dict[str, str]) -> pd.DataFrame:
+    """The warning (line 1) of a table whose year columns were summed: no year is kept."""
+    label = next((raw for raw, target in header_map.items()
+                  if target == schema.COUNT_COLUMN), "")
+    rows = [] if len(years) < 2 else [{
+        "line": 1, "column": label, "value": "",
+        "reason": f"a column per year ({len(years)}): each row's guns are their sum; by_year "
+                  "and --from/--to have no year to use"}]
+    return pd.DataFrame(rows, columns=_WARNING_COLUMNS).astype(
+        {"line": "int64", "column": "str", "value": "str", "reason": "str"})
 
 
 #: The warning (line 1) on a header that names no column geoflow reads.

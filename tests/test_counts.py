@@ -233,6 +233,49 @@ def test_count_column_option_names_an_unusual_header(tmp_path):
     _check_accounting(out, manifest["counts"])
 
 
+# ATF's Mexico tables: a column per calendar year, no count column
+WIDE_TABLE = """Source State,CY 2017,CY 2018,CY 2019
+Texas,"1,000",-,1300
+Arizona,500,abc,700
+New Mexico,,,
+Total,1500,600,2000
+California,1,2,3
+"""
+
+
+def test_a_table_with_a_column_per_year_counts_the_sum_of_its_years(tmp_path):
+    out, manifest = _run(tmp_path, "wide", WIDE_TABLE)
+    counts = manifest["counts"]
+    assert manifest["input"]["count_column"] == "CY 2017–CY 2019"
+    # Texas: 1,000 + "-" (no data: 0) + 1,300; California 6; Arizona's "abc" and New
+    # Mexico's empty row are rejected saying where; the Total row is not counted twice
+    table = pd.read_csv(out / "tables" / "by_us_state.csv").set_index("state")["guns"]
+    assert table.to_dict() == {"US-TX": 2300, "US-CA": 6}
+    assert (counts["rows_read"], counts["rows_valid"], counts["rows_rejected"]) == (5, 2, 3)
+    _check_accounting(out, counts)
+    rejects = pd.read_csv(out / "rejects.csv")
+    reasons = dict(zip(rejects["line"], rejects["reason"], strict=True))
+    assert reasons[3] == "count is not a non-negative integer: abc (in CY 2018)"
+    assert reasons[4] == "count is not a non-negative integer: (empty)"
+    assert reasons[5].startswith("a totals row")
+    # the years are summed, and said to be: no year to filter or tabulate by, no header
+    # left unread
+    warnings = pd.read_csv(out / "warnings.csv", dtype=str, keep_default_na=False)
+    assert warnings[["line", "column"]].values.tolist() == [["1", "CY 2017–CY 2019"]]
+    assert warnings["reason"].iloc[0].startswith("a column per year (3): each row's guns are "
+                                                 "their sum")
+    # a trace file's column headed like a year is no count: a row is still one gun
+    _, traces = _run(tmp_path, "traces_2019", "FFL Name,FFL State,Serial Number,2019\n"
+                                              "Shop,TX,A1,x\nShop,TX,A2,y\n")
+    assert traces["input"]["count_column"] is None and traces["counts"]["guns_valid"] == 2
+    assert "2019: header not recognised" in next(iter(traces["quality"]["reader_warnings"]))
+    # one year column is the count of that year
+    _, one = _run(tmp_path, "one_year", "Estado,Año 2019\nSonora,40\nSinaloa,12\n")
+    assert one["counts"]["guns_valid"] == 52 and one["quality"]["reader_warnings"] == {}
+    years = pd.read_csv(tmp_path / "out-one_year" / "tables" / "by_year.csv")
+    assert years.groupby("year")["recovered"].sum().to_dict() == {2019: 52}
+
+
 def test_mexican_state_table_shades_mexico_and_names_its_top_states(tmp_path):
     text = "Estado,Armas\nTamaulipas,400\nChihuahua,250\nSonora,320\nJalisco,80\n"
     out, manifest = _run(tmp_path, "mx_states", text)
