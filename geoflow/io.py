@@ -239,9 +239,11 @@ def read_traces(
     with ThreadPoolExecutor(1) as pool:
         digest = None if from_caller else pool.submit(hashlib.sha256, data)
         if fmt == "csv":
-            table = _read_csv(data, path, encoding=encoding)
+            above, title = (0, "") if from_caller else _title_lines(data, encoding, user_map)
+            table = _read_csv(_from_line(data, above), path, encoding=encoding)
+            table = _below_title(table, above, title)
         elif fmt == "xlsx":
-            table = _read_xlsx(data, path, sheet=sheet)
+            table = _read_xlsx(data, path, sheet=sheet, user_map=user_map)
         else:
             table = _read_parquet(data, path)
         sha256 = None if digest is None else digest.result().hexdigest()
@@ -1573,10 +1575,13 @@ def _csv_slow(rows: list[list[str]], scan: _Records, delimiter: str, meta: dict)
 
 
 def _table_from_cells(cells: pd.DataFrame, meta: dict, path: Path, *,
-                      names: list[str] | None = None) -> _Table:
-    """A table from XLSX cells (``names`` None: the first non-blank row is the header and
-    lines are sheet rows) or Parquet columns (``names`` given; line = row + 2, the header
-    being line 1). Blank rows are skipped and not counted."""
+                      names: list[str] | None = None,
+                      user_map: dict[str, str] | None = None) -> _Table:
+    """A table from XLSX cells (``names`` None: the header is the first non-blank row, or
+    the first of the next rows that names a trace column when it names none: the rows above
+    are a title, skipped with a warning; lines are sheet rows) or Parquet columns (``names``
+    given; line = row + 2, the header being line 1). Blank rows are skipped and not
+    counted."""
     text = pd.DataFrame({i: _clean_text(cells.iloc[:, i]) for i in range(cells.shape[1])},
                         index=pd.RangeIndex(len(cells)))
     blank = text.isna().all(axis=1).to_numpy()
@@ -1584,12 +1589,23 @@ def _table_from_cells(cells: pd.DataFrame, meta: dict, path: Path, *,
     if names is None:
         if nonblank.size == 0:
             raise InputError("empty file: no header row", path=str(path))
-        header, data = int(nonblank[0]), nonblank[1:]
-        names = text.iloc[header].fillna("").astype("str").tolist()
+        def row(at: int) -> list[str]:
+            return text.iloc[at].fillna("").astype("str").tolist()
+
+        header = next((int(at) for at in nonblank[:_TITLE_LINES + 1]
+                       if _names_trace_columns(row(at), user_map)), int(nonblank[0]))
+        data = nonblank[nonblank > header]
+        names = row(header)
         lines = np.arange(len(cells)) + 1
+        if header > nonblank[0]:
+            title = " ".join(row(int(nonblank[0]))).strip()
+            meta = {**meta, "title_rows": header}  # sheet rows above the header
     else:
         data, lines = nonblank, np.arange(len(cells)) + 2
     names, header_warnings = _unique_headers(names)
+    if meta.get("title_rows"):
+        header_warnings = pd.concat([_title_warning(int(meta["title_rows"]), title),
+                                     header_warnings], ignore_index=True)
     frame = text.iloc[data].set_axis(names, axis=1).reset_index(drop=True)
 
     def raw_text(positions: np.ndarray) -> list[str]:
@@ -1601,7 +1617,8 @@ def _table_from_cells(cells: pd.DataFrame, meta: dict, path: Path, *,
     return _Table(frame, lines[data], empty, int(data.size), raw_text, meta, header_warnings)
 
 
-def _read_xlsx(data: bytes, path: Path, *, sheet: str | int | None) -> _Table:
+def _read_xlsx(data: bytes, path: Path, *, sheet: str | int | None,
+               user_map: dict[str, str] | None = None) -> _Table:
     from openpyxl.utils.exceptions import InvalidFileException  # only for XLSX: 0.1 s
 
     try:
@@ -1619,7 +1636,8 @@ def _read_xlsx(data: bytes, path: Path, *, sheet: str | int | None) -> _Table:
         cells = pd.read_excel(book, sheet_name=chosen, header=None, dtype=str,
                               na_filter=False, keep_default_na=False)
     name = chosen if isinstance(chosen, str) else names[chosen]
-    return _table_from_cells(cells, {"encoding": None, "sheet": name}, path)
+    return _table_from_cells(cells, {"encoding": None, "sheet": name}, path,
+                             user_map=user_map)
 
 
 def _read_parquet(data: bytes, path: Path) -> _Table:
@@ -1659,6 +1677,76 @@ def _parquet_coercions(cells: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------
 # header checks
+
+
+#: How many lines or rows above a table's header may be a title (skipped, and warned).
+_TITLE_LINES = 20
+
+
+def _names_trace_columns(names: list[str], user_map: dict[str, str] | None) -> bool:
+    """Whether a row read as headers names a column that makes a row usable (its distinct
+    non-empty cells are mapped: an export's thousands of blank header cells are not)."""
+    given = list(dict.fromkeys(str(n).strip() for n in names if str(n).strip()))
+    mapped = schema.map_headers(given, user_map)
+    return any(canonical in schema.USABLE_COLUMNS for canonical in mapped.values())
+
+
+def _title_lines(data: bytes, encoding: str | None, user_map: dict[str, str] | None
+                 ) -> tuple[int, str]:
+    """A CSV's lines above its header: ``(lines, the first's text)`` when its first line
+    names no trace column but one of the next :data:`_TITLE_LINES` does (a published table's
+    title, note or date above it), else ``(0, "")``."""
+    head = data[:65536].removeprefix(codecs.BOM_UTF8)
+    try:
+        text = head.decode(encoding or detect_encoding(head), errors="replace")
+    except LookupError:
+        return 0, ""
+    lines = [line.rstrip("\r") for line in text.split("\n")[:_TITLE_LINES + 1]]
+    given = [at for at, line in enumerate(lines) if line.strip()]
+    if len(given) < 2:
+        return 0, ""
+    delimiter = sniff_delimiter(text)
+
+    def names(line: str) -> list[str]:
+        return next(csv.reader([line], delimiter=delimiter), [])
+
+    try:  # a line the csv module cannot split (a bare CR in it) is left to the reader
+        if _names_trace_columns(names(lines[given[0]]), user_map):
+            return 0, ""
+        for at in given[1:]:
+            if at + 1 < len(lines) and _names_trace_columns(names(lines[at]), user_map):
+                return at, " ".join(c.strip() for c in names(lines[given[0]]) if c.strip())
+    except csv.Error:
+        pass
+    return 0, ""
+
+
+def _from_line(data: bytes, lines: int) -> bytes:
+    """``data`` from the start of its line ``lines`` + 1 (0: all of it)."""
+    at = 0
+    for _ in range(lines):
+        at = data.index(b"\n", at) + 1
+    return data[at:] if at else data
+
+
+def _below_title(table: _Table, lines: int, title: str) -> _Table:
+    """A table read below ``lines`` title lines: its lines counted in the file, and a
+    warning saying what was skipped."""
+    if not lines:
+        return table
+    rejects = table.rejects.assign(line=table.rejects["line"] + lines)
+    warnings = table.warnings.assign(line=table.warnings["line"] + lines)
+    return replace(table, lines=np.asarray(table.lines) + lines, rejects=rejects,
+                   warnings=pd.concat([_title_warning(lines, title), warnings],
+                                      ignore_index=True),
+                   meta={**table.meta, "title_rows": lines})
+
+
+def _title_warning(lines: int, title: str) -> pd.DataFrame:
+    """The warning (line 1) on the lines above a table's header."""
+    span = "line 1" if lines == 1 else f"lines 1-{lines}"
+    return pd.DataFrame({"line": [1], "column": [""], "value": [title[:_RAW_CHARS]],
+                         "reason": [f"{span} above the header skipped (a title or note)"]})
 
 
 def _require_trace_columns(header_map: dict[str, str], path: Path) -> None:

@@ -19,6 +19,7 @@ from test_outputs_doc import DOC, undocumented
 from geoflow.aggregate import plural, weighted_median
 from geoflow.cli import cli
 from geoflow.counts import BORDER_PLACE
+from geoflow.errors import SchemaError
 from geoflow.io import parse_counts, read_traces
 
 # "Firearms Recovered and Traced in Mexico", by US source state (ATF's published layout:
@@ -274,6 +275,43 @@ def test_a_table_with_a_column_per_year_counts_the_sum_of_its_years(tmp_path):
     assert one["counts"]["guns_valid"] == 52 and one["quality"]["reader_warnings"] == {}
     years = pd.read_csv(tmp_path / "out-one_year" / "tables" / "by_year.csv")
     assert years.groupby("year")["recovered"].sum().to_dict() == {2019: 52}
+
+
+def test_a_published_table_with_a_title_above_its_header_is_read_below_it(tmp_path):
+    text = ("Mexico: Top Source States for Firearms Recovered and Traced,,,\n,,,\n"
+            + WIDE_TABLE + "Source: ATF eTrace,,,\n")
+    out, manifest = _run(tmp_path, "titled", text)
+    counts = manifest["counts"]
+    assert manifest["input"]["count_column"] == "CY 2017–CY 2019"
+    assert (counts["rows_read"], counts["rows_valid"], counts["rows_rejected"]) == (6, 2, 4)
+    _check_accounting(out, counts)
+    # lines are the file's: the title's two lines come first
+    reasons = pd.read_csv(out / "rejects.csv").groupby("line")["reason"].first().to_dict()
+    assert reasons[5].endswith("abc (in CY 2018)") and reasons[7].startswith("a totals row")
+    assert reasons[9] == "count is not a non-negative integer: (empty)"  # the source note
+    warnings = pd.read_csv(out / "warnings.csv", dtype=str, keep_default_na=False)
+    title = warnings[warnings["reason"].str.contains("above the header")]
+    assert title.values.tolist() == [[
+        "1", "", "Mexico: Top Source States for Firearms Recovered and Traced",
+        "lines 1-2 above the header skipped (a title or note)"]]
+    # a spreadsheet's title rows too
+    sheet = tmp_path / "titled.xlsx"
+    pd.DataFrame([["Firearms traced to Mexico, by source state", None, None],
+                  [None, None, None], ["State", "CY2018", "CY2019"], ["Texas", 1200, 1300],
+                  ["Arizona", "x", 700]]).to_excel(sheet, header=False, index=False)
+    read = read_traces(sheet)
+    assert read.records["guns"].tolist() == [2500]
+    assert read.rejects["line"].tolist() == [5]  # the sheet's row
+    assert "lines 1-2 above the header skipped (a title or note)" in set(
+        read.warnings["reason"])
+    # a file naming no trace column on any line is still refused, saying what it saw
+    with pytest.raises(SchemaError, match="no recognisable trace columns"):
+        read_traces(_write(tmp_path, "notes.csv", "Notes\nsome text\nmore text\n"))
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    (folder / name).write_text(text, encoding="utf-8")
+    return folder / name
 
 
 def test_mexican_state_table_shades_mexico_and_names_its_top_states(tmp_path):
