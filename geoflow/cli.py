@@ -415,9 +415,10 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     _echo_warnings(result.manifest["quality"]["reader_warnings"])
 
 
-def _echo_warnings(counts: dict[str, int]) -> None:
-    """On stderr (also with -q), what warnings.csv holds: the kinds of values read as empty,
-    most first, and the headers not used: a run that exits 0 says what it could not read."""
+def _echo_warnings(counts: dict[str, int], *, listed: str = "warnings.csv: ") -> None:
+    """On stderr (also with -q), what warnings.csv holds (``listed``; ``""`` for a command
+    that writes none): the kinds of values read as empty, most first, and the headers not
+    used: a command that exits 0 says what it could not read."""
     from geoflow.aggregate import plural
     from geoflow.io import UNKNOWN_HEADER
 
@@ -431,7 +432,7 @@ def _echo_warnings(counts: dict[str, int]) -> None:
         parts.append(f"{plural(len(unused), 'header')} not used: {', '.join(unused)} "
                      "(--column-map can name them)")
     if parts:
-        click.echo("warning: warnings.csv: " + "; ".join(parts), err=True)
+        click.echo(f"warning: {listed}" + "; ".join(parts), err=True)
 
 
 def _run_batch(source: str, options: dict, *, kind: str, out, sample: bool, given: dict,
@@ -532,6 +533,7 @@ def summary_command(input_path: str | None, sample: bool, by: str | None, show_f
 
     prepared, run_options, records, description, _ = _prepare_selection(
         _input_path(input_path, sample), options, label=SAMPLE_LABEL if sample else None)
+    _echo_warnings(prepared.warning_counts, listed="")  # summary writes no warnings.csv
     result = analyse(prepared, options=run_options, records=records, description=description,
                      layers=False)  # tables and findings only: no flow geometry to build
     synthetic = is_synthetic(result)
@@ -671,6 +673,7 @@ def map_command(input_path: str | None, sample: bool, out_path: str, min_flow_gu
     source = _input_path(input_path, sample)
     prepared, run_options, records, description, config = _prepare_selection(
         source, options, label=SAMPLE_LABEL if sample else None)
+    _echo_warnings(prepared.warning_counts, listed="")  # map writes no warnings.csv
     look = map_options(config, show_names=run_options.show_names, source=source_line,
                        title=title, subtitle=subtitle, credit=credit, caveat=caveat,
                        palette=palette, top_n=top_n, min_flow_guns=min_flow_guns,
@@ -742,6 +745,7 @@ def static_command(input_path: str | None, sample: bool, out_path: str, size: st
     given = {name: options.pop(name) for name in LOOK_PARAMS}
     given["source"] = given.pop("source_line")
     prepared, run_options, records, description, config = _prepare_selection(source, options)
+    _echo_warnings(prepared.warning_counts, listed="")  # static writes no warnings.csv
     look = map_options(config, show_names=run_options.show_names, **given)
     with stage("Analysing and drawing", enabled=show_progress()):
         result = analyse(prepared, options=run_options, records=records,

@@ -146,6 +146,13 @@ def test_run_says_on_the_terminal_what_warnings_csv_holds(tmp_path):
     assert crossings.splitlines()[1].startswith("2304,Laredo,US-TX,2,1,1,")
     clean = geoflow("-q", "run", "--sample", "-o", tmp_path / "sample")
     assert "warning" not in clean.stderr
+    # commands that write no warnings.csv say the same, without naming it
+    for command in (["summary"], ["map", "-o", tmp_path / "m.html"],
+                    ["static", "-o", tmp_path / "m.png"]):
+        said = geoflow("-q", *command[:1], source, *command[1:])
+        assert said.exit_code == 0, said.stderr
+        assert ("warning: fecha de compra: unparseable date (1); 1 header not used: Notas "
+                "(--column-map can name them)\n") in said.stderr
 
 
 def test_summary_of_purchasers_says_who_is_not_listed_and_why(tmp_path):
