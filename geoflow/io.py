@@ -297,6 +297,8 @@ def read_traces(
         "header_map": header_map,
         # the input header read as the count column (a count table), else None
         "count_column": raw_names.get(schema.COUNT_COLUMN),
+        # a count table's year columns summed into its count (io.year_columns)
+        **({"year_columns": list(years)} if len(years) > 1 else {}),
     }
     log.debug(
         "%s: %s rows read, %s valid, %s rejected", Path(path).name,

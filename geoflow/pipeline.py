@@ -703,6 +703,8 @@ def analyse(
         "input": {"path": Path(str(source.get("path", ""))).name,
                   **{k: source.get(k) for k in ("sha256", "format", "encoding",
                                                 "count_column")},
+                  **({"year_columns": source["year_columns"]}
+                     if source.get("year_columns") else {}),
                   **({"chunks": source["chunks"]} if "chunks" in source else {})},
         "options": options.describe(),
         "show_names": options.show_names,

@@ -976,6 +976,14 @@ def _route_parts(result: MapData) -> list[str]:
     return parts
 
 
+def _years(result: MapData) -> str:
+    """"CY 2017–CY 2019" when a count table's year columns were summed into its count (the
+    map shows those years together), else ""."""
+    manifest = getattr(result, "manifest", None) or {}
+    years = (manifest.get("input") or {}).get("year_columns") or []
+    return f"{years[0]}–{years[-1]}" if len(years) > 1 else ""
+
+
 def _shaded(result: MapData) -> str:
     """With no flow to draw (a table of Mexican states alone), what the state shading counts:
     "1,050 traced guns recovered in 4 Mexican states" ("" when nothing is shaded)."""
@@ -996,7 +1004,9 @@ def _subtitle(result: MapData, options: MapOptions) -> str:
         text = options.subtitle
     else:
         guns = int(_guns(result.flows["guns"].to_numpy()).sum()) if len(result.flows) else 0
-        text = (" ".join([_count(guns, "traced gun"), ", ".join(_route_parts(result))]).strip()
+        parts, years = _route_parts(result), _years(result)
+        head = _count(guns, "traced gun") + (f" in {years}" if years else "")
+        text = (" ".join([head + ("," if years and parts else ""), ", ".join(parts)]).strip()
                 if guns else _shaded(result) or _count(0, "traced gun"))
     description = getattr(result, "description", "") or ""
     return f"{text} — {description}" if description and description not in text else text

@@ -265,6 +265,10 @@ def test_a_table_with_a_column_per_year_counts_the_sum_of_its_years(tmp_path):
     assert warnings[["line", "column"]].values.tolist() == [["1", "CY 2017–CY 2019"]]
     assert warnings["reason"].iloc[0].startswith("a column per year (3): each row's guns are "
                                                  "their sum")
+    # the manifest names the years, and the map's subtitle their span
+    assert manifest["input"]["year_columns"] == ["CY 2017", "CY 2018", "CY 2019"]
+    assert ("<p>2,306 traced guns in CY 2017–CY 2019, from 2 US states, through "
+            in output_text(out / "map.html"))
     # a trace file's column headed like a year is no count: a row is still one gun
     _, traces = _run(tmp_path, "traces_2019", "FFL Name,FFL State,Serial Number,2019\n"
                                               "Shop,TX,A1,x\nShop,TX,A2,y\n")
