@@ -1244,8 +1244,8 @@ def findings(
         })
     for finding, table, text in (
             ("top_source_states", "by_us_state", "Top source states (guns sold there, "),
-            ("top_recovery_states", "by_mx_state", "Mexican states where the most guns were "
-                                                   "recovered (")):
+            ("top_recovery_states", "by_mx_state",
+             "Top Mexican states of recovery (guns recovered there, ")):
         states = tables[table]
         states = states[states["state"] != UNKNOWN].head(top_n)
         if len(states):
@@ -1428,15 +1428,17 @@ def _entity_summary(tables: Mapping[str, pd.DataFrame], *, kind: str, label: str
         keys = ["dealer_id", "dealer_name", "dealer_place", "guns", "purchasers",
                 "top_purchaser_guns", "top_purchaser_share_frac"] + (
             ["top_purchaser"] if named else [])
-    elif kind == "state":
-        text = (f"{plural(guns, 'traced gun')} {were} first sold in {row['state_name']}, by "
-                f"{plural(int(row['dealers']), 'dealer')} to "
-                f"{plural(int(row['purchasers']), 'purchaser')}.")
+    elif kind == "state":  # a count table names no dealer or purchaser: no "by 0 dealers"
+        dealers, buyers = int(row["dealers"]), int(row["purchasers"])
+        text = (f"{plural(guns, 'traced gun')} {were} first sold in {row['state_name']}"
+                + (f", by {plural(dealers, 'dealer')}" if dealers else "")
+                + (f" to {plural(buyers, 'purchaser')}" if buyers else "") + ".")
         keys = ["state", "state_name", "guns", "distinct_dealers", "purchasers"]
     else:
+        buyers = int(row["purchasers"])
         text = (f"{plural(guns, 'traced gun')} {were} recovered in {row['state_name']}, at "
-                f"{plural(int(row['places']), 'place')}; "
-                f"{plural(int(row['purchasers']), 'purchaser')} bought them.")
+                f"{plural(int(row['places']), 'place')}"
+                + (f"; {plural(buyers, 'purchaser')} bought them" if buyers else "") + ".")
         keys = ["state", "state_name", "guns", "places", "purchasers"]
     # "dealers" is a list of table rows in top_dealers: a count gets its own name here
     row = row.rename({"dealers": "distinct_dealers"})

@@ -285,24 +285,27 @@ def entity_table(
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Entities to write (with slug, folder and per-entity counts) and the batch accounting.
 
-    The accounting says where every record went: ``records`` = ``guns_in_entities`` +
-    ``guns_below_threshold`` + ``records_without_entity`` + ``duplicate_records``. Repeated
+    The accounting says where every gun went (a trace record is one gun, a count table's
+    row its count): ``records`` = ``guns_in_entities`` + ``guns_below_threshold`` +
+    ``records_without_entity`` + ``duplicate_records``. Repeated
     trace records are left out of the guns (and ``--min-guns``) as the entity's own tables
     leave them out (:func:`geoflow.aggregate.counted`).
     Purchasers (``trafficker``) are listed only when tied to ``min_cell`` guns or more
     (the small-count rule), whatever ``min_guns`` says.
     """
-    from geoflow.aggregate import counted
+    from geoflow.aggregate import counted, gun_weights
 
     threshold = DEFAULT_MIN_GUNS[kind] if min_guns is None else max(int(min_guns), 1)
     if kind == "trafficker":
         threshold = max(threshold, int(min_cell))
     everything, records = records, counted(records)
     keys = entity_keys(records, kind)
+    guns = gun_weights(records)  # a count table's row is its count of guns
     table = list_entities(records, kind, min_guns=threshold, show_names=show_names)
+    placed = records["placed"].to_numpy(dtype=bool) if "placed" in records else True
     stats = pd.DataFrame({
         "key": keys,
-        "placed": records.get("placed", True),
+        "placed": guns * placed,
         "purchaser_id": records.get("purchaser_id"),
         "dealer_id": records.get("dealer_id"),
     }).dropna(subset=["key"]).groupby("key").agg(
@@ -314,16 +317,17 @@ def entity_table(
                              dtype="string")
     table["folder"] = kind + "/" + table["slug"]
     table["href"] = table["folder"] + "/map.html"
-    with_entity = int(keys.notna().sum())
-    accounting = {
-        "records": len(everything),
+    with_entity = int(guns[keys.notna().to_numpy()].sum())
+    kept, total = int(guns.sum()), int(gun_weights(everything).sum())
+    accounting = {  # in guns: a trace record is one gun, a count table's row its count
+        "records": total,
         "entities": len(table),
         "guns_in_entities": int(table["guns"].sum()),
         "min_guns": threshold,
         "entities_below_threshold": int(keys.nunique(dropna=True)) - len(table),
         "guns_below_threshold": with_entity - int(table["guns"].sum()),
-        "records_without_entity": len(records) - with_entity,
-        "duplicate_records": len(everything) - len(records),
+        "records_without_entity": kept - with_entity,
+        "duplicate_records": total - kept,
     }
     return table.astype({"placed": int, "purchasers": int, "dealers": int}), accounting
 
@@ -758,7 +762,7 @@ def _accounting_notes(accounting: dict[str, int], *, kind: str) -> list[str]:
     if (stray := accounting["records_without_entity"]):
         noun = in_sentence(_KIND_TITLES[kind][0])
         why = " (the geocoder could not tell which)" if kind in ("state", "mx-state") else ""
-        notes.append(f"{stray:,} record{' has' if stray == 1 else 's have'} no {noun}{why} "
+        notes.append(f"{stray:,} gun{' has' if stray == 1 else 's have'} no {noun}{why} "
                      f"and {_are(stray)} in no folder.")
     return notes
 

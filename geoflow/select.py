@@ -34,7 +34,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from geoflow.aggregate import distinct_codes
+from geoflow.aggregate import distinct_codes, gun_weights
 from geoflow.errors import FilterError
 
 __all__ = [
@@ -461,15 +461,16 @@ def entity_keys(records: pd.DataFrame, kind: str) -> pd.Series:
 def list_entities(
     records: pd.DataFrame, kind: str, *, min_guns: int = 1, show_names: bool = False
 ) -> pd.DataFrame:
-    """One row per entity of ``kind`` with at least ``min_guns`` records, most guns first.
+    """One row per entity of ``kind`` with at least ``min_guns`` guns, most guns first.
 
     Columns: ``key`` (value of :func:`entity_keys`), ``name`` (to name its folder after:
     state name, dealer name and place, or the purchaser's pseudonym unless ``show_names``),
-    ``label`` (to show: the name, with the ISO code for states), ``guns`` (records). Ties are
-    broken by label so the order is stable.
+    ``label`` (to show: the name, with the ISO code for states), ``guns`` (the guns of its
+    records: a trace record is one, a count table's row its count). Ties are broken by label
+    so the order is stable.
     """
     keys = entity_keys(records, kind)
-    counts = keys.value_counts(dropna=True)
+    counts = pd.Series(gun_weights(records), index=keys.index).groupby(keys, dropna=True).sum()
     counts = counts[counts >= max(int(min_guns), 1)]
     table = pd.DataFrame({"key": counts.index.astype(str), "guns": counts.to_numpy()})
     table["name"] = _labels(records, keys, table["key"], kind, show_names=show_names)

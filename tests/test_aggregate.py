@@ -261,7 +261,7 @@ def test_findings_state_numbers_behind_each_sentence(records):
     assert [s["state"] for s in states["numbers"]["states"]] == recovered["state"].tolist()
     first = recovered.iloc[0]
     assert states["text"].startswith(
-        "Mexican states where the most guns were recovered (all valid records): "
+        "Top Mexican states of recovery (guns recovered there, all valid records): "
         f"{first['state_name']} ({first['guns']:,}, {first['share_frac']:.0%})")
     ids = [f["id"] for f in found.values()]
     assert ids.index("top_source_states") + 1 == ids.index("top_recovery_states")
@@ -451,6 +451,10 @@ def test_entity_findings_speak_of_the_entity_and_never_name_a_small_cell():
     mx = entity_findings(findings(records, tables), tables, kind="mx-state", label="Tamaulipas")
     assert [f["id"] for f in mx].count("top_recovery_states") == 0
     assert [f["id"] for f in mx].count("top_source_states") == 1
+    # a US state's set keeps it, scoped, "Mexican" capitalised as a proper adjective
+    us = entity_findings(findings(records, tables), tables, kind="state", label="Texas")
+    scoped = next(f["text"] for f in us if f["id"] == "top_recovery_states")
+    assert scoped.startswith("Among guns sold in Texas: top Mexican states of recovery (")
 
 
 def test_top_item_in_blocks_of_item_codes_equals_one_pass(monkeypatch):

@@ -194,12 +194,12 @@ def test_index_notes_read_right_for_one_and_for_several():
     assert _accounting_notes(one, kind="state") == [
         "1 more US state with fewer than 3 guns (1 gun) is not listed.",
         "1 repeated trace record is not counted again.",
-        "1 record has no US state (the geocoder could not tell which) and is in no folder."]
+        "1 gun has no US state (the geocoder could not tell which) and is in no folder."]
     several = {"entities_below_threshold": 2, "guns_below_threshold": 5, "min_guns": 3,
                "duplicate_records": 0, "records_without_entity": 4}
     assert _accounting_notes(several, kind="trafficker") == [
         "2 more purchasers with fewer than 3 guns each (5 guns) are not listed.",
-        "4 records have no purchaser and are in no folder."]
+        "4 guns have no purchaser and are in no folder."]
 
 
 # --------------------------------------------------------------------------- whole batches

@@ -269,6 +269,20 @@ def test_a_table_with_a_column_per_year_counts_the_sum_of_its_years(tmp_path):
     assert manifest["input"]["year_columns"] == ["CY 2017", "CY 2018", "CY 2019"]
     assert ("<p>2,306 traced guns in CY 2017–CY 2019, from 2 US states, through "
             in output_text(out / "map.html"))
+    # a batch of it counts guns, not rows: the index and each folder's own sentence
+    batch = tmp_path / "wide-batch"
+    ran = CliRunner().invoke(cli, ["-q", "run", str(tmp_path / "wide.csv"), "--per", "state",
+                                   "-o", str(batch), "--jobs", "1"], obj={},
+                             catch_exceptions=False)
+    assert ran.exit_code == 0, ran.output
+    top = json.loads((batch / "manifest.json").read_text(encoding="utf-8"))
+    assert [(e["key"], e["guns"]) for e in top["entities"]] == [("US-TX", 2300), ("US-CA", 6)]
+    assert top["counts"]["records"] == top["counts"]["guns_in_entities"] == 2306
+    assert "2 US states · 2,306 guns in the records analysed" in (
+        batch / "index.html").read_text(encoding="utf-8")
+    texas = next((batch / "state").glob("texas-*")) / "findings.md"
+    assert "- 2,300 traced guns were first sold in Texas.\n" in texas.read_text(
+        encoding="utf-8")  # no "by 0 dealers to 0 purchasers"
     # a trace file's column headed like a year is no count: a row is still one gun
     _, traces = _run(tmp_path, "traces_2019", "FFL Name,FFL State,Serial Number,2019\n"
                                               "Shop,TX,A1,x\nShop,TX,A2,y\n")
@@ -324,7 +338,7 @@ def test_mexican_state_table_shades_mexico_and_names_its_top_states(tmp_path):
     assert manifest["counts"]["guns_valid"] == 1050 and manifest["counts"]["flows"] == 0
     findings = {f["id"]: f for f in json.loads((out / "findings.json").read_text())}
     assert findings["top_recovery_states"]["text"] == (
-        "Mexican states where the most guns were recovered (all valid records): "
+        "Top Mexican states of recovery (guns recovered there, all valid records): "
         "Tamaulipas (400, 38%), Sonora (320, 30%), Chihuahua (250, 24%).")
     states = {s["code"]: s["guns_recovered"] for s in _geojson(out, "states")}
     assert (states["MX-TAM"], states["MX-JAL"]) == (400, 80)
