@@ -210,9 +210,12 @@ def render_index(
     """
     singular, plural = _KIND_TITLES[kind]
     total_guns = int((totals or {}).get("guns", entities["guns"].sum() if len(entities) else 0))
-    # a purchaser's page has one purchaser, a dealer's one dealer: those columns say nothing
+    # a purchaser's page has one purchaser, a dealer's one dealer: those columns say nothing,
+    # nor do purchasers and dealers that no entity has (a count table names none)
     counts = [c for c in ("placed", "purchasers", "dealers")
-              if (kind, c) not in {("trafficker", "purchasers"), ("dealer", "dealers")}]
+              if (kind, c) not in {("trafficker", "purchasers"), ("dealer", "dealers")}
+              and (c == "placed" or c not in entities or not len(entities)
+                   or int(entities[c].max()) > 0)]
     names = {"placed": "Placed on map", "purchasers": "Purchasers", "dealers": "Dealers"}
     header = (
         f'<tr><th scope="col">{_esc(singular)}</th>'
