@@ -36,6 +36,7 @@ from typing import Any
 import pandas as pd
 
 from geoflow import __version__
+from geoflow.aggregate import plural
 from geoflow.errors import InputError, OutputError
 from geoflow.processes import end_now, fewer_collections, ignore_ctrl_c, spawn_pool, usable_cpus
 from geoflow.progress import quiet_logger
@@ -90,8 +91,8 @@ _PROPER = {"Mexican"}
 def count_of(n: int, kind: str) -> str:
     """``n`` entities of ``kind`` in a sentence: ``"1 US state"``, ``"31 US states"``,
     ``"2 purchasers"``."""
-    singular, plural = _KIND_TITLES[kind]
-    return f"{n:,} {in_sentence(singular if n == 1 else plural.split(' (')[0])}"
+    singular, many = _KIND_TITLES[kind]
+    return f"{n:,} {in_sentence(singular if n == 1 else many.split(' (')[0])}"
 
 
 def _are(n: int) -> str:
@@ -208,7 +209,7 @@ def render_index(
     is escaped; the page loads nothing from the network. ``synthetic`` puts the synthetic-data
     banner on top.
     """
-    singular, plural = _KIND_TITLES[kind]
+    singular, caption = _KIND_TITLES[kind]
     total_guns = int((totals or {}).get("guns", entities["guns"].sum() if len(entities) else 0))
     # a purchaser's page has one purchaser, a dealer's one dealer: those columns say nothing,
     # nor do purchasers and dealers that no entity has (a count table names none)
@@ -248,8 +249,7 @@ def render_index(
     subtitle = f'<p class="sub">{_esc(description)}</p>' if description else ""
     note_html = "".join(f"<p>{_esc(note)}</p>" for note in notes)
     summary = (
-        f"{count_of(len(entities), kind)} · {total_guns:,} gun{'' if total_guns == 1 else 's'} "
-        "in the records analysed"
+        f"{count_of(len(entities), kind)} · {plural(total_guns, 'gun')} in the records analysed"
     )
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -260,7 +260,7 @@ def render_index(
         + (f'<div class="gf-synthetic" role="note">{_esc(SYNTHETIC_LABEL)}</div>'
            if synthetic else "") +
         f"<h1>{_esc(title)}</h1>{subtitle}<p class=\"sub\">{_esc(summary)}</p>"
-        f'<table class="sortable"><caption>{_esc(plural)}; click a heading to sort'
+        f'<table class="sortable"><caption>{_esc(caption)}; click a heading to sort'
         f"</caption><thead>{header}</thead><tbody>{''.join(rows)}</tbody></table>"
         f"<footer>{note_html}<p>Written by geoflow {_esc(__version__)}.</p></footer>"
         f"<script>{_INDEX_JS}</script></body></html>\n"
@@ -304,7 +304,7 @@ def entity_table(
     everything, records = records, counted(records)
     keys = entity_keys(records, kind)
     guns = gun_weights(records)  # a count table's row is its count of guns
-    table = list_entities(records, kind, min_guns=threshold, show_names=show_names)
+    table = list_entities(records, kind, min_guns=threshold, show_names=show_names, keys=keys)
     placed = records["placed"].to_numpy(dtype=bool) if "placed" in records else True
     stats = pd.DataFrame({
         "key": keys,
@@ -750,23 +750,23 @@ def _drop_partial_entities(folder: Path) -> None:
 
 
 def _accounting_notes(accounting: dict[str, int], *, kind: str) -> list[str]:
-    """index.html's sentences on the records in no entity's folder."""
+    """index.html's sentences on the guns in no entity's folder."""
     notes = []
     if below := accounting["entities_below_threshold"]:
         guns = accounting["guns_below_threshold"]
         notes.append(
             f"{count_of(below, kind).replace(' ', ' more ', 1)} with fewer than "
             f"{accounting['min_guns']:,} guns{' each' if below > 1 else ''} "
-            f"({guns:,} gun{'' if guns == 1 else 's'}) {_are(below)} not listed."
+            f"({plural(guns, 'gun')}) {_are(below)} not listed."
         )
     if repeated := accounting.get("duplicate_records"):
-        notes.append(f"{repeated:,} repeated trace record{'' if repeated == 1 else 's'} "
-                     f"{_are(repeated)} not counted again.")
+        notes.append(f"{plural(repeated, 'repeated trace record')} {_are(repeated)} not "
+                     "counted again.")
     if (stray := accounting["records_without_entity"]):
         noun = in_sentence(_KIND_TITLES[kind][0])
         why = " (the geocoder could not tell which)" if kind in ("state", "mx-state") else ""
-        notes.append(f"{stray:,} gun{' has' if stray == 1 else 's have'} no {noun}{why} "
-                     f"and {_are(stray)} in no folder.")
+        notes.append(f"{plural(stray, 'gun')} {'has' if stray == 1 else 'have'} no "
+                     f"{noun}{why} and {_are(stray)} in no folder.")
     return notes
 
 

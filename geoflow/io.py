@@ -1588,9 +1588,11 @@ def _table_from_cells(cells: pd.DataFrame, meta: dict, path: Path, *,
                         index=pd.RangeIndex(len(cells)))
     blank = text.isna().all(axis=1).to_numpy()
     nonblank = np.flatnonzero(~blank)
+    title = None  # the warning on the rows above the header, if any
     if names is None:
         if nonblank.size == 0:
             raise InputError("empty file: no header row", path=str(path))
+
         def row(at: int) -> list[str]:
             return text.iloc[at].fillna("").astype("str").tolist()
 
@@ -1599,15 +1601,13 @@ def _table_from_cells(cells: pd.DataFrame, meta: dict, path: Path, *,
         data = nonblank[nonblank > header]
         names = row(header)
         lines = np.arange(len(cells)) + 1
-        if header > nonblank[0]:
-            title = " ".join(row(int(nonblank[0]))).strip()
-            meta = {**meta, "title_rows": header}  # sheet rows above the header
+        if header > nonblank[0]:  # the sheet rows above the header: a title
+            title = _title_warning(header, " ".join(row(int(nonblank[0]))).strip())
     else:
         data, lines = nonblank, np.arange(len(cells)) + 2
     names, header_warnings = _unique_headers(names)
-    if meta.get("title_rows"):
-        header_warnings = pd.concat([_title_warning(int(meta["title_rows"]), title),
-                                     header_warnings], ignore_index=True)
+    if title is not None:
+        header_warnings = pd.concat([title, header_warnings], ignore_index=True)
     frame = text.iloc[data].set_axis(names, axis=1).reset_index(drop=True)
 
     def raw_text(positions: np.ndarray) -> list[str]:
@@ -1740,8 +1740,7 @@ def _below_title(table: _Table, lines: int, title: str) -> _Table:
     warnings = table.warnings.assign(line=table.warnings["line"] + lines)
     return replace(table, lines=np.asarray(table.lines) + lines, rejects=rejects,
                    warnings=pd.concat([_title_warning(lines, title), warnings],
-                                      ignore_index=True),
-                   meta={**table.meta, "title_rows": lines})
+                                      ignore_index=True))
 
 
 def _title_warning(lines: int, title: str) -> pd.DataFrame:

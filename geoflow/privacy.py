@@ -44,6 +44,7 @@ from geoflow.aggregate import (
     ascii_text,
     distinct_codes,
     hex_digits,
+    plural,
     recode,
     sorted_texts,
     used_categories,
@@ -658,13 +659,13 @@ def suppression_text(summary: dict) -> list[str]:
     out = []
     flows = summary["cells"].get("flows", {}).get("rows", 0)
     if flows:
-        subject, verb = ("flow", "shows") if flows == 1 else ("flows", "show")
-        out.append(f"{flows:,} {subject} tied to fewer than {k} guns or {k} purchasers {verb} "
-                   "no purchaser and only years.")
+        verb = "shows" if flows == 1 else "show"
+        out.append(f"{plural(flows, 'flow')} tied to fewer than {k} guns or {k} purchasers "
+                   f"{verb} no purchaser and only years.")
     hidden = summary["purchasers_not_listed"]
     if hidden["purchasers"]:
-        word = "purchaser" if hidden["purchasers"] == 1 else "purchasers"
-        guns, verb = ("gun", "is") if hidden["guns"] == 1 else ("guns", "are")
-        out.append(f"{hidden['purchasers']:,} {word} tied to fewer than {k} guns "
-                   f"({hidden['guns']:,} {guns}) {verb} counted in the totals but not listed.")
+        verb = "is" if hidden["purchasers"] == 1 else "are"
+        out.append(f"{plural(hidden['purchasers'], 'purchaser')} tied to fewer than {k} guns "
+                   f"({plural(hidden['guns'], 'gun')}) {verb} counted in the totals but not "
+                   "listed.")
     return out

@@ -34,7 +34,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from geoflow.aggregate import distinct_codes, gun_weights
+from geoflow.aggregate import distinct_codes, gun_weights, weighted_count
 from geoflow.errors import FilterError
 
 __all__ = [
@@ -459,7 +459,8 @@ def entity_keys(records: pd.DataFrame, kind: str) -> pd.Series:
 
 
 def list_entities(
-    records: pd.DataFrame, kind: str, *, min_guns: int = 1, show_names: bool = False
+    records: pd.DataFrame, kind: str, *, min_guns: int = 1, show_names: bool = False,
+    keys: pd.Series | None = None,
 ) -> pd.DataFrame:
     """One row per entity of ``kind`` with at least ``min_guns`` guns, most guns first.
 
@@ -467,10 +468,13 @@ def list_entities(
     state name, dealer name and place, or the purchaser's pseudonym unless ``show_names``),
     ``label`` (to show: the name, with the ISO code for states), ``guns`` (the guns of its
     records: a trace record is one, a count table's row its count). Ties are broken by label
-    so the order is stable.
+    so the order is stable. ``keys``: the records' :func:`entity_keys`, when the caller has
+    them.
     """
-    keys = entity_keys(records, kind)
-    counts = pd.Series(gun_weights(records), index=keys.index).groupby(keys, dropna=True).sum()
+    keys = entity_keys(records, kind) if keys is None else keys
+    codes, distinct = distinct_codes(keys)
+    counts = pd.Series(weighted_count(codes, gun_weights(records), len(distinct)),
+                       index=distinct)
     counts = counts[counts >= max(int(min_guns), 1)]
     table = pd.DataFrame({"key": counts.index.astype(str), "guns": counts.to_numpy()})
     table["name"] = _labels(records, keys, table["key"], kind, show_names=show_names)
