@@ -556,12 +556,17 @@ def write_geoparquet(gdf: gpd.GeoDataFrame, path: str | Path) -> None:
 
 
 def _plain_text(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with categoricals as plain text (readers need no dictionary); a shallow
-    copy (copy-on-write: no copy of a million flows)."""
+    """``frame`` with categoricals as plain text (readers need no dictionary), all text held
+    by Arrow (text made as Python strings, in a batch's small entities, is written as the
+    same Parquet type); a shallow copy (copy-on-write: no copy of a million flows)."""
     frame = frame.copy(deep=False)
     for column in frame.columns:
-        if isinstance(frame[column].dtype, pd.CategoricalDtype):
-            frame[column] = frame[column].astype("string")
+        dtype = frame[column].dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            frame[column] = frame[column].astype(pd.StringDtype("pyarrow"))
+        elif isinstance(dtype, pd.StringDtype) and dtype.storage != "pyarrow":
+            frame[column] = frame[column].astype(
+                pd.StringDtype("pyarrow", na_value=dtype.na_value))
     return frame
 
 

@@ -473,6 +473,29 @@ def test_parallel_batch_writes_the_same_files_as_the_serial_one(tmp_path, monkey
     assert default_jobs() >= 1
 
 
+def test_small_entities_text_held_by_python_writes_the_same_files(tmp_path, monkeypatch):
+    """A small entity's text is made as Python strings (quicker on small tables); its files,
+    the Parquet's column types included, are those of Arrow-held text."""
+    import pyarrow.parquet as pq
+
+    from geoflow import batch
+
+    with batch.python_text(1):
+        assert pd.array(["a"], dtype="string").dtype.storage == "python"
+    with batch.python_text(batch.PYTHON_TEXT_ROWS):
+        assert pd.array(["a"], dtype="string").dtype.storage == "pyarrow"
+    prepared = prepared_records()
+    python = batch.run_batch(prepared, kind="state", out_dir=tmp_path / "python", jobs=1)
+    monkeypatch.setattr(batch, "PYTHON_TEXT_ROWS", 0)  # every entity's text held by Arrow
+    arrow = batch.run_batch(prepared, kind="state", out_dir=tmp_path / "arrow", jobs=1)
+    one, two = batch_files(tmp_path / "python"), batch_files(tmp_path / "arrow")
+    assert len(python.entities) == len(arrow.entities) > 1 and one.keys() == two.keys()
+    assert [name for name in one if one[name] != two[name]] == []
+    slug = python.entities["slug"].iloc[0]
+    types = pq.read_schema(tmp_path / "python" / "state" / slug / "flows_full.parquet")
+    assert str(types.field("dealer_id").type) == "large_string"
+
+
 def test_jobs_default_to_what_free_memory_holds():
     """Each process holds the records: a big input on a small machine gets fewer processes
     than CPUs, never none, never more than the CPUs."""
