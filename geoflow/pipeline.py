@@ -233,6 +233,13 @@ class PreparedRecords:
     warnings: pd.DataFrame = field(default_factory=pd.DataFrame)
     warning_counts: dict = field(default_factory=dict)
 
+    @functools.cached_property
+    def valid_counts(self) -> tuple[int, int]:
+        """(rows, guns) of every valid record, counted once: each output set of a batch
+        reports them, and an entity's work should not grow with the whole input."""
+        return (int(record_weights(self.records).sum()),
+                int(gun_weights(self.records).sum()))
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -601,8 +608,7 @@ def analyse(
     rows_selected = int(record_weights(frame).sum())
     guns_selected = int(gun_weights(frame).sum())
     rows_held = len(prepared.records)
-    rows_valid = int(record_weights(prepared.records).sum())
-    guns_valid = int(gun_weights(prepared.records).sum())
+    rows_valid, guns_valid = prepared.valid_counts
     synthetic = prepared_synthetic(prepared)
     report = (prepared.geocode_report if records is None or records is prepared.records
               else report_for(prepared.geocode_report, records))
@@ -781,7 +787,7 @@ def gun_counts(prepared: PreparedRecords, placed: pd.DataFrame, guns_selected: i
     ``guns_valid`` (default: counted over ``prepared.records``) is given when the records
     were consumed."""
     if guns_valid is None:
-        guns_valid = int(gun_weights(prepared.records).sum())
+        guns_valid = prepared.valid_counts[1]
     rejects = prepared.rejects
     rows_rejected = int(rejects["line"].nunique()) if len(rejects) else 0
     if prepared.source.get("count_column") and "guns" in rejects.columns:

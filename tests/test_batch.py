@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from handmade import batch_files, output_text
@@ -495,6 +496,39 @@ def test_small_entities_text_held_by_python_writes_the_same_files(tmp_path, monk
     types = pq.read_schema(tmp_path / "python" / "state" / slug / "flows_full.parquet")
     assert str(types.field("dealer_id").type) == "large_string"
 
+
+def test_entity_records_keep_only_their_categories_and_write_the_same_files(
+        tmp_path, monkeypatch, sample_prepared):
+    """An entity's categoricals are trimmed to the values its records use (its work then
+    grows with its records, not with the input's distinct purchasers and places), columns
+    that shared categories still share them, and every file is as without trimming."""
+    from geoflow import batch
+
+    prepared, _ = sample_prepared
+    records = prepared.records
+    state = records["dealer_state"].astype("string")
+    rows = np.flatnonzero(state.eq("KY").fillna(False).to_numpy())
+    monkeypatch.setattr(batch, "TRIM_CATEGORIES", 0)
+    part = batch.entity_records(records, rows)
+    assert 0 < len(part) == len(rows) and part.index.equals(records.index[rows])
+    for column in ("purchaser_id", "dealer_id", "recovery_place", "crossing_code"):
+        before, after = records[column].iloc[rows], part[column]
+        used = set(before.dropna())
+        assert len(before.cat.categories) > len(used)  # there was something to trim
+        assert list(after.cat.categories) == [c for c in before.cat.categories if c in used]
+        assert after.astype("string").equals(before.astype("string"))
+    for column in records.columns:  # columns that shared categories still do
+        if records[column].dtype is records["purchaser_id"].dtype:
+            assert part[column].dtype is part["purchaser_id"].dtype
+    few = records[state.isin(["KY", "NV", "GA"]).fillna(False).to_numpy()]
+    trimmed = batch.run_batch(prepared, kind="state", out_dir=tmp_path / "trimmed",
+                              records=few, jobs=1)
+    monkeypatch.setattr(batch, "TRIM_CATEGORIES", 10**9)
+    whole = batch.run_batch(prepared, kind="state", out_dir=tmp_path / "whole", records=few,
+                            jobs=1)
+    one, two = batch_files(tmp_path / "trimmed"), batch_files(tmp_path / "whole")
+    assert len(trimmed.entities) == len(whole.entities) == 3 and one.keys() == two.keys()
+    assert [name for name in one if one[name] != two[name]] == []
 
 def test_jobs_default_to_what_free_memory_holds():
     """Each process holds the records: a big input on a small machine gets fewer processes
