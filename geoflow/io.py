@@ -67,6 +67,12 @@ _RAW_CHARS = 200
 #: Dates before this are implausible for a trace (1900-01-01 and 1899-12-30 are spreadsheet
 #: placeholders): read as unknown, with a warning.
 EARLIEST_DATE = "1901-01-01"
+#: Day 0 of a spreadsheet's serial day numbers (Excel's 1900 date system, as LibreOffice and
+#: Google Sheets count too): a date cell saved as a number, 43831, is 2020-01-01.
+SERIAL_DATE_EPOCH = "1899-12-30"
+#: The reader's warning on each date read from a serial day number.
+SERIAL_DATE = ("read as a spreadsheet serial day number (Excel's 1900 date system: 43831 is "
+               "2020-01-01)")
 #: A row (record) longer than this many bytes is rejected, the rest of the file read.
 MAX_ROW_BYTES = 4_000_000
 #: Bytes :func:`_scan_records` looks at in one vectorised step.
@@ -557,9 +563,16 @@ def standardise_traces(
     limit = pd.Timestamp(today or date.today()).normalize() + pd.Timedelta(days=1)
     future = np.zeros(len(records), dtype=bool)
     for column in schema.DATE_COLUMNS:
-        parsed, bad, reason, late = _parse_dates(records[column], dayfirst=dayfirst,
-                                                 limit=limit)
+        parsed, bad, reason, late, serial = _parse_dates(records[column], dayfirst=dayfirst,
+                                                         limit=limit)
         future |= late
+        if serial.any():
+            warning_frames.append(pd.DataFrame({
+                "line": kept_lines[serial], "column": label(column),
+                "value": records.loc[serial, column].astype("str").to_numpy(),
+                "reason": SERIAL_DATE,
+            }))
+            counts[f"{label(column)}: {SERIAL_DATE}"] = int(serial.sum())
         if bad.any():
             warning_frames.append(pd.DataFrame({
                 "line": kept_lines[bad], "column": label(column),
@@ -761,9 +774,9 @@ def _date_formats(dayfirst: bool) -> list[tuple[str, str]]:
 
 
 def _parse_dates(values: pd.Series, *, dayfirst: bool, limit: pd.Timestamp
-                 ) -> tuple[pd.Series, np.ndarray, np.ndarray, np.ndarray]:
+                 ) -> tuple[pd.Series, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Parse a date column; return (datetime64[ns] series, bad mask, reason per row, future
-    mask).
+    mask, mask of dates read from a spreadsheet's serial day number).
 
     Each distinct string is parsed once, with explicit formats tried in order (vectorised),
     never ``dateutil`` guessing per cell. One rule for dates that cannot be right: a date on
@@ -775,10 +788,11 @@ def _parse_dates(values: pd.Series, *, dayfirst: bool, limit: pd.Timestamp
         parsed = values.dt.tz_localize(None) if values.dt.tz is not None else values
         parsed, reason, late = _plausible(parsed.astype("datetime64[us]"), limit)
         reason = np.where(values.notna() & parsed.isna(), reason, "")
-        return parsed, (values.notna() & parsed.isna()).to_numpy(), reason, late
+        return (parsed, (values.notna() & parsed.isna()).to_numpy(), reason, late,
+                np.zeros(len(values), dtype=bool))
     codes, uniques = pd.factorize(values)
-    distinct, reasons, lates = _parse_date_strings(pd.Series(uniques, dtype="str"),
-                                                   dayfirst=dayfirst, limit=limit)
+    distinct, reasons, lates, serials = _parse_date_strings(
+        pd.Series(uniques, dtype="str"), dayfirst=dayfirst, limit=limit)
     found = codes >= 0
     parsed = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ns]")
     parsed[found] = distinct[codes[found]]
@@ -786,8 +800,10 @@ def _parse_dates(values: pd.Series, *, dayfirst: bool, limit: pd.Timestamp
     reason[found] = reasons[codes[found]]
     late = np.zeros(len(values), dtype=bool)
     late[found] = lates[codes[found]]
+    serial = np.zeros(len(values), dtype=bool)
+    serial[found] = serials[codes[found]]
     bad = found & np.isnat(parsed)
-    return pd.Series(parsed, index=values.index), bad, reason, late
+    return pd.Series(parsed, index=values.index), bad, reason, late, serial
 
 
 def _plausible(parsed: pd.Series, limit: pd.Timestamp
@@ -805,15 +821,24 @@ def _plausible(parsed: pd.Series, limit: pd.Timestamp
 
 
 def _parse_date_strings(values: pd.Series, *, dayfirst: bool, limit: pd.Timestamp
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Parse distinct date strings; return datetime64[ns] values, a reason when NaT and
-    which are in the future (see :func:`_parse_dates`)."""
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Parse distinct date strings; return datetime64[ns] values, a reason when NaT, which
+    are in the future and which were read from a serial day number (see
+    :func:`_parse_dates`)."""
     parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
     for pattern, fmt in _date_formats(dayfirst):
         todo = values.str.match(pattern).fillna(False).to_numpy(dtype=bool) & parsed.isna()
         if todo.any():
             parsed[todo] = pd.to_datetime(values[todo], format=fmt, errors="coerce")
+    # a spreadsheet's date cell saved as a number (its serial day: SERIAL_DATE_EPOCH + days,
+    # a fraction being the time of day); five digits are no other date format
+    serial = (values.str.fullmatch(r"\d{5}(?:\.\d+)?").fillna(False).to_numpy(dtype=bool)
+              & parsed.isna().to_numpy())
+    if serial.any():
+        days = np.floor(pd.to_numeric(values[serial]).to_numpy(dtype=float))
+        parsed[serial] = pd.Timestamp(SERIAL_DATE_EPOCH) + pd.to_timedelta(days, unit="D")
     parsed, reason, late = _plausible(parsed, limit)
+    serial &= parsed.notna().to_numpy()
     parts = values.str.extract(r"^(\d{1,2})[/-](\d{1,2})[/-]\d{2,4}$").astype("float64")
     first, second = (1, 0) if dayfirst else (0, 1)
     swapped = ((parts[first] > 12) & (parts[second] <= 12) & parsed.isna()).to_numpy()
@@ -822,7 +847,7 @@ def _parse_date_strings(values: pd.Series, *, dayfirst: bool, limit: pd.Timestam
         else "unparseable date (looks day-first: use dayfirst)"
     )
     reason[parsed.notna().to_numpy()] = ""
-    return parsed.to_numpy(), reason, late
+    return parsed.to_numpy(), reason, late, serial
 
 
 #: Cell texts (normalised) that mark a published table's totals row.
@@ -1627,9 +1652,13 @@ def _read_xlsx(data: bytes, path: Path, *, sheet: str | int | None,
         book = pd.ExcelFile(io.BytesIO(data), engine="openpyxl")
     except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as exc:
         raise InputError(f"not a readable XLSX file: {exc}", path=str(path)) from exc
+    notes = _empty_warnings()
     with book:
         names = book.sheet_names
-        chosen = names[0] if sheet is None else sheet
+        if sheet is None:
+            chosen, notes = _trace_sheet(book, names, user_map)
+        else:
+            chosen = sheet
         if (isinstance(chosen, int) and not 0 <= chosen < len(names)) or (
             isinstance(chosen, str) and chosen not in names
         ):
@@ -1638,8 +1667,46 @@ def _read_xlsx(data: bytes, path: Path, *, sheet: str | int | None,
         cells = pd.read_excel(book, sheet_name=chosen, header=None, dtype=str,
                               na_filter=False, keep_default_na=False)
     name = chosen if isinstance(chosen, str) else names[chosen]
-    return _table_from_cells(cells, {"encoding": None, "sheet": name}, path,
-                             user_map=user_map)
+    table = _table_from_cells(cells, {"encoding": None, "sheet": name}, path,
+                              user_map=user_map)
+    if len(notes):
+        table = replace(table, warnings=pd.concat([notes, table.warnings], ignore_index=True))
+    return table
+
+
+def _trace_sheet(book: pd.ExcelFile, names: list[str], user_map: dict[str, str] | None
+                 ) -> tuple[str, pd.DataFrame]:
+    """The sheet a workbook's traces are read from when none is named: the first whose top
+    rows (:data:`_TITLE_LINES` and its header) name a trace column, else the first sheet
+    (whose headers the error then names); and the warning (line 1) naming the sheets passed
+    over and the other sheets that hold trace columns too, which are not read."""
+    traced = []
+    for name in names:
+        top = pd.read_excel(book, sheet_name=name, header=None, dtype=str, na_filter=False,
+                            keep_default_na=False, nrows=_TITLE_LINES + 1)
+        if any(_names_trace_columns(row, user_map) for row in top.astype(str).values.tolist()):
+            traced.append(name)
+    if not traced:
+        return names[0], _empty_warnings()
+    chosen, others = traced[0], traced[1:]
+    passed = names[:names.index(chosen)]
+    said = []
+    if passed:
+        said.append(f"{_sheets(passed)} name{'s' if len(passed) == 1 else ''} no trace column")
+    if others:
+        said.append(f"{_sheets(others)} also hold{'s' if len(others) == 1 else ''} trace "
+                    f"columns and {'is' if len(others) == 1 else 'are'} not read: save "
+                    f"{'it' if len(others) == 1 else 'each'} as its own file to map "
+                    f"{'it' if len(others) == 1 else 'them'}")
+    if not said:
+        return chosen, _empty_warnings()
+    return chosen, pd.DataFrame({"line": [1], "column": [""], "value": [chosen[:_RAW_CHARS]],
+                                 "reason": [f"sheet {chosen!r} read; " + "; ".join(said)]})
+
+
+def _sheets(names: list[str]) -> str:
+    """``sheet 'A'`` or ``sheets 'A', 'B'``."""
+    return ("sheet " if len(names) == 1 else "sheets ") + ", ".join(repr(n) for n in names)
 
 
 def _read_parquet(data: bytes, path: Path) -> _Table:

@@ -11,6 +11,7 @@ import pytest
 from geoflow import schema
 from geoflow.errors import GeoflowError, InputError, SchemaError
 from geoflow.io import (
+    SERIAL_DATE,
     UNKNOWN_HEADER,
     detect_encoding,
     load_column_map,
@@ -144,7 +145,7 @@ def test_xlsx_round_trip_with_excel_dates_and_sheet_rows(tmp_path):
         pd.DataFrame({"x": [1]}).to_excel(writer, sheet_name="notes", index=False)
         frame.to_excel(writer, sheet_name="traces", index=False)
     with pytest.raises(SchemaError, match=r"traces\.xlsx: no recognisable.*seen: 'x'"):
-        read_traces(path)  # the first sheet has no trace columns
+        read_traces(path, sheet="notes")  # the sheet named has no trace columns
     result = read_traces(path, sheet="traces")
     records = result.records
     assert records["recovery_city"].tolist() == PLACES
@@ -154,6 +155,37 @@ def test_xlsx_round_trip_with_excel_dates_and_sheet_rows(tmp_path):
     assert (result.source["format"], result.source["sheet"]) == ("xlsx", "traces")
     with pytest.raises(InputError, match=r"traces\.xlsx: no sheet 'missing'"):
         read_traces(path, sheet="missing")
+
+
+def test_xlsx_traces_are_read_from_the_first_sheet_that_holds_them(tmp_path):
+    """A workbook whose first sheet is a note: its traces are read from the first sheet
+    naming trace columns, and a line-1 warning says which sheet was read, which were passed
+    over and which other sheets hold traces too (not read: said, never silently)."""
+    frame = _frame()
+    path = tmp_path / "release.xlsx"
+    with pd.ExcelWriter(path) as writer:
+        pd.DataFrame({"Notes": ["FOIA release", "see sheet 2018"]}).to_excel(
+            writer, sheet_name="README", index=False)
+        frame.to_excel(writer, sheet_name="2018", index=False)
+        frame.iloc[:2].to_excel(writer, sheet_name="2019", index=False)
+    result = read_traces(path)
+    assert result.source["sheet"] == "2018" and len(result.records) == 5
+    assert result.records["recovery_city"].tolist() == PLACES
+    note = result.warnings[result.warnings["line"] == 1]
+    assert note["reason"].tolist() == [
+        "sheet '2018' read; sheet 'README' names no trace column; sheet '2019' also holds "
+        "trace columns and is not read: save it as its own file to map it"]
+    only = tmp_path / "only.xlsx"
+    with pd.ExcelWriter(only) as writer:
+        frame.to_excel(writer, sheet_name="traces", index=False)
+        pd.DataFrame({"x": [1]}).to_excel(writer, sheet_name="notes", index=False)
+    assert (read_traces(only).warnings["line"] == 1).sum() == 0  # the first sheet: nothing to say
+    none = tmp_path / "none.xlsx"
+    with pd.ExcelWriter(none) as writer:
+        pd.DataFrame({"x": [1]}).to_excel(writer, sheet_name="a", index=False)
+        pd.DataFrame({"y": [1]}).to_excel(writer, sheet_name="b", index=False)
+    with pytest.raises(SchemaError, match=r"none\.xlsx: no recognisable.*seen: 'x'"):
+        read_traces(none)
 
 
 def test_xlsx_blank_rows_are_skipped_and_lines_are_sheet_rows(tmp_path):
@@ -324,6 +356,35 @@ def test_unparseable_dates_are_nat_and_warned_with_line_and_column(tmp_path):
     assert result.warnings["reason"].iloc[3].startswith("date in the future (after ")
     assert result.records["flag_future_date"].tolist() == [False, False, True]
     assert result.warning_counts["Purchase Date: unparseable date"] == 2
+
+
+def test_spreadsheet_serial_day_numbers_are_dates_with_a_warning(tmp_path):
+    """A date cell saved as a number (43831: Excel's serial day for 2020-01-01) is read as
+    that date, in CSV and XLSX, and warned about line by line (it is an assumption: the
+    1900 date system); a serial that lands in the future is unknown, as any such date."""
+    path = _dates_file(tmp_path, ["43831", "43900.75", "2008-09-14", "99999"],
+                       ["44000", "", "39722", ""])
+    result = read_traces(path, today="2026-01-01")
+    records = result.records
+    assert records["purchase_date"].tolist()[:3] == [
+        pd.Timestamp("2020-01-01"), pd.Timestamp("2020-03-10"), pd.Timestamp("2008-09-14")]
+    assert records["recovery_date"].iloc[[0, 2]].tolist() == [pd.Timestamp("2020-06-18"),
+                                                               pd.Timestamp("2008-10-01")]
+    assert records["time_to_crime_days"].iloc[[0, 2]].tolist() == [169.0, 17.0]
+    assert pd.isna(records["purchase_date"].iloc[3]) and records["flag_future_date"].iloc[3]
+    serial = result.warnings[result.warnings["reason"].str.startswith("read as a spreadsheet")]
+    assert serial[["line", "column", "value"]].values.tolist() == [
+        [2, "Purchase Date", "43831"], [3, "Purchase Date", "43900.75"],
+        [2, "Recovery Date", "44000"], [4, "Recovery Date", "39722"]]
+    assert result.warning_counts[f"Purchase Date: {SERIAL_DATE}"] == 2
+    frame = _frame()  # the same numbers as XLSX number cells
+    frame["Purchase Date"] = [43831, 43900, 39705, None, None]
+    xlsx = tmp_path / "serial.xlsx"
+    frame.to_excel(xlsx, index=False)
+    read = read_traces(xlsx)
+    assert read.records["purchase_date"].tolist()[:3] == [
+        pd.Timestamp("2020-01-01"), pd.Timestamp("2020-03-10"), pd.Timestamp("2008-09-14")]
+    assert read.warning_counts[f"Purchase Date: {SERIAL_DATE}"] == 3
 
 
 def test_warning_list_is_capped_but_counted(tmp_path):
