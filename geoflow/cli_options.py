@@ -235,13 +235,12 @@ def map_options(config: Config, *, show_names: bool, **given: Any) -> Any:
 def pop_filters(params: dict[str, Any]) -> dict[str, Any]:
     """Remove and return the :data:`FILTER_PARAMS` from a command's keyword arguments.
 
-    Dates are checked here, before any reading, so a typo fails at once.
+    Dates are checked here, before any reading, so a typo or an empty range fails at once.
     """
-    from geoflow.select import parse_date_bound
+    from geoflow.select import date_range
 
     values = {name: params.pop(name, None) for name in FILTER_PARAMS}
-    parse_date_bound(values["date_from"])
-    parse_date_bound(values["date_to"], end=True)
+    date_range(values["date_from"], values["date_to"])
     return values
 
 

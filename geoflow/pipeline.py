@@ -39,6 +39,7 @@ from geoflow.aggregate import (
     TRAFFICKER_MIN_GUNS,
     build_tables,
     categorical_take,
+    distinct_codes,
     entity_findings,
     findings,
     flag_counts,
@@ -105,6 +106,7 @@ UNPLACED_REASONS = (
     "no recovery location",
     "no dealer or recovery location",
     "no port of entry",
+    "recovered outside Mexico",
 )
 #: Columns of unplaced.csv (no purchaser or possessor names: those never leave unmasked).
 UNPLACED_COLUMNS = (
@@ -365,18 +367,34 @@ def _located(records: pd.DataFrame, role: str) -> pd.Series:
     return (records[f"{role}_lat"].notna() & records[f"{role}_lon"].notna()).astype(bool)
 
 
+def _recovered_abroad(records: pd.DataFrame) -> np.ndarray:
+    """Whether each record names a recovery country other than Mexico (an empty one is
+    Mexico); each distinct country is read once."""
+    if "recovery_country" not in records.columns:
+        return np.zeros(len(records), dtype=bool)
+    from geoflow.places import normalise_country
+
+    codes, distinct = distinct_codes(records["recovery_country"])
+    text = pd.Series(distinct, dtype="string").str.strip().fillna("")
+    other = ((text != "") & normalise_country(text).fillna("").ne("MX")).to_numpy(dtype=bool)
+    return np.append(other, False)[codes]  # −1 (no country) takes the False put last
+
+
 def place_records(records: pd.DataFrame) -> pd.DataFrame:
     """Add ``placed`` (bool) and ``unplaced_reason`` (NA when placed).
 
     A record is placed when both its dealer and recovery site have coordinates and it has a
-    port of entry (known or modelled).
+    port of entry (known or modelled). A recovery in another country than Mexico (its
+    ``recovery_country`` given: the geocoder places none there) is ``recovered outside
+    Mexico``, not an unknown place.
     """
     dealer = _located(records, "dealer").to_numpy()
     recovery = _located(records, "recovery").to_numpy()
     port = records["crossing_code"].notna().to_numpy(dtype=bool)
+    abroad = ~recovery & _recovered_abroad(records)
     # the position of each record's reason in UNPLACED_REASONS (−1: placed)
-    reason = np.select([~dealer & ~recovery, ~dealer, ~recovery, ~port], [2, 0, 1, 3],
-                       default=-1)
+    reason = np.select([abroad, ~dealer & ~recovery, ~dealer, ~recovery, ~port],
+                       [4, 2, 0, 1, 3], default=-1)
     out = records.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     out["placed"] = dealer & recovery & port
     out["unplaced_reason"] = categorical_take(pd.Series(UNPLACED_REASONS), reason)

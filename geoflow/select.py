@@ -312,6 +312,16 @@ def _join(label: str, items: list[str]) -> str:
     return f"{plural}: {', '.join(items)}"
 
 
+def date_range(date_from: str | date | None, date_to: str | date | None
+               ) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """``--from`` and ``--to`` as the first and last instants they allow (None: open);
+    :class:`FilterError` when a bound is no date or the range is empty."""
+    start, end = parse_date_bound(date_from), parse_date_bound(date_to, end=True)
+    if start is not None and end is not None and start > end:
+        raise FilterError(f"--from {date_from} is after --to {date_to}")
+    return start, end
+
+
 def filter_records(
     records: pd.DataFrame,
     *,
@@ -334,9 +344,7 @@ def filter_records(
     """
     us_states, mx_states = _as_tuple(us_states), _as_tuple(mx_states)
     traffickers, dealers = _as_tuple(traffickers), _as_tuple(dealers)
-    start, end = parse_date_bound(date_from), parse_date_bound(date_to, end=True)
-    if start is not None and end is not None and start > end:
-        raise FilterError(f"--from {date_from} is after --to {date_to}")
+    start, end = date_range(date_from, date_to)
 
     mask = pd.Series(True, index=records.index)
     parts: list[str] = []

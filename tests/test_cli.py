@@ -257,6 +257,15 @@ def test_filter_errors_are_one_line_with_exit_code_6(small, tmp_path, args, need
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.parametrize("args", [["--from", "2020", "--to", "2019"], ["--from", "last year"]])
+def test_filter_dates_fail_before_the_input_is_read(tmp_path, args):
+    """An empty date range or a date typo is said at once, not after reading a large file:
+    the input here does not even exist, and the error is the dates'."""
+    result = geoflow("run", tmp_path / "missing.csv", *args, "-o", tmp_path / "never")
+    assert_one_line_error(result, 6, "is after --to 2019" if "2019" in args else "last year")
+    assert "not found" not in result.stderr
+
+
 # --------------------------------------------------------------------------- batches
 
 

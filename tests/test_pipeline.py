@@ -89,6 +89,28 @@ def test_row_accounting_on_a_broken_file(result, written):
     assert result.tables["by_us_state"]["guns"].sum() == counts["rows_valid"]
 
 
+def test_a_recovery_in_another_country_is_unplaced_as_outside_mexico(tmp_path):
+    """A gun recovered in Guatemala is no unknown place: unplaced.csv says it was recovered
+    outside Mexico; Mexico however written (or no country) is Mexico."""
+    path = tmp_path / "countries.csv"
+    path.write_text(
+        "Trace Number,Dealer City,Dealer State,Recovery City,Recovery State,Recovery Country\n"
+        "T1,Houston,TX,Reynosa,Tamaulipas,México\n"
+        "T2,Houston,TX,Guatemala City,Guatemala,Guatemala\n"
+        "T3,Phoenix,AZ,Hermosillo,Sonora,MEX\n"
+        "T4,Phoenix,AZ,Nowhereville,,\n"
+        "T5,,,San Salvador,,El Salvador\n", encoding="utf-8")
+    out = write_outputs(run_pipeline(path), tmp_path / "out", write_map=False)
+    unplaced = pd.read_csv(out / "unplaced.csv")
+    assert unplaced[["line", "reason", "recovery_country"]].fillna("").values.tolist() == [
+        [3, "recovered outside Mexico", "Guatemala"],
+        [5, "no recovery location", "MX"],  # no country given: Mexico
+        [6, "recovered outside Mexico", "El Salvador"],
+    ]
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert (counts["rows_placed"], counts["rows_unplaced"]) == (2, 3)
+
+
 def test_known_crossings_are_used_as_given(result):
     gat = result.flows[result.flows["dealer_name"] == "GAT Guns"]
     assert set(gat["route_kind"]) == {"known"}
