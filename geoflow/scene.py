@@ -1047,16 +1047,42 @@ def _bounds(legs: Sequence[Leg], layers: Sequence[PointLayer], areas: Sequence[A
 # --------------------------------------------------------------------------- the scene
 
 
-def _unplaced_note(manifest: Mapping[str, Any]) -> str:
-    """One legend sentence on the selected guns that are on no leg (the subtitle counts the
-    mapped ones, the state shading every gun whose state is known)."""
+#: Why guns are on no leg, as the legend says it (the reasons of unplaced.csv).
+_UNPLACED_WHY = {
+    "no dealer location": "dealer place unknown",
+    "no recovery location": "recovery place unknown",
+    "no dealer or recovery location": "dealer and recovery place unknown",
+    "no port of entry": "no port of entry",
+    "recovered outside Mexico": "recovered outside Mexico",
+    "duplicate trace record": "repeated trace record",
+}
+
+
+def _unplaced_note(manifest: Mapping[str, Any], unplaced: pd.DataFrame | None = None) -> str:
+    """One legend sentence on the selected guns that are on no leg, and why (the reasons of
+    ``unplaced``, unplaced.csv's rows; the subtitle counts the mapped guns, the state shading
+    every gun whose state is known)."""
     guns = int((manifest.get("counts") or {}).get("guns_unplaced") or 0)
     if guns <= 0:
         return ""
     verb = "is" if guns == 1 else "are"
-    return (f"{_count(guns, 'traced gun')} {verb} not drawn as flows (dealer, recovery place or "
-            "crossing unknown; listed in unplaced.csv); the state shading counts every gun "
-            "whose state is known.")
+    return (f"{_count(guns, 'traced gun')} {verb} not drawn as flows ({_unplaced_why(unplaced)}; "
+            "listed in unplaced.csv); the state shading counts every gun whose state is known.")
+
+
+def _unplaced_why(unplaced: pd.DataFrame | None) -> str:
+    """``recovery place unknown``, or the guns of each reason when there are several, most
+    first (``9 recovery place unknown, 2 recovered outside Mexico``)."""
+    if unplaced is None or not len(unplaced) or "reason" not in unplaced:
+        return "dealer, recovery place or crossing unknown"
+    weights = (unplaced["guns"].to_numpy(dtype=float, na_value=0) if "guns" in unplaced
+               else np.ones(len(unplaced)))
+    by = pd.Series(weights).groupby(unplaced["reason"].astype("string").to_numpy()).sum()
+    by = by.sort_values(ascending=False, kind="stable")
+    words = [_UNPLACED_WHY.get(str(reason), str(reason)) for reason in by.index]
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(f"{_fmt(n)} {word}" for n, word in zip(by.to_numpy(), words, strict=True))
 
 
 def _names_purchasers(result: Any) -> bool:
@@ -1123,7 +1149,8 @@ def build_scene(result: MapData, *, options: MapOptions | None = None) -> Scene:
         total = int(_guns(result.flows["guns"].to_numpy()).sum()) if len(result.flows) else 0
         notes.insert(0, f"No flows drawn: {_count(total, 'gun')} below the threshold."
                      if total else "No flows to draw.")
-    unplaced = _unplaced_note(getattr(result, "manifest", None) or {})
+    unplaced = _unplaced_note(getattr(result, "manifest", None) or {},
+                              getattr(result, "unplaced", None))
     if unplaced:
         notes.append(unplaced)
     withheld = _withheld_note(getattr(result, "suppression", None) or {})

@@ -204,6 +204,24 @@ def test_legend_says_what_the_small_count_rule_withheld(sample_result, scene):
     assert f"{hidden:,} purchasers are counted only in totals" in withheld[0]
 
 
+def test_legend_says_why_guns_are_not_on_the_map_by_reason():
+    """Several reasons: the guns of each, most first, in words (a gun recovered in
+    Guatemala is not 'unknown'); no unplaced rows to read: the reasons in general."""
+    from geoflow.scene import _unplaced_note
+
+    manifest = {"counts": {"guns_unplaced": 12}}
+    unplaced = pd.DataFrame({
+        "reason": ["recovered outside Mexico", "no recovery location", "no dealer location",
+                   "no recovery location", "duplicate trace record"],
+        "guns": [2, 5, 1, 3, 1]})
+    assert _unplaced_note(manifest, unplaced) == (
+        "12 traced guns are not drawn as flows (8 recovery place unknown, 2 recovered outside "
+        "Mexico, 1 repeated trace record, 1 dealer place unknown; listed in unplaced.csv); the "
+        "state shading counts every gun whose state is known.")
+    assert "(dealer, recovery place or crossing unknown;" in _unplaced_note(manifest)
+    assert _unplaced_note({"counts": {"guns_unplaced": 0}}, unplaced) == ""
+
+
 def test_legend_counts_the_guns_that_are_not_on_the_map(sample_result, scene):
     counts = sample_result.manifest["counts"]
     assert counts["guns_unplaced"] > 0  # the sample has records without a place or crossing
@@ -211,9 +229,11 @@ def test_legend_counts_the_guns_that_are_not_on_the_map(sample_result, scene):
     assert f"{mapped:,} traced guns" in scene.subtitle
     assert mapped + counts["guns_unplaced"] == counts["guns_valid"] - counts["guns_filtered_out"]
     note = [n for n in scene.legend.notes if "not drawn as flows" in n]
-    assert note == [f"{counts['guns_unplaced']:,} traced guns are not drawn as flows (dealer, "
-                    "recovery place or crossing unknown; listed in unplaced.csv); the state "
-                    "shading counts every gun whose state is known."]
+    # the sample's unplaced guns all lack a recovery place: the legend says that, no more
+    assert set(sample_result.unplaced["reason"]) == {"no recovery location"}
+    assert note == [f"{counts['guns_unplaced']:,} traced guns are not drawn as flows (recovery "
+                    "place unknown; listed in unplaced.csv); the state shading counts every "
+                    "gun whose state is known."]
     for guns, expected in ((1, "1 traced gun is not drawn as flows"), (0, None)):
         result = SimpleNamespace(
             flows=sample_result.flows, dealers=sample_result.dealers,
