@@ -597,11 +597,14 @@ def prepare_chunked(source: str | Path, *, options, chunk_bytes: int = CHUNK_BYT
     memory: dict[str, float] = {}
     parts: list[Partial] = []
     first_source: dict = {}
+    read_options = options  # dayfirst None: the first chunk's dates decide, for every chunk
     for chunk in csv_chunks(path, chunk_bytes, digest):
-        part, read_source = prepare_chunk(chunk, path, options=options, seen=seen,
+        part, read_source = prepare_chunk(chunk, path, options=read_options, seen=seen,
                                           names=names, ports=ports, timings=timings,
                                           memory=memory, places=places)
         first_source = first_source or read_source
+        if read_options.dayfirst is None:
+            read_options = replace(read_options, dayfirst=bool(read_source.get("dayfirst")))
         parts.append(part)
     if not parts:  # an empty file: the reader's own message
         read_traces(path, column_map=options.column_map)

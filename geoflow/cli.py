@@ -136,7 +136,9 @@ def _pipeline_options(func):
         click.option("--sample", is_flag=True,
                      help="Use the shipped synthetic sample instead of INPUT."),
         click.option("--dayfirst", is_flag=True, default=None,
-                     help="Read ambiguous dates as day/month/year (Mexican records)."),
+                     help="Read ambiguous dates as day/month/year (Mexican records); "
+                          "default: day-first when the dates show it (13/02/2019), with a "
+                          "warning."),
         click.option("--column-map", type=click.Path(exists=True, dir_okay=False),
                      help="JSON or CSV mapping input headers to canonical columns."),
         click.option("--count-column", metavar="NAME", default=None,
@@ -200,7 +202,7 @@ def _run_options(*, dayfirst: bool | None, column_map: str | None, overrides: st
     if count_column:  # --count-column NAME: that header is the count column
         mapping = {**(mapping or {}), count_column: "guns"}
     return RunOptions(
-        dayfirst=bool(config.pick("dayfirst", dayfirst, False)),
+        dayfirst=config.pick("dayfirst", dayfirst, None),
         column_map=mapping,
         geocoder=geocoder_from_config(config, **geocoding),
         overrides=config.pick("overrides", overrides),

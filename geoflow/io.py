@@ -185,7 +185,7 @@ def read_traces(
     path: str | Path,
     *,
     column_map: dict[str, str] | None = None,
-    dayfirst: bool = False,
+    dayfirst: bool | None = False,
     encoding: str | None = None,
     today: date | str | None = None,
     sheet: str | int | None = None,
@@ -204,6 +204,8 @@ def read_traces(
         (see :func:`load_column_map`).
     dayfirst
         Read ``14/09/2008`` as 14 September (Mexican exports); default is US month-first.
+        None: decided from the dates (:func:`reads_day_first`), with a warning when they are
+        read day-first (the decision is in ``source["dayfirst"]``).
     encoding
         Text encoding of a CSV; detected when omitted (BOM, UTF-8, cp1252, Latin-1).
     today
@@ -272,6 +274,12 @@ def read_traces(
     # standardise_traces frees each raw column as soon as it is cleaned
     raw = [table.frame.rename(columns=header_map)]
     table = replace(table, frame=None)
+    order = _empty_warnings()
+    if dayfirst is None:
+        dayfirst, example = reads_day_first(raw[0])
+        if dayfirst:
+            order = pd.DataFrame({"line": [1], "column": [""], "value": [example],
+                                  "reason": [DAY_FIRST_DETECTED]})
     records, rejects, warnings, counts = standardise_traces(
         raw.pop(), lines=table.lines, raw_names=raw_names, dayfirst=dayfirst, today=today,
         seen=seen,
@@ -286,7 +294,7 @@ def read_traces(
         .sort_values(["line", "column"], kind="stable")
         .reset_index(drop=True)
     )
-    early = pd.concat([map_warnings, table.warnings], ignore_index=True)
+    early = pd.concat([map_warnings, table.warnings, order], ignore_index=True)
     warnings = _capped([early, warnings])
     for (column, reason), number in early.groupby(["column", "reason"],
                                                   sort=False).size().items():
@@ -298,6 +306,7 @@ def read_traces(
         "format": fmt,
         **table.meta,
         "rows_read": table.rows_read,
+        "dayfirst": bool(dayfirst),
         "rows_valid": len(records),
         "rows_rejected": int(rejects["line"].nunique()),
         "header_map": header_map,
@@ -771,6 +780,33 @@ def _date_formats(dayfirst: bool) -> list[tuple[str, str]]:
         (r"^\d{1,2}-[A-Za-z]{3}-\d{2}$", "%d-%b-%y"),
         (r"^\d{8}$", "%Y%m%d"),
     ]
+
+
+#: The reader's warning when it read a file's dates day-first (``dayfirst=None``).
+DAY_FIRST_DETECTED = ("dates read day-first (as Mexican records write them): some cannot be "
+                      "month-first and none can only be; --dayfirst says so")
+#: Dates (distinct d/m/y texts) that must be day-first, at least, and their share at least,
+#: for :func:`reads_day_first` to read a file day-first: one typo does not turn a US file.
+DAY_FIRST_EVIDENCE = (2, 0.1)
+
+
+def reads_day_first(frame: pd.DataFrame) -> tuple[bool, str]:
+    """Whether the d/m/y dates of ``frame``'s date columns (text) are day-first, and a date
+    that shows it: some distinct ones have a first number over 12 (``13/02/2019``:
+    :data:`DAY_FIRST_EVIDENCE` of them, at least), none a second one (``02/13/2019``)."""
+    columns = [c for c in schema.DATE_COLUMNS if c in frame.columns]
+    if not columns:
+        return False, ""
+    texts = pd.concat([pd.Series(frame[c].dropna().unique(), dtype="str") for c in columns],
+                      ignore_index=True).drop_duplicates()
+    parts = texts.str.extract(r"^\s*(\d{1,2})[/-](\d{1,2})[/-]\d{2,4}\s*$").astype("float64")
+    given = parts[0].notna().to_numpy()
+    day = (parts[0].between(13, 31) & parts[1].between(1, 12)).to_numpy()
+    month = (parts[1].between(13, 31) & parts[0].between(1, 12)).to_numpy()
+    least, share = DAY_FIRST_EVIDENCE
+    if month.any() or day.sum() < max(least, share * given.sum()):
+        return False, ""
+    return True, str(texts[day].iloc[0])
 
 
 def _parse_dates(values: pd.Series, *, dayfirst: bool, limit: pd.Timestamp

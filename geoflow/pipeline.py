@@ -173,7 +173,8 @@ TABLE_NAMES = (
 class RunOptions:
     """Everything that changes what a run computes (the map's looks live in render)."""
 
-    dayfirst: bool = False
+    #: None: decided from the dates (:func:`geoflow.io.reads_day_first`)
+    dayfirst: bool | None = None
     column_map: Mapping[str, str] | None = None
     geocoder: Any = None
     overrides: Any = None

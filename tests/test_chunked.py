@@ -18,7 +18,7 @@ import pytest
 from geoflow.aggregate import build_tables
 from geoflow.chunked import NameTable, combine, csv_chunks, prepare_chunk, wants_chunks
 from geoflow.crossings import load_ports
-from geoflow.io import SeenRecords
+from geoflow.io import DAY_FIRST_DETECTED, SeenRecords
 from geoflow.pipeline import RunOptions, prepare_records, run_pipeline, write_outputs
 from geoflow.sample import sample_path
 
@@ -118,6 +118,41 @@ def test_chunked_outputs_equal_in_memory_on_a_broken_file(sample_csv, tmp_path):
         unplaced["reason"].str.contains("duplicate").any())
     warnings = pd.read_csv(tmp_path / "chunked" / "warnings.csv")
     assert len(warnings) >= 3  # the dates and the bad byte, at their file lines
+
+
+def test_day_first_dates_are_detected_whole_and_chunked(sample_csv, tmp_path):
+    """The sample with its dates written day-first (06/05/2001 → 05/06/2001), as Mexican
+    records are, read without --dayfirst: read day-first (a line-1 warning says so), so
+    every table is the month-first sample's; a chunked read decides from its first chunk
+    and writes the same files."""
+    dates = ["Purchase Date", "Recovery Date"]
+    frame = pd.read_csv(sample_csv, dtype=str, keep_default_na=False)
+    parts = {c: frame[c].str.extract(r"^(\d\d)/(\d\d)/(\d{4})$").astype(int) for c in dates}
+    # and at the end, chunks of dates either order reads (04/05/2010): only the first
+    # chunk's decision reads them right
+    either = frame[(parts[dates[0]][1] <= 12) & (parts[dates[1]][1] <= 12)]
+    extra = pd.concat([either] * 4, ignore_index=True)
+    extra["Trace Number"] = [f"TX{i:06d}" for i in range(len(extra))]
+    frame = pd.concat([frame, extra], ignore_index=True)
+    frame.to_csv(tmp_path / "us.csv", index=False, quoting=csv.QUOTE_ALL)
+    for column in dates:
+        split = frame[column].str.split("/", expand=True)
+        frame[column] = split[1] + "/" + split[0] + "/" + split[2]
+    day_first = tmp_path / "dias.csv"
+    frame.to_csv(day_first, index=False, quoting=csv.QUOTE_ALL)
+    assert len(extra) > 400  # several chunks of 0.06 MB
+    _outputs(tmp_path / "us.csv", tmp_path / "us")
+    whole = _outputs(day_first, tmp_path / "whole")
+    chunked = _outputs(day_first, tmp_path / "chunked", chunk_mb=0.06)
+    assert chunked["input"]["chunks"] >= 3 and whole["options"]["dayfirst"] is None
+    assert _same_outputs(tmp_path / "whole", tmp_path / "chunked") == []
+    assert _comparable(chunked) == _comparable(whole)
+    for name in ("by_year", "by_purchaser", "by_trafficker", "by_dealer"):
+        table = f"tables/{name}.csv"
+        assert filecmp.cmp(tmp_path / "us" / table, tmp_path / "whole" / table, shallow=False)
+    warnings = pd.read_csv(tmp_path / "whole" / "warnings.csv", keep_default_na=False)
+    assert warnings.loc[warnings["line"] == 1, "reason"].tolist() == [DAY_FIRST_DETECTED]
+    assert not (pd.read_csv(tmp_path / "us" / "warnings.csv")["line"] == 1).any()
 
 
 @pytest.mark.parametrize("source", ["sample", "broken"])

@@ -11,6 +11,7 @@ import pytest
 from geoflow import schema
 from geoflow.errors import GeoflowError, InputError, SchemaError
 from geoflow.io import (
+    DAY_FIRST_DETECTED,
     SERIAL_DATE,
     UNKNOWN_HEADER,
     detect_encoding,
@@ -385,6 +386,27 @@ def test_spreadsheet_serial_day_numbers_are_dates_with_a_warning(tmp_path):
     assert read.records["purchase_date"].tolist()[:3] == [
         pd.Timestamp("2020-01-01"), pd.Timestamp("2020-03-10"), pd.Timestamp("2008-09-14")]
     assert read.warning_counts[f"Purchase Date: {SERIAL_DATE}"] == 3
+
+
+def test_day_first_is_decided_from_the_dates_when_not_given(tmp_path):
+    """dayfirst=None (geoflow's default): Mexican dates are read day-first, with a line-1
+    warning; one typo does not turn a US file, nor dates that can only be month-first."""
+    mexican = _dates_file(tmp_path, ["13/02/2019", "05/04/2019", "20/05/2019"],
+                          ["01/03/2019", "", "02/06/2019"])
+    result = read_traces(mexican, dayfirst=None)
+    assert result.records["purchase_date"].tolist() == [
+        pd.Timestamp("2019-02-13"), pd.Timestamp("2019-04-05"), pd.Timestamp("2019-05-20")]
+    assert result.records["recovery_date"].iloc[0] == pd.Timestamp("2019-03-01")
+    assert result.source["dayfirst"] is True
+    assert result.warnings[["line", "value", "reason"]].values.tolist() == [
+        [1, "13/02/2019", DAY_FIRST_DETECTED]]
+    assert read_traces(mexican).source["dayfirst"] is False  # the API's default: as told
+    typo = _dates_file(tmp_path, ["13/02/2019", "05/04/2019", "01/02/2019"], [""] * 3)
+    read = read_traces(typo, dayfirst=None)
+    assert read.source["dayfirst"] is False
+    assert read.records["purchase_date"].iloc[1] == pd.Timestamp("2019-05-04")
+    mixed = _dates_file(tmp_path, ["13/02/2019", "25/04/2019", "02/14/2019"], [""] * 3)
+    assert read_traces(mixed, dayfirst=None).source["dayfirst"] is False
 
 
 def test_warning_list_is_capped_but_counted(tmp_path):
