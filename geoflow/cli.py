@@ -135,10 +135,10 @@ def _pipeline_options(func):
                        type=click.Path()),  # the reader checks it: exit 3, not click's 2
         click.option("--sample", is_flag=True,
                      help="Use the shipped synthetic sample instead of INPUT."),
-        click.option("--dayfirst", is_flag=True, default=None,
-                     help="Read ambiguous dates as day/month/year (Mexican records); "
-                          "default: day-first when the dates show it (13/02/2019), with a "
-                          "warning."),
+        click.option("--dayfirst/--monthfirst", default=None,
+                     help="Read ambiguous dates as day/month/year (Mexican records) or "
+                          "month/day/year (US); default: day-first when the dates show it "
+                          "(13/02/2019), with a warning, else month-first."),
         click.option("--column-map", type=click.Path(exists=True, dir_okay=False),
                      help="JSON or CSV mapping input headers to canonical columns."),
         click.option("--count-column", metavar="NAME", default=None,

@@ -266,6 +266,28 @@ def test_filter_dates_fail_before_the_input_is_read(tmp_path, args):
     assert "not found" not in result.stderr
 
 
+def test_dates_are_read_day_first_when_they_show_it_unless_told(tmp_path):
+    """A Mexican file's dates: day-first without a word from the user (stderr says so),
+    month-first with --monthfirst (13/02/2019 then cannot be read), day-first with
+    --dayfirst (no detection warning: the user said it)."""
+    path = tmp_path / "mx.csv"
+    path.write_text(
+        "Número de rastreo,Ciudad armería,Estado armería,Fecha de compra,Municipio,Estado\n"
+        "R1,Houston,TX,13/02/2019,Reynosa,Tamaulipas\n"
+        "R2,Laredo,TX,05/04/2019,Monterrey,Nuevo León\n"
+        "R3,Laredo,TX,25/03/2019,Saltillo,Coahuila\n", encoding="utf-8")
+    years = {}
+    for flag in ("", "--monthfirst", "--dayfirst"):
+        out = tmp_path / f"out{flag}"
+        result = geoflow("run", path, *([flag] if flag else []), "--min-cell", "1", "-o", out)
+        assert result.exit_code == 0, result.stderr
+        assert ("dates read day-first" in result.stderr) == (flag == "")
+        warnings = pd.read_csv(out / "warnings.csv")
+        years[flag] = (warnings["reason"].str.startswith("unparseable date").sum(),
+                       manifest(out)["options"]["dayfirst"])
+    assert years == {"": (0, None), "--monthfirst": (2, False), "--dayfirst": (0, True)}
+
+
 # --------------------------------------------------------------------------- batches
 
 
