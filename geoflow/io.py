@@ -274,12 +274,12 @@ def read_traces(
     # standardise_traces frees each raw column as soon as it is cleaned
     raw = [table.frame.rename(columns=header_map)]
     table = replace(table, frame=None)
-    order = _empty_warnings()
+    day_order = _empty_warnings()  # the warning when the dates decided to read day-first
     if dayfirst is None:
         dayfirst, example = reads_day_first(raw[0])
         if dayfirst:
-            order = pd.DataFrame({"line": [1], "column": [""], "value": [example],
-                                  "reason": [DAY_FIRST_DETECTED]})
+            day_order = pd.DataFrame({"line": [1], "column": [""], "value": [example],
+                                      "reason": [DAY_FIRST_DETECTED]})
     records, rejects, warnings, counts = standardise_traces(
         raw.pop(), lines=table.lines, raw_names=raw_names, dayfirst=dayfirst, today=today,
         seen=seen,
@@ -294,7 +294,7 @@ def read_traces(
         .sort_values(["line", "column"], kind="stable")
         .reset_index(drop=True)
     )
-    early = pd.concat([map_warnings, table.warnings, order], ignore_index=True)
+    early = pd.concat([map_warnings, table.warnings, day_order], ignore_index=True)
     warnings = _capped([early, warnings])
     for (column, reason), number in early.groupby(["column", "reason"],
                                                   sort=False).size().items():
@@ -784,7 +784,7 @@ def _date_formats(dayfirst: bool) -> list[tuple[str, str]]:
 
 #: The reader's warning when it read a file's dates day-first (``dayfirst=None``).
 DAY_FIRST_DETECTED = ("dates read day-first (as Mexican records write them): some cannot be "
-                      "month-first and none can only be; --dayfirst says so")
+                      "month-first and none can only be (--dayfirst or --monthfirst decide)")
 #: Dates (distinct d/m/y texts) that must be day-first, at least, and their share at least,
 #: for :func:`reads_day_first` to read a file day-first: one typo does not turn a US file.
 DAY_FIRST_EVIDENCE = (2, 0.1)

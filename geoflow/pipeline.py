@@ -368,17 +368,19 @@ def _located(records: pd.DataFrame, role: str) -> pd.Series:
     return (records[f"{role}_lat"].notna() & records[f"{role}_lon"].notna()).astype(bool)
 
 
-def _recovered_abroad(records: pd.DataFrame) -> np.ndarray:
-    """Whether each record names a recovery country other than Mexico (an empty one is
-    Mexico); each distinct country is read once."""
-    if "recovery_country" not in records.columns:
-        return np.zeros(len(records), dtype=bool)
+def _recovered_abroad(records: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """Whether each record (of those at ``rows``: the unlocated recoveries) names a recovery
+    country other than Mexico (an empty one is Mexico); each distinct country read once."""
+    abroad = np.zeros(len(records), dtype=bool)
+    if "recovery_country" not in records.columns or not len(rows):
+        return abroad
     from geoflow.places import normalise_country
 
-    codes, distinct = distinct_codes(records["recovery_country"])
+    codes, distinct = distinct_codes(records["recovery_country"].iloc[rows])
     text = pd.Series(distinct, dtype="string").str.strip().fillna("")
     other = ((text != "") & normalise_country(text).fillna("").ne("MX")).to_numpy(dtype=bool)
-    return np.append(other, False)[codes]  # −1 (no country) takes the False put last
+    abroad[rows] = np.append(other, False)[codes]  # −1 (no country) takes the False put last
+    return abroad
 
 
 def place_records(records: pd.DataFrame) -> pd.DataFrame:
@@ -392,7 +394,7 @@ def place_records(records: pd.DataFrame) -> pd.DataFrame:
     dealer = _located(records, "dealer").to_numpy()
     recovery = _located(records, "recovery").to_numpy()
     port = records["crossing_code"].notna().to_numpy(dtype=bool)
-    abroad = ~recovery & _recovered_abroad(records)
+    abroad = _recovered_abroad(records, np.flatnonzero(~recovery))
     # the position of each record's reason in UNPLACED_REASONS (−1: placed)
     reason = np.select([abroad, ~dealer & ~recovery, ~dealer, ~recovery, ~port],
                        [4, 2, 0, 1, 3], default=-1)
