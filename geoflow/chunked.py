@@ -552,7 +552,7 @@ def prepare_chunk(chunk: Chunk, path: Path, *, options, seen: SeenRecords, names
     with _stage("read", spent, memory):
         read = _shifted(read_traces(path, column_map=options.column_map,
                                     dayfirst=options.dayfirst, today=options.today,
-                                    data=chunk.data, seen=seen), chunk)
+                                    sheet=options.sheet, data=chunk.data, seen=seen), chunk)
     with _stage("geocode", spent, memory):
         records, report = geocode_traces(read.records, geocoder=options.geocoder,
                                          overrides=options.overrides, memo=places)

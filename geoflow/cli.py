@@ -145,6 +145,9 @@ def _pipeline_options(func):
                      help="The input column counting guns per row (a published count table: "
                           "guns by state, year …). Found by name without this: guns, "
                           "firearms, count, total, n, cantidad, armas …"),
+        click.option("--sheet", metavar="NAME", default=None,
+                     help="The workbook sheet to read (XLSX); default: the first sheet that "
+                          "names trace columns."),
         click.option("--overrides", type=click.Path(exists=True, dir_okay=False),
                      help="CSV of place fixes (place,lat,lon or place,replacement)."),
         click.option("--flow-level", type=click.Choice(["place", "state"]), default=None,
@@ -177,7 +180,7 @@ def _run_options(*, dayfirst: bool | None, column_map: str | None, overrides: st
                  flow_level: str | None, show_names: bool | None, config: Config | None = None,
                  pseudonym_key_file: str | None = None, min_cell: int | None = None,
                  trafficker_min_guns: int | None = None, count_column: str | None = None,
-                 chunk_mb: float | None = None, **geocoding):
+                 chunk_mb: float | None = None, sheet: str | None = None, **geocoding):
     """RunOptions from command-line values, falling back to the config file, then defaults.
 
     Showing names and turning suppression off print a notice naming where the setting came
@@ -212,6 +215,7 @@ def _run_options(*, dayfirst: bool | None, column_map: str | None, overrides: st
         min_cell=cell,
         trafficker_min_guns=int(config.pick("trafficker_min_guns", trafficker_min_guns, 10)),
         chunk_mb=chunk_mb,
+        sheet=sheet,
     )
 
 

@@ -239,7 +239,8 @@ def read_traces(
     data = _read_bytes(path) if data is None else data
     fmt = _detect_format(path, data)
     if sheet is not None and fmt != "xlsx":
-        raise InputError(f"sheet={sheet!r} given but this is a {fmt.upper()} file, not XLSX",
+        raise InputError(f"a sheet ({sheet!r}) was given but this is a {fmt.upper()} file, "
+                         "not XLSX",
                          path=str(path))
     # the file's sha256 on a second thread while it is parsed (hashlib lets go of the GIL:
     # 0.3 s per 250 MB); a chunk's caller hashes the whole file (geoflow.chunked), not each
@@ -1731,9 +1732,8 @@ def _trace_sheet(book: pd.ExcelFile, names: list[str], user_map: dict[str, str] 
         said.append(f"{_sheets(passed)} name{'s' if len(passed) == 1 else ''} no trace column")
     if others:
         said.append(f"{_sheets(others)} also hold{'s' if len(others) == 1 else ''} trace "
-                    f"columns and {'is' if len(others) == 1 else 'are'} not read: save "
-                    f"{'it' if len(others) == 1 else 'each'} as its own file to map "
-                    f"{'it' if len(others) == 1 else 'them'}")
+                    f"columns and {'is' if len(others) == 1 else 'are'} not read "
+                    f"(--sheet NAME reads {'it' if len(others) == 1 else 'one'})")
     if not said:
         return chosen, _empty_warnings()
     return chosen, pd.DataFrame({"line": [1], "column": [""], "value": [chosen[:_RAW_CHARS]],

@@ -191,6 +191,8 @@ class RunOptions:
     #: read a CSV in chunks of this many MB (``--chunk-mb``); None: only CSVs of at least
     #: :data:`geoflow.chunked.CHUNKED_MIN_BYTES`. The outputs are the same either way.
     chunk_mb: float | None = None
+    #: the XLSX sheet read (``--sheet``); None: the first that names trace columns
+    sheet: str | None = None
 
     def __post_init__(self) -> None:
         if self.flow_level not in ("place", "state"):
@@ -431,7 +433,7 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None,
     memory: dict[str, float] = {}
     with _stage("read", timings, memory):
         read = read_traces(source, column_map=options.column_map, dayfirst=options.dayfirst,
-                           today=options.today)
+                           today=options.today, sheet=options.sheet)
     log.debug("read %s valid records (%s rejected lines) from %s", f"{len(read.records):,}",
               f"{read.source['rows_read'] - len(read.records):,}", source)
     records, rejects, read_source = read.records, read.rejects, dict(read.source)
@@ -732,6 +734,7 @@ def analyse(
                                                 "count_column")},
                   **({"year_columns": source["year_columns"]}
                      if source.get("year_columns") else {}),
+                  **({"sheet": source["sheet"]} if source.get("sheet") else {}),
                   **({"chunks": source["chunks"]} if "chunks" in source else {})},
         "options": options.describe(),
         "show_names": options.show_names,

@@ -288,6 +288,41 @@ def test_dates_are_read_day_first_when_they_show_it_unless_told(tmp_path):
     assert years == {"": (0, None), "--monthfirst": (2, False), "--dayfirst": (0, True)}
 
 
+def test_sheet_chooses_the_workbook_sheet_and_the_manifest_names_it(tmp_path):
+    """A release with a sheet per year: the first traces sheet by default (a warning names
+    the others), --sheet NAME reads another (a sheet named 2019 is a name, not a number);
+    an unknown sheet, or --sheet on a CSV, is a one-line error."""
+    rows = {"2018": ("Houston", "Reynosa"), "2019": ("Phoenix", "Hermosillo")}
+    path = tmp_path / "release.xlsx"
+    with pd.ExcelWriter(path) as writer:
+        pd.DataFrame({"Notes": ["FOIA release"]}).to_excel(writer, sheet_name="README",
+                                                           index=False)
+        for sheet, (dealer, recovery) in rows.items():
+            pd.DataFrame({"Trace Number": ["T1", "T2"], "FFL City": [dealer] * 2,
+                          "FFL State": ["TX" if dealer == "Houston" else "AZ"] * 2,
+                          "Recovery City": [recovery] * 2}).to_excel(
+                writer, sheet_name=sheet, index=False)
+    first = geoflow("run", path, "-o", tmp_path / "first")
+    assert first.exit_code == 0, first.stderr
+    assert "sheet '2019' also holds trace columns and is not read (--sheet NAME reads it)" in (
+        first.stderr)
+    chosen = geoflow("run", path, "--sheet", "2019", "-o", tmp_path / "chosen")
+    assert chosen.exit_code == 0, chosen.stderr
+    assert "not read" not in chosen.stderr  # the user chose: nothing to say about others
+    for out, sheet, given in ((tmp_path / "first", "2018", None),
+                              (tmp_path / "chosen", "2019", "2019")):
+        data = manifest(out)
+        assert (data["input"]["sheet"], data["options"]["sheet"]) == (sheet, given)
+        dealers = pd.read_csv(out / "tables" / "by_dealer.csv", dtype=str).fillna("")
+        assert rows[sheet][0].upper() in " ".join(dealers.values.ravel()).upper()
+    missing = geoflow("run", path, "--sheet", "2021", "-o", tmp_path / "never")
+    assert_one_line_error(missing, 3, "no sheet '2021'; sheets are: README, 2018, 2019")
+    csv_file = tmp_path / "t.csv"
+    csv_file.write_text("Trace Number,FFL City,FFL State\nT1,Houston,TX\n", encoding="utf-8")
+    assert_one_line_error(geoflow("run", csv_file, "--sheet", "2019", "-o", tmp_path / "n"), 3,
+                          "a sheet ('2019') was given but this is a CSV file")
+
+
 # --------------------------------------------------------------------------- batches
 
 

@@ -175,7 +175,7 @@ def test_xlsx_traces_are_read_from_the_first_sheet_that_holds_them(tmp_path):
     note = result.warnings[result.warnings["line"] == 1]
     assert note["reason"].tolist() == [
         "sheet '2018' read; sheet 'README' names no trace column; sheet '2019' also holds "
-        "trace columns and is not read: save it as its own file to map it"]
+        "trace columns and is not read (--sheet NAME reads it)"]
     only = tmp_path / "only.xlsx"
     with pd.ExcelWriter(only) as writer:
         frame.to_excel(writer, sheet_name="traces", index=False)
@@ -726,7 +726,8 @@ def test_unreadable_binary_files(tmp_path):
 
 def test_sheet_option_on_a_csv_is_an_error(tmp_path):
     path = _write(tmp_path / "traces.csv", _rows())
-    with pytest.raises(InputError, match=r"traces\.csv: sheet='traces' given but this is a CSV"):
+    with pytest.raises(InputError,
+                       match=r"traces\.csv: a sheet \('traces'\) was given but this is a CSV"):
         read_traces(path, sheet="traces")
 
 
