@@ -906,12 +906,15 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
         geocoder = GeopyGeocoder(service, user_agent=user_agent or "", api_key=api_key,
                                  domain=domain, scheme=scheme, cache_path=cache_path,
                                  allow_offline_fallback=allow_offline_fallback)
+    warned: dict[str, int] = {}  # the reader's warnings on a plain table (sheet, title …)
     try:
         if column:
-            from geoflow.io import read_table
+            from geoflow.io import read_table, warning_key
 
-            table = read_table(input_path)
+            table = read_table(input_path, column=column)
             rejects, frame = table.rejects, table.frame
+            warned = {warning_key(str(c), str(r)): int(n) for (c, r), n in table.warnings.groupby(
+                ["column", "reason"], sort=False).size().items()}
             if column not in frame.columns:
                 raise SchemaError(f"no column {column!r}; columns are: "
                                   + ", ".join(map(str, frame.columns)), path=input_path)
@@ -963,6 +966,7 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
                    f"{'is' if len(lines) == 1 else 'are'} not in {out_file.name} (line "
                    f"{first['line']}: {first['reason']}{', …' if len(lines) > 1 else ''}): "
                    f"listed in {rejects_file}", err=True)
+    _echo_warnings(warned, listed="")
 
 
 def _pseudonymised_table(frame, *, key_file: str | None):

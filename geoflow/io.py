@@ -248,11 +248,12 @@ def read_traces(
     with ThreadPoolExecutor(1) as pool:
         digest = None if from_caller else pool.submit(hashlib.sha256, data)
         if fmt == "csv":
-            above, title = (0, "") if from_caller else _title_lines(data, encoding, user_map)
+            above, title = ((0, "") if from_caller
+                            else _title_lines(data, encoding, _header_test(user_map)))
             table = _read_csv(_from_line(data, above), path, encoding=encoding)
             table = _below_title(table, above, title)
         elif fmt == "xlsx":
-            table = _read_xlsx(data, path, sheet=sheet, user_map=user_map)
+            table = _read_xlsx(data, path, sheet=sheet, is_header=_header_test(user_map))
         else:
             table = _read_parquet(data, path)
         sha256 = None if digest is None else digest.result().hexdigest()
@@ -335,17 +336,26 @@ class PlainTable:
     warnings: pd.DataFrame
 
 
-def read_table(path: str | Path) -> PlainTable:
+def read_table(path: str | Path, column: str | None = None) -> PlainTable:
     """Any table (CSV in any encoding and delimiter, XLSX, Parquet) as text, read as a trace
     file is (``geoflow geocode --column``): a row with too many or too few fields is
     rejected with its line, not the whole file; bad bytes and repeated headers are warned.
+    With ``column`` (the header wanted), lines above the row that names it are a title
+    (skipped with a warning), and a workbook is read from its first sheet that names it.
 
     Raises :class:`~geoflow.errors.InputError` for a missing, empty or unreadable file."""
     path = Path(path)
     data = _read_bytes(path)
     fmt = _detect_format(path, data)
-    table = (_read_csv(data, path, encoding=None) if fmt == "csv" else
-             _read_xlsx(data, path, sheet=None) if fmt == "xlsx" else _read_parquet(data, path))
+    is_header = _header_test(None, column)
+    if fmt == "csv":
+        above, title = _title_lines(data, None, is_header) if column is not None else (0, "")
+        table = _below_title(_read_csv(_from_line(data, above), path, encoding=None), above,
+                             title)
+    elif fmt == "xlsx":
+        table = _read_xlsx(data, path, sheet=None, is_header=is_header, column=column)
+    else:
+        table = _read_parquet(data, path)
     frame = _drop_empty_unnamed(table.frame).astype("string").reset_index(drop=True)
     return PlainTable(frame, np.asarray(table.lines), table.rejects, table.warnings)
 
@@ -1640,12 +1650,13 @@ def _csv_slow(rows: list[list[str]], scan: _Records, delimiter: str, meta: dict)
 
 def _table_from_cells(cells: pd.DataFrame, meta: dict, path: Path, *,
                       names: list[str] | None = None,
-                      user_map: dict[str, str] | None = None) -> _Table:
+                      is_header: HeaderTest | None = None) -> _Table:
     """A table from XLSX cells (``names`` None: the header is the first non-blank row, or
-    the first of the next rows that names a trace column when it names none: the rows above
-    are a title, skipped with a warning; lines are sheet rows) or Parquet columns (``names``
-    given; line = row + 2, the header being line 1). Blank rows are skipped and not
-    counted."""
+    the first of the next rows that is a header by ``is_header``, default: names a trace
+    column, when it is not: the rows above are a title, skipped with a warning; lines are
+    sheet rows) or Parquet columns (``names`` given; line = row + 2, the header being line
+    1). Blank rows are skipped and not counted."""
+    is_header = is_header or _header_test(None)
     text = pd.DataFrame({i: _clean_text(cells.iloc[:, i]) for i in range(cells.shape[1])},
                         index=pd.RangeIndex(len(cells)))
     blank = text.isna().all(axis=1).to_numpy()
@@ -1659,7 +1670,7 @@ def _table_from_cells(cells: pd.DataFrame, meta: dict, path: Path, *,
             return text.iloc[at].fillna("").astype("str").tolist()
 
         header = next((int(at) for at in nonblank[:_TITLE_LINES + 1]
-                       if _names_trace_columns(row(at), user_map)), int(nonblank[0]))
+                       if is_header(row(at))), int(nonblank[0]))
         data = nonblank[nonblank > header]
         names = row(header)
         lines = np.arange(len(cells)) + 1
@@ -1682,7 +1693,9 @@ def _table_from_cells(cells: pd.DataFrame, meta: dict, path: Path, *,
 
 
 def _read_xlsx(data: bytes, path: Path, *, sheet: str | int | None,
-               user_map: dict[str, str] | None = None) -> _Table:
+               is_header: HeaderTest, column: str | None = None) -> _Table:
+    """A workbook's ``sheet``, else the first sheet that holds a header by ``is_header`` (its
+    warnings name trace columns, or ``column``: :func:`_trace_sheet`)."""
     from openpyxl.utils.exceptions import InvalidFileException  # only for XLSX: 0.1 s
 
     try:
@@ -1693,7 +1706,7 @@ def _read_xlsx(data: bytes, path: Path, *, sheet: str | int | None,
     with book:
         names = book.sheet_names
         if sheet is None:
-            chosen, notes = _trace_sheet(book, names, user_map)
+            chosen, notes = _trace_sheet(book, names, is_header, column=column)
         else:
             chosen = sheet
         if (isinstance(chosen, int) and not 0 <= chosen < len(names)) or (
@@ -1705,23 +1718,26 @@ def _read_xlsx(data: bytes, path: Path, *, sheet: str | int | None,
                               na_filter=False, keep_default_na=False)
     name = chosen if isinstance(chosen, str) else names[chosen]
     table = _table_from_cells(cells, {"encoding": None, "sheet": name}, path,
-                              user_map=user_map)
+                              is_header=is_header)
     if len(notes):
         table = replace(table, warnings=pd.concat([notes, table.warnings], ignore_index=True))
     return table
 
 
-def _trace_sheet(book: pd.ExcelFile, names: list[str], user_map: dict[str, str] | None
-                 ) -> tuple[str, pd.DataFrame]:
+def _trace_sheet(book: pd.ExcelFile, names: list[str], is_header: HeaderTest, *,
+                 column: str | None = None) -> tuple[str, pd.DataFrame]:
     """The sheet a workbook's traces are read from when none is named: the first whose top
-    rows (:data:`_TITLE_LINES` and its header) name a trace column, else the first sheet
-    (whose headers the error then names); and the warning (line 1) naming the sheets passed
-    over and the other sheets that hold trace columns too, which are not read."""
+    rows (:data:`_TITLE_LINES` and its header) hold a header by ``is_header`` (a trace
+    column, or ``column``: ``geoflow geocode --column``), else the first sheet (whose headers
+    the error then names); and the warning (line 1) naming the sheets passed over and the
+    other sheets that hold such a header too, which are not read."""
+    none, what = ("trace column", "trace columns") if column is None else (f"column {column!r}",
+                                                                           f"column {column!r}")
     traced = []
     for name in names:
         top = pd.read_excel(book, sheet_name=name, header=None, dtype=str, na_filter=False,
                             keep_default_na=False, nrows=_TITLE_LINES + 1)
-        if any(_names_trace_columns(row, user_map) for row in top.astype(str).values.tolist()):
+        if any(is_header(row) for row in top.astype(str).values.tolist()):
             traced.append(name)
     if not traced:
         return names[0], _empty_warnings()
@@ -1729,11 +1745,12 @@ def _trace_sheet(book: pd.ExcelFile, names: list[str], user_map: dict[str, str] 
     passed = names[:names.index(chosen)]
     said = []
     if passed:
-        said.append(f"{_sheets(passed)} name{'s' if len(passed) == 1 else ''} no trace column")
+        said.append(f"{_sheets(passed)} name{'s' if len(passed) == 1 else ''} no {none}")
     if others:
-        said.append(f"{_sheets(others)} also hold{'s' if len(others) == 1 else ''} trace "
-                    f"columns and {'is' if len(others) == 1 else 'are'} not read "
-                    f"(--sheet NAME reads {'it' if len(others) == 1 else 'one'})")
+        said.append(f"{_sheets(others)} also hold{'s' if len(others) == 1 else ''} {what} "
+                    f"and {'is' if len(others) == 1 else 'are'} not read"
+                    + (f" (--sheet NAME reads {'it' if len(others) == 1 else 'one'})"
+                       if column is None else ""))
     if not said:
         return chosen, _empty_warnings()
     return chosen, pd.DataFrame({"line": [1], "column": [""], "value": [chosen[:_RAW_CHARS]],
@@ -1788,6 +1805,18 @@ def _parquet_coercions(cells: pd.DataFrame) -> pd.DataFrame:
 _TITLE_LINES = 20
 
 
+#: Whether a row read as headers is the table's header row.
+HeaderTest = Callable[[list[str]], bool]
+
+
+def _header_test(user_map: dict[str, str] | None, column: str | None = None) -> HeaderTest:
+    """What makes a row the header: it names ``column`` (given: ``geoflow geocode
+    --column``), else a trace column (:func:`_names_trace_columns`)."""
+    if column is not None:
+        return lambda names: column in (str(name).strip() for name in names)
+    return lambda names: _names_trace_columns(names, user_map)
+
+
 def _names_trace_columns(names: list[str], user_map: dict[str, str] | None) -> bool:
     """Whether a row read as headers names a column that makes a row usable (its distinct
     non-empty cells are mapped: an export's thousands of blank header cells are not)."""
@@ -1796,11 +1825,11 @@ def _names_trace_columns(names: list[str], user_map: dict[str, str] | None) -> b
     return any(canonical in schema.USABLE_COLUMNS for canonical in mapped.values())
 
 
-def _title_lines(data: bytes, encoding: str | None, user_map: dict[str, str] | None
+def _title_lines(data: bytes, encoding: str | None, is_header: HeaderTest
                  ) -> tuple[int, str]:
-    """A CSV's lines above its header: ``(lines, the first's text)`` when its first line
-    names no trace column but one of the next :data:`_TITLE_LINES` does (a published table's
-    title, note or date above it), else ``(0, "")``."""
+    """A CSV's lines above its header: ``(lines, the first's text)`` when its first line is
+    no header by ``is_header`` but one of the next :data:`_TITLE_LINES` is (a published
+    table's title, note or date above it), else ``(0, "")``."""
     head = data[:65536].removeprefix(codecs.BOM_UTF8)
     try:
         text = head.decode(encoding or detect_encoding(head), errors="replace")
@@ -1816,10 +1845,10 @@ def _title_lines(data: bytes, encoding: str | None, user_map: dict[str, str] | N
         return next(csv.reader([line], delimiter=delimiter), [])
 
     try:  # a line the csv module cannot split (a bare CR in it) is left to the reader
-        if _names_trace_columns(names(lines[given[0]]), user_map):
+        if is_header(names(lines[given[0]])):
             return 0, ""
         for at in given[1:]:
-            if at + 1 < len(lines) and _names_trace_columns(names(lines[at]), user_map):
+            if at + 1 < len(lines) and is_header(names(lines[at])):
                 return at, " ".join(c.strip() for c in names(lines[given[0]]) if c.strip())
     except csv.Error:
         pass

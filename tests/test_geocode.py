@@ -555,6 +555,36 @@ def test_cli_geocodes_a_column_of_an_xlsx_table(tmp_path):
     assert result.exit_code == 3 and "broken.xlsx" in result.output
 
 
+def test_cli_geocode_column_finds_its_sheet_and_skips_a_title(tmp_path):
+    """--column names the header wanted: a workbook is read from the first sheet naming it
+    (not from a note or a traces sheet before it), a CSV's title lines above it are
+    skipped, and stderr says so, as for a trace file."""
+    from click.testing import CliRunner
+
+    from geoflow.cli import cli
+
+    book = tmp_path / "release.xlsx"
+    with pd.ExcelWriter(book) as writer:
+        pd.DataFrame({"Notes": ["places to check"]}).to_excel(writer, sheet_name="README",
+                                                              index=False)
+        pd.DataFrame({"Trace Number": ["T1"], "FFL City": ["Houston"]}).to_excel(
+            writer, sheet_name="traces", index=False)
+        pd.DataFrame({"lugar": ["NVO. LAREDO, TAMPS.", "TOLUCA, EDO. MEX."]}).to_excel(
+            writer, sheet_name="lugares", index=False)
+    titled = tmp_path / "titled.csv"
+    titled.write_text('Places recovered, 2019\n\nlugar,armas\n"NVO. LAREDO, TAMPS.",3\n'
+                      '"TOLUCA, EDO. MEX.",1\n', encoding="utf-8")
+    for path, said in ((book, "sheet 'lugares' read; sheets 'README', 'traces' name no "
+                              "column 'lugar'"),
+                       (titled, "lines 1-2 above the header skipped (a title or note)")):
+        out = tmp_path / f"{path.stem}.csv.out"
+        result = CliRunner().invoke(cli, ["geocode", str(path), "--column", "lugar", "-o",
+                                          str(out)], obj={})
+        assert result.exit_code == 0, result.output
+        assert said in result.output
+        assert pd.read_csv(out)["admin1"].tolist() == ["MX-TAM", "MX-MEX"]
+
+
 def test_frames_with_only_dealer_columns_geocode():
     out, report = geocode_traces(pd.DataFrame({"dealer_city": ["FT WORTH"],
                                                "dealer_state": ["TX"]}))
