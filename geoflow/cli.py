@@ -909,12 +909,11 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
     warned: dict[str, int] = {}  # the reader's warnings on a plain table (sheet, title …)
     try:
         if column:
-            from geoflow.io import read_table, warning_key
+            from geoflow.io import read_table, warning_counts
 
             table = read_table(input_path, column=column)
             rejects, frame = table.rejects, table.frame
-            warned = {warning_key(str(c), str(r)): int(n) for (c, r), n in table.warnings.groupby(
-                ["column", "reason"], sort=False).size().items()}
+            warned = warning_counts(table.warnings)
             if column not in frame.columns:
                 raise SchemaError(f"no column {column!r}; columns are: "
                                   + ", ".join(map(str, frame.columns)), path=input_path)

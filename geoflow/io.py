@@ -298,10 +298,8 @@ def read_traces(
     )
     early = pd.concat([map_warnings, table.warnings, day_order], ignore_index=True)
     warnings = _capped([early, warnings])
-    for (column, reason), number in early.groupby(["column", "reason"],
-                                                  sort=False).size().items():
-        name = warning_key(column, reason)
-        counts[name] = counts.get(name, 0) + int(number)
+    for name, number in warning_counts(early).items():
+        counts[name] = counts.get(name, 0) + number
     source = {
         "path": str(path),
         "sha256": sha256,
@@ -793,6 +791,8 @@ def _date_formats(dayfirst: bool) -> list[tuple[str, str]]:
     ]
 
 
+#: A d/m/y or m/d/y date: its first two numbers (which is the day is what the order says).
+_DAY_MONTH = r"^\s*(\d{1,2})[/-](\d{1,2})[/-]\d{2,4}\s*$"
 #: The reader's warning when it read a file's dates day-first (``dayfirst=None``).
 DAY_FIRST_DETECTED = ("dates read day-first (as Mexican records write them): some cannot be "
                       "month-first and none can only be (--dayfirst or --monthfirst decide)")
@@ -810,7 +810,7 @@ def reads_day_first(frame: pd.DataFrame) -> tuple[bool, str]:
         return False, ""
     texts = pd.concat([pd.Series(frame[c].dropna().unique(), dtype="str") for c in columns],
                       ignore_index=True).drop_duplicates()
-    parts = texts.str.extract(r"^\s*(\d{1,2})[/-](\d{1,2})[/-]\d{2,4}\s*$").astype("float64")
+    parts = texts.str.extract(_DAY_MONTH).astype("float64")
     given = parts[0].notna().to_numpy()
     day = (parts[0].between(13, 31) & parts[1].between(1, 12)).to_numpy()
     month = (parts[1].between(13, 31) & parts[0].between(1, 12)).to_numpy()
@@ -886,7 +886,7 @@ def _parse_date_strings(values: pd.Series, *, dayfirst: bool, limit: pd.Timestam
         parsed[serial] = pd.Timestamp(SERIAL_DATE_EPOCH) + pd.to_timedelta(days, unit="D")
     parsed, reason, late = _plausible(parsed, limit)
     serial &= parsed.notna().to_numpy()
-    parts = values.str.extract(r"^(\d{1,2})[/-](\d{1,2})[/-]\d{2,4}$").astype("float64")
+    parts = values.str.extract(_DAY_MONTH).astype("float64")
     first, second = (1, 0) if dayfirst else (0, 1)
     swapped = ((parts[first] > 12) & (parts[second] <= 12) & parsed.isna()).to_numpy()
     reason[swapped] = (
@@ -1027,6 +1027,12 @@ def _repeated(values: pd.Series) -> np.ndarray:
     if len(pc.unique(pa.array(values.array))) == len(values):
         return np.zeros(len(values), dtype=bool)
     return values.duplicated(keep="first").to_numpy()
+
+
+def warning_counts(warnings: pd.DataFrame) -> dict[str, int]:
+    """How many of each kind (:func:`warning_key`) a warnings frame lists."""
+    return {warning_key(str(column), str(reason)): int(number) for (column, reason), number
+            in warnings.groupby(["column", "reason"], sort=False).size().items()}
 
 
 def warning_key(column: str, reason: str) -> str:
@@ -1731,8 +1737,8 @@ def _trace_sheet(book: pd.ExcelFile, names: list[str], is_header: HeaderTest, *,
     column, or ``column``: ``geoflow geocode --column``), else the first sheet (whose headers
     the error then names); and the warning (line 1) naming the sheets passed over and the
     other sheets that hold such a header too, which are not read."""
-    none, what = ("trace column", "trace columns") if column is None else (f"column {column!r}",
-                                                                           f"column {column!r}")
+    none = "trace column" if column is None else f"column {column!r}"
+    what = "trace columns" if column is None else none
     traced = []
     for name in names:
         top = pd.read_excel(book, sheet_name=name, header=None, dtype=str, na_filter=False,

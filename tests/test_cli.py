@@ -276,16 +276,16 @@ def test_dates_are_read_day_first_when_they_show_it_unless_told(tmp_path):
         "R1,Houston,TX,13/02/2019,Reynosa,Tamaulipas\n"
         "R2,Laredo,TX,05/04/2019,Monterrey,Nuevo León\n"
         "R3,Laredo,TX,25/03/2019,Saltillo,Coahuila\n", encoding="utf-8")
-    years = {}
+    read = {}  # flag → (dates unread, the manifest's dayfirst)
     for flag in ("", "--monthfirst", "--dayfirst"):
         out = tmp_path / f"out{flag}"
         result = geoflow("run", path, *([flag] if flag else []), "--min-cell", "1", "-o", out)
         assert result.exit_code == 0, result.stderr
         assert ("dates read day-first" in result.stderr) == (flag == "")
         warnings = pd.read_csv(out / "warnings.csv")
-        years[flag] = (warnings["reason"].str.startswith("unparseable date").sum(),
-                       manifest(out)["options"]["dayfirst"])
-    assert years == {"": (0, None), "--monthfirst": (2, False), "--dayfirst": (0, True)}
+        read[flag] = (warnings["reason"].str.startswith("unparseable date").sum(),
+                      manifest(out)["options"]["dayfirst"])
+    assert read == {"": (0, None), "--monthfirst": (2, False), "--dayfirst": (0, True)}
 
 
 def test_sheet_chooses_the_workbook_sheet_and_the_manifest_names_it(tmp_path):
