@@ -97,33 +97,46 @@ def formula_safe(frame: pd.DataFrame) -> pd.DataFrame:
     """Copy of ``frame`` where text cells starting with ``= + - @``, tab or CR get a ``'``
     prefix, unless the cell reads as a number (``-12.5`` stays as it is)."""
     out = frame.copy(deep=False)  # copy-on-write: columns replaced below, ``frame`` unchanged
-    for column in out.columns:
-        series = out[column]
-        categorical = isinstance(series.dtype, pd.CategoricalDtype)
+    for at, dtype in enumerate(frame.dtypes):  # by position: names may repeat
+        categorical = isinstance(dtype, pd.CategoricalDtype)
+        if not (categorical or _is_text(dtype)):
+            continue  # numbers, flags, dates: no text to start a formula
+        series = frame.iloc[:, at]
         if categorical:
             series = series.astype("string")
-        if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
-            continue
         risky = _formula_risk(series)
         if not risky.any():
             if categorical:  # written as its text; other columns stay as they are
-                out[column] = series
+                out.isetitem(at, series)
             continue
         text, risky = series.astype("string"), pd.Series(risky, index=series.index)
         numeric = pd.to_numeric(text.where(risky), errors="coerce").notna()
         fix = risky & ~numeric
-        out[column] = text.mask(fix, "'" + text)
+        out.isetitem(at, text.mask(fix, "'" + text))
     return out
 
 
 def _formula_risk(series: pd.Series) -> np.ndarray:
     """Whether each text cell starts like a formula (:data:`_FORMULA_START`), by the first
     byte of each cell in Arrow's buffers (all ASCII characters, so a first byte is a first
-    character; an Arrow regex over the column took ten times as long)."""
+    character; an Arrow regex over the column took ten times as long). pandas text, held by
+    Arrow or by Python, goes to Arrow as it is (an ``astype`` cost a batch entity's small
+    tables ~100 µs a column); other objects through pandas' text."""
     values = series.array
-    if not isinstance(values, pd.arrays.ArrowStringArray):  # Arrow text is taken as it is
+    if not _is_text(series.dtype, objects=False):
         values = series.astype("string[pyarrow]").array
-    return _STARTS_FORMULA[_first_bytes(pa.array(values))]
+    return _STARTS_FORMULA[_first_bytes(pa.array(values, type=pa.large_string()))]
+
+
+def _is_text(dtype: object, *, objects: bool = True) -> bool:
+    """``dtype`` holds text: pandas' (Python's or Arrow's), Arrow's own, or (``objects``)
+    Python objects, which may be text."""
+    if isinstance(dtype, pd.StringDtype):
+        return True
+    if isinstance(dtype, pd.ArrowDtype):
+        return pa.types.is_string(dtype.pyarrow_dtype) or pa.types.is_large_string(
+            dtype.pyarrow_dtype)
+    return objects and pd.api.types.is_object_dtype(dtype)
 
 
 def _first_bytes(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:

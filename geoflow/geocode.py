@@ -1004,15 +1004,31 @@ def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     if not keys:
         return report.iloc[0:0]
     group, firsts = np.concatenate(groups), pd.concat(keys, ignore_index=True)
+    typed, report_keys = _keyed_report(report)
     # each report row's group in ``records`` (−1: a place these records do not use)
-    at = pc.index_in(_key_text(report), value_set=_key_text(firsts))
+    at = pc.index_in(report_keys, value_set=_key_text(firsts))
     at = pc.fill_null(at, -1).to_numpy()
-    mine = report.iloc[np.flatnonzero(at >= 0)].astype(dict.fromkeys(firsts.columns, "string"))
+    mine = typed.iloc[np.flatnonzero(at >= 0)]
     at = at[at >= 0]
     first_lines = _first_lines(group, np.concatenate(record_lines), len(firsts))
     mine = mine.assign(records=np.bincount(group, minlength=len(firsts))[at],
                        first_lines=first_lines.to_numpy()[at])
     return _report_order(mine)
+
+
+#: The last report :func:`report_for` was given, with its :func:`_keyed_report`.
+_KEYED_REPORT: list[tuple[pd.DataFrame, pd.DataFrame, pa.Array]] = []
+
+
+def _keyed_report(report: pd.DataFrame) -> tuple[pd.DataFrame, pa.Array]:
+    """``report`` with its key columns (role, query, level) as pandas text, and each row's
+    :func:`_key_text`: made once for the report a batch asks about for every entity (the
+    sample's states: a third of each entity's :func:`report_for`)."""
+    if _KEYED_REPORT and _KEYED_REPORT[0][0] is report:
+        return _KEYED_REPORT[0][1:]
+    typed = report.astype(dict.fromkeys(("role", "query", "level"), "string"))
+    _KEYED_REPORT[:] = [(report, typed, _key_text(typed))]
+    return typed, _KEYED_REPORT[0][2]
 
 
 def _codes_and_texts(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -426,6 +426,9 @@ def test_formula_risk_by_first_byte_equals_the_regex_and_plain_text_is_written_a
         expected = [v is not pd.NA and re.match(r"[=+\-@\t\r]", v) is not None for v in cells]
         assert _formula_risk(cells).tolist() == expected
         assert _formula_risk(cells.astype(object)).tolist() == expected
+        # text held by Python (a batch's small entities) or by Arrow's own type: the same
+        for dtype in (pd.StringDtype("python"), pd.ArrowDtype(pa.large_string())):
+            assert _formula_risk(cells.astype(dtype)).tolist() == expected
         texts = pa.array(cells.array)
         for part in (texts, texts[len(texts) // 2:], pa.chunked_array([texts, texts])):
             values = part.to_pylist()
@@ -437,6 +440,27 @@ def test_formula_risk_by_first_byte_equals_the_regex_and_plain_text_is_written_a
     write_csv(frame, tmp_path / "ours.csv")
     formula_safe(frame).to_csv(tmp_path / "pandas.csv", index=False, lineterminator="\r\n")
     assert (tmp_path / "ours.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+
+
+def test_formula_safe_whatever_holds_the_text_and_with_repeated_names():
+    # the same cells as pandas text (Arrow's or Python's), Arrow's own type, a categorical
+    # and objects: each risky cell gets its quote, numbers and plain text stay as they are
+    import pyarrow as pa
+
+    cells = ["=1+2", "-12.5", "@x", "plain", None]
+    quoted = ["'=1+2", "-12.5", "'@x", "plain", None]
+    kinds = [pd.StringDtype("pyarrow"), pd.StringDtype("python"),
+             pd.ArrowDtype(pa.large_string()), "category", object]
+    frame = pd.concat([pd.Series(cells, dtype=kind) for kind in kinds], axis=1)
+    frame.columns = ["a", "b", "a", "c", "b"]  # names repeated: columns taken by position
+    frame["n"] = [1, -2, 3, 4, 5]
+    safe = formula_safe(frame)
+    assert list(safe.columns) == ["a", "b", "a", "c", "b", "n"]
+    for at in range(5):
+        got = safe.iloc[:, at].astype(object).where(safe.iloc[:, at].notna(), None)
+        assert got.tolist() == quoted, kinds[at]
+    assert safe["n"].tolist() == [1, -2, 3, 4, 5]
+    assert frame.iloc[:, 0].tolist()[0] == "=1+2"  # the caller's frame is unchanged
 
 
 def test_numbers_formatted_once_per_distinct_value_read_as_formatted_one_by_one():

@@ -711,6 +711,13 @@ def test_report_for_counts_records_without_a_place_and_an_empty_subset():
     nothing = records.assign(dealer_geocode_query=pd.Categorical([None] * 3),
                              dealer_geocode_level=pd.Categorical([None] * 3))
     pd.testing.assert_frame_equal(report_for(report, nothing), got)
+    # another report (its keys are kept for the last one asked about): its own rows
+    other = report.assign(query=["", "Reynosa, TAM"], score=[0, 90])
+    moved = records.assign(recovery_geocode_query=pd.Categorical(["Reynosa, TAM"] * 3))
+    assert report_for(other, moved)[["query", "score"]].values.tolist() == [
+        ["", 0], ["Reynosa, TAM", 90]]
+    assert report_for(other, records)["query"].tolist() == [""]  # Juárez: not in ``other``
+    pd.testing.assert_frame_equal(report_for(report, records), got)
 
 
 def test_set_writes_the_rows_named_and_refuses_others():
