@@ -558,18 +558,19 @@ def _placed_ends(ends: pd.DataFrame) -> np.ndarray:
 
 
 def _legs_from_ends(flows: pd.DataFrame, ends: pd.DataFrame) -> pd.DataFrame:
-    """:func:`side_legs` from the far ends of the flows at one level."""
+    """:func:`side_legs` from the far ends of the flows at one level. Arrays throughout, the
+    table made once in its order (a batch entity sums its legs at two or three levels)."""
     lon, lat = ends["lon"].to_numpy(dtype=float), ends["lat"].to_numpy(dtype=float)
     rows = _placed_ends(ends)
-    keys = {"key": ends["key"].iloc[rows].reset_index(drop=True),
-            "port_code": _text(flows["crossing_code"]).iloc[rows].reset_index(drop=True),
-            "route_kind": pd.Series(pd.arrays.ArrowStringArray(pc.if_else(
-                pc.equal(pa.array(_text(flows["route_kind"]).array.take(rows)), "known"),
-                "known", "modelled")))}
-    group = first_seen_codes(list(keys.values()))  # numpy: no groupby per leg table
+    key = ends["key"].array.take(rows)
+    port = _text(flows["crossing_code"]).array.take(rows)
+    kind = pd.arrays.ArrowStringArray(pc.if_else(
+        pc.equal(pa.array(_text(flows["route_kind"]).array.take(rows)), "known"),
+        "known", "modelled"))
+    # numpy: no groupby per leg table
+    group = first_seen_codes([pd.Series(values, copy=False) for values in (key, port, kind)])
     n = int(group.max()) + 1 if len(group) else 0
     first = first_rows(group, n)
-    at = rows[first]
     sizes = np.bincount(group, minlength=n)
 
     def mean(values: np.ndarray) -> np.ndarray:  # exact when a group's values are equal
@@ -577,20 +578,22 @@ def _legs_from_ends(flows: pd.DataFrame, ends: pd.DataFrame) -> pd.DataFrame:
         base = values[first]
         return base + np.bincount(group, weights=values - base[group], minlength=n) / sizes
 
-    grouped = pd.DataFrame({
-        **{name: key.iloc[first].reset_index(drop=True) for name, key in keys.items()},
-        "name": ends["name"].iloc[at].reset_index(drop=True),
-        "lon": mean(lon), "lat": mean(lat),
-        "port_name": _text(flows["crossing_name"]).iloc[at].reset_index(drop=True),
+    guns = np.bincount(group, weights=_guns(flows["guns"].to_numpy())[rows], minlength=n)
+    # keys ranked in Arrow (UTF-8 byte order is code point order, as Python sorts text)
+    key_rank = pd.factorize(key.take(first), sort=True)[0]
+    order = np.lexsort((key_rank, -guns))
+    chosen = first[order]  # each leg's first flow, among the placed ones
+    at = rows[chosen]  # and among all flows
+    return pd.DataFrame({
+        "key": key.take(chosen), "port_code": port.take(chosen),
+        "route_kind": kind.take(chosen),
+        "name": ends["name"].array.take(at),
+        "lon": mean(lon)[order], "lat": mean(lat)[order],
+        "port_name": _text(flows["crossing_name"]).array.take(at),
         "port_lon": flows["port_lon"].to_numpy(dtype=float)[at],
         "port_lat": flows["port_lat"].to_numpy(dtype=float)[at],
-        "guns": np.bincount(group, weights=_guns(flows["guns"].to_numpy())[rows],
-                            minlength=n),
+        "guns": guns[order],
     })
-    # keys ranked in Arrow (UTF-8 byte order is code point order, as Python sorts text)
-    key_rank = pd.factorize(grouped["key"].array, sort=True)[0]
-    order = np.lexsort((key_rank, -grouped["guns"].to_numpy()))
-    return grouped.iloc[order].reset_index(drop=True)
 
 
 def choose_level(flows: pd.DataFrame, side: str, budget: int) -> str:
@@ -816,11 +819,11 @@ def _areas(states: pd.DataFrame, palette: str, flow_colour: str, lighten_for_flo
                                bins=tuple(float(b) for b in bins), colours=tuple(colours),
                                labels=tuple(_class_labels(guns, bins))))
         geoms = _outlines(part.geometry.to_numpy())
-        share = (pd.to_numeric(part["share_frac"], errors="coerce") if "share_frac" in part
-                 else None)
+        share = (pd.to_numeric(part["share_frac"], errors="coerce").to_numpy(
+            dtype=float, na_value=np.nan) if "share_frac" in part else None)
         for i, (code, name) in enumerate(zip(_text(part["code"]), _text(part["name"]),
                                              strict=True)):
-            s = None if share is None or pd.isna(share.iloc[i]) else float(share.iloc[i])
+            s = None if share is None or np.isnan(share[i]) else float(share[i])
             areas.append(Area(code=code, name=name, country=country, guns=int(guns[i]),
                               share=s, cls=int(idx[i]),
                               fill=colours[idx[i]] if idx[i] >= 0 else NO_DATA,
@@ -906,19 +909,20 @@ def _labels(result: MapData, legs: Sequence[Leg], areas: Sequence[Area]) -> list
                                       ("recovery", result.recoveries, "recovery_place", 10)):
         if not len(frame) or column not in frame.columns:
             continue
-        g = _guns(frame["guns"].to_numpy())
-        xy = shapely.get_coordinates(frame.geometry.to_numpy())
-        towns = pd.DataFrame({"t": _text(frame[column]).to_numpy(), "g": g, "x": xy[:, 0],
-                              "y": xy[:, 1]})
-        towns = towns[towns["t"] != ""]
-        towns = (towns.groupby("t", sort=False).agg(g=("g", "sum"), x=("x", "first"),
-                                                    y=("y", "first"))
-                 .sort_values("g", ascending=False, kind="stable"))
-        gmax = max(float(towns["g"].max()) if len(towns) else 1.0, 1.0)
-        top_towns = towns.head(many * 3)
+        # per town (in order of first appearance): its guns summed, its first point; the
+        # towns of most guns first (numpy: a groupby cost a batch entity ~2 ms a layer)
+        texts = _text(frame[column]).to_numpy(dtype=object)
+        named = np.flatnonzero(texts != "")
+        xy = shapely.get_coordinates(frame.geometry.to_numpy())[named]
+        codes, towns = pd.factorize(texts[named])
+        g = np.bincount(codes, weights=_guns(frame["guns"].to_numpy())[named],
+                        minlength=len(towns))
+        gmax = max(float(g.max()) if len(towns) else 1.0, 1.0)
+        largest = np.argsort(-g, kind="stable")[:many * 3]
+        at = first_rows(codes, len(towns))[largest]
         for rank, (town, g_town, x, y) in enumerate(zip(
-                top_towns.index, top_towns["g"].tolist(), top_towns["x"].tolist(),
-                top_towns["y"].tolist(), strict=True)):
+                towns[largest].tolist(), g[largest].tolist(), xy[at, 0].tolist(),
+                xy[at, 1].tolist(), strict=True)):
             top = rank < 3
             if str(town).split(",")[0].strip().casefold() in ports:
                 continue  # the port's label already names the town

@@ -121,6 +121,26 @@ def test_labels_name_the_top_ports_dealer_towns_and_places(scene):
     assert any(lab.text == "Culiacán" for lab in by_kind["recovery"])
 
 
+def test_town_labels_sum_a_towns_places_at_its_first_point_most_guns_first():
+    # three dealers in Laredo (9 guns), one in Tucson (5) and one with no town: Laredo
+    # first at its first dealer's point, then Tucson; the unnamed dealer is not labelled
+    import geopandas as gpd
+
+    from geoflow.scene import _labels
+
+    dealers = gpd.GeoDataFrame(
+        {"dealer_place": ["Tucson, AZ", "Laredo, TX", None, "Laredo, TX", "Laredo, TX"],
+         "guns": [5, 2, 50, 3, 4]},
+        geometry=shapely.points([(-110.9, 32.2), (-99.5, 27.5), (-98.0, 29.0),
+                                 (-99.4, 27.6), (-99.6, 27.4)]), crs="EPSG:4326")
+    empty = gpd.GeoDataFrame({"guns": []}, geometry=[], crs="EPSG:4326")
+    result = SimpleNamespace(crossings=empty, dealers=dealers, recoveries=empty)
+    towns = [lab for lab in _labels(result, [], []) if lab.kind == "dealer"]
+    assert [(lab.text, lab.lon, lab.lat) for lab in towns] == [
+        ("Laredo, TX", -99.5, 27.5), ("Tucson, AZ", -110.9, 32.2)]
+    assert [lab.priority for lab in towns] == [3.0 + 1.0, 3.0 + 5 / 9]
+
+
 def test_texts_attribution_and_synthetic_banner(scene):
     assert scene.synthetic and scene.banner == SYNTHETIC_BANNER
     assert any("INEGI" in a for a in ATTRIBUTION) and any("GeoNames" in a for a in ATTRIBUTION)
