@@ -508,24 +508,26 @@ def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
 
 
 def build_crossings(records: pd.DataFrame, ports: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """One Point per port used by placed records, with guns split known / modelled."""
+    """One Point per port used by placed records, with guns split known / modelled; most
+    guns first (then by code). Counted by each record's row in ``ports``, not merged (a
+    batch entity's layer: 8 -> 3 ms)."""
     records = counted(records)
-    code, uniques = pd.factorize(records["crossing_code"], use_na_sentinel=True)
+    at = positions_in(pd.Index(ports["code"].astype(str)), records["crossing_code"])
     weights = gun_weights(records)
-    guns = weighted_count(code, weights, len(uniques))
-    modelled = weighted_count(code, weights * is_value(records["route_kind"], "modelled"),
-                              len(uniques))
-    counts = pd.DataFrame({"guns": guns, "guns_modelled": modelled},
-                          index=pd.Index(np.asarray(uniques, dtype=str), name="code"))
-    used = ports.assign(code=ports["code"].astype(str)).merge(
-        counts, left_on="code", right_index=True, how="inner")
-    used["guns_known"] = used["guns"] - used["guns_modelled"]
-    columns = ["code", "name", "us_state", "mx_city", "guns", "guns_known", "guns_modelled"]
-    out = gpd.GeoDataFrame(used[columns], geometry=used.geometry.to_numpy(), crs="EPSG:4326")
-    for column in ("code", "name", "us_state", "mx_city"):
-        out[column] = out[column].astype("string")
-    return out.sort_values(["guns", "code"], ascending=[False, True],
-                           kind="stable").reset_index(drop=True)
+    guns = weighted_count(at, weights, len(ports))
+    modelled = weighted_count(at, weights * is_value(records["route_kind"], "modelled"),
+                              len(ports))
+    used = np.flatnonzero(np.bincount(at[at >= 0], minlength=len(ports)))
+    codes = ports["code"].astype(str).to_numpy()[used]
+    order = used[np.lexsort((pd.factorize(codes, sort=True)[0], -guns[used]))]
+    chosen = ports.iloc[order]
+    return gpd.GeoDataFrame({
+        "code": chosen["code"].astype(str).astype("string").array,
+        **{column: chosen[column].astype("string").array
+           for column in ("name", "us_state", "mx_city")},
+        "guns": guns[order], "guns_known": guns[order] - modelled[order],
+        "guns_modelled": modelled[order],
+    }, geometry=chosen.geometry.to_numpy(), crs="EPSG:4326")
 
 
 #: The guns column of a state in ``states.geojson``, by country: one word, one meaning.

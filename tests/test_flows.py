@@ -243,6 +243,22 @@ def test_dealer_recovery_and_crossing_layers():
     ]
 
 
+def test_crossings_tied_in_guns_go_by_code_and_a_code_no_port_has_is_left_out():
+    rows = [{"purchaser": "A", "dealer": "GAT Guns", "dealer_at": "dundee",
+             "recovered_at": "cdmx", "port": port, "kind": kind, "n": n}
+            for port, kind, n in (("2305", "known", 2), ("2304", "modelled", 2),
+                                  ("2401", "known", 5))]
+    placed = _placed(rows)
+    placed = placed.assign(crossing_code=placed["crossing_code"].astype(object))
+    placed.loc[placed["crossing_code"] == "2401", "crossing_code"] = "9999"  # no such port
+    crossings = build_crossings(placed, PORTS)
+    assert crossings[["code", "guns", "guns_known", "guns_modelled"]].values.tolist() == [
+        ["2304", 2, 0, 2], ["2305", 2, 2, 0]]
+    assert crossings.index.tolist() == [0, 1]
+    assert crossings["name"].tolist() == [
+        PORTS.set_index("code").loc[code, "name"] for code in ("2304", "2305")]
+
+
 def test_no_placed_records_give_empty_layers():
     placed = _placed([{"purchaser": "A", "dealer_at": None, "n": 2}])
     assert len(build_flows(placed, PORTS)) == 0
