@@ -51,7 +51,13 @@ from geoflow.aggregate import (
     unplace_duplicates,
 )
 from geoflow.geocode import PlaceMemo
-from geoflow.io import SeenRecords, read_traces, sorted_positions, warning_key
+from geoflow.io import (
+    SeenRecords,
+    lines_above_header,
+    read_traces,
+    sorted_positions,
+    warning_key,
+)
 from geoflow.privacy import arrow_text
 
 __all__ = [
@@ -143,12 +149,14 @@ class Chunk:
 
 
 def csv_chunks(path: str | Path, chunk_bytes: int = CHUNK_BYTES,
-               digest: hashlib._Hash | None = None) -> Iterator[Chunk]:
+               digest: hashlib._Hash | None = None, *, skip_lines: int = 0
+               ) -> Iterator[Chunk]:
     """Cut a CSV into chunks of whole records of about ``chunk_bytes``: the first as the file
-    begins, every later one the file's header record followed by its records. ``digest`` is
-    updated with every byte of the file, in order, in a thread beside the chunks' work
-    (hashlib lets go of the GIL: 2.5 s less at 10M records); complete once the last chunk
-    is taken."""
+    begins, every later one the file's header record followed by its records. The header is
+    the first record below ``skip_lines`` lines (a title above it:
+    :func:`~geoflow.io.lines_above_header`). ``digest`` is updated with every byte of the
+    file, in order, in a thread beside the chunks' work (hashlib lets go of the GIL: 2.5 s
+    less at 10M records); complete once the last chunk is taken."""
     header: bytes | None = None
     header_lines = 0
     lines_before = 0  # line breaks of the file before the pending bytes
@@ -164,9 +172,12 @@ def csv_chunks(path: str | Path, chunk_bytes: int = CHUNK_BYTES,
             if not buf:
                 return
             if not last:
-                end = _last_break(np.frombuffer(buf, dtype=np.uint8))
+                # the quotes of a title above the header are not the table's: counted after it
+                start = _line_start(buf, skip_lines) if header is None else 0
+                end = _last_break(np.frombuffer(buf, dtype=np.uint8)[start:])
+                end = start + end if end >= 0 else -1
                 if header is None:  # the first chunk holds the header and a record at least
-                    header_end = _header_end(buf)
+                    header_end = _header_end(buf, skip_lines)
                     end = end if header_end and end >= header_end else -1
                 if end < 0:  # no record ends in it yet: read on
                     pending = buf
@@ -183,8 +194,9 @@ def csv_chunks(path: str | Path, chunk_bytes: int = CHUNK_BYTES,
                     return
                 continue
             if header is None:
-                header_end = _header_end(body)
-                header = body[:header_end] if header_end else body
+                header_start = _line_start(body, skip_lines)
+                header_end = _header_end(body, skip_lines)
+                header = body[header_start:header_end] if header_end else body[header_start:]
                 header = header.removeprefix(codecs.BOM_UTF8)
                 header_lines = _line_count(np.frombuffer(header, dtype=np.uint8))
                 yield Chunk(body, 0, True)
@@ -197,18 +209,31 @@ def csv_chunks(path: str | Path, chunk_bytes: int = CHUNK_BYTES,
                 return
 
 
-def _header_end(buf: bytes, head: int = 1 << 16) -> int:
-    """Offset after the line break ending the first non-blank record (0: none complete),
-    looked for in the first ``head`` bytes, then in 16 times as many until found or
-    ``buf`` is searched whole (a quarter-gigabyte chunk's breaks all took 0.7 s)."""
+def _line_start(buf: bytes, lines: int) -> int:
+    """Offset of the start of line ``lines`` + 1 of ``buf`` (0: the first line); the end of
+    ``buf`` when it has fewer lines."""
+    at = 0
+    for _ in range(lines):
+        at = buf.find(b"\n", at) + 1
+        if not at:
+            return len(buf)
+    return at
+
+
+def _header_end(buf: bytes, skip_lines: int = 0, head: int = 1 << 16) -> int:
+    """Offset after the line break ending the first non-blank record below ``skip_lines``
+    lines (0: none complete), looked for in the first ``head`` bytes, then in 16 times as
+    many until found or ``buf`` is searched whole (a quarter-gigabyte chunk's breaks all
+    took 0.7 s)."""
+    first = _line_start(buf, skip_lines)
     while True:
-        part = np.frombuffer(buf, dtype=np.uint8, count=min(head, len(buf)))
-        start = 0
-        for end in _breaks_outside_quotes(part):  # blank lines before the header: a few
+        part = np.frombuffer(buf, dtype=np.uint8, count=min(first + head, len(buf)))[first:]
+        start = first
+        for end in _breaks_outside_quotes(part) + first:  # blank lines before it: a few
             if buf[start:end].removeprefix(codecs.BOM_UTF8).strip(b" \t\r\n"):
                 return int(end) + 1
             start = int(end) + 1
-        if part.size == len(buf):
+        if first + part.size == len(buf):
             return 0
         head *= 16
 
@@ -500,18 +525,21 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _ordered_warnings(warnings: pd.DataFrame, header_map: dict) -> pd.DataFrame:
-    """Chunks' warnings in the whole-file reader's order, then capped like it: column-map
-    notes, bad bytes, repeated headers, then per input column (coordinates, dates, year in
-    :mod:`geoflow.schema` order) by line."""
+    """Chunks' warnings in the whole-file reader's order, then capped like it: the header's
+    (line 1, the first chunk's alone, in its order: column-map notes, headers not used, a
+    title above it …), bad bytes, repeated headers, dates read day-first, then per input
+    column (coordinates, dates, year in :mod:`geoflow.schema` order) by line."""
     from geoflow import schema
-    from geoflow.io import BAD_BYTES_REASON, _capped
+    from geoflow.io import BAD_BYTES_REASON, DAY_FIRST_DETECTED, _capped
 
     columns = [*schema.COORDINATE_COLUMNS, *schema.DATE_COLUMNS, schema.YEAR_COLUMN]
-    order = {raw: 3 + columns.index(c) for raw, c in header_map.items() if c in columns}
+    order = {raw: 4 + columns.index(c) for raw, c in header_map.items() if c in columns}
     reason = warnings["reason"].astype("string")
-    rank = warnings["column"].map(order).fillna(3 + len(columns)).astype("int64")
+    rank = warnings["column"].map(order).fillna(4 + len(columns)).astype("int64")
+    rank = rank.mask(reason == DAY_FIRST_DETECTED, 3)
     rank = rank.mask(reason.str.startswith("repeated header"), 2)
-    rank = rank.mask(reason == BAD_BYTES_REASON, 1).mask(reason.str.startswith("column map"), 0)
+    rank = rank.mask(reason == BAD_BYTES_REASON, 1)
+    rank = rank.mask((warnings["line"] == 1) & (rank > 3), 0)
     order_by = pd.DataFrame({"rank": rank.to_numpy(), "line": warnings["line"].to_numpy()})
     positions = order_by.sort_values(["rank", "line"], kind="stable").index.to_numpy()
     return _capped([warnings.iloc[positions]])
@@ -598,7 +626,9 @@ def prepare_chunked(source: str | Path, *, options, chunk_bytes: int = CHUNK_BYT
     parts: list[Partial] = []
     first_source: dict = {}
     read_options = options  # dayfirst None: the first chunk's dates decide, for every chunk
-    for chunk in csv_chunks(path, chunk_bytes, digest):
+    with path.open("rb") as handle:  # a title above the header: skipped as read_traces does
+        skip = lines_above_header(handle.read(1 << 16), options.column_map)
+    for chunk in csv_chunks(path, chunk_bytes, digest, skip_lines=skip):
         part, read_source = prepare_chunk(chunk, path, options=read_options, seen=seen,
                                           names=names, ports=ports, timings=timings,
                                           memory=memory, places=places)

@@ -42,6 +42,7 @@ __all__ = [
     "parse_counts",
     "ReadResult",
     "read_traces",
+    "lines_above_header",
     "PlainTable",
     "read_table",
     "load_column_map",
@@ -248,8 +249,8 @@ def read_traces(
     with ThreadPoolExecutor(1) as pool:
         digest = None if from_caller else pool.submit(hashlib.sha256, data)
         if fmt == "csv":
-            above, title = ((0, "") if from_caller
-                            else _title_lines(data, encoding, _header_test(user_map)))
+            # a chunk after a large CSV's first starts with its header: no lines above it
+            above, title = _title_lines(data, encoding, _header_test(user_map))
             table = _read_csv(_from_line(data, above), path, encoding=encoding)
             table = _below_title(table, above, title)
         elif fmt == "xlsx":
@@ -1859,6 +1860,13 @@ def _title_lines(data: bytes, encoding: str | None, is_header: HeaderTest
     except csv.Error:
         pass
     return 0, ""
+
+
+def lines_above_header(head: bytes, column_map: dict[str, str] | None = None) -> int:
+    """How many lines of a CSV beginning with ``head`` (its first 64 KB suffice) lie above
+    its header (a published table's title or note), as :func:`read_traces` skips them."""
+    user_map = schema.validate_column_map(column_map)
+    return _title_lines(head, None, _header_test(user_map))[0]
 
 
 def _from_line(data: bytes, lines: int) -> bytes:

@@ -18,7 +18,7 @@ import pytest
 from geoflow.aggregate import build_tables
 from geoflow.chunked import NameTable, combine, csv_chunks, prepare_chunk, wants_chunks
 from geoflow.crossings import load_ports
-from geoflow.io import DAY_FIRST_DETECTED, SeenRecords
+from geoflow.io import DAY_FIRST_DETECTED, UNKNOWN_HEADER, SeenRecords
 from geoflow.pipeline import RunOptions, prepare_records, run_pipeline, write_outputs
 from geoflow.sample import sample_path
 
@@ -118,6 +118,43 @@ def test_chunked_outputs_equal_in_memory_on_a_broken_file(sample_csv, tmp_path):
         unplaced["reason"].str.contains("duplicate").any())
     warnings = pd.read_csv(tmp_path / "chunked" / "warnings.csv")
     assert len(warnings) >= 3  # the dates and the bad byte, at their file lines
+
+
+def test_a_title_above_the_header_is_skipped_whole_and_chunked(sample_csv, tmp_path):
+    # a published table's title (an unbalanced quote in it) and a blank line above the
+    # header of the broken file: a large CSV's chunks read it as the whole file does
+    broken = _broken(sample_csv, tmp_path)
+    titled = tmp_path / "titled.csv"
+    titled.write_bytes(b'Table 3: pistols, 5" barrels, 2019-2020\r\n\r\n' + broken.read_bytes())
+    whole = _outputs(titled, tmp_path / "whole")
+    chunked = _outputs(titled, tmp_path / "chunked", chunk_mb=0.05)
+    assert chunked["input"]["chunks"] >= 10
+    assert chunked["counts"]["rows_rejected"] == 1
+    assert _same_outputs(tmp_path / "whole", tmp_path / "chunked") == []
+    assert _comparable(chunked) == _comparable(whole)
+    rejects = pd.read_csv(tmp_path / "chunked" / "rejects.csv")
+    plain = _outputs(broken, tmp_path / "plain")
+    assert plain["counts"] == chunked["counts"]
+    assert rejects["line"].tolist() == [
+        line + 2 for line in pd.read_csv(tmp_path / "plain" / "rejects.csv")["line"]]
+    warnings = pd.read_csv(tmp_path / "chunked" / "warnings.csv")
+    assert warnings["reason"].iloc[0] == "lines 1-2 above the header skipped (a title or note)"
+
+
+def test_header_warnings_come_first_whole_and_chunked(sample_csv, tmp_path):
+    # a column geoflow does not use (its warning on line 1) and bad bytes further down, in
+    # later chunks: warnings.csv lists them in the same order either way
+    frame = pd.read_csv(sample_csv, dtype=str, keep_default_na=False).assign(Notes="x")
+    data = frame.to_csv(index=False).encode("utf-8")
+    path = tmp_path / "notes.csv"
+    path.write_bytes(data.replace(b"Rosarito", "Ros\xe1rito".encode("cp1252")))
+    _outputs(path, tmp_path / "whole")
+    chunked = _outputs(path, tmp_path / "chunked", chunk_mb=0.05)
+    assert chunked["input"]["chunks"] >= 10
+    assert _same_outputs(tmp_path / "whole", tmp_path / "chunked") == []
+    warnings = pd.read_csv(tmp_path / "chunked" / "warnings.csv")
+    assert warnings["reason"].iloc[0] == UNKNOWN_HEADER
+    assert len(warnings) > 1 and (warnings["line"].iloc[1:] > 100).any()
 
 
 def test_day_first_dates_are_detected_whole_and_chunked(sample_csv, tmp_path):
