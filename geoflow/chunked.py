@@ -608,6 +608,14 @@ def prepare_chunk(chunk: Chunk, path: Path, *, options, seen: SeenRecords, names
     ), read.source
 
 
+def _file_encodings(encodings: tuple[str, ...]) -> list[str]:
+    """The chunks' encodings as the file's: a byte-order mark begins the file, not each
+    chunk, so UTF-8 chunks after a first ``utf-8-sig`` one are that encoding."""
+    if encodings[:1] != ("utf-8-sig",):
+        return list(encodings)
+    return list(dict.fromkeys("utf-8-sig" if e == "utf-8" else e for e in encodings))
+
+
 def prepare_chunked(source: str | Path, *, options, chunk_bytes: int = CHUNK_BYTES):
     """:func:`geoflow.pipeline.prepare_records` for a large CSV, chunk by chunk (see the
     module docstring); returns a :class:`~geoflow.pipeline.PreparedRecords` whose records
@@ -663,7 +671,7 @@ def prepare_chunked(source: str | Path, *, options, chunk_bytes: int = CHUNK_BYT
         **first_source,
         "path": str(path),
         "sha256": digest.hexdigest(),
-        "encoding": "; ".join(combined.encodings),
+        "encoding": "; ".join(_file_encodings(combined.encodings)),
         "rows_read": combined.rows_read,
         "rows_valid": rows_valid,
         "rows_rejected": int(rejects["line"].nunique()),

@@ -422,33 +422,36 @@ def _detect_mixed(data: bytes) -> tuple[str, str, list[tuple[int, int]]]:
     those bytes alone read as cp1252 and returned as ``(start, end)`` byte offsets.
 
     The file as a whole is read as cp1252 when it holds no valid multi-byte UTF-8 character
-    at all, or fewer of them than invalid sequences (then it is clearly not UTF-8)."""
-    if data.startswith(codecs.BOM_UTF8):
-        return "utf-8-sig", data.decode("utf-8-sig"), []
+    at all, or fewer of them than invalid sequences (then it is clearly not UTF-8). A UTF-8
+    byte-order mark (Excel's "CSV UTF-8") names the encoding ``utf-8-sig``; its few invalid
+    bytes are read the same way (byte offsets in ``data``, the mark included)."""
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16", data.decode("utf-16"), []
+    marked = data.startswith(codecs.BOM_UTF8)
+    name, skip = ("utf-8-sig", len(codecs.BOM_UTF8)) if marked else ("utf-8", 0)
+    body = data[skip:] if marked else data
     try:
-        return "utf-8", data.decode("utf-8"), []
+        return name, body.decode("utf-8"), []
     except UnicodeDecodeError:
         pass
     bad: list[tuple[int, int]] = []
     _BAD_BYTES.ranges = bad
     try:
-        text = data.decode("utf-8", errors="geoflow-cp1252")
+        text = body.decode("utf-8", errors="geoflow-cp1252")
     except _TooManyBadBytes:
         text = None
     finally:
         del _BAD_BYTES.ranges
     if text is not None:
-        a = np.frombuffer(data, dtype=np.uint8)
+        a = np.frombuffer(body, dtype=np.uint8)
         leads = int(np.count_nonzero((a >= 0xC2) & (a <= 0xF4)))
-        bad_leads = sum(0xC2 <= data[start] <= 0xF4 for start, _ in bad)
+        bad_leads = sum(0xC2 <= body[start] <= 0xF4 for start, _ in bad)
         if leads - bad_leads >= len(bad):
-            return "utf-8", text, bad
+            return name, text, [(start + skip, end + skip) for start, end in bad]
     try:
-        return "cp1252", data.decode("cp1252"), []
+        return "cp1252", body.decode("cp1252"), []
     except UnicodeDecodeError:
-        return _LATIN1_FALLBACK, data.decode("cp1252", errors="geoflow-latin1"), []
+        return _LATIN1_FALLBACK, body.decode("cp1252", errors="geoflow-latin1"), []
 
 
 def sniff_delimiter(text: str) -> str:

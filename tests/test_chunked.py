@@ -2,6 +2,7 @@
 on the sample and on a broken file, and partial aggregates combine associatively. So do a
 large input's, whose tables are built on a second thread beside its map layers."""
 
+import codecs
 import csv
 import filecmp
 import hashlib
@@ -143,15 +144,18 @@ def test_a_title_above_the_header_is_skipped_whole_and_chunked(sample_csv, tmp_p
 
 def test_header_warnings_come_first_whole_and_chunked(sample_csv, tmp_path):
     # a column geoflow does not use (its warning on line 1) and bad bytes further down, in
-    # later chunks: warnings.csv lists them in the same order either way
+    # later chunks: warnings.csv lists them in the same order either way; the file's
+    # byte-order mark (Excel's "CSV UTF-8") is the whole file's encoding, chunked too
     frame = pd.read_csv(sample_csv, dtype=str, keep_default_na=False).assign(Notes="x")
-    data = frame.to_csv(index=False).encode("utf-8")
+    data = codecs.BOM_UTF8 + frame.to_csv(index=False, lineterminator="\r\n").encode()
     path = tmp_path / "notes.csv"
     path.write_bytes(data.replace(b"Rosarito", "Ros\xe1rito".encode("cp1252")))
-    _outputs(path, tmp_path / "whole")
+    whole = _outputs(path, tmp_path / "whole")
     chunked = _outputs(path, tmp_path / "chunked", chunk_mb=0.05)
     assert chunked["input"]["chunks"] >= 10
     assert _same_outputs(tmp_path / "whole", tmp_path / "chunked") == []
+    assert _comparable(chunked) == _comparable(whole)
+    assert chunked["input"]["encoding"] == "utf-8-sig"
     warnings = pd.read_csv(tmp_path / "chunked" / "warnings.csv")
     assert warnings["reason"].iloc[0] == UNKNOWN_HEADER
     assert len(warnings) > 1 and (warnings["line"].iloc[1:] > 100).any()

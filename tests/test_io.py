@@ -80,6 +80,25 @@ def test_cp1252_punctuation_and_undefined_bytes_fall_back_to_latin1(tmp_path):
     assert result.records["recovery_city"].iloc[2] == "Querétaro"
 
 
+def test_a_byte_order_mark_and_a_stray_cp1252_byte_read_with_a_warning(tmp_path):
+    # Excel's "CSV UTF-8" with one cp1252 byte pasted in: read as the same file without the
+    # mark is (the byte as cp1252, a warning at its line), not refused
+    rows = _rows()
+    data = "\n".join([",".join(HEADER), *(",".join(r) for r in rows)]).encode("utf-8")
+    data = data.replace("Querétaro".encode(), "Querétaro".encode("cp1252"))
+    plain = read_traces(_write_bytes(tmp_path / "plain.csv", data))
+    marked = read_traces(_write_bytes(tmp_path / "marked.csv", b"\xef\xbb\xbf" + data))
+    assert marked.source["encoding"] == "utf-8-sig" and plain.source["encoding"] == "utf-8"
+    assert marked.records["recovery_city"].tolist() == PLACES
+    pd.testing.assert_frame_equal(marked.warnings, plain.warnings)
+    assert marked.warnings["line"].tolist() == [4]  # the third record's line
+
+
+def _write_bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
 def test_explicit_encoding_wins_over_detection(tmp_path):
     path = _write(tmp_path / "traces.csv", _rows(), encoding="utf-8")
     result = read_traces(path, encoding="latin-1")
