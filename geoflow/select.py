@@ -111,6 +111,11 @@ def _data_state_aliases(records: pd.DataFrame, raw_col: str, code_col: str) -> d
     return dict(zip(best["alias"], best[code_col], strict=True))
 
 
+#: The filter that selects by the other country's states (a Mexican state given to
+#: ``--state`` is named with it).
+_OTHER_SIDE = {"US": ("--mx-state", "recovered"), "MX": ("--state", "sold")}
+
+
 def resolve_states(
     values: Iterable[str], *, country: str, records: pd.DataFrame | None = None
 ) -> dict[str, str]:
@@ -144,6 +149,11 @@ def resolve_states(
         code = next((c for c in candidates if c and c.startswith(prefix)), None)
         if code is None:
             kind = _COUNTRY_NAMES[country]
+            other = next((c for c in candidates if c), None)  # a state of the other country
+            if other is not None:
+                flag, verb = _OTHER_SIDE[country]
+                raise FilterError(f"{value!r} is a {_COUNTRY_NAMES[other[:2]]} ({other}), not a "
+                                  f"{kind}: {flag} {value!r} keeps the guns {verb} there")
             hint = "TX, US-TX or Texas" if country == "US" else "TAM, MX-TAM, Tamaulipas or Tamps."
             raise FilterError(f"unknown {kind} {value!r} (give a code or name such as {hint})")
         result[value] = code

@@ -81,9 +81,16 @@ def test_mx_state_by_iso_code_and_short_code(records):
     assert len(filter_records(records, mx_states=["chh"])[0]) == 2
 
 
-def test_state_of_the_wrong_country_is_unknown(records):
-    with pytest.raises(FilterError, match="unknown US state 'MX-TAM'"):
+def test_state_of_the_wrong_country_names_the_filter_that_takes_it(records):
+    # a reporter's --state "Nuevo León" or --mx-state TX: the error says which side it is
+    with pytest.raises(FilterError, match=r"'MX-TAM' is a Mexican state \(MX-TAM\), not a US "
+                                          r"state: --mx-state 'MX-TAM' keeps the guns recovered"):
         filter_records(records, us_states=["MX-TAM"])
+    with pytest.raises(FilterError, match=r"'Nuevo León' is a Mexican state \(MX-NLE\)"):
+        filter_records(records, us_states=["Nuevo León"])
+    with pytest.raises(FilterError, match=r"'tx' is a US state \(US-TX\), not a Mexican state: "
+                                          r"--state 'tx' keeps the guns sold there"):
+        filter_records(records, mx_states=["tx"])
 
 
 def test_nonsense_state_is_a_filter_error_naming_it(records):
