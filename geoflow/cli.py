@@ -95,6 +95,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool) -> None:
 
 SUMMARY_TABLES = {
     "us-state": "by_us_state",
+    "state": "by_us_state",  # as ``run --per state`` names the US states
     "mx-state": "by_mx_state",
     "state-matrix": "state_matrix",
     "dealer": "by_dealer",
@@ -515,7 +516,7 @@ def _rows_line(prepared, records) -> str:
 @cli.command("summary")
 @_pipeline_options
 @click.option("--by", "by", type=click.Choice(list(SUMMARY_TABLES)),
-              help="Print this table.")
+              help="Print this table (state: the US states, as us-state).")
 @click.option("--findings", "show_findings", is_flag=True,
               help="Print the headline findings (the default when --by is not given).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
@@ -546,6 +547,7 @@ def summary_command(input_path: str | None, sample: bool, by: str | None, show_f
     if synthetic and fmt == "table":  # text copied from the terminal says what the data are
         click.echo(SYNTHETIC_LABEL)
     if by:
+        by = "us-state" if by == "state" else by
         table = result.tables[SUMMARY_TABLES[by]]
         title = f"Guns by {by}" + (f" ({description})" if description else "")
         default_top = top is None and fmt == "table"  # csv and json: every row by default

@@ -113,6 +113,13 @@ def test_summary_trafficker_json_and_findings(sample_run):
     assert (table["guns_known"] + table["guns_modelled"] == table["guns"]).all()
 
 
+def test_summary_by_state_is_the_us_states_as_run_per_state_names_them(sample_run):
+    state = _invoke("-q", "summary", "--sample", "--by", "state", "--format", "csv")
+    us_state = _invoke("-q", "summary", "--sample", "--by", "us-state", "--format", "csv")
+    assert state.exit_code == 0 and state.output == us_state.output
+    assert pd.read_csv(io.StringIO(state.output))["state"].iloc[0] == "US-TX"
+
+
 def test_summary_labels_synthetic_findings_in_every_format(tmp_path):
     """Findings copied from ``summary`` say what the data are, as findings.md and
     findings.json do: the banner line as text, ``synthetic`` in CSV and JSON; real input
