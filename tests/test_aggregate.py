@@ -222,6 +222,22 @@ def test_by_crossing_splits_known_and_modelled(records):
     assert table["share_frac"].sum() == pytest.approx(1.0)
 
 
+def test_by_crossing_orders_ties_by_code_and_names_an_unknown_port_by_its_code(records):
+    placed = records[records["placed"]]
+    codes = placed["crossing_code"].astype(object).to_numpy().copy()
+    codes[:3] = "9999"  # a code no shipped port has
+    table = by_crossing(placed.assign(crossing_code=codes), PORTS)
+    guns = table["guns"].tolist()
+    assert guns == sorted(guns, reverse=True)
+    for tied in table.groupby("guns")["code"]:
+        assert tied[1].tolist() == sorted(tied[1])
+    unknown = table.set_index("code").loc["9999"]
+    assert unknown["name"] == "9999" and pd.isna(unknown["us_state"])
+    assert table.index.tolist() == list(range(len(table)))
+    without = by_crossing(placed, None)
+    assert (without["name"] == without["code"]).all() and without["us_state"].isna().all()
+
+
 def test_by_year_counts_purchases_and_recoveries_by_weapon_type(records):
     table = by_year(records).set_index(["year", "weapon_type"])
     assert table.loc[(2007, "pistol"), "purchased"] == 9
