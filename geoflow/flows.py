@@ -510,7 +510,7 @@ def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
 def build_crossings(records: pd.DataFrame, ports: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """One Point per port used by placed records, with guns split known / modelled; most
     guns first (then by code). Counted by each record's row in ``ports``, not merged (a
-    batch entity's layer: 8 -> 3 ms)."""
+    batch entity's layer: 8 -> 5 ms)."""
     records = counted(records)
     at = positions_in(pd.Index(ports["code"].astype(str)), records["crossing_code"])
     weights = gun_weights(records)
