@@ -149,7 +149,8 @@ def resolve_states(
         code = next((c for c in candidates if c and c.startswith(prefix)), None)
         if code is None:
             kind = _COUNTRY_NAMES[country]
-            other = next((c for c in candidates if c), None)  # a state of the other country
+            # a state of the other country (a code the data hold may be neither's)
+            other = next((c for c in candidates if c and c[:3] in ("US-", "MX-")), None)
             if other is not None:
                 flag, verb = _OTHER_SIDE[country]
                 raise FilterError(f"{value!r} is a {_COUNTRY_NAMES[other[:2]]} ({other}), not a "

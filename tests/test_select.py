@@ -268,6 +268,14 @@ def test_us_state_by_name_and_old_abbreviation(records):
         "texas": "US-TX", "Ill.": "US-IL", "Ariz.": "US-AZ"}
 
 
+def test_a_code_the_data_hold_for_no_country_is_an_unknown_state():
+    # a recovery state the geocoder wrote as it found it ("XX"): asked for, it is unknown,
+    # not a state of the other country
+    records = pd.DataFrame({"recovery_state": ["XX"], "recovery_admin1": ["XX"]})
+    with pytest.raises(FilterError, match="unknown Mexican state 'XX'"):
+        resolve_states(["XX"], country="MX", records=records)
+
+
 @pytest.mark.parametrize("given", ["US", "MX", "Texas City", "01"])
 def test_countries_and_numbers_are_not_states(given):
     with pytest.raises(FilterError, match="unknown US state"):
