@@ -908,7 +908,7 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
         geocoder = GeopyGeocoder(service, user_agent=user_agent or "", api_key=api_key,
                                  domain=domain, scheme=scheme, cache_path=cache_path,
                                  allow_offline_fallback=allow_offline_fallback)
-    warned: dict[str, int] = {}  # the reader's warnings on a plain table (sheet, title …)
+    warned: dict[str, int] = {}  # the reader's warnings (sheet, title, bad bytes …)
     try:
         if column:
             from geoflow.io import read_table, warning_counts
@@ -933,6 +933,7 @@ def geocode_command(input_path: str, column: str | None, country: str | None, ou
 
             read = read_traces(input_path)
             records, rejects = read.records, read.rejects
+            warned = dict(read.warning_counts)  # said as summary says them (title, bytes …)
             if not show_names:
                 records = hide_names(records, key=resolve_key(key_file=pseudonym_key_file))
             out, report = geocode_traces(records, geocoder=geocoder, overrides=fixes)

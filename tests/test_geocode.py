@@ -433,6 +433,14 @@ def test_cli_geocodes_a_trace_file_and_writes_the_report(tmp_path):
     assert len(rows) == 8 and {"dealer_lat", "recovery_geocode_level"} <= set(rows.columns)
     assert report["level"].iloc[0] == ""  # unmatched first
     assert report.groupby("role")["records"].sum().tolist() == [8, 8]
+    assert "warning" not in result.output
+    # a title above the header is skipped, and said, as run and summary say it
+    titled = tmp_path / "titled.csv"
+    titled.write_text("Traced firearms, 2019\n" + TRACES, encoding="utf-8")
+    said = CliRunner().invoke(cli, ["geocode", str(titled), "-o", str(out)], obj={})
+    assert said.exit_code == 0, said.output
+    assert "warning: line 1 above the header skipped (a title or note)" in said.output
+    assert len(pd.read_csv(out)) == 8
 
 
 def test_cli_geocodes_one_column_formula_safe_and_names_a_missing_column(tmp_path):
