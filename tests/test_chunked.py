@@ -161,6 +161,25 @@ def test_header_warnings_come_first_whole_and_chunked(sample_csv, tmp_path):
     assert len(warnings) > 1 and (warnings["line"].iloc[1:] > 100).any()
 
 
+def test_day_first_warning_sits_where_a_whole_read_puts_it(sample_csv, tmp_path):
+    # a Mexican export (dates day-first) with a column not used and bad bytes: the header's
+    # warning, then the bad bytes, then the day-first decision, chunked as whole
+    frame = pd.read_csv(sample_csv, dtype=str, keep_default_na=False).assign(Notas="x")
+    for column in ("Purchase Date", "Recovery Date"):
+        day, month, year = frame[column].str.split("/", expand=True).T.to_numpy()
+        frame[column] = month + "/" + day + "/" + year
+    data = frame.to_csv(index=False, quoting=csv.QUOTE_ALL).encode()
+    path = tmp_path / "dias.csv"
+    path.write_bytes(data.replace(b"Rosarito", "Ros\xe1rito".encode("cp1252")))
+    _outputs(path, tmp_path / "whole")
+    chunked = _outputs(path, tmp_path / "chunked", chunk_mb=0.05)
+    assert chunked["input"]["chunks"] >= 10
+    assert _same_outputs(tmp_path / "whole", tmp_path / "chunked") == []
+    reasons = pd.read_csv(tmp_path / "chunked" / "warnings.csv")["reason"]
+    kinds = reasons.drop_duplicates().tolist()
+    assert kinds[0] == UNKNOWN_HEADER and kinds[-1] == DAY_FIRST_DETECTED
+
+
 def test_day_first_dates_are_detected_whole_and_chunked(sample_csv, tmp_path):
     """The sample with its dates written day-first (06/05/2001 → 05/06/2001), as Mexican
     records are, read without --dayfirst: read day-first (a line-1 warning says so), so
