@@ -576,16 +576,18 @@ def build_states(records: pd.DataFrame, states: gpd.GeoDataFrame, *,
     sourced_guns, us_total = (placed_us, us_total) if sourced is None else given(sourced)
     recovered_guns, mx_total = ((placed_mx, mx_total) if recovered is None
                                 else given(recovered))
-    out = gpd.GeoDataFrame(states[["code", "name", "country"]].copy(),
-                           geometry=states.geometry.to_numpy(), crs="EPSG:4326")
-    is_us = (out["country"] == "US").to_numpy()
-    # each side's own count, null on the other side of the border
-    out["guns_sourced"] = pd.arrays.IntegerArray(sourced_guns, ~is_us)
-    out["guns_recovered"] = pd.arrays.IntegerArray(recovered_guns, is_us)
+    is_us = (states["country"] == "US").to_numpy()
     guns = np.where(is_us, sourced_guns, recovered_guns)
     totals = np.where(is_us, us_total, mx_total).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["share_frac"] = np.where(totals > 0, np.round(guns / totals, 6), 0.0)
-    placed = np.where(is_us, placed_us, placed_mx)
-    out["guns_placed"] = placed.astype("int64")
-    return out
+        share = np.where(totals > 0, np.round(guns / totals, 6), 0.0)
+    # one frame made at once (a column set at a time cost a batch entity ~2 ms)
+    return gpd.GeoDataFrame({
+        **{column: states[column].copy() for column in ("code", "name", "country")},
+        "geometry": gpd.GeoSeries(states.geometry.to_numpy(), index=states.index),
+        # each side's own count, null on the other side of the border
+        "guns_sourced": pd.arrays.IntegerArray(sourced_guns, ~is_us),
+        "guns_recovered": pd.arrays.IntegerArray(recovered_guns, is_us),
+        "share_frac": share,
+        "guns_placed": np.where(is_us, placed_us, placed_mx).astype("int64"),
+    }, index=states.index, geometry="geometry", crs="EPSG:4326")

@@ -185,6 +185,19 @@ def test_filtered_subset_is_accounted(prepared):
     assert result.manifest["description"] == "dealer GAT Guns"
 
 
+def test_a_subset_with_every_record_placed_has_an_empty_unplaced_table_of_its_own(prepared):
+    """A batch entity whose records are all placed gets unplaced.csv's columns and types
+    with no row; the empty table is made once, and one run changing it changes no other."""
+    records = prepared.records
+    placed = records[records["placed"].to_numpy(dtype=bool)]
+    first = analyse(prepared, records=placed).unplaced
+    with_rows = analyse(prepared).unplaced
+    assert len(first) == 0 and len(with_rows) == 3
+    assert first.dtypes.to_dict() == with_rows.dtypes.to_dict()
+    first.loc[0] = with_rows.iloc[0]
+    assert len(analyse(prepared, records=placed).unplaced) == 0
+
+
 def test_every_record_given_keeps_the_geocode_report_recount_free(prepared):
     from geoflow.geocode import report_for
 
