@@ -458,16 +458,18 @@ def _cgroup_room(folder: Path) -> int | None:
 def write_entity(prepared: Any, options: Any, records: pd.DataFrame, *, description: str,
                  folder: Path, write: Callable[[Any, Path], None] | None = None,
                  map_options: Any = None, entity: tuple[str, str] | None = None,
-                 map_thread: bool | None = None) -> None:
+                 map_thread: bool | None = None, given_layers: tuple | None = None) -> None:
     """Analyse one entity's ``records`` and write its complete output set into ``folder``
     (``write(result, folder)``, default :func:`geoflow.pipeline.write_outputs` with
     ``map_options`` and ``map_thread``, None: by the entity's size). The one per-entity step,
     run in this process or in a worker (where ``map_thread`` is False: the workers keep the
-    cores busy)."""
+    cores busy). ``given_layers``: its flows, dealers and recoveries, built with the other
+    entities' (:func:`geoflow.pipeline.batch_layers`)."""
     from geoflow import pipeline
 
     result = pipeline.analyse(prepared, options=options, records=records,
-                              description=description, entity=entity)
+                              description=description, entity=entity,
+                              given_layers=given_layers)
     if write is None:
         pipeline.write_outputs(result, folder, map_options=map_options, reuse_schema=True,
                                map_thread=map_thread)
@@ -546,11 +548,13 @@ def _write_task(shared: dict[str, Any], rows: Any, description: str, folder: Pat
     """One entity of a batch (a task of :func:`run_batch`) written with the batch's
     ``shared`` state, collecting garbage less often (:func:`fewer_collections`), its text
     made by Python if it is small (:func:`python_text`); its label."""
+    layers = shared.get("layers")
     with fewer_collections(), python_text(len(rows)):
         records = entity_records(shared["records"], rows)
         write_entity(shared["prepared"], shared["options"], records,
                      description=description, folder=folder, write=shared["write"],
-                     map_options=shared["map_options"], entity=entity, map_thread=map_thread)
+                     map_options=shared["map_options"], entity=entity, map_thread=map_thread,
+                     given_layers=None if layers is None else layers.of(rows))
     return label
 
 
@@ -741,8 +745,10 @@ def run_batch(
             jobs = max(1, min(int(jobs), len(tasks)))
             if workers is None and jobs > 1:
                 workers = Workers(jobs - 1)
+            with python_text(len(records)):  # as each entity's text is made
+                layers = pipeline.batch_layers(records, [task[0] for task in tasks], options)
             shared = {"prepared": prepared, "options": options, "records": records,
-                      "write": write, "map_options": map_options}
+                      "write": write, "map_options": map_options, "layers": layers}
             if workers is None or len(tasks) < 2:
                 for task in tasks:  # one process: a large entity's map drawn on a thread
                     label = _write_task(shared, *task, map_thread=None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import geopandas as gpd
@@ -50,6 +51,8 @@ __all__ = [
     "build_dealers",
     "build_recoveries",
     "build_crossings",
+    "EntityLayers",
+    "entity_layers",
     "build_states",
     "STATE_GUNS",
     "state_guns",
@@ -334,6 +337,7 @@ def build_flows(
     segment_km: float | None = SEGMENT_KM,
     state_points: pd.DataFrame | None = None,
     lines: bool = True,
+    by: str | None = None,
 ) -> gpd.GeoDataFrame | pd.DataFrame:
     """One flow per (dealer, port, recovery place, route kind) — or per (US state, port,
     MX state, route kind) with ``level="state"`` — from *placed* records with a crossing.
@@ -345,6 +349,9 @@ def build_flows(
     about 300 bytes, gigabytes at ten million records).
     State-level flows start and end at one fixed point per state (``state_points``, default
     :func:`geoflow.shapes.load_state_points`), so all flows of a state share it.
+    ``by`` (a column of ``records``: a code per record, such as a batch's entity) groups by
+    it as well, so each code's flows are those its records alone give, in their order; the
+    table then holds that column too (:func:`entity_layers` takes it out).
     """
     records = counted(records)
     if level not in ("place", "state"):
@@ -355,7 +362,7 @@ def build_flows(
         keys = ["dealer_id", "crossing_code", *recovery_keys(records), "route_kind"]
     else:
         keys = [dealer_state, "crossing_code", recovery_state, "route_kind"]
-    group, n = _group(records, keys)
+    group, n = _group(records, [by, *keys] if by else keys)
     first = first_rows(group, n)
     names = state_names or {}
     r_lat = np.asarray(_take(records["recovery_lat"], first), dtype=float)
@@ -430,6 +437,8 @@ def build_flows(
             "recovery_lat": r_lat,
         }
     )
+    if by:
+        table[by] = records[by].to_numpy()[first]
     if not lines:
         return table
     return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries(flow_geometry(table, segment_km)),
@@ -443,13 +452,13 @@ def flow_geometry(flows: pd.DataFrame, segment_km: float | None = None) -> np.nd
                         for end in ("dealer", "port", "recovery")), segment_km=segment_km)
 
 
-def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
+def build_dealers(records: pd.DataFrame, by: str | None = None) -> gpd.GeoDataFrame:
     """One Point per dealer (placed records): guns, purchasers, top purchaser and its share,
     median time to crime and purchase span. Records naming no dealer (no name, FFL or city:
-    a count table's bare state) have no dealer point."""
+    a count table's bare state) have no dealer point. ``by``: as :func:`build_flows`'s."""
     records = counted(records)
     records = rows_where(records, records["dealer_id"].notna().to_numpy(dtype=bool))
-    group, n = _group(records, ["dealer_id"])
+    group, n = _group(records, [by, "dealer_id"] if by else ["dealer_id"])
     stats = group_stats(records, group, n)
     first = first_rows(group, n)
     lon = np.asarray(_take(records["dealer_lon"], first), dtype=float)
@@ -471,6 +480,7 @@ def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
             "first_purchase": stats.first_purchase.array,
             "last_purchase": stats.last_purchase.array,
             **_geocode_props(records, "dealer", first),
+            **({by: records[by].to_numpy()[first]} if by else {}),
         }
     )
     points = gpd.GeoDataFrame(table, geometry=shapely.points(lon, lat), crs="EPSG:4326")
@@ -478,13 +488,15 @@ def build_dealers(records: pd.DataFrame) -> gpd.GeoDataFrame:
                               kind="stable").reset_index(drop=True)
 
 
-def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
+def build_recoveries(records: pd.DataFrame, by: str | None = None) -> gpd.GeoDataFrame:
     """One Point per recovery place (placed records): guns, purchasers, geocode level and
     recovery date span. Rows of a count table that end at the border (recovery "Mexico" with
-    no place, :data:`geoflow.counts.BORDER_LEVEL`) have no recovery place and are left out."""
+    no place, :data:`geoflow.counts.BORDER_LEVEL`) have no recovery place and are left out.
+    ``by``: as :func:`build_flows`'s."""
     records = counted(records)
     records = rows_where(records, ~is_value(records["recovery_geocode_level"], "country"))
-    group, n = _group(records, recovery_keys(records))
+    keys = recovery_keys(records)
+    group, n = _group(records, [by, *keys] if by else keys)
     stats = group_stats(records, group, n)
     first = first_rows(group, n)
     earliest, latest = date_span(group, as_datetimes(records["recovery_date"]), n)
@@ -500,11 +512,42 @@ def build_recoveries(records: pd.DataFrame) -> gpd.GeoDataFrame:
             **_geocode_props(records, "recovery", first),
             "first_recovery": iso_dates(pd.Series(earliest)).array,
             "last_recovery": iso_dates(pd.Series(latest)).array,
+            **({by: records[by].to_numpy()[first]} if by else {}),
         }
     )
     points = gpd.GeoDataFrame(table, geometry=shapely.points(lon, lat), crs="EPSG:4326")
     return points.sort_values(["guns", "recovery_place"], ascending=[False, True],
                               kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class EntityLayers:
+    """The flows, dealers and recoveries of every entity of a batch, built at once
+    (:func:`entity_layers`): ``layers`` (name → layer) and ``owners`` (name → the entity
+    code of each row); ``codes`` holds each batch record's entity (−1: none)."""
+
+    codes: np.ndarray
+    layers: Mapping[str, gpd.GeoDataFrame]
+    owners: Mapping[str, np.ndarray]
+
+    def of(self, rows: np.ndarray) -> tuple[gpd.GeoDataFrame, ...]:
+        """(flows, dealers, recoveries) of the entity whose records are at ``rows``."""
+        code = self.codes[rows[0]]
+        return tuple(self.layers[name].iloc[np.flatnonzero(self.owners[name] == code)]
+                     .reset_index(drop=True) for name in ("flows", "dealers", "recoveries"))
+
+
+def entity_layers(placed: pd.DataFrame, codes: np.ndarray, ports: pd.DataFrame, *,
+                  by: str, level: str = "place",
+                  state_names: Mapping[str, str] | None = None) -> EntityLayers:
+    """The flows, dealers and recoveries of the placed records of every entity of a batch at
+    once: each grouped by the entity's code (``placed[by]``) as well, so each entity's rows
+    are those its own records give, in their order (a batch entity built them in ~25 ms;
+    now a slice each). ``codes``: the entity of each of the batch's records."""
+    layers = {"flows": build_flows(placed, ports, level=level, state_names=state_names, by=by),
+              "dealers": build_dealers(placed, by), "recoveries": build_recoveries(placed, by)}
+    owners = {name: layer.pop(by).to_numpy() for name, layer in layers.items()}
+    return EntityLayers(codes=codes, layers=layers, owners=owners)
 
 
 def build_crossings(records: pd.DataFrame, ports: gpd.GeoDataFrame) -> gpd.GeoDataFrame:

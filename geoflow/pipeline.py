@@ -69,6 +69,7 @@ from geoflow.flows import (
     build_recoveries,
     build_states,
     dealer_ids,
+    entity_layers,
     flow_geometry,
 )
 from geoflow.formats import write_analyst_files
@@ -609,6 +610,7 @@ def analyse(
     layers: bool = True,
     entity: tuple[str, str] | None = None,
     consume: bool = False,
+    given_layers: tuple[gpd.GeoDataFrame, ...] | None = None,
 ) -> RunResult:
     """Flows, point layers, state polygons, tables and findings from prepared records.
 
@@ -621,7 +623,8 @@ def analyse(
     writes the result and forgets the records) empties the records' frame column by column
     as the placed records are copied for the map layers, so that a large input's records
     and that copy are never held in full together; ``prepared`` and ``records`` are of no
-    use afterwards.
+    use afterwards. ``given_layers``: the (flows, dealers, recoveries) of ``records``, built
+    with a batch's other entities (:func:`batch_layers`), taken as they are.
     """
     from geoflow.crossings import load_ports
     from geoflow.geocode import report_for
@@ -689,23 +692,27 @@ def analyse(
         # a large run hands each layer's working memory back before the next layer's
         # (glibc's heap keeps freed blocks of the last one resident otherwise)
         trim = release_memory if straight else (lambda: None)
-        # beside the tables, the point layers follow them on their thread while this one
-        # builds the flows (1M records: the analysis's last 0.6 s ran on one core)
-        points = pool.submit(_point_layers, drawn, ports, trim) if beside else None
-        flows = build_flows(drawn, ports, level=options.flow_level, state_names=state_names,
-                            lines=not straight)
-        trim()
         overview = None
-        if options.flow_level == "place" and len(flows) > FLOWS_GEOJSON_MAX:
-            overview = build_flows(drawn, ports, level="state", state_names=state_names)
-        elif straight:  # few flows after all: flows.geojson holds them, drawn as arcs
-            flows = gpd.GeoDataFrame(flows, geometry=flow_geometry(flows, SEGMENT_KM),
-                                     crs="EPSG:4326")
-        if beside:
-            dealers, recoveries, crossings = points.result()
-            tables, found, listing = tabled.result()
+        if given_layers is not None and layers and not (straight or beside):
+            flows, dealers, recoveries = given_layers
+            crossings = build_crossings(drawn, ports)
         else:
-            dealers, recoveries, crossings = _point_layers(drawn, ports, trim)
+            # beside the tables, the point layers follow them on their thread while this one
+            # builds the flows (1M records: the analysis's last 0.6 s ran on one core)
+            points = pool.submit(_point_layers, drawn, ports, trim) if beside else None
+            flows = build_flows(drawn, ports, level=options.flow_level,
+                                state_names=state_names, lines=not straight)
+            trim()
+            if options.flow_level == "place" and len(flows) > FLOWS_GEOJSON_MAX:
+                overview = build_flows(drawn, ports, level="state", state_names=state_names)
+            elif straight:  # few flows after all: flows.geojson holds them, drawn as arcs
+                flows = gpd.GeoDataFrame(flows, geometry=flow_geometry(flows, SEGMENT_KM),
+                                         crs="EPSG:4326")
+            if beside:
+                dealers, recoveries, crossings = points.result()
+                tables, found, listing = tabled.result()
+            else:
+                dealers, recoveries, crossings = _point_layers(drawn, ports, trim)
         states = build_states(  # state totals over all valid records, as in the tables
             drawn, states_shapes,
             sourced=tables["by_us_state"].set_index("state")["guns"],
@@ -784,6 +791,34 @@ def _point_layers(drawn: pd.DataFrame, ports: pd.DataFrame, trim: Callable[[], N
     recoveries = build_recoveries(drawn)
     trim()
     return dealers, recoveries, build_crossings(drawn, ports)
+
+
+#: Records of a batch below which every entity's flows, dealers and recoveries are built at
+#: once (:func:`batch_layers`): their text is Python's then, as each entity's own is
+#: (``batch.python_text``), and no entity is too large for flows.geojson.
+BATCH_LAYERS_ROWS = 50_000
+
+
+def batch_layers(records: pd.DataFrame, entity_rows: list[np.ndarray], options: RunOptions
+                 ) -> Any:
+    """The flows, dealers and recoveries of every entity of a batch (the records at each of
+    ``entity_rows``) built at once, as :func:`analyse` builds an entity's from its records
+    alone (:func:`geoflow.flows.entity_layers`: the sample's states ~25 -> ~2 ms an entity),
+    or None: past :data:`BATCH_LAYERS_ROWS` records, and with names shown (a purchaser's
+    label is then the first spelling in the records looked at: an entity's own)."""
+    if options.show_names or not entity_rows or len(records) >= BATCH_LAYERS_ROWS:
+        return None
+    from geoflow.crossings import load_ports
+
+    codes = np.full(len(records), -1, dtype=np.int64)
+    for code, rows in enumerate(entity_rows):
+        codes[rows] = code
+    frame = _label(_encode(records), options.show_names)
+    rows = np.flatnonzero(frame["placed"].to_numpy(dtype=bool) & (codes >= 0))
+    columns = [c for c in LAYER_INPUT_COLUMNS if c in frame.columns]
+    placed = frame[columns].iloc[rows].assign(batch_entity=codes[rows])
+    return entity_layers(placed, codes, load_ports(), by="batch_entity",
+                         level=options.flow_level, state_names=_state_names()[1])
 
 
 def placed_layer_records(frame: pd.DataFrame, columns: list[str], *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -529,6 +530,62 @@ def test_entity_records_keep_only_their_categories_and_write_the_same_files(
     one, two = batch_files(tmp_path / "trimmed"), batch_files(tmp_path / "whole")
     assert len(trimmed.entities) == len(whole.entities) == 3 and one.keys() == two.keys()
     assert [name for name in one if one[name] != two[name]] == []
+
+@pytest.mark.parametrize(("kind", "level", "min_cell"), [
+    ("state", "place", 1), ("mx-state", "place", 1), ("trafficker", "place", 1),
+    ("dealer", "place", 1), ("state", "state", 1), ("trafficker", "state", 1),
+    ("state", "place", 3)])
+def test_every_entitys_layers_built_at_once_are_those_it_builds_alone(
+        sample_prepared, kind, level, min_cell):
+    """A batch builds the flows, dealers and recoveries of all its entities at once: each
+    entity's rows, their order and their types are those of its own analysis (every cell
+    shown with --min-cell 1; small cells withheld alike with 3)."""
+    from geopandas.testing import assert_geodataframe_equal
+
+    from geoflow import batch, pipeline
+
+    prepared, _ = sample_prepared
+    options = replace(prepared.options, flow_level=level, min_cell=min_cell)
+    records = prepared.records
+    table, _ = entity_table(records, kind, min_guns=3)
+    keys = batch.entity_keys(records, kind).astype("string")
+    rows = [np.flatnonzero(keys.eq(key).fillna(False).to_numpy()) for key in table["key"]]
+    assert len(rows) > 3
+    with batch.python_text(len(records)):
+        layers = pipeline.batch_layers(records, rows, options)
+    for at in rows[::-(-len(rows) // 8)]:  # eight of them, the largest to the smallest
+        with batch.python_text(len(at)):
+            part = batch.entity_records(records, at)
+            own = pipeline.analyse(prepared, options=options, records=part)
+            given = pipeline.analyse(prepared, options=options, records=part,
+                                     given_layers=layers.of(at))
+        assert len(own.flows) > 0
+        for name in ("flows", "dealers", "recoveries"):
+            assert_geodataframe_equal(getattr(given, name), getattr(own, name),
+                                      check_column_type=False)
+
+
+def test_layers_are_built_at_once_only_where_each_entitys_own_would_be_the_same(
+        tmp_path, monkeypatch):
+    """Names shown (a purchaser's label is the first spelling among the records looked at)
+    and large inputs build each entity's layers alone; the files are the same either way."""
+    from geoflow import batch, pipeline
+
+    prepared = prepared_records()
+    rows = [np.arange(2), np.arange(2, 4)]
+    shown = replace(prepared.options, show_names=True)
+    assert pipeline.batch_layers(prepared.records, rows, shown) is None
+    assert pipeline.batch_layers(prepared.records, rows, prepared.options) is not None
+    at_once = batch.run_batch(prepared, kind="dealer", min_guns=1, out_dir=tmp_path / "once",
+                              jobs=1)
+    monkeypatch.setattr(pipeline, "BATCH_LAYERS_ROWS", 0)
+    assert pipeline.batch_layers(prepared.records, rows, prepared.options) is None
+    alone = batch.run_batch(prepared, kind="dealer", min_guns=1, out_dir=tmp_path / "alone",
+                            jobs=1)
+    one, two = batch_files(tmp_path / "once"), batch_files(tmp_path / "alone")
+    assert len(at_once.entities) == len(alone.entities) == 4 and one.keys() == two.keys()
+    assert [name for name in one if one[name] != two[name]] == []
+
 
 def test_jobs_default_to_what_free_memory_holds():
     """Each process holds the records: a big input on a small machine gets fewer processes
