@@ -463,8 +463,8 @@ def write_entity(prepared: Any, options: Any, records: pd.DataFrame, *, descript
     (``write(result, folder)``, default :func:`geoflow.pipeline.write_outputs` with
     ``map_options`` and ``map_thread``, None: by the entity's size). The one per-entity step,
     run in this process or in a worker (where ``map_thread`` is False: the workers keep the
-    cores busy). ``given_layers``: its flows, dealers and recoveries, built with the other
-    entities' (:func:`geoflow.pipeline.batch_layers`)."""
+    cores busy). ``given_layers``: its flows, dealers, recoveries and crossings, built with the
+    other entities' (:func:`geoflow.pipeline.batch_layers`)."""
     from geoflow import pipeline
 
     result = pipeline.analyse(prepared, options=options, records=records,

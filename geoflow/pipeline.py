@@ -623,8 +623,9 @@ def analyse(
     writes the result and forgets the records) empties the records' frame column by column
     as the placed records are copied for the map layers, so that a large input's records
     and that copy are never held in full together; ``prepared`` and ``records`` are of no
-    use afterwards. ``given_layers``: the (flows, dealers, recoveries) of ``records``, built
-    with a batch's other entities (:func:`batch_layers`), taken as they are.
+    use afterwards. ``given_layers``: the (flows, dealers, recoveries, crossings) of
+    ``records``, built with a batch's other entities (:func:`batch_layers`), taken as they
+    are.
     """
     from geoflow.crossings import load_ports
     from geoflow.geocode import report_for
@@ -694,8 +695,7 @@ def analyse(
         trim = release_memory if straight else (lambda: None)
         overview = None
         if given_layers is not None and layers and not (straight or beside):
-            flows, dealers, recoveries = given_layers
-            crossings = build_crossings(drawn, ports)
+            flows, dealers, recoveries, crossings = given_layers
         else:
             # beside the tables, the point layers follow them on their thread while this one
             # builds the flows (1M records: the analysis's last 0.6 s ran on one core)
@@ -793,17 +793,17 @@ def _point_layers(drawn: pd.DataFrame, ports: pd.DataFrame, trim: Callable[[], N
     return dealers, recoveries, build_crossings(drawn, ports)
 
 
-#: Records of a batch below which every entity's flows, dealers and recoveries are built at
-#: once (:func:`batch_layers`): their text is Python's then, as each entity's own is
+#: Records of a batch below which every entity's flows and point layers are built at once
+#: (:func:`batch_layers`): their text is Python's then, as each entity's own is
 #: (``batch.python_text``), and no entity is too large for flows.geojson.
 BATCH_LAYERS_ROWS = 50_000
 
 
 def batch_layers(records: pd.DataFrame, entity_rows: list[np.ndarray], options: RunOptions
                  ) -> Any:
-    """The flows, dealers and recoveries of every entity of a batch (the records at each of
-    ``entity_rows``) built at once, as :func:`analyse` builds an entity's from its records
-    alone (:func:`geoflow.flows.entity_layers`: the sample's states ~25 -> ~2 ms an entity),
+    """The flows, dealers, recoveries and crossings of every entity of a batch (the records
+    at each of ``entity_rows``) built at once, as :func:`analyse` builds an entity's from its
+    records alone (:func:`geoflow.flows.entity_layers`),
     or None: past :data:`BATCH_LAYERS_ROWS` records, and with names shown (a purchaser's
     label is then the first spelling in the records looked at: an entity's own)."""
     if options.show_names or not entity_rows or len(records) >= BATCH_LAYERS_ROWS:

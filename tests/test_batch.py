@@ -537,7 +537,7 @@ def test_entity_records_keep_only_their_categories_and_write_the_same_files(
     ("state", "place", 3)])
 def test_every_entitys_layers_built_at_once_are_those_it_builds_alone(
         sample_prepared, kind, level, min_cell):
-    """A batch builds the flows, dealers and recoveries of all its entities at once: each
+    """A batch builds the flows and point layers of all its entities at once: each
     entity's rows, their order and their types are those of its own analysis (every cell
     shown with --min-cell 1; small cells withheld alike with 3)."""
     from geopandas.testing import assert_geodataframe_equal
@@ -560,7 +560,7 @@ def test_every_entitys_layers_built_at_once_are_those_it_builds_alone(
             given = pipeline.analyse(prepared, options=options, records=part,
                                      given_layers=layers.of(at))
         assert len(own.flows) > 0
-        for name in ("flows", "dealers", "recoveries"):
+        for name in ("flows", "dealers", "recoveries", "crossings"):
             assert_geodataframe_equal(getattr(given, name), getattr(own, name),
                                       check_column_type=False)
 
