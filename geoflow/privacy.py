@@ -561,19 +561,38 @@ def suppress_cells(frame: pd.DataFrame, *, min_cell: int,
     if min_cell <= 1:
         return frame, counts
     out = frame.copy(deep=False)  # copy-on-write: only the columns changed below are new
-    at = pd.Series(small, index=out.index)
+    # each column changed on its array and put back in its place: no index alignment or
+    # GeoDataFrame item setting per column (a batch entity's four outputs: ~4 ms)
     if "top_purchaser" in out:
         top = out["top_purchaser"].astype("string")
-        unlisted = (~_listed(top, named) if named is not None
-                    else np.zeros(len(out), dtype=bool))
-        out["top_purchaser"] = top.mask(at | unlisted)
+        hidden = small | (~_listed(top, named) if named is not None else False)
+        _replace(out, "top_purchaser", _with_na(top.array, hidden))
     for column in DATE_COLUMNS:
         if column in out:
-            dates = out[column].astype("string")
-            out[column] = dates.mask(at, dates.str.slice(0, 4))
+            dates = out[column].astype("string").array
+            if small.any():  # small cells show the year alone
+                dates = dates.copy()
+                dates[small] = pd.Series(dates[small]).str.slice(0, 4).array
+            _replace(out, column, dates)
     if "median_time_to_crime_days" in out:
-        out["median_time_to_crime_days"] = out["median_time_to_crime_days"].mask(at)
+        median = out["median_time_to_crime_days"]
+        _replace(out, "median_time_to_crime_days", median.mask(small).array)
     return out, counts
+
+
+def _with_na(values: pd.api.extensions.ExtensionArray, where: np.ndarray
+             ) -> pd.api.extensions.ExtensionArray:
+    """A copy of ``values`` with NA ``where`` it is true (``values`` itself when nowhere)."""
+    if not where.any():
+        return values
+    values = values.copy()
+    values[where] = pd.NA
+    return values
+
+
+def _replace(frame: pd.DataFrame, column: str, values: object) -> None:
+    """``frame[column] = values``, in the column's place (its first, if the name repeats)."""
+    frame.isetitem(int(np.flatnonzero(frame.columns == column)[0]), values)
 
 
 @dataclass(frozen=True)
