@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -23,6 +24,9 @@ __all__ = [
     "TTC_SHORT_DAYS",
     "DUPLICATE_REASON",
     "GroupStats",
+    "EntityFrames",
+    "entity_frames",
+    "entity_tables",
     "countable",
     "counted",
     "unplace_duplicates",
@@ -739,9 +743,32 @@ def _state_codes(records: pd.DataFrame, column: str) -> tuple[np.ndarray, pd.Ind
     return _codes(fill_unknown(records[column]))
 
 
-def _share(guns: np.ndarray) -> np.ndarray:
-    total = guns.sum()
-    return np.round(guns / total, 6) if total else np.zeros(len(guns))
+def _share(guns: np.ndarray, owner: np.ndarray | None = None) -> np.ndarray:
+    """Each row's share of the guns of all rows (with ``owner``: of its owner's rows)."""
+    if owner is None:
+        total = guns.sum()
+        return np.round(guns / total, 6) if total else np.zeros(len(guns))
+    totals = np.bincount(owner, weights=guns)[owner]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, np.round(guns / totals, 6), 0.0)
+
+
+def _cells(records: pd.DataFrame, by: str | None, group: np.ndarray, n: int
+           ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """With ``by`` (a column of ``records``: a code per record, such as a batch's entity):
+    each record's (code, group) cell, numbered in that order, and each cell's code and
+    group, so a table of cells holds each code's table as its records alone give it;
+    without ``by``: the groups 0..n-1 as they are, no codes."""
+    if not by:
+        return group, None, np.arange(n)
+    key = np.where(group >= 0, records[by].to_numpy(dtype=np.int64) * n + group, -1)
+    used = np.unique(key[key >= 0])
+    return np.where(key >= 0, np.searchsorted(used, key), -1), used // n, used % n
+
+
+def _owned(by: str | None, owner: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The ``by`` column of a table of cells (:func:`_cells`), or nothing."""
+    return {by: owner} if by else {}
 
 
 def _distinct(group: np.ndarray, values: pd.Series, n: int) -> np.ndarray:
@@ -759,60 +786,72 @@ def _by_state(
     column: str,
     state_names: Mapping[str, str] | None,
     columns: Callable[[np.ndarray, int, GroupStats], dict[str, np.ndarray]],
+    by: str | None = None,
 ) -> pd.DataFrame:
     """One row per state of ``column``: ``state``, ``state_name``, ``guns``, ``share_frac`` and
-    the ``columns`` computed from (group code per record, number of states, group stats)."""
+    the ``columns`` computed from (group code per record, number of states, group stats);
+    ``by``: one row per state of each code's records (:func:`_cells`)."""
     group, states = _state_codes(records, column)
-    n = len(states)
+    group, owner, state_of = _cells(records, by, group, len(states))
+    n = len(state_of)
     stats = group_stats(records, group, n)
+    states = states[state_of]
     table = pd.DataFrame(
         {
             "state": states.astype("string"),
             "state_name": [(state_names or {}).get(s, s) for s in states],
             "guns": stats.guns,
-            "share_frac": _share(stats.guns),
+            "share_frac": _share(stats.guns, owner),
             **columns(group, n, stats),
+            **_owned(by, owner),
         }
     )
     return _sorted(table)
 
 
 def by_us_state(
-    records: pd.DataFrame, *, state_names: Mapping[str, str] | None = None
+    records: pd.DataFrame, *, state_names: Mapping[str, str] | None = None,
+    by: str | None = None,
 ) -> pd.DataFrame:
     """Source states (``dealer_admin1``; ``unknown`` when not geocoded): guns, share, dealers,
-    purchasers, median time to crime. Sorted by guns."""
+    purchasers, median time to crime. Sorted by guns. ``by``: see :func:`entity_tables`."""
     records = counted(records)
     return _by_state(records, "dealer_admin1", state_names, lambda group, n, stats: {
         "dealers": _distinct(group, records["dealer_id"], n),
         "purchasers": stats.purchasers,
         "median_time_to_crime_days": stats.median_ttc.to_numpy(),
-    })
+    }, by)
 
 
 def by_mx_state(
-    records: pd.DataFrame, *, state_names: Mapping[str, str] | None = None
+    records: pd.DataFrame, *, state_names: Mapping[str, str] | None = None,
+    by: str | None = None,
 ) -> pd.DataFrame:
     """Recovery states (ISO 3166-2, ``unknown`` when not geocoded): guns, share, distinct
-    recovery places (:func:`recovery_keys`), purchasers. Sorted by guns."""
+    recovery places (:func:`recovery_keys`), purchasers. Sorted by guns. ``by``: see
+    :func:`entity_tables`."""
     records = counted(records)
     return _by_state(records, "recovery_admin1", state_names, lambda group, n, stats: {
         "places": _distinct_codes(group, recovery_codes(records), n),
         "purchasers": stats.purchasers,
-    })
+    }, by)
 
 
-def state_matrix(records: pd.DataFrame) -> pd.DataFrame:
-    """Guns per (US source state, Mexican recovery state), long form, sorted by guns."""
+def state_matrix(records: pd.DataFrame, *, by: str | None = None) -> pd.DataFrame:
+    """Guns per (US source state, Mexican recovery state), long form, sorted by guns.
+    ``by``: see :func:`entity_tables`."""
     records = counted(records)
     us, us_names = _state_codes(records, "dealer_admin1")
     mx, mx_names = _state_codes(records, "recovery_admin1")
     width = max(len(mx_names), 1)
-    pairs, guns = _pair_counts(us * width + mx, gun_weights(records))
+    pair, owner, pair_of = _cells(records, by, us * width + mx, len(us_names) * width)
+    cells, guns = _pair_counts(pair, gun_weights(records))
+    pairs = pair_of[cells]
     table = pd.DataFrame({
         "us_state": pd.array(us_names.to_numpy()[pairs // width], dtype="string"),
         "mx_state": pd.array(mx_names.to_numpy()[pairs % width], dtype="string"),
         "guns": guns,
+        **_owned(by, None if owner is None else owner[cells]),
     })
     return table.sort_values(
         ["guns", "us_state", "mx_state"], ascending=[False, True, True], kind="stable"
@@ -846,23 +885,25 @@ def first_rows(group: np.ndarray, n: int) -> np.ndarray:
     return first
 
 
-def by_dealer(records: pd.DataFrame) -> pd.DataFrame:
+def by_dealer(records: pd.DataFrame, *, by: str | None = None) -> pd.DataFrame:
     """One row per dealer (all valid records): guns, share, purchasers, top purchaser and the
-    share of the dealer's guns going to them, median time to crime, purchase span."""
+    share of the dealer's guns going to them, median time to crime, purchase span. ``by``:
+    see :func:`entity_tables`."""
     records = counted(records)
     group, dealers = _codes(fill_unknown(records["dealer_id"]))
-    n = len(dealers)
+    group, owner, dealer_of = _cells(records, by, group, len(dealers))
+    n = len(dealer_of)
     stats = group_stats(records, group, n)
     first = first_rows(group, n)
     table = pd.DataFrame(
         {
-            "dealer_id": pd.array(dealers.astype("string"), dtype="string"),
+            "dealer_id": pd.array(dealers.astype("string"), dtype="string")[dealer_of],
             "dealer_name": take_text(records["dealer_name"], first),
             "dealer_ffl": take_text(records["dealer_ffl"], first),
             "dealer_place": take_text(records["dealer_place"], first),
             "dealer_state": take_text(records["dealer_admin1"], first),
             "guns": stats.guns,
-            "share_frac": _share(stats.guns),
+            "share_frac": _share(stats.guns, owner),
             "purchasers": stats.purchasers,
             "top_purchaser": stats.top_purchaser.array,
             "top_purchaser_guns": stats.top_purchaser_guns,
@@ -871,6 +912,7 @@ def by_dealer(records: pd.DataFrame) -> pd.DataFrame:
             "median_time_to_crime_days": stats.median_ttc.to_numpy(),
             "first_purchase": stats.first_purchase.array,
             "last_purchase": stats.last_purchase.array,
+            **_owned(by, owner),
         }
     )
     return _sorted(table)
@@ -1011,20 +1053,24 @@ def _crossings_used(
 
 
 def by_crossing(
-    records: pd.DataFrame, ports: pd.DataFrame | None = None
+    records: pd.DataFrame, ports: pd.DataFrame | None = None, *, by: str | None = None
 ) -> pd.DataFrame:
     """Guns per port of entry (records with a crossing), split known vs modelled; most guns
     first, then by code. Ports are looked up by position, not joined (a batch entity's
-    table: 3 -> 1.5 ms)."""
+    table: 3 -> 1.5 ms). ``by``: see :func:`entity_tables`."""
     records = counted(records)
     code, uniques = _codes(records["crossing_code"])  # in code order
+    code, owner, code_of = _cells(records, by, code, len(uniques))
     weights = gun_weights(records)
-    guns = weighted_count(code, weights, len(uniques))
+    guns = weighted_count(code, weights, len(code_of))
     modelled = weighted_count(code, weights * is_value(records["route_kind"], "modelled"),
-                              len(uniques))
+                              len(code_of))
     used = np.flatnonzero(guns > 0)
-    order = used[np.argsort(-guns[used], kind="stable")]  # ties stay in code order
-    codes = pd.array(np.asarray(uniques.astype(str), dtype=object)[order], dtype="string")
+    # ties stay in code order (cells are in code order within their owner)
+    order = used[np.lexsort((-guns[used], owner[used]))] if by else used[
+        np.argsort(-guns[used], kind="stable")]
+    codes = pd.array(np.asarray(uniques.astype(str), dtype=object)[code_of[order]],
+                     dtype="string")
     name, us_state = _port_info(ports, codes)
     return pd.DataFrame({
         "code": codes,
@@ -1033,7 +1079,8 @@ def by_crossing(
         "guns": guns[order],
         "guns_known": (guns - modelled)[order],
         "guns_modelled": modelled[order],
-        "share_frac": _share(guns)[order],
+        "share_frac": _share(guns, owner)[order],
+        **_owned(by, None if owner is None else owner[order]),
     })
 
 
@@ -1053,9 +1100,10 @@ def _port_info(ports: pd.DataFrame | None, codes: pd.api.extensions.ExtensionArr
     return column("name"), column("us_state")
 
 
-def by_year(records: pd.DataFrame) -> pd.DataFrame:
+def by_year(records: pd.DataFrame, *, by: str | None = None) -> pd.DataFrame:
     """Guns purchased and recovered per calendar year, by weapon type (``unknown`` if blank).
-    Counted over (year, type) codes in numpy: a batch entity's table costs no groupby."""
+    Counted over (year, type) codes in numpy: a batch entity's table costs no groupby.
+    ``by``: see :func:`entity_tables`."""
     records = counted(records)
     raw, uniques = _codes(fill_unknown(records["weapon_type"]))
     # case-insensitive types: re-factorize the (few) distinct spellings, then map the codes
@@ -1063,22 +1111,29 @@ def by_year(records: pd.DataFrame) -> pd.DataFrame:
     weapon = lower[raw]
     width = max(len(types), 1)
     weights = gun_weights(records)
+    # with ``by``, each (year, type) key is prefixed by its record's code: one span of keys
+    # a code, past every year (ascending keys: each code's rows in their order)
+    owner = records[by].to_numpy(dtype=np.int64) if by else np.zeros(len(records), np.int64)
+    years = {column: _years(records, column) for column in ("purchase_date", "recovery_date")}
+    span = width * (int(np.nanmax([np.nanmax(y, initial=0) for y in years.values()])) + 1)
     counted_pairs = []
-    for column in ("purchase_date", "recovery_date"):
-        years = _years(records, column)
-        known = ~np.isnan(years)
-        counted_pairs.append(_pair_counts(years[known].astype(np.int64) * width
-                                          + weapon[known], weights[known]))
-    pairs = np.union1d(counted_pairs[0][0], counted_pairs[1][0]).astype(np.int64)
+    for values in years.values():
+        known = ~np.isnan(values)
+        counted_pairs.append(_pair_counts(
+            owner[known] * span + values[known].astype(np.int64) * width + weapon[known],
+            weights[known]))
+    keys_all = np.union1d(counted_pairs[0][0], counted_pairs[1][0]).astype(np.int64)
     guns = {}
     for name, (keys, sums) in zip(("purchased", "recovered"), counted_pairs, strict=True):
-        guns[name] = np.zeros(len(pairs), dtype=np.int64)
-        guns[name][np.searchsorted(pairs, keys)] = sums
+        guns[name] = np.zeros(len(keys_all), dtype=np.int64)
+        guns[name][np.searchsorted(keys_all, keys)] = sums
+    pairs = keys_all % span
     return pd.DataFrame({
         "year": pairs // width,
         "weapon_type": pd.array(np.asarray(types, dtype=object)[pairs % width],
                                 dtype="string"),
         **guns,
+        **_owned(by, keys_all // span),
     })
 
 
@@ -1100,25 +1155,75 @@ def build_tables(
     state_names: Mapping[str, str] | None = None,
     trafficker_min_guns: int = TRAFFICKER_MIN_GUNS,
     purchaser_min_guns: int = 0,
+    given: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """All eight tables of DESIGN.md "Outputs", keyed by file stem, before small-count
     suppression (``by_purchaser`` lists every purchaser tied to ``purchaser_min_guns`` or
-    more guns and counts the others: see :func:`by_purchaser`)."""
+    more guns and counts the others: see :func:`by_purchaser`). ``given``: tables of these
+    records made already (:func:`entity_tables`), taken as they are."""
     records = table_records(records)
     port_names = None if ports is None else dict(zip(ports["code"], ports["name"], strict=True))
     purchasers = by_purchaser(records, port_names=port_names, threshold=trafficker_min_guns,
                               min_guns=purchaser_min_guns)
-    return {
-        "by_us_state": by_us_state(records, state_names=state_names),
-        "by_mx_state": by_mx_state(records, state_names=state_names),
-        "state_matrix": state_matrix(records),
-        "by_dealer": by_dealer(records),
-        "by_purchaser": purchasers,
-        "by_trafficker": by_trafficker(records, threshold=trafficker_min_guns,
-                                       purchasers=purchasers),
-        "by_crossing": by_crossing(records, ports),
-        "by_year": by_year(records),
+    given = given or {}
+    made = {
+        "by_us_state": lambda: by_us_state(records, state_names=state_names),
+        "by_mx_state": lambda: by_mx_state(records, state_names=state_names),
+        "state_matrix": lambda: state_matrix(records),
+        "by_dealer": lambda: by_dealer(records),
+        "by_purchaser": lambda: purchasers,
+        "by_trafficker": lambda: by_trafficker(records, threshold=trafficker_min_guns,
+                                               purchasers=purchasers),
+        "by_crossing": lambda: by_crossing(records, ports),
+        "by_year": lambda: by_year(records),
     }
+    return {name: given[name] if name in given else make() for name, make in made.items()}
+
+
+#: The tables a batch makes for all its entities at once (:func:`entity_tables`); the
+#: purchaser tables are each entity's own.
+ENTITY_TABLES = ("by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_crossing",
+                 "by_year")
+
+
+def entity_tables(records: pd.DataFrame, *, by: str, ports: pd.DataFrame | None = None,
+                  state_names: Mapping[str, str] | None = None) -> dict[str, pd.DataFrame]:
+    """The :data:`ENTITY_TABLES` of every code of ``records[by]`` (a batch's entities) at
+    once, each row holding its code in ``by``: each code's rows, their order and figures are
+    those :func:`build_tables` makes of its records alone (:func:`_cells`)."""
+    return {
+        "by_us_state": by_us_state(records, state_names=state_names, by=by),
+        "by_mx_state": by_mx_state(records, state_names=state_names, by=by),
+        "state_matrix": state_matrix(records, by=by),
+        "by_dealer": by_dealer(records, by=by),
+        "by_crossing": by_crossing(records, ports, by=by),
+        "by_year": by_year(records, by=by),
+    }
+
+
+@dataclass(frozen=True)
+class EntityFrames:
+    """Layers and tables of every entity of a batch made at once (:func:`entity_frames`):
+    ``frames`` (name → frame), ``owners`` (name → each row's entity) and ``codes`` (each of
+    the batch's records' entity, −1: none)."""
+
+    codes: np.ndarray
+    frames: Mapping[str, pd.DataFrame]
+    owners: Mapping[str, np.ndarray]
+
+    def of(self, rows: np.ndarray) -> dict[str, pd.DataFrame]:
+        """Name → frame of the entity whose records are at ``rows``."""
+        code = self.codes[rows[0]]
+        return {name: frame.iloc[np.flatnonzero(self.owners[name] == code)]
+                .reset_index(drop=True) for name, frame in self.frames.items()}
+
+
+def entity_frames(frames: Mapping[str, pd.DataFrame], *, by: str, codes: np.ndarray
+                  ) -> EntityFrames:
+    """:class:`EntityFrames` of ``frames`` made with ``by`` (their ``by`` column taken out,
+    in place, as each row's entity) for a batch whose records' entities are ``codes``."""
+    return EntityFrames(codes=codes, frames=frames,
+                        owners={name: frame.pop(by).to_numpy() for name, frame in frames.items()})
 
 
 def plural(n: int, word: str) -> str:

@@ -458,18 +458,18 @@ def _cgroup_room(folder: Path) -> int | None:
 def write_entity(prepared: Any, options: Any, records: pd.DataFrame, *, description: str,
                  folder: Path, write: Callable[[Any, Path], None] | None = None,
                  map_options: Any = None, entity: tuple[str, str] | None = None,
-                 map_thread: bool | None = None, given_layers: tuple | None = None) -> None:
+                 map_thread: bool | None = None, given: dict | None = None) -> None:
     """Analyse one entity's ``records`` and write its complete output set into ``folder``
     (``write(result, folder)``, default :func:`geoflow.pipeline.write_outputs` with
     ``map_options`` and ``map_thread``, None: by the entity's size). The one per-entity step,
     run in this process or in a worker (where ``map_thread`` is False: the workers keep the
-    cores busy). ``given_layers``: its flows, dealers, recoveries and crossings, built with the
-    other entities' (:func:`geoflow.pipeline.batch_layers`)."""
+    cores busy). ``given``: its layers and tables made with the other entities'
+    (:func:`geoflow.pipeline.batch_frames`)."""
     from geoflow import pipeline
 
     result = pipeline.analyse(prepared, options=options, records=records,
                               description=description, entity=entity,
-                              given_layers=given_layers)
+                              given=given)
     if write is None:
         pipeline.write_outputs(result, folder, map_options=map_options, reuse_schema=True,
                                map_thread=map_thread)
@@ -548,13 +548,13 @@ def _write_task(shared: dict[str, Any], rows: Any, description: str, folder: Pat
     """One entity of a batch (a task of :func:`run_batch`) written with the batch's
     ``shared`` state, collecting garbage less often (:func:`fewer_collections`), its text
     made by Python if it is small (:func:`python_text`); its label."""
-    layers = shared.get("layers")
+    made = shared.get("made")
     with fewer_collections(), python_text(len(rows)):
         records = entity_records(shared["records"], rows)
         write_entity(shared["prepared"], shared["options"], records,
                      description=description, folder=folder, write=shared["write"],
                      map_options=shared["map_options"], entity=entity, map_thread=map_thread,
-                     given_layers=None if layers is None else layers.of(rows))
+                     given=None if made is None else made.of(rows))
     return label
 
 
@@ -746,9 +746,9 @@ def run_batch(
             if workers is None and jobs > 1:
                 workers = Workers(jobs - 1)
             with python_text(len(records)):  # as each entity's text is made
-                layers = pipeline.batch_layers(records, [task[0] for task in tasks], options)
+                made = pipeline.batch_frames(records, [task[0] for task in tasks], options)
             shared = {"prepared": prepared, "options": options, "records": records,
-                      "write": write, "map_options": map_options, "layers": layers}
+                      "write": write, "map_options": map_options, "made": made}
             if workers is None or len(tasks) < 2:
                 for task in tasks:  # one process: a large entity's map drawn on a thread
                     label = _write_task(shared, *task, map_thread=None)

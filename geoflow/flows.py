@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import geopandas as gpd
@@ -51,7 +50,6 @@ __all__ = [
     "build_dealers",
     "build_recoveries",
     "build_crossings",
-    "EntityLayers",
     "entity_layers",
     "build_states",
     "STATE_GUNS",
@@ -351,7 +349,7 @@ def build_flows(
     :func:`geoflow.shapes.load_state_points`), so all flows of a state share it.
     ``by`` (a column of ``records``: a code per record, such as a batch's entity) groups by
     it as well, so each code's flows are those its records alone give, in their order; the
-    table then holds that column too (:func:`entity_layers` takes it out).
+    table then holds that column too (:func:`entity_layers`).
     """
     records = counted(records)
     if level not in ("place", "state"):
@@ -520,36 +518,16 @@ def build_recoveries(records: pd.DataFrame, by: str | None = None) -> gpd.GeoDat
                               kind="stable").reset_index(drop=True)
 
 
-@dataclass(frozen=True)
-class EntityLayers:
-    """The flows, dealers, recoveries and crossings of every entity of a batch, built at once
-    (:func:`entity_layers`): ``layers`` (name → layer) and ``owners`` (name → the entity
-    code of each row); ``codes`` holds each batch record's entity (−1: none)."""
-
-    codes: np.ndarray
-    layers: Mapping[str, gpd.GeoDataFrame]
-    owners: Mapping[str, np.ndarray]
-
-    def of(self, rows: np.ndarray) -> tuple[gpd.GeoDataFrame, ...]:
-        """(flows, dealers, recoveries, crossings) of the entity whose records are at
-        ``rows``."""
-        code = self.codes[rows[0]]
-        return tuple(layer.iloc[np.flatnonzero(self.owners[name] == code)]
-                     .reset_index(drop=True) for name, layer in self.layers.items())
-
-
-def entity_layers(placed: pd.DataFrame, codes: np.ndarray, ports: pd.DataFrame, *,
-                  by: str, level: str = "place",
-                  state_names: Mapping[str, str] | None = None) -> EntityLayers:
+def entity_layers(placed: pd.DataFrame, ports: pd.DataFrame, *, by: str,
+                  level: str = "place", state_names: Mapping[str, str] | None = None
+                  ) -> dict[str, gpd.GeoDataFrame]:
     """The flows, dealers, recoveries and crossings of the placed records of every entity of
     a batch at once: each grouped by the entity's code (``placed[by]``) as well, so each
-    entity's rows are those its own records give, in their order (a batch entity built them
-    in ~28 ms; now a slice each). ``codes``: the entity of each of the batch's records."""
-    layers = {"flows": build_flows(placed, ports, level=level, state_names=state_names, by=by),
-              "dealers": build_dealers(placed, by), "recoveries": build_recoveries(placed, by),
-              "crossings": build_crossings(placed, ports, by)}
-    owners = {name: layer.pop(by).to_numpy() for name, layer in layers.items()}
-    return EntityLayers(codes=codes, layers=layers, owners=owners)
+    entity's rows are those its own records give, in their order, each row holding its code
+    in ``by`` (:func:`geoflow.aggregate.entity_frames` takes it out)."""
+    return {"flows": build_flows(placed, ports, level=level, state_names=state_names, by=by),
+            "dealers": build_dealers(placed, by), "recoveries": build_recoveries(placed, by),
+            "crossings": build_crossings(placed, ports, by)}
 
 
 def build_crossings(records: pd.DataFrame, ports: gpd.GeoDataFrame, by: str | None = None

@@ -37,10 +37,14 @@ from geoflow.aggregate import (
     RECORDS_COLUMN,
     TABLE_COLUMNS,
     TRAFFICKER_MIN_GUNS,
+    EntityFrames,
     build_tables,
     categorical_take,
+    counted,
     distinct_codes,
     entity_findings,
+    entity_frames,
+    entity_tables,
     findings,
     flag_counts,
     gun_weights,
@@ -577,16 +581,18 @@ def _state_names() -> tuple[gpd.GeoDataFrame, dict[str, str]]:
 
 def _tabulate(valid: pd.DataFrame, *, options: RunOptions, entity: tuple[str, str] | None,
               ports: pd.DataFrame, state_names: dict[str, str], count_table: bool,
-              timings: dict[str, float], memory: dict[str, float], release: bool
+              timings: dict[str, float], memory: dict[str, float], release: bool,
+              given: Mapping[str, pd.DataFrame] | None = None,
               ) -> tuple[dict[str, pd.DataFrame], list[dict], pd.DataFrame]:
     """:func:`analyse`'s tables, findings and purchaser listing from ``valid`` (the
-    :func:`table_records`), timed as the ``aggregate`` stage."""
+    :func:`table_records`), timed as the ``aggregate`` stage; ``given``: tables made
+    already."""
     with _stage("aggregate", timings, memory, release=release):
         # purchasers under both --min-cell and the threshold are only counted (no finding
         # or table names them), but one trafficker's own output set describes them
         floor = (0 if entity is not None and entity[0] == "trafficker"
                  else max(min(options.min_cell, options.trafficker_min_guns), 0))
-        tables = build_tables(valid, ports=ports, state_names=state_names,
+        tables = build_tables(valid, ports=ports, state_names=state_names, given=given,
                               trafficker_min_guns=options.trafficker_min_guns,
                               purchaser_min_guns=floor)
         found = findings(valid, tables, min_guns=options.trafficker_min_guns,
@@ -610,7 +616,7 @@ def analyse(
     layers: bool = True,
     entity: tuple[str, str] | None = None,
     consume: bool = False,
-    given_layers: tuple[gpd.GeoDataFrame, ...] | None = None,
+    given: Mapping[str, pd.DataFrame] | None = None,
 ) -> RunResult:
     """Flows, point layers, state polygons, tables and findings from prepared records.
 
@@ -623,9 +629,8 @@ def analyse(
     writes the result and forgets the records) empties the records' frame column by column
     as the placed records are copied for the map layers, so that a large input's records
     and that copy are never held in full together; ``prepared`` and ``records`` are of no
-    use afterwards. ``given_layers``: the (flows, dealers, recoveries, crossings) of
-    ``records``, built with a batch's other entities (:func:`batch_layers`), taken as they
-    are.
+    use afterwards. ``given``: layers and tables of ``records`` (name → frame) made with a
+    batch's other entities (:func:`batch_frames`), taken as they are.
     """
     from geoflow.crossings import load_ports
     from geoflow.geocode import report_for
@@ -666,7 +671,7 @@ def analyse(
             _tabulate, table_records(frame),  # one copy without repeats, of the columns read
             options=options, entity=entity, ports=ports, state_names=state_names,
             count_table=bool(prepared.source.get("count_column")), timings=timings,
-            memory=memory, release=large)
+            memory=memory, release=large, given=given)
     # a large file's tables are built beside its flow layers; a small one's, or a chunked
     # read's, first, so their working memory is freed before the flow layer exists
     beside = len(frame) >= THREADED_TABLES_ROWS and "chunks" not in prepared.source
@@ -694,8 +699,8 @@ def analyse(
         # (glibc's heap keeps freed blocks of the last one resident otherwise)
         trim = release_memory if straight else (lambda: None)
         overview = None
-        if given_layers is not None and layers and not (straight or beside):
-            flows, dealers, recoveries, crossings = given_layers
+        if given is not None and layers and not (straight or beside):
+            flows, dealers, recoveries, crossings = (given[name] for name in LAYERS_MADE)
         else:
             # beside the tables, the point layers follow them on their thread while this one
             # builds the flows (1M records: the analysis's last 0.6 s ran on one core)
@@ -793,32 +798,43 @@ def _point_layers(drawn: pd.DataFrame, ports: pd.DataFrame, trim: Callable[[], N
     return dealers, recoveries, build_crossings(drawn, ports)
 
 
-#: Records of a batch below which every entity's flows and point layers are built at once
-#: (:func:`batch_layers`): their text is Python's then, as each entity's own is
+#: Records of a batch below which every entity's layers and most of its tables are made at
+#: once (:func:`batch_frames`): their text is Python's then, as each entity's own is
 #: (``batch.python_text``), and no entity is too large for flows.geojson.
-BATCH_LAYERS_ROWS = 50_000
+BATCH_FRAMES_ROWS = 50_000
+#: The layers :func:`batch_frames` makes (``analyse(given=)`` takes them all or none).
+LAYERS_MADE = ("flows", "dealers", "recoveries", "crossings")
 
 
-def batch_layers(records: pd.DataFrame, entity_rows: list[np.ndarray], options: RunOptions
-                 ) -> Any:
-    """The flows, dealers, recoveries and crossings of every entity of a batch (the records
-    at each of ``entity_rows``) built at once, as :func:`analyse` builds an entity's from its
-    records alone (:func:`geoflow.flows.entity_layers`),
-    or None: past :data:`BATCH_LAYERS_ROWS` records, and with names shown (a purchaser's
-    label is then the first spelling in the records looked at: an entity's own)."""
-    if options.show_names or not entity_rows or len(records) >= BATCH_LAYERS_ROWS:
+def batch_frames(records: pd.DataFrame, entity_rows: list[np.ndarray], options: RunOptions
+                 ) -> EntityFrames | None:
+    """The flows, dealers, recoveries and crossings (:func:`geoflow.flows.entity_layers`) and
+    the tables of :data:`~geoflow.aggregate.ENTITY_TABLES` of every entity of a batch (the
+    records at each of ``entity_rows``) made at once, as :func:`analyse` makes an entity's
+    from its records alone; None past :data:`BATCH_FRAMES_ROWS` records, and with names
+    shown (a purchaser's label is then the first spelling among the records looked at: an
+    entity's own)."""
+    if options.show_names or not entity_rows or len(records) >= BATCH_FRAMES_ROWS:
         return None
     from geoflow.crossings import load_ports
 
+    by = "batch_entity"
     codes = np.full(len(records), -1, dtype=np.int64)
     for code, rows in enumerate(entity_rows):
         codes[rows] = code
     frame = _label(_encode(records), options.show_names)
-    rows = np.flatnonzero(frame["placed"].to_numpy(dtype=bool) & (codes >= 0))
+    mine = codes >= 0
+    rows = np.flatnonzero(frame["placed"].to_numpy(dtype=bool) & mine)
     columns = [c for c in LAYER_INPUT_COLUMNS if c in frame.columns]
-    placed = frame[columns].iloc[rows].assign(batch_entity=codes[rows])
-    return entity_layers(placed, codes, load_ports(), by="batch_entity",
-                         level=options.flow_level, state_names=_state_names()[1])
+    placed = frame[columns].iloc[rows].assign(**{by: codes[rows]})
+    ports, state_names = load_ports(), _state_names()[1]
+    made = entity_layers(placed, ports, by=by, level=options.flow_level,
+                         state_names=state_names)
+    del placed
+    columns = [c for c in TABLE_COLUMNS if c in frame.columns]  # as table_records keeps
+    valid = counted(frame[columns].iloc[np.flatnonzero(mine)].assign(**{by: codes[mine]}))
+    made.update(entity_tables(valid, by=by, ports=ports, state_names=state_names))
+    return entity_frames(made, by=by, codes=codes)
 
 
 def placed_layer_records(frame: pd.DataFrame, columns: list[str], *,

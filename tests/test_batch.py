@@ -535,14 +535,14 @@ def test_entity_records_keep_only_their_categories_and_write_the_same_files(
     ("state", "place", 1), ("mx-state", "place", 1), ("trafficker", "place", 1),
     ("dealer", "place", 1), ("state", "state", 1), ("trafficker", "state", 1),
     ("state", "place", 3)])
-def test_every_entitys_layers_built_at_once_are_those_it_builds_alone(
+def test_every_entitys_layers_and_tables_made_at_once_are_those_it_makes_alone(
         sample_prepared, kind, level, min_cell):
-    """A batch builds the flows and point layers of all its entities at once: each
-    entity's rows, their order and their types are those of its own analysis (every cell
-    shown with --min-cell 1; small cells withheld alike with 3)."""
+    """A batch makes the layers and most tables of all its entities at once: each entity's
+    rows, their order and their types are those of its own analysis (every cell shown with
+    --min-cell 1; small cells withheld alike with 3)."""
     from geopandas.testing import assert_geodataframe_equal
 
-    from geoflow import batch, pipeline
+    from geoflow import aggregate, batch, pipeline
 
     prepared, _ = sample_prepared
     options = replace(prepared.options, flow_level=level, min_cell=min_cell)
@@ -552,34 +552,41 @@ def test_every_entitys_layers_built_at_once_are_those_it_builds_alone(
     rows = [np.flatnonzero(keys.eq(key).fillna(False).to_numpy()) for key in table["key"]]
     assert len(rows) > 3
     with batch.python_text(len(records)):
-        layers = pipeline.batch_layers(records, rows, options)
+        made = pipeline.batch_frames(records, rows, options)
+    assert set(made.frames) == {*pipeline.LAYERS_MADE, *aggregate.ENTITY_TABLES}
     for at in rows[::-(-len(rows) // 8)]:  # eight of them, the largest to the smallest
         with batch.python_text(len(at)):
             part = batch.entity_records(records, at)
             own = pipeline.analyse(prepared, options=options, records=part)
             given = pipeline.analyse(prepared, options=options, records=part,
-                                     given_layers=layers.of(at))
+                                     given=made.of(at))
         assert len(own.flows) > 0
-        for name in ("flows", "dealers", "recoveries", "crossings"):
+        for name in pipeline.LAYERS_MADE:
             assert_geodataframe_equal(getattr(given, name), getattr(own, name),
                                       check_column_type=False)
+        for name in aggregate.ENTITY_TABLES:
+            assert len(own.tables[name]) > 0
+            pd.testing.assert_frame_equal(given.tables[name], own.tables[name],
+                                          check_column_type=False)
+        assert given.findings == own.findings
 
 
-def test_layers_are_built_at_once_only_where_each_entitys_own_would_be_the_same(
+def test_layers_are_made_at_once_only_where_each_entitys_own_would_be_the_same(
         tmp_path, monkeypatch):
     """Names shown (a purchaser's label is the first spelling among the records looked at)
-    and large inputs build each entity's layers alone; the files are the same either way."""
+    and large inputs make each entity's layers and tables alone; the files are the same
+    either way."""
     from geoflow import batch, pipeline
 
     prepared = prepared_records()
     rows = [np.arange(2), np.arange(2, 4)]
     shown = replace(prepared.options, show_names=True)
-    assert pipeline.batch_layers(prepared.records, rows, shown) is None
-    assert pipeline.batch_layers(prepared.records, rows, prepared.options) is not None
+    assert pipeline.batch_frames(prepared.records, rows, shown) is None
+    assert pipeline.batch_frames(prepared.records, rows, prepared.options) is not None
     at_once = batch.run_batch(prepared, kind="dealer", min_guns=1, out_dir=tmp_path / "once",
                               jobs=1)
-    monkeypatch.setattr(pipeline, "BATCH_LAYERS_ROWS", 0)
-    assert pipeline.batch_layers(prepared.records, rows, prepared.options) is None
+    monkeypatch.setattr(pipeline, "BATCH_FRAMES_ROWS", 0)
+    assert pipeline.batch_frames(prepared.records, rows, prepared.options) is None
     alone = batch.run_batch(prepared, kind="dealer", min_guns=1, out_dir=tmp_path / "alone",
                             jobs=1)
     one, two = batch_files(tmp_path / "once"), batch_files(tmp_path / "alone")
