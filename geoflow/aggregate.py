@@ -529,20 +529,21 @@ class GroupStats:
                          index=self._index)
 
     @cached_property
-    def _span_and_median(self) -> tuple[pd.Series, pd.Series, pd.Series]:
+    def _spans(self) -> tuple[pd.Series, pd.Series, pd.Series]:
+        """First and last purchase and median time to crime (:func:`_span_and_median`)."""
         return _span_and_median(self._records, self._group, self._index)
 
     @cached_property
     def first_purchase(self) -> pd.Series:
-        return iso_dates(self._span_and_median[0])
+        return iso_dates(self._spans[0])
 
     @cached_property
     def last_purchase(self) -> pd.Series:
-        return iso_dates(self._span_and_median[1])
+        return iso_dates(self._spans[1])
 
     @cached_property
     def median_ttc(self) -> pd.Series:
-        return self._span_and_median[2].astype(float)
+        return self._spans[2].astype(float)
 
 
 def group_stats(records: pd.DataFrame, group: np.ndarray, n_groups: int) -> GroupStats:
