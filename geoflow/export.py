@@ -123,9 +123,20 @@ def _formula_risk(series: pd.Series) -> np.ndarray:
     Arrow or by Python, goes to Arrow as it is (an ``astype`` cost a batch entity's small
     tables ~100 µs a column); other objects through pandas' text."""
     values = series.array
+    if isinstance(values, pd.arrays.StringArray) and len(values) < FORMULA_PYTHON_ROWS:
+        # Python's text, a few cells: each read here
+        return np.fromiter((isinstance(cell, str) and cell.startswith(_FORMULA_TEXTS)
+                            for cell in values.to_numpy(dtype=object)), bool, len(values))
     if not _is_text(series.dtype, objects=False):
         values = series.astype("string[pyarrow]").array
     return _STARTS_FORMULA[_first_bytes(pa.array(values, type=pa.large_string()))]
+
+
+#: Cells of Python's text below which :func:`_formula_risk` reads each cell in Python: on a
+#: batch entity's small tables Arrow's conversion cost more (~70 text columns an entity).
+FORMULA_PYTHON_ROWS = 1000
+#: :data:`_FORMULA_START` as texts (``str.startswith``).
+_FORMULA_TEXTS = tuple(chr(byte) for byte in _FORMULA_START)
 
 
 def _is_text(dtype: object, *, objects: bool = True) -> bool:
