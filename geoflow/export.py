@@ -121,7 +121,8 @@ def _formula_risk(series: pd.Series) -> np.ndarray:
     byte of each cell in Arrow's buffers (all ASCII characters, so a first byte is a first
     character; an Arrow regex over the column took ten times as long). pandas text, held by
     Arrow or by Python, goes to Arrow as it is (an ``astype`` cost a batch entity's small
-    tables ~100 µs a column); other objects through pandas' text."""
+    tables ~100 µs a column), except a few cells held by Python, read one by one
+    (:data:`FORMULA_PYTHON_ROWS`); other objects through pandas' text."""
     values = series.array
     if isinstance(values, pd.arrays.StringArray) and len(values) < FORMULA_PYTHON_ROWS:
         # Python's text, a few cells: each read here
