@@ -25,6 +25,7 @@ __all__ = [
     "DUPLICATE_REASON",
     "GroupStats",
     "EntityFrames",
+    "entity_cells",
     "entity_frames",
     "entity_tables",
     "countable",
@@ -754,7 +755,7 @@ def _share(guns: np.ndarray, owner: np.ndarray | None = None) -> np.ndarray:
         return np.where(totals > 0, np.round(guns / totals, 6), 0.0)
 
 
-def _cells(records: pd.DataFrame, by: str | None, group: np.ndarray, n: int
+def entity_cells(records: pd.DataFrame, by: str | None, group: np.ndarray, n: int
            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """With ``by`` (a column of ``records``: a code per record, such as a batch's entity):
     each record's (code, group) cell, numbered in that order, and each cell's code and
@@ -768,7 +769,7 @@ def _cells(records: pd.DataFrame, by: str | None, group: np.ndarray, n: int
 
 
 def _owned(by: str | None, owner: np.ndarray | None) -> dict[str, np.ndarray]:
-    """The ``by`` column of a table of cells (:func:`_cells`), or nothing."""
+    """The ``by`` column of a table of cells (:func:`entity_cells`), or nothing."""
     return {by: owner} if by else {}
 
 
@@ -791,9 +792,9 @@ def _by_state(
 ) -> pd.DataFrame:
     """One row per state of ``column``: ``state``, ``state_name``, ``guns``, ``share_frac`` and
     the ``columns`` computed from (group code per record, number of states, group stats);
-    ``by``: one row per state of each code's records (:func:`_cells`)."""
+    ``by``: one row per state of each code's records (:func:`entity_cells`)."""
     group, states = _state_codes(records, column)
-    group, owner, state_of = _cells(records, by, group, len(states))
+    group, owner, state_of = entity_cells(records, by, group, len(states))
     n = len(state_of)
     stats = group_stats(records, group, n)
     states = states[state_of]
@@ -845,7 +846,7 @@ def state_matrix(records: pd.DataFrame, *, by: str | None = None) -> pd.DataFram
     us, us_names = _state_codes(records, "dealer_admin1")
     mx, mx_names = _state_codes(records, "recovery_admin1")
     width = max(len(mx_names), 1)
-    pair, owner, pair_of = _cells(records, by, us * width + mx, len(us_names) * width)
+    pair, owner, pair_of = entity_cells(records, by, us * width + mx, len(us_names) * width)
     cells, guns = _pair_counts(pair, gun_weights(records))
     pairs = pair_of[cells]
     table = pd.DataFrame({
@@ -892,7 +893,7 @@ def by_dealer(records: pd.DataFrame, *, by: str | None = None) -> pd.DataFrame:
     see :func:`entity_tables`."""
     records = counted(records)
     group, dealers = _codes(fill_unknown(records["dealer_id"]))
-    group, owner, dealer_of = _cells(records, by, group, len(dealers))
+    group, owner, dealer_of = entity_cells(records, by, group, len(dealers))
     n = len(dealer_of)
     stats = group_stats(records, group, n)
     first = first_rows(group, n)
@@ -1061,15 +1062,14 @@ def by_crossing(
     table: 3 -> 1.5 ms). ``by``: see :func:`entity_tables`."""
     records = counted(records)
     code, uniques = _codes(records["crossing_code"])  # in code order
-    code, owner, code_of = _cells(records, by, code, len(uniques))
+    code, owner, code_of = entity_cells(records, by, code, len(uniques))
     weights = gun_weights(records)
     guns = weighted_count(code, weights, len(code_of))
     modelled = weighted_count(code, weights * is_value(records["route_kind"], "modelled"),
                               len(code_of))
     used = np.flatnonzero(guns > 0)
-    # ties stay in code order (cells are in code order within their owner)
-    order = used[np.lexsort((-guns[used], owner[used]))] if by else used[
-        np.argsort(-guns[used], kind="stable")]
+    # ties stay in code order (cells are in code order within their owner): a stable sort
+    order = used[np.lexsort((-guns[used], *([owner[used]] if by else [])))]
     codes = pd.array(np.asarray(uniques.astype(str), dtype=object)[code_of[order]],
                      dtype="string")
     name, us_state = _port_info(ports, codes)
@@ -1191,7 +1191,7 @@ def entity_tables(records: pd.DataFrame, *, by: str, ports: pd.DataFrame | None 
                   state_names: Mapping[str, str] | None = None) -> dict[str, pd.DataFrame]:
     """The :data:`ENTITY_TABLES` of every code of ``records[by]`` (a batch's entities) at
     once, each row holding its code in ``by``: each code's rows, their order and figures are
-    those :func:`build_tables` makes of its records alone (:func:`_cells`)."""
+    those :func:`build_tables` makes of its records alone (:func:`entity_cells`)."""
     return {
         "by_us_state": by_us_state(records, state_names=state_names, by=by),
         "by_mx_state": by_mx_state(records, state_names=state_names, by=by),

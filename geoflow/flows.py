@@ -22,6 +22,7 @@ from geoflow.aggregate import (
     categorical_take,
     counted,
     date_span,
+    entity_cells,
     fill_unknown,
     first_rows,
     first_seen_codes,
@@ -537,26 +538,23 @@ def build_crossings(records: pd.DataFrame, ports: gpd.GeoDataFrame, by: str | No
     batch entity's layer: 8 -> 5 ms). ``by``: as :func:`build_flows`'s."""
     records = counted(records)
     at = positions_in(pd.Index(ports["code"].astype(str)), records["crossing_code"])
-    m = len(ports)
-    # one cell per (code of ``by``, port); without ``by`` one code: a cell per port
-    owner = records[by].to_numpy() if by else np.zeros(len(at), dtype=np.int64)
-    cells = m * (int(owner.max()) + 1 if len(owner) else 1)
-    cell = np.where(at >= 0, owner * m + at, -1)
+    cell, owner, port_of = entity_cells(records, by, at, len(ports))
     weights = gun_weights(records)
-    guns = weighted_count(cell, weights, cells)
+    guns = weighted_count(cell, weights, len(port_of))
     modelled = weighted_count(cell, weights * is_value(records["route_kind"], "modelled"),
-                              cells)
-    used = np.flatnonzero(np.bincount(cell[cell >= 0], minlength=cells))
-    codes = ports["code"].astype(str).to_numpy()[used % m]
-    order = used[np.lexsort((pd.factorize(codes, sort=True)[0], -guns[used], used // m))]
-    chosen = ports.iloc[order % m]
+                              len(port_of))
+    used = np.flatnonzero(np.bincount(cell[cell >= 0], minlength=len(port_of)))
+    codes = ports["code"].astype(str).to_numpy()[port_of[used]]
+    keys = (pd.factorize(codes, sort=True)[0], -guns[used], *([owner[used]] if by else []))
+    order = used[np.lexsort(keys)]
+    chosen = ports.iloc[port_of[order]]
     return gpd.GeoDataFrame({
         "code": chosen["code"].astype(str).astype("string").array,
         **{column: chosen[column].astype("string").array
            for column in ("name", "us_state", "mx_city")},
         "guns": guns[order], "guns_known": guns[order] - modelled[order],
         "guns_modelled": modelled[order],
-        **({by: order // m} if by else {}),
+        **({by: owner[order]} if by else {}),
     }, geometry=chosen.geometry.to_numpy(), crs="EPSG:4326")
 
 
