@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from geoflow.aggregate import python_values
+
 __all__ = ["emptied", "fill", "schema_key"]
 
 #: pandas types written here as GDAL writes them (TEXT, INTEGER, REAL, BOOLEAN as 0/1).
@@ -191,13 +193,15 @@ def _blobs(geometries: np.ndarray, declared: str) -> list[bytes | None]:
 
 def _insert(con: sqlite3.Connection, name: str, frame: pd.DataFrame,
             geometry: tuple[str, list] | None = None) -> None:
-    attributes = (pd.DataFrame(frame).drop(columns=frame.geometry.name) if geometry
-                  else pd.DataFrame(frame))
-    # Python values as GDAL stores them: None for NA and NaN, bool as 0/1 (by SQLite)
-    cells = attributes.to_numpy(dtype=object)
-    cells[attributes.isna().to_numpy()] = None
-    names = ([geometry[0]] if geometry else []) + [str(c) for c in attributes.columns]
-    values = ([geometry[1]] if geometry else []) + list(cells.T.tolist())
+    skip = frame.geometry.name if geometry else None
+    names = [geometry[0]] if geometry else []
+    values = [geometry[1]] if geometry else []
+    # column by column, by position; None for NA and NaN, bool as 0/1 (by SQLite): the rows
+    # as GDAL stores them
+    for column, series in frame.items():
+        if column != skip:
+            names.append(str(column))
+            values.append(python_values(series))
     con.executemany(f"INSERT INTO {_quoted(name)} ({', '.join(map(_quoted, names))}) "  # noqa: S608
                     f"VALUES ({', '.join('?' * len(names))})", zip(*values, strict=True))
 

@@ -253,8 +253,8 @@ class _DataLayer(folium.map.Layer):
         """As folium renders a layer, but the script (all the layer's data) goes into the page
         as it is: branca would compile it as a Jinja template, at 20 ms per 100 kB."""
         if self.show:
-            self.add_child(ElementAddToElement(element_name=self.get_name(),
-                                               element_parent_name=self._parent.get_name()),
+            self.add_child(_AddToParent(element_name=self.get_name(),
+                                        element_parent_name=self._parent.get_name()),
                            name=self.get_name() + "_add")
         script = self._template.module.script(self, kwargs)
         self.get_root().script.add_child(_Raw(script), name=self.get_name())
@@ -273,7 +273,53 @@ class _Raw(branca.element.Element):
         self.text = text
 
 
-class _Script(branca.element.MacroElement):
+class _RawMacro(branca.element.MacroElement):
+    """``MacroElement.render``, except that each macro's text goes into the page through
+    :class:`_Raw` rather than ``branca.element.Element(text)``, which compiles it as a Jinja
+    template (a dozen compilations, ~4 ms, of every page) to render the same text
+    (:func:`_as_compiled`). A base after folium's own classes: ``class _Map(folium.Map,
+    _RawMacro)`` keeps folium's ``render`` and replaces only branca's."""
+
+    def render(self, **kwargs) -> None:
+        figure = self.get_root()
+        macros = self._template.module.__dict__
+        for part in ("header", "html", "script"):
+            macro = macros.get(part)
+            if macro is not None:
+                getattr(figure, part).add_child(_Raw(_as_compiled(macro(self, kwargs))),
+                                                name=self.get_name())
+        for element in self._children.values():
+            element.render(**kwargs)
+
+
+def _as_compiled(text: str) -> str:
+    """``text`` as ``branca.element.Element(text)`` renders it: Jinja reads line ends as
+    ``\n`` and drops a final one; text holding Jinja's own syntax is compiled as branca
+    would."""
+    if "{{" in text or "{%" in text or "{#" in text:
+        return branca.element.Element(text).render()
+    lines = _LINE_END.split(text)
+    if lines[-1] == "":
+        del lines[-1]
+    return "\n".join(lines)
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+class _Map(folium.Map, _RawMacro):
+    pass
+
+
+class _LayerControl(folium.LayerControl, _RawMacro):
+    pass
+
+
+class _AddToParent(ElementAddToElement, _RawMacro):
+    pass
+
+
+class _Script(_RawMacro):
     """Raw script lines run after every layer exists (panels, bounds)."""
 
     _template = Template("{% macro script(this, kwargs) %}{{ this.code }}{% endmacro %}")
@@ -409,7 +455,7 @@ _POINT_STYLE = {"recovery": (0.8, 0.75), "port": (2, 0.95), "dealer": (0.8, 0.75
 def _page(scene: Scene, options: MapOptions) -> tuple[branca.element.Figure, folium.Map]:
     """An empty page: inlined Leaflet and our script, no CDN links, the optional tile layer."""
     figure = branca.element.Figure(title=escape_html(scene.title))
-    fmap = folium.Map(location=[29.0, -100.0], zoom_start=4, tiles=None, zoom_control="topright",
+    fmap = _Map(location=[29.0, -100.0], zoom_start=4, tiles=None, zoom_control="topright",
                       control_scale=True, zoom_snap=0.25)
     fmap.default_js = []  # folium's CDN scripts and styles (Leaflet, jQuery, Bootstrap, fonts)
     fmap.default_css = []
@@ -455,7 +501,7 @@ def render_scene(scene: Scene, *, options: MapOptions | None = None) -> str:
                     "kind": layer.kind, "spec": _SPECS[layer.kind]},
                    name=layer.name).add_to(fmap)
     figure.html.add_child(_Raw(_banner(scene) + _panels(scene)), name="geoflow_panels")
-    folium.LayerControl(collapsed=True, position="topright").add_to(fmap)
+    _LayerControl(collapsed=True, position="topright").add_to(fmap)
     _stable_ids(figure)
     map_name = fmap.get_name()
     labels = [{"t": lab.text, "lon": round(lab.lon, _DECIMALS), "lat": round(lab.lat, _DECIMALS),

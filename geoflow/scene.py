@@ -71,7 +71,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import shapely
 
-from geoflow.aggregate import first_rows, first_seen_codes, plural, positions_in
+from geoflow.aggregate import (
+    first_rows,
+    first_seen_codes,
+    plural,
+    positions_in,
+    python_values,
+)
 from geoflow.counts import BORDER_PLACE
 from geoflow.errors import ConfigError
 from geoflow.flows import state_guns
@@ -863,15 +869,7 @@ def _props(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict]:
     """Per row, ``columns`` (those present) as Python values, None for NA: built column by
     column (a frame's ``to_dict("records")`` costs 10 ms a layer, a batch entity's third)."""
     cols = [c for c in columns if c in frame.columns]
-    values = []
-    for column in cols:
-        series = frame[column]
-        objects = series.astype(object).to_numpy()
-        missing = series.isna().to_numpy()
-        if missing.any():
-            objects = objects.copy()
-            objects[missing] = None
-        values.append(objects.tolist())
+    values = [python_values(frame[column]) for column in cols]
     return [dict(zip(cols, row, strict=True)) for row in zip(*values, strict=True)] if cols \
         else [{} for _ in range(len(frame))]
 

@@ -859,3 +859,28 @@ def test_distinct_codes_give_each_value_back_from_its_code(categorical):
     assert got == ["Laredo", None, "Nogales", "Laredo", "El Paso"]
     assert ("Unused" in set(distinct)) is categorical
     assert "Unused" not in {distinct[c] for c in codes if c >= 0}
+
+
+def test_python_values_are_the_cells_as_python_values_with_none_for_missing():
+    # what the GeoPackage stores and the map's properties hold: None for NA and NaN, numbers
+    # and flags as Python's own; an object column's cells are not changed in the frame
+    import numpy as np
+
+    from geoflow.aggregate import python_values
+
+    frame = pd.DataFrame({
+        "text": pd.array(["a", None, "c"], dtype="string"),
+        "objects": pd.Series(["x", None, np.nan], dtype=object),
+        "floats": [1.5, np.nan, 3.0], "ints": [1, 2, 3], "flags": [True, False, True],
+        "nullable": pd.array([1, None, 3], dtype="Int64"),
+        "category": pd.Categorical(["k", None, "k"])})
+    values = {column: python_values(frame[column]) for column in frame.columns}
+    assert values == {"text": ["a", None, "c"], "objects": ["x", None, None],
+                      "floats": [1.5, None, 3.0], "ints": [1, 2, 3],
+                      "flags": [True, False, True], "nullable": [1, None, 3],
+                      "category": ["k", None, "k"]}
+    assert [type(values[c][0]) for c in ("floats", "ints", "flags", "nullable")] == [
+        float, int, bool, int]
+    assert frame["objects"].isna().tolist() == [False, True, True]
+    assert frame["objects"][2] is not None and frame["text"].isna().tolist() == [
+        False, True, False]

@@ -394,3 +394,30 @@ def test_map_command_writes_the_map_with_the_desk_labels(tmp_path):
     assert "<h1>Guns &lt;to&gt; Mexico</h1>" in page
     assert "Graphic: Desk" in page and "Only traced guns." in page and "cartocdn" not in page
     assert PALETTES["viridis"][0][-1] in page
+
+
+@pytest.mark.parametrize("text", ["var a = 1;\n", "a\r\nb\r\n\n", "x\ry", "", "\n",
+                                  "{{ 6 * 7 }} {% if true %}t{% endif %}{# c #}\n"])
+def test_macro_text_goes_into_the_page_as_branca_renders_it(text):
+    # branca compiles each element's script as a Jinja template; geoflow puts it in as the
+    # same text, without compiling: line ends read as \n, one final line end dropped
+    import branca.element
+
+    from geoflow.render import _as_compiled
+
+    assert _as_compiled(text) == branca.element.Element(text).render()
+
+
+def test_folium_elements_give_the_page_branca_would_build(sample_result, sample_html,
+                                                         monkeypatch):
+    # the map, its layer control and each layer's "add to map" put their script in without
+    # a Jinja compilation; branca's own render of the same elements gives the same page
+    import branca.element
+
+    from geoflow import render
+
+    monkeypatch.setattr(render._RawMacro, "render", branca.element.MacroElement.render)
+    assert render_map(sample_result, options=MapOptions()) == sample_html
+    tiled = render_map(sample_result, options=MapOptions(tiles=True))
+    monkeypatch.undo()
+    assert render_map(sample_result, options=MapOptions(tiles=True)) == tiled
