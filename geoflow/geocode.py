@@ -51,6 +51,7 @@ __all__ = [
     "geocode",
     "geocode_traces",
     "PlaceMemo",
+    "entity_reports",
     "report_for",
     "geocode_column",
     "default_cache_path",
@@ -984,36 +985,61 @@ def report_for(report: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     ``records`` — a filtered subset of the geocoded records, e.g. one entity of a batch —
     with ``records`` and ``first_lines`` counted over that subset only. The records are
     grouped by the codes of their query and level (categoricals: no text per record)."""
+    made = entity_reports(report, records, np.zeros(len(records), dtype=np.int64))
+    return report.iloc[0:0] if made is None else made[0]
+
+
+def entity_reports(report: pd.DataFrame, records: pd.DataFrame, entities: np.ndarray
+                   ) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """:func:`report_for` of every entity of a batch at once: ``entities`` is each record's
+    entity (≥ 0). Returns the rows of every entity's report, entity by entity (by code), each
+    entity's in its :func:`report_for` order, and each row's entity; None when the records
+    have no geocoder query. Records are grouped by (entity, query, level), and a report row
+    goes to each entity that has its key."""
     lines = (records["source_line"] if "source_line" in records.columns
              else pd.Series(np.arange(len(records)) + 2, index=records.index))
-    groups, keys, record_lines = [], [], []
+    entities = np.asarray(entities, dtype=np.int64)
+    groups, keys, owners, record_lines = [], [], [], []
     for role in ("dealer", "recovery"):
         query = f"{role}_geocode_query"
         if query not in records.columns:
             continue
         query_codes, query_texts = _codes_and_texts(records[query])
         level_codes, level_texts = _codes_and_texts(records[f"{role}_geocode_level"])
-        # one number per (query, level) pair, −1 (missing, as "") shifted to 0
-        width = len(level_texts)  # the level's codes and its −1
-        group, pairs = pd.factorize((query_codes + 1) * width + (level_codes + 1))
+        # one number per (entity, query, level), −1 (missing, as "") shifted to 0
+        width, height = len(level_texts), len(query_texts)  # each with its −1
+        group, triples = pd.factorize((entities * height + query_codes + 1) * width
+                                      + level_codes + 1)
         groups.append(group + sum(len(k) for k in keys))  # after the other role's groups
+        pairs = triples % (height * width)
         query_at, level_at = pairs // width - 1, pairs % width - 1
         keys.append(pd.DataFrame({"role": role, "query": query_texts[query_at],
                                   "level": level_texts[level_at]}))
+        owners.append(triples // (height * width))
         record_lines.append(lines.to_numpy())
     if not keys:
-        return report.iloc[0:0]
-    group, firsts = np.concatenate(groups), pd.concat(keys, ignore_index=True)
+        return None
+    group, firsts, owner = (np.concatenate(groups), pd.concat(keys, ignore_index=True),
+                            np.concatenate(owners))
     typed, report_keys = _keyed_report(report)
-    # each report row's group in ``records`` (−1: a place these records do not use)
-    at = pc.index_in(report_keys, value_set=_key_text(firsts))
-    at = pc.fill_null(at, -1).to_numpy()
-    mine = typed.iloc[np.flatnonzero(at >= 0)]
-    at = at[at >= 0]
-    first_lines = _first_lines(group, np.concatenate(record_lines), len(firsts))
-    mine = mine.assign(records=np.bincount(group, minlength=len(firsts))[at],
-                       first_lines=first_lines.to_numpy()[at])
-    return _report_order(mine)
+    key, distinct = pd.factorize(_key_text(firsts).to_numpy(zero_copy_only=False))
+    # each report row's key among the groups' (−1: a place none of these records uses)
+    at = pc.fill_null(pc.index_in(report_keys, value_set=pa.array(distinct, pa.string())),
+                      -1).to_numpy()
+    used = np.flatnonzero(at >= 0)
+    by_key = used[stable_order(at[used])]  # report rows key by key, in report order
+    per_key = np.bincount(at[used], minlength=len(distinct))
+    count = per_key[key]  # report rows of each group
+    row_group = np.repeat(np.arange(len(firsts)), count)
+    offset = np.arange(len(row_group)) - np.repeat(np.cumsum(count) - count, count)
+    rows = by_key[(np.cumsum(per_key) - per_key)[key][row_group] + offset]
+    first_lines = _first_lines(group, np.concatenate(record_lines), len(firsts)).to_numpy()
+    mine = typed.iloc[rows].assign(
+        records=np.bincount(group, minlength=len(firsts))[row_group],
+        first_lines=first_lines[row_group])
+    order = _report_rank(mine, before=rows, by=owner[row_group])
+    return (mine.iloc[order][list(REPORT_COLUMNS)].reset_index(drop=True),
+            owner[row_group][order])
 
 
 #: The last report :func:`report_for` was given, with its :func:`_keyed_report`.
@@ -1072,12 +1098,19 @@ def _first_lines(group: np.ndarray, lines: np.ndarray | pd.Series, n: int) -> pd
 
 def _report_order(report: pd.DataFrame) -> pd.DataFrame:
     """Report rows unmatched first, then by score ascending, most records first (stable)."""
+    return report.iloc[_report_rank(report)][list(REPORT_COLUMNS)].reset_index(drop=True)
+
+
+def _report_rank(report: pd.DataFrame, *, before: np.ndarray | None = None,
+                 by: np.ndarray | None = None) -> np.ndarray:
+    """The order :func:`_report_order` puts ``report``'s rows in, after ``by`` (each row's
+    entity) if given; ties kept in the order of ``before`` (default: as they are)."""
     keys = [report[c].to_numpy(dtype=object) for c in ("query", "role")]  # last keys first
     keys += [-report["records"].to_numpy(dtype=np.int64),
              report["score"].to_numpy(dtype=np.int64),
              (report["level"] != "").to_numpy(dtype=np.int64)]
-    order = np.lexsort(keys)  # stable, the last key first: what a multi-key stable sort gives
-    return report.iloc[order][list(REPORT_COLUMNS)].reset_index(drop=True)
+    keys = ([before] if before is not None else []) + keys + ([by] if by is not None else [])
+    return np.lexsort(keys)  # stable, the last key first: what a multi-key stable sort gives
 
 
 # --------------------------------------------------------------------------- geopy

@@ -656,6 +656,7 @@ def analyse(
     rows_valid, guns_valid = prepared.valid_counts
     synthetic = prepared_synthetic(prepared)
     report = (prepared.geocode_report if records is None or records is prepared.records
+              else given["geocode_report"] if given is not None and "geocode_report" in given
               else report_for(prepared.geocode_report, records))
     consumed = (frame, prepared.records) if consume else ()
     # a consuming run keeps only the columns the tables and layers read (raw texts, names
@@ -806,17 +807,20 @@ BATCH_FRAMES_ROWS = 50_000
 LAYERS_MADE = ("flows", "dealers", "recoveries", "crossings")
 
 
-def batch_frames(records: pd.DataFrame, entity_rows: list[np.ndarray], options: RunOptions
-                 ) -> EntityFrames | None:
-    """The flows, dealers, recoveries and crossings (:func:`geoflow.flows.entity_layers`) and
-    the tables of :data:`~geoflow.aggregate.ENTITY_TABLES` of every entity of a batch (the
-    records at each of ``entity_rows``) made at once, as :func:`analyse` makes an entity's
-    from its records alone; None past :data:`BATCH_FRAMES_ROWS` records, and with names
-    shown (a purchaser's label is then the first spelling among the records looked at: an
-    entity's own)."""
+def batch_frames(records: pd.DataFrame, entity_rows: list[np.ndarray], options: RunOptions,
+                 report: pd.DataFrame | None = None) -> EntityFrames | None:
+    """The flows, dealers, recoveries and crossings (:func:`geoflow.flows.entity_layers`),
+    the tables of :data:`~geoflow.aggregate.ENTITY_TABLES` and, given the batch's geocode
+    ``report``, each entity's (``geocode_report``: :func:`geoflow.geocode.entity_reports`) of
+    every entity of a batch (the records at each of ``entity_rows``) made at once, as
+    :func:`analyse` makes an entity's from its records alone; None past
+    :data:`BATCH_FRAMES_ROWS` records, and with names shown (a purchaser's label is then the
+    first spelling among the records looked at: an entity's own). The report needs the
+    records' ``source_line``: without it a record's line is its place among the entity's."""
     if options.show_names or not entity_rows or len(records) >= BATCH_FRAMES_ROWS:
         return None
     from geoflow.crossings import load_ports
+    from geoflow.geocode import entity_reports
 
     by = "batch_entity"
     codes = np.full(len(records), -1, dtype=np.int64)
@@ -834,6 +838,11 @@ def batch_frames(records: pd.DataFrame, entity_rows: list[np.ndarray], options: 
     columns = [c for c in TABLE_COLUMNS if c in frame.columns]  # as table_records keeps
     valid = counted(frame[columns].iloc[np.flatnonzero(mine)].assign(**{by: codes[mine]}))
     made.update(entity_tables(valid, by=by, ports=ports, state_names=state_names))
+    if report is not None and "source_line" in records.columns:
+        mine = np.flatnonzero(mine)
+        reported = entity_reports(report, records.iloc[mine], codes[mine])
+        if reported is not None:
+            made["geocode_report"] = reported[0].assign(**{by: reported[1]})
     return entity_frames(made, by=by, codes=codes)
 
 

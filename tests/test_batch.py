@@ -537,9 +537,9 @@ def test_entity_records_keep_only_their_categories_and_write_the_same_files(
     ("state", "place", 3)])
 def test_every_entitys_layers_and_tables_made_at_once_are_those_it_makes_alone(
         sample_prepared, kind, level, min_cell):
-    """A batch makes the layers and most tables of all its entities at once: each entity's
-    rows, their order and their types are those of its own analysis (every cell shown with
-    --min-cell 1; small cells withheld alike with 3)."""
+    """A batch makes the layers, most tables and the geocode reports of all its entities at
+    once: each entity's rows, their order and their types are those of its own analysis
+    (every cell shown with --min-cell 1; small cells withheld alike with 3)."""
     from geopandas.testing import assert_geodataframe_equal
 
     from geoflow import aggregate, batch, pipeline
@@ -552,8 +552,9 @@ def test_every_entitys_layers_and_tables_made_at_once_are_those_it_makes_alone(
     rows = [np.flatnonzero(keys.eq(key).fillna(False).to_numpy()) for key in table["key"]]
     assert len(rows) > 3
     with batch.python_text(len(records)):
-        made = pipeline.batch_frames(records, rows, options)
-    assert set(made.frames) == {*pipeline.LAYERS_MADE, *aggregate.ENTITY_TABLES}
+        made = pipeline.batch_frames(records, rows, options, report=prepared.geocode_report)
+    assert set(made.frames) == {*pipeline.LAYERS_MADE, *aggregate.ENTITY_TABLES,
+                                "geocode_report"}
     for at in rows[::-(-len(rows) // 8)]:  # eight of them, the largest to the smallest
         with batch.python_text(len(at)):
             part = batch.entity_records(records, at)
@@ -569,6 +570,8 @@ def test_every_entitys_layers_and_tables_made_at_once_are_those_it_makes_alone(
             pd.testing.assert_frame_equal(given.tables[name], own.tables[name],
                                           check_column_type=False)
         assert given.findings == own.findings
+        assert len(own.geocode_report) > 0
+        pd.testing.assert_frame_equal(given.geocode_report, own.geocode_report)
 
 
 def test_layers_are_made_at_once_only_where_each_entitys_own_would_be_the_same(

@@ -739,3 +739,39 @@ def test_set_writes_the_rows_named_and_refuses_others():
     with pytest.raises(KeyError):  # a row not in the result: no write to another one
         _set(result, pd.Index([40]), {"level": "zip"})
     assert result["level"].tolist() == ["city", "", "city"]
+
+
+def test_entity_reports_give_each_entity_the_report_of_its_own_records():
+    # a batch's reports at once: each entity's rows, counts, first lines and order are those
+    # report_for gives its records alone, also where the report repeats a key (both rows go
+    # to every entity using it) and for an entity whose places the report lacks
+    from geoflow.geocode import entity_reports, report_for
+
+    report = pd.DataFrame({c: [pd.NA] * 4 for c in REPORT_COLUMNS}).assign(
+        role=["recovery", "dealer", "recovery", "recovery"],
+        query=["Juárez, CHIH", "Laredo, TX", "Reynosa, TAM", "Juárez, CHIH"],
+        level=["city", "city", "city", "city"], score=[80, 95, 90, 70], records=[1] * 4,
+        first_lines=["x"] * 4)
+    places = ["Juárez, CHIH", "Reynosa, TAM", "Juárez, CHIH", "Nuevo Laredo, TAM",
+              "Reynosa, TAM", "Juárez, CHIH", None]
+    records = pd.DataFrame({
+        "dealer_geocode_query": pd.Categorical(["Laredo, TX", None, "Laredo, TX", "Laredo, TX",
+                                                "Austin, TX", None, "Laredo, TX"]),
+        "dealer_geocode_level": pd.Categorical(["city", None, "city", "city", "city", None,
+                                                "city"]),
+        "recovery_geocode_query": pd.Categorical(places),
+        "recovery_geocode_level": pd.Categorical(["city"] * 6 + [None]),
+        "source_line": [12, 3, 40, 41, 8, 99, 7],
+    })
+    entities = np.array([1, 0, 1, 2, 0, 1, 2])
+    made, owners = entity_reports(report, records, entities)
+    assert owners.tolist() == sorted(owners.tolist())  # entity by entity
+    for entity in range(3):
+        own = report_for(report, records[entities == entity])
+        mine = made[owners == entity].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, own)
+    juarez = made[(owners == 1) & (made["query"] == "Juárez, CHIH").to_numpy()]
+    assert juarez[["score", "records", "first_lines"]].values.tolist() == [
+        [70, 3, "12 40 99"], [80, 3, "12 40 99"]]  # both of the key's rows, by score
+    assert entity_reports(report, records.drop(columns=[
+        c for c in records.columns if "query" in c]), entities) is None
