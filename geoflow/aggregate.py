@@ -712,13 +712,17 @@ def _ascending(index: pd.Index) -> bool:
 
 
 def _labels_of(wanted: np.ndarray, codes: np.ndarray, ids: pd.Index,
-               records: pd.DataFrame) -> pd.api.extensions.ExtensionArray:
+               records: pd.DataFrame, items: np.ndarray | None = None
+               ) -> pd.api.extensions.ExtensionArray:
     """Display label of each purchaser code in ``wanted`` (−1: NA) for purchaser ``codes``
     per record over ``ids``: the id itself when ``purchaser_label`` is the id (pseudonyms),
-    else the first label seen with the code (:func:`_first_labels`)."""
+    else the first label seen with the code (:func:`_first_labels`). ``items``: the codes
+    are cells (:func:`entity_cells`), each of the purchaser ``items[code]``."""
     labels = records.get("purchaser_label")
     if labels is not None and not _same_values(labels, records["purchaser_id"]):
         return _first_labels(wanted, codes, labels)
+    if items is not None:
+        wanted = np.where(wanted >= 0, items[np.maximum(wanted, 0)], -1)
     return pd.array(ids, dtype="string").take(wanted, allow_fill=True)
 
 
@@ -936,18 +940,32 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
     ``guns``): a large input has millions of purchasers with a gun or two, and the published
     table keeps only those at or above ``--min-cell`` (:func:`geoflow.privacy.suppress`).
     """
+    table, left_out = _purchasers(records, port_names=port_names, threshold=threshold,
+                                  min_guns=min_guns)
+    table.attrs["left_out"] = {"min_guns": min_guns, "purchasers": int(left_out["purchasers"][0]),
+                               "guns": int(left_out["guns"][0])}
+    return table
+
+
+def _purchasers(records: pd.DataFrame, *, port_names: Mapping[str, str] | None,
+                threshold: int, min_guns: int, by: str | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`by_purchaser`'s table and what it left out (``min_guns``, ``purchasers``,
+    ``guns``: one row, or with ``by`` one row per code, holding it in ``by``). ``by``: see
+    :func:`entity_tables`; a top dealer is named as the code's own first record names it."""
     records = counted(records)
     codes, ids = _item_codes(records["purchaser_id"])  # sorted: ties break by purchaser
-    guns_all = weighted_count(codes, gun_weights(records), len(ids))
-    present = np.bincount(codes[codes >= 0], minlength=len(ids)) > 0
+    cells, owner_of, purchaser_of = entity_cells(records, by, codes, len(ids))
+    guns_all = weighted_count(cells, gun_weights(records), len(purchaser_of))
+    present = np.bincount(cells[cells >= 0], minlength=len(purchaser_of)) > 0
     chosen = np.flatnonzero(present & (guns_all >= min_guns))
     n = len(chosen)
-    renumber = np.full(len(ids), -1, dtype=np.int64)
+    renumber = np.full(len(purchaser_of), -1, dtype=np.int64)
     renumber[chosen] = np.arange(n)
-    group_all = recode(codes, renumber)  # −1: no purchaser, or one left out
+    group_all = recode(cells, renumber)  # −1: no purchaser, or one left out
     rows = np.flatnonzero(group_all >= 0)
     group = group_all[rows]
-    labels = _labels_of(chosen, codes, ids, records)
+    labels = _labels_of(chosen, cells, ids, records, items=purchaser_of if by else None)
     guns = guns_all[chosen]
     dealer_all, dealer_ids = _codes(records["dealer_id"])
     dealer = dealer_all[rows]
@@ -963,6 +981,11 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
         hhi = np.where(with_dealer > 0, squares / np.maximum(with_dealer, 1) ** 2, np.nan)
     index = pd.RangeIndex(n)
     first, last, median = _span_and_median(records, group, index, rows)
+    owner = None if owner_of is None else owner_of[chosen]
+    if owner is not None:  # the top dealer's (code, dealer) cell: named by the code's records
+        top = np.where(top >= 0, owner * width + top, -1)
+        dealer_all = np.where(dealer_all >= 0,
+                              records[by].to_numpy(dtype=np.int64) * width + dealer_all, -1)
     top_names = _first_labels(top, dealer_all,
                               fill_unknown(records["dealer_name"], "(unnamed dealer)"))
     crossings = {f"{kind}_crossings": _crossings_used(records, group_all, n, port_names,
@@ -972,7 +995,8 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
     # most guns first, then by purchaser (NA last), as sort_values would: every column is
     # taken in this order once, so no second copy of a table of millions of purchasers
     rank, _ = pd.factorize(labels, sort=True)
-    order = np.lexsort((np.where(rank < 0, n, rank), -guns))
+    keys = (np.where(rank < 0, n, rank), -guns)
+    order = np.lexsort(keys if owner is None else (*keys, owner))
     table = pd.DataFrame(
         {
             "purchaser": labels.take(order),
@@ -987,12 +1011,23 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
             "last_purchase": iso_dates(last).array.take(order),
             **{name: values.take(order) for name, values in crossings.items()},
             "median_time_to_crime_days": median.to_numpy()[order],
+            **_owned(by, None if owner is None else owner[order]),
         }
     )
     left = present & (guns_all < min_guns)
-    table.attrs["left_out"] = {"min_guns": min_guns, "purchasers": int(left.sum()),
-                               "guns": int(guns_all[left].sum())}
-    return table
+    if owner_of is None:
+        left_out = pd.DataFrame({"min_guns": [min_guns], "purchasers": [int(left.sum())],
+                                 "guns": [int(guns_all[left].sum())]})
+    else:  # per code of the records
+        mine = np.unique(records[by].to_numpy(dtype=np.int64))
+        at = np.searchsorted(mine, owner_of[left])
+        left_out = pd.DataFrame({
+            "min_guns": np.full(len(mine), min_guns, dtype=np.int64),
+            "purchasers": np.bincount(at, minlength=len(mine)),
+            "guns": np.bincount(at, weights=guns_all[left], minlength=len(mine)
+                                ).astype(np.int64),
+            by: mine})
+    return table, left_out
 
 
 def by_trafficker(records: pd.DataFrame, *, port_names: Mapping[str, str] | None = None,
@@ -1164,9 +1199,16 @@ def build_tables(
     records made already (:func:`entity_tables`), taken as they are."""
     records = table_records(records)
     port_names = None if ports is None else dict(zip(ports["code"], ports["name"], strict=True))
-    purchasers = by_purchaser(records, port_names=port_names, threshold=trafficker_min_guns,
-                              min_guns=purchaser_min_guns)
     given = given or {}
+    if "by_purchaser" in given:  # made with the same threshold and floor (entity_tables)
+        purchasers = given["by_purchaser"]
+        left_out = given["purchasers_left_out"]
+        purchasers.attrs["left_out"] = {"min_guns": purchaser_min_guns,
+                                        "purchasers": int(left_out["purchasers"].sum()),
+                                        "guns": int(left_out["guns"].sum())}
+    else:
+        purchasers = by_purchaser(records, port_names=port_names,
+                                  threshold=trafficker_min_guns, min_guns=purchaser_min_guns)
     made = {
         "by_us_state": lambda: by_us_state(records, state_names=state_names),
         "by_mx_state": lambda: by_mx_state(records, state_names=state_names),
@@ -1181,17 +1223,25 @@ def build_tables(
     return {name: given[name] if name in given else make() for name, make in made.items()}
 
 
-#: The tables a batch makes for all its entities at once (:func:`entity_tables`); the
-#: purchaser tables are each entity's own.
+#: The tables a batch makes for all its entities at once (:func:`entity_tables`), and
+#: ``purchasers_left_out``, what each entity's ``by_purchaser`` only counts; ``by_trafficker``
+#: is each entity's own, cut from its ``by_purchaser``.
 ENTITY_TABLES = ("by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_crossing",
-                 "by_year")
+                 "by_year", "by_purchaser")
 
 
 def entity_tables(records: pd.DataFrame, *, by: str, ports: pd.DataFrame | None = None,
-                  state_names: Mapping[str, str] | None = None) -> dict[str, pd.DataFrame]:
+                  state_names: Mapping[str, str] | None = None,
+                  trafficker_min_guns: int = TRAFFICKER_MIN_GUNS,
+                  purchaser_min_guns: int = 0) -> dict[str, pd.DataFrame]:
     """The :data:`ENTITY_TABLES` of every code of ``records[by]`` (a batch's entities) at
     once, each row holding its code in ``by``: each code's rows, their order and figures are
-    those :func:`build_tables` makes of its records alone (:func:`entity_cells`)."""
+    those :func:`build_tables` makes of its records alone (:func:`entity_cells`) with the
+    same ``trafficker_min_guns`` and ``purchaser_min_guns``."""
+    port_names = None if ports is None else dict(zip(ports["code"], ports["name"], strict=True))
+    purchasers, left_out = _purchasers(records, port_names=port_names,
+                                       threshold=trafficker_min_guns,
+                                       min_guns=purchaser_min_guns, by=by)
     return {
         "by_us_state": by_us_state(records, state_names=state_names, by=by),
         "by_mx_state": by_mx_state(records, state_names=state_names, by=by),
@@ -1199,6 +1249,8 @@ def entity_tables(records: pd.DataFrame, *, by: str, ports: pd.DataFrame | None 
         "by_dealer": by_dealer(records, by=by),
         "by_crossing": by_crossing(records, ports, by=by),
         "by_year": by_year(records, by=by),
+        "by_purchaser": purchasers,
+        "purchasers_left_out": left_out,
     }
 
 

@@ -747,7 +747,7 @@ def run_batch(
                 workers = Workers(jobs - 1)
             with python_text(len(records)):  # as each entity's text is made
                 made = pipeline.batch_frames(records, [task[0] for task in tasks], options,
-                                             report=prepared.geocode_report)
+                                             report=prepared.geocode_report, kind=kind)
             shared = {"prepared": prepared, "options": options, "records": records,
                       "write": write, "map_options": map_options, "made": made}
             if workers is None or len(tasks) < 2:

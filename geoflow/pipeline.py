@@ -579,6 +579,15 @@ def _state_names() -> tuple[gpd.GeoDataFrame, dict[str, str]]:
     return states, dict(zip(states["code"], states["name"], strict=True))
 
 
+def purchaser_floor(options: RunOptions, kind: str | None) -> int:
+    """Guns below which ``by_purchaser`` only counts a purchaser: those under both
+    --min-cell and the threshold (no finding or table names them), but none in one
+    trafficker's own output set (of a ``--per trafficker`` batch: ``kind``), which
+    describes them."""
+    return 0 if kind == "trafficker" else max(min(options.min_cell,
+                                                  options.trafficker_min_guns), 0)
+
+
 def _tabulate(valid: pd.DataFrame, *, options: RunOptions, entity: tuple[str, str] | None,
               ports: pd.DataFrame, state_names: dict[str, str], count_table: bool,
               timings: dict[str, float], memory: dict[str, float], release: bool,
@@ -588,13 +597,10 @@ def _tabulate(valid: pd.DataFrame, *, options: RunOptions, entity: tuple[str, st
     :func:`table_records`), timed as the ``aggregate`` stage; ``given``: tables made
     already."""
     with _stage("aggregate", timings, memory, release=release):
-        # purchasers under both --min-cell and the threshold are only counted (no finding
-        # or table names them), but one trafficker's own output set describes them
-        floor = (0 if entity is not None and entity[0] == "trafficker"
-                 else max(min(options.min_cell, options.trafficker_min_guns), 0))
         tables = build_tables(valid, ports=ports, state_names=state_names, given=given,
                               trafficker_min_guns=options.trafficker_min_guns,
-                              purchaser_min_guns=floor)
+                              purchaser_min_guns=purchaser_floor(
+                                  options, None if entity is None else entity[0]))
         found = findings(valid, tables, min_guns=options.trafficker_min_guns,
                          min_cell=options.min_cell, count_table=count_table)
         del valid
@@ -808,12 +814,14 @@ LAYERS_MADE = ("flows", "dealers", "recoveries", "crossings")
 
 
 def batch_frames(records: pd.DataFrame, entity_rows: list[np.ndarray], options: RunOptions,
-                 report: pd.DataFrame | None = None) -> EntityFrames | None:
+                 report: pd.DataFrame | None = None, *, kind: str | None = None
+                 ) -> EntityFrames | None:
     """The flows, dealers, recoveries and crossings (:func:`geoflow.flows.entity_layers`),
     the tables of :data:`~geoflow.aggregate.ENTITY_TABLES` and, given the batch's geocode
     ``report``, each entity's (``geocode_report``: :func:`geoflow.geocode.entity_reports`) of
-    every entity of a batch (the records at each of ``entity_rows``) made at once, as
-    :func:`analyse` makes an entity's from its records alone; None past
+    every entity of a batch (the records at each of ``entity_rows``; ``kind``: the batch's, as
+    :func:`analyse` is told it) made at once, as :func:`analyse` makes an entity's from its
+    records alone; None past
     :data:`BATCH_FRAMES_ROWS` records, and with names shown (a purchaser's label is then the
     first spelling among the records looked at: an entity's own). The report needs the
     records' ``source_line``: without it a record's line is its place among the entity's."""
@@ -837,7 +845,9 @@ def batch_frames(records: pd.DataFrame, entity_rows: list[np.ndarray], options: 
     del placed
     columns = [c for c in TABLE_COLUMNS if c in frame.columns]  # as table_records keeps
     valid = counted(frame[columns].iloc[np.flatnonzero(mine)].assign(**{by: codes[mine]}))
-    made.update(entity_tables(valid, by=by, ports=ports, state_names=state_names))
+    made.update(entity_tables(valid, by=by, ports=ports, state_names=state_names,
+                              trafficker_min_guns=options.trafficker_min_guns,
+                              purchaser_min_guns=purchaser_floor(options, kind)))
     if report is not None and "source_line" in records.columns:
         mine = np.flatnonzero(mine)
         reported = entity_reports(report, records.iloc[mine], codes[mine])

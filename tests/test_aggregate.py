@@ -884,3 +884,36 @@ def test_python_values_are_the_cells_as_python_values_with_none_for_missing():
     assert frame["objects"].isna().tolist() == [False, True, True]
     assert frame["objects"][2] is not None and frame["text"].isna().tolist() == [
         False, True, False]
+
+
+def test_purchaser_tables_of_a_batch_made_at_once_are_each_entitys_own():
+    # two entities buying from one store (one licence) that their records spell apart: each
+    # entity's top dealer is named as its own first record names it, its purchasers ranked
+    # and counted over its records alone, and what the floor leaves out counted per entity
+    import numpy as np
+
+    from geoflow.aggregate import build_tables, entity_tables, table_records
+
+    records = table_records(make_records([
+        {"purchaser": "Ann", "dealer": "Gun Shop", "ffl": "5-74-1", "n": 2},
+        {"purchaser": "Bob", "dealer": "GUN SHOP INC", "ffl": "5-74-1", "n": 4},
+        {"purchaser": "Ann", "dealer": "GUN SHOP INC", "ffl": "5-74-1", "n": 3},
+        {"purchaser": "Cy", "dealer": "Other Store", "ffl": "9-11-2", "n": 1},
+        {"purchaser": "Bob", "dealer": "Gun Shop", "ffl": "5-74-1", "n": 1},
+        {"purchaser": "Dee", "dealer": "Other Store", "ffl": "9-11-2", "n": 1}]))
+    entity = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1])
+    made = entity_tables(records.assign(batch=entity), by="batch", ports=PORTS,
+                         trafficker_min_guns=3, purchaser_min_guns=2)
+    table, left = made["by_purchaser"], made["purchasers_left_out"]
+    for code in (0, 1):
+        own = build_tables(records[entity == code], ports=PORTS, trafficker_min_guns=3,
+                           purchaser_min_guns=2)["by_purchaser"]
+        mine = table[table["batch"] == code].drop(columns="batch").reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, own, check_column_type=False)
+        counted = left[left["batch"] == code]
+        assert own.attrs["left_out"] == {"min_guns": 2,
+                                         "purchasers": int(counted["purchasers"].sum()),
+                                         "guns": int(counted["guns"].sum())}
+    assert table.loc[table["batch"] == 0, "top_dealer"].tolist() == ["Gun Shop"]
+    assert table.loc[table["batch"] == 1, "top_dealer"].tolist() == ["GUN SHOP INC"] * 2
+    assert left["purchasers"].tolist() == [1, 1] and left["guns"].tolist() == [1, 1]  # Cy, Dee

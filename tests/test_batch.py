@@ -552,23 +552,27 @@ def test_every_entitys_layers_and_tables_made_at_once_are_those_it_makes_alone(
     rows = [np.flatnonzero(keys.eq(key).fillna(False).to_numpy()) for key in table["key"]]
     assert len(rows) > 3
     with batch.python_text(len(records)):
-        made = pipeline.batch_frames(records, rows, options, report=prepared.geocode_report)
+        made = pipeline.batch_frames(records, rows, options, report=prepared.geocode_report,
+                                     kind=kind)
     assert set(made.frames) == {*pipeline.LAYERS_MADE, *aggregate.ENTITY_TABLES,
-                                "geocode_report"}
+                                "purchasers_left_out", "geocode_report"}
     for at in rows[::-(-len(rows) // 8)]:  # eight of them, the largest to the smallest
         with batch.python_text(len(at)):
             part = batch.entity_records(records, at)
-            own = pipeline.analyse(prepared, options=options, records=part)
-            given = pipeline.analyse(prepared, options=options, records=part,
+            entity = (kind, "the entity")
+            own = pipeline.analyse(prepared, options=options, records=part, entity=entity)
+            given = pipeline.analyse(prepared, options=options, records=part, entity=entity,
                                      given=made.of(at))
         assert len(own.flows) > 0
         for name in pipeline.LAYERS_MADE:
             assert_geodataframe_equal(getattr(given, name), getattr(own, name),
                                       check_column_type=False)
-        for name in aggregate.ENTITY_TABLES:
-            assert len(own.tables[name]) > 0
+        for name in (*aggregate.ENTITY_TABLES, "by_trafficker"):
+            assert len(own.tables[name]) > 0 or name in ("by_purchaser", "by_trafficker")
             pd.testing.assert_frame_equal(given.tables[name], own.tables[name],
                                           check_column_type=False)
+            assert given.tables[name].attrs == own.tables[name].attrs
+        assert given.suppression == own.suppression
         assert given.findings == own.findings
         assert len(own.geocode_report) > 0
         pd.testing.assert_frame_equal(given.geocode_report, own.geocode_report)
