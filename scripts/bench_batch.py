@@ -8,6 +8,7 @@ Usage::
     python scripts/bench_batch.py --jobs 1                # one entity after the other
     python scripts/bench_batch.py --no-stills             # map.html, but no map.svg/map.png
     python scripts/bench_batch.py --jobs 1 --warm         # one warm process: each entity's own cost
+    python scripts/bench_batch.py --dir /mnt/share        # output sets on another disk
 
 Prints the time to read + geocode once (the batch's workers starting meanwhile, as
 ``run --per`` starts them), to filter (one state, one purchaser), to list the
@@ -19,7 +20,8 @@ jobs is at best CPU time / N). With
 ``--jobs 1`` it also prints each entity's time (median, fastest, slowest, with their guns);
 ``--warm`` writes the batch once before timing it, so that this process's first-use costs
 (fonts measured, shapes loaded, the GeoPackage template) are paid and the figures are the
-entities' own.
+entities' own. The last line is the median time to create a file where the output sets were
+written (``--dir``): each entity creates about 30, so a slow disk shows in every figure.
 """
 
 from __future__ import annotations
@@ -92,6 +94,21 @@ def steady_state(out: Path, kind: str) -> float | None:
     return float(done[-1] - done[skip]) / 1e9 / (len(done) - 1 - skip)
 
 
+def create_seconds(folder: Path, count: int = 200) -> float:
+    """Median seconds to create (and close) an empty file in ``folder``: an entity writes
+    about 30 files, and a disk where this takes 0.2-0.5 ms (a temporary folder left holding
+    half a million files, a network share) adds 5-15 ms to each of them."""
+    import statistics
+
+    folder.mkdir()
+    seconds = []
+    for i in range(count):
+        clock = time.perf_counter()
+        os.close(os.open(folder / f"{i}.csv", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        seconds.append(time.perf_counter() - clock)
+    return statistics.median(seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2922)
@@ -106,6 +123,9 @@ def main() -> None:
                         help="processes (default: the CPUs available, fewer if memory is short)")
     parser.add_argument("--warm", action="store_true",
                         help="with --jobs 1: write the batch once untimed first (a warm process)")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="folder for the sample and the output sets (default: the system's "
+                             "temporary folder); the disk's file creation time is printed")
     args = parser.parse_args()
 
     from geoflow.batch import Workers, default_jobs, entity_table, run_batch
@@ -113,7 +133,7 @@ def main() -> None:
     from geoflow.sample import write_sample
     from geoflow.select import filter_records
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         source = write_sample(Path(tmp) / "sample.csv", rows=args.rows)
         jobs = default_jobs(source, asked=args.jobs)  # as `run --per` chooses them
         clock = time.perf_counter()
@@ -152,6 +172,7 @@ def main() -> None:
         steady = steady_state(Path(tmp) / "out", args.kind)
         t_total = time.perf_counter() - start
         size = sum(p.stat().st_size for p in (Path(tmp) / "out").rglob("*") if p.is_file())
+        create = create_seconds(Path(tmp) / "creates")
 
     n = max(len(batch.entities), 1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -174,6 +195,7 @@ def main() -> None:
         ("load average before / after", " / ".join(
             f"{a:.2f}" for a in (load[0], os.getloadavg()[0]))),
         ("batch output size", f"{size / 1e6:.1f} MB"),
+        ("file creation in the output's folder (median)", f"{create * 1000:.3f} ms"),
         ("peak memory (max RSS)", f"{peak:.0f} MB"),
     ]
     width = max(len(k) for k, _ in rows)
