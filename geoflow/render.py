@@ -294,7 +294,7 @@ class _RawMacro(branca.element.MacroElement):
 
 def _as_compiled(text: str) -> str:
     """``text`` as ``branca.element.Element(text)`` renders it: Jinja reads line ends as
-    ``\n`` and drops a final one; text holding Jinja's own syntax is compiled as branca
+    ``\\n`` and drops a final one; text holding Jinja's own syntax is compiled as branca
     would."""
     if "{{" in text or "{%" in text or "{#" in text:
         return branca.element.Element(text).render()
@@ -456,7 +456,7 @@ def _page(scene: Scene, options: MapOptions) -> tuple[branca.element.Figure, fol
     """An empty page: inlined Leaflet and our script, no CDN links, the optional tile layer."""
     figure = branca.element.Figure(title=escape_html(scene.title))
     fmap = _Map(location=[29.0, -100.0], zoom_start=4, tiles=None, zoom_control="topright",
-                      control_scale=True, zoom_snap=0.25)
+                control_scale=True, zoom_snap=0.25)
     fmap.default_js = []  # folium's CDN scripts and styles (Leaflet, jQuery, Bootstrap, fonts)
     fmap.default_css = []
     figure.add_child(fmap)
