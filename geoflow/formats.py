@@ -121,11 +121,20 @@ def _attributes(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _summed(ends: pd.DataFrame, origin: str, dest: str) -> pd.DataFrame:
-    table = (ends.groupby([origin, dest], sort=False, observed=True)["count"].sum()
-             .reset_index())
-    table.columns = ["origin", "dest", "count"]
-    return table.sort_values(["count", "origin", "dest"], ascending=[False, True, True],
-                             kind="stable").reset_index(drop=True)
+    """``count`` summed per (``origin``, ``dest``) pair with both known, most first, then by
+    origin and destination: a groupby's sums in that order, from the pairs' sorted codes
+    (pandas' groupby and sort cost a batch entity's three tables ~4 ms)."""
+    known = (ends[origin].notna() & ends[dest].notna()).to_numpy()
+    ranks, texts = zip(*(pd.factorize(ends[column][known], sort=True)
+                         for column in (origin, dest)), strict=True)
+    pairs, at = np.unique(ranks[0] * len(texts[1]) + ranks[1], return_inverse=True)
+    counts = np.bincount(at, weights=ends["count"].to_numpy()[known],
+                         minlength=len(pairs)).astype(np.int64)
+    order = np.lexsort((pairs, -counts))  # pairs ascend as origin, then destination
+    pairs = pairs[order]
+    return pd.DataFrame({"origin": texts[0].take(pairs // len(texts[1])),
+                         "dest": texts[1].take(pairs % len(texts[1])),
+                         "count": counts[order]})
 
 
 def flow_ends(flows: pd.DataFrame, *, level: str = "place") -> pd.DataFrame:

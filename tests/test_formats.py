@@ -267,3 +267,22 @@ def test_too_many_flows_put_state_level_flows_in_gpkg_flowmap_and_kepler(
     assert manifest["flow_levels"] == {
         "flows_full.parquet": "place", "flows.geojson": "state", "geoflow.gpkg": "state",
         "flowmap/": "state", "shapefile/": "state"}
+
+
+def test_flow_tables_sum_known_pairs_most_guns_first_then_by_name():
+    # flowmap.blue's flow tables: a pair with an unknown end is left out (as a groupby drops
+    # NA keys), equal counts go by origin then destination in code point order
+    import numpy as np
+    import pandas as pd
+
+    from geoflow.formats import _summed
+
+    ends = pd.DataFrame({
+        "origin": pd.array(["b", "a", None, "Á", "a", "b", "z"], dtype="string"),
+        "dest": pd.array(["x", "y", "x", "x", None, "x", "é"], dtype="string"),
+        "count": np.array([2, 2, 5, 2, 9, 1, 3], dtype=np.int64)})
+    table = _summed(ends, "origin", "dest")
+    assert table.values.tolist() == [["b", "x", 3], ["z", "é", 3], ["a", "y", 2],
+                                     ["Á", "x", 2]]
+    assert list(table.columns) == ["origin", "dest", "count"]
+    assert table["count"].dtype == np.int64 and table.index.equals(pd.RangeIndex(4))
