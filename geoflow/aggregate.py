@@ -26,6 +26,7 @@ __all__ = [
     "GroupStats",
     "EntityFrames",
     "entity_cells",
+    "entity_column",
     "entity_frames",
     "entity_tables",
     "countable",
@@ -760,7 +761,7 @@ def _share(guns: np.ndarray, owner: np.ndarray | None = None) -> np.ndarray:
 
 
 def entity_cells(records: pd.DataFrame, by: str | None, group: np.ndarray, n: int
-           ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """With ``by`` (a column of ``records``: a code per record, such as a batch's entity):
     each record's (code, group) cell, numbered in that order, and each cell's code and
     group, so a table of cells holds each code's table as its records alone give it;
@@ -775,6 +776,13 @@ def entity_cells(records: pd.DataFrame, by: str | None, group: np.ndarray, n: in
 def _owned(by: str | None, owner: np.ndarray | None) -> dict[str, np.ndarray]:
     """The ``by`` column of a table of cells (:func:`entity_cells`), or nothing."""
     return {by: owner} if by else {}
+
+
+def entity_column(records: pd.DataFrame, by: str | None, first: np.ndarray
+                  ) -> dict[str, np.ndarray]:
+    """The ``by`` column of a layer grouped by it as well (each row's code, read from its
+    group's ``first`` record), or nothing without ``by``."""
+    return _owned(by, records[by].to_numpy()[first] if by else None)
 
 
 def _distinct(group: np.ndarray, values: pd.Series, n: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from geoflow.aggregate import (
     counted,
     date_span,
     entity_cells,
+    entity_column,
     fill_unknown,
     first_rows,
     first_seen_codes,
@@ -434,10 +435,9 @@ def build_flows(
             "port_lat": port_xy[port_at, 1],
             "recovery_lon": r_lon,
             "recovery_lat": r_lat,
+            **entity_column(records, by, first),
         }
     )
-    if by:
-        table[by] = records[by].to_numpy()[first]
     if not lines:
         return table
     return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries(flow_geometry(table, segment_km)),
@@ -479,7 +479,7 @@ def build_dealers(records: pd.DataFrame, by: str | None = None) -> gpd.GeoDataFr
             "first_purchase": stats.first_purchase.array,
             "last_purchase": stats.last_purchase.array,
             **_geocode_props(records, "dealer", first),
-            **({by: records[by].to_numpy()[first]} if by else {}),
+            **entity_column(records, by, first),
         }
     )
     points = gpd.GeoDataFrame(table, geometry=shapely.points(lon, lat), crs="EPSG:4326")
@@ -511,7 +511,7 @@ def build_recoveries(records: pd.DataFrame, by: str | None = None) -> gpd.GeoDat
             **_geocode_props(records, "recovery", first),
             "first_recovery": iso_dates(pd.Series(earliest)).array,
             "last_recovery": iso_dates(pd.Series(latest)).array,
-            **({by: records[by].to_numpy()[first]} if by else {}),
+            **entity_column(records, by, first),
         }
     )
     points = gpd.GeoDataFrame(table, geometry=shapely.points(lon, lat), crs="EPSG:4326")

@@ -821,10 +821,10 @@ def batch_frames(records: pd.DataFrame, entity_rows: list[np.ndarray], options: 
     ``report``, each entity's (``geocode_report``: :func:`geoflow.geocode.entity_reports`) of
     every entity of a batch (the records at each of ``entity_rows``; ``kind``: the batch's, as
     :func:`analyse` is told it) made at once, as :func:`analyse` makes an entity's from its
-    records alone; None past
-    :data:`BATCH_FRAMES_ROWS` records, and with names shown (a purchaser's label is then the
-    first spelling among the records looked at: an entity's own). The report needs the
-    records' ``source_line``: without it a record's line is its place among the entity's."""
+    records alone; None past :data:`BATCH_FRAMES_ROWS` records, and with names shown (a
+    purchaser's label is then the first spelling among the records looked at: an entity's
+    own). The report needs the records' ``source_line``: without it a record's line is its
+    place among the entity's."""
     if options.show_names or not entity_rows or len(records) >= BATCH_FRAMES_ROWS:
         return None
     from geoflow.crossings import load_ports
@@ -835,8 +835,8 @@ def batch_frames(records: pd.DataFrame, entity_rows: list[np.ndarray], options: 
     for code, rows in enumerate(entity_rows):
         codes[rows] = code
     frame = _label(_encode(records), options.show_names)
-    mine = codes >= 0
-    rows = np.flatnonzero(frame["placed"].to_numpy(dtype=bool) & mine)
+    mine = np.flatnonzero(codes >= 0)  # the records of some entity
+    rows = mine[frame["placed"].to_numpy(dtype=bool)[mine]]
     columns = [c for c in LAYER_INPUT_COLUMNS if c in frame.columns]
     placed = frame[columns].iloc[rows].assign(**{by: codes[rows]})
     ports, state_names = load_ports(), _state_names()[1]
@@ -844,12 +844,11 @@ def batch_frames(records: pd.DataFrame, entity_rows: list[np.ndarray], options: 
                          state_names=state_names)
     del placed
     columns = [c for c in TABLE_COLUMNS if c in frame.columns]  # as table_records keeps
-    valid = counted(frame[columns].iloc[np.flatnonzero(mine)].assign(**{by: codes[mine]}))
+    valid = counted(frame[columns].iloc[mine].assign(**{by: codes[mine]}))
     made.update(entity_tables(valid, by=by, ports=ports, state_names=state_names,
                               trafficker_min_guns=options.trafficker_min_guns,
                               purchaser_min_guns=purchaser_floor(options, kind)))
     if report is not None and "source_line" in records.columns:
-        mine = np.flatnonzero(mine)
         reported = entity_reports(report, records.iloc[mine], codes[mine])
         if reported is not None:
             made["geocode_report"] = reported[0].assign(**{by: reported[1]})
