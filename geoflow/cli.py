@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -988,8 +989,17 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+#: The environment geoflow's processes start numpy with, unless the user set it. The OpenBLAS
+#: of numpy's wheels starts a worker thread per core that spins for a while in every process
+#: (this one, the map's, a batch's workers); geoflow's only linear algebra is a few 3×3 colour
+#: matrices. One thread: 1M records, 12.25 -> 11.85 s of CPU over the run's processes.
+QUIET_BLAS = {"OPENBLAS_NUM_THREADS": "1"}
+
+
 def main() -> None:
     """Console-script entry point. SIGTERM (``kill``, ``docker stop``) stops a run like Ctrl-C:
     temporary folders are removed and the output folder is left as it was."""
+    for name, value in QUIET_BLAS.items():  # before numpy is imported; inherited by helpers
+        os.environ.setdefault(name, value)
     signal.signal(signal.SIGTERM, _terminate)
     cli(obj={})

@@ -787,3 +787,31 @@ def test_ctrl_c_inside_exec_code_still_exits_130(tmp_path):
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip() == ("error: interrupted (Ctrl-C); no half-written output folder "
                                    "was put in place")
+
+
+_BLAS_PROBE = textwrap.dedent("""
+    import os, sys
+    import geoflow.cli
+
+    sys.argv = ["geoflow", "sample", "--rows", "5", "-o", sys.argv[1]]
+    try:
+        geoflow.cli.main()
+    except SystemExit:
+        pass
+    import numpy  # imported by the command: numpy started with this environment
+    print(os.environ.get("OPENBLAS_NUM_THREADS"))
+""")
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "1"), ("3", "3")])
+def test_cli_starts_numpy_with_one_blas_thread_unless_the_user_says(tmp_path, given, seen):
+    """OpenBLAS's idle worker threads spin a core for a while in each of a run's processes:
+    the CLI starts numpy with one BLAS thread, and a value the user set is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    done = subprocess.run([sys.executable, "-c", _BLAS_PROBE, str(tmp_path / "s.csv")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == seen
+    assert (tmp_path / "s.csv").is_file()
