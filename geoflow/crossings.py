@@ -198,7 +198,10 @@ def _match_index(values: pd.Series, ports: pd.DataFrame | None) -> np.ndarray:
     port_codes = ports["code"].astype(str).to_numpy()
     position = {code: i for i, code in enumerate(port_codes)}
     codes = frozenset(port_codes)
-    index, uniques = pd.factorize(pd.Series(values, copy=False).astype("string"))
+    values = pd.Series(values, copy=False)
+    if not isinstance(values.dtype, pd.CategoricalDtype):  # a categorical: its own codes
+        values = values.astype("string")
+    index, uniques = distinct_codes(values)
     found = [_match_one(str(u), codes, table) for u in uniques]
     lookup = np.array([position[f] if f else -1 for f in found] + [-1], dtype=np.intp)
     return lookup[index]
@@ -395,7 +398,7 @@ def _log_unmatched(unmatched: pd.Series) -> None:
     """Log crossing strings that named no known port, most frequent first."""
     if unmatched.empty:
         return
-    counts = unmatched.value_counts()
+    counts = unmatched.astype("string").value_counts()  # a categorical's: no unused texts
     shown = ", ".join(f"{value!r} ({count})" for value, count in counts.head(10).items())
     more = f" and {len(counts) - 10} more" if len(counts) > 10 else ""
     log.warning(

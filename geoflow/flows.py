@@ -156,11 +156,13 @@ def dealer_ids(records: pd.DataFrame) -> pd.Series:
     Works on the distinct (FFL, name, city, state) combinations, then maps back.
     """
     columns = list(DEALER_COLUMNS)
-    frame = pd.DataFrame({c: records.get(c, pd.NA) for c in columns},
-                         index=records.index).astype("string")
+    frame = pd.DataFrame({c: records.get(c, pd.NA) for c in columns}, index=records.index)
+    # categoricals are grouped by their codes: only the distinct dealers become text
+    frame = frame.astype({c: "string" for c in columns
+                          if not isinstance(frame[c].dtype, pd.CategoricalDtype)})
     group, _ = _group(frame, columns)
     first = first_rows(group, int(group.max()) + 1 if len(group) else 0)
-    distinct = frame.iloc[first].reset_index(drop=True)
+    distinct = frame.iloc[first].reset_index(drop=True).astype("string")
     ffl = _norm(distinct["dealer_ffl"]).str.replace(" ", "", regex=False)
     ffl = ffl.mask(ffl == "")
     fallback = (

@@ -444,6 +444,10 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None,
     records, rejects, read_source = read.records, read.rejects, dict(read.source)
     warnings, warning_counts = read.warnings, dict(read.warning_counts)
     del read  # its frame would keep columns that later stages replace alive until the end
+    with _stage("read", timings, memory, release=False):
+        # the texts the next stages group records by become categoricals first: each column
+        # is hashed once, not again by the geocoder, the dealers' ids and the crossings
+        records = _compact(records, only=KEY_TEXT_COLUMNS)
     # the names' pseudonyms (Arrow kernels and hashing processes) and the dealers' ids (Arrow
     # kernels) are made on two more threads while the places are geocoded (pandas: Python)
     # and the crossings assigned; both read only columns as the reader gave them
@@ -471,6 +475,13 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None,
     return PreparedRecords(records=records, rejects=rejects, geocode_report=report,
                            source=read_source, timings=timings, options=options, memory=memory,
                            warnings=warnings, warning_counts=warning_counts)
+
+
+#: The record texts the geocoder (places), :func:`~geoflow.flows.dealer_ids` and
+#: :func:`~geoflow.crossings.assign_crossings` group records by: made categoricals (by
+#: :func:`_compact`) as soon as they are read. 1M records: 0.2 s of CPU less.
+KEY_TEXT_COLUMNS = (*DEALER_COLUMNS, "dealer_zip", "recovery_city", "recovery_state",
+                    "recovery_country", "crossing")
 
 
 def _compact(records: pd.DataFrame, *, ratio: float = COMPACT_RATIO,

@@ -378,3 +378,29 @@ def test_unmatched_crossings_count_each_stripped_text_as_value_counts_would():
             if len(expected):
                 pd.testing.assert_frame_equal(got, expected)
             assert got["crossing"].dtype == "string" and got["records"].dtype == "int64"
+
+
+def test_a_categorical_crossing_column_matches_as_its_texts_do(caplog):
+    """The run makes the crossing texts a categorical as soon as they are read: the ports,
+    route kinds and the warning about texts naming no port are those of the plain texts (a
+    categorical's unused texts are not listed)."""
+    texts = pd.Series(["LAREDO", None, "Atlantis", "laredo", "Atlantis", "Nogales"],
+                      dtype="string")
+    coded = texts.astype(pd.CategoricalDtype(["Atlantis", "LAREDO", "Nogales", "Unused port",
+                                              "laredo"]))
+    assert match_crossing(coded).tolist() == match_crossing(texts).tolist()
+    records = pd.DataFrame({"crossing": coded, "dealer_lon": HOUSTON[0],
+                            "dealer_lat": HOUSTON[1], "recovery_lon": REYNOSA[0],
+                            "recovery_lat": REYNOSA[1]})
+    with caplog.at_level(logging.WARNING, logger="geoflow.crossings"):
+        from_codes = assign_crossings(records)
+    warned = caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geoflow.crossings"):
+        from_texts = assign_crossings(records.assign(crossing=texts))
+    for column in ("crossing_code", "crossing_name", "route_kind"):
+        assert from_codes[column].astype("string").tolist() == \
+            from_texts[column].astype("string").tolist()
+    assert warned == caplog.text
+    assert "2 records name a crossing" in warned and "'Atlantis' (2)" in warned
+    assert "Unused port" not in warned
