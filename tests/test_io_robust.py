@@ -283,3 +283,29 @@ def test_parquet_booleans_lists_and_structs_are_warned(tmp_path):
         ["States", "['TX']", "Parquet column of lists: read as text"],
         ["Meta", "{'a': 1}", "Parquet column of structs/maps: read as text"],
     ]
+
+
+def test_a_quoted_line_break_where_the_parser_cuts_its_blocks_is_read_as_one_value(tmp_path):
+    """Lines are parsed as records with Arrow cutting its 1 MiB blocks at any line break: a
+    quoted break that falls on a cut must not become two rows that each look whole (here
+    both halves have the file's seven fields), but one record, as the csv module reads it."""
+    block = 1 << 20
+    value = 'x\na,b,c,d,e,f,g'  # the last cell: its second line holds six delimiters
+    rows, size = [], 0
+    while size + 200 < block:
+        row = f"T{len(rows)},S{len(rows)},Store {len(rows)},Laredo,TX,Reynosa,CHIH\n"
+        rows.append(row)
+        size += len(row)
+    head = "T-X,S-X,Store ,Laredo,TX,Reynosa,"
+    head = head.replace("Store ", "Store " + "X" * (block - 2 - size - len(head)))
+    special = f'{head}"{value}"\n'
+    # the quoted break is the byte where the first block ends: Arrow gives the two halves as
+    # rows of seven fields, as many rows as lines (checked with pyarrow 26)
+    assert size + special.index("\n") == block
+    data = (HEADER + "\n" + "".join(rows) + special + "T-end,S,Store,Laredo,TX,Reynosa,CHIH\n")
+    result = read_traces(_write(tmp_path, data.encode()))
+    records = result.records
+    assert len(records) == len(rows) + 2 and _holds(result) and result.rejects.empty
+    assert records["recovery_state"].iloc[-2] == value
+    assert records["trace_id"].iloc[-2:].tolist() == ["T-X", "T-end"]
+    assert records["source_line"].iloc[-1] == len(rows) + 4  # the value's two lines counted
