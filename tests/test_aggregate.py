@@ -917,3 +917,22 @@ def test_purchaser_tables_of_a_batch_made_at_once_are_each_entitys_own():
     assert table.loc[table["batch"] == 0, "top_dealer"].tolist() == ["Gun Shop"]
     assert table.loc[table["batch"] == 1, "top_dealer"].tolist() == ["GUN SHOP INC"] * 2
     assert left["purchasers"].tolist() == [1, 1] and left["guns"].tolist() == [1, 1]  # Cy, Dee
+
+
+def test_sorted_keys_sorts_as_numpy_does_below_and_above_32_bits():
+    """Keys under 2³² are sorted as 32-bit numbers: the same order and values as numpy's sort
+    of the int64 keys, at the edges of the range too."""
+    from geoflow.aggregate import _pair_counts, sorted_keys
+
+    rng = np.random.default_rng(7)
+    for high in (2, 1 << 20, (1 << 32) - 1, 1 << 32, 1 << 40):
+        keys = rng.integers(0, high, 50_000, dtype=np.int64)
+        keys[:3] = [0, high - 1, high - 1]
+        got = sorted_keys(keys)
+        assert got.dtype == np.int64
+        assert np.array_equal(got, np.sort(keys))
+        pairs, counts = _pair_counts(keys, None)
+        want_pairs, want_counts = np.unique(keys, return_counts=True)
+        assert np.array_equal(pairs, want_pairs) and np.array_equal(counts, want_counts)
+    assert len(sorted_keys(np.zeros(0, dtype=np.int64))) == 0
+    assert [len(a) for a in _pair_counts(np.zeros(0, dtype=np.int64), None)] == [0, 0]
