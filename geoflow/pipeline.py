@@ -680,16 +680,21 @@ def analyse(
     # without --show-names, geocoder queries go: a quarter of the records at 10M)
     keep_columns(consumed, {*ANALYSED_COLUMNS,
                             *(["purchaser_name"] if options.show_names else [])})
-    # a large analysis hands freed memory back after each stage; a small one (a batch
-    # entity's) has little to free, and the large input's heap is slow to walk
+    # a large input read in chunks peaks in its analysis, which hands freed memory back
+    # after each stage; one read whole peaks in the read (1M records: 1,140 MB, its analysis
+    # at most 1,005 without handing back), where handing back only made the next stage fault
+    # the same pages in again (1M, five alternated runs: 7.19 -> 6.91 s, 11.9 -> 11.5 s of
+    # CPU). A small one (a batch entity's) has little to free, and the large heap is slow
+    # to walk
     large = len(frame) >= COLUMNWISE_ROWS
-    with _stage("aggregate", timings, memory, release=large):
+    release = large and "chunks" in prepared.source
+    with _stage("aggregate", timings, memory, release=release):
         frame = _label(_encode(frame), options.show_names)
         tabulate = functools.partial(
             _tabulate, table_records(frame),  # one copy without repeats, of the columns read
             options=options, entity=entity, ports=ports, state_names=state_names,
             count_table=bool(prepared.source.get("count_column")), timings=timings,
-            memory=memory, release=large, given=given)
+            memory=memory, release=release, given=given)
     # a large file's tables are built beside its flow layers; a small one's, or a chunked
     # read's, first, so their working memory is freed before the flow layer exists
     beside = len(frame) >= THREADED_TABLES_ROWS and "chunks" not in prepared.source
@@ -697,7 +702,7 @@ def analyse(
     tabled = pool.submit(tabulate) if beside else None
     tables, found, listing = tabulate() if tabled is None else (None, None, None)
     del tabulate  # the tables' copy of the records goes with them
-    with contextlib.ExitStack() as leaving, _stage("flows", timings, memory, release=large):
+    with contextlib.ExitStack() as leaving, _stage("flows", timings, memory, release=release):
         # on an error, what is queued behind the tables (the point layers) is dropped
         leaving.callback(pool.shutdown, cancel_futures=True)
         # only the columns the map layers need: a filtered copy of every column would double
@@ -713,9 +718,9 @@ def analyse(
         # state-level flows, so the flows keep no line objects (gigabytes at 10M records)
         # and flows_full.parquet gets the three points of each flow from their coordinates
         straight = options.flow_level == "place" and len(drawn) > FLOWS_GEOJSON_MAX
-        # a large run hands each layer's working memory back before the next layer's
-        # (glibc's heap keeps freed blocks of the last one resident otherwise)
-        trim = release_memory if straight else (lambda: None)
+        # a large chunked run hands each layer's working memory back before the next
+        # layer's (glibc's heap keeps freed blocks of the last one resident otherwise)
+        trim = release_memory if straight and release else (lambda: None)
         overview = None
         if given is not None and layers and not (straight or beside):
             flows, dealers, recoveries, crossings = (given[name] for name in LAYERS_MADE)

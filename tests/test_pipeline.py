@@ -407,8 +407,10 @@ def test_unique_text_columns_are_held_in_one_piece():
 
 def test_a_small_analysis_leaves_the_heap_alone(prepared, monkeypatch, tmp_path):
     """Handing freed memory back walks the whole heap (a few ms with a large input's records
-    in memory): a batch entity's small analysis and output set skip it; a large one does it
-    after each stage."""
+    in memory): a batch entity's small analysis and output set skip it. A large input read
+    whole peaked in its read: it hands memory back once, before the files (after each stage
+    the next one faulted the same pages in again); one read in chunks peaks in its analysis
+    and hands it back after each stage."""
     from geoflow import pipeline
 
     calls = []
@@ -419,6 +421,11 @@ def test_a_small_analysis_leaves_the_heap_alone(prepared, monkeypatch, tmp_path)
     assert calls == [] and (tmp_path / "small" / "manifest.json").is_file()
     monkeypatch.setattr(pipeline, "COLUMNWISE_ROWS", 1)  # the same records as a large input
     write_outputs(analyse(prepared, options=OPTIONS, records=records), tmp_path / "large",
+                  write_map=False)
+    assert calls == [1]  # before the files
+    calls.clear()
+    chunked = dataclasses.replace(prepared, source={**prepared.source, "chunks": 2})
+    write_outputs(analyse(chunked, options=OPTIONS, records=records), tmp_path / "chunked",
                   write_map=False)
     assert len(calls) >= 3  # after each stage of the analysis, and before the files
 
