@@ -10,6 +10,12 @@ Each child's wall time and peak resident memory come from ``os.wait4`` (the chil
 The machine is shared and noisy, so the table gives medians and the median of the paired
 ratios (each geoflow run divided by the floor run next to it); the per-stage seconds and
 peak memory come from the run's ``manifest.json`` (``timings``, ``memory_peak_mb``).
+Below the table, each side's spread and its system time: on a Linux with transparent huge
+pages on ``madvise``, the floor (pyarrow's allocator asks for huge pages) took 0.7 s or
+1.4-3.4 s, by how long the kernel took to find 2 MB pages, and geoflow's runs beside it
+fragment memory. So on Linux each round also runs the floor with huge pages off for its
+process (``STEADY_FLOOR``: 0.84-1.01 s), the ratio to read the target by, and the fastest
+run against the fastest floor, the strictest.
 Targets (issue 13): at 1M, run ≤ 6× the floor's wall time and ≤ 1.5× its peak memory;
 at 10M, peak memory under 4 GB.
 
@@ -40,6 +46,9 @@ SIZES = {"100k": 100_000, "1m": 1_000_000, "10m": 10_000_000}
 STAGES = ("read", "geocode", "crossings", "collapse", "aggregate", "flows", "export")
 FLOOR = ("import sys, pandas; pandas.read_csv(sys.argv[1], engine='pyarrow', "
          "dtype_backend='pyarrow')")
+#: The floor with transparent huge pages off for its process (Linux ``prctl``
+#: PR_SET_THP_DISABLE, 41): its time then no longer depends on how fragmented memory is.
+STEADY_FLOOR = "import ctypes; ctypes.CDLL(None).prctl(41, 1, 0, 0, 0); " + FLOOR
 
 
 #: The checkout this script belongs to: its geoflow is the one measured (``python -m``
@@ -47,8 +56,8 @@ FLOOR = ("import sys, pandas; pandas.read_csv(sys.argv[1], engine='pyarrow', "
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _child(argv: list[str]) -> tuple[float, float]:
-    """Run ``argv``; return (wall seconds, peak resident MB of that child alone)."""
+def _child(argv: list[str]) -> tuple[float, float, float]:
+    """Run ``argv``; return (wall seconds, peak resident MB, system seconds) of that child."""
     start = time.perf_counter()
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                cwd=ROOT)
@@ -58,7 +67,7 @@ def _child(argv: list[str]) -> tuple[float, float]:
     error = process.stderr.read().decode("utf-8", "replace") if process.stderr else ""
     if process.returncode:
         raise SystemExit(f"{argv[:4]} failed ({process.returncode}):\n{error[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024, usage.ru_stime
 
 
 def _input(data: Path, size: str) -> Path:
@@ -72,21 +81,26 @@ def _input(data: Path, size: str) -> Path:
 
 def bench(path: Path, out: Path, rounds: int, extra: tuple[str, ...] = ()) -> dict:
     """Alternate floor and geoflow runs; medians, paired ratios, the last manifest."""
-    floors, runs, manifest = [], [], {}
+    floors, steady, runs, manifest = [], [], [], {}
     for _ in range(rounds):
         floors.append(_child([sys.executable, "-c", FLOOR, str(path)]))
+        if sys.platform.startswith("linux"):
+            steady.append(_child([sys.executable, "-c", STEADY_FLOOR, str(path)]))
         runs.append(_child([sys.executable, "-m", "geoflow", "--quiet", "run", str(path),
                             "-o", str(out), "--force", *extra]))
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     largest = max((p.stat().st_size, p.relative_to(out).as_posix())
                   for p in out.rglob("*") if p.is_file())
     return {
-        "floor_wall": statistics.median(w for w, _ in floors),
-        "floor_mb": statistics.median(m for _, m in floors),
-        "run_wall": statistics.median(w for w, _ in runs),
-        "run_mb": statistics.median(m for _, m in runs),
+        "floor_wall": statistics.median(f[0] for f in floors),
+        "floor_mb": statistics.median(f[1] for f in floors),
+        "run_wall": statistics.median(r[0] for r in runs),
+        "run_mb": statistics.median(r[1] for r in runs),
         "ratio_wall": statistics.median(r[0] / f[0] for r, f in zip(runs, floors, strict=True)),
         "ratio_mb": statistics.median(r[1] / f[1] for r, f in zip(runs, floors, strict=True)),
+        "floors": floors,
+        "steady": steady,
+        "runs": runs,
         "manifest": manifest,
         "largest": largest,
     }
@@ -110,6 +124,21 @@ def report(size: str, path: Path, result: dict) -> None:
                   f"{memory.get(stage, float('nan')):>10,.0f}")
     size_b, name = result["largest"]
     print(f"largest output: {name} ({size_b / 1e6:,.1f} MB)")
+    # the spread: the floor's wall time swings with the kernel's time (pyarrow's allocator asks
+    # for transparent huge pages, slow to find on a fragmented memory), so say how far
+    sides = [("floor", result["floors"]), ("floor, no huge pages", result["steady"]),
+             ("geoflow", result["runs"])]
+    for label, runs in sides:
+        if runs:
+            walls, system = [r[0] for r in runs], [r[2] for r in runs]
+            print(f"{label} runs: {min(walls):.2f}-{max(walls):.2f} s, of which system time "
+                  f"{min(system):.2f}-{max(system):.2f} s")
+    if result["steady"]:
+        paired = statistics.median(r[0] / f[0] for r, f in zip(result["runs"], result["steady"],
+                                                                 strict=True))
+        print(f"geoflow against the floor with no huge pages: {paired:.2f}x (median of pairs)")
+    fastest = min(r[0] for r in result["runs"]) / min(f[0] for f in result["floors"])
+    print(f"fastest run against the fastest floor: {fastest:.2f}x")
 
 
 def main() -> None:
