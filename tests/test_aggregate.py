@@ -608,9 +608,10 @@ def test_stable_order_is_a_stable_argsort_of_codes():
     from geoflow.aggregate import stable_order
 
     rng = np.random.default_rng(5)
-    for high in (1, 3, 20_000, 2**40, 2**62):
+    for high in (1, 3, 20_000, 2**16, 2**16 + 1, 2**40, 2**62):  # 16-bit codes: a radix sort
         codes = rng.integers(0, high, 5_000, dtype=np.int64)
         codes[::7] = codes[0]  # many ties
+        codes[1] = high - 1
         assert stable_order(codes).tolist() == np.argsort(codes, kind="stable").tolist(), high
     assert stable_order(np.zeros(0, dtype=np.int64)).tolist() == []
 
