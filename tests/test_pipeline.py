@@ -464,8 +464,8 @@ def test_a_small_output_set_draws_its_map_first_and_a_large_one_beside_the_files
 def test_grouping_texts_read_as_categoricals_place_records_as_their_texts_do(
         tmp_path, broken, source):
     """prepare_records makes the dealers', places' and crossings' texts categoricals as soon
-    as they are read: geocoding, the dealers' ids and the crossings then give the records,
-    geocode report and warnings the plain texts give."""
+    as they are read: geocoding, the dealers' ids and the crossings then give the records and
+    geocode report the plain texts give (the crossings' warning: test_crossings)."""
     from geoflow.crossings import assign_crossings, load_ports
     from geoflow.flows import dealer_ids
     from geoflow.geocode import geocode_traces
