@@ -445,9 +445,10 @@ def stable_order(keys: np.ndarray) -> np.ndarray:
     argsort only where key × length would pass int64. Keys under 2¹⁶ (a few thousand places,
     ports, states) take numpy's radix sort of 16-bit numbers: 1M keys, 55 -> 7 ms."""
     n = len(keys)
-    if n == 0 or int(keys.max()) >= np.iinfo(np.int64).max // n:
+    high = int(keys.max()) if n else 0
+    if n == 0 or high >= np.iinfo(np.int64).max // n:
         return np.argsort(keys, kind="stable")
-    if int(keys.max()) < 1 << 16 and int(keys.min()) >= 0:
+    if high < 1 << 16 and int(keys.min()) >= 0:
         return np.argsort(keys.astype(np.uint16), kind="stable")
     return np.sort(keys * n + np.arange(n, dtype=np.int64)) % n
 
@@ -963,9 +964,20 @@ def by_purchaser(records: pd.DataFrame, *, port_names: Mapping[str, str] | None 
     """
     table, left_out = _purchasers(records, port_names=port_names, threshold=threshold,
                                   min_guns=min_guns)
-    table.attrs["left_out"] = {"min_guns": min_guns, "purchasers": int(left_out["purchasers"][0]),
-                               "guns": int(left_out["guns"][0])}
+    table.attrs["left_out"] = _left_out(left_out, min_guns)
     return table
+
+
+def _left_out(counts: pd.DataFrame, min_guns: int) -> dict[str, int]:
+    """``by_purchaser``'s ``attrs["left_out"]`` from :func:`_purchasers`' counts of what it
+    left out (one row, or an entity's rows of a batch's)."""
+    return {"min_guns": min_guns, "purchasers": int(counts["purchasers"].sum()),
+            "guns": int(counts["guns"].sum())}
+
+
+def _port_names(ports: pd.DataFrame | None) -> dict[str, str] | None:
+    """Port code → name (None without ports)."""
+    return None if ports is None else dict(zip(ports["code"], ports["name"], strict=True))
 
 
 def _purchasers(records: pd.DataFrame, *, port_names: Mapping[str, str] | None,
@@ -1219,14 +1231,12 @@ def build_tables(
     more guns and counts the others: see :func:`by_purchaser`). ``given``: tables of these
     records made already (:func:`entity_tables`), taken as they are."""
     records = table_records(records)
-    port_names = None if ports is None else dict(zip(ports["code"], ports["name"], strict=True))
+    port_names = _port_names(ports)
     given = given or {}
     if "by_purchaser" in given:  # made with the same threshold and floor (entity_tables)
         purchasers = given["by_purchaser"]
-        left_out = given["purchasers_left_out"]
-        purchasers.attrs["left_out"] = {"min_guns": purchaser_min_guns,
-                                        "purchasers": int(left_out["purchasers"].sum()),
-                                        "guns": int(left_out["guns"].sum())}
+        purchasers.attrs["left_out"] = _left_out(given["purchasers_left_out"],
+                                                 purchaser_min_guns)
     else:
         purchasers = by_purchaser(records, port_names=port_names,
                                   threshold=trafficker_min_guns, min_guns=purchaser_min_guns)
@@ -1259,7 +1269,7 @@ def entity_tables(records: pd.DataFrame, *, by: str, ports: pd.DataFrame | None 
     once, each row holding its code in ``by``: each code's rows, their order and figures are
     those :func:`build_tables` makes of its records alone (:func:`entity_cells`) with the
     same ``trafficker_min_guns`` and ``purchaser_min_guns``."""
-    port_names = None if ports is None else dict(zip(ports["code"], ports["name"], strict=True))
+    port_names = _port_names(ports)
     purchasers, left_out = _purchasers(records, port_names=port_names,
                                        threshold=trafficker_min_guns,
                                        min_guns=purchaser_min_guns, by=by)

@@ -1002,10 +1002,15 @@ def _terminate(signum, frame) -> None:
 NUMPY_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "NUMPY_MADVISE_HUGEPAGE": "0"}
 
 
+def set_numpy_environment() -> None:
+    """:data:`NUMPY_ENVIRONMENT` where the user set nothing: call before numpy is imported."""
+    for name, value in NUMPY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
 def main() -> None:
     """Console-script entry point. SIGTERM (``kill``, ``docker stop``) stops a run like Ctrl-C:
     temporary folders are removed and the output folder is left as it was."""
-    for name, value in NUMPY_ENVIRONMENT.items():  # before numpy is imported
-        os.environ.setdefault(name, value)
+    set_numpy_environment()
     signal.signal(signal.SIGTERM, _terminate)
     cli(obj={})

@@ -127,10 +127,9 @@ def main() -> None:
                         help="folder for the sample and the output sets (default: the system's "
                              "temporary folder); the disk's file creation time is printed")
     args = parser.parse_args()
-    from geoflow.cli import NUMPY_ENVIRONMENT  # imports no numpy
+    from geoflow.cli import set_numpy_environment  # imports no numpy
 
-    for name, value in NUMPY_ENVIRONMENT.items():  # numpy as `geoflow run --per` starts it
-        os.environ.setdefault(name, value)
+    set_numpy_environment()  # numpy as `geoflow run --per` starts it
     from geoflow.batch import Workers, default_jobs, entity_table, run_batch
     from geoflow.pipeline import prepare_records
     from geoflow.sample import write_sample
