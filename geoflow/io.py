@@ -759,13 +759,25 @@ def _clean_chunks(array: pa.ChunkedArray) -> pa.ChunkedArray:
     stripped = pc.utf8_trim(array, _WHITESPACE)
     # stripping never lengthens a value: equal total lengths mean nothing changed, and the
     # column is kept as it is (no second copy of the text stays alive)
-    if pc.sum(pc.binary_length(stripped)).as_py() != pc.sum(pc.binary_length(array)).as_py():
+    if _text_bytes(stripped) != _text_bytes(array):
         array = stripped
     del stripped
     missing = pc.is_in(array, _MISSING_TEXT)  # empty, or a placeholder in any case
     if pc.any(missing).as_py():
         array = pc.if_else(missing, pa.scalar(None, pa.large_string()), array)
     return array
+
+
+def _text_bytes(array: pa.ChunkedArray) -> int:
+    """The bytes ``array``'s values (large_string) span, read from its offsets rather than
+    from a length per value (1M records: 40 arrays of 8 MB fewer, 0.1 s of CPU). A null
+    value may span bytes too: totals equal only when trimming changed nothing."""
+    total = 0
+    for chunk in array.chunks:
+        if len(chunk):
+            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)
+            total += int(offsets[chunk.offset + len(chunk)] - offsets[chunk.offset])
+    return total
 
 
 def _problem_rows(mask: pd.Series, lines: np.ndarray, column: str, reason: Any) -> pd.DataFrame:

@@ -253,6 +253,33 @@ def test_text_cleaned_in_halves_on_two_threads_is_the_same(tmp_path, monkeypatch
         assert got == expected, n
 
 
+def test_text_is_cleaned_from_sliced_chunks_and_nulls_that_span_bytes():
+    """The cleaner tells a column that trimming left unchanged by its text's bytes, read from
+    the offsets: of chunks that are slices of longer arrays, and of null values that still
+    span bytes (Arrow allows it). Such a column is cleaned as its values say."""
+    import pyarrow as pa
+
+    from geoflow.io import _clean_chunks
+
+    whole = pa.array([" skip ", "a", " b ", "c", "skip"], pa.large_string())
+    sliced = whole.slice(1, 3)  # "a", " b ", "c": a chunk at offset 1
+    # a null over the bytes "xyz": offsets 0, 1, 4, 5 with the second value null
+    null_with_bytes = pa.Array.from_buffers(
+        pa.large_string(), 3,
+        [pa.py_buffer(bytes([0b101])), pa.py_buffer(np.array([0, 1, 4, 5], np.int64)),
+         pa.py_buffer(b"dxyze")])
+    plain = pa.array(["p", None, "q"], pa.large_string())
+    for chunks, expected in (([sliced], ["a", "b", "c"]),
+                             ([whole.slice(1, 2), whole.slice(3, 1)], ["a", "b", "c"]),
+                             ([null_with_bytes], ["d", None, "e"]),
+                             ([null_with_bytes, whole.slice(2, 1)], ["d", None, "e", "b"]),
+                             ([plain, whole.slice(1, 1)], ["p", None, "q", "a"]),
+                             # read from the array's start, " b" would seem 1 byte, as "b"
+                             ([pa.array(["a", " b"], pa.large_string()).slice(1)], ["b"])):
+        cleaned = _clean_chunks(pa.chunked_array(chunks, pa.large_string()))
+        assert cleaned.to_pylist() == expected
+
+
 def test_only_i_and_s_have_non_ascii_letters_upper_casing_to_them():
     # the spellings table (io._UPPER_FROM) must hold every code point Arrow upper-cases to a
     # placeholder's character: checked over all of Unicode with Arrow itself
