@@ -5,7 +5,6 @@ clear line on stderr and a distinct exit code (a traceback only with ``--debug``
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -372,12 +371,8 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         preload_map_modules,
         write_outputs,
     )
-    from geoflow.processes import MapProcess, freeze_imports, usable_cpus
+    from geoflow.processes import MapProcess, usable_cpus
 
-    # what is imported by now lives to the end: no collection walks it (given back to the
-    # collector on leaving, for a caller that goes on: the tests' CliRunner)
-    freeze_imports()
-    click.get_current_context().call_on_close(gc.unfreeze)
     if jobs is not None and not per:
         raise click.UsageError("--jobs sets the batch's worker processes: use it with --per")
     if resume and not per:

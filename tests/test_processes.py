@@ -135,23 +135,3 @@ def test_the_map_process_keeps_its_imports_out_of_the_collector(map_process):
     the collections of its drawing do not walk them again."""
     assert map_process.pool.submit(gc.get_freeze_count).result() > 50_000
 
-
-def test_a_run_freezes_its_imports_while_it_works_and_gives_them_back(tmp_path):
-    """``geoflow run`` hides the objects imported before its work from the collector while it
-    works (a full collection walked them all each time) and gives them back when it ends, for
-    a caller that goes on in the same process (the collector leaves none of them behind)."""
-    seen = []  # the frozen objects at each collection during the run
-
-    def note(phase, info):
-        if phase == "start":
-            seen.append(gc.get_freeze_count())
-
-    gc.callbacks.append(note)
-    try:
-        done = CliRunner().invoke(cli, ["-q", "run", "--sample", "-o", str(tmp_path / "o")],
-                                  obj={})
-    finally:
-        gc.callbacks.remove(note)
-    assert done.exit_code == 0, done.output
-    assert seen and min(seen) > 50_000
-    assert gc.get_freeze_count() == 0
