@@ -1009,15 +1009,19 @@ def set_numpy_environment() -> None:
 
 
 def main() -> None:
-    """Console-script entry point. SIGTERM (``kill``, ``docker stop``) stops a run like Ctrl-C:
-    temporary folders are removed and the output folder is left as it was.
-
-    A command that succeeded leaves at once (:func:`_leave_now`); an error leaves the usual
-    way, every clean-up run."""
+    """The CLI, as a program calls it. SIGTERM (``kill``, ``docker stop``) stops a run like
+    Ctrl-C: temporary folders are removed and the output folder is left as it was."""
     set_numpy_environment()
     signal.signal(signal.SIGTERM, _terminate)
+    cli(obj={})
+
+
+def console() -> None:
+    """The ``geoflow`` command and ``python -m geoflow``: :func:`main`, after which a command
+    that succeeded ends the process at once (:func:`_leave_now`); an error ends it the usual
+    way, every clean-up run."""
     try:
-        cli(obj={})
+        main()
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise

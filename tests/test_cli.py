@@ -828,15 +828,15 @@ _EXIT_PROBE = textwrap.dedent("""
 
     atexit.register(lambda: print("torn down", file=sys.stderr, flush=True))
     sys.argv = ["geoflow", *sys.argv[1:]]
-    geoflow.cli.main()
+    geoflow.cli.console()
 """)
 
 
 def test_a_finished_command_leaves_at_once_and_an_error_the_usual_way(tmp_path):
-    """A command that succeeded ends without tearing down what it built (a large run's
-    objects and modules, freed one by one, took 0.17 s at a million records), its output
-    flushed and its files whole; one that failed ends the usual way, with its clean-ups and
-    its status."""
+    """The ``geoflow`` command: one that succeeded ends without tearing down what it built (a
+    large run's objects and modules, freed one by one, took 0.17 s at a million records), its
+    output flushed and its files whole; one that failed ends the usual way, with its
+    clean-ups and its status. ``cli.main`` returns to its caller as before."""
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-c", _EXIT_PROBE, "run", "--sample", "-o", str(out)],
                           capture_output=True, text=True, timeout=300)
