@@ -1,3 +1,3 @@
-from geoflow.cli import console
+from geoflow.cli import main
 
-console()
+main()

@@ -1009,35 +1009,8 @@ def set_numpy_environment() -> None:
 
 
 def main() -> None:
-    """The CLI, as a program calls it. SIGTERM (``kill``, ``docker stop``) stops a run like
-    Ctrl-C: temporary folders are removed and the output folder is left as it was."""
+    """Console-script entry point. SIGTERM (``kill``, ``docker stop``) stops a run like Ctrl-C:
+    temporary folders are removed and the output folder is left as it was."""
     set_numpy_environment()
     signal.signal(signal.SIGTERM, _terminate)
     cli(obj={})
-
-
-def console() -> None:
-    """The ``geoflow`` command and ``python -m geoflow``: :func:`main`, after which a command
-    that succeeded ends the process at once (:func:`_leave_now`); an error ends it the usual
-    way, every clean-up run."""
-    try:
-        main()
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            raise
-    _leave_now()
-
-
-def _leave_now() -> None:
-    """End the process with status 0 once the output is flushed, without tearing down what
-    the command built: its files are written and closed and its helper processes and threads
-    are gone by now, and freeing every object and module of a large run one by one took
-    0.17 s at a million records. Where the output cannot be flushed (a closed pipe), the
-    usual exit reports it."""
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):  # a closed pipe or stream: Python's own exit says so
-        return
-    logging.shutdown()
-    os._exit(0)
