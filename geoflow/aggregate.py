@@ -44,6 +44,7 @@ __all__ = [
     "take_text",
     "positions_in",
     "distinct_codes",
+    "text_codes",
     "fill_unknown",
     "is_value",
     "by_us_state",
@@ -303,6 +304,14 @@ def distinct_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
     return pd.factorize(values, use_na_sentinel=True)
 
 
+def text_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """:func:`distinct_codes` of ``values`` read as text: a categorical's own codes and
+    categories (no text per record), else the values as strings, factorised."""
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype("string")
+    return distinct_codes(values)
+
+
 def positions_in(index: pd.Index, values: pd.Series, rows: np.ndarray | None = None
                  ) -> np.ndarray:
     """Position in ``index`` of each of ``values`` (at ``rows``; default all), −1 for NA or a
@@ -420,14 +429,13 @@ def _pair_counts(keys: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarr
         return pairs, sums[pairs].astype(np.int64)
     if len(keys) == 0:
         return keys.astype(np.int64), np.zeros(0, dtype=np.int64)
-    if weights is None or (weights == 1).all():  # one gun a record: no order to carry
-        ordered = sorted_keys(keys)
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        return ordered[starts], np.diff(np.append(starts, len(ordered)))
-    order = stable_order(keys)
-    keys = keys[order]
+    unit = weights is None or (weights == 1).all()  # one gun a record: no order to carry
+    order = None if unit else stable_order(keys)
+    keys = sorted_keys(keys) if unit else keys[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return keys[starts], np.add.reduceat(weights[order].astype(np.int64, copy=False), starts)
+    counts = (np.diff(np.append(starts, len(keys))) if unit
+              else np.add.reduceat(weights[order].astype(np.int64, copy=False), starts))
+    return keys[starts], counts
 
 
 def sorted_keys(keys: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ import pandas as pd
 import shapely
 from rapidfuzz import fuzz, process
 
-from geoflow.aggregate import categorical_take, distinct_codes
+from geoflow.aggregate import categorical_take, distinct_codes, text_codes
 from geoflow.errors import InputError
 from geoflow.shapes import data_file, load_states
 
@@ -198,10 +198,7 @@ def _match_index(values: pd.Series, ports: pd.DataFrame | None) -> np.ndarray:
     port_codes = ports["code"].astype(str).to_numpy()
     position = {code: i for i, code in enumerate(port_codes)}
     codes = frozenset(port_codes)
-    values = pd.Series(values, copy=False)
-    if not isinstance(values.dtype, pd.CategoricalDtype):  # a categorical: its own codes
-        values = values.astype("string")
-    index, uniques = distinct_codes(values)
+    index, uniques = text_codes(pd.Series(values, copy=False))
     found = [_match_one(str(u), codes, table) for u in uniques]
     lookup = np.array([position[f] if f else -1 for f in found] + [-1], dtype=np.intp)
     return lookup[index]

@@ -42,11 +42,11 @@ import pyarrow.compute as pc
 from geoflow import digests
 from geoflow.aggregate import (
     ascii_text,
-    distinct_codes,
     hex_digits,
     plural,
     recode,
     sorted_texts,
+    text_codes,
     used_categories,
 )
 from geoflow.digests import hmac_sha256
@@ -468,9 +468,7 @@ def pseudonymise(
         source = out.get(f"{role}_name")
         if source is None:  # no such column (a chunked read drops possessors): all NA
             return np.full(len(out), -1, dtype=np.intp), pd.Index([], dtype="string")
-        if not isinstance(source.dtype, pd.CategoricalDtype):  # a categorical: no string copy
-            source = source.astype("string")
-        codes, distinct = distinct_codes(source)
+        codes, distinct = text_codes(source)
         return codes, pd.Index(distinct, dtype="string")
 
     roles = ("purchaser", "possessor")

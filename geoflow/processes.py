@@ -24,8 +24,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MapProcess", "end_now", "exit_with_parent", "fewer_collections", "freeze_imports",
-           "hold_ctrl_c", "ignore_ctrl_c", "spawn_pool", "usable_cpus", "write_map_files"]
+__all__ = ["MapProcess", "end_now", "exit_with_parent", "fewer_collections", "hold_ctrl_c",
+           "ignore_ctrl_c", "spawn_pool", "usable_cpus", "write_map_files"]
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +60,6 @@ def fewer_collections() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
-
-
-def freeze_imports() -> None:
-    """Put every object alive now out of the garbage collector's sight (``gc.freeze``): in the
-    map's process, once it has imported what it needs, the modules' functions, classes and
-    constants (about 130,000 with pandas, folium and matplotlib), which live as long as the
-    process anyway. Drawing makes many short-lived objects, and each full collection walked
-    them all again: the map of 1M records collected 380 times, in 0.22 -> 0.13 s. (A run's
-    own process gained 0.02 s and its peak grew by about 15 MB; a batch's workers, which
-    collect rarely already (:func:`fewer_collections`), showed no gain: neither freezes.)"""
-    gc.freeze()
 
 
 def hold_ctrl_c(how: int, mask: Any = None) -> Any:
@@ -138,7 +127,11 @@ def _map_init() -> None:
 
     ignore_ctrl_c()
     import_map_modules()
-    freeze_imports()
+    # what it imported (~130,000 objects of pandas, folium, matplotlib) lives to the end: out
+    # of the collector's sight, the full collections of its drawing no longer walk it (1M
+    # records: 380 collections, 0.22 -> 0.13 s; a run's own process gained 0.02 s and peaked
+    # ~15 MB higher, a batch's workers, collecting rarely already, nothing: neither does it)
+    gc.freeze()
 
 
 def write_map_files(scene: Any, options: Any, folder: Path) -> None:
