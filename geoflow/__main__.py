@@ -1,3 +1,3 @@
-from geoflow.cli import main
+from geoflow.cli import console
 
-main()
+console()

@@ -5,6 +5,7 @@ clear line on stderr and a distinct exit code (a traceback only with ``--debug``
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -1009,8 +1010,20 @@ def set_numpy_environment() -> None:
 
 
 def main() -> None:
-    """Console-script entry point. SIGTERM (``kill``, ``docker stop``) stops a run like Ctrl-C:
-    temporary folders are removed and the output folder is left as it was."""
+    """The CLI, as a program calls it. SIGTERM (``kill``, ``docker stop``) stops a run like
+    Ctrl-C: temporary folders are removed and the output folder is left as it was."""
     set_numpy_environment()
     signal.signal(signal.SIGTERM, _terminate)
     cli(obj={})
+
+
+def console() -> None:
+    """The ``geoflow`` command and ``python -m geoflow``: :func:`main`, after which the process
+    ends. Python's last garbage collection, on the way out, walks every object still alive,
+    though the objects go anyway: frozen first (``gc.freeze``), they are left out of it (1M
+    records: the process's end took 0.19-0.23 s after the command, 0.13-0.14 s frozen). A
+    program that calls :func:`main` keeps its collector as it was."""
+    try:
+        main()
+    finally:
+        gc.freeze()
