@@ -125,6 +125,14 @@ def _input_path(input_path: str | None, sample: bool) -> str:
     return input_path
 
 
+def _input_bytes(source: str) -> int:
+    """The input file's size in bytes (0 when it cannot be read: the reader says why)."""
+    try:
+        return os.path.getsize(source)
+    except OSError:
+        return 0
+
+
 pseudonym_key_option = click.option(
     "--pseudonym-key-file", type=click.Path(dir_okay=False), default=None, metavar="PATH",
     help="Secret key for pseudonyms, shared by a team (default: GEOFLOW_PSEUDONYM_KEY, the "
@@ -367,6 +375,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     from geoflow.export import check_output_dir
     from geoflow.pipeline import (
         ANALYSED_COLUMNS,
+        MAP_PROCESS_BYTES,
         MAP_PROCESS_ROWS,
         analyse,
         preload_map_modules,
@@ -393,14 +402,23 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         _run_batch(source, options, kind=per, out=out, sample=sample, given=given,
                    min_guns=min_guns, force=force, jobs=jobs, resume=resume)
         return
-    # the analysis drops what it does not read: only those columns are compacted
-    prepared, run_options, records, description, config = _prepare_selection(
-        source, options, label=SAMPLE_LABEL if sample else None, compact=ANALYSED_COLUMNS)
-    # the map's modules load while the records are analysed: in a process of their own, which
-    # draws the map beside the data files, for a large run on several CPUs; else on a thread
-    apart = len(records) >= MAP_PROCESS_ROWS and usable_cpus() > 1
-    with MapProcess() if apart else contextlib.nullcontext() as drawer:
-        if drawer is None:
+    several = usable_cpus() > 1
+    with contextlib.ExitStack() as drawing:
+        # a large run's map is drawn by a process of its own, beside the data files; for a
+        # large input it starts now and imports the map's modules on what the read and the
+        # analysis leave of the CPUs
+        drawer = (drawing.enter_context(MapProcess(idle=True))
+                  if several and _input_bytes(source) >= MAP_PROCESS_BYTES else None)
+        # the analysis drops what it does not read: only those columns are compacted
+        prepared, run_options, records, description, config = _prepare_selection(
+            source, options, label=SAMPLE_LABEL if sample else None, compact=ANALYSED_COLUMNS)
+        apart = len(records) >= MAP_PROCESS_ROWS and several
+        if drawer is not None and not apart:  # few records after all (filters, wide rows)
+            drawer.close()
+            drawer = None
+        elif apart and drawer is None:
+            drawer = drawing.enter_context(MapProcess())
+        if drawer is None:  # a smaller run's map: its modules load on a thread meanwhile
             preload_map_modules()
         look = map_options(config, show_names=run_options.show_names, **given)
         with stage("Analysing", enabled=show_progress()):

@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import datetime as dt
 import functools
-import importlib
 import logging
 import os
 import sys
@@ -85,7 +84,7 @@ from geoflow.privacy import (
     pseudonymise,
     suppress,
 )
-from geoflow.processes import MapProcess, write_map_files
+from geoflow.processes import MapProcess, import_map_modules, write_map_files
 from geoflow.schema import DATASET_COLUMN, SYNTHETIC_LABEL, marks_synthetic
 
 __all__ = [
@@ -167,6 +166,11 @@ THREADED_TABLES_ROWS = 100_000
 #: writes the data files (1M records: export 2.8-3.3 -> 2.2-2.6 s); below it the process's
 #: start (2 s of a core) is not hidden by the shorter analysis.
 MAP_PROCESS_ROWS = 500_000
+#: From this input size on (and two CPUs), ``geoflow run`` starts that process before the read,
+#: importing at the lowest priority (1M records: 7.00 -> 6.63 s, eight alternated runs); it
+#: is ended after the read if the records are fewer than :data:`MAP_PROCESS_ROWS` (the
+#: sample's rows: ~250 bytes a record).
+MAP_PROCESS_BYTES = 100 << 20
 
 TABLE_NAMES = (
     "by_us_state", "by_mx_state", "state_matrix", "by_dealer", "by_purchaser", "by_trafficker",
@@ -983,15 +987,6 @@ def findings_markdown(result: RunResult) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def import_map_modules() -> None:
-    """Import the map's modules (folium, matplotlib: about 1.2 s of CPU). An import that
-    fails here fails again, and is reported, where the map is drawn."""
-    with contextlib.suppress(Exception):  # reported by the map's own import
-        for name in ("matplotlib.figure", "matplotlib.backends.backend_agg",
-                     "geoflow.render", "geoflow.static"):
-            importlib.import_module(name)
 
 
 def preload_map_modules() -> threading.Thread:

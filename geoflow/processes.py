@@ -6,13 +6,16 @@ is gone.
 A large run's map and stills are Python work (folium, matplotlib) that holds the GIL, as do
 most of the data files' writers; in one process they take turns. :class:`MapProcess` draws
 them in a second process, on the second core, from the scene the run built (under 1 MB at
-a million records), while this process writes the data files.
+a million records), while this process writes the data files. Started before the read
+(``idle=True``), it imports the map's modules at the lowest priority: on what the run leaves
+of the CPUs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import logging
 import multiprocessing
 import os
@@ -24,8 +27,9 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MapProcess", "end_now", "exit_with_parent", "fewer_collections", "hold_ctrl_c",
-           "ignore_ctrl_c", "spawn_pool", "usable_cpus", "write_map_files"]
+__all__ = ["MAP_MODULES", "MapProcess", "end_now", "exit_with_parent", "fewer_collections",
+           "hold_ctrl_c", "ignore_ctrl_c", "import_map_modules", "spawn_pool", "usable_cpus",
+           "write_map_files"]
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +126,55 @@ def _started() -> None:
     """A helper's first task: done once it has started."""
 
 
-def _map_init() -> None:
-    from geoflow.pipeline import import_map_modules
+#: The modules the map and its stills are drawn with (about 1 s of CPU), in the order they
+#: are imported (``geoflow.pipeline`` and the data files' writers are not among them).
+MAP_MODULES = ("numpy", "pandas", "pyarrow.compute", "shapely", "geopandas", "matplotlib",
+               "matplotlib.figure", "matplotlib.backends.backend_agg", "folium",
+               "geoflow.scene", "geoflow.render", "geoflow.static")
 
+
+def import_map_modules() -> None:
+    """Import :data:`MAP_MODULES`. An import that fails here fails again, and is reported,
+    where the map is drawn."""
+    for name in MAP_MODULES:
+        with contextlib.suppress(Exception):  # reported by the map's own import
+            importlib.import_module(name)
+
+
+#: In the map's process: set once its imports are done (and frozen).
+_imported = threading.Event()
+
+
+def _map_init(idle: bool = False) -> None:
     ignore_ctrl_c()
+    if not idle:
+        _finish_imports()
+        return
+    threading.Thread(target=_import_when_idle, name="geoflow-idle-imports", daemon=True).start()
+
+
+def _import_when_idle() -> None:
+    """The map process's imports on a thread that runs only when a CPU would otherwise be
+    idle (Linux's SCHED_IDLE; elsewhere, as other threads)."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # this thread only
+    _finish_imports()
+
+
+def _finish_imports() -> None:
     import_map_modules()
     # what it imported (~130,000 objects of pandas, folium, matplotlib) lives to the end: out
     # of the collector's sight, the full collections of its drawing no longer walk it (1M
     # records: 380 collections, 0.22 -> 0.13 s; a run's own process gained 0.02 s and peaked
     # ~15 MB higher, a batch's workers, collecting rarely already, nothing: neither does it)
     gc.freeze()
+    _imported.set()
+
+
+def _imports_done() -> bool:
+    """In the map's process: whether its imports are done."""
+    return _imported.is_set()
 
 
 def write_map_files(scene: Any, options: Any, folder: Path) -> None:
@@ -144,19 +187,29 @@ def write_map_files(scene: Any, options: Any, folder: Path) -> None:
 
 
 class MapProcess:
-    """One spawned process that imports the map's modules as soon as it starts (about 2 s of
-    a core, beside the analysis) and then draws a run's map and stills (:meth:`draw`). As a
-    context manager, ended on leaving (:meth:`close`): when an error (or Ctrl-C) leaves, at
-    once rather than after its imports or drawing."""
+    """One spawned process that imports the map's modules as soon as it starts (about 1 s of
+    a core) and then draws a run's map and stills (:meth:`draw`). ``idle=True`` (started
+    before the run reads its input) imports them at the lowest priority, on what the run
+    leaves of the CPUs; at the normal one they would slow the run's read (Arrow parses on
+    every core) and its analysis. As a context manager, ended on leaving (:meth:`close`):
+    when an error (or Ctrl-C) leaves, at once rather than after its imports or drawing."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, idle: bool = False) -> None:
+        self.idle = idle
         self._others = set(multiprocessing.active_children())
-        self.pool, _ = spawn_pool(1, _map_init)
+        self.pool, _ = spawn_pool(1, _map_init, (idle,))
 
     def draw(self, scene: Any, options: Any, folder: Path) -> None:
         """:func:`write_map_files` in the map process; its error, if any, raised here. A process
-        that died (killed, out of memory) is reported and the map drawn here instead."""
+        that died (killed, out of memory) is reported and the map drawn here instead, as is
+        one still importing at the lowest priority (CPUs kept busy by other work): it could
+        be kept waiting for as long as they are."""
         try:
+            if self.idle and not self.pool.submit(_imports_done).result():
+                log.info("drawing the map in this process: its own process is still importing")
+                self.close()
+                write_map_files(scene, options, folder)
+                return
             self.pool.submit(write_map_files, scene, options, folder).result()
         except BrokenProcessPool as exc:
             log.warning("drawing the map in this process: its own process ended (%s)", exc)

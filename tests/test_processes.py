@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import signal
+import threading
 import time
 from multiprocessing.connection import wait
 
@@ -105,6 +106,58 @@ def _ended(process) -> int | None:
     return process.exitcode
 
 
+def test_a_map_process_started_early_imports_when_idle_and_draws_the_same_files(
+        result, drawn_here, tmp_path, caplog):
+    """Started before a large run's read, the process imports the map's modules at the
+    lowest priority; once they are in, it draws the map the run would."""
+    scene = build_scene(result, options=MapOptions())
+    with MapProcess(idle=True) as drawer:
+        deadline = time.monotonic() + 120
+        while not drawer.pool.submit(processes._imports_done).result():
+            assert time.monotonic() < deadline, "the idle imports never finished"
+            time.sleep(0.05)
+        (process,) = drawer.pool._processes.values()
+        with caplog.at_level(logging.INFO, logger=processes.log.name):
+            drawer.draw(scene, MapOptions(), tmp_path)
+        assert process.is_alive()  # drawn there, not here
+        assert drawer.pool.submit(gc.get_freeze_count).result() > 50_000
+    assert "drawing the map in this process" not in caplog.text
+    for name in MAP_FILES:
+        assert (tmp_path / name).read_bytes() == (drawn_here / name).read_bytes(), name
+
+
+def test_a_map_process_still_importing_when_the_map_is_due_is_ended_and_the_map_drawn_here(
+        result, drawn_here, tmp_path, caplog):
+    """At the lowest priority its imports wait for as long as other work keeps the CPUs
+    busy: a run does not wait for them, it draws the map itself."""
+    scene = build_scene(result, options=MapOptions())
+    with MapProcess(idle=True) as drawer:
+        (process,) = drawer.pool._processes.values()
+        with caplog.at_level(logging.INFO, logger=processes.log.name):
+            drawer.draw(scene, MapOptions(), tmp_path)  # its ~1 s of imports just begun
+        assert _ended(process) == -signal.SIGTERM
+    assert "its own process is still importing" in caplog.text
+    for name in MAP_FILES:
+        assert (tmp_path / name).read_bytes() == (drawn_here / name).read_bytes(), name
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_idle_imports_run_on_a_thread_of_the_lowest_priority():
+    """Only the importing thread: the process's own thread draws at the normal priority."""
+    policies = []
+
+    def imports() -> None:
+        processes._import_when_idle()
+        policies.append(os.sched_getscheduler(0))
+
+    loader = threading.Thread(target=imports)
+    loader.start()
+    loader.join()
+    gc.unfreeze()  # this test process's objects: collected again
+    assert policies == [os.SCHED_IDLE]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
 def test_a_large_run_draws_its_map_in_its_own_process(monkeypatch, tmp_path):
     """``geoflow run`` from MAP_PROCESS_ROWS records on: the map is drawn by a MapProcess,
     and every file is the one a run drawing it in its own process writes."""
@@ -128,6 +181,42 @@ def test_a_large_run_draws_its_map_in_its_own_process(monkeypatch, tmp_path):
         if name.name != "manifest.json":  # its timings and memory differ
             assert ((tmp_path / "here" / name).read_bytes()
                     == (tmp_path / "apart" / name).read_bytes()), name
+
+
+@pytest.mark.parametrize(("rows", "kept"), [(0, True), (10**9, False)])
+def test_a_large_input_starts_its_map_process_before_the_read(monkeypatch, tmp_path, rows,
+                                                               kept):
+    """From MAP_PROCESS_BYTES of input on, the map process starts before the read, importing
+    at the lowest priority; the read found fewer than MAP_PROCESS_ROWS records, it is ended
+    before the analysis and the map drawn here. The files are the same either way."""
+    started, ended, drawn = [], [], []
+    init, close, draw = MapProcess.__init__, MapProcess.close, MapProcess.draw
+
+    def starting(self, **kw):
+        started.append(kw.get("idle", False))
+        init(self, **kw)
+
+    monkeypatch.setattr(MapProcess, "__init__", starting)
+    monkeypatch.setattr(MapProcess, "close", lambda self: ended.append(drawn[:]) or close(self))
+    monkeypatch.setattr(MapProcess, "draw", lambda self, *a: drawn.append(1) or draw(self, *a))
+    monkeypatch.setattr(pipeline, "MAP_PROCESS_BYTES", 0)
+    monkeypatch.setattr(pipeline, "MAP_PROCESS_ROWS", rows)
+    monkeypatch.setattr(processes, "usable_cpus", lambda: 2)
+    runner = CliRunner()
+    run = runner.invoke(cli, ["-q", "run", "--sample", "-o", str(tmp_path / "run")], obj={})
+    assert run.exit_code == 0, run.output
+    assert started == [True]  # one process, started idle, none after the read
+    assert drawn == ([1] if kept else [])
+    assert ended[0] == drawn  # ended after drawing, or before the analysis
+    monkeypatch.setattr(pipeline, "MAP_PROCESS_BYTES", 1 << 40)
+    monkeypatch.setattr(pipeline, "MAP_PROCESS_ROWS", 10**9)
+    here = runner.invoke(cli, ["-q", "run", "--sample", "-o", str(tmp_path / "here")], obj={})
+    assert here.exit_code == 0, here.output
+    assert started == [True]
+    for path in sorted((tmp_path / "here").rglob("*")):
+        name = path.relative_to(tmp_path / "here")
+        if path.is_file() and name.name != "manifest.json":
+            assert path.read_bytes() == (tmp_path / "run" / name).read_bytes(), name
 
 
 def test_the_map_process_keeps_its_imports_out_of_the_collector(map_process):
