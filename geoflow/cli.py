@@ -381,7 +381,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         preload_map_modules,
         write_outputs,
     )
-    from geoflow.processes import MapProcess, usable_cpus
+    from geoflow.processes import READY_WAIT, MapProcess, usable_cpus
 
     if jobs is not None and not per:
         raise click.UsageError("--jobs sets the batch's worker processes: use it with --per")
@@ -413,10 +413,13 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         prepared, run_options, records, description, config = _prepare_selection(
             source, options, label=SAMPLE_LABEL if sample else None, compact=ANALYSED_COLUMNS)
         apart = len(records) >= MAP_PROCESS_ROWS and several
-        if drawer is not None and not apart:  # few records after all (filters, wide rows)
+        if drawer is not None and not (apart and drawer.ready(timeout=READY_WAIT)):
+            # few records after all (filters, wide rows), or its imports still wait for idle
+            # CPUs (other work keeps them busy: 1M records beside two busy processes, 12.5-13.4
+            # s before it, 14.3-17.0 s with the map drawn here for want of its imports)
             drawer.close()
             drawer = None
-        elif apart and drawer is None:
+        if apart and drawer is None:  # imports at the normal priority, beside the analysis
             drawer = drawing.enter_context(MapProcess())
         if drawer is None:  # a smaller run's map: its modules load on a thread meanwhile
             preload_map_modules()

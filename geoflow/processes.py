@@ -27,9 +27,9 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAP_MODULES", "MapProcess", "end_now", "exit_with_parent", "fewer_collections",
-           "hold_ctrl_c", "ignore_ctrl_c", "import_map_modules", "spawn_pool", "usable_cpus",
-           "write_map_files"]
+__all__ = ["MAP_MODULES", "READY_WAIT", "MapProcess", "end_now", "exit_with_parent",
+           "fewer_collections", "hold_ctrl_c", "ignore_ctrl_c", "import_map_modules",
+           "spawn_pool", "usable_cpus", "write_map_files"]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,9 @@ def import_map_modules() -> None:
             importlib.import_module(name)
 
 
+#: How long :meth:`MapProcess.ready` waits for an answer by default: a process that has
+#: imported everything answers in about a millisecond.
+READY_WAIT = 0.25
 #: In the map's process: set once its imports are done (and frozen).
 _imported = threading.Event()
 
@@ -205,7 +208,7 @@ class MapProcess:
         one still importing at the lowest priority (CPUs kept busy by other work): it could
         be kept waiting for as long as they are."""
         try:
-            if self.idle and not self.pool.submit(_imports_done).result():
+            if self.idle and not self.ready(timeout=READY_WAIT):
                 log.info("drawing the map in this process: its own process is still importing")
                 self.close()
                 write_map_files(scene, options, folder)
@@ -214,6 +217,15 @@ class MapProcess:
         except BrokenProcessPool as exc:
             log.warning("drawing the map in this process: its own process ended (%s)", exc)
             write_map_files(scene, options, folder)
+
+    def ready(self, timeout: float) -> bool:
+        """Whether the process has imported the map's modules, asked for at most ``timeout``
+        seconds: while it imports at the lowest priority, its answer waits for the importing
+        thread to let go of the GIL, which takes as long as other work keeps the CPUs busy."""
+        try:
+            return self.pool.submit(_imports_done).result(timeout=timeout)
+        except (TimeoutError, BrokenProcessPool):
+            return False
 
     def close(self) -> None:
         """Stop the process now. Its drawing, if any, is over (:meth:`draw` waits for it): a

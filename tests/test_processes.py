@@ -113,7 +113,7 @@ def test_a_map_process_started_early_imports_when_idle_and_draws_the_same_files(
     scene = build_scene(result, options=MapOptions())
     with MapProcess(idle=True) as drawer:
         deadline = time.monotonic() + 120
-        while not drawer.pool.submit(processes._imports_done).result():
+        while not drawer.ready(timeout=1):
             assert time.monotonic() < deadline, "the idle imports never finished"
             time.sleep(0.05)
         (process,) = drawer.pool._processes.values()
@@ -183,36 +183,44 @@ def test_a_large_run_draws_its_map_in_its_own_process(monkeypatch, tmp_path):
                     == (tmp_path / "apart" / name).read_bytes()), name
 
 
-@pytest.mark.parametrize(("rows", "kept"), [(0, True), (10**9, False)])
+@pytest.mark.parametrize(("rows", "ready", "started", "drawn"), [
+    (0, True, [True], [True]),  # the early process draws the map
+    (0, False, [True, False], [False]),  # still importing: one of the normal priority does
+    (10**9, True, [True], []),  # few records: ended, the map drawn here
+])
 def test_a_large_input_starts_its_map_process_before_the_read(monkeypatch, tmp_path, rows,
-                                                               kept):
+                                                               ready, started, drawn):
     """From MAP_PROCESS_BYTES of input on, the map process starts before the read, importing
-    at the lowest priority; the read found fewer than MAP_PROCESS_ROWS records, it is ended
-    before the analysis and the map drawn here. The files are the same either way."""
-    started, ended, drawn = [], [], []
+    at the lowest priority. Once the records are read it is ended if they are fewer than
+    MAP_PROCESS_ROWS (the map drawn here), or if its imports are not done (CPUs kept busy by
+    other work): a process importing at the normal priority then draws the map, as after a
+    smaller input's read. The files are the same in every case."""
+    made, drawers, ended = [], [], []
     init, close, draw = MapProcess.__init__, MapProcess.close, MapProcess.draw
 
     def starting(self, **kw):
-        started.append(kw.get("idle", False))
+        made.append(kw.get("idle", False))
         init(self, **kw)
 
     monkeypatch.setattr(MapProcess, "__init__", starting)
-    monkeypatch.setattr(MapProcess, "close", lambda self: ended.append(drawn[:]) or close(self))
-    monkeypatch.setattr(MapProcess, "draw", lambda self, *a: drawn.append(1) or draw(self, *a))
+    monkeypatch.setattr(MapProcess, "ready", lambda self, timeout: ready)
+    monkeypatch.setattr(MapProcess, "close", lambda self: ended.append(self.idle) or close(self))
+    monkeypatch.setattr(MapProcess, "draw",
+                        lambda self, *a: drawers.append(self.idle) or draw(self, *a))
     monkeypatch.setattr(pipeline, "MAP_PROCESS_BYTES", 0)
     monkeypatch.setattr(pipeline, "MAP_PROCESS_ROWS", rows)
     monkeypatch.setattr(processes, "usable_cpus", lambda: 2)
     runner = CliRunner()
     run = runner.invoke(cli, ["-q", "run", "--sample", "-o", str(tmp_path / "run")], obj={})
     assert run.exit_code == 0, run.output
-    assert started == [True]  # one process, started idle, none after the read
-    assert drawn == ([1] if kept else [])
-    assert ended[0] == drawn  # ended after drawing, or before the analysis
+    assert made == started
+    assert drawers == drawn
+    assert ended[0] is True  # the idle process is ended, before or after the map
     monkeypatch.setattr(pipeline, "MAP_PROCESS_BYTES", 1 << 40)
     monkeypatch.setattr(pipeline, "MAP_PROCESS_ROWS", 10**9)
     here = runner.invoke(cli, ["-q", "run", "--sample", "-o", str(tmp_path / "here")], obj={})
     assert here.exit_code == 0, here.output
-    assert started == [True]
+    assert made == started  # no process for a small input
     for path in sorted((tmp_path / "here").rglob("*")):
         name = path.relative_to(tmp_path / "here")
         if path.is_file() and name.name != "manifest.json":
