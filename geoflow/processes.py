@@ -126,11 +126,15 @@ def _started() -> None:
     """A helper's first task: done once it has started."""
 
 
-#: The modules the map and its stills are drawn with (about 1 s of CPU), in the order they
-#: are imported (``geoflow.pipeline`` and the data files' writers are not among them).
-MAP_MODULES = ("numpy", "pandas", "pyarrow.compute", "shapely", "geopandas", "matplotlib",
-               "matplotlib.figure", "matplotlib.backends.backend_agg", "folium",
-               "geoflow.scene", "geoflow.render", "geoflow.static")
+#: The modules the map and its stills are drawn with (about 1 s of CPU; ``geoflow.pipeline``
+#: and the data files' writers are not among them). Their order is the drawing's: a smaller
+#: run imports them on a thread while its own thread may begin to draw, and two threads that
+#: import one package's modules in different orders can each hold what the other waits for
+#: (``folium`` first imports ``branca``, whose ``branca.element`` imports ``branca`` again:
+#: begun beside ``geoflow.render``, which imports ``branca.element`` first, Python raised
+#: ``_DeadlockError``).
+MAP_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg", "geoflow.render",
+               "geoflow.static")
 
 
 def import_map_modules() -> None:

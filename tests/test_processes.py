@@ -7,6 +7,9 @@ import gc
 import logging
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from multiprocessing.connection import wait
@@ -225,6 +228,33 @@ def test_a_large_input_starts_its_map_process_before_the_read(monkeypatch, tmp_p
         name = path.relative_to(tmp_path / "here")
         if path.is_file() and name.name != "manifest.json":
             assert path.read_bytes() == (tmp_path / "run" / name).read_bytes(), name
+
+
+#: A smaller run's imports on a thread (pipeline.preload_map_modules) and its own thread
+#: beginning to draw (write_map_files' imports) as soon as ``sys.argv[1]`` is being imported.
+_IMPORTS_BESIDE_DRAWING = textwrap.dedent("""
+    import sys, time
+    from geoflow.pipeline import preload_map_modules
+
+    loading = preload_map_modules()
+    deadline = time.monotonic() + 60
+    while sys.argv[1] not in sys.modules and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    import geoflow.render, geoflow.static
+    loading.join()
+    print("drawn")
+""")
+
+
+@pytest.mark.parametrize("begun", ["matplotlib", "jinja2", "branca", "folium", "geoflow.scene"])
+def test_the_map_modules_load_beside_a_drawing_without_deadlock(begun):
+    """Python raised _DeadlockError when the thread loading the map's modules had begun on
+    folium (which imports branca) as the run's thread imported geoflow.render (which imports
+    branca.element first): seven runs in eight. The thread imports in the drawing's order."""
+    done = subprocess.run([sys.executable, "-c", _IMPORTS_BESIDE_DRAWING, begun],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["drawn"]
 
 
 def test_the_map_process_keeps_its_imports_out_of_the_collector(map_process):
