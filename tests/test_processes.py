@@ -200,13 +200,22 @@ def test_a_large_input_starts_its_map_process_before_the_read(monkeypatch, tmp_p
     smaller input's read. The files are the same in every case."""
     made, drawers, ended = [], [], []
     init, close, draw = MapProcess.__init__, MapProcess.close, MapProcess.draw
+    really_ready = MapProcess.ready
 
     def starting(self, **kw):
         made.append(kw.get("idle", False))
         init(self, **kw)
 
+    def ready_after_the_read(self, timeout):
+        """The imports not done (as beside busy CPUs), or waited for: the sample's read is
+        quicker than them, and a process is only ever told to draw once they are done."""
+        deadline = time.monotonic() + 120
+        while ready and not really_ready(self, timeout=1):
+            assert time.monotonic() < deadline, "the idle imports never finished"
+        return ready
+
     monkeypatch.setattr(MapProcess, "__init__", starting)
-    monkeypatch.setattr(MapProcess, "ready", lambda self, timeout: ready)
+    monkeypatch.setattr(MapProcess, "ready", ready_after_the_read)
     monkeypatch.setattr(MapProcess, "close", lambda self: ended.append(self.idle) or close(self))
     monkeypatch.setattr(MapProcess, "draw",
                         lambda self, *a: drawers.append(self.idle) or draw(self, *a))
