@@ -415,7 +415,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         apart = len(records) >= MAP_PROCESS_ROWS and several
         if drawer is not None and not (apart and drawer.ready(timeout=READY_WAIT)):
             # few records after all (filters, wide rows), or its imports still wait for idle
-            # CPUs (other work keeps them busy: 1M records beside two busy processes, 12.5-13.4
+            # CPUs (other work keeps them busy: 1M records beside two busy processes, 12.5-14.2
             # s before it, 14.3-17.0 s with the map drawn here for want of its imports)
             drawer.close()
             drawer = None

@@ -145,8 +145,8 @@ def import_map_modules() -> None:
             importlib.import_module(name)
 
 
-#: How long :meth:`MapProcess.ready` waits for an answer by default: a process that has
-#: imported everything answers in about a millisecond.
+#: How long a run waits for :meth:`MapProcess.ready`'s answer: a process that has imported
+#: everything answers in about a millisecond.
 READY_WAIT = 0.25
 #: In the map's process: set once its imports are done (and frozen).
 _imported = threading.Event()
