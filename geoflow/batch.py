@@ -39,7 +39,14 @@ import pandas as pd
 from geoflow import __version__
 from geoflow.aggregate import from_codes, plural
 from geoflow.errors import InputError, OutputError
-from geoflow.processes import end_now, fewer_collections, ignore_ctrl_c, spawn_pool, usable_cpus
+from geoflow.processes import (
+    end_now,
+    fewer_collections,
+    ignore_ctrl_c,
+    import_map_modules,
+    spawn_pool,
+    usable_cpus,
+)
 from geoflow.progress import quiet_logger
 from geoflow.schema import SYNTHETIC_LABEL, strip_accents
 from geoflow.select import entity_keys, list_entities
@@ -487,7 +494,7 @@ def _worker_init(inbox: Any) -> None:
     from geoflow import pipeline
 
     ignore_ctrl_c()  # the main process alone decides to stop, and stops the workers
-    pipeline.import_map_modules()
+    import_map_modules()
     _WORKER.update(pickle.loads(inbox.get()))  # noqa: S301 (from this batch's own process)
     logging.getLogger(pipeline.log.name).setLevel(logging.WARNING)
 

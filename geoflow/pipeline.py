@@ -167,7 +167,7 @@ THREADED_TABLES_ROWS = 100_000
 #: start (2 s of a core) is not hidden by the shorter analysis.
 MAP_PROCESS_ROWS = 500_000
 #: From this input size on (and two CPUs), ``geoflow run`` starts that process before the read,
-#: importing at the lowest priority (1M records: 6.93 -> 6.38 s, eight alternated runs); it
+#: importing at the lowest priority (1M records: 6.87 -> 6.43 s, six alternated runs); it
 #: is ended after the read if the records are fewer than :data:`MAP_PROCESS_ROWS` (the
 #: sample's rows: ~250 bytes a record).
 MAP_PROCESS_BYTES = 100 << 20
