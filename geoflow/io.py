@@ -1039,10 +1039,53 @@ def _duplicates(records: pd.DataFrame, given: pd.Series, seen: SeenRecords | Non
 
 def _repeated(values: pd.Series) -> np.ndarray:
     """``values.duplicated(keep="first")`` as an array; when no value repeats (as trace ids
-    do not), told by counting Arrow's distinct values (0.15 s per million, not 0.3)."""
-    if len(pc.unique(pa.array(values.array))) == len(values):
+    do not), told by :func:`distinct_by_hash` (a million ids: 0.03 s; Arrow's ``unique``,
+    0.17 s; pandas, 0.3 s)."""
+    if distinct_by_hash(pa.array(values.array)):
         return np.zeros(len(values), dtype=bool)
     return values.duplicated(keep="first").to_numpy()
+
+
+#: Texts longer than this (bytes) are not hashed by :func:`distinct_by_hash`.
+_HASHED_BYTES = 64
+
+
+def distinct_by_hash(text: pa.Array | pa.ChunkedArray) -> bool:
+    """True when no two of ``text``'s values are equal, told from a 64-bit hash of each (a
+    sort of numbers, not a hash table of texts); False when some hashes repeat (equal
+    values, or rarely two that collide), a value is null, or one is longer than
+    :data:`_HASHED_BYTES`: the caller then compares the texts."""
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    text = text.cast(pa.large_string())
+    n = len(text)
+    if n < 2:
+        return text.null_count == 0
+    if text.null_count:
+        return False
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset:text.offset + n + 1]
+    lengths = np.diff(offsets)
+    longest = int(lengths.max())
+    if longest > _HASHED_BYTES:
+        return False
+    buffer = text.buffers()[2]
+    data = (np.frombuffer(buffer, dtype=np.uint8)[offsets[0]:offsets[-1]] if buffer is not None
+            else np.empty(0, dtype=np.uint8))
+    words = max(-(-longest // 8), 1)
+    padded = np.zeros((n, 8 * words), dtype=np.uint8)  # each text, zero-padded to whole words
+    if (lengths == longest).all():
+        padded[:, :longest] = data.reshape(n, longest)
+    else:
+        rows = np.repeat(np.arange(n), lengths)
+        padded[rows, np.arange(len(data)) - np.repeat(offsets[:-1] - offsets[0], lengths)] = data
+    # the length, then each word mixed in (multiply, xor-shift): equal texts hash equal
+    hashes = lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    for word in padded.view("<u8").T:
+        hashes ^= word
+        hashes *= np.uint64(0xBF58476D1CE4E5B9)
+        hashes ^= hashes >> np.uint64(31)
+    hashes.sort()
+    return not (hashes[1:] == hashes[:-1]).any()
 
 
 def warning_counts(warnings: pd.DataFrame) -> dict[str, int]:

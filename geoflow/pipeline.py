@@ -83,6 +83,7 @@ from geoflow.privacy import (
     list_purchasers,
     pseudonymise,
     suppress,
+    suppress_cells,
 )
 from geoflow.processes import MapProcess, import_map_modules, write_map_files
 from geoflow.schema import DATASET_COLUMN, SYNTHETIC_LABEL, marks_synthetic
@@ -470,12 +471,18 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None,
             records = assign_crossings(records, ports)
             if read_source.get("count_column"):  # a count table's bare "Mexico": to the border
                 records = to_border(records, ports)
+            # placing and compacting need no ids: done while the ids' threads finish (1M
+            # records: the pseudonyms were still being made as the crossings ended)
+            read_columns = list(records.columns)
+            records = _compact(unplace_duplicates(place_records(records)), only=compact)
+            placing = [c for c in records.columns if c not in read_columns]
             ids = named.result()
             records = records.assign(purchaser_id=ids["purchaser_id"],
-                                     possessor_id=ids["possessor_id"])
+                                     possessor_id=ids["possessor_id"], dealer_id=dealt.result())
             del ids
-            records["dealer_id"] = dealt.result()
-            records = _compact(unplace_duplicates(place_records(records)), only=compact)
+            # the columns in their order as before (the ids ahead of the placing's)
+            records = records[[*read_columns, "purchaser_id", "possessor_id", "dealer_id",
+                               *placing]]
     return PreparedRecords(records=records, rejects=rejects, geocode_report=report,
                            source=read_source, timings=timings, options=options, memory=memory,
                            warnings=warnings, warning_counts=warning_counts)
@@ -726,6 +733,7 @@ def analyse(
         # layer's (glibc's heap keeps freed blocks of the last one resident otherwise)
         trim = release_memory if straight and release else (lambda: None)
         overview = None
+        early: dict[str, tuple[pd.DataFrame, dict[str, int]]] = {}  # suppressed already
         if given is not None and layers and not (straight or beside):
             flows, dealers, recoveries, crossings = (given[name] for name in LAYERS_MADE)
         else:
@@ -741,8 +749,14 @@ def analyse(
                 flows = gpd.GeoDataFrame(flows, geometry=flow_geometry(flows, SEGMENT_KM),
                                          crs="EPSG:4326")
             if beside:
-                dealers, recoveries, crossings = points.result()
                 tables, found, listing = tabled.result()
+                # the flows' small cells while the point layers are built (1M records: this
+                # thread waited 0.2 s for them, then suppressed the flows on one core)
+                early = {name: suppress_cells(frame, min_cell=options.min_cell,
+                                              named=listing.named)
+                         for name, frame in (("flows", flows), ("flows_overview", overview))
+                         if frame is not None}
+                dealers, recoveries, crossings = points.result()
             else:
                 dealers, recoveries, crossings = _point_layers(drawn, ports, trim)
         states = build_states(  # state totals over all valid records, as in the tables
@@ -753,7 +767,7 @@ def analyse(
         if overview is not None:
             layers_out["flows_overview"] = overview
         published, tables, suppression = suppress(layers_out, tables, min_cell=options.min_cell,
-                                                   listing=listing)
+                                                   listing=listing, done=early)
         flows, dealers, recoveries = (published[k] for k in ("flows", "dealers", "recoveries"))
         overview = published.get("flows_overview")
     if layers:  # a tables-only run (summary) builds no flows: nothing to say

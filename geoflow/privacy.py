@@ -29,7 +29,7 @@ import secrets
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -627,7 +627,8 @@ def list_purchasers(tables: dict[str, pd.DataFrame], *, min_cell: int = MIN_CELL
 
 
 def suppress(layers: dict[str, pd.DataFrame], tables: dict[str, pd.DataFrame], *,
-             min_cell: int = MIN_CELL, listing: Listing | None = None
+             min_cell: int = MIN_CELL, listing: Listing | None = None,
+             done: Mapping[str, tuple[pd.DataFrame, dict[str, int]]] | None = None,
              ) -> tuple[dict, dict, dict]:
     """Apply the small-count rule to a run's layers and tables: ``(layers, tables, summary)``.
 
@@ -638,6 +639,10 @@ def suppress(layers: dict[str, pd.DataFrame], tables: dict[str, pd.DataFrame], *
       more guns (:func:`list_purchasers`; ``listing`` when the tables were cut already).
     - Totals (``by_us_state``, ``by_mx_state``, ``state_matrix``, ``by_crossing``,
       ``by_year``, crossings, states) are unchanged.
+
+    ``done``: cells already through :func:`suppress_cells` (with this ``min_cell`` and
+    ``listing.named``), name → what it returned, taken as they are (a large run suppresses
+    its flows while its point layers are still being built).
 
     ``summary`` (for the manifest and the map legend): ``min_cell``, ``enabled``, ``cells``
     (output → rows and guns in small cells), ``small_flows`` (flows of fewer than
@@ -650,7 +655,9 @@ def suppress(layers: dict[str, pd.DataFrame], tables: dict[str, pd.DataFrame], *
     cells: dict[str, dict[str, int]] = {}
     for name in CELL_OUTPUTS:
         source = layers if name in layers else tables
-        if name in source:
+        if done and name in done:
+            source[name], cells[name] = done[name]
+        elif name in source:
             source[name], cells[name] = suppress_cells(source[name], min_cell=min_cell,
                                                        named=listing.named)
     flow_guns = (layers["flows"]["guns"].to_numpy(dtype=np.int64) if "flows" in layers

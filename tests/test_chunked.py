@@ -215,15 +215,20 @@ def test_day_first_dates_are_detected_whole_and_chunked(sample_csv, tmp_path):
     assert not (pd.read_csv(tmp_path / "us" / "warnings.csv")["line"] == 1).any()
 
 
-@pytest.mark.parametrize("source", ["sample", "broken"])
+@pytest.mark.parametrize(("source", "overview"),
+                         [("sample", False), ("broken", False), ("sample", True)])
 def test_tables_built_beside_the_layers_give_the_same_outputs(sample_csv, tmp_path,
-                                                             monkeypatch, source):
+                                                             monkeypatch, source, overview):
     """A large file's tables and findings are built on a second thread while its flows
-    are (pipeline.THREADED_TABLES_ROWS), and its point layers follow the tables there: every
-    file is the one the one-thread path writes, and the manifest still times both stages."""
-    from geoflow import pipeline
+    are (pipeline.THREADED_TABLES_ROWS), and its point layers follow the tables there; its
+    flows (and state-level overview, ``overview``) are suppressed while the point layers
+    are built: every file is the one the one-thread path writes, and the manifest still
+    times both stages."""
+    from geoflow import pipeline, privacy
 
     path = sample_csv if source == "sample" else _broken(sample_csv, tmp_path)
+    if overview:  # more flows than flows.geojson holds: it gets the state-level flows
+        monkeypatch.setattr(pipeline, "FLOWS_GEOJSON_MAX", 100)
     layers_in = {}  # point layer -> the threads it was built in
 
     def recorded(name):
@@ -241,6 +246,9 @@ def test_tables_built_beside_the_layers_give_the_same_outputs(sample_csv, tmp_pa
     built = []  # the threads the tables are built in
     monkeypatch.setattr(pipeline, "build_tables", lambda *a, **k: built.append(
         threading.current_thread()) or build_tables(*a, **k))
+    suppressed = []  # the cells suppressed beside the point layers, by their row count
+    monkeypatch.setattr(pipeline, "suppress_cells", lambda frame, **k: suppressed.append(
+        len(frame)) or privacy.suppress_cells(frame, **k))
     # the records consumed as `geoflow run` consumes them, column by column
     options = RunOptions(pseudonym_key=KEY)
     write_outputs(pipeline.analyse(prepare_records(path, options=options), options=options,
@@ -250,6 +258,9 @@ def test_tables_built_beside_the_layers_give_the_same_outputs(sample_csv, tmp_pa
     beside = json.loads((tmp_path / "two_threads" / "manifest.json").read_text("utf-8"))
     assert _same_outputs(tmp_path / "one_thread", tmp_path / "two_threads") == []
     assert _comparable(beside) == _comparable(alone)
+    flows = [beside["counts"]["flows"], *([beside["counts"]["flows_geojson"]] * overview)]
+    assert suppressed == flows
+    assert alone["suppression"]["cells"]["flows"]["rows"] > 0  # small cells were there
     for manifest in (alone, beside):
         assert manifest["timings"]["aggregate"] > 0 and manifest["timings"]["flows"] > 0
 

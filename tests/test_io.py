@@ -15,6 +15,7 @@ from geoflow.io import (
     SERIAL_DATE,
     UNKNOWN_HEADER,
     detect_encoding,
+    distinct_by_hash,
     load_column_map,
     read_traces,
     sniff_delimiter,
@@ -474,6 +475,39 @@ def test_duplicate_trace_numbers_flag_all_but_the_first(tmp_path):
     rows.append(list(rows[1]))
     result = read_traces(_write(tmp_path / "traces.csv", rows))
     assert result.records["flag_duplicate"].tolist() == [False] * 3 + [True, False, True]
+
+
+@pytest.mark.parametrize("values", [
+    ["T1", "T2", "T10"],  # lengths differ
+    ["T1", "T2", "T1"],  # a repeat
+    ["abcdefgh", "abcdefgh\0"],  # one ends in the padding's byte: distinct all the same
+    ["", "a", ""],  # empty texts repeat
+    ["Ñ", "N", "ñ"],  # not ASCII
+    ["x" * 64, "x" * 63 + "y"],  # as long as hashed
+    ["x" * 65, "y"],  # longer: told by comparing
+    ["a", None, "b"],  # a null: told by comparing
+    [],
+    ["only"],
+])
+def test_distinct_by_hash_never_calls_repeated_values_distinct(values):
+    import pyarrow as pa
+
+    distinct = len(set(values)) == len(values)
+    told = distinct_by_hash(pa.array(values, type=pa.string()))
+    assert told is (distinct and None not in values and max(map(len, values), default=0) <= 64)
+
+
+def test_distinct_by_hash_over_many_ids_and_a_slice():
+    import pyarrow as pa
+
+    ids = pa.chunked_array([[f"T{i:09d}" for i in range(50_000)],
+                            [f"t-{i}" for i in range(50_000)]])
+    assert distinct_by_hash(ids)
+    # a repeat far apart, in a slice of an array (offsets not starting at 0)
+    repeated = pa.concat_arrays([pa.array(["pad", "pad2"]), ids.combine_chunks(),
+                                 pa.array(["T000031415"])]).slice(2)
+    assert not distinct_by_hash(repeated)
+    assert distinct_by_hash(repeated.slice(0, len(repeated) - 1))
 
 
 def test_without_trace_numbers_duplicates_are_serial_date_and_dealer(tmp_path):
