@@ -481,8 +481,8 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None,
                                      possessor_id=ids["possessor_id"], dealer_id=dealt.result())
             del ids
             # the columns in their order as before (the ids ahead of the placing's)
-            records = records[[*read_columns, "purchaser_id", "possessor_id", "dealer_id",
-                               *placing]]
+            records = records[list(dict.fromkeys(
+                [*read_columns, "purchaser_id", "possessor_id", "dealer_id", *placing]))]
     return PreparedRecords(records=records, rejects=rejects, geocode_report=report,
                            source=read_source, timings=timings, options=options, memory=memory,
                            warnings=warnings, warning_counts=warning_counts)

@@ -111,21 +111,32 @@ FLAG_COLUMNS: tuple[str, ...] = (
     "flag_duplicate",
 )
 
-#: Columns later stages derive (DESIGN.md); listed so exports can order them.
+#: Columns the reader and later stages derive (DESIGN.md). An input column of one of these
+#: names is kept as ``<name>_input`` by the reader, never overwritten.
 DERIVED_COLUMNS: tuple[str, ...] = (
     "source_line",
     "time_to_crime_days",
     *FLAG_COLUMNS,
     "dealer_geocode_level",
     "dealer_geocode_score",
+    "dealer_geocode_query",
     "dealer_admin1",
+    "dealer_place",
     "recovery_geocode_level",
     "recovery_geocode_score",
+    "recovery_geocode_query",
     "recovery_admin1",
+    "recovery_place",
     "purchaser_id",
     "possessor_id",
+    "purchaser_label",
+    "dealer_id",
     "crossing_code",
+    "crossing_name",
     "route_kind",
+    "placed",
+    "unplaced_reason",
+    "record_count",
 )
 
 

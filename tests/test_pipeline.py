@@ -498,3 +498,31 @@ def test_grouping_texts_read_as_categoricals_place_records_as_their_texts_do(
     for column in made:
         pd.testing.assert_series_equal(out["coded"][0][column].astype("string"),
                                        out["texts"][0][column].astype("string"))
+
+
+def test_input_columns_named_like_derived_ones_are_kept_apart(tmp_path):
+    """A file whose own columns are named like columns geoflow derives (``dealer_id``,
+    ``purchaser_id``, ``placed``, ``record_count`` …, as an export of geoflow's records has)
+    keeps them as ``<name>_input``: never overwritten, never a second column of the same
+    name, never read as geoflow's own (``record_count`` would weight each record)."""
+    path = tmp_path / "own_columns.csv"
+    path.write_text(
+        "Trace Number,Purchaser Name,FFL Name,FFL City,FFL State,Recovery City,"
+        "Recovery State,dealer_id,purchaser_id,placed,record_count\n"
+        "T1,Rogelio Barajas,GAT Guns,E DUNDEE,IL,NVO. LAREDO,TAMPS.,X1,Y1,no,40\n"
+        "T2,Ana Ruiz,GAT Guns,E DUNDEE,IL,ATLANTIS,ZZ,X2,Y2,yes,50\n",
+        encoding="utf-8")
+    records = prepare_records(path, options=OPTIONS).records
+    assert records.columns.is_unique
+    own = records[["dealer_id_input", "purchaser_id_input", "placed_input",
+                   "record_count_input"]]
+    assert own.to_numpy().tolist() == [["X1", "Y1", "no", "40"], ["X2", "Y2", "yes", "50"]]
+    assert records["placed"].tolist() == [True, False]  # geoflow's own: ATLANTIS is unknown
+    assert records["dealer_id"].str.startswith("D-").all()
+    assert records["purchaser_id"].str.startswith("P-").all()
+    counts = analyse(prepare_records(path, options=OPTIONS), options=OPTIONS).manifest["counts"]
+    # each line one record (its record_count read as geoflow's made rows_valid 90 of 2 read)
+    assert {k: counts[k] for k in ("rows_read", "rows_valid", "rows_rejected", "rows_placed",
+                                   "rows_unplaced")} == {
+        "rows_read": 2, "rows_valid": 2, "rows_rejected": 0, "rows_placed": 1,
+        "rows_unplaced": 1}
