@@ -856,17 +856,15 @@ def _parse_dates(values: pd.Series, *, dayfirst: bool, limit: pd.Timestamp
     codes, uniques = pd.factorize(values)
     distinct, reasons, lates, serials = _parse_date_strings(
         pd.Series(uniques, dtype="str"), dayfirst=dayfirst, limit=limit)
-    found = codes >= 0
-    parsed = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ns]")
-    parsed[found] = distinct[codes[found]]
-    reason = np.full(len(values), "", dtype=object)
-    reason[found] = reasons[codes[found]]
-    late = np.zeros(len(values), dtype=bool)
-    late[found] = lates[codes[found]]
-    serial = np.zeros(len(values), dtype=bool)
-    serial[found] = serials[codes[found]]
-    bad = found & np.isnat(parsed)
-    return pd.Series(parsed, index=values.index), bad, reason, late, serial
+
+    def per_record(per_distinct: np.ndarray, missing: object) -> np.ndarray:
+        """Each record's value, by its code; an empty cell (−1) takes ``missing``, put last."""
+        return np.append(per_distinct, np.array([missing], dtype=per_distinct.dtype))[codes]
+
+    parsed = per_record(distinct.astype("datetime64[ns]"), np.datetime64("NaT"))
+    bad = per_record(np.isnat(distinct), False)  # a cell with text that gave no date
+    return (pd.Series(parsed, index=values.index), bad, per_record(reasons, ""),
+            per_record(lates, False), per_record(serials, False))
 
 
 def _plausible(parsed: pd.Series, limit: pd.Timestamp
@@ -902,14 +900,17 @@ def _parse_date_strings(values: pd.Series, *, dayfirst: bool, limit: pd.Timestam
         parsed[serial] = pd.Timestamp(SERIAL_DATE_EPOCH) + pd.to_timedelta(days, unit="D")
     parsed, reason, late = _plausible(parsed, limit)
     serial &= parsed.notna().to_numpy()
-    parts = values.str.extract(_DAY_MONTH).astype("float64")
-    first, second = (1, 0) if dayfirst else (0, 1)
-    swapped = ((parts[first] > 12) & (parts[second] <= 12) & parsed.isna()).to_numpy()
-    reason[swapped] = (
-        "unparseable date (looks month-first: drop dayfirst)" if dayfirst
-        else "unparseable date (looks day-first: use dayfirst)"
-    )
-    reason[parsed.notna().to_numpy()] = ""
+    failed = parsed.isna().to_numpy()
+    if failed.any():  # a day and month the other way round, among the dates not read
+        parts = values[failed].str.extract(_DAY_MONTH).astype("float64")
+        first, second = (1, 0) if dayfirst else (0, 1)
+        swapped = np.zeros(len(values), dtype=bool)
+        swapped[failed] = ((parts[first] > 12) & (parts[second] <= 12)).to_numpy()
+        reason[swapped] = (
+            "unparseable date (looks month-first: drop dayfirst)" if dayfirst
+            else "unparseable date (looks day-first: use dayfirst)"
+        )
+    reason[~failed] = ""
     return parsed.to_numpy(), reason, late, serial
 
 
