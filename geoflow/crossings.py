@@ -237,9 +237,10 @@ def haversine_km(a_lonlat: np.ndarray, b_lonlat: np.ndarray) -> np.ndarray:
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
 
 
-def _factorize_points(lonlat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Codes and distinct rows of an ``(n, 2)`` array (hash-based, keeps first-seen order)."""
-    codes, uniques = pd.factorize(lonlat[:, 0] + 1j * lonlat[:, 1])
+def _factorize_points(lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of the points (``lon``, ``lat``) and their distinct ``(k, 2)`` lon, lat
+    (hash-based, keeps first-seen order)."""
+    codes, uniques = pd.factorize(lon + 1j * lat)
     return codes, np.column_stack([uniques.real, uniques.imag])
 
 
@@ -264,33 +265,36 @@ def choose_ports(
     ['2402']
     """
     ports = _ports() if ports is None else ports
-    best = _choose_index(dealer_lonlat, recovery_lonlat, ports, tier_penalty_km)
+    dealer = np.asarray(dealer_lonlat, dtype=float).reshape(-1, 2)
+    recovery = np.asarray(recovery_lonlat, dtype=float).reshape(-1, 2)
+    best = _choose_index((*dealer.T, *recovery.T), ports, tier_penalty_km)
     codes = ports["code"].astype(str).to_numpy()
     return np.where(best >= 0, codes[best], None).astype(object)
 
 
 def _choose_index(
-    dealer_lonlat: np.ndarray,
-    recovery_lonlat: np.ndarray,
+    coordinates: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     ports: pd.DataFrame,
     tier_penalty_km: dict[str, float] | None,
 ) -> np.ndarray:
     """Row index into ``ports`` of each row's modelled port (-1 where a coordinate is
-    missing)."""
+    missing). ``coordinates``: the dealers' lon and lat, the recoveries' lon and lat, one
+    array each (no ``(n, 2)`` copies of a million points)."""
     port_xy = np.column_stack([ports.geometry.x.to_numpy(), ports.geometry.y.to_numpy()])
     penalties = TIER_PENALTY_KM if tier_penalty_km is None else tier_penalty_km
     if "tier" in ports.columns:
         penalty = ports["tier"].astype(str).map(penalties).fillna(0.0).to_numpy(dtype=float)
     else:
         penalty = np.zeros(len(ports))
-    dealer = np.asarray(dealer_lonlat, dtype=float).reshape(-1, 2)
-    recovery = np.asarray(recovery_lonlat, dtype=float).reshape(-1, 2)
-    out = np.full(len(dealer), -1, dtype=np.intp)
-    valid = np.isfinite(dealer).all(axis=1) & np.isfinite(recovery).all(axis=1)
+    d_lon, d_lat, r_lon, r_lat = (np.asarray(c, dtype=float) for c in coordinates)
+    out = np.full(len(d_lon), -1, dtype=np.intp)
+    valid = np.isfinite(d_lon) & np.isfinite(d_lat) & np.isfinite(r_lon) & np.isfinite(r_lat)
     if not valid.any():
         return out
-    d_code, d_unique = _factorize_points(dealer[valid])
-    r_code, r_unique = _factorize_points(recovery[valid])
+    if not valid.all():
+        d_lon, d_lat, r_lon, r_lat = (c[valid] for c in (d_lon, d_lat, r_lon, r_lat))
+    d_code, d_unique = _factorize_points(d_lon, d_lat)
+    r_code, r_unique = _factorize_points(r_lon, r_lat)
     to_port = haversine_km(d_unique[:, None, :], port_xy[None, :, :]) + penalty
     from_port = _mexican_leg_km(port_xy, ports, r_unique)
     pair_code, pairs = pd.factorize(d_code.astype(np.int64) * len(r_unique) + r_code)
@@ -353,12 +357,14 @@ def assign_crossings(records: pd.DataFrame, ports: pd.DataFrame | None = None) -
         out[c].to_numpy(dtype=float, na_value=np.nan) if c in out.columns else np.full(n, np.nan)
         for c in ("dealer_lon", "dealer_lat", "recovery_lon", "recovery_lat")
     ]
-    todo = (known < 0) & np.isfinite(np.column_stack(coords)).all(axis=1)
+    todo = known < 0
+    for column in coords:
+        todo &= np.isfinite(column)
     port = known.copy()
-    if todo.any():
-        dealer = np.column_stack(coords[:2])[todo]
-        recovery = np.column_stack(coords[2:])[todo]
-        port[todo] = _choose_index(dealer, recovery, ports, None)
+    if todo.all():  # no record names its port: every one is modelled, no copy of the points
+        port = _choose_index(tuple(coords), ports, None)
+    elif todo.any():
+        port[todo] = _choose_index(tuple(c[todo] for c in coords), ports, None)
     kind = np.where(known >= 0, 0, np.where(todo & (port >= 0), 1, -1))
     # categoricals over the ports used: no text per record
     out["crossing_code"] = categorical_take(ports["code"].astype(str), port)
