@@ -775,9 +775,20 @@ def _text_bytes(array: pa.ChunkedArray) -> int:
     total = 0
     for chunk in array.chunks:
         if len(chunk):
-            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)
-            total += int(offsets[chunk.offset + len(chunk)] - offsets[chunk.offset])
+            offsets, _ = text_parts(chunk)
+            total += int(offsets[-1] - offsets[0])
     return total
+
+
+def text_parts(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, data)`` of a ``large_string`` array, straight from Arrow's buffers (no
+    Python string): value ``i`` is ``data[offsets[i]:offsets[i + 1]]`` (one more offset than
+    values; ``data``, the whole buffer as uint8, is empty when no value has a byte)."""
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[
+        text.offset:text.offset + len(text) + 1]
+    buffer = text.buffers()[2]  # None when every text is empty
+    data = np.frombuffer(buffer, dtype=np.uint8) if buffer is not None else np.empty(0, np.uint8)
+    return offsets, data
 
 
 def _problem_rows(mask: pd.Series, lines: np.ndarray, column: str, reason: Any) -> pd.DataFrame:
@@ -1064,14 +1075,12 @@ def distinct_by_hash(text: pa.Array | pa.ChunkedArray) -> bool:
         return text.null_count == 0
     if text.null_count:
         return False
-    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset:text.offset + n + 1]
+    offsets, data = text_parts(text)
     lengths = np.diff(offsets)
     longest = int(lengths.max())
     if longest > _HASHED_BYTES:
         return False
-    buffer = text.buffers()[2]
-    data = (np.frombuffer(buffer, dtype=np.uint8)[offsets[0]:offsets[-1]] if buffer is not None
-            else np.empty(0, dtype=np.uint8))
+    data = data[offsets[0]:offsets[-1]]
     words = max(-(-longest // 8), 1)
     padded = np.zeros((n, 8 * words), dtype=np.uint8)  # each text, zero-padded to whole words
     if (lengths == longest).all():

@@ -480,9 +480,10 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None,
             records = records.assign(purchaser_id=ids["purchaser_id"],
                                      possessor_id=ids["possessor_id"], dealer_id=dealt.result())
             del ids
-            # the columns in their order as before (the ids ahead of the placing's)
-            records = records[list(dict.fromkeys(
-                [*read_columns, "purchaser_id", "possessor_id", "dealer_id", *placing]))]
+            # the columns in their order as before, the ids ahead of the placing's (no input
+            # column has an id's name: the reader keeps those as <name>_input)
+            records = records[[*read_columns, "purchaser_id", "possessor_id", "dealer_id",
+                               *placing]]
     return PreparedRecords(records=records, rejects=rejects, geocode_report=report,
                            source=read_source, timings=timings, options=options, memory=memory,
                            warnings=warnings, warning_counts=warning_counts)

@@ -51,6 +51,7 @@ from geoflow.aggregate import (
 )
 from geoflow.digests import hmac_sha256
 from geoflow.errors import ConfigError
+from geoflow.io import text_parts
 from geoflow.processes import usable_cpus
 
 __all__ = [
@@ -258,7 +259,7 @@ class _Hashers:
         offsets, data = _utf8_parts(names)
         return self._range(offsets, data, 0, len(names))
 
-    def _range(self, offsets: np.ndarray, data: memoryview, lo: int, hi: int) -> bytes:
+    def _range(self, offsets: np.ndarray, data: np.ndarray, lo: int, hi: int) -> bytes:
         """The digests of names ``lo:hi`` of :func:`_utf8_parts`, made in this process (the
         children's own loop: :func:`geoflow.digests.digests_of`)."""
         return digests.digests_of(self.digest, np.diff(offsets[lo:hi + 1]).tolist(),
@@ -274,7 +275,7 @@ class _Hashers:
                 self._give_up(exc)
         return _as_digests(self._range(offsets, data, 0, len(offsets) - 1))
 
-    def _shared(self, offsets: np.ndarray, data: memoryview) -> bytes:
+    def _shared(self, offsets: np.ndarray, data: np.ndarray) -> bytes:
         bounds = np.linspace(0, len(offsets) - 1, len(self.children) + 1).astype(np.int64)
         spans = list(zip(self.children, bounds[:-1], bounds[1:], strict=True))
         for child, lo, hi in spans:
@@ -292,14 +293,10 @@ class _Hashers:
         return b"".join(shares)
 
 
-def _utf8_parts(names: pd.Series) -> tuple[np.ndarray, memoryview]:
+def _utf8_parts(names: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """``(offsets, data)``: the UTF-8 bytes of ``names`` end to end and where each starts
-    (one more offset than names), straight from Arrow's buffers (no Python string)."""
-    text = arrow_text(names).cast(pa.large_string())
-    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[
-        text.offset:text.offset + len(text) + 1]
-    buffer = text.buffers()[2]  # None when every text is empty
-    return offsets, memoryview(buffer) if buffer is not None else memoryview(b"")
+    (:func:`geoflow.io.text_parts`)."""
+    return text_parts(arrow_text(names).cast(pa.large_string()))
 
 
 def _as_digests(data: bytes) -> np.ndarray:
