@@ -59,6 +59,7 @@ from geoflow.io import (
     warning_key,
 )
 from geoflow.privacy import arrow_text
+from geoflow.readahead import CHUNKED_MIN_BYTES  # CSV inputs from this size up
 
 __all__ = [
     "CHUNK_BYTES",
@@ -75,8 +76,6 @@ __all__ = [
 
 #: Bytes of CSV text per chunk (about 1,000,000 sample records).
 CHUNK_BYTES = 256 << 20
-#: CSV inputs at least this large are read in chunks unless told otherwise.
-CHUNKED_MIN_BYTES = 1 << 30
 #: Record columns no analysis reads and that are (nearly) unique per record: dropped from
 #: placed records before collapsing (unplaced records keep them for ``unplaced.csv``).
 DROPPED = ("trace_id", "serial_number", "manufacturer", "model", "caliber", "dealer_address",

@@ -371,17 +371,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
     """
     from pathlib import Path
 
-    from geoflow.aggregate import plural
-    from geoflow.export import check_output_dir
-    from geoflow.pipeline import (
-        ANALYSED_COLUMNS,
-        MAP_PROCESS_BYTES,
-        MAP_PROCESS_ROWS,
-        analyse,
-        preload_map_modules,
-        write_outputs,
-    )
-    from geoflow.processes import READY_WAIT, MapProcess, usable_cpus
+    from geoflow import readahead
 
     if jobs is not None and not per:
         raise click.UsageError("--jobs sets the batch's worker processes: use it with --per")
@@ -394,6 +384,22 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         raise click.UsageError("--format and --excel apply to a single run, not to --per "
                                "batches (each entity folder has flowmap/ and geoflow.gpkg)")
     source = _input_path(input_path, sample)
+    if not per and options.get("chunk_mb") is None:
+        # a large file is read and hashed on a thread while the modules below are imported
+        readahead.read_ahead(source)
+
+    from geoflow.aggregate import plural
+    from geoflow.export import check_output_dir
+    from geoflow.pipeline import (
+        ANALYSED_COLUMNS,
+        MAP_PROCESS_BYTES,
+        MAP_PROCESS_ROWS,
+        analyse,
+        preload_map_modules,
+        write_outputs,
+    )
+    from geoflow.processes import READY_WAIT, MapProcess, usable_cpus
+
     out = Path(out_dir) if out_dir else Path("maps") / ("sample" if sample else Path(source).stem)
     check_output_dir(out, force=force)  # refuse a foreign folder before any work
     given = {name: options.pop(name) for name in LOOK_PARAMS}

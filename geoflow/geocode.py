@@ -822,6 +822,8 @@ def geocode_traces(records: pd.DataFrame, *, geocoder: Geocoder | None = None,
     lines = (records["source_line"].to_numpy() if "source_line" in records.columns
              else np.arange(len(records)) + 2)
     reports = []
+    # one geocoder for both roles: the offline one builds its look-up tables once
+    geocoder = geocoder or _default_geocoder()
     for role in ("dealer", "recovery"):
         # geocode each distinct (city, state, zip or country, lat, lon) once, then spread the
         # answers to the records by their group code: no per-record string work

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from geoflow import schema
+from geoflow import readahead, schema
 from geoflow.errors import InputError, SchemaError
 
 __all__ = [
@@ -237,7 +237,10 @@ def read_traces(
     path = Path(path)
     user_map = schema.validate_column_map(column_map)
     from_caller = data is not None
-    data = _read_bytes(path) if data is None else data
+    # ``geoflow run`` may have read (and hashed) a large file while it imported its modules
+    ahead = None if from_caller else readahead.take(path)
+    if not from_caller:
+        data = _read_bytes(path) if ahead is None else ahead[0]
     fmt = _detect_format(path, data)
     if sheet is not None and fmt != "xlsx":
         raise InputError(f"a sheet ({sheet!r}) was given but this is a {fmt.upper()} file, "
@@ -247,7 +250,7 @@ def read_traces(
     # 0.3 s per 250 MB); a chunk's caller hashes the whole file (geoflow.chunked), not each
     # chunk again
     with ThreadPoolExecutor(1) as pool:
-        digest = None if from_caller else pool.submit(hashlib.sha256, data)
+        digest = None if from_caller or ahead is not None else pool.submit(hashlib.sha256, data)
         if fmt == "csv":
             # a chunk after a large CSV's first starts with its header: no lines above it
             above, title = _title_lines(data, encoding, _header_test(user_map))
@@ -257,8 +260,9 @@ def read_traces(
             table = _read_xlsx(data, path, sheet=sheet, is_header=_header_test(user_map))
         else:
             table = _read_parquet(data, path)
-        sha256 = None if digest is None else digest.result().hexdigest()
-    del data  # the file's bytes are parsed: not held while the records are cleaned
+        sha256 = (ahead[1] if ahead is not None
+                  else None if digest is None else digest.result().hexdigest())
+    del data, ahead  # the file's bytes are parsed: not held while the records are cleaned
 
     table = replace(table, frame=_drop_empty_unnamed(table.frame))
     headers = [str(c) for c in table.frame.columns]
