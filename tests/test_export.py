@@ -398,8 +398,20 @@ def test_flows_without_line_objects_write_the_same_geoparquet_as_geopandas(
     write_flows_parquet(bare, tmp_path / "groups.parquet")
     export._plain_text(lines).to_parquet(tmp_path / "lines_groups.parquet", index=False,
                                          compression="zstd", schema_version="1.0.0",
-                                         row_group_size=2)
-    assert pq.ParquetFile(tmp_path / "groups.parquet").metadata.num_row_groups == 2
+                                         row_group_size=2,
+                                         write_statistics=export._number_columns(lines))
+    groups = pq.ParquetFile(tmp_path / "groups.parquet").metadata
+    assert groups.num_row_groups == 2
+    # min/max of the numbers, so a reader skips row groups (most guns first) by guns; none of
+    # text or WKB, which would skip nothing
+    columns = {groups.row_group(0).column(i).path_in_schema: groups.row_group(0).column(i)
+               for i in range(groups.num_columns)}
+    assert columns["guns"].statistics.has_min_max
+    assert columns["guns"].statistics.min >= groups.row_group(1).column(
+        list(columns).index("guns")).statistics.max
+    assert columns["dealer_lat"].statistics.has_min_max
+    for text in ("flow_id", "dealer_name", "first_purchase", "geometry"):
+        assert columns[text].statistics is None or not columns[text].statistics.has_min_max
     assert ((tmp_path / "groups.parquet").read_bytes()
             == (tmp_path / "lines_groups.parquet").read_bytes())
     # a GeoPandas without its internal table builder: the same file, through line objects
