@@ -374,6 +374,15 @@ def top_item(
     distinct = np.zeros(n_groups, dtype=np.int64)
     if not keep.any():
         return top, top_count, distinct
+    alone = alone_in_group(group, keep, n_groups)
+    if alone is not None:  # a group's only item is its top: the others are sorted
+        at = group[alone]
+        top[at] = item[alone]
+        top_count[at] = 1 if weights is None else weights[alone]
+        distinct[at] = 1
+        keep &= ~alone
+        if not keep.any():
+            return top, top_count, distinct
     width = np.int64(item.max()) + 1
     parts = -(-int(keep.sum()) // TOP_ITEM_BLOCK)
     for low, high in itertools.pairwise(np.linspace(0, width, parts + 1).astype(np.int64)):
@@ -392,6 +401,24 @@ def _rows_at(at: np.ndarray, *arrays: np.ndarray | None) -> tuple[np.ndarray | N
     if at.all():
         return arrays
     return tuple(None if values is None else values[at] for values in arrays)
+
+
+def alone_in_group(group: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray | None:
+    """The ``rows`` (boolean) that are their group's only one among ``rows`` (groups
+    0..n-1), or None when such rows cannot be a quarter of ``rows``: then sorting the others
+    alone would not pay for this test. A group of one row needs no sort for its top item,
+    median or date span (place-level flows: 522,057 of 995,116 placed records alone in
+    theirs); groups fewer than a quarter of the rows are never tested."""
+    count = int(np.count_nonzero(rows))
+    if n * 4 < count or count == 0:
+        return None
+    codes = group if count == len(rows) else group[rows]
+    if int(codes.min()) < 0 or int(codes.max()) >= n:
+        return None
+    sizes = np.bincount(codes, minlength=n)
+    if int(np.count_nonzero(sizes == 1)) * 4 < count:
+        return None
+    return rows & (sizes[group.clip(0, n - 1)] == 1)
 
 
 def _top_in(g: np.ndarray, i: np.ndarray, weights: np.ndarray | None, n_groups: int,
@@ -470,9 +497,16 @@ def weighted_median(group: np.ndarray, values: np.ndarray, weights: np.ndarray,
     ok = np.isfinite(values) & (weights > 0)
     if not ok.any():
         return out
+    alone = alone_in_group(group, ok, n)
+    if alone is not None:  # a group's only value is its median: the others are sorted
+        out[group[alone]] = values[alone]
+        ok &= ~alone
+        if not ok.any():
+            return out
     codes, distinct = _value_codes(values[ok])
     if n * len(distinct) <= max(ok.sum(), 1 << 16):  # a small (group, value) table
-        return _median_by_value(group[ok], codes, distinct, weights[ok], n)
+        table = _median_by_value(group[ok], codes, distinct, weights[ok], n)
+        return np.where(np.isnan(table), out, table)  # with the groups of one value
     # each group's values in ascending order: the (group, value rank) keys sorted, with the
     # records' weights in the same order
     width, weights = len(distinct), weights[ok]
@@ -613,15 +647,22 @@ def date_span(group: np.ndarray, dates: np.ndarray, n: int) -> tuple[np.ndarray,
     """Earliest and latest of ``dates`` (datetime64[ns], NaT left out) per group 0..n-1;
     NaT for a group without a date."""
     known = ~np.isnat(dates)
+    first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    seen = np.zeros(n, dtype=bool)
+    alone = alone_in_group(group, known, n)
+    if alone is not None:  # a group's only date is its first and last
+        at = group[alone]
+        first[at] = last[at] = dates[alone].view(np.int64)
+        seen[at] = True
+        known &= ~alone
     if known.all():  # no copy of millions of codes and dates
         g, day = group, dates.view(np.int64)
     else:
         g, day = group[known], dates[known].view(np.int64)
-    first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-    last = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
     np.minimum.at(first, g, day)
     np.maximum.at(last, g, day)
-    seen = np.bincount(g, minlength=n) > 0
+    seen |= np.bincount(g, minlength=n) > 0
     nat = np.datetime64("NaT", "ns").view(np.int64)
     return (np.where(seen, first, nat).view("datetime64[ns]"),
             np.where(seen, last, nat).view("datetime64[ns]"))

@@ -688,6 +688,52 @@ def test_top_item_equals_a_groupby_of_the_pairs():
         assert distinct.tolist() == expected_distinct.tolist(), trial
 
 
+def test_groups_of_one_record_give_the_same_tops_medians_and_spans():
+    # place-level flows: most groups hold one record, which is its own top item, median
+    # and date span (no sort); the answers equal pandas' and numpy's over every group
+    import numpy as np
+
+    from geoflow.aggregate import alone_in_group, date_span, top_item, weighted_median
+
+    rng = np.random.default_rng(17)
+    short = 0
+    for trial in range(200):
+        size = int(rng.integers(4, 400))
+        groups = int(size * rng.choice([0.5, 2.0, 3.0]))
+        group = rng.integers(0, groups, size)
+        item = rng.integers(-1, int(rng.choice([3, 50, 5_000_000])), size)
+        weights = rng.integers(0, 4, size) if trial % 2 else None
+        guns = np.ones(size, dtype=np.int64) if weights is None else weights
+        short += alone_in_group(group, item >= 0, groups) is not None
+        frame = pd.DataFrame({"g": group, "i": item, "w": guns})[item >= 0]
+        counts = frame.groupby(["g", "i"])["w"].sum().reset_index()
+        best = counts.sort_values(["g", "w", "i"], ascending=[True, False, True])
+        best = best.drop_duplicates("g").set_index("g")
+        top, top_count, distinct = top_item(group, item, groups, weights)
+        assert top.tolist() == best["i"].reindex(range(groups), fill_value=-1).tolist()
+        assert top_count.tolist() == best["w"].reindex(range(groups), fill_value=0).tolist()
+        assert distinct.tolist() == counts.groupby("g").size().reindex(
+            range(groups), fill_value=0).tolist()
+        values = rng.choice([1.0, 2.0, 7.0, np.nan, 40.0] if trial % 3 else
+                            [0.5, 2.25, np.nan, 1e6], size)
+        ok = np.isfinite(values) & (guns > 0)
+        expected = [np.median(np.repeat(values[ok & (group == g)], guns[ok & (group == g)]))
+                    if (ok & (group == g)).any() else np.nan for g in range(groups)]
+        np.testing.assert_array_equal(weighted_median(group, values, guns, groups), expected,
+                                      err_msg=str(trial))
+        days = rng.integers(0, 3000, size).astype("timedelta64[D]")
+        dates = (np.datetime64("2010-01-01") + days).astype("datetime64[ns]")
+        dates[rng.random(size) < 0.2] = np.datetime64("NaT")
+        first, last = date_span(group, dates, groups)
+        known = pd.Series(dates).notna().to_numpy()
+        span = pd.DataFrame({"g": group[known], "d": dates[known]}).groupby("g")["d"]
+        assert pd.Series(first).equals(span.min().reindex(range(groups)).reset_index(drop=True))
+        assert pd.Series(last).equals(span.max().reindex(range(groups)).reset_index(drop=True))
+    assert short > 100  # most trials took the short path
+    # a grouping with few groups never tests for lone records
+    assert alone_in_group(np.zeros(100, dtype=np.int64), np.ones(100, dtype=bool), 3) is None
+
+
 def test_pair_counts_of_keys_too_large_to_pack_with_positions():
     # keys × records past int64 are ordered by an argsort instead: the same sums
     import numpy as np
