@@ -384,9 +384,9 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         raise click.UsageError("--format and --excel apply to a single run, not to --per "
                                "batches (each entity folder has flowmap/ and geoflow.gpkg)")
     source = _input_path(input_path, sample)
-    if not per and options.get("chunk_mb") is None:
-        # a large file is read and hashed on a thread while the modules below are imported
-        readahead.read_ahead(source)
+    # a large file read whole (32 MB to 1 GB) is read and hashed on a thread while the
+    # modules below are imported
+    whole = not per and options.get("chunk_mb") is None and readahead.read_ahead(source)
 
     from geoflow.aggregate import plural
     from geoflow.export import check_output_dir
@@ -396,6 +396,7 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         MAP_PROCESS_ROWS,
         analyse,
         preload_map_modules,
+        reuse_freed_memory,
         write_outputs,
     )
     from geoflow.processes import READY_WAIT, MapProcess, usable_cpus
@@ -410,6 +411,8 @@ def run_command(input_path: str | None, sample: bool, out_dir: str | None, force
         return
     several = usable_cpus() > 1
     with contextlib.ExitStack() as drawing:
+        if whole:  # before the map's process starts, which takes the same settings
+            drawing.enter_context(reuse_freed_memory())
         # a large run's map is drawn by a process of its own, beside the data files; for a
         # large input it starts now and imports the map's modules on what the read and the
         # analysis leave of the CPUs

@@ -308,11 +308,8 @@ def release_memory() -> None:
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-        except OSError:  # not glibc (musl …): nothing to trim
-            return
+    libc = _glibc()
+    if libc is not None:  # not glibc (musl …): nothing to trim
         libc.malloc_trim(0)
 
 
@@ -326,16 +323,60 @@ LARGE_ALLOCATION_BYTES = 32 << 20
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
+#: With :data:`LARGE_ALLOCATION_BYTES` set, glibc hands the free top of its heap back to the
+#: OS only past this much (its default, 128 KiB, frees and faults in again every array a
+#: stage drops and makes); :func:`release_memory` still trims it between stages.
+KEEP_FREED_BYTES = 1 << 30
+_M_TRIM_THRESHOLD = -1  # glibc's malloc.h
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc on Linux (``mallopt``), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl …)
+        return None
+
+
 def page_large_allocations() -> None:
     """Have glibc map every allocation of :data:`LARGE_ALLOCATION_BYTES` or more on its own
     pages for the rest of the process (a large input's run: every large freed array goes
     back to the OS at once, and the smaller ones are reused). Elsewhere a no-op."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-        except OSError:  # not glibc
-            return
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES)
+
+
+#: The same settings for the processes a run starts (glibc reads them as a process starts).
+_MALLOC_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(LARGE_ALLOCATION_BYTES),
+                       "MALLOC_TRIM_THRESHOLD_": str(KEEP_FREED_BYTES)}
+
+
+@contextlib.contextmanager
+def reuse_freed_memory() -> Iterator[None]:
+    """While a large input read whole is analysed: glibc serves what is smaller than
+    :data:`LARGE_ALLOCATION_BYTES` from memory freed earlier, keeping up to
+    :data:`KEEP_FREED_BYTES` of it (:func:`release_memory` still trims between stages),
+    instead of fresh zeroed pages for each array and the page faults they cost; so do the
+    processes started meanwhile (the map's, the pseudonyms' helpers), through ``MALLOC_*``
+    in their environment, restored on leaving. This process keeps the settings. A user's
+    own ``MALLOC_*`` settings win; elsewhere than glibc, nothing changes. 1M records, ten
+    alternated runs: 6.42 -> 6.16 s, 11.5 -> 11.0 s of CPU, 723k -> 658k page faults, the
+    same peak (~1,140 MB)."""
+    libc = _glibc()
+    if libc is None or any(name in os.environ for name in _MALLOC_ENVIRONMENT):
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES)
+    libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES)
+    os.environ.update(_MALLOC_ENVIRONMENT)
+    try:
+        yield
+    finally:
+        for name in _MALLOC_ENVIRONMENT:
+            os.environ.pop(name, None)
 
 
 @contextlib.contextmanager
