@@ -27,11 +27,18 @@ Usage::
     python scripts/bench.py --size 1m --chunk-mb 64   # the chunked path (geoflow.chunked)
 
 CSVs of 1 GB or more (the 10M file) are read in chunks anyway: 256 MB unless ``--chunk-mb``.
+
+geoflow's bytecode is compiled first (``compileall``), as ``pip install`` compiles an
+installed package's: run from a checkout where Python writes none (``PYTHONDONTWRITEBYTECODE``,
+set on the machine the figures come from), each run compiled the modules changed since the
+last compilation again (31 modules: 0.24 s; 1M runs, six alternated: 6.39 s against 6.27 s
+compiled), a cost no installed geoflow pays.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -152,6 +159,7 @@ def main() -> None:
                         help="read in chunks of this many MB (geoflow run --chunk-mb)")
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
+    compileall.compile_dir(ROOT / "geoflow", quiet=1)  # as pip does for an installed package
     for size in args.size:
         path = _input(args.data.resolve(), size)
         with tempfile.TemporaryDirectory(prefix="geoflow-bench-") as tmp:
