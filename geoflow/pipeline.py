@@ -331,8 +331,10 @@ KEEP_FREED_BYTES = 1 << 30
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc() -> ctypes.CDLL | None:
-    """The C library when it is glibc on Linux (``mallopt``), else None."""
+    """The C library when it is glibc on Linux (``mallopt``), else None; loaded once (each
+    stage's :func:`release_memory` and a large run's settings share it)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
