@@ -73,7 +73,6 @@ import shapely
 
 from geoflow.aggregate import (
     first_rows,
-    first_seen_codes,
     plural,
     positions_in,
     python_values,
@@ -560,7 +559,7 @@ def _far_ends(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
 def side_legs(flows: pd.DataFrame, side: str, level: str) -> pd.DataFrame:
     """One row per (far end, port, route kind) with summed guns, largest first: the end's
     and the port's name and point from the group's first flow, the end's point averaged."""
-    return _legs_from_ends(flows, _ends(flows, side, level))
+    return _legs_from_ends(flows, _ends(flows, side, level), _routes(flows))
 
 
 def _placed_ends(ends: pd.DataFrame) -> np.ndarray:
@@ -569,18 +568,33 @@ def _placed_ends(ends: pd.DataFrame) -> np.ndarray:
     return np.flatnonzero(np.isfinite(lon) & np.isfinite(lat))
 
 
-def _legs_from_ends(flows: pd.DataFrame, ends: pd.DataFrame) -> pd.DataFrame:
-    """:func:`side_legs` from the far ends of the flows at one level. Arrays throughout, the
-    table made once in its order (a batch entity sums its legs at two or three levels)."""
+def _routes(flows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per flow, a code for its port (first seen) and whether its route is known: what a leg
+    is summed by besides its far end, the same for every side and level (read once)."""
+    ports = pd.factorize(_text(flows["crossing_code"]).array)[0]
+    known = pc.equal(pa.array(_text(flows["route_kind"]).array), "known")
+    return ports.astype(np.int64), known.to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _key_codes(ends: pd.DataFrame) -> np.ndarray:
+    """A code (≥ 0) per far end (``ends["key"]``), first seen first."""
+    return pd.factorize(ends["key"].array, use_na_sentinel=False)[0].astype(np.int64)
+
+
+def _legs_from_ends(flows: pd.DataFrame, ends: pd.DataFrame,
+                    routes: tuple[np.ndarray, np.ndarray], keys: np.ndarray | None = None
+                    ) -> pd.DataFrame:
+    """:func:`side_legs` from the far ends of the flows at one level, the flows' ``routes``
+    (:func:`_routes`) and the ends' ``keys`` (:func:`_key_codes`, made here when None).
+    Arrays throughout, texts taken only for the legs' first flows, the table made once in
+    its order (a batch entity sums its legs at two or three levels)."""
     lon, lat = ends["lon"].to_numpy(dtype=float), ends["lat"].to_numpy(dtype=float)
     rows = _placed_ends(ends)
-    key = ends["key"].array.take(rows)
-    port = _text(flows["crossing_code"]).array.take(rows)
-    kind = pd.arrays.ArrowStringArray(pc.if_else(
-        pc.equal(pa.array(_text(flows["route_kind"]).array.take(rows)), "known"),
-        "known", "modelled"))
-    # numpy: no groupby per leg table
-    group = first_seen_codes([pd.Series(values, copy=False) for values in (key, port, kind)])
+    ports, known = routes
+    keys = _key_codes(ends) if keys is None else keys
+    # (far end, port, route) as one number, numbered as first seen: numpy, no groupby
+    combined = (keys[rows] * (int(ports.max(initial=0)) + 1) + ports[rows]) * 2 + known[rows]
+    group = pd.factorize(combined)[0].astype(np.int64)
     n = int(group.max()) + 1 if len(group) else 0
     first = first_rows(group, n)
     sizes = np.bincount(group, minlength=n)
@@ -591,14 +605,15 @@ def _legs_from_ends(flows: pd.DataFrame, ends: pd.DataFrame) -> pd.DataFrame:
         return base + np.bincount(group, weights=values - base[group], minlength=n) / sizes
 
     guns = np.bincount(group, weights=_guns(flows["guns"].to_numpy())[rows], minlength=n)
+    key = ends["key"].array.take(rows[first])
     # keys ranked in Arrow (UTF-8 byte order is code point order, as Python sorts text)
-    key_rank = pd.factorize(key.take(first), sort=True)[0]
+    key_rank = pd.factorize(key, sort=True)[0]
     order = np.lexsort((key_rank, -guns))
-    chosen = first[order]  # each leg's first flow, among the placed ones
-    at = rows[chosen]  # and among all flows
+    at = rows[first[order]]  # each leg's first flow (the first placed one)
     return pd.DataFrame({
-        "key": key.take(chosen), "port_code": port.take(chosen),
-        "route_kind": kind.take(chosen),
+        "key": key.take(order), "port_code": _text(flows["crossing_code"]).array.take(at),
+        "route_kind": pd.arrays.ArrowStringArray(pa.array(
+            np.where(known[at], "known", "modelled"), pa.string())),
         "name": ends["name"].array.take(at),
         "lon": mean(lon)[order], "lat": mean(lat)[order],
         "port_name": _text(flows["crossing_name"]).array.take(at),
@@ -613,16 +628,22 @@ def choose_level(flows: pd.DataFrame, side: str, budget: int) -> str:
     return _chosen_legs(flows, side, budget)[0]
 
 
-def _chosen_legs(flows: pd.DataFrame, side: str, budget: int) -> tuple[str, pd.DataFrame]:
-    """:func:`choose_level` and the legs at that level (summed once)."""
+def _chosen_legs(flows: pd.DataFrame, side: str, budget: int,
+                 routes: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> tuple[str, pd.DataFrame]:
+    """:func:`choose_level` and the legs at that level (summed once); ``routes``: the
+    flows' :func:`_routes`, when the caller has them."""
+    routes = _routes(flows) if routes is None else routes
     for level in ("place", "town") if side == "us" else ("place",):
         ends = _ends(flows, side, level)
-        if ends["key"].iloc[_placed_ends(ends)].nunique() > budget:
+        keys = _key_codes(ends)
+        placed = keys[_placed_ends(ends)]
+        if np.count_nonzero(np.bincount(placed)) > budget:
             continue  # more far ends than legs allowed: the legs need not be summed
-        legs = _legs_from_ends(flows, ends)
+        legs = _legs_from_ends(flows, ends, routes, keys)
         if len(legs) <= budget:
             return level, legs
-    return "state", side_legs(flows, side, "state")
+    return "state", _legs_from_ends(flows, _ends(flows, side, "state"), routes)
 
 
 def _split_budget(guns: tuple[np.ndarray, np.ndarray], total: int) -> tuple[int, int]:
@@ -731,7 +752,8 @@ def _legs(flows: pd.DataFrame, options: MapOptions, colour: str) -> tuple[
                          "left out.")
         flows = flows[~small]
     half = max(options.max_legs // 2, 1)
-    chosen = {side: _chosen_legs(flows, side, half) for side in ("us", "mx")}
+    routes = _routes(flows)
+    chosen = {side: _chosen_legs(flows, side, half, routes) for side in ("us", "mx")}
     levels = {side: level for side, (level, _) in chosen.items()}
     tables = {side: legs for side, (_, legs) in chosen.items()}
     budgets = dict(zip(("us", "mx"), _split_budget(
