@@ -518,8 +518,9 @@ def standardise_traces(
     produced = set(schema.DERIVED_COLUMNS)
     frame = frame.rename(columns={c: f"{c}_input" for c in frame.columns if c in produced})
     for column in schema.CANONICAL_COLUMNS:
-        if column not in frame.columns:
-            frame[column] = pd.Series(np.nan, index=frame.index, dtype="str")
+        if column not in frame.columns:  # all empty: Arrow nulls, no value per row to convert
+            frame[column] = pd.Series(pd.array(pa.nulls(len(frame), pa.large_string()),
+                                               dtype="str"), index=frame.index)
 
     def label(column: str) -> str:
         return raw_names.get(column, column)
@@ -1070,36 +1071,51 @@ def distinct_by_hash(text: pa.Array | pa.ChunkedArray) -> bool:
     """True when no two of ``text``'s values are equal, told from a 64-bit hash of each (a
     sort of numbers, not a hash table of texts); False when some hashes repeat (equal
     values, or rarely two that collide), a value is null, or one is longer than
-    :data:`_HASHED_BYTES`: the caller then compares the texts."""
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
-    text = text.cast(pa.large_string())
+    :data:`_HASHED_BYTES`: the caller then compares the texts.
+
+    A chunked array (the reader's: a chunk per block parsed) is hashed a chunk at a time,
+    with no joined copy of its texts: small working arrays, reused from chunk to chunk,
+    instead of whole-column ones on memory fresh from the OS (a million trace ids in a
+    run, the first call: 0.17 -> 0.03-0.04 s)."""
     n = len(text)
     if n < 2:
         return text.null_count == 0
     if text.null_count:
         return False
-    offsets, data = text_parts(text)
-    lengths = np.diff(offsets)
-    longest = int(lengths.max())
+    longest = pc.max(pc.binary_length(text)).as_py()
     if longest > _HASHED_BYTES:
         return False
+    words = max(-(-longest // 8), 1)  # the same for every chunk: equal texts hash equal
+    hashes = np.empty(n, dtype=np.uint64)
+    done = 0
+    for chunk in text.chunks if isinstance(text, pa.ChunkedArray) else [text]:
+        if len(chunk):
+            offsets, data = text_parts(chunk.cast(pa.large_string()))
+            _hash_texts(offsets, data, words, hashes[done:done + len(chunk)])
+            done += len(chunk)
+    hashes.sort()
+    return not (hashes[1:] == hashes[:-1]).any()
+
+
+def _hash_texts(offsets: np.ndarray, data: np.ndarray, words: int, out: np.ndarray) -> None:
+    """Into ``out``, a 64-bit hash of each text of ``offsets`` and ``data``
+    (:func:`text_parts`): its length, then each of its ``words`` 8-byte words, zero-padded,
+    mixed in (multiply, xor-shift)."""
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)
     data = data[offsets[0]:offsets[-1]]
-    words = max(-(-longest // 8), 1)
     padded = np.zeros((n, 8 * words), dtype=np.uint8)  # each text, zero-padded to whole words
+    longest = int(lengths.max())
     if (lengths == longest).all():
         padded[:, :longest] = data.reshape(n, longest)
     else:
         rows = np.repeat(np.arange(n), lengths)
         padded[rows, np.arange(len(data)) - np.repeat(offsets[:-1] - offsets[0], lengths)] = data
-    # the length, then each word mixed in (multiply, xor-shift): equal texts hash equal
-    hashes = lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    np.multiply(lengths.astype(np.uint64), np.uint64(0x9E3779B97F4A7C15), out=out)
     for word in padded.view("<u8").T:
-        hashes ^= word
-        hashes *= np.uint64(0xBF58476D1CE4E5B9)
-        hashes ^= hashes >> np.uint64(31)
-    hashes.sort()
-    return not (hashes[1:] == hashes[:-1]).any()
+        out ^= word
+        out *= np.uint64(0xBF58476D1CE4E5B9)
+        out ^= out >> np.uint64(31)
 
 
 def warning_counts(warnings: pd.DataFrame) -> dict[str, int]:

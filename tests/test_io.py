@@ -510,6 +510,25 @@ def test_distinct_by_hash_over_many_ids_and_a_slice():
     assert distinct_by_hash(repeated.slice(0, len(repeated) - 1))
 
 
+def test_distinct_by_hash_chunk_by_chunk_sees_repeats_across_chunks():
+    """Chunks are hashed one at a time with the longest text of all: a repeat in another
+    chunk, whose own texts are shorter, is still a repeat; empty chunks are skipped."""
+    import pyarrow as pa
+
+    short = ["ab", "cd"]
+    long_ = ["x" * 20, "ab"]  # "ab" again, beside a text of three words
+    repeated = pa.chunked_array([short, [], long_], type=pa.string())
+    assert not distinct_by_hash(repeated)
+    assert not distinct_by_hash(repeated.combine_chunks())
+    distinct = pa.chunked_array([short, [], ["x" * 20, "ef"]], type=pa.large_string())
+    assert distinct_by_hash(distinct)
+    assert distinct_by_hash(distinct.combine_chunks())
+    # a slice: the first chunk's offsets do not start at 0
+    sliced = pa.chunked_array([["zz", "ab", "cd"], long_]).slice(1)
+    assert not distinct_by_hash(sliced)
+    assert distinct_by_hash(sliced.slice(0, 3))
+
+
 def test_without_trace_numbers_duplicates_are_serial_date_and_dealer(tmp_path):
     header = HEADER[1:]
     rows = [r[1:] for r in _rows()[:3]]
