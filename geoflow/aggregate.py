@@ -707,6 +707,8 @@ def first_seen_codes(keys: list[pd.Series]) -> np.ndarray:
             key = key.iloc[rows]
         if isinstance(key.dtype, pd.CategoricalDtype):  # NA (−1) becomes 0
             own, size = key.cat.codes.to_numpy().astype(np.int64) + 1, len(key.cat.categories) + 1
+        elif not key.count():  # no value at all (coordinates of a file that gives none)
+            continue  # one value for every row: it parts no rows
         else:
             own, uniques = pd.factorize(key, use_na_sentinel=False)
             size = max(len(uniques), 1)

@@ -592,8 +592,9 @@ def standardise_traces(
     for column in schema.DATE_COLUMNS:
         parsed, bad, reason, late, serial = _parse_dates(records[column], dayfirst=dayfirst,
                                                          limit=limit)
-        future |= late
-        if serial.any():
+        if late is not None:
+            future |= late
+        if serial is not None and serial.any():
             warning_frames.append(pd.DataFrame({
                 "line": kept_lines[serial], "column": label(column),
                 "value": records.loc[serial, column].astype("str").to_numpy(),
@@ -853,9 +854,11 @@ def reads_day_first(frame: pd.DataFrame) -> tuple[bool, str]:
 
 
 def _parse_dates(values: pd.Series, *, dayfirst: bool, limit: pd.Timestamp
-                 ) -> tuple[pd.Series, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 ) -> tuple[pd.Series, np.ndarray, np.ndarray | None, np.ndarray | None,
+                            np.ndarray | None]:
     """Parse a date column; return (datetime64[ns] series, bad mask, reason per row, future
-    mask, mask of dates read from a spreadsheet's serial day number).
+    mask, mask of dates read from a spreadsheet's serial day number). The last three are
+    None when no row has one (the common column: no per-row array of reasons to build).
 
     Each distinct string is parsed once, with explicit formats tried in order (vectorised),
     never ``dateutil`` guessing per cell. One rule for dates that cannot be right: a date on
@@ -877,10 +880,14 @@ def _parse_dates(values: pd.Series, *, dayfirst: bool, limit: pd.Timestamp
         """Each record's value, by its code; an empty cell (−1) takes ``missing``, put last."""
         return np.append(per_distinct, np.array([missing], dtype=per_distinct.dtype))[codes]
 
+    def where_any(per_distinct: np.ndarray, missing: object) -> np.ndarray | None:
+        return per_record(per_distinct, missing) if per_distinct.any() else None
+
     parsed = per_record(distinct.astype("datetime64[ns]"), np.datetime64("NaT"))
-    bad = per_record(np.isnat(distinct), False)  # a cell with text that gave no date
-    return (pd.Series(parsed, index=values.index), bad, per_record(reasons, ""),
-            per_record(lates, False), per_record(serials, False))
+    failed = np.isnat(distinct)  # a distinct text that gave no date
+    return (pd.Series(parsed, index=values.index), per_record(failed, False),
+            per_record(reasons, "") if failed.any() else None, where_any(lates, False),
+            where_any(serials, False))
 
 
 def _plausible(parsed: pd.Series, limit: pd.Timestamp

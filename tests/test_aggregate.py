@@ -557,6 +557,22 @@ def test_recovery_codes_number_places_as_a_groupby_in_first_seen_order():
         assert recovery_codes(frame).tolist() == expected.tolist(), trial
 
 
+def test_first_seen_codes_pass_over_keys_without_any_value():
+    # a file without coordinates: its all-empty latitude and longitude part no rows, and are
+    # not hashed; the codes stay a groupby's
+    import numpy as np
+
+    from geoflow.aggregate import first_seen_codes
+
+    rng = np.random.default_rng(5)
+    text = _random_text(rng, ["x", "y", None], 60)
+    empty_text = pd.Series([None] * 60, dtype="str")
+    for keys in ([text, pd.Series(np.full(60, np.nan)), empty_text, text.str.upper()],
+                 [pd.Series(np.full(60, np.nan)), empty_text],
+                 [empty_text.astype("category"), text]):
+        assert first_seen_codes(keys).tolist() == _pandas_ngroup(keys).tolist()
+
+
 def test_first_seen_codes_number_rows_as_a_groupby_over_several_keys():
     # the flows' and layers' group codes, one key at a time: the same numbers as pandas'
     # grouper (first appearance, NA a value), for categorical, text, float and int keys
