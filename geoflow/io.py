@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -192,6 +192,7 @@ def read_traces(
     sheet: str | int | None = None,
     data: bytes | None = None,
     seen: SeenRecords | None = None,
+    categorical: Collection[str] = (),
 ) -> ReadResult:
     """Read a trace file (CSV, XLSX or Parquet) into canonical records plus rejects.
 
@@ -220,6 +221,11 @@ def read_traces(
     seen
         Records of earlier chunks: a record repeating one of them is flagged
         ``flag_duplicate`` like a repeat within the chunk (:class:`SeenRecords`).
+    categorical
+        Canonical text columns (dealers, places, ports …) to return as categoricals, their
+        categories sorted, when at most :data:`~geoflow.schema.COMPACT_RATIO` of the values
+        are distinct (else as text, like the others). Each distinct text is cleaned once
+        rather than each cell (:func:`standardise_traces`).
 
     Raises
     ------
@@ -289,7 +295,7 @@ def read_traces(
                                       "reason": [DAY_FIRST_DETECTED]})
     records, rejects, warnings, counts = standardise_traces(
         raw.pop(), lines=table.lines, raw_names=raw_names, dayfirst=dayfirst, today=today,
-        seen=seen,
+        seen=seen, categorical=categorical,
     )
     if len(rejects):
         rows = rejects.pop("row").to_numpy()
@@ -498,6 +504,7 @@ def standardise_traces(
     dayfirst: bool = False,
     today: date | str | None = None,
     seen: SeenRecords | None = None,
+    categorical: Collection[str] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """Turn a frame with canonical column names and text cells into canonical records.
 
@@ -507,11 +514,14 @@ def standardise_traces(
     An unparseable coordinate (text) becomes NaN with a warning: the row can still be
     placed from its city. ``lines`` gives each row's source line (default: position + 2);
     ``raw_names`` maps canonical names back to the input headers used in messages; ``seen``
-    holds the records of earlier chunks (see :func:`read_traces`).
+    holds the records of earlier chunks (see :func:`read_traces`). ``categorical``: text
+    columns returned as categoricals when few of their values are distinct (see
+    :func:`read_traces`); ``recovery_country`` is not (its empty cells are filled below).
     """
     lines = np.arange(len(frame)) + 2 if lines is None else np.asarray(lines)
     raw_names = raw_names or {}
-    frame = _clean_columns(frame)
+    categorical = set(categorical) - {"recovery_country"}
+    frame = _clean_columns(frame, categorical=categorical)
     unnamed_empty = [c for c in frame.columns
                      if _UNNAMED.fullmatch(raw_names.get(c, "")) and frame[c].isna().all()]
     frame = frame.drop(columns=unnamed_empty)
@@ -632,13 +642,16 @@ def standardise_traces(
 
     derived = ["source_line", "time_to_crime_days", *schema.FLAG_COLUMNS, schema.COUNT_COLUMN]
     extra = [c for c in records.columns if c not in schema.CANONICAL_COLUMNS and c not in derived]
-    records = records[[*schema.CANONICAL_COLUMNS, *extra, *derived]]
+    records = _few_distinct(records[[*schema.CANONICAL_COLUMNS, *extra, *derived]],
+                            categorical)
     warnings = _capped(warning_frames)
     return records, rejects.reset_index(drop=True), warnings, counts
 
 
-def _clean_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every column through :func:`_clean_text`, as a new frame with a fresh RangeIndex.
+def _clean_columns(frame: pd.DataFrame, *, categorical: Collection[str] = ()) -> pd.DataFrame:
+    """Every column through :func:`_clean_text`, as a new frame with a fresh RangeIndex;
+    Arrow-backed ``categorical`` columns as categoricals (:func:`_clean_categories`), on a
+    thread of their own meanwhile.
 
     A few columns at a time, each raw column let go once cleaned: when the caller keeps no
     reference (read_traces), raw and cleaned text never both exist for the whole table.
@@ -650,17 +663,22 @@ def _clean_columns(frame: pd.DataFrame) -> pd.DataFrame:
     raw = dict(enumerate(frame._ixs(i, axis=1) for i in range(len(names))))
     del frame
     text: dict[int, pd.Series] = {}
-    batch: list[int] = []
-    for i in list(raw):
-        if getattr(raw[i].dtype, "storage", None) != "pyarrow":
-            text[i] = _clean_text(raw.pop(i))
-            continue
-        batch.append(i)
-        if len(batch) * len(index) >= _CLEAN_CELLS:
+    coded = [i for i in raw if names[i] in categorical and len(index)
+             and getattr(raw[i].dtype, "storage", None) == "pyarrow"]
+    with ThreadPoolExecutor(1) as pool:
+        encoded = pool.map(_clean_categories, [raw.pop(i) for i in coded])
+        batch: list[int] = []
+        for i in list(raw):
+            if getattr(raw[i].dtype, "storage", None) != "pyarrow":
+                text[i] = _clean_text(raw.pop(i))
+                continue
+            batch.append(i)
+            if len(batch) * len(index) >= _CLEAN_CELLS:
+                text.update(_clean_arrow_batch([raw.pop(j) for j in batch], batch))
+                batch = []
+        if batch:
             text.update(_clean_arrow_batch([raw.pop(j) for j in batch], batch))
-            batch = []
-    if batch:
-        text.update(_clean_arrow_batch([raw.pop(j) for j in batch], batch))
+        text.update(zip(coded, encoded, strict=True))
     arrays = [text.pop(i) for i in range(len(names))]
     return pd.DataFrame(dict(zip(range(len(names)), arrays, strict=True)), index=index,
                         copy=False).set_axis(names, axis=1)
@@ -743,6 +761,41 @@ def _clean_arrow_text(values: pd.Series) -> pd.Series:
     array = pa.chunked_array(pa.array(values.array)).cast(pa.large_string())
     return pd.Series(pd.array(_clean_arrow_array(array), dtype=values.dtype),
                      index=values.index, name=values.name)
+
+
+def _clean_categories(values: pd.Series) -> pd.Series:
+    """:func:`_clean_arrow_text` of an Arrow-backed column as a categorical (categories
+    sorted, as ``pd.factorize(..., sort=True)`` gives them): its distinct texts are found in
+    one pass (Arrow's ``dictionary_encode``) and cleaned once each, instead of every cell
+    being trimmed and looked up, and then hashed again to make the categorical (a million
+    records' nine key columns: 0.29-0.50 -> 0.15 s of CPU)."""
+    array = pa.chunked_array(pa.array(values.array)).cast(pa.large_string())
+    encoded = pc.dictionary_encode(array, null_encoding="encode").combine_chunks()
+    cleaned = _clean_chunks(pa.chunked_array([encoded.dictionary.cast(pa.large_string())]))
+    # distinct texts that clean alike (" Laredo", "Laredo") become one category
+    at, categories = pd.factorize(pd.Series(pd.array(cleaned, dtype=values.dtype)), sort=True)
+    codes = at[encoded.indices.to_numpy(zero_copy_only=False)]
+    return pd.Series(pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(categories)),
+                     index=values.index, name=values.name)
+
+
+def _few_distinct(records: pd.DataFrame, columns: Collection[str]) -> pd.DataFrame:
+    """``records`` with each categorical of ``columns`` kept as one only when at most
+    :data:`~geoflow.schema.COMPACT_RATIO` of its values are distinct (otherwise text again,
+    as a column of many distinct values is read), without the categories no row kept uses
+    (those of rejected rows)."""
+    changes = {}
+    for column in columns:
+        values = records.get(column)
+        if values is None or not isinstance(values.dtype, pd.CategoricalDtype):
+            continue
+        codes = values.cat.codes.to_numpy()
+        used = np.bincount(codes[codes >= 0], minlength=len(values.cat.categories)) > 0
+        if used.sum() > schema.COMPACT_RATIO * len(values):
+            changes[column] = values.astype("str")
+        elif not used.all():
+            changes[column] = values.cat.remove_unused_categories()
+    return records.assign(**changes) if changes else records
 
 
 def _clean_arrow_array(array: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -1045,7 +1098,7 @@ def _duplicates(records: pd.DataFrame, given: pd.Series, seen: SeenRecords | Non
         key = pd.DataFrame({
             "serial": rows["serial_number"].str.upper().str.replace(r"[\s-]+", "", regex=True),
             "date": rows["purchase_date"],
-            "dealer": rows["dealer_name"].str.casefold(),
+            "dealer": rows["dealer_name"].astype("str").str.casefold(),
         })
         flag[by_serial] = key.duplicated(keep="first").to_numpy()
         if keys is not None:

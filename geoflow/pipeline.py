@@ -86,7 +86,7 @@ from geoflow.privacy import (
     suppress_cells,
 )
 from geoflow.processes import MapProcess, import_map_modules, write_map_files
-from geoflow.schema import DATASET_COLUMN, SYNTHETIC_LABEL, marks_synthetic
+from geoflow.schema import COMPACT_RATIO, DATASET_COLUMN, SYNTHETIC_LABEL, marks_synthetic
 
 __all__ = [
     "RunOptions",
@@ -138,8 +138,6 @@ ENTITY_COLUMNS = (
     "recovery_geocode_level",
     "crossing_code", "route_kind", "weapon_type",
 )
-#: A text column with at most this share of distinct values is kept as a categorical.
-COMPACT_RATIO = 0.1
 #: ``flows.geojson`` holds place-level flows up to this many; past it (about 40 MB of GeoJSON)
 #: it holds the state-level flows (US state → port → Mexican state) and names its level in
 #: the top-level ``flow_level`` member; every place-level flow is in ``flows_full.parquet``.
@@ -489,15 +487,17 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None,
     memory: dict[str, float] = {}
     with _stage("read", timings, memory):
         read = read_traces(source, column_map=options.column_map, dayfirst=options.dayfirst,
-                           today=options.today, sheet=options.sheet)
+                           today=options.today, sheet=options.sheet,
+                           categorical=KEY_TEXT_COLUMNS)
     log.debug("read %s valid records (%s rejected lines) from %s", f"{len(read.records):,}",
               f"{read.source['rows_read'] - len(read.records):,}", source)
     records, rejects, read_source = read.records, read.rejects, dict(read.source)
     warnings, warning_counts = read.warnings, dict(read.warning_counts)
     del read  # its frame would keep columns that later stages replace alive until the end
     with _stage("read", timings, memory, release=False):
-        # the texts the next stages group records by become categoricals first: each column
-        # is hashed once, not again by the geocoder, the dealers' ids and the crossings
+        # the texts the next stages group records by become categoricals first (the reader
+        # returns most already): each column is hashed once, not again by the geocoder, the
+        # dealers' ids and the crossings
         records = _compact(records, only=KEY_TEXT_COLUMNS)
     # the names' pseudonyms (Arrow kernels and hashing processes) and the dealers' ids (Arrow
     # kernels) are made on two more threads while the places are geocoded (pandas: Python)

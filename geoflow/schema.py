@@ -77,6 +77,10 @@ TEXT_COLUMNS: tuple[str, ...] = tuple(
     c for c in CANONICAL_COLUMNS if c not in DATE_COLUMNS + COORDINATE_COLUMNS
 )
 
+#: A text column with at most this share of distinct values is kept as a categorical (the
+#: reader's key columns, :func:`geoflow.io.read_traces`; ``geoflow.pipeline._compact``).
+COMPACT_RATIO = 0.1
+
 #: A row must have at least one of these to be usable (a dealer, a purchaser, recovery
 #: information or a serial number); a row with none of them is rejected as "nothing usable".
 USABLE_COLUMNS: tuple[str, ...] = (

@@ -529,6 +529,35 @@ def test_distinct_by_hash_chunk_by_chunk_sees_repeats_across_chunks():
     assert distinct_by_hash(sliced.slice(0, 3))
 
 
+def test_key_columns_read_as_categoricals_hold_the_cleaned_texts(tmp_path):
+    """``categorical``: the same records as text, each distinct text cleaned once; cells that
+    differ only by spaces are one category, placeholders and blanks NA, categories sorted,
+    none left over from a rejected row; a column of many distinct values stays text."""
+    from geoflow.pipeline import KEY_TEXT_COLUMNS
+
+    header = ["Trace Number", "FFL Name", "FFL City", "FFL State", "Recovery City",
+              "Recovery State", "Recovery Country", "Recovery Latitude"]
+    cities = [" Laredo", "Laredo ", "N/A", "", "unknown", "Eagle Pass", "laredo"]
+    rows = [[f"T{i}", f"Dealer {i}", cities[i % 7], " TX ", "Juárez", "CHIH", "",
+             "19.4"] for i in range(70)]
+    rows.append(["T70", "Dealer 70", "Only In A Rejected Row", "TX", "Juárez", "CHIH", "",
+                 "99.9"])  # latitude out of range: rejected
+    _write(tmp_path / "keys.csv", rows, header=header)
+    plain = read_traces(tmp_path / "keys.csv")
+    coded = read_traces(tmp_path / "keys.csv", categorical=KEY_TEXT_COLUMNS)
+    assert len(coded.rejects) == len(plain.rejects) == 1
+    city = coded.records["dealer_city"]
+    assert isinstance(city.dtype, pd.CategoricalDtype)
+    assert city.cat.categories.tolist() == ["Eagle Pass", "Laredo", "laredo"]  # sorted, used
+    assert city.isna().sum() == 30  # "N/A", "", "unknown"
+    assert coded.records["dealer_state"].cat.categories.tolist() == ["TX"]
+    assert coded.records["dealer_name"].dtype == "str"  # 70 of 70 distinct: text
+    assert coded.records["recovery_country"].dtype == "str"  # filled with MX: text
+    as_text = coded.records.astype({c: "str" for c in coded.records.columns if isinstance(
+        coded.records[c].dtype, pd.CategoricalDtype)})
+    pd.testing.assert_frame_equal(as_text, plain.records)
+
+
 def test_without_trace_numbers_duplicates_are_serial_date_and_dealer(tmp_path):
     header = HEADER[1:]
     rows = [r[1:] for r in _rows()[:3]]
