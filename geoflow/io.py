@@ -665,7 +665,7 @@ def _clean_columns(frame: pd.DataFrame, *, categorical: Collection[str] = ()) ->
     text: dict[int, pd.Series] = {}
     coded = [i for i in raw if names[i] in categorical and len(index)
              and getattr(raw[i].dtype, "storage", None) == "pyarrow"]
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(2) as pool:
         encoded = pool.map(_clean_categories, [raw.pop(i) for i in coded])
         batch: list[int] = []
         for i in list(raw):

@@ -86,7 +86,13 @@ from geoflow.privacy import (
     suppress_cells,
 )
 from geoflow.processes import MapProcess, import_map_modules, write_map_files
-from geoflow.schema import COMPACT_RATIO, DATASET_COLUMN, SYNTHETIC_LABEL, marks_synthetic
+from geoflow.schema import (
+    COMPACT_RATIO,
+    DATASET_COLUMN,
+    DATE_COLUMNS,
+    SYNTHETIC_LABEL,
+    marks_synthetic,
+)
 
 __all__ = [
     "RunOptions",
@@ -488,7 +494,7 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None,
     with _stage("read", timings, memory):
         read = read_traces(source, column_map=options.column_map, dayfirst=options.dayfirst,
                            today=options.today, sheet=options.sheet,
-                           categorical=KEY_TEXT_COLUMNS)
+                           categorical=FEW_DISTINCT_COLUMNS)
     log.debug("read %s valid records (%s rejected lines) from %s", f"{len(read.records):,}",
               f"{read.source['rows_read'] - len(read.records):,}", source)
     records, rejects, read_source = read.records, read.rejects, dict(read.source)
@@ -540,6 +546,11 @@ def prepare_records(source: str | Path, *, options: RunOptions | None = None,
 #: :func:`_compact`) as soon as they are read. 1M records: 0.2 s of CPU less.
 KEY_TEXT_COLUMNS = (*DEALER_COLUMNS, "dealer_zip", "recovery_city", "recovery_state",
                     "recovery_country", "crossing")
+#: The text columns read as categoricals (:func:`~geoflow.io.read_traces`): the key ones, and
+#: others of few distinct values in any trace file (dates, makes, calibers …): each distinct
+#: text is cleaned once, and the dates are parsed from the categories.
+FEW_DISTINCT_COLUMNS = (*KEY_TEXT_COLUMNS, *DATE_COLUMNS, "weapon_type", "manufacturer",
+                        "model", "caliber", DATASET_COLUMN)
 
 
 def _compact(records: pd.DataFrame, *, ratio: float = COMPACT_RATIO,
