@@ -2,6 +2,8 @@
 
 A rich progress display is shown only when stderr is a terminal and the user did not ask for
 ``--quiet``; otherwise every helper here is a no-op (log lines still go through ``logging``).
+rich is imported only then: every command imports this module, and rich's display modules
+took 0.018 s of each start (of ``geoflow run`` too, before it can begin reading its input).
 """
 
 from __future__ import annotations
@@ -10,19 +12,11 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 __all__ = ["progress_enabled", "stage", "bar", "Advance", "quiet_logger"]
 
@@ -40,6 +34,17 @@ ESTIMATE_SECONDS = 120.0
 
 def _progress(console: Console | None, *, with_bar: bool,
               clock: Callable[[], float] | None = None) -> Progress:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     columns: list = [SpinnerColumn(), TextColumn("{task.description}")]
     if with_bar:  # a batch of an hour says how long it has left
         columns += [BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -53,6 +58,8 @@ def _progress(console: Console | None, *, with_bar: bool,
 @contextmanager
 def _logs_above(progress: Progress) -> Iterator[None]:
     """Route log records through the live display so a line never lands inside the bar."""
+    from rich.logging import RichHandler
+
     root = logging.getLogger()
     plain = [h for h in root.handlers if type(h) is logging.StreamHandler]
     handler = RichHandler(console=progress.console, show_time=False, show_level=False,
