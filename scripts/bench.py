@@ -12,12 +12,15 @@ ratios (each geoflow run divided by the floor run next to it); the per-stage sec
 peak memory come from the run's ``manifest.json`` (``timings``, ``memory_peak_mb``).
 Below the table, each side's spread and its system time: on a Linux with transparent huge
 pages on ``madvise``, the floor (pyarrow's allocator asks for huge pages) took 0.7 s or
-1.4-3.4 s, by how long the kernel took to find 2 MB pages, and geoflow's runs beside it
-fragment memory. So on Linux each round also runs the floor with huge pages off for its
-process (``STEADY_FLOOR``: 0.84-1.01 s), the ratio to read the target by, and the fastest
-run against the fastest floor, the strictest.
-Targets (issue 13): at 1M, run ≤ 6× the floor's wall time and ≤ 1.5× its peak memory;
-at 10M, peak memory under 4 GB.
+1.4-3.4 s on one host, by how long the kernel took to find 2 MB pages, and 0.9-1.3 s on
+another whose memory was not fragmented (huge pages cost it more system time than they
+saved). So on Linux each round also runs the floor with huge pages off for its process
+(``STEADY_FLOOR``: 0.64-1.01 s), pandas under the memory policy geoflow runs with (glibc's
+allocator, no huge pages): a steadier and stricter comparison than the floor as issue 13
+names it, printed as the median of its paired ratios; and the fastest run against the
+fastest floor.
+Targets (issue 13): at 1M, run ≤ 6× the floor's wall time (the table's ratio column: pandas
+as it comes) and ≤ 1.5× its peak memory; at 10M, peak memory under 4 GB.
 
 Usage::
 
