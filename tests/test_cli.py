@@ -112,6 +112,19 @@ def test_version():
     assert result.output.strip() == f"geoflow, version {__version__}"
 
 
+def test_the_command_starts_without_metadata_lookups_or_the_progress_display():
+    """Every command imports geoflow.cli before it can start its work (``geoflow run`` before
+    it begins reading its input): the version is a literal, not looked up in the installed
+    packages' metadata, and rich is loaded only when a progress display is shown."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, geoflow.cli; "
+         "print(sorted(m for m in ('rich', 'importlib.metadata') if m in sys.modules))"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", __version__)
+
+
 @pytest.mark.parametrize("name", sorted(cli.commands))
 def test_every_command_has_help_with_an_example(name):
     result = geoflow(name, "--help")
