@@ -233,7 +233,11 @@ _SLOW_WRITER = textwrap.dedent("""
     def slow(frame, path, **options):
         real(frame, path, **options)
         marker.touch()
-        time.sleep(60)
+        # in short sleeps: a signal the kernel gave another of the process's threads is
+        # handled by the main thread only when it next runs Python code (one long sleep
+        # went on to its end: the run then looked stuck)
+        for _ in range(600):
+            time.sleep(0.1)
     pipeline.write_csv = slow
     from geoflow.cli import main
     sys.argv = ["geoflow", *sys.argv[2:]]
@@ -296,7 +300,8 @@ _STALLING_SITE = textwrap.dedent("""
     def stall(frame, path, **options):
         real(frame, path, **options)
         Path(os.environ["GEOFLOW_TEST_MARKERS"], str(os.getpid())).touch()
-        time.sleep(120)
+        for _ in range(1200):  # 120 s in short sleeps, as _SLOW_WRITER's (see there)
+            time.sleep(0.1)
     pipeline.write_csv = stall
 """)
 
