@@ -689,7 +689,7 @@ def _clean_arrow_batch(columns: list[pd.Series], keys: list[int]) -> dict[int, p
     if len(columns) == 1:
         return {keys[0]: _clean_arrow_text(columns[0].reset_index(drop=True))}
     dtype = columns[0].dtype
-    arrays = [pa.chunked_array(pa.array(c.array)).cast(pa.large_string()) for c in columns]
+    arrays = [_large_text(c) for c in columns]
     index = pd.RangeIndex(len(columns[0]))
     del columns
     ends = np.cumsum([array.num_chunks for array in arrays])
@@ -755,10 +755,15 @@ _MISSING_TEXT = pa.array(sorted({"", *(s for word in PLACEHOLDERS for s in _spel
                          type=pa.large_string())
 
 
+def _large_text(values: pd.Series) -> pa.ChunkedArray:
+    """An Arrow-backed text column's values as Arrow ``large_string`` chunks (no copy)."""
+    return pa.chunked_array(pa.array(values.array)).cast(pa.large_string())
+
+
 def _clean_arrow_text(values: pd.Series) -> pd.Series:
     """:func:`_clean_text` for an Arrow-backed string column, in a few Arrow kernels (a
     column costs microseconds, so a file of thousands of columns reads in seconds)."""
-    array = pa.chunked_array(pa.array(values.array)).cast(pa.large_string())
+    array = _large_text(values)
     return pd.Series(pd.array(_clean_arrow_array(array), dtype=values.dtype),
                      index=values.index, name=values.name)
 
@@ -769,9 +774,8 @@ def _clean_categories(values: pd.Series) -> pd.Series:
     one pass (Arrow's ``dictionary_encode``) and cleaned once each, instead of every cell
     being trimmed and looked up, and then hashed again to make the categorical (a million
     records' nine key columns, on one thread: 0.29-0.50 -> 0.15 s)."""
-    array = pa.chunked_array(pa.array(values.array)).cast(pa.large_string())
-    encoded = pc.dictionary_encode(array, null_encoding="encode").combine_chunks()
-    cleaned = _clean_chunks(pa.chunked_array([encoded.dictionary.cast(pa.large_string())]))
+    encoded = pc.dictionary_encode(_large_text(values), null_encoding="encode").combine_chunks()
+    cleaned = _clean_chunks(pa.chunked_array([encoded.dictionary]))
     # distinct texts that clean alike (" Laredo", "Laredo") become one category
     at, categories = pd.factorize(pd.Series(pd.array(cleaned, dtype=values.dtype)), sort=True)
     codes = at[encoded.indices.to_numpy(zero_copy_only=False)]
